@@ -1,0 +1,31 @@
+//! Exit codes: the one table that says what the process status means.
+//!
+//! | code | meaning |
+//! |------|---------|
+//! | 0 | every selected host succeeded (or was already up to date) |
+//! | 1 | some host failed, but every host is in a known state (unchanged or rolled back) |
+//! | 2 | usage, inventory or evaluation error: no host was touched |
+//! | 3 | a host may be in an unknown state (rollback failed, or lost mid-activation) |
+
+use std::process::ExitCode;
+
+/// The outcome of a whole run, as the process reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Exit {
+    Success = 0,
+    HostsFailed = 1,
+    Usage = 2,
+    UnknownState = 3,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(e.code())
+    }
+}

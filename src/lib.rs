@@ -1,0 +1,17 @@
+//! deploy-flake: deploy the NixOS configurations of a Nix flake to many
+//! hosts over ssh, in parallel, without leaving a host half-deployed.
+//!
+//! The binary (`src/main.rs`) is a thin shell around this library so that
+//! tests can drive every layer directly.
+
+pub mod cli;
+pub mod events;
+pub mod exit;
+pub mod inventory;
+pub mod nix;
+pub mod pipeline;
+pub mod plan;
+pub mod remote;
+pub mod report;
+pub mod runner;
+pub mod select;
