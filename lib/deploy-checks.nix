@@ -1,0 +1,3 @@
+# Placeholder: flake checks over a deployFlake output.
+{ lib }:
+_: { }
