@@ -2,6 +2,7 @@
 //! typed, validated records (schema version 1, see DESIGN.md).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -91,4 +92,360 @@ impl HostSpec {
             timeouts: Timeouts::default(),
         }
     }
+}
+
+/// Names of the per-phase timeouts, as written in Nix and on the command line.
+pub const TIMEOUT_PHASES: [&str; 9] = [
+    "connect",
+    "lock",
+    "preflight",
+    "copy",
+    "build",
+    "selfCheck",
+    "activate",
+    "confirm",
+    "boot",
+];
+
+impl Timeouts {
+    /// The timeout of a phase by its schema name (`selfCheck`, not `self_check`).
+    pub fn get(&self, phase: &str) -> Option<u64> {
+        let t = self;
+        Some(match phase {
+            "connect" => t.connect,
+            "lock" => t.lock,
+            "preflight" => t.preflight,
+            "copy" => t.copy,
+            "build" => t.build,
+            "selfCheck" => t.self_check,
+            "activate" => t.activate,
+            "confirm" => t.confirm,
+            "boot" => t.boot,
+            _ => return None,
+        })
+    }
+
+    /// Mutable access by schema name; `None` for an unknown phase.
+    pub fn get_mut(&mut self, phase: &str) -> Option<&mut u64> {
+        let t = self;
+        Some(match phase {
+            "connect" => &mut t.connect,
+            "lock" => &mut t.lock,
+            "preflight" => &mut t.preflight,
+            "copy" => &mut t.copy,
+            "build" => &mut t.build,
+            "selfCheck" => &mut t.self_check,
+            "activate" => &mut t.activate,
+            "confirm" => &mut t.confirm,
+            "boot" => &mut t.boot,
+            _ => return None,
+        })
+    }
+}
+
+impl BuildOn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildOn::Target => "target",
+            BuildOn::Local => "local",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+
+/// The lines to add to a flake that has no `deployFlake` output.
+pub const DEPLOY_FLAKE_SNIPPET: &str = "    deployFlake = deploy-flake.lib.mkDeployFlake {\n      inherit self;\n    };";
+
+/// Why the inventory could not be read. Every message names the input at
+/// fault and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error("could not run `nix` ({source}): install Nix 2.4 or later and make sure `nix` is on PATH")]
+    NixNotFound { source: std::io::Error },
+
+    #[error("`nix eval {flake}#deployFlake` did not finish within {secs} s: check that the flake's inputs are reachable, or that evaluating deployFlake does not evaluate a NixOS configuration")]
+    Timeout { flake: String, secs: u64 },
+
+    #[error("flake `{flake}` has no deployFlake output; add these lines to the outputs of its flake.nix (with deploy-flake as an input):\n\n{snippet}\n\nor name ad hoc destinations instead (nixos://[user@]host[:port][/config])", snippet = DEPLOY_FLAKE_SNIPPET)]
+    NoDeployFlake { flake: String },
+
+    #[error("evaluating `{flake}#deployFlake` failed:\n{stderr_tail}")]
+    Eval { flake: String, stderr_tail: String },
+
+    #[error("deployFlake is not valid JSON ({source}); it must be the output of deploy-flake's lib.mkDeployFlake")]
+    Json { source: serde_json::Error },
+
+    #[error("deployFlake has no schemaVersion; it must be the output of deploy-flake's lib.mkDeployFlake")]
+    NoSchemaVersion,
+
+    #[error("deployFlake has schemaVersion {found}, but this deploy-flake understands only version {supported}: upgrade deploy-flake (or pin the flake's deploy-flake input to the version of this binary)", supported = SCHEMA_VERSION)]
+    SchemaTooNew { found: u64 },
+
+    #[error("deployFlake has schemaVersion {found}, but this deploy-flake understands only version {supported}: update the flake's deploy-flake input", supported = SCHEMA_VERSION)]
+    SchemaTooOld { found: u64 },
+
+    #[error("deployFlake{path}: {detail}; it must be the output of deploy-flake's lib.mkDeployFlake (same version as this binary)")]
+    Malformed { path: String, detail: String },
+
+    #[error("{path}: {value} {problem}; fix it in the flake's deployFlake")]
+    InvalidHost {
+        /// `deployFlake.hosts.web1.hostname`
+        path: String,
+        /// The offending value, JSON-quoted.
+        value: String,
+        problem: String,
+    },
+}
+
+// ---------------------------------------------------------------------------
+// Loading
+
+/// How long `nix eval` of the inventory may take before we give up.
+pub const DEFAULT_EVAL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How many lines of Nix's stderr an evaluation error shows.
+const STDERR_TAIL_LINES: usize = 20;
+
+/// The argv of the one evaluation that reads the whole fleet.
+pub fn eval_argv(flake: &str) -> Vec<String> {
+    vec![
+        "nix".into(),
+        "eval".into(),
+        "--json".into(),
+        "--extra-experimental-features".into(),
+        "nix-command flakes".into(),
+        format!("{flake}#deployFlake"),
+    ]
+}
+
+/// Evaluates `<flake>#deployFlake` and returns the validated inventory.
+/// Never evaluates a NixOS configuration (that is `lib/`'s promise).
+pub async fn load(flake: &str, timeout: Duration) -> Result<Inventory, InventoryError> {
+    let argv = eval_argv(flake);
+    let child = tokio::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| InventoryError::NixNotFound { source })?;
+    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(source)) => return Err(InventoryError::NixNotFound { source }),
+        Err(_) => {
+            return Err(InventoryError::Timeout {
+                flake: flake.to_string(),
+                secs: timeout.as_secs(),
+            })
+        }
+    };
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(classify_eval_failure(flake, &stderr));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    parse(&stdout)
+}
+
+/// Turns a failed `nix eval` into an error: a missing output gets the fix,
+/// anything else the tail of Nix's own message.
+pub fn classify_eval_failure(flake: &str, stderr: &str) -> InventoryError {
+    if stderr.contains("does not provide attribute") && stderr.contains("'deployFlake'") {
+        return InventoryError::NoDeployFlake {
+            flake: flake.to_string(),
+        };
+    }
+    let lines: Vec<&str> = stderr.trim_end().lines().collect();
+    let start = lines.len().saturating_sub(STDERR_TAIL_LINES);
+    InventoryError::Eval {
+        flake: flake.to_string(),
+        stderr_tail: lines[start..].join("\n"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Parsing and validation (pure)
+
+/// Parses and validates the JSON of a `deployFlake` output.
+pub fn parse(json: &str) -> Result<Inventory, InventoryError> {
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|source| InventoryError::Json { source })?;
+    let obj = value.as_object().ok_or_else(|| InventoryError::Malformed {
+        path: String::new(),
+        detail: "expected an attribute set".into(),
+    })?;
+    // The version first: a newer schema may well have fields we reject.
+    let version = match obj.get("schemaVersion") {
+        None => return Err(InventoryError::NoSchemaVersion),
+        Some(v) => v.as_u64().ok_or_else(|| InventoryError::Malformed {
+            path: ".schemaVersion".into(),
+            detail: format!("expected an integer, got {v}"),
+        })?,
+    };
+    if version > u64::from(SCHEMA_VERSION) {
+        return Err(InventoryError::SchemaTooNew { found: version });
+    }
+    if version < u64::from(SCHEMA_VERSION) {
+        return Err(InventoryError::SchemaTooOld { found: version });
+    }
+    if let Some(k) = obj.keys().find(|k| *k != "schemaVersion" && *k != "hosts") {
+        return Err(InventoryError::Malformed {
+            path: format!(".{k}"),
+            detail: "unknown field".into(),
+        });
+    }
+    let hosts_value = obj.get("hosts").ok_or_else(|| InventoryError::Malformed {
+        path: ".hosts".into(),
+        detail: "missing".into(),
+    })?;
+    let hosts_obj = hosts_value.as_object().ok_or_else(|| InventoryError::Malformed {
+        path: ".hosts".into(),
+        detail: "expected an attribute set of hosts".into(),
+    })?;
+    let mut hosts = BTreeMap::new();
+    for (name, v) in hosts_obj {
+        // One host at a time, so that a bad record names its host.
+        let spec = HostSpec::deserialize(v).map_err(|e| InventoryError::Malformed {
+            path: format!(".hosts.{}", attr_display(name)),
+            detail: e.to_string(),
+        })?;
+        hosts.insert(name.clone(), spec);
+    }
+    let inventory = Inventory {
+        schema_version: SCHEMA_VERSION,
+        hosts,
+    };
+    validate(&inventory)?;
+    Ok(inventory)
+}
+
+/// Checks every host of an inventory (see [`validate_host`]).
+pub fn validate(inventory: &Inventory) -> Result<(), InventoryError> {
+    for (name, spec) in &inventory.hosts {
+        validate_host(&format!("deployFlake.hosts.{}", attr_display(name)), spec)?;
+    }
+    Ok(())
+}
+
+/// Checks one host record; `path` names it in errors (e.g.
+/// `deployFlake.hosts.web1`, or the destination of an ad hoc host).
+pub fn validate_host(path: &str, spec: &HostSpec) -> Result<(), InventoryError> {
+    let bad = |field: &str, value: &str, problem: String| InventoryError::InvalidHost {
+        path: format!("{path}.{field}"),
+        value: quote(value),
+        problem,
+    };
+    if let Some(p) = host_problem(&spec.hostname) {
+        return Err(bad("hostname", &spec.hostname, format!("is not a plausible host name: {p}")));
+    }
+    if let Some(p) = user_problem(&spec.ssh_user) {
+        return Err(bad("sshUser", &spec.ssh_user, format!("is not a plausible user name: {p}")));
+    }
+    if spec.ssh_port == 0 {
+        return Err(bad("sshPort", "0", "is not a port: use 1..65535".into()));
+    }
+    if let Some(p) = configuration_problem(&spec.configuration) {
+        return Err(bad("configuration", &spec.configuration, p.into()));
+    }
+    if let Some(sc) = &spec.self_check {
+        if let Some(p) = self_check_problem(sc) {
+            return Err(bad("selfCheck", sc, p.into()));
+        }
+    }
+    if spec.sudo.is_empty() || spec.sudo.chars().any(char::is_control) {
+        return Err(bad("sudo", &spec.sudo, "must be a non-empty command without control characters".into()));
+    }
+    for (i, opt) in spec.ssh_opts.iter().enumerate() {
+        if opt.chars().any(char::is_control) {
+            return Err(bad(&format!("sshOpts.{i}"), opt, "contains a control character".into()));
+        }
+    }
+    for phase in TIMEOUT_PHASES {
+        if spec.timeouts.get(phase) == Some(0) {
+            return Err(bad(
+                &format!("timeouts.{phase}"),
+                "0",
+                "is not a timeout: use a positive number of seconds".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Why `s` cannot be an ssh host name, or `None` when it is plausible.
+pub fn host_problem(s: &str) -> Option<&'static str> {
+    common_name_problem(s)
+}
+
+/// Why `s` cannot be an ssh user name, or `None` when it is plausible.
+pub fn user_problem(s: &str) -> Option<&'static str> {
+    common_name_problem(s).or_else(|| s.contains(':').then_some("contains ':'"))
+}
+
+fn common_name_problem(s: &str) -> Option<&'static str> {
+    if s.is_empty() {
+        Some("it is empty")
+    } else if s.chars().any(char::is_control) {
+        Some("contains a control character")
+    } else if s.chars().any(char::is_whitespace) {
+        Some("contains whitespace")
+    } else if s.starts_with('-') {
+        Some("starts with '-'")
+    } else if s.contains('@') {
+        Some("contains '@'")
+    } else if s.contains('/') {
+        Some("contains '/'")
+    } else {
+        None
+    }
+}
+
+/// Why `s` cannot name a `nixosConfigurations` attribute. Anything else Nix
+/// allows is kept: it is only ever passed as a quoted Nix attribute.
+pub fn configuration_problem(s: &str) -> Option<&'static str> {
+    if s.is_empty() {
+        Some("is empty: name a nixosConfigurations attribute")
+    } else if s.chars().any(char::is_control) {
+        Some("contains a control character")
+    } else {
+        None
+    }
+}
+
+/// Why `s` cannot be a self-check path inside the toplevel.
+pub fn self_check_problem(s: &str) -> Option<&'static str> {
+    if s.is_empty() {
+        Some("is empty: use null for auto-detection")
+    } else if s.starts_with('/') {
+        Some("is absolute: it must be a path inside the toplevel, e.g. \"bin/check\"")
+    } else if s.split('/').any(|c| c == "..") {
+        Some("contains '..': it must stay inside the toplevel")
+    } else if s.chars().any(char::is_control) {
+        Some("contains a control character")
+    } else {
+        None
+    }
+}
+
+/// `web1`, or `"my host"` when the name is not a plain Nix identifier.
+pub fn attr_display(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '\'' | '-'));
+    if plain {
+        name.to_string()
+    } else {
+        quote(name)
+    }
+}
+
+fn quote(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
 }
