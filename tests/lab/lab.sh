@@ -1,0 +1,375 @@
+#!/usr/bin/env bash
+# The lab: real systemd + Nix + sshd targets in containers on this machine.
+#
+#   lab.sh keygen DIR                      ssh key of a lab (DIR/id_ed25519)
+#   lab.sh boot NAME IDX SUITE LABDIR      boot target NAME at 10.77.IDX.2
+#   lab.sh stop NAME LABDIR                stop it and remove what it used
+#   lab.sh reboot NAME LABDIR              `systemctl reboot` inside, wait
+#   lab.sh ssh NAME LABDIR [CMD...]        ssh as root into a booted target
+#   lab.sh leaks                           list leftovers; exit 1 if any
+#
+# A target is a systemd-nspawn container booted from an overlay over the
+# cached root file system (rootfs.sh): every boot of a new target starts
+# pristine and all targets share one tree. Each has its own network
+# namespace (host end 10.77.IDX.1, target end host0 = 10.77.IDX.2), its own
+# machine-id, hostname and ssh host key. A launcher loop restarts nspawn when
+# the target reboots (exit code 133), so state survives a reboot. Everything a
+# target uses is recorded in LABDIR/targets/NAME and under
+# /run/deploy-flake-lab/targets/NAME, which `stop` and `leaks` rely on.
+#
+# The host has no systemd and no D-Bus: nspawn runs with --register=no and
+# --keep-unit, from a cgroup of its own in both the name=systemd and unified
+# hierarchies (two targets in one cgroup would share it).
+set -euo pipefail
+
+here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
+self="$here/lab.sh"
+RUN=/run/deploy-flake-lab
+CGROUP_LAB=deploy-flake-lab
+CG_V1=/sys/fs/cgroup/systemd/$CGROUP_LAB
+CG_V2=/sys/fs/cgroup/unified/$CGROUP_LAB
+BOOT_TIMEOUT=${DEPLOY_FLAKE_LAB_BOOT_TIMEOUT:-90}
+STOP_TIMEOUT=${DEPLOY_FLAKE_LAB_STOP_TIMEOUT:-20}
+
+die() { printf 'lab.sh: %s\n' "$*" >&2; exit 1; }
+log() { printf 'lab.sh: %s\n' "$*" >&2; }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+
+check_name() {
+    [[ $1 =~ ^[a-z0-9][a-z0-9-]{0,30}$ ]] ||
+        die "bad target name '$1' (lower-case letters, digits, '-'; at most 31)"
+}
+check_idx() {
+    [[ $1 =~ ^[0-9]+$ ]] && (($1 >= 1 && $1 <= 254)) ||
+        die "bad index '$1' (1..254: the target gets 10.77.IDX.2)"
+}
+
+need_root() {
+    [ "$(id -u)" = 0 ] || die "the lab needs root (overlay mounts, netns, nspawn)"
+    local missing=()
+    command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
+    command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
+    command -v ssh >/dev/null || missing+=(openssh-client)
+    command -v ip >/dev/null || missing+=(iproute2)
+    ((${#missing[@]} == 0)) ||
+        die "missing tools: apt-get install -y --no-install-recommends ${missing[*]}"
+    [ -d /sys/fs/cgroup/systemd ] && [ -d /sys/fs/cgroup/unified ] ||
+        die "the lab expects the hybrid cgroup layout (/sys/fs/cgroup/systemd and /sys/fs/cgroup/unified)"
+}
+
+# ssh options every lab connection uses: the lab key, the lab's known_hosts,
+# strict host key checking, never a prompt.
+ssh_opts() {
+    local labdir=$1
+    printf '%s\n' -i "$labdir/id_ed25519" \
+        -o "UserKnownHostsFile=$labdir/known_hosts" -o StrictHostKeyChecking=yes \
+        -o BatchMode=yes -o ConnectTimeout=3 -o ServerAliveInterval=2 \
+        -o ServerAliveCountMax=3 -o LogLevel=ERROR
+}
+lab_ssh() {
+    local labdir=$1 addr=$2
+    shift 2
+    local opts
+    mapfile -t opts < <(ssh_opts "$labdir")
+    ssh "${opts[@]}" "root@$addr" "$@"
+}
+
+cmd_keygen() {
+    local dir=$1
+    mkdir -p "$dir"
+    [ -f "$dir/id_ed25519" ] ||
+        ssh-keygen -q -t ed25519 -N '' -C deploy-flake-lab -f "$dir/id_ed25519"
+    touch "$dir/known_hosts"
+    printf '%s\n' "$dir/id_ed25519"
+}
+
+pid_is() { # PID COMM: true when PID is alive and runs COMM
+    [ -n "$1" ] && [ -r "/proc/$1/comm" ] && [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ]
+}
+
+# Anything already using this target's name or subnet makes the new target
+# unreachable in confusing ways (a stale veth silently steals the route).
+refuse_stale() {
+    local name=$1 idx=$2
+    if ip netns list | awk '{print $1}' | grep -qx -- "$name"; then
+        die "network namespace '$name' already exists (stale target? run: lab.sh leaks)"
+    fi
+    if ip link show "dfl$idx" >/dev/null 2>&1; then
+        die "interface dfl$idx already exists: a stale target holds 10.77.$idx.0/24 (run: lab.sh leaks)"
+    fi
+    local used
+    used=$(ip -o -4 addr show | awk -v p="10.77.$idx." 'index($4, p) == 1 {print $2}')
+    [ -z "$used" ] || die "10.77.$idx.0/24 is already used by interface $used (run: lab.sh leaks)"
+    used=$(ip -4 route show to match "10.77.$idx.2" | grep -v '^default' || true)
+    [ -z "$used" ] || die "a route already covers 10.77.$idx.2: $used (run: lab.sh leaks)"
+    [ ! -e "$RUN/targets/$name" ] || die "target '$name' is already registered in $RUN/targets (run: lab.sh leaks)"
+}
+
+# The launcher: one per target, in the target's own cgroups; restarts nspawn
+# on reboot (exit code 133) and stops otherwise or when asked to.
+cmd_launch() {
+    local name=$1 tdir=$2
+    echo $$ >"$CG_V1/$name/cgroup.procs"
+    echo $$ >"$CG_V2/$name/cgroup.procs"
+    echo $$ >"$tdir/launcher.pid"
+    local rc=0 boots=0
+    while :; do
+        boots=$((boots + 1))
+        printf '=== boot %s at %s\n' "$boots" "$(date -Is)"
+        SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 setsid systemd-nspawn --boot \
+            --register=no --keep-unit --quiet --directory="$tdir/merged" \
+            --machine="$name" --network-namespace-path="/run/netns/$name" \
+            --console=passive </dev/null &
+        echo $! >"$tdir/nspawn.pid"
+        rc=0
+        wait $! || rc=$?
+        printf '=== nspawn exited with %s at %s\n' "$rc" "$(date -Is)"
+        [ "$rc" = 133 ] && [ ! -e "$tdir/stopping" ] || break
+    done
+    rm -f "$tdir/nspawn.pid"
+    echo "$rc" >"$tdir/exit-code"
+}
+
+wait_ready() { # LABDIR ADDR TDIR DEADLINE: ssh answers, then system running
+    local labdir=$1 addr=$2 tdir=$3 deadline=$4
+    while ! lab_ssh "$labdir" "$addr" true 2>/dev/null; do
+        if ! pid_is "$(cat "$tdir/launcher.pid" 2>/dev/null || true)" bash; then
+            tail -n 20 "$tdir/console.log" >&2 || true
+            die "$addr: the target's nspawn exited before ssh answered (log: $tdir/console.log)"
+        fi
+        ((SECONDS < deadline)) || die "$addr: no ssh within ${BOOT_TIMEOUT}s (log: $tdir/console.log)"
+        sleep 0.1
+    done
+    local left=$((deadline - SECONDS)) state
+    ((left > 1)) || left=2
+    state=$(lab_ssh "$labdir" "$addr" timeout "$left" systemctl is-system-running --wait 2>&1 || true)
+    if [ "$state" != running ]; then
+        lab_ssh "$labdir" "$addr" systemctl --failed --no-legend --plain >&2 || true
+        die "$addr: system is '$state', not 'running'"
+    fi
+}
+
+cmd_boot() {
+    local name=$1 idx=$2 suite=$3 labdir=$4
+    check_name "$name"
+    check_idx "$idx"
+    need_root
+    local t0
+    t0=$(now)
+    local rootfs
+    rootfs=$("$here/rootfs.sh" "$suite")
+    mkdir -p "$labdir" "$RUN/targets"
+    labdir=$(readlink -f "$labdir")
+    cmd_keygen "$labdir" >/dev/null
+    local tdir="$labdir/targets/$name" addr="10.77.$idx.2"
+    local t1
+    t1=$(now)
+
+    # Host-wide steps run one at a time: the stale checks, the shared tmpfs.
+    exec 8>"$RUN/.host.lock"
+    flock 8
+    refuse_stale "$name" "$idx"
+    [ ! -e "$tdir" ] || die "$tdir exists: stop the old target first (lab.sh stop $name $labdir)"
+    mkdir -p "$tdir/upper" "$tdir/work" "$tdir/merged"
+    printf 'name=%s\nidx=%s\nsuite=%s\nlabdir=%s\nrootfs=%s\n' \
+        "$name" "$idx" "$suite" "$labdir" "$rootfs" >"$tdir/target.env"
+    cp "$tdir/target.env" "$RUN/targets/$name"
+    if ! mountpoint -q /run/systemd/nspawn; then
+        mkdir -p /run/systemd/nspawn
+        mount -t tmpfs tmpfs /run/systemd/nspawn
+    fi
+    mount -t overlay overlay \
+        -o "lowerdir=$rootfs,upperdir=$tdir/upper,workdir=$tdir/work" "$tdir/merged"
+    ip netns add "$name"
+    ip link add "dfl$idx" type veth peer name host0 netns "$name"
+    flock -u 8
+
+    ip addr add "10.77.$idx.1/24" dev "dfl$idx"
+    ip link set "dfl$idx" up
+    ip -n "$name" link set lo up
+    ip -n "$name" addr add "$addr/24" dev host0
+    ip -n "$name" link set host0 up
+    ip -n "$name" route add default via "10.77.$idx.1"
+
+    # Identity: machine-id, hostname, ssh host key, authorized keys.
+    local m="$tdir/merged"
+    printf '%s\n' "$(tr -d '-' </proc/sys/kernel/random/uuid)" >"$m/etc/machine-id"
+    printf '%s\n' "$name" >"$m/etc/hostname"
+    printf '127.0.0.1 localhost\n127.0.1.1 %s\n::1 localhost ip6-localhost ip6-loopback\n' \
+        "$name" >"$m/etc/hosts"
+    ssh-keygen -q -t ed25519 -N '' -C "root@$name" -f "$m/etc/ssh/ssh_host_ed25519_key"
+    local user home uid gid
+    for user in root deploy pwuser; do
+        IFS=: read -r _ _ uid gid _ home _ < <(grep "^$user:" "$m/etc/passwd")
+        mkdir -p "$m$home/.ssh"
+        cp "$labdir/id_ed25519.pub" "$m$home/.ssh/authorized_keys"
+        chmod 0700 "$m$home/.ssh"
+        chmod 0600 "$m$home/.ssh/authorized_keys"
+        chown -R "$uid:$gid" "$m$home/.ssh"
+    done
+    (
+        flock 7
+        grep -v "^$addr " "$labdir/known_hosts" >"$labdir/known_hosts.new" || true
+        printf '%s %s\n' "$addr" "$(cut -d' ' -f1,2 "$m/etc/ssh/ssh_host_ed25519_key.pub")" \
+            >>"$labdir/known_hosts.new"
+        mv "$labdir/known_hosts.new" "$labdir/known_hosts"
+    ) 7>"$labdir/.known_hosts.lock"
+
+    mkdir -p "$CG_V1/$name" "$CG_V2/$name"
+    setsid bash "$self" _launch "$name" "$tdir" </dev/null >>"$tdir/console.log" 2>&1 &
+    echo $! >"$tdir/launcher.pid"
+
+    local deadline=$((SECONDS + BOOT_TIMEOUT))
+    wait_ready "$labdir" "$addr" "$tdir" "$deadline"
+    log "$name ($suite) at $addr running: boot $(since "$t1")s (rootfs lookup $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}')s)"
+}
+
+cmd_stop() {
+    local name=$1 labdir=$2
+    check_name "$name"
+    [ "$(id -u)" = 0 ] || die "stop needs root"
+    labdir=$(readlink -f "$labdir" 2>/dev/null || echo "$labdir")
+    local tdir="$labdir/targets/$name" idx=""
+    if [ -r "$tdir/target.env" ]; then
+        idx=$(sed -n 's/^idx=//p' "$tdir/target.env")
+    elif [ -r "$RUN/targets/$name" ]; then
+        idx=$(sed -n 's/^idx=//p' "$RUN/targets/$name")
+    fi
+    if [ -d "$tdir" ]; then touch "$tdir/stopping"; fi
+
+    # Clean poweroff first: SIGTERM to nspawn makes the container shut down.
+    local npid lpid
+    npid=$(cat "$tdir/nspawn.pid" 2>/dev/null || true)
+    lpid=$(cat "$tdir/launcher.pid" 2>/dev/null || true)
+    if pid_is "$npid" systemd-nspawn; then
+        kill -TERM "$npid" 2>/dev/null || true
+        local deadline=$((SECONDS + STOP_TIMEOUT))
+        while pid_is "$npid" systemd-nspawn && ((SECONDS < deadline)); do sleep 0.1; done
+        if pid_is "$npid" systemd-nspawn; then
+            log "$name: nspawn did not stop within ${STOP_TIMEOUT}s, killing it"
+            kill -KILL "$npid" 2>/dev/null || true
+        fi
+    fi
+    local i
+    for i in $(seq 50); do pid_is "$lpid" bash || break; sleep 0.1; done
+    if pid_is "$lpid" bash; then kill -KILL "$lpid" 2>/dev/null || true; fi
+
+    # Whatever still runs in the target's cgroups (after a SIGKILL of nspawn
+    # the container's processes would otherwise live on) is killed by cgroup,
+    # never by name.
+    local cg
+    for cg in "$CG_V2/$name" "$CG_V1/$name"; do
+        [ -d "$cg" ] || continue
+        for i in $(seq 50); do
+            local procs
+            procs=$(find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null || true)
+            [ -n "$procs" ] || break
+            # shellcheck disable=SC2086
+            kill -KILL $procs 2>/dev/null || true
+            sleep 0.1
+        done
+    done
+
+    if mountpoint -q "$tdir/merged" 2>/dev/null; then
+        umount "$tdir/merged" 2>/dev/null || { sleep 0.5; umount "$tdir/merged" || umount -l "$tdir/merged"; }
+    fi
+    ip netns del "$name" 2>/dev/null || true
+    if [ -n "$idx" ]; then ip link del "dfl$idx" 2>/dev/null || true; fi
+    for cg in "$CG_V2/$name" "$CG_V1/$name"; do
+        [ -d "$cg" ] || continue
+        find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || true
+        [ ! -d "$cg" ] || log "$name: could not remove cgroup $cg"
+    done
+    rm -rf "$tdir/work" "$tdir/merged"
+    rm -f "$RUN/targets/$name"
+}
+
+target_addr() {
+    local tdir=$1
+    [ -r "$tdir/target.env" ] || die "no target at $tdir"
+    printf '10.77.%s.2\n' "$(sed -n 's/^idx=//p' "$tdir/target.env")"
+}
+
+cmd_reboot() {
+    local name=$1 labdir=$2
+    labdir=$(readlink -f "$labdir")
+    local tdir="$labdir/targets/$name" addr old new t0
+    addr=$(target_addr "$tdir")
+    old=$(lab_ssh "$labdir" "$addr" cat /proc/sys/kernel/random/boot_id)
+    t0=$(now)
+    lab_ssh "$labdir" "$addr" systemctl reboot 2>/dev/null || true
+    local deadline=$((SECONDS + BOOT_TIMEOUT))
+    while :; do
+        new=$(lab_ssh "$labdir" "$addr" cat /proc/sys/kernel/random/boot_id 2>/dev/null || true)
+        [ -z "$new" ] || [ "$new" = "$old" ] || break
+        ((SECONDS < deadline)) || die "$name: no new boot within ${BOOT_TIMEOUT}s (log: $tdir/console.log)"
+        sleep 0.1
+    done
+    wait_ready "$labdir" "$addr" "$tdir" "$deadline"
+    log "$name rebooted: running again after $(since "$t0")s"
+}
+
+cmd_ssh() {
+    local name=$1 labdir=$2
+    shift 2
+    labdir=$(readlink -f "$labdir")
+    lab_ssh "$labdir" "$(target_addr "$labdir/targets/$name")" "$@"
+}
+
+cmd_leaks() {
+    local found=0 line
+    report() { printf '%s\n' "$*"; found=1; }
+    for line in "$RUN"/targets/*; do
+        if [ -e "$line" ]; then report "registered target: ${line##*/} ($(tr '\n' ' ' <"$line"))"; fi
+    done
+    for line in "$RUN"/claims/*; do
+        if [ -e "$line" ]; then report "claimed index: ${line##*/} ($(cat "$line" 2>/dev/null || true))"; fi
+    done
+    while read -r line; do
+        [ -n "$line" ] || continue
+        if ip -n "$line" link show host0 >/dev/null 2>&1; then
+            report "netns: $line"
+        fi
+    done < <(ip netns list 2>/dev/null | awk '{print $1}')
+    while read -r line; do
+        if [ -n "$line" ]; then report "veth: $line"; fi
+    done < <(ip -o link show 2>/dev/null | awk -F': ' '$2 ~ /^dfl[0-9]+(@|$)/ {sub(/@.*/, "", $2); print $2}')
+    local cache=${DEPLOY_FLAKE_LAB_CACHE:-/var/cache/deploy-flake-lab}
+    while read -r line; do
+        if [ -n "$line" ]; then report "mount: $line"; fi
+    done < <(awk -v c="lowerdir=$cache/" '$3 == "overlay" && index($4, c) {print $2}' /proc/self/mounts)
+    local cg
+    for cg in "$CG_V1" "$CG_V2"; do
+        [ -d "$cg" ] || continue
+        while read -r line; do
+            if [ -n "$line" ]; then report "cgroup: $line"; fi
+        done < <(find "$cg" -mindepth 1 -maxdepth 1 -type d)
+    done
+    local p
+    for p in /proc/[0-9]*; do
+        if [ "$(cat "$p/comm" 2>/dev/null || true)" = systemd-nspawn ]; then
+            report "nspawn process: ${p#/proc/} $(tr '\0' ' ' <"$p/cmdline" 2>/dev/null || true)"
+        fi
+    done
+    if [ "$found" = 0 ]; then
+        echo "no lab leftovers"
+        return 0
+    fi
+    return 1
+}
+
+usage() { sed -n '2,9p' "$self" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+    keygen) [ $# = 1 ] || usage; cmd_keygen "$1" ;;
+    boot) [ $# = 4 ] || usage; cmd_boot "$@" ;;
+    stop) [ $# = 2 ] || usage; cmd_stop "$@" ;;
+    reboot) [ $# = 2 ] || usage; cmd_reboot "$@" ;;
+    ssh) [ $# -ge 2 ] || usage; cmd_ssh "$@" ;;
+    leaks) [ $# = 0 ] || usage; cmd_leaks ;;
+    _launch) cmd_launch "$@" ;;
+    *) usage ;;
+esac
