@@ -1,3 +1,166 @@
-# Placeholder: flake checks over a deployFlake output.
+# deployChecks: a flake check that validates a fleet's `deployFlake` output
+# at `nix flake check` time, without evaluating or building any NixOS system.
+#
+#   checks.x86_64-linux.deploy = deploy-flake.lib.deployChecks {
+#     inherit self;
+#     system = "x86_64-linux";
+#   };
+#
+# Arguments:
+#   self                 the user's flake; supplies the two below by default
+#   system               the platform the (trivial) check derivation builds on
+#   deployFlake          the inventory to check (default: self.deployFlake);
+#                        may come from mkDeployFlake or be written by hand
+#   nixosConfigurations  default: self.nixosConfigurations; only its attribute
+#                        NAMES are read, never a configuration
+#   name                 the check derivation's name
+#
+# A valid fleet yields a derivation built with builtins only (`/bin/sh`, which
+# the Nix sandbox provides on Linux and which exists on macOS); its output is
+# the resolved inventory as JSON. A bad fleet makes evaluation fail with every
+# problem found, each naming its attribute path (`deployFlake.hosts.web1.sshPrt`).
+#
+# `lib` is this library (lib/default.nix): the schema's version, option names
+# and timeout phases come from there so the two never drift apart.
 { lib }:
-_: { }
+let
+  inherit (builtins)
+    all attrNames concatLists concatStringsSep filter hasAttr isAttrs isBool
+    isInt isList isString length match substring toJSON typeOf;
+
+  schemaVersion = lib.schemaVersion;
+  hostOptions = lib.optionNames;
+  timeoutPhases = attrNames lib.timeoutDefaults;
+  topLevelKeys = [ "schemaVersion" "hosts" ];
+
+  attrPath = prefix: name:
+    if match "[A-Za-z_][A-Za-z0-9_'-]*" name != null
+    then "${prefix}.${name}"
+    else "${prefix}.${toJSON name}";
+
+  describe = v:
+    let t = typeOf v; in
+    if t == "string" then "a string (${toJSON v})"
+    else if t == "int" then "an integer (${toString v})"
+    else if t == "bool" then "a boolean (${if v then "true" else "false"})"
+    else if t == "null" then "null"
+    else if t == "list" then "a list"
+    else if t == "set" then "an attribute set"
+    else if t == "lambda" then "a function"
+    else "a ${t}";
+
+  # The keys of `attrs` not in `allowed`, and the keys of `allowed` missing
+  # from `attrs`, as error lines. Values are not forced.
+  keyErrors = path: allowed: attrs:
+    map (k: "${attrPath path k}: unknown attribute (allowed: ${concatStringsSep ", " allowed})")
+      (filter (k: !(builtins.elem k allowed)) (attrNames attrs))
+    ++ map (k: "${attrPath path k}: missing (a deployFlake must be fully resolved; mkDeployFlake fills in defaults)")
+      (filter (k: !(hasAttr k attrs)) allowed);
+
+  isStringList = v: isList v && all isString v;
+  isToken = v: isString v && match "[^[:space:][:cntrl:]-][^[:space:][:cntrl:]]*" v != null;
+
+  # option -> { ok : value -> bool; expected : string; }. Mirrors the Rust
+  # side (src/inventory.rs) and the rules mkDeployFlake applies.
+  fieldRules = {
+    hostname = { ok = isToken; expected = "a host name or address (non-empty, no spaces, not starting with '-')"; };
+    sshUser = { ok = isToken; expected = "a user name (non-empty, no spaces, not starting with '-')"; };
+    sshPort = { ok = v: isInt v && v >= 1 && v <= 65535; expected = "an integer between 1 and 65535"; };
+    sshOpts = { ok = isStringList; expected = "a list of strings"; };
+    configuration = { ok = v: isString v && v != ""; expected = "a nixosConfigurations attribute name (non-empty string)"; };
+    tags = { ok = isStringList; expected = "a list of strings"; };
+    buildOn = { ok = v: v == "target" || v == "local"; expected = ''"target" or "local"''; };
+    selfCheck = {
+      ok = v: v == null || (isString v && v != ""
+        && substring 0 1 v != "/"
+        && match "(.*/)?\\.\\.(/.*)?" v == null);
+      expected = "null or a relative path inside the toplevel (no leading '/', no '..')";
+    };
+    sudo = { ok = v: isString v && v != ""; expected = "a non-empty string"; };
+    magicRollback = { ok = isBool; expected = "a boolean"; };
+  };
+
+  timeoutErrors = path: t:
+    if !isAttrs t then [ "${path}: expected an attribute set of phase timeouts, got ${describe t}" ]
+    else
+      keyErrors path timeoutPhases t
+      ++ concatLists (map
+        (k:
+          let v = t.${k}; in
+          if !(hasAttr k t) || (isInt v && v >= 1) then [ ]
+          else [ "${path}.${k}: expected a positive integer (seconds), got ${describe v}" ])
+        timeoutPhases);
+
+  hostErrors = configNames: name: host:
+    let path = attrPath "deployFlake.hosts" name; in
+    if !isAttrs host then [ "${path}: expected an attribute set, got ${describe host}" ]
+    else
+      keyErrors path hostOptions host
+      ++ concatLists (map
+        (k:
+          if !(hasAttr k host) then [ ]
+          else if k == "timeouts" then timeoutErrors "${path}.timeouts" host.timeouts
+          else if !(hasAttr k fieldRules) then [ ]
+          else if fieldRules.${k}.ok host.${k} then [ ]
+          else [ "${path}.${k}: expected ${fieldRules.${k}.expected}, got ${describe host.${k}}" ])
+        hostOptions)
+      ++ (
+        let c = host.configuration or null; in
+        if !(fieldRules.configuration.ok c) || builtins.elem c configNames then [ ]
+        else [
+          ("${path}.configuration: ${toJSON c} is not an attribute of nixosConfigurations"
+            + " (available: ${if configNames == [ ] then "none" else concatStringsSep ", " configNames})")
+        ]
+      );
+
+  fleetErrors = configNames: fleet:
+    if !isAttrs fleet then [ "deployFlake: expected an attribute set (the result of mkDeployFlake), got ${describe fleet}" ]
+    else if !(hasAttr "schemaVersion" fleet) then [ "deployFlake.schemaVersion: missing (this deploy-flake reads schema version ${toString schemaVersion})" ]
+    else if fleet.schemaVersion != schemaVersion then [
+      ("deployFlake.schemaVersion: expected ${toString schemaVersion}, got ${describe fleet.schemaVersion}"
+        + " (this deploy-flake reads schema version ${toString schemaVersion} only)")
+    ]
+    else
+      keyErrors "deployFlake" topLevelKeys fleet
+      ++ (
+        if !(hasAttr "hosts" fleet) then [ ]
+        else if !isAttrs fleet.hosts then [ "deployFlake.hosts: expected an attribute set of hosts, got ${describe fleet.hosts}" ]
+        else concatLists (map (n: hostErrors configNames n fleet.hosts.${n}) (attrNames fleet.hosts))
+      );
+
+  deployChecks =
+    { self ? null
+    , system
+    , deployFlake ?
+        if self != null && self ? deployFlake then self.deployFlake
+        else throw "deployChecks: pass `self` (a flake with a `deployFlake` output) or `deployFlake`"
+    , nixosConfigurations ? if self != null then self.nixosConfigurations or { } else { }
+    , name ? "deploy-flake-check"
+    }:
+    let
+      configNames =
+        if isAttrs nixosConfigurations then attrNames nixosConfigurations
+        else throw "deployChecks: nixosConfigurations: expected an attribute set, got ${describe nixosConfigurations}";
+      errors = fleetErrors configNames deployFlake;
+      count = length errors;
+      report =
+        "deployChecks: deployFlake has ${toString count} problem${if count == 1 then "" else "s"}:\n"
+        + concatStringsSep "\n" (map (e: "  - ${e}") errors);
+    in
+    if errors != [ ] then throw report
+    else
+    # deepSeq: any value mkDeployFlake (or a hand-written fleet) left lazy and
+    # failing is reported here, not by the tool at deploy time.
+      builtins.deepSeq deployFlake (derivation {
+        inherit name system;
+        builder = "/bin/sh";
+        args = [ "-c" ''printf '%s\n' "$inventory" > "$out"'' ];
+        # Strings in the inventory carry no dependency: the check must never
+        # build anything but itself.
+        inventory = builtins.unsafeDiscardStringContext (toJSON deployFlake);
+        hosts = concatStringsSep " " (attrNames deployFlake.hosts);
+        preferLocalBuild = true;
+        allowSubstitutes = false;
+      });
+in
+deployChecks
