@@ -1,1 +1,253 @@
-//! TODO
+//! The command line (clap derive) and its translation into a validated
+//! [`Options`]. Nothing here touches the network or the flake.
+
+use clap::{Parser, ValueEnum};
+
+use crate::inventory::{self, TIMEOUT_PHASES};
+use crate::select::{Selection, Target};
+
+const EXAMPLES: &str = "\
+Selecting hosts (first rule that applies):
+  nixos://[user@]host[:port][/config]   ad hoc destination
+  @tag                                  every host with that tag
+  NAME                                  the deployFlake host of that attribute name
+  user@host[:port][/config]             ad hoc destination
+  a glob (web-*, db?, [ab]*)            matching attribute names (at least one)
+  Otherwise NAME is an unknown host (closest names are suggested). Only when
+  the flake has no deployFlake output is a bare host[:port][/config] taken as
+  an ad hoc destination. Without /config, an ad hoc destination deploys the
+  configuration named like its host; if that is a deployFlake host, its
+  settings apply with hostname, user and port from the destination.
+  IPv6 addresses go in brackets: nixos://root@[fe80::1]:2222/web
+
+Examples:
+  deploy-flake --all                          every host in deployFlake
+  deploy-flake web1 db1                       by attribute name
+  deploy-flake @web --exclude web-3           by tag, minus one host
+  deploy-flake 'web-*' --max-parallel 4       by glob, four at a time
+  deploy-flake nixos://root@10.0.0.5:2222/web1
+  deploy-flake --dry-run --all --flake ./infra
+  deploy-flake --all --timeout build=7200 --timeout confirm=60
+
+Exit status: 0 all hosts succeeded; 1 some host failed, every host in a known
+state; 2 usage, inventory or evaluation error (no host touched); 3 a host may
+be in an unknown state.";
+
+/// Deploy the NixOS configurations of a flake to many hosts over ssh.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "deploy-flake", version, about, after_long_help = EXAMPLES, after_help = "See --help for host selection rules and examples.")]
+pub struct Cli {
+    /// Hosts to deploy: attribute names, @tags, globs or destinations
+    /// (nixos://[user@]host[:port][/config]).
+    #[arg(value_name = "HOSTS")]
+    pub hosts: Vec<String>,
+
+    /// The flake whose deployFlake output lists the fleet.
+    #[arg(long, value_name = "FLAKE", default_value = ".")]
+    pub flake: String,
+
+    /// Deploy every host in deployFlake.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Leave out hosts matching PATTERN (name, @tag or glob); repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+
+    /// Deploy at most N hosts at once (0 = no limit).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PARALLEL)]
+    pub max_parallel: usize,
+
+    /// Print what would be done (hosts, ssh destinations, configurations,
+    /// build locations, timeouts) and touch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Write events as JSON Lines on stdout instead of human output.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Re-activate hosts that already run the wanted system.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Do not check that the system is healthy before deploying.
+    #[arg(long)]
+    pub skip_preflight: bool,
+
+    /// Whether to check the system's health before deploying (the original
+    /// deploy-flake's flag; `skip` is the same as --skip-preflight).
+    #[arg(long, value_name = "WHEN", value_enum)]
+    pub preflight_check: Option<PreflightCheck>,
+
+    /// Self-check to run before activating: a path inside the new system's
+    /// toplevel (the original deploy-flake's flag; overrides every host's
+    /// selfCheck).
+    #[arg(long, value_name = "PATH")]
+    pub pre_activate_script: Option<String>,
+
+    /// Override a phase timeout for every host, in seconds; repeatable.
+    /// Phases: connect, lock, preflight, copy, build, selfCheck, activate,
+    /// confirm, boot.
+    #[arg(long = "timeout", value_name = "PHASE=SECONDS")]
+    pub timeouts: Vec<String>,
+}
+
+/// Default of `--max-parallel`: enough to deploy a rack at once without
+/// opening hundreds of ssh connections from a laptop.
+pub const DEFAULT_MAX_PARALLEL: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PreflightCheck {
+    Run,
+    Skip,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Human,
+    Json,
+}
+
+/// The validated run configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub flake: String,
+    pub selection: Selection,
+    /// `None` = no limit.
+    pub max_parallel: Option<usize>,
+    pub dry_run: bool,
+    pub output: OutputFormat,
+    pub force: bool,
+    pub preflight: bool,
+    /// Replaces every host's `selfCheck` when set.
+    pub self_check: Option<String>,
+    /// `(phase, seconds)` in command line order; phase is a [`TIMEOUT_PHASES`] name.
+    pub timeouts: Vec<(String, u64)>,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CliError {
+    #[error("--flake `{0}`: give a flake reference without `#attribute` (deployFlake is read from it)")]
+    FlakeWithAttribute(String),
+
+    #[error("--flake: the flake reference is empty (use `.` for the current directory)")]
+    EmptyFlake,
+
+    #[error("--timeout `{0}`: expected PHASE=SECONDS, e.g. --timeout build=7200")]
+    TimeoutSyntax(String),
+
+    #[error("--timeout `{arg}`: unknown phase `{phase}`{hint}; phases: {}", TIMEOUT_PHASES.join(", "))]
+    TimeoutPhase { arg: String, phase: String, hint: String },
+
+    #[error("--timeout `{0}`: seconds must be a whole number of at least 1")]
+    TimeoutSeconds(String),
+
+    #[error("--skip-preflight contradicts --preflight-check=run: pass one of them")]
+    PreflightConflict,
+
+    #[error("--pre-activate-script `{path}` {problem}")]
+    SelfCheck { path: String, problem: String },
+
+    #[error("no hosts selected: name hosts, @tags or globs, or pass --all (see --help)")]
+    NothingSelected,
+}
+
+impl Cli {
+    /// Validates the flags. Pure: the flake is not looked at.
+    pub fn into_options(self) -> Result<Options, CliError> {
+        if self.flake.is_empty() {
+            return Err(CliError::EmptyFlake);
+        }
+        if self.flake.contains('#') {
+            return Err(CliError::FlakeWithAttribute(self.flake));
+        }
+        let preflight = match (self.skip_preflight, self.preflight_check) {
+            (true, Some(PreflightCheck::Run)) => return Err(CliError::PreflightConflict),
+            (true, _) | (false, Some(PreflightCheck::Skip)) => false,
+            (false, _) => true,
+        };
+        if let Some(path) = &self.pre_activate_script {
+            if let Some(p) = inventory::self_check_problem(path) {
+                return Err(CliError::SelfCheck {
+                    path: path.clone(),
+                    problem: p.into(),
+                });
+            }
+        }
+        let timeouts = self
+            .timeouts
+            .iter()
+            .map(|a| parse_timeout(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !self.all && self.hosts.is_empty() {
+            return Err(CliError::NothingSelected);
+        }
+        Ok(Options {
+            flake: self.flake,
+            selection: Selection {
+                hosts: self.hosts,
+                all: self.all,
+                exclude: self.exclude,
+            },
+            max_parallel: (self.max_parallel > 0).then_some(self.max_parallel),
+            dry_run: self.dry_run,
+            output: if self.json {
+                OutputFormat::Json
+            } else {
+                OutputFormat::Human
+            },
+            force: self.force,
+            preflight,
+            self_check: self.pre_activate_script,
+            timeouts,
+        })
+    }
+}
+
+/// `build=7200` -> `("build", 7200)`. Accepts `self-check`/`self_check` for
+/// `selfCheck`.
+pub fn parse_timeout(arg: &str) -> Result<(String, u64), CliError> {
+    let (phase, secs) = arg
+        .split_once('=')
+        .ok_or_else(|| CliError::TimeoutSyntax(arg.into()))?;
+    let canonical = match phase {
+        "self-check" | "self_check" | "selfcheck" => "selfCheck",
+        p => p,
+    };
+    if !TIMEOUT_PHASES.contains(&canonical) {
+        let hint = TIMEOUT_PHASES
+            .iter()
+            .map(|p| (strsim::jaro_winkler(phase, p), *p))
+            .filter(|(s, _)| *s >= 0.7)
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, p)| format!(" (did you mean `{p}`?)"))
+            .unwrap_or_default();
+        return Err(CliError::TimeoutPhase {
+            arg: arg.into(),
+            phase: phase.into(),
+            hint,
+        });
+    }
+    match secs.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok((canonical.to_string(), n)),
+        _ => Err(CliError::TimeoutSeconds(arg.into())),
+    }
+}
+
+impl Options {
+    /// Applies command-line overrides (timeouts, self-check) to the
+    /// selected hosts, so that the plan and the run see the same values.
+    pub fn apply_overrides(&self, targets: &mut [Target]) {
+        for t in targets {
+            for (phase, secs) in &self.timeouts {
+                if let Some(slot) = t.spec.timeouts.get_mut(phase) {
+                    *slot = *secs;
+                }
+            }
+            if let Some(sc) = &self.self_check {
+                t.spec.self_check = Some(sc.clone());
+            }
+        }
+    }
+}

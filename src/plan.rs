@@ -1,1 +1,117 @@
-//! TODO
+//! The dry-run plan: what a run would do, rendered as stable text (one
+//! block per host, in deployment order, which is sorted by attribute name
+//! with ad hoc destinations last).
+
+use std::fmt::Write;
+
+use crate::cli::Options;
+use crate::inventory::{HostSpec, TIMEOUT_PHASES};
+use crate::select::Target;
+
+/// Renders the plan. Pure; the output depends only on its arguments.
+pub fn render(targets: &[Target], options: &Options) -> String {
+    let mut out = String::new();
+    let n = targets.len();
+    let _ = writeln!(
+        out,
+        "dry run: {n} host{} from flake {}; nothing will be touched",
+        if n == 1 { "" } else { "s" },
+        options.flake
+    );
+    let _ = writeln!(
+        out,
+        "parallel: {}; preflight: {}; force: {}",
+        options
+            .max_parallel
+            .map_or("unlimited".to_string(), |m| m.to_string()),
+        if options.preflight { "run" } else { "skip" },
+        if options.force { "yes" } else { "no" },
+    );
+    for t in targets {
+        out.push('\n');
+        render_host(&mut out, t, &options.flake);
+    }
+    out
+}
+
+fn render_host(out: &mut String, t: &Target, flake: &str) {
+    let s = &t.spec;
+    let _ = writeln!(out, "{}", t.name);
+    let _ = writeln!(out, "  ssh:           {}", ssh_destination(s));
+    if !s.ssh_opts.is_empty() {
+        let _ = writeln!(out, "  ssh options:   {}", s.ssh_opts.join(" "));
+    }
+    if s.ssh_user != "root" {
+        let _ = writeln!(out, "  escalation:    {}", s.sudo);
+    }
+    let _ = writeln!(
+        out,
+        "  configuration: {flake}#nixosConfigurations.{}",
+        nix_attr(&s.configuration)
+    );
+    let _ = writeln!(out, "  build on:      {}", s.build_on.as_str());
+    let _ = writeln!(
+        out,
+        "  self-check:    {}",
+        s.self_check
+            .as_deref()
+            .unwrap_or("pre-activate-safety-checks, if present")
+    );
+    let _ = writeln!(
+        out,
+        "  rollback:      {}",
+        if s.magic_rollback {
+            "automatic unless confirmed"
+        } else {
+            "off"
+        }
+    );
+    if !s.tags.is_empty() {
+        let _ = writeln!(out, "  tags:          {}", s.tags.join(", "));
+    }
+    let timeouts: Vec<String> = TIMEOUT_PHASES
+        .iter()
+        .map(|p| format!("{p} {}s", s.timeouts.get(p).unwrap_or_default()))
+        .collect();
+    let _ = writeln!(out, "  timeouts:      {}", timeouts.join(", "));
+}
+
+/// `user@host:port`, with IPv6 addresses in brackets.
+pub fn ssh_destination(s: &HostSpec) -> String {
+    if s.hostname.contains(':') {
+        format!("{}@[{}]:{}", s.ssh_user, s.hostname, s.ssh_port)
+    } else {
+        format!("{}@{}:{}", s.ssh_user, s.hostname, s.ssh_port)
+    }
+}
+
+/// A Nix attribute name, quoted when it is not a plain identifier:
+/// `web1`, `"my host"`, `"a\${b}"`.
+pub fn nix_attr(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '\'' | '-'));
+    if plain {
+        return name.to_string();
+    }
+    let mut q = String::with_capacity(name.len() + 2);
+    q.push('"');
+    let mut chars = name.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => q.push_str("\\\""),
+            '\\' => q.push_str("\\\\"),
+            '\n' => q.push_str("\\n"),
+            '\r' => q.push_str("\\r"),
+            '\t' => q.push_str("\\t"),
+            '$' if chars.peek() == Some(&'{') => q.push_str("\\$"),
+            c => q.push(c),
+        }
+    }
+    q.push('"');
+    q
+}

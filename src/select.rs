@@ -237,7 +237,7 @@ fn match_pattern<'a>(inv: &'a Inventory, word: &str) -> Result<Vec<&'a str>, Sel
         return Ok(names);
     }
     let mut hint = closest_hint(word, inv.hosts.keys().map(String::as_str), "hosts", "");
-    hint.push_str("; for a host outside deployFlake write nixos://HOST or USER@HOST");
+    hint.push_str(" (for a host outside deployFlake, write nixos://HOST or USER@HOST)");
     Err(SelectError::UnknownHost {
         word: word.into(),
         hint,
@@ -248,11 +248,11 @@ fn has_glob_meta(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
-/// "; did you mean `web1`, `web2`?" or "; known hosts: ..." (first few).
+/// ": did you mean `web1`, `web2`?" or ": known hosts: ..." (first few).
 fn closest_hint<'a>(word: &str, candidates: impl Iterator<Item = &'a str>, what: &str, prefix: &str) -> String {
     let all: Vec<&str> = candidates.collect();
     if all.is_empty() {
-        return format!("; there are no {what}");
+        return format!(": there are no {what}");
     }
     let mut scored: Vec<(f64, &str)> = all
         .iter()
@@ -262,14 +262,14 @@ fn closest_hint<'a>(word: &str, candidates: impl Iterator<Item = &'a str>, what:
     scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
     if scored.is_empty() {
         let listed: Vec<String> = all.iter().map(|c| format!("{prefix}{c}")).collect();
-        format!("; known {what}: {}", list_some(listed.iter().map(String::as_str)))
+        format!(": known {what}: {}", list_some(listed.iter().map(String::as_str)))
     } else {
         let names: Vec<String> = scored
             .iter()
             .take(3)
             .map(|(_, c)| format!("`{prefix}{c}`"))
             .collect();
-        format!("; did you mean {}?", names.join(", "))
+        format!(": did you mean {}?", names.join(", "))
     }
 }
 
