@@ -1,0 +1,209 @@
+//! lib/ through a real `nix eval`: defaults, precedence, errors with their
+//! attribute paths, and the promise never to force a NixOS configuration.
+
+#[path = "fixtures/inventory/common.rs"]
+mod common;
+
+use common::*;
+use serde_json::json;
+
+use deploy_flake::inventory::{self, InventoryError};
+
+/// `mkDeployFlake` over a `self` whose configurations all throw.
+fn mk(args: &str) -> Result<serde_json::Value, String> {
+    eval_expr(&format!(
+        r#"let lib = import {}/lib; in lib.mkDeployFlake ({{ self = {{ nixosConfigurations = {{ web1 = throw "web1 forced"; db1 = throw "db1 forced"; "my host" = throw "forced"; }}; }}; }} // {args})"#,
+        repo().display()
+    ))
+}
+
+/// The first `error:` line Nix printed.
+fn error_line(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line in:\n{stderr}"))
+}
+
+#[test]
+fn defaults_fill_every_field() {
+    let v = mk("{ hosts.web1 = { }; }").unwrap();
+    assert_eq!(
+        v,
+        json!({ "schemaVersion": 1, "hosts": { "web1": {
+            "hostname": "web1", "sshUser": "root", "sshPort": 22, "sshOpts": [],
+            "configuration": "web1", "tags": [], "buildOn": "target", "selfCheck": null,
+            "sudo": "sudo", "magicRollback": true,
+            "timeouts": { "connect": 10, "lock": 10, "preflight": 60, "copy": 600,
+                          "build": 3600, "selfCheck": 120, "activate": 600,
+                          "confirm": 30, "boot": 300 } } } })
+    );
+    // And the Rust side accepts it unchanged.
+    let inv = inventory::parse(&v.to_string()).unwrap();
+    assert_eq!(inv.hosts["web1"], inventory::HostSpec::with_defaults("web1"));
+}
+
+#[test]
+fn hosts_default_to_every_configuration_without_forcing_them() {
+    let v = mk("{ }").unwrap();
+    let names: Vec<&String> = v["hosts"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["db1", "my host", "web1"]);
+    assert_eq!(v["hosts"]["my host"]["hostname"], "my host");
+}
+
+#[test]
+fn precedence_builtin_then_defaults_then_host_and_timeouts_merge_per_key() {
+    let v = mk(r#"{ defaults = { sshUser = "deploy"; sshPort = 2200; timeouts = { copy = 5; build = 6; }; };
+                   hosts.web1 = { sshPort = 22; timeouts.build = 7; };
+                   hosts.db1 = { }; }"#)
+    .unwrap();
+    let web1 = &v["hosts"]["web1"];
+    assert_eq!(web1["sshUser"], "deploy");
+    assert_eq!(web1["sshPort"], 22);
+    assert_eq!(web1["timeouts"]["copy"], 5);
+    assert_eq!(web1["timeouts"]["build"], 7);
+    assert_eq!(web1["timeouts"]["connect"], 10);
+    let db1 = &v["hosts"]["db1"];
+    assert_eq!(db1["sshPort"], 2200);
+    assert_eq!(db1["timeouts"]["build"], 6);
+}
+
+#[test]
+fn unknown_host_key_names_its_path_and_the_closest_key() {
+    let err = mk("{ hosts.web1.sshPrt = 22; }").unwrap_err();
+    assert_eq!(
+        error_line(&err),
+        "error: deployFlake.hosts.web1.sshPrt: unknown option; did you mean \"sshPort\"? (known options: buildOn, configuration, hostname, magicRollback, selfCheck, sshOpts, sshPort, sshUser, sudo, tags, timeouts)"
+    );
+}
+
+#[test]
+fn unknown_key_in_defaults_and_in_timeouts() {
+    let err = mk("{ defaults.tag = [ ]; }").unwrap_err();
+    assert!(error_line(&err).starts_with("error: deployFlake.defaults.tag: unknown option; did you mean \"tags\"?"), "{err}");
+    let err = mk("{ hosts.web1.timeouts.biuld = 5; }").unwrap_err();
+    assert!(error_line(&err).starts_with("error: deployFlake.hosts.web1.timeouts.biuld: unknown option; did you mean \"build\"?"), "{err}");
+}
+
+#[test]
+fn hostile_attribute_name_is_quoted_in_the_path() {
+    let err = mk(r#"{ hosts."my host".x = 1; }"#).unwrap_err();
+    assert!(error_line(&err).starts_with(r#"error: deployFlake.hosts."my host".x: unknown option (known options:"#), "{err}");
+}
+
+#[test]
+fn wrong_types_name_the_path_expected_and_got() {
+    let cases = [
+        (r#"{ hosts.web1.sshPort = "22"; }"#, r#"error: deployFlake.hosts.web1.sshPort: expected an integer between 1 and 65535, got a string ("22")"#),
+        (r#"{ defaults.sshPort = 70000; }"#, r#"error: deployFlake.defaults.sshPort: expected an integer between 1 and 65535, got an integer (70000)"#),
+        (r#"{ hosts.web1.tags = "web"; }"#, r#"error: deployFlake.hosts.web1.tags: expected a list of strings, got a string ("web")"#),
+        (r#"{ hosts.web1.buildOn = "remote"; }"#, r#"error: deployFlake.hosts.web1.buildOn: expected "target" or "local", got a string ("remote")"#),
+        (r#"{ hosts.web1.magicRollback = "yes"; }"#, r#"error: deployFlake.hosts.web1.magicRollback: expected a boolean, got a string ("yes")"#),
+        (r#"{ hosts.web1.selfCheck = "/bin/check"; }"#, r#"error: deployFlake.hosts.web1.selfCheck: expected null or a relative path inside the toplevel (no leading '/', no '..'), got a string ("/bin/check")"#),
+        (r#"{ hosts.web1.hostname = "-oProxyCommand=x"; }"#, r#"error: deployFlake.hosts.web1.hostname: expected a host name or address (non-empty, no spaces, not starting with '-'), got a string ("-oProxyCommand=x")"#),
+        (r#"{ hosts.web1.timeouts.copy = 0; }"#, r#"error: deployFlake.hosts.web1.timeouts.copy: expected a positive integer (seconds), got an integer (0)"#),
+        (r#"{ hosts.web1 = "x"; }"#, r#"error: deployFlake.hosts.web1: expected an attribute set, got a string ("x")"#),
+        (r#"{ defaults.hostname = "x"; }"#, r#"error: deployFlake.defaults.hostname: per-host option, set it under deployFlake.hosts.<name>.hostname"#),
+    ];
+    for (args, want) in cases {
+        let err = mk(args).unwrap_err();
+        assert_eq!(error_line(&err), want, "for {args}");
+    }
+}
+
+#[test]
+fn bad_defaults_fail_even_when_every_host_overrides_them() {
+    let err = mk(r#"{ defaults.sshUser = 5; hosts.web1.sshUser = "root"; }"#).unwrap_err();
+    assert!(error_line(&err).starts_with("error: deployFlake.defaults.sshUser: expected a user name"), "{err}");
+}
+
+#[test]
+fn missing_configuration_names_host_and_configuration() {
+    let err = mk(r#"{ hosts.web1.configuration = "web"; }"#).unwrap_err();
+    assert_eq!(
+        error_line(&err),
+        r#"error: deployFlake.hosts.web1.configuration: host "web1" uses configuration "web", which is not in nixosConfigurations; did you mean "web1"?"#
+    );
+    let err = mk(r#"{ hosts.mail = { }; }"#).unwrap_err();
+    assert!(error_line(&err).starts_with(r#"error: deployFlake.hosts.mail.configuration: host "mail" uses configuration "mail", which is not in nixosConfigurations"#), "{err}");
+}
+
+#[test]
+fn fixture_flake_with_throwing_configurations_evaluates() {
+    let dir = fixture_flake("throwing");
+    let v = eval_flake(dir.path()).unwrap();
+    let names: Vec<&String> = v["hosts"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["alpha", "beta"]);
+}
+
+#[tokio::test]
+async fn load_reads_the_fleet_fixture() {
+    let dir = fixture_flake("fleet");
+    let inv = inventory::load(dir.path().to_str().unwrap(), inventory::DEFAULT_EVAL_TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(inv.hosts.len(), 4);
+    let web2 = &inv.hosts["web-2"];
+    assert_eq!(web2.hostname, "2001:db8::2");
+    assert_eq!(web2.ssh_port, 2222);
+    assert_eq!(web2.ssh_user, "deploy");
+    assert_eq!(web2.timeouts.build, 7200);
+    assert_eq!(web2.timeouts.copy, 1200);
+    let odd = &inv.hosts["odd \"name\" $(x)"];
+    assert_eq!(odd.configuration, "odd \"name\" $(x)");
+    let db1 = &inv.hosts["db1"];
+    assert_eq!(db1.build_on, inventory::BuildOn::Local);
+    assert_eq!(db1.self_check.as_deref(), Some("bin/db-check"));
+    assert!(!db1.magic_rollback);
+}
+
+#[tokio::test]
+async fn no_deploy_flake_output_shows_the_lines_to_add() {
+    let dir = fixture_flake("no-deploy-flake");
+    let flake = dir.path().to_str().unwrap().to_string();
+    let err = inventory::load(&flake, inventory::DEFAULT_EVAL_TIMEOUT).await.unwrap_err();
+    assert!(matches!(err, InventoryError::NoDeployFlake { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "flake `{flake}` has no deployFlake output; add these lines to the outputs of its flake.nix (with deploy-flake as an input):\n\n    deployFlake = deploy-flake.lib.mkDeployFlake {{\n      inherit self;\n    }};\n\nor name ad hoc destinations instead (nixos://[user@]host[:port][/config])"
+        )
+    );
+}
+
+#[tokio::test]
+async fn newer_schema_asks_to_upgrade() {
+    let dir = fixture_flake("newer-schema");
+    let err = inventory::load(dir.path().to_str().unwrap(), inventory::DEFAULT_EVAL_TIMEOUT)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "deployFlake has schemaVersion 2, but this deploy-flake understands only version 1: upgrade deploy-flake (or pin the flake's deploy-flake input to the version of this binary)"
+    );
+}
+
+#[tokio::test]
+async fn evaluation_error_shows_the_tail_of_nix_stderr() {
+    let dir = flake_from(
+        r#"{ outputs = { self }: { nixosConfigurations.a = throw "x"; deployFlake = (import ./lib).mkDeployFlake { inherit self; hosts.a.sshPrt = 1; }; }; }"#,
+    );
+    let err = inventory::load(dir.path().to_str().unwrap(), inventory::DEFAULT_EVAL_TIMEOUT)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.starts_with(&format!("evaluating `{}#deployFlake` failed:\n", dir.path().display())), "{msg}");
+    assert!(msg.contains("error: deployFlake.hosts.a.sshPrt: unknown option; did you mean \"sshPort\"?"), "{msg}");
+    assert!(msg.lines().count() <= 21, "{msg}");
+}
+
+#[tokio::test]
+async fn a_slow_evaluation_times_out() {
+    let dir = flake_from(
+        r#"{ outputs = { self }: { deployFlake = let f = n: if n == 0 then 0 else f (n - 1) + 0 * f (n - 1); in { schemaVersion = f 200; hosts = { }; }; }; }"#,
+    );
+    let err = inventory::load(dir.path().to_str().unwrap(), std::time::Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, InventoryError::Timeout { .. }), "{err:?}");
+}
