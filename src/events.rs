@@ -1,1 +1,134 @@
-//! TODO
+//! The typed events of a run: the only contract between the engine (runner
+//! and pipeline) and everything that prints. The engine never writes prose
+//! to the terminal; renderers in `report` turn events into text or JSON.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// The version of the JSON Lines stream (`--json`).
+pub const JSON_VERSION: u32 = 1;
+
+/// The phases of the per-host pipeline, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Connect,
+    Lock,
+    Preflight,
+    Copy,
+    Build,
+    SelfCheck,
+    Activate,
+    Confirm,
+    Boot,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Connect => "connect",
+            Phase::Lock => "lock",
+            Phase::Preflight => "preflight",
+            Phase::Copy => "copy",
+            Phase::Build => "build",
+            Phase::SelfCheck => "self-check",
+            Phase::Activate => "activate",
+            Phase::Confirm => "confirm",
+            Phase::Boot => "boot",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a host ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Now running and booting the new system.
+    Deployed,
+    /// Already running and booting the built system; nothing activated.
+    UpToDate,
+    /// Stopped before anything on the host changed.
+    Failed,
+    /// Activated, then returned to the previous system; boot entry untouched.
+    RolledBack,
+    /// May be in an unknown state: the report says what to inspect.
+    Unknown,
+    /// Not started because the run was interrupted.
+    Cancelled,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Deployed => "deployed",
+            Outcome::UpToDate => "up to date",
+            Outcome::Failed => "failed",
+            Outcome::RolledBack => "rolled back",
+            Outcome::Unknown => "UNKNOWN STATE",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_success(self) -> bool {
+        matches!(self, Outcome::Deployed | Outcome::UpToDate)
+    }
+}
+
+/// The end-of-host record: what the summary table and the exit code use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostReport {
+    pub host: String,
+    pub outcome: Outcome,
+    /// The last phase that started.
+    pub phase: Option<Phase>,
+    #[serde(serialize_with = "as_millis")]
+    pub duration: Duration,
+    /// The system the host runs at the end, when known.
+    pub system: Option<String>,
+    /// Why it failed, rolled back or is unknown; what to inspect.
+    pub message: Option<String>,
+}
+
+/// One thing that happened during a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// The plan is fixed: these hosts, in this order.
+    RunStarted { run_id: String, hosts: Vec<String> },
+    PhaseStarted { host: String, phase: Phase },
+    PhaseFinished {
+        host: String,
+        phase: Phase,
+        ok: bool,
+        #[serde(serialize_with = "as_millis")]
+        duration: Duration,
+    },
+    /// A line printed by a remote or local command working for `host`.
+    Output { host: String, phase: Phase, line: String },
+    /// A note from the engine about `host` (e.g. "reconnected").
+    Note { host: String, text: String },
+    /// The target returned to its previous system.
+    RolledBack { host: String, reason: String },
+    HostFinished { report: HostReport },
+    RunFinished {
+        reports: Vec<HostReport>,
+        exit_code: u8,
+        #[serde(serialize_with = "as_millis")]
+        duration: Duration,
+    },
+}
+
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+
+/// Where events go. Renderers and tests are just different sinks.
+pub type Sink = Arc<dyn Fn(Event) + Send + Sync>;

@@ -1,1 +1,555 @@
-//! TODO
+//! One small function per Nix/systemd step of the pipeline, each with a
+//! typed result. `pipeline` reads as the sequence of these calls.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::remote::{tail_lines, Cmd, Remote, RemoteError};
+
+/// `--extra-experimental-features` value every nix call carries (Nix 2.8 and newer).
+pub const NIX_FEATURES: &str = "nix-command flakes";
+
+/// Where the deployer keeps its root-only state on a target.
+pub const STATE_DIR: &str = "/run/deploy-flake";
+pub const SYSTEM_PROFILE: &str = "/nix/var/nix/profiles/system";
+
+/// The on-target agent, embedded in the binary.
+pub const AGENT: &str = include_str!("agent.sh");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    #[error("`{cmd}` failed (exit {code}):\n{tail}")]
+    Failed { cmd: String, code: String, tail: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn failed(cmd: &str, out: &crate::remote::Output) -> StepError {
+    StepError::Failed {
+        cmd: cmd.to_string(),
+        code: out.code().map(|c| c.to_string()).unwrap_or_else(|| "signal".into()),
+        tail: out.tail(),
+    }
+}
+
+/// A validated absolute store path (`/nix/store/<hash>-<name>`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct StorePath(String);
+
+impl StorePath {
+    pub fn parse(s: &str) -> Result<StorePath, StepError> {
+        let s = s.trim();
+        let rest = s
+            .strip_prefix("/nix/store/")
+            .ok_or_else(|| StepError::Invalid(format!("not a store path: {s:?}")))?;
+        let ok = rest.len() > 33
+            && rest.as_bytes()[32] == b'-'
+            && rest[..32].bytes().all(|b| b.is_ascii_alphanumeric())
+            && !rest.contains('/')
+            && rest[33..].bytes().all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b));
+        if ok {
+            Ok(StorePath(s.to_string()))
+        } else {
+            Err(StepError::Invalid(format!("not a store path: {s:?}")))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn join(&self, rel: &str) -> String {
+        format!("{}/{}", self.0, rel)
+    }
+}
+
+impl std::fmt::Display for StorePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The installable of a configuration's toplevel inside a flake source.
+///
+/// The attribute name is quoted for Nix and percent-encoded for the flake
+/// reference's fragment, so any name (spaces, `$`, `'`) reaches Nix as a
+/// single attribute. A `"` cannot be expressed in a Nix attribute path.
+pub fn toplevel_installable(flake: &str, configuration: &str) -> Result<String, StepError> {
+    if configuration.contains('"') || configuration.chars().any(char::is_control) {
+        return Err(StepError::Invalid(format!(
+            "configuration name {configuration:?} cannot be used in a flake attribute path \
+             (it contains '\"' or a control character); rename the nixosConfigurations attribute"
+        )));
+    }
+    let mut enc = String::new();
+    for b in configuration.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            enc.push(b as char);
+        } else {
+            enc.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Ok(format!("{flake}#nixosConfigurations.%22{enc}%22.config.system.build.toplevel"))
+}
+
+// ---- on-target state ------------------------------------------------------
+
+/// Paths of one run's state on the target.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub dir: String,
+    pub agent: String,
+}
+
+impl RunDir {
+    pub fn new(run_id: &str) -> RunDir {
+        let hash = hex(&Sha256::digest(AGENT.as_bytes()))[..16].to_string();
+        RunDir { dir: format!("{STATE_DIR}/runs/{run_id}"), agent: format!("{STATE_DIR}/agent-{hash}.sh") }
+    }
+
+    pub fn file(&self, name: &str) -> String {
+        format!("{}/{}", self.dir, name)
+    }
+
+    /// The systemd unit of an agent action.
+    pub fn unit(&self, action: &str) -> String {
+        let id = self.dir.rsplit('/').next().unwrap_or("run");
+        format!("deploy-flake-{id}-{action}")
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Create the root-only state directory and install the agent.
+pub async fn install_agent(r: &Remote, run: &RunDir, secs: u64) -> Result<(), StepError> {
+    let out = r.run(&Cmd::new(["mkdir", "-p", "-m", "0700", STATE_DIR, &format!("{STATE_DIR}/runs")]).secs(secs)).await?;
+    if !out.success() {
+        return Err(failed("mkdir state dir", &out));
+    }
+    // A fresh dir per run: nothing from an earlier run can be mistaken for ours.
+    let out = r.run(&Cmd::new(["mkdir", "-m", "0700", &run.dir]).secs(secs)).await?;
+    if !out.success() {
+        return Err(failed("mkdir run dir", &out));
+    }
+    let out = r
+        .run_with_stdin(&Cmd::new(["dd", &format!("of={}", run.agent), "status=none"]).secs(secs), Some(AGENT.as_bytes()))
+        .await?;
+    if !out.success() {
+        return Err(failed("install agent", &out));
+    }
+    Ok(())
+}
+
+// ---- lock -------------------------------------------------------------
+
+/// Refuse when an activation unit from another run is still going.
+pub async fn running_activations(r: &Remote, secs: u64) -> Result<Vec<String>, StepError> {
+    let out = r
+        .run(&Cmd::new(["systemctl", "list-units", "--plain", "--no-legend", "--no-pager", "--state=active,activating,deactivating", "deploy-flake-*"]).secs(secs))
+        .await?;
+    Ok(out.stdout.lines().filter_map(|l| l.split_whitespace().next()).map(String::from).collect())
+}
+
+// ---- preflight ------------------------------------------------------------
+
+/// The system state and, when not running, the failed units.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub state: String,
+    pub failed_units: Vec<String>,
+}
+
+impl Health {
+    pub fn is_running(&self) -> bool {
+        self.state == "running" && self.failed_units.is_empty()
+    }
+
+    pub fn describe(&self) -> String {
+        if self.failed_units.is_empty() {
+            format!("system is {}", self.state)
+        } else {
+            format!("system is {} (failed units: {})", self.state, self.failed_units.join(", "))
+        }
+    }
+}
+
+/// `systemctl is-system-running --wait`, bounded, plus the failed units.
+pub async fn system_health(r: &Remote, secs: u64) -> Result<Health, StepError> {
+    let state = match r.run(&Cmd::new(["systemctl", "is-system-running", "--wait"]).secs(secs)).await {
+        Ok(out) => out.stdout.trim().to_string(),
+        Err(RemoteError::Timeout { .. }) => format!("still starting after {secs}s"),
+        Err(e) => return Err(e.into()),
+    };
+    let out = r.run(&Cmd::new(["systemctl", "list-units", "--failed", "--plain", "--no-legend", "--no-pager"]).secs(30)).await?;
+    let failed_units = out.stdout.lines().filter_map(|l| l.split_whitespace().next()).map(String::from).collect();
+    Ok(Health { state, failed_units })
+}
+
+// ---- copy and build -------------------------------------------------------
+
+#[derive(Deserialize)]
+struct ArchiveJson {
+    path: String,
+}
+
+/// Copy the flake and all its inputs to the target over our master
+/// connection. Returns the flake's source path in the store.
+pub async fn copy_flake(
+    r: &Remote,
+    flake: &str,
+    secs: u64,
+    on_line: &mut (dyn FnMut(&str) + Send),
+) -> Result<StorePath, StepError> {
+    let argv = vec![
+        "nix".to_string(),
+        "--extra-experimental-features".into(),
+        NIX_FEATURES.into(),
+        "flake".into(),
+        "archive".into(),
+        "--json".into(),
+        "--to".into(),
+        r.store_uri(),
+        flake.into(),
+    ];
+    let out = local(&argv, &[("NIX_SSHOPTS", r.nix_sshopts())], secs, on_line).await?;
+    let parsed: ArchiveJson = serde_json::from_str(out.trim())
+        .map_err(|e| StepError::Invalid(format!("unexpected output of nix flake archive --json: {e}")))?;
+    StorePath::parse(&parsed.path)
+}
+
+#[derive(Deserialize)]
+struct BuildJson {
+    outputs: std::collections::BTreeMap<String, String>,
+}
+
+fn parse_build_json(stdout: &str) -> Result<StorePath, StepError> {
+    let parsed: Vec<BuildJson> = serde_json::from_str(stdout.trim())
+        .map_err(|e| StepError::Invalid(format!("unexpected output of nix build --json: {e}")))?;
+    let out = parsed
+        .first()
+        .and_then(|b| b.outputs.get("out"))
+        .ok_or_else(|| StepError::Invalid("nix build --json printed no output path".into()))?;
+    StorePath::parse(out)
+}
+
+/// Build the toplevel on the target, holding a GC root in the run dir
+/// until the system profile points at it.
+pub async fn build_on_target(
+    r: &Remote,
+    source: &StorePath,
+    configuration: &str,
+    run: &RunDir,
+    secs: u64,
+    on_line: &mut (dyn FnMut(&str) + Send),
+) -> Result<StorePath, StepError> {
+    let installable = toplevel_installable(&format!("path:{source}"), configuration)?;
+    let cmd = Cmd::new([
+        "nix",
+        "--extra-experimental-features",
+        NIX_FEATURES,
+        "build",
+        "--json",
+        "--out-link",
+        &run.file("toplevel"),
+        &installable,
+    ])
+    .secs(secs);
+    // stdout carries the JSON; stderr is build progress for the user.
+    let (out, err_lines) = run_splitting(r, &cmd, on_line).await?;
+    if !out.success() {
+        return Err(StepError::Failed {
+            cmd: "nix build".into(),
+            code: out.code().map(|c| c.to_string()).unwrap_or_else(|| "signal".into()),
+            tail: tail_lines(&err_lines, 20),
+        });
+    }
+    parse_build_json(&out.stdout)
+}
+
+/// Build the toplevel on this machine (`buildOn = "local"`).
+pub async fn build_locally(
+    flake: &str,
+    configuration: &str,
+    gcroot: &Path,
+    secs: u64,
+    on_line: &mut (dyn FnMut(&str) + Send),
+) -> Result<StorePath, StepError> {
+    let installable = toplevel_installable(flake, configuration)?;
+    let argv = vec![
+        "nix".to_string(),
+        "--extra-experimental-features".into(),
+        NIX_FEATURES.into(),
+        "build".into(),
+        "--json".into(),
+        "--out-link".into(),
+        gcroot.display().to_string(),
+        installable,
+    ];
+    let out = local(&argv, &[], secs, on_line).await?;
+    parse_build_json(&out)
+}
+
+/// Copy a locally built closure to the target. Paths built here carry no
+/// signature the target trusts, so the copy is unchecked: it travels over
+/// our own authenticated ssh connection as root.
+pub async fn copy_closure(
+    r: &Remote,
+    path: &StorePath,
+    secs: u64,
+    on_line: &mut (dyn FnMut(&str) + Send),
+) -> Result<(), StepError> {
+    let argv = vec![
+        "nix".to_string(),
+        "--extra-experimental-features".into(),
+        NIX_FEATURES.into(),
+        "copy".into(),
+        "--no-check-sigs".into(),
+        "--substitute-on-destination".into(),
+        "--to".into(),
+        r.store_uri(),
+        path.to_string(),
+    ];
+    local(&argv, &[("NIX_SSHOPTS", r.nix_sshopts())], secs, on_line).await?;
+    Ok(())
+}
+
+/// Register a GC root for a path copied to the target.
+pub async fn add_root(r: &Remote, path: &StorePath, run: &RunDir, secs: u64) -> Result<(), StepError> {
+    let cmd = Cmd::new(["nix-store", "--realise", path.as_str(), "--add-root", &run.file("toplevel"), "--indirect"]).secs(secs);
+    let out = r.run(&cmd).await?;
+    if !out.success() {
+        return Err(failed("nix-store --add-root", &out));
+    }
+    Ok(())
+}
+
+async fn run_splitting(
+    r: &Remote,
+    cmd: &Cmd,
+    on_line: &mut (dyn FnMut(&str) + Send),
+) -> Result<(crate::remote::Output, String), StepError> {
+    // Capture stdout (JSON) and forward stderr line by line afterwards;
+    // builds are chatty on stderr only.
+    let out = r.run(cmd).await?;
+    for l in out.stderr.lines() {
+        on_line(l);
+    }
+    let err = out.stderr.clone();
+    Ok((out, err))
+}
+
+/// Run a local command, streaming stderr lines, returning stdout.
+pub async fn local(
+    argv: &[String],
+    env: &[(&str, String)],
+    secs: u64,
+    on_line: &mut (dyn FnMut(&str) + Send),
+) -> Result<String, StepError> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    let mut c = tokio::process::Command::new(&argv[0]);
+    c.args(&argv[1..])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let display = argv.iter().take(5).cloned().collect::<Vec<_>>().join(" ");
+    let fut = async {
+        let mut child = c.spawn().map_err(|e| StepError::Invalid(format!("cannot run {}: {e}", argv[0])))?;
+        let mut stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let reader = tokio::spawn(async move {
+            let mut s = String::new();
+            let _ = stdout.read_to_string(&mut s).await;
+            s
+        });
+        let mut lines = BufReader::new(stderr).lines();
+        let mut tail = Vec::new();
+        while let Ok(Some(l)) = lines.next_line().await {
+            on_line(&l);
+            tail.push(l);
+            if tail.len() > 40 {
+                tail.remove(0);
+            }
+        }
+        let status = child.wait().await.map_err(|e| StepError::Invalid(e.to_string()))?;
+        let out = reader.await.unwrap_or_default();
+        if !status.success() {
+            return Err(StepError::Failed {
+                cmd: display.clone(),
+                code: status.code().map(|c| c.to_string()).unwrap_or_else(|| "signal".into()),
+                tail: tail_lines(&tail.join("\n"), 20),
+            });
+        }
+        Ok(out)
+    };
+    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
+        Err(_) => Err(RemoteError::Timeout { cmd: display, secs }.into()),
+        Ok(r) => r,
+    }
+}
+
+// ---- inspection -----------------------------------------------------------
+
+/// `readlink -f` of a path on the target; `None` when it does not exist.
+pub async fn resolve(r: &Remote, path: &str, secs: u64) -> Result<Option<String>, StepError> {
+    let out = r.run(&Cmd::new(["readlink", "-e", path]).secs(secs)).await?;
+    Ok(if out.success() { Some(out.stdout.trim().to_string()) } else { None })
+}
+
+/// Does `path` exist on the target (and is it executable when `exec`)?
+pub async fn exists(r: &Remote, path: &str, exec: bool, secs: u64) -> Result<bool, StepError> {
+    let out = r.run(&Cmd::new(["test", if exec { "-x" } else { "-e" }, path]).secs(secs)).await?;
+    Ok(out.success())
+}
+
+/// Run the self-check script; its output goes to `on_line`.
+pub async fn self_check(
+    r: &Remote,
+    script: &str,
+    secs: u64,
+    on_line: &mut (dyn FnMut(&str) + Send),
+) -> Result<(), StepError> {
+    let cmd = Cmd::new([script]).secs(secs);
+    let mut lines = Vec::new();
+    let status = r
+        .stream(&cmd, |l| {
+            on_line(l);
+            lines.push(l.to_string());
+        })
+        .await?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(StepError::Failed {
+            cmd: script.to_string(),
+            code: status.code().map(|c| c.to_string()).unwrap_or_else(|| "signal".into()),
+            tail: tail_lines(&lines.join("\n"), 15),
+        })
+    }
+}
+
+// ---- agent ----------------------------------------------------------------
+
+/// Start an agent action as a transient systemd unit (it survives the ssh
+/// connection that started it).
+pub async fn start_agent(r: &Remote, run: &RunDir, action: &str, args: &[String], secs: u64) -> Result<String, StepError> {
+    if !exists(r, "/run/systemd/system", false, secs).await? {
+        return Err(StepError::Invalid("the target does not run systemd (no /run/systemd/system)".into()));
+    }
+    let unit = run.unit(action);
+    let mut argv = vec![
+        "systemd-run".to_string(),
+        format!("--unit={unit}"),
+        "--description=deploy-flake activation agent".into(),
+        "--collect".into(),
+        "--quiet".into(),
+        "--property=KillMode=control-group".into(),
+        "/bin/sh".into(),
+        run.agent.clone(),
+        action.into(),
+    ];
+    argv.extend(args.iter().cloned());
+    let out = r.run(&Cmd::new(argv).secs(secs)).await?;
+    if !out.success() {
+        return Err(failed("systemd-run", &out));
+    }
+    Ok(unit)
+}
+
+/// Stream the run's log from line `seen` until the agent reaches a state
+/// that needs the deployer (or a final one). Returns the lines received.
+pub async fn watch_agent(
+    r: &Remote,
+    run: &RunDir,
+    seen: usize,
+    secs: u64,
+    on_line: &mut (dyn FnMut(&str) + Send),
+) -> Result<usize, RemoteError> {
+    let cmd = Cmd::new(["/bin/sh", run.agent.as_str(), "watch", run.dir.as_str(), &seen.to_string()]).secs(secs);
+    let mut n = 0;
+    r.stream(&cmd, |l| {
+        n += 1;
+        on_line(l);
+    })
+    .await?;
+    Ok(n)
+}
+
+/// The agent's status line: state and reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentStatus {
+    pub state: String,
+    pub reason: String,
+}
+
+pub async fn agent_status(r: &Remote, run: &RunDir, secs: u64) -> Result<AgentStatus, StepError> {
+    let out = r.run(&Cmd::new(["cat", &run.file("status")]).secs(secs)).await?;
+    let line = out.stdout.lines().next().unwrap_or("").to_string();
+    let (state, reason) = line.split_once(' ').unwrap_or((&line, ""));
+    Ok(AgentStatus { state: state.to_string(), reason: reason.to_string() })
+}
+
+/// Create a marker file in the run dir (`abort`) with a reason in it.
+pub async fn signal_agent(r: &Remote, run: &RunDir, name: &str, reason: &str, secs: u64) -> Result<(), StepError> {
+    let cmd = Cmd::new(["dd", &format!("of={}", run.file(name)), "status=none"]).secs(secs);
+    r.run_with_stdin(&cmd, Some(reason.as_bytes())).await?;
+    Ok(())
+}
+
+/// Remove the run's GC root once the profile holds the system.
+pub async fn drop_root(r: &Remote, run: &RunDir, secs: u64) -> Result<(), StepError> {
+    r.run(&Cmd::new(["rm", "-f", &run.file("toplevel")]).secs(secs)).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_paths_are_validated() {
+        assert!(StorePath::parse("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-web1").is_ok());
+        assert!(StorePath::parse("/nix/store/short-x").is_err());
+        assert!(StorePath::parse("/tmp/0123456789abcdfghijklmnpqrsvwxyz-x").is_err());
+        assert!(StorePath::parse("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-x/bin").is_err());
+        assert!(StorePath::parse("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-$(x)").is_err());
+    }
+
+    #[test]
+    fn configuration_names_are_quoted_and_encoded() {
+        assert_eq!(
+            toplevel_installable("path:/nix/store/x-source", "web1").unwrap(),
+            "path:/nix/store/x-source#nixosConfigurations.%22web1%22.config.system.build.toplevel"
+        );
+        assert_eq!(
+            toplevel_installable(".", "my host$(x)").unwrap(),
+            ".#nixosConfigurations.%22my%20host%24%28x%29%22.config.system.build.toplevel"
+        );
+        assert!(toplevel_installable(".", "a\"b").unwrap_err().to_string().contains("rename the nixosConfigurations attribute"));
+    }
+
+    #[test]
+    fn build_json_gives_the_out_path() {
+        let j = r#"[{"drvPath":"/nix/store/0123456789abcdfghijklmnpqrsvwxyz-t.drv","outputs":{"out":"/nix/store/0123456789abcdfghijklmnpqrsvwxyz-t"}}]"#;
+        assert_eq!(parse_build_json(j).unwrap().as_str(), "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-t");
+        assert!(parse_build_json("[]").is_err());
+    }
+
+    #[test]
+    fn run_dirs_are_per_run() {
+        let a = RunDir::new("20261126-abc");
+        assert_eq!(a.dir, "/run/deploy-flake/runs/20261126-abc");
+        assert!(a.agent.starts_with("/run/deploy-flake/agent-"));
+        assert_eq!(a.unit("activate"), "deploy-flake-20261126-abc-activate");
+    }
+}

@@ -1,1 +1,501 @@
-//! TODO
+//! The per-host pipeline: connect, lock, preflight, copy, build,
+//! self-check, activate (test), confirm, boot — in that order, each phase
+//! bounded by its timeout. The rollback rule of a phase sits next to it.
+//!
+//! Nothing on a host changes before `activate`; from `activate` on, the
+//! on-target agent (a transient systemd unit) owns the outcome: it returns
+//! to the previous system unless the deployer confirms over a fresh login.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::events::{Event, HostReport, Outcome, Phase, Sink};
+use crate::inventory::BuildOn;
+use crate::nix::{self, AgentStatus, RunDir, StorePath, SYSTEM_PROFILE};
+use crate::remote::{Cmd, Destination, Remote, RemoteError};
+use crate::select::Target;
+
+/// What every host of a run shares.
+#[derive(Clone)]
+pub struct Context {
+    pub run_id: String,
+    /// The flake reference as given on the command line.
+    pub flake: String,
+    /// Re-activate hosts that already run the built system.
+    pub force: bool,
+    pub skip_preflight: bool,
+    /// `--pre-activate-script`: overrides every host's `selfCheck`.
+    pub self_check: Option<String>,
+    /// Who holds the lock, shown to a concurrent deployer.
+    pub lock_owner: String,
+    pub sink: Sink,
+}
+
+/// Deploy one host and say how it ended. Never panics on remote trouble:
+/// every failure becomes a report.
+pub async fn deploy(target: &Target, ctx: &Context) -> HostReport {
+    let mut h = HostRun { target, ctx, started: Instant::now(), phase: None, phase_open: false, phase_started: Instant::now() };
+    let result = h.run().await;
+    h.finish(result)
+}
+
+/// How a host run ended, before it becomes a report.
+struct End {
+    outcome: Outcome,
+    system: Option<String>,
+    message: Option<String>,
+}
+
+impl End {
+    fn ok(outcome: Outcome, system: &StorePath) -> End {
+        End { outcome, system: Some(system.to_string()), message: None }
+    }
+    /// Stopped before anything on the host changed.
+    fn unchanged(msg: impl Into<String>) -> End {
+        End { outcome: Outcome::Failed, system: None, message: Some(msg.into()) }
+    }
+}
+
+struct HostRun<'a> {
+    target: &'a Target,
+    ctx: &'a Context,
+    started: Instant,
+    phase: Option<Phase>,
+    phase_open: bool,
+    phase_started: Instant,
+}
+
+impl<'a> HostRun<'a> {
+    fn name(&self) -> &str {
+        &self.target.name
+    }
+
+    fn emit(&self, e: Event) {
+        (self.ctx.sink)(e)
+    }
+
+    fn start(&mut self, phase: Phase) {
+        self.end_phase(true);
+        self.phase = Some(phase);
+        self.phase_open = true;
+        self.phase_started = Instant::now();
+        self.emit(Event::PhaseStarted { host: self.name().to_string(), phase });
+    }
+
+    fn end_phase(&mut self, ok: bool) {
+        if let (Some(p), true) = (self.phase, self.phase_open) {
+            self.phase_open = false;
+            self.emit(Event::PhaseFinished {
+                host: self.name().to_string(),
+                phase: p,
+                ok,
+                duration: self.phase_started.elapsed(),
+            });
+        }
+    }
+
+    fn note(&self, text: impl Into<String>) {
+        self.emit(Event::Note { host: self.name().to_string(), text: text.into() });
+    }
+
+    /// A line sink for the current phase.
+    fn lines(&self) -> impl FnMut(&str) + Send + 'static {
+        let sink = self.ctx.sink.clone();
+        let host = self.name().to_string();
+        let phase = self.phase.unwrap_or(Phase::Connect);
+        move |l: &str| sink(Event::Output { host: host.clone(), phase, line: l.to_string() })
+    }
+
+    fn finish(mut self, end: End) -> HostReport {
+        self.end_phase(end.outcome.is_success());
+        let report = HostReport {
+            host: self.name().to_string(),
+            outcome: end.outcome,
+            phase: self.phase,
+            duration: self.started.elapsed(),
+            system: end.system,
+            message: end.message,
+        };
+        self.emit(Event::HostFinished { report: report.clone() });
+        report
+    }
+
+    async fn run(&mut self) -> End {
+        let spec = &self.target.spec;
+        let run = RunDir::new(&self.ctx.run_id);
+
+        // 1. connect
+        self.start(Phase::Connect);
+        let mut remote = match Remote::connect(Destination::from_spec(spec)).await {
+            Ok(r) => r,
+            Err(e) => return End::unchanged(e.to_string()),
+        };
+        let end = self.with_remote(&mut remote, &run).await;
+        // Best effort: the profile holds the system now, or nothing does.
+        let _ = nix::drop_root(&remote, &run, 10).await;
+        remote.close().await;
+        end
+    }
+
+    async fn with_remote(&mut self, remote: &mut Remote, run: &RunDir) -> End {
+        let spec = &self.target.spec;
+        let t = spec.timeouts;
+
+        // 2. lock
+        self.start(Phase::Lock);
+        if let Err(e) = nix::install_agent(remote, run, t.lock).await {
+            return End::unchanged(e.to_string());
+        }
+        let _lock = match remote.hold_lock(&run.agent, &self.ctx.lock_owner, t.lock).await {
+            Ok(l) => l,
+            Err(e) => return End::unchanged(e.to_string()),
+        };
+        match nix::running_activations(remote, t.lock).await {
+            Ok(units) if !units.is_empty() => {
+                return End::unchanged(format!(
+                    "an activation from another run is still in progress ({}); it confirms or rolls back by itself, retry after it ends",
+                    units.join(", ")
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return End::unchanged(e.to_string()),
+        }
+
+        // 3. preflight: a host that is not healthy now is not touched.
+        if !self.ctx.skip_preflight {
+            self.start(Phase::Preflight);
+            match nix::system_health(remote, t.preflight).await {
+                Ok(h) if h.is_running() => {}
+                Ok(h) => {
+                    return End::unchanged(format!(
+                        "preflight: {}; fix the host or pass --skip-preflight",
+                        h.describe()
+                    ))
+                }
+                Err(e) => return End::unchanged(format!("preflight: {e}")),
+            }
+        }
+
+        // 4. copy and 5. build
+        let toplevel = match spec.build_on {
+            BuildOn::Target => {
+                self.start(Phase::Copy);
+                let mut lines = self.lines();
+                let source = match nix::copy_flake(remote, &self.ctx.flake, t.copy, &mut lines).await {
+                    Ok(s) => s,
+                    Err(e) => return End::unchanged(format!("copy: {e}")),
+                };
+                self.start(Phase::Build);
+                let mut lines = self.lines();
+                match nix::build_on_target(remote, &source, &spec.configuration, run, t.build, &mut lines).await {
+                    Ok(p) => p,
+                    Err(e) => return End::unchanged(format!("build: {e}")),
+                }
+            }
+            BuildOn::Local => {
+                self.start(Phase::Build);
+                let gc = match tempfile::Builder::new().prefix("deploy-flake-root.").tempdir() {
+                    Ok(d) => d,
+                    Err(e) => return End::unchanged(format!("build: {e}")),
+                };
+                let mut lines = self.lines();
+                let p = match nix::build_locally(&self.ctx.flake, &spec.configuration, &gc.path().join("result"), t.build, &mut lines).await {
+                    Ok(p) => p,
+                    Err(e) => return End::unchanged(format!("build: {e}")),
+                };
+                self.start(Phase::Copy);
+                let mut lines = self.lines();
+                if let Err(e) = nix::copy_closure(remote, &p, t.copy, &mut lines).await {
+                    return End::unchanged(format!("copy: {e}"));
+                }
+                if let Err(e) = nix::add_root(remote, &p, run, t.copy).await {
+                    return End::unchanged(format!("copy: {e}"));
+                }
+                p
+            }
+        };
+        self.note(format!("built {toplevel}"));
+        match nix::exists(remote, &toplevel.join("bin/switch-to-configuration"), true, 30).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return End::unchanged(format!(
+                    "{toplevel} has no bin/switch-to-configuration: configuration `{}` is not a NixOS system",
+                    spec.configuration
+                ))
+            }
+            Err(e) => return End::unchanged(e.to_string()),
+        }
+
+        // Already there? Then nothing is activated.
+        let current = nix::resolve(remote, "/run/current-system", 30).await.ok().flatten();
+        let profile = nix::resolve(remote, SYSTEM_PROFILE, 30).await.ok().flatten();
+        let running_it = current.as_deref() == Some(toplevel.as_str());
+        if running_it && !self.ctx.force {
+            if profile.as_deref() == Some(toplevel.as_str()) {
+                self.note("already running and booting this system");
+                return End::ok(Outcome::UpToDate, &toplevel);
+            }
+            // Running it, but the boot entry was never written (e.g. an
+            // earlier deployer died after confirmation): finish the job.
+            self.note("already running this system; writing the boot entry");
+            return self.boot(remote, run, &toplevel).await;
+        }
+
+        // 6. self-check: a failing check stops the host unchanged.
+        self.start(Phase::SelfCheck);
+        let configured = self.ctx.self_check.clone().or_else(|| spec.self_check.clone());
+        let script = match &configured {
+            Some(rel) => {
+                let p = toplevel.join(rel);
+                match nix::exists(remote, &p, true, 30).await {
+                    Ok(true) => Some(p),
+                    Ok(false) => return End::unchanged(format!("self-check: {rel} is not an executable inside {toplevel}")),
+                    Err(e) => return End::unchanged(format!("self-check: {e}")),
+                }
+            }
+            None => {
+                let p = toplevel.join("pre-activate-safety-checks");
+                match nix::exists(remote, &p, true, 30).await {
+                    Ok(true) => Some(p),
+                    Ok(false) => None,
+                    Err(e) => return End::unchanged(format!("self-check: {e}")),
+                }
+            }
+        };
+        if let Some(script) = script {
+            let mut lines = self.lines();
+            if let Err(e) = nix::self_check(remote, &script, t.self_check, &mut lines).await {
+                return End::unchanged(format!("self-check failed, nothing activated: {e}"));
+            }
+        } else {
+            self.note("no self-check in this system");
+        }
+
+        // 7. activate: from here on the agent owns the outcome.
+        self.start(Phase::Activate);
+        let args = vec![
+            run.dir.clone(),
+            toplevel.to_string(),
+            t.activate.to_string(),
+            t.confirm.to_string(),
+            if spec.magic_rollback { "1".into() } else { "0".into() },
+        ];
+        if let Err(e) = nix::start_agent(remote, run, "activate", &args, 30).await {
+            return End::unchanged(format!("activate: {e}"));
+        }
+        let mut seen = 0usize;
+        let status = match self
+            .settle(remote, run, &mut seen, Duration::from_secs(t.activate + 15))
+            .await
+        {
+            Ok(s) => s,
+            Err(why) => {
+                // The activation outlived its timeout from our side: ask
+                // the agent to stop it and roll back, then wait for that.
+                let _ = nix::signal_agent(remote, run, "abort", &why, 30).await;
+                match self.settle(remote, run, &mut seen, Duration::from_secs(t.activate + t.confirm + 60)).await {
+                    Ok(s) => s,
+                    Err(e) => return self.lost(run, &e),
+                }
+            }
+        };
+        if status.state != "awaiting-confirmation" {
+            return self.agent_end(run, &status);
+        }
+
+        // 8. confirm: healthy, and a brand-new login works.
+        self.start(Phase::Confirm);
+        let verdict = self.check_and_confirm(remote, run).await;
+        if let Err(reason) = &verdict {
+            self.note(format!("not confirming: {reason}"));
+            // Tell the agent now when we can; otherwise its own timeout does.
+            let _ = nix::signal_agent(remote, run, "abort", reason, 10).await;
+        }
+        let status = match self
+            .settle(remote, run, &mut seen, Duration::from_secs(t.confirm + t.activate + 60))
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => return self.lost(run, &e),
+        };
+        if status.state != "confirmed" {
+            return self.agent_end(run, &status);
+        }
+
+        // 9. boot: only a confirmed system becomes the boot entry.
+        self.boot(remote, run, &toplevel).await
+    }
+
+    /// Health checks over the master, then the confirmation over a fresh login.
+    async fn check_and_confirm(&self, remote: &Remote, run: &RunDir) -> Result<(), String> {
+        let t = self.target.spec.timeouts;
+        let health = nix::system_health(remote, t.confirm.max(5)).await.map_err(|e| format!("health check: {e}"))?;
+        if !health.is_running() {
+            return Err(format!("health check: {}", health.describe()));
+        }
+        let cmd = Cmd::new(["touch", &run.file("confirmed")]).secs(t.connect + t.confirm);
+        match remote.fresh_login(&cmd).await {
+            Ok(out) if out.success() => Ok(()),
+            Ok(out) => Err(format!("a fresh ssh login could not confirm: {}", out.tail())),
+            Err(e) => Err(format!("a fresh ssh login failed: {e}")),
+        }
+    }
+
+    async fn boot(&mut self, remote: &mut Remote, run: &RunDir, toplevel: &StorePath) -> End {
+        self.start(Phase::Boot);
+        let t = self.target.spec.timeouts;
+        let args = vec![run.dir.clone(), toplevel.to_string()];
+        if let Err(e) = nix::start_agent(remote, run, "boot", &args, 30).await {
+            return self.boot_failed(toplevel, &e.to_string());
+        }
+        // The boot log continues the activation log of the same run.
+        let mut seen = match remote.run(&Cmd::new(["wc", "-l", &run.file("log")]).secs(30)).await {
+            Ok(o) => o.stdout.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0),
+            Err(_) => 0,
+        };
+        match self.settle(remote, run, &mut seen, Duration::from_secs(t.boot)).await {
+            Ok(s) if s.state == "booted" => End::ok(Outcome::Deployed, toplevel),
+            Ok(s) => self.boot_failed(toplevel, &format!("{} {}", s.state, s.reason)),
+            Err(e) => self.boot_failed(toplevel, &e),
+        }
+    }
+
+    fn boot_failed(&self, toplevel: &StorePath, why: &str) -> End {
+        End {
+            outcome: Outcome::Unknown,
+            system: Some(toplevel.to_string()),
+            message: Some(format!(
+                "the new system runs, but writing its boot entry failed ({why}); inspect with \
+                 `readlink -f /nix/var/nix/profiles/system` and re-run deploy-flake to finish the boot step"
+            )),
+        }
+    }
+
+    /// Map a final agent state to the host's end.
+    fn agent_end(&self, run: &RunDir, s: &AgentStatus) -> End {
+        let (outcome, message) = agent_outcome(s);
+        if outcome == Outcome::RolledBack {
+            self.emit(Event::RolledBack { host: self.name().to_string(), reason: s.reason.clone() });
+        }
+        let message = if outcome == Outcome::Unknown {
+            format!("{message}; inspect with `cat {}/log` and `readlink /run/current-system` on the host", run.dir)
+        } else {
+            message
+        };
+        End { outcome, system: None, message: Some(message) }
+    }
+
+    fn lost(&self, run: &RunDir, why: &str) -> End {
+        End {
+            outcome: Outcome::Unknown,
+            system: None,
+            message: Some(format!(
+                "lost track of the activation ({why}); the host confirms or rolls back by itself — inspect \
+                 `{}/status` and `readlink /run/current-system` on the host",
+                run.dir
+            )),
+        }
+    }
+
+    /// Follow the agent until it needs us or is done, re-attaching after a
+    /// lost connection, all within `limit`.
+    async fn settle(&self, remote: &mut Remote, run: &RunDir, seen: &mut usize, limit: Duration) -> Result<AgentStatus, String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("the agent did not settle within {} s", limit.as_secs()));
+            }
+            let mut lines = self.lines();
+            let n = seen_counter();
+            let n2 = n.clone();
+            let watched = nix::watch_agent(remote, run, *seen, left.as_secs().max(1), &mut |l: &str| {
+                n2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                lines(l)
+            })
+            .await;
+            *seen += n.load(std::sync::atomic::Ordering::Relaxed);
+            match watched {
+                Ok(_) => match nix::agent_status(remote, run, 30).await {
+                    Ok(s) => return Ok(s),
+                    Err(e) => {
+                        if !self.reattach(remote, deadline, &e.to_string()).await {
+                            return Err(format!("cannot read the agent's status: {e}"));
+                        }
+                    }
+                },
+                Err(RemoteError::Timeout { .. }) => {
+                    return Err(format!("the activation did not finish within {} s", limit.as_secs()))
+                }
+                Err(e) => {
+                    if !self.reattach(remote, deadline, &e.to_string()).await {
+                        return Err(format!("connection lost and not regained: {e}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reconnect until `deadline`. True when the master is back.
+    async fn reattach(&self, remote: &mut Remote, deadline: Instant, why: &str) -> bool {
+        if remote.check().await {
+            // The master is fine; the command itself failed. Retry once after a pause.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return Instant::now() < deadline;
+        }
+        self.note(format!("connection lost ({why}); reconnecting"));
+        while Instant::now() < deadline {
+            match remote.reconnect().await {
+                Ok(()) => {
+                    self.note("reconnected; re-attaching to the activation");
+                    return true;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
+        false
+    }
+}
+
+fn seen_counter() -> Arc<std::sync::atomic::AtomicUsize> {
+    Arc::new(std::sync::atomic::AtomicUsize::new(0))
+}
+
+/// What a final agent state means for the host. Pure, so it is tested
+/// table-style.
+pub fn agent_outcome(s: &AgentStatus) -> (Outcome, String) {
+    match s.state.as_str() {
+        "rolled-back" => (Outcome::RolledBack, format!("rolled back: {}", s.reason)),
+        "failed" => (
+            Outcome::Failed,
+            format!("activation failed and magicRollback is off, so the host runs the new system unconfirmed; its boot entry is unchanged: {}", s.reason),
+        ),
+        "rollback-failed" => (Outcome::Unknown, format!("ROLLBACK FAILED: {}", s.reason)),
+        "confirmed" | "booted" => (Outcome::Deployed, String::new()),
+        other => (Outcome::Unknown, format!("the agent ended in an unexpected state `{other} {}`", s.reason)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(state: &str, reason: &str) -> AgentStatus {
+        AgentStatus { state: state.into(), reason: reason.into() }
+    }
+
+    #[test]
+    fn agent_states_map_to_outcomes() {
+        let table = [
+            ("rolled-back", "no confirmation within 30s", Outcome::RolledBack, "rolled back: no confirmation within 30s"),
+            ("rollback-failed", "x", Outcome::Unknown, "ROLLBACK FAILED: x"),
+            ("failed", "switch-to-configuration test exited with 4 (a unit failed)", Outcome::Failed, "activation failed and magicRollback is off"),
+            ("activating", "", Outcome::Unknown, "unexpected state `activating"),
+        ];
+        for (state, reason, outcome, msg) in table {
+            let (o, m) = agent_outcome(&st(state, reason));
+            assert_eq!(o, outcome, "{state}");
+            assert!(m.contains(msg), "{state}: {m}");
+        }
+    }
+}

@@ -1,0 +1,191 @@
+# deploy-flake on-target agent (POSIX sh).
+#
+# Installed by the deployer as /run/deploy-flake/agent-<hash>.sh and run as
+# root. `activate` and `boot` run inside a transient systemd unit, so they
+# outlive the ssh connection that started them and finish on their own.
+#
+# Per-run state lives in a root-only directory RUNDIR:
+#   status     one line: "<state> [reason]"; written atomically
+#   previous   the system that was running before the activation
+#   log        everything switch-to-configuration printed
+#   confirmed  created by the deployer over a fresh ssh login
+#   abort      created by the deployer to stop a hanging activation
+# A run only ever looks at its own RUNDIR, so nothing left by an earlier
+# run can confirm a later one.
+#
+#   agent.sh activate RUNDIR TOPLEVEL ACTIVATE_SECS CONFIRM_SECS MAGIC_ROLLBACK(1|0)
+#   agent.sh boot RUNDIR TOPLEVEL
+#   agent.sh watch RUNDIR SKIP_LINES
+#   agent.sh hold INFO            (run under flock: holds the host lock until stdin closes)
+
+set -u
+PATH=/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:/run/wrappers/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH
+umask 077
+cd /
+
+set_status() {
+    printf '%s\n' "$*" > "$rundir/status.tmp" && mv -f "$rundir/status.tmp" "$rundir/status"
+}
+
+log() {
+    printf 'deploy-flake: %s\n' "$*" >> "$rundir/log"
+}
+
+# run_bounded SECS CMD...: run CMD in its own process group, its output
+# appended to the log. Returns its status, 124 on timeout, 125 on abort.
+run_bounded() {
+    limit=$(( $1 * 5 ))
+    shift
+    setsid "$@" >> "$rundir/log" 2>&1 < /dev/null &
+    child=$!
+    ticks=0
+    while kill -0 "$child" 2> /dev/null; do
+        why=
+        if [ -e "$rundir/abort" ]; then
+            why=125
+        elif [ "$ticks" -ge "$limit" ]; then
+            why=124
+        fi
+        if [ -n "$why" ]; then
+            kill -TERM -"$child" 2> /dev/null
+            n=0
+            while kill -0 "$child" 2> /dev/null && [ "$n" -lt 25 ]; do
+                sleep 0.2
+                n=$((n + 1))
+            done
+            kill -KILL -"$child" 2> /dev/null
+            wait "$child" 2> /dev/null
+            return "$why"
+        fi
+        sleep 0.2
+        ticks=$((ticks + 1))
+    done
+    wait "$child"
+}
+
+failed_units() {
+    systemctl list-units --failed --plain --no-legend --no-pager 2> /dev/null | awk '{print $1}' | tr '\n' ' '
+}
+
+roll_back() {
+    reason=$1
+    failed=$(failed_units)
+    if [ -n "$failed" ]; then
+        log "failed units: $failed"
+    fi
+    if [ "$magic" != 1 ]; then
+        set_status failed "$reason"
+        return
+    fi
+    if [ -z "$previous" ] || [ ! -x "$previous/bin/switch-to-configuration" ]; then
+        set_status rollback-failed "$reason; no previous system to return to"
+        return
+    fi
+    set_status rolling-back "$reason"
+    log "rolling back to $previous: $reason"
+    rm -f "$rundir/abort"
+    run_bounded "$activate_secs" "$previous/bin/switch-to-configuration" test
+    rc=$?
+    if [ "$rc" = 0 ] || [ "$rc" = 4 ]; then
+        # Units that failed under the abandoned configuration stay "failed"
+        # in systemd's memory; the report already named them.
+        systemctl reset-failed 2> /dev/null
+    fi
+    now=$(readlink -f /run/current-system 2> /dev/null)
+    if [ "$rc" = 0 ] && [ "$now" = "$previous" ]; then
+        set_status rolled-back "$reason"
+    else
+        set_status rollback-failed "$reason; re-activating $previous exited with $rc"
+    fi
+}
+
+activate() {
+    rundir=$1 toplevel=$2 activate_secs=$3 confirm_secs=$4 magic=$5
+    previous=
+    if [ -e /run/current-system ]; then
+        previous=$(readlink -f /run/current-system)
+    fi
+    printf '%s\n' "$previous" > "$rundir/previous"
+    set_status activating
+    log "activating $toplevel (previous: ${previous:-none})"
+    run_bounded "$activate_secs" "$toplevel/bin/switch-to-configuration" test
+    rc=$?
+    case "$rc" in
+        0) ;;
+        124) roll_back "activation did not finish within ${activate_secs}s"; return ;;
+        125) roll_back "activation aborted by the deployer: $(cat "$rundir/abort" 2> /dev/null)"; return ;;
+        4) roll_back "switch-to-configuration test exited with 4 (a unit failed)"; return ;;
+        *) roll_back "switch-to-configuration test exited with $rc"; return ;;
+    esac
+    set_status awaiting-confirmation
+    ticks=0
+    limit=$((confirm_secs * 5))
+    while [ ! -e "$rundir/confirmed" ]; do
+        if [ -e "$rundir/abort" ]; then
+            roll_back "not confirmed: $(cat "$rundir/abort" 2> /dev/null)"
+            return
+        fi
+        if [ "$ticks" -ge "$limit" ]; then
+            roll_back "no confirmation within ${confirm_secs}s"
+            return
+        fi
+        sleep 0.2
+        ticks=$((ticks + 1))
+    done
+    set_status confirmed
+    log "confirmed"
+}
+
+boot() {
+    rundir=$1 toplevel=$2
+    set_status booting
+    if ! nix-env -p /nix/var/nix/profiles/system --set "$toplevel" >> "$rundir/log" 2>&1; then
+        set_status boot-failed "nix-env --set of the system profile failed"
+        return
+    fi
+    "$toplevel/bin/switch-to-configuration" boot >> "$rundir/log" 2>&1 < /dev/null
+    rc=$?
+    if [ "$rc" = 0 ]; then
+        set_status booted
+    else
+        set_status boot-failed "switch-to-configuration boot exited with $rc"
+    fi
+}
+
+watch() {
+    rundir=$1 seen=$2
+    while :; do
+        # Status first: every line logged before a state change is printed
+        # before the watch returns.
+        state=$(sed -n '1s/ .*//p' "$rundir/status" 2> /dev/null)
+        total=$(wc -l < "$rundir/log" 2> /dev/null || echo 0)
+        if [ "$total" -gt "$seen" ]; then
+            sed -n "$((seen + 1)),${total}p" "$rundir/log"
+            seen=$total
+        fi
+        case "$state" in
+            '' | starting | activating | rolling-back | booting) sleep 0.2 ;;
+            *) break ;;
+        esac
+    done
+    sed -n "$((seen + 1)),\$p" "$rundir/log"
+}
+
+hold() {
+    printf '%s\n' "$1" > /run/deploy-flake/lock.info
+    echo locked
+    cat > /dev/null
+    rm -f /run/deploy-flake/lock.info
+}
+
+cmd=$1
+shift
+case "$cmd" in
+    activate) activate "$@" ;;
+    boot) boot "$@" ;;
+    watch) watch "$@" ;;
+    hold) hold "$@" ;;
+    *) echo "deploy-flake agent: unknown command $cmd" >&2; exit 2 ;;
+esac
+exit 0
