@@ -120,7 +120,7 @@ cmd_launch() {
         SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 setsid systemd-nspawn --boot \
             --register=no --keep-unit --quiet --directory="$tdir/merged" \
             --machine="$name" --network-namespace-path="/run/netns/$name" \
-            --console=passive </dev/null &
+            --capability=CAP_NET_ADMIN --console=passive </dev/null &
         echo $! >"$tdir/nspawn.pid"
         rc=0
         wait $! || rc=$?
