@@ -5,7 +5,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use deploy_flake::cli::{Cli, Options};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use deploy_flake::cli::{Cli, Options, OutputFormat};
+use deploy_flake::pipeline::Context as RunContext;
+use deploy_flake::{report, runner};
 use deploy_flake::exit::Exit;
 use deploy_flake::inventory::DEFAULT_EVAL_TIMEOUT;
 use deploy_flake::select::{self, Target};
@@ -44,7 +49,28 @@ fn run() -> anyhow::Result<Exit> {
 /// Runs the deployment of the selected hosts and returns the run's exit
 /// status.
 async fn deploy(targets: Vec<Target>, options: &Options) -> anyhow::Result<Exit> {
-    let _ = (targets, options);
-    eprintln!("error: deploying is not implemented yet");
-    Ok(Exit::Usage)
+    let run_id = runner::new_run_id();
+    let ctx = RunContext {
+        lock_owner: runner::lock_owner(&run_id),
+        run_id,
+        flake: options.flake.clone(),
+        force: options.force,
+        skip_preflight: !options.preflight,
+        // Already applied to every host by `apply_overrides`.
+        self_check: None,
+        sink: report::stdout_sink(options.output == OutputFormat::Json),
+    };
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            flag.store(true, Ordering::SeqCst);
+            eprintln!(
+                "deploy-flake: interrupted: no new host starts; hosts already activating confirm or roll back"
+            );
+        }
+    });
+    let parallel = options.max_parallel.unwrap_or(targets.len()).max(1);
+    let reports = runner::run(targets, ctx, parallel, interrupted).await;
+    Ok(runner::exit_for(&reports))
 }

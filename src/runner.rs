@@ -1,1 +1,139 @@
-//! TODO
+//! Runs the pipeline for every selected host in parallel, bounded by
+//! `--max-parallel`. One host's failure never stops or hides another's.
+//! Ctrl-C stops new hosts from starting; hosts already past `connect`
+//! finish (the on-target agent confirms or rolls back by itself).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::events::{Event, HostReport, Outcome};
+use crate::exit::Exit;
+use crate::pipeline::{self, Context};
+use crate::select::Target;
+
+/// A new id per run: names the run's state dir and units on each target.
+pub fn new_run_id() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let mut seed = [0u8; 4];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut seed);
+    }
+    format!("{}-{}-{:08x}", now.as_secs(), std::process::id(), u32::from_le_bytes(seed))
+}
+
+/// Who is deploying: shown to a concurrent deployer that finds the lock.
+pub fn lock_owner(run_id: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    format!("run {run_id} by {user}@{} (pid {}) since unix time {since}", host.trim(), std::process::id())
+}
+
+/// Deploy `targets`; returns one report per host, in target order.
+pub async fn run(targets: Vec<Target>, ctx: Context, max_parallel: usize, interrupted: Arc<AtomicBool>) -> Vec<HostReport> {
+    let started = Instant::now();
+    (ctx.sink)(Event::RunStarted { run_id: ctx.run_id.clone(), hosts: targets.iter().map(|t| t.name.clone()).collect() });
+    let permits = Arc::new(Semaphore::new(max_parallel.max(1)));
+    let mut set = JoinSet::new();
+    for (i, target) in targets.iter().cloned().enumerate() {
+        let ctx = ctx.clone();
+        let permits = permits.clone();
+        let interrupted = interrupted.clone();
+        set.spawn(async move {
+            let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
+            if interrupted.load(Ordering::SeqCst) {
+                let report = HostReport {
+                    host: target.name.clone(),
+                    outcome: Outcome::Cancelled,
+                    phase: None,
+                    duration: Duration::ZERO,
+                    system: None,
+                    message: Some("not started: the run was interrupted".into()),
+                };
+                (ctx.sink)(Event::HostFinished { report: report.clone() });
+                return (i, report);
+            }
+            (i, pipeline::deploy(&target, &ctx).await)
+        });
+    }
+    let mut reports: Vec<Option<HostReport>> = vec![None; targets.len()];
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((i, r)) => reports[i] = Some(r),
+            Err(e) => {
+                // A panic in one host's task must not hide the others.
+                tracing::error!("a host task panicked: {e}");
+            }
+        }
+    }
+    let reports: Vec<HostReport> = reports
+        .into_iter()
+        .zip(&targets)
+        .map(|(r, t)| {
+            r.unwrap_or_else(|| HostReport {
+                host: t.name.clone(),
+                outcome: Outcome::Unknown,
+                phase: None,
+                duration: started.elapsed(),
+                system: None,
+                message: Some("internal error: the host's task panicked; inspect the host".into()),
+            })
+        })
+        .collect();
+    let exit = exit_for(&reports);
+    (ctx.sink)(Event::RunFinished { reports: reports.clone(), exit_code: exit.code(), duration: started.elapsed() });
+    reports
+}
+
+/// The exit status of a run: the worst host decides.
+pub fn exit_for(reports: &[HostReport]) -> Exit {
+    let mut exit = Exit::Success;
+    for r in reports {
+        let e = match r.outcome {
+            Outcome::Deployed | Outcome::UpToDate => Exit::Success,
+            Outcome::Failed | Outcome::RolledBack | Outcome::Cancelled => Exit::HostsFailed,
+            Outcome::Unknown => Exit::UnknownState,
+        };
+        if e == Exit::UnknownState || (e == Exit::HostsFailed && exit == Exit::Success) {
+            exit = e;
+        }
+    }
+    exit
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(o: Outcome) -> HostReport {
+        HostReport { host: "h".into(), outcome: o, phase: None, duration: Duration::ZERO, system: None, message: None }
+    }
+
+    #[test]
+    fn the_worst_host_decides_the_exit_code() {
+        use Outcome::*;
+        let table: &[(&[Outcome], Exit)] = &[
+            (&[], Exit::Success),
+            (&[Deployed, UpToDate], Exit::Success),
+            (&[Deployed, Failed], Exit::HostsFailed),
+            (&[RolledBack], Exit::HostsFailed),
+            (&[Cancelled, Deployed], Exit::HostsFailed),
+            (&[Unknown, Failed], Exit::UnknownState),
+            (&[Failed, Unknown, Deployed], Exit::UnknownState),
+        ];
+        for (outcomes, want) in table {
+            let reports: Vec<_> = outcomes.iter().map(|o| r(*o)).collect();
+            assert_eq!(exit_for(&reports), *want, "{outcomes:?}");
+        }
+    }
+
+    #[test]
+    fn run_ids_differ() {
+        assert_ne!(new_run_id(), new_run_id());
+    }
+}
