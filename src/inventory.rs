@@ -333,41 +333,42 @@ pub fn validate(inventory: &Inventory) -> Result<(), InventoryError> {
 /// Checks one host record; `path` names it in errors (e.g.
 /// `deployFlake.hosts.web1`, or the destination of an ad hoc host).
 pub fn validate_host(path: &str, spec: &HostSpec) -> Result<(), InventoryError> {
-    let bad = |field: &str, value: &str, problem: String| InventoryError::InvalidHost {
+    // `value` as shown: strings JSON-quoted, numbers bare.
+    let bad = |field: &str, value: String, problem: String| InventoryError::InvalidHost {
         path: format!("{path}.{field}"),
-        value: quote(value),
+        value,
         problem,
     };
     if let Some(p) = host_problem(&spec.hostname) {
-        return Err(bad("hostname", &spec.hostname, format!("is not a plausible host name: {p}")));
+        return Err(bad("hostname", quote(&spec.hostname), format!("is not a plausible host name: {p}")));
     }
     if let Some(p) = user_problem(&spec.ssh_user) {
-        return Err(bad("sshUser", &spec.ssh_user, format!("is not a plausible user name: {p}")));
+        return Err(bad("sshUser", quote(&spec.ssh_user), format!("is not a plausible user name: {p}")));
     }
     if spec.ssh_port == 0 {
-        return Err(bad("sshPort", "0", "is not a port: use 1..65535".into()));
+        return Err(bad("sshPort", "0".into(), "is not a port: use 1..65535".into()));
     }
     if let Some(p) = configuration_problem(&spec.configuration) {
-        return Err(bad("configuration", &spec.configuration, p.into()));
+        return Err(bad("configuration", quote(&spec.configuration), p.into()));
     }
     if let Some(sc) = &spec.self_check {
         if let Some(p) = self_check_problem(sc) {
-            return Err(bad("selfCheck", sc, p.into()));
+            return Err(bad("selfCheck", quote(sc), p.into()));
         }
     }
     if spec.sudo.is_empty() || spec.sudo.chars().any(char::is_control) {
-        return Err(bad("sudo", &spec.sudo, "must be a non-empty command without control characters".into()));
+        return Err(bad("sudo", quote(&spec.sudo), "must be a non-empty command without control characters".into()));
     }
     for (i, opt) in spec.ssh_opts.iter().enumerate() {
         if opt.chars().any(char::is_control) {
-            return Err(bad(&format!("sshOpts.{i}"), opt, "contains a control character".into()));
+            return Err(bad(&format!("sshOpts.{i}"), quote(opt), "contains a control character".into()));
         }
     }
     for phase in TIMEOUT_PHASES {
         if spec.timeouts.get(phase) == Some(0) {
             return Err(bad(
                 &format!("timeouts.{phase}"),
-                "0",
+                "0".into(),
                 "is not a timeout: use a positive number of seconds".into(),
             ));
         }

@@ -254,12 +254,14 @@ fn closest_hint<'a>(word: &str, candidates: impl Iterator<Item = &'a str>, what:
     if all.is_empty() {
         return format!(": there are no {what}");
     }
-    let mut scored: Vec<(f64, &str)> = all
+    // Close by edit distance (typos, transpositions) or by shared prefix.
+    let limit = (word.chars().count() / 3).max(1);
+    let mut scored: Vec<(usize, f64, &str)> = all
         .iter()
-        .map(|c| (strsim::jaro_winkler(word, c), *c))
-        .filter(|(s, _)| *s >= 0.7)
+        .map(|c| (strsim::damerau_levenshtein(word, c), strsim::jaro_winkler(word, c), *c))
+        .filter(|(d, jw, _)| *d <= limit || *jw >= 0.8)
         .collect();
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
+    scored.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(b.2)));
     if scored.is_empty() {
         let listed: Vec<String> = all.iter().map(|c| format!("{prefix}{c}")).collect();
         format!(": known {what}: {}", list_some(listed.iter().map(String::as_str)))
@@ -267,7 +269,7 @@ fn closest_hint<'a>(word: &str, candidates: impl Iterator<Item = &'a str>, what:
         let names: Vec<String> = scored
             .iter()
             .take(3)
-            .map(|(_, c)| format!("`{prefix}{c}`"))
+            .map(|(_, _, c)| format!("`{prefix}{c}`"))
             .collect();
         format!(": did you mean {}?", names.join(", "))
     }
