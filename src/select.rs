@@ -58,7 +58,10 @@ impl Selection {
             && self
                 .hosts
                 .iter()
-                .all(|w| !w.starts_with('@') && !has_glob_meta(w))
+                .all(|w| {
+                    w.starts_with("nixos://")
+                        || (!w.starts_with('@') && (w.contains('@') || !has_glob_meta(w)))
+                })
     }
 }
 

@@ -136,6 +136,8 @@ fn ad_hoc_without_inventory() {
     assert!(e.starts_with("`--all` needs the flake's deployFlake output"), "{e}");
     assert!(!sel(&["web-*"], false, &[]).works_without_inventory());
     assert!(sel(&["nixos://h/web"], false, &[]).works_without_inventory());
+    assert!(sel(&["nixos://[::1]/web", "u@[::1]", "h"], false, &[]).works_without_inventory());
+    assert!(!sel(&["h", "@web"], false, &[]).works_without_inventory());
 }
 
 #[test]
