@@ -15,7 +15,7 @@
 #
 #   agent.sh activate RUNDIR TOPLEVEL ACTIVATE_SECS CONFIRM_SECS MAGIC_ROLLBACK(1|0)
 #   agent.sh boot RUNDIR TOPLEVEL
-#   agent.sh watch RUNDIR SKIP_LINES
+#   agent.sh watch RUNDIR SKIP_LINES [STATE]   (also keeps waiting while in STATE)
 #   agent.sh hold INFO            (run under flock: holds the host lock until stdin closes)
 
 set -u
@@ -154,22 +154,23 @@ boot() {
 }
 
 watch() {
-    rundir=$1 seen=$2
+    rundir=$1 seen=$2 patient=${3:-}
     while :; do
         # Status first: every line logged before a state change is printed
         # before the watch returns.
-        state=$(sed -n '1s/ .*//p' "$rundir/status" 2> /dev/null)
-        total=$(wc -l < "$rundir/log" 2> /dev/null || echo 0)
+        state= total=0
+        if [ -e "$rundir/status" ]; then read -r state _ < "$rundir/status"; fi
+        if [ -e "$rundir/log" ]; then total=$(wc -l < "$rundir/log"); fi
         if [ "$total" -gt "$seen" ]; then
             sed -n "$((seen + 1)),${total}p" "$rundir/log"
             seen=$total
         fi
-        case "$state" in
-            '' | starting | activating | rolling-back | booting) sleep 0.2 ;;
+        case " '' starting activating rolling-back booting $patient " in
+            *" ${state:-''} "*) sleep 0.2 ;;
             *) break ;;
         esac
     done
-    sed -n "$((seen + 1)),\$p" "$rundir/log"
+    if [ -e "$rundir/log" ]; then sed -n "$((seen + 1)),\$p" "$rundir/log"; fi
 }
 
 hold() {

@@ -472,10 +472,13 @@ pub async fn watch_agent(
     r: &Remote,
     run: &RunDir,
     seen: usize,
+    also_wait: Option<&str>,
     secs: u64,
     on_line: &mut (dyn FnMut(&str) + Send),
 ) -> Result<usize, RemoteError> {
-    let cmd = Cmd::new(["/bin/sh", run.agent.as_str(), "watch", run.dir.as_str(), &seen.to_string()]).secs(secs);
+    let mut argv = vec!["/bin/sh".to_string(), run.agent.clone(), "watch".into(), run.dir.clone(), seen.to_string()];
+    argv.extend(also_wait.map(String::from));
+    let cmd = Cmd::new(argv).secs(secs);
     let mut n = 0;
     r.stream(&cmd, |l| {
         n += 1;

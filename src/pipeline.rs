@@ -285,7 +285,7 @@ impl<'a> HostRun<'a> {
         }
         let mut seen = 0usize;
         let status = match self
-            .settle(remote, run, &mut seen, Duration::from_secs(t.activate + 15))
+            .settle(remote, run, &mut seen, None, Duration::from_secs(t.activate + 15))
             .await
         {
             Ok(s) => s,
@@ -293,7 +293,7 @@ impl<'a> HostRun<'a> {
                 // The activation outlived its timeout from our side: ask
                 // the agent to stop it and roll back, then wait for that.
                 let _ = nix::signal_agent(remote, run, "abort", &why, 30).await;
-                match self.settle(remote, run, &mut seen, Duration::from_secs(t.activate + t.confirm + 60)).await {
+                match self.settle(remote, run, &mut seen, None, Duration::from_secs(t.activate + t.confirm + 60)).await {
                     Ok(s) => s,
                     Err(e) => return self.lost(run, &e),
                 }
@@ -312,7 +312,7 @@ impl<'a> HostRun<'a> {
             let _ = nix::signal_agent(remote, run, "abort", reason, 10).await;
         }
         let status = match self
-            .settle(remote, run, &mut seen, Duration::from_secs(t.confirm + t.activate + 60))
+            .settle(remote, run, &mut seen, Some("awaiting-confirmation"), Duration::from_secs(t.confirm + t.activate + 60))
             .await
         {
             Ok(s) => s,
@@ -353,7 +353,7 @@ impl<'a> HostRun<'a> {
             Ok(o) => o.stdout.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0),
             Err(_) => 0,
         };
-        match self.settle(remote, run, &mut seen, Duration::from_secs(t.boot)).await {
+        match self.settle(remote, run, &mut seen, None, Duration::from_secs(t.boot)).await {
             Ok(s) if s.state == "booted" => End::ok(Outcome::Deployed, toplevel),
             Ok(s) => self.boot_failed(toplevel, &format!("{} {}", s.state, s.reason)),
             Err(e) => self.boot_failed(toplevel, &e),
@@ -399,7 +399,14 @@ impl<'a> HostRun<'a> {
 
     /// Follow the agent until it needs us or is done, re-attaching after a
     /// lost connection, all within `limit`.
-    async fn settle(&self, remote: &mut Remote, run: &RunDir, seen: &mut usize, limit: Duration) -> Result<AgentStatus, String> {
+    async fn settle(
+        &self,
+        remote: &mut Remote,
+        run: &RunDir,
+        seen: &mut usize,
+        also_wait: Option<&str>,
+        limit: Duration,
+    ) -> Result<AgentStatus, String> {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -409,7 +416,7 @@ impl<'a> HostRun<'a> {
             let mut lines = self.lines();
             let n = seen_counter();
             let n2 = n.clone();
-            let watched = nix::watch_agent(remote, run, *seen, left.as_secs().max(1), &mut |l: &str| {
+            let watched = nix::watch_agent(remote, run, *seen, also_wait, left.as_secs().max(1), &mut |l: &str| {
                 n2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 lines(l)
             })

@@ -35,7 +35,8 @@ impl Human {
             Event::PhaseFinished { .. } => String::new(),
             Event::Output { host, line, .. } => format!("{} | {line}\n", tag(host, self.width)),
             Event::Note { host, text } => format!("{} {text}\n", tag(host, self.width)),
-            Event::RolledBack { host, reason } => format!("{} ROLLED BACK: {reason}\n", tag(host, self.width)),
+            // The host's final line says it, with the reason.
+            Event::RolledBack { .. } => String::new(),
             Event::HostFinished { report } => {
                 let t = tag(&report.host, self.width);
                 let secs = fmt_duration(report.duration);
