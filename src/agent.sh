@@ -14,7 +14,7 @@
 # run can confirm a later one.
 #
 #   agent.sh activate RUNDIR TOPLEVEL ACTIVATE_SECS CONFIRM_SECS MAGIC_ROLLBACK(1|0)
-#   agent.sh boot RUNDIR TOPLEVEL
+#   agent.sh boot RUNDIR TOPLEVEL [GENERATION]   (GENERATION: switch the profile back to it)
 #   agent.sh watch RUNDIR SKIP_LINES [STATE]   (also keeps waiting while in STATE)
 #   agent.sh hold INFO            (run under flock: holds the host lock until stdin closes)
 
@@ -138,10 +138,15 @@ activate() {
 }
 
 boot() {
-    rundir=$1 toplevel=$2
+    rundir=$1 toplevel=$2 generation=${3:-}
     set_status booting
-    if ! nix-env -p /nix/var/nix/profiles/system --set "$toplevel" >> "$rundir/log" 2>&1; then
-        set_status boot-failed "nix-env --set of the system profile failed"
+    if [ -n "$generation" ]; then
+        nix-env -p /nix/var/nix/profiles/system --switch-generation "$generation" >> "$rundir/log" 2>&1
+    else
+        nix-env -p /nix/var/nix/profiles/system --set "$toplevel" >> "$rundir/log" 2>&1
+    fi
+    if [ $? != 0 ] || [ "$(readlink -f /nix/var/nix/profiles/system)" != "$toplevel" ]; then
+        set_status boot-failed "the system profile could not be pointed at $toplevel"
         return
     fi
     "$toplevel/bin/switch-to-configuration" boot >> "$rundir/log" 2>&1 < /dev/null

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use deploy_flake::cli::{Cli, Options, OutputFormat};
-use deploy_flake::pipeline::Context as RunContext;
+use deploy_flake::pipeline::{Context as RunContext, Mode};
 use deploy_flake::{report, runner};
 use deploy_flake::exit::Exit;
 use deploy_flake::inventory::DEFAULT_EVAL_TIMEOUT;
@@ -50,7 +50,10 @@ fn run() -> anyhow::Result<Exit> {
 /// status.
 async fn deploy(targets: Vec<Target>, options: &Options) -> anyhow::Result<Exit> {
     let run_id = runner::new_run_id();
+    let interrupted = Arc::new(AtomicBool::new(false));
     let ctx = RunContext {
+        mode: Mode::Deploy,
+        interrupted: interrupted.clone(),
         lock_owner: runner::lock_owner(&run_id),
         run_id,
         flake: options.flake.clone(),
@@ -60,7 +63,6 @@ async fn deploy(targets: Vec<Target>, options: &Options) -> anyhow::Result<Exit>
         self_check: None,
         sink: report::stdout_sink(options.output == OutputFormat::Json),
     };
-    let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -71,6 +73,6 @@ async fn deploy(targets: Vec<Target>, options: &Options) -> anyhow::Result<Exit>
         }
     });
     let parallel = options.max_parallel.unwrap_or(targets.len()).max(1);
-    let reports = runner::run(targets, ctx, parallel, interrupted).await;
+    let reports = runner::run(targets, ctx, parallel).await;
     Ok(runner::exit_for(&reports))
 }

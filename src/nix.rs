@@ -398,6 +398,58 @@ pub async fn local(
     }
 }
 
+// ---- generations ----------------------------------------------------------
+
+/// The generations of the system profile: `(number, is_current)`, from
+/// `nix-env --list-generations` output.
+pub fn parse_generations(text: &str) -> Vec<(u32, bool)> {
+    text.lines()
+        .filter_map(|l| {
+            let n = l.split_whitespace().next()?.parse().ok()?;
+            Some((n, l.contains("(current)")))
+        })
+        .collect()
+}
+
+/// Which generation a rollback goes to: the requested one, or the newest
+/// before the current. Pure.
+pub fn choose_generation(gens: &[(u32, bool)], requested: Option<u32>) -> Result<u32, String> {
+    let current = gens.iter().find(|g| g.1).map(|g| g.0);
+    match requested {
+        Some(n) if gens.iter().any(|g| g.0 == n) => {
+            if Some(n) == current {
+                Err(format!("generation {n} is already the current one"))
+            } else {
+                Ok(n)
+            }
+        }
+        Some(n) => Err(format!(
+            "generation {n} does not exist; the system profile has generations {}",
+            gens.iter().map(|g| g.0.to_string()).collect::<Vec<_>>().join(", ")
+        )),
+        None => {
+            let current = current.ok_or("the system profile has no current generation")?;
+            gens.iter()
+                .map(|g| g.0)
+                .filter(|&n| n < current)
+                .max()
+                .ok_or_else(|| format!("generation {current} is the oldest: there is nothing to roll back to"))
+        }
+    }
+}
+
+/// The generation to return to and its system.
+pub async fn pick_generation(r: &Remote, requested: Option<u32>, secs: u64) -> Result<(u32, StorePath), StepError> {
+    let out = r.run(&Cmd::new(["nix-env", "-p", SYSTEM_PROFILE, "--list-generations"]).secs(secs)).await?;
+    if !out.success() {
+        return Err(failed("nix-env --list-generations", &out));
+    }
+    let n = choose_generation(&parse_generations(&out.stdout), requested).map_err(StepError::Invalid)?;
+    let link = format!("{SYSTEM_PROFILE}-{n}-link");
+    let path = resolve(r, &link, secs).await?.ok_or_else(|| StepError::Invalid(format!("{link} does not exist")))?;
+    Ok((n, StorePath::parse(&path)?))
+}
+
 // ---- inspection -----------------------------------------------------------
 
 /// `readlink -f` of a path on the target; `None` when it does not exist.
@@ -546,6 +598,26 @@ mod tests {
         let j = r#"[{"drvPath":"/nix/store/0123456789abcdfghijklmnpqrsvwxyz-t.drv","outputs":{"out":"/nix/store/0123456789abcdfghijklmnpqrsvwxyz-t"}}]"#;
         assert_eq!(parse_build_json(j).unwrap().as_str(), "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-t");
         assert!(parse_build_json("[]").is_err());
+    }
+
+    #[test]
+    fn rollback_picks_the_generation_before_the_current() {
+        let text = "   1   2026-11-20 10:00:00   \n   2   2026-11-21 10:00:00   \n   4   2026-11-22 10:00:00   (current)\n   5   2026-11-23 10:00:00\n";
+        let gens = parse_generations(text);
+        assert_eq!(gens, vec![(1, false), (2, false), (4, true), (5, false)]);
+        assert_eq!(choose_generation(&gens, None), Ok(2));
+        assert_eq!(choose_generation(&gens, Some(1)), Ok(1));
+        assert_eq!(choose_generation(&gens, Some(5)), Ok(5));
+        assert_eq!(choose_generation(&gens, Some(4)), Err("generation 4 is already the current one".into()));
+        assert_eq!(
+            choose_generation(&gens, Some(3)),
+            Err("generation 3 does not exist; the system profile has generations 1, 2, 4, 5".into())
+        );
+        assert_eq!(
+            choose_generation(&[(1, true)], None),
+            Err("generation 1 is the oldest: there is nothing to roll back to".into())
+        );
+        assert_eq!(choose_generation(&[], None), Err("the system profile has no current generation".into()));
     }
 
     #[test]

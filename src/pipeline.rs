@@ -6,6 +6,7 @@
 //! on-target agent (a transient systemd unit) owns the outcome: it returns
 //! to the previous system unless the deployer confirms over a fresh login.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,20 @@ pub struct Context {
     pub self_check: Option<String>,
     /// Who holds the lock, shown to a concurrent deployer.
     pub lock_owner: String,
+    pub mode: Mode,
+    /// Set on Ctrl-C: hosts that have not started activating stop unchanged.
+    pub interrupted: Arc<AtomicBool>,
     pub sink: Sink,
+}
+
+/// What a run does to each host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Build the flake's configuration and switch to it.
+    Deploy,
+    /// Return to an earlier generation of the system profile (the one before
+    /// the current, or the given one), through the same test/confirm/boot.
+    Rollback { to_generation: Option<u32> },
 }
 
 /// Deploy one host and say how it ended. Never panics on remote trouble:
@@ -176,45 +190,23 @@ impl<'a> HostRun<'a> {
             }
         }
 
-        // 4. copy and 5. build
-        let toplevel = match spec.build_on {
-            BuildOn::Target => {
-                self.start(Phase::Copy);
-                let mut lines = self.lines();
-                let source = match nix::copy_flake(remote, &self.ctx.flake, t.copy, &mut lines).await {
-                    Ok(s) => s,
-                    Err(e) => return End::unchanged(format!("copy: {e}")),
-                };
-                self.start(Phase::Build);
-                let mut lines = self.lines();
-                match nix::build_on_target(remote, &source, &spec.configuration, run, t.build, &mut lines).await {
-                    Ok(p) => p,
-                    Err(e) => return End::unchanged(format!("build: {e}")),
+        // 4. copy and 5. build (or, for a rollback, the generation to return to)
+        let (toplevel, generation) = match self.ctx.mode {
+            Mode::Deploy => match self.copy_and_build(remote, run).await {
+                Ok(p) => {
+                    self.note(format!("built {p}"));
+                    (p, None)
                 }
-            }
-            BuildOn::Local => {
-                self.start(Phase::Build);
-                let gc = match tempfile::Builder::new().prefix("deploy-flake-root.").tempdir() {
-                    Ok(d) => d,
-                    Err(e) => return End::unchanged(format!("build: {e}")),
-                };
-                let mut lines = self.lines();
-                let p = match nix::build_locally(&self.ctx.flake, &spec.configuration, &gc.path().join("result"), t.build, &mut lines).await {
-                    Ok(p) => p,
-                    Err(e) => return End::unchanged(format!("build: {e}")),
-                };
-                self.start(Phase::Copy);
-                let mut lines = self.lines();
-                if let Err(e) = nix::copy_closure(remote, &p, t.copy, &mut lines).await {
-                    return End::unchanged(format!("copy: {e}"));
+                Err(end) => return end,
+            },
+            Mode::Rollback { to_generation } => match nix::pick_generation(remote, to_generation, 30).await {
+                Ok((n, p)) => {
+                    self.note(format!("returning to generation {n}: {p}"));
+                    (p, Some(n))
                 }
-                if let Err(e) = nix::add_root(remote, &p, run, t.copy).await {
-                    return End::unchanged(format!("copy: {e}"));
-                }
-                p
-            }
+                Err(e) => return End::unchanged(format!("rollback: {e}")),
+            },
         };
-        self.note(format!("built {toplevel}"));
         match nix::exists(remote, &toplevel.join("bin/switch-to-configuration"), true, 30).await {
             Ok(true) => {}
             Ok(false) => {
@@ -238,10 +230,29 @@ impl<'a> HostRun<'a> {
             // Running it, but the boot entry was never written (e.g. an
             // earlier deployer died after confirmation): finish the job.
             self.note("already running this system; writing the boot entry");
-            return self.boot(remote, run, &toplevel).await;
+            return self.boot(remote, run, &toplevel, generation).await;
         }
 
-        // 6. self-check: a failing check stops the host unchanged.
+        // 6. self-check: a failing check stops the host unchanged. A
+        // rollback returns to a system that already ran here: no check.
+        if generation.is_none() {
+            if let Err(end) = self.self_check(remote, &toplevel).await {
+                return end;
+            }
+        }
+
+        // Ctrl-C: a host that has not started activating stays as it is.
+        if self.ctx.interrupted.load(Ordering::SeqCst) {
+            return End { outcome: Outcome::Cancelled, system: None, message: Some("interrupted before activation; nothing changed".into()) };
+        }
+
+        // 7. activate: from here on the agent owns the outcome.
+        self.activate_confirm_boot(remote, run, &toplevel, generation).await
+    }
+
+    async fn self_check(&mut self, remote: &mut Remote, toplevel: &StorePath) -> Result<(), End> {
+        let spec = &self.target.spec;
+        let t = spec.timeouts;
         self.start(Phase::SelfCheck);
         let configured = self.ctx.self_check.clone().or_else(|| spec.self_check.clone());
         let script = match &configured {
@@ -249,8 +260,8 @@ impl<'a> HostRun<'a> {
                 let p = toplevel.join(rel);
                 match nix::exists(remote, &p, true, 30).await {
                     Ok(true) => Some(p),
-                    Ok(false) => return End::unchanged(format!("self-check: {rel} is not an executable inside {toplevel}")),
-                    Err(e) => return End::unchanged(format!("self-check: {e}")),
+                    Ok(false) => return Err(End::unchanged(format!("self-check: {rel} is not an executable inside {toplevel}"))),
+                    Err(e) => return Err(End::unchanged(format!("self-check: {e}"))),
                 }
             }
             None => {
@@ -258,18 +269,30 @@ impl<'a> HostRun<'a> {
                 match nix::exists(remote, &p, true, 30).await {
                     Ok(true) => Some(p),
                     Ok(false) => None,
-                    Err(e) => return End::unchanged(format!("self-check: {e}")),
+                    Err(e) => return Err(End::unchanged(format!("self-check: {e}"))),
                 }
             }
         };
         if let Some(script) = script {
             let mut lines = self.lines();
             if let Err(e) = nix::self_check(remote, &script, t.self_check, &mut lines).await {
-                return End::unchanged(format!("self-check failed, nothing activated: {e}"));
+                return Err(End::unchanged(format!("self-check failed, nothing activated: {e}")));
             }
         } else {
             self.note("no self-check in this system");
         }
+        Ok(())
+    }
+
+    async fn activate_confirm_boot(
+        &mut self,
+        remote: &mut Remote,
+        run: &RunDir,
+        toplevel: &StorePath,
+        generation: Option<u32>,
+    ) -> End {
+        let t = self.target.spec.timeouts;
+        let spec = &self.target.spec;
 
         // 7. activate: from here on the agent owns the outcome.
         self.start(Phase::Activate);
@@ -323,7 +346,52 @@ impl<'a> HostRun<'a> {
         }
 
         // 9. boot: only a confirmed system becomes the boot entry.
-        self.boot(remote, run, &toplevel).await
+        self.boot(remote, run, toplevel, generation).await
+    }
+
+    /// Copy the flake and build the system on the target, or build here and
+    /// copy the closure (`buildOn = "local"`). Nothing on the host changes.
+    async fn copy_and_build(&mut self, remote: &mut Remote, run: &RunDir) -> Result<StorePath, End> {
+        let spec = &self.target.spec;
+        let t = spec.timeouts;
+        let p = match spec.build_on {
+            BuildOn::Target => {
+                self.start(Phase::Copy);
+                let mut lines = self.lines();
+                let source = match nix::copy_flake(remote, &self.ctx.flake, t.copy, &mut lines).await {
+                    Ok(s) => s,
+                    Err(e) => return Err(End::unchanged(format!("copy: {e}"))),
+                };
+                self.start(Phase::Build);
+                let mut lines = self.lines();
+                match nix::build_on_target(remote, &source, &spec.configuration, run, t.build, &mut lines).await {
+                    Ok(p) => p,
+                    Err(e) => return Err(End::unchanged(format!("build: {e}"))),
+                }
+            }
+            BuildOn::Local => {
+                self.start(Phase::Build);
+                let gc = match tempfile::Builder::new().prefix("deploy-flake-root.").tempdir() {
+                    Ok(d) => d,
+                    Err(e) => return Err(End::unchanged(format!("build: {e}"))),
+                };
+                let mut lines = self.lines();
+                let p = match nix::build_locally(&self.ctx.flake, &spec.configuration, &gc.path().join("result"), t.build, &mut lines).await {
+                    Ok(p) => p,
+                    Err(e) => return Err(End::unchanged(format!("build: {e}"))),
+                };
+                self.start(Phase::Copy);
+                let mut lines = self.lines();
+                if let Err(e) = nix::copy_closure(remote, &p, t.copy, &mut lines).await {
+                    return Err(End::unchanged(format!("copy: {e}")));
+                }
+                if let Err(e) = nix::add_root(remote, &p, run, t.copy).await {
+                    return Err(End::unchanged(format!("copy: {e}")));
+                }
+                p
+            }
+        };
+        Ok(p)
     }
 
     /// Health checks over the master, then the confirmation over a fresh login.
@@ -341,10 +409,11 @@ impl<'a> HostRun<'a> {
         }
     }
 
-    async fn boot(&mut self, remote: &mut Remote, run: &RunDir, toplevel: &StorePath) -> End {
+    async fn boot(&mut self, remote: &mut Remote, run: &RunDir, toplevel: &StorePath, generation: Option<u32>) -> End {
         self.start(Phase::Boot);
         let t = self.target.spec.timeouts;
-        let args = vec![run.dir.clone(), toplevel.to_string()];
+        let mut args = vec![run.dir.clone(), toplevel.to_string()];
+        args.extend(generation.map(|g| g.to_string()));
         if let Err(e) = nix::start_agent(remote, run, "boot", &args, 30).await {
             return self.boot_failed(toplevel, &e.to_string());
         }

@@ -83,6 +83,10 @@ pub struct Cmd {
     pub timeout: Duration,
     /// Run as root (through the configured `sudo` when sshUser is not root).
     pub root: bool,
+    /// Bound the command on the target too (coreutils `timeout`), so a
+    /// command we give up on does not run on there: closing our end of an
+    /// ssh channel does not stop a remote process.
+    pub bounded: bool,
 }
 
 impl Cmd {
@@ -91,7 +95,12 @@ impl Cmd {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Cmd { argv: argv.into_iter().map(Into::into).collect(), timeout: Duration::from_secs(60), root: true }
+        Cmd {
+            argv: argv.into_iter().map(Into::into).collect(),
+            timeout: Duration::from_secs(60),
+            root: true,
+            bounded: true,
+        }
     }
 
     pub fn timeout(mut self, t: Duration) -> Cmd {
@@ -107,6 +116,22 @@ impl Cmd {
     pub fn unprivileged(mut self) -> Cmd {
         self.root = false;
         self
+    }
+
+    /// A command that lives as long as our connection (the lock holder).
+    pub fn unbounded(mut self) -> Cmd {
+        self.bounded = false;
+        self
+    }
+
+    /// How long we wait locally: a little longer than the remote bound,
+    /// so the remote `timeout` acts first and reports 124.
+    fn local_limit(&self) -> Duration {
+        if self.bounded {
+            self.timeout + Duration::from_secs(10)
+        } else {
+            self.timeout
+        }
     }
 
     /// A short rendering for messages.
@@ -176,14 +201,16 @@ impl Destination {
 
     /// The full argv a command runs with on the target.
     pub fn argv_for(&self, cmd: &Cmd) -> Vec<String> {
+        let mut v = Vec::new();
         if cmd.root && !self.escalate.is_empty() {
-            let mut v = self.escalate.clone();
+            v.extend(self.escalate.iter().cloned());
             v.push("--".into());
-            v.extend(cmd.argv.iter().cloned());
-            v
-        } else {
-            cmd.argv.clone()
         }
+        if cmd.bounded {
+            v.extend(["timeout".to_string(), "-k".into(), "5".into(), cmd.timeout.as_secs().max(1).to_string()]);
+        }
+        v.extend(cmd.argv.iter().cloned());
+        v
     }
 }
 
@@ -401,7 +428,7 @@ impl Remote {
             let out = child.wait_with_output().await.map_err(|e| self.disconnected_or_io(cmd, e))?;
             Ok::<_, RemoteError>(out)
         };
-        let out = match tokio::time::timeout(cmd.timeout, fut).await {
+        let out = match tokio::time::timeout(cmd.local_limit(), fut).await {
             Err(_) => return Err(RemoteError::Timeout { cmd: cmd.display(), secs: cmd.timeout.as_secs() }),
             Ok(r) => r?,
         };
@@ -411,6 +438,7 @@ impl Remote {
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         };
         self.check_escalation(cmd, &output)?;
+        check_remote_timeout(cmd, output.status)?;
         Ok(output)
     }
 
@@ -437,9 +465,13 @@ impl Remote {
             let status = child.wait().await.map_err(|e| self.disconnected_or_io(cmd, e))?;
             Ok::<_, RemoteError>(status)
         };
-        match tokio::time::timeout(cmd.timeout, fut).await {
+        match tokio::time::timeout(cmd.local_limit(), fut).await {
             Err(_) => Err(RemoteError::Timeout { cmd: cmd.display(), secs: cmd.timeout.as_secs() }),
-            Ok(r) => r,
+            Ok(r) => {
+                let status = r?;
+                check_remote_timeout(cmd, status)?;
+                Ok(status)
+            }
         }
     }
 
@@ -480,7 +512,7 @@ impl Remote {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let out = match tokio::time::timeout(cmd.timeout, c.output()).await {
+        let out = match tokio::time::timeout(cmd.local_limit(), c.output()).await {
             Err(_) => return Err(RemoteError::Timeout { cmd: format!("fresh ssh login: {}", cmd.display()), secs: cmd.timeout.as_secs() }),
             Ok(r) => r?,
         };
@@ -498,7 +530,7 @@ impl Remote {
     /// with it the lock.
     pub async fn hold_lock(&self, agent: &str, owner: &str, secs: u64) -> Result<HostLock, RemoteError> {
         let lockfile = "/run/deploy-flake/lock";
-        let cmd = Cmd::new(["flock", "-n", "-E", "75", lockfile, "/bin/sh", agent, "hold", owner]).secs(secs);
+        let cmd = Cmd::new(["flock", "-n", "-E", "75", lockfile, "/bin/sh", agent, "hold", owner]).secs(secs).unbounded();
         let mut c = self.build(&cmd);
         c.stdin(openssh::Stdio::piped()).stdout(openssh::Stdio::piped()).stderr(openssh::Stdio::piped());
         let mut child = c.spawn().await.map_err(|e| self.disconnected_or_io(&cmd, e))?;
@@ -550,6 +582,14 @@ pub struct HostLock {
     _child: openssh::Child<Arc<Session>>,
 }
 
+/// `timeout` on the target exits 124 (137 after -k) when it stopped the command.
+fn check_remote_timeout(cmd: &Cmd, status: ExitStatus) -> Result<(), RemoteError> {
+    if cmd.bounded && matches!(status.code(), Some(124) | Some(137)) {
+        return Err(RemoteError::Timeout { cmd: cmd.display(), secs: cmd.timeout.as_secs() });
+    }
+    Ok(())
+}
+
 async fn forward_lines(r: impl AsyncRead + Unpin, tx: tokio::sync::mpsc::UnboundedSender<String>) {
     let mut lines = BufReader::new(r).lines();
     while let Ok(Some(line)) = lines.next_line().await {
@@ -590,9 +630,9 @@ mod tests {
         spec.ssh_user = "deploy".into();
         let d = Destination::from_spec(&spec);
         assert_eq!(d.escalate, vec!["sudo", "-n"]);
-        let argv = d.argv_for(&Cmd::new(["systemctl", "is-system-running"]));
-        assert_eq!(argv, vec!["sudo", "-n", "--", "systemctl", "is-system-running"]);
-        assert_eq!(d.argv_for(&Cmd::new(["id"]).unprivileged()), vec!["id"]);
+        let argv = d.argv_for(&Cmd::new(["systemctl", "is-system-running"]).secs(7));
+        assert_eq!(argv, vec!["sudo", "-n", "--", "timeout", "-k", "5", "7", "systemctl", "is-system-running"]);
+        assert_eq!(d.argv_for(&Cmd::new(["id"]).unprivileged().unbounded()), vec!["id"]);
         spec.ssh_user = "root".into();
         assert!(Destination::from_spec(&spec).escalate.is_empty());
         spec.ssh_user = "ops".into();

@@ -3,7 +3,7 @@
 //! Ctrl-C stops new hosts from starting; hosts already past `connect`
 //! finish (the on-target agent confirms or rolls back by itself).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,7 @@ pub fn lock_owner(run_id: &str) -> String {
 }
 
 /// Deploy `targets`; returns one report per host, in target order.
-pub async fn run(targets: Vec<Target>, ctx: Context, max_parallel: usize, interrupted: Arc<AtomicBool>) -> Vec<HostReport> {
+pub async fn run(targets: Vec<Target>, ctx: Context, max_parallel: usize) -> Vec<HostReport> {
     let started = Instant::now();
     (ctx.sink)(Event::RunStarted { run_id: ctx.run_id.clone(), hosts: targets.iter().map(|t| t.name.clone()).collect() });
     let permits = Arc::new(Semaphore::new(max_parallel.max(1)));
@@ -43,10 +43,9 @@ pub async fn run(targets: Vec<Target>, ctx: Context, max_parallel: usize, interr
     for (i, target) in targets.iter().cloned().enumerate() {
         let ctx = ctx.clone();
         let permits = permits.clone();
-        let interrupted = interrupted.clone();
         set.spawn(async move {
             let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
-            if interrupted.load(Ordering::SeqCst) {
+            if ctx.interrupted.load(Ordering::SeqCst) {
                 let report = HostReport {
                     host: target.name.clone(),
                     outcome: Outcome::Cancelled,
