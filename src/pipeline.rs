@@ -422,7 +422,9 @@ impl<'a> HostRun<'a> {
             Ok(o) => o.stdout.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0),
             Err(_) => 0,
         };
-        match self.settle(remote, run, &mut seen, None, Duration::from_secs(t.boot)).await {
+        // Until the boot agent writes its first state, the activation's
+        // "confirmed" is still there: keep waiting through it.
+        match self.settle(remote, run, &mut seen, Some("confirmed"), Duration::from_secs(t.boot)).await {
             Ok(s) if s.state == "booted" => End::ok(Outcome::Deployed, toplevel),
             Ok(s) => self.boot_failed(toplevel, &format!("{} {}", s.state, s.reason)),
             Err(e) => self.boot_failed(toplevel, &e),

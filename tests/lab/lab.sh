@@ -217,7 +217,7 @@ cmd_boot() {
     ) 7>"$labdir/.known_hosts.lock"
 
     mkdir -p "$CG_V1/$name" "$CG_V2/$name"
-    setsid bash "$self" _launch "$name" "$tdir" </dev/null >>"$tdir/console.log" 2>&1 &
+    setsid bash "$self" _launch "$name" "$tdir" </dev/null >>"$tdir/console.log" 2>&1 8>&- &
     echo $! >"$tdir/launcher.pid"
 
     local deadline=$((SECONDS + BOOT_TIMEOUT))
