@@ -1,0 +1,9 @@
+# healthy-v2: a healthy change (demo-web is restarted and reports
+# "healthy-v2"), with a passing pre-activate-safety-checks.
+{ pkgs, ... }:
+{
+  demo.version = "healthy-v2";
+  system.extraSystemBuilderCmds = ''
+    ln -s ${pkgs.writeShellScript "pre-activate-safety-checks" "exit 0"} $out/pre-activate-safety-checks
+  '';
+}
