@@ -433,3 +433,352 @@ fn the_check_builds_with_nothing_but_itself() {
         .collect();
     assert_eq!(hosts, ["web1"]);
 }
+
+// ---- the project's flake, with a stand-in for nixpkgs ---------------------------
+//
+// nixpkgs cannot be fetched everywhere these tests run. The stand-in
+// (tests/fixtures/checks/nixpkgs-standin) provides only the names the flake
+// uses, with trivial derivations, so these tests prove the plumbing: every
+// output evaluates, `lib` needs no nixpkgs at all, each scenario of
+// tests/fixtures/scenarios.nix becomes a VM check, the generated test script
+// is valid Python, and the fleet flake a VM test archives to its targets
+// evaluates to exactly the toplevels prebuilt into their stores.
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("mkdir {}: {e}", to.display()));
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display())) {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .unwrap_or_else(|e| panic!("copy {}: {e}", entry.path().display()));
+        }
+    }
+}
+
+/// The files of the project that its flake reads, in a fresh temp dir.
+fn project_flake() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for file in ["flake.nix", "Cargo.toml", "Cargo.lock"] {
+        std::fs::copy(repo().join(file), dir.path().join(file))
+            .unwrap_or_else(|e| panic!("copy {file}: {e}"));
+    }
+    copy_tree(&repo().join("lib"), &dir.path().join("lib"));
+    copy_tree(&repo().join("checks"), &dir.path().join("checks"));
+    std::fs::create_dir_all(dir.path().join("tests/fixtures")).expect("mkdir");
+    std::fs::copy(
+        repo().join("tests/fixtures/scenarios.nix"),
+        dir.path().join("tests/fixtures/scenarios.nix"),
+    )
+    .expect("copy scenarios.nix");
+    dir
+}
+
+fn standin() -> String {
+    format!("path:{}", fixtures().join("nixpkgs-standin").display())
+}
+
+/// `nix ARGS… --override-input nixpkgs <stand-in>`; Ok(stdout) or Err(stderr).
+fn nix_standin(args: &[&str]) -> Result<String, String> {
+    let mut cmd = nix();
+    cmd.args(args)
+        .args(["--override-input", "nixpkgs", &standin()]);
+    let out = run(cmd);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn flake_lib_and_overlay_need_no_nixpkgs() {
+    // An empty flake as nixpkgs: anything that touched it would fail.
+    let empty = tempfile::tempdir().expect("temp dir");
+    std::fs::write(empty.path().join("flake.nix"), "{ outputs = _: { }; }\n").expect("write");
+    let project = project_flake();
+    let mut cmd = nix();
+    cmd.args(["eval", "--json"])
+        .arg(format!("path:{}#lib", project.path().display()))
+        .args(["--apply", "lib: builtins.attrNames lib"])
+        .args(["--override-input", "nixpkgs"])
+        .arg(format!("path:{}", empty.path().display()));
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names = json(&String::from_utf8_lossy(&out.stdout));
+    for name in ["mkDeployFlake", "deployChecks"] {
+        assert!(names.as_array().unwrap().contains(&name.into()), "{names}");
+    }
+
+    let mut cmd = nix();
+    cmd.args(["eval", "--raw"])
+        .arg(format!(
+            "path:{}#overlays.default",
+            project.path().display()
+        ))
+        .args(["--apply", "o: builtins.typeOf o"])
+        .args(["--override-input", "nixpkgs"])
+        .arg(format!("path:{}", empty.path().display()));
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "lambda");
+}
+
+#[test]
+fn flake_outputs_evaluate_and_every_scenario_is_a_vm_check() {
+    let project = project_flake();
+    let flake = format!("path:{}", project.path().display());
+    if let Err(e) = nix_standin(&["flake", "check", "--no-build", &flake]) {
+        panic!("nix flake check --no-build failed:\n{e}");
+    }
+
+    let mut cmd = nix();
+    cmd.args(["eval", "--impure", "--json", "--expr"])
+        .arg(format!(
+            "builtins.attrNames (import {})",
+            nix_path(&repo().join("tests/fixtures/scenarios.nix"))
+        ));
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let scenarios = json(&String::from_utf8_lossy(&out.stdout));
+
+    for system in ["x86_64-linux", "aarch64-linux"] {
+        let checks = nix_standin(&[
+            "eval",
+            "--json",
+            &format!("{flake}#checks.{system}"),
+            "--apply",
+            "builtins.attrNames",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut expected: Vec<String> = scenarios
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| format!("vm-{}", s.as_str().unwrap()))
+            .collect();
+        expected.push("package".into());
+        expected.sort();
+        assert_eq!(json(&checks), serde_json::json!(expected), "{system}");
+    }
+    for system in ["x86_64-darwin", "aarch64-darwin"] {
+        let checks = nix_standin(&[
+            "eval",
+            "--json",
+            &format!("{flake}#checks.{system}"),
+            "--apply",
+            "builtins.attrNames",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(json(&checks), serde_json::json!(["package"]), "{system}");
+    }
+
+    // The unit tier only runs in the package build.
+    let flags = nix_standin(&[
+        "eval",
+        "--json",
+        &format!("{flake}#packages.x86_64-linux.default.cargoTestFlags"),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        json(&flags).as_array().unwrap().contains(&"--lib".into()),
+        "{flags}"
+    );
+}
+
+/// Builds the stand-in version of one VM check (its output is the test
+/// script) and returns (script, additionalPaths per node).
+fn build_vm_check(flake: &str, scenario: &str) -> (String, serde_json::Value) {
+    let attr = format!("{flake}#checks.x86_64-linux.vm-{scenario}");
+    let drv = nix_standin(&["eval", "--raw", &format!("{attr}.drvPath")])
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The stand-in's runCommand uses the host's cp and ssh-keygen.
+    let mut args = vec![
+        "build",
+        "--no-link",
+        "--json",
+        "--option",
+        "sandbox",
+        "false",
+    ];
+    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    if !groups.lines().any(|l| l.starts_with("nixbld:")) {
+        args.extend(["--option", "build-users-group", ""]);
+    }
+    args.push(&attr);
+    let built = nix_standin(&args).unwrap_or_else(|e| panic!("building {attr}:\n{e}"));
+    let out = json(&built)[0]["outputs"]["out"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let script = std::fs::read_to_string(&out).expect("test script");
+
+    let mut cmd = nix();
+    cmd.args(["show-derivation", &drv]);
+    let shown = run(cmd);
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    let shown = json(&String::from_utf8_lossy(&shown.stdout));
+    let env = &shown.as_object().unwrap().values().next().unwrap()["env"];
+    let paths = json(env["additionalPaths"].as_str().expect("additionalPaths"));
+    (script, paths)
+}
+
+fn assert_python_parses(script: &str) {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), script).expect("write script");
+    let out = Command::new("python3")
+        .args(["-c", "import ast, sys; ast.parse(open(sys.argv[1]).read())"])
+        .arg(file.path())
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "the test script is not valid Python:\n{}\n{script}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The fleet flake the script copies to the deployer, locked in a temp dir.
+fn fleet_of(script: &str) -> tempfile::TempDir {
+    let start = script
+        .find("cp -r /nix/store/")
+        .expect("the script copies the fleet")
+        + 6;
+    let end = start + script[start..].find(' ').unwrap();
+    let dir = tempfile::tempdir().expect("temp dir");
+    copy_tree(Path::new(&script[start..end]), dir.path());
+    let mut cmd = nix();
+    cmd.args(["flake", "lock"]).arg(dir.path());
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+/// The `expected` table the script asserts against (JSON inside a Python
+/// string literal, which is itself a JSON string).
+fn expected_of(script: &str) -> serde_json::Value {
+    let line = script
+        .lines()
+        .find(|l| l.starts_with("expected = json.loads("))
+        .expect("the script has an expected table");
+    let literal = &line["expected = json.loads(".len()..line.len() - 1];
+    let inner: String = serde_json::from_str(literal).expect("a JSON string literal");
+    json(&inner)
+}
+
+fn check_vm_plumbing(scenario: &str, exit_code: u8, success: bool) {
+    let project = project_flake();
+    let flake = format!("path:{}", project.path().display());
+    let (script, additional_paths) = build_vm_check(&flake, scenario);
+    assert_python_parses(&script);
+    assert!(
+        script.contains(&format!("assert status == {exit_code},")),
+        "the script does not expect exit code {exit_code}"
+    );
+
+    let fleet = fleet_of(&script);
+    let fleet_ref = format!("path:{}", fleet.path().display());
+    let mut cmd = nix();
+    cmd.args(["eval", "--json"])
+        .arg(format!("{fleet_ref}#deployFlake"));
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inventory = json(&String::from_utf8_lossy(&out.stdout));
+
+    let mut cmd = nix();
+    cmd.args(["eval", "--raw"])
+        .arg(format!("{fleet_ref}#checks.x86_64-linux.deploy.drvPath"));
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "the fleet's deployChecks: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every configuration a target is sent was prebuilt into its store: the
+    // build on the target finds it and needs no network.
+    let mut toplevels = std::collections::BTreeMap::new();
+    for (host, spec) in inventory["hosts"].as_object().unwrap() {
+        let configuration = spec["configuration"].as_str().unwrap();
+        let target = spec["hostname"].as_str().unwrap();
+        let mut cmd = nix();
+        cmd.args(["eval", "--raw"]).arg(format!(
+            "{fleet_ref}#nixosConfigurations.{configuration}.config.system.build.toplevel.outPath"
+        ));
+        let out = run(cmd);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let toplevel = String::from_utf8_lossy(&out.stdout).into_owned();
+        let prebuilt = additional_paths[target].as_array().expect("target paths");
+        assert!(
+            prebuilt.contains(&toplevel.clone().into()),
+            "{host}: {configuration} = {toplevel} is not prebuilt on {target}: {prebuilt:?}"
+        );
+        toplevels.insert(host.clone(), toplevel);
+    }
+
+    // The script expects the toplevels the fleet really yields.
+    let expected = expected_of(&script);
+    for target in ["target1", "target2"] {
+        let e = &expected[target];
+        if let Some(from) = toplevels.get(&format!("{target}-from")) {
+            assert_eq!(e["from"].as_str(), Some(from.as_str()), "{target} from");
+        }
+        let to = &toplevels[target];
+        let target_succeeds = success || target == "target2";
+        let running = e["running"].as_str().unwrap();
+        assert_eq!(
+            running == to,
+            target_succeeds,
+            "{target}: running {running}, deployed {to}"
+        );
+        assert_eq!(
+            e["boot"].as_str() == Some(to.as_str()),
+            target_succeeds,
+            "{target} boot"
+        );
+    }
+}
+
+#[test]
+fn vm_check_of_a_failing_scenario_is_consistent() {
+    check_vm_plumbing("failing-unit", 1, false);
+}
+
+#[test]
+fn vm_check_of_a_first_deploy_is_consistent() {
+    check_vm_plumbing("healthy-v1", 0, true);
+}
