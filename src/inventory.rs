@@ -271,6 +271,14 @@ pub fn classify_eval_failure(flake: &str, stderr: &str) -> InventoryError {
 
 /// Parses and validates the JSON of a `deployFlake` output.
 pub fn parse(json: &str) -> Result<Inventory, InventoryError> {
+    // Fast path: a well-formed current document deserializes in one pass.
+    // Anything else takes the slow path below, which finds the exact fault.
+    if let Ok(inventory) = serde_json::from_str::<Inventory>(json) {
+        if inventory.schema_version == SCHEMA_VERSION {
+            validate(&inventory)?;
+            return Ok(inventory);
+        }
+    }
     let value: serde_json::Value =
         serde_json::from_str(json).map_err(|source| InventoryError::Json { source })?;
     let obj = value.as_object().ok_or_else(|| InventoryError::Malformed {
