@@ -164,8 +164,10 @@ in
 
 
     def deploy(selection):
+        # A deploy includes evaluating NixOS on each target VM: allow more
+        # than execute()'s default timeout.
         status, out = deployer.execute(
-            f"deploy-flake --flake /root/fleet {selection} 2>&1"
+            f"deploy-flake --flake /root/fleet {selection} 2>&1", timeout=1800
         )
         print(out)
         return status, out
