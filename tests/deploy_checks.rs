@@ -782,3 +782,45 @@ fn vm_check_of_a_failing_scenario_is_consistent() {
 fn vm_check_of_a_first_deploy_is_consistent() {
     check_vm_plumbing("healthy-v1", 0, true);
 }
+
+#[test]
+fn example_fleet_evaluates_and_its_check_passes() {
+    // examples/fleet with this checkout as its deploy-flake input.
+    let project = project_flake();
+    let example = tempfile::tempdir().expect("temp dir");
+    copy_tree(&repo().join("examples/fleet"), example.path());
+    let example_ref = format!("path:{}", example.path().display());
+    let deploy_flake = format!("path:{}", project.path().display());
+    let eval = |attr: &str, flag: &str| {
+        nix_standin(&[
+            "eval",
+            flag,
+            &format!("{example_ref}#{attr}"),
+            "--override-input",
+            "deploy-flake",
+            &deploy_flake,
+        ])
+        .unwrap_or_else(|e| panic!("{attr}:\n{e}"))
+    };
+
+    let inventory = json(&eval("deployFlake", "--json"));
+    assert_eq!(inventory["schemaVersion"], 1);
+    assert_eq!(inventory["hosts"]["db1"]["sshPort"], 2222);
+    assert_eq!(
+        inventory["hosts"]["web2"]["tags"],
+        serde_json::json!(["web", "canary"])
+    );
+    assert_eq!(inventory["hosts"]["web1"]["sshUser"], "deploy");
+
+    for system in [
+        "x86_64-linux",
+        "aarch64-linux",
+        "x86_64-darwin",
+        "aarch64-darwin",
+    ] {
+        let drv = eval(&format!("checks.{system}.deploy.drvPath"), "--raw");
+        assert!(drv.ends_with("-deploy-flake-check.drv"), "{drv}");
+    }
+    let program = eval("apps.x86_64-linux.default.program", "--raw");
+    assert!(program.ends_with("/bin/deploy-flake"), "{program}");
+}
