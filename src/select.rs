@@ -129,7 +129,7 @@ pub fn select(inv: Option<&Inventory>, sel: &Selection) -> Result<Vec<Target>, S
             Resolved::Hosts(names) => chosen.extend(names),
             Resolved::AdHoc(t) => {
                 if !ad_hoc.iter().any(|a| a.name == t.name) {
-                    ad_hoc.push(t)
+                    ad_hoc.push(*t)
                 }
             }
         }
@@ -169,12 +169,12 @@ pub fn select(inv: Option<&Inventory>, sel: &Selection) -> Result<Vec<Target>, S
 
 enum Resolved<'a> {
     Hosts(Vec<&'a str>),
-    AdHoc(Target),
+    AdHoc(Box<Target>),
 }
 
 fn resolve_word<'a>(inv: Option<&'a Inventory>, word: &str) -> Result<Resolved<'a>, SelectError> {
     if let Some(rest) = word.strip_prefix("nixos://") {
-        return ad_hoc(inv, word, rest).map(Resolved::AdHoc);
+        return ad_hoc(inv, word, rest).map(|t| Resolved::AdHoc(Box::new(t)));
     }
     if word.starts_with('@') {
         let inv = inv.ok_or_else(|| SelectError::NeedsInventory { word: word.into() })?;
@@ -186,12 +186,12 @@ fn resolve_word<'a>(inv: Option<&'a Inventory>, word: &str) -> Result<Resolved<'
         }
     }
     if word.contains('@') {
-        return ad_hoc(inv, word, word).map(Resolved::AdHoc);
+        return ad_hoc(inv, word, word).map(|t| Resolved::AdHoc(Box::new(t)));
     }
     match inv {
         Some(inv) => match_pattern(inv, word).map(Resolved::Hosts),
         None if has_glob_meta(word) => Err(SelectError::NeedsInventory { word: word.into() }),
-        None => ad_hoc(None, word, word).map(Resolved::AdHoc),
+        None => ad_hoc(None, word, word).map(|t| Resolved::AdHoc(Box::new(t))),
     }
 }
 

@@ -196,3 +196,19 @@ fn version_and_help() {
         assert!(stdout.contains(needle), "--help lacks {needle}:\n{stdout}");
     }
 }
+
+#[test]
+fn plan_quotes_nix_attributes_and_brackets_ipv6() {
+    use deploy_flake::plan::{nix_attr, ssh_destination};
+    assert_eq!(nix_attr("web-1"), "web-1");
+    assert_eq!(nix_attr("_x'"), "_x'");
+    assert_eq!(nix_attr("1web"), "\"1web\"");
+    assert_eq!(nix_attr("a b"), "\"a b\"");
+    assert_eq!(nix_attr(r#"q"\${x}$y"#), r#""q\"\\\${x}$y""#);
+    assert_eq!(nix_attr("a\nb"), "\"a\\nb\"");
+    let mut h = HostSpec::with_defaults("h");
+    assert_eq!(ssh_destination(&h), "root@h:22");
+    h.hostname = "fe80::1".into();
+    h.ssh_port = 2222;
+    assert_eq!(ssh_destination(&h), "root@[fe80::1]:2222");
+}
