@@ -128,7 +128,9 @@ pub struct Options {
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CliError {
-    #[error("--flake `{0}`: give a flake reference without `#attribute` (deployFlake is read from it)")]
+    #[error(
+        "--flake `{0}`: give a flake reference without `#attribute` (deployFlake is read from it)"
+    )]
     FlakeWithAttribute(String),
 
     #[error("--flake: the flake reference is empty (use `.` for the current directory)")]
@@ -138,7 +140,11 @@ pub enum CliError {
     TimeoutSyntax(String),
 
     #[error("--timeout `{arg}`: unknown phase `{phase}`{hint}; phases: {}", TIMEOUT_PHASES.join(", "))]
-    TimeoutPhase { arg: String, phase: String, hint: String },
+    TimeoutPhase {
+        arg: String,
+        phase: String,
+        hint: String,
+    },
 
     #[error("--timeout `{0}`: seconds must be a whole number of at least 1")]
     TimeoutSeconds(String),

@@ -156,13 +156,16 @@ impl BuildOn {
 // Errors
 
 /// The lines to add to a flake that has no `deployFlake` output.
-pub const DEPLOY_FLAKE_SNIPPET: &str = "    deployFlake = deploy-flake.lib.mkDeployFlake {\n      inherit self;\n    };";
+pub const DEPLOY_FLAKE_SNIPPET: &str =
+    "    deployFlake = deploy-flake.lib.mkDeployFlake {\n      inherit self;\n    };";
 
 /// Why the inventory could not be read. Every message names the input at
 /// fault and what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
-    #[error("could not run `nix` ({source}): install Nix 2.4 or later and make sure `nix` is on PATH")]
+    #[error(
+        "could not run `nix` ({source}): install Nix 2.4 or later and make sure `nix` is on PATH"
+    )]
     NixNotFound { source: std::io::Error },
 
     #[error("`nix eval {flake}#deployFlake` did not finish within {secs} s: check that the flake's inputs are reachable, or that evaluating deployFlake does not evaluate a NixOS configuration")]
@@ -309,10 +312,12 @@ pub fn parse(json: &str) -> Result<Inventory, InventoryError> {
         path: ".hosts".into(),
         detail: "missing".into(),
     })?;
-    let hosts_obj = hosts_value.as_object().ok_or_else(|| InventoryError::Malformed {
-        path: ".hosts".into(),
-        detail: "expected an attribute set of hosts".into(),
-    })?;
+    let hosts_obj = hosts_value
+        .as_object()
+        .ok_or_else(|| InventoryError::Malformed {
+            path: ".hosts".into(),
+            detail: "expected an attribute set of hosts".into(),
+        })?;
     let mut hosts = BTreeMap::new();
     for (name, v) in hosts_obj {
         // One host at a time, so that a bad record names its host.
@@ -348,13 +353,25 @@ pub fn validate_host(path: &str, spec: &HostSpec) -> Result<(), InventoryError> 
         problem,
     };
     if let Some(p) = host_problem(&spec.hostname) {
-        return Err(bad("hostname", quote(&spec.hostname), format!("is not a plausible host name: {p}")));
+        return Err(bad(
+            "hostname",
+            quote(&spec.hostname),
+            format!("is not a plausible host name: {p}"),
+        ));
     }
     if let Some(p) = user_problem(&spec.ssh_user) {
-        return Err(bad("sshUser", quote(&spec.ssh_user), format!("is not a plausible user name: {p}")));
+        return Err(bad(
+            "sshUser",
+            quote(&spec.ssh_user),
+            format!("is not a plausible user name: {p}"),
+        ));
     }
     if spec.ssh_port == 0 {
-        return Err(bad("sshPort", "0".into(), "is not a port: use 1..65535".into()));
+        return Err(bad(
+            "sshPort",
+            "0".into(),
+            "is not a port: use 1..65535".into(),
+        ));
     }
     if let Some(p) = configuration_problem(&spec.configuration) {
         return Err(bad("configuration", quote(&spec.configuration), p.into()));
@@ -365,11 +382,19 @@ pub fn validate_host(path: &str, spec: &HostSpec) -> Result<(), InventoryError> 
         }
     }
     if spec.sudo.is_empty() || spec.sudo.chars().any(char::is_control) {
-        return Err(bad("sudo", quote(&spec.sudo), "must be a non-empty command without control characters".into()));
+        return Err(bad(
+            "sudo",
+            quote(&spec.sudo),
+            "must be a non-empty command without control characters".into(),
+        ));
     }
     for (i, opt) in spec.ssh_opts.iter().enumerate() {
         if opt.chars().any(char::is_control) {
-            return Err(bad(&format!("sshOpts.{i}"), quote(opt), "contains a control character".into()));
+            return Err(bad(
+                &format!("sshOpts.{i}"),
+                quote(opt),
+                "contains a control character".into(),
+            ));
         }
     }
     for phase in TIMEOUT_PHASES {

@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use deploy_flake::cli::{Cli, Options, OutputFormat};
-use deploy_flake::pipeline::{Context as RunContext, Mode};
-use deploy_flake::{report, runner};
 use deploy_flake::exit::Exit;
 use deploy_flake::inventory::DEFAULT_EVAL_TIMEOUT;
-use deploy_flake::select::{self, Target};
+use deploy_flake::pipeline::{Context as RunContext, Mode};
 use deploy_flake::plan;
+use deploy_flake::select::{self, Target};
+use deploy_flake::{report, runner};
 
 fn main() -> ExitCode {
     match run() {

@@ -55,13 +55,10 @@ impl Selection {
         !self.all
             && self.exclude.is_empty()
             && !self.hosts.is_empty()
-            && self
-                .hosts
-                .iter()
-                .all(|w| {
-                    w.starts_with("nixos://")
-                        || (!w.starts_with('@') && (w.contains('@') || !has_glob_meta(w)))
-                })
+            && self.hosts.iter().all(|w| {
+                w.starts_with("nixos://")
+                    || (!w.starts_with('@') && (w.contains('@') || !has_glob_meta(w)))
+            })
     }
 }
 
@@ -121,7 +118,9 @@ pub fn select(inv: Option<&Inventory>, sel: &Selection) -> Result<Vec<Target>, S
     let mut chosen: BTreeSet<&str> = BTreeSet::new();
     let mut ad_hoc: Vec<Target> = Vec::new();
     if sel.all {
-        let inv = inv.ok_or_else(|| SelectError::NeedsInventory { word: "--all".into() })?;
+        let inv = inv.ok_or_else(|| SelectError::NeedsInventory {
+            word: "--all".into(),
+        })?;
         chosen.extend(inv.hosts.keys().map(String::as_str));
     }
     for word in &sel.hosts {
@@ -252,7 +251,12 @@ fn has_glob_meta(s: &str) -> bool {
 }
 
 /// ": did you mean `web1`, `web2`?" or ": known hosts: ..." (first few).
-fn closest_hint<'a>(word: &str, candidates: impl Iterator<Item = &'a str>, what: &str, prefix: &str) -> String {
+fn closest_hint<'a>(
+    word: &str,
+    candidates: impl Iterator<Item = &'a str>,
+    what: &str,
+    prefix: &str,
+) -> String {
     let all: Vec<&str> = candidates.collect();
     if all.is_empty() {
         return format!(": there are no {what}");
@@ -261,13 +265,22 @@ fn closest_hint<'a>(word: &str, candidates: impl Iterator<Item = &'a str>, what:
     let limit = (word.chars().count() / 3).max(1);
     let mut scored: Vec<(usize, f64, &str)> = all
         .iter()
-        .map(|c| (strsim::damerau_levenshtein(word, c), strsim::jaro_winkler(word, c), *c))
+        .map(|c| {
+            (
+                strsim::damerau_levenshtein(word, c),
+                strsim::jaro_winkler(word, c),
+                *c,
+            )
+        })
         .filter(|(d, jw, _)| *d <= limit || *jw >= 0.8)
         .collect();
     scored.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(b.2)));
     if scored.is_empty() {
         let listed: Vec<String> = all.iter().map(|c| format!("{prefix}{c}")).collect();
-        format!(": known {what}: {}", list_some(listed.iter().map(String::as_str)))
+        format!(
+            ": known {what}: {}",
+            list_some(listed.iter().map(String::as_str))
+        )
     } else {
         let names: Vec<String> = scored
             .iter()

@@ -14,7 +14,9 @@ use deploy_flake::select::Target;
 fn opts(args: &[&str]) -> Result<Options, CliError> {
     let mut argv = vec!["deploy-flake"];
     argv.extend_from_slice(args);
-    Cli::try_parse_from(argv).expect("clap accepts it").into_options()
+    Cli::try_parse_from(argv)
+        .expect("clap accepts it")
+        .into_options()
 }
 
 fn opts_err(args: &[&str]) -> String {
@@ -36,9 +38,24 @@ fn defaults() {
 #[test]
 fn every_flag() {
     let o = opts(&[
-        "--flake", "./infra", "--all", "--exclude", "@db", "--exclude", "web-*", "--max-parallel", "0",
-        "--dry-run", "--json", "--force", "--skip-preflight", "--pre-activate-script=bin/check",
-        "--timeout", "build=7200", "--timeout", "self-check=5",
+        "--flake",
+        "./infra",
+        "--all",
+        "--exclude",
+        "@db",
+        "--exclude",
+        "web-*",
+        "--max-parallel",
+        "0",
+        "--dry-run",
+        "--json",
+        "--force",
+        "--skip-preflight",
+        "--pre-activate-script=bin/check",
+        "--timeout",
+        "build=7200",
+        "--timeout",
+        "self-check=5",
     ])
     .unwrap();
     assert_eq!(o.flake, "./infra");
@@ -48,12 +65,19 @@ fn every_flag() {
     assert!(o.dry_run && o.force && !o.preflight);
     assert_eq!(o.output, OutputFormat::Json);
     assert_eq!(o.self_check.as_deref(), Some("bin/check"));
-    assert_eq!(o.timeouts, [("build".to_string(), 7200), ("selfCheck".to_string(), 5)]);
+    assert_eq!(
+        o.timeouts,
+        [("build".to_string(), 7200), ("selfCheck".to_string(), 5)]
+    );
 }
 
 #[test]
 fn original_preflight_flag() {
-    assert!(!opts(&["--all", "--preflight-check=skip"]).unwrap().preflight);
+    assert!(
+        !opts(&["--all", "--preflight-check=skip"])
+            .unwrap()
+            .preflight
+    );
     assert!(opts(&["--all", "--preflight-check=run"]).unwrap().preflight);
     assert_eq!(
         opts_err(&["--all", "--preflight-check=run", "--skip-preflight"]),
@@ -63,19 +87,34 @@ fn original_preflight_flag() {
 
 #[test]
 fn bad_flags() {
-    assert_eq!(opts_err(&[]), "no hosts selected: name hosts, @tags or globs, or pass --all (see --help)");
+    assert_eq!(
+        opts_err(&[]),
+        "no hosts selected: name hosts, @tags or globs, or pass --all (see --help)"
+    );
     assert_eq!(
         opts_err(&["--all", "--flake", ".#web1"]),
         "--flake `.#web1`: give a flake reference without `#attribute` (deployFlake is read from it)"
     );
-    assert_eq!(opts_err(&["--all", "--flake", ""]), "--flake: the flake reference is empty (use `.` for the current directory)");
-    assert_eq!(opts_err(&["--all", "--timeout", "build"]), "--timeout `build`: expected PHASE=SECONDS, e.g. --timeout build=7200");
+    assert_eq!(
+        opts_err(&["--all", "--flake", ""]),
+        "--flake: the flake reference is empty (use `.` for the current directory)"
+    );
+    assert_eq!(
+        opts_err(&["--all", "--timeout", "build"]),
+        "--timeout `build`: expected PHASE=SECONDS, e.g. --timeout build=7200"
+    );
     assert_eq!(
         opts_err(&["--all", "--timeout", "biuld=5"]),
         "--timeout `biuld=5`: unknown phase `biuld` (did you mean `build`?); phases: connect, lock, preflight, copy, build, selfCheck, activate, confirm, boot"
     );
-    assert_eq!(opts_err(&["--all", "--timeout", "build=0"]), "--timeout `build=0`: seconds must be a whole number of at least 1");
-    assert_eq!(opts_err(&["--all", "--timeout", "build=1h"]), "--timeout `build=1h`: seconds must be a whole number of at least 1");
+    assert_eq!(
+        opts_err(&["--all", "--timeout", "build=0"]),
+        "--timeout `build=0`: seconds must be a whole number of at least 1"
+    );
+    assert_eq!(
+        opts_err(&["--all", "--timeout", "build=1h"]),
+        "--timeout `build=1h`: seconds must be a whole number of at least 1"
+    );
     assert_eq!(
         opts_err(&["--all", "--pre-activate-script", "/etc/check"]),
         "--pre-activate-script `/etc/check` is absolute: it must be a path inside the toplevel, e.g. \"bin/check\""
@@ -88,8 +127,20 @@ fn bad_flags() {
 
 #[test]
 fn overrides_apply_to_every_target() {
-    let o = opts(&["--all", "--timeout", "copy=1", "--timeout", "copy=2", "--pre-activate-script", "bin/ok"]).unwrap();
-    let mut targets = vec![Target { name: "a".into(), spec: HostSpec::with_defaults("a") }];
+    let o = opts(&[
+        "--all",
+        "--timeout",
+        "copy=1",
+        "--timeout",
+        "copy=2",
+        "--pre-activate-script",
+        "bin/ok",
+    ])
+    .unwrap();
+    let mut targets = vec![Target {
+        name: "a".into(),
+        spec: HostSpec::with_defaults("a"),
+    }];
     o.apply_overrides(&mut targets);
     assert_eq!(targets[0].spec.timeouts.copy, 2, "the last one wins");
     assert_eq!(targets[0].spec.timeouts.build, 3600);
@@ -100,7 +151,10 @@ fn overrides_apply_to_every_target() {
 // The binary
 
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_deploy-flake")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_deploy-flake"))
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -112,7 +166,16 @@ fn run(args: &[&str]) -> (i32, String, String) {
 fn dry_run_prints_the_plan() {
     let dir = common::fixture_flake("fleet");
     let flake = dir.path().to_str().unwrap();
-    let (code, stdout, stderr) = run(&["--dry-run", "--all", "--flake", flake, "--exclude", "web-1", "--timeout", "confirm=45"]);
+    let (code, stdout, stderr) = run(&[
+        "--dry-run",
+        "--all",
+        "--flake",
+        flake,
+        "--exclude",
+        "web-1",
+        "--timeout",
+        "confirm=45",
+    ]);
     assert_eq!(code, 0, "{stderr}");
     let want = format!(
         r#"dry run: 3 hosts from flake {flake}; nothing will be touched
@@ -153,10 +216,23 @@ web-2
 fn ad_hoc_destination_works_without_deploy_flake() {
     let dir = common::fixture_flake("no-deploy-flake");
     let flake = dir.path().to_str().unwrap();
-    let (code, stdout, stderr) = run(&["--dry-run", "--flake", flake, "nixos://ops@[fe80::1]:2222/alpha"]);
+    let (code, stdout, stderr) = run(&[
+        "--dry-run",
+        "--flake",
+        flake,
+        "nixos://ops@[fe80::1]:2222/alpha",
+    ]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("nixos://ops@[fe80::1]:2222/alpha\n  ssh:           ops@[fe80::1]:2222\n"), "{stdout}");
-    assert!(stdout.contains(&format!("  configuration: {flake}#nixosConfigurations.alpha\n")), "{stdout}");
+    assert!(
+        stdout.contains("nixos://ops@[fe80::1]:2222/alpha\n  ssh:           ops@[fe80::1]:2222\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "  configuration: {flake}#nixosConfigurations.alpha\n"
+        )),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -166,7 +242,12 @@ fn errors_exit_2_with_one_error_line() {
     let (code, stdout, stderr) = run(&["--dry-run", "--all", "--flake", flake]);
     assert_eq!(code, 2);
     assert_eq!(stdout, "");
-    assert!(stderr.starts_with(&format!("error: flake `{flake}` has no deployFlake output; add these lines")), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "error: flake `{flake}` has no deployFlake output; add these lines"
+        )),
+        "{stderr}"
+    );
 
     let dir = common::fixture_flake("throwing");
     let flake = dir.path().to_str().unwrap();
@@ -179,7 +260,10 @@ fn errors_exit_2_with_one_error_line() {
 
     let (code, _, stderr) = run(&["--dry-run"]);
     assert_eq!(code, 2);
-    assert_eq!(stderr, "error: no hosts selected: name hosts, @tags or globs, or pass --all (see --help)\n");
+    assert_eq!(
+        stderr,
+        "error: no hosts selected: name hosts, @tags or globs, or pass --all (see --help)\n"
+    );
 
     let (code, _, _) = run(&["--no-such-flag"]);
     assert_eq!(code, 2, "clap usage errors exit 2 too");
@@ -189,10 +273,19 @@ fn errors_exit_2_with_one_error_line() {
 fn version_and_help() {
     let (code, stdout, _) = run(&["--version"]);
     assert_eq!(code, 0);
-    assert_eq!(stdout, format!("deploy-flake {}\n", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        stdout,
+        format!("deploy-flake {}\n", env!("CARGO_PKG_VERSION"))
+    );
     let (code, stdout, _) = run(&["--help"]);
     assert_eq!(code, 0);
-    for needle in ["--pre-activate-script", "--preflight-check", "--timeout <PHASE=SECONDS>", "nixos://root@[fe80::1]:2222/web", "Exit status:"] {
+    for needle in [
+        "--pre-activate-script",
+        "--preflight-check",
+        "--timeout <PHASE=SECONDS>",
+        "nixos://root@[fe80::1]:2222/web",
+        "Exit status:",
+    ] {
         assert!(stdout.contains(needle), "--help lacks {needle}:\n{stdout}");
     }
 }

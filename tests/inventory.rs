@@ -20,7 +20,9 @@ fn err(json: &str) -> String {
 
 #[test]
 fn accepts_a_resolved_record() {
-    let inv = inventory::parse(&json!({ "schemaVersion": 1, "hosts": { "web1": host() } }).to_string()).unwrap();
+    let inv =
+        inventory::parse(&json!({ "schemaVersion": 1, "hosts": { "web1": host() } }).to_string())
+            .unwrap();
     assert_eq!(inv.hosts["web1"], HostSpec::with_defaults("web1"));
     assert_eq!(inv.hosts["web1"].build_on, BuildOn::Target);
 }
@@ -64,40 +66,107 @@ fn structural_errors() {
     h["sshPrt"] = json!(22);
     let doc = json!({ "schemaVersion": 1, "hosts": { "my host": h } }).to_string();
     let e = err(&doc);
-    assert!(e.starts_with("deployFlake.hosts.\"my host\": unknown field `sshPrt`, expected one of"), "{e}");
+    assert!(
+        e.starts_with("deployFlake.hosts.\"my host\": unknown field `sshPrt`, expected one of"),
+        "{e}"
+    );
 }
 
 #[test]
 fn field_types_and_ranges() {
     let e = err(&doc_with("sshPort", json!(70000)));
-    assert!(e.starts_with("deployFlake.hosts.web1: invalid value: integer `70000`, expected u16"), "{e}");
+    assert!(
+        e.starts_with("deployFlake.hosts.web1: invalid value: integer `70000`, expected u16"),
+        "{e}"
+    );
     assert_eq!(
         err(&doc_with("sshPort", json!(0))),
         "deployFlake.hosts.web1.sshPort: 0 is not a port: use 1..65535; fix it in the flake's deployFlake"
     );
     let e = err(&doc_with("buildOn", json!("remote")));
-    assert!(e.starts_with("deployFlake.hosts.web1: unknown variant `remote`, expected `target` or `local`"), "{e}");
+    assert!(
+        e.starts_with(
+            "deployFlake.hosts.web1: unknown variant `remote`, expected `target` or `local`"
+        ),
+        "{e}"
+    );
 }
 
 #[test]
 fn hostile_hostnames_and_users() {
     let cases = [
-        ("hostname", json!(""), r#"deployFlake.hosts.web1.hostname: "" is not a plausible host name: it is empty; fix it in the flake's deployFlake"#),
-        ("hostname", json!("a b"), r#"deployFlake.hosts.web1.hostname: "a b" is not a plausible host name: contains whitespace; fix it in the flake's deployFlake"#),
-        ("hostname", json!("-oProxyCommand=sh"), r#"deployFlake.hosts.web1.hostname: "-oProxyCommand=sh" is not a plausible host name: starts with '-'; fix it in the flake's deployFlake"#),
-        ("hostname", json!("a\u{7}b"), r#"deployFlake.hosts.web1.hostname: "a\u0007b" is not a plausible host name: contains a control character; fix it in the flake's deployFlake"#),
-        ("hostname", json!("root@h"), r#"deployFlake.hosts.web1.hostname: "root@h" is not a plausible host name: contains '@'; fix it in the flake's deployFlake"#),
-        ("sshUser", json!("-l"), r#"deployFlake.hosts.web1.sshUser: "-l" is not a plausible user name: starts with '-'; fix it in the flake's deployFlake"#),
-        ("sshUser", json!("a:b"), r#"deployFlake.hosts.web1.sshUser: "a:b" is not a plausible user name: contains ':'; fix it in the flake's deployFlake"#),
-        ("configuration", json!(""), r#"deployFlake.hosts.web1.configuration: "" is empty: name a nixosConfigurations attribute; fix it in the flake's deployFlake"#),
-        ("configuration", json!("a\nb"), r#"deployFlake.hosts.web1.configuration: "a\nb" contains a control character; fix it in the flake's deployFlake"#),
-        ("selfCheck", json!("/bin/check"), r#"deployFlake.hosts.web1.selfCheck: "/bin/check" is absolute: it must be a path inside the toplevel, e.g. "bin/check"; fix it in the flake's deployFlake"#),
-        ("selfCheck", json!("bin/../../etc/x"), r#"deployFlake.hosts.web1.selfCheck: "bin/../../etc/x" contains '..': it must stay inside the toplevel; fix it in the flake's deployFlake"#),
-        ("selfCheck", json!(""), r#"deployFlake.hosts.web1.selfCheck: "" is empty: use null for auto-detection; fix it in the flake's deployFlake"#),
-        ("sudo", json!(""), r#"deployFlake.hosts.web1.sudo: "" must be a non-empty command without control characters; fix it in the flake's deployFlake"#),
+        (
+            "hostname",
+            json!(""),
+            r#"deployFlake.hosts.web1.hostname: "" is not a plausible host name: it is empty; fix it in the flake's deployFlake"#,
+        ),
+        (
+            "hostname",
+            json!("a b"),
+            r#"deployFlake.hosts.web1.hostname: "a b" is not a plausible host name: contains whitespace; fix it in the flake's deployFlake"#,
+        ),
+        (
+            "hostname",
+            json!("-oProxyCommand=sh"),
+            r#"deployFlake.hosts.web1.hostname: "-oProxyCommand=sh" is not a plausible host name: starts with '-'; fix it in the flake's deployFlake"#,
+        ),
+        (
+            "hostname",
+            json!("a\u{7}b"),
+            r#"deployFlake.hosts.web1.hostname: "a\u0007b" is not a plausible host name: contains a control character; fix it in the flake's deployFlake"#,
+        ),
+        (
+            "hostname",
+            json!("root@h"),
+            r#"deployFlake.hosts.web1.hostname: "root@h" is not a plausible host name: contains '@'; fix it in the flake's deployFlake"#,
+        ),
+        (
+            "sshUser",
+            json!("-l"),
+            r#"deployFlake.hosts.web1.sshUser: "-l" is not a plausible user name: starts with '-'; fix it in the flake's deployFlake"#,
+        ),
+        (
+            "sshUser",
+            json!("a:b"),
+            r#"deployFlake.hosts.web1.sshUser: "a:b" is not a plausible user name: contains ':'; fix it in the flake's deployFlake"#,
+        ),
+        (
+            "configuration",
+            json!(""),
+            r#"deployFlake.hosts.web1.configuration: "" is empty: name a nixosConfigurations attribute; fix it in the flake's deployFlake"#,
+        ),
+        (
+            "configuration",
+            json!("a\nb"),
+            r#"deployFlake.hosts.web1.configuration: "a\nb" contains a control character; fix it in the flake's deployFlake"#,
+        ),
+        (
+            "selfCheck",
+            json!("/bin/check"),
+            r#"deployFlake.hosts.web1.selfCheck: "/bin/check" is absolute: it must be a path inside the toplevel, e.g. "bin/check"; fix it in the flake's deployFlake"#,
+        ),
+        (
+            "selfCheck",
+            json!("bin/../../etc/x"),
+            r#"deployFlake.hosts.web1.selfCheck: "bin/../../etc/x" contains '..': it must stay inside the toplevel; fix it in the flake's deployFlake"#,
+        ),
+        (
+            "selfCheck",
+            json!(""),
+            r#"deployFlake.hosts.web1.selfCheck: "" is empty: use null for auto-detection; fix it in the flake's deployFlake"#,
+        ),
+        (
+            "sudo",
+            json!(""),
+            r#"deployFlake.hosts.web1.sudo: "" must be a non-empty command without control characters; fix it in the flake's deployFlake"#,
+        ),
     ];
     for (field, value, want) in cases {
-        assert_eq!(err(&doc_with(field, value.clone())), want, "{field} = {value}");
+        assert_eq!(
+            err(&doc_with(field, value.clone())),
+            want,
+            "{field} = {value}"
+        );
     }
 }
 
@@ -121,7 +190,9 @@ fn zero_timeout_is_rejected() {
 #[test]
 fn eval_failures_are_classified() {
     let missing = "warning: x\nerror: flake 'path:/tmp/f' does not provide attribute 'packages.x86_64-linux.deployFlake', 'legacyPackages.x86_64-linux.deployFlake' or 'deployFlake'\n";
-    assert!(matches!(classify_eval_failure("/tmp/f", missing), InventoryError::NoDeployFlake { flake } if flake == "/tmp/f"));
+    assert!(
+        matches!(classify_eval_failure("/tmp/f", missing), InventoryError::NoDeployFlake { flake } if flake == "/tmp/f")
+    );
 
     let long: String = (1..=30).map(|i| format!("line {i}\n")).collect();
     match classify_eval_failure(".", &long) {
@@ -137,6 +208,13 @@ fn eval_failures_are_classified() {
 fn eval_argv_is_one_argument_per_word() {
     assert_eq!(
         inventory::eval_argv("./my flake"),
-        ["nix", "eval", "--json", "--extra-experimental-features", "nix-command flakes", "./my flake#deployFlake"]
+        [
+            "nix",
+            "eval",
+            "--json",
+            "--extra-experimental-features",
+            "nix-command flakes",
+            "./my flake#deployFlake"
+        ]
     );
 }

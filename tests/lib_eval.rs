@@ -40,7 +40,10 @@ fn defaults_fill_every_field() {
     );
     // And the Rust side accepts it unchanged.
     let inv = inventory::parse(&v.to_string()).unwrap();
-    assert_eq!(inv.hosts["web1"], inventory::HostSpec::with_defaults("web1"));
+    assert_eq!(
+        inv.hosts["web1"],
+        inventory::HostSpec::with_defaults("web1")
+    );
 }
 
 #[test]
@@ -80,30 +83,73 @@ fn unknown_host_key_names_its_path_and_the_closest_key() {
 #[test]
 fn unknown_key_in_defaults_and_in_timeouts() {
     let err = mk("{ defaults.tag = [ ]; }").unwrap_err();
-    assert!(error_line(&err).starts_with("error: deployFlake.defaults.tag: unknown option; did you mean \"tags\"?"), "{err}");
+    assert!(
+        error_line(&err)
+            .starts_with("error: deployFlake.defaults.tag: unknown option; did you mean \"tags\"?"),
+        "{err}"
+    );
     let err = mk("{ hosts.web1.timeouts.biuld = 5; }").unwrap_err();
-    assert!(error_line(&err).starts_with("error: deployFlake.hosts.web1.timeouts.biuld: unknown option; did you mean \"build\"?"), "{err}");
+    assert!(
+        error_line(&err).starts_with(
+            "error: deployFlake.hosts.web1.timeouts.biuld: unknown option; did you mean \"build\"?"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn hostile_attribute_name_is_quoted_in_the_path() {
     let err = mk(r#"{ hosts."my host".x = 1; }"#).unwrap_err();
-    assert!(error_line(&err).starts_with(r#"error: deployFlake.hosts."my host".x: unknown option (known options:"#), "{err}");
+    assert!(
+        error_line(&err)
+            .starts_with(r#"error: deployFlake.hosts."my host".x: unknown option (known options:"#),
+        "{err}"
+    );
 }
 
 #[test]
 fn wrong_types_name_the_path_expected_and_got() {
     let cases = [
-        (r#"{ hosts.web1.sshPort = "22"; }"#, r#"error: deployFlake.hosts.web1.sshPort: expected an integer between 1 and 65535, got a string ("22")"#),
-        (r#"{ defaults.sshPort = 70000; }"#, r#"error: deployFlake.defaults.sshPort: expected an integer between 1 and 65535, got an integer (70000)"#),
-        (r#"{ hosts.web1.tags = "web"; }"#, r#"error: deployFlake.hosts.web1.tags: expected a list of strings, got a string ("web")"#),
-        (r#"{ hosts.web1.buildOn = "remote"; }"#, r#"error: deployFlake.hosts.web1.buildOn: expected "target" or "local", got a string ("remote")"#),
-        (r#"{ hosts.web1.magicRollback = "yes"; }"#, r#"error: deployFlake.hosts.web1.magicRollback: expected a boolean, got a string ("yes")"#),
-        (r#"{ hosts.web1.selfCheck = "/bin/check"; }"#, r#"error: deployFlake.hosts.web1.selfCheck: expected null or a relative path inside the toplevel (no leading '/', no '..'), got a string ("/bin/check")"#),
-        (r#"{ hosts.web1.hostname = "-oProxyCommand=x"; }"#, r#"error: deployFlake.hosts.web1.hostname: expected a host name or address (non-empty, no spaces, not starting with '-'), got a string ("-oProxyCommand=x")"#),
-        (r#"{ hosts.web1.timeouts.copy = 0; }"#, r#"error: deployFlake.hosts.web1.timeouts.copy: expected a positive integer (seconds), got an integer (0)"#),
-        (r#"{ hosts.web1 = "x"; }"#, r#"error: deployFlake.hosts.web1: expected an attribute set, got a string ("x")"#),
-        (r#"{ defaults.hostname = "x"; }"#, r#"error: deployFlake.defaults.hostname: per-host option, set it under deployFlake.hosts.<name>.hostname"#),
+        (
+            r#"{ hosts.web1.sshPort = "22"; }"#,
+            r#"error: deployFlake.hosts.web1.sshPort: expected an integer between 1 and 65535, got a string ("22")"#,
+        ),
+        (
+            r#"{ defaults.sshPort = 70000; }"#,
+            r#"error: deployFlake.defaults.sshPort: expected an integer between 1 and 65535, got an integer (70000)"#,
+        ),
+        (
+            r#"{ hosts.web1.tags = "web"; }"#,
+            r#"error: deployFlake.hosts.web1.tags: expected a list of strings, got a string ("web")"#,
+        ),
+        (
+            r#"{ hosts.web1.buildOn = "remote"; }"#,
+            r#"error: deployFlake.hosts.web1.buildOn: expected "target" or "local", got a string ("remote")"#,
+        ),
+        (
+            r#"{ hosts.web1.magicRollback = "yes"; }"#,
+            r#"error: deployFlake.hosts.web1.magicRollback: expected a boolean, got a string ("yes")"#,
+        ),
+        (
+            r#"{ hosts.web1.selfCheck = "/bin/check"; }"#,
+            r#"error: deployFlake.hosts.web1.selfCheck: expected null or a relative path inside the toplevel (no leading '/', no '..'), got a string ("/bin/check")"#,
+        ),
+        (
+            r#"{ hosts.web1.hostname = "-oProxyCommand=x"; }"#,
+            r#"error: deployFlake.hosts.web1.hostname: expected a host name or address (non-empty, no spaces, not starting with '-'), got a string ("-oProxyCommand=x")"#,
+        ),
+        (
+            r#"{ hosts.web1.timeouts.copy = 0; }"#,
+            r#"error: deployFlake.hosts.web1.timeouts.copy: expected a positive integer (seconds), got an integer (0)"#,
+        ),
+        (
+            r#"{ hosts.web1 = "x"; }"#,
+            r#"error: deployFlake.hosts.web1: expected an attribute set, got a string ("x")"#,
+        ),
+        (
+            r#"{ defaults.hostname = "x"; }"#,
+            r#"error: deployFlake.defaults.hostname: per-host option, set it under deployFlake.hosts.<name>.hostname"#,
+        ),
     ];
     for (args, want) in cases {
         let err = mk(args).unwrap_err();
@@ -114,7 +160,10 @@ fn wrong_types_name_the_path_expected_and_got() {
 #[test]
 fn bad_defaults_fail_even_when_every_host_overrides_them() {
     let err = mk(r#"{ defaults.sshUser = 5; hosts.web1.sshUser = "root"; }"#).unwrap_err();
-    assert!(error_line(&err).starts_with("error: deployFlake.defaults.sshUser: expected a user name"), "{err}");
+    assert!(
+        error_line(&err).starts_with("error: deployFlake.defaults.sshUser: expected a user name"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -139,9 +188,12 @@ fn fixture_flake_with_throwing_configurations_evaluates() {
 #[tokio::test]
 async fn load_reads_the_fleet_fixture() {
     let dir = fixture_flake("fleet");
-    let inv = inventory::load(dir.path().to_str().unwrap(), inventory::DEFAULT_EVAL_TIMEOUT)
-        .await
-        .unwrap();
+    let inv = inventory::load(
+        dir.path().to_str().unwrap(),
+        inventory::DEFAULT_EVAL_TIMEOUT,
+    )
+    .await
+    .unwrap();
     assert_eq!(inv.hosts.len(), 4);
     let web2 = &inv.hosts["web-2"];
     assert_eq!(web2.hostname, "2001:db8::2");
@@ -161,8 +213,13 @@ async fn load_reads_the_fleet_fixture() {
 async fn no_deploy_flake_output_shows_the_lines_to_add() {
     let dir = fixture_flake("no-deploy-flake");
     let flake = dir.path().to_str().unwrap().to_string();
-    let err = inventory::load(&flake, inventory::DEFAULT_EVAL_TIMEOUT).await.unwrap_err();
-    assert!(matches!(err, InventoryError::NoDeployFlake { .. }), "{err:?}");
+    let err = inventory::load(&flake, inventory::DEFAULT_EVAL_TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, InventoryError::NoDeployFlake { .. }),
+        "{err:?}"
+    );
     assert_eq!(
         err.to_string(),
         format!(
@@ -174,9 +231,12 @@ async fn no_deploy_flake_output_shows_the_lines_to_add() {
 #[tokio::test]
 async fn newer_schema_asks_to_upgrade() {
     let dir = fixture_flake("newer-schema");
-    let err = inventory::load(dir.path().to_str().unwrap(), inventory::DEFAULT_EVAL_TIMEOUT)
-        .await
-        .unwrap_err();
+    let err = inventory::load(
+        dir.path().to_str().unwrap(),
+        inventory::DEFAULT_EVAL_TIMEOUT,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(
         err.to_string(),
         "deployFlake has schemaVersion 2, but this deploy-flake understands only version 1: upgrade deploy-flake (or pin the flake's deploy-flake input to the version of this binary)"
@@ -188,12 +248,26 @@ async fn evaluation_error_shows_the_tail_of_nix_stderr() {
     let dir = flake_from(
         r#"{ outputs = { self }: { nixosConfigurations.a = throw "x"; deployFlake = (import ./lib).mkDeployFlake { inherit self; hosts.a.sshPrt = 1; }; }; }"#,
     );
-    let err = inventory::load(dir.path().to_str().unwrap(), inventory::DEFAULT_EVAL_TIMEOUT)
-        .await
-        .unwrap_err();
+    let err = inventory::load(
+        dir.path().to_str().unwrap(),
+        inventory::DEFAULT_EVAL_TIMEOUT,
+    )
+    .await
+    .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.starts_with(&format!("evaluating `{}#deployFlake` failed:\n", dir.path().display())), "{msg}");
-    assert!(msg.contains("error: deployFlake.hosts.a.sshPrt: unknown option; did you mean \"sshPort\"?"), "{msg}");
+    assert!(
+        msg.starts_with(&format!(
+            "evaluating `{}#deployFlake` failed:\n",
+            dir.path().display()
+        )),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(
+            "error: deployFlake.hosts.a.sshPrt: unknown option; did you mean \"sshPort\"?"
+        ),
+        "{msg}"
+    );
     assert!(msg.lines().count() <= 21, "{msg}");
 }
 
@@ -202,8 +276,11 @@ async fn a_slow_evaluation_times_out() {
     let dir = flake_from(
         r#"{ outputs = { self }: { deployFlake = let f = n: if n == 0 then 0 else f (n - 1) + 0 * f (n - 1); in { schemaVersion = f 200; hosts = { }; }; }; }"#,
     );
-    let err = inventory::load(dir.path().to_str().unwrap(), std::time::Duration::from_millis(300))
-        .await
-        .unwrap_err();
+    let err = inventory::load(
+        dir.path().to_str().unwrap(),
+        std::time::Duration::from_millis(300),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, InventoryError::Timeout { .. }), "{err:?}");
 }
