@@ -6,7 +6,8 @@
 #   lab.sh stop NAME LABDIR                stop it and remove what it used
 #   lab.sh reboot NAME LABDIR              `systemctl reboot` inside, wait
 #   lab.sh ssh NAME LABDIR [CMD...]        ssh as root into a booted target
-#   lab.sh leaks                           list leftovers; exit 1 if any
+#   lab.sh leaks [FILTER]                  list leftovers; exit 1 if any
+#                                          (FILTER: only those mentioning it)
 #
 # A target is a systemd-nspawn container booted from an overlay over the
 # cached root file system (rootfs.sh): every boot of a new target starts
@@ -134,11 +135,16 @@ cmd_launch() {
 wait_ready() { # LABDIR ADDR TDIR DEADLINE: ssh answers, then system running
     local labdir=$1 addr=$2 tdir=$3 deadline=$4
     while ! lab_ssh "$labdir" "$addr" true 2>/dev/null; do
-        if ! pid_is "$(cat "$tdir/launcher.pid" 2>/dev/null || true)" bash; then
+        # (the launcher's comm is briefly "setsid" while it starts: check
+        # that it lives, not what it runs)
+        if ! kill -0 "$(cat "$tdir/launcher.pid" 2>/dev/null || echo none)" 2>/dev/null; then
             tail -n 20 "$tdir/console.log" >&2 || true
             die "$addr: the target's nspawn exited before ssh answered (log: $tdir/console.log)"
         fi
-        ((SECONDS < deadline)) || die "$addr: no ssh within ${BOOT_TIMEOUT}s (log: $tdir/console.log)"
+        if ((SECONDS >= deadline)); then
+            tail -n 20 "$tdir/console.log" >&2 || true
+            die "$addr: no ssh within ${BOOT_TIMEOUT}s (log: $tdir/console.log)"
+        fi
         sleep 0.1
     done
     local left=$((deadline - SECONDS)) state
@@ -318,13 +324,22 @@ cmd_ssh() {
 }
 
 cmd_leaks() {
-    local found=0 line
-    report() { printf '%s\n' "$*"; found=1; }
+    local filter=${1:-} found=0 line
+    # With FILTER, only leftovers whose description contains it count.
+    report() {
+        [ -z "$filter" ] || [[ "$*" == *"$filter"* ]] || return 0
+        printf '%s\n' "$*"
+        found=1
+    }
     for line in "$RUN"/targets/*; do
         if [ -e "$line" ]; then report "registered target: ${line##*/} ($(tr '\n' ' ' <"$line"))"; fi
     done
     for line in "$RUN"/claims/*; do
-        if [ -e "$line" ]; then report "claimed index: ${line##*/} ($(cat "$line" 2>/dev/null || true))"; fi
+        if [ -e "$line" ]; then
+            local owner
+            owner=$(cat "$line/owner" 2>/dev/null || true)
+            report "claimed index: ${line##*/} (owner pid ${owner:-?}, target dft-${owner:-?}-${line##*/})"
+        fi
     done
     while read -r line; do
         [ -n "$line" ] || continue
@@ -333,7 +348,11 @@ cmd_leaks() {
         fi
     done < <(ip netns list 2>/dev/null | awk '{print $1}')
     while read -r line; do
-        if [ -n "$line" ]; then report "veth: $line"; fi
+        if [ -n "$line" ]; then
+            local owner
+            owner=$(grep -l "^idx=${line#dfl}\$" "$RUN"/targets/* 2>/dev/null | head -n 1 || true)
+            report "veth: $line${owner:+ (target ${owner##*/})}"
+        fi
     done < <(ip -o link show 2>/dev/null | awk -F': ' '$2 ~ /^dfl[0-9]+(@|$)/ {sub(/@.*/, "", $2); print $2}')
     local cache=${DEPLOY_FLAKE_LAB_CACHE:-/var/cache/deploy-flake-lab}
     while read -r line; do
@@ -359,7 +378,7 @@ cmd_leaks() {
     return 1
 }
 
-usage() { sed -n '2,9p' "$self" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,10p' "$self" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 cmd=${1:-}
 shift || true
@@ -369,7 +388,7 @@ case "$cmd" in
     stop) [ $# = 2 ] || usage; cmd_stop "$@" ;;
     reboot) [ $# = 2 ] || usage; cmd_reboot "$@" ;;
     ssh) [ $# -ge 2 ] || usage; cmd_ssh "$@" ;;
-    leaks) [ $# = 0 ] || usage; cmd_leaks ;;
+    leaks) [ $# -le 1 ] || usage; cmd_leaks "$@" ;;
     _launch) cmd_launch "$@" ;;
     *) usage ;;
 esac

@@ -1,0 +1,266 @@
+//! The lab itself, on both suites: a target is a real host for a deployer
+//! (strict ssh, systemd `running`, its own Nix daemon and store, transient
+//! units that outlive the ssh client), and the NixOS stand-in behaves like
+//! NixOS's switch-to-configuration (test, boot + reboot, exit code 4).
+//!
+//! Runs as root: `cargo test --test lab_selftest`.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use common::{host_nix, run, run_ok, scenario_names, Lab, Suite};
+
+/// Declares one test per suite for each named function taking a `Suite`.
+macro_rules! on_both_suites {
+    ($($name:ident),* $(,)?) => {
+        mod bookworm {
+            $( #[test] fn $name() { super::$name(super::Suite::Bookworm) } )*
+        }
+        mod trixie {
+            $( #[test] fn $name() { super::$name(super::Suite::Trixie) } )*
+        }
+    };
+}
+
+on_both_suites!(
+    ssh_is_strict_and_the_system_is_running,
+    target_has_its_own_nix_daemon_and_store,
+    transient_unit_survives_a_killed_ssh_client,
+    fixture_closure_activates_by_hand,
+    boot_entry_is_what_a_reboot_comes_up_in,
+    failing_unit_makes_test_exit_4,
+);
+
+fn ssh_is_strict_and_the_system_is_running(suite: Suite) {
+    let lab = Lab::boot(1, suite);
+    let t = &lab.targets[0];
+    assert_eq!(t.ssh_ok("hostname"), t.name);
+    assert_eq!(t.system_state(), "running");
+
+    // Another host key for the same address: refused, never overridden.
+    let other = lab.dir().join("other");
+    run_ok(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&other));
+    let other_pub = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    let wrong = lab.dir().join("wrong_known_hosts");
+    let key_fields: Vec<&str> = other_pub.split_whitespace().take(2).collect();
+    std::fs::write(&wrong, format!("{} {}\n", t.address, key_fields.join(" "))).unwrap();
+    let empty = lab.dir().join("empty_known_hosts");
+    std::fs::write(&empty, "").unwrap();
+    for known_hosts in [&wrong, &empty] {
+        let out = run(
+            Command::new("ssh")
+                .arg("-i")
+                .arg(lab.key_path())
+                .arg("-o")
+                .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+                .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"])
+                .args(["-o", "ConnectTimeout=5"])
+                .arg(t.destination())
+                .arg("true"),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "ssh with {} was accepted", known_hosts.display());
+        assert!(stderr.contains("Host key verification failed"), "unexpected refusal: {stderr}");
+    }
+
+    // The users a deployer may log in as: deploy sudoes without a password,
+    // pwuser's sudo would prompt.
+    let deploy = t.ssh_as("deploy", "sudo -n id -u");
+    assert!(deploy.status.success(), "{}", String::from_utf8_lossy(&deploy.stderr));
+    assert_eq!(String::from_utf8_lossy(&deploy.stdout).trim(), "0");
+    let pwuser = t.ssh_as("pwuser", "sudo -n id -u");
+    assert!(!pwuser.status.success());
+    assert!(
+        String::from_utf8_lossy(&pwuser.stderr).contains("password is required"),
+        "{}",
+        String::from_utf8_lossy(&pwuser.stderr)
+    );
+}
+
+fn target_has_its_own_nix_daemon_and_store(suite: Suite) {
+    let lab = Lab::boot(1, suite);
+    let t = &lab.targets[0];
+    // The daemon answers (not just the local store of the root user).
+    t.ssh_ok("nix store ping --store daemon");
+    let version = t.ssh_ok("nix --version");
+    let expected = match suite {
+        Suite::Bookworm => "nix (Nix) 2.8.",
+        Suite::Trixie => "nix (Nix) 2.26.",
+    };
+    assert!(version.starts_with(expected), "{suite:?} target runs {version}");
+
+    // A path added on the target exists there, not here.
+    let unique = format!("{}-{}", t.name, t.boot_id());
+    let path = t.ssh_ok(&format!(
+        "printf %s {unique} >/tmp/lab-unique && nix store add-file --store daemon /tmp/lab-unique"
+    ));
+    assert!(path.starts_with("/nix/store/"), "nix store add-file printed {path:?}");
+    t.ssh_ok(&format!("test -e {path}"));
+    assert!(!Path::new(&path).exists(), "{path} exists on the host: the stores are shared");
+}
+
+fn transient_unit_survives_a_killed_ssh_client(suite: Suite) {
+    let lab = Lab::boot(1, suite);
+    let t = &lab.targets[0];
+    let mut client = Command::new("ssh");
+    client
+        .args(lab.ssh_opts())
+        .arg(t.destination())
+        .arg("systemd-run --unit=lab-survivor --quiet --wait /bin/sleep 600")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = client.spawn().expect("spawn ssh");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while t.ssh("systemctl is-active --quiet lab-survivor.service").status.code() != Some(0) {
+        assert!(Instant::now() < deadline, "lab-survivor never became active");
+        sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap(); // SIGKILL
+
+    child.wait().unwrap();
+    sleep(Duration::from_secs(2));
+    assert_eq!(t.ssh_ok("systemctl is-active lab-survivor.service"), "active");
+    t.ssh_ok("systemctl stop lab-survivor.service");
+}
+
+fn fixture_closure_activates_by_hand(suite: Suite) {
+    let lab = Lab::boot(1, suite);
+    let t = &lab.targets[0];
+    let flake = lab.fixture_flake(&[("web1", t, "healthy-v1")]);
+
+    // The fixture's deployFlake is evaluated by the repository's lib/.
+    let hostname = run_ok(
+        host_nix()
+            .args(["eval", "--raw"])
+            .arg(format!("path:{}#deployFlake.hosts.web1.hostname", flake.display())),
+    );
+    assert_eq!(hostname, t.address);
+
+    let source = t.archive(&flake, &lab.nix_sshopts());
+    let v1 = t.build(&source, "healthy-v1");
+    assert!(!Path::new(&v1).exists(), "{v1} was built on the host, not on the target");
+    assert_eq!(t.current_system(), None, "a fresh target runs no configuration");
+
+    let out = t.switch(&v1, "test");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(t.current_system().as_deref(), Some(v1.as_str()));
+    assert_eq!(t.ssh_ok("systemctl is-active demo-web.service"), "active");
+    assert_eq!(t.ssh_ok("cat /run/demo-web/version"), "healthy-v1");
+    assert_eq!(t.ssh_ok(&format!("cat {v1}/nixos-version")), "1");
+
+    // A changed unit is restarted; dry-activate says so first.
+    let v2 = t.build(&source, "healthy-v2");
+    let dry = t.ssh_ok(&format!("{v2}/bin/switch-to-configuration dry-activate"));
+    assert!(dry.contains("would restart demo-web.service"), "{dry}");
+    let pid_before = t.ssh_ok("systemctl show -P MainPID demo-web.service");
+    let out = t.switch(&v2, "test");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(t.current_system().as_deref(), Some(v2.as_str()));
+    assert_eq!(t.ssh_ok("cat /run/demo-web/version"), "healthy-v2");
+    assert_ne!(t.ssh_ok("systemctl show -P MainPID demo-web.service"), pid_before);
+    t.ssh_ok(&format!("{v2}/pre-activate-safety-checks"));
+    assert_eq!(t.system_state(), "running");
+    assert_eq!(t.boot_profile(), None, "test must not touch the boot profile");
+}
+
+fn boot_entry_is_what_a_reboot_comes_up_in(suite: Suite) {
+    let lab = Lab::boot(1, suite);
+    let t = &lab.targets[0];
+    let flake = lab.fixture_flake(&[("web1", t, "healthy-v2")]);
+    let v1 = t.install(&flake, &lab.nix_sshopts(), "healthy-v1");
+    let source = t.archive(&flake, &lab.nix_sshopts());
+    let v2 = t.build(&source, "healthy-v2");
+
+    // `boot` refuses while the profile points elsewhere.
+    let early = t.switch(&v2, "boot");
+    assert!(!early.status.success(), "boot succeeded although the profile is {v1}");
+
+    t.ssh_ok(&format!("nix-env -p /nix/var/nix/profiles/system --set {v2}"));
+    let out = t.switch(&v2, "boot");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(t.current_system().as_deref(), Some(v1.as_str()), "boot must not activate");
+    assert_eq!(t.boot_profile().as_deref(), Some(v2.as_str()));
+
+    let before = t.boot_id();
+    let started = Instant::now();
+    t.reboot();
+    eprintln!("{suite:?}: reboot took {:.2?}", started.elapsed());
+    assert_ne!(t.boot_id(), before);
+    assert_eq!(t.current_system().as_deref(), Some(v2.as_str()));
+    assert_eq!(t.ssh_ok("cat /run/demo-web/version"), "healthy-v2");
+    assert_eq!(t.system_state(), "running");
+}
+
+fn failing_unit_makes_test_exit_4(suite: Suite) {
+    let lab = Lab::boot(1, suite);
+    let t = &lab.targets[0];
+    let flake = lab.fixture_flake(&[("web1", t, "failing-unit")]);
+    let v1 = t.install(&flake, &lab.nix_sshopts(), "healthy-v1");
+    let source = t.archive(&flake, &lab.nix_sshopts());
+    let broken = t.build(&source, "failing-unit");
+
+    let out = t.switch(&broken, "test");
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("demo-broken.service"));
+    assert_eq!(t.system_state(), "degraded");
+
+    // Re-activating the previous configuration repairs the host.
+    let out = t.switch(&v1, "test");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(t.current_system().as_deref(), Some(v1.as_str()));
+    assert_eq!(t.system_state(), "running");
+}
+
+/// Targets of both suites in one lab, booted in parallel.
+#[test]
+fn mixed_suites_boot_in_parallel() {
+    let started = Instant::now();
+    let lab = Lab::boot_suites(&[Suite::Trixie, Suite::Bookworm, Suite::Trixie]);
+    eprintln!("3 targets running after {:.2?}", started.elapsed());
+    let mut addresses: Vec<&str> = lab.targets.iter().map(|t| t.address.as_str()).collect();
+    addresses.sort();
+    addresses.dedup();
+    assert_eq!(addresses.len(), 3);
+    for t in &lab.targets {
+        assert_eq!(t.system_state(), "running", "{}", t.name);
+        let os = t.ssh_ok(". /etc/os-release && echo $VERSION_CODENAME");
+        assert_eq!(os, t.suite.as_str());
+    }
+    // Every target is reachable from every other one's perspective too:
+    // distinct machine ids and host keys.
+    let ids: Vec<String> = lab.targets.iter().map(|t| t.ssh_ok("cat /etc/machine-id")).collect();
+    assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2], "{ids:?}");
+}
+
+/// Every scenario of tests/fixtures/scenarios.nix names a configuration the
+/// fixture flake defines (no lab needed).
+#[test]
+fn every_scenario_has_a_fixture_configuration() {
+    let fixture = common::repo_root().join("tests/fixtures/lab");
+    let configs: Vec<String> = serde_json::from_str(&run_ok(
+        Command::new("nix-instantiate")
+            .args(["--eval", "--strict", "--json", "-E"])
+            .arg(format!("builtins.attrNames (import {}/configurations.nix)", fixture.display())),
+    ))
+    .unwrap();
+    let used: Vec<String> = serde_json::from_str(&run_ok(
+        Command::new("nix-instantiate")
+            .args(["--eval", "--strict", "--json", "-E"])
+            .arg(format!(
+                "map (s: s.configuration) (builtins.attrValues (import {}/tests/fixtures/scenarios.nix))",
+                common::repo_root().display()
+            )),
+    ))
+    .unwrap();
+    for c in &used {
+        assert!(configs.contains(c), "scenario configuration {c} is not in configurations.nix");
+    }
+    for c in &configs {
+        assert!(scenario_names().contains(c), "configuration {c} has no scenario");
+    }
+}
