@@ -14,7 +14,6 @@
 let
   inherit (pkgs) lib;
   system = pkgs.stdenv.hostPlatform.system;
-  keys = import ./fleet/keys.nix pkgs;
   targets = [ "target1" "target2" ];
 
   success = scenario.expect.result == "success";
@@ -87,6 +86,10 @@ let
     inherit nixpkgs system network configurations;
   };
 
+  # The keys exactly as the deployed configurations build them (not as this
+  # test's pkgs would): nodes, deployer and fleet share one derivation.
+  keys = fleetConfigurations."target1-${plan.target1.to}".config.system.build.deployFlakeTestKeys;
+
   toplevel = t: c:
     if c == null then config.nodes.${t}.system.build.toplevel
     else fleetConfigurations."${t}-${c}".config.system.build.toplevel;
@@ -125,6 +128,7 @@ let
   targetNode = t: {
     imports = [ ./fleet/target-base.nix ];
     demo.version = "initial";
+    deployFlakeTest.keys = keys;
     virtualisation.additionalPaths = [ "${nixpkgs}" ]
       ++ map (c: toplevel t c) (lib.filter (c: c != null) [ plan.${t}.from plan.${t}.to ]);
   };

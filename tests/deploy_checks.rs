@@ -750,6 +750,27 @@ fn check_vm_plumbing(scenario: &str, exit_code: u8, success: bool) {
         toplevels.insert(host.clone(), toplevel);
     }
 
+    // The deployer's key and known hosts come from the keys the deployed
+    // configurations build, not from a second derivation.
+    let mut cmd = nix();
+    cmd.args(["eval", "--raw"]).arg(format!(
+        "{fleet_ref}#nixosConfigurations.{}.config.system.build.deployFlakeTestKeys.outPath",
+        inventory["hosts"]["target1"]["configuration"]
+            .as_str()
+            .unwrap()
+    ));
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keys = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        script.contains(&format!("install -Dm600 {keys}/deployer ")),
+        "{keys}"
+    );
+
     // The script expects the toplevels the fleet really yields.
     let expected = expected_of(&script);
     for target in ["target1", "target2"] {

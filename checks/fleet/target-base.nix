@@ -5,15 +5,23 @@
 # scenarios change.
 { config, lib, pkgs, ... }:
 let
-  keys = import ./keys.nix pkgs;
+  keys = config.deployFlakeTest.keys;
 in
 {
   options.demo.version = lib.mkOption {
     type = lib.types.str;
     description = "What demo-web.service writes to /run/demo-web/version: the configuration's name.";
   };
+  # The VM nodes set this to the fleet's own keys derivation, so the host key
+  # a target starts with is the one every deployed configuration keeps.
+  options.deployFlakeTest.keys = lib.mkOption {
+    type = lib.types.package;
+    default = import ./keys.nix pkgs;
+    description = "The test's ssh keys (see keys.nix).";
+  };
 
   config = {
+    system.build.deployFlakeTestKeys = keys;
     system.stateVersion = lib.trivial.release;
     documentation.enable = false;
 
