@@ -108,7 +108,8 @@
           };
         });
 
-      formatter = forSystems allSystems (system: (pkgsFor system).nixpkgs-fmt);
+      # `nix fmt`: nixfmt (RFC 166 style) over the whole tree.
+      formatter = forSystems allSystems (system: (pkgsFor system).nixfmt-tree);
 
       # The package build (with the unit tier) everywhere; the NixOS VM
       # tests (checks/, one per scenario of tests/fixtures/scenarios.nix) on
