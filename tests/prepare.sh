@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what the lab tests and the demo need on a Debian 12 machine (as
+# root) and builds the cached lab root file systems. Idempotent: a prepared
+# machine is left as it is in a few seconds.
+#
+#   tests/prepare.sh            packages + both root file systems
+#
+# Timings go to stderr as "prepare: <step> <seconds>s".
+set -euo pipefail
+here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
+
+[ "$(id -u)" = 0 ] || { echo "prepare.sh: run as root (the lab needs overlay mounts, netns and nspawn)" >&2; exit 1; }
+
+packages=(nix-bin openssh-client mmdebstrap systemd-container iproute2 util-linux procps ca-certificates busybox-static python3)
+step() { printf 'prepare: %s %ss\n' "$1" "$(( $(date +%s) - $2 ))" >&2; }
+
+t=$(date +%s)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # Never qemu-system-*: it would remove the machine's qemu-utils.
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+step packages "$t"
+
+t=$(date +%s)
+for suite in trixie bookworm; do
+    bash "$here/lab/rootfs.sh" "$suite" >/dev/null
+done
+step rootfs "$t"
