@@ -8,6 +8,7 @@
 #   lab.sh ssh NAME LABDIR [CMD...]        ssh as root into a booted target
 #   lab.sh leaks [FILTER]                  list leftovers; exit 1 if any
 #                                          (FILTER: only those mentioning it)
+#   lab.sh reap                            stop targets of dead test runs
 #
 # A target is a systemd-nspawn container booted from an overlay over the
 # cached root file system (rootfs.sh): every boot of a new target starts
@@ -378,7 +379,40 @@ cmd_leaks() {
     return 1
 }
 
-usage() { sed -n '2,10p' "$self" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+# Stops the targets of test runs and demos that died without stopping them:
+# names dft-<pid>-<idx> (tests/common) and demo-<pid>-<idx> (demo.sh) whose
+# <pid> is gone. Targets booted by hand under other names are left alone.
+cmd_reap() {
+    [ "$(id -u)" = 0 ] || die "reap needs root"
+    local entry name pid labdir idx reaped=0
+    for entry in "$RUN"/targets/*; do
+        [ -e "$entry" ] || continue
+        name=${entry##*/}
+        [[ $name =~ ^(dft|demo)-([0-9]+)-[0-9]+$ ]] || continue
+        pid=${BASH_REMATCH[2]}
+        [ ! -d "/proc/$pid" ] || continue
+        labdir=$(sed -n 's/^labdir=//p' "$entry")
+        log "reaping $name (process $pid is gone)"
+        cmd_stop "$name" "$labdir"
+        reaped=$((reaped + 1))
+        if ! grep -qs "^labdir=$labdir\$" "$RUN"/targets/* &&
+            ! grep -qs " $labdir/" /proc/self/mounts; then
+            rm -rf "$labdir"
+        fi
+    done
+    for entry in "$RUN"/claims/*; do
+        [ -d "$entry" ] || continue
+        pid=$(cat "$entry/owner" 2>/dev/null || true)
+        idx=${entry##*/}
+        if [ -n "$pid" ] && [ ! -d "/proc/$pid" ] && ! ip link show "dfl$idx" >/dev/null 2>&1; then
+            rm -rf "$entry"
+            log "released index $idx (process $pid is gone)"
+        fi
+    done
+    log "reaped $reaped target(s)"
+}
+
+usage() { sed -n '2,11p' "$self" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 cmd=${1:-}
 shift || true
@@ -389,6 +423,7 @@ case "$cmd" in
     reboot) [ $# = 2 ] || usage; cmd_reboot "$@" ;;
     ssh) [ $# -ge 2 ] || usage; cmd_ssh "$@" ;;
     leaks) [ $# -le 1 ] || usage; cmd_leaks "$@" ;;
+    reap) [ $# = 0 ] || usage; cmd_reap ;;
     _launch) cmd_launch "$@" ;;
     *) usage ;;
 esac
