@@ -37,7 +37,9 @@ impl Claim {
                 Err(e) => panic!("cannot claim {}: {e}", dir.display()),
             }
         }
-        panic!("all lab indexes {FIRST}..={LAST} are claimed (see {CLAIMS}; `tests/lab/lab.sh leaks`)")
+        panic!(
+            "all lab indexes {FIRST}..={LAST} are claimed (see {CLAIMS}; `tests/lab/lab.sh leaks`)"
+        )
     }
 }
 

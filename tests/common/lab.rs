@@ -56,7 +56,11 @@ impl Lab {
         keygen.arg("keygen").arg(&dir);
         run_ok(&mut keygen);
 
-        let mut lab = Lab { targets: Vec::new(), dir, flakes: AtomicUsize::new(0) };
+        let mut lab = Lab {
+            targets: Vec::new(),
+            dir,
+            flakes: AtomicUsize::new(0),
+        };
         let booted: Vec<Result<Target, String>> = thread::scope(|s| {
             let handles: Vec<_> = suites
                 .iter()
@@ -65,7 +69,10 @@ impl Lab {
                     s.spawn(move || boot_one(&dir, suite))
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("boot thread panicked")).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("boot thread panicked"))
+                .collect()
         });
         let mut errors = Vec::new();
         for b in booted {
@@ -75,7 +82,11 @@ impl Lab {
             }
         }
         // Dropping `lab` here stops the targets that did boot.
-        assert!(errors.is_empty(), "lab boot failed:\n{}", errors.join("\n\n"));
+        assert!(
+            errors.is_empty(),
+            "lab boot failed:\n{}",
+            errors.join("\n\n")
+        );
         lab
     }
 
@@ -192,7 +203,10 @@ impl Drop for Lab {
         let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         let prefix = format!(" {}/", self.dir.display());
         if mounts.lines().any(|l| l.contains(&prefix)) {
-            eprintln!("lab: keeping {} (something is still mounted below it)", self.dir.display());
+            eprintln!(
+                "lab: keeping {} (something is still mounted below it)",
+                self.dir.display()
+            );
         } else if std::env::var_os("DEPLOY_FLAKE_LAB_KEEP_DIR").is_none() {
             let _ = fs::remove_dir_all(&self.dir);
         }

@@ -43,8 +43,9 @@ check_name() {
         die "bad target name '$1' (lower-case letters, digits, '-'; at most 31)"
 }
 check_idx() {
-    [[ $1 =~ ^[0-9]+$ ]] && (($1 >= 1 && $1 <= 254)) ||
+    if ! [[ $1 =~ ^[0-9]+$ ]] || (($1 < 1 || $1 > 254)); then
         die "bad index '$1' (1..254: the target gets 10.77.IDX.2)"
+    fi
 }
 
 need_root() {
@@ -56,8 +57,9 @@ need_root() {
     command -v ip >/dev/null || missing+=(iproute2)
     ((${#missing[@]} == 0)) ||
         die "missing tools: apt-get install -y --no-install-recommends ${missing[*]}"
-    [ -d /sys/fs/cgroup/systemd ] && [ -d /sys/fs/cgroup/unified ] ||
+    if [ ! -d /sys/fs/cgroup/systemd ] || [ ! -d /sys/fs/cgroup/unified ]; then
         die "the lab expects the hybrid cgroup layout (/sys/fs/cgroup/systemd and /sys/fs/cgroup/unified)"
+    fi
 }
 
 # ssh options every lab connection uses: the lab key, the lab's known_hosts,
@@ -74,6 +76,7 @@ lab_ssh() {
     shift 2
     local opts
     mapfile -t opts < <(ssh_opts "$labdir")
+    # shellcheck disable=SC2029 # the command line is meant for the target's shell
     ssh "${opts[@]}" "root@$addr" "$@"
 }
 
@@ -127,7 +130,7 @@ cmd_launch() {
         rc=0
         wait $! || rc=$?
         printf '=== nspawn exited with %s at %s\n' "$rc" "$(date -Is)"
-        [ "$rc" = 133 ] && [ ! -e "$tdir/stopping" ] || break
+        if [ "$rc" != 133 ] || [ -e "$tdir/stopping" ]; then break; fi
     done
     rm -f "$tdir/nspawn.pid"
     echo "$rc" >"$tdir/exit-code"
@@ -258,8 +261,7 @@ cmd_stop() {
             kill -KILL "$npid" 2>/dev/null || true
         fi
     fi
-    local i
-    for i in $(seq 50); do pid_is "$lpid" bash || break; sleep 0.1; done
+    for _ in $(seq 50); do pid_is "$lpid" bash || break; sleep 0.1; done
     if pid_is "$lpid" bash; then kill -KILL "$lpid" 2>/dev/null || true; fi
 
     # Whatever still runs in the target's cgroups (after a SIGKILL of nspawn
@@ -268,7 +270,7 @@ cmd_stop() {
     local cg
     for cg in "$CG_V2/$name" "$CG_V1/$name"; do
         [ -d "$cg" ] || continue
-        for i in $(seq 50); do
+        for _ in $(seq 50); do
             local procs
             procs=$(find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null || true)
             [ -n "$procs" ] || break
