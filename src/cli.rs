@@ -50,7 +50,9 @@ pub struct Cli {
     #[arg(long)]
     pub all: bool,
 
-    /// Leave out hosts matching PATTERN (name, @tag or glob); repeatable.
+    /// Leave out hosts matching PATTERN (name, @tag or glob; it must match
+    /// some host in deployFlake, or name an ad hoc destination given here);
+    /// repeatable.
     #[arg(long, value_name = "PATTERN")]
     pub exclude: Vec<String>,
 
