@@ -186,8 +186,11 @@ let
         let
           path = attrPath "deployFlake.hosts" name;
           h = checkSettings path host;
-          r = base // { hostname = name; configuration = name; } // h
-            // { timeouts = baseTimeouts // (h.timeouts or { }); };
+          r = base // h // {
+            hostname = h.hostname or name;
+            configuration = h.configuration or name;
+            timeouts = if h ? timeouts then baseTimeouts // h.timeouts else baseTimeouts;
+          };
         in
         if hasAttr r.configuration configs then r
         else
