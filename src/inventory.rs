@@ -249,8 +249,10 @@ pub async fn load(flake: &str, timeout: Duration) -> Result<Inventory, Inventory
         let stderr = String::from_utf8_lossy(&out.stderr);
         return Err(classify_eval_failure(flake, &stderr));
     }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    parse(&stdout)
+    match String::from_utf8(out.stdout) {
+        Ok(stdout) => parse(&stdout),
+        Err(e) => parse(&String::from_utf8_lossy(e.as_bytes())),
+    }
 }
 
 /// Turns a failed `nix eval` into an error: a missing output gets the fix,
