@@ -17,21 +17,25 @@ flake=$work/fleet
 
 mkdir -p "$flake/lib"
 cp "$repo"/lib/*.nix "$flake/lib/"
+# Written out literally, as a real fleet's flake.nix is (Nix parses the
+# file for the floor too).
 {
   echo '{'
   echo '  outputs = { self }: {'
   echo '    trivial = 1;'
-  echo '    nixosConfigurations = builtins.listToAttrs (builtins.genList (i: {'
-  echo '      name = "host-${toString i}";'
-  echo '      value = throw "host-${toString i} was evaluated";'
-  echo "    }) $hosts);"
+  echo '    nixosConfigurations = {'
+  for ((i = 0; i < hosts; i++)); do
+    echo "      host-$i = throw \"host-$i was evaluated\";"
+  done
+  echo '    };'
   echo '    deployFlake = (import ./lib).mkDeployFlake {'
   echo '      inherit self;'
   echo '      defaults = { sshUser = "deploy"; timeouts.build = 7200; };'
-  echo '      hosts = builtins.mapAttrs (name: _: {'
-  echo '        hostname = "${name}.example.com";'
-  echo '        tags = [ "fleet" ];'
-  echo '      }) self.nixosConfigurations;'
+  echo '      hosts = {'
+  for ((i = 0; i < hosts; i++)); do
+    echo "        host-$i = { hostname = \"10.$((i / 65536 % 256)).$((i / 256 % 256)).$((i % 256))\"; tags = [ \"rack-$((i / 40))\" ]; };"
+  done
+  echo '      };'
   echo '    };'
   echo '  };'
   echo '}'
@@ -58,6 +62,8 @@ print(f"\n{sys.argv[2]} hosts:")
 for stat in ("mean", "median", "min"):
     f, o = floor[stat], ours[stat]
     print(f"  {stat:6}  floor {f*1000:6.1f} ms  deploy-flake {o*1000:6.1f} ms  ratio {o/f:.2f}x")
+f, o = floor["user"] + floor["system"], ours["user"] + ours["system"]
+print(f"  cpu     floor {f*1000:6.1f} ms  deploy-flake {o*1000:6.1f} ms  ratio {o/f:.2f}x  (user+sys, nix child included)")
 # The median: robust to other processes sharing the machine.
 f, o = floor["median"], ours["median"]
 print("goal (median within 2x of the floor and under 1 s):", "met" if o / f <= 2 and o < 1 else "NOT met")
