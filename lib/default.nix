@@ -206,9 +206,10 @@ let
       hosts = mapAttrs resolve checkedHosts;
     };
 
-  self = {
+  # (Not `self`: that name is the user's flake inside mkDeployFlake.)
+  deployLib = {
     inherit mkDeployFlake schemaVersion hostDefaults timeoutDefaults optionNames;
-    deployChecks = import ./deploy-checks.nix { lib = self; };
+    deployChecks = import ./deploy-checks.nix { lib = deployLib; };
   };
 in
-self
+deployLib
