@@ -33,6 +33,7 @@ on_both_suites!(
     fixture_closure_activates_by_hand,
     boot_entry_is_what_a_reboot_comes_up_in,
     failing_unit_makes_test_exit_4,
+    broken_configurations_break_and_the_previous_one_heals,
 );
 
 fn ssh_is_strict_and_the_system_is_running(suite: Suite) {
@@ -354,5 +355,66 @@ fn every_scenario_has_a_fixture_configuration() {
             scenario_names().contains(c),
             "configuration {c} has no scenario"
         );
+    }
+}
+
+/// Waits until `f` holds, for at most `secs` seconds.
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        sleep(Duration::from_millis(200));
+    }
+}
+
+/// The scenario configurations do what scenarios.nix says, and activating
+/// the previous configuration from a timer on the target (no ssh needed)
+/// repairs what they broke.
+fn broken_configurations_break_and_the_previous_one_heals(suite: Suite) {
+    let lab = Lab::boot(1, suite);
+    let t = &lab.targets[0];
+    let flake = lab.fixture_flake(&[("web1", t, "healthy-v1")]);
+    let v1 = t.install(&flake, &lab.nix_sshopts(), "healthy-v1");
+    let source = t.archive(&flake, &lab.nix_sshopts());
+
+    let selfcheck = t.build(&source, "failing-selfcheck");
+    let out = t.ssh(&format!("{selfcheck}/pre-activate-safety-checks"));
+    assert_eq!(out.status.code(), Some(1));
+
+    let hanging = t.build(&source, "hanging-activation");
+    t.ssh_ok(&format!(
+        "systemd-run --quiet --collect --unit=lab-hang {hanging}/bin/switch-to-configuration test"
+    ));
+    sleep(Duration::from_secs(3));
+    assert_eq!(t.ssh_ok("systemctl is-active lab-hang.service"), "active");
+    t.ssh_ok("systemctl stop lab-hang.service");
+    assert!(t.switch(&v1, "test").status.success());
+
+    for breaker in ["stops-sshd", "cuts-network"] {
+        let top = t.build(&source, breaker);
+        t.ssh_ok(&format!(
+            "systemd-run --quiet --collect --unit=lab-heal --on-active=20 \
+             --timer-property=AccuracySec=100ms {v1}/bin/switch-to-configuration test"
+        ));
+        t.ssh_ok(&format!(
+            "systemd-run --quiet --collect --unit=lab-break {top}/bin/switch-to-configuration test"
+        ));
+        wait_for(&format!("{breaker}: new logins to fail"), 15, || {
+            !t.ssh("true").status.success()
+        });
+        wait_for(
+            &format!("{breaker}: the timer to heal the host"),
+            45,
+            || t.ssh("true").status.success(),
+        );
+        assert_eq!(
+            t.current_system().as_deref(),
+            Some(v1.as_str()),
+            "{breaker}"
+        );
+        assert_eq!(t.system_state(), "running", "{breaker}");
     }
 }
