@@ -256,3 +256,20 @@ fn destination_grammar() {
         .to_string();
     assert_eq!(e, "`nixos://root@-x/web` is not a valid destination: host `-x` starts with '-' (expected nixos://[user@]host[:port][/config])");
 }
+
+#[test]
+fn exact_attribute_names_win_over_every_other_reading() {
+    let mut inv = inventory();
+    for odd in ["web[1]", "ops@edge", "it's $(x) *"] {
+        inv.hosts
+            .insert(odd.into(), HostSpec::with_defaults("placeholder"));
+    }
+    for odd in ["web[1]", "ops@edge", "it's $(x) *"] {
+        let t = select(Some(&inv), &sel(&[odd], false, &[])).unwrap();
+        assert_eq!(
+            names(&t),
+            [odd],
+            "{odd} is an attribute name, not a glob or destination"
+        );
+    }
+}
