@@ -168,8 +168,8 @@ pub enum InventoryError {
     )]
     NixNotFound { source: std::io::Error },
 
-    #[error("`nix eval {flake}#deployFlake` did not finish within {secs} s: check that the flake's inputs are reachable, or that evaluating deployFlake does not evaluate a NixOS configuration")]
-    Timeout { flake: String, secs: u64 },
+    #[error("`nix eval {flake}#deployFlake` did not finish within {after:?}: check that the flake's inputs are reachable, or that evaluating deployFlake does not evaluate a NixOS configuration")]
+    Timeout { flake: String, after: Duration },
 
     #[error("flake `{flake}` has no deployFlake output; add these lines to the outputs of its flake.nix (with deploy-flake as an input):\n\n{snippet}\n\nor name ad hoc destinations instead (nixos://[user@]host[:port][/config])", snippet = DEPLOY_FLAKE_SNIPPET)]
     NoDeployFlake { flake: String },
@@ -241,7 +241,7 @@ pub async fn load(flake: &str, timeout: Duration) -> Result<Inventory, Inventory
         Err(_) => {
             return Err(InventoryError::Timeout {
                 flake: flake.to_string(),
-                secs: timeout.as_secs(),
+                after: timeout,
             })
         }
     };

@@ -283,4 +283,11 @@ async fn a_slow_evaluation_times_out() {
     .await
     .unwrap_err();
     assert!(matches!(err, InventoryError::Timeout { .. }), "{err:?}");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "`nix eval {}#deployFlake` did not finish within 300ms:",
+            dir.path().display()
+        )),
+        "{err}"
+    );
 }
