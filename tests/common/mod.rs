@@ -115,7 +115,7 @@ pub fn require_lab_prerequisites() {
     );
     assert!(
         Path::new("/sys/fs/cgroup/systemd").is_dir() && Path::new("/sys/fs/cgroup/unified").is_dir(),
-        "the lab expects the hybrid cgroup layout (/sys/fs/cgroup/systemd and /sys/fs/cgroup/unified), see docs/LAB.md"
+        "the lab expects the hybrid cgroup layout (/sys/fs/cgroup/systemd and /sys/fs/cgroup/unified)"
     );
 }
 

@@ -2,7 +2,7 @@
 # The demo: a small fleet of lab targets (two trixie, one bookworm) and
 # deploy-flake run against a fixture flake that describes them.
 #
-#   tests/lab/demo.sh                 (as root; see docs/LAB.md)
+#   tests/lab/demo.sh                 (as root)
 #
 # DEPLOY_FLAKE_BIN selects the binary (default: target/release, then
 # target/debug, else `cargo build --release`). The targets are stopped when

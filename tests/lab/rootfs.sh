@@ -11,7 +11,7 @@
 # a reader never sees half a root file system; a lock makes parallel callers
 # wait for one build instead of running two.
 #
-# What the root file system is (see docs/LAB.md): Debian with real systemd,
+# What the root file system is: Debian with real systemd,
 # sshd and a Nix daemon, plus a systemd generator that makes
 # /run/current-system behave like on NixOS. No ssh key is baked in: lab.sh
 # writes host keys and authorized keys per target at boot.
