@@ -43,8 +43,15 @@ let
     selfCheck = null;
     sudo = "sudo";
     magicRollback = true;
+    healthChecks = [ ];
     timeouts = timeoutDefaults;
   };
+
+  # A user-declared health check, run after `switch-to-configuration test`
+  # and before the confirmation: a command on the target (as root) or an
+  # HTTP GET from the deploying machine; retried every `period` seconds
+  # until it passes or `timeout` seconds have passed.
+  healthCheckDefaults = { description = null; command = null; http = null; period = 2; timeout = 30; };
 
   perHostOnly = [ "hostname" "configuration" ];
   optionNames = perHostOnly ++ attrNames hostDefaults;
@@ -127,7 +134,33 @@ let
     };
     sudo = { ok = v: isString v && v != ""; expected = "a non-empty string"; };
     magicRollback = { ok = isBool; expected = "a boolean"; };
+    healthChecks = {
+      ok = v: isList v && all isHealthCheck v;
+      expected = ''a list of checks, each { command = [ "argv" ... ]; } (run on the target) or { http = "http://..."; } (fetched from the deploying machine), with optional description, period and timeout (seconds)'';
+    };
   };
+
+  isHealthCheck = c:
+    let
+      has = k: c ? ${k} && c.${k} != null;
+      posInt = k: !(has k) || (isInt c.${k} && c.${k} >= 1);
+    in
+    isAttrs c
+    && all (k: hasAttr k healthCheckDefaults) (attrNames c)
+    && (has "command" != has "http")
+    && (!(has "command") || (isStringList c.command && c.command != [ ]))
+    && (!(has "http") || (isString c.http && match "http://[^[:space:][:cntrl:]]+" c.http != null))
+    && (!(has "description") || isString c.description)
+    && posInt "period" && posInt "timeout";
+
+  resolveHealthCheck = c:
+    let r = healthCheckDefaults // c; in
+    r // {
+      description =
+        if r.description != null then r.description
+        else if r.command != null then concatStringsSep " " r.command
+        else "GET ${r.http}";
+    };
 
   checkTimeout = path: name: v:
     if isInt v && v >= 1 then v
@@ -190,6 +223,7 @@ let
             hostname = h.hostname or name;
             configuration = h.configuration or name;
             timeouts = if h ? timeouts then baseTimeouts // h.timeouts else baseTimeouts;
+            healthChecks = map resolveHealthCheck (h.healthChecks or base.healthChecks);
           };
         in
         if hasAttr r.configuration configs then r
@@ -209,6 +243,8 @@ let
   # (Not `self`: that name is the user's flake inside mkDeployFlake.)
   deployLib = {
     inherit mkDeployFlake schemaVersion hostDefaults timeoutDefaults optionNames;
+    # The type rule of every option: { ok = value -> bool; expected = text; }.
+    optionRules = checks;
     deployChecks = import ./deploy-checks.nix { lib = deployLib; };
   };
 in

@@ -57,28 +57,10 @@ let
     ++ map (k: "${attrPath path k}: missing (a deployFlake must be fully resolved; mkDeployFlake fills in defaults)")
       (filter (k: !(hasAttr k attrs)) allowed);
 
-  isStringList = v: isList v && all isString v;
-  isToken = v: isString v && match "[^[:space:][:cntrl:]-][^[:space:][:cntrl:]]*" v != null;
 
-  # option -> { ok : value -> bool; expected : string; }. Mirrors the Rust
-  # side (src/inventory.rs) and the rules mkDeployFlake applies.
-  fieldRules = {
-    hostname = { ok = isToken; expected = "a host name or address (non-empty, no spaces, not starting with '-')"; };
-    sshUser = { ok = isToken; expected = "a user name (non-empty, no spaces, not starting with '-')"; };
-    sshPort = { ok = v: isInt v && v >= 1 && v <= 65535; expected = "an integer between 1 and 65535"; };
-    sshOpts = { ok = isStringList; expected = "a list of strings"; };
-    configuration = { ok = v: isString v && v != ""; expected = "a nixosConfigurations attribute name (non-empty string)"; };
-    tags = { ok = isStringList; expected = "a list of strings"; };
-    buildOn = { ok = v: v == "target" || v == "local"; expected = ''"target" or "local"''; };
-    selfCheck = {
-      ok = v: v == null || (isString v && v != ""
-        && substring 0 1 v != "/"
-        && match "(.*/)?\\.\\.(/.*)?" v == null);
-      expected = "null or a relative path inside the toplevel (no leading '/', no '..')";
-    };
-    sudo = { ok = v: isString v && v != ""; expected = "a non-empty string"; };
-    magicRollback = { ok = isBool; expected = "a boolean"; };
-  };
+  # option -> { ok : value -> bool; expected : string; }: the same rules
+  # mkDeployFlake applies (the Rust side mirrors them in src/inventory.rs).
+  fieldRules = lib.optionRules;
 
   timeoutErrors = path: t:
     if !isAttrs t then [ "${path}: expected an attribute set of phase timeouts, got ${describe t}" ]

@@ -34,7 +34,22 @@ pub struct HostSpec {
     /// Privilege escalation command used when `ssh_user` is not root.
     pub sudo: String,
     pub magic_rollback: bool,
+    /// User-declared checks run after activation, before the confirmation.
+    #[serde(default)]
+    pub health_checks: Vec<HealthCheck>,
     pub timeouts: Timeouts,
+}
+
+/// A health check: a command on the target (as root) or an HTTP GET from the
+/// deploying machine, retried every `period` s until it passes or `timeout` s pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HealthCheck {
+    pub description: String,
+    pub command: Option<Vec<String>>,
+    pub http: Option<String>,
+    pub period: u64,
+    pub timeout: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +104,7 @@ impl HostSpec {
             self_check: None,
             sudo: "sudo".into(),
             magic_rollback: true,
+            health_checks: Vec::new(),
             timeouts: Timeouts::default(),
         }
     }
@@ -389,6 +405,23 @@ pub fn validate_host(path: &str, spec: &HostSpec) -> Result<(), InventoryError> 
             quote(&spec.sudo),
             "must be a non-empty command without control characters".into(),
         ));
+    }
+    for (i, c) in spec.health_checks.iter().enumerate() {
+        let field = format!("healthChecks.{i}");
+        match (&c.command, &c.http) {
+            (Some(argv), None) if !argv.is_empty() => {}
+            (None, Some(url)) if url.starts_with("http://") && !url.chars().any(|ch| ch.is_whitespace() || ch.is_control()) => {}
+            _ => {
+                return Err(bad(
+                    &field,
+                    quote(&c.description),
+                    "needs exactly one of `command` (a non-empty argv) or `http` (an http:// URL)".into(),
+                ))
+            }
+        }
+        if c.period == 0 || c.timeout == 0 {
+            return Err(bad(&field, quote(&c.description), "period and timeout must be at least 1 second".into()));
+        }
     }
     for (i, opt) in spec.ssh_opts.iter().enumerate() {
         if opt.chars().any(char::is_control) {

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod events;
 pub mod exit;
+pub mod health;
 pub mod inventory;
 pub mod nix;
 pub mod pipeline;

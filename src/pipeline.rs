@@ -300,7 +300,7 @@ impl<'a> HostRun<'a> {
             run.dir.clone(),
             toplevel.to_string(),
             t.activate.to_string(),
-            t.confirm.to_string(),
+            confirm_window(spec).to_string(),
             if spec.magic_rollback { "1".into() } else { "0".into() },
         ];
         if let Err(e) = nix::start_agent(remote, run, "activate", &args, 30).await {
@@ -335,7 +335,7 @@ impl<'a> HostRun<'a> {
             let _ = nix::signal_agent(remote, run, "abort", reason, 10).await;
         }
         let status = match self
-            .settle(remote, run, &mut seen, Some("awaiting-confirmation"), Duration::from_secs(t.confirm + t.activate + 60))
+            .settle(remote, run, &mut seen, Some("awaiting-confirmation"), Duration::from_secs(confirm_window(spec) + t.activate + 60))
             .await
         {
             Ok(s) => s,
@@ -400,6 +400,10 @@ impl<'a> HostRun<'a> {
         let health = nix::system_health(remote, t.confirm.max(5)).await.map_err(|e| format!("health check: {e}"))?;
         if !health.is_running() {
             return Err(format!("health check: {}", health.describe()));
+        }
+        for check in &self.target.spec.health_checks {
+            crate::health::run_check(remote, check).await?;
+            self.note(format!("health check passed: {}", check.description));
         }
         let cmd = Cmd::new(["touch", &run.file("confirmed")]).secs(t.connect + t.confirm);
         match remote.fresh_login(&cmd).await {
@@ -533,6 +537,12 @@ impl<'a> HostRun<'a> {
         }
         false
     }
+}
+
+/// How long the agent waits for the confirmation: the confirm timeout plus
+/// the time the user's health checks may take.
+pub fn confirm_window(spec: &crate::inventory::HostSpec) -> u64 {
+    spec.timeouts.confirm + spec.health_checks.iter().map(|c| c.timeout + c.period).sum::<u64>()
 }
 
 fn seen_counter() -> Arc<std::sync::atomic::AtomicUsize> {

@@ -69,6 +69,14 @@ fn render_host(out: &mut String, t: &Target, flake: &str) {
     if !s.tags.is_empty() {
         let _ = writeln!(out, "  tags:          {}", s.tags.join(", "));
     }
+    for c in &s.health_checks {
+        let place = if c.command.is_some() { "on the target" } else { "from here" };
+        let _ = writeln!(
+            out,
+            "  health check:  {} ({place}; every {}s for up to {}s)",
+            c.description, c.period, c.timeout
+        );
+    }
     let timeouts: Vec<String> = TIMEOUT_PHASES
         .iter()
         .map(|p| format!("{p} {}s", s.timeouts.get(p).unwrap_or_default()))

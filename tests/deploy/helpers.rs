@@ -1,0 +1,211 @@
+//! Running the deploy-flake binary against lab targets and reading what it
+//! reported (its `--json` stream).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{Lab, Target};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_deploy-flake");
+
+/// What one run of the tool said and did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    /// The `host-finished` reports, by host.
+    pub fn reports(&self) -> BTreeMap<String, Value> {
+        events(&self.stdout)
+            .into_iter()
+            .filter(|e| e["event"] == "host-finished")
+            .map(|e| (e["report"]["host"].as_str().unwrap().to_string(), e["report"].clone()))
+            .collect()
+    }
+
+    pub fn report(&self, host: &str) -> Value {
+        self.reports().remove(host).unwrap_or_else(|| panic!("no report for {host}:\n{self}"))
+    }
+
+    pub fn outcome(&self, host: &str) -> String {
+        self.report(host)["outcome"].as_str().unwrap().to_string()
+    }
+
+    pub fn message(&self, host: &str) -> String {
+        self.report(host)["message"].as_str().unwrap_or("").to_string()
+    }
+
+    /// The system the host ended on, as reported.
+    pub fn system(&self, host: &str) -> String {
+        self.report(host)["system"].as_str().unwrap_or_else(|| panic!("no system for {host}:\n{self}")).to_string()
+    }
+
+    /// Every output line the tool tagged with `host`.
+    pub fn lines(&self, host: &str) -> Vec<String> {
+        events(&self.stdout)
+            .into_iter()
+            .filter(|e| e["event"] == "output" && e["host"] == host)
+            .map(|e| e["line"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {} after {:?}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.elapsed, self.stdout, self.stderr)
+    }
+}
+
+pub fn events(stdout: &str) -> Vec<Value> {
+    stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// `deploy-flake --json --flake FLAKE ARGS...`, to completion.
+pub fn deploy(flake: &Path, args: &[&str]) -> Run {
+    let started = Instant::now();
+    let out: Output = command(flake, args).output().expect("run deploy-flake");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: started.elapsed(),
+    }
+}
+
+pub fn command(flake: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("timeout");
+    c.args(["--kill-after=10", "600", BIN, "--json", "--flake"]).arg(flake).args(args);
+    c
+}
+
+/// A run in the background whose stdout lines can be waited for.
+pub struct Background {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Background {
+    pub fn start(flake: &Path, args: &[&str]) -> Background {
+        let mut c = Command::new(BIN);
+        c.args(["--json", "--flake"]).arg(flake).args(args).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = c.spawn().expect("start deploy-flake");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Background { child, lines: rx, seen: Vec::new() }
+    }
+
+    /// Wait until an event satisfies `pred`; panics after `limit`.
+    pub fn wait_for(&mut self, what: &str, limit: Duration, pred: impl Fn(&Value) -> bool) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    let hit = serde_json::from_str::<Value>(&l).map(|v| pred(&v)).unwrap_or(false);
+                    self.seen.push(l);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(_) => panic!("deploy-flake never reached: {what}\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    /// Send a signal to the deployer process.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap().success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Wait for the process to exit and collect the rest of its output.
+    pub fn finish(mut self, limit: Duration) -> Run {
+        let started = Instant::now();
+        let deadline = started + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(500)) {
+                    self.seen.push(l);
+                }
+                return Run {
+                    code: status.code().unwrap_or(-1),
+                    stdout: self.seen.join("\n"),
+                    stderr: String::new(),
+                    elapsed: started.elapsed(),
+                };
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("deploy-flake did not exit within {limit:?}\n{}", self.seen.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// `phase-started` of `phase` for `host`.
+pub fn phase_started(host: &'static str, phase: &'static str) -> impl Fn(&Value) -> bool {
+    move |v: &Value| v["event"] == "phase-started" && v["host"] == host && v["phase"] == phase
+}
+
+/// A host entry for hosts.nix reaching `t` with the lab's key; `extra` is
+/// spliced in verbatim (Nix attribute syntax).
+pub fn host_entry(lab: &Lab, attr: &str, t: &Target, configuration: &str, extra: &str) -> String {
+    format!(
+        "  {} = {{ hostname = {}; configuration = {}; sshOpts = {}; {extra} }};\n",
+        crate::common::nix_string(attr),
+        crate::common::nix_string(&t.address),
+        crate::common::nix_string(configuration),
+        lab.ssh_opts_nix()
+    )
+}
+
+/// A fixture flake whose hosts.nix holds `entries` (from `host_entry`).
+pub fn flake(lab: &Lab, entries: &[String]) -> std::path::PathBuf {
+    lab.fixture_flake_raw(&format!("{{\n{}}}\n", entries.concat()))
+}
+
+/// Deploy `configuration` to `t` as the starting state of a scenario and
+/// return its toplevel (through the tool itself: the happy path is tested
+/// elsewhere, so a failure here is reported as a broken precondition).
+pub fn baseline(lab: &Lab, attr: &str, t: &Target, configuration: &str) -> String {
+    let f = flake(lab, &[host_entry(lab, attr, t, configuration, "")]);
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 0, "baseline deploy of {configuration} failed:\n{run}");
+    let sys = run.system(attr);
+    assert_eq!(t.current_system().as_deref(), Some(sys.as_str()));
+    sys
+}
+
+/// `systemctl show -p InvocationID --value UNIT`: changes on every (re)start.
+pub fn invocation(t: &Target, unit: &str) -> String {
+    t.ssh_ok(&format!("systemctl show -p InvocationID --value {unit}"))
+}
+
+/// Poll `f` until it is true or `limit` passes; returns the time it took.
+pub fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !f() {
+        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    started.elapsed()
+}

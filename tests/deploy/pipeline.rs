@@ -1,0 +1,268 @@
+//! The per-host pipeline on real targets, many hosts in parallel.
+
+use std::time::Duration;
+
+use crate::common::{Lab, Suite};
+use crate::helpers::*;
+
+/// `--all` on a 3-host fleet of both suites: every host runs and boots the
+/// built system; a reboot comes up in it.
+#[test]
+fn all_hosts_deploy_and_a_reboot_comes_up_in_the_new_system() {
+    let lab = Lab::boot_suites(&[Suite::Trixie, Suite::Trixie, Suite::Bookworm]);
+    let [a, b, c] = [&lab.targets[0], &lab.targets[1], &lab.targets[2]];
+    let f = flake(
+        &lab,
+        &[
+            host_entry(&lab, "web1", a, "healthy-v2", r#"tags = [ "web" ];"#),
+            host_entry(&lab, "web2", b, "healthy-v2", r#"tags = [ "web" ];"#),
+            host_entry(&lab, "db1", c, "healthy-v1", ""),
+        ],
+    );
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 0, "{run}");
+    for (host, t, version) in [("web1", a, "healthy-v2"), ("web2", b, "healthy-v2"), ("db1", c, "healthy-v1")] {
+        assert_eq!(run.outcome(host), "deployed", "{run}");
+        let sys = run.system(host);
+        assert!(sys.contains(&format!("nixos-system-{version}")), "{host}: {sys}");
+        assert_eq!(t.current_system().as_deref(), Some(sys.as_str()), "{host} runs it");
+        assert_eq!(t.boot_profile().as_deref(), Some(sys.as_str()), "{host} boots it");
+        assert_eq!(t.ssh_ok("cat /run/demo-web/version"), version);
+        assert_eq!(t.system_state(), "running");
+    }
+    // Every output line is tagged with the host it came from.
+    assert!(run.lines("web1").iter().any(|l| l.contains("activating")), "{run}");
+
+    let before = c.boot_id();
+    c.reboot();
+    assert_ne!(c.boot_id(), before, "a real reboot");
+    let sys = run.system("db1");
+    assert_eq!(c.current_system().as_deref(), Some(sys.as_str()), "rebooted into the deployed system");
+    assert_eq!(c.ssh_ok("cat /run/demo-web/version"), "healthy-v1");
+}
+
+/// A second run finds every host up to date and activates nothing.
+#[test]
+fn second_run_is_up_to_date_and_activates_nothing() {
+    let lab = Lab::boot(2, Suite::Trixie);
+    let f = flake(
+        &lab,
+        &[
+            host_entry(&lab, "a", &lab.targets[0], "healthy-v1", ""),
+            host_entry(&lab, "b", &lab.targets[1], "healthy-v2", ""),
+        ],
+    );
+    let first = deploy(&f, &["--all"]);
+    assert_eq!(first.code, 0, "{first}");
+    let units: Vec<String> = lab.targets.iter().map(|t| invocation(t, "demo-web.service")).collect();
+
+    let second = deploy(&f, &["--all"]);
+    assert_eq!(second.code, 0, "{second}");
+    for (host, t, unit) in [("a", &lab.targets[0], &units[0]), ("b", &lab.targets[1], &units[1])] {
+        assert_eq!(second.outcome(host), "up-to-date", "{second}");
+        assert_eq!(second.system(host), first.system(host));
+        assert_eq!(&invocation(t, "demo-web.service"), unit, "{host}: demo-web was not restarted");
+        assert!(!second.lines(host).iter().any(|l| l.contains("activating")), "{second}");
+    }
+
+    // --force re-activates.
+    let forced = deploy(&f, &["--all", "--force"]);
+    assert_eq!(forced.code, 0, "{forced}");
+    assert_eq!(forced.outcome("a"), "deployed");
+}
+
+/// A degraded target is refused with its failed unit named and is left
+/// exactly as it was; the other host goes ahead; the exit code says failure.
+#[test]
+fn degraded_target_is_refused_and_unchanged() {
+    let lab = Lab::boot(2, Suite::Trixie);
+    let (bad, good) = (&lab.targets[0], &lab.targets[1]);
+    let v1 = baseline(&lab, "bad", bad, "healthy-v1");
+    bad.make_degraded();
+    let f = flake(&lab, &[host_entry(&lab, "bad", bad, "healthy-v2", ""), host_entry(&lab, "good", good, "healthy-v2", "")]);
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(run.outcome("bad"), "failed");
+    assert_eq!(run.report("bad")["phase"], "preflight");
+    let msg = run.message("bad");
+    assert!(msg.contains("degraded") && msg.contains("lab-broken.service"), "{msg}");
+    assert_eq!(bad.current_system(), Some(v1.clone()), "still running v1");
+    assert_eq!(bad.boot_profile(), Some(v1), "still booting v1");
+    assert_eq!(run.outcome("good"), "deployed", "{run}");
+    assert_eq!(good.ssh_ok("cat /run/demo-web/version"), "healthy-v2");
+
+    // --skip-preflight is the documented way past it.
+    let skip = deploy(&f, &["bad", "--skip-preflight"]);
+    assert_ne!(skip.report("bad")["phase"], "preflight", "{skip}");
+}
+
+/// A failing self-check stops the host before anything changes.
+#[test]
+fn failing_self_check_leaves_the_host_unchanged() {
+    let lab = Lab::boot(1, Suite::Bookworm);
+    let t = &lab.targets[0];
+    let v1 = baseline(&lab, "h", t, "healthy-v1");
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "failing-selfcheck", "")]);
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(run.outcome("h"), "failed");
+    assert_eq!(run.report("h")["phase"], "self-check");
+    assert!(run.message("h").contains("refusing to activate"), "{run}");
+    assert_eq!(t.current_system(), Some(v1.clone()));
+    assert_eq!(t.boot_profile(), Some(v1));
+}
+
+/// A unit that fails during `test`: rolled back, the boot entry never
+/// touched, and the report names the failed unit.
+#[test]
+fn unit_failing_during_test_is_rolled_back_and_boot_entry_untouched() {
+    let lab = Lab::boot(1, Suite::Trixie);
+    let t = &lab.targets[0];
+    let v1 = baseline(&lab, "h", t, "healthy-v1");
+    let generations = t.ssh_ok("ls /nix/var/nix/profiles | grep -c '^system-'");
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "failing-unit", "")]);
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(run.outcome("h"), "rolled-back", "{run}");
+    assert!(run.message("h").contains("exited with 4"), "{run}");
+    assert!(run.lines("h").iter().any(|l| l.contains("failed units: demo-broken.service")), "{run}");
+    assert_eq!(t.current_system(), Some(v1.clone()));
+    assert_eq!(t.boot_profile(), Some(v1));
+    assert_eq!(t.ssh_ok("ls /nix/var/nix/profiles | grep -c '^system-'"), generations, "no new generation");
+    assert_eq!(t.system_state(), "running");
+}
+
+/// An unreachable host fails within its connect timeout; the others succeed.
+#[test]
+fn unreachable_host_fails_fast_and_others_succeed() {
+    let lab = Lab::boot(1, Suite::Trixie);
+    let t = &lab.targets[0];
+    // A routed address where nothing answers: the veth's host end is ours,
+    // and 10.77.IDX.3 does not exist behind it.
+    let ghost = format!("10.77.{}.3", t.idx);
+    let entries = vec![
+        host_entry(&lab, "ok", t, "healthy-v1", ""),
+        format!(
+            "  ghost = {{ hostname = \"{ghost}\"; configuration = \"healthy-v1\"; sshOpts = {}; timeouts.connect = 3; }};\n",
+            lab.ssh_opts_nix()
+        ),
+    ];
+    let f = flake(&lab, &entries);
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(run.outcome("ok"), "deployed", "{run}");
+    assert_eq!(run.outcome("ghost"), "failed");
+    assert_eq!(run.report("ghost")["phase"], "connect");
+    let msg = run.message("ghost");
+    assert!(msg.contains(&ghost), "names the destination: {msg}");
+    let ms = run.report("ghost")["duration"].as_u64().unwrap();
+    assert!(ms < 3_000 + 6_000, "failed within the connect timeout (+ margin): {ms} ms");
+}
+
+/// The ssh connection dies during activation: the activation completes on
+/// the target, the tool reconnects, re-attaches and reports the truth.
+#[test]
+fn connection_killed_during_activation_reattaches() {
+    let lab = Lab::boot(1, Suite::Trixie);
+    let t = &lab.targets[0];
+    baseline(&lab, "h", t, "healthy-v1");
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "slow-activation", "")]);
+    let mut bg = Background::start(&f, &["--all"]);
+    bg.wait_for("activation started", Duration::from_secs(120), |v| {
+        v["event"] == "output" && v["host"] == "h" && v["line"].as_str().unwrap_or("").contains("slow activation: started")
+    });
+    // Kill the deployer's ssh master (and with it every channel) for this target.
+    let killed = kill_ssh_masters_to(&t.address);
+    assert!(killed > 0, "found the deployer's ssh master");
+    let run = bg.finish(Duration::from_secs(120));
+    assert_eq!(run.code, 0, "{run}");
+    let events = events(&run.stdout);
+    assert!(
+        events.iter().any(|e| e["event"] == "note" && e["text"].as_str().unwrap_or("").contains("reconnected")),
+        "reconnected:\n{run}"
+    );
+    assert_eq!(run.outcome("h"), "deployed");
+    let sys = run.system("h");
+    assert!(sys.contains("slow-activation"));
+    assert_eq!(t.current_system().as_deref(), Some(sys.as_str()));
+    assert_eq!(t.boot_profile().as_deref(), Some(sys.as_str()));
+    assert!(run.lines("h").iter().any(|l| l.contains("slow activation: done")), "log after re-attaching:\n{run}");
+}
+
+/// Kill (SIGKILL) every local `ssh -M` master whose destination is `addr`.
+fn kill_ssh_masters_to(addr: &str) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if args.first().map(|a| a.ends_with("ssh")).unwrap_or(false)
+            && args.iter().any(|a| a == "-M")
+            && args.last().map(|a| a == addr).unwrap_or(false)
+        {
+            let pid = entry.file_name().to_string_lossy().into_owned();
+            if std::process::Command::new("kill").args(["-KILL", &pid]).status().unwrap().success() {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// A non-root sshUser with passwordless sudo deploys end to end; one whose
+/// sudo wants a password gets a clear error and an unchanged host.
+#[test]
+fn non_root_user_with_sudo() {
+    let lab = Lab::boot(1, Suite::Trixie);
+    let t = &lab.targets[0];
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "healthy-v2", r#"sshUser = "deploy";"#)]);
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 0, "{run}");
+    let sys = run.system("h");
+    assert_eq!(t.current_system().as_deref(), Some(sys.as_str()));
+    assert_eq!(t.boot_profile().as_deref(), Some(sys.as_str()));
+
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "healthy-v1", r#"sshUser = "pwuser";"#)]);
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 1, "{run}");
+    let msg = run.message("h");
+    assert!(msg.contains("asks user pwuser for a password") && msg.contains("NOPASSWD"), "{msg}");
+    assert_eq!(t.current_system().as_deref(), Some(sys.as_str()), "unchanged");
+}
+
+/// Hostile host and configuration names are data, never shell: they deploy
+/// correctly or are refused with a clear error, and nothing runs on either side.
+#[test]
+fn hostile_names_are_never_executed() {
+    let lab = Lab::boot(1, Suite::Trixie);
+    let t = &lab.targets[0];
+    let canary = lab.dir().join("pwned");
+    let hostile_attr = format!("web 1'; touch {} #$(touch {})", canary.display(), canary.display());
+    let hostile_cfg = format!("it's $(touch /tmp/pwned) `touch /tmp/pwned` here");
+    let entry = format!(
+        "  {} = {{ hostname = \"{}\"; configuration = {}; sshOpts = {}; }};\n",
+        crate::common::nix_string(&hostile_attr),
+        t.address,
+        crate::common::nix_string(&hostile_cfg),
+        lab.ssh_opts_nix()
+    );
+    let f = lab.fixture_flake_raw(&format!("{{\n{entry}}}\n"));
+    // The fixture flake offers every scenario under a hostile alias too.
+    std::fs::write(f.join("aliases.nix"), format!("{{ {} = \"healthy-v2\"; }}\n", crate::common::nix_string(&hostile_cfg))).unwrap();
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.outcome(&hostile_attr), "deployed");
+    assert_eq!(t.ssh_ok("cat /run/demo-web/version"), "healthy-v2");
+    assert!(!canary.exists(), "nothing ran on the deploying side");
+    assert_eq!(t.ssh_ok("test -e /tmp/pwned && echo yes || echo no"), "no", "nothing ran on the target");
+    assert!(!std::path::Path::new("/tmp/pwned").exists());
+
+    // A hostname that would be an ssh option is refused before anything runs.
+    let f = lab.fixture_flake_raw(&format!(
+        "{{ h = {{ hostname = \"-oProxyCommand=touch {}\"; configuration = \"healthy-v1\"; }}; }}\n",
+        canary.display()
+    ));
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 2, "{run}");
+    assert!(run.stderr.contains("hostname"), "{run}");
+    assert!(!canary.exists());
+}

@@ -1,0 +1,239 @@
+//! Never half-deployed: automatic rollback, confirmation over a fresh login,
+//! timeouts, the host lock, the rollback command, and a deployer that dies.
+
+use std::time::{Duration, Instant};
+
+use crate::common::{Lab, Suite};
+use crate::helpers::*;
+
+/// The host stays reachable and on `v1`, its boot entry untouched.
+fn assert_back_on(t: &crate::common::Target, v1: &str) {
+    assert_eq!(t.current_system().as_deref(), Some(v1), "{}: runs the previous system", t.name);
+    assert_eq!(t.boot_profile().as_deref(), Some(v1), "{}: boot entry unchanged", t.name);
+    assert_eq!(t.system_state(), "running");
+}
+
+/// A configuration that stops sshd: no fresh login can confirm it, so the
+/// host returns to the previous system by itself and sshd answers again.
+#[test]
+fn config_that_stops_sshd_is_rolled_back() {
+    let lab = Lab::boot(1, Suite::Trixie);
+    let t = &lab.targets[0];
+    let v1 = baseline(&lab, "h", t, "healthy-v1");
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "stops-sshd", "timeouts.confirm = 10;")]);
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(run.outcome("h"), "rolled-back", "{run}");
+    assert!(run.message("h").contains("fresh ssh login"), "{run}");
+    assert!(run.elapsed < Duration::from_secs(10 + 30), "within the confirm timeout plus a margin: {:?}", run.elapsed);
+    assert_back_on(t, &v1);
+}
+
+/// The same when the activation cuts the target's network: the deployer
+/// cannot even tell the agent; the agent's own timer brings the host back.
+#[test]
+fn config_that_cuts_the_network_is_rolled_back() {
+    let lab = Lab::boot(1, Suite::Bookworm);
+    let t = &lab.targets[0];
+    let v1 = baseline(&lab, "h", t, "healthy-v1");
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "cuts-network", "timeouts = { confirm = 8; connect = 3; };")]);
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(run.outcome("h"), "rolled-back", "{run}");
+    assert_back_on(t, &v1);
+}
+
+/// An activation that hangs is stopped at the activate timeout and rolled back.
+#[test]
+fn hanging_activation_is_stopped_and_rolled_back() {
+    let lab = Lab::boot(1, Suite::Trixie);
+    let t = &lab.targets[0];
+    let v1 = baseline(&lab, "h", t, "healthy-v1");
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "hanging-activation", "")]);
+    let run = deploy(&f, &["--all", "--timeout", "activate=5"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(run.outcome("h"), "rolled-back", "{run}");
+    assert!(run.message("h").contains("did not finish within 5s"), "{run}");
+    assert!(run.elapsed < Duration::from_secs(5 + 30), "{:?}", run.elapsed);
+    assert_back_on(t, &v1);
+    // Nothing of the hanging activation is left running.
+    assert_eq!(t.ssh_ok("pgrep -f 'activation hangs' || true"), "");
+    assert_eq!(t.ssh_ok("systemctl list-units --no-legend --plain 'deploy-flake-*' | wc -l"), "0");
+}
+
+/// The deployer is SIGKILLed after activation started: the target
+/// converges to the previous system on its own, and a retry of the same
+/// closure afterwards succeeds (nothing stale confirms or blocks it).
+#[test]
+fn deployer_killed_during_activation_target_rolls_back_then_retry_succeeds() {
+    let lab = Lab::boot(1, Suite::Trixie);
+    let t = &lab.targets[0];
+    let v1 = baseline(&lab, "h", t, "healthy-v1");
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "healthy-v2", "timeouts.confirm = 5;")]);
+    let mut bg = Background::start(&f, &["--all"]);
+    bg.wait_for("activation", Duration::from_secs(120), phase_started("h", "activate"));
+    bg.signal("KILL");
+    let _ = bg.finish(Duration::from_secs(10));
+    // It activated v2, then nobody confirmed: back to v1 within the confirm timeout.
+    let took = eventually("target back on v1", Duration::from_secs(5 + 30), || {
+        t.current_system().as_deref() == Some(v1.as_str())
+            && t.ssh_ok("systemctl list-units --no-legend --plain 'deploy-flake-*' | wc -l") == "0"
+    });
+    eprintln!("converged to the previous system {took:?} after the deployer died");
+    assert_back_on(t, &v1);
+
+    // The retry (same closure) is not confirmed by anything from the dead
+    // run and is not blocked by its lock.
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 0, "{run}");
+    let v2 = run.system("h");
+    assert!(v2.contains("healthy-v2"));
+    assert_eq!(t.current_system(), Some(v2.clone()));
+    assert_eq!(t.boot_profile(), Some(v2));
+}
+
+/// The deployer dies right after confirmation: the host stays on the new
+/// system, and a re-run finishes the boot step.
+#[test]
+fn deployer_killed_after_confirmation_rerun_finishes_boot() {
+    let lab = Lab::boot(1, Suite::Trixie);
+    let t = &lab.targets[0];
+    baseline(&lab, "h", t, "healthy-v1");
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "healthy-v2", "timeouts.confirm = 5;")]);
+    let mut bg = Background::start(&f, &["--all"]);
+    bg.wait_for("confirmation", Duration::from_secs(120), |v| {
+        v["event"] == "output" && v["host"] == "h" && v["line"] == "deploy-flake: confirmed"
+    });
+    bg.signal("KILL");
+    let _ = bg.finish(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(5 + 2));
+    let cur = t.current_system().unwrap();
+    assert!(cur.contains("healthy-v2"), "confirmed, so it stays on the new system: {cur}");
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(matches!(run.outcome("h").as_str(), "deployed" | "up-to-date"), "{run}");
+    assert_eq!(t.current_system(), Some(cur.clone()));
+    assert_eq!(t.boot_profile(), Some(cur), "boot entry written");
+}
+
+/// Two concurrent deploys to one host: one is refused at once, saying who
+/// holds the host; the other succeeds.
+#[test]
+fn concurrent_deploys_to_one_host_second_is_refused() {
+    let lab = Lab::boot(1, Suite::Trixie);
+    let t = &lab.targets[0];
+    baseline(&lab, "h", t, "healthy-v1");
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "slow-activation", "")]);
+    let mut first = Background::start(&f, &["--all"]);
+    first.wait_for("first holds the lock", Duration::from_secs(120), phase_started("h", "preflight"));
+    let started = Instant::now();
+    let second = deploy(&f, &["--all"]);
+    assert_eq!(second.code, 1, "{second}");
+    assert!(started.elapsed() < Duration::from_secs(15), "refused at once: {:?}", started.elapsed());
+    let msg = second.message("h");
+    assert!(msg.contains("locked by another deploy") && msg.contains("since"), "{msg}");
+    let first = first.finish(Duration::from_secs(180));
+    assert_eq!(first.code, 0, "{first}");
+    let sys = first.system("h");
+    assert_eq!(t.current_system(), Some(sys.clone()));
+    assert_eq!(t.boot_profile(), Some(sys));
+}
+
+/// An ssh config with `ControlMaster auto` and `ControlPersist` does not
+/// fool the confirmation: it is still a fresh login, so a lockout is caught.
+#[test]
+fn control_master_in_ssh_config_does_not_fake_the_fresh_login() {
+    let lab = Lab::boot(1, Suite::Trixie);
+    let t = &lab.targets[0];
+    let v1 = baseline(&lab, "h", t, "healthy-v1");
+    let cfg = lab.dir().join("user_ssh_config");
+    let sockets = lab.dir().join("cm");
+    std::fs::create_dir_all(&sockets).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("Host *\n  ControlMaster auto\n  ControlPath {}/%C\n  ControlPersist 120\n", sockets.display()),
+    )
+    .unwrap();
+    let extra = format!("timeouts.confirm = 10; sshOpts = [ \"-F\" \"{}\" ] ++ {};", cfg.display(), lab.ssh_opts_nix());
+    // sshOpts given twice would be a Nix error: build the entry by hand.
+    let entry = format!(
+        "  h = {{ hostname = \"{}\"; configuration = \"stops-sshd\"; {extra} }};\n",
+        t.address
+    );
+    let f = flake(&lab, &[entry]);
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(run.outcome("h"), "rolled-back", "{run}");
+    assert_back_on(t, &v1);
+}
+
+/// `rollback` returns a host to its previous generation, current and boot.
+#[test]
+fn rollback_command_returns_to_the_previous_generation() {
+    let lab = Lab::boot(1, Suite::Bookworm);
+    let t = &lab.targets[0];
+    let v1 = baseline(&lab, "h", t, "healthy-v1");
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "healthy-v2", "")]);
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 0, "{run}");
+    let v2 = run.system("h");
+    assert_eq!(t.boot_profile(), Some(v2.clone()));
+
+    let back = deploy(&f, &["rollback", "--all"]);
+    assert_eq!(back.code, 0, "{back}");
+    assert_eq!(back.system("h"), v1);
+    assert_back_on(t, &v1);
+    assert_eq!(t.ssh_ok("cat /run/demo-web/version"), "healthy-v1");
+
+    // And forward again to an explicit generation.
+    let gen = t.ssh_ok("ls /nix/var/nix/profiles | sed -n 's/^system-\\([0-9]*\\)-link$/\\1/p' | sort -n | tail -1");
+    let fwd = deploy(&f, &["rollback", "--all", "--to-generation", &gen]);
+    assert_eq!(fwd.code, 0, "{fwd}");
+    assert_eq!(t.current_system(), Some(v2.clone()));
+    assert_eq!(t.boot_profile(), Some(v2));
+}
+
+/// A failing user-declared health check (a command on the target) rolls back.
+#[test]
+fn failing_health_check_rolls_back() {
+    let lab = Lab::boot(1, Suite::Trixie);
+    let t = &lab.targets[0];
+    let v1 = baseline(&lab, "h", t, "healthy-v1");
+    let checks = r#"healthChecks = [ { command = [ "sh" "-c" "grep -q healthy-v1 /run/demo-web/version" ]; period = 1; timeout = 4; } ];"#;
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "healthy-v2", checks)]);
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(run.outcome("h"), "rolled-back", "{run}");
+    assert!(run.message("h").contains("health check"), "{run}");
+    assert_back_on(t, &v1);
+
+    // A passing check lets the deploy through.
+    let ok = r#"healthChecks = [ { command = [ "sh" "-c" "grep -q healthy-v2 /run/demo-web/version" ]; } ];"#;
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "healthy-v2", ok)]);
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 0, "{run}");
+}
+
+/// Ctrl-C while a host is activating: it finishes or rolls back, never
+/// stays in between; the exit code is honest.
+#[test]
+fn interrupt_during_activation_leaves_no_host_in_between() {
+    let lab = Lab::boot(1, Suite::Trixie);
+    let t = &lab.targets[0];
+    let v1 = baseline(&lab, "h", t, "healthy-v1");
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "slow-activation", "timeouts.confirm = 5;")]);
+    let mut bg = Background::start(&f, &["--all"]);
+    bg.wait_for("activation", Duration::from_secs(120), phase_started("h", "activate"));
+    bg.signal("INT");
+    let run = bg.finish(Duration::from_secs(120));
+    std::thread::sleep(Duration::from_secs(5 + 2));
+    let cur = t.current_system().unwrap();
+    let boot = t.boot_profile().unwrap();
+    assert_eq!(cur, boot, "running and booting the same system");
+    if cur == v1 {
+        assert_ne!(run.code, 0, "{run}");
+    } else {
+        assert!(cur.contains("slow-activation"));
+        assert_eq!(run.code, 0, "{run}");
+    }
+}
