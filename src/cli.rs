@@ -4,6 +4,7 @@
 use clap::{Parser, ValueEnum};
 
 use crate::inventory::{self, TIMEOUT_PHASES};
+pub use crate::pipeline::Mode;
 use crate::select::{Selection, Target};
 
 const EXAMPLES: &str = "\
@@ -35,8 +36,42 @@ be in an unknown state.";
 
 /// Deploy the NixOS configurations of a flake to many hosts over ssh.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "deploy-flake", version, about, after_long_help = EXAMPLES, after_help = "See --help for host selection rules and examples.")]
+#[command(
+    name = "deploy-flake",
+    version,
+    about,
+    after_long_help = EXAMPLES,
+    after_help = "See --help for host selection rules and examples.",
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
+    #[command(flatten)]
+    pub args: Args,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Return hosts to an earlier generation of their system profile (the
+    /// one before the current, or --to-generation N), through the same
+    /// test / confirm / boot steps as a deploy.
+    #[command(after_long_help = "Examples:\n  deploy-flake rollback web1\n  deploy-flake rollback --all --to-generation 41")]
+    Rollback {
+        #[command(flatten)]
+        args: Args,
+
+        /// The generation to return to (see `nix-env -p
+        /// /nix/var/nix/profiles/system --list-generations` on the host).
+        #[arg(long, value_name = "N")]
+        to_generation: Option<u32>,
+    },
+}
+
+/// The options shared by a deploy and a rollback.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
     /// Hosts to deploy: attribute names, @tags, globs or destinations
     /// (nixos://[user@]host[:port][/config]).
     #[arg(value_name = "HOSTS")]
@@ -126,6 +161,8 @@ pub struct Options {
     pub self_check: Option<String>,
     /// `(phase, seconds)` in command line order; phase is a [`TIMEOUT_PHASES`] name.
     pub timeouts: Vec<(String, u64)>,
+    /// Deploy, or roll back.
+    pub mode: Mode,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -164,6 +201,15 @@ pub enum CliError {
 impl Cli {
     /// Validates the flags. Pure: the flake is not looked at.
     pub fn into_options(self) -> Result<Options, CliError> {
+        match self.command {
+            None => self.args.into_options(Mode::Deploy),
+            Some(Command::Rollback { args, to_generation }) => args.into_options(Mode::Rollback { to_generation }),
+        }
+    }
+}
+
+impl Args {
+    fn into_options(self, mode: Mode) -> Result<Options, CliError> {
         if self.flake.is_empty() {
             return Err(CliError::EmptyFlake);
         }
@@ -209,6 +255,7 @@ impl Cli {
             preflight,
             self_check: self.pre_activate_script,
             timeouts,
+            mode,
         })
     }
 }

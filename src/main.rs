@@ -11,7 +11,7 @@ use std::sync::Arc;
 use deploy_flake::cli::{Cli, Options, OutputFormat};
 use deploy_flake::exit::Exit;
 use deploy_flake::inventory::DEFAULT_EVAL_TIMEOUT;
-use deploy_flake::pipeline::{Context as RunContext, Mode};
+use deploy_flake::pipeline::Context as RunContext;
 use deploy_flake::plan;
 use deploy_flake::select::{self, Target};
 use deploy_flake::{report, runner};
@@ -52,7 +52,7 @@ async fn deploy(targets: Vec<Target>, options: &Options) -> anyhow::Result<Exit>
     let run_id = runner::new_run_id();
     let interrupted = Arc::new(AtomicBool::new(false));
     let ctx = RunContext {
-        mode: Mode::Deploy,
+        mode: options.mode,
         interrupted: interrupted.clone(),
         lock_owner: runner::lock_owner(&run_id),
         run_id,

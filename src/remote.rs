@@ -392,9 +392,11 @@ impl Remote {
         format!("-S {} -o ControlMaster=no", self.control_path().display())
     }
 
-    /// The ssh-ng store URI of the target.
+    /// The ssh-ng store URI of the target. A non-root user reaches the
+    /// store through the escalation command: an unprivileged user may be
+    /// refused by the daemon socket, and is not trusted with unsigned paths.
     pub fn store_uri(&self) -> String {
-        format!("ssh-ng://{}", self.dest.user_at_host())
+        store_uri(&self.dest)
     }
 
     fn build(&self, cmd: &Cmd) -> openssh::OwningCommand<Arc<Session>> {
@@ -582,6 +584,22 @@ pub struct HostLock {
     _child: openssh::Child<Arc<Session>>,
 }
 
+pub fn store_uri(dest: &Destination) -> String {
+    let mut uri = format!("ssh-ng://{}", dest.user_at_host());
+    if !dest.escalate.is_empty() {
+        let program: Vec<String> = dest.escalate.iter().cloned().chain(["nix-daemon".to_string()]).collect();
+        uri.push_str("?remote-program=");
+        for b in program.join(" ").bytes() {
+            if b.is_ascii_alphanumeric() || b"-_./".contains(&b) {
+                uri.push(b as char);
+            } else {
+                uri.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    uri
+}
+
 /// `timeout` on the target exits 124 (137 after -k) when it stopped the command.
 fn check_remote_timeout(cmd: &Cmd, status: ExitStatus) -> Result<(), RemoteError> {
     if cmd.bounded && matches!(status.code(), Some(124) | Some(137)) {
@@ -655,6 +673,14 @@ mod tests {
         );
         let missing: Vec<String> = vec!["-i".into()];
         assert_eq!(ssh_opts_to_config(&missing).unwrap_err().to_string(), "sshOpts: -i needs a value");
+    }
+
+    #[test]
+    fn non_root_users_reach_the_store_through_sudo() {
+        let mut spec = HostSpec::with_defaults("web1");
+        assert_eq!(store_uri(&Destination::from_spec(&spec)), "ssh-ng://root@web1");
+        spec.ssh_user = "deploy".into();
+        assert_eq!(store_uri(&Destination::from_spec(&spec)), "ssh-ng://deploy@web1?remote-program=sudo%20-n%20nix-daemon");
     }
 
     #[test]

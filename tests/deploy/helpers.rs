@@ -82,9 +82,18 @@ pub fn deploy(flake: &Path, args: &[&str]) -> Run {
     }
 }
 
+/// A subcommand (`rollback`) comes first, the run's options after it.
 pub fn command(flake: &Path, args: &[&str]) -> Command {
     let mut c = Command::new("timeout");
-    c.args(["--kill-after=10", "600", BIN, "--json", "--flake"]).arg(flake).args(args);
+    c.args(["--kill-after=10", "600", BIN]);
+    let args = match args.first() {
+        Some(&"rollback") => {
+            c.arg("rollback");
+            &args[1..]
+        }
+        _ => args,
+    };
+    c.args(["--json", "--flake"]).arg(flake).args(args);
     c
 }
 
