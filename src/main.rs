@@ -68,8 +68,14 @@ async fn deploy(targets: Vec<Target>, options: &Options) -> anyhow::Result<Exit>
         if tokio::signal::ctrl_c().await.is_ok() {
             flag.store(true, Ordering::SeqCst);
             eprintln!(
-                "deploy-flake: interrupted: no new host starts; hosts already activating confirm or roll back"
+                "deploy-flake: interrupted: no new host starts; hosts already activating are confirmed or \
+                 rolled back (Ctrl-C again to quit now)"
             );
+        }
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("deploy-flake: quitting; hosts mid-activation converge on their own (confirmed: the new \
+                 system; otherwise: the previous one)");
+            std::process::exit(Exit::UnknownState.code().into());
         }
     });
     let parallel = options.max_parallel.unwrap_or(targets.len()).max(1);
