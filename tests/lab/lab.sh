@@ -155,7 +155,8 @@ wait_ready() { # LABDIR ADDR TDIR DEADLINE: ssh answers, then system running
     ((left > 1)) || left=2
     state=$(lab_ssh "$labdir" "$addr" timeout "$left" systemctl is-system-running --wait 2>&1 || true)
     if [ "$state" != running ]; then
-        lab_ssh "$labdir" "$addr" systemctl --failed --no-legend --plain >&2 || true
+        # shellcheck disable=SC2016 # expanded on the target
+        lab_ssh "$labdir" "$addr" 'systemctl --failed --no-legend --plain; for u in $(systemctl --failed --no-legend --plain | cut -d" " -f1); do journalctl -b -u "$u" --no-pager -n 15; done' >&2 || true
         die "$addr: system is '$state', not 'running'"
     fi
 }

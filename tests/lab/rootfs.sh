@@ -86,6 +86,12 @@ EOF
         ln -sfn /dev/null "$root/etc/systemd/system/$unit"
     done
 
+    # No per-user service managers: every ssh login would start user@0 and
+    # its end stop it again; under load a login racing that start/stop once
+    # left the target transiently `degraded`. Deployers need system units
+    # only (systemd-run), so targets run none.
+    ln -sfn /dev/null "$root/etc/systemd/system/user@.service"
+
     # Fresh identity per target: lab.sh writes machine-id, hostname and an
     # ed25519 host key into each target's own layer.
     : >"$root/etc/machine-id"
