@@ -83,9 +83,12 @@ lab_ssh() {
 cmd_keygen() {
     local dir=$1
     mkdir -p "$dir"
-    [ -f "$dir/id_ed25519" ] ||
-        ssh-keygen -q -t ed25519 -N '' -C deploy-flake-lab -f "$dir/id_ed25519"
-    touch "$dir/known_hosts"
+    (
+        flock 7 # parallel boots into one new LABDIR make one key
+        [ -f "$dir/id_ed25519" ] ||
+            ssh-keygen -q -t ed25519 -N '' -C deploy-flake-lab -f "$dir/id_ed25519"
+        touch "$dir/known_hosts"
+    ) 7>"$dir/.keygen.lock"
     printf '%s\n' "$dir/id_ed25519"
 }
 
