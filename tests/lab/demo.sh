@@ -4,8 +4,8 @@
 #
 #   tests/lab/demo.sh                 (as root)
 #
-# DEPLOY_FLAKE_BIN selects the binary (default: target/release, then
-# target/debug, else `cargo build --release`). The targets are stopped when
+# DEPLOY_FLAKE_BIN selects the binary (default: `cargo build --release`, so
+# that the binary matches lib/). The targets are stopped when
 # the demo ends, however it ends.
 set -euo pipefail
 
@@ -25,11 +25,7 @@ command -v nix >/dev/null || die "nix missing: apt-get install -y --no-install-r
 
 bin=${DEPLOY_FLAKE_BIN:-}
 if [ -z "$bin" ]; then
-    for candidate in "$root/target/release/deploy-flake" "$root/target/debug/deploy-flake"; do
-        if [ -x "$candidate" ]; then bin=$candidate; break; fi
-    done
-fi
-if [ -z "$bin" ]; then
+    # Always through cargo: a stale binary would not match lib/.
     say "building deploy-flake (cargo build --release)"
     (cd "$root" && cargo build --release --quiet)
     bin="$root/target/release/deploy-flake"
