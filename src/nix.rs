@@ -218,7 +218,7 @@ pub async fn copy_flake(
         r.store_uri(),
         flake.into(),
     ];
-    let out = local(&argv, &[("NIX_SSHOPTS", r.nix_sshopts())], secs, on_line).await?;
+    let out = local(&argv, &[("NIX_SSHOPTS", r.nix_sshopts()?)], secs, on_line).await?;
     let parsed: ArchiveJson = serde_json::from_str(out.trim())
         .map_err(|e| StepError::Invalid(format!("unexpected output of nix flake archive --json: {e}")))?;
     StorePath::parse(&parsed.path)
@@ -316,7 +316,7 @@ pub async fn copy_closure(
         r.store_uri(),
         path.to_string(),
     ];
-    local(&argv, &[("NIX_SSHOPTS", r.nix_sshopts())], secs, on_line).await?;
+    local(&argv, &[("NIX_SSHOPTS", r.nix_sshopts()?)], secs, on_line).await?;
     Ok(())
 }
 

@@ -378,18 +378,14 @@ impl Remote {
         self.open_master().await
     }
 
-    fn session(&self) -> &Arc<Session> {
-        self.session.as_ref().expect("master connection is open")
-    }
-
-    /// The control socket, for tools (nix) that take raw ssh options.
-    pub fn control_path(&self) -> PathBuf {
-        self.session().control_socket().to_path_buf()
+    /// The master, or an error when a reconnect has not succeeded yet.
+    fn session(&self) -> Result<&Arc<Session>, RemoteError> {
+        self.session.as_ref().ok_or_else(|| RemoteError::Disconnected { cmd: "(no connection)".into() })
     }
 
     /// `NIX_SSHOPTS` that make Nix ride on our master: no new login.
-    pub fn nix_sshopts(&self) -> String {
-        format!("-S {} -o ControlMaster=no", self.control_path().display())
+    pub fn nix_sshopts(&self) -> Result<String, RemoteError> {
+        Ok(format!("-S {} -o ControlMaster=no", self.session()?.control_socket().display()))
     }
 
     /// The ssh-ng store URI of the target. A non-root user reaches the
@@ -399,11 +395,11 @@ impl Remote {
         store_uri(&self.dest)
     }
 
-    fn build(&self, cmd: &Cmd) -> openssh::OwningCommand<Arc<Session>> {
+    fn build(&self, cmd: &Cmd) -> Result<openssh::OwningCommand<Arc<Session>>, RemoteError> {
         let line = quote_argv(&self.dest.argv_for(cmd));
-        let mut c = Session::to_raw_command(self.session().clone(), line);
+        let mut c = Session::to_raw_command(self.session()?.clone(), line);
         c.stdin(openssh::Stdio::null());
-        c
+        Ok(c)
     }
 
     /// Run a command to completion and capture its output.
@@ -413,7 +409,7 @@ impl Remote {
 
     /// Run a command feeding it `stdin`.
     pub async fn run_with_stdin(&self, cmd: &Cmd, stdin: Option<&[u8]>) -> Result<Output, RemoteError> {
-        let mut c = self.build(cmd);
+        let mut c = self.build(cmd)?;
         c.stdout(openssh::Stdio::piped()).stderr(openssh::Stdio::piped());
         if stdin.is_some() {
             c.stdin(openssh::Stdio::piped());
@@ -450,7 +446,7 @@ impl Remote {
         cmd: &Cmd,
         mut on_line: impl FnMut(&str) + Send,
     ) -> Result<ExitStatus, RemoteError> {
-        let mut c = self.build(cmd);
+        let mut c = self.build(cmd)?;
         c.stdout(openssh::Stdio::piped()).stderr(openssh::Stdio::piped());
         let fut = async {
             let mut child = c.spawn().await.map_err(|e| self.disconnected_or_io(cmd, e))?;
@@ -533,7 +529,7 @@ impl Remote {
     pub async fn hold_lock(&self, agent: &str, owner: &str, secs: u64) -> Result<HostLock, RemoteError> {
         let lockfile = "/run/deploy-flake/lock";
         let cmd = Cmd::new(["flock", "-n", "-E", "75", lockfile, "/bin/sh", agent, "hold", owner]).secs(secs).unbounded();
-        let mut c = self.build(&cmd);
+        let mut c = self.build(&cmd)?;
         c.stdin(openssh::Stdio::piped()).stdout(openssh::Stdio::piped()).stderr(openssh::Stdio::piped());
         let mut child = c.spawn().await.map_err(|e| self.disconnected_or_io(&cmd, e))?;
         let stdout = child.stdout().take().expect("stdout is piped");

@@ -189,23 +189,24 @@ fn connection_killed_during_activation_reattaches() {
     assert!(run.lines("h").iter().any(|l| l.contains("slow activation: done")), "log after re-attaching:\n{run}");
 }
 
-/// Kill (SIGKILL) every local `ssh -M` master whose destination is `addr`.
+/// Kill (SIGKILL) every local process with a TCP connection to `addr`:22.
+/// During a deploy that is the deployer's ssh master alone (its commands,
+/// and nix's copies, ride on the master's unix socket). The master renames
+/// itself (`ssh: <ControlPath> [mux]`), so it is found by its socket.
 fn kill_ssh_masters_to(addr: &str) -> usize {
-    let mut n = 0;
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        if args.first().map(|a| a.ends_with("ssh")).unwrap_or(false)
-            && args.iter().any(|a| a == "-M")
-            && args.last().map(|a| a == addr).unwrap_or(false)
-        {
-            let pid = entry.file_name().to_string_lossy().into_owned();
-            if std::process::Command::new("kill").args(["-KILL", &pid]).status().unwrap().success() {
-                n += 1;
-            }
-        }
-    }
-    n
+    let out = std::process::Command::new("ss").args(["-tnpH", "dst", &format!("{addr}:22")]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut pids: Vec<String> = text
+        .split("pid=")
+        .skip(1)
+        .filter_map(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .map(String::from)
+        .collect();
+    pids.sort();
+    pids.dedup();
+    pids.iter()
+        .filter(|pid| std::process::Command::new("kill").args(["-KILL", pid]).status().unwrap().success())
+        .count()
 }
 
 /// A non-root sshUser with passwordless sudo deploys end to end; one whose
