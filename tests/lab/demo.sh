@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # The demo: a small fleet of lab targets (two trixie, one bookworm) and
-# deploy-flake run against a fixture flake that describes them.
+# deploy-flake run against a fixture flake that describes them: the plan, a
+# real deploy of all three, a second run with nothing to do, and a broken
+# change to one host that is rolled back by itself.
 #
-#   tests/lab/demo.sh                 (as root)
+#   tests/lab/demo.sh                 (as root; installs what it needs first)
 #
 # DEPLOY_FLAKE_BIN selects the binary (default: `cargo build --release`, so
 # that the binary matches lib/). The targets are stopped when
 # the demo ends, however it ends.
 set -euo pipefail
 
-# What the demo runs: `deploy-flake "${DEMO_ARGS[@]}" --flake <fleet>`.
-DEMO_ARGS=(--dry-run --all)
+# The main deploy: `deploy-flake "${DEMO_ARGS[@]}" --flake <fleet>`.
+DEMO_ARGS=(--all)
 
 here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
 root=$(dirname "$(dirname "$here")")
@@ -21,7 +23,9 @@ die() { printf 'demo.sh: %s\n' "$*" >&2; exit 1; }
 say() { printf '\n==> %s\n' "$*" >&2; }
 
 [ "$(id -u)" = 0 ] || die "the lab needs root"
-command -v nix >/dev/null || die "nix missing: apt-get install -y --no-install-recommends nix-bin"
+bash "$root/tests/prepare.sh"
+export NIX_CONFIG=$'substituters =\nbuild-users-group ='
+export PATH="$HOME/.cargo/bin:$PATH"
 
 bin=${DEPLOY_FLAKE_BIN:-}
 if [ -z "$bin" ]; then
@@ -94,21 +98,45 @@ flake="$labdir/fleet"
 cp -r "$root/tests/fixtures/lab" "$flake"
 cp -r "$root/lib" "$flake/lib"
 rm -f "$flake/flake.lock"
-{
-    echo "{"
-    for i in "${!hosts[@]}"; do
-        printf '  %s = {\n' "${hosts[$i]}"
-        printf '    hostname = "10.77.%s.2";\n' "${idxs[$i]}"
-        printf '    configuration = "%s";\n' "${configs[$i]}"
-        printf '    tags = [ "%s" "%s" ];\n' "${tags[$i]}" "${suites[$i]}"
-        printf '    sshOpts = [ "-i" "%s" "-o" "UserKnownHostsFile=%s" ];\n' \
-            "$labdir/id_ed25519" "$labdir/known_hosts"
-        printf '  };\n'
-    done
-    echo "}"
-} >"$flake/hosts.nix"
+write_hosts() {
+    {
+        echo "{"
+        for i in "${!hosts[@]}"; do
+            printf '  %s = {\n' "${hosts[$i]}"
+            printf '    hostname = "10.77.%s.2";\n' "${idxs[$i]}"
+            printf '    configuration = "%s";\n' "${configs[$i]}"
+            printf '    tags = [ "%s" "%s" ];\n' "${tags[$i]}" "${suites[$i]}"
+            printf '    sshOpts = [ "-i" "%s" "-o" "UserKnownHostsFile=%s" ];\n' \
+                "$labdir/id_ed25519" "$labdir/known_hosts"
+            printf '  };\n'
+        done
+        echo "}"
+    } >"$flake/hosts.nix"
+}
+write_hosts
 say "fleet flake $flake"
 cat "$flake/hosts.nix" >&2
 
-say "$bin ${DEMO_ARGS[*]} --flake $flake"
+say "the plan: deploy-flake --dry-run --all"
+"$bin" --dry-run --all --flake "$flake"
+
+say "deploy: deploy-flake ${DEMO_ARGS[*]}"
 "$bin" "${DEMO_ARGS[@]}" --flake "$flake"
+
+say "again: every host is up to date, nothing is activated"
+"$bin" --all --flake "$flake"
+
+say "a broken change to web2 (a unit fails to start): rolled back by itself, boot entry untouched"
+configs[1]=failing-unit
+write_hosts
+rc=0
+"$bin" web2 --flake "$flake" || rc=$?
+printf 'demo.sh: deploy-flake exited with %s (1: a host failed, every host in a known state)\n' "$rc" >&2
+[ "$rc" = 1 ] || die "expected exit code 1 from the broken change"
+
+say "what each host runs and boots now"
+for i in "${!hosts[@]}"; do
+    printf '%-5s running %s, booting %s\n' "${hosts[$i]}" \
+        "$("$lab" ssh "${names[$i]}" "$labdir" readlink /run/current-system)" \
+        "$("$lab" ssh "${names[$i]}" "$labdir" readlink -f /nix/var/nix/profiles/system)"
+done
