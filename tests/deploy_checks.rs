@@ -332,7 +332,7 @@ fn flake_check_of_a_hand_written_fleet_names_the_path() {
     let dir = temp_flake(
         "{ schemaVersion = 1; hosts.web1 = { hostname = \"web1\"; sshUser = \"root\"; \
            sshPort = 22; sshOpts = [ ]; configuration = \"web3\"; tags = [ ]; \
-           buildOn = \"target\"; selfCheck = null; sudo = \"sudo\"; magicRollback = true; \
+           buildOn = \"target\"; selfCheck = null; sudo = \"sudo\"; magicRollback = true; healthChecks = [ ]; \
            timeouts = lib.timeoutDefaults; }; }",
     );
     match eval_flake_check(dir.path()) {

@@ -33,7 +33,7 @@ fn defaults_fill_every_field() {
         json!({ "schemaVersion": 1, "hosts": { "web1": {
             "hostname": "web1", "sshUser": "root", "sshPort": 22, "sshOpts": [],
             "configuration": "web1", "tags": [], "buildOn": "target", "selfCheck": null,
-            "sudo": "sudo", "magicRollback": true,
+            "sudo": "sudo", "magicRollback": true, "healthChecks": [],
             "timeouts": { "connect": 10, "lock": 10, "preflight": 60, "copy": 600,
                           "build": 3600, "selfCheck": 120, "activate": 600,
                           "confirm": 30, "boot": 300 } } } })
@@ -76,7 +76,7 @@ fn unknown_host_key_names_its_path_and_the_closest_key() {
     let err = mk("{ hosts.web1.sshPrt = 22; }").unwrap_err();
     assert_eq!(
         error_line(&err),
-        "error: deployFlake.hosts.web1.sshPrt: unknown option; did you mean \"sshPort\"? (known options: buildOn, configuration, hostname, magicRollback, selfCheck, sshOpts, sshPort, sshUser, sudo, tags, timeouts)"
+        "error: deployFlake.hosts.web1.sshPrt: unknown option; did you mean \"sshPort\"? (known options: buildOn, configuration, healthChecks, hostname, magicRollback, selfCheck, sshOpts, sshPort, sshUser, sudo, tags, timeouts)"
     );
 }
 
@@ -290,4 +290,34 @@ async fn a_slow_evaluation_times_out() {
         )),
         "{err}"
     );
+}
+
+#[test]
+fn health_checks_are_resolved_and_checked() {
+    let v = mk(r#"{ defaults.healthChecks = [ { command = [ "true" ]; } ];
+                   hosts.db1 = { };
+                   hosts.web1.healthChecks = [ { http = "http://web1:8080/health"; period = 1; } ]; }"#)
+    .unwrap();
+    assert_eq!(
+        v["hosts"]["web1"]["healthChecks"],
+        serde_json::json!([{ "description": "GET http://web1:8080/health", "command": null,
+                             "http": "http://web1:8080/health", "period": 1, "timeout": 30 }])
+    );
+    assert_eq!(
+        v["hosts"]["db1"]["healthChecks"],
+        serde_json::json!([{ "description": "true", "command": ["true"], "http": null, "period": 2, "timeout": 30 }])
+    );
+    for bad in [
+        r#"[ { command = [ "true" ]; http = "http://x/"; } ]"#,
+        r#"[ { http = "https://x/"; } ]"#,
+        r#"[ { command = [ ]; } ]"#,
+        r#"[ { command = [ "true" ]; timeout = 0; } ]"#,
+        r#"[ { comand = [ "true" ]; } ]"#,
+    ] {
+        let err = mk(&format!("{{ hosts.web1.healthChecks = {bad}; }}")).unwrap_err();
+        assert!(
+            error_line(&err).starts_with("error: deployFlake.hosts.web1.healthChecks: expected a list of checks"),
+            "{bad}: {err}"
+        );
+    }
 }

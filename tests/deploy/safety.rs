@@ -237,3 +237,22 @@ fn interrupt_during_activation_leaves_no_host_in_between() {
         assert_eq!(run.code, 0, "{run}");
     }
 }
+
+/// A rollback that itself fails (the previous system can no longer be
+/// activated: a fault forced by hand) gets its own exit code and a loud
+/// report that says what to inspect.
+#[test]
+fn failed_rollback_reports_unknown_state() {
+    let lab = Lab::boot(1, Suite::Trixie);
+    let t = &lab.targets[0];
+    let v1 = baseline(&lab, "h", t, "healthy-v1");
+    // Break the previous system's activation script.
+    t.ssh_ok(&format!("chmod a-x {v1}/bin/switch-to-configuration"));
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "failing-unit", "")]);
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 3, "{run}");
+    assert_eq!(run.outcome("h"), "unknown", "{run}");
+    let msg = run.message("h");
+    assert!(msg.contains("ROLLBACK FAILED") && msg.contains("inspect"), "{msg}");
+    assert_eq!(t.boot_profile(), Some(v1), "the boot entry was never touched");
+}
