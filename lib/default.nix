@@ -245,6 +245,8 @@ let
     inherit mkDeployFlake schemaVersion hostDefaults timeoutDefaults optionNames;
     # The type rule of every option: { ok = value -> bool; expected = text; }.
     optionRules = checks;
+    # How errors name paths and values (shared with deployChecks).
+    inherit attrPath describe;
     deployChecks = import ./deploy-checks.nix { lib = deployLib; };
   };
 in

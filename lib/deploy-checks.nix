@@ -26,28 +26,14 @@
 let
   inherit (builtins)
     all attrNames concatLists concatStringsSep filter hasAttr isAttrs isBool
-    isInt isList isString length match substring toJSON typeOf;
+    isInt isList isString length match substring toJSON;
 
   schemaVersion = lib.schemaVersion;
   hostOptions = lib.optionNames;
   timeoutPhases = attrNames lib.timeoutDefaults;
   topLevelKeys = [ "schemaVersion" "hosts" ];
 
-  attrPath = prefix: name:
-    if match "[A-Za-z_][A-Za-z0-9_'-]*" name != null
-    then "${prefix}.${name}"
-    else "${prefix}.${toJSON name}";
-
-  describe = v:
-    let t = typeOf v; in
-    if t == "string" then "a string (${toJSON v})"
-    else if t == "int" then "an integer (${toString v})"
-    else if t == "bool" then "a boolean (${if v then "true" else "false"})"
-    else if t == "null" then "null"
-    else if t == "list" then "a list"
-    else if t == "set" then "an attribute set"
-    else if t == "lambda" then "a function"
-    else "a ${t}";
+  inherit (lib) attrPath describe;
 
   # The keys of `attrs` not in `allowed`, and the keys of `allowed` missing
   # from `attrs`, as error lines. Values are not forced.

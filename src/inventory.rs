@@ -499,16 +499,16 @@ pub fn self_check_problem(s: &str) -> Option<&'static str> {
     }
 }
 
-/// `web1`, or `"my host"` when the name is not a plain Nix identifier.
+/// Can `name` stand unquoted as a Nix attribute (`web1`, `_x'`, `web-1`)?
+pub fn is_plain_nix_identifier(name: &str) -> bool {
+    name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '\'' | '-'))
+}
+
+/// `web1`, or `"my host"` when the name is not a plain Nix identifier
+/// (JSON-quoted, as lib/ names paths in its errors).
 pub fn attr_display(name: &str) -> String {
-    let plain = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '\'' | '-'));
-    if plain {
+    if is_plain_nix_identifier(name) {
         name.to_string()
     } else {
         quote(name)

@@ -96,14 +96,7 @@ pub fn ssh_destination(s: &HostSpec) -> String {
 /// A Nix attribute name, quoted when it is not a plain identifier:
 /// `web1`, `"my host"`, `"a\${b}"`.
 pub fn nix_attr(name: &str) -> String {
-    let plain = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '\'' | '-'));
-    if plain {
+    if crate::inventory::is_plain_nix_identifier(name) {
         return name.to_string();
     }
     let mut q = String::with_capacity(name.len() + 2);

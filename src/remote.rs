@@ -69,6 +69,16 @@ impl Output {
     }
 }
 
+impl From<std::process::Output> for Output {
+    fn from(out: std::process::Output) -> Output {
+        Output {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 /// The last `n` non-empty lines of `text`, joined with newlines.
 pub fn tail_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -430,11 +440,7 @@ impl Remote {
             Err(_) => return Err(RemoteError::Timeout { cmd: cmd.display(), secs: cmd.timeout.as_secs() }),
             Ok(r) => r?,
         };
-        let output = Output {
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
+        let output = Output::from(out);
         self.check_escalation(cmd, &output)?;
         check_remote_timeout(cmd, output.status)?;
         Ok(output)
@@ -514,11 +520,7 @@ impl Remote {
             Err(_) => return Err(RemoteError::Timeout { cmd: format!("fresh ssh login: {}", cmd.display()), secs: cmd.timeout.as_secs() }),
             Ok(r) => r?,
         };
-        let output = Output {
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
+        let output = Output::from(out);
         self.check_escalation(cmd, &output)?;
         Ok(output)
     }
