@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 SIZES=${SIZES:-"1 4 8"}
 REPS=${REPS:-3}
-export NIX_CONFIG=$'substituters =\nbuild-users-group ='
+export NIX_CONFIG=$'substituters =\nbuild-users-group =\nsandbox = false'
 
 cargo build --release --locked -q
 bin=$PWD/target/release/deploy-flake

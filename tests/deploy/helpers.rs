@@ -14,6 +14,12 @@ use crate::common::{Lab, Target};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_deploy-flake");
 
+/// The deploying machine's Nix settings for the lab: nothing outside is
+/// reachable (no binary cache to ask), and Debian's single-user Nix has no
+/// build users for local builds; the fixtures build with the host's /bin/sh and
+/// coreutils, outside a sandbox.
+const NIX_CONFIG: &str = "substituters =\nbuild-users-group =\nsandbox = false";
+
 /// What one run of the tool said and did.
 #[derive(Debug)]
 pub struct Run {
@@ -93,7 +99,7 @@ pub fn command(flake: &Path, args: &[&str]) -> Command {
         }
         _ => args,
     };
-    c.args(["--json", "--flake"]).arg(flake).args(args);
+    c.args(["--json", "--flake"]).arg(flake).args(args).env("NIX_CONFIG", NIX_CONFIG);
     c
 }
 
@@ -107,7 +113,12 @@ pub struct Background {
 impl Background {
     pub fn start(flake: &Path, args: &[&str]) -> Background {
         let mut c = Command::new(BIN);
-        c.args(["--json", "--flake"]).arg(flake).args(args).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        c.args(["--json", "--flake"])
+            .arg(flake)
+            .args(args)
+            .env("NIX_CONFIG", NIX_CONFIG)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         let mut child = c.spawn().expect("start deploy-flake");
         let out = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();

@@ -267,3 +267,28 @@ fn hostile_names_are_never_executed() {
     assert!(run.stderr.contains("hostname"), "{run}");
     assert!(!canary.exists());
 }
+
+/// `buildOn = "local"`: the system is built on the deploying machine and its
+/// (unsigned) closure copied over; it is the very store path a build on the
+/// target produces.
+#[test]
+fn local_build_is_copied_and_activated() {
+    let lab = Lab::boot(2, Suite::Trixie);
+    let (local, remote) = (&lab.targets[0], &lab.targets[1]);
+    let f = flake(
+        &lab,
+        &[
+            host_entry(&lab, "local", local, "healthy-v2", r#"buildOn = "local";"#),
+            host_entry(&lab, "remote", remote, "healthy-v2", ""),
+        ],
+    );
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 0, "{run}");
+    let sys = run.system("local");
+    assert_eq!(sys, run.system("remote"), "same derivation, same output path");
+    assert_eq!(local.current_system().as_deref(), Some(sys.as_str()));
+    assert_eq!(local.boot_profile().as_deref(), Some(sys.as_str()));
+    assert_eq!(local.ssh_ok("cat /run/demo-web/version"), "healthy-v2");
+    // Built here: the target never saw the flake's source.
+    assert_eq!(local.ssh_ok("ls -d /nix/store/*-source 2>/dev/null | wc -l"), "0");
+}

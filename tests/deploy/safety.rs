@@ -256,3 +256,34 @@ fn failed_rollback_reports_unknown_state() {
     assert!(msg.contains("ROLLBACK FAILED") && msg.contains("inspect"), "{msg}");
     assert_eq!(t.boot_profile(), Some(v1), "the boot entry was never touched");
 }
+
+/// A failing HTTP health check, fetched from the deploying machine (here a
+/// real server on loopback that answers 503), rolls the host back.
+#[test]
+fn failing_http_health_check_rolls_back() {
+    use std::io::{Read, Write};
+    let lab = Lab::boot(1, Suite::Bookworm);
+    let t = &lab.targets[0];
+    let v1 = baseline(&lab, "h", t, "healthy-v1");
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = served.clone();
+    std::thread::spawn(move || {
+        for conn in server.incoming().flatten() {
+            let mut conn = conn;
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = conn.write_all(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let checks = format!(r#"healthChecks = [ {{ http = "http://127.0.0.1:{port}/health"; period = 1; timeout = 3; }} ];"#);
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "healthy-v2", &checks)]);
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(run.outcome("h"), "rolled-back", "{run}");
+    assert!(run.message("h").contains("HTTP 503"), "{run}");
+    assert!(served.load(std::sync::atomic::Ordering::SeqCst) >= 2, "retried every period");
+    assert_back_on(t, &v1);
+}

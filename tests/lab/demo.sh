@@ -24,7 +24,7 @@ say() { printf '\n==> %s\n' "$*" >&2; }
 
 [ "$(id -u)" = 0 ] || die "the lab needs root"
 bash "$root/tests/prepare.sh"
-export NIX_CONFIG=$'substituters =\nbuild-users-group ='
+export NIX_CONFIG=$'substituters =\nbuild-users-group =\nsandbox = false'
 export PATH="$HOME/.cargo/bin:$PATH"
 
 bin=${DEPLOY_FLAKE_BIN:-}
