@@ -17,6 +17,11 @@
 #   agent.sh boot RUNDIR TOPLEVEL [GENERATION]   (GENERATION: switch the profile back to it)
 #   agent.sh watch RUNDIR SKIP_LINES [STATE]   (also keeps waiting while in STATE)
 #   agent.sh hold INFO            (run under flock: holds the host lock until stdin closes)
+#   agent.sh health SECS          (system state and failed units)
+#   agent.sh facts TOPLEVEL [SELFCHECK]   (what the deployer needs to decide)
+#
+# Answers meant for the deployer are lines "deploy-flake-<what> <value>"; the
+# final status of `watch` is printed as "deploy-flake-status RUNID STATE REASON".
 
 set -u
 PATH=/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:/run/wrappers/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -70,6 +75,8 @@ failed_units() {
 
 roll_back() {
     reason=$1
+    # The system built for this run will not be booted: drop its GC root.
+    rm -f "$rundir/toplevel"
     failed=$(failed_units)
     if [ -n "$failed" ]; then
         log "failed units: $failed"
@@ -151,6 +158,8 @@ boot() {
     fi
     "$toplevel/bin/switch-to-configuration" boot >> "$rundir/log" 2>&1 < /dev/null
     rc=$?
+    # The system profile holds the system now.
+    rm -f "$rundir/toplevel"
     if [ "$rc" = 0 ]; then
         set_status booted
     else
@@ -160,6 +169,7 @@ boot() {
 
 watch() {
     rundir=$1 seen=$2 patient=${3:-}
+    runid=${rundir##*/}
     while :; do
         # Status first: every line logged before a state change is printed
         # before the watch returns.
@@ -176,10 +186,35 @@ watch() {
         esac
     done
     if [ -e "$rundir/log" ]; then sed -n "$((seen + 1)),\$p" "$rundir/log"; fi
+    echo "deploy-flake-status $runid $(cat "$rundir/status" 2> /dev/null)"
+}
+
+active_activations() {
+    systemctl list-units --plain --no-legend --no-pager --state=active,activating,deactivating 'deploy-flake-*' 2> /dev/null |
+        awk '{print "deploy-flake-busy " $1}'
+}
+
+health() {
+    state=$(timeout "$1" systemctl is-system-running --wait 2> /dev/null)
+    rc=$?
+    if [ "$rc" = 124 ]; then state="still-starting-after-${1}s"; fi
+    echo "deploy-flake-state ${state:-unknown}"
+    systemctl list-units --failed --plain --no-legend --no-pager 2> /dev/null | awk '{print "deploy-flake-failed " $1}'
+}
+
+facts() {
+    toplevel=$1 selfcheck=${2:-pre-activate-safety-checks}
+    echo "deploy-flake-current $(readlink -e /run/current-system)"
+    echo "deploy-flake-profile $(readlink -e /nix/var/nix/profiles/system)"
+    if [ -x "$toplevel/bin/switch-to-configuration" ]; then echo "deploy-flake-switchable yes"; fi
+    if [ -x "$toplevel/$selfcheck" ]; then echo "deploy-flake-selfcheck $toplevel/$selfcheck"; fi
+    if [ -d /run/systemd/system ]; then echo "deploy-flake-systemd yes"; fi
+    active_activations
 }
 
 hold() {
     printf '%s\n' "$1" > /run/deploy-flake/lock.info
+    active_activations
     echo locked
     cat > /dev/null
     rm -f /run/deploy-flake/lock.info
@@ -192,6 +227,8 @@ case "$cmd" in
     boot) boot "$@" ;;
     watch) watch "$@" ;;
     hold) hold "$@" ;;
+    health) health "$@" ;;
+    facts) facts "$@" ;;
     *) echo "deploy-flake agent: unknown command $cmd" >&2; exit 2 ;;
 esac
 exit 0

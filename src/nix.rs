@@ -116,10 +116,14 @@ impl RunDir {
         format!("{}/{}", self.dir, name)
     }
 
+    /// The run id (the last component of the run dir).
+    pub fn id(&self) -> &str {
+        self.dir.rsplit('/').next().unwrap_or("run")
+    }
+
     /// The systemd unit of an agent action.
     pub fn unit(&self, action: &str) -> String {
-        let id = self.dir.rsplit('/').next().unwrap_or("run");
-        format!("deploy-flake-{id}-{action}")
+        format!("deploy-flake-{}-{action}", self.id())
     }
 }
 
@@ -127,16 +131,13 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Create the root-only state directory and install the agent.
+/// Create the root-only state directories (this run's is new: nothing from
+/// an earlier run can be mistaken for ours) and install the agent.
 pub async fn install_agent(r: &Remote, run: &RunDir, secs: u64) -> Result<(), StepError> {
-    let out = r.run(&Cmd::new(["mkdir", "-p", "-m", "0700", STATE_DIR, &format!("{STATE_DIR}/runs")]).secs(secs)).await?;
+    let dirs = Cmd::new(["install", "-d", "-m", "0700", STATE_DIR, &format!("{STATE_DIR}/runs"), &run.dir]).secs(secs);
+    let out = r.run(&dirs).await?;
     if !out.success() {
-        return Err(failed("mkdir state dir", &out));
-    }
-    // A fresh dir per run: nothing from an earlier run can be mistaken for ours.
-    let out = r.run(&Cmd::new(["mkdir", "-m", "0700", &run.dir]).secs(secs)).await?;
-    if !out.success() {
-        return Err(failed("mkdir run dir", &out));
+        return Err(failed("install -d state dirs", &out));
     }
     let out = r
         .run_with_stdin(&Cmd::new(["dd", &format!("of={}", run.agent), "status=none"]).secs(secs), Some(AGENT.as_bytes()))
@@ -147,14 +148,21 @@ pub async fn install_agent(r: &Remote, run: &RunDir, secs: u64) -> Result<(), St
     Ok(())
 }
 
-// ---- lock -------------------------------------------------------------
+/// The agent's answers: lines `deploy-flake-<key> <value>`.
+fn answers<'a>(stdout: &'a str, key: &str) -> impl Iterator<Item = &'a str> {
+    let prefix = format!("deploy-flake-{key} ");
+    let bare = format!("deploy-flake-{key}");
+    stdout.lines().filter_map(move |l| {
+        if l == bare {
+            Some("")
+        } else {
+            l.strip_prefix(prefix.as_str())
+        }
+    })
+}
 
-/// Refuse when an activation unit from another run is still going.
-pub async fn running_activations(r: &Remote, secs: u64) -> Result<Vec<String>, StepError> {
-    let out = r
-        .run(&Cmd::new(["systemctl", "list-units", "--plain", "--no-legend", "--no-pager", "--state=active,activating,deactivating", "deploy-flake-*"]).secs(secs))
-        .await?;
-    Ok(out.stdout.lines().filter_map(|l| l.split_whitespace().next()).map(String::from).collect())
+fn answer(stdout: &str, key: &str) -> Option<String> {
+    answers(stdout, key).next().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
 }
 
 // ---- preflight ------------------------------------------------------------
@@ -180,16 +188,51 @@ impl Health {
     }
 }
 
-/// `systemctl is-system-running --wait`, bounded, plus the failed units.
-pub async fn system_health(r: &Remote, secs: u64) -> Result<Health, StepError> {
-    let state = match r.run(&Cmd::new(["systemctl", "is-system-running", "--wait"]).secs(secs)).await {
-        Ok(out) => out.stdout.trim().to_string(),
-        Err(RemoteError::Timeout { .. }) => format!("still starting after {secs}s"),
-        Err(e) => return Err(e.into()),
-    };
-    let out = r.run(&Cmd::new(["systemctl", "list-units", "--failed", "--plain", "--no-legend", "--no-pager"]).secs(30)).await?;
-    let failed_units = out.stdout.lines().filter_map(|l| l.split_whitespace().next()).map(String::from).collect();
-    Ok(Health { state, failed_units })
+/// `systemctl is-system-running --wait` (bounded by `secs`) and the failed
+/// units, in one round trip through the agent.
+pub async fn system_health(r: &Remote, run: &RunDir, secs: u64) -> Result<Health, StepError> {
+    let out = r.run(&Cmd::new(["/bin/sh", run.agent.as_str(), "health", &secs.to_string()]).secs(secs + 10)).await?;
+    Ok(parse_health(&out.stdout))
+}
+
+pub fn parse_health(stdout: &str) -> Health {
+    Health {
+        state: answer(stdout, "state").unwrap_or_else(|| "unknown".into()),
+        failed_units: answers(stdout, "failed").map(String::from).collect(),
+    }
+}
+
+/// What the deployer needs to know about a target and a built system.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub current: Option<String>,
+    pub profile: Option<String>,
+    /// The toplevel has bin/switch-to-configuration.
+    pub switchable: bool,
+    /// The self-check to run, when the toplevel has it.
+    pub self_check: Option<String>,
+    pub systemd: bool,
+}
+
+pub fn parse_facts(stdout: &str) -> Facts {
+    Facts {
+        current: answer(stdout, "current"),
+        profile: answer(stdout, "profile"),
+        switchable: answers(stdout, "switchable").next().is_some(),
+        self_check: answer(stdout, "selfcheck"),
+        systemd: answers(stdout, "systemd").next().is_some(),
+    }
+}
+
+/// One round trip: running and boot systems, and what `toplevel` offers.
+pub async fn facts(r: &Remote, run: &RunDir, toplevel: &StorePath, self_check: Option<&str>, secs: u64) -> Result<Facts, StepError> {
+    let mut argv = vec!["/bin/sh".to_string(), run.agent.clone(), "facts".into(), toplevel.to_string()];
+    argv.extend(self_check.map(String::from));
+    let out = r.run(&Cmd::new(argv).secs(secs)).await?;
+    if !out.success() {
+        return Err(failed("agent facts", &out));
+    }
+    Ok(parse_facts(&out.stdout))
 }
 
 // ---- copy and build -------------------------------------------------------
@@ -458,12 +501,6 @@ pub async fn resolve(r: &Remote, path: &str, secs: u64) -> Result<Option<String>
     Ok(if out.success() { Some(out.stdout.trim().to_string()) } else { None })
 }
 
-/// Does `path` exist on the target (and is it executable when `exec`)?
-pub async fn exists(r: &Remote, path: &str, exec: bool, secs: u64) -> Result<bool, StepError> {
-    let out = r.run(&Cmd::new(["test", if exec { "-x" } else { "-e" }, path]).secs(secs)).await?;
-    Ok(out.success())
-}
-
 /// Run the self-check script; its output goes to `on_line`.
 pub async fn self_check(
     r: &Remote,
@@ -495,9 +532,6 @@ pub async fn self_check(
 /// Start an agent action as a transient systemd unit (it survives the ssh
 /// connection that started it).
 pub async fn start_agent(r: &Remote, run: &RunDir, action: &str, args: &[String], secs: u64) -> Result<String, StepError> {
-    if !exists(r, "/run/systemd/system", false, secs).await? {
-        return Err(StepError::Invalid("the target does not run systemd (no /run/systemd/system)".into()));
-    }
     let unit = run.unit(action);
     let mut argv = vec![
         "systemd-run".to_string(),
@@ -519,25 +553,30 @@ pub async fn start_agent(r: &Remote, run: &RunDir, action: &str, args: &[String]
 }
 
 /// Stream the run's log from line `seen` until the agent reaches a state
-/// that needs the deployer (or a final one). Returns the lines received.
+/// that needs the deployer (or a final one), then its status. `seen` counts
+/// the log lines received, so a re-attached watch continues where it was.
 pub async fn watch_agent(
     r: &Remote,
     run: &RunDir,
-    seen: usize,
+    seen: &mut usize,
     also_wait: Option<&str>,
     secs: u64,
     on_line: &mut (dyn FnMut(&str) + Send),
-) -> Result<usize, RemoteError> {
+) -> Result<AgentStatus, RemoteError> {
     let mut argv = vec!["/bin/sh".to_string(), run.agent.clone(), "watch".into(), run.dir.clone(), seen.to_string()];
     argv.extend(also_wait.map(String::from));
     let cmd = Cmd::new(argv).secs(secs);
-    let mut n = 0;
-    r.stream(&cmd, |l| {
-        n += 1;
-        on_line(l);
+    let marker = format!("deploy-flake-status {} ", run.id());
+    let mut status = None;
+    r.stream(&cmd, |l| match l.strip_prefix(marker.as_str()) {
+        Some(rest) => status = Some(parse_status(rest)),
+        None => {
+            *seen += 1;
+            on_line(l);
+        }
     })
     .await?;
-    Ok(n)
+    status.ok_or_else(|| RemoteError::Disconnected { cmd: "agent watch".into() })
 }
 
 /// The agent's status line: state and reason.
@@ -547,11 +586,10 @@ pub struct AgentStatus {
     pub reason: String,
 }
 
-pub async fn agent_status(r: &Remote, run: &RunDir, secs: u64) -> Result<AgentStatus, StepError> {
-    let out = r.run(&Cmd::new(["cat", &run.file("status")]).secs(secs)).await?;
-    let line = out.stdout.lines().next().unwrap_or("").to_string();
-    let (state, reason) = line.split_once(' ').unwrap_or((&line, ""));
-    Ok(AgentStatus { state: state.to_string(), reason: reason.to_string() })
+pub fn parse_status(line: &str) -> AgentStatus {
+    let line = line.trim();
+    let (state, reason) = line.split_once(' ').unwrap_or((line, ""));
+    AgentStatus { state: state.to_string(), reason: reason.to_string() }
 }
 
 /// Create a marker file in the run dir (`abort`) with a reason in it.
@@ -618,6 +656,27 @@ mod tests {
             Err("generation 1 is the oldest: there is nothing to roll back to".into())
         );
         assert_eq!(choose_generation(&[], None), Err("the system profile has no current generation".into()));
+    }
+
+    #[test]
+    fn agent_answers_are_parsed() {
+        let facts = parse_facts(
+            "deploy-flake-current /nix/store/a-sys\ndeploy-flake-profile \ndeploy-flake-switchable yes\n\
+             deploy-flake-systemd yes\nnoise\n",
+        );
+        assert_eq!(
+            facts,
+            Facts { current: Some("/nix/store/a-sys".into()), profile: None, switchable: true, self_check: None, systemd: true }
+        );
+        let h = parse_health("deploy-flake-state degraded\ndeploy-flake-failed a.service\ndeploy-flake-failed b.service\n");
+        assert_eq!(h, Health { state: "degraded".into(), failed_units: vec!["a.service".into(), "b.service".into()] });
+        assert_eq!(h.describe(), "system is degraded (failed units: a.service, b.service)");
+        assert!(!h.is_running());
+        assert_eq!(parse_health("").state, "unknown");
+        assert_eq!(
+            parse_status("rolled-back no confirmation within 30s\n"),
+            AgentStatus { state: "rolled-back".into(), reason: "no confirmation within 30s".into() }
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::events::{Event, HostReport, Outcome, Phase, Sink};
 use crate::inventory::BuildOn;
-use crate::nix::{self, AgentStatus, RunDir, StorePath, SYSTEM_PROFILE};
+use crate::nix::{self, AgentStatus, RunDir, StorePath};
 use crate::remote::{Cmd, Destination, Remote, RemoteError};
 use crate::select::Target;
 
@@ -48,7 +48,7 @@ pub enum Mode {
 /// Deploy one host and say how it ended. Never panics on remote trouble:
 /// every failure becomes a report.
 pub async fn deploy(target: &Target, ctx: &Context) -> HostReport {
-    let mut h = HostRun { target, ctx, started: Instant::now(), phase: None, phase_open: false, phase_started: Instant::now() };
+    let mut h = HostRun { target, ctx, started: Instant::now(), phase: None, phase_open: false, phase_started: Instant::now(), agent_started: false };
     let result = h.run().await;
     h.finish(result)
 }
@@ -77,6 +77,8 @@ struct HostRun<'a> {
     phase: Option<Phase>,
     phase_open: bool,
     phase_started: Instant,
+    /// The on-target agent was started: it owns the run's GC root.
+    agent_started: bool,
 }
 
 impl<'a> HostRun<'a> {
@@ -145,8 +147,11 @@ impl<'a> HostRun<'a> {
             Err(e) => return End::unchanged(e.to_string()),
         };
         let end = self.with_remote(&mut remote, &run).await;
-        // Best effort: the profile holds the system now, or nothing does.
-        let _ = nix::drop_root(&remote, &run, 10).await;
+        // Once started, the agent drops the run's GC root itself (the profile
+        // holds the system then, or nothing needs to).
+        if !self.agent_started {
+            let _ = nix::drop_root(&remote, &run, 10).await;
+        }
         remote.close().await;
         end
     }
@@ -160,25 +165,21 @@ impl<'a> HostRun<'a> {
         if let Err(e) = nix::install_agent(remote, run, t.lock).await {
             return End::unchanged(e.to_string());
         }
-        let _lock = match remote.hold_lock(&run.agent, &self.ctx.lock_owner, t.lock).await {
+        let lock = match remote.hold_lock(&run.agent, &self.ctx.lock_owner, t.lock).await {
             Ok(l) => l,
             Err(e) => return End::unchanged(e.to_string()),
         };
-        match nix::running_activations(remote, t.lock).await {
-            Ok(units) if !units.is_empty() => {
-                return End::unchanged(format!(
-                    "an activation from another run is still in progress ({}); it confirms or rolls back by itself, retry after it ends",
-                    units.join(", ")
-                ))
-            }
-            Ok(_) => {}
-            Err(e) => return End::unchanged(e.to_string()),
+        if !lock.busy.is_empty() {
+            return End::unchanged(format!(
+                "an activation from another run is still in progress ({}); it confirms or rolls back by itself, retry after it ends",
+                lock.busy.join(", ")
+            ));
         }
 
         // 3. preflight: a host that is not healthy now is not touched.
         if !self.ctx.skip_preflight {
             self.start(Phase::Preflight);
-            match nix::system_health(remote, t.preflight).await {
+            match nix::system_health(remote, run, t.preflight).await {
                 Ok(h) if h.is_running() => {}
                 Ok(h) => {
                     return End::unchanged(format!(
@@ -207,36 +208,38 @@ impl<'a> HostRun<'a> {
                 Err(e) => return End::unchanged(format!("rollback: {e}")),
             },
         };
-        match nix::exists(remote, &toplevel.join("bin/switch-to-configuration"), true, 30).await {
-            Ok(true) => {}
-            Ok(false) => {
-                return End::unchanged(format!(
-                    "{toplevel} has no bin/switch-to-configuration: configuration `{}` is not a NixOS system",
-                    spec.configuration
-                ))
-            }
+        let configured = self.ctx.self_check.clone().or_else(|| spec.self_check.clone());
+        let facts = match nix::facts(remote, run, &toplevel, configured.as_deref(), 30).await {
+            Ok(f) => f,
             Err(e) => return End::unchanged(e.to_string()),
+        };
+        if !facts.switchable {
+            return End::unchanged(format!(
+                "{toplevel} has no bin/switch-to-configuration: configuration `{}` is not a NixOS system",
+                spec.configuration
+            ));
+        }
+        if !facts.systemd {
+            return End::unchanged("the target does not run systemd (no /run/systemd/system)");
         }
 
         // Already there? Then nothing is activated.
-        let current = nix::resolve(remote, "/run/current-system", 30).await.ok().flatten();
-        let profile = nix::resolve(remote, SYSTEM_PROFILE, 30).await.ok().flatten();
-        let running_it = current.as_deref() == Some(toplevel.as_str());
+        let running_it = facts.current.as_deref() == Some(toplevel.as_str());
         if running_it && !self.ctx.force {
-            if profile.as_deref() == Some(toplevel.as_str()) {
+            if facts.profile.as_deref() == Some(toplevel.as_str()) {
                 self.note("already running and booting this system");
                 return End::ok(Outcome::UpToDate, &toplevel);
             }
             // Running it, but the boot entry was never written (e.g. an
             // earlier deployer died after confirmation): finish the job.
             self.note("already running this system; writing the boot entry");
-            return self.boot(remote, run, &toplevel, generation).await;
+            return self.boot(remote, run, &toplevel, generation, 0).await;
         }
 
         // 6. self-check: a failing check stops the host unchanged. A
         // rollback returns to a system that already ran here: no check.
         if generation.is_none() {
-            if let Err(end) = self.self_check(remote, &toplevel).await {
+            if let Err(end) = self.self_check(remote, configured.as_deref(), facts.self_check.as_deref(), &toplevel).await {
                 return end;
             }
         }
@@ -250,36 +253,27 @@ impl<'a> HostRun<'a> {
         self.activate_confirm_boot(remote, run, &toplevel, generation).await
     }
 
-    async fn self_check(&mut self, remote: &mut Remote, toplevel: &StorePath) -> Result<(), End> {
-        let spec = &self.target.spec;
-        let t = spec.timeouts;
+    /// Run the self-check: the configured path (which must exist), or the
+    /// system's own `pre-activate-safety-checks` when it has one.
+    async fn self_check(
+        &mut self,
+        remote: &mut Remote,
+        configured: Option<&str>,
+        found: Option<&str>,
+        toplevel: &StorePath,
+    ) -> Result<(), End> {
+        let t = self.target.spec.timeouts;
         self.start(Phase::SelfCheck);
-        let configured = self.ctx.self_check.clone().or_else(|| spec.self_check.clone());
-        let script = match &configured {
-            Some(rel) => {
-                let p = toplevel.join(rel);
-                match nix::exists(remote, &p, true, 30).await {
-                    Ok(true) => Some(p),
-                    Ok(false) => return Err(End::unchanged(format!("self-check: {rel} is not an executable inside {toplevel}"))),
-                    Err(e) => return Err(End::unchanged(format!("self-check: {e}"))),
-                }
+        let Some(script) = found else {
+            if let Some(rel) = configured {
+                return Err(End::unchanged(format!("self-check: {rel} is not an executable inside {toplevel}")));
             }
-            None => {
-                let p = toplevel.join("pre-activate-safety-checks");
-                match nix::exists(remote, &p, true, 30).await {
-                    Ok(true) => Some(p),
-                    Ok(false) => None,
-                    Err(e) => return Err(End::unchanged(format!("self-check: {e}"))),
-                }
-            }
-        };
-        if let Some(script) = script {
-            let mut lines = self.lines();
-            if let Err(e) = nix::self_check(remote, &script, t.self_check, &mut lines).await {
-                return Err(End::unchanged(format!("self-check failed, nothing activated: {e}")));
-            }
-        } else {
             self.note("no self-check in this system");
+            return Ok(());
+        };
+        let mut lines = self.lines();
+        if let Err(e) = nix::self_check(remote, script, t.self_check, &mut lines).await {
+            return Err(End::unchanged(format!("self-check failed, nothing activated: {e}")));
         }
         Ok(())
     }
@@ -306,6 +300,7 @@ impl<'a> HostRun<'a> {
         if let Err(e) = nix::start_agent(remote, run, "activate", &args, 30).await {
             return End::unchanged(format!("activate: {e}"));
         }
+        self.agent_started = true;
         let mut seen = 0usize;
         let status = match self
             .settle(remote, run, &mut seen, None, Duration::from_secs(t.activate + 15))
@@ -346,7 +341,7 @@ impl<'a> HostRun<'a> {
         }
 
         // 9. boot: only a confirmed system becomes the boot entry.
-        self.boot(remote, run, toplevel, generation).await
+        self.boot(remote, run, toplevel, generation, seen).await
     }
 
     /// Copy the flake and build the system on the target, or build here and
@@ -397,7 +392,7 @@ impl<'a> HostRun<'a> {
     /// Health checks over the master, then the confirmation over a fresh login.
     async fn check_and_confirm(&self, remote: &Remote, run: &RunDir) -> Result<(), String> {
         let t = self.target.spec.timeouts;
-        let health = nix::system_health(remote, t.confirm.max(5)).await.map_err(|e| format!("health check: {e}"))?;
+        let health = nix::system_health(remote, run, t.confirm.max(5)).await.map_err(|e| format!("health check: {e}"))?;
         if !health.is_running() {
             return Err(format!("health check: {}", health.describe()));
         }
@@ -413,7 +408,9 @@ impl<'a> HostRun<'a> {
         }
     }
 
-    async fn boot(&mut self, remote: &mut Remote, run: &RunDir, toplevel: &StorePath, generation: Option<u32>) -> End {
+    /// `seen`: the lines of the run's log already shown (the boot log
+    /// continues the activation's).
+    async fn boot(&mut self, remote: &mut Remote, run: &RunDir, toplevel: &StorePath, generation: Option<u32>, mut seen: usize) -> End {
         self.start(Phase::Boot);
         let t = self.target.spec.timeouts;
         let mut args = vec![run.dir.clone(), toplevel.to_string()];
@@ -421,11 +418,7 @@ impl<'a> HostRun<'a> {
         if let Err(e) = nix::start_agent(remote, run, "boot", &args, 30).await {
             return self.boot_failed(toplevel, &e.to_string());
         }
-        // The boot log continues the activation log of the same run.
-        let mut seen = match remote.run(&Cmd::new(["wc", "-l", &run.file("log")]).secs(30)).await {
-            Ok(o) => o.stdout.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0),
-            Err(_) => 0,
-        };
+        self.agent_started = true;
         // Until the boot agent writes its first state, the activation's
         // "confirmed" is still there: keep waiting through it.
         match self.settle(remote, run, &mut seen, Some("confirmed"), Duration::from_secs(t.boot)).await {
@@ -489,23 +482,9 @@ impl<'a> HostRun<'a> {
                 return Err(format!("the agent did not settle within {} s", limit.as_secs()));
             }
             let mut lines = self.lines();
-            let n = seen_counter();
-            let n2 = n.clone();
-            let watched = nix::watch_agent(remote, run, *seen, also_wait, left.as_secs().max(1), &mut |l: &str| {
-                n2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                lines(l)
-            })
-            .await;
-            *seen += n.load(std::sync::atomic::Ordering::Relaxed);
+            let watched = nix::watch_agent(remote, run, seen, also_wait, left.as_secs().max(1), &mut lines).await;
             match watched {
-                Ok(_) => match nix::agent_status(remote, run, 30).await {
-                    Ok(s) => return Ok(s),
-                    Err(e) => {
-                        if !self.reattach(remote, deadline, &e.to_string()).await {
-                            return Err(format!("cannot read the agent's status: {e}"));
-                        }
-                    }
-                },
+                Ok(status) => return Ok(status),
                 Err(RemoteError::Timeout { .. }) => {
                     return Err(format!("the activation did not finish within {} s", limit.as_secs()))
                 }
@@ -543,10 +522,6 @@ impl<'a> HostRun<'a> {
 /// the time the user's health checks may take.
 pub fn confirm_window(spec: &crate::inventory::HostSpec) -> u64 {
     spec.timeouts.confirm + spec.health_checks.iter().map(|c| c.timeout + c.period).sum::<u64>()
-}
-
-fn seen_counter() -> Arc<std::sync::atomic::AtomicUsize> {
-    Arc::new(std::sync::atomic::AtomicUsize::new(0))
 }
 
 /// What a final agent state means for the host. Pure, so it is tested

@@ -536,11 +536,17 @@ impl Remote {
         let mut child = c.spawn().await.map_err(|e| self.disconnected_or_io(&cmd, e))?;
         let stdout = child.stdout().take().expect("stdout is piped");
         let mut lines = BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(cmd.timeout, lines.next_line()).await;
-        match first {
-            Ok(Ok(Some(l))) if l.trim() == "locked" => return Ok(HostLock { _child: child }),
-            Err(_) => return Err(RemoteError::Timeout { cmd: "flock".into(), secs }),
-            _ => {}
+        // The holder names activation units of other runs that still go on,
+        // then says "locked".
+        let mut busy = Vec::new();
+        let deadline = tokio::time::Instant::now() + cmd.timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, lines.next_line()).await {
+                Ok(Ok(Some(l))) if l.trim() == "locked" => return Ok(HostLock { _child: child, busy }),
+                Ok(Ok(Some(l))) => busy.extend(l.strip_prefix("deploy-flake-busy ").map(String::from)),
+                Err(_) => return Err(RemoteError::Timeout { cmd: "flock".into(), secs }),
+                Ok(_) => break,
+            }
         }
         let status = tokio::time::timeout(Duration::from_secs(secs), child.wait()).await;
         match status {
@@ -580,6 +586,8 @@ async fn close_session(s: Option<Arc<Session>>) {
 /// The host lock; released when dropped (the remote holder sees EOF).
 pub struct HostLock {
     _child: openssh::Child<Arc<Session>>,
+    /// Activation units of other runs that were still going when we took it.
+    pub busy: Vec<String>,
 }
 
 pub fn store_uri(dest: &Destination) -> String {
