@@ -8,7 +8,10 @@
 #   - deployer CPU time: user+sys of deploy-flake and every child it waited
 #     for (nix, ssh clients), from getrusage(RUSAGE_CHILDREN),
 #   - ssh logins per host per deploy, counted on the targets
-#     ("Accepted publickey" in sshd's journal).
+#     ("Accepted publickey" in sshd's journal),
+#   - the targets' own CPU time (their cgroups' usage_usec): on this machine
+#     the targets share the cores with the deployer, which bounds the wall
+#     time of a large fleet from below.
 # Goals: N=8 within 2x of N=1 wall time; at most 2 logins per host per deploy.
 #
 #   bash bench/deploy.sh            (as root, after tests/prepare.sh)
@@ -43,12 +46,20 @@ print(f"{wall:.2f} {ru.ru_utime:.2f} {ru.ru_stime:.2f} {r.returncode}")
 PY
 }
 
+target_cpu() { # CPU seconds used so far by all targets of this benchmark
+    local total=0 name
+    for name in "${names[@]}"; do
+        total=$((total + $(sed -n 's/^usage_usec //p' "/sys/fs/cgroup/unified/deploy-flake-lab/$name/cpu.stat")))
+    done
+    awk -v t="$total" 'BEGIN { printf "%.2f", t / 1e6 }'
+}
+
 logins() { # total "Accepted publickey" lines on target $1
     ssh -i "$work/id_ed25519" -o UserKnownHostsFile="$work/known_hosts" -o BatchMode=yes \
         "root@10.77.$1.2" "journalctl -q --no-pager _COMM=sshd-session _COMM=sshd | grep -c 'Accepted publickey'" || echo 0
 }
 
-printf '%-6s %-5s %10s %10s %10s %16s\n' hosts rep wall_s user_s sys_s logins_per_host
+printf '%-6s %-5s %10s %10s %10s %14s %16s\n' hosts rep wall_s user_s sys_s targets_cpu_s logins_per_host
 declare -A wall_med
 for n in $SIZES; do
     names=()
@@ -78,12 +89,15 @@ for n in $SIZES; do
     for rep in $(seq 1 "$REPS"); do
         if ((rep % 2)); then write_hosts healthy-v2; else write_hosts healthy-v1; fi
         before=0; for idx in "${idxs[@]}"; do before=$((before + $(logins "$idx"))); done
+        cpu0=$(target_cpu)
         read -r wall user sys rc < <(measure "$bin" --all --flake "$flake")
+        cpu1=$(target_cpu)
         [ "$rc" = 0 ] || { echo "deploy failed (exit $rc)" >&2; exit 1; }
         after=0; for idx in "${idxs[@]}"; do after=$((after + $(logins "$idx"))); done
         # The counting itself is one login per host.
         per=$(awk -v a="$after" -v b="$before" -v n="$n" 'BEGIN { printf "%.2f", (a - b - n) / n }')
-        printf '%-6s %-5s %10s %10s %10s %16s\n' "$n" "$rep" "$wall" "$user" "$sys" "$per"
+        tcpu=$(awk -v a="$cpu1" -v b="$cpu0" 'BEGIN { printf "%.2f", a - b }')
+        printf '%-6s %-5s %10s %10s %10s %14s %16s\n' "$n" "$rep" "$wall" "$user" "$sys" "$tcpu" "$per"
         walls+=("$wall")
     done
     wall_med[$n]=$(printf '%s\n' "${walls[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')

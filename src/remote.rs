@@ -363,7 +363,7 @@ impl Remote {
         }
         let host = if d.host.contains(':') { format!("[{}]", d.host) } else { d.host.clone() };
         let secs = d.connect_timeout.max(1) + 5;
-        let session = match tokio::time::timeout(Duration::from_secs(secs), b.connect(&host)).await {
+        let session = match tokio::time::timeout(Duration::from_secs(secs), b.connect_mux(&host)).await {
             Err(_) => return Err(RemoteError::ConnectTimeout { dest: d.user_at_host(), secs: d.connect_timeout }),
             Ok(Err(e)) => {
                 return Err(RemoteError::Connect { dest: format!("{}:{}", d.user_at_host(), d.port), reason: error_chain(&e) })
