@@ -401,7 +401,10 @@ pub async fn local(
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
+        .kill_on_drop(true)
+        // Not in the terminal's process group: Ctrl-C is ours to handle
+        // (stop before activation), not a kill of a copy halfway.
+        .process_group(0);
     for (k, v) in env {
         c.env(k, v);
     }

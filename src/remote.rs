@@ -515,7 +515,9 @@ impl Remote {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .kill_on_drop(true)
+            // A Ctrl-C in the terminal must not kill the confirmation halfway.
+            .process_group(0);
         let out = match tokio::time::timeout(cmd.local_limit(), c.output()).await {
             Err(_) => return Err(RemoteError::Timeout { cmd: format!("fresh ssh login: {}", cmd.display()), secs: cmd.timeout.as_secs() }),
             Ok(r) => r?,
