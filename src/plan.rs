@@ -27,6 +27,13 @@ pub fn render(targets: &[Target], options: &Options) -> String {
         if options.preflight { "run" } else { "skip" },
         if options.force { "yes" } else { "no" },
     );
+    if let crate::pipeline::Mode::Rollback { to_generation } = options.mode {
+        let _ = writeln!(
+            out,
+            "rollback: each host returns to {} of its system profile (configuration and build below are not used)",
+            to_generation.map_or("the generation before the current one".to_string(), |g| format!("generation {g}"))
+        );
+    }
     for t in targets {
         out.push('\n');
         render_host(&mut out, t, &options.flake);
