@@ -186,6 +186,7 @@ watch() {
         esac
     done
     if [ -e "$rundir/log" ]; then sed -n "$((seen + 1)),\$p" "$rundir/log"; fi
+    echo "deploy-flake-previous $runid $(cat "$rundir/previous" 2> /dev/null)"
     echo "deploy-flake-status $runid $(cat "$rundir/status" 2> /dev/null)"
 }
 

@@ -570,16 +570,23 @@ pub async fn watch_agent(
     argv.extend(also_wait.map(String::from));
     let cmd = Cmd::new(argv).secs(secs);
     let marker = format!("deploy-flake-status {} ", run.id());
+    let previous_marker = format!("deploy-flake-previous {} ", run.id());
     let mut status = None;
-    r.stream(&cmd, |l| match l.strip_prefix(marker.as_str()) {
-        Some(rest) => status = Some(parse_status(rest)),
-        None => {
+    let mut previous = None;
+    r.stream(&cmd, |l| {
+        if let Some(rest) = l.strip_prefix(marker.as_str()) {
+            status = Some(parse_status(rest));
+        } else if let Some(rest) = l.strip_prefix(previous_marker.as_str()) {
+            previous = Some(rest.trim().to_string()).filter(|p| !p.is_empty());
+        } else {
             *seen += 1;
             on_line(l);
         }
     })
     .await?;
-    status.ok_or_else(|| RemoteError::Disconnected { cmd: "agent watch".into() })
+    let mut status = status.ok_or_else(|| RemoteError::Disconnected { cmd: "agent watch".into() })?;
+    status.previous = previous;
+    Ok(status)
 }
 
 /// The agent's status line: state and reason.
@@ -587,12 +594,14 @@ pub async fn watch_agent(
 pub struct AgentStatus {
     pub state: String,
     pub reason: String,
+    /// The system that ran before this run's activation, when recorded.
+    pub previous: Option<String>,
 }
 
 pub fn parse_status(line: &str) -> AgentStatus {
     let line = line.trim();
     let (state, reason) = line.split_once(' ').unwrap_or((line, ""));
-    AgentStatus { state: state.to_string(), reason: reason.to_string() }
+    AgentStatus { state: state.to_string(), reason: reason.to_string(), previous: None }
 }
 
 /// Create a marker file in the run dir (`abort`) with a reason in it.
@@ -678,7 +687,7 @@ mod tests {
         assert_eq!(parse_health("").state, "unknown");
         assert_eq!(
             parse_status("rolled-back no confirmation within 30s\n"),
-            AgentStatus { state: "rolled-back".into(), reason: "no confirmation within 30s".into() }
+            AgentStatus { state: "rolled-back".into(), reason: "no confirmation within 30s".into(), previous: None }
         );
     }
 

@@ -450,7 +450,9 @@ impl<'a> HostRun<'a> {
         } else {
             message
         };
-        End { outcome, system: None, message: Some(message) }
+        // Rolled back: the host runs what it ran before.
+        let system = if outcome == Outcome::RolledBack { s.previous.clone() } else { None };
+        End { outcome, system, message: Some(message) }
     }
 
     fn lost(&self, run: &RunDir, why: &str) -> End {
@@ -544,7 +546,7 @@ mod tests {
     use super::*;
 
     fn st(state: &str, reason: &str) -> AgentStatus {
-        AgentStatus { state: state.into(), reason: reason.into() }
+        AgentStatus { state: state.into(), reason: reason.into(), previous: None }
     }
 
     #[test]

@@ -125,6 +125,7 @@ fn unit_failing_during_test_is_rolled_back_and_boot_entry_untouched() {
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(run.outcome("h"), "rolled-back", "{run}");
     assert!(run.message("h").contains("exited with 4"), "{run}");
+    assert_eq!(run.system("h"), v1, "the report names the system the host is back on");
     assert!(run.lines("h").iter().any(|l| l.contains("failed units: demo-broken.service")), "{run}");
     assert_eq!(t.current_system(), Some(v1.clone()));
     assert_eq!(t.boot_profile(), Some(v1));

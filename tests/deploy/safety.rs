@@ -25,6 +25,7 @@ fn config_that_stops_sshd_is_rolled_back() {
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(run.outcome("h"), "rolled-back", "{run}");
     assert!(run.message("h").contains("fresh ssh login"), "{run}");
+    assert_eq!(run.system("h"), v1);
     assert!(run.elapsed < Duration::from_secs(10 + 30), "within the confirm timeout plus a margin: {:?}", run.elapsed);
     assert_back_on(t, &v1);
 }
