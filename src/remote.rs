@@ -19,7 +19,7 @@ use crate::inventory::HostSpec;
 /// What can go wrong talking to one host.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
-    #[error("cannot connect to {dest}: {reason}")]
+    #[error("cannot connect to {dest}: {reason}{}", connect_hint(reason, dest))]
     Connect { dest: String, reason: String },
     #[error("connecting to {dest} did not finish within {secs} s (timeouts.connect)")]
     ConnectTimeout { dest: String, secs: u64 },
@@ -608,6 +608,27 @@ pub fn store_uri(dest: &Destination) -> String {
     uri
 }
 
+/// What to do about a failed connection, from ssh's own words.
+pub fn connect_hint(reason: &str, dest: &str) -> String {
+    let hint = if reason.contains("Host key verification failed") || reason.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
+        format!(
+            "the host key of {dest} is not in known_hosts, or it changed; verify its fingerprint and add it \
+             (deploy-flake never turns host key checking off)"
+        )
+    } else if reason.contains("Permission denied") {
+        "the key was refused: check sshUser and that your key (or agent) is authorised on the host".to_string()
+    } else if reason.contains("Connection refused") {
+        "nothing listens there: check hostname, sshPort and that sshd runs".to_string()
+    } else if reason.contains("timed out") || reason.contains("No route to host") || reason.contains("unreachable") {
+        "the host is unreachable: check hostname and the network (timeouts.connect bounds the wait)".to_string()
+    } else if reason.contains("Could not resolve hostname") {
+        "the host name does not resolve: check hostname".to_string()
+    } else {
+        return String::new();
+    };
+    format!("\n  hint: {hint}")
+}
+
 /// `timeout` on the target exits 124 (137 after -k) when it stopped the command.
 fn check_remote_timeout(cmd: &Cmd, status: ExitStatus) -> Result<(), RemoteError> {
     if cmd.bounded && matches!(status.code(), Some(124) | Some(137)) {
@@ -689,6 +710,19 @@ mod tests {
         assert_eq!(store_uri(&Destination::from_spec(&spec)), "ssh-ng://root@web1");
         spec.ssh_user = "deploy".into();
         assert_eq!(store_uri(&Destination::from_spec(&spec)), "ssh-ng://deploy@web1?remote-program=sudo%20-n%20nix-daemon");
+    }
+
+    #[test]
+    fn connection_failures_come_with_a_hint() {
+        let e = RemoteError::Connect { dest: "root@web1:22".into(), reason: "Host key verification failed.".into() };
+        assert_eq!(
+            e.to_string(),
+            "cannot connect to root@web1:22: Host key verification failed.\n  hint: the host key of root@web1:22 is not in \
+             known_hosts, or it changed; verify its fingerprint and add it (deploy-flake never turns host key checking off)"
+        );
+        assert!(connect_hint("ssh: connect to host x port 22: Connection refused", "x").contains("sshPort"));
+        assert!(connect_hint("Permission denied (publickey).", "x").contains("sshUser"));
+        assert_eq!(connect_hint("something else", "x"), "");
     }
 
     #[test]

@@ -293,3 +293,27 @@ fn local_build_is_copied_and_activated() {
     // Built here: the target never saw the flake's source.
     assert_eq!(local.ssh_ok("ls -d /nix/store/*-source 2>/dev/null | wc -l"), "0");
 }
+
+/// A host whose key is not in known_hosts is refused (host key checking
+/// stays on) with a message that says what to do; nothing on it changes.
+#[test]
+fn unknown_host_key_is_refused_with_the_fix() {
+    let lab = Lab::boot(1, Suite::Trixie);
+    let t = &lab.targets[0];
+    let empty = lab.dir().join("empty_known_hosts");
+    std::fs::write(&empty, "").unwrap();
+    let entry = format!(
+        "  h = {{ hostname = \"{}\"; configuration = \"healthy-v1\"; sshOpts = [ \"-i\" \"{}\" \"-o\" \"UserKnownHostsFile={}\" ]; }};\n",
+        t.address,
+        lab.key_path().display(),
+        empty.display()
+    );
+    let f = flake(&lab, &[entry]);
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(run.report("h")["phase"], "connect");
+    let msg = run.message("h");
+    assert!(msg.contains("Host key verification failed") && msg.contains("never turns host key checking off"), "{msg}");
+    assert_eq!(t.current_system(), None, "nothing was activated");
+    assert_eq!(t.ssh_ok("ls /run/deploy-flake 2>/dev/null | wc -l"), "0", "nothing was written");
+}
