@@ -126,19 +126,8 @@ pub const TIMEOUT_PHASES: [&str; 9] = [
 impl Timeouts {
     /// The timeout of a phase by its schema name (`selfCheck`, not `self_check`).
     pub fn get(&self, phase: &str) -> Option<u64> {
-        let t = self;
-        Some(match phase {
-            "connect" => t.connect,
-            "lock" => t.lock,
-            "preflight" => t.preflight,
-            "copy" => t.copy,
-            "build" => t.build,
-            "selfCheck" => t.self_check,
-            "activate" => t.activate,
-            "confirm" => t.confirm,
-            "boot" => t.boot,
-            _ => return None,
-        })
+        let mut copy = *self;
+        copy.get_mut(phase).map(|v| *v)
     }
 
     /// Mutable access by schema name; `None` for an unknown phase.
