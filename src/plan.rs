@@ -104,11 +104,17 @@ pub fn ssh_destination(s: &HostSpec) -> String {
 /// `web1`, `"my host"`, `"a\${b}"`.
 pub fn nix_attr(name: &str) -> String {
     if crate::inventory::is_plain_nix_identifier(name) {
-        return name.to_string();
+        name.to_string()
+    } else {
+        nix_string(name)
     }
-    let mut q = String::with_capacity(name.len() + 2);
+}
+
+/// `s` as a Nix string literal.
+pub fn nix_string(s: &str) -> String {
+    let mut q = String::with_capacity(s.len() + 2);
     q.push('"');
-    let mut chars = name.chars().peekable();
+    let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
             '"' => q.push_str("\\\""),

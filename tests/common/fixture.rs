@@ -26,24 +26,7 @@ pub fn write_fixture(dir: &Path, hosts_nix: &str) {
 }
 
 /// `s` as a Nix string literal.
-pub fn nix_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '$' if chars.peek() == Some(&'{') => out.push_str("\\$"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
+pub use deploy_flake::plan::nix_string;
 
 /// The scenario names of tests/fixtures/scenarios.nix, sorted.
 pub fn scenario_names() -> Vec<String> {
