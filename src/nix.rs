@@ -12,6 +12,18 @@ use crate::remote::{tail_lines, Cmd, Remote, RemoteError};
 /// `--extra-experimental-features` value every nix call carries (Nix 2.8 and newer).
 pub const NIX_FEATURES: &str = "nix-command flakes";
 
+/// `nix --extra-experimental-features 'nix-command flakes' ARGS...`: how
+/// every nix command starts, here and on targets (Nix 2.8 needs the flag).
+pub fn nix_argv<I, S>(args: I) -> Vec<String>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    let mut v = vec!["nix".to_string(), "--extra-experimental-features".into(), NIX_FEATURES.into()];
+    v.extend(args.into_iter().map(Into::into));
+    v
+}
+
 /// Where the deployer keeps its root-only state on a target.
 pub const STATE_DIR: &str = "/run/deploy-flake";
 pub const SYSTEM_PROFILE: &str = "/nix/var/nix/profiles/system";
@@ -250,17 +262,7 @@ pub async fn copy_flake(
     secs: u64,
     on_line: &mut (dyn FnMut(&str) + Send),
 ) -> Result<StorePath, StepError> {
-    let argv = vec![
-        "nix".to_string(),
-        "--extra-experimental-features".into(),
-        NIX_FEATURES.into(),
-        "flake".into(),
-        "archive".into(),
-        "--json".into(),
-        "--to".into(),
-        r.store_uri(),
-        flake.into(),
-    ];
+    let argv = nix_argv(["flake".to_string(), "archive".into(), "--json".into(), "--to".into(), r.store_uri(), flake.into()]);
     let out = local(&argv, &[("NIX_SSHOPTS", r.nix_sshopts()?)], secs, on_line).await?;
     let parsed: ArchiveJson = serde_json::from_str(out.trim())
         .map_err(|e| StepError::Invalid(format!("unexpected output of nix flake archive --json: {e}")))?;
@@ -293,17 +295,7 @@ pub async fn build_on_target(
     on_line: &mut (dyn FnMut(&str) + Send),
 ) -> Result<StorePath, StepError> {
     let installable = toplevel_installable(&format!("path:{source}"), configuration)?;
-    let cmd = Cmd::new([
-        "nix",
-        "--extra-experimental-features",
-        NIX_FEATURES,
-        "build",
-        "--json",
-        "--out-link",
-        &run.file("toplevel"),
-        &installable,
-    ])
-    .secs(secs);
+    let cmd = Cmd::new(nix_argv(["build", "--json", "--out-link", &run.file("toplevel"), &installable])).secs(secs);
     // stdout carries the JSON; stderr is build progress for the user.
     let (out, err_lines) = run_splitting(r, &cmd, on_line).await?;
     if !out.success() {
@@ -325,16 +317,7 @@ pub async fn build_locally(
     on_line: &mut (dyn FnMut(&str) + Send),
 ) -> Result<StorePath, StepError> {
     let installable = toplevel_installable(flake, configuration)?;
-    let argv = vec![
-        "nix".to_string(),
-        "--extra-experimental-features".into(),
-        NIX_FEATURES.into(),
-        "build".into(),
-        "--json".into(),
-        "--out-link".into(),
-        gcroot.display().to_string(),
-        installable,
-    ];
+    let argv = nix_argv(["build".to_string(), "--json".into(), "--out-link".into(), gcroot.display().to_string(), installable]);
     let out = local(&argv, &[], secs, on_line).await?;
     parse_build_json(&out)
 }
@@ -348,17 +331,14 @@ pub async fn copy_closure(
     secs: u64,
     on_line: &mut (dyn FnMut(&str) + Send),
 ) -> Result<(), StepError> {
-    let argv = vec![
-        "nix".to_string(),
-        "--extra-experimental-features".into(),
-        NIX_FEATURES.into(),
-        "copy".into(),
+    let argv = nix_argv([
+        "copy".to_string(),
         "--no-check-sigs".into(),
         "--substitute-on-destination".into(),
         "--to".into(),
         r.store_uri(),
         path.to_string(),
-    ];
+    ]);
     local(&argv, &[("NIX_SSHOPTS", r.nix_sshopts()?)], secs, on_line).await?;
     Ok(())
 }
