@@ -57,7 +57,9 @@ pub enum Command {
     /// Return hosts to an earlier generation of their system profile (the
     /// one before the current, or --to-generation N), through the same
     /// test / confirm / boot steps as a deploy.
-    #[command(after_long_help = "Examples:\n  deploy-flake rollback web1\n  deploy-flake rollback --all --to-generation 41")]
+    #[command(
+        after_long_help = "Examples:\n  deploy-flake rollback web1\n  deploy-flake rollback --all --to-generation 41"
+    )]
     Rollback {
         #[command(flatten)]
         args: Args,
@@ -179,11 +181,7 @@ pub enum CliError {
     TimeoutSyntax(String),
 
     #[error("--timeout `{arg}`: unknown phase `{phase}`{hint}; phases: {}", TIMEOUT_PHASES.join(", "))]
-    TimeoutPhase {
-        arg: String,
-        phase: String,
-        hint: String,
-    },
+    TimeoutPhase { arg: String, phase: String, hint: String },
 
     #[error("--timeout `{0}`: seconds must be a whole number of at least 1")]
     TimeoutSeconds(String),
@@ -203,7 +201,9 @@ impl Cli {
     pub fn into_options(self) -> Result<Options, CliError> {
         match self.command {
             None => self.args.into_options(Mode::Deploy),
-            Some(Command::Rollback { args, to_generation }) => args.into_options(Mode::Rollback { to_generation }),
+            Some(Command::Rollback { args, to_generation }) => {
+                args.into_options(Mode::Rollback { to_generation })
+            }
         }
     }
 }
@@ -223,34 +223,20 @@ impl Args {
         };
         if let Some(path) = &self.pre_activate_script {
             if let Some(p) = inventory::self_check_problem(path) {
-                return Err(CliError::SelfCheck {
-                    path: path.clone(),
-                    problem: p.into(),
-                });
+                return Err(CliError::SelfCheck { path: path.clone(), problem: p.into() });
             }
         }
-        let timeouts = self
-            .timeouts
-            .iter()
-            .map(|a| parse_timeout(a))
-            .collect::<Result<Vec<_>, _>>()?;
+        let timeouts =
+            self.timeouts.iter().map(|a| parse_timeout(a)).collect::<Result<Vec<_>, _>>()?;
         if !self.all && self.hosts.is_empty() {
             return Err(CliError::NothingSelected);
         }
         Ok(Options {
             flake: self.flake,
-            selection: Selection {
-                hosts: self.hosts,
-                all: self.all,
-                exclude: self.exclude,
-            },
+            selection: Selection { hosts: self.hosts, all: self.all, exclude: self.exclude },
             max_parallel: (self.max_parallel > 0).then_some(self.max_parallel),
             dry_run: self.dry_run,
-            output: if self.json {
-                OutputFormat::Json
-            } else {
-                OutputFormat::Human
-            },
+            output: if self.json { OutputFormat::Json } else { OutputFormat::Human },
             force: self.force,
             preflight,
             self_check: self.pre_activate_script,
@@ -263,9 +249,7 @@ impl Args {
 /// `build=7200` -> `("build", 7200)`. Accepts `self-check`/`self_check` for
 /// `selfCheck`.
 pub fn parse_timeout(arg: &str) -> Result<(String, u64), CliError> {
-    let (phase, secs) = arg
-        .split_once('=')
-        .ok_or_else(|| CliError::TimeoutSyntax(arg.into()))?;
+    let (phase, secs) = arg.split_once('=').ok_or_else(|| CliError::TimeoutSyntax(arg.into()))?;
     let canonical = match phase {
         "self-check" | "self_check" | "selfcheck" => "selfCheck",
         p => p,
@@ -278,11 +262,7 @@ pub fn parse_timeout(arg: &str) -> Result<(String, u64), CliError> {
             .max_by(|a, b| a.0.total_cmp(&b.0))
             .map(|(_, p)| format!(" (did you mean `{p}`?)"))
             .unwrap_or_default();
-        return Err(CliError::TimeoutPhase {
-            arg: arg.into(),
-            phase: phase.into(),
-            hint,
-        });
+        return Err(CliError::TimeoutPhase { arg: arg.into(), phase: phase.into(), hint });
     }
     match secs.parse::<u64>() {
         Ok(n) if n >= 1 => Ok((canonical.to_string(), n)),

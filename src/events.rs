@@ -102,8 +102,14 @@ pub struct HostReport {
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
     /// The plan is fixed: these hosts, in this order.
-    RunStarted { run_id: String, hosts: Vec<String> },
-    PhaseStarted { host: String, phase: Phase },
+    RunStarted {
+        run_id: String,
+        hosts: Vec<String>,
+    },
+    PhaseStarted {
+        host: String,
+        phase: Phase,
+    },
     PhaseFinished {
         host: String,
         phase: Phase,
@@ -112,12 +118,24 @@ pub enum Event {
         duration: Duration,
     },
     /// A line printed by a remote or local command working for `host`.
-    Output { host: String, phase: Phase, line: String },
+    Output {
+        host: String,
+        phase: Phase,
+        line: String,
+    },
     /// A note from the engine about `host` (e.g. "reconnected").
-    Note { host: String, text: String },
+    Note {
+        host: String,
+        text: String,
+    },
     /// The target returned to its previous system.
-    RolledBack { host: String, reason: String },
-    HostFinished { report: HostReport },
+    RolledBack {
+        host: String,
+        reason: String,
+    },
+    HostFinished {
+        report: HostReport,
+    },
     RunFinished {
         reports: Vec<HostReport>,
         exit_code: u8,

@@ -40,17 +40,26 @@ pub async fn run_check(remote: &Remote, check: &HealthCheck) -> Result<(), Strin
 }
 
 async fn command_once(remote: &Remote, argv: &[String], left: Duration) -> Result<(), String> {
-    let out = remote.run(&Cmd::new(argv.iter().cloned()).timeout(left)).await.map_err(|e| e.to_string())?;
+    let out = remote
+        .run(&Cmd::new(argv.iter().cloned()).timeout(left))
+        .await
+        .map_err(|e| e.to_string())?;
     if out.success() {
         Ok(())
     } else {
-        Err(format!("exit {}: {}", out.code().map(|c| c.to_string()).unwrap_or_else(|| "signal".into()), out.tail()))
+        Err(format!(
+            "exit {}: {}",
+            out.code().map(|c| c.to_string()).unwrap_or_else(|| "signal".into()),
+            out.tail()
+        ))
     }
 }
 
 /// Split `http://host[:port]/path` into (host, port, path); IPv6 in brackets.
 pub fn parse_http_url(url: &str) -> Result<(String, u16, String), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -78,11 +87,13 @@ pub fn parse_http_url(url: &str) -> Result<(String, u16, String), String> {
 pub async fn http_get(url: &str, limit: Duration) -> Result<u16, String> {
     let (host, port, path) = parse_http_url(url)?;
     let fut = async {
-        let mut s = TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("connect to {host}:{port}: {e}"))?;
+        let mut s = TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
         let host_header = if host.contains(':') { format!("[{host}]") } else { host.clone() };
         let req = format!("GET {path} HTTP/1.0\r\nHost: {host_header}\r\nUser-Agent: deploy-flake\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
-        let mut head = vec![0u8; 64];
+        let mut head = [0u8; 64];
         let mut n = 0;
         while n < head.len() {
             let k = s.read(&mut head[n..]).await.map_err(|e| e.to_string())?;
@@ -100,7 +111,9 @@ pub async fn http_get(url: &str, limit: Duration) -> Result<u16, String> {
             .nth(1)
             .and_then(|c| c.parse::<u16>().ok())
             .filter(|_| line.starts_with("HTTP/"))
-            .ok_or_else(|| format!("not an HTTP response: {:?}", line.lines().next().unwrap_or("")))?;
+            .ok_or_else(|| {
+                format!("not an HTTP response: {:?}", line.lines().next().unwrap_or(""))
+            })?;
         Ok(code)
     };
     match tokio::time::timeout(limit, fut).await {
@@ -115,9 +128,18 @@ mod tests {
 
     #[test]
     fn urls_are_split() {
-        assert_eq!(parse_http_url("http://web1/health").unwrap(), ("web1".into(), 80, "/health".into()));
-        assert_eq!(parse_http_url("http://10.0.0.1:8080").unwrap(), ("10.0.0.1".into(), 8080, "/".into()));
-        assert_eq!(parse_http_url("http://[::1]:81/x?y").unwrap(), ("::1".into(), 81, "/x?y".into()));
+        assert_eq!(
+            parse_http_url("http://web1/health").unwrap(),
+            ("web1".into(), 80, "/health".into())
+        );
+        assert_eq!(
+            parse_http_url("http://10.0.0.1:8080").unwrap(),
+            ("10.0.0.1".into(), 8080, "/".into())
+        );
+        assert_eq!(
+            parse_http_url("http://[::1]:81/x?y").unwrap(),
+            ("::1".into(), 81, "/x?y".into())
+        );
         assert!(parse_http_url("https://x/").unwrap_err().contains("only http://"));
         assert!(parse_http_url("http://x:99999/").unwrap_err().contains("bad port"));
     }

@@ -111,17 +111,8 @@ impl HostSpec {
 }
 
 /// Names of the per-phase timeouts, as written in Nix and on the command line.
-pub const TIMEOUT_PHASES: [&str; 9] = [
-    "connect",
-    "lock",
-    "preflight",
-    "copy",
-    "build",
-    "selfCheck",
-    "activate",
-    "confirm",
-    "boot",
-];
+pub const TIMEOUT_PHASES: [&str; 9] =
+    ["connect", "lock", "preflight", "copy", "build", "selfCheck", "activate", "confirm", "boot"];
 
 impl Timeouts {
     /// The timeout of a phase by its schema name (`selfCheck`, not `self_check`).
@@ -243,12 +234,7 @@ pub async fn load(flake: &str, timeout: Duration) -> Result<Inventory, Inventory
     let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(Ok(out)) => out,
         Ok(Err(source)) => return Err(InventoryError::NixNotFound { source }),
-        Err(_) => {
-            return Err(InventoryError::Timeout {
-                flake: flake.to_string(),
-                after: timeout,
-            })
-        }
+        Err(_) => return Err(InventoryError::Timeout { flake: flake.to_string(), after: timeout }),
     };
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -264,16 +250,11 @@ pub async fn load(flake: &str, timeout: Duration) -> Result<Inventory, Inventory
 /// anything else the tail of Nix's own message.
 pub fn classify_eval_failure(flake: &str, stderr: &str) -> InventoryError {
     if stderr.contains("does not provide attribute") && stderr.contains("'deployFlake'") {
-        return InventoryError::NoDeployFlake {
-            flake: flake.to_string(),
-        };
+        return InventoryError::NoDeployFlake { flake: flake.to_string() };
     }
     let lines: Vec<&str> = stderr.trim_end().lines().collect();
     let start = lines.len().saturating_sub(STDERR_TAIL_LINES);
-    InventoryError::Eval {
-        flake: flake.to_string(),
-        stderr_tail: lines[start..].join("\n"),
-    }
+    InventoryError::Eval { flake: flake.to_string(), stderr_tail: lines[start..].join("\n") }
 }
 
 // ---------------------------------------------------------------------------
@@ -319,12 +300,10 @@ pub fn parse(json: &str) -> Result<Inventory, InventoryError> {
         path: ".hosts".into(),
         detail: "missing".into(),
     })?;
-    let hosts_obj = hosts_value
-        .as_object()
-        .ok_or_else(|| InventoryError::Malformed {
-            path: ".hosts".into(),
-            detail: "expected an attribute set of hosts".into(),
-        })?;
+    let hosts_obj = hosts_value.as_object().ok_or_else(|| InventoryError::Malformed {
+        path: ".hosts".into(),
+        detail: "expected an attribute set of hosts".into(),
+    })?;
     let mut hosts = BTreeMap::new();
     for (name, v) in hosts_obj {
         // One host at a time, so that a bad record names its host.
@@ -334,10 +313,7 @@ pub fn parse(json: &str) -> Result<Inventory, InventoryError> {
         })?;
         hosts.insert(name.clone(), spec);
     }
-    let inventory = Inventory {
-        schema_version: SCHEMA_VERSION,
-        hosts,
-    };
+    let inventory = Inventory { schema_version: SCHEMA_VERSION, hosts };
     validate(&inventory)?;
     Ok(inventory)
 }
@@ -374,11 +350,7 @@ pub fn validate_host(path: &str, spec: &HostSpec) -> Result<(), InventoryError> 
         ));
     }
     if spec.ssh_port == 0 {
-        return Err(bad(
-            "sshPort",
-            "0".into(),
-            "is not a port: use 1..65535".into(),
-        ));
+        return Err(bad("sshPort", "0".into(), "is not a port: use 1..65535".into()));
     }
     if let Some(p) = configuration_problem(&spec.configuration) {
         return Err(bad("configuration", quote(&spec.configuration), p.into()));
@@ -399,17 +371,24 @@ pub fn validate_host(path: &str, spec: &HostSpec) -> Result<(), InventoryError> 
         let field = format!("healthChecks.{i}");
         match (&c.command, &c.http) {
             (Some(argv), None) if !argv.is_empty() => {}
-            (None, Some(url)) if url.starts_with("http://") && !url.chars().any(|ch| ch.is_whitespace() || ch.is_control()) => {}
+            (None, Some(url))
+                if url.starts_with("http://")
+                    && !url.chars().any(|ch| ch.is_whitespace() || ch.is_control()) => {}
             _ => {
                 return Err(bad(
                     &field,
                     quote(&c.description),
-                    "needs exactly one of `command` (a non-empty argv) or `http` (an http:// URL)".into(),
+                    "needs exactly one of `command` (a non-empty argv) or `http` (an http:// URL)"
+                        .into(),
                 ))
             }
         }
         if c.period == 0 || c.timeout == 0 {
-            return Err(bad(&field, quote(&c.description), "period and timeout must be at least 1 second".into()));
+            return Err(bad(
+                &field,
+                quote(&c.description),
+                "period and timeout must be at least 1 second".into(),
+            ));
         }
     }
     for (i, opt) in spec.ssh_opts.iter().enumerate() {

@@ -19,7 +19,8 @@ where
     I: IntoIterator<Item = S>,
     S: Into<String>,
 {
-    let mut v = vec!["nix".to_string(), "--extra-experimental-features".into(), NIX_FEATURES.into()];
+    let mut v =
+        vec!["nix".to_string(), "--extra-experimental-features".into(), NIX_FEATURES.into()];
     v.extend(args.into_iter().map(Into::into));
     v
 }
@@ -121,7 +122,10 @@ pub struct RunDir {
 impl RunDir {
     pub fn new(run_id: &str) -> RunDir {
         let hash = hex(&Sha256::digest(AGENT.as_bytes()))[..16].to_string();
-        RunDir { dir: format!("{STATE_DIR}/runs/{run_id}"), agent: format!("{STATE_DIR}/agent-{hash}.sh") }
+        RunDir {
+            dir: format!("{STATE_DIR}/runs/{run_id}"),
+            agent: format!("{STATE_DIR}/agent-{hash}.sh"),
+        }
     }
 
     pub fn file(&self, name: &str) -> String {
@@ -146,13 +150,25 @@ fn hex(bytes: &[u8]) -> String {
 /// Create the root-only state directories (this run's is new: nothing from
 /// an earlier run can be mistaken for ours) and install the agent.
 pub async fn install_agent(r: &Remote, run: &RunDir, secs: u64) -> Result<(), StepError> {
-    let dirs = Cmd::new(["install", "-d", "-m", "0700", STATE_DIR, &format!("{STATE_DIR}/runs"), &run.dir]).secs(secs);
+    let dirs = Cmd::new([
+        "install",
+        "-d",
+        "-m",
+        "0700",
+        STATE_DIR,
+        &format!("{STATE_DIR}/runs"),
+        &run.dir,
+    ])
+    .secs(secs);
     let out = r.run(&dirs).await?;
     if !out.success() {
         return Err(failed("install -d state dirs", &out));
     }
     let out = r
-        .run_with_stdin(&Cmd::new(["dd", &format!("of={}", run.agent), "status=none"]).secs(secs), Some(AGENT.as_bytes()))
+        .run_with_stdin(
+            &Cmd::new(["dd", &format!("of={}", run.agent), "status=none"]).secs(secs),
+            Some(AGENT.as_bytes()),
+        )
         .await?;
     if !out.success() {
         return Err(failed("install agent", &out));
@@ -164,13 +180,15 @@ pub async fn install_agent(r: &Remote, run: &RunDir, secs: u64) -> Result<(), St
 fn answers<'a>(stdout: &'a str, key: &str) -> impl Iterator<Item = &'a str> {
     let prefix = format!("deploy-flake-{key} ");
     let bare = format!("deploy-flake-{key}");
-    stdout.lines().filter_map(move |l| {
-        if l == bare {
-            Some("")
-        } else {
-            l.strip_prefix(prefix.as_str())
-        }
-    })
+    stdout.lines().filter_map(
+        move |l| {
+            if l == bare {
+                Some("")
+            } else {
+                l.strip_prefix(prefix.as_str())
+            }
+        },
+    )
 }
 
 fn answer(stdout: &str, key: &str) -> Option<String> {
@@ -203,7 +221,11 @@ impl Health {
 /// `systemctl is-system-running --wait` (bounded by `secs`) and the failed
 /// units, in one round trip through the agent.
 pub async fn system_health(r: &Remote, run: &RunDir, secs: u64) -> Result<Health, StepError> {
-    let out = r.run(&Cmd::new(["/bin/sh", run.agent.as_str(), "health", &secs.to_string()]).secs(secs + 10)).await?;
+    let out = r
+        .run(
+            &Cmd::new(["/bin/sh", run.agent.as_str(), "health", &secs.to_string()]).secs(secs + 10),
+        )
+        .await?;
     Ok(parse_health(&out.stdout))
 }
 
@@ -237,8 +259,15 @@ pub fn parse_facts(stdout: &str) -> Facts {
 }
 
 /// One round trip: running and boot systems, and what `toplevel` offers.
-pub async fn facts(r: &Remote, run: &RunDir, toplevel: &StorePath, self_check: Option<&str>, secs: u64) -> Result<Facts, StepError> {
-    let mut argv = vec!["/bin/sh".to_string(), run.agent.clone(), "facts".into(), toplevel.to_string()];
+pub async fn facts(
+    r: &Remote,
+    run: &RunDir,
+    toplevel: &StorePath,
+    self_check: Option<&str>,
+    secs: u64,
+) -> Result<Facts, StepError> {
+    let mut argv =
+        vec!["/bin/sh".to_string(), run.agent.clone(), "facts".into(), toplevel.to_string()];
     argv.extend(self_check.map(String::from));
     let out = r.run(&Cmd::new(argv).secs(secs)).await?;
     if !out.success() {
@@ -262,10 +291,18 @@ pub async fn copy_flake(
     secs: u64,
     on_line: &mut (dyn FnMut(&str) + Send),
 ) -> Result<StorePath, StepError> {
-    let argv = nix_argv(["flake".to_string(), "archive".into(), "--json".into(), "--to".into(), r.store_uri(), flake.into()]);
+    let argv = nix_argv([
+        "flake".to_string(),
+        "archive".into(),
+        "--json".into(),
+        "--to".into(),
+        r.store_uri(),
+        flake.into(),
+    ]);
     let out = local(&argv, &[("NIX_SSHOPTS", r.nix_sshopts()?)], secs, on_line).await?;
-    let parsed: ArchiveJson = serde_json::from_str(out.trim())
-        .map_err(|e| StepError::Invalid(format!("unexpected output of nix flake archive --json: {e}")))?;
+    let parsed: ArchiveJson = serde_json::from_str(out.trim()).map_err(|e| {
+        StepError::Invalid(format!("unexpected output of nix flake archive --json: {e}"))
+    })?;
     StorePath::parse(&parsed.path)
 }
 
@@ -295,7 +332,9 @@ pub async fn build_on_target(
     on_line: &mut (dyn FnMut(&str) + Send),
 ) -> Result<StorePath, StepError> {
     let installable = toplevel_installable(&format!("path:{source}"), configuration)?;
-    let cmd = Cmd::new(nix_argv(["build", "--json", "--out-link", &run.file("toplevel"), &installable])).secs(secs);
+    let cmd =
+        Cmd::new(nix_argv(["build", "--json", "--out-link", &run.file("toplevel"), &installable]))
+            .secs(secs);
     // stdout carries the JSON; stderr is build progress for the user.
     let (out, err_lines) = run_splitting(r, &cmd, on_line).await?;
     if !out.success() {
@@ -317,7 +356,13 @@ pub async fn build_locally(
     on_line: &mut (dyn FnMut(&str) + Send),
 ) -> Result<StorePath, StepError> {
     let installable = toplevel_installable(flake, configuration)?;
-    let argv = nix_argv(["build".to_string(), "--json".into(), "--out-link".into(), gcroot.display().to_string(), installable]);
+    let argv = nix_argv([
+        "build".to_string(),
+        "--json".into(),
+        "--out-link".into(),
+        gcroot.display().to_string(),
+        installable,
+    ]);
     let out = local(&argv, &[], secs, on_line).await?;
     parse_build_json(&out)
 }
@@ -344,8 +389,21 @@ pub async fn copy_closure(
 }
 
 /// Register a GC root for a path copied to the target.
-pub async fn add_root(r: &Remote, path: &StorePath, run: &RunDir, secs: u64) -> Result<(), StepError> {
-    let cmd = Cmd::new(["nix-store", "--realise", path.as_str(), "--add-root", &run.file("toplevel"), "--indirect"]).secs(secs);
+pub async fn add_root(
+    r: &Remote,
+    path: &StorePath,
+    run: &RunDir,
+    secs: u64,
+) -> Result<(), StepError> {
+    let cmd = Cmd::new([
+        "nix-store",
+        "--realise",
+        path.as_str(),
+        "--add-root",
+        &run.file("toplevel"),
+        "--indirect",
+    ])
+    .secs(secs);
     let out = r.run(&cmd).await?;
     if !out.success() {
         return Err(failed("nix-store --add-root", &out));
@@ -390,7 +448,8 @@ pub async fn local(
     }
     let display = argv.iter().take(5).cloned().collect::<Vec<_>>().join(" ");
     let fut = async {
-        let mut child = c.spawn().map_err(|e| StepError::Invalid(format!("cannot run {}: {e}", argv[0])))?;
+        let mut child =
+            c.spawn().map_err(|e| StepError::Invalid(format!("cannot run {}: {e}", argv[0])))?;
         let mut stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         let reader = tokio::spawn(async move {
@@ -455,24 +514,31 @@ pub fn choose_generation(gens: &[(u32, bool)], requested: Option<u32>) -> Result
         )),
         None => {
             let current = current.ok_or("the system profile has no current generation")?;
-            gens.iter()
-                .map(|g| g.0)
-                .filter(|&n| n < current)
-                .max()
-                .ok_or_else(|| format!("generation {current} is the oldest: there is nothing to roll back to"))
+            gens.iter().map(|g| g.0).filter(|&n| n < current).max().ok_or_else(|| {
+                format!("generation {current} is the oldest: there is nothing to roll back to")
+            })
         }
     }
 }
 
 /// The generation to return to and its system.
-pub async fn pick_generation(r: &Remote, requested: Option<u32>, secs: u64) -> Result<(u32, StorePath), StepError> {
-    let out = r.run(&Cmd::new(["nix-env", "-p", SYSTEM_PROFILE, "--list-generations"]).secs(secs)).await?;
+pub async fn pick_generation(
+    r: &Remote,
+    requested: Option<u32>,
+    secs: u64,
+) -> Result<(u32, StorePath), StepError> {
+    let out = r
+        .run(&Cmd::new(["nix-env", "-p", SYSTEM_PROFILE, "--list-generations"]).secs(secs))
+        .await?;
     if !out.success() {
         return Err(failed("nix-env --list-generations", &out));
     }
-    let n = choose_generation(&parse_generations(&out.stdout), requested).map_err(StepError::Invalid)?;
+    let n = choose_generation(&parse_generations(&out.stdout), requested)
+        .map_err(StepError::Invalid)?;
     let link = format!("{SYSTEM_PROFILE}-{n}-link");
-    let path = resolve(r, &link, secs).await?.ok_or_else(|| StepError::Invalid(format!("{link} does not exist")))?;
+    let path = resolve(r, &link, secs)
+        .await?
+        .ok_or_else(|| StepError::Invalid(format!("{link} does not exist")))?;
     Ok((n, StorePath::parse(&path)?))
 }
 
@@ -514,7 +580,13 @@ pub async fn self_check(
 
 /// Start an agent action as a transient systemd unit (it survives the ssh
 /// connection that started it).
-pub async fn start_agent(r: &Remote, run: &RunDir, action: &str, args: &[String], secs: u64) -> Result<String, StepError> {
+pub async fn start_agent(
+    r: &Remote,
+    run: &RunDir,
+    action: &str,
+    args: &[String],
+    secs: u64,
+) -> Result<String, StepError> {
     let unit = run.unit(action);
     let mut argv = vec![
         "systemd-run".to_string(),
@@ -546,7 +618,13 @@ pub async fn watch_agent(
     secs: u64,
     on_line: &mut (dyn FnMut(&str) + Send),
 ) -> Result<AgentStatus, RemoteError> {
-    let mut argv = vec!["/bin/sh".to_string(), run.agent.clone(), "watch".into(), run.dir.clone(), seen.to_string()];
+    let mut argv = vec![
+        "/bin/sh".to_string(),
+        run.agent.clone(),
+        "watch".into(),
+        run.dir.clone(),
+        seen.to_string(),
+    ];
     argv.extend(also_wait.map(String::from));
     let cmd = Cmd::new(argv).secs(secs);
     let marker = format!("deploy-flake-status {} ", run.id());
@@ -564,7 +642,8 @@ pub async fn watch_agent(
         }
     })
     .await?;
-    let mut status = status.ok_or_else(|| RemoteError::Disconnected { cmd: "agent watch".into() })?;
+    let mut status =
+        status.ok_or_else(|| RemoteError::Disconnected { cmd: "agent watch".into() })?;
     status.previous = previous;
     Ok(status)
 }
@@ -585,7 +664,13 @@ pub fn parse_status(line: &str) -> AgentStatus {
 }
 
 /// Create a marker file in the run dir (`abort`) with a reason in it.
-pub async fn signal_agent(r: &Remote, run: &RunDir, name: &str, reason: &str, secs: u64) -> Result<(), StepError> {
+pub async fn signal_agent(
+    r: &Remote,
+    run: &RunDir,
+    name: &str,
+    reason: &str,
+    secs: u64,
+) -> Result<(), StepError> {
     let cmd = Cmd::new(["dd", &format!("of={}", run.file(name)), "status=none"]).secs(secs);
     r.run_with_stdin(&cmd, Some(reason.as_bytes())).await?;
     Ok(())
@@ -603,7 +688,8 @@ mod tests {
 
     #[test]
     fn store_paths_are_validated() {
-        assert!(StorePath::parse("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-web1").is_ok());
+        assert!(StorePath::parse("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-web1")
+            .is_ok());
         assert!(StorePath::parse("/nix/store/short-x").is_err());
         assert!(StorePath::parse("/tmp/0123456789abcdfghijklmnpqrsvwxyz-x").is_err());
         assert!(StorePath::parse("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-x/bin").is_err());
@@ -620,13 +706,19 @@ mod tests {
             toplevel_installable(".", "my host$(x)").unwrap(),
             ".#nixosConfigurations.%22my%20host%24%28x%29%22.config.system.build.toplevel"
         );
-        assert!(toplevel_installable(".", "a\"b").unwrap_err().to_string().contains("rename the nixosConfigurations attribute"));
+        assert!(toplevel_installable(".", "a\"b")
+            .unwrap_err()
+            .to_string()
+            .contains("rename the nixosConfigurations attribute"));
     }
 
     #[test]
     fn build_json_gives_the_out_path() {
         let j = r#"[{"drvPath":"/nix/store/0123456789abcdfghijklmnpqrsvwxyz-t.drv","outputs":{"out":"/nix/store/0123456789abcdfghijklmnpqrsvwxyz-t"}}]"#;
-        assert_eq!(parse_build_json(j).unwrap().as_str(), "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-t");
+        assert_eq!(
+            parse_build_json(j).unwrap().as_str(),
+            "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-t"
+        );
         assert!(parse_build_json("[]").is_err());
     }
 
@@ -638,7 +730,10 @@ mod tests {
         assert_eq!(choose_generation(&gens, None), Ok(2));
         assert_eq!(choose_generation(&gens, Some(1)), Ok(1));
         assert_eq!(choose_generation(&gens, Some(5)), Ok(5));
-        assert_eq!(choose_generation(&gens, Some(4)), Err("generation 4 is already the current one".into()));
+        assert_eq!(
+            choose_generation(&gens, Some(4)),
+            Err("generation 4 is already the current one".into())
+        );
         assert_eq!(
             choose_generation(&gens, Some(3)),
             Err("generation 3 does not exist; the system profile has generations 1, 2, 4, 5".into())
@@ -647,7 +742,10 @@ mod tests {
             choose_generation(&[(1, true)], None),
             Err("generation 1 is the oldest: there is nothing to roll back to".into())
         );
-        assert_eq!(choose_generation(&[], None), Err("the system profile has no current generation".into()));
+        assert_eq!(
+            choose_generation(&[], None),
+            Err("the system profile has no current generation".into())
+        );
     }
 
     #[test]
@@ -658,16 +756,32 @@ mod tests {
         );
         assert_eq!(
             facts,
-            Facts { current: Some("/nix/store/a-sys".into()), profile: None, switchable: true, self_check: None, systemd: true }
+            Facts {
+                current: Some("/nix/store/a-sys".into()),
+                profile: None,
+                switchable: true,
+                self_check: None,
+                systemd: true
+            }
         );
         let h = parse_health("deploy-flake-state degraded\ndeploy-flake-failed a.service\ndeploy-flake-failed b.service\n");
-        assert_eq!(h, Health { state: "degraded".into(), failed_units: vec!["a.service".into(), "b.service".into()] });
+        assert_eq!(
+            h,
+            Health {
+                state: "degraded".into(),
+                failed_units: vec!["a.service".into(), "b.service".into()]
+            }
+        );
         assert_eq!(h.describe(), "system is degraded (failed units: a.service, b.service)");
         assert!(!h.is_running());
         assert_eq!(parse_health("").state, "unknown");
         assert_eq!(
             parse_status("rolled-back no confirmation within 30s\n"),
-            AgentStatus { state: "rolled-back".into(), reason: "no confirmation within 30s".into(), previous: None }
+            AgentStatus {
+                state: "rolled-back".into(),
+                reason: "no confirmation within 30s".into(),
+                previous: None
+            }
         );
     }
 

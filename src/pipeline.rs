@@ -48,7 +48,15 @@ pub enum Mode {
 /// Deploy one host and say how it ended. Never panics on remote trouble:
 /// every failure becomes a report.
 pub async fn deploy(target: &Target, ctx: &Context) -> HostReport {
-    let mut h = HostRun { target, ctx, started: Instant::now(), phase: None, phase_open: false, phase_started: Instant::now(), agent_started: false };
+    let mut h = HostRun {
+        target,
+        ctx,
+        started: Instant::now(),
+        phase: None,
+        phase_open: false,
+        phase_started: Instant::now(),
+        agent_started: false,
+    };
     let result = h.run().await;
     h.finish(result)
 }
@@ -200,13 +208,15 @@ impl<'a> HostRun<'a> {
                 }
                 Err(end) => return end,
             },
-            Mode::Rollback { to_generation } => match nix::pick_generation(remote, to_generation, 30).await {
-                Ok((n, p)) => {
-                    self.note(format!("returning to generation {n}: {p}"));
-                    (p, Some(n))
+            Mode::Rollback { to_generation } => {
+                match nix::pick_generation(remote, to_generation, 30).await {
+                    Ok((n, p)) => {
+                        self.note(format!("returning to generation {n}: {p}"));
+                        (p, Some(n))
+                    }
+                    Err(e) => return End::unchanged(format!("rollback: {e}")),
                 }
-                Err(e) => return End::unchanged(format!("rollback: {e}")),
-            },
+            }
         };
         let configured = self.ctx.self_check.clone().or_else(|| spec.self_check.clone());
         let facts = match nix::facts(remote, run, &toplevel, configured.as_deref(), 30).await {
@@ -239,14 +249,21 @@ impl<'a> HostRun<'a> {
         // 6. self-check: a failing check stops the host unchanged. A
         // rollback returns to a system that already ran here: no check.
         if generation.is_none() {
-            if let Err(end) = self.self_check(remote, configured.as_deref(), facts.self_check.as_deref(), &toplevel).await {
+            if let Err(end) = self
+                .self_check(remote, configured.as_deref(), facts.self_check.as_deref(), &toplevel)
+                .await
+            {
                 return end;
             }
         }
 
         // Ctrl-C: a host that has not started activating stays as it is.
         if self.ctx.interrupted.load(Ordering::SeqCst) {
-            return End { outcome: Outcome::Cancelled, system: None, message: Some("interrupted before activation; nothing changed".into()) };
+            return End {
+                outcome: Outcome::Cancelled,
+                system: None,
+                message: Some("interrupted before activation; nothing changed".into()),
+            };
         }
 
         // 7. activate: from here on the agent owns the outcome.
@@ -266,7 +283,9 @@ impl<'a> HostRun<'a> {
         self.start(Phase::SelfCheck);
         let Some(script) = found else {
             if let Some(rel) = configured {
-                return Err(End::unchanged(format!("self-check: {rel} is not an executable inside {toplevel}")));
+                return Err(End::unchanged(format!(
+                    "self-check: {rel} is not an executable inside {toplevel}"
+                )));
             }
             self.note("no self-check in this system");
             return Ok(());
@@ -311,7 +330,16 @@ impl<'a> HostRun<'a> {
                 // The activation outlived its timeout from our side: ask
                 // the agent to stop it and roll back, then wait for that.
                 let _ = nix::signal_agent(remote, run, "abort", &why, 30).await;
-                match self.settle(remote, run, &mut seen, None, Duration::from_secs(t.activate + t.confirm + 60)).await {
+                match self
+                    .settle(
+                        remote,
+                        run,
+                        &mut seen,
+                        None,
+                        Duration::from_secs(t.activate + t.confirm + 60),
+                    )
+                    .await
+                {
                     Ok(s) => s,
                     Err(e) => return self.lost(run, &e),
                 }
@@ -330,7 +358,13 @@ impl<'a> HostRun<'a> {
             let _ = nix::signal_agent(remote, run, "abort", reason, 10).await;
         }
         let status = match self
-            .settle(remote, run, &mut seen, Some("awaiting-confirmation"), Duration::from_secs(confirm_window(spec) + t.activate + 60))
+            .settle(
+                remote,
+                run,
+                &mut seen,
+                Some("awaiting-confirmation"),
+                Duration::from_secs(confirm_window(spec) + t.activate + 60),
+            )
             .await
         {
             Ok(s) => s,
@@ -346,20 +380,34 @@ impl<'a> HostRun<'a> {
 
     /// Copy the flake and build the system on the target, or build here and
     /// copy the closure (`buildOn = "local"`). Nothing on the host changes.
-    async fn copy_and_build(&mut self, remote: &mut Remote, run: &RunDir) -> Result<StorePath, End> {
+    async fn copy_and_build(
+        &mut self,
+        remote: &mut Remote,
+        run: &RunDir,
+    ) -> Result<StorePath, End> {
         let spec = &self.target.spec;
         let t = spec.timeouts;
         let p = match spec.build_on {
             BuildOn::Target => {
                 self.start(Phase::Copy);
                 let mut lines = self.lines();
-                let source = match nix::copy_flake(remote, &self.ctx.flake, t.copy, &mut lines).await {
-                    Ok(s) => s,
-                    Err(e) => return Err(End::unchanged(format!("copy: {e}"))),
-                };
+                let source =
+                    match nix::copy_flake(remote, &self.ctx.flake, t.copy, &mut lines).await {
+                        Ok(s) => s,
+                        Err(e) => return Err(End::unchanged(format!("copy: {e}"))),
+                    };
                 self.start(Phase::Build);
                 let mut lines = self.lines();
-                match nix::build_on_target(remote, &source, &spec.configuration, run, t.build, &mut lines).await {
+                match nix::build_on_target(
+                    remote,
+                    &source,
+                    &spec.configuration,
+                    run,
+                    t.build,
+                    &mut lines,
+                )
+                .await
+                {
                     Ok(p) => p,
                     Err(e) => return Err(End::unchanged(format!("build: {e}"))),
                 }
@@ -371,7 +419,15 @@ impl<'a> HostRun<'a> {
                     Err(e) => return Err(End::unchanged(format!("build: {e}"))),
                 };
                 let mut lines = self.lines();
-                let p = match nix::build_locally(&self.ctx.flake, &spec.configuration, &gc.path().join("result"), t.build, &mut lines).await {
+                let p = match nix::build_locally(
+                    &self.ctx.flake,
+                    &spec.configuration,
+                    &gc.path().join("result"),
+                    t.build,
+                    &mut lines,
+                )
+                .await
+                {
                     Ok(p) => p,
                     Err(e) => return Err(End::unchanged(format!("build: {e}"))),
                 };
@@ -392,7 +448,9 @@ impl<'a> HostRun<'a> {
     /// Health checks over the master, then the confirmation over a fresh login.
     async fn check_and_confirm(&self, remote: &Remote, run: &RunDir) -> Result<(), String> {
         let t = self.target.spec.timeouts;
-        let health = nix::system_health(remote, run, t.confirm.max(5)).await.map_err(|e| format!("health check: {e}"))?;
+        let health = nix::system_health(remote, run, t.confirm.max(5))
+            .await
+            .map_err(|e| format!("health check: {e}"))?;
         if !health.is_running() {
             return Err(format!("health check: {}", health.describe()));
         }
@@ -410,7 +468,14 @@ impl<'a> HostRun<'a> {
 
     /// `seen`: the lines of the run's log already shown (the boot log
     /// continues the activation's).
-    async fn boot(&mut self, remote: &mut Remote, run: &RunDir, toplevel: &StorePath, generation: Option<u32>, mut seen: usize) -> End {
+    async fn boot(
+        &mut self,
+        remote: &mut Remote,
+        run: &RunDir,
+        toplevel: &StorePath,
+        generation: Option<u32>,
+        mut seen: usize,
+    ) -> End {
         self.start(Phase::Boot);
         let t = self.target.spec.timeouts;
         let mut args = vec![run.dir.clone(), toplevel.to_string()];
@@ -421,7 +486,10 @@ impl<'a> HostRun<'a> {
         self.agent_started = true;
         // Until the boot agent writes its first state, the activation's
         // "confirmed" is still there: keep waiting through it.
-        match self.settle(remote, run, &mut seen, Some("confirmed"), Duration::from_secs(t.boot)).await {
+        match self
+            .settle(remote, run, &mut seen, Some("confirmed"), Duration::from_secs(t.boot))
+            .await
+        {
             Ok(s) if s.state == "booted" => End::ok(Outcome::Deployed, toplevel),
             Ok(s) => self.boot_failed(toplevel, &format!("{} {}", s.state, s.reason)),
             Err(e) => self.boot_failed(toplevel, &e),
@@ -443,7 +511,10 @@ impl<'a> HostRun<'a> {
     fn agent_end(&self, run: &RunDir, s: &AgentStatus) -> End {
         let (outcome, message) = agent_outcome(s);
         if outcome == Outcome::RolledBack {
-            self.emit(Event::RolledBack { host: self.name().to_string(), reason: s.reason.clone() });
+            self.emit(Event::RolledBack {
+                host: self.name().to_string(),
+                reason: s.reason.clone(),
+            });
         }
         let message = if outcome == Outcome::Unknown {
             format!("{message}; inspect with `cat {}/log` and `readlink /run/current-system` on the host", run.dir)
@@ -484,11 +555,16 @@ impl<'a> HostRun<'a> {
                 return Err(format!("the agent did not settle within {} s", limit.as_secs()));
             }
             let mut lines = self.lines();
-            let watched = nix::watch_agent(remote, run, seen, also_wait, left.as_secs().max(1), &mut lines).await;
+            let watched =
+                nix::watch_agent(remote, run, seen, also_wait, left.as_secs().max(1), &mut lines)
+                    .await;
             match watched {
                 Ok(status) => return Ok(status),
                 Err(RemoteError::Timeout { .. }) => {
-                    return Err(format!("the activation did not finish within {} s", limit.as_secs()))
+                    return Err(format!(
+                        "the activation did not finish within {} s",
+                        limit.as_secs()
+                    ))
                 }
                 Err(e) => {
                     if !self.reattach(remote, deadline, &e.to_string()).await {
@@ -552,9 +628,19 @@ mod tests {
     #[test]
     fn agent_states_map_to_outcomes() {
         let table = [
-            ("rolled-back", "no confirmation within 30s", Outcome::RolledBack, "rolled back: no confirmation within 30s"),
+            (
+                "rolled-back",
+                "no confirmation within 30s",
+                Outcome::RolledBack,
+                "rolled back: no confirmation within 30s",
+            ),
             ("rollback-failed", "x", Outcome::Unknown, "ROLLBACK FAILED: x"),
-            ("failed", "switch-to-configuration test exited with 4 (a unit failed)", Outcome::Failed, "activation failed and magicRollback is off"),
+            (
+                "failed",
+                "switch-to-configuration test exited with 4 (a unit failed)",
+                Outcome::Failed,
+                "activation failed and magicRollback is off",
+            ),
             ("activating", "", Outcome::Unknown, "unexpected state `activating"),
         ];
         for (state, reason, outcome, msg) in table {

@@ -21,9 +21,7 @@ pub fn render(targets: &[Target], options: &Options) -> String {
     let _ = writeln!(
         out,
         "parallel: {}; preflight: {}; force: {}",
-        options
-            .max_parallel
-            .map_or("unlimited".to_string(), |m| m.to_string()),
+        options.max_parallel.map_or("unlimited".to_string(), |m| m.to_string()),
         if options.preflight { "run" } else { "skip" },
         if options.force { "yes" } else { "no" },
     );
@@ -60,18 +58,12 @@ fn render_host(out: &mut String, t: &Target, flake: &str) {
     let _ = writeln!(
         out,
         "  self-check:    {}",
-        s.self_check
-            .as_deref()
-            .unwrap_or("pre-activate-safety-checks, if present")
+        s.self_check.as_deref().unwrap_or("pre-activate-safety-checks, if present")
     );
     let _ = writeln!(
         out,
         "  rollback:      {}",
-        if s.magic_rollback {
-            "automatic unless confirmed"
-        } else {
-            "off"
-        }
+        if s.magic_rollback { "automatic unless confirmed" } else { "off" }
     );
     if !s.tags.is_empty() {
         let _ = writeln!(out, "  tags:          {}", s.tags.join(", "));

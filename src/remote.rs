@@ -217,7 +217,12 @@ impl Destination {
             v.push("--".into());
         }
         if cmd.bounded {
-            v.extend(["timeout".to_string(), "-k".into(), "5".into(), cmd.timeout.as_secs().max(1).to_string()]);
+            v.extend([
+                "timeout".to_string(),
+                "-k".into(),
+                "5".into(),
+                cmd.timeout.as_secs().max(1).to_string(),
+            ]);
         }
         v.extend(cmd.argv.iter().cloned());
         v
@@ -332,7 +337,8 @@ impl Remote {
             if let Some(home) = std::env::var_os("HOME") {
                 let user_cfg = Path::new(&home).join(".ssh/config");
                 if user_cfg.exists() {
-                    lines.push(format!("Include {}", quote_config(&user_cfg.display().to_string())));
+                    lines
+                        .push(format!("Include {}", quote_config(&user_cfg.display().to_string())));
                 }
             }
             if Path::new("/etc/ssh/ssh_config").exists() {
@@ -363,13 +369,22 @@ impl Remote {
         }
         let host = if d.host.contains(':') { format!("[{}]", d.host) } else { d.host.clone() };
         let secs = d.connect_timeout.max(1) + 5;
-        let session = match tokio::time::timeout(Duration::from_secs(secs), b.connect_mux(&host)).await {
-            Err(_) => return Err(RemoteError::ConnectTimeout { dest: d.user_at_host(), secs: d.connect_timeout }),
-            Ok(Err(e)) => {
-                return Err(RemoteError::Connect { dest: format!("{}:{}", d.user_at_host(), d.port), reason: error_chain(&e) })
-            }
-            Ok(Ok(s)) => s,
-        };
+        let session =
+            match tokio::time::timeout(Duration::from_secs(secs), b.connect_mux(&host)).await {
+                Err(_) => {
+                    return Err(RemoteError::ConnectTimeout {
+                        dest: d.user_at_host(),
+                        secs: d.connect_timeout,
+                    })
+                }
+                Ok(Err(e)) => {
+                    return Err(RemoteError::Connect {
+                        dest: format!("{}:{}", d.user_at_host(), d.port),
+                        reason: error_chain(&e),
+                    })
+                }
+                Ok(Ok(s)) => s,
+            };
         self.session = Some(Arc::new(session));
         Ok(())
     }
@@ -390,7 +405,9 @@ impl Remote {
 
     /// The master, or an error when a reconnect has not succeeded yet.
     fn session(&self) -> Result<&Arc<Session>, RemoteError> {
-        self.session.as_ref().ok_or_else(|| RemoteError::Disconnected { cmd: "(no connection)".into() })
+        self.session
+            .as_ref()
+            .ok_or_else(|| RemoteError::Disconnected { cmd: "(no connection)".into() })
     }
 
     /// `NIX_SSHOPTS` that make Nix ride on our master: no new login.
@@ -418,7 +435,11 @@ impl Remote {
     }
 
     /// Run a command feeding it `stdin`.
-    pub async fn run_with_stdin(&self, cmd: &Cmd, stdin: Option<&[u8]>) -> Result<Output, RemoteError> {
+    pub async fn run_with_stdin(
+        &self,
+        cmd: &Cmd,
+        stdin: Option<&[u8]>,
+    ) -> Result<Output, RemoteError> {
         let mut c = self.build(cmd)?;
         c.stdout(openssh::Stdio::piped()).stderr(openssh::Stdio::piped());
         if stdin.is_some() {
@@ -433,11 +454,17 @@ impl Remote {
                 w.shutdown().await?;
                 drop(w);
             }
-            let out = child.wait_with_output().await.map_err(|e| self.disconnected_or_io(cmd, e))?;
+            let out =
+                child.wait_with_output().await.map_err(|e| self.disconnected_or_io(cmd, e))?;
             Ok::<_, RemoteError>(out)
         };
         let out = match tokio::time::timeout(cmd.local_limit(), fut).await {
-            Err(_) => return Err(RemoteError::Timeout { cmd: cmd.display(), secs: cmd.timeout.as_secs() }),
+            Err(_) => {
+                return Err(RemoteError::Timeout {
+                    cmd: cmd.display(),
+                    secs: cmd.timeout.as_secs(),
+                })
+            }
             Ok(r) => r?,
         };
         let output = Output::from(out);
@@ -492,7 +519,8 @@ impl Remote {
         if cmd.root
             && !self.dest.escalate.is_empty()
             && !out.success()
-            && (out.stderr.contains("a password is required") || out.stderr.contains("a terminal is required"))
+            && (out.stderr.contains("a password is required")
+                || out.stderr.contains("a terminal is required"))
         {
             return Err(RemoteError::SudoNeedsPassword {
                 sudo: self.dest.escalate.join(" "),
@@ -519,7 +547,12 @@ impl Remote {
             // A Ctrl-C in the terminal must not kill the confirmation halfway.
             .process_group(0);
         let out = match tokio::time::timeout(cmd.local_limit(), c.output()).await {
-            Err(_) => return Err(RemoteError::Timeout { cmd: format!("fresh ssh login: {}", cmd.display()), secs: cmd.timeout.as_secs() }),
+            Err(_) => {
+                return Err(RemoteError::Timeout {
+                    cmd: format!("fresh ssh login: {}", cmd.display()),
+                    secs: cmd.timeout.as_secs(),
+                })
+            }
             Ok(r) => r?,
         };
         let output = Output::from(out);
@@ -530,11 +563,20 @@ impl Remote {
     /// Take the host lock: `flock` held by a remote process for as long as
     /// our connection lives. A deployer that dies drops its connection, and
     /// with it the lock.
-    pub async fn hold_lock(&self, agent: &str, owner: &str, secs: u64) -> Result<HostLock, RemoteError> {
+    pub async fn hold_lock(
+        &self,
+        agent: &str,
+        owner: &str,
+        secs: u64,
+    ) -> Result<HostLock, RemoteError> {
         let lockfile = "/run/deploy-flake/lock";
-        let cmd = Cmd::new(["flock", "-n", "-E", "75", lockfile, "/bin/sh", agent, "hold", owner]).secs(secs).unbounded();
+        let cmd = Cmd::new(["flock", "-n", "-E", "75", lockfile, "/bin/sh", agent, "hold", owner])
+            .secs(secs)
+            .unbounded();
         let mut c = self.build(&cmd)?;
-        c.stdin(openssh::Stdio::piped()).stdout(openssh::Stdio::piped()).stderr(openssh::Stdio::piped());
+        c.stdin(openssh::Stdio::piped())
+            .stdout(openssh::Stdio::piped())
+            .stderr(openssh::Stdio::piped());
         let mut child = c.spawn().await.map_err(|e| self.disconnected_or_io(&cmd, e))?;
         let stdout = child.stdout().take().expect("stdout is piped");
         let mut lines = BufReader::new(stdout).lines();
@@ -544,8 +586,12 @@ impl Remote {
         let deadline = tokio::time::Instant::now() + cmd.timeout;
         loop {
             match tokio::time::timeout_at(deadline, lines.next_line()).await {
-                Ok(Ok(Some(l))) if l.trim() == "locked" => return Ok(HostLock { _child: child, busy }),
-                Ok(Ok(Some(l))) => busy.extend(l.strip_prefix("deploy-flake-busy ").map(String::from)),
+                Ok(Ok(Some(l))) if l.trim() == "locked" => {
+                    return Ok(HostLock { _child: child, busy })
+                }
+                Ok(Ok(Some(l))) => {
+                    busy.extend(l.strip_prefix("deploy-flake-busy ").map(String::from))
+                }
                 Err(_) => return Err(RemoteError::Timeout { cmd: "flock".into(), secs }),
                 Ok(_) => break,
             }
@@ -553,15 +599,24 @@ impl Remote {
         let status = tokio::time::timeout(Duration::from_secs(secs), child.wait()).await;
         match status {
             Ok(Ok(s)) if s.code() == Some(75) => {
-                let info = self.run(&Cmd::new(["cat", "/run/deploy-flake/lock.info"]).secs(secs)).await?;
+                let info =
+                    self.run(&Cmd::new(["cat", "/run/deploy-flake/lock.info"]).secs(secs)).await?;
                 let holder = info.stdout.trim();
                 Err(RemoteError::Locked {
-                    holder: if holder.is_empty() { "another deploy".into() } else { holder.to_string() },
+                    holder: if holder.is_empty() {
+                        "another deploy".into()
+                    } else {
+                        holder.to_string()
+                    },
                 })
             }
             _ => {
                 let out = self.run(&Cmd::new(["flock", "--version"]).secs(secs)).await?;
-                let hint = if out.success() { "" } else { " (is util-linux's flock installed on the target?)" };
+                let hint = if out.success() {
+                    ""
+                } else {
+                    " (is util-linux's flock installed on the target?)"
+                };
                 Err(RemoteError::LockFailed(format!("could not take the host lock{hint}")))
             }
         }
@@ -595,7 +650,8 @@ pub struct HostLock {
 pub fn store_uri(dest: &Destination) -> String {
     let mut uri = format!("ssh-ng://{}", dest.user_at_host());
     if !dest.escalate.is_empty() {
-        let program: Vec<String> = dest.escalate.iter().cloned().chain(["nix-daemon".to_string()]).collect();
+        let program: Vec<String> =
+            dest.escalate.iter().cloned().chain(["nix-daemon".to_string()]).collect();
         uri.push_str("?remote-program=");
         for b in program.join(" ").bytes() {
             if b.is_ascii_alphanumeric() || b"-_./".contains(&b) {
@@ -610,17 +666,24 @@ pub fn store_uri(dest: &Destination) -> String {
 
 /// What to do about a failed connection, from ssh's own words.
 pub fn connect_hint(reason: &str, dest: &str) -> String {
-    let hint = if reason.contains("Host key verification failed") || reason.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
+    let hint = if reason.contains("Host key verification failed")
+        || reason.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+    {
         format!(
             "the host key of {dest} is not in known_hosts, or it changed; verify its fingerprint and add it \
              (deploy-flake never turns host key checking off)"
         )
     } else if reason.contains("Permission denied") {
-        "the key was refused: check sshUser and that your key (or agent) is authorised on the host".to_string()
+        "the key was refused: check sshUser and that your key (or agent) is authorised on the host"
+            .to_string()
     } else if reason.contains("Connection refused") {
         "nothing listens there: check hostname, sshPort and that sshd runs".to_string()
-    } else if reason.contains("timed out") || reason.contains("No route to host") || reason.contains("unreachable") {
-        "the host is unreachable: check hostname and the network (timeouts.connect bounds the wait)".to_string()
+    } else if reason.contains("timed out")
+        || reason.contains("No route to host")
+        || reason.contains("unreachable")
+    {
+        "the host is unreachable: check hostname and the network (timeouts.connect bounds the wait)"
+            .to_string()
     } else if reason.contains("Could not resolve hostname") {
         "the host name does not resolve: check hostname".to_string()
     } else {
@@ -667,7 +730,8 @@ mod tests {
 
     #[test]
     fn quoting_keeps_each_argument_whole() {
-        let argv: Vec<String> = ["echo", "a b", "$(touch /tmp/x)", "it's", ""].iter().map(|s| s.to_string()).collect();
+        let argv: Vec<String> =
+            ["echo", "a b", "$(touch /tmp/x)", "it's", ""].iter().map(|s| s.to_string()).collect();
         assert_eq!(quote_argv(&argv), r#"echo 'a b' '$(touch /tmp/x)' 'it'\''s' ''"#);
     }
 
@@ -678,7 +742,10 @@ mod tests {
         let d = Destination::from_spec(&spec);
         assert_eq!(d.escalate, vec!["sudo", "-n"]);
         let argv = d.argv_for(&Cmd::new(["systemctl", "is-system-running"]).secs(7));
-        assert_eq!(argv, vec!["sudo", "-n", "--", "timeout", "-k", "5", "7", "systemctl", "is-system-running"]);
+        assert_eq!(
+            argv,
+            vec!["sudo", "-n", "--", "timeout", "-k", "5", "7", "systemctl", "is-system-running"]
+        );
         assert_eq!(d.argv_for(&Cmd::new(["id"]).unprivileged().unbounded()), vec!["id"]);
         spec.ssh_user = "root".into();
         assert!(Destination::from_spec(&spec).escalate.is_empty());
@@ -690,10 +757,18 @@ mod tests {
     #[test]
     fn ssh_opts_become_config_lines() {
         let opts: Vec<String> =
-            ["-i", "/k/id key", "-oUserKnownHostsFile=/k/known", "-o", "ProxyJump bastion", "-4"].iter().map(|s| s.to_string()).collect();
+            ["-i", "/k/id key", "-oUserKnownHostsFile=/k/known", "-o", "ProxyJump bastion", "-4"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         assert_eq!(
             ssh_opts_to_config(&opts).unwrap(),
-            vec!["IdentityFile \"/k/id key\"", "UserKnownHostsFile /k/known", "ProxyJump bastion", "AddressFamily inet"]
+            vec![
+                "IdentityFile \"/k/id key\"",
+                "UserKnownHostsFile /k/known",
+                "ProxyJump bastion",
+                "AddressFamily inet"
+            ]
         );
         let bad: Vec<String> = vec!["-X".into()];
         assert_eq!(
@@ -701,7 +776,10 @@ mod tests {
             "sshOpts: unsupported ssh option `-X`; write it as `-o Key=Value`"
         );
         let missing: Vec<String> = vec!["-i".into()];
-        assert_eq!(ssh_opts_to_config(&missing).unwrap_err().to_string(), "sshOpts: -i needs a value");
+        assert_eq!(
+            ssh_opts_to_config(&missing).unwrap_err().to_string(),
+            "sshOpts: -i needs a value"
+        );
     }
 
     #[test]
@@ -709,18 +787,25 @@ mod tests {
         let mut spec = HostSpec::with_defaults("web1");
         assert_eq!(store_uri(&Destination::from_spec(&spec)), "ssh-ng://root@web1");
         spec.ssh_user = "deploy".into();
-        assert_eq!(store_uri(&Destination::from_spec(&spec)), "ssh-ng://deploy@web1?remote-program=sudo%20-n%20nix-daemon");
+        assert_eq!(
+            store_uri(&Destination::from_spec(&spec)),
+            "ssh-ng://deploy@web1?remote-program=sudo%20-n%20nix-daemon"
+        );
     }
 
     #[test]
     fn connection_failures_come_with_a_hint() {
-        let e = RemoteError::Connect { dest: "root@web1:22".into(), reason: "Host key verification failed.".into() };
+        let e = RemoteError::Connect {
+            dest: "root@web1:22".into(),
+            reason: "Host key verification failed.".into(),
+        };
         assert_eq!(
             e.to_string(),
             "cannot connect to root@web1:22: Host key verification failed.\n  hint: the host key of root@web1:22 is not in \
              known_hosts, or it changed; verify its fingerprint and add it (deploy-flake never turns host key checking off)"
         );
-        assert!(connect_hint("ssh: connect to host x port 22: Connection refused", "x").contains("sshPort"));
+        assert!(connect_hint("ssh: connect to host x port 22: Connection refused", "x")
+            .contains("sshPort"));
         assert!(connect_hint("Permission denied (publickey).", "x").contains("sshUser"));
         assert_eq!(connect_hint("something else", "x"), "");
     }

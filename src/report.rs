@@ -25,11 +25,17 @@ impl Human {
 
     /// The text for one event (possibly several lines, possibly none).
     pub fn render(&mut self, e: &Event) -> String {
-        let tag = |h: &str, w: usize| format!("[{h}]{:pad$}", "", pad = w.saturating_sub(h.chars().count()));
+        let tag = |h: &str, w: usize| {
+            format!("[{h}]{:pad$}", "", pad = w.saturating_sub(h.chars().count()))
+        };
         match e {
             Event::RunStarted { run_id, hosts } => {
                 self.width = hosts.iter().map(|h| h.chars().count()).max().unwrap_or(0);
-                format!("deploy-flake: run {run_id}: {} host(s): {}\n", hosts.len(), hosts.join(", "))
+                format!(
+                    "deploy-flake: run {run_id}: {} host(s): {}\n",
+                    hosts.len(),
+                    hosts.join(", ")
+                )
             }
             Event::PhaseStarted { host, phase } => format!("{} {phase}\n", tag(host, self.width)),
             Event::PhaseFinished { .. } => String::new(),
@@ -41,7 +47,9 @@ impl Human {
                 let t = tag(&report.host, self.width);
                 let secs = fmt_duration(report.duration);
                 match (&report.message, report.outcome.is_success()) {
-                    (None, _) | (Some(_), true) => format!("{t} {} ({secs})\n", report.outcome.as_str()),
+                    (None, _) | (Some(_), true) => {
+                        format!("{t} {} ({secs})\n", report.outcome.as_str())
+                    }
                     (Some(m), false) => format!(
                         "{t} {} in {} ({secs}): {}\n",
                         report.outcome.as_str().to_uppercase(),
@@ -50,14 +58,17 @@ impl Human {
                     ),
                 }
             }
-            Event::RunFinished { reports, exit_code, duration } => summary(reports, *exit_code, *duration),
+            Event::RunFinished { reports, exit_code, duration } => {
+                summary(reports, *exit_code, *duration)
+            }
         }
     }
 }
 
 /// The end-of-run table: host, result, phase reached, duration, system.
 pub fn summary(reports: &[HostReport], exit_code: u8, duration: Duration) -> String {
-    let mut rows = vec![["HOST".to_string(), "RESULT".into(), "PHASE".into(), "TIME".into(), "SYSTEM".into()]];
+    let mut rows =
+        vec![["HOST".to_string(), "RESULT".into(), "PHASE".into(), "TIME".into(), "SYSTEM".into()]];
     for r in reports {
         rows.push([
             r.host.clone(),
@@ -105,7 +116,8 @@ pub fn json_line(e: &Event) -> String {
 pub fn stdout_sink(json: bool) -> Sink {
     let human = Arc::new(Mutex::new(Human::new()));
     Arc::new(move |e: Event| {
-        let text = if json { json_line(&e) } else { human.lock().expect("renderer lock").render(&e) };
+        let text =
+            if json { json_line(&e) } else { human.lock().expect("renderer lock").render(&e) };
         if !text.is_empty() {
             let mut out = std::io::stdout().lock();
             let _ = out.write_all(text.as_bytes());
@@ -133,10 +145,27 @@ mod tests {
     #[test]
     fn lines_are_tagged_and_aligned() {
         let mut h = Human::new();
-        h.render(&Event::RunStarted { run_id: "r1".into(), hosts: vec!["a".into(), "web-1".into()] });
-        assert_eq!(h.render(&Event::Output { host: "a".into(), phase: Phase::Build, line: "building".into() }), "[a]     | building\n");
+        h.render(&Event::RunStarted {
+            run_id: "r1".into(),
+            hosts: vec!["a".into(), "web-1".into()],
+        });
         assert_eq!(
-            h.render(&Event::HostFinished { report: report("web-1", Outcome::RolledBack, Phase::Confirm, Some("rolled back: x\ny")) }),
+            h.render(&Event::Output {
+                host: "a".into(),
+                phase: Phase::Build,
+                line: "building".into()
+            }),
+            "[a]     | building\n"
+        );
+        assert_eq!(
+            h.render(&Event::HostFinished {
+                report: report(
+                    "web-1",
+                    Outcome::RolledBack,
+                    Phase::Confirm,
+                    Some("rolled back: x\ny")
+                )
+            }),
             "[web-1] ROLLED BACK in confirm (1.5s): rolled back: x\n[web-1]   y\n"
         );
     }
@@ -144,7 +173,10 @@ mod tests {
     #[test]
     fn summary_table() {
         let s = summary(
-            &[report("a", Outcome::Deployed, Phase::Boot, None), report("bb", Outcome::Failed, Phase::Preflight, Some("degraded"))],
+            &[
+                report("a", Outcome::Deployed, Phase::Boot, None),
+                report("bb", Outcome::Failed, Phase::Preflight, Some("degraded")),
+            ],
             1,
             Duration::from_secs(3),
         );

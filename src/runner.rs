@@ -17,7 +17,8 @@ use crate::select::Target;
 
 /// A new id per run: names the run's state dir and units on each target.
 pub fn new_run_id() -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let mut seed = [0u8; 4];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
         use std::io::Read;
@@ -30,14 +31,24 @@ pub fn new_run_id() -> String {
 pub fn lock_owner(run_id: &str) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
-    format!("run {run_id} by {user}@{} (pid {}) since unix time {since}", host.trim(), std::process::id())
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    format!(
+        "run {run_id} by {user}@{} (pid {}) since unix time {since}",
+        host.trim(),
+        std::process::id()
+    )
 }
 
 /// Deploy `targets`; returns one report per host, in target order.
 pub async fn run(targets: Vec<Target>, ctx: Context, max_parallel: usize) -> Vec<HostReport> {
     let started = Instant::now();
-    (ctx.sink)(Event::RunStarted { run_id: ctx.run_id.clone(), hosts: targets.iter().map(|t| t.name.clone()).collect() });
+    (ctx.sink)(Event::RunStarted {
+        run_id: ctx.run_id.clone(),
+        hosts: targets.iter().map(|t| t.name.clone()).collect(),
+    });
     let permits = Arc::new(Semaphore::new(max_parallel.max(1)));
     let mut set = JoinSet::new();
     for (i, target) in targets.iter().cloned().enumerate() {
@@ -85,7 +96,11 @@ pub async fn run(targets: Vec<Target>, ctx: Context, max_parallel: usize) -> Vec
         })
         .collect();
     let exit = exit_for(&reports);
-    (ctx.sink)(Event::RunFinished { reports: reports.clone(), exit_code: exit.code(), duration: started.elapsed() });
+    (ctx.sink)(Event::RunFinished {
+        reports: reports.clone(),
+        exit_code: exit.code(),
+        duration: started.elapsed(),
+    });
     reports
 }
 
@@ -110,7 +125,14 @@ mod tests {
     use super::*;
 
     fn r(o: Outcome) -> HostReport {
-        HostReport { host: "h".into(), outcome: o, phase: None, duration: Duration::ZERO, system: None, message: None }
+        HostReport {
+            host: "h".into(),
+            outcome: o,
+            phase: None,
+            duration: Duration::ZERO,
+            system: None,
+            message: None,
+        }
     }
 
     #[test]

@@ -118,9 +118,7 @@ pub fn select(inv: Option<&Inventory>, sel: &Selection) -> Result<Vec<Target>, S
     let mut chosen: BTreeSet<&str> = BTreeSet::new();
     let mut ad_hoc: Vec<Target> = Vec::new();
     if sel.all {
-        let inv = inv.ok_or_else(|| SelectError::NeedsInventory {
-            word: "--all".into(),
-        })?;
+        let inv = inv.ok_or_else(|| SelectError::NeedsInventory { word: "--all".into() })?;
         chosen.extend(inv.hosts.keys().map(String::as_str));
     }
     for word in &sel.hosts {
@@ -138,9 +136,8 @@ pub fn select(inv: Option<&Inventory>, sel: &Selection) -> Result<Vec<Target>, S
             ad_hoc.retain(|t| t.name != *word);
             continue;
         }
-        let inv = inv.ok_or_else(|| SelectError::NeedsInventory {
-            word: format!("--exclude {word}"),
-        })?;
+        let inv =
+            inv.ok_or_else(|| SelectError::NeedsInventory { word: format!("--exclude {word}") })?;
         for name in match_pattern(inv, word)? {
             chosen.remove(name);
         }
@@ -148,10 +145,7 @@ pub fn select(inv: Option<&Inventory>, sel: &Selection) -> Result<Vec<Target>, S
     let mut targets: Vec<Target> = match inv {
         Some(inv) => chosen
             .into_iter()
-            .map(|name| Target {
-                name: name.to_string(),
-                spec: inv.hosts[name].clone(),
-            })
+            .map(|name| Target { name: name.to_string(), spec: inv.hosts[name].clone() })
             .collect(),
         None => Vec::new(),
     };
@@ -204,11 +198,8 @@ fn match_pattern<'a>(inv: &'a Inventory, word: &str) -> Result<Vec<&'a str>, Sel
             .map(|(n, _)| n.as_str())
             .collect();
         if names.is_empty() {
-            let tags: BTreeSet<&str> = inv
-                .hosts
-                .values()
-                .flat_map(|h| h.tags.iter().map(String::as_str))
-                .collect();
+            let tags: BTreeSet<&str> =
+                inv.hosts.values().flat_map(|h| h.tags.iter().map(String::as_str)).collect();
             return Err(SelectError::UnknownTag {
                 tag: tag.into(),
                 hint: closest_hint(tag, tags.into_iter(), "tags", "@"),
@@ -224,12 +215,8 @@ fn match_pattern<'a>(inv: &'a Inventory, word: &str) -> Result<Vec<&'a str>, Sel
             pattern: word.into(),
             reason: e.msg.to_string(),
         })?;
-        let names: Vec<&str> = inv
-            .hosts
-            .keys()
-            .filter(|n| pattern.matches(n))
-            .map(String::as_str)
-            .collect();
+        let names: Vec<&str> =
+            inv.hosts.keys().filter(|n| pattern.matches(n)).map(String::as_str).collect();
         if names.is_empty() {
             return Err(SelectError::GlobMatchesNothing {
                 pattern: word.into(),
@@ -240,10 +227,7 @@ fn match_pattern<'a>(inv: &'a Inventory, word: &str) -> Result<Vec<&'a str>, Sel
     }
     let mut hint = closest_hint(word, inv.hosts.keys().map(String::as_str), "hosts", "");
     hint.push_str(" (for a host outside deployFlake, write nixos://HOST or USER@HOST)");
-    Err(SelectError::UnknownHost {
-        word: word.into(),
-        hint,
-    })
+    Err(SelectError::UnknownHost { word: word.into(), hint })
 }
 
 fn has_glob_meta(s: &str) -> bool {
@@ -265,28 +249,16 @@ fn closest_hint<'a>(
     let limit = (word.chars().count() / 3).max(1);
     let mut scored: Vec<(usize, f64, &str)> = all
         .iter()
-        .map(|c| {
-            (
-                strsim::damerau_levenshtein(word, c),
-                strsim::jaro_winkler(word, c),
-                *c,
-            )
-        })
+        .map(|c| (strsim::damerau_levenshtein(word, c), strsim::jaro_winkler(word, c), *c))
         .filter(|(d, jw, _)| *d <= limit || *jw >= 0.8)
         .collect();
     scored.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(b.2)));
     if scored.is_empty() {
         let listed: Vec<String> = all.iter().map(|c| format!("{prefix}{c}")).collect();
-        format!(
-            ": known {what}: {}",
-            list_some(listed.iter().map(String::as_str))
-        )
+        format!(": known {what}: {}", list_some(listed.iter().map(String::as_str)))
     } else {
-        let names: Vec<String> = scored
-            .iter()
-            .take(3)
-            .map(|(_, _, c)| format!("`{prefix}{c}`"))
-            .collect();
+        let names: Vec<String> =
+            scored.iter().take(3).map(|(_, _, c)| format!("`{prefix}{c}`")).collect();
         format!(": did you mean {}?", names.join(", "))
     }
 }
@@ -294,12 +266,7 @@ fn closest_hint<'a>(
 /// The first ten names, then "... (N more)".
 fn list_some<'a>(names: impl Iterator<Item = &'a str>) -> String {
     let names: Vec<&str> = names.collect();
-    let mut s = names
-        .iter()
-        .take(10)
-        .map(|n| format!("`{n}`"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut s = names.iter().take(10).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
     if names.len() > 10 {
         s.push_str(&format!(", ... ({} more)", names.len() - 10));
     }
@@ -331,9 +298,8 @@ pub fn parse_destination(dest: &str) -> Result<Destination, String> {
         None => (None, authority),
     };
     let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
-        let (host, after) = rest
-            .split_once(']')
-            .ok_or_else(|| "missing ']' after an IPv6 address".to_string())?;
+        let (host, after) =
+            rest.split_once(']').ok_or_else(|| "missing ']' after an IPv6 address".to_string())?;
         match after {
             "" => (host, None),
             _ => match after.strip_prefix(':') {
@@ -371,19 +337,12 @@ pub fn parse_destination(dest: &str) -> Result<Destination, String> {
             Some(c.to_string())
         }
     };
-    Ok(Destination {
-        user: user.map(str::to_string),
-        host: host.to_string(),
-        port,
-        config,
-    })
+    Ok(Destination { user: user.map(str::to_string), host: host.to_string(), port, config })
 }
 
 fn ad_hoc(inv: Option<&Inventory>, word: &str, dest: &str) -> Result<Target, SelectError> {
-    let d = parse_destination(dest).map_err(|reason| SelectError::BadDestination {
-        dest: word.into(),
-        reason,
-    })?;
+    let d = parse_destination(dest)
+        .map_err(|reason| SelectError::BadDestination { dest: word.into(), reason })?;
     let config = d.config.clone().unwrap_or_else(|| d.host.clone());
     let mut spec = match inv.and_then(|i| i.hosts.get(&config)) {
         Some(h) => h.clone(),
@@ -396,8 +355,5 @@ fn ad_hoc(inv: Option<&Inventory>, word: &str, dest: &str) -> Result<Target, Sel
     if let Some(p) = d.port {
         spec.ssh_port = p;
     }
-    Ok(Target {
-        name: word.to_string(),
-        spec,
-    })
+    Ok(Target { name: word.to_string(), spec })
 }

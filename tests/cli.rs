@@ -14,9 +14,7 @@ use deploy_flake::select::Target;
 fn opts(args: &[&str]) -> Result<Options, CliError> {
     let mut argv = vec!["deploy-flake"];
     argv.extend_from_slice(args);
-    Cli::try_parse_from(argv)
-        .expect("clap accepts it")
-        .into_options()
+    Cli::try_parse_from(argv).expect("clap accepts it").into_options()
 }
 
 fn opts_err(args: &[&str]) -> String {
@@ -65,19 +63,12 @@ fn every_flag() {
     assert!(o.dry_run && o.force && !o.preflight);
     assert_eq!(o.output, OutputFormat::Json);
     assert_eq!(o.self_check.as_deref(), Some("bin/check"));
-    assert_eq!(
-        o.timeouts,
-        [("build".to_string(), 7200), ("selfCheck".to_string(), 5)]
-    );
+    assert_eq!(o.timeouts, [("build".to_string(), 7200), ("selfCheck".to_string(), 5)]);
 }
 
 #[test]
 fn original_preflight_flag() {
-    assert!(
-        !opts(&["--all", "--preflight-check=skip"])
-            .unwrap()
-            .preflight
-    );
+    assert!(!opts(&["--all", "--preflight-check=skip"]).unwrap().preflight);
     assert!(opts(&["--all", "--preflight-check=run"]).unwrap().preflight);
     assert_eq!(
         opts_err(&["--all", "--preflight-check=run", "--skip-preflight"]),
@@ -137,10 +128,7 @@ fn overrides_apply_to_every_target() {
         "bin/ok",
     ])
     .unwrap();
-    let mut targets = vec![Target {
-        name: "a".into(),
-        spec: HostSpec::with_defaults("a"),
-    }];
+    let mut targets = vec![Target { name: "a".into(), spec: HostSpec::with_defaults("a") }];
     o.apply_overrides(&mut targets);
     assert_eq!(targets[0].spec.timeouts.copy, 2, "the last one wins");
     assert_eq!(targets[0].spec.timeouts.build, 3600);
@@ -151,10 +139,7 @@ fn overrides_apply_to_every_target() {
 // The binary
 
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_deploy-flake"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_deploy-flake")).args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -216,21 +201,15 @@ web-2
 fn ad_hoc_destination_works_without_deploy_flake() {
     let dir = common::fixture_flake("no-deploy-flake");
     let flake = dir.path().to_str().unwrap();
-    let (code, stdout, stderr) = run(&[
-        "--dry-run",
-        "--flake",
-        flake,
-        "nixos://ops@[fe80::1]:2222/alpha",
-    ]);
+    let (code, stdout, stderr) =
+        run(&["--dry-run", "--flake", flake, "nixos://ops@[fe80::1]:2222/alpha"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains("nixos://ops@[fe80::1]:2222/alpha\n  ssh:           ops@[fe80::1]:2222\n"),
         "{stdout}"
     );
     assert!(
-        stdout.contains(&format!(
-            "  configuration: {flake}#nixosConfigurations.alpha\n"
-        )),
+        stdout.contains(&format!("  configuration: {flake}#nixosConfigurations.alpha\n")),
         "{stdout}"
     );
 }
@@ -273,10 +252,7 @@ fn errors_exit_2_with_one_error_line() {
 fn version_and_help() {
     let (code, stdout, _) = run(&["--version"]);
     assert_eq!(code, 0);
-    assert_eq!(
-        stdout,
-        format!("deploy-flake {}\n", env!("CARGO_PKG_VERSION"))
-    );
+    assert_eq!(stdout, format!("deploy-flake {}\n", env!("CARGO_PKG_VERSION")));
     let (code, stdout, _) = run(&["--help"]);
     assert_eq!(code, 0);
     for needle in [

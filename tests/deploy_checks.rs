@@ -32,8 +32,7 @@ fn nix() -> Command {
 }
 
 fn run(mut cmd: Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run nix (is it on PATH?): {e}"))
+    cmd.output().unwrap_or_else(|e| panic!("cannot run nix (is it on PATH?): {e}"))
 }
 
 /// `let lib = import <repo>/lib; self = ...; in BODY`, with `fleet` bound to
@@ -52,8 +51,7 @@ fn expr(body: &str) -> String {
 /// Evaluates `(BODY).drvPath`; Ok(drvPath) or Err(stderr).
 fn drv_path(body: &str) -> Result<String, String> {
     let mut cmd = nix();
-    cmd.args(["eval", "--impure", "--raw", "--expr"])
-        .arg(expr(&format!("({body}).drvPath")));
+    cmd.args(["eval", "--impure", "--raw", "--expr"]).arg(expr(&format!("({body}).drvPath")));
     let out = run(cmd);
     if out.status.success() {
         Ok(String::from_utf8(out.stdout).expect("utf-8 stdout"))
@@ -83,10 +81,7 @@ fn assert_err(body: &str, needles: &[&str]) -> String {
             for n in needles {
                 assert!(e.contains(n), "error does not mention {n:?}:\n{e}");
             }
-            assert!(
-                !e.contains("was evaluated"),
-                "a configuration was evaluated:\n{e}"
-            );
+            assert!(!e.contains("was evaluated"), "a configuration was evaluated:\n{e}");
             e
         }
     }
@@ -250,10 +245,7 @@ fn a_lazily_failing_value_in_a_hand_written_fleet_is_reported() {
 
 #[test]
 fn missing_deploy_flake_is_explained() {
-    assert_err(
-        "lib.deployChecks { inherit self system; }",
-        &["deployChecks: pass `self`"],
-    );
+    assert_err("lib.deployChecks { inherit self system; }", &["deployChecks: pass `self`"]);
 }
 
 // ---- through a real flake ----------------------------------------------------
@@ -276,11 +268,8 @@ fn temp_flake(fleet: &str) -> tempfile::TempDir {
             copy(&entry.path(), &format!("lib/{}", name.to_string_lossy()));
         }
     }
-    std::fs::write(
-        dir.path().join("fleet.nix"),
-        format!("{{ self, lib }}:\n{fleet}\n"),
-    )
-    .expect("write fleet.nix");
+    std::fs::write(dir.path().join("fleet.nix"), format!("{{ self, lib }}:\n{fleet}\n"))
+        .expect("write fleet.nix");
     dir
 }
 
@@ -293,10 +282,8 @@ fn flake_ref(dir: &Path) -> String {
 /// evaluate every nixosConfigurations toplevel, which the fixtures forbid.)
 fn eval_flake_check(dir: &Path) -> Result<String, String> {
     let mut cmd = nix();
-    cmd.args(["eval", "--raw"]).arg(format!(
-        "{}#checks.x86_64-linux.deploy.drvPath",
-        flake_ref(dir)
-    ));
+    cmd.args(["eval", "--raw"])
+        .arg(format!("{}#checks.x86_64-linux.deploy.drvPath", flake_ref(dir)));
     let out = run(cmd);
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -358,9 +345,8 @@ fn build_options() -> Vec<String> {
     let mut cmd = nix();
     cmd.arg("show-config");
     let config = String::from_utf8_lossy(&run(cmd).stdout).into_owned();
-    let sandbox_has_sh = config
-        .lines()
-        .any(|l| l.starts_with("sandbox-paths") && l.contains("/bin/sh"));
+    let sandbox_has_sh =
+        config.lines().any(|l| l.starts_with("sandbox-paths") && l.contains("/bin/sh"));
     let sandbox_on = config.lines().any(|l| l.trim() == "sandbox = true");
     if sandbox_on && !sandbox_has_sh {
         if Path::new("/bin/busybox").exists() {
@@ -385,22 +371,12 @@ fn the_check_builds_with_nothing_but_itself() {
     let mut cmd = nix();
     cmd.args(["show-derivation", &drv]);
     let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     // Keyed by the .drv path (its spelling differs between Nix versions).
-    let inputs = &shown
-        .as_object()
-        .and_then(|o| o.values().next())
-        .expect("one derivation shown")["inputDrvs"];
-    assert_eq!(
-        inputs,
-        &serde_json::json!({}),
-        "check has input derivations: {inputs}"
-    );
+    let inputs = &shown.as_object().and_then(|o| o.values().next()).expect("one derivation shown")
+        ["inputDrvs"];
+    assert_eq!(inputs, &serde_json::json!({}), "check has input derivations: {inputs}");
 
     if std::env::consts::ARCH != "x86_64" || std::env::consts::OS != "linux" {
         return; // the fixture's `system` is x86_64-linux
@@ -411,26 +387,15 @@ fn the_check_builds_with_nothing_but_itself() {
         .arg("--expr")
         .arg(expr(body));
     let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "nix build failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "nix build failed:\n{}", String::from_utf8_lossy(&out.stderr));
     let built: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let path = built[0]["outputs"]["out"].as_str().expect("out path");
     let inventory: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).expect("read check output"))
             .expect("check output is the inventory as JSON");
     assert_eq!(inventory["schemaVersion"], 1);
-    assert_eq!(
-        inventory["hosts"]["web1"]["tags"],
-        serde_json::json!(["web"])
-    );
-    let hosts: Vec<&String> = inventory["hosts"]
-        .as_object()
-        .expect("hosts")
-        .keys()
-        .collect();
+    assert_eq!(inventory["hosts"]["web1"]["tags"], serde_json::json!(["web"]));
+    let hosts: Vec<&String> = inventory["hosts"].as_object().expect("hosts").keys().collect();
     assert_eq!(hosts, ["web1"]);
 }
 
@@ -483,8 +448,7 @@ fn standin() -> String {
 /// `nix ARGS… --override-input nixpkgs <stand-in>`; Ok(stdout) or Err(stderr).
 fn nix_standin(args: &[&str]) -> Result<String, String> {
     let mut cmd = nix();
-    cmd.args(args)
-        .args(["--override-input", "nixpkgs", &standin()]);
+    cmd.args(args).args(["--override-input", "nixpkgs", &standin()]);
     let out = run(cmd);
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -510,11 +474,7 @@ fn flake_lib_and_overlay_need_no_nixpkgs() {
         .args(["--override-input", "nixpkgs"])
         .arg(format!("path:{}", empty.path().display()));
     let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let names = json(&String::from_utf8_lossy(&out.stdout));
     for name in ["mkDeployFlake", "deployChecks"] {
         assert!(names.as_array().unwrap().contains(&name.into()), "{names}");
@@ -522,19 +482,12 @@ fn flake_lib_and_overlay_need_no_nixpkgs() {
 
     let mut cmd = nix();
     cmd.args(["eval", "--raw"])
-        .arg(format!(
-            "path:{}#overlays.default",
-            project.path().display()
-        ))
+        .arg(format!("path:{}#overlays.default", project.path().display()))
         .args(["--apply", "o: builtins.typeOf o"])
         .args(["--override-input", "nixpkgs"])
         .arg(format!("path:{}", empty.path().display()));
     let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "lambda");
 }
 
@@ -547,17 +500,12 @@ fn flake_outputs_evaluate_and_every_scenario_is_a_vm_check() {
     }
 
     let mut cmd = nix();
-    cmd.args(["eval", "--impure", "--json", "--expr"])
-        .arg(format!(
-            "builtins.attrNames (import {})",
-            nix_path(&repo().join("tests/fixtures/scenarios.nix"))
-        ));
+    cmd.args(["eval", "--impure", "--json", "--expr"]).arg(format!(
+        "builtins.attrNames (import {})",
+        nix_path(&repo().join("tests/fixtures/scenarios.nix"))
+    ));
     let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let scenarios = json(&String::from_utf8_lossy(&out.stdout));
 
     for system in ["x86_64-linux", "aarch64-linux"] {
@@ -598,10 +546,7 @@ fn flake_outputs_evaluate_and_every_scenario_is_a_vm_check() {
         &format!("{flake}#packages.x86_64-linux.default.cargoTestFlags"),
     ])
     .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        json(&flags).as_array().unwrap().contains(&"--lib".into()),
-        "{flags}"
-    );
+    assert!(json(&flags).as_array().unwrap().contains(&"--lib".into()), "{flags}");
 }
 
 /// Builds the stand-in version of one VM check (its output is the test
@@ -611,34 +556,20 @@ fn build_vm_check(flake: &str, scenario: &str) -> (String, serde_json::Value) {
     let drv = nix_standin(&["eval", "--raw", &format!("{attr}.drvPath")])
         .unwrap_or_else(|e| panic!("{e}"));
     // The stand-in's runCommand uses the host's cp and ssh-keygen.
-    let mut args = vec![
-        "build",
-        "--no-link",
-        "--json",
-        "--option",
-        "sandbox",
-        "false",
-    ];
+    let mut args = vec!["build", "--no-link", "--json", "--option", "sandbox", "false"];
     let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
     if !groups.lines().any(|l| l.starts_with("nixbld:")) {
         args.extend(["--option", "build-users-group", ""]);
     }
     args.push(&attr);
     let built = nix_standin(&args).unwrap_or_else(|e| panic!("building {attr}:\n{e}"));
-    let out = json(&built)[0]["outputs"]["out"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let out = json(&built)[0]["outputs"]["out"].as_str().unwrap().to_string();
     let script = std::fs::read_to_string(&out).expect("test script");
 
     let mut cmd = nix();
     cmd.args(["show-derivation", &drv]);
     let shown = run(cmd);
-    assert!(
-        shown.status.success(),
-        "{}",
-        String::from_utf8_lossy(&shown.stderr)
-    );
+    assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
     let shown = json(&String::from_utf8_lossy(&shown.stdout));
     let env = &shown.as_object().unwrap().values().next().unwrap()["env"];
     let paths = json(env["additionalPaths"].as_str().expect("additionalPaths"));
@@ -662,21 +593,14 @@ fn assert_python_parses(script: &str) {
 
 /// The fleet flake the script copies to the deployer, locked in a temp dir.
 fn fleet_of(script: &str) -> tempfile::TempDir {
-    let start = script
-        .find("cp -r /nix/store/")
-        .expect("the script copies the fleet")
-        + 6;
+    let start = script.find("cp -r /nix/store/").expect("the script copies the fleet") + 6;
     let end = start + script[start..].find(' ').unwrap();
     let dir = tempfile::tempdir().expect("temp dir");
     copy_tree(Path::new(&script[start..end]), dir.path());
     let mut cmd = nix();
     cmd.args(["flake", "lock"]).arg(dir.path());
     let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     dir
 }
 
@@ -705,19 +629,13 @@ fn check_vm_plumbing(scenario: &str, exit_code: u8, success: bool) {
     let fleet = fleet_of(&script);
     let fleet_ref = format!("path:{}", fleet.path().display());
     let mut cmd = nix();
-    cmd.args(["eval", "--json"])
-        .arg(format!("{fleet_ref}#deployFlake"));
+    cmd.args(["eval", "--json"]).arg(format!("{fleet_ref}#deployFlake"));
     let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let inventory = json(&String::from_utf8_lossy(&out.stdout));
 
     let mut cmd = nix();
-    cmd.args(["eval", "--raw"])
-        .arg(format!("{fleet_ref}#checks.x86_64-linux.deploy.drvPath"));
+    cmd.args(["eval", "--raw"]).arg(format!("{fleet_ref}#checks.x86_64-linux.deploy.drvPath"));
     let out = run(cmd);
     assert!(
         out.status.success(),
@@ -736,11 +654,7 @@ fn check_vm_plumbing(scenario: &str, exit_code: u8, success: bool) {
             "{fleet_ref}#nixosConfigurations.{configuration}.config.system.build.toplevel.outPath"
         ));
         let out = run(cmd);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let toplevel = String::from_utf8_lossy(&out.stdout).into_owned();
         let prebuilt = additional_paths[target].as_array().expect("target paths");
         assert!(
@@ -755,21 +669,12 @@ fn check_vm_plumbing(scenario: &str, exit_code: u8, success: bool) {
     let mut cmd = nix();
     cmd.args(["eval", "--raw"]).arg(format!(
         "{fleet_ref}#nixosConfigurations.{}.config.system.build.deployFlakeTestKeys.outPath",
-        inventory["hosts"]["target1"]["configuration"]
-            .as_str()
-            .unwrap()
+        inventory["hosts"]["target1"]["configuration"].as_str().unwrap()
     ));
     let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let keys = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        script.contains(&format!("install -Dm600 {keys}/deployer ")),
-        "{keys}"
-    );
+    assert!(script.contains(&format!("install -Dm600 {keys}/deployer ")), "{keys}");
 
     // The script expects the toplevels the fleet really yields.
     let expected = expected_of(&script);
@@ -781,16 +686,8 @@ fn check_vm_plumbing(scenario: &str, exit_code: u8, success: bool) {
         let to = &toplevels[target];
         let target_succeeds = success || target == "target2";
         let running = e["running"].as_str().unwrap();
-        assert_eq!(
-            running == to,
-            target_succeeds,
-            "{target}: running {running}, deployed {to}"
-        );
-        assert_eq!(
-            e["boot"].as_str() == Some(to.as_str()),
-            target_succeeds,
-            "{target} boot"
-        );
+        assert_eq!(running == to, target_succeeds, "{target}: running {running}, deployed {to}");
+        assert_eq!(e["boot"].as_str() == Some(to.as_str()), target_succeeds, "{target} boot");
     }
 }
 
@@ -827,18 +724,10 @@ fn example_fleet_evaluates_and_its_check_passes() {
     let inventory = json(&eval("deployFlake", "--json"));
     assert_eq!(inventory["schemaVersion"], 1);
     assert_eq!(inventory["hosts"]["db1"]["sshPort"], 2222);
-    assert_eq!(
-        inventory["hosts"]["web2"]["tags"],
-        serde_json::json!(["web", "canary"])
-    );
+    assert_eq!(inventory["hosts"]["web2"]["tags"], serde_json::json!(["web", "canary"]));
     assert_eq!(inventory["hosts"]["web1"]["sshUser"], "deploy");
 
-    for system in [
-        "x86_64-linux",
-        "aarch64-linux",
-        "x86_64-darwin",
-        "aarch64-darwin",
-    ] {
+    for system in ["x86_64-linux", "aarch64-linux", "x86_64-darwin", "aarch64-darwin"] {
         let drv = eval(&format!("checks.{system}.deploy.drvPath"), "--raw");
         assert!(drv.ends_with("-deploy-flake-check.drv"), "{drv}");
     }

@@ -162,11 +162,7 @@ fn hostile_hostnames_and_users() {
         ),
     ];
     for (field, value, want) in cases {
-        assert_eq!(
-            err(&doc_with(field, value.clone())),
-            want,
-            "{field} = {value}"
-        );
+        assert_eq!(err(&doc_with(field, value.clone())), want, "{field} = {value}");
     }
 }
 

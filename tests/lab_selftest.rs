@@ -44,11 +44,7 @@ fn ssh_is_strict_and_the_system_is_running(suite: Suite) {
 
     // Another host key for the same address: refused, never overridden.
     let other = lab.dir().join("other");
-    run_ok(
-        Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&other),
-    );
+    run_ok(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&other));
     let other_pub = std::fs::read_to_string(other.with_extension("pub")).unwrap();
     let wrong = lab.dir().join("wrong_known_hosts");
     let key_fields: Vec<&str> = other_pub.split_whitespace().take(2).collect();
@@ -66,25 +62,14 @@ fn ssh_is_strict_and_the_system_is_running(suite: Suite) {
             .arg(t.destination())
             .arg("true"));
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success(),
-            "ssh with {} was accepted",
-            known_hosts.display()
-        );
-        assert!(
-            stderr.contains("Host key verification failed"),
-            "unexpected refusal: {stderr}"
-        );
+        assert!(!out.status.success(), "ssh with {} was accepted", known_hosts.display());
+        assert!(stderr.contains("Host key verification failed"), "unexpected refusal: {stderr}");
     }
 
     // The users a deployer may log in as: deploy sudoes without a password,
     // pwuser's sudo would prompt.
     let deploy = t.ssh_as("deploy", "sudo -n id -u");
-    assert!(
-        deploy.status.success(),
-        "{}",
-        String::from_utf8_lossy(&deploy.stderr)
-    );
+    assert!(deploy.status.success(), "{}", String::from_utf8_lossy(&deploy.stderr));
     assert_eq!(String::from_utf8_lossy(&deploy.stdout).trim(), "0");
     let pwuser = t.ssh_as("pwuser", "sudo -n id -u");
     assert!(!pwuser.status.success());
@@ -105,25 +90,16 @@ fn target_has_its_own_nix_daemon_and_store(suite: Suite) {
         Suite::Bookworm => "nix (Nix) 2.8.",
         Suite::Trixie => "nix (Nix) 2.26.",
     };
-    assert!(
-        version.starts_with(expected),
-        "{suite:?} target runs {version}"
-    );
+    assert!(version.starts_with(expected), "{suite:?} target runs {version}");
 
     // A path added on the target exists there, not here.
     let unique = format!("{}-{}", t.name, t.boot_id());
     let path = t.ssh_ok(&format!(
         "printf %s {unique} >/tmp/lab-unique && nix store add-file --store daemon /tmp/lab-unique"
     ));
-    assert!(
-        path.starts_with("/nix/store/"),
-        "nix store add-file printed {path:?}"
-    );
+    assert!(path.starts_with("/nix/store/"), "nix store add-file printed {path:?}");
     t.ssh_ok(&format!("test -e {path}"));
-    assert!(
-        !Path::new(&path).exists(),
-        "{path} exists on the host: the stores are shared"
-    );
+    assert!(!Path::new(&path).exists(), "{path} exists on the host: the stores are shared");
 }
 
 fn transient_unit_survives_a_killed_ssh_client(suite: Suite) {
@@ -139,26 +115,15 @@ fn transient_unit_survives_a_killed_ssh_client(suite: Suite) {
         .stderr(Stdio::null());
     let mut child = client.spawn().expect("spawn ssh");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while t
-        .ssh("systemctl is-active --quiet lab-survivor.service")
-        .status
-        .code()
-        != Some(0)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "lab-survivor never became active"
-        );
+    while t.ssh("systemctl is-active --quiet lab-survivor.service").status.code() != Some(0) {
+        assert!(Instant::now() < deadline, "lab-survivor never became active");
         sleep(Duration::from_millis(100));
     }
     child.kill().unwrap(); // SIGKILL
 
     child.wait().unwrap();
     sleep(Duration::from_secs(2));
-    assert_eq!(
-        t.ssh_ok("systemctl is-active lab-survivor.service"),
-        "active"
-    );
+    assert_eq!(t.ssh_ok("systemctl is-active lab-survivor.service"), "active");
     t.ssh_ok("systemctl stop lab-survivor.service");
 }
 
@@ -168,30 +133,20 @@ fn fixture_closure_activates_by_hand(suite: Suite) {
     let flake = lab.fixture_flake(&[("web1", t, "healthy-v1")]);
 
     // The fixture's deployFlake is evaluated by the repository's lib/.
-    let hostname = run_ok(host_nix().args(["eval", "--raw"]).arg(format!(
-        "path:{}#deployFlake.hosts.web1.hostname",
-        flake.display()
-    )));
+    let hostname = run_ok(
+        host_nix()
+            .args(["eval", "--raw"])
+            .arg(format!("path:{}#deployFlake.hosts.web1.hostname", flake.display())),
+    );
     assert_eq!(hostname, t.address);
 
     let source = t.archive(&flake, &lab.nix_sshopts());
     let v1 = t.build(&source, "healthy-v1");
-    assert!(
-        !Path::new(&v1).exists(),
-        "{v1} was built on the host, not on the target"
-    );
-    assert_eq!(
-        t.current_system(),
-        None,
-        "a fresh target runs no configuration"
-    );
+    assert!(!Path::new(&v1).exists(), "{v1} was built on the host, not on the target");
+    assert_eq!(t.current_system(), None, "a fresh target runs no configuration");
 
     let out = t.switch(&v1, "test");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(t.current_system().as_deref(), Some(v1.as_str()));
     assert_eq!(t.ssh_ok("systemctl is-active demo-web.service"), "active");
     assert_eq!(t.ssh_ok("cat /run/demo-web/version"), "healthy-v1");
@@ -203,24 +158,13 @@ fn fixture_closure_activates_by_hand(suite: Suite) {
     assert!(dry.contains("would restart demo-web.service"), "{dry}");
     let pid_before = t.ssh_ok("systemctl show -P MainPID demo-web.service");
     let out = t.switch(&v2, "test");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(t.current_system().as_deref(), Some(v2.as_str()));
     assert_eq!(t.ssh_ok("cat /run/demo-web/version"), "healthy-v2");
-    assert_ne!(
-        t.ssh_ok("systemctl show -P MainPID demo-web.service"),
-        pid_before
-    );
+    assert_ne!(t.ssh_ok("systemctl show -P MainPID demo-web.service"), pid_before);
     t.ssh_ok(&format!("{v2}/pre-activate-safety-checks"));
     assert_eq!(t.system_state(), "running");
-    assert_eq!(
-        t.boot_profile(),
-        None,
-        "test must not touch the boot profile"
-    );
+    assert_eq!(t.boot_profile(), None, "test must not touch the boot profile");
 }
 
 fn boot_entry_is_what_a_reboot_comes_up_in(suite: Suite) {
@@ -233,25 +177,12 @@ fn boot_entry_is_what_a_reboot_comes_up_in(suite: Suite) {
 
     // `boot` refuses while the profile points elsewhere.
     let early = t.switch(&v2, "boot");
-    assert!(
-        !early.status.success(),
-        "boot succeeded although the profile is {v1}"
-    );
+    assert!(!early.status.success(), "boot succeeded although the profile is {v1}");
 
-    t.ssh_ok(&format!(
-        "nix-env -p /nix/var/nix/profiles/system --set {v2}"
-    ));
+    t.ssh_ok(&format!("nix-env -p /nix/var/nix/profiles/system --set {v2}"));
     let out = t.switch(&v2, "boot");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        t.current_system().as_deref(),
-        Some(v1.as_str()),
-        "boot must not activate"
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(t.current_system().as_deref(), Some(v1.as_str()), "boot must not activate");
     assert_eq!(t.boot_profile().as_deref(), Some(v2.as_str()));
 
     let before = t.boot_id();
@@ -273,22 +204,13 @@ fn failing_unit_makes_test_exit_4(suite: Suite) {
     let broken = t.build(&source, "failing-unit");
 
     let out = t.switch(&broken, "test");
-    assert_eq!(
-        out.status.code(),
-        Some(4),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("demo-broken.service"));
     assert_eq!(t.system_state(), "degraded");
 
     // Re-activating the previous configuration repairs the host.
     let out = t.switch(&v1, "test");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(t.current_system().as_deref(), Some(v1.as_str()));
     assert_eq!(t.system_state(), "running");
 }
@@ -310,15 +232,8 @@ fn mixed_suites_boot_in_parallel() {
     }
     // Every target is reachable from every other one's perspective too:
     // distinct machine ids and host keys.
-    let ids: Vec<String> = lab
-        .targets
-        .iter()
-        .map(|t| t.ssh_ok("cat /etc/machine-id"))
-        .collect();
-    assert!(
-        ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
-        "{ids:?}"
-    );
+    let ids: Vec<String> = lab.targets.iter().map(|t| t.ssh_ok("cat /etc/machine-id")).collect();
+    assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2], "{ids:?}");
 }
 
 /// Every scenario of tests/fixtures/scenarios.nix names a configuration the
@@ -329,10 +244,7 @@ fn every_scenario_has_a_fixture_configuration() {
     let configs: Vec<String> = serde_json::from_str(&run_ok(
         Command::new("nix-instantiate")
             .args(["--eval", "--strict", "--json", "-E"])
-            .arg(format!(
-                "builtins.attrNames (import {}/configurations.nix)",
-                fixture.display()
-            )),
+            .arg(format!("builtins.attrNames (import {}/configurations.nix)", fixture.display())),
     ))
     .unwrap();
     let used: Vec<String> = serde_json::from_str(&run_ok(
@@ -345,16 +257,10 @@ fn every_scenario_has_a_fixture_configuration() {
     ))
     .unwrap();
     for c in &used {
-        assert!(
-            configs.contains(c),
-            "scenario configuration {c} is not in configurations.nix"
-        );
+        assert!(configs.contains(c), "scenario configuration {c} is not in configurations.nix");
     }
     for c in &configs {
-        assert!(
-            scenario_names().contains(c),
-            "configuration {c} has no scenario"
-        );
+        assert!(scenario_names().contains(c), "configuration {c} has no scenario");
     }
 }
 
@@ -362,10 +268,7 @@ fn every_scenario_has_a_fixture_configuration() {
 fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs}s waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
         sleep(Duration::from_millis(200));
     }
 }
@@ -402,19 +305,11 @@ fn broken_configurations_break_and_the_previous_one_heals(suite: Suite) {
         t.ssh_ok(&format!(
             "systemd-run --quiet --collect --unit=lab-break {top}/bin/switch-to-configuration test"
         ));
-        wait_for(&format!("{breaker}: new logins to fail"), 15, || {
-            !t.ssh("true").status.success()
+        wait_for(&format!("{breaker}: new logins to fail"), 15, || !t.ssh("true").status.success());
+        wait_for(&format!("{breaker}: the timer to heal the host"), 45, || {
+            t.ssh("true").status.success()
         });
-        wait_for(
-            &format!("{breaker}: the timer to heal the host"),
-            45,
-            || t.ssh("true").status.success(),
-        );
-        assert_eq!(
-            t.current_system().as_deref(),
-            Some(v1.as_str()),
-            "{breaker}"
-        );
+        assert_eq!(t.current_system().as_deref(), Some(v1.as_str()), "{breaker}");
         assert_eq!(t.system_state(), "running", "{breaker}");
     }
 }

@@ -40,10 +40,7 @@ fn defaults_fill_every_field() {
     );
     // And the Rust side accepts it unchanged.
     let inv = inventory::parse(&v.to_string()).unwrap();
-    assert_eq!(
-        inv.hosts["web1"],
-        inventory::HostSpec::with_defaults("web1")
-    );
+    assert_eq!(inv.hosts["web1"], inventory::HostSpec::with_defaults("web1"));
 }
 
 #[test]
@@ -188,12 +185,9 @@ fn fixture_flake_with_throwing_configurations_evaluates() {
 #[tokio::test]
 async fn load_reads_the_fleet_fixture() {
     let dir = fixture_flake("fleet");
-    let inv = inventory::load(
-        dir.path().to_str().unwrap(),
-        inventory::DEFAULT_EVAL_TIMEOUT,
-    )
-    .await
-    .unwrap();
+    let inv = inventory::load(dir.path().to_str().unwrap(), inventory::DEFAULT_EVAL_TIMEOUT)
+        .await
+        .unwrap();
     assert_eq!(inv.hosts.len(), 4);
     let web2 = &inv.hosts["web-2"];
     assert_eq!(web2.hostname, "2001:db8::2");
@@ -213,13 +207,8 @@ async fn load_reads_the_fleet_fixture() {
 async fn no_deploy_flake_output_shows_the_lines_to_add() {
     let dir = fixture_flake("no-deploy-flake");
     let flake = dir.path().to_str().unwrap().to_string();
-    let err = inventory::load(&flake, inventory::DEFAULT_EVAL_TIMEOUT)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, InventoryError::NoDeployFlake { .. }),
-        "{err:?}"
-    );
+    let err = inventory::load(&flake, inventory::DEFAULT_EVAL_TIMEOUT).await.unwrap_err();
+    assert!(matches!(err, InventoryError::NoDeployFlake { .. }), "{err:?}");
     assert_eq!(
         err.to_string(),
         format!(
@@ -231,12 +220,9 @@ async fn no_deploy_flake_output_shows_the_lines_to_add() {
 #[tokio::test]
 async fn newer_schema_asks_to_upgrade() {
     let dir = fixture_flake("newer-schema");
-    let err = inventory::load(
-        dir.path().to_str().unwrap(),
-        inventory::DEFAULT_EVAL_TIMEOUT,
-    )
-    .await
-    .unwrap_err();
+    let err = inventory::load(dir.path().to_str().unwrap(), inventory::DEFAULT_EVAL_TIMEOUT)
+        .await
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
         "deployFlake has schemaVersion 2, but this deploy-flake understands only version 1: upgrade deploy-flake (or pin the flake's deploy-flake input to the version of this binary)"
@@ -248,18 +234,12 @@ async fn evaluation_error_shows_the_tail_of_nix_stderr() {
     let dir = flake_from(
         r#"{ outputs = { self }: { nixosConfigurations.a = throw "x"; deployFlake = (import ./lib).mkDeployFlake { inherit self; hosts.a.sshPrt = 1; }; }; }"#,
     );
-    let err = inventory::load(
-        dir.path().to_str().unwrap(),
-        inventory::DEFAULT_EVAL_TIMEOUT,
-    )
-    .await
-    .unwrap_err();
+    let err = inventory::load(dir.path().to_str().unwrap(), inventory::DEFAULT_EVAL_TIMEOUT)
+        .await
+        .unwrap_err();
     let msg = err.to_string();
     assert!(
-        msg.starts_with(&format!(
-            "evaluating `{}#deployFlake` failed:\n",
-            dir.path().display()
-        )),
+        msg.starts_with(&format!("evaluating `{}#deployFlake` failed:\n", dir.path().display())),
         "{msg}"
     );
     assert!(
@@ -276,12 +256,9 @@ async fn a_slow_evaluation_times_out() {
     let dir = flake_from(
         r#"{ outputs = { self }: { deployFlake = let f = n: if n == 0 then 0 else f (n - 1) + 0 * f (n - 1); in { schemaVersion = f 200; hosts = { }; }; }; }"#,
     );
-    let err = inventory::load(
-        dir.path().to_str().unwrap(),
-        std::time::Duration::from_millis(300),
-    )
-    .await
-    .unwrap_err();
+    let err = inventory::load(dir.path().to_str().unwrap(), std::time::Duration::from_millis(300))
+        .await
+        .unwrap_err();
     assert!(matches!(err, InventoryError::Timeout { .. }), "{err:?}");
     assert!(
         err.to_string().starts_with(&format!(
@@ -316,7 +293,9 @@ fn health_checks_are_resolved_and_checked() {
     ] {
         let err = mk(&format!("{{ hosts.web1.healthChecks = {bad}; }}")).unwrap_err();
         assert!(
-            error_line(&err).starts_with("error: deployFlake.hosts.web1.healthChecks: expected a list of checks"),
+            error_line(&err).starts_with(
+                "error: deployFlake.hosts.web1.healthChecks: expected a list of checks"
+            ),
             "{bad}: {err}"
         );
     }

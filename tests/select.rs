@@ -22,10 +22,7 @@ fn inventory() -> Inventory {
     db1.ssh_user = "deploy".into();
     db1.timeouts.build = 9;
     hosts.insert("db1".into(), db1);
-    Inventory {
-        schema_version: 1,
-        hosts,
-    }
+    Inventory { schema_version: 1, hosts }
 }
 
 fn sel(hosts: &[&str], all: bool, exclude: &[&str]) -> Selection {
@@ -47,35 +44,24 @@ fn pick(hosts: &[&str], all: bool, exclude: &[&str]) -> Vec<String> {
 }
 
 fn pick_err(hosts: &[&str], all: bool, exclude: &[&str]) -> String {
-    select(Some(&inventory()), &sel(hosts, all, exclude))
-        .unwrap_err()
-        .to_string()
+    select(Some(&inventory()), &sel(hosts, all, exclude)).unwrap_err().to_string()
 }
 
 #[test]
 fn names_tags_globs_all_sorted_without_duplicates() {
     assert_eq!(pick(&["web-2", "db1"], false, &[]), ["db1", "web-2"]);
     assert_eq!(pick(&["@web"], false, &[]), ["web-1", "web-10", "web-2"]);
-    assert_eq!(
-        pick(&["@canary", "web-2", "web-*"], false, &[]),
-        ["web-1", "web-10", "web-2"]
-    );
+    assert_eq!(pick(&["@canary", "web-2", "web-*"], false, &[]), ["web-1", "web-10", "web-2"]);
     assert_eq!(pick(&["web-?"], false, &[]), ["web-1", "web-2"]);
     assert_eq!(pick(&["[dm]*"], false, &[]), ["db1", "mail"]);
-    assert_eq!(
-        pick(&[], true, &[]),
-        ["db1", "mail", "web-1", "web-10", "web-2"]
-    );
+    assert_eq!(pick(&[], true, &[]), ["db1", "mail", "web-1", "web-10", "web-2"]);
 }
 
 #[test]
 fn exclusions_use_the_same_syntax() {
     assert_eq!(pick(&[], true, &["@web"]), ["db1", "mail"]);
     assert_eq!(pick(&["@web"], false, &["web-1*"]), ["web-2"]);
-    assert_eq!(
-        pick(&[], true, &["mail", "@db", "web-1?"]),
-        ["web-1", "web-2"]
-    );
+    assert_eq!(pick(&[], true, &["mail", "@db", "web-1?"]), ["web-1", "web-2"]);
     assert_eq!(
         pick_err(&["@db"], false, &["db1"]),
         "every selected host was excluded by --exclude"
@@ -96,10 +82,7 @@ fn unknown_names_suggest_the_closest() {
         pick_err(&["zzzz"], false, &[]),
         "unknown host `zzzz`: known hosts: `db1`, `mail`, `web-1`, `web-10`, `web-2` (for a host outside deployFlake, write nixos://HOST or USER@HOST)"
     );
-    assert_eq!(
-        pick_err(&["@wbe"], false, &[]),
-        "no host has tag `@wbe`: did you mean `@web`?"
-    );
+    assert_eq!(pick_err(&["@wbe"], false, &[]), "no host has tag `@wbe`: did you mean `@web`?");
     assert_eq!(
         pick_err(&["app-*"], false, &[]),
         "`app-*` matches no host in deployFlake (hosts: `db1`, `mail`, `web-1`, `web-10`, `web-2`)"
@@ -157,48 +140,30 @@ fn ad_hoc_destinations() {
     let plain = &t[2].spec;
     let mut want = HostSpec::with_defaults("10.0.0.5");
     want.ssh_user = "admin".into();
-    assert_eq!(
-        *plain, want,
-        "no inventory host of that name: built-in defaults"
-    );
+    assert_eq!(*plain, want, "no inventory host of that name: built-in defaults");
 
     let db = &t[3].spec;
     assert_eq!(
         (db.hostname.as_str(), db.ssh_user.as_str(), db.ssh_port),
         ("db.internal", "deploy", 2200)
     );
-    assert_eq!(
-        db.timeouts.build, 9,
-        "user not given: the inventory host's user and timeouts stay"
-    );
+    assert_eq!(db.timeouts.build, 9, "user not given: the inventory host's user and timeouts stay");
 }
 
 #[test]
 fn ad_hoc_without_inventory() {
-    let t = select(
-        None,
-        &sel(
-            &["web1", "nixos://root@h:2222/web", "ops@[::1]"],
-            false,
-            &[],
-        ),
-    )
-    .unwrap();
+    let t =
+        select(None, &sel(&["web1", "nixos://root@h:2222/web", "ops@[::1]"], false, &[])).unwrap();
     assert_eq!(names(&t), ["web1", "nixos://root@h:2222/web", "ops@[::1]"]);
     assert_eq!(t[0].spec, HostSpec::with_defaults("web1"));
     assert_eq!(t[1].spec.configuration, "web");
     assert_eq!(t[2].spec.hostname, "::1");
     assert_eq!(t[2].spec.configuration, "::1");
 
-    let e = select(None, &sel(&["@web"], false, &[]))
-        .unwrap_err()
-        .to_string();
+    let e = select(None, &sel(&["@web"], false, &[])).unwrap_err().to_string();
     assert_eq!(e, "`@web` needs the flake's deployFlake output, which it does not have; name ad hoc destinations (nixos://[user@]host[:port][/config]) instead, or add deployFlake to flake.nix");
     let e = select(None, &sel(&[], true, &[])).unwrap_err().to_string();
-    assert!(
-        e.starts_with("`--all` needs the flake's deployFlake output"),
-        "{e}"
-    );
+    assert!(e.starts_with("`--all` needs the flake's deployFlake output"), "{e}");
     assert!(!sel(&["web-*"], false, &[]).works_without_inventory());
     assert!(sel(&["nixos://h/web"], false, &[]).works_without_inventory());
     assert!(sel(&["nixos://[::1]/web", "u@[::1]", "h"], false, &[]).works_without_inventory());
@@ -207,11 +172,7 @@ fn ad_hoc_without_inventory() {
 
 #[test]
 fn duplicates_collapse() {
-    let t = select(
-        Some(&inventory()),
-        &sel(&["mail", "mail", "a@b", "a@b"], false, &[]),
-    )
-    .unwrap();
+    let t = select(Some(&inventory()), &sel(&["mail", "mail", "a@b", "a@b"], false, &[])).unwrap();
     assert_eq!(names(&t), ["mail", "a@b"]);
     let t = select(Some(&inventory()), &sel(&["mail", "a@b"], false, &["a@b"])).unwrap();
     assert_eq!(names(&t), ["mail"]);
@@ -235,25 +196,14 @@ fn destination_grammar() {
     );
     assert_eq!(d("[::1]"), Ok(dest(None, "::1", None, None)));
     assert_eq!(d("fe80::1"), Ok(dest(None, "fe80::1", None, None)));
-    assert_eq!(
-        d("h/odd \"name\" $(x)"),
-        Ok(dest(None, "h", None, Some("odd \"name\" $(x)")))
-    );
+    assert_eq!(d("h/odd \"name\" $(x)"), Ok(dest(None, "h", None, Some("odd \"name\" $(x)"))));
     assert_eq!(d("h:0"), Err("port `0` is not a number in 1..65535".into()));
-    assert_eq!(
-        d("h:99999"),
-        Err("port `99999` is not a number in 1..65535".into())
-    );
+    assert_eq!(d("h:99999"), Err("port `99999` is not a number in 1..65535".into()));
     assert_eq!(d("[::1"), Err("missing ']' after an IPv6 address".into()));
     assert_eq!(d("[::1]x"), Err("unexpected `x` after ']'".into()));
-    assert_eq!(
-        d("-oProxyCommand=x"),
-        Err("host `-oProxyCommand=x` starts with '-'".into())
-    );
+    assert_eq!(d("-oProxyCommand=x"), Err("host `-oProxyCommand=x` starts with '-'".into()));
     assert_eq!(d("@h"), Err("user `` it is empty".into()));
-    let e = select(None, &sel(&["nixos://root@-x/web"], false, &[]))
-        .unwrap_err()
-        .to_string();
+    let e = select(None, &sel(&["nixos://root@-x/web"], false, &[])).unwrap_err().to_string();
     assert_eq!(e, "`nixos://root@-x/web` is not a valid destination: host `-x` starts with '-' (expected nixos://[user@]host[:port][/config])");
 }
 
@@ -261,15 +211,10 @@ fn destination_grammar() {
 fn exact_attribute_names_win_over_every_other_reading() {
     let mut inv = inventory();
     for odd in ["web[1]", "ops@edge", "it's $(x) *"] {
-        inv.hosts
-            .insert(odd.into(), HostSpec::with_defaults("placeholder"));
+        inv.hosts.insert(odd.into(), HostSpec::with_defaults("placeholder"));
     }
     for odd in ["web[1]", "ops@edge", "it's $(x) *"] {
         let t = select(Some(&inv), &sel(&[odd], false, &[])).unwrap();
-        assert_eq!(
-            names(&t),
-            [odd],
-            "{odd} is an attribute name, not a glob or destination"
-        );
+        assert_eq!(names(&t), [odd], "{odd} is an attribute name, not a glob or destination");
     }
 }

@@ -11,11 +11,7 @@ use super::{repo_root, run_ok};
 pub fn write_fixture(dir: &Path, hosts_nix: &str) {
     let template = repo_root().join("tests/fixtures/lab");
     let lib = repo_root().join("lib");
-    assert!(
-        lib.join("default.nix").is_file(),
-        "{} has no default.nix",
-        lib.display()
-    );
+    assert!(lib.join("default.nix").is_file(), "{} has no default.nix", lib.display());
     run_ok(Command::new("cp").arg("-r").arg(&template).arg(dir));
     run_ok(Command::new("cp").arg("-r").arg(&lib).arg(dir.join("lib")));
     // Lock files and results of manual runs in the template are not copied on.

@@ -56,11 +56,7 @@ impl Lab {
         keygen.arg("keygen").arg(&dir);
         run_ok(&mut keygen);
 
-        let mut lab = Lab {
-            targets: Vec::new(),
-            dir,
-            flakes: AtomicUsize::new(0),
-        };
+        let mut lab = Lab { targets: Vec::new(), dir, flakes: AtomicUsize::new(0) };
         let booted: Vec<Result<Target, String>> = thread::scope(|s| {
             let handles: Vec<_> = suites
                 .iter()
@@ -69,10 +65,7 @@ impl Lab {
                     s.spawn(move || boot_one(&dir, suite))
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("boot thread panicked"))
-                .collect()
+            handles.into_iter().map(|h| h.join().expect("boot thread panicked")).collect()
         });
         let mut errors = Vec::new();
         for b in booted {
@@ -82,11 +75,7 @@ impl Lab {
             }
         }
         // Dropping `lab` here stops the targets that did boot.
-        assert!(
-            errors.is_empty(),
-            "lab boot failed:\n{}",
-            errors.join("\n\n")
-        );
+        assert!(errors.is_empty(), "lab boot failed:\n{}", errors.join("\n\n"));
         lab
     }
 
@@ -175,11 +164,7 @@ fn boot_one(dir: &Path, suite: Suite) -> Result<Target, String> {
     let claim = Claim::take();
     let name = format!("dft-{}-{}", std::process::id(), claim.idx);
     let mut cmd = Command::new(lab_script());
-    cmd.arg("boot")
-        .arg(&name)
-        .arg(claim.idx.to_string())
-        .arg(suite.as_str())
-        .arg(dir);
+    cmd.arg("boot").arg(&name).arg(claim.idx.to_string()).arg(suite.as_str()).arg(dir);
     let out = run(&mut cmd);
     let target = Target::new(name, claim, suite, dir.to_path_buf());
     if out.status.success() {
@@ -203,10 +188,7 @@ impl Drop for Lab {
         let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         let prefix = format!(" {}/", self.dir.display());
         if mounts.lines().any(|l| l.contains(&prefix)) {
-            eprintln!(
-                "lab: keeping {} (something is still mounted below it)",
-                self.dir.display()
-            );
+            eprintln!("lab: keeping {} (something is still mounted below it)", self.dir.display());
         } else if std::env::var_os("DEPLOY_FLAKE_LAB_KEEP_DIR").is_none() {
             let _ = fs::remove_dir_all(&self.dir);
         }

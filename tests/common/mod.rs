@@ -63,8 +63,7 @@ pub fn run_ok(cmd: &mut Command) -> String {
 
 /// Runs `cmd` and returns its output, panicking only when it cannot start.
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", cmd))
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {:?}: {e}", cmd))
 }
 
 /// "`argv` exited with N" plus the tails of stdout and stderr.
@@ -87,9 +86,7 @@ pub fn tail(s: &str, n: usize) -> String {
 /// Fails loudly (never skips) when the machine cannot run the lab.
 pub fn require_lab_prerequisites() {
     let uid = Command::new("id").arg("-u").output().ok();
-    let is_root = uid
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
+    let is_root = uid.map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
     assert!(
         is_root,
         "the lab tier needs root (overlay mounts, network namespaces, systemd-nspawn); run the tests as root"

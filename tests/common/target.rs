@@ -62,10 +62,7 @@ impl Target {
         cmd.args(["--kill-after=5", SSH_TIMEOUT, "ssh", "-i"])
             .arg(self.key_path())
             .arg("-o")
-            .arg(format!(
-                "UserKnownHostsFile={}",
-                self.known_hosts_path().display()
-            ))
+            .arg(format!("UserKnownHostsFile={}", self.known_hosts_path().display()))
             .args([
                 "-o",
                 "StrictHostKeyChecking=yes",
@@ -101,12 +98,7 @@ impl Target {
         c.arg("--").arg(cmd);
         let out = run(&mut c);
         if !out.status.success() {
-            panic!(
-                "{} ({}): {}",
-                self.name,
-                self.address,
-                describe_failure(&c, &out)
-            );
+            panic!("{} ({}): {}", self.name, self.address, describe_failure(&c, &out));
         }
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
@@ -144,11 +136,7 @@ impl Target {
         let _ = self.ssh("systemd-run --unit=lab-broken /bin/false");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while self.system_state() != "degraded" {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{}: did not become degraded",
-                self.name
-            );
+            assert!(std::time::Instant::now() < deadline, "{}: did not become degraded", self.name);
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
@@ -163,10 +151,7 @@ impl Target {
         let out = run_ok(&mut cmd);
         let v: serde_json::Value = serde_json::from_str(&out)
             .unwrap_or_else(|e| panic!("nix flake archive --json printed {out:?}: {e}"));
-        v["path"]
-            .as_str()
-            .expect("no path in nix flake archive --json")
-            .to_string()
+        v["path"].as_str().expect("no path in nix flake archive --json").to_string()
     }
 
     /// Builds `nixosConfigurations.<configuration>` of the flake source at
@@ -176,16 +161,11 @@ impl Target {
         let installable = format!(
             "path:{source}#nixosConfigurations.\"{configuration}\".config.system.build.toplevel"
         );
-        let out = self.ssh_ok(&format!(
-            "nix build --json --no-link {}",
-            escape(installable.into())
-        ));
+        let out =
+            self.ssh_ok(&format!("nix build --json --no-link {}", escape(installable.into())));
         let v: serde_json::Value = serde_json::from_str(&out)
             .unwrap_or_else(|e| panic!("nix build --json printed {out:?}: {e}"));
-        v[0]["outputs"]["out"]
-            .as_str()
-            .expect("no out path in nix build --json")
-            .to_string()
+        v[0]["outputs"]["out"].as_str().expect("no out path in nix build --json").to_string()
     }
 
     /// Runs `<toplevel>/bin/switch-to-configuration <action>` in a transient
@@ -225,11 +205,7 @@ impl Target {
         cmd.arg("stop").arg(&self.name).arg(&self.lab_dir);
         let out = run(&mut cmd);
         if !out.status.success() {
-            eprintln!(
-                "lab: stopping {}: {}",
-                self.name,
-                describe_failure(&cmd, &out)
-            );
+            eprintln!("lab: stopping {}: {}", self.name, describe_failure(&cmd, &out));
         }
     }
 }

@@ -53,7 +53,10 @@ impl Run {
 
     /// The system the host ended on, as reported.
     pub fn system(&self, host: &str) -> String {
-        self.report(host)["system"].as_str().unwrap_or_else(|| panic!("no system for {host}:\n{self}")).to_string()
+        self.report(host)["system"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no system for {host}:\n{self}"))
+            .to_string()
     }
 
     /// Every output line the tool tagged with `host`.
@@ -68,7 +71,11 @@ impl Run {
 
 impl std::fmt::Display for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {} after {:?}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.elapsed, self.stdout, self.stderr)
+        write!(
+            f,
+            "exit {} after {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.elapsed, self.stdout, self.stderr
+        )
     }
 }
 
@@ -152,7 +159,11 @@ impl Background {
 
     /// Send a signal to the deployer process.
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap().success();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "kill -{sig} failed");
     }
 

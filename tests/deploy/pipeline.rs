@@ -21,7 +21,9 @@ fn all_hosts_deploy_and_a_reboot_comes_up_in_the_new_system() {
     );
     let run = deploy(&f, &["--all"]);
     assert_eq!(run.code, 0, "{run}");
-    for (host, t, version) in [("web1", a, "healthy-v2"), ("web2", b, "healthy-v2"), ("db1", c, "healthy-v1")] {
+    for (host, t, version) in
+        [("web1", a, "healthy-v2"), ("web2", b, "healthy-v2"), ("db1", c, "healthy-v1")]
+    {
         assert_eq!(run.outcome(host), "deployed", "{run}");
         let sys = run.system(host);
         assert!(sys.contains(&format!("nixos-system-{version}")), "{host}: {sys}");
@@ -37,7 +39,11 @@ fn all_hosts_deploy_and_a_reboot_comes_up_in_the_new_system() {
     c.reboot();
     assert_ne!(c.boot_id(), before, "a real reboot");
     let sys = run.system("db1");
-    assert_eq!(c.current_system().as_deref(), Some(sys.as_str()), "rebooted into the deployed system");
+    assert_eq!(
+        c.current_system().as_deref(),
+        Some(sys.as_str()),
+        "rebooted into the deployed system"
+    );
     assert_eq!(c.ssh_ok("cat /run/demo-web/version"), "healthy-v1");
 }
 
@@ -54,7 +60,8 @@ fn second_run_is_up_to_date_and_activates_nothing() {
     );
     let first = deploy(&f, &["--all"]);
     assert_eq!(first.code, 0, "{first}");
-    let units: Vec<String> = lab.targets.iter().map(|t| invocation(t, "demo-web.service")).collect();
+    let units: Vec<String> =
+        lab.targets.iter().map(|t| invocation(t, "demo-web.service")).collect();
 
     let second = deploy(&f, &["--all"]);
     assert_eq!(second.code, 0, "{second}");
@@ -79,7 +86,13 @@ fn degraded_target_is_refused_and_unchanged() {
     let (bad, good) = (&lab.targets[0], &lab.targets[1]);
     let v1 = baseline(&lab, "bad", bad, "healthy-v1");
     bad.make_degraded();
-    let f = flake(&lab, &[host_entry(&lab, "bad", bad, "healthy-v2", ""), host_entry(&lab, "good", good, "healthy-v2", "")]);
+    let f = flake(
+        &lab,
+        &[
+            host_entry(&lab, "bad", bad, "healthy-v2", ""),
+            host_entry(&lab, "good", good, "healthy-v2", ""),
+        ],
+    );
     let run = deploy(&f, &["--all"]);
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(run.outcome("bad"), "failed");
@@ -126,10 +139,17 @@ fn unit_failing_during_test_is_rolled_back_and_boot_entry_untouched() {
     assert_eq!(run.outcome("h"), "rolled-back", "{run}");
     assert!(run.message("h").contains("exited with 4"), "{run}");
     assert_eq!(run.system("h"), v1, "the report names the system the host is back on");
-    assert!(run.lines("h").iter().any(|l| l.contains("failed units: demo-broken.service")), "{run}");
+    assert!(
+        run.lines("h").iter().any(|l| l.contains("failed units: demo-broken.service")),
+        "{run}"
+    );
     assert_eq!(t.current_system(), Some(v1.clone()));
     assert_eq!(t.boot_profile(), Some(v1));
-    assert_eq!(t.ssh_ok("ls /nix/var/nix/profiles | grep -c '^system-'"), generations, "no new generation");
+    assert_eq!(
+        t.ssh_ok("ls /nix/var/nix/profiles | grep -c '^system-'"),
+        generations,
+        "no new generation"
+    );
     assert_eq!(t.system_state(), "running");
 }
 
@@ -170,7 +190,9 @@ fn connection_killed_during_activation_reattaches() {
     let f = flake(&lab, &[host_entry(&lab, "h", t, "slow-activation", "")]);
     let mut bg = Background::start(&f, &["--all"]);
     bg.wait_for("activation started", Duration::from_secs(120), |v| {
-        v["event"] == "output" && v["host"] == "h" && v["line"].as_str().unwrap_or("").contains("slow activation: started")
+        v["event"] == "output"
+            && v["host"] == "h"
+            && v["line"].as_str().unwrap_or("").contains("slow activation: started")
     });
     // Kill the deployer's ssh master (and with it every channel) for this target.
     let killed = kill_ssh_masters_to(&t.address);
@@ -179,7 +201,10 @@ fn connection_killed_during_activation_reattaches() {
     assert_eq!(run.code, 0, "{run}");
     let events = events(&run.stdout);
     assert!(
-        events.iter().any(|e| e["event"] == "note" && e["text"].as_str().unwrap_or("").contains("reconnected")),
+        events
+            .iter()
+            .any(|e| e["event"] == "note"
+                && e["text"].as_str().unwrap_or("").contains("reconnected")),
         "reconnected:\n{run}"
     );
     assert_eq!(run.outcome("h"), "deployed");
@@ -187,7 +212,10 @@ fn connection_killed_during_activation_reattaches() {
     assert!(sys.contains("slow-activation"));
     assert_eq!(t.current_system().as_deref(), Some(sys.as_str()));
     assert_eq!(t.boot_profile().as_deref(), Some(sys.as_str()));
-    assert!(run.lines("h").iter().any(|l| l.contains("slow activation: done")), "log after re-attaching:\n{run}");
+    assert!(
+        run.lines("h").iter().any(|l| l.contains("slow activation: done")),
+        "log after re-attaching:\n{run}"
+    );
 }
 
 /// Kill (SIGKILL) every local process with a TCP connection to `addr`:22.
@@ -195,7 +223,10 @@ fn connection_killed_during_activation_reattaches() {
 /// and nix's copies, ride on the master's unix socket). The master renames
 /// itself (`ssh: <ControlPath> [mux]`), so it is found by its socket.
 fn kill_ssh_masters_to(addr: &str) -> usize {
-    let out = std::process::Command::new("ss").args(["-tnpH", "dst", &format!("{addr}:22")]).output().unwrap();
+    let out = std::process::Command::new("ss")
+        .args(["-tnpH", "dst", &format!("{addr}:22")])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let mut pids: Vec<String> = text
         .split("pid=")
@@ -206,7 +237,9 @@ fn kill_ssh_masters_to(addr: &str) -> usize {
     pids.sort();
     pids.dedup();
     pids.iter()
-        .filter(|pid| std::process::Command::new("kill").args(["-KILL", pid]).status().unwrap().success())
+        .filter(|pid| {
+            std::process::Command::new("kill").args(["-KILL", pid]).status().unwrap().success()
+        })
         .count()
 }
 
@@ -239,7 +272,7 @@ fn hostile_names_are_never_executed() {
     let t = &lab.targets[0];
     let canary = lab.dir().join("pwned");
     let hostile_attr = format!("web 1'; touch {} #$(touch {})", canary.display(), canary.display());
-    let hostile_cfg = format!("it's $(touch /tmp/pwned) `touch /tmp/pwned` here");
+    let hostile_cfg = "it's $(touch /tmp/pwned) `touch /tmp/pwned` here".to_string();
     let entry = format!(
         "  {} = {{ hostname = \"{}\"; configuration = {}; sshOpts = {}; }};\n",
         crate::common::nix_string(&hostile_attr),
@@ -249,13 +282,21 @@ fn hostile_names_are_never_executed() {
     );
     let f = lab.fixture_flake_raw(&format!("{{\n{entry}}}\n"));
     // The fixture flake offers every scenario under a hostile alias too.
-    std::fs::write(f.join("aliases.nix"), format!("{{ {} = \"healthy-v2\"; }}\n", crate::common::nix_string(&hostile_cfg))).unwrap();
+    std::fs::write(
+        f.join("aliases.nix"),
+        format!("{{ {} = \"healthy-v2\"; }}\n", crate::common::nix_string(&hostile_cfg)),
+    )
+    .unwrap();
     let run = deploy(&f, &["--all"]);
     assert_eq!(run.code, 0, "{run}");
     assert_eq!(run.outcome(&hostile_attr), "deployed");
     assert_eq!(t.ssh_ok("cat /run/demo-web/version"), "healthy-v2");
     assert!(!canary.exists(), "nothing ran on the deploying side");
-    assert_eq!(t.ssh_ok("test -e /tmp/pwned && echo yes || echo no"), "no", "nothing ran on the target");
+    assert_eq!(
+        t.ssh_ok("test -e /tmp/pwned && echo yes || echo no"),
+        "no",
+        "nothing ran on the target"
+    );
     assert!(!std::path::Path::new("/tmp/pwned").exists());
 
     // A hostname that would be an ssh option is refused before anything runs.
@@ -313,7 +354,11 @@ fn unknown_host_key_is_refused_with_the_fix() {
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(run.report("h")["phase"], "connect");
     let msg = run.message("h");
-    assert!(msg.contains("Host key verification failed") && msg.contains("never turns host key checking off"), "{msg}");
+    assert!(
+        msg.contains("Host key verification failed")
+            && msg.contains("never turns host key checking off"),
+        "{msg}"
+    );
     assert_eq!(t.current_system(), None, "nothing was activated");
     assert_eq!(t.ssh_ok("ls /run/deploy-flake 2>/dev/null | wc -l"), "0", "nothing was written");
 }

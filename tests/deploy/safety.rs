@@ -26,7 +26,11 @@ fn config_that_stops_sshd_is_rolled_back() {
     assert_eq!(run.outcome("h"), "rolled-back", "{run}");
     assert!(run.message("h").contains("fresh ssh login"), "{run}");
     assert_eq!(run.system("h"), v1);
-    assert!(run.elapsed < Duration::from_secs(10 + 30), "within the confirm timeout plus a margin: {:?}", run.elapsed);
+    assert!(
+        run.elapsed < Duration::from_secs(10 + 30),
+        "within the confirm timeout plus a margin: {:?}",
+        run.elapsed
+    );
     assert_back_on(t, &v1);
 }
 
@@ -37,7 +41,10 @@ fn config_that_cuts_the_network_is_rolled_back() {
     let lab = Lab::boot(1, Suite::Bookworm);
     let t = &lab.targets[0];
     let v1 = baseline(&lab, "h", t, "healthy-v1");
-    let f = flake(&lab, &[host_entry(&lab, "h", t, "cuts-network", "timeouts = { confirm = 8; connect = 3; };")]);
+    let f = flake(
+        &lab,
+        &[host_entry(&lab, "h", t, "cuts-network", "timeouts = { confirm = 8; connect = 3; };")],
+    );
     let run = deploy(&f, &["--all"]);
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(run.outcome("h"), "rolled-back", "{run}");
@@ -126,11 +133,19 @@ fn concurrent_deploys_to_one_host_second_is_refused() {
     baseline(&lab, "h", t, "healthy-v1");
     let f = flake(&lab, &[host_entry(&lab, "h", t, "slow-activation", "")]);
     let mut first = Background::start(&f, &["--all"]);
-    first.wait_for("first holds the lock", Duration::from_secs(120), phase_started("h", "preflight"));
+    first.wait_for(
+        "first holds the lock",
+        Duration::from_secs(120),
+        phase_started("h", "preflight"),
+    );
     let started = Instant::now();
     let second = deploy(&f, &["--all"]);
     assert_eq!(second.code, 1, "{second}");
-    assert!(started.elapsed() < Duration::from_secs(15), "refused at once: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "refused at once: {:?}",
+        started.elapsed()
+    );
     let msg = second.message("h");
     assert!(msg.contains("locked by another deploy") && msg.contains("since"), "{msg}");
     let first = first.finish(Duration::from_secs(180));
@@ -152,10 +167,17 @@ fn control_master_in_ssh_config_does_not_fake_the_fresh_login() {
     std::fs::create_dir_all(&sockets).unwrap();
     std::fs::write(
         &cfg,
-        format!("Host *\n  ControlMaster auto\n  ControlPath {}/%C\n  ControlPersist 120\n", sockets.display()),
+        format!(
+            "Host *\n  ControlMaster auto\n  ControlPath {}/%C\n  ControlPersist 120\n",
+            sockets.display()
+        ),
     )
     .unwrap();
-    let extra = format!("timeouts.confirm = 10; sshOpts = [ \"-F\" \"{}\" ] ++ {};", cfg.display(), lab.ssh_opts_nix());
+    let extra = format!(
+        "timeouts.confirm = 10; sshOpts = [ \"-F\" \"{}\" ] ++ {};",
+        cfg.display(),
+        lab.ssh_opts_nix()
+    );
     // sshOpts given twice would be a Nix error: build the entry by hand.
     let entry = format!(
         "  h = {{ hostname = \"{}\"; configuration = \"stops-sshd\"; {extra} }};\n",
@@ -276,10 +298,13 @@ fn failing_http_health_check_rolls_back() {
             let mut buf = [0u8; 1024];
             let _ = conn.read(&mut buf);
             counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let _ = conn.write_all(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
+            let _ =
+                conn.write_all(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
         }
     });
-    let checks = format!(r#"healthChecks = [ {{ http = "http://127.0.0.1:{port}/health"; period = 1; timeout = 3; }} ];"#);
+    let checks = format!(
+        r#"healthChecks = [ {{ http = "http://127.0.0.1:{port}/health"; period = 1; timeout = 3; }} ];"#
+    );
     let f = flake(&lab, &[host_entry(&lab, "h", t, "healthy-v2", &checks)]);
     let run = deploy(&f, &["--all"]);
     assert_eq!(run.code, 1, "{run}");
