@@ -5,18 +5,22 @@
 # outlive the ssh connection that started them and finish on their own.
 #
 # Per-run state lives in a root-only directory RUNDIR:
-#   status     one line: "<state> [reason]"; written atomically
+#   status     one line: "<state> [<cause> <reason>]"; written atomically;
+#              <cause> is a machine-readable word (activation-failed,
+#              timeout, not-confirmed, health-check, boot-entry, ...)
 #   previous   the system that was running before the activation
 #   log        everything switch-to-configuration printed
 #   confirmed  created by the deployer over a fresh ssh login
-#   abort      created by the deployer to stop a hanging activation
+#   abort      created by the deployer to stop the activation or refuse
+#              the confirmation: one line "<cause> <reason>"
 # A run only ever looks at its own RUNDIR, so nothing left by an earlier
 # run can confirm a later one.
 #
 #   agent.sh activate RUNDIR TOPLEVEL ACTIVATE_SECS CONFIRM_SECS MAGIC_ROLLBACK(1|0)
 #   agent.sh boot RUNDIR TOPLEVEL [GENERATION]   (GENERATION: switch the profile back to it)
 #   agent.sh watch RUNDIR SKIP_LINES [STATE]   (also keeps waiting while in STATE)
-#   agent.sh hold INFO            (run under flock: holds the host lock until stdin closes)
+#   agent.sh hold INFO            (run under flock: holds the host lock until stdin closes;
+#                                  says "deploy-flake-locked" once it holds it)
 #   agent.sh health SECS          (system state and failed units)
 #   agent.sh facts TOPLEVEL [SELFCHECK]   (what the deployer needs to decide)
 #
@@ -73,8 +77,20 @@ failed_units() {
     systemctl list-units --failed --plain --no-legend --no-pager 2> /dev/null | awk '{print $1}' | tr '\n' ' '
 }
 
+# The deployer's abort file: "<cause> <reason>".
+abort_cause() {
+    read -r cause _ < "$rundir/abort" 2> /dev/null
+    printf '%s\n' "${cause:-aborted}"
+}
+
+abort_text() {
+    read -r _ text < "$rundir/abort" 2> /dev/null
+    printf '%s\n' "$text"
+}
+
+# roll_back CAUSE REASON
 roll_back() {
-    reason=$1
+    cause=$1 reason=$2
     # The system built for this run will not be booted: drop its GC root.
     rm -f "$rundir/toplevel"
     failed=$(failed_units)
@@ -82,14 +98,14 @@ roll_back() {
         log "failed units: $failed"
     fi
     if [ "$magic" != 1 ]; then
-        set_status failed "$reason"
+        set_status failed "$cause" "$reason"
         return
     fi
     if [ -z "$previous" ] || [ ! -x "$previous/bin/switch-to-configuration" ]; then
-        set_status rollback-failed "$reason; no previous system to return to"
+        set_status rollback-failed "$cause" "$reason; no previous system to return to"
         return
     fi
-    set_status rolling-back "$reason"
+    set_status rolling-back "$cause" "$reason"
     log "rolling back to $previous: $reason"
     rm -f "$rundir/abort"
     run_bounded "$activate_secs" "$previous/bin/switch-to-configuration" test
@@ -101,9 +117,9 @@ roll_back() {
     fi
     now=$(readlink -f /run/current-system 2> /dev/null)
     if [ "$rc" = 0 ] && [ "$now" = "$previous" ]; then
-        set_status rolled-back "$reason"
+        set_status rolled-back "$cause" "$reason"
     else
-        set_status rollback-failed "$reason; re-activating $previous exited with $rc"
+        set_status rollback-failed "$cause" "$reason; re-activating $previous exited with $rc"
     fi
 }
 
@@ -120,21 +136,21 @@ activate() {
     rc=$?
     case "$rc" in
         0) ;;
-        124) roll_back "activation did not finish within ${activate_secs}s"; return ;;
-        125) roll_back "activation aborted by the deployer: $(cat "$rundir/abort" 2> /dev/null)"; return ;;
-        4) roll_back "switch-to-configuration test exited with 4 (a unit failed)"; return ;;
-        *) roll_back "switch-to-configuration test exited with $rc"; return ;;
+        124) roll_back timeout "activation did not finish within ${activate_secs}s"; return ;;
+        125) roll_back "$(abort_cause)" "activation aborted by the deployer: $(abort_text)"; return ;;
+        4) roll_back activation-failed "switch-to-configuration test exited with 4 (a unit failed)"; return ;;
+        *) roll_back activation-failed "switch-to-configuration test exited with $rc"; return ;;
     esac
     set_status awaiting-confirmation
     ticks=0
     limit=$((confirm_secs * 5))
     while [ ! -e "$rundir/confirmed" ]; do
         if [ -e "$rundir/abort" ]; then
-            roll_back "not confirmed: $(cat "$rundir/abort" 2> /dev/null)"
+            roll_back "$(abort_cause)" "not confirmed: $(abort_text)"
             return
         fi
         if [ "$ticks" -ge "$limit" ]; then
-            roll_back "no confirmation within ${confirm_secs}s"
+            roll_back not-confirmed "no confirmation within ${confirm_secs}s"
             return
         fi
         sleep 0.2
@@ -153,7 +169,7 @@ boot() {
         nix-env -p /nix/var/nix/profiles/system --set "$toplevel" >> "$rundir/log" 2>&1
     fi
     if [ $? != 0 ] || [ "$(readlink -f /nix/var/nix/profiles/system)" != "$toplevel" ]; then
-        set_status boot-failed "the system profile could not be pointed at $toplevel"
+        set_status boot-failed boot-entry "the system profile could not be pointed at $toplevel"
         return
     fi
     "$toplevel/bin/switch-to-configuration" boot >> "$rundir/log" 2>&1 < /dev/null
@@ -163,7 +179,7 @@ boot() {
     if [ "$rc" = 0 ]; then
         set_status booted
     else
-        set_status boot-failed "switch-to-configuration boot exited with $rc"
+        set_status boot-failed boot-entry "switch-to-configuration boot exited with $rc"
     fi
 }
 
@@ -216,7 +232,7 @@ facts() {
 hold() {
     printf '%s\n' "$1" > /run/deploy-flake/lock.info
     active_activations
-    echo locked
+    echo deploy-flake-locked
     cat > /dev/null
     rm -f /run/deploy-flake/lock.info
 }

@@ -50,6 +50,11 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Option<Command>,
+
+    /// Say what the tool does: -v every command run (quoted exactly as run)
+    /// with its duration, -vv more. RUST_LOG overrides it.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]

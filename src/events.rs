@@ -82,6 +82,71 @@ impl Outcome {
     }
 }
 
+/// Why a host did not succeed, for machines (`--json`): the human message
+/// says the same in words. Additive: new reasons may appear in version 1.
+///
+/// | reason | meaning |
+/// |---|---|
+/// | `unreachable` | no ssh connection (refused, timed out, lost before anything changed) |
+/// | `host-key` | the host's key is not in known_hosts, or it changed |
+/// | `auth` | the host refused our key, or sudo wants a password |
+/// | `ssh-config` | the host's sshOpts cannot be used |
+/// | `locked` | another deploy-flake run holds the host lock |
+/// | `busy` | an activation of another run is still going on the host |
+/// | `preflight` | the host was not healthy before the deploy |
+/// | `copy` | copying the flake or the closure failed |
+/// | `build` | building the system failed |
+/// | `not-a-system` | the result is not a NixOS system, or the host lacks what one needs (systemd, flock) |
+/// | `self-check` | the system's self-check refused it |
+/// | `activation-failed` | `switch-to-configuration test` failed |
+/// | `health-check` | the system ran, but a health check failed |
+/// | `not-confirmed` | no confirmation over a fresh login in time |
+/// | `timeout` | a phase did not finish within its timeout |
+/// | `lost` | the connection was lost mid-activation and not regained |
+/// | `boot-entry` | writing the boot entry failed |
+/// | `rollback-failed` | returning to the previous system failed |
+/// | `cancelled` | the run was interrupted before the host activated |
+/// | `internal` | a bug: the report says what to inspect |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    Unreachable,
+    HostKey,
+    Auth,
+    SshConfig,
+    Locked,
+    Busy,
+    Preflight,
+    Copy,
+    Build,
+    NotASystem,
+    SelfCheck,
+    ActivationFailed,
+    HealthCheck,
+    NotConfirmed,
+    Timeout,
+    Lost,
+    BootEntry,
+    RollbackFailed,
+    Cancelled,
+    Internal,
+}
+
+impl Reason {
+    /// The reason named by its `--json` word (`health-check`).
+    pub fn parse(word: &str) -> Option<Reason> {
+        serde_json::from_value(serde_json::Value::String(word.to_string())).ok()
+    }
+
+    /// Its `--json` word.
+    pub fn as_str(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default()
+    }
+}
+
 /// The end-of-host record: what the summary table and the exit code use.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HostReport {
@@ -93,6 +158,8 @@ pub struct HostReport {
     pub duration: Duration,
     /// The system the host runs at the end, when known.
     pub system: Option<String>,
+    /// Why it failed, rolled back or is unknown, for machines.
+    pub reason: Option<Reason>,
     /// Why it failed, rolled back or is unknown; what to inspect.
     pub message: Option<String>,
 }
@@ -128,10 +195,12 @@ pub enum Event {
         host: String,
         text: String,
     },
-    /// The target returned to its previous system.
+    /// The target returned to its previous system: `reason` in words,
+    /// `cause` for machines.
     RolledBack {
         host: String,
         reason: String,
+        cause: Option<Reason>,
     },
     HostFinished {
         report: HostReport,

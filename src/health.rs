@@ -8,15 +8,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::inventory::HealthCheck;
-use crate::remote::{Cmd, Remote};
+use crate::process::{self, Cmd, Spawner};
 
 /// Run `check` until it passes; the error says why its last attempt failed.
-pub async fn run_check(remote: &Remote, check: &HealthCheck) -> Result<(), String> {
+/// Command checks run where `on` runs commands (the target).
+pub async fn run_check<S: Spawner>(on: &S, check: &HealthCheck) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(check.timeout);
     loop {
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
         let attempt = match (&check.command, &check.http) {
-            (Some(argv), _) => command_once(remote, argv, left).await,
+            (Some(argv), _) => command_once(on, argv, left).await,
             (None, Some(url)) => http_get(url, left).await.and_then(|code| {
                 if (200..400).contains(&code) {
                     Ok(())
@@ -39,20 +40,10 @@ pub async fn run_check(remote: &Remote, check: &HealthCheck) -> Result<(), Strin
     }
 }
 
-async fn command_once(remote: &Remote, argv: &[String], left: Duration) -> Result<(), String> {
-    let out = remote
-        .run(&Cmd::new(argv.iter().cloned()).timeout(left))
-        .await
-        .map_err(|e| e.to_string())?;
-    if out.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "exit {}: {}",
-            out.code().map(|c| c.to_string()).unwrap_or_else(|| "signal".into()),
-            out.tail()
-        ))
-    }
+async fn command_once<S: Spawner>(on: &S, argv: &[String], left: Duration) -> Result<(), String> {
+    let cmd = Cmd::new(argv.iter().cloned()).timeout(left);
+    let out = process::run(on, &cmd, None).await.and_then(|o| o.check());
+    out.map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// Split `http://host[:port]/path` into (host, port, path); IPv6 in brackets.

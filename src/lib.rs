@@ -4,15 +4,18 @@
 //! The binary (`src/main.rs`) is a thin shell around this library so that
 //! tests can drive every layer directly.
 
+pub mod agent;
 pub mod cli;
 pub mod events;
 pub mod exit;
 pub mod health;
+pub mod host;
 pub mod inventory;
 pub mod nix;
 pub mod pipeline;
 pub mod plan;
-pub mod remote;
+pub mod process;
 pub mod report;
 pub mod runner;
 pub mod select;
+pub mod ssh;

@@ -28,7 +28,9 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<Exit> {
     // clap prints usage errors itself and exits with 2, like ours.
-    let options = Cli::parse().into_options()?;
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let options = cli.into_options()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -46,6 +48,24 @@ fn run() -> anyhow::Result<Exit> {
     runtime.block_on(deploy(targets, &options))
 }
 
+/// `-v`: what the tool does (every command run, with its duration);
+/// `-vv`: more. `RUST_LOG` overrides both. Goes to stderr, so `--json`
+/// stays clean.
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "deploy_flake=debug",
+        _ => "deploy_flake=trace,openssh=debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
 /// Runs the deployment of the selected hosts and returns the run's exit
 /// status.
 async fn deploy(targets: Vec<Target>, options: &Options) -> anyhow::Result<Exit> {
@@ -59,8 +79,6 @@ async fn deploy(targets: Vec<Target>, options: &Options) -> anyhow::Result<Exit>
         flake: options.flake.clone(),
         force: options.force,
         skip_preflight: !options.preflight,
-        // Already applied to every host by `apply_overrides`.
-        self_check: None,
         sink: report::stdout_sink(options.output == OutputFormat::Json),
     };
     let flag = interrupted.clone();

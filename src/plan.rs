@@ -85,11 +85,7 @@ fn render_host(out: &mut String, t: &Target, flake: &str) {
 
 /// `user@host:port`, with IPv6 addresses in brackets.
 pub fn ssh_destination(s: &HostSpec) -> String {
-    if s.hostname.contains(':') {
-        format!("{}@[{}]:{}", s.ssh_user, s.hostname, s.ssh_port)
-    } else {
-        format!("{}@{}:{}", s.ssh_user, s.hostname, s.ssh_port)
-    }
+    crate::ssh::Destination::from_spec(s).display()
 }
 
 /// A Nix attribute name, quoted when it is not a plain identifier:

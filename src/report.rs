@@ -138,6 +138,7 @@ mod tests {
             phase: Some(phase),
             duration: Duration::from_millis(1500),
             system: if outcome.is_success() { Some("/nix/store/x-sys".into()) } else { None },
+            reason: None,
             message: msg.map(String::from),
         }
     }

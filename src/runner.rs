@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::events::{Event, HostReport, Outcome};
+use crate::events::{Event, HostReport, Outcome, Reason};
 use crate::exit::Exit;
+use crate::host::SshHost;
 use crate::pipeline::{self, Context};
 use crate::select::Target;
+use crate::ssh::Destination;
 
 /// A new id per run: names the run's state dir and units on each target.
 pub fn new_run_id() -> String {
@@ -63,12 +65,15 @@ pub async fn run(targets: Vec<Target>, ctx: Context, max_parallel: usize) -> Vec
                     phase: None,
                     duration: Duration::ZERO,
                     system: None,
+                    reason: Some(Reason::Cancelled),
                     message: Some("not started: the run was interrupted".into()),
                 };
                 (ctx.sink)(Event::HostFinished { report: report.clone() });
                 return (i, report);
             }
-            (i, pipeline::deploy(&target, &ctx).await)
+            let host =
+                SshHost::new(&target.name, Destination::from_spec(&target.spec), &ctx.run_id);
+            (i, pipeline::deploy(&target, &ctx, host).await)
         });
     }
     let mut reports: Vec<Option<HostReport>> = vec![None; targets.len()];
@@ -91,6 +96,7 @@ pub async fn run(targets: Vec<Target>, ctx: Context, max_parallel: usize) -> Vec
                 phase: None,
                 duration: started.elapsed(),
                 system: None,
+                reason: Some(Reason::Internal),
                 message: Some("internal error: the host's task panicked; inspect the host".into()),
             })
         })
@@ -131,6 +137,7 @@ mod tests {
             phase: None,
             duration: Duration::ZERO,
             system: None,
+            reason: None,
             message: None,
         }
     }

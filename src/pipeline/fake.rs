@@ -1,0 +1,245 @@
+//! A scripted host for the pipeline's unit tests: each operation answers
+//! what the test set up (by default, a healthy host that deploys), and
+//! every call is recorded in order.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use crate::agent::{AgentAction, AgentState, AgentStatus, Facts, Health};
+use crate::events::Reason;
+use crate::host::{Host, HostError, HostResult};
+use crate::inventory::HealthCheck;
+use crate::nix::StorePath;
+use crate::process::{Lines, Place, ProcessError};
+
+pub const OLD: &str = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-old";
+pub const NEW: &str = "/nix/store/zyxwvsrqpnmlkjihgfdcba9876543210-nixos-system-new";
+
+pub fn path(p: &str) -> StorePath {
+    StorePath::parse(p).unwrap()
+}
+
+/// An agent status line as the agent would write it.
+pub fn status(line: &str) -> HostResult<AgentStatus> {
+    let mut s = AgentStatus::parse(line);
+    s.previous = Some(OLD.into());
+    Ok(s)
+}
+
+pub fn timeout(cmd: &str) -> HostError {
+    HostError::Process(ProcessError::Timeout {
+        cmd: cmd.into(),
+        secs: 5,
+        place: Place::Remote("web1".into()),
+    })
+}
+
+pub fn disconnected() -> HostError {
+    HostError::Process(ProcessError::Disconnected { cmd: "agent watch".into() })
+}
+
+pub fn failed(cmd: &str, tail: &str) -> HostError {
+    HostError::Process(ProcessError::Failed {
+        cmd: cmd.into(),
+        place: Place::Remote("web1".into()),
+        exit: crate::process::Exit::Code(1),
+        tail: tail.into(),
+    })
+}
+
+pub fn health(state: &str, failed: &[&str]) -> HostResult<Health> {
+    Ok(Health { state: state.into(), failed_units: failed.iter().map(|u| u.to_string()).collect() })
+}
+
+pub struct Fake {
+    pub calls: Arc<Mutex<Vec<String>>>,
+    pub connect: HostResult<()>,
+    pub lock: HostResult<Vec<String>>,
+    /// Answers of `health`, in order (preflight, then confirm); then running.
+    pub health: VecDeque<HostResult<Health>>,
+    pub copy: HostResult<StorePath>,
+    pub build: HostResult<StorePath>,
+    pub copy_closure: HostResult<()>,
+    pub generation: HostResult<(u32, StorePath)>,
+    pub facts: HostResult<Facts>,
+    pub self_check: HostResult<()>,
+    /// Answers of `start`, in order; then Ok.
+    pub start: VecDeque<HostResult<()>>,
+    /// Answers of `watch`, in order; a watch with nothing left is lost.
+    pub watch: VecDeque<HostResult<AgentStatus>>,
+    pub checks: VecDeque<Result<(), String>>,
+    pub confirm: HostResult<()>,
+    pub alive: bool,
+    pub reconnect: HostResult<()>,
+    /// Log lines each watch hands out.
+    pub log: Vec<String>,
+}
+
+impl Fake {
+    /// A healthy host running OLD that deploys NEW.
+    pub fn new() -> Fake {
+        let facts = Facts {
+            current: Some(OLD.into()),
+            profile: Some(OLD.into()),
+            switchable: true,
+            self_check: None,
+            systemd: true,
+        };
+        Fake {
+            calls: Arc::default(),
+            connect: Ok(()),
+            lock: Ok(Vec::new()),
+            health: VecDeque::new(),
+            copy: Ok(path("/nix/store/00000000000000000000000000000000-source")),
+            build: Ok(path(NEW)),
+            copy_closure: Ok(()),
+            generation: Ok((1, path(OLD))),
+            facts: Ok(facts),
+            self_check: Ok(()),
+            start: VecDeque::new(),
+            watch: [status("awaiting-confirmation"), status("confirmed"), status("booted")].into(),
+            checks: VecDeque::new(),
+            confirm: Ok(()),
+            alive: false,
+            reconnect: Ok(()),
+            log: vec!["activating".into()],
+        }
+    }
+
+    fn call(&self, what: impl Into<String>) {
+        self.calls.lock().unwrap().push(what.into());
+    }
+}
+
+impl Host for Fake {
+    async fn connect(&mut self) -> HostResult<()> {
+        self.call("connect");
+        self.connect.clone()
+    }
+
+    async fn lock(&mut self, _owner: &str, _secs: u64) -> HostResult<Vec<String>> {
+        self.call("lock");
+        self.lock.clone()
+    }
+
+    async fn health(&mut self, _secs: u64) -> HostResult<Health> {
+        self.call("health");
+        self.health.pop_front().unwrap_or_else(|| health("running", &[]))
+    }
+
+    async fn copy_flake(&mut self, flake: &str, _s: u64, out: Lines<'_>) -> HostResult<StorePath> {
+        self.call(format!("copy {flake}"));
+        out("copying path");
+        self.copy.clone()
+    }
+
+    async fn build(
+        &mut self,
+        _source: &StorePath,
+        configuration: &str,
+        _secs: u64,
+        out: Lines<'_>,
+    ) -> HostResult<StorePath> {
+        self.call(format!("build {configuration}"));
+        out("building");
+        self.build.clone()
+    }
+
+    async fn build_local(
+        &mut self,
+        _flake: &str,
+        configuration: &str,
+        _secs: u64,
+        _out: Lines<'_>,
+    ) -> HostResult<StorePath> {
+        self.call(format!("build-local {configuration}"));
+        self.build.clone()
+    }
+
+    async fn copy_closure(&mut self, _p: &StorePath, _s: u64, _out: Lines<'_>) -> HostResult<()> {
+        self.call("copy-closure");
+        self.copy_closure.clone()
+    }
+
+    async fn generation(
+        &mut self,
+        requested: Option<u32>,
+        _s: u64,
+    ) -> HostResult<(u32, StorePath)> {
+        self.call(format!("generation {requested:?}"));
+        self.generation.clone()
+    }
+
+    async fn facts(&mut self, _t: &StorePath, _sc: Option<&str>, _s: u64) -> HostResult<Facts> {
+        self.call("facts");
+        self.facts.clone()
+    }
+
+    async fn self_check(&mut self, script: &str, _secs: u64, out: Lines<'_>) -> HostResult<()> {
+        self.call(format!("self-check {script}"));
+        out("checking");
+        self.self_check.clone()
+    }
+
+    async fn start(&mut self, action: &AgentAction, _secs: u64) -> HostResult<()> {
+        let name = match action {
+            AgentAction::Activate { .. } => "start activate".to_string(),
+            AgentAction::Boot { generation, .. } => format!("start boot {generation:?}"),
+        };
+        self.call(name);
+        self.start.pop_front().unwrap_or(Ok(()))
+    }
+
+    async fn watch(
+        &mut self,
+        seen: &mut usize,
+        patient: Option<&AgentState>,
+        _secs: u64,
+        out: Lines<'_>,
+    ) -> HostResult<AgentStatus> {
+        self.call(format!("watch {}", patient.map_or("-", |p| p.as_str())));
+        for l in &self.log[(*seen).min(self.log.len())..] {
+            out(l);
+        }
+        *seen = self.log.len();
+        self.watch.pop_front().unwrap_or_else(|| Err(disconnected()))
+    }
+
+    async fn abort(&mut self, cause: Reason, _why: &str, _secs: u64) -> HostResult<()> {
+        self.call(format!("abort {}", cause.as_str()));
+        Ok(())
+    }
+
+    async fn check(&mut self, check: &HealthCheck) -> Result<(), String> {
+        self.call(format!("check {}", check.description));
+        self.checks.pop_front().unwrap_or(Ok(()))
+    }
+
+    async fn confirm(&mut self, _secs: u64) -> HostResult<()> {
+        self.call("confirm");
+        self.confirm.clone()
+    }
+
+    async fn alive(&mut self) -> bool {
+        self.call("alive");
+        self.alive
+    }
+
+    async fn reconnect(&mut self) -> HostResult<()> {
+        self.call("reconnect");
+        self.reconnect.clone()
+    }
+
+    async fn drop_root(&mut self, _secs: u64) -> HostResult<()> {
+        self.call("drop-root");
+        Ok(())
+    }
+
+    async fn close(self) {
+        self.call("close");
+    }
+
+    fn inspect_hint(&self) -> String {
+        "the run's status".into()
+    }
+}

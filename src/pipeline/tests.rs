@@ -1,0 +1,486 @@
+//! Every branch of the pipeline against a fake host: the outcome, the
+//! reason, the events emitted and the operations done, in order.
+
+use std::sync::{Arc, Mutex};
+
+use super::fake::{self, disconnected, failed, health, path, status, timeout, Fake, NEW, OLD};
+use super::{deploy, Context, Mode};
+use crate::agent::LockError;
+use crate::events::{Event, HostReport, Outcome, Phase, Reason};
+use crate::host::HostError;
+use crate::inventory::{BuildOn, HealthCheck, HostSpec};
+use crate::select::Target;
+use crate::ssh::SshError;
+
+struct Ran {
+    report: HostReport,
+    events: Vec<Event>,
+    calls: Vec<String>,
+}
+
+impl Ran {
+    fn phases(&self) -> Vec<Phase> {
+        let started = self.events.iter().filter_map(|e| match e {
+            Event::PhaseStarted { phase, .. } => Some(*phase),
+            _ => None,
+        });
+        started.collect()
+    }
+
+    fn notes(&self) -> Vec<&str> {
+        let notes = self.events.iter().filter_map(|e| match e {
+            Event::Note { text, .. } => Some(text.as_str()),
+            _ => None,
+        });
+        notes.collect()
+    }
+
+    fn rolled_back(&self) -> Option<Option<Reason>> {
+        self.events.iter().find_map(|e| match e {
+            Event::RolledBack { cause, .. } => Some(*cause),
+            _ => None,
+        })
+    }
+
+    fn called(&self, what: &str) -> bool {
+        self.calls.iter().any(|c| c == what)
+    }
+
+    fn message(&self) -> &str {
+        self.report.message.as_deref().unwrap_or("")
+    }
+
+    /// Outcome, reason and the last phase, in one comparison.
+    fn ended(&self) -> (Outcome, Option<Reason>, Option<Phase>) {
+        (self.report.outcome, self.report.reason, self.report.phase)
+    }
+}
+
+async fn drive(fake: Fake, tweak: impl FnOnce(&mut Target, &mut Context)) -> Ran {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink_events = events.clone();
+    let mut target = Target { name: "web1".into(), spec: HostSpec::with_defaults("web1") };
+    let mut ctx = Context {
+        run_id: "run1".into(),
+        flake: ".".into(),
+        force: false,
+        skip_preflight: false,
+        lock_owner: "me".into(),
+        mode: Mode::Deploy,
+        interrupted: Arc::default(),
+        sink: Arc::new(move |e| sink_events.lock().unwrap().push(e)),
+    };
+    tweak(&mut target, &mut ctx);
+    let calls = fake.calls.clone();
+    let report = deploy(&target, &ctx, fake).await;
+    let events = events.lock().unwrap().clone();
+    assert_eq!(events.last(), Some(&Event::HostFinished { report: report.clone() }));
+    let calls = calls.lock().unwrap().clone();
+    Ran { report, events, calls }
+}
+
+async fn run(fake: Fake) -> Ran {
+    drive(fake, |_, _| {}).await
+}
+
+const ALL_PHASES: [Phase; 9] = [
+    Phase::Connect,
+    Phase::Lock,
+    Phase::Preflight,
+    Phase::Copy,
+    Phase::Build,
+    Phase::SelfCheck,
+    Phase::Activate,
+    Phase::Confirm,
+    Phase::Boot,
+];
+
+#[tokio::test]
+async fn a_healthy_host_goes_through_every_phase_in_order() {
+    let r = run(Fake::new()).await;
+    assert_eq!(r.ended(), (Outcome::Deployed, None, Some(Phase::Boot)));
+    assert_eq!(r.report.system.as_deref(), Some(NEW));
+    assert_eq!(r.phases(), ALL_PHASES);
+    let calls = [
+        "connect",
+        "lock",
+        "health",
+        "copy .",
+        "build web1",
+        "facts",
+        "start activate",
+        "watch -",
+        "health",
+        "confirm",
+        "watch awaiting-confirmation",
+        "start boot None",
+        "watch confirmed",
+        "close",
+    ];
+    assert_eq!(r.calls, calls);
+    // Every phase that started finished well, and output is tagged with its phase.
+    let finished: Vec<_> = r
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::PhaseFinished { phase, ok, .. } => Some((*phase, *ok)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(finished, ALL_PHASES.map(|p| (p, true)));
+    let activating =
+        Event::Output { host: "web1".into(), phase: Phase::Activate, line: "activating".into() };
+    assert!(r.events.contains(&activating));
+    assert!(r.notes().contains(&format!("built {NEW}").as_str()));
+}
+
+#[tokio::test]
+async fn connection_failures_say_why_and_touch_nothing() {
+    let cases = [
+        ("ssh: connect to host web1 port 22: Connection refused", Reason::Unreachable),
+        ("Host key verification failed.", Reason::HostKey),
+        ("root@web1: Permission denied (publickey).", Reason::Auth),
+    ];
+    for (reason, want) in cases {
+        let mut f = Fake::new();
+        f.connect =
+            Err(SshError::Connect { dest: "root@web1:22".into(), reason: reason.into() }.into());
+        let r = run(f).await;
+        assert_eq!(r.ended(), (Outcome::Failed, Some(want), Some(Phase::Connect)), "{reason}");
+        assert_eq!(r.calls, ["connect"]);
+        assert!(r.message().starts_with("cannot connect to root@web1:22: "), "{}", r.message());
+    }
+}
+
+#[tokio::test]
+async fn a_locked_host_is_left_alone() {
+    let mut f = Fake::new();
+    f.lock = Err(LockError::Held { holder: "run 7 by ops@laptop".into() }.into());
+    let r = run(f).await;
+    assert_eq!(r.ended(), (Outcome::Failed, Some(Reason::Locked), Some(Phase::Lock)));
+    assert!(r.message().contains("run 7 by ops@laptop"), "{}", r.message());
+    assert_eq!(r.calls, ["connect", "lock", "drop-root", "close"]);
+}
+
+#[tokio::test]
+async fn an_activation_of_another_run_makes_the_host_busy() {
+    let mut f = Fake::new();
+    f.lock = Ok(vec!["deploy-flake-other-activate.service".into()]);
+    let r = run(f).await;
+    assert_eq!(r.ended(), (Outcome::Failed, Some(Reason::Busy), Some(Phase::Lock)));
+    assert!(r.message().contains("deploy-flake-other-activate.service"), "{}", r.message());
+    assert!(!r.called("health") && !r.called("copy ."));
+}
+
+#[tokio::test]
+async fn a_degraded_host_fails_preflight_naming_its_failed_units() {
+    let mut f = Fake::new();
+    f.health.push_back(health("degraded", &["lab-broken.service"]));
+    let r = run(f).await;
+    assert_eq!(r.ended(), (Outcome::Failed, Some(Reason::Preflight), Some(Phase::Preflight)));
+    assert_eq!(
+        r.message(),
+        "preflight: system is degraded (failed units: lab-broken.service); fix the host or pass --skip-preflight"
+    );
+    assert!(!r.called("copy ."));
+}
+
+#[tokio::test]
+async fn skipping_preflight_skips_the_health_check_before_the_copy() {
+    let r = drive(Fake::new(), |_, ctx| ctx.skip_preflight = true).await;
+    assert_eq!(r.report.outcome, Outcome::Deployed);
+    assert!(!r.phases().contains(&Phase::Preflight));
+    assert_eq!(r.calls[..3], ["connect", "lock", "copy ."]);
+}
+
+#[tokio::test]
+async fn copy_and_build_failures_stop_before_anything_changes() {
+    let mut f = Fake::new();
+    f.copy = Err(failed("nix flake archive", "cannot add path"));
+    let r = run(f).await;
+    assert_eq!(r.ended(), (Outcome::Failed, Some(Reason::Copy), Some(Phase::Copy)));
+    assert!(r.message().starts_with("copy: `nix flake archive` failed"), "{}", r.message());
+    assert!(!r.called("build web1") && r.called("drop-root"));
+
+    let mut f = Fake::new();
+    f.build = Err(failed("nix build", "error: builder failed"));
+    let r = run(f).await;
+    assert_eq!(r.ended(), (Outcome::Failed, Some(Reason::Build), Some(Phase::Build)));
+    assert!(r.message().ends_with("error: builder failed"), "{}", r.message());
+
+    let mut f = Fake::new();
+    f.build = Err(timeout("nix build"));
+    let r = run(f).await;
+    assert_eq!(r.ended(), (Outcome::Failed, Some(Reason::Timeout), Some(Phase::Build)));
+    assert!(!r.called("start activate"));
+}
+
+#[tokio::test]
+async fn a_local_build_is_built_here_then_copied() {
+    let r = drive(Fake::new(), |t, _| t.spec.build_on = BuildOn::Local).await;
+    assert_eq!(r.report.outcome, Outcome::Deployed);
+    assert_eq!(r.calls[3..5], ["build-local web1", "copy-closure"]);
+    assert_eq!(r.phases()[3..5], [Phase::Build, Phase::Copy]);
+}
+
+#[tokio::test]
+async fn a_result_that_is_not_a_nixos_system_is_refused() {
+    let mut f = Fake::new();
+    f.facts.as_mut().unwrap().switchable = false;
+    let r = run(f).await;
+    assert_eq!(r.ended(), (Outcome::Failed, Some(Reason::NotASystem), Some(Phase::Build)));
+    assert!(r.message().contains("has no bin/switch-to-configuration"), "{}", r.message());
+    assert!(!r.called("start activate"));
+}
+
+#[tokio::test]
+async fn a_host_running_and_booting_the_system_is_up_to_date() {
+    let mut f = Fake::new();
+    f.facts = Ok(crate::agent::Facts {
+        current: Some(NEW.into()),
+        profile: Some(NEW.into()),
+        ..f.facts.unwrap()
+    });
+    let r = run(f).await;
+    assert_eq!(r.report.outcome, Outcome::UpToDate);
+    assert_eq!(r.report.system.as_deref(), Some(NEW));
+    assert!(r.notes().contains(&"already running and booting this system"));
+    assert!(!r.calls.iter().any(|c| c.starts_with("start")), "{:?}", r.calls);
+}
+
+#[tokio::test]
+async fn force_activates_a_host_that_is_up_to_date() {
+    let mut f = Fake::new();
+    f.facts = Ok(crate::agent::Facts {
+        current: Some(NEW.into()),
+        profile: Some(NEW.into()),
+        ..f.facts.unwrap()
+    });
+    let r = drive(f, |_, ctx| ctx.force = true).await;
+    assert_eq!(r.report.outcome, Outcome::Deployed);
+    assert!(r.called("start activate"));
+}
+
+#[tokio::test]
+async fn a_host_running_the_system_without_its_boot_entry_gets_only_the_boot_entry() {
+    let mut f = Fake::new();
+    f.facts.as_mut().unwrap().current = Some(NEW.into());
+    f.watch = [status("booted")].into();
+    let r = run(f).await;
+    assert_eq!(r.ended(), (Outcome::Deployed, None, Some(Phase::Boot)));
+    assert!(r.notes().contains(&"already running this system; writing the boot entry"));
+    assert!(r.called("start boot None") && !r.called("start activate"));
+    assert!(!r.phases().contains(&Phase::Activate));
+}
+
+#[tokio::test]
+async fn a_failing_self_check_stops_before_activation() {
+    let mut f = Fake::new();
+    f.facts.as_mut().unwrap().self_check = Some(format!("{NEW}/pre-activate-safety-checks"));
+    f.self_check = Err(failed("pre-activate-safety-checks", "refusing to activate"));
+    let r = run(f).await;
+    assert_eq!(r.ended(), (Outcome::Failed, Some(Reason::SelfCheck), Some(Phase::SelfCheck)));
+    assert!(r.message().starts_with("self-check failed, nothing activated"), "{}", r.message());
+    assert!(r.message().ends_with("refusing to activate"), "{}", r.message());
+    assert!(!r.called("start activate"));
+
+    // A configured self-check the system does not have is a failure too.
+    let r = drive(Fake::new(), |t, _| t.spec.self_check = Some("bin/check".into())).await;
+    assert_eq!(r.ended(), (Outcome::Failed, Some(Reason::SelfCheck), Some(Phase::SelfCheck)));
+    assert_eq!(r.message(), format!("self-check: bin/check is not an executable inside {NEW}"));
+}
+
+#[tokio::test]
+async fn an_interrupted_run_stops_before_activation() {
+    let r = drive(Fake::new(), |_, ctx| {
+        ctx.interrupted.store(true, std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
+    assert_eq!(r.report.outcome, Outcome::Cancelled);
+    assert_eq!(r.report.reason, Some(Reason::Cancelled));
+    assert!(!r.called("start activate") && r.called("drop-root"));
+}
+
+#[tokio::test]
+async fn every_end_state_of_the_activation_agent() {
+    let table = [
+        (
+            "rolled-back activation-failed switch-to-configuration test exited with 4 (a unit failed)",
+            Outcome::RolledBack,
+            Reason::ActivationFailed,
+            "rolled back: switch-to-configuration test exited with 4 (a unit failed)",
+        ),
+        ("rolled-back timeout activation did not finish within 5s", Outcome::RolledBack, Reason::Timeout, "rolled back: activation"),
+        ("rollback-failed activation-failed x; re-activating exited with 1", Outcome::Unknown, Reason::RollbackFailed, "ROLLBACK FAILED: x; re-activating"),
+        ("failed activation-failed exited with 1", Outcome::Failed, Reason::ActivationFailed, "magicRollback is off"),
+        ("vanished into thin air", Outcome::Unknown, Reason::Internal, "unexpected state `vanished into thin air`"),
+    ];
+    for (line, outcome, reason, msg) in table {
+        let mut f = Fake::new();
+        f.watch = [status(line)].into();
+        let r = run(f).await;
+        assert_eq!(r.ended(), (outcome, Some(reason), Some(Phase::Activate)), "{line}");
+        assert!(r.message().contains(msg), "{line}: {}", r.message());
+        assert!(!r.called("confirm") && !r.called("start boot None"), "{line}");
+        let rolled_back = outcome == Outcome::RolledBack;
+        assert_eq!(r.rolled_back(), rolled_back.then_some(Some(reason)), "{line}");
+        assert_eq!(r.report.system.as_deref(), rolled_back.then_some(OLD), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn a_failing_health_check_is_not_confirmed_and_the_agent_rolls_back() {
+    let mut f = Fake::new();
+    f.checks.push_back(Err("health check `curl` still failing after 3 s: HTTP 503".into()));
+    f.watch = [
+        status("awaiting-confirmation"),
+        status("rolled-back health-check not confirmed: HTTP 503"),
+    ]
+    .into();
+    let r = drive(f, |t, _| {
+        t.spec.health_checks.push(HealthCheck {
+            description: "curl".into(),
+            command: Some(vec!["curl".into()]),
+            http: None,
+            period: 1,
+            timeout: 3,
+        })
+    })
+    .await;
+    assert_eq!(r.ended(), (Outcome::RolledBack, Some(Reason::HealthCheck), Some(Phase::Confirm)));
+    assert!(r.called("abort health-check") && !r.called("confirm"));
+    assert_eq!(r.rolled_back(), Some(Some(Reason::HealthCheck)));
+    assert!(r.notes().iter().any(|n| n.starts_with("not confirming: health check `curl`")));
+}
+
+#[tokio::test]
+async fn a_unit_failing_after_activation_is_not_confirmed() {
+    let mut f = Fake::new();
+    f.health = [health("running", &[]), health("degraded", &["demo.service"])].into();
+    f.watch =
+        [status("awaiting-confirmation"), status("rolled-back health-check not confirmed")].into();
+    let r = run(f).await;
+    assert_eq!(r.ended(), (Outcome::RolledBack, Some(Reason::HealthCheck), Some(Phase::Confirm)));
+    assert!(r.called("abort health-check") && !r.called("confirm"));
+    assert!(r.notes().iter().any(|n| n.contains("failed units: demo.service")), "{:?}", r.notes());
+}
+
+#[tokio::test]
+async fn a_failed_fresh_login_is_not_confirmed() {
+    let mut f = Fake::new();
+    f.confirm = Err(failed("touch", "Connection refused"));
+    f.watch = [
+        status("awaiting-confirmation"),
+        status("rolled-back not-confirmed not confirmed: fresh login"),
+    ]
+    .into();
+    let r = run(f).await;
+    assert_eq!(r.ended(), (Outcome::RolledBack, Some(Reason::NotConfirmed), Some(Phase::Confirm)));
+    assert!(r.called("confirm") && r.called("abort not-confirmed"));
+    assert!(!r.calls.iter().any(|c| c.starts_with("start boot")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_activation_outliving_its_timeout_is_aborted_and_rolled_back() {
+    let mut f = Fake::new();
+    f.watch = [
+        Err(timeout("agent watch")),
+        status("rolled-back timeout activation aborted by the deployer"),
+    ]
+    .into();
+    let r = run(f).await;
+    assert_eq!(r.ended(), (Outcome::RolledBack, Some(Reason::Timeout), Some(Phase::Activate)));
+    let i = r.calls.iter().position(|c| c == "abort timeout").expect("abort sent");
+    assert_eq!(r.calls[i + 1], "watch -", "the deployer waits for the rollback");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_connection_is_regained_and_the_deploy_completes() {
+    let mut f = Fake::new();
+    f.watch.push_front(Err(disconnected()));
+    let r = run(f).await;
+    assert_eq!(r.ended(), (Outcome::Deployed, None, Some(Phase::Boot)));
+    assert!(r.notes().contains(&"reconnected; re-attaching to the activation"), "{:?}", r.notes());
+    let i = r.calls.iter().position(|c| c == "reconnect").unwrap();
+    assert_eq!(r.calls[i - 1..=i + 1], ["alive", "reconnect", "watch -"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_lost_for_good_leaves_the_host_to_its_agent() {
+    let mut f = Fake::new();
+    f.watch = [Err(disconnected())].into();
+    f.reconnect = Err(SshError::ConnectTimeout { dest: "root@web1:22".into(), secs: 10 }.into());
+    let r = run(f).await;
+    assert_eq!(r.ended(), (Outcome::Unknown, Some(Reason::Lost), Some(Phase::Activate)));
+    assert!(r.message().contains("the host confirms or rolls back by itself"), "{}", r.message());
+    assert!(!r.called("confirm"));
+}
+
+#[tokio::test]
+async fn a_failed_boot_entry_leaves_the_new_system_running_and_says_so() {
+    let mut f = Fake::new();
+    f.watch = [
+        status("awaiting-confirmation"),
+        status("confirmed"),
+        status("boot-failed boot-entry exited with 1"),
+    ]
+    .into();
+    let r = run(f).await;
+    assert_eq!(r.ended(), (Outcome::Unknown, Some(Reason::BootEntry), Some(Phase::Boot)));
+    assert_eq!(r.report.system.as_deref(), Some(NEW));
+    assert!(
+        r.message().contains("writing its boot entry failed (boot-failed exited with 1)"),
+        "{}",
+        r.message()
+    );
+
+    let mut f = Fake::new();
+    f.start = [Ok(()), Err(failed("systemd-run", "Failed to start transient service"))].into();
+    let r = run(f).await;
+    assert_eq!(r.ended(), (Outcome::Unknown, Some(Reason::BootEntry), Some(Phase::Boot)));
+}
+
+#[tokio::test]
+async fn an_agent_that_cannot_start_changes_nothing() {
+    let mut f = Fake::new();
+    f.start = [Err(failed("systemd-run", "Failed to start transient service"))].into();
+    let r = run(f).await;
+    assert_eq!(r.ended(), (Outcome::Failed, Some(Reason::ActivationFailed), Some(Phase::Activate)));
+    assert!(!r.calls.iter().any(|c| c.starts_with("watch")));
+    assert!(r.called("drop-root"));
+}
+
+#[tokio::test]
+async fn a_rollback_returns_to_a_generation_without_copy_build_or_self_check() {
+    let mut f = Fake::new();
+    f.facts = Ok(crate::agent::Facts {
+        current: Some(NEW.into()),
+        profile: Some(NEW.into()),
+        ..f.facts.unwrap()
+    });
+    f.facts.as_mut().unwrap().self_check = Some("x".into());
+    f.generation = Ok((41, path(OLD)));
+    let r = drive(f, |_, ctx| ctx.mode = Mode::Rollback { to_generation: Some(41) }).await;
+    assert_eq!(r.ended(), (Outcome::Deployed, None, Some(Phase::Boot)));
+    assert_eq!(r.report.system.as_deref(), Some(OLD));
+    assert!(r.called("generation Some(41)") && r.called("start boot Some(41)"));
+    assert!(!r
+        .calls
+        .iter()
+        .any(|c| c.starts_with("copy") || c.starts_with("build") || c.starts_with("self-check")));
+    assert!(!r.phases().contains(&Phase::SelfCheck));
+}
+
+#[test]
+fn host_errors_map_to_reasons_whatever_the_phase() {
+    let e: HostError = timeout("x");
+    assert_eq!(e.reason(Reason::Copy), Reason::Timeout);
+    assert_eq!(disconnected().reason(Reason::Build), Reason::Unreachable);
+    assert_eq!(failed("x", "y").reason(Reason::Build), Reason::Build);
+    let e: HostError = SshError::SshOpts("`-p`: set sshPort instead".into()).into();
+    assert_eq!(e.reason(Reason::Unreachable), Reason::SshConfig);
+    let sudo =
+        crate::process::ProcessError::NeedsPassword { sudo: "sudo -n".into(), user: "u".into() };
+    assert_eq!(HostError::from(sudo).reason(Reason::Preflight), Reason::Auth);
+    let _ = fake::OLD;
+}

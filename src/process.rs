@@ -1,0 +1,529 @@
+//! One way to run a process, here or on a target. Every command the tool
+//! runs is a [`Cmd`] handed to [`run`]: one timeout path, one place that
+//! streams output, and one conversion of an exit status into an error
+//! ([`Output::check`]). Where a command runs is a [`Spawner`]: [`Local`]
+//! here, or an ssh connection (see `ssh`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+
+/// How many lines of stderr a failure shows.
+pub const TAIL_LINES: usize = 20;
+/// At most this much of stdout is kept (JSON answers are far smaller).
+const STDOUT_CAP: usize = 16 << 20;
+/// At most this many stderr lines are kept for the error tail.
+const STDERR_KEEP: usize = 200;
+
+/// A shell script that is part of the program, never built from data: the
+/// only way shell text reaches a shell. Data goes in as positional
+/// arguments (`$1`, `$2`, ...), quoted like every other argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Script(pub &'static str);
+
+/// One command: argv only, never a shell string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cmd {
+    pub argv: Vec<String>,
+    /// Environment for a local command (a remote command's environment is
+    /// not ours to set: pass values as arguments).
+    pub env: Vec<(String, String)>,
+    pub stdin: Option<Vec<u8>>,
+    pub timeout: Duration,
+    /// On a target: run as root (through the host's `sudo` when the ssh
+    /// user is not root).
+    pub root: bool,
+    /// On a target: bound the command there too (coreutils `timeout`), so a
+    /// command we give up on does not go on running.
+    pub bounded: bool,
+    /// Hand stdout lines to the line sink too (false when stdout is data).
+    pub echo_stdout: bool,
+}
+
+impl Cmd {
+    pub fn new<I, S>(argv: I) -> Cmd
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Cmd {
+            argv: argv.into_iter().map(Into::into).collect(),
+            env: Vec::new(),
+            stdin: None,
+            timeout: Duration::from_secs(60),
+            root: true,
+            bounded: true,
+            echo_stdout: true,
+        }
+    }
+
+    /// `/bin/sh -c SCRIPT sh ARGS...`
+    pub fn script<I, S>(script: Script, args: I) -> Cmd
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut argv = vec!["/bin/sh".to_string(), "-c".into(), script.0.into(), "sh".into()];
+        argv.extend(args.into_iter().map(Into::into));
+        Cmd::new(argv)
+    }
+
+    pub fn secs(mut self, s: u64) -> Cmd {
+        self.timeout = Duration::from_secs(s);
+        self
+    }
+
+    pub fn timeout(mut self, t: Duration) -> Cmd {
+        self.timeout = t;
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Cmd {
+        self.env.push((key.to_string(), value.into()));
+        self
+    }
+
+    pub fn stdin(mut self, data: impl Into<Vec<u8>>) -> Cmd {
+        self.stdin = Some(data.into());
+        self
+    }
+
+    /// Run as the ssh user, without privilege escalation.
+    pub fn unprivileged(mut self) -> Cmd {
+        self.root = false;
+        self
+    }
+
+    /// A command that lives as long as our connection (the lock holder).
+    pub fn unbounded(mut self) -> Cmd {
+        self.bounded = false;
+        self
+    }
+
+    /// stdout is data (JSON, answers): keep it out of the host's output.
+    pub fn quiet_stdout(mut self) -> Cmd {
+        self.echo_stdout = false;
+        self
+    }
+
+    /// A short rendering for messages: the first words.
+    pub fn display(&self) -> String {
+        let words: Vec<&str> = match self.argv.first().map(String::as_str) {
+            // A script is shown by its arguments, not its text.
+            Some("/bin/sh") if self.argv.get(1).map(String::as_str) == Some("-c") => {
+                std::iter::once("sh -c …")
+                    .chain(self.argv.iter().skip(4).map(String::as_str))
+                    .collect()
+            }
+            _ => self.argv.iter().map(String::as_str).collect(),
+        };
+        let mut s = words.iter().take(5).copied().collect::<Vec<_>>().join(" ");
+        if words.len() > 5 {
+            s.push_str(" …");
+        }
+        s
+    }
+}
+
+/// Where a command ran, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    Local,
+    /// On a target (its name).
+    Remote(String),
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Local => f.write_str("here"),
+            Place::Remote(host) => write!(f, "on {host}"),
+        }
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    pub fn success(self) -> bool {
+        self == Exit::Code(0)
+    }
+
+    pub fn code(self) -> Option<i32> {
+        match self {
+            Exit::Code(c) => Some(c),
+            Exit::Signal(_) => None,
+        }
+    }
+}
+
+impl From<ExitStatus> for Exit {
+    fn from(s: ExitStatus) -> Exit {
+        use std::os::unix::process::ExitStatusExt;
+        match (s.code(), s.signal()) {
+            (Some(c), _) => Exit::Code(c),
+            (None, Some(sig)) => Exit::Signal(sig),
+            // A remote process whose status ssh could not tell.
+            (None, None) => Exit::Signal(0),
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "exit {c}"),
+            Exit::Signal(0) => f.write_str("killed"),
+            Exit::Signal(s) => write!(f, "signal {s}"),
+        }
+    }
+}
+
+/// What can go wrong running a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProcessError {
+    #[error("cannot run `{program}` {place}: {reason}")]
+    Spawn { program: String, place: Place, reason: String },
+    #[error("`{cmd}` did not finish within {secs} s ({place})")]
+    Timeout { cmd: String, secs: u64, place: Place },
+    #[error("`{cmd}` failed {place} ({exit}){}", tail_block(tail))]
+    Failed { cmd: String, place: Place, exit: Exit, tail: String },
+    #[error("the ssh connection was lost while running `{cmd}`")]
+    Disconnected { cmd: String },
+    #[error(
+        "`{sudo}` on the target asks user {user} for a password; allow passwordless \
+         sudo for {user} (NOPASSWD) or deploy as root (sshUser = \"root\")"
+    )]
+    NeedsPassword { sudo: String, user: String },
+}
+
+fn tail_block(tail: &str) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!(":\n{tail}")
+    }
+}
+
+/// The result of a finished command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub exit: Exit,
+    pub stdout: String,
+    /// The last lines of stderr.
+    pub stderr: String,
+    pub cmd: String,
+    pub place: Place,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.exit.success()
+    }
+
+    /// The last lines of stderr (or of stdout when stderr is empty).
+    pub fn tail(&self) -> String {
+        let text = if self.stderr.trim().is_empty() { &self.stdout } else { &self.stderr };
+        tail_lines(text, TAIL_LINES)
+    }
+
+    /// The one conversion of an exit status into an error.
+    pub fn check(self) -> Result<Output, ProcessError> {
+        if self.success() {
+            return Ok(self);
+        }
+        Err(ProcessError::Failed {
+            tail: self.tail(),
+            cmd: self.cmd,
+            place: self.place,
+            exit: self.exit,
+        })
+    }
+}
+
+/// Quote each argument separately for a POSIX shell. The only place that
+/// produces shell text from data: ssh hands the joined line to the remote
+/// user's shell, so every remote command line is made here.
+pub fn quote_argv(argv: &[String]) -> String {
+    argv.iter().map(|a| shell_escape::unix::escape(a.as_str().into())).collect::<Vec<_>>().join(" ")
+}
+
+/// The last `n` non-empty lines of `text`, joined with newlines.
+pub fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub type Reader = Pin<Box<dyn AsyncRead + Send>>;
+pub type Writer = Pin<Box<dyn AsyncWrite + Send>>;
+pub type Waiter = Pin<Box<dyn Future<Output = Result<Exit, ProcessError>> + Send>>;
+
+/// A started process: its pipes and a future for its end. Dropping it
+/// stops the process (a local one with its whole process group).
+pub struct Child {
+    pub stdin: Option<Writer>,
+    pub stdout: Reader,
+    pub stderr: Reader,
+    pub wait: Waiter,
+    pub guard: Option<GroupGuard>,
+}
+
+/// Where commands run: here, or on a target over ssh.
+pub trait Spawner: Sync {
+    fn place(&self) -> Place;
+    /// Start `cmd` with stdout and stderr piped (and stdin when it has some).
+    fn spawn(&self, cmd: &Cmd) -> impl Future<Output = Result<Child, ProcessError>> + Send;
+    /// How long to wait here before giving up on `cmd`.
+    fn limit(&self, cmd: &Cmd) -> Duration {
+        cmd.timeout
+    }
+    /// What the place can tell from a finished command (a remote timeout,
+    /// a sudo asking for a password).
+    fn inspect(&self, _cmd: &Cmd, _out: &Output) -> Result<(), ProcessError> {
+        Ok(())
+    }
+}
+
+/// A line sink: every line a command prints, as it comes.
+pub type Lines<'a> = &'a mut (dyn FnMut(&str) + Send);
+
+/// Run `cmd` to its end within its timeout; lines go to `on_line`.
+pub async fn run<S: Spawner + ?Sized>(
+    on: &S,
+    cmd: &Cmd,
+    on_line: Option<Lines<'_>>,
+) -> Result<Output, ProcessError> {
+    let started = Instant::now();
+    let place = on.place();
+    tracing::debug!(%place, argv = %quote_argv(&cmd.argv), "run");
+    let limit = on.limit(cmd);
+    let result = tokio::time::timeout(limit, drive(on, cmd, on_line)).await;
+    let secs = started.elapsed().as_secs_f64();
+    let out = match result {
+        Err(_) => {
+            tracing::debug!(%place, cmd = %cmd.display(), secs, "timed out");
+            return Err(ProcessError::Timeout {
+                cmd: cmd.display(),
+                secs: cmd.timeout.as_secs(),
+                place,
+            });
+        }
+        Ok(r) => r?,
+    };
+    tracing::debug!(%place, cmd = %cmd.display(), exit = %out.exit, secs, "done");
+    on.inspect(cmd, &out)?;
+    Ok(out)
+}
+
+async fn drive<S: Spawner + ?Sized>(
+    on: &S,
+    cmd: &Cmd,
+    mut on_line: Option<Lines<'_>>,
+) -> Result<Output, ProcessError> {
+    let mut child = on.spawn(cmd).await?;
+    let feeder = match (child.stdin.take(), &cmd.stdin) {
+        (Some(mut w), Some(data)) => {
+            let data = data.clone();
+            // A target that does not read its stdin must not stall us.
+            Some(tokio::spawn(async move {
+                let _ = w.write_all(&data).await;
+                let _ = w.shutdown().await;
+            }))
+        }
+        _ => None,
+    };
+    let mut out_lines = BufReader::new(child.stdout).split(b'\n');
+    let mut err_lines = BufReader::new(child.stderr).split(b'\n');
+    let (mut stdout, mut stderr) = (String::new(), std::collections::VecDeque::new());
+    let (mut out_open, mut err_open) = (true, true);
+    while out_open || err_open {
+        tokio::select! {
+            l = out_lines.next_segment(), if out_open => match l {
+                Ok(Some(bytes)) => {
+                    let line = String::from_utf8_lossy(&bytes);
+                    if cmd.echo_stdout {
+                        if let Some(f) = on_line.as_mut() { f(&line) }
+                    }
+                    if stdout.len() < STDOUT_CAP {
+                        stdout.push_str(&line);
+                        stdout.push('\n');
+                    }
+                }
+                _ => out_open = false,
+            },
+            l = err_lines.next_segment(), if err_open => match l {
+                Ok(Some(bytes)) => {
+                    let line = String::from_utf8_lossy(&bytes).into_owned();
+                    if let Some(f) = on_line.as_mut() { f(&line) }
+                    stderr.push_back(line);
+                    if stderr.len() > STDERR_KEEP {
+                        stderr.pop_front();
+                    }
+                }
+                _ => err_open = false,
+            },
+        }
+    }
+    let exit = child.wait.await?;
+    if let Some(g) = child.guard.as_mut() {
+        g.reaped();
+    }
+    if let Some(f) = feeder {
+        f.abort();
+    }
+    let stderr = stderr.into_iter().collect::<Vec<_>>().join("\n");
+    Ok(Output { exit, stdout, stderr, cmd: cmd.display(), place: on.place() })
+}
+
+/// Commands on this machine. Each runs in its own process group, outside
+/// the terminal's: Ctrl-C is ours to handle, and stopping a command stops
+/// everything it started (nix's own ssh and builders too).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Local;
+
+impl Spawner for Local {
+    fn place(&self) -> Place {
+        Place::Local
+    }
+
+    #[allow(clippy::manual_async_fn)]
+    fn spawn(&self, cmd: &Cmd) -> impl Future<Output = Result<Child, ProcessError>> + Send {
+        async move { spawn_local(cmd) }
+    }
+}
+
+fn spawn_local(cmd: &Cmd) -> Result<Child, ProcessError> {
+    let program = cmd.argv.first().cloned().unwrap_or_default();
+    let mut c = tokio::process::Command::new(&program);
+    c.args(&cmd.argv[1..])
+        .stdin(if cmd.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0);
+    for (k, v) in &cmd.env {
+        c.env(k, v);
+    }
+    let mut child = c.spawn().map_err(|e| ProcessError::Spawn {
+        program: program.clone(),
+        place: Place::Local,
+        reason: e.to_string(),
+    })?;
+    let guard = child.id().map(GroupGuard::new);
+    let stdin = child.stdin.take().map(|w| Box::pin(w) as Writer);
+    let stdout = Box::pin(child.stdout.take().expect("stdout is piped")) as Reader;
+    let stderr = Box::pin(child.stderr.take().expect("stderr is piped")) as Reader;
+    let wait = Box::pin(async move {
+        child.wait().await.map(Exit::from).map_err(|e| ProcessError::Spawn {
+            program,
+            place: Place::Local,
+            reason: e.to_string(),
+        })
+    }) as Waiter;
+    Ok(Child { stdin, stdout, stderr, wait, guard })
+}
+
+/// Stops a local process group unless its leader was reaped normally.
+#[derive(Debug)]
+pub struct GroupGuard {
+    pgid: i32,
+    done: bool,
+}
+
+impl GroupGuard {
+    fn new(pid: u32) -> GroupGuard {
+        GroupGuard { pgid: pid as i32, done: false }
+    }
+
+    /// The leader ended by itself: nothing to stop.
+    pub fn reaped(&mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if !self.done && self.pgid > 1 {
+            // SAFETY: kill(2) with a negative pid signals a process group
+            // we created (process_group(0) made the child its leader).
+            unsafe {
+                libc::kill(-self.pgid, libc::SIGTERM);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &'static str) -> Cmd {
+        Cmd::script(Script(script), Vec::<String>::new()).secs(5)
+    }
+
+    #[tokio::test]
+    async fn output_is_captured_and_lines_stream() {
+        let mut seen = Vec::new();
+        let mut sink = |l: &str| seen.push(l.to_string());
+        let out = run(&Local, &sh("echo out1; echo err1 >&2; echo out2"), Some(&mut sink)).await;
+        let out = out.unwrap().check().unwrap();
+        assert_eq!(out.stdout, "out1\nout2\n");
+        assert_eq!(out.stderr, "err1");
+        seen.sort();
+        assert_eq!(seen, ["err1", "out1", "out2"]);
+    }
+
+    #[tokio::test]
+    async fn a_failure_names_the_command_the_exit_and_the_tail() {
+        let out = run(&Local, &sh("echo why >&2; exit 3"), None).await.unwrap();
+        assert_eq!(out.exit, Exit::Code(3));
+        let e = out.check().unwrap_err();
+        assert_eq!(e.to_string(), "`sh -c …` failed here (exit 3):\nwhy");
+        let out = run(&Local, &sh("kill -9 $$"), None).await.unwrap();
+        assert_eq!(out.exit, Exit::Signal(9));
+    }
+
+    #[tokio::test]
+    async fn a_timeout_stops_the_whole_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let flag = dir.path().join("still-running");
+        // The grandchild would create the flag after 2 s unless stopped.
+        let cmd =
+            Cmd::script(Script("(sleep 2; touch \"$1\") & wait"), [flag.display().to_string()])
+                .timeout(Duration::from_millis(300));
+        let e = run(&Local, &cmd, None).await.unwrap_err();
+        assert!(matches!(e, ProcessError::Timeout { place: Place::Local, .. }), "{e:?}");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(!flag.exists(), "the grandchild outlived the timeout");
+    }
+
+    #[tokio::test]
+    async fn stdin_is_fed_and_a_missing_program_is_named() {
+        let out = run(&Local, &sh("cat").stdin("fed\n"), None).await.unwrap();
+        assert_eq!(out.stdout, "fed\n");
+        let e = run(&Local, &Cmd::new(["/nonexistent/prog"]), None).await.unwrap_err();
+        assert!(e.to_string().starts_with("cannot run `/nonexistent/prog` here: "), "{e}");
+    }
+
+    #[test]
+    fn quoting_keeps_each_argument_whole() {
+        let argv: Vec<String> =
+            ["echo", "a b", "$(touch /tmp/x)", "it's", ""].iter().map(|s| s.to_string()).collect();
+        assert_eq!(quote_argv(&argv), r#"echo 'a b' '$(touch /tmp/x)' 'it'\''s' ''"#);
+    }
+
+    #[test]
+    fn scripts_are_displayed_by_their_arguments() {
+        let c = Cmd::script(Script("echo \"$1\""), ["a", "b"]);
+        assert_eq!(c.display(), "sh -c … a b");
+        assert_eq!(Cmd::new(["a", "b", "c", "d", "e", "f"]).display(), "a b c d e …");
+    }
+}
