@@ -19,11 +19,14 @@ pub fn path(p: &str) -> StorePath {
     StorePath::parse(p).unwrap()
 }
 
-/// An agent status line as the agent would write it.
-pub fn status(line: &str) -> HostResult<AgentStatus> {
-    let mut s = AgentStatus::parse(line);
-    s.previous = Some(OLD.into());
-    Ok(s)
+/// What a watch of the agent answers.
+pub fn status(state: AgentState, cause: Option<Reason>, reason: &str) -> HostResult<AgentStatus> {
+    Ok(AgentStatus { state, cause, reason: reason.into(), previous: Some(OLD.into()) })
+}
+
+/// A state without a cause.
+pub fn at(state: AgentState) -> HostResult<AgentStatus> {
+    status(state, None, "")
 }
 
 pub fn timeout(cmd: &str) -> HostError {
@@ -97,7 +100,12 @@ impl Fake {
             facts: Ok(facts),
             self_check: Ok(()),
             start: VecDeque::new(),
-            watch: [status("awaiting-confirmation"), status("confirmed"), status("booted")].into(),
+            watch: [
+                at(AgentState::AwaitingConfirmation),
+                at(AgentState::Confirmed),
+                at(AgentState::Booted),
+            ]
+            .into(),
             checks: VecDeque::new(),
             confirm: Ok(()),
             alive: false,

@@ -3,8 +3,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::fake::{self, disconnected, failed, health, path, status, timeout, Fake, NEW, OLD};
+use super::fake::{self, at, disconnected, failed, health, path, status, timeout, Fake, NEW, OLD};
 use super::{deploy, Context, Mode};
+use crate::agent::AgentState;
 use crate::agent::LockError;
 use crate::events::{Event, HostReport, Outcome, Phase, Reason};
 use crate::host::HostError;
@@ -165,10 +166,10 @@ async fn a_locked_host_is_left_alone() {
 #[tokio::test]
 async fn an_activation_of_another_run_makes_the_host_busy() {
     let mut f = Fake::new();
-    f.lock = Ok(vec!["deploy-flake-other-activate.service".into()]);
+    f.lock = Ok(vec!["other-run-activate.service".into()]);
     let r = run(f).await;
     assert_eq!(r.ended(), (Outcome::Failed, Some(Reason::Busy), Some(Phase::Lock)));
-    assert!(r.message().contains("deploy-flake-other-activate.service"), "{}", r.message());
+    assert!(r.message().contains("other-run-activate.service"), "{}", r.message());
     assert!(!r.called("health") && !r.called("copy ."));
 }
 
@@ -265,7 +266,7 @@ async fn force_activates_a_host_that_is_up_to_date() {
 async fn a_host_running_the_system_without_its_boot_entry_gets_only_the_boot_entry() {
     let mut f = Fake::new();
     f.facts.as_mut().unwrap().current = Some(NEW.into());
-    f.watch = [status("booted")].into();
+    f.watch = [at(AgentState::Booted)].into();
     let r = run(f).await;
     assert_eq!(r.ended(), (Outcome::Deployed, None, Some(Phase::Boot)));
     assert!(r.notes().contains(&"already running this system; writing the boot entry"));
@@ -303,21 +304,51 @@ async fn an_interrupted_run_stops_before_activation() {
 
 #[tokio::test]
 async fn every_end_state_of_the_activation_agent() {
+    use AgentState::*;
     let table = [
         (
-            "rolled-back activation-failed switch-to-configuration test exited with 4 (a unit failed)",
+            status(
+                RolledBack,
+                Some(Reason::ActivationFailed),
+                "switch-to-configuration test exited with 4 (a unit failed)",
+            ),
             Outcome::RolledBack,
             Reason::ActivationFailed,
             "rolled back: switch-to-configuration test exited with 4 (a unit failed)",
         ),
-        ("rolled-back timeout activation did not finish within 5s", Outcome::RolledBack, Reason::Timeout, "rolled back: activation"),
-        ("rollback-failed activation-failed x; re-activating exited with 1", Outcome::Unknown, Reason::RollbackFailed, "ROLLBACK FAILED: x; re-activating"),
-        ("failed activation-failed exited with 1", Outcome::Failed, Reason::ActivationFailed, "magicRollback is off"),
-        ("vanished into thin air", Outcome::Unknown, Reason::Internal, "unexpected state `vanished into thin air`"),
+        (
+            status(RolledBack, Some(Reason::Timeout), "activation did not finish within 5s"),
+            Outcome::RolledBack,
+            Reason::Timeout,
+            "rolled back: activation",
+        ),
+        (
+            status(
+                RollbackFailed,
+                Some(Reason::ActivationFailed),
+                "x; re-activating exited with 1",
+            ),
+            Outcome::Unknown,
+            Reason::RollbackFailed,
+            "ROLLBACK FAILED: x; re-activating",
+        ),
+        (
+            status(Failed, Some(Reason::ActivationFailed), "exited with 1"),
+            Outcome::Failed,
+            Reason::ActivationFailed,
+            "magicRollback is off",
+        ),
+        (
+            status(Other("vanished".into()), None, "into thin air"),
+            Outcome::Unknown,
+            Reason::Internal,
+            "unexpected state `vanished into thin air`",
+        ),
     ];
-    for (line, outcome, reason, msg) in table {
+    for (answer, outcome, reason, msg) in table {
+        let line = format!("{answer:?}");
         let mut f = Fake::new();
-        f.watch = [status(line)].into();
+        f.watch = [answer].into();
         let r = run(f).await;
         assert_eq!(r.ended(), (outcome, Some(reason), Some(Phase::Activate)), "{line}");
         assert!(r.message().contains(msg), "{line}: {}", r.message());
@@ -333,8 +364,8 @@ async fn a_failing_health_check_is_not_confirmed_and_the_agent_rolls_back() {
     let mut f = Fake::new();
     f.checks.push_back(Err("health check `curl` still failing after 3 s: HTTP 503".into()));
     f.watch = [
-        status("awaiting-confirmation"),
-        status("rolled-back health-check not confirmed: HTTP 503"),
+        at(AgentState::AwaitingConfirmation),
+        status(AgentState::RolledBack, Some(Reason::HealthCheck), "not confirmed: HTTP 503"),
     ]
     .into();
     let r = drive(f, |t, _| {
@@ -357,8 +388,11 @@ async fn a_failing_health_check_is_not_confirmed_and_the_agent_rolls_back() {
 async fn a_unit_failing_after_activation_is_not_confirmed() {
     let mut f = Fake::new();
     f.health = [health("running", &[]), health("degraded", &["demo.service"])].into();
-    f.watch =
-        [status("awaiting-confirmation"), status("rolled-back health-check not confirmed")].into();
+    f.watch = [
+        at(AgentState::AwaitingConfirmation),
+        status(AgentState::RolledBack, Some(Reason::HealthCheck), "not confirmed"),
+    ]
+    .into();
     let r = run(f).await;
     assert_eq!(r.ended(), (Outcome::RolledBack, Some(Reason::HealthCheck), Some(Phase::Confirm)));
     assert!(r.called("abort health-check") && !r.called("confirm"));
@@ -370,8 +404,8 @@ async fn a_failed_fresh_login_is_not_confirmed() {
     let mut f = Fake::new();
     f.confirm = Err(failed("touch", "Connection refused"));
     f.watch = [
-        status("awaiting-confirmation"),
-        status("rolled-back not-confirmed not confirmed: fresh login"),
+        at(AgentState::AwaitingConfirmation),
+        status(AgentState::RolledBack, Some(Reason::NotConfirmed), "not confirmed: fresh login"),
     ]
     .into();
     let r = run(f).await;
@@ -385,7 +419,7 @@ async fn an_activation_outliving_its_timeout_is_aborted_and_rolled_back() {
     let mut f = Fake::new();
     f.watch = [
         Err(timeout("agent watch")),
-        status("rolled-back timeout activation aborted by the deployer"),
+        status(AgentState::RolledBack, Some(Reason::Timeout), "activation aborted by the deployer"),
     ]
     .into();
     let r = run(f).await;
@@ -420,9 +454,9 @@ async fn a_connection_lost_for_good_leaves_the_host_to_its_agent() {
 async fn a_failed_boot_entry_leaves_the_new_system_running_and_says_so() {
     let mut f = Fake::new();
     f.watch = [
-        status("awaiting-confirmation"),
-        status("confirmed"),
-        status("boot-failed boot-entry exited with 1"),
+        at(AgentState::AwaitingConfirmation),
+        at(AgentState::Confirmed),
+        status(AgentState::BootFailed, Some(Reason::BootEntry), "exited with 1"),
     ]
     .into();
     let r = run(f).await;
