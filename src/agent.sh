@@ -13,6 +13,7 @@
 #   confirmed  created by the deployer over a fresh ssh login
 #   abort      created by the deployer to stop the activation or refuse
 #              the confirmation: one line "<cause> <reason>"
+#   toplevel   GC root of the run's system until the system profile holds it
 # A run only ever looks at its own RUNDIR, so nothing left by an earlier
 # run can confirm a later one.
 #

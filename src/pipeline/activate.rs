@@ -132,7 +132,7 @@ impl HostRun<'_> {
         }
         self.agent_started = true;
         // Until the boot agent writes its first state, the activation's
-        // "confirmed" is still there: keep waiting through it.
+        // confirmed state is still there: keep waiting through it.
         let limit = Duration::from_secs(self.spec().timeouts.boot);
         match self.settle(host, &mut seen, Some(&AgentState::Confirmed), limit).await {
             Ok(s) if s.state == AgentState::Booted => End::ok(Outcome::Deployed, &toplevel),

@@ -47,6 +47,16 @@ impl Run {
         self.report(host)["outcome"].as_str().unwrap().to_string()
     }
 
+    /// The machine-readable reason of a host that did not succeed.
+    pub fn reason(&self, host: &str) -> String {
+        self.report(host)["reason"].as_str().unwrap_or("").to_string()
+    }
+
+    /// The last phase the host started.
+    pub fn phase(&self, host: &str) -> String {
+        self.report(host)["phase"].as_str().unwrap_or("").to_string()
+    }
+
     pub fn message(&self, host: &str) -> String {
         self.report(host)["message"].as_str().unwrap_or("").to_string()
     }

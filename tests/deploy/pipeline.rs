@@ -96,7 +96,7 @@ fn degraded_target_is_refused_and_unchanged() {
     let run = deploy(&f, &["--all"]);
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(run.outcome("bad"), "failed");
-    assert_eq!(run.report("bad")["phase"], "preflight");
+    assert_eq!((run.phase("bad").as_str(), run.reason("bad").as_str()), ("preflight", "preflight"));
     let msg = run.message("bad");
     assert!(msg.contains("degraded") && msg.contains("lab-broken.service"), "{msg}");
     assert_eq!(bad.current_system(), Some(v1.clone()), "still running v1");
@@ -104,9 +104,18 @@ fn degraded_target_is_refused_and_unchanged() {
     assert_eq!(run.outcome("good"), "deployed", "{run}");
     assert_eq!(good.ssh_ok("cat /run/demo-web/version"), "healthy-v2");
 
-    // --skip-preflight is the documented way past it.
+    // --skip-preflight gets past it; the failed unit is still there after
+    // the activation, so the health check before the confirmation refuses
+    // the new system and the host goes back.
     let skip = deploy(&f, &["bad", "--skip-preflight"]);
-    assert_ne!(skip.report("bad")["phase"], "preflight", "{skip}");
+    assert_eq!(skip.code, 1, "{skip}");
+    assert_eq!(skip.outcome("bad"), "rolled-back", "{skip}");
+    assert_eq!(
+        (skip.phase("bad").as_str(), skip.reason("bad").as_str()),
+        ("confirm", "health-check")
+    );
+    assert!(skip.message("bad").contains("lab-broken.service"), "{skip}");
+    assert!(skip.lines("bad").iter().any(|l| l.contains("activating")), "it did activate: {skip}");
 }
 
 /// A failing self-check stops the host before anything changes.
@@ -119,7 +128,7 @@ fn failing_self_check_leaves_the_host_unchanged() {
     let run = deploy(&f, &["--all"]);
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(run.outcome("h"), "failed");
-    assert_eq!(run.report("h")["phase"], "self-check");
+    assert_eq!((run.phase("h").as_str(), run.reason("h").as_str()), ("self-check", "self-check"));
     assert!(run.message("h").contains("refusing to activate"), "{run}");
     assert_eq!(t.current_system(), Some(v1.clone()));
     assert_eq!(t.boot_profile(), Some(v1));
@@ -137,6 +146,10 @@ fn unit_failing_during_test_is_rolled_back_and_boot_entry_untouched() {
     let run = deploy(&f, &["--all"]);
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(run.outcome("h"), "rolled-back", "{run}");
+    assert_eq!(
+        (run.phase("h").as_str(), run.reason("h").as_str()),
+        ("activate", "activation-failed")
+    );
     assert!(run.message("h").contains("exited with 4"), "{run}");
     assert_eq!(run.system("h"), v1, "the report names the system the host is back on");
     assert!(
@@ -173,7 +186,10 @@ fn unreachable_host_fails_fast_and_others_succeed() {
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(run.outcome("ok"), "deployed", "{run}");
     assert_eq!(run.outcome("ghost"), "failed");
-    assert_eq!(run.report("ghost")["phase"], "connect");
+    assert_eq!(
+        (run.phase("ghost").as_str(), run.reason("ghost").as_str()),
+        ("connect", "unreachable")
+    );
     let msg = run.message("ghost");
     assert!(msg.contains(&ghost), "names the destination: {msg}");
     let ms = run.report("ghost")["duration"].as_u64().unwrap();
@@ -259,6 +275,7 @@ fn non_root_user_with_sudo() {
     let f = flake(&lab, &[host_entry(&lab, "h", t, "healthy-v1", r#"sshUser = "pwuser";"#)]);
     let run = deploy(&f, &["--all"]);
     assert_eq!(run.code, 1, "{run}");
+    assert_eq!(run.reason("h"), "auth", "{run}");
     let msg = run.message("h");
     assert!(msg.contains("asks user pwuser for a password") && msg.contains("NOPASSWD"), "{msg}");
     assert_eq!(t.current_system().as_deref(), Some(sys.as_str()), "unchanged");
@@ -352,7 +369,7 @@ fn unknown_host_key_is_refused_with_the_fix() {
     let f = flake(&lab, &[entry]);
     let run = deploy(&f, &["--all"]);
     assert_eq!(run.code, 1, "{run}");
-    assert_eq!(run.report("h")["phase"], "connect");
+    assert_eq!((run.phase("h").as_str(), run.reason("h").as_str()), ("connect", "host-key"));
     let msg = run.message("h");
     assert!(
         msg.contains("Host key verification failed")
