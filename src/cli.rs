@@ -3,7 +3,8 @@
 
 use clap::{Parser, ValueEnum};
 
-use crate::inventory::{self, TIMEOUT_PHASES};
+use crate::events::Phase;
+use crate::inventory;
 pub use crate::pipeline::Mode;
 use crate::select::{Selection, Target};
 
@@ -125,11 +126,21 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub pre_activate_script: Option<String>,
 
-    /// Override a phase timeout for every host, in seconds; repeatable.
-    /// Phases: connect, lock, preflight, copy, build, selfCheck, activate,
-    /// confirm, boot.
-    #[arg(long = "timeout", value_name = "PHASE=SECONDS")]
+    #[arg(long = "timeout", value_name = "PHASE=SECONDS", help = timeout_help())]
     pub timeouts: Vec<String>,
+}
+
+/// The help of `--timeout`, with the phases of [`Phase::ALL`].
+fn timeout_help() -> String {
+    format!(
+        "Override a phase timeout for every host, in seconds; repeatable. Phases: {}.",
+        phase_list()
+    )
+}
+
+/// `connect, lock, ..., boot`: the phases as `--timeout` names them.
+fn phase_list() -> String {
+    Phase::ALL.map(Phase::timeout_key).join(", ")
 }
 
 /// Default of `--max-parallel`: enough to deploy a rack at once without
@@ -161,8 +172,8 @@ pub struct Options {
     pub preflight: bool,
     /// Replaces every host's `selfCheck` when set.
     pub self_check: Option<String>,
-    /// `(phase, seconds)` in command line order; phase is a [`TIMEOUT_PHASES`] name.
-    pub timeouts: Vec<(String, u64)>,
+    /// `(phase, seconds)` in command line order.
+    pub timeouts: Vec<(Phase, u64)>,
     /// Deploy, or roll back.
     pub mode: Mode,
 }
@@ -180,7 +191,7 @@ pub enum CliError {
     #[error("--timeout `{0}`: expected PHASE=SECONDS, e.g. --timeout build=7200")]
     TimeoutSyntax(String),
 
-    #[error("--timeout `{arg}`: unknown phase `{phase}`{hint}; phases: {}", TIMEOUT_PHASES.join(", "))]
+    #[error("--timeout `{arg}`: unknown phase `{phase}`{hint}; phases: {}", phase_list())]
     TimeoutPhase { arg: String, phase: String, hint: String },
 
     #[error("--timeout `{0}`: seconds must be a whole number of at least 1")]
@@ -246,26 +257,26 @@ impl Args {
     }
 }
 
-/// `build=7200` -> `("build", 7200)`. Accepts `self-check`/`self_check` for
-/// `selfCheck`.
-pub fn parse_timeout(arg: &str) -> Result<(String, u64), CliError> {
-    let (phase, secs) = arg.split_once('=').ok_or_else(|| CliError::TimeoutSyntax(arg.into()))?;
-    let canonical = match phase {
+/// `build=7200` -> `(Phase::Build, 7200)`. Accepts `self-check`/`self_check`
+/// for `selfCheck`.
+pub fn parse_timeout(arg: &str) -> Result<(Phase, u64), CliError> {
+    let (name, secs) = arg.split_once('=').ok_or_else(|| CliError::TimeoutSyntax(arg.into()))?;
+    let canonical = match name {
         "self-check" | "self_check" | "selfcheck" => "selfCheck",
         p => p,
     };
-    if !TIMEOUT_PHASES.contains(&canonical) {
-        let hint = TIMEOUT_PHASES
+    let Some(phase) = Phase::ALL.into_iter().find(|p| p.timeout_key() == canonical) else {
+        let hint = Phase::ALL
             .iter()
-            .map(|p| (strsim::jaro_winkler(phase, p), *p))
+            .map(|p| (strsim::jaro_winkler(name, p.timeout_key()), p.timeout_key()))
             .filter(|(s, _)| *s >= 0.7)
             .max_by(|a, b| a.0.total_cmp(&b.0))
             .map(|(_, p)| format!(" (did you mean `{p}`?)"))
             .unwrap_or_default();
-        return Err(CliError::TimeoutPhase { arg: arg.into(), phase: phase.into(), hint });
-    }
+        return Err(CliError::TimeoutPhase { arg: arg.into(), phase: name.into(), hint });
+    };
     match secs.parse::<u64>() {
-        Ok(n) if n >= 1 => Ok((canonical.to_string(), n)),
+        Ok(n) if n >= 1 => Ok((phase, n)),
         _ => Err(CliError::TimeoutSeconds(arg.into())),
     }
 }
@@ -276,9 +287,7 @@ impl Options {
     pub fn apply_overrides(&self, targets: &mut [Target]) {
         for t in targets {
             for (phase, secs) in &self.timeouts {
-                if let Some(slot) = t.spec.timeouts.get_mut(phase) {
-                    *slot = *secs;
-                }
+                *t.spec.timeouts.get_mut(*phase) = *secs;
             }
             if let Some(sc) = &self.self_check {
                 t.spec.self_check = Some(sc.clone());

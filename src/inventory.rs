@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::events::Phase;
+
 /// The schema version this build understands.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -110,32 +112,27 @@ impl HostSpec {
     }
 }
 
-/// Names of the per-phase timeouts, as written in Nix and on the command line.
-pub const TIMEOUT_PHASES: [&str; 9] =
-    ["connect", "lock", "preflight", "copy", "build", "selfCheck", "activate", "confirm", "boot"];
-
 impl Timeouts {
-    /// The timeout of a phase by its schema name (`selfCheck`, not `self_check`).
-    pub fn get(&self, phase: &str) -> Option<u64> {
+    /// The timeout of a phase, in seconds.
+    pub fn get(&self, phase: Phase) -> u64 {
         let mut copy = *self;
-        copy.get_mut(phase).map(|v| *v)
+        *copy.get_mut(phase)
     }
 
-    /// Mutable access by schema name; `None` for an unknown phase.
-    pub fn get_mut(&mut self, phase: &str) -> Option<&mut u64> {
+    /// The timeout of a phase, to override it.
+    pub fn get_mut(&mut self, phase: Phase) -> &mut u64 {
         let t = self;
-        Some(match phase {
-            "connect" => &mut t.connect,
-            "lock" => &mut t.lock,
-            "preflight" => &mut t.preflight,
-            "copy" => &mut t.copy,
-            "build" => &mut t.build,
-            "selfCheck" => &mut t.self_check,
-            "activate" => &mut t.activate,
-            "confirm" => &mut t.confirm,
-            "boot" => &mut t.boot,
-            _ => return None,
-        })
+        match phase {
+            Phase::Connect => &mut t.connect,
+            Phase::Lock => &mut t.lock,
+            Phase::Preflight => &mut t.preflight,
+            Phase::Copy => &mut t.copy,
+            Phase::Build => &mut t.build,
+            Phase::SelfCheck => &mut t.self_check,
+            Phase::Activate => &mut t.activate,
+            Phase::Confirm => &mut t.confirm,
+            Phase::Boot => &mut t.boot,
+        }
     }
 }
 
@@ -400,10 +397,10 @@ pub fn validate_host(path: &str, spec: &HostSpec) -> Result<(), InventoryError> 
             ));
         }
     }
-    for phase in TIMEOUT_PHASES {
-        if spec.timeouts.get(phase) == Some(0) {
+    for phase in Phase::ALL {
+        if spec.timeouts.get(phase) == 0 {
             return Err(bad(
-                &format!("timeouts.{phase}"),
+                &format!("timeouts.{}", phase.timeout_key()),
                 "0".into(),
                 "is not a timeout: use a positive number of seconds".into(),
             ));

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use clap::Parser;
 use deploy_flake::cli::{Cli, CliError, Options, OutputFormat};
+use deploy_flake::events::Phase;
 use deploy_flake::inventory::HostSpec;
 use deploy_flake::select::Target;
 
@@ -63,7 +64,7 @@ fn every_flag() {
     assert!(o.dry_run && o.force && !o.preflight);
     assert_eq!(o.output, OutputFormat::Json);
     assert_eq!(o.self_check.as_deref(), Some("bin/check"));
-    assert_eq!(o.timeouts, [("build".to_string(), 7200), ("selfCheck".to_string(), 5)]);
+    assert_eq!(o.timeouts, [(Phase::Build, 7200), (Phase::SelfCheck, 5)]);
 }
 
 #[test]
@@ -264,6 +265,11 @@ fn version_and_help() {
     ] {
         assert!(stdout.contains(needle), "--help lacks {needle}:\n{stdout}");
     }
+    let words = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        words.contains("Override a phase timeout for every host, in seconds; repeatable. Phases: connect, lock, preflight, copy, build, selfCheck, activate, confirm, boot."),
+        "{stdout}"
+    );
 }
 
 #[test]
