@@ -178,7 +178,7 @@ db1
 odd "name" $(x)
   ssh:           deploy@odd.example.com:22
   escalation:    sudo
-  configuration: {flake}#nixosConfigurations."odd \"name\" $(x)"
+  configuration: {flake}#nixosConfigurations."odd 'name' $(x)"
   build on:      target
   self-check:    pre-activate-safety-checks, if present
   rollback:      automatic unless confirmed
