@@ -4,8 +4,8 @@
 use clap::{Parser, ValueEnum};
 
 use crate::events::Phase;
-use crate::inventory;
 pub use crate::pipeline::Mode;
+use crate::rules;
 use crate::select::{Selection, Target};
 
 const EXAMPLES: &str = "\
@@ -130,10 +130,13 @@ pub struct Args {
     pub timeouts: Vec<String>,
 }
 
-/// The help of `--timeout`, with the phases of [`Phase::ALL`].
+/// The help of `--timeout`: the phases and bounds of lib/rules.json.
 fn timeout_help() -> String {
+    let (range, _) = rules::seconds();
     format!(
-        "Override a phase timeout for every host, in seconds; repeatable. Phases: {}.",
+        "Override a phase timeout for every host, in seconds ({} to {}); repeatable. Phases: {}.",
+        range.start(),
+        range.end(),
         phase_list()
     )
 }
@@ -194,7 +197,7 @@ pub enum CliError {
     #[error("--timeout `{arg}`: unknown phase `{phase}`{hint}; phases: {}", phase_list())]
     TimeoutPhase { arg: String, phase: String, hint: String },
 
-    #[error("--timeout `{0}`: seconds must be a whole number of at least 1")]
+    #[error("--timeout `{0}`: expected {expected}", expected = rules::seconds().1)]
     TimeoutSeconds(String),
 
     #[error("--skip-preflight contradicts --preflight-check=run: pass one of them")]
@@ -233,7 +236,7 @@ impl Args {
             (false, _) => true,
         };
         if let Some(path) = &self.pre_activate_script {
-            if let Some(p) = inventory::self_check_problem(path) {
+            if let Some(p) = rules::string_problem("selfCheck", path) {
                 return Err(CliError::SelfCheck { path: path.clone(), problem: p.into() });
             }
         }
@@ -276,7 +279,7 @@ pub fn parse_timeout(arg: &str) -> Result<(Phase, u64), CliError> {
         return Err(CliError::TimeoutPhase { arg: arg.into(), phase: name.into(), hint });
     };
     match secs.parse::<u64>() {
-        Ok(n) if n >= 1 => Ok((phase, n)),
+        Ok(n) if rules::seconds().0.contains(&n) => Ok((phase, n)),
         _ => Err(CliError::TimeoutSeconds(arg.into())),
     }
 }

@@ -14,5 +14,6 @@ pub mod pipeline;
 pub mod plan;
 pub mod remote;
 pub mod report;
+pub mod rules;
 pub mod runner;
 pub mod select;
