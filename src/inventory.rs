@@ -258,10 +258,19 @@ pub fn classify_eval_failure(flake: &str, stderr: &str) -> InventoryError {
 // ---------------------------------------------------------------------------
 // Parsing and validation (pure)
 
-/// Parses and validates the JSON of a `deployFlake` output. Each host is
-/// checked against lib/rules.json before it is read, so a fault is reported
-/// as lib/ reports it.
+/// Parses and validates the JSON of a `deployFlake` output. Every host is
+/// checked against lib/rules.json, and a fault is reported as lib/ reports
+/// it.
 pub fn parse(json: &str) -> Result<Inventory, InventoryError> {
+    // Fast path: a well-formed current document deserializes in one pass,
+    // and its values are checked in place. Anything else is read as JSON,
+    // so that a wrong type, key or version gets its own message.
+    if let Ok(inventory) = serde_json::from_str::<Inventory>(json) {
+        if inventory.schema_version == SCHEMA_VERSION {
+            validate(&inventory)?;
+            return Ok(inventory);
+        }
+    }
     let value: serde_json::Value =
         serde_json::from_str(json).map_err(|source| InventoryError::Json { source })?;
     let obj = value.as_object().ok_or_else(|| InventoryError::Malformed {
@@ -321,8 +330,7 @@ pub fn validate(inventory: &Inventory) -> Result<(), InventoryError> {
 /// Checks one host record against lib/rules.json; `path` names it in
 /// errors (e.g. `deployFlake.hosts.web1`).
 pub fn validate_host(path: &str, spec: &HostSpec) -> Result<(), InventoryError> {
-    let record = serde_json::to_value(spec).expect("a host record serializes");
-    rules::check_host(path, &record).map_err(|message| InventoryError::InvalidHost { message })
+    rules::check_spec(path, spec).map_err(|message| InventoryError::InvalidHost { message })
 }
 
 /// Can `name` stand unquoted as a Nix attribute (`web1`, `_x'`, `web-1`)?

@@ -15,11 +15,11 @@ use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::sync::OnceLock;
 
-use regex::Regex;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use crate::events::Phase;
+use crate::inventory::{HealthCheck, HostSpec, Timeouts};
 
 /// `lib/rules.json`, as built into this binary.
 pub const RULES_JSON: &str = include_str!("../lib/rules.json");
@@ -153,16 +153,33 @@ struct Check {
     problem: String,
 }
 
-/// A whole-string regex, as Nix's `builtins.match` reads it.
+/// A whole-string regex, as Nix's `builtins.match` reads it: over bytes
+/// (`(?-u)`), so that a class such as `[^[:cntrl:]]` means what it means to
+/// Nix, whatever the text's characters. Compiled on first use: a run needs
+/// a few of them.
 #[derive(Debug)]
-struct Pattern(Regex);
+struct Pattern {
+    source: String,
+    regex: OnceLock<regex::bytes::Regex>,
+}
 
 impl<'de> Deserialize<'de> for Pattern {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let source = String::deserialize(d)?;
-        Regex::new(&format!("^(?:{source})$"))
-            .map(Pattern)
-            .map_err(|e| serde::de::Error::custom(format!("regex {source:?}: {e}")))
+        Ok(Pattern { source: String::deserialize(d)?, regex: OnceLock::new() })
+    }
+}
+
+impl Pattern {
+    fn regex(&self) -> &regex::bytes::Regex {
+        self.regex.get_or_init(|| {
+            regex::bytes::Regex::new(&format!("(?-u)^(?:{})$", self.source)).unwrap_or_else(|e| {
+                panic!("lib/rules.json: regex {:?} does not compile: {e}", self.source)
+            })
+        })
+    }
+
+    fn matches(&self, s: &str) -> bool {
+        self.regex().is_match(s.as_bytes())
     }
 }
 
@@ -177,8 +194,8 @@ impl Check {
     fn passes(&self, v: Subject) -> bool {
         match v {
             Subject::Str(s) => {
-                self.require.as_ref().map_or(true, |p| p.0.is_match(s))
-                    && self.forbid.as_ref().map_or(true, |p| !p.0.is_match(s))
+                self.require.as_ref().map_or(true, |p| p.matches(s))
+                    && self.forbid.as_ref().map_or(true, |p| !p.matches(s))
                     && self.min_length.map_or(true, |n| s.len() >= n)
             }
             Subject::List(len) => self.min_length.map_or(true, |n| len >= n),
@@ -246,11 +263,31 @@ pub fn attr_path(prefix: &str, name: &str) -> String {
     }
 }
 
-fn mismatch(expected: &str, path: &str, v: &Value) -> String {
-    format!("{path}: expected {expected}, got {}", describe(v))
+/// Where a value sits (`deployFlake.hosts.web1.healthChecks.0.period`),
+/// written out only for a message.
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    Root(&'a str),
+    Key(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
 }
 
-fn fault(expected: &str, path: &str, v: &Value, problem: &str) -> String {
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Root(s) => f.write_str(s),
+            Path::Key(p, k) if is_plain_nix_identifier(k) => write!(f, "{p}.{k}"),
+            Path::Key(p, k) => write!(f, "{p}.{}", nix_json_string(k)),
+            Path::Index(p, i) => write!(f, "{p}.{i}"),
+        }
+    }
+}
+
+fn mismatch(expected: &str, path: &Path, v: View) -> String {
+    format!("{path}: expected {expected}, got {}", v.describe())
+}
+
+fn fault(expected: &str, path: &Path, v: View, problem: &str) -> String {
     format!("{}: {problem}", mismatch(expected, path, v))
 }
 
@@ -280,45 +317,162 @@ fn suggest(word: &str, candidates: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn unknown_key(path: &str, key: &str, known: &[&str]) -> String {
-    format!(
-        "{}: unknown option{} (known options: {})",
-        attr_path(path, key),
-        suggest(key, known),
-        known.join(", ")
-    )
-}
-
-fn missing_key(path: &str, key: &str) -> String {
-    format!(
-        "{}: missing (a deployFlake must be fully resolved; mkDeployFlake fills in defaults)",
-        attr_path(path, key)
-    )
-}
-
-/// The first unknown key of `obj`, then the first of `required` it lacks.
-fn key_problem(
-    path: &str,
-    known: &[&str],
-    required: &[&str],
+/// The first unknown key of a JSON object (in Nix's order), then the first
+/// key of `known` it lacks that is `required`. `known`: sorted.
+fn key_problem<'k, K>(
+    path: &Path,
+    known: K,
+    required: impl Fn(&str) -> bool,
     obj: &Map<String, Value>,
-) -> Result<(), String> {
-    let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
-    keys.sort_unstable();
-    if let Some(k) = keys.iter().find(|k| !known.contains(k)) {
-        return Err(unknown_key(path, k, known));
+) -> Result<(), String>
+where
+    K: Iterator<Item = &'k str> + Clone,
+{
+    if let Some(k) = obj.keys().filter(|k| !known.clone().any(|n| n == k.as_str())).min() {
+        let known: Vec<&str> = known.collect();
+        return Err(format!(
+            "{}: unknown option{} (known options: {})",
+            Path::Key(path, k),
+            suggest(k, &known),
+            known.join(", ")
+        ));
     }
-    match required.iter().find(|k| !obj.contains_key(**k)) {
-        Some(k) => Err(missing_key(path, k)),
+    match known.filter(|k| required(k)).find(|k| !obj.contains_key(*k)) {
+        Some(k) => Err(format!(
+            "{}: missing (a deployFlake must be fully resolved; mkDeployFlake fills in defaults)",
+            Path::Key(path, k)
+        )),
         None => Ok(()),
     }
 }
 
-/// The keys of `obj`, sorted as Nix sorts attribute names.
-fn sorted(obj: &Map<String, Value>) -> Vec<(&str, &Value)> {
-    let mut v: Vec<(&str, &Value)> = obj.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    v.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    v
+// ---------------------------------------------------------------------------
+// The values under check
+
+/// A value under check: JSON of any shape, or part of a host record that
+/// serde has read already (its shape is right; its values may not be).
+/// Both are described and checked alike, so a fault reads the same.
+#[derive(Clone, Copy)]
+enum View<'a> {
+    Json(&'a Value),
+    Null,
+    Str(&'a str),
+    Int(u64),
+    Bool(bool),
+    Strs(&'a [String]),
+    Host(&'a HostSpec),
+    Timeouts(&'a Timeouts),
+    Checks(&'a [HealthCheck]),
+    Check(&'a HealthCheck),
+}
+
+impl<'a> View<'a> {
+    fn describe(self) -> String {
+        match self {
+            View::Json(v) => describe(v),
+            View::Null => "null".into(),
+            View::Str(s) => format!("a string ({})", nix_json_string(s)),
+            View::Int(n) => format!("an integer ({n})"),
+            View::Bool(b) => format!("a boolean ({b})"),
+            View::Strs(_) | View::Checks(_) => "a list".into(),
+            View::Host(_) | View::Timeouts(_) | View::Check(_) => "an attribute set".into(),
+        }
+    }
+
+    fn is_null(self) -> bool {
+        matches!(self, View::Null | View::Json(Value::Null))
+    }
+
+    fn as_str(self) -> Option<&'a str> {
+        match self {
+            View::Json(v) => v.as_str(),
+            View::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn as_i64(self) -> Option<i64> {
+        match self {
+            View::Json(v) => v.as_i64(),
+            View::Int(n) => i64::try_from(n).ok(),
+            _ => None,
+        }
+    }
+
+    fn is_bool(self) -> bool {
+        matches!(self, View::Bool(_) | View::Json(Value::Bool(_)))
+    }
+
+    /// A list's length.
+    fn len(self) -> Option<usize> {
+        match self {
+            View::Json(Value::Array(a)) => Some(a.len()),
+            View::Strs(v) => Some(v.len()),
+            View::Checks(v) => Some(v.len()),
+            _ => None,
+        }
+    }
+
+    /// Element `i` of a list (`i` < its length).
+    fn item(self, i: usize) -> View<'a> {
+        match self {
+            View::Json(Value::Array(a)) => View::Json(&a[i]),
+            View::Strs(v) => View::Str(&v[i]),
+            View::Checks(v) => View::Check(&v[i]),
+            _ => View::Null,
+        }
+    }
+
+    fn is_record(self) -> bool {
+        matches!(
+            self,
+            View::Json(Value::Object(_)) | View::Host(_) | View::Timeouts(_) | View::Check(_)
+        )
+    }
+
+    /// A JSON object's keys may be wrong; a typed record's are right.
+    fn json_object(self) -> Option<&'a Map<String, Value>> {
+        match self {
+            View::Json(Value::Object(o)) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// A record's value at `key`, named as in Nix.
+    fn get(self, key: &str) -> Option<View<'a>> {
+        let opt_str = |s: Option<&'a str>| s.map_or(View::Null, View::Str);
+        Some(match self {
+            View::Json(Value::Object(o)) => View::Json(o.get(key)?),
+            View::Host(h) => match key {
+                "hostname" => View::Str(&h.hostname),
+                "sshUser" => View::Str(&h.ssh_user),
+                "sshPort" => View::Int(u64::from(h.ssh_port)),
+                "sshOpts" => View::Strs(&h.ssh_opts),
+                "configuration" => View::Str(&h.configuration),
+                "tags" => View::Strs(&h.tags),
+                "buildOn" => View::Str(h.build_on.as_str()),
+                "selfCheck" => opt_str(h.self_check.as_deref()),
+                "sudo" => View::Str(&h.sudo),
+                "magicRollback" => View::Bool(h.magic_rollback),
+                "healthChecks" => View::Checks(&h.health_checks),
+                "timeouts" => View::Timeouts(&h.timeouts),
+                _ => return None,
+            },
+            View::Timeouts(t) => {
+                let phase = Phase::ALL.into_iter().find(|p| p.timeout_key() == key)?;
+                View::Int(t.get(phase))
+            }
+            View::Check(c) => match key {
+                "description" => View::Str(&c.description),
+                "command" => c.command.as_deref().map_or(View::Null, View::Strs),
+                "http" => opt_str(c.http.as_deref()),
+                "period" => View::Int(c.period),
+                "timeout" => View::Int(c.timeout),
+                _ => return None,
+            },
+            _ => return None,
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -334,30 +488,6 @@ pub enum SshOpt<'a> {
     WithValue { flag: char, value: &'a str },
     /// `-4`, `-6`, `-A`, `-C` or `-q`: the flag's letter.
     Flag(char),
-}
-
-/// An element of `sshOpts`: a JSON value (an inventory) or a string.
-trait SshItem {
-    fn text(&self) -> Option<&str>;
-    fn value(&self) -> Value;
-}
-
-impl SshItem for Value {
-    fn text(&self) -> Option<&str> {
-        self.as_str()
-    }
-    fn value(&self) -> Value {
-        self.clone()
-    }
-}
-
-impl SshItem for String {
-    fn text(&self) -> Option<&str> {
-        Some(self)
-    }
-    fn value(&self) -> Value {
-        Value::String(self.clone())
-    }
 }
 
 /// `Key=Value` (already checked) split into key and value.
@@ -392,35 +522,31 @@ impl Rules {
         self.options.keys().map(String::as_str).collect()
     }
 
-    /// Reads `sshOpts` as ssh reads its command line; the first fault is
+    /// Reads a list as ssh reads its command line; the first fault is
     /// worded with `path` (e.g. `deployFlake.hosts.web1.sshOpts`).
-    fn walk_ssh_opts<'a, T: SshItem>(
-        &self,
-        path: &str,
-        items: &'a [T],
-    ) -> Result<Vec<SshOpt<'a>>, String> {
+    fn walk_ssh_opts<'a>(&self, path: &Path, items: View<'a>) -> Result<Vec<SshOpt<'a>>, String> {
         let Rule::SshOpts { option, flags, unsupported, needs_value, .. } = self.option("sshOpts")
         else {
             panic!("lib/rules.json: sshOpts is not of type sshOpts")
         };
+        let n = items.len().unwrap_or(0);
         let mut out = Vec::new();
         let mut i = 0;
-        while i < items.len() {
-            let at = format!("{path}.{i}");
-            let e = match items[i].text() {
-                Some(e) => e,
-                None => return Err(mismatch(&option.expected, &at, &items[i].value())),
+        while i < n {
+            let (item, at) = (items.item(i), Path::Index(path, i));
+            let Some(e) = item.as_str() else {
+                return Err(mismatch(&option.expected, &at, item));
             };
-            let bad = |problem: &str| fault(&option.expected, &at, &items[i].value(), problem);
+            let bad = |problem: &str| fault(&option.expected, &at, item, problem);
             if let Some(p) = first_failing(&option.checks, Subject::Str(e)) {
                 return Err(bad(p));
             }
-            // `-oKey=Value`: the flag and its value in one element.
+            // `-oKey=Value`: the flag and its value in one element (the flag
+            // is two bytes, as Nix's substring counts).
             let joined = e.len() > 2 && e.starts_with('-');
             let (flag, inline) = match (joined, e.get(..2)) {
                 (true, Some(f)) => (f, Some(&e[2..])),
-                (true, None) => (e, None),
-                (false, _) => (e, None),
+                _ => (e, None),
             };
             let Some(f) = flags.get(flag).filter(|_| !joined || inline.is_some()) else {
                 return Err(bad(unsupported));
@@ -440,21 +566,21 @@ impl Rules {
             let value = match inline {
                 Some(v) => {
                     if let Some(p) = first_failing(&value_rule.checks, Subject::Str(v)) {
-                        return Err(fault(&value_rule.expected, &at, &items[i].value(), p));
+                        return Err(fault(&value_rule.expected, &at, item, p));
                     }
                     i += 1;
                     v
                 }
                 None => {
-                    let Some(next) = items.get(i + 1) else {
+                    if i + 1 >= n {
                         return Err(bad(needs_value));
-                    };
-                    let next_at = format!("{path}.{}", i + 1);
-                    let Some(v) = next.text() else {
-                        return Err(mismatch(&value_rule.expected, &next_at, &next.value()));
+                    }
+                    let (next, next_at) = (items.item(i + 1), Path::Index(path, i + 1));
+                    let Some(v) = next.as_str() else {
+                        return Err(mismatch(&value_rule.expected, &next_at, next));
                     };
                     if let Some(p) = first_failing(&value_rule.checks, Subject::Str(v)) {
-                        return Err(fault(&value_rule.expected, &next_at, &next.value(), p));
+                        return Err(fault(&value_rule.expected, &next_at, next, p));
                     }
                     i += 2;
                     v
@@ -471,16 +597,15 @@ impl Rules {
         Ok(out)
     }
 
-    /// The first fault of `v` against `rule` (a resolved value), worded
-    /// with `path`.
-    fn check(&self, rule: &Rule, path: &str, v: &Value) -> Result<(), String> {
+    /// The first fault of a resolved value against `rule`.
+    fn check(&self, rule: &Rule, path: &Path, v: View) -> Result<(), String> {
         match rule {
             Rule::String { expected, nullable, accept, checks } => {
-                if v.is_null() && *nullable {
+                if *nullable && v.is_null() {
                     return Ok(());
                 }
                 let Some(s) = v.as_str() else { return Err(mismatch(expected, path, v)) };
-                if accept.as_ref().is_some_and(|a| a.0.is_match(s)) {
+                if accept.as_ref().is_some_and(|a| a.matches(s)) {
                     return Ok(());
                 }
                 match first_failing(checks, Subject::Str(s)) {
@@ -492,55 +617,62 @@ impl Rules {
                 Some(n) if (*min..=*max).contains(&n) => Ok(()),
                 _ => Err(mismatch(expected, path, v)),
             },
-            Rule::Bool { expected } => match v {
-                Value::Bool(_) => Ok(()),
-                _ => Err(mismatch(expected, path, v)),
+            Rule::Bool { expected } => match v.is_bool() {
+                true => Ok(()),
+                false => Err(mismatch(expected, path, v)),
             },
             Rule::Enum { expected, values } => match v.as_str() {
                 Some(s) if values.iter().any(|x| x == s) => Ok(()),
                 _ => Err(mismatch(expected, path, v)),
             },
             Rule::List { expected, nullable, checks, element } => {
-                if v.is_null() && *nullable {
+                if *nullable && v.is_null() {
                     return Ok(());
                 }
-                let Some(items) = v.as_array() else { return Err(mismatch(expected, path, v)) };
-                if let Some(p) = first_failing(checks, Subject::List(items.len())) {
+                let Some(n) = v.len() else { return Err(mismatch(expected, path, v)) };
+                if let Some(p) = first_failing(checks, Subject::List(n)) {
                     return Err(fault(expected, path, v, p));
                 }
                 let element = self.resolve(element);
-                for (i, item) in items.iter().enumerate() {
-                    self.check(element, &format!("{path}.{i}"), item)?;
-                }
-                Ok(())
+                (0..n).try_for_each(|i| self.check(element, &Path::Index(path, i), v.item(i)))
             }
             Rule::Timeouts { expected, each } => {
-                let Some(obj) = v.as_object() else { return Err(mismatch(expected, path, v)) };
-                let phases: Vec<&str> = self.timeout_defaults.keys().map(String::as_str).collect();
-                key_problem(path, &phases, &phases, obj)?;
+                if !v.is_record() {
+                    return Err(mismatch(expected, path, v));
+                }
+                let phases = self.timeout_defaults.keys().map(String::as_str);
+                if let Some(obj) = v.json_object() {
+                    key_problem(path, phases.clone(), |_| true, obj)?;
+                }
                 let each = self.resolve(each);
-                for (k, x) in sorted(obj) {
-                    self.check(each, &attr_path(path, k), x)?;
+                for k in phases {
+                    if let Some(x) = v.get(k) {
+                        self.check(each, &Path::Key(path, k), x)?;
+                    }
                 }
                 Ok(())
             }
             Rule::HealthChecks { expected, check } => {
-                let Some(items) = v.as_array() else { return Err(mismatch(expected, path, v)) };
-                let fields: Vec<&str> = check.fields.keys().map(String::as_str).collect();
-                for (i, c) in items.iter().enumerate() {
-                    let at = format!("{path}.{i}");
-                    let Some(obj) = c.as_object() else {
+                let Some(n) = v.len() else { return Err(mismatch(expected, path, v)) };
+                let fields = check.fields.keys().map(String::as_str);
+                for i in 0..n {
+                    let (c, at) = (v.item(i), Path::Index(path, i));
+                    if !c.is_record() {
                         return Err(mismatch(&check.expected, &at, c));
-                    };
-                    key_problem(&at, &fields, &fields, obj)?;
-                    for (k, x) in sorted(obj) {
-                        self.check(self.resolve(&check.fields[k]), &attr_path(&at, k), x)?;
+                    }
+                    if let Some(obj) = c.json_object() {
+                        key_problem(&at, fields.clone(), |_| true, obj)?;
+                    }
+                    for (k, rule) in &check.fields {
+                        if let Some(x) = c.get(k) {
+                            self.check(self.resolve(rule), &Path::Key(&at, k), x)?;
+                        }
                     }
                     let one = &check.exactly_one_of;
                     let given = one
                         .fields
                         .iter()
-                        .filter(|k| obj.get(k.as_str()).is_some_and(|x| !x.is_null()))
+                        .filter(|k| c.get(k).is_some_and(|x| !x.is_null()))
                         .count();
                     if given != 1 {
                         return Err(fault(&check.expected, &at, c, &one.problem));
@@ -548,34 +680,47 @@ impl Rules {
                 }
                 Ok(())
             }
-            Rule::SshOpts { expected, .. } => {
-                let Some(items) = v.as_array() else { return Err(mismatch(expected, path, v)) };
-                self.walk_ssh_opts(path, items).map(drop)
+            Rule::SshOpts { expected, .. } => match v.len() {
+                Some(_) => self.walk_ssh_opts(path, v).map(drop),
+                None => Err(mismatch(expected, path, v)),
+            },
+        }
+    }
+
+    /// A host record: unknown keys first, then missing ones, then every
+    /// value in key order.
+    fn check_host(&self, path: &Path, host: View) -> Result<(), String> {
+        if !host.is_record() {
+            return Err(format!("{path}: expected an attribute set, got {}", host.describe()));
+        }
+        let names = self.options.keys().map(String::as_str);
+        if let Some(obj) = host.json_object() {
+            // A record from a lib/ without health checks still reads (as none).
+            key_problem(path, names.clone(), |k| k != "healthChecks", obj)?;
+        }
+        for (k, rule) in &self.options {
+            if let Some(v) = host.get(k) {
+                self.check(self.resolve(rule), &Path::Key(path, k), v)?;
             }
         }
+        Ok(())
     }
 }
 
 // ---------------------------------------------------------------------------
 // The API
 
-/// Checks a resolved host record (the JSON of one `deployFlake.hosts`
-/// entry) named `path` (`deployFlake.hosts.web1`): unknown keys first,
-/// then missing ones, then every value in key order. The error is the
-/// first fault, in lib's words.
+/// Checks a resolved host record as JSON (one `deployFlake.hosts` entry,
+/// named by `path`, e.g. `deployFlake.hosts.web1`). The error is its first
+/// fault, in lib's words.
 pub fn check_host(path: &str, host: &Value) -> Result<(), String> {
-    let r = rules();
-    let Some(obj) = host.as_object() else {
-        return Err(format!("{path}: expected an attribute set, got {}", describe(host)));
-    };
-    let names = r.option_names();
-    // A record from a lib/ without health checks still reads (as none).
-    let required: Vec<&str> = names.iter().copied().filter(|k| *k != "healthChecks").collect();
-    key_problem(path, &names, &required, obj)?;
-    for (k, v) in sorted(obj) {
-        r.check(r.option(k), &attr_path(path, k), v)?;
-    }
-    Ok(())
+    rules().check_host(&Path::Root(path), View::Json(host))
+}
+
+/// Checks a host record serde has read (its values; its shape is right).
+/// The error is worded exactly as [`check_host`] words it for the JSON.
+pub fn check_spec(path: &str, spec: &HostSpec) -> Result<(), String> {
+    rules().check_host(&Path::Root(path), View::Host(spec))
 }
 
 /// Why `value` cannot be the string option `option` (`hostname`,
@@ -586,7 +731,7 @@ pub fn check_host(path: &str, host: &Value) -> Result<(), String> {
 pub fn string_problem(option: &str, value: &str) -> Option<&'static str> {
     match rules().option(option) {
         Rule::String { accept, checks, .. } => {
-            if accept.as_ref().is_some_and(|a| a.0.is_match(value)) {
+            if accept.as_ref().is_some_and(|a| a.matches(value)) {
                 return None;
             }
             first_failing(checks, Subject::Str(value))
@@ -600,7 +745,7 @@ pub fn string_problem(option: &str, value: &str) -> Option<&'static str> {
 /// passed this already, so the error (`sshOpts.N: expected ..., got ...:
 /// problem`) only meets input that did not come through the inventory.
 pub fn ssh_opts(opts: &[String]) -> Result<Vec<SshOpt<'_>>, String> {
-    rules().walk_ssh_opts("sshOpts", opts)
+    rules().walk_ssh_opts(&Path::Root("sshOpts"), View::Strs(opts))
 }
 
 /// The seconds a timeout (a phase's, a health check's period or timeout)
@@ -652,6 +797,9 @@ mod tests {
             *seen += 1;
             let checks_ok = |checks: &[Check], list: bool| {
                 for c in checks {
+                    for p in [&c.require, &c.forbid].into_iter().flatten() {
+                        p.regex();
+                    }
                     let n = [c.require.is_some(), c.forbid.is_some(), c.min_length.is_some()]
                         .iter()
                         .filter(|x| **x)
@@ -665,7 +813,12 @@ mod tests {
                     assert!(expected.contains(&min.to_string()), "{expected}");
                     assert!(expected.contains(&max.to_string()), "{expected}");
                 }
-                Rule::String { checks, .. } => checks_ok(checks, false),
+                Rule::String { checks, accept, .. } => {
+                    checks_ok(checks, false);
+                    if let Some(a) = accept {
+                        a.regex();
+                    }
+                }
                 Rule::List { checks, element, .. } => {
                     checks_ok(checks, true);
                     walk(r, r.resolve(element), seen);
@@ -721,7 +874,7 @@ mod tests {
         for name in r.option_names() {
             if let Rule::String { accept: Some(accept), checks, .. } = r.option(name) {
                 for s in &corpus {
-                    if accept.0.is_match(s) {
+                    if accept.matches(s) {
                         accepted += 1;
                         assert_eq!(first_failing(checks, Subject::Str(s)), None, "{name}: {s:?}");
                     }
@@ -835,6 +988,78 @@ mod tests {
             err(&["-i", "a\"b"]),
             r#"sshOpts.1: expected a file name after -i, got a string ("a\"b"): contains '"', which an ssh_config file cannot quote"#
         );
+    }
+
+    /// A record serde has read is checked field by field as its JSON is.
+    #[test]
+    fn typed_records_read_as_their_json() {
+        let base = {
+            let mut h = HostSpec::with_defaults("web1");
+            h.ssh_opts = vec!["-i".into(), "/k".into()];
+            h.tags = vec!["web".into()];
+            h.self_check = Some("bin/check".into());
+            h.health_checks = vec![
+                HealthCheck {
+                    description: "up".into(),
+                    command: Some(vec!["true".into()]),
+                    http: None,
+                    period: 2,
+                    timeout: 30,
+                },
+                HealthCheck {
+                    description: "GET".into(),
+                    command: None,
+                    http: Some("http://h/".into()),
+                    period: 1,
+                    timeout: 31_536_000,
+                },
+            ];
+            h
+        };
+        let r = rules();
+        for name in r.option_names() {
+            assert!(View::Host(&base).get(name).is_some(), "{name}");
+        }
+        for phase in r.timeout_defaults.keys() {
+            assert!(View::Timeouts(&base.timeouts).get(phase).is_some(), "{phase}");
+        }
+        let Rule::HealthChecks { check, .. } = r.option("healthChecks") else { panic!() };
+        for field in check.fields.keys() {
+            assert!(View::Check(&base.health_checks[0]).get(field).is_some(), "{field}");
+        }
+
+        type Change = fn(&mut HostSpec);
+        let changes: [Change; 20] = [
+            |_| {},
+            |h| h.hostname = "root@h".into(),
+            |h| h.hostname = String::new(),
+            |h| h.ssh_user = "a:b".into(),
+            |h| h.ssh_port = 0,
+            |h| h.ssh_opts = vec!["-p".into(), "22".into()],
+            |h| h.ssh_opts = vec!["-o".into()],
+            |h| h.configuration = "a\"b".into(),
+            |h| h.self_check = Some("/x".into()),
+            |h| h.self_check = Some(String::new()),
+            |h| h.sudo = "\n".into(),
+            |h| h.health_checks[0].period = 0,
+            |h| h.health_checks[1].timeout = u64::MAX,
+            |h| h.health_checks[0].command = Some(vec![]),
+            |h| h.health_checks[0].http = Some("http://x/".into()),
+            |h| h.health_checks[1].http = None,
+            |h| h.health_checks[1].http = Some("https://x/".into()),
+            |h| h.timeouts.self_check = 0,
+            |h| h.timeouts.boot = 31_536_001,
+            |h| h.timeouts.connect = u64::MAX,
+        ];
+        let mut rejected = 0;
+        for change in changes {
+            let mut h = base.clone();
+            change(&mut h);
+            let typed = check_spec("p", &h);
+            assert_eq!(typed, check_host("p", &serde_json::to_value(&h).unwrap()));
+            rejected += usize::from(typed.is_err());
+        }
+        assert_eq!(rejected, changes.len() - 1);
     }
 
     #[test]
