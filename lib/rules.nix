@@ -138,6 +138,7 @@ let
     in
     if t == "string" then
       let
+        # One regex for a common valid value; the checks decide the rest.
         accept = rule.accept or null;
         ok =
           if accept != null then v: isString v && (match accept v != null || failing v == null)
