@@ -16,7 +16,7 @@ trap 'rm -rf "$work"' EXIT
 flake=$work/fleet
 
 mkdir -p "$flake/lib"
-cp "$repo"/lib/*.nix "$flake/lib/"
+cp -r "$repo/lib/." "$flake/lib/"
 # Written out literally, as a real fleet's flake.nix is (Nix parses the
 # file for the floor too).
 {

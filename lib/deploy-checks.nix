@@ -20,61 +20,44 @@
 # the resolved inventory as JSON. A bad fleet makes evaluation fail with every
 # problem found, each naming its attribute path (`deployFlake.hosts.web1.sshPrt`).
 #
-# `lib` is this library (lib/default.nix): the schema's version, option names
-# and timeout phases come from there so the two never drift apart.
-{ lib }:
+# `lib` is this library (lib/default.nix) and `rules` its interpreter of
+# rules.json: the schema's version, the options and what each accepts come
+# from there, so mkDeployFlake, this check and the tool never drift apart.
+{ lib, rules }:
 let
   inherit (builtins)
-    all attrNames concatLists concatStringsSep filter hasAttr isAttrs isBool
-    isInt isList isString length match substring toJSON;
+    attrNames concatLists concatStringsSep filter hasAttr isAttrs length
+    toJSON;
 
   schemaVersion = lib.schemaVersion;
   hostOptions = lib.optionNames;
-  timeoutPhases = attrNames lib.timeoutDefaults;
   topLevelKeys = [ "schemaVersion" "hosts" ];
 
   inherit (lib) attrPath describe;
 
-  # The keys of `attrs` not in `allowed`, and the keys of `allowed` missing
-  # from `attrs`, as error lines. Values are not forced.
-  keyErrors = path: allowed: attrs:
-    map (k: "${attrPath path k}: unknown attribute (allowed: ${concatStringsSep ", " allowed})")
-      (filter (k: !(builtins.elem k allowed)) (attrNames attrs))
+  # Every unknown key of a host (with the closest option), then every
+  # missing one, as error lines. Values are not forced.
+  keyErrors = path: attrs:
+    map (k: rules.unknownKey path k hostOptions)
+      (filter (k: !(builtins.elem k hostOptions)) (attrNames attrs))
     ++ map (k: "${attrPath path k}: missing (a deployFlake must be fully resolved; mkDeployFlake fills in defaults)")
-      (filter (k: !(hasAttr k attrs)) allowed);
-
-
-  # option -> { ok : value -> bool; expected : string; }: the same rules
-  # mkDeployFlake applies (the Rust side mirrors them in src/inventory.rs).
-  fieldRules = lib.optionRules;
-
-  timeoutErrors = path: t:
-    if !isAttrs t then [ "${path}: expected an attribute set of phase timeouts, got ${describe t}" ]
-    else
-      keyErrors path timeoutPhases t
-      ++ concatLists (map
-        (k:
-          let v = t.${k}; in
-          if !(hasAttr k t) || (isInt v && v >= 1) then [ ]
-          else [ "${path}.${k}: expected a positive integer (seconds), got ${describe v}" ])
-        timeoutPhases);
+      (filter (k: !(hasAttr k attrs)) hostOptions);
 
   hostErrors = configNames: name: host:
     let path = attrPath "deployFlake.hosts" name; in
     if !isAttrs host then [ "${path}: expected an attribute set, got ${describe host}" ]
     else
-      keyErrors path hostOptions host
+      keyErrors path host
       ++ concatLists (map
         (k:
           if !(hasAttr k host) then [ ]
-          else if k == "timeouts" then timeoutErrors "${path}.timeouts" host.timeouts
-          else if !(hasAttr k fieldRules) then [ ]
-          else if fieldRules.${k}.ok host.${k} then [ ]
-          else [ "${path}.${k}: expected ${fieldRules.${k}.expected}, got ${describe host.${k}}" ])
+          else
+            let p = rules.resolved.${k}.problem (attrPath path k) host.${k}; in
+            if p == null then [ ] else [ p ])
         hostOptions)
       ++ (
         let c = host.configuration or null; in
-        if !(fieldRules.configuration.ok c) || builtins.elem c configNames then [ ]
+        if c == null || !(rules.resolved.configuration.ok c) || builtins.elem c configNames then [ ]
         else [
           ("${path}.configuration: ${toJSON c} is not an attribute of nixosConfigurations"
             + " (available: ${if configNames == [ ] then "none" else concatStringsSep ", " configNames})")
@@ -89,7 +72,10 @@ let
         + " (this deploy-flake reads schema version ${toString schemaVersion} only)")
     ]
     else
-      keyErrors "deployFlake" topLevelKeys fleet
+      map (k: "${attrPath "deployFlake" k}: unknown attribute (allowed: ${concatStringsSep ", " topLevelKeys})")
+        (filter (k: !(builtins.elem k topLevelKeys)) (attrNames fleet))
+      ++ map (k: "deployFlake.${k}: missing (a deployFlake must be fully resolved; mkDeployFlake fills in defaults)")
+        (filter (k: !(hasAttr k fleet)) topLevelKeys)
       ++ (
         if !(hasAttr "hosts" fleet) then [ ]
         else if !isAttrs fleet.hosts then [ "deployFlake.hosts: expected an attribute set of hosts, got ${describe fleet.hosts}" ]

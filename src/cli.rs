@@ -3,8 +3,9 @@
 
 use clap::{Parser, ValueEnum};
 
-use crate::inventory::{self, TIMEOUT_PHASES};
+use crate::events::Phase;
 pub use crate::pipeline::Mode;
+use crate::rules;
 use crate::select::{Selection, Target};
 
 const EXAMPLES: &str = "\
@@ -130,11 +131,24 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub pre_activate_script: Option<String>,
 
-    /// Override a phase timeout for every host, in seconds; repeatable.
-    /// Phases: connect, lock, preflight, copy, build, selfCheck, activate,
-    /// confirm, boot.
-    #[arg(long = "timeout", value_name = "PHASE=SECONDS")]
+    #[arg(long = "timeout", value_name = "PHASE=SECONDS", help = timeout_help())]
     pub timeouts: Vec<String>,
+}
+
+/// The help of `--timeout`: the phases and bounds of lib/rules.json.
+fn timeout_help() -> String {
+    let (range, _) = rules::seconds();
+    format!(
+        "Override a phase timeout for every host, in seconds ({} to {}); repeatable. Phases: {}.",
+        range.start(),
+        range.end(),
+        phase_list()
+    )
+}
+
+/// `connect, lock, ..., boot`: the phases as `--timeout` names them.
+fn phase_list() -> String {
+    Phase::ALL.map(Phase::timeout_key).join(", ")
 }
 
 /// Default of `--max-parallel`: enough to deploy a rack at once without
@@ -166,8 +180,8 @@ pub struct Options {
     pub preflight: bool,
     /// Replaces every host's `selfCheck` when set.
     pub self_check: Option<String>,
-    /// `(phase, seconds)` in command line order; phase is a [`TIMEOUT_PHASES`] name.
-    pub timeouts: Vec<(String, u64)>,
+    /// `(phase, seconds)` in command line order.
+    pub timeouts: Vec<(Phase, u64)>,
     /// Deploy, or roll back.
     pub mode: Mode,
 }
@@ -185,10 +199,10 @@ pub enum CliError {
     #[error("--timeout `{0}`: expected PHASE=SECONDS, e.g. --timeout build=7200")]
     TimeoutSyntax(String),
 
-    #[error("--timeout `{arg}`: unknown phase `{phase}`{hint}; phases: {}", TIMEOUT_PHASES.join(", "))]
+    #[error("--timeout `{arg}`: unknown phase `{phase}`{hint}; phases: {}", phase_list())]
     TimeoutPhase { arg: String, phase: String, hint: String },
 
-    #[error("--timeout `{0}`: seconds must be a whole number of at least 1")]
+    #[error("--timeout `{0}`: expected {expected}", expected = rules::seconds().1)]
     TimeoutSeconds(String),
 
     #[error("--skip-preflight contradicts --preflight-check=run: pass one of them")]
@@ -227,7 +241,7 @@ impl Args {
             (false, _) => true,
         };
         if let Some(path) = &self.pre_activate_script {
-            if let Some(p) = inventory::self_check_problem(path) {
+            if let Some(p) = rules::string_problem("selfCheck", path) {
                 return Err(CliError::SelfCheck { path: path.clone(), problem: p.into() });
             }
         }
@@ -251,26 +265,26 @@ impl Args {
     }
 }
 
-/// `build=7200` -> `("build", 7200)`. Accepts `self-check`/`self_check` for
-/// `selfCheck`.
-pub fn parse_timeout(arg: &str) -> Result<(String, u64), CliError> {
-    let (phase, secs) = arg.split_once('=').ok_or_else(|| CliError::TimeoutSyntax(arg.into()))?;
-    let canonical = match phase {
+/// `build=7200` -> `(Phase::Build, 7200)`. Accepts `self-check`/`self_check`
+/// for `selfCheck`.
+pub fn parse_timeout(arg: &str) -> Result<(Phase, u64), CliError> {
+    let (name, secs) = arg.split_once('=').ok_or_else(|| CliError::TimeoutSyntax(arg.into()))?;
+    let canonical = match name {
         "self-check" | "self_check" | "selfcheck" => "selfCheck",
         p => p,
     };
-    if !TIMEOUT_PHASES.contains(&canonical) {
-        let hint = TIMEOUT_PHASES
+    let Some(phase) = Phase::ALL.into_iter().find(|p| p.timeout_key() == canonical) else {
+        let hint = Phase::ALL
             .iter()
-            .map(|p| (strsim::jaro_winkler(phase, p), *p))
+            .map(|p| (strsim::jaro_winkler(name, p.timeout_key()), p.timeout_key()))
             .filter(|(s, _)| *s >= 0.7)
             .max_by(|a, b| a.0.total_cmp(&b.0))
             .map(|(_, p)| format!(" (did you mean `{p}`?)"))
             .unwrap_or_default();
-        return Err(CliError::TimeoutPhase { arg: arg.into(), phase: phase.into(), hint });
-    }
+        return Err(CliError::TimeoutPhase { arg: arg.into(), phase: name.into(), hint });
+    };
     match secs.parse::<u64>() {
-        Ok(n) if n >= 1 => Ok((canonical.to_string(), n)),
+        Ok(n) if rules::seconds().0.contains(&n) => Ok((phase, n)),
         _ => Err(CliError::TimeoutSeconds(arg.into())),
     }
 }
@@ -281,9 +295,7 @@ impl Options {
     pub fn apply_overrides(&self, targets: &mut [Target]) {
         for t in targets {
             for (phase, secs) in &self.timeouts {
-                if let Some(slot) = t.spec.timeouts.get_mut(phase) {
-                    *slot = *secs;
-                }
+                *t.spec.timeouts.get_mut(*phase) = *secs;
             }
             if let Some(sc) = &self.self_check {
                 t.spec.self_check = Some(sc.clone());

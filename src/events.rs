@@ -26,6 +26,27 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in pipeline order.
+    pub const ALL: [Phase; 9] = [
+        Phase::Connect,
+        Phase::Lock,
+        Phase::Preflight,
+        Phase::Copy,
+        Phase::Build,
+        Phase::SelfCheck,
+        Phase::Activate,
+        Phase::Confirm,
+        Phase::Boot,
+    ];
+
+    /// The phase's name in `timeouts` (lib/rules.json) and `--timeout`.
+    pub fn timeout_key(self) -> &'static str {
+        match self {
+            Phase::SelfCheck => "selfCheck",
+            p => p.as_str(),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Connect => "connect",

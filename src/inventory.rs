@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::events::Phase;
+use crate::rules;
+
 /// The schema version this build understands.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -75,67 +78,63 @@ pub struct Timeouts {
 }
 
 impl Default for Timeouts {
+    /// `timeoutDefaults` of lib/rules.json.
     fn default() -> Self {
-        Timeouts {
-            connect: 10,
-            lock: 10,
-            preflight: 60,
-            copy: 600,
-            build: 3600,
-            self_check: 120,
-            activate: 600,
-            confirm: 30,
-            boot: 300,
+        let mut t = Timeouts {
+            connect: 0,
+            lock: 0,
+            preflight: 0,
+            copy: 0,
+            build: 0,
+            self_check: 0,
+            activate: 0,
+            confirm: 0,
+            boot: 0,
+        };
+        for phase in Phase::ALL {
+            *t.get_mut(phase) = rules::timeout_default(phase);
         }
+        t
     }
 }
 
 impl HostSpec {
-    /// The record `lib/` would produce for a host declared with no options.
+    /// The record `lib/` would produce for a host declared with no options
+    /// (`hostDefaults` and `timeoutDefaults` of lib/rules.json).
     pub fn with_defaults(attr: &str) -> HostSpec {
-        HostSpec {
-            hostname: attr.to_string(),
-            ssh_user: "root".into(),
-            ssh_port: 22,
-            ssh_opts: Vec::new(),
-            configuration: attr.to_string(),
-            tags: Vec::new(),
-            build_on: BuildOn::Target,
-            self_check: None,
-            sudo: "sudo".into(),
-            magic_rollback: true,
-            health_checks: Vec::new(),
-            timeouts: Timeouts::default(),
-        }
+        let mut record = rules::rules().host_defaults.clone();
+        record.insert("hostname".into(), attr.into());
+        record.insert("configuration".into(), attr.into());
+        record.insert(
+            "timeouts".into(),
+            serde_json::to_value(Timeouts::default()).expect("timeouts serialize"),
+        );
+        HostSpec::deserialize(serde_json::Value::Object(record))
+            .unwrap_or_else(|e| panic!("lib/rules.json: hostDefaults are not a host record: {e}"))
     }
 }
 
-/// Names of the per-phase timeouts, as written in Nix and on the command line.
-pub const TIMEOUT_PHASES: [&str; 9] =
-    ["connect", "lock", "preflight", "copy", "build", "selfCheck", "activate", "confirm", "boot"];
-
 impl Timeouts {
-    /// The timeout of a phase by its schema name (`selfCheck`, not `self_check`).
-    pub fn get(&self, phase: &str) -> Option<u64> {
+    /// The timeout of a phase, in seconds.
+    pub fn get(&self, phase: Phase) -> u64 {
         let mut copy = *self;
-        copy.get_mut(phase).map(|v| *v)
+        *copy.get_mut(phase)
     }
 
-    /// Mutable access by schema name; `None` for an unknown phase.
-    pub fn get_mut(&mut self, phase: &str) -> Option<&mut u64> {
+    /// The timeout of a phase, to override it.
+    pub fn get_mut(&mut self, phase: Phase) -> &mut u64 {
         let t = self;
-        Some(match phase {
-            "connect" => &mut t.connect,
-            "lock" => &mut t.lock,
-            "preflight" => &mut t.preflight,
-            "copy" => &mut t.copy,
-            "build" => &mut t.build,
-            "selfCheck" => &mut t.self_check,
-            "activate" => &mut t.activate,
-            "confirm" => &mut t.confirm,
-            "boot" => &mut t.boot,
-            _ => return None,
-        })
+        match phase {
+            Phase::Connect => &mut t.connect,
+            Phase::Lock => &mut t.lock,
+            Phase::Preflight => &mut t.preflight,
+            Phase::Copy => &mut t.copy,
+            Phase::Build => &mut t.build,
+            Phase::SelfCheck => &mut t.self_check,
+            Phase::Activate => &mut t.activate,
+            Phase::Confirm => &mut t.confirm,
+            Phase::Boot => &mut t.boot,
+        }
     }
 }
 
@@ -188,13 +187,12 @@ pub enum InventoryError {
     #[error("deployFlake{path}: {detail}; it must be the output of deploy-flake's lib.mkDeployFlake (same version as this binary)")]
     Malformed { path: String, detail: String },
 
-    #[error("{path}: {value} {problem}; fix it in the flake's deployFlake")]
+    /// A host record breaks lib/rules.json; worded as lib/ words it.
+    #[error("{message}; fix it in the flake's deployFlake")]
     InvalidHost {
-        /// `deployFlake.hosts.web1.hostname`
-        path: String,
-        /// The offending value, JSON-quoted.
-        value: String,
-        problem: String,
+        /// `deployFlake.hosts.web1.sshPort: expected an integer between 1
+        /// and 65535, got an integer (0)`
+        message: String,
     },
 }
 
@@ -260,10 +258,13 @@ pub fn classify_eval_failure(flake: &str, stderr: &str) -> InventoryError {
 // ---------------------------------------------------------------------------
 // Parsing and validation (pure)
 
-/// Parses and validates the JSON of a `deployFlake` output.
+/// Parses and validates the JSON of a `deployFlake` output. Every host is
+/// checked against lib/rules.json, and a fault is reported as lib/ reports
+/// it.
 pub fn parse(json: &str) -> Result<Inventory, InventoryError> {
-    // Fast path: a well-formed current document deserializes in one pass.
-    // Anything else takes the slow path below, which finds the exact fault.
+    // Fast path: a well-formed current document deserializes in one pass,
+    // and its values are checked in place. Anything else is read as JSON,
+    // so that a wrong type, key or version gets its own message.
     if let Ok(inventory) = serde_json::from_str::<Inventory>(json) {
         if inventory.schema_version == SCHEMA_VERSION {
             validate(&inventory)?;
@@ -306,16 +307,16 @@ pub fn parse(json: &str) -> Result<Inventory, InventoryError> {
     })?;
     let mut hosts = BTreeMap::new();
     for (name, v) in hosts_obj {
-        // One host at a time, so that a bad record names its host.
+        let path = format!("deployFlake.hosts.{}", attr_display(name));
+        rules::check_host(&path, v).map_err(|message| InventoryError::InvalidHost { message })?;
+        // The rules passed, so this reads; if not, the rules miss something.
         let spec = HostSpec::deserialize(v).map_err(|e| InventoryError::Malformed {
             path: format!(".hosts.{}", attr_display(name)),
             detail: e.to_string(),
         })?;
         hosts.insert(name.clone(), spec);
     }
-    let inventory = Inventory { schema_version: SCHEMA_VERSION, hosts };
-    validate(&inventory)?;
-    Ok(inventory)
+    Ok(Inventory { schema_version: SCHEMA_VERSION, hosts })
 }
 
 /// Checks every host of an inventory (see [`validate_host`]).
@@ -326,163 +327,21 @@ pub fn validate(inventory: &Inventory) -> Result<(), InventoryError> {
     Ok(())
 }
 
-/// Checks one host record; `path` names it in errors (e.g.
-/// `deployFlake.hosts.web1`, or the destination of an ad hoc host).
+/// Checks one host record against lib/rules.json; `path` names it in
+/// errors (e.g. `deployFlake.hosts.web1`).
 pub fn validate_host(path: &str, spec: &HostSpec) -> Result<(), InventoryError> {
-    // `value` as shown: strings JSON-quoted, numbers bare.
-    let bad = |field: &str, value: String, problem: String| InventoryError::InvalidHost {
-        path: format!("{path}.{field}"),
-        value,
-        problem,
-    };
-    if let Some(p) = host_problem(&spec.hostname) {
-        return Err(bad(
-            "hostname",
-            quote(&spec.hostname),
-            format!("is not a plausible host name: {p}"),
-        ));
-    }
-    if let Some(p) = user_problem(&spec.ssh_user) {
-        return Err(bad(
-            "sshUser",
-            quote(&spec.ssh_user),
-            format!("is not a plausible user name: {p}"),
-        ));
-    }
-    if spec.ssh_port == 0 {
-        return Err(bad("sshPort", "0".into(), "is not a port: use 1..65535".into()));
-    }
-    if let Some(p) = configuration_problem(&spec.configuration) {
-        return Err(bad("configuration", quote(&spec.configuration), p.into()));
-    }
-    if let Some(sc) = &spec.self_check {
-        if let Some(p) = self_check_problem(sc) {
-            return Err(bad("selfCheck", quote(sc), p.into()));
-        }
-    }
-    if spec.sudo.is_empty() || spec.sudo.chars().any(char::is_control) {
-        return Err(bad(
-            "sudo",
-            quote(&spec.sudo),
-            "must be a non-empty command without control characters".into(),
-        ));
-    }
-    for (i, c) in spec.health_checks.iter().enumerate() {
-        let field = format!("healthChecks.{i}");
-        match (&c.command, &c.http) {
-            (Some(argv), None) if !argv.is_empty() => {}
-            (None, Some(url))
-                if url.starts_with("http://")
-                    && !url.chars().any(|ch| ch.is_whitespace() || ch.is_control()) => {}
-            _ => {
-                return Err(bad(
-                    &field,
-                    quote(&c.description),
-                    "needs exactly one of `command` (a non-empty argv) or `http` (an http:// URL)"
-                        .into(),
-                ))
-            }
-        }
-        if c.period == 0 || c.timeout == 0 {
-            return Err(bad(
-                &field,
-                quote(&c.description),
-                "period and timeout must be at least 1 second".into(),
-            ));
-        }
-    }
-    for (i, opt) in spec.ssh_opts.iter().enumerate() {
-        if opt.chars().any(char::is_control) {
-            return Err(bad(
-                &format!("sshOpts.{i}"),
-                quote(opt),
-                "contains a control character".into(),
-            ));
-        }
-    }
-    for phase in TIMEOUT_PHASES {
-        if spec.timeouts.get(phase) == Some(0) {
-            return Err(bad(
-                &format!("timeouts.{phase}"),
-                "0".into(),
-                "is not a timeout: use a positive number of seconds".into(),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Why `s` cannot be an ssh host name, or `None` when it is plausible.
-pub fn host_problem(s: &str) -> Option<&'static str> {
-    common_name_problem(s)
-}
-
-/// Why `s` cannot be an ssh user name, or `None` when it is plausible.
-pub fn user_problem(s: &str) -> Option<&'static str> {
-    common_name_problem(s).or_else(|| s.contains(':').then_some("contains ':'"))
-}
-
-fn common_name_problem(s: &str) -> Option<&'static str> {
-    if s.is_empty() {
-        Some("it is empty")
-    } else if s.chars().any(char::is_control) {
-        Some("contains a control character")
-    } else if s.chars().any(char::is_whitespace) {
-        Some("contains whitespace")
-    } else if s.starts_with('-') {
-        Some("starts with '-'")
-    } else if s.contains('@') {
-        Some("contains '@'")
-    } else if s.contains('/') {
-        Some("contains '/'")
-    } else {
-        None
-    }
-}
-
-/// Why `s` cannot name a `nixosConfigurations` attribute. Anything else Nix
-/// allows is kept: it is only ever passed as a quoted Nix attribute.
-pub fn configuration_problem(s: &str) -> Option<&'static str> {
-    if s.is_empty() {
-        Some("is empty: name a nixosConfigurations attribute")
-    } else if s.chars().any(char::is_control) {
-        Some("contains a control character")
-    } else {
-        None
-    }
-}
-
-/// Why `s` cannot be a self-check path inside the toplevel.
-pub fn self_check_problem(s: &str) -> Option<&'static str> {
-    if s.is_empty() {
-        Some("is empty: use null for auto-detection")
-    } else if s.starts_with('/') {
-        Some("is absolute: it must be a path inside the toplevel, e.g. \"bin/check\"")
-    } else if s.split('/').any(|c| c == "..") {
-        Some("contains '..': it must stay inside the toplevel")
-    } else if s.chars().any(char::is_control) {
-        Some("contains a control character")
-    } else {
-        None
-    }
+    rules::check_spec(path, spec).map_err(|message| InventoryError::InvalidHost { message })
 }
 
 /// Can `name` stand unquoted as a Nix attribute (`web1`, `_x'`, `web-1`)?
-pub fn is_plain_nix_identifier(name: &str) -> bool {
-    name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '\'' | '-'))
-}
+pub use crate::rules::is_plain_nix_identifier;
 
 /// `web1`, or `"my host"` when the name is not a plain Nix identifier
-/// (JSON-quoted, as lib/ names paths in its errors).
+/// (quoted as lib/ quotes it in its errors).
 pub fn attr_display(name: &str) -> String {
     if is_plain_nix_identifier(name) {
         name.to_string()
     } else {
-        quote(name)
+        rules::nix_json_string(name)
     }
-}
-
-fn quote(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
 }

@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod process;
 pub mod report;
+pub mod rules;
 pub mod runner;
 pub mod select;
 pub mod ssh;

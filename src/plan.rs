@@ -5,7 +5,8 @@
 use std::fmt::Write;
 
 use crate::cli::Options;
-use crate::inventory::{HostSpec, TIMEOUT_PHASES};
+use crate::events::Phase;
+use crate::inventory::HostSpec;
 use crate::select::Target;
 
 /// Renders the plan. Pure; the output depends only on its arguments.
@@ -76,10 +77,8 @@ fn render_host(out: &mut String, t: &Target, flake: &str) {
             c.description, c.period, c.timeout
         );
     }
-    let timeouts: Vec<String> = TIMEOUT_PHASES
-        .iter()
-        .map(|p| format!("{p} {}s", s.timeouts.get(p).unwrap_or_default()))
-        .collect();
+    let timeouts: Vec<String> =
+        Phase::ALL.iter().map(|p| format!("{} {}s", p.timeout_key(), s.timeouts.get(*p))).collect();
     let _ = writeln!(out, "  timeouts:      {}", timeouts.join(", "));
 }
 

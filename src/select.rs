@@ -27,6 +27,7 @@ use std::collections::BTreeSet;
 use glob::Pattern;
 
 use crate::inventory::{self, HostSpec, Inventory, InventoryError};
+use crate::rules;
 
 /// One host chosen for this run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -321,17 +322,17 @@ pub fn parse_destination(dest: &str) -> Result<Destination, String> {
         },
     };
     if let Some(u) = user {
-        if let Some(p) = inventory::user_problem(u) {
+        if let Some(p) = rules::string_problem("sshUser", u) {
             return Err(format!("user `{u}` {p}"));
         }
     }
-    if let Some(p) = inventory::host_problem(host) {
+    if let Some(p) = rules::string_problem("hostname", host) {
         return Err(format!("host `{host}` {p}"));
     }
     let config = match config {
         None | Some("") => None,
         Some(c) => {
-            if let Some(p) = inventory::configuration_problem(c) {
+            if let Some(p) = rules::string_problem("configuration", c) {
                 return Err(format!("configuration `{c}` {p}"));
             }
             Some(c.to_string())

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use clap::Parser;
 use deploy_flake::cli::{Cli, CliError, Options, OutputFormat};
+use deploy_flake::events::Phase;
 use deploy_flake::inventory::HostSpec;
 use deploy_flake::select::Target;
 
@@ -63,7 +64,7 @@ fn every_flag() {
     assert!(o.dry_run && o.force && !o.preflight);
     assert_eq!(o.output, OutputFormat::Json);
     assert_eq!(o.self_check.as_deref(), Some("bin/check"));
-    assert_eq!(o.timeouts, [("build".to_string(), 7200), ("selfCheck".to_string(), 5)]);
+    assert_eq!(o.timeouts, [(Phase::Build, 7200), (Phase::SelfCheck, 5)]);
 }
 
 #[test]
@@ -98,13 +99,15 @@ fn bad_flags() {
         opts_err(&["--all", "--timeout", "biuld=5"]),
         "--timeout `biuld=5`: unknown phase `biuld` (did you mean `build`?); phases: connect, lock, preflight, copy, build, selfCheck, activate, confirm, boot"
     );
+    for arg in ["build=0", "build=1h", "lock=31536001", "lock=18446744073709551615"] {
+        assert_eq!(
+            opts_err(&["--all", "--timeout", arg]),
+            format!("--timeout `{arg}`: expected a whole number of seconds between 1 and 31536000 (365 days)")
+        );
+    }
     assert_eq!(
-        opts_err(&["--all", "--timeout", "build=0"]),
-        "--timeout `build=0`: seconds must be a whole number of at least 1"
-    );
-    assert_eq!(
-        opts_err(&["--all", "--timeout", "build=1h"]),
-        "--timeout `build=1h`: seconds must be a whole number of at least 1"
+        opts(&["--all", "--timeout", "lock=31536000"]).unwrap().timeouts,
+        [(Phase::Lock, 31536000)]
     );
     assert_eq!(
         opts_err(&["--all", "--pre-activate-script", "/etc/check"]),
@@ -177,7 +180,7 @@ db1
 odd "name" $(x)
   ssh:           deploy@odd.example.com:22
   escalation:    sudo
-  configuration: {flake}#nixosConfigurations."odd \"name\" $(x)"
+  configuration: {flake}#nixosConfigurations."odd 'name' $(x)"
   build on:      target
   self-check:    pre-activate-safety-checks, if present
   rollback:      automatic unless confirmed
@@ -264,6 +267,11 @@ fn version_and_help() {
     ] {
         assert!(stdout.contains(needle), "--help lacks {needle}:\n{stdout}");
     }
+    let words = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        words.contains("Override a phase timeout for every host, in seconds (1 to 31536000); repeatable. Phases: connect, lock, preflight, copy, build, selfCheck, activate, confirm, boot."),
+        "{stdout}"
+    );
 }
 
 #[test]

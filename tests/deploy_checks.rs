@@ -137,7 +137,7 @@ fn an_empty_fleet_is_valid() {
 fn unknown_host_key_is_named() {
     assert_err(
         "lib.deployChecks { inherit self system; deployFlake = fleet { web1.sshPrt = 2222; }; }",
-        &["deployFlake.hosts.web1.sshPrt: unknown attribute"],
+        &["deployFlake.hosts.web1.sshPrt: unknown option; did you mean \"sshPort\"? (known options: buildOn, configuration, healthChecks, hostname, magicRollback, selfCheck, sshOpts, sshPort, sshUser, sudo, tags, timeouts)"],
     );
 }
 
@@ -154,7 +154,7 @@ fn unknown_timeout_phase_is_named() {
     assert_err(
         "let f = fleet { }; in lib.deployChecks { inherit self system; \
            deployFlake = fleet { web1.timeouts = f.hosts.web1.timeouts // { activte = 5; }; }; }",
-        &["deployFlake.hosts.web1.timeouts.activte: unknown attribute"],
+        &["deployFlake.hosts.web1.timeouts.activte: unknown option; did you mean \"activate\"?"],
     );
 }
 
@@ -169,7 +169,7 @@ fn wrong_types_are_named_with_what_was_expected() {
             "deployFlake.hosts.web1.tags: expected a list of strings",
             "deployFlake.hosts.web1.magicRollback: expected a boolean, got an integer (1)",
             "deployFlake.hosts.db1.buildOn: expected \"target\" or \"local\"",
-            "deployFlake.hosts.db1.selfCheck: expected null or a relative path",
+            "deployFlake.hosts.db1.selfCheck: expected null (run pre-activate-safety-checks if the system has one) or a relative path inside the toplevel, e.g. \"bin/check\", got a string (\"/bin/check\"): is absolute",
         ],
     );
     // Every problem is reported at once, not only the first.
@@ -181,7 +181,7 @@ fn non_positive_timeout_is_named() {
     assert_err(
         "let f = fleet { }; in lib.deployChecks { inherit self system; \
            deployFlake = fleet { db1.timeouts = f.hosts.db1.timeouts // { confirm = 0; }; }; }",
-        &["deployFlake.hosts.db1.timeouts.confirm: expected a positive integer (seconds), got an integer (0)"],
+        &["deployFlake.hosts.db1.timeouts.confirm: expected a whole number of seconds between 1 and 31536000 (365 days), got an integer (0)"],
     );
 }
 
@@ -261,11 +261,11 @@ fn temp_flake(fleet: &str) -> tempfile::TempDir {
     copy(&fixtures().join("flake/flake.nix"), "flake.nix");
     copy(&fixtures().join("configurations.nix"), "configurations.nix");
     std::fs::create_dir(dir.path().join("lib")).expect("mkdir lib");
+    // Every file: the .nix files and the rules.json they read.
     for entry in std::fs::read_dir(repo().join("lib")).expect("read lib/") {
         let entry = entry.expect("lib/ entry");
-        let name = entry.file_name();
-        if name.to_string_lossy().ends_with(".nix") {
-            copy(&entry.path(), &format!("lib/{}", name.to_string_lossy()));
+        if entry.file_type().expect("file type").is_file() {
+            copy(&entry.path(), &format!("lib/{}", entry.file_name().to_string_lossy()));
         }
     }
     std::fs::write(dir.path().join("fleet.nix"), format!("{{ self, lib }}:\n{fleet}\n"))

@@ -12,7 +12,7 @@ use deploy_flake::inventory::{self, InventoryError};
 /// `mkDeployFlake` over a `self` whose configurations all throw.
 fn mk(args: &str) -> Result<serde_json::Value, String> {
     eval_expr(&format!(
-        r#"let lib = import {}/lib; in lib.mkDeployFlake ({{ self = {{ nixosConfigurations = {{ web1 = throw "web1 forced"; db1 = throw "db1 forced"; "my host" = throw "forced"; }}; }}; }} // {args})"#,
+        r#"let lib = import {}/lib; in lib.mkDeployFlake ({{ self = {{ nixosConfigurations = {{ web1 = throw "web1 forced"; db1 = throw "db1 forced"; "odd'$(x)" = throw "forced"; }}; }}; }} // {args})"#,
         repo().display()
     ))
 }
@@ -47,8 +47,27 @@ fn defaults_fill_every_field() {
 fn hosts_default_to_every_configuration_without_forcing_them() {
     let v = mk("{ }").unwrap();
     let names: Vec<&String> = v["hosts"].as_object().unwrap().keys().collect();
-    assert_eq!(names, ["db1", "my host", "web1"]);
-    assert_eq!(v["hosts"]["my host"]["hostname"], "my host");
+    assert_eq!(names, ["db1", "odd'$(x)", "web1"]);
+    assert_eq!(v["hosts"]["odd'$(x)"]["hostname"], "odd'$(x)");
+}
+
+#[test]
+fn values_derived_from_the_attribute_name_are_checked() {
+    // The tool would refuse "my host" as a hostname, so lib does too.
+    let err = mk(r#"{ hosts."my host".configuration = "web1"; }"#).unwrap_err();
+    assert_eq!(
+        error_line(&err),
+        r#"error: deployFlake.hosts."my host".hostname: expected a host name or address (not empty, without whitespace, '@' or '/', not starting with '-'), got a string ("my host"): contains whitespace"#
+    );
+    let err = eval_expr(&format!(
+        r#"(import {}/lib).mkDeployFlake {{ self.nixosConfigurations."a\"b" = throw "forced"; hosts."a\"b".hostname = "h"; }}"#,
+        repo().display()
+    ))
+    .unwrap_err();
+    assert_eq!(
+        error_line(&err),
+        r#"error: deployFlake.hosts."a\"b".configuration: expected a nixosConfigurations attribute name (not empty, without '"' or control characters), got a string ("a\"b"): contains '"', which a flake attribute path cannot hold: rename the nixosConfigurations attribute"#
+    );
 }
 
 #[test]
@@ -129,15 +148,19 @@ fn wrong_types_name_the_path_expected_and_got() {
         ),
         (
             r#"{ hosts.web1.selfCheck = "/bin/check"; }"#,
-            r#"error: deployFlake.hosts.web1.selfCheck: expected null or a relative path inside the toplevel (no leading '/', no '..'), got a string ("/bin/check")"#,
+            r#"error: deployFlake.hosts.web1.selfCheck: expected null (run pre-activate-safety-checks if the system has one) or a relative path inside the toplevel, e.g. "bin/check", got a string ("/bin/check"): is absolute: it must be a path inside the toplevel, e.g. "bin/check""#,
         ),
         (
             r#"{ hosts.web1.hostname = "-oProxyCommand=x"; }"#,
-            r#"error: deployFlake.hosts.web1.hostname: expected a host name or address (non-empty, no spaces, not starting with '-'), got a string ("-oProxyCommand=x")"#,
+            r#"error: deployFlake.hosts.web1.hostname: expected a host name or address (not empty, without whitespace, '@' or '/', not starting with '-'), got a string ("-oProxyCommand=x"): starts with '-'"#,
         ),
         (
             r#"{ hosts.web1.timeouts.copy = 0; }"#,
-            r#"error: deployFlake.hosts.web1.timeouts.copy: expected a positive integer (seconds), got an integer (0)"#,
+            r#"error: deployFlake.hosts.web1.timeouts.copy: expected a whole number of seconds between 1 and 31536000 (365 days), got an integer (0)"#,
+        ),
+        (
+            r#"{ hosts.web1.timeouts.lock = 9223372036854775807; }"#,
+            r#"error: deployFlake.hosts.web1.timeouts.lock: expected a whole number of seconds between 1 and 31536000 (365 days), got an integer (9223372036854775807)"#,
         ),
         (
             r#"{ hosts.web1 = "x"; }"#,
@@ -196,7 +219,7 @@ async fn load_reads_the_fleet_fixture() {
     assert_eq!(web2.timeouts.build, 7200);
     assert_eq!(web2.timeouts.copy, 1200);
     let odd = &inv.hosts["odd \"name\" $(x)"];
-    assert_eq!(odd.configuration, "odd \"name\" $(x)");
+    assert_eq!(odd.configuration, "odd 'name' $(x)");
     let db1 = &inv.hosts["db1"];
     assert_eq!(db1.build_on, inventory::BuildOn::Local);
     assert_eq!(db1.self_check.as_deref(), Some("bin/db-check"));
@@ -284,19 +307,46 @@ fn health_checks_are_resolved_and_checked() {
         v["hosts"]["db1"]["healthChecks"],
         serde_json::json!([{ "description": "true", "command": ["true"], "http": null, "period": 2, "timeout": 30 }])
     );
-    for bad in [
-        r#"[ { command = [ "true" ]; http = "http://x/"; } ]"#,
-        r#"[ { http = "https://x/"; } ]"#,
-        r#"[ { command = [ ]; } ]"#,
-        r#"[ { command = [ "true" ]; timeout = 0; } ]"#,
-        r#"[ { comand = [ "true" ]; } ]"#,
+    // null is the default.
+    let v = mk(r#"{ hosts.web1.healthChecks = [ { command = [ "true" ]; description = null; http = null; period = null; timeout = null; } ]; }"#)
+        .unwrap();
+    assert_eq!(
+        v["hosts"]["web1"]["healthChecks"],
+        serde_json::json!([{ "description": "true", "command": ["true"], "http": null, "period": 2, "timeout": 30 }])
+    );
+    const CHECK: &str = r#"expected a health check ({ command = [ "argv" ... ]; } run on the target as root, or { http = "http://..."; } fetched from the deploying machine; optional: description, period, timeout), got an attribute set"#;
+    for (bad, want) in [
+        (
+            r#"[ { command = [ "true" ]; http = "http://x/"; } ]"#,
+            format!("0: {CHECK}: needs exactly one of command (a non-empty argv) or http (an http:// URL)"),
+        ),
+        (
+            r#"[ { } ]"#,
+            format!("0: {CHECK}: needs exactly one of command (a non-empty argv) or http (an http:// URL)"),
+        ),
+        (
+            r#"[ { http = "https://x/"; } ]"#,
+            r#"0.http: expected an http:// URL, got a string ("https://x/"): does not start with http:// (https is not supported)"#.into(),
+        ),
+        (
+            r#"[ { command = [ ]; } ]"#,
+            "0.command: expected a non-empty list of strings (the command and its arguments), got a list: is empty".into(),
+        ),
+        (
+            r#"[ { command = [ "true" ]; timeout = 0; } ]"#,
+            "0.timeout: expected a whole number of seconds between 1 and 31536000 (365 days), got an integer (0)".into(),
+        ),
+        (
+            r#"[ { comand = [ "true" ]; } ]"#,
+            r#"0.comand: unknown option; did you mean "command"? (known options: command, description, http, period, timeout)"#.into(),
+        ),
+        (
+            r#"{ command = [ "true" ]; }"#,
+            ": expected a list of health checks, got an attribute set".into(),
+        ),
     ] {
         let err = mk(&format!("{{ hosts.web1.healthChecks = {bad}; }}")).unwrap_err();
-        assert!(
-            error_line(&err).starts_with(
-                "error: deployFlake.hosts.web1.healthChecks: expected a list of checks"
-            ),
-            "{bad}: {err}"
-        );
+        let want = format!("error: deployFlake.hosts.web1.healthChecks{}", if want.starts_with(':') { want } else { format!(".{want}") });
+        assert_eq!(error_line(&err), want, "{bad}");
     }
 }

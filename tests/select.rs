@@ -196,13 +196,18 @@ fn destination_grammar() {
     );
     assert_eq!(d("[::1]"), Ok(dest(None, "::1", None, None)));
     assert_eq!(d("fe80::1"), Ok(dest(None, "fe80::1", None, None)));
-    assert_eq!(d("h/odd \"name\" $(x)"), Ok(dest(None, "h", None, Some("odd \"name\" $(x)"))));
+    assert_eq!(d("h/it's $(x) *"), Ok(dest(None, "h", None, Some("it's $(x) *"))));
+    assert_eq!(
+        d("h/odd \"name\""),
+        Err("configuration `odd \"name\"` contains '\"', which a flake attribute path cannot hold: rename the nixosConfigurations attribute".into())
+    );
+    assert_eq!(d("a:b@h"), Err("user `a:b` contains ':'".into()));
     assert_eq!(d("h:0"), Err("port `0` is not a number in 1..65535".into()));
     assert_eq!(d("h:99999"), Err("port `99999` is not a number in 1..65535".into()));
     assert_eq!(d("[::1"), Err("missing ']' after an IPv6 address".into()));
     assert_eq!(d("[::1]x"), Err("unexpected `x` after ']'".into()));
     assert_eq!(d("-oProxyCommand=x"), Err("host `-oProxyCommand=x` starts with '-'".into()));
-    assert_eq!(d("@h"), Err("user `` it is empty".into()));
+    assert_eq!(d("@h"), Err("user `` is empty".into()));
     let e = select(None, &sel(&["nixos://root@-x/web"], false, &[])).unwrap_err().to_string();
     assert_eq!(e, "`nixos://root@-x/web` is not a valid destination: host `-x` starts with '-' (expected nixos://[user@]host[:port][/config])");
 }

@@ -1,0 +1,277 @@
+# The interpreter of rules.json, the rule set that mkDeployFlake,
+# deployChecks and the tool (src/rules.rs) share. Builtins only.
+#
+# Each option's rule compiles to `{ ok; problem; }`: `ok value` is the fast
+# path (it builds no message), `problem path value` is null for a valid value,
+# else the message of its first fault, worded exactly as the tool words it:
+#
+#   deployFlake.hosts.web1.hostname: expected a host name or address (...),
+#   got a string ("root@web1"): contains '@': set the user in sshUser
+#
+# Two modes: `user` checks what a user writes for mkDeployFlake (keys may be
+# left out; in a health check, null means "use the default"), `resolved` a
+# record as mkDeployFlake returns it (every key present).
+let
+  inherit (builtins)
+    all attrNames concatStringsSep elemAt filter foldl' fromJSON genList
+    hasAttr head isAttrs isBool isInt isList isString length
+    mapAttrs match readFile sort stringLength substring toJSON typeOf;
+
+  data = fromJSON (readFile ./rules.json);
+
+  # ---- wording ---------------------------------------------------------
+
+  # `hosts.web1` or `hosts."my host"`: attribute names may be anything.
+  attrPath = prefix: name:
+    if match "[A-Za-z_][A-Za-z0-9_'-]*" name != null
+    then "${prefix}.${name}"
+    else "${prefix}.${toJSON name}";
+
+  describe = v:
+    let t = typeOf v; in
+    if t == "string" then "a string (${toJSON v})"
+    else if t == "int" then "an integer (${toString v})"
+    else if t == "bool" then "a boolean (${if v then "true" else "false"})"
+    else if t == "null" then "null"
+    else if t == "list" then "a list"
+    else if t == "set" then "an attribute set"
+    else if t == "lambda" then "a function"
+    else if t == "float" then "a float"
+    else "a ${t}";
+
+  mismatch = expected: path: v: "${path}: expected ${expected}, got ${describe v}";
+  fault = expected: path: v: problem: "${mismatch expected path v}: ${problem}";
+
+  min = a: b: if a < b then a else b;
+
+  # Edit distance over bytes; only ever computed on the error path.
+  levenshtein = a: b:
+    let
+      la = stringLength a;
+      lb = stringLength b;
+      ca = genList (i: substring i 1 a) la;
+      cb = genList (j: substring j 1 b) lb;
+      step = prev: i:
+        let
+          row = genList
+            (j:
+              if j == 0 then i + 1
+              else
+                min
+                  (min (elemAt row (j - 1) + 1) (elemAt prev j + 1))
+                  (elemAt prev (j - 1) + (if elemAt ca i == elemAt cb (j - 1) then 0 else 1)))
+            (lb + 1);
+        in
+        row;
+      last = foldl' step (genList (j: j) (lb + 1)) (genList (i: i) la);
+    in
+    elemAt last lb;
+
+  # "; did you mean "x"?" or "".
+  suggest = word: candidates:
+    let
+      scored = map (c: { name = c; d = levenshtein word c; }) candidates;
+      limit = 2 + stringLength word / 4;
+      close = sort (x: y: x.d < y.d || (x.d == y.d && x.name < y.name))
+        (filter (x: x.d <= limit) scored);
+    in
+    if close == [ ] then "" else "; did you mean ${toJSON (head close).name}?";
+
+  unknownKey = path: k: known:
+    "${attrPath path k}: unknown option${suggest k known} (known options: ${concatStringsSep ", " known})";
+
+  missingKey = path: k:
+    "${attrPath path k}: missing (a deployFlake must be fully resolved; mkDeployFlake fills in defaults)";
+
+  # The first unknown key of `v` (then, for a resolved record, the first
+  # missing one) as a message, or null. `known`: the sorted key names.
+  keyProblem = resolved: path: known: v:
+    let unknown = attrNames (removeAttrs v known); in
+    if unknown != [ ] then unknownKey path (head unknown) known
+    else if !resolved then null
+    else
+      let missing = filter (k: !(hasAttr k v)) known; in
+      if missing == [ ] then null else missingKey path (head missing);
+
+  # Are the keys of `v` all in `known` (and, resolved, all of them there)?
+  keysOk = resolved: known: v:
+    removeAttrs v known == { } && (!resolved || length (attrNames v) == length known);
+
+  # f 0, f 1, ... f (n - 1): the first non-null result, or null.
+  firstOf = n: f:
+    let go = i: if i == n then null else let p = f i; in if p == null then go (i + 1) else p;
+    in go 0;
+
+  firstOfList = xs: f: firstOf (length xs) (i: f (elemAt xs i));
+
+  # ---- checks ------------------------------------------------------------
+
+  # The problem of the first check `v` fails, or null.
+  firstFailing = checks:
+    let
+      fails = c: v:
+        if c ? require then match c.require v == null
+        else if c ? forbid then match c.forbid v != null
+        else (if isString v then stringLength v else length v) < c.minLength;
+    in
+    v: firstOfList checks (c: if fails c v then c.problem else null);
+
+  ref = rule: if isString rule then data.types.${rule} else rule;
+
+  # A rule of rules.json, compiled for one mode into
+  #   ok      : value -> bool    (the fast path: builds no message)
+  #   problem : path -> value -> null | the message of the value's first fault
+  compile = resolved: rule0:
+    let
+      rule = ref rule0;
+      t = rule.type;
+      inherit (rule) expected;
+      nullable = rule.nullable or false;
+      checks = rule.checks or [ ];
+      failing = firstFailing checks;
+      orNull = ok: if nullable then v: v == null || ok v else ok;
+      # `explain` words the fault of a value that is not ok.
+      compiled = ok: explain: {
+        inherit ok;
+        problem = path: v: if ok v then null else explain path v;
+      };
+    in
+    if t == "string" then
+      let
+        # One regex for a common valid value; the checks decide the rest.
+        accept = rule.accept or null;
+        ok =
+          if accept != null then v: isString v && (match accept v != null || failing v == null)
+          else if checks == [ ] then isString
+          else v: isString v && failing v == null;
+      in
+      compiled (orNull ok) (path: v:
+        if !isString v then mismatch expected path v else fault expected path v (failing v))
+    else if t == "int" then
+      compiled (v: isInt v && v >= rule.min && v <= rule.max) (mismatch expected)
+    else if t == "bool" then
+      compiled isBool (mismatch expected)
+    else if t == "enum" then
+      compiled (v: builtins.elem v rule.values) (mismatch expected)
+    else if t == "list" then
+      let element = compile resolved rule.element; in
+      compiled
+        (orNull (v: isList v && (checks == [ ] || failing v == null) && all element.ok v))
+        (path: v:
+          if !isList v then mismatch expected path v
+          else
+            let p = failing v; in
+            if p != null then fault expected path v p
+            else firstOf (length v) (i: element.problem "${path}.${toString i}" (elemAt v i)))
+    else if t == "timeouts" then
+      let
+        each = compile resolved rule.each;
+        phases = attrNames data.timeoutDefaults;
+      in
+      compiled
+        (v: isAttrs v && keysOk resolved phases v && all (k: each.ok v.${k}) (attrNames v))
+        (path: v:
+          if !isAttrs v then mismatch expected path v
+          else
+            let k = keyProblem resolved path phases v; in
+            if k != null then k
+            else firstOfList (attrNames v) (p: each.problem (attrPath path p) v.${p}))
+    else if t == "healthChecks" then
+      let
+        c = rule.check;
+        fields = mapAttrs (_: compile resolved) c.fields;
+        fieldNames = attrNames fields;
+        one = c.exactlyOneOf;
+        # Written by a user, null means "the default".
+        given = hc: if resolved then attrNames hc else filter (k: hc.${k} != null) (attrNames hc);
+        oneOk = hc: length (filter (k: (hc.${k} or null) != null) one.fields) == 1;
+        checkOk = hc:
+          isAttrs hc && keysOk resolved fieldNames hc
+          && all (k: fields.${k}.ok hc.${k}) (given hc) && oneOk hc;
+        # One health check: its keys, then each value, then command-or-http.
+        checkProblem = path: hc:
+          if !isAttrs hc then mismatch c.expected path hc
+          else
+            let k = keyProblem resolved path fieldNames hc; in
+            if k != null then k
+            else
+              let p = firstOfList (given hc) (k: fields.${k}.problem (attrPath path k) hc.${k}); in
+              if p != null then p
+              else if !(oneOk hc) then fault c.expected path hc one.problem
+              else null;
+      in
+      compiled
+        (v: isList v && all checkOk v)
+        (path: v:
+          if !isList v then mismatch expected path v
+          else firstOf (length v) (i: checkProblem "${path}.${toString i}" (elemAt v i)))
+    else if t == "sshOpts" then
+      let
+        opt = rule.option;
+        optFailing = firstFailing opt.checks;
+        flags = mapAttrs
+          (_: f: f // (if f ? value then { failing = firstFailing f.value.checks; } else { }))
+          rule.flags;
+        # The first fault of a list of strings and others, read as ssh reads
+        # its command line, or null.
+        walk = path: v:
+          let
+            n = length v;
+            # Reads the option at `i` (and its value) and goes on after it.
+            go = i:
+              if i >= n then null
+              else
+                let
+                  e = elemAt v i;
+                  at = "${path}.${toString i}";
+                  bad = fault opt.expected at e;
+                  p = optFailing e;
+                  # `-oKey=Value`: the flag and its value in one element.
+                  joined = stringLength e > 2 && substring 0 1 e == "-";
+                  f = flags.${if joined then substring 0 2 e else e} or null;
+                  next = elemAt v (i + 1);
+                  nextAt = "${path}.${toString (i + 1)}";
+                in
+                if !isString e then mismatch opt.expected at e
+                else if p != null then bad p
+                else if f == null then bad rule.unsupported
+                else if f ? refused then bad f.refused
+                else if !(f ? value) then (if joined then bad rule.unsupported else go (i + 1))
+                else if joined then
+                  let q = f.failing (substring 2 (stringLength e) e); in
+                  if q != null then fault f.value.expected at e q else go (i + 1)
+                else if i + 1 >= n then bad rule.needsValue
+                else if !isString next then mismatch f.value.expected nextAt next
+                else
+                  let q = f.failing next; in
+                  if q != null then fault f.value.expected nextAt next q else go (i + 2);
+          in
+          go 0;
+      in
+      compiled
+        (v: isList v && (v == [ ] || walk "" v == null))
+        (path: v: if !isList v then mismatch expected path v else walk path v)
+    else throw "deploy-flake lib/rules.json: unknown rule type ${toJSON t}";
+
+  optionNames = attrNames data.options;
+  userOptions = mapAttrs (_: compile false) data.options;
+  resolvedOptions = mapAttrs (_: compile true) data.options;
+in
+{
+  inherit data attrPath describe suggest unknownKey optionNames;
+  inherit (data) schemaVersion perHostOnly hostDefaults timeoutDefaults healthCheckDefaults;
+
+  # Per option, for values written for mkDeployFlake and for resolved
+  # records: { ok; problem; } (see `compile`).
+  user = userOptions;
+  resolved = resolvedOptions;
+
+  # Is a settings attrset written for mkDeployFlake (the `defaults`, or one
+  # host) valid? Its first fault as a message: unknown keys first.
+  userSettingsOk = v:
+    removeAttrs v optionNames == { } && all (k: userOptions.${k}.ok v.${k}) (attrNames v);
+  userSettingsProblem = path: v:
+    let k = keyProblem false path optionNames v; in
+    if k != null then k
+    else firstOfList (attrNames v) (k: userOptions.${k}.problem (attrPath path k) v.${k});
+}
