@@ -81,7 +81,7 @@ pub async fn http_get(url: &str, limit: Duration) -> Result<u16, String> {
         let mut s = TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
-        let host_header = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+        let host_header = crate::ssh::bracket_ipv6(&host);
         let req = format!("GET {path} HTTP/1.0\r\nHost: {host_header}\r\nUser-Agent: deploy-flake\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
         let mut head = [0u8; 64];

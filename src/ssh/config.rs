@@ -4,58 +4,32 @@
 use std::path::Path;
 
 use super::{host_key_refused, SshError};
+use crate::rules::SshOpt;
 
-/// Translate the inventory's `sshOpts` (ssh command-line options) into
-/// ssh_config lines, so the master and every fresh login use them alike.
+/// Translate the inventory's `sshOpts` (ssh command-line options, as the
+/// fleet's rules read them) into ssh_config lines, so the master and every
+/// fresh login use them alike.
 pub fn ssh_opts_to_config(opts: &[String]) -> Result<Vec<String>, SshError> {
-    let mut out = Vec::new();
-    let mut it = opts.iter();
-    while let Some(opt) = it.next() {
-        let (flag, inline) = if opt.starts_with('-') && opt.len() > 2 {
-            (&opt[..2], Some(opt[2..].to_string()))
-        } else {
-            (opt.as_str(), None)
-        };
-        let mut value = |name: &str| -> Result<String, SshError> {
-            match inline.clone() {
-                Some(v) => Ok(v),
-                None => it
-                    .next()
-                    .cloned()
-                    .ok_or_else(|| SshError::SshOpts(format!("{name} needs a value"))),
+    let mut lines = Vec::new();
+    for o in crate::rules::ssh_opts(opts).map_err(SshError::SshOpts)? {
+        lines.push(match o {
+            SshOpt::Config { key, value } => format!("{key} {}", quote_config(value)),
+            SshOpt::WithValue { flag: 'i', value } => {
+                format!("IdentityFile {}", quote_config(value))
             }
-        };
-        let line = match flag {
-            "-o" => {
-                let v = value("-o")?;
-                let (k, val) = v
-                    .split_once('=')
-                    .or_else(|| v.split_once(' '))
-                    .ok_or_else(|| SshError::SshOpts(format!("`-o {v}`: expected Key=Value")))?;
-                format!("{} {}", k.trim(), quote_config(val.trim()))
+            SshOpt::WithValue { flag: 'J', value } => format!("ProxyJump {value}"),
+            SshOpt::WithValue { flag: 'F', value } => format!("Include {}", quote_config(value)),
+            SshOpt::Flag('4') => "AddressFamily inet".into(),
+            SshOpt::Flag('6') => "AddressFamily inet6".into(),
+            SshOpt::Flag('A') => "ForwardAgent yes".into(),
+            SshOpt::Flag('C') => "Compression yes".into(),
+            SshOpt::Flag('q') => "LogLevel QUIET".into(),
+            other => {
+                return Err(SshError::SshOpts(format!("sshOpts: {other:?} has no ssh_config form")))
             }
-            "-i" => format!("IdentityFile {}", quote_config(&value("-i")?)),
-            "-J" => format!("ProxyJump {}", value("-J")?),
-            "-F" => format!("Include {}", quote_config(&value("-F")?)),
-            "-4" if inline.is_none() => "AddressFamily inet".into(),
-            "-6" if inline.is_none() => "AddressFamily inet6".into(),
-            "-A" if inline.is_none() => "ForwardAgent yes".into(),
-            "-C" if inline.is_none() => "Compression yes".into(),
-            "-q" if inline.is_none() => "LogLevel QUIET".into(),
-            "-p" => return Err(SshError::SshOpts(format!("`{opt}`: set sshPort instead"))),
-            "-l" => return Err(SshError::SshOpts(format!("`{opt}`: set sshUser instead"))),
-            _ => {
-                return Err(SshError::SshOpts(format!(
-                    "unsupported ssh option `{opt}`; write it as `-o Key=Value`"
-                )))
-            }
-        };
-        if line.contains('\n') || line.contains('\r') {
-            return Err(SshError::SshOpts(format!("`{opt}` contains a line break")));
-        }
-        out.push(line);
+        });
     }
-    Ok(out)
+    Ok(lines)
 }
 
 fn quote_config(v: &str) -> String {
@@ -132,13 +106,17 @@ mod tests {
             let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
             ssh_opts_to_config(&o).unwrap_err().to_string()
         };
-        assert_eq!(
-            err(&["-X"]),
-            "sshOpts: unsupported ssh option `-X`; write it as `-o Key=Value`"
-        );
-        assert_eq!(err(&["-i"]), "sshOpts: -i needs a value");
-        assert_eq!(err(&["-p", "22"]), "sshOpts: `-p`: set sshPort instead");
-        assert_eq!(err(&["-lroot"]), "sshOpts: `-lroot`: set sshUser instead");
+        // The fleet's rules read the options; their words come through.
+        for (bad, problem) in [
+            (&["-X"][..], "not supported: write it as -o Key=Value"),
+            (&["-i"][..], "needs a value: put it in the next element or right after the flag"),
+            (&["-p", "22"][..], "set sshPort instead"),
+            (&["-lroot"][..], "set sshUser instead"),
+        ] {
+            let e = err(bad);
+            assert!(e.starts_with("sshOpts.0: expected an ssh option"), "{bad:?}: {e}");
+            assert!(e.ends_with(problem), "{bad:?}: {e}");
+        }
     }
 
     #[test]

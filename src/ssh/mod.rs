@@ -25,7 +25,7 @@ pub enum SshError {
     Connect { dest: String, reason: String },
     #[error("connecting to {dest} did not finish within {secs} s (timeouts.connect)")]
     ConnectTimeout { dest: String, secs: u64 },
-    #[error("sshOpts: {0}")]
+    #[error("{0}")]
     SshOpts(String),
     #[error("preparing the ssh connection: {0}")]
     Io(String),

@@ -1,0 +1,392 @@
+//! Checking values against the rules: JSON, or a record serde has read.
+
+use super::*;
+
+// ---------------------------------------------------------------------------
+// The values under check
+
+/// A value under check: JSON of any shape, or part of a host record that
+/// serde has read already (its shape is right; its values may not be).
+/// Both are described and checked alike, so a fault reads the same.
+#[derive(Clone, Copy)]
+pub(super) enum View<'a> {
+    Json(&'a Value),
+    Null,
+    Str(&'a str),
+    Int(u64),
+    Bool(bool),
+    Strs(&'a [String]),
+    Host(&'a HostSpec),
+    Timeouts(&'a Timeouts),
+    Checks(&'a [HealthCheck]),
+    Check(&'a HealthCheck),
+}
+
+impl<'a> View<'a> {
+    pub(super) fn describe(self) -> String {
+        match self {
+            View::Json(v) => describe(v),
+            View::Null => "null".into(),
+            View::Str(s) => format!("a string ({})", nix_json_string(s)),
+            View::Int(n) => format!("an integer ({n})"),
+            View::Bool(b) => format!("a boolean ({b})"),
+            View::Strs(_) | View::Checks(_) => "a list".into(),
+            View::Host(_) | View::Timeouts(_) | View::Check(_) => "an attribute set".into(),
+        }
+    }
+
+    pub(super) fn is_null(self) -> bool {
+        matches!(self, View::Null | View::Json(Value::Null))
+    }
+
+    pub(super) fn as_str(self) -> Option<&'a str> {
+        match self {
+            View::Json(v) => v.as_str(),
+            View::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub(super) fn as_i64(self) -> Option<i64> {
+        match self {
+            View::Json(v) => v.as_i64(),
+            View::Int(n) => i64::try_from(n).ok(),
+            _ => None,
+        }
+    }
+
+    pub(super) fn is_bool(self) -> bool {
+        matches!(self, View::Bool(_) | View::Json(Value::Bool(_)))
+    }
+
+    /// A list's length.
+    pub(super) fn len(self) -> Option<usize> {
+        match self {
+            View::Json(Value::Array(a)) => Some(a.len()),
+            View::Strs(v) => Some(v.len()),
+            View::Checks(v) => Some(v.len()),
+            _ => None,
+        }
+    }
+
+    /// Element `i` of a list (`i` < its length).
+    pub(super) fn item(self, i: usize) -> View<'a> {
+        match self {
+            View::Json(Value::Array(a)) => View::Json(&a[i]),
+            View::Strs(v) => View::Str(&v[i]),
+            View::Checks(v) => View::Check(&v[i]),
+            _ => View::Null,
+        }
+    }
+
+    pub(super) fn is_record(self) -> bool {
+        matches!(
+            self,
+            View::Json(Value::Object(_)) | View::Host(_) | View::Timeouts(_) | View::Check(_)
+        )
+    }
+
+    /// A JSON object's keys may be wrong; a typed record's are right.
+    pub(super) fn json_object(self) -> Option<&'a Map<String, Value>> {
+        match self {
+            View::Json(Value::Object(o)) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// A record's value at `key`, named as in Nix.
+    pub(super) fn get(self, key: &str) -> Option<View<'a>> {
+        let opt_str = |s: Option<&'a str>| s.map_or(View::Null, View::Str);
+        Some(match self {
+            View::Json(Value::Object(o)) => View::Json(o.get(key)?),
+            View::Host(h) => match key {
+                "hostname" => View::Str(&h.hostname),
+                "sshUser" => View::Str(&h.ssh_user),
+                "sshPort" => View::Int(u64::from(h.ssh_port)),
+                "sshOpts" => View::Strs(&h.ssh_opts),
+                "configuration" => View::Str(&h.configuration),
+                "tags" => View::Strs(&h.tags),
+                "buildOn" => View::Str(h.build_on.as_str()),
+                "selfCheck" => opt_str(h.self_check.as_deref()),
+                "sudo" => View::Str(&h.sudo),
+                "magicRollback" => View::Bool(h.magic_rollback),
+                "healthChecks" => View::Checks(&h.health_checks),
+                "timeouts" => View::Timeouts(&h.timeouts),
+                _ => return None,
+            },
+            View::Timeouts(t) => {
+                let phase = Phase::ALL.into_iter().find(|p| p.timeout_key() == key)?;
+                View::Int(t.get(phase))
+            }
+            View::Check(c) => match key {
+                "description" => View::Str(&c.description),
+                "command" => c.command.as_deref().map_or(View::Null, View::Strs),
+                "http" => opt_str(c.http.as_deref()),
+                "period" => View::Int(c.period),
+                "timeout" => View::Int(c.timeout),
+                _ => return None,
+            },
+            _ => return None,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// sshOpts
+
+/// One option of a host's `sshOpts`, read as [`ssh_opts`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SshOpt<'a> {
+    /// `-o Key=Value`, `-oKey=Value` or `-o "Key Value"`: an ssh_config line.
+    Config { key: &'a str, value: &'a str },
+    /// `-i FILE`, `-J HOST` or `-F FILE`, the value inline or in the next
+    /// element: the flag's letter and the value.
+    WithValue { flag: char, value: &'a str },
+    /// `-4`, `-6`, `-A`, `-C` or `-q`: the flag's letter.
+    Flag(char),
+}
+
+/// `Key=Value` (already checked) split into key and value.
+pub(super) fn split_config(s: &str) -> (&str, &str) {
+    let end = s.find(|c: char| !c.is_ascii_alphanumeric()).unwrap_or(s.len());
+    let rest = s[end..].trim_start_matches(|c: char| c.is_ascii_whitespace());
+    let rest = rest.strip_prefix('=').unwrap_or(rest);
+    (&s[..end], rest.trim_start_matches(|c: char| c.is_ascii_whitespace()))
+}
+
+impl Rules {
+    pub(super) fn resolve<'r>(&'r self, r: &'r RuleRef) -> &'r Rule {
+        match r {
+            RuleRef::Inline(rule) => rule,
+            RuleRef::Named(name) => self
+                .types
+                .get(name)
+                .unwrap_or_else(|| panic!("lib/rules.json: no type named {name:?}")),
+        }
+    }
+
+    pub(super) fn option(&self, name: &str) -> &Rule {
+        let r = self
+            .options
+            .get(name)
+            .unwrap_or_else(|| panic!("lib/rules.json: no option named {name:?}"));
+        self.resolve(r)
+    }
+
+    /// The option names, sorted.
+    pub fn option_names(&self) -> Vec<&str> {
+        self.options.keys().map(String::as_str).collect()
+    }
+
+    /// Reads a list as ssh reads its command line; the first fault is
+    /// worded with `path` (e.g. `deployFlake.hosts.web1.sshOpts`).
+    pub(super) fn walk_ssh_opts<'a>(
+        &self,
+        path: &Path,
+        items: View<'a>,
+    ) -> Result<Vec<SshOpt<'a>>, String> {
+        let Rule::SshOpts { option, flags, unsupported, needs_value, .. } = self.option("sshOpts")
+        else {
+            panic!("lib/rules.json: sshOpts is not of type sshOpts")
+        };
+        let n = items.len().unwrap_or(0);
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < n {
+            let (item, at) = (items.item(i), Path::Index(path, i));
+            let Some(e) = item.as_str() else {
+                return Err(mismatch(&option.expected, &at, item));
+            };
+            let bad = |problem: &str| fault(&option.expected, &at, item, problem);
+            if let Some(p) = first_failing(&option.checks, Subject::Str(e)) {
+                return Err(bad(p));
+            }
+            // `-oKey=Value`: the flag and its value in one element (the flag
+            // is two bytes, as Nix's substring counts).
+            let joined = e.len() > 2 && e.starts_with('-');
+            let (flag, inline) = match (joined, e.get(..2)) {
+                (true, Some(f)) => (f, Some(&e[2..])),
+                _ => (e, None),
+            };
+            let Some(f) = flags.get(flag).filter(|_| !joined || inline.is_some()) else {
+                return Err(bad(unsupported));
+            };
+            if let Some(refused) = &f.refused {
+                return Err(bad(refused));
+            }
+            let letter = flag.chars().nth(1).unwrap_or('-');
+            let Some(value_rule) = &f.value else {
+                if joined {
+                    return Err(bad(unsupported));
+                }
+                out.push(SshOpt::Flag(letter));
+                i += 1;
+                continue;
+            };
+            let (value, used) = ssh_value(items, path, i, inline, value_rule, || bad(needs_value))?;
+            i += used;
+            out.push(match letter {
+                'o' => {
+                    let (key, value) = split_config(value);
+                    SshOpt::Config { key, value }
+                }
+                flag => SshOpt::WithValue { flag, value },
+            });
+        }
+        Ok(out)
+    }
+
+    /// The first fault of a resolved value against `rule`.
+    pub(super) fn check(&self, rule: &Rule, path: &Path, v: View) -> Result<(), String> {
+        match rule {
+            Rule::String { expected, nullable, accept, checks } => {
+                if *nullable && v.is_null() {
+                    return Ok(());
+                }
+                let Some(s) = v.as_str() else { return Err(mismatch(expected, path, v)) };
+                if accept.as_ref().is_some_and(|a| a.matches(s)) {
+                    return Ok(());
+                }
+                match first_failing(checks, Subject::Str(s)) {
+                    None => Ok(()),
+                    Some(p) => Err(fault(expected, path, v, p)),
+                }
+            }
+            Rule::Int { expected, min, max } => match v.as_i64() {
+                Some(n) if (*min..=*max).contains(&n) => Ok(()),
+                _ => Err(mismatch(expected, path, v)),
+            },
+            Rule::Bool { expected } => match v.is_bool() {
+                true => Ok(()),
+                false => Err(mismatch(expected, path, v)),
+            },
+            Rule::Enum { expected, values } => match v.as_str() {
+                Some(s) if values.iter().any(|x| x == s) => Ok(()),
+                _ => Err(mismatch(expected, path, v)),
+            },
+            Rule::List { expected, nullable, checks, element } => {
+                if *nullable && v.is_null() {
+                    return Ok(());
+                }
+                let Some(n) = v.len() else { return Err(mismatch(expected, path, v)) };
+                if let Some(p) = first_failing(checks, Subject::List(n)) {
+                    return Err(fault(expected, path, v, p));
+                }
+                let element = self.resolve(element);
+                (0..n).try_for_each(|i| self.check(element, &Path::Index(path, i), v.item(i)))
+            }
+            Rule::Timeouts { expected, each } => self.check_timeouts(expected, each, path, v),
+            Rule::HealthChecks { expected, check } => {
+                self.check_health_checks(expected, check, path, v)
+            }
+            Rule::SshOpts { expected, .. } => match v.len() {
+                Some(_) => self.walk_ssh_opts(path, v).map(drop),
+                None => Err(mismatch(expected, path, v)),
+            },
+        }
+    }
+
+    fn check_timeouts(
+        &self,
+        expected: &str,
+        each: &RuleRef,
+        path: &Path,
+        v: View,
+    ) -> Result<(), String> {
+        if !v.is_record() {
+            return Err(mismatch(expected, path, v));
+        }
+        let phases = self.timeout_defaults.keys().map(String::as_str);
+        if let Some(obj) = v.json_object() {
+            key_problem(path, phases.clone(), |_| true, obj)?;
+        }
+        let each = self.resolve(each);
+        for k in phases {
+            if let Some(x) = v.get(k) {
+                self.check(each, &Path::Key(path, k), x)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_health_checks(
+        &self,
+        expected: &str,
+        check: &HealthCheckRule,
+        path: &Path,
+        v: View,
+    ) -> Result<(), String> {
+        let Some(n) = v.len() else { return Err(mismatch(expected, path, v)) };
+        let fields = check.fields.keys().map(String::as_str);
+        for i in 0..n {
+            let (c, at) = (v.item(i), Path::Index(path, i));
+            if !c.is_record() {
+                return Err(mismatch(&check.expected, &at, c));
+            }
+            if let Some(obj) = c.json_object() {
+                key_problem(&at, fields.clone(), |_| true, obj)?;
+            }
+            for (k, rule) in &check.fields {
+                if let Some(x) = c.get(k) {
+                    self.check(self.resolve(rule), &Path::Key(&at, k), x)?;
+                }
+            }
+            let one = &check.exactly_one_of;
+            let given =
+                one.fields.iter().filter(|k| c.get(k).is_some_and(|x| !x.is_null())).count();
+            if given != 1 {
+                return Err(fault(&check.expected, &at, c, &one.problem));
+            }
+        }
+        Ok(())
+    }
+
+    /// A host record: unknown keys first, then missing ones, then every
+    /// value in key order.
+    pub(super) fn check_host(&self, path: &Path, host: View) -> Result<(), String> {
+        if !host.is_record() {
+            return Err(format!("{path}: expected an attribute set, got {}", host.describe()));
+        }
+        let names = self.options.keys().map(String::as_str);
+        if let Some(obj) = host.json_object() {
+            // A record from a lib/ without health checks still reads (as none).
+            key_problem(path, names.clone(), |k| k != "healthChecks", obj)?;
+        }
+        for (k, rule) in &self.options {
+            if let Some(v) = host.get(k) {
+                self.check(self.resolve(rule), &Path::Key(path, k), v)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The value of an ssh flag: inline (`-iFILE`) or the next element. Returns
+/// it and how many elements the flag used.
+fn ssh_value<'a>(
+    items: View<'a>,
+    path: &Path,
+    i: usize,
+    inline: Option<&'a str>,
+    rule: &ValueRule,
+    missing: impl FnOnce() -> String,
+) -> Result<(&'a str, usize), String> {
+    let (item, at) = (items.item(i), Path::Index(path, i));
+    if let Some(v) = inline {
+        if let Some(p) = first_failing(&rule.checks, Subject::Str(v)) {
+            return Err(fault(&rule.expected, &at, item, p));
+        }
+        return Ok((v, 1));
+    }
+    if i + 1 >= items.len().unwrap_or(0) {
+        return Err(missing());
+    }
+    let (next, next_at) = (items.item(i + 1), Path::Index(path, i + 1));
+    let Some(v) = next.as_str() else {
+        return Err(mismatch(&rule.expected, &next_at, next));
+    };
+    if let Some(p) = first_failing(&rule.checks, Subject::Str(v)) {
+        return Err(fault(&rule.expected, &next_at, next, p));
+    }
+    Ok((v, 2))
+}

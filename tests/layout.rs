@@ -1,0 +1,147 @@
+//! The shape of the source tree, checked: files and functions small enough
+//! to read whole, and the on-target agent's protocol in one Rust file.
+
+use std::path::{Path, PathBuf};
+
+const MAX_FILE_LINES: usize = 600;
+const MAX_FN_LINES: usize = 70;
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+fn sources() -> Vec<(String, String)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files.sort();
+    assert!(files.len() > 10, "found the sources");
+    files
+        .into_iter()
+        .map(|p| {
+            let name = p.strip_prefix(&src).unwrap().display().to_string();
+            (name, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect()
+}
+
+/// `(first line, length)` of every function with a body: from its `fn`
+/// line to the `}` at the same indentation (the code is rustfmt-formatted).
+fn functions(text: &str) -> Vec<(usize, usize, String)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let code = line.trim_start();
+        let indent = &line[..line.len() - code.len()];
+        let words: Vec<&str> = code.split_whitespace().collect();
+        let Some(at) = words.iter().position(|w| *w == "fn") else { continue };
+        let qualifiers = ["pub", "pub(crate)", "pub(super)", "async", "const", "unsafe"];
+        if !words[..at].iter().all(|w| qualifiers.contains(w)) {
+            continue;
+        }
+        // A declaration without a body ends with `;` before any `{`.
+        let rest =
+            lines[i..].iter().take_while(|l| !l.contains('{')).any(|l| l.trim_end().ends_with(';'));
+        if rest {
+            continue;
+        }
+        let end = lines[i..]
+            .iter()
+            .position(|l| {
+                *l == format!("{indent}}}")
+                    || (l.trim_end().ends_with('}') && l.starts_with(&format!("{indent}fn")))
+            })
+            .unwrap_or(0);
+        out.push((i + 1, end + 1, words[at + 1].split(['(', '<']).next().unwrap().to_string()));
+    }
+    out
+}
+
+#[test]
+fn no_source_file_is_longer_than_600_lines() {
+    let long: Vec<String> = sources()
+        .into_iter()
+        .filter(|(_, text)| text.lines().count() > MAX_FILE_LINES)
+        .map(|(name, text)| format!("{name}: {} lines", text.lines().count()))
+        .collect();
+    assert!(long.is_empty(), "split these files: {long:?}");
+}
+
+#[test]
+fn no_function_is_longer_than_70_lines() {
+    let mut long = Vec::new();
+    for (name, text) in sources() {
+        for (line, len, f) in functions(&text) {
+            if len > MAX_FN_LINES {
+                long.push(format!("{name}:{line} {f}: {len} lines"));
+            }
+        }
+    }
+    assert!(long.is_empty(), "split these functions: {long:#?}");
+}
+
+#[test]
+fn the_function_finder_finds_functions() {
+    let text = "fn a() {\n    x();\n}\n\n    pub async fn b(\n        y: u8,\n    ) -> u8 {\n        y\n    }\n\ntrait T {\n    fn c(&self);\n}\n";
+    let found: Vec<(usize, usize, String)> = functions(text);
+    assert_eq!(found, [(1, 3, "a".to_string()), (5, 5, "b".to_string())]);
+}
+
+/// The agent's run-directory files, from the script's own header.
+fn agent_files() -> Vec<String> {
+    let script =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/agent.sh"))
+            .unwrap();
+    let header = script.split("# Per-run state lives in").nth(1).unwrap();
+    let header = header.split("# A run only ever looks").next().unwrap();
+    let files: Vec<String> = header
+        .lines()
+        .filter_map(|l| l.strip_prefix("#   ").filter(|rest| !rest.starts_with(' ')))
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .collect();
+    assert!(files.len() >= 5, "{files:?}");
+    files
+}
+
+#[test]
+fn the_agent_protocol_lives_in_one_rust_file() {
+    let mut needles: Vec<String> = agent_files().iter().map(|f| format!("\"{f}\"")).collect();
+    needles.extend(
+        [
+            "\"deploy-flake-\"",
+            "/run/deploy-flake",
+            "deploy-flake-status",
+            "deploy-flake-locked",
+            "deploy-flake-busy",
+        ]
+        .map(String::from),
+    );
+    let mut found = Vec::new();
+    for (name, text) in sources() {
+        if name == "agent.rs" {
+            continue;
+        }
+        for n in &needles {
+            if text.contains(n.as_str()) {
+                found.push(format!("{name}: {n}"));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "the agent's file names and answers belong in src/agent.rs: {found:?}"
+    );
+    let agent = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/agent.rs"))
+        .unwrap();
+    // The files the deployer itself writes are named there.
+    for f in ["confirmed", "abort"] {
+        assert!(agent.contains(&format!("\"{f}\"")), "src/agent.rs does not name the file {f}");
+    }
+}
