@@ -3,8 +3,9 @@
 
 use clap::{Parser, ValueEnum};
 
+pub use crate::agent::SwitchEnv;
 use crate::events::Phase;
-pub use crate::pipeline::Mode;
+pub use crate::pipeline::{Goal, Mode};
 use crate::rules;
 use crate::select::{Selection, Target};
 
@@ -133,6 +134,28 @@ pub struct Args {
 
     #[arg(long = "timeout", value_name = "PHASE=SECONDS", help = timeout_help())]
     pub timeouts: Vec<String>,
+
+    /// How far to take each host: switch (activate, confirm over a fresh
+    /// login, then write the boot entry), test (activate and confirm; the
+    /// boot entry stays), boot (write the boot entry only: the system runs
+    /// after the next reboot) [default: switch].
+    #[arg(long, value_name = "GOAL", value_enum)]
+    pub goal: Option<Goal>,
+
+    /// The original deploy-flake's flag: `--test=skip` writes the boot
+    /// entry only (the same as --goal boot).
+    #[arg(long = "test", value_name = "WHEN", value_enum)]
+    pub test_step: Option<PreflightCheck>,
+
+    /// Skip the systems' pre-switch checks and switch inhibitors
+    /// (NIXOS_NO_CHECK=1 for the check, the activation and the boot entry).
+    #[arg(long)]
+    pub no_check: bool,
+
+    /// Also (re)install the bootloader itself when writing the boot entry
+    /// (NIXOS_INSTALL_BOOTLOADER=1).
+    #[arg(long)]
+    pub install_bootloader: bool,
 }
 
 /// The help of `--timeout`: the phases and bounds of lib/rules.json.
@@ -184,6 +207,9 @@ pub struct Options {
     pub timeouts: Vec<(Phase, u64)>,
     /// Deploy, or roll back.
     pub mode: Mode,
+    pub goal: Goal,
+    /// What switch-to-configuration is told.
+    pub switch_env: SwitchEnv,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -207,6 +233,9 @@ pub enum CliError {
 
     #[error("--skip-preflight contradicts --preflight-check=run: pass one of them")]
     PreflightConflict,
+
+    #[error("--test=skip writes the boot entry only: it contradicts --goal {0}")]
+    GoalConflict(&'static str),
 
     #[error("--pre-activate-script `{path}` {problem}")]
     SelfCheck { path: String, problem: String },
@@ -247,6 +276,16 @@ impl Args {
         }
         let timeouts =
             self.timeouts.iter().map(|a| parse_timeout(a)).collect::<Result<Vec<_>, _>>()?;
+        let goal = match (self.goal, self.test_step) {
+            (Some(Goal::Switch), Some(PreflightCheck::Skip)) => {
+                return Err(CliError::GoalConflict("switch"))
+            }
+            (Some(Goal::Test), Some(PreflightCheck::Skip)) => {
+                return Err(CliError::GoalConflict("test"))
+            }
+            (_, Some(PreflightCheck::Skip)) => Goal::Boot,
+            (goal, _) => goal.unwrap_or(Goal::Switch),
+        };
         if !self.all && self.hosts.is_empty() {
             return Err(CliError::NothingSelected);
         }
@@ -261,6 +300,11 @@ impl Args {
             self_check: self.pre_activate_script,
             timeouts,
             mode,
+            goal,
+            switch_env: SwitchEnv {
+                no_check: self.no_check,
+                install_bootloader: self.install_bootloader,
+            },
         })
     }
 }

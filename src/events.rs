@@ -80,6 +80,9 @@ pub enum Outcome {
     Failed,
     /// Activated, then returned to the previous system; boot entry untouched.
     RolledBack,
+    /// Activated, not confirmed and not rolled back (magicRollback off): the
+    /// host runs the new system and boots the previous one.
+    Unconfirmed,
     /// May be in an unknown state: the report says what to inspect.
     Unknown,
     /// Not started because the run was interrupted.
@@ -93,6 +96,7 @@ impl Outcome {
             Outcome::UpToDate => "up to date",
             Outcome::Failed => "failed",
             Outcome::RolledBack => "rolled back",
+            Outcome::Unconfirmed => "activated, not confirmed",
             Outcome::Unknown => "UNKNOWN STATE",
             Outcome::Cancelled => "cancelled",
         }
@@ -113,17 +117,21 @@ impl Outcome {
 /// | `auth` | the host refused our key, or sudo wants a password |
 /// | `ssh-config` | the host's sshOpts cannot be used |
 /// | `locked` | another deploy-flake run holds the host lock |
-/// | `busy` | an activation of another run is still going on the host |
+/// | `busy` | another switch is going on the host (another run, nixos-rebuild, an automatic upgrade) |
 /// | `preflight` | the host was not healthy before the deploy |
 /// | `copy` | copying the flake or the closure failed |
 /// | `build` | building the system failed |
 /// | `not-a-system` | the result is not a NixOS system, or the host lacks what one needs (systemd, flock) |
 /// | `self-check` | the system's self-check refused it |
-/// | `activation-failed` | `switch-to-configuration test` failed |
+/// | `pre-switch-check` | the system's pre-switch checks or switch inhibitors refused a live switch |
+/// | `reboot-required` | the new system's init is incompatible: it takes a reboot (`--goal boot`) |
+/// | `activation-failed` | `switch-to-configuration test` failed, or a unit failed |
+/// | `activation-script` | the activation script failed (`switch-to-configuration` exited with 2) |
 /// | `health-check` | the system ran, but a health check failed |
 /// | `not-confirmed` | no confirmation over a fresh login in time |
 /// | `timeout` | a phase did not finish within its timeout |
-/// | `lost` | the connection was lost mid-activation and not regained |
+/// | `lost` | the connection was lost mid-activation and not regained, or the agent was killed |
+/// | `rebooted` | the host rebooted during the run |
 /// | `boot-entry` | writing the boot entry failed |
 /// | `rollback-failed` | returning to the previous system failed |
 /// | `cancelled` | the run was interrupted before the host activated |
@@ -142,11 +150,15 @@ pub enum Reason {
     Build,
     NotASystem,
     SelfCheck,
+    PreSwitchCheck,
+    RebootRequired,
     ActivationFailed,
+    ActivationScript,
     HealthCheck,
     NotConfirmed,
     Timeout,
     Lost,
+    Rebooted,
     BootEntry,
     RollbackFailed,
     Cancelled,
@@ -179,6 +191,11 @@ pub struct HostReport {
     pub duration: Duration,
     /// The system the host runs at the end, when known.
     pub system: Option<String>,
+    /// The system the host boots at the end (its system profile), when known.
+    pub boot: Option<String>,
+    /// What only a reboot brings in for the system it boots: `kernel`,
+    /// `initrd`, `kernel-modules`, `init` (empty: nothing; null: unknown).
+    pub needs_reboot: Option<Vec<String>>,
     /// Why it failed, rolled back or is unknown, for machines.
     pub reason: Option<Reason>,
     /// Why it failed, rolled back or is unknown; what to inspect.

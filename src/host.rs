@@ -4,8 +4,8 @@
 
 use std::future::Future;
 
-use crate::agent::LockError;
-use crate::agent::{self, AgentAction, AgentState, AgentStatus, Facts, Health, HostLock, RunDir};
+use crate::agent::{self, AgentAction, AgentState, AgentStatus, CheckVerdict, Facts, Health};
+use crate::agent::{HostLock, LockError, RunDir, SwitchEnv};
 use crate::events::Reason;
 use crate::inventory::HealthCheck;
 use crate::nix::{self, NixError, StorePath};
@@ -116,6 +116,15 @@ pub trait Host: Send {
         self_check: Option<&str>,
         secs: u64,
     ) -> impl Future<Output = HostResult<Facts>> + Send;
+    /// `switch-to-configuration check` of the new system: its pre-switch
+    /// checks and switch inhibitors.
+    fn pre_switch_check(
+        &mut self,
+        toplevel: &StorePath,
+        env: SwitchEnv,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> impl Future<Output = HostResult<CheckVerdict>> + Send;
     /// Run a self-check script of the new system.
     fn self_check(
         &mut self,
@@ -129,6 +138,8 @@ pub trait Host: Send {
         action: &AgentAction,
         secs: u64,
     ) -> impl Future<Output = HostResult<()>> + Send;
+    /// After an error starting an action: did it start anyway?
+    fn probe(&mut self, secs: u64) -> impl Future<Output = HostResult<bool>> + Send;
     /// Follow the agent until it needs us or ends (waiting through `patient`).
     fn watch(
         &mut self,
@@ -145,12 +156,16 @@ pub trait Host: Send {
         secs: u64,
     ) -> impl Future<Output = HostResult<()>> + Send;
     /// One of the user's health checks, until it passes or times out.
-    fn check(&mut self, check: &HealthCheck) -> impl Future<Output = Result<(), String>> + Send;
+    fn health_check(
+        &mut self,
+        check: &HealthCheck,
+    ) -> impl Future<Output = Result<(), String>> + Send;
     /// Confirm the activation over a brand-new login.
     fn confirm(&mut self, secs: u64) -> impl Future<Output = HostResult<()>> + Send;
     /// Is the connection alive?
     fn alive(&mut self) -> impl Future<Output = bool> + Send;
-    /// Open a new connection after a lost one.
+    /// Open a new connection after a lost one (and take the host lock again
+    /// if it was held).
     fn reconnect(&mut self) -> impl Future<Output = HostResult<()>> + Send;
     /// Drop the run's GC root on the host.
     fn drop_root(&mut self, secs: u64) -> impl Future<Output = HostResult<()>> + Send;
@@ -167,6 +182,8 @@ pub struct SshHost {
     run: RunDir,
     ssh: Option<Ssh>,
     lock: Option<HostLock>,
+    /// Who we are to a concurrent deployer (set when the lock is taken).
+    owner: String,
     /// Holds the GC root of a system built here until the run ends.
     local_root: Option<tempfile::TempDir>,
 }
@@ -179,6 +196,7 @@ impl SshHost {
             run: RunDir::new(run_id),
             ssh: None,
             lock: None,
+            owner: String::new(),
             local_root: None,
         }
     }
@@ -202,6 +220,7 @@ impl Host for SshHost {
         let lock = agent::lock(ssh, &self.run, owner, secs).await?;
         let busy = lock.busy.clone();
         self.lock = Some(lock);
+        self.owner = owner.to_string();
         Ok(busy)
     }
 
@@ -277,12 +296,26 @@ impl Host for SshHost {
         Ok(agent::facts(self.ssh()?, &self.run, toplevel, self_check, secs).await?)
     }
 
+    async fn pre_switch_check(
+        &mut self,
+        toplevel: &StorePath,
+        env: SwitchEnv,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> HostResult<CheckVerdict> {
+        Ok(agent::check(self.ssh()?, &self.run, toplevel, env, secs, out).await?)
+    }
+
     async fn self_check(&mut self, script: &str, secs: u64, out: Lines<'_>) -> HostResult<()> {
         Ok(nix::self_check(self.ssh()?, script, secs, out).await?)
     }
 
     async fn start(&mut self, action: &AgentAction, secs: u64) -> HostResult<()> {
         Ok(agent::start(self.ssh()?, &self.run, action, secs).await?)
+    }
+
+    async fn probe(&mut self, secs: u64) -> HostResult<bool> {
+        Ok(agent::probe(self.ssh()?, &self.run, secs).await?)
     }
 
     async fn watch(
@@ -299,7 +332,7 @@ impl Host for SshHost {
         Ok(agent::abort(self.ssh()?, &self.run, cause, why, secs).await?)
     }
 
-    async fn check(&mut self, check: &HealthCheck) -> Result<(), String> {
+    async fn health_check(&mut self, check: &HealthCheck) -> Result<(), String> {
         let ssh = self.ssh().map_err(|e| e.to_string())?;
         crate::health::run_check(ssh, check).await
     }
@@ -317,9 +350,13 @@ impl Host for SshHost {
 
     async fn reconnect(&mut self) -> HostResult<()> {
         match &mut self.ssh {
-            Some(s) => Ok(s.reconnect().await?),
-            None => self.connect().await,
+            Some(s) => s.reconnect().await?,
+            None => return self.connect().await,
         }
+        if self.lock.take().is_some() {
+            self.relock().await?;
+        }
+        Ok(())
     }
 
     async fn drop_root(&mut self, secs: u64) -> HostResult<()> {
@@ -335,5 +372,31 @@ impl Host for SshHost {
 
     fn inspect_hint(&self) -> String {
         self.run.inspect_hint()
+    }
+}
+
+impl SshHost {
+    /// Take the host lock again after a reconnect. The holder of the lost
+    /// connection may still hold it until it misses our heartbeats: wait
+    /// for it, but not for another run.
+    async fn relock(&mut self) -> HostResult<()> {
+        let deadline = tokio::time::Instant::now()
+            + std::time::Duration::from_secs(agent::HEARTBEAT_LOST_SECS + 10);
+        loop {
+            let ssh = self.ssh()?;
+            match agent::lock(ssh, &self.run, &self.owner, 10).await {
+                Ok(lock) => {
+                    self.lock = Some(lock);
+                    return Ok(());
+                }
+                Err(LockError::Held { holder })
+                    if holder.contains(&format!("run {} ", self.run.id()))
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 }

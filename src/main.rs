@@ -5,13 +5,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use deploy_flake::cli::{Cli, Options, OutputFormat};
 use deploy_flake::exit::Exit;
 use deploy_flake::inventory::DEFAULT_EVAL_TIMEOUT;
-use deploy_flake::pipeline::Context as RunContext;
+use deploy_flake::pipeline::{Context as RunContext, Interrupt};
 use deploy_flake::plan;
 use deploy_flake::select::{self, Target};
 use deploy_flake::{report, runner};
@@ -70,33 +70,26 @@ fn init_tracing(verbose: u8) {
 /// status.
 async fn deploy(targets: Vec<Target>, options: &Options) -> anyhow::Result<Exit> {
     let run_id = runner::new_run_id();
-    let interrupted = Arc::new(AtomicBool::new(false));
+    let (raise, interrupt) = Interrupt::new();
+    let changing = Arc::new(AtomicUsize::new(0));
+    let (sink, output) = report::stdout(options.output == OutputFormat::Json);
     let ctx = RunContext {
         mode: options.mode,
-        interrupted: interrupted.clone(),
+        goal: options.goal,
+        switch_env: options.switch_env,
+        interrupt,
+        changing: changing.clone(),
         lock_owner: runner::lock_owner(&run_id),
         run_id,
         flake: options.flake.clone(),
         force: options.force,
         skip_preflight: !options.preflight,
-        sink: report::stdout_sink(options.output == OutputFormat::Json),
+        sink,
     };
-    let flag = interrupted.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            flag.store(true, Ordering::SeqCst);
-            eprintln!(
-                "deploy-flake: interrupted: no new host starts; hosts already activating are confirmed or \
-                 rolled back (Ctrl-C again to quit now)"
-            );
-        }
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("deploy-flake: quitting; hosts mid-activation converge on their own (confirmed: the new \
-                 system; otherwise: the previous one)");
-            std::process::exit(Exit::UnknownState.code().into());
-        }
-    });
+    runner::on_interrupts(raise, changing);
     let parallel = options.max_parallel.unwrap_or(targets.len()).max(1);
     let reports = runner::run(targets, ctx, parallel).await;
+    // Everything the run said is written before the process ends.
+    output.finish();
     Ok(runner::exit_for(&reports))
 }

@@ -26,6 +26,18 @@ pub fn render(targets: &[Target], options: &Options) -> String {
         if options.preflight { "run" } else { "skip" },
         if options.force { "yes" } else { "no" },
     );
+    let goal = match options.goal {
+        crate::pipeline::Goal::Switch => "switch (activate, confirm, then write the boot entry)",
+        crate::pipeline::Goal::Test => "test (activate and confirm; the boot entry stays)",
+        crate::pipeline::Goal::Boot => "boot (write the boot entry only; it runs after a reboot)",
+    };
+    let env = &options.switch_env;
+    let _ = writeln!(
+        out,
+        "goal: {goal}; pre-switch checks: {}{}",
+        if env.no_check { "skipped (--no-check)" } else { "run" },
+        if env.install_bootloader { "; the bootloader is installed too" } else { "" },
+    );
     if let crate::pipeline::Mode::Rollback { to_generation } = options.mode {
         let _ = writeln!(
             out,

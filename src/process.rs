@@ -438,9 +438,15 @@ pub struct GroupGuard {
     done: bool,
 }
 
+/// The process groups of local commands still running, so that quitting
+/// (a second Ctrl-C) can stop them: `std::process::exit` runs no drops.
+static LIVE_GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
 impl GroupGuard {
     fn new(pid: u32) -> GroupGuard {
-        GroupGuard { pgid: pid as i32, done: false }
+        let pgid = pid as i32;
+        LIVE_GROUPS.lock().unwrap_or_else(|e| e.into_inner()).push(pgid);
+        GroupGuard { pgid, done: false }
     }
 
     /// The leader ended by itself: nothing to stop.
@@ -451,14 +457,27 @@ impl GroupGuard {
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
-        if !self.done && self.pgid > 1 {
-            // SAFETY: kill(2) with a negative pid signals a process group
-            // we created (process_group(0) made the child its leader).
-            unsafe {
-                libc::kill(-self.pgid, libc::SIGTERM);
-            }
+        LIVE_GROUPS.lock().unwrap_or_else(|e| e.into_inner()).retain(|g| *g != self.pgid);
+        if !self.done {
+            signal_group(self.pgid);
         }
     }
+}
+
+fn signal_group(pgid: i32) {
+    if pgid > 1 {
+        // SAFETY: kill(2) with a negative pid signals a process group we
+        // created (process_group(0) made the child its leader).
+        unsafe {
+            libc::kill(-pgid, libc::SIGTERM);
+        }
+    }
+}
+
+/// Stop every local command still running (before quitting at once).
+pub fn stop_all() {
+    let groups = LIVE_GROUPS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    groups.into_iter().for_each(signal_group);
 }
 
 #[cfg(test)]

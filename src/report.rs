@@ -2,7 +2,7 @@
 //! or into a versioned JSON Lines stream. Pure consumers of `events`.
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::events::{Event, HostReport, Sink, JSON_VERSION};
@@ -112,18 +112,41 @@ pub fn json_line(e: &Event) -> String {
     format!("{v}\n")
 }
 
-/// A sink that writes human lines (or JSON Lines) to stdout.
-pub fn stdout_sink(json: bool) -> Sink {
-    let human = Arc::new(Mutex::new(Human::new()));
-    Arc::new(move |e: Event| {
-        let text =
-            if json { json_line(&e) } else { human.lock().expect("renderer lock").render(&e) };
-        if !text.is_empty() {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(text.as_bytes());
-            let _ = out.flush();
+/// Where a run's output goes: a writer thread that renders events and
+/// writes them to stdout. The engine only queues them, so a slow reader
+/// (`deploy-flake | less`, a full pipe) never stalls a host — a stalled
+/// confirmation would roll it back.
+pub struct Output {
+    writer: std::thread::JoinHandle<()>,
+}
+
+/// A sink that renders human lines (or JSON Lines) to stdout, and the
+/// handle that waits for the last of them to be written.
+pub fn stdout(json: bool) -> (Sink, Output) {
+    let (tx, rx) = std::sync::mpsc::channel::<Event>();
+    let writer = std::thread::spawn(move || {
+        let mut human = Human::new();
+        let mut out = std::io::stdout();
+        for e in rx {
+            let text = if json { json_line(&e) } else { human.render(&e) };
+            if !text.is_empty() && (out.write_all(text.as_bytes()).is_err() || out.flush().is_err())
+            {
+                // Nobody reads any more (a closed pipe): drop what is left.
+                continue;
+            }
         }
-    })
+    });
+    let sink: Sink = Arc::new(move |e: Event| {
+        let _ = tx.send(e);
+    });
+    (sink, Output { writer })
+}
+
+impl Output {
+    /// Wait until everything the run said is written (every sink dropped).
+    pub fn finish(self) {
+        let _ = self.writer.join();
+    }
 }
 
 #[cfg(test)]
@@ -138,6 +161,8 @@ mod tests {
             phase: Some(phase),
             duration: Duration::from_millis(1500),
             system: if outcome.is_success() { Some("/nix/store/x-sys".into()) } else { None },
+            boot: None,
+            needs_reboot: None,
             reason: None,
             message: msg.map(String::from),
         }

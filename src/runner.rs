@@ -3,7 +3,7 @@
 //! Ctrl-C stops new hosts from starting; hosts already past `connect`
 //! finish (the on-target agent confirms or rolls back by itself).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use crate::events::{Event, HostReport, Outcome, Reason};
 use crate::exit::Exit;
 use crate::host::SshHost;
-use crate::pipeline::{self, Context};
+use crate::pipeline::{self, Context, InterruptHandle};
 use crate::select::Target;
 use crate::ssh::Destination;
 
@@ -58,16 +58,14 @@ pub async fn run(targets: Vec<Target>, ctx: Context, max_parallel: usize) -> Vec
         let permits = permits.clone();
         set.spawn(async move {
             let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
-            if ctx.interrupted.load(Ordering::SeqCst) {
-                let report = HostReport {
-                    host: target.name.clone(),
-                    outcome: Outcome::Cancelled,
-                    phase: None,
-                    duration: Duration::ZERO,
-                    system: None,
-                    reason: Some(Reason::Cancelled),
-                    message: Some("not started: the run was interrupted".into()),
-                };
+            if ctx.interrupt.is_set() {
+                let report = not_run(
+                    &target.name,
+                    Outcome::Cancelled,
+                    Reason::Cancelled,
+                    Duration::ZERO,
+                    "not started: the run was interrupted",
+                );
                 (ctx.sink)(Event::HostFinished { report: report.clone() });
                 return (i, report);
             }
@@ -90,14 +88,9 @@ pub async fn run(targets: Vec<Target>, ctx: Context, max_parallel: usize) -> Vec
         .into_iter()
         .zip(&targets)
         .map(|(r, t)| {
-            r.unwrap_or_else(|| HostReport {
-                host: t.name.clone(),
-                outcome: Outcome::Unknown,
-                phase: None,
-                duration: started.elapsed(),
-                system: None,
-                reason: Some(Reason::Internal),
-                message: Some("internal error: the host's task panicked; inspect the host".into()),
+            r.unwrap_or_else(|| {
+                let msg = "internal error: the host's task panicked; inspect the host";
+                not_run(&t.name, Outcome::Unknown, Reason::Internal, started.elapsed(), msg)
             })
         })
         .collect();
@@ -110,13 +103,65 @@ pub async fn run(targets: Vec<Target>, ctx: Context, max_parallel: usize) -> Vec
     reports
 }
 
+/// The report of a host the pipeline did not (or could not) run.
+fn not_run(
+    host: &str,
+    outcome: Outcome,
+    reason: Reason,
+    duration: Duration,
+    msg: &str,
+) -> HostReport {
+    HostReport {
+        host: host.to_string(),
+        outcome,
+        phase: None,
+        duration,
+        system: None,
+        boot: None,
+        needs_reboot: None,
+        reason: Some(reason),
+        message: Some(msg.to_string()),
+    }
+}
+
+/// Ctrl-C: the first stops every host that has not started to change (at
+/// once, whatever it is doing); the second quits, leaving hosts whose agent
+/// is at work to their agents. The exit code then says whether any was.
+pub fn on_interrupts(raise: InterruptHandle, changing: Arc<AtomicUsize>) {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            raise.raise();
+            eprintln!(
+                "deploy-flake: interrupted: hosts not yet changing stop now, unchanged; hosts already \
+                 activating are confirmed or rolled back (Ctrl-C again to quit now)"
+            );
+        }
+        if tokio::signal::ctrl_c().await.is_ok() {
+            crate::process::stop_all();
+            let exit = if changing.load(Ordering::SeqCst) > 0 {
+                eprintln!(
+                    "deploy-flake: quitting; hosts mid-activation converge on their own (confirmed: \
+                     the new system; otherwise: the previous one)"
+                );
+                Exit::UnknownState
+            } else {
+                eprintln!("deploy-flake: quitting; no host had started to change");
+                Exit::HostsFailed
+            };
+            std::process::exit(exit.code().into());
+        }
+    });
+}
+
 /// The exit status of a run: the worst host decides.
 pub fn exit_for(reports: &[HostReport]) -> Exit {
     let mut exit = Exit::Success;
     for r in reports {
         let e = match r.outcome {
             Outcome::Deployed | Outcome::UpToDate => Exit::Success,
-            Outcome::Failed | Outcome::RolledBack | Outcome::Cancelled => Exit::HostsFailed,
+            Outcome::Failed | Outcome::RolledBack | Outcome::Unconfirmed | Outcome::Cancelled => {
+                Exit::HostsFailed
+            }
             Outcome::Unknown => Exit::UnknownState,
         };
         if e == Exit::UnknownState || (e == Exit::HostsFailed && exit == Exit::Success) {
@@ -131,15 +176,7 @@ mod tests {
     use super::*;
 
     fn r(o: Outcome) -> HostReport {
-        HostReport {
-            host: "h".into(),
-            outcome: o,
-            phase: None,
-            duration: Duration::ZERO,
-            system: None,
-            reason: None,
-            message: None,
-        }
+        not_run("h", o, Reason::Internal, Duration::ZERO, "")
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{agent_end, confirm_window, End, HostRun, Wanted};
+use super::{agent_end, confirm_window, End, Goal, HostRun, Wanted};
 use crate::agent::{AgentAction, AgentState, AgentStatus};
 use crate::events::{Outcome, Phase, Reason};
 use crate::host::{Host, HostError};
@@ -24,17 +24,21 @@ impl HostRun<'_> {
             Err(end) => return end,
         };
         if status.state != AgentState::AwaitingConfirmation {
-            return agent_end(&status, &host.inspect_hint());
+            return self.agent_ended(host, &status, wanted).await;
         }
         let status = match self.confirm(host, &mut seen).await {
             Ok(s) => s,
             Err(end) => return end,
         };
         if status.state != AgentState::Confirmed {
-            return agent_end(&status, &host.inspect_hint());
+            return self.agent_ended(host, &status, wanted).await;
+        }
+        if !self.ctx.goal.boots() {
+            self.note("confirmed; the boot entry stays as it is (--goal test)");
+            return End::reached(Outcome::Deployed, Some(&wanted.toplevel), None);
         }
         // Only a confirmed system becomes the boot entry.
-        self.boot(host, wanted, seen).await
+        self.boot(host, wanted, seen, true).await
     }
 
     /// Start the agent's activation and follow it until it awaits the
@@ -53,26 +57,60 @@ impl HostRun<'_> {
             activate_secs: t.activate,
             confirm_secs: confirm_window(spec),
             magic_rollback: spec.magic_rollback,
+            env: self.ctx.switch_env,
         };
-        if let Err(e) = host.start(&action, 30).await {
+        if let Err(e) = self.start_agent(host, &action).await? {
             return Err(End::unchanged(
                 e.reason(Reason::ActivationFailed),
-                format!("activate: {e}"),
+                format!("could not start the agent: {e}"),
             ));
         }
-        self.agent_started = true;
         let limit = Duration::from_secs(t.activate.saturating_add(15));
         match self.settle(host, seen, None, limit).await {
             Ok(s) => Ok(s),
-            Err(why) => {
+            Err(Unsettled::Lost(why)) => Err(lost(&why, &host.inspect_hint())),
+            Err(Unsettled::Timeout(why)) => {
                 // The activation outlived its timeout from our side: ask
                 // the agent to stop it and roll back, then wait for that.
                 let _ = host.abort(Reason::Timeout, &why, 30).await;
                 let limit = limit + Duration::from_secs(t.confirm.saturating_add(45));
-                self.settle(host, seen, None, limit)
-                    .await
-                    .map_err(|e| lost(&e, &host.inspect_hint()))
+                let settled = self.settle(host, seen, None, limit).await;
+                settled.map_err(|e| lost(&e.to_string(), &host.inspect_hint()))
             }
+        }
+    }
+
+    /// Start an agent action. An error may come after the target accepted
+    /// it (a timeout, a dropped connection): then ask whether it started,
+    /// and follow it if it did. `Ok(Err(e))`: it did not start.
+    async fn start_agent<H: Host>(
+        &mut self,
+        host: &mut H,
+        action: &AgentAction,
+    ) -> Result<Result<(), HostError>, End> {
+        let secs = self.spec().timeouts.activate.clamp(5, 30);
+        let Err(e) = host.start(action, secs).await else {
+            self.agent_starts();
+            return Ok(Ok(()));
+        };
+        // From here on the action may be running: keep its GC root.
+        self.agent_starts();
+        match host.probe(10).await {
+            Ok(true) => {
+                self.note(format!(
+                    "the agent started although starting it said: {e}; following it"
+                ));
+                Ok(Ok(()))
+            }
+            Ok(false) => {
+                self.agent_started = false;
+                self.ctx.changing.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(Err(e))
+            }
+            Err(probe) => Err(lost(
+                &format!("starting the agent said: {e}; asking whether it started: {probe}"),
+                &host.inspect_hint(),
+            )),
         }
     }
 
@@ -93,20 +131,20 @@ impl HostRun<'_> {
         let secs = confirm_window(self.spec()).saturating_add(t.activate).saturating_add(60);
         let patient = AgentState::AwaitingConfirmation;
         let settled = self.settle(host, seen, Some(&patient), Duration::from_secs(secs)).await;
-        settled.map_err(|e| lost(&e, &host.inspect_hint()))
+        settled.map_err(|e| lost(&e.to_string(), &host.inspect_hint()))
     }
 
-    /// Health (system running, no failed unit, the user's checks), then the
-    /// confirmation over a brand-new login.
+    /// Health (system running, no unit failed that had not failed before,
+    /// the user's checks), then the confirmation over a brand-new login.
     async fn check_and_confirm<H: Host>(&self, host: &mut H) -> Result<(), (Reason, String)> {
         let t = self.spec().timeouts;
         let health = host.health(t.confirm.max(5)).await;
         let health = health.map_err(|e| (Reason::HealthCheck, format!("health check: {e}")))?;
-        if !health.is_running() {
+        if !health.healthy_after_activation() {
             return Err((Reason::HealthCheck, format!("health check: {}", health.describe())));
         }
         for check in &self.spec().health_checks {
-            host.check(check).await.map_err(|e| (Reason::HealthCheck, e))?;
+            host.health_check(check).await.map_err(|e| (Reason::HealthCheck, e))?;
             self.note(format!("health check passed: {}", check.description));
         }
         let confirmed = host.confirm(t.connect.saturating_add(t.confirm)).await;
@@ -115,30 +153,69 @@ impl HostRun<'_> {
         })
     }
 
-    /// Write the boot entry of a confirmed system. `seen`: the lines of the
-    /// run's log already shown (the boot log continues the activation's).
+    /// Write the boot entry (of a confirmed system, or with `--goal boot`).
+    /// `seen`: the lines of the run's log already shown (the boot log
+    /// continues the activation's); `activated`: this run activated it.
     pub(super) async fn boot<H: Host>(
         &mut self,
         host: &mut H,
         wanted: &Wanted,
         mut seen: usize,
+        activated: bool,
     ) -> End {
         self.start(Phase::Boot);
         let toplevel = wanted.toplevel.clone();
-        let action =
-            AgentAction::Boot { toplevel: toplevel.clone(), generation: wanted.generation };
-        if let Err(e) = host.start(&action, 30).await {
-            return boot_failed(&toplevel, &e.to_string());
+        let action = AgentAction::Boot { toplevel: toplevel.clone(), env: self.ctx.switch_env };
+        match self.start_agent(host, &action).await {
+            Err(end) => return end,
+            Ok(Err(e)) if activated => {
+                let msg = format!(
+                    "the new system {toplevel} runs, confirmed, but its boot entry was not written: \
+                     could not start the agent: {e}; re-run deploy-flake to finish the boot step"
+                );
+                return End {
+                    system: Some(toplevel.to_string()),
+                    ..End::unknown(Reason::BootEntry, msg)
+                };
+            }
+            Ok(Err(e)) => {
+                let msg = format!("could not start the agent: {e}; nothing changed");
+                return End::unchanged(e.reason(Reason::BootEntry), msg);
+            }
+            Ok(Ok(())) => {}
         }
-        self.agent_started = true;
-        // Until the boot agent writes its first state, the activation's
+        // Until the boot agent writes its first state, an activation's
         // confirmed state is still there: keep waiting through it.
         let limit = Duration::from_secs(self.spec().timeouts.boot);
         match self.settle(host, &mut seen, Some(&AgentState::Confirmed), limit).await {
-            Ok(s) if s.state == AgentState::Booted => End::ok(Outcome::Deployed, &toplevel),
-            Ok(s) => boot_failed(&toplevel, &format!("{} {}", s.state.as_str(), s.reason)),
-            Err(e) => boot_failed(&toplevel, &e),
+            Ok(s) if s.state == AgentState::Booted => {
+                // --goal boot leaves the running system as it is.
+                let runs = (self.ctx.goal != Goal::Boot).then_some(&toplevel);
+                End::reached(Outcome::Deployed, runs, Some(&toplevel))
+            }
+            Ok(s) => self.agent_ended(host, &s, wanted).await,
+            Err(e) => lost(&e.to_string(), &host.inspect_hint()),
         }
+    }
+
+    /// The agent ended without success: say what the host runs and boots.
+    async fn agent_ended<H: Host>(
+        &mut self,
+        host: &mut H,
+        s: &AgentStatus,
+        wanted: &Wanted,
+    ) -> End {
+        let mut end = agent_end(s, &wanted.toplevel, &host.inspect_hint());
+        if s.state == AgentState::Vanished {
+            // The host rebooted (or the agent was killed): read what it runs now.
+            let facts = host.facts(&wanted.toplevel, None, 30).await;
+            if let Ok(f) = facts {
+                end.system = f.current.clone();
+                end.boot = f.profile.clone();
+                self.facts = Some(f);
+            }
+        }
+        end
     }
 
     /// Follow the agent until it needs us or is done, re-attaching after a
@@ -149,62 +226,77 @@ impl HostRun<'_> {
         seen: &mut usize,
         patient: Option<&AgentState>,
         limit: Duration,
-    ) -> Result<AgentStatus, String> {
+    ) -> Result<AgentStatus, Unsettled> {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(format!("the agent did not settle within {} s", limit.as_secs()));
+                let why = format!("the agent did not settle within {} s", limit.as_secs());
+                return Err(Unsettled::Timeout(why));
             }
             let secs = left.as_secs().max(1);
             match host.watch(seen, patient, secs, &mut self.lines()).await {
                 Ok(status) => return Ok(status),
                 Err(e) if e.reason(Reason::Internal) == Reason::Timeout => {
-                    return Err(format!(
-                        "the activation did not finish within {} s",
-                        limit.as_secs()
-                    ))
+                    let why = format!("the activation did not finish within {} s", limit.as_secs());
+                    return Err(Unsettled::Timeout(why));
                 }
                 Err(e) => {
-                    if !self.reattach(host, deadline, &e).await {
-                        return Err(format!("connection lost and not regained: {e}"));
+                    if let Err(why) = self.reattach(host, deadline, &e).await {
+                        let why = format!("connection lost and not regained: {e} ({why})");
+                        return Err(Unsettled::Lost(why));
                     }
                 }
             }
         }
     }
 
-    /// Reconnect until `deadline`. True when the connection is back.
-    async fn reattach<H: Host>(&self, host: &mut H, deadline: Instant, why: &HostError) -> bool {
+    /// Reconnect (and take the host lock again) until `deadline`.
+    async fn reattach<H: Host>(
+        &self,
+        host: &mut H,
+        deadline: Instant,
+        why: &HostError,
+    ) -> Result<(), String> {
         if host.alive().await {
             // The connection is fine; the command itself failed. Retry once after a pause.
             tokio::time::sleep(Duration::from_millis(500)).await;
-            return Instant::now() < deadline;
+            return if Instant::now() < deadline { Ok(()) } else { Err("out of time".into()) };
         }
         self.note(format!("connection lost ({why}); reconnecting"));
+        let mut last = String::from("out of time");
         while Instant::now() < deadline {
             match host.reconnect().await {
                 Ok(()) => {
                     self.note("reconnected; re-attaching to the activation");
-                    return true;
+                    return Ok(());
                 }
-                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                // Another run took the host lock meanwhile: stop following.
+                Err(e @ HostError::Lock(_)) => return Err(e.to_string()),
+                Err(e) => {
+                    last = e.to_string();
+                    tokio::time::sleep(Duration::from_secs(1)).await
+                }
             }
         }
-        false
+        Err(last)
     }
 }
 
-fn boot_failed(toplevel: &crate::nix::StorePath, why: &str) -> End {
-    End {
-        system: Some(toplevel.to_string()),
-        ..End::unknown(
-            Reason::BootEntry,
-            format!(
-                "the new system runs, but writing its boot entry failed ({why}); inspect with \
-                 `readlink -f /nix/var/nix/profiles/system` and re-run deploy-flake to finish the boot step"
-            ),
-        )
+/// Why following the agent ended without a state.
+#[derive(Debug)]
+enum Unsettled {
+    /// It did not settle in time (the connection was fine).
+    Timeout(String),
+    /// The connection was lost and not regained (or the lock was).
+    Lost(String),
+}
+
+impl std::fmt::Display for Unsettled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unsettled::Timeout(s) | Unsettled::Lost(s) => f.write_str(s),
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! How a host run ends, and the pure decisions that lead there: what to do
-//! with a host that already runs the system, and what an agent's final
+//! with a host given what it runs and boots, and what an agent's final
 //! state means for the host.
 
+use super::Goal;
 use crate::agent::{AgentState, AgentStatus, Facts};
 use crate::events::{Outcome, Reason};
 use crate::nix::StorePath;
@@ -11,92 +12,154 @@ use crate::nix::StorePath;
 pub struct End {
     pub outcome: Outcome,
     pub reason: Option<Reason>,
+    /// What the host runs at the end (`None`: as before the run, or unknown).
     pub system: Option<String>,
+    /// What it boots at the end (`None`: as before the run, or unknown).
+    pub boot: Option<String>,
+    pub needs_reboot: Option<Vec<String>>,
     pub message: Option<String>,
 }
 
 impl End {
-    pub fn ok(outcome: Outcome, system: &StorePath) -> End {
-        End { outcome, reason: None, system: Some(system.to_string()), message: None }
+    fn new(outcome: Outcome, reason: Option<Reason>, message: Option<String>) -> End {
+        End { outcome, reason, system: None, boot: None, needs_reboot: None, message }
+    }
+
+    /// Deployed or up to date: what the host runs and boots, where the run
+    /// knows it (the rest is filled in by [`End::complete`]).
+    pub fn reached(outcome: Outcome, runs: Option<&StorePath>, boots: Option<&StorePath>) -> End {
+        End {
+            system: runs.map(|p| p.to_string()),
+            boot: boots.map(|p| p.to_string()),
+            ..End::new(outcome, None, None)
+        }
     }
 
     /// Stopped before anything on the host changed.
     pub fn unchanged(reason: Reason, msg: impl Into<String>) -> End {
-        End {
-            outcome: Outcome::Failed,
-            reason: Some(reason),
-            system: None,
-            message: Some(msg.into()),
-        }
+        End::new(Outcome::Failed, Some(reason), Some(msg.into()))
     }
 
     /// The host may be in an unknown state; the message says what to inspect.
     pub fn unknown(reason: Reason, msg: impl Into<String>) -> End {
-        End {
-            outcome: Outcome::Unknown,
-            reason: Some(reason),
-            system: None,
-            message: Some(msg.into()),
+        End::new(Outcome::Unknown, Some(reason), Some(msg.into()))
+    }
+
+    /// Fill in what the host runs and boots where the end does not say
+    /// (it is what it was before: `facts`), and what a reboot would bring
+    /// in for what it boots. `toplevel`: the run's system.
+    pub fn complete(&mut self, facts: Option<&Facts>, toplevel: Option<&StorePath>) {
+        let Some(f) = facts else { return };
+        if self.outcome == Outcome::Unknown {
+            return;
         }
+        self.system = self.system.take().or_else(|| f.current.clone());
+        self.boot = self.boot.take().or_else(|| f.profile.clone());
+        self.needs_reboot = match (self.boot.as_deref(), toplevel) {
+            (Some(b), Some(t)) if b == t.as_str() => f.reboot_new.clone(),
+            (b, _) if b == f.profile.as_deref() => f.reboot_profile.clone(),
+            _ => None,
+        };
     }
 }
 
 /// What to do with a host, given what it runs and boots now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
-    /// It runs and boots the system: nothing to do.
+    /// Nothing: it is where the goal wants it.
     UpToDate,
-    /// It runs the system, but its boot entry was never written.
+    /// It runs the system, confirmed here before, but its boot entry was
+    /// never written: write it.
     FinishBoot,
-    /// Activate the system.
+    /// Activate the system (test, confirm, and the boot entry for `switch`).
     Activate,
+    /// `--goal boot`: write the boot entry only.
+    BootOnly,
 }
 
-/// Pure: the step after the facts are known.
-pub fn next_step(facts: &Facts, toplevel: &StorePath, force: bool) -> Next {
-    let running = facts.current.as_deref() == Some(toplevel.as_str());
-    let booting = facts.profile.as_deref() == Some(toplevel.as_str());
-    match (running && !force, booting) {
-        (true, true) => Next::UpToDate,
-        (true, false) => Next::FinishBoot,
-        (false, _) => Next::Activate,
+/// Pure: the step after the facts are known. A boot entry is only ever
+/// written for a system confirmed on this host (or on request, with
+/// `--goal boot`), and a host is only "up to date" once the boot entry of
+/// its system was written.
+pub fn next_step(facts: &Facts, toplevel: &StorePath, goal: Goal, force: bool) -> Next {
+    let running = facts.current.as_deref() == Some(toplevel.as_str()) && !force;
+    let booting = facts.profile.as_deref() == Some(toplevel.as_str()) && facts.boot_written;
+    match goal {
+        Goal::Switch if running && booting => Next::UpToDate,
+        Goal::Switch if running && facts.confirmed => Next::FinishBoot,
+        Goal::Switch | Goal::Test => {
+            if goal == Goal::Test && running && facts.confirmed {
+                Next::UpToDate
+            } else {
+                Next::Activate
+            }
+        }
+        Goal::Boot if booting && !force => Next::UpToDate,
+        Goal::Boot => Next::BootOnly,
     }
 }
 
-/// What an agent that ended without a confirmation means for the host.
-/// `inspect` says where to look on the host. Pure.
-pub fn agent_end(s: &AgentStatus, inspect: &str) -> End {
+/// What an agent that ended without success means for the host.
+/// `toplevel`: the system of the run; `inspect`: where to look. Pure.
+pub fn agent_end(s: &AgentStatus, toplevel: &StorePath, inspect: &str) -> End {
     let cause = s.cause;
+    let reason = &s.reason;
     match &s.state {
         AgentState::RolledBack => End {
-            outcome: Outcome::RolledBack,
-            reason: Some(cause.unwrap_or(Reason::ActivationFailed)),
             // Rolled back: the host runs what it ran before.
             system: s.previous.clone(),
-            message: Some(format!("rolled back: {}", s.reason)),
+            ..End::new(
+                Outcome::RolledBack,
+                Some(cause.unwrap_or(Reason::ActivationFailed)),
+                Some(format!("rolled back: {reason}")),
+            )
         },
-        AgentState::Failed => End::unchanged(
-            cause.unwrap_or(Reason::ActivationFailed),
-            format!(
-                "activation failed and magicRollback is off, so the host runs the new system \
-                 unconfirmed; its boot entry is unchanged: {}",
-                s.reason
-            ),
-        ),
+        AgentState::Refused => {
+            let why = cause.unwrap_or(Reason::ActivationFailed);
+            let way_out = match why {
+                Reason::RebootRequired => {
+                    "; deploy it with --goal boot and reboot the host to run it"
+                }
+                _ => "; retry after the other switch ends",
+            };
+            End::unchanged(why, format!("{reason}{way_out}"))
+        }
+        AgentState::Failed => End {
+            system: Some(toplevel.to_string()),
+            ..End::new(
+                Outcome::Unconfirmed,
+                Some(cause.unwrap_or(Reason::ActivationFailed)),
+                Some(format!(
+                    "activation failed and magicRollback is off: the host runs the new system \
+                     {toplevel}, unconfirmed, and still boots the previous one: {reason}"
+                )),
+            )
+        },
         AgentState::RollbackFailed => End::unknown(
             Reason::RollbackFailed,
-            format!("ROLLBACK FAILED: {}; inspect {inspect}", s.reason),
+            format!("ROLLBACK FAILED: {reason}; inspect {inspect}"),
         ),
-        AgentState::BootFailed => End::unknown(
-            Reason::BootEntry,
-            format!("writing the boot entry failed: {}; inspect {inspect}", s.reason),
+        AgentState::BootFailed => End {
+            system: Some(toplevel.to_string()),
+            ..End::unknown(
+                cause.unwrap_or(Reason::BootEntry),
+                format!(
+                    "the new system {toplevel} runs, but its boot entry was not written: {reason}; \
+                     re-run deploy-flake to finish the boot step (inspect {inspect})"
+                ),
+            )
+        },
+        AgentState::Vanished => End::unknown(
+            cause.unwrap_or(Reason::Lost),
+            format!(
+                "{reason}; the run's state on the host is gone — inspect what it runs: {inspect}"
+            ),
         ),
         other => End::unknown(
             Reason::Internal,
             format!(
-                "the agent ended in an unexpected state `{} {}`; inspect {inspect}",
-                other.as_str(),
-                s.reason
+                "the agent ended in an unexpected state `{} {reason}`; inspect {inspect}",
+                other.as_str()
             ),
         ),
     }

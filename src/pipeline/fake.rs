@@ -5,7 +5,12 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use crate::agent::{AgentAction, AgentState, AgentStatus, Facts, Health};
+use super::{deploy, Context, Goal, Interrupt, Mode};
+use crate::events::{Event, HostReport, Outcome, Phase};
+use crate::inventory::HostSpec;
+use crate::select::Target;
+
+use crate::agent::{AgentAction, AgentState, AgentStatus, CheckVerdict, Facts, Health, SwitchEnv};
 use crate::events::Reason;
 use crate::host::{Host, HostError, HostResult};
 use crate::inventory::HealthCheck;
@@ -51,7 +56,8 @@ pub fn failed(cmd: &str, tail: &str) -> HostError {
 }
 
 pub fn health(state: &str, failed: &[&str]) -> HostResult<Health> {
-    Ok(Health { state: state.into(), failed_units: failed.iter().map(|u| u.to_string()).collect() })
+    let failed_units = failed.iter().map(|u| u.to_string()).collect();
+    Ok(Health { state: state.into(), failed_units, failed_before: Vec::new() })
 }
 
 pub struct Fake {
@@ -66,6 +72,11 @@ pub struct Fake {
     pub generation: HostResult<(u32, StorePath)>,
     pub facts: HostResult<Facts>,
     pub self_check: HostResult<()>,
+    pub pre_switch_check: HostResult<CheckVerdict>,
+    /// The copy never ends (until the run drops it).
+    pub copy_hangs: bool,
+    /// After an error starting an action: did it start?
+    pub probe: HostResult<bool>,
     /// Answers of `start`, in order; then Ok.
     pub start: VecDeque<HostResult<()>>,
     /// Answers of `watch`, in order; a watch with nothing left is lost.
@@ -85,8 +96,8 @@ impl Fake {
             current: Some(OLD.into()),
             profile: Some(OLD.into()),
             switchable: true,
-            self_check: None,
             systemd: true,
+            ..Facts::default()
         };
         Fake {
             calls: Arc::default(),
@@ -99,6 +110,9 @@ impl Fake {
             generation: Ok((1, path(OLD))),
             facts: Ok(facts),
             self_check: Ok(()),
+            pre_switch_check: Ok(CheckVerdict::Ok),
+            copy_hangs: false,
+            probe: Ok(false),
             start: VecDeque::new(),
             watch: [
                 at(AgentState::AwaitingConfirmation),
@@ -138,6 +152,9 @@ impl Host for Fake {
     async fn copy_flake(&mut self, flake: &str, _s: u64, out: Lines<'_>) -> HostResult<StorePath> {
         self.call(format!("copy {flake}"));
         out("copying path");
+        if self.copy_hangs {
+            std::future::pending::<()>().await;
+        }
         self.copy.clone()
     }
 
@@ -183,6 +200,18 @@ impl Host for Fake {
         self.facts.clone()
     }
 
+    async fn pre_switch_check(
+        &mut self,
+        _toplevel: &StorePath,
+        env: SwitchEnv,
+        _secs: u64,
+        out: Lines<'_>,
+    ) -> HostResult<CheckVerdict> {
+        self.call(format!("pre-switch-check{}", words(env)));
+        out("pre-switch check output");
+        self.pre_switch_check.clone()
+    }
+
     async fn self_check(&mut self, script: &str, _secs: u64, out: Lines<'_>) -> HostResult<()> {
         self.call(format!("self-check {script}"));
         out("checking");
@@ -191,11 +220,16 @@ impl Host for Fake {
 
     async fn start(&mut self, action: &AgentAction, _secs: u64) -> HostResult<()> {
         let name = match action {
-            AgentAction::Activate { .. } => "start activate".to_string(),
-            AgentAction::Boot { generation, .. } => format!("start boot {generation:?}"),
+            AgentAction::Activate { env, .. } => format!("start activate{}", words(*env)),
+            AgentAction::Boot { env, .. } => format!("start boot{}", words(*env)),
         };
         self.call(name);
         self.start.pop_front().unwrap_or(Ok(()))
+    }
+
+    async fn probe(&mut self, _secs: u64) -> HostResult<bool> {
+        self.call("probe");
+        self.probe.clone()
     }
 
     async fn watch(
@@ -218,7 +252,7 @@ impl Host for Fake {
         Ok(())
     }
 
-    async fn check(&mut self, check: &HealthCheck) -> Result<(), String> {
+    async fn health_check(&mut self, check: &HealthCheck) -> Result<(), String> {
         self.call(format!("check {}", check.description));
         self.checks.pop_front().unwrap_or(Ok(()))
     }
@@ -250,4 +284,93 @@ impl Host for Fake {
     fn inspect_hint(&self) -> String {
         "the run's status".into()
     }
+}
+
+/// ` no-check install-bootloader` (what a call passed on), or nothing.
+fn words(env: SwitchEnv) -> String {
+    let mut s = String::new();
+    if env.no_check {
+        s.push_str(" no-check");
+    }
+    if env.install_bootloader {
+        s.push_str(" install-bootloader");
+    }
+    s
+}
+
+// ---- driving the pipeline ---------------------------------------------------
+
+/// What a run against the fake did: its report, its events, the calls.
+pub struct Ran {
+    pub report: HostReport,
+    pub events: Vec<Event>,
+    pub calls: Vec<String>,
+}
+
+impl Ran {
+    pub fn phases(&self) -> Vec<Phase> {
+        let started = self.events.iter().filter_map(|e| match e {
+            Event::PhaseStarted { phase, .. } => Some(*phase),
+            _ => None,
+        });
+        started.collect()
+    }
+
+    pub fn notes(&self) -> Vec<&str> {
+        let notes = self.events.iter().filter_map(|e| match e {
+            Event::Note { text, .. } => Some(text.as_str()),
+            _ => None,
+        });
+        notes.collect()
+    }
+
+    pub fn rolled_back(&self) -> Option<Option<Reason>> {
+        self.events.iter().find_map(|e| match e {
+            Event::RolledBack { cause, .. } => Some(*cause),
+            _ => None,
+        })
+    }
+
+    pub fn called(&self, what: &str) -> bool {
+        self.calls.iter().any(|c| c == what)
+    }
+
+    pub fn message(&self) -> &str {
+        self.report.message.as_deref().unwrap_or("")
+    }
+
+    /// Outcome, reason and the last phase, in one comparison.
+    pub fn ended(&self) -> (Outcome, Option<Reason>, Option<Phase>) {
+        (self.report.outcome, self.report.reason, self.report.phase)
+    }
+}
+
+pub async fn drive(fake: Fake, tweak: impl FnOnce(&mut Target, &mut Context)) -> Ran {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink_events = events.clone();
+    let mut target = Target { name: "web1".into(), spec: HostSpec::with_defaults("web1") };
+    let mut ctx = Context {
+        run_id: "run1".into(),
+        flake: ".".into(),
+        force: false,
+        skip_preflight: false,
+        lock_owner: "me".into(),
+        mode: Mode::Deploy,
+        goal: Goal::Switch,
+        switch_env: SwitchEnv::default(),
+        interrupt: Interrupt::new().1,
+        changing: Arc::default(),
+        sink: Arc::new(move |e| sink_events.lock().unwrap().push(e)),
+    };
+    tweak(&mut target, &mut ctx);
+    let calls = fake.calls.clone();
+    let report = deploy(&target, &ctx, fake).await;
+    let events = events.lock().unwrap().clone();
+    assert_eq!(events.last(), Some(&Event::HostFinished { report: report.clone() }));
+    let calls = calls.lock().unwrap().clone();
+    Ran { report, events, calls }
+}
+
+pub async fn run(fake: Fake) -> Ran {
+    drive(fake, |_, _| {}).await
 }

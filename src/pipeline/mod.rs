@@ -2,28 +2,33 @@
 //! self-check, activate (test), confirm, boot — in that order, each phase
 //! bounded by its timeout. The rollback rule of a phase sits next to it.
 //!
-//! Nothing on a host changes before `activate`; from `activate` on, the
-//! on-target agent owns the outcome: it returns to the previous system
-//! unless the deployer confirms over a fresh login. The pipeline talks to
-//! the host only through [`Host`], so every branch runs against a fake
-//! host in the unit tests.
+//! Nothing on a host changes before `activate` (or, for `--goal boot`,
+//! `boot`); from then on the on-target agent owns the outcome: it returns
+//! to the previous system unless the deployer confirms over a fresh login.
+//! Until then Ctrl-C stops the host at once, whatever it is doing. The
+//! pipeline talks to the host only through [`Host`], so every branch runs
+//! against a fake host in the unit tests.
 
 mod activate;
 mod end;
 #[cfg(test)]
 mod fake;
+mod prepare;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_contract;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 pub use end::{agent_end, next_step, End, Next};
 
+use crate::agent::{Facts, SwitchEnv};
 use crate::events::{Event, HostReport, Outcome, Phase, Reason, Sink};
 use crate::host::{Host, HostError};
-use crate::inventory::{BuildOn, HostSpec};
+use crate::inventory::HostSpec;
 use crate::nix::StorePath;
 use crate::select::Target;
 
@@ -39,8 +44,14 @@ pub struct Context {
     /// Who holds the lock, shown to a concurrent deployer.
     pub lock_owner: String,
     pub mode: Mode,
-    /// Set on Ctrl-C: hosts that have not started activating stop unchanged.
-    pub interrupted: Arc<AtomicBool>,
+    pub goal: Goal,
+    /// What switch-to-configuration is told (`--no-check`, `--install-bootloader`).
+    pub switch_env: SwitchEnv,
+    /// Ctrl-C: hosts that have not started to change stop at once, unchanged.
+    pub interrupt: Interrupt,
+    /// How many hosts have an agent at work (activating, confirming,
+    /// booting): a second Ctrl-C leaves those in the agents' hands.
+    pub changing: Arc<AtomicUsize>,
     pub sink: Sink,
 }
 
@@ -54,6 +65,49 @@ pub enum Mode {
     Rollback { to_generation: Option<u32> },
 }
 
+/// How far a run takes each host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Goal {
+    /// Activate, confirm, then write the boot entry.
+    Switch,
+    /// Activate and confirm; the boot entry stays as it is.
+    Test,
+    /// Write the boot entry only; activate nothing (takes effect at the
+    /// next reboot).
+    Boot,
+}
+
+/// A flag that Ctrl-C raises, and that can be awaited.
+#[derive(Clone)]
+pub struct Interrupt(tokio::sync::watch::Receiver<bool>);
+
+/// Raises an [`Interrupt`].
+pub struct InterruptHandle(tokio::sync::watch::Sender<bool>);
+
+impl Interrupt {
+    pub fn new() -> (InterruptHandle, Interrupt) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (InterruptHandle(tx), Interrupt(rx))
+    }
+
+    pub fn is_set(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Returns once the flag is raised (never, if it never is).
+    pub async fn raised(&mut self) {
+        if self.0.wait_for(|set| *set).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl InterruptHandle {
+    pub fn raise(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
 /// Deploy one host and say how it ended. Never panics on remote trouble:
 /// every failure becomes a report.
 pub async fn deploy<H: Host>(target: &Target, ctx: &Context, host: H) -> HostReport {
@@ -65,6 +119,8 @@ pub async fn deploy<H: Host>(target: &Target, ctx: &Context, host: H) -> HostRep
         phase_open: false,
         phase_started: Instant::now(),
         agent_started: false,
+        facts: None,
+        toplevel: None,
     };
     let end = run.run(host).await;
     run.finish(end)
@@ -73,8 +129,6 @@ pub async fn deploy<H: Host>(target: &Target, ctx: &Context, host: H) -> HostRep
 /// The system a run moves a host to.
 struct Wanted {
     toplevel: StorePath,
-    /// A rollback: the generation of the system profile to return to.
-    generation: Option<u32>,
 }
 
 struct HostRun<'a> {
@@ -84,8 +138,12 @@ struct HostRun<'a> {
     phase: Option<Phase>,
     phase_open: bool,
     phase_started: Instant,
-    /// The on-target agent was started: it owns the run's GC root.
+    /// An agent action was started: it owns the run's GC root.
     agent_started: bool,
+    /// What the host runs and boots before the run changes anything.
+    facts: Option<Facts>,
+    /// The system of the run, once known.
+    toplevel: Option<StorePath>,
 }
 
 impl<'a> HostRun<'a> {
@@ -134,8 +192,19 @@ impl<'a> HostRun<'a> {
         move |l: &str| sink(Event::Output { host: host.clone(), phase, line: l.to_string() })
     }
 
-    fn finish(mut self, end: End) -> HostReport {
+    /// From here on an agent changes the host.
+    fn agent_starts(&mut self) {
+        if !self.agent_started {
+            self.agent_started = true;
+            self.ctx.changing.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn finish(mut self, mut end: End) -> HostReport {
         self.end_phase(end.outcome.is_success());
+        if self.agent_started {
+            self.ctx.changing.fetch_sub(1, Ordering::SeqCst);
+        }
         if end.outcome == Outcome::RolledBack {
             self.emit(Event::RolledBack {
                 host: self.name().to_string(),
@@ -143,12 +212,19 @@ impl<'a> HostRun<'a> {
                 cause: end.reason,
             });
         }
+        end.complete(self.facts.as_ref(), self.toplevel.as_ref());
+        if let Some(parts) = end.needs_reboot.as_ref().filter(|p| !p.is_empty()) {
+            let what = parts.join(", ");
+            self.note(format!("needs a reboot to run what it boots ({what} changed)"));
+        }
         let report = HostReport {
             host: self.name().to_string(),
             outcome: end.outcome,
             phase: self.phase,
             duration: self.started.elapsed(),
             system: end.system,
+            boot: end.boot,
+            needs_reboot: end.needs_reboot,
             reason: end.reason,
             message: end.message,
         };
@@ -161,9 +237,18 @@ impl<'a> HostRun<'a> {
         if let Err(e) = host.connect().await {
             return End::unchanged(e.reason(Reason::Unreachable), e.to_string());
         }
-        let end = match self.until_activation(&mut host).await {
-            Ok(wanted) => self.activate_confirm_boot(&mut host, &wanted).await,
+        // Until an agent starts, Ctrl-C stops the host at once: the copy or
+        // build in flight is dropped (and its processes with it).
+        let mut interrupt = self.ctx.interrupt.clone();
+        let prepared = tokio::select! {
+            p = self.prepare(&mut host) => p,
+            _ = interrupt.raised() => Err(cancelled()),
+        };
+        let end = match prepared {
             Err(end) => end,
+            Ok(_) if interrupt.is_set() => cancelled(),
+            Ok((wanted, Next::Activate)) => self.activate_confirm_boot(&mut host, &wanted).await,
+            Ok((wanted, _)) => self.boot(&mut host, &wanted, 0, false).await,
         };
         // Once started, the agent drops the run's GC root itself (the
         // profile holds the system then, or nothing needs to).
@@ -173,157 +258,11 @@ impl<'a> HostRun<'a> {
         host.close().await;
         end
     }
+}
 
-    /// Everything before the host changes: lock, preflight, the system to
-    /// activate, self-check. `Err` is how the host ended (unchanged, up to
-    /// date, or with only its boot entry written).
-    async fn until_activation<H: Host>(&mut self, host: &mut H) -> Result<Wanted, End> {
-        let t = self.spec().timeouts;
-        self.start(Phase::Lock);
-        let busy = host.lock(&self.ctx.lock_owner, t.lock).await;
-        let busy = busy.map_err(failed(Reason::NotASystem))?;
-        if !busy.is_empty() {
-            return Err(End::unchanged(
-                Reason::Busy,
-                format!(
-                    "an activation from another run is still in progress ({}); it confirms or rolls \
-                     back by itself, retry after it ends",
-                    busy.join(", ")
-                ),
-            ));
-        }
-        if !self.ctx.skip_preflight {
-            self.preflight(host).await?;
-        }
-        let wanted = self.wanted_system(host).await?;
-        let self_check = self.spec().self_check.clone();
-        let facts = host
-            .facts(&wanted.toplevel, self_check.as_deref(), 30)
-            .await
-            .map_err(failed(Reason::Internal))?;
-        if !facts.switchable {
-            let msg = format!(
-                "{} has no bin/switch-to-configuration: configuration `{}` is not a NixOS system",
-                wanted.toplevel,
-                self.spec().configuration
-            );
-            return Err(End::unchanged(Reason::NotASystem, msg));
-        }
-        if !facts.systemd {
-            let msg = "the target does not run systemd (no /run/systemd/system)";
-            return Err(End::unchanged(Reason::NotASystem, msg));
-        }
-        match next_step(&facts, &wanted.toplevel, self.ctx.force) {
-            Next::UpToDate => {
-                self.note("already running and booting this system");
-                return Err(End::ok(Outcome::UpToDate, &wanted.toplevel));
-            }
-            Next::FinishBoot => {
-                // Running it, but the boot entry was never written (e.g. an
-                // earlier deployer died after confirmation): finish the job.
-                self.note("already running this system; writing the boot entry");
-                return Err(self.boot(host, &wanted, 0).await);
-            }
-            Next::Activate => {}
-        }
-        // A rollback returns to a system that already ran here: no check.
-        if wanted.generation.is_none() {
-            self.self_check(host, self_check.as_deref(), facts.self_check.as_deref(), &wanted)
-                .await?;
-        }
-        if self.ctx.interrupted.load(Ordering::SeqCst) {
-            let msg = "interrupted before activation; nothing changed";
-            return Err(End {
-                outcome: Outcome::Cancelled,
-                ..End::unchanged(Reason::Cancelled, msg)
-            });
-        }
-        Ok(wanted)
-    }
-
-    /// A host that is not healthy now is not touched.
-    async fn preflight<H: Host>(&mut self, host: &mut H) -> Result<(), End> {
-        self.start(Phase::Preflight);
-        let h = host.health(self.spec().timeouts.preflight).await;
-        let h =
-            h.map_err(|e| End::unchanged(e.reason(Reason::Preflight), format!("preflight: {e}")))?;
-        if h.is_running() {
-            return Ok(());
-        }
-        let msg = format!("preflight: {}; fix the host or pass --skip-preflight", h.describe());
-        Err(End::unchanged(Reason::Preflight, msg))
-    }
-
-    /// Copy and build (or, for a rollback, find the generation to return to).
-    async fn wanted_system<H: Host>(&mut self, host: &mut H) -> Result<Wanted, End> {
-        match self.ctx.mode {
-            Mode::Deploy => {
-                let toplevel = self.copy_and_build(host).await?;
-                self.note(format!("built {toplevel}"));
-                Ok(Wanted { toplevel, generation: None })
-            }
-            Mode::Rollback { to_generation } => {
-                let (n, toplevel) = host.generation(to_generation, 30).await.map_err(|e| {
-                    End::unchanged(e.reason(Reason::Internal), format!("rollback: {e}"))
-                })?;
-                self.note(format!("returning to generation {n}: {toplevel}"));
-                Ok(Wanted { toplevel, generation: Some(n) })
-            }
-        }
-    }
-
-    /// Copy the flake and build the system on the target, or build here and
-    /// copy the closure (`buildOn = "local"`). Nothing on the host changes.
-    async fn copy_and_build<H: Host>(&mut self, host: &mut H) -> Result<StorePath, End> {
-        let (flake, cfg) = (&self.ctx.flake, &self.target.spec.configuration);
-        let t = self.spec().timeouts;
-        match self.spec().build_on {
-            BuildOn::Target => {
-                self.start(Phase::Copy);
-                let source = host.copy_flake(flake, t.copy, &mut self.lines()).await;
-                let source = source.map_err(failed_in("copy", Reason::Copy))?;
-                self.start(Phase::Build);
-                let built = host.build(&source, cfg, t.build, &mut self.lines()).await;
-                built.map_err(failed_in("build", Reason::Build))
-            }
-            BuildOn::Local => {
-                self.start(Phase::Build);
-                let built = host.build_local(flake, cfg, t.build, &mut self.lines()).await;
-                let path = built.map_err(failed_in("build", Reason::Build))?;
-                self.start(Phase::Copy);
-                let copied = host.copy_closure(&path, t.copy, &mut self.lines()).await;
-                copied.map_err(failed_in("copy", Reason::Copy))?;
-                Ok(path)
-            }
-        }
-    }
-
-    /// Run the self-check: the configured path (which must exist), or the
-    /// system's own `pre-activate-safety-checks` when it has one.
-    async fn self_check<H: Host>(
-        &mut self,
-        host: &mut H,
-        configured: Option<&str>,
-        found: Option<&str>,
-        wanted: &Wanted,
-    ) -> Result<(), End> {
-        self.start(Phase::SelfCheck);
-        let Some(script) = found else {
-            if let Some(rel) = configured {
-                let msg =
-                    format!("self-check: {rel} is not an executable inside {}", wanted.toplevel);
-                return Err(End::unchanged(Reason::SelfCheck, msg));
-            }
-            self.note("no self-check in this system");
-            return Ok(());
-        };
-        let result =
-            host.self_check(script, self.spec().timeouts.self_check, &mut self.lines()).await;
-        result.map_err(|e| {
-            let msg = format!("self-check failed, nothing activated: {e}");
-            End::unchanged(e.reason(Reason::SelfCheck), msg)
-        })
-    }
+fn cancelled() -> End {
+    let msg = "interrupted before the host was changed; nothing changed";
+    End { outcome: Outcome::Cancelled, ..End::unchanged(Reason::Cancelled, msg) }
 }
 
 /// A failure before anything changed, with the phase's own reason.

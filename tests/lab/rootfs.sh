@@ -24,9 +24,10 @@ die() { printf 'rootfs.sh: %s\n' "$*" >&2; exit 1; }
 # ---------------------------------------------------------------------------
 # The generator that stands in for NixOS's activation at boot. It runs at
 # every boot and at every `systemctl daemon-reload`:
-#  (a) at boot (no /run/current-system yet) it points /run/current-system at
-#      the boot entry that `switch-to-configuration boot` recorded, falling
-#      back to the system profile;
+#  (a) at boot (no /run/current-system yet) it points /run/current-system and
+#      /run/booted-system at the system of the bootloader's default entry
+#      (/boot/loader/loader.conf, written by `switch-to-configuration boot`),
+#      falling back to the system profile;
 #  (b) it emits every unit of /run/current-system/etc/systemd/system into the
 #      generator directory, wanted by multi-user.target, so the units systemd
 #      runs always follow /run/current-system.
@@ -36,14 +37,16 @@ read -r -d '' GENERATOR <<'EOF' || true
 out="${1:-/tmp}"
 if [ ! -e /run/current-system ]; then
     target=""
-    if [ -r /boot/nixos-standin-default ]; then
-        target=$(cat /boot/nixos-standin-default)
+    entry=$(sed -n 's/^default //p' /boot/loader/loader.conf 2>/dev/null)
+    if [ -n "$entry" ] && [ -r "/boot/loader/entries/$entry" ]; then
+        target=$(sed -n 's/^system //p' "/boot/loader/entries/$entry")
     fi
     if [ -z "$target" ] || [ ! -d "$target" ]; then
         target=$(readlink -f /nix/var/nix/profiles/system 2>/dev/null || true)
     fi
     if [ -n "$target" ] && [ -d "$target" ]; then
         ln -sfn "$target" /run/current-system
+        ln -sfn "$target" /run/booted-system
     fi
 fi
 units=/run/current-system/etc/systemd/system
@@ -114,7 +117,9 @@ EOF
     printf '%s\n' 'pwuser ALL=(ALL:ALL) ALL' >"$root/etc/sudoers.d/pwuser"
     chmod 0440 "$root/etc/sudoers.d/deploy" "$root/etc/sudoers.d/pwuser"
 
-    # The NixOS stand-in at boot (see GENERATOR above).
+    # The NixOS stand-in at boot (see GENERATOR above). switch-to-configuration
+    # runs only where /etc/NIXOS says this is NixOS.
+    : >"$root/etc/NIXOS"
     mkdir -p "$root/etc/systemd/system-generators" "$root/boot"
     printf '%s\n' "$GENERATOR" >"$root/etc/systemd/system-generators/nixos-standin"
     chmod 0755 "$root/etc/systemd/system-generators/nixos-standin"

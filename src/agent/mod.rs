@@ -10,8 +10,12 @@
 //! finish by themselves (confirmed: the new system; otherwise: the
 //! previous one).
 
+mod answers;
+mod lock;
+#[cfg(test)]
+mod tests;
+
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::events::Reason;
 use crate::nix::StorePath;
@@ -24,8 +28,9 @@ pub const SCRIPT: &str = include_str!("agent.sh");
 const STATE_DIR: &str = "/run/deploy-flake";
 /// Every answer line meant for the deployer starts with this.
 const ANSWER: &str = "deploy-flake-";
-/// `flock` exits with this when another run holds the lock.
-const LOCK_HELD: i32 = 75;
+
+pub use answers::{CheckVerdict, Facts, Health};
+pub use lock::{lock, HostLock, LockError, HEARTBEAT_LOST_SECS};
 
 /// Creates the state directories (root-only) and installs the agent under
 /// its content hash, through a temporary file and a rename: a script that
@@ -65,6 +70,11 @@ impl RunDir {
         format!("{}/{}", self.dir, name)
     }
 
+    /// The run's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     /// What to read on the host when its state is in doubt.
     pub fn inspect_hint(&self) -> String {
         format!(
@@ -91,6 +101,11 @@ impl RunDir {
     }
 }
 
+/// The lock file and the file that says who holds it.
+fn lock_files() -> (String, String) {
+    (format!("{STATE_DIR}/lock"), format!("{STATE_DIR}/lock.info"))
+}
+
 /// What the agent is doing or how it ended (the first word of its status).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentState {
@@ -104,14 +119,20 @@ pub enum AgentState {
     RollbackFailed,
     /// Activation failed and magicRollback is off: the new system runs.
     Failed,
+    /// switch-to-configuration refused before changing anything (another
+    /// switch holds its lock; the new init needs a reboot).
+    Refused,
     Booting,
     Booted,
     BootFailed,
+    /// The run's state or its agent is gone (the host rebooted, the agent
+    /// was killed).
+    Vanished,
     /// A word this deployer does not know (a newer agent?).
     Other(String),
 }
 
-const STATE_WORDS: [(AgentState, &str); 11] = [
+const STATE_WORDS: [(AgentState, &str); 13] = [
     (AgentState::Starting, "starting"),
     (AgentState::Activating, "activating"),
     (AgentState::AwaitingConfirmation, "awaiting-confirmation"),
@@ -120,9 +141,11 @@ const STATE_WORDS: [(AgentState, &str); 11] = [
     (AgentState::RolledBack, "rolled-back"),
     (AgentState::RollbackFailed, "rollback-failed"),
     (AgentState::Failed, "failed"),
+    (AgentState::Refused, "refused"),
     (AgentState::Booting, "booting"),
     (AgentState::Booted, "booted"),
     (AgentState::BootFailed, "boot-failed"),
+    (AgentState::Vanished, "vanished"),
 ];
 
 impl AgentState {
@@ -172,15 +195,44 @@ impl AgentStatus {
     }
 }
 
+/// What switch-to-configuration is told through its environment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SwitchEnv {
+    /// `NIXOS_NO_CHECK=1`: skip the pre-switch checks and switch inhibitors.
+    pub no_check: bool,
+    /// `NIXOS_INSTALL_BOOTLOADER=1`: (re)install the bootloader itself.
+    pub install_bootloader: bool,
+}
+
+impl SwitchEnv {
+    /// The agent's ENV words.
+    fn words(self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.no_check {
+            v.push("NIXOS_NO_CHECK=1".to_string());
+        }
+        if self.install_bootloader {
+            v.push("NIXOS_INSTALL_BOOTLOADER=1".to_string());
+        }
+        v
+    }
+}
+
 /// What the agent is asked to do, as a transient unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentAction {
     /// Record the running system, `switch-to-configuration test`, then wait
     /// `confirm_secs` for the confirmation; otherwise go back.
-    Activate { toplevel: StorePath, activate_secs: u64, confirm_secs: u64, magic_rollback: bool },
-    /// Point the system profile at `toplevel` (or switch it back to
-    /// `generation`) and `switch-to-configuration boot`.
-    Boot { toplevel: StorePath, generation: Option<u32> },
+    Activate {
+        toplevel: StorePath,
+        activate_secs: u64,
+        confirm_secs: u64,
+        magic_rollback: bool,
+        env: SwitchEnv,
+    },
+    /// Make `toplevel` the newest generation of the system profile (so that
+    /// every bootloader boots it) and `switch-to-configuration boot`.
+    Boot { toplevel: StorePath, env: SwitchEnv },
 }
 
 impl AgentAction {
@@ -195,15 +247,22 @@ impl AgentAction {
     fn args(&self, run: &RunDir) -> Vec<String> {
         let mut v = vec![run.dir.clone()];
         match self {
-            AgentAction::Activate { toplevel, activate_secs, confirm_secs, magic_rollback } => {
+            AgentAction::Activate {
+                toplevel,
+                activate_secs,
+                confirm_secs,
+                magic_rollback,
+                env,
+            } => {
                 v.push(toplevel.to_string());
                 v.push(activate_secs.to_string());
                 v.push(confirm_secs.to_string());
                 v.push(if *magic_rollback { "1" } else { "0" }.into());
+                v.extend(env.words());
             }
-            AgentAction::Boot { toplevel, generation } => {
+            AgentAction::Boot { toplevel, env } => {
                 v.push(toplevel.to_string());
-                v.extend(generation.map(|g| g.to_string()));
+                v.extend(env.words());
             }
         }
         v
@@ -229,7 +288,7 @@ impl AgentAction {
     }
 }
 
-// ---- answers ----------------------------------------------------------------
+// ---- answers ---------------------------------------------------------------
 
 /// The values of the answer lines `deploy-flake-<key> <value>`.
 fn answers<'a>(stdout: &'a str, key: &str) -> impl Iterator<Item = &'a str> {
@@ -248,56 +307,9 @@ fn answer(stdout: &str, key: &str) -> Option<String> {
     answers(stdout, key).next().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
 }
 
-/// The system state and the failed units.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Health {
-    pub state: String,
-    pub failed_units: Vec<String>,
-}
-
-impl Health {
-    pub fn parse(stdout: &str) -> Health {
-        Health {
-            state: answer(stdout, "state").unwrap_or_else(|| "unknown".into()),
-            failed_units: answers(stdout, "failed").map(String::from).collect(),
-        }
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.state == "running" && self.failed_units.is_empty()
-    }
-
-    pub fn describe(&self) -> String {
-        if self.failed_units.is_empty() {
-            format!("system is {}", self.state)
-        } else {
-            format!("system is {} (failed units: {})", self.state, self.failed_units.join(", "))
-        }
-    }
-}
-
-/// What the deployer needs to know about a target and a built system.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Facts {
-    pub current: Option<String>,
-    pub profile: Option<String>,
-    /// The toplevel has bin/switch-to-configuration.
-    pub switchable: bool,
-    /// The self-check to run, when the toplevel has it.
-    pub self_check: Option<String>,
-    pub systemd: bool,
-}
-
-impl Facts {
-    pub fn parse(stdout: &str) -> Facts {
-        Facts {
-            current: answer(stdout, "current"),
-            profile: answer(stdout, "profile"),
-            switchable: answers(stdout, "switchable").next().is_some(),
-            self_check: answer(stdout, "selfcheck"),
-            systemd: answers(stdout, "systemd").next().is_some(),
-        }
-    }
+/// Is `line` an answer (not output for people)?
+fn is_answer(line: &str) -> bool {
+    line.starts_with(ANSWER)
 }
 
 // ---- commands -----------------------------------------------------------------
@@ -309,77 +321,36 @@ pub async fn install<S: Spawner>(on: &S, run: &RunDir, secs: u64) -> Result<(), 
     Ok(())
 }
 
-/// Why the host lock could not be taken.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LockError {
-    #[error(
-        "the host is locked by another deploy: {holder}; wait for it to finish \
-         (the lock of a deployer that died is freed when its ssh connection ends)"
-    )]
-    Held { holder: String },
-    #[error("could not take the host lock{hint}")]
-    Failed { hint: String },
-    #[error(transparent)]
-    Process(#[from] ProcessError),
+/// `systemctl is-system-running --wait` (bounded by `secs`), the failed
+/// units, and those that had failed before this run's activation, in one
+/// round trip.
+pub async fn health<S: Spawner>(on: &S, run: &RunDir, secs: u64) -> Result<Health, ProcessError> {
+    let cmd = run.cmd("health", [secs.to_string(), run.dir.clone()]).secs(secs + 10).quiet_stdout();
+    Ok(Health::parse(&process::run(on, &cmd, None).await?.stdout))
 }
 
-/// The host lock: held by a remote process for as long as this lives (and
-/// our connection with it). Dropping it ends the holder.
-pub struct HostLock {
-    _holder: process::Child,
-    /// Activation units of other runs that were still going when we took it.
-    pub busy: Vec<String>,
-}
-
-/// Take the host lock: `flock` on the agent's `hold`, which waits for its
-/// stdin to close. Refused at once when another run holds it.
-pub async fn lock<S: Spawner>(
+/// `switch-to-configuration check`: the system's pre-switch checks and
+/// switch inhibitors, before anything changes. Its output goes to `on_line`.
+pub async fn check<S: Spawner>(
     on: &S,
     run: &RunDir,
-    owner: &str,
+    toplevel: &StorePath,
+    env: SwitchEnv,
     secs: u64,
-) -> Result<HostLock, LockError> {
-    let lockfile = format!("{STATE_DIR}/lock");
-    let flock = ["flock", "-n", "-E", &LOCK_HELD.to_string(), &lockfile].map(String::from);
-    let hold = run.cmd("hold", [owner]);
-    let cmd = Cmd::new(flock.into_iter().chain(hold.argv)).stdin(Vec::new()).secs(secs).unbounded();
-    let mut child = on.spawn(&cmd).await?;
-    let mut lines = BufReader::new(&mut child.stdout).lines();
-    let mut busy = Vec::new();
-    let deadline = tokio::time::Instant::now() + cmd.timeout;
-    let locked = format!("{ANSWER}locked");
-    loop {
-        match tokio::time::timeout_at(deadline, lines.next_line()).await {
-            Ok(Ok(Some(l))) if l.trim() == locked => return Ok(HostLock { _holder: child, busy }),
-            Ok(Ok(Some(l))) => busy.extend(answers(&l, "busy").map(String::from)),
-            Ok(_) => break,
-            Err(_) => {
-                let place = on.place();
-                return Err(ProcessError::Timeout { cmd: "flock".into(), secs, place }.into());
-            }
-        }
-    }
-    drop(lines);
-    let exit = tokio::time::timeout(cmd.timeout, child.wait).await;
-    if let Ok(Ok(e)) = exit {
-        if e.code() == Some(LOCK_HELD) {
-            let info = Cmd::new(["cat", &format!("{STATE_DIR}/lock.info")]).secs(secs);
-            let out = process::run(on, &info, None).await?;
-            let holder = out.stdout.trim();
-            let holder = if holder.is_empty() { "another deploy" } else { holder };
-            return Err(LockError::Held { holder: holder.to_string() });
-        }
-    }
-    let out = process::run(on, &Cmd::new(["flock", "--version"]).secs(secs), None).await?;
-    let hint = if out.success() { "" } else { " (is util-linux's flock installed on the target?)" };
-    Err(LockError::Failed { hint: hint.into() })
+    on_line: Lines<'_>,
+) -> Result<CheckVerdict, ProcessError> {
+    let args = [toplevel.to_string(), secs.to_string()].into_iter().chain(env.words());
+    let cmd = run.cmd("check", args).secs(secs + 10).quiet_stdout();
+    let out = process::run(on, &cmd, None).await?.check()?;
+    out.stdout.lines().filter(|l| !is_answer(l)).for_each(on_line);
+    Ok(CheckVerdict::parse(&out.stdout))
 }
 
-/// `systemctl is-system-running --wait` (bounded by `secs`) and the failed
-/// units, in one round trip.
-pub async fn health<S: Spawner>(on: &S, run: &RunDir, secs: u64) -> Result<Health, ProcessError> {
-    let cmd = run.cmd("health", [secs.to_string()]).secs(secs + 10).quiet_stdout();
-    Ok(Health::parse(&process::run(on, &cmd, None).await?.stdout))
+/// Did an action of the run start (after an error starting it)?
+pub async fn probe<S: Spawner>(on: &S, run: &RunDir, secs: u64) -> Result<bool, ProcessError> {
+    let cmd = run.cmd("probe", [run.dir.clone()]).secs(secs).quiet_stdout();
+    let out = process::run(on, &cmd, None).await?.check()?;
+    Ok(answer(&out.stdout, "started").is_some())
 }
 
 /// One round trip: running and boot systems, and what `toplevel` offers.
@@ -468,75 +439,4 @@ pub async fn confirm<S: Spawner>(fresh: &S, run: &RunDir, secs: u64) -> Result<(
 pub async fn drop_root<S: Spawner>(on: &S, run: &RunDir, secs: u64) -> Result<(), ProcessError> {
     process::run(on, &Cmd::new(["rm", "-f", &run.gc_root()]).secs(secs), None).await?.check()?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn answers_are_parsed() {
-        let facts = Facts::parse(
-            "deploy-flake-current /nix/store/a-sys\ndeploy-flake-profile \ndeploy-flake-switchable yes\n\
-             deploy-flake-systemd yes\ndeploy-flake-systemdx no\nnoise\n",
-        );
-        let want = Facts {
-            current: Some("/nix/store/a-sys".into()),
-            profile: None,
-            switchable: true,
-            self_check: None,
-            systemd: true,
-        };
-        assert_eq!(facts, want);
-        let h = Health::parse(
-            "deploy-flake-state degraded\ndeploy-flake-failed a.service\ndeploy-flake-failed b.service\n",
-        );
-        assert_eq!(h.failed_units, ["a.service", "b.service"]);
-        assert_eq!(h.describe(), "system is degraded (failed units: a.service, b.service)");
-        assert!(!h.is_running());
-        assert_eq!(Health::parse("").state, "unknown");
-    }
-
-    #[test]
-    fn status_lines_carry_state_cause_and_reason() {
-        let s = AgentStatus::parse("rolled-back not-confirmed no confirmation within 30s\n");
-        assert_eq!(s.state, AgentState::RolledBack);
-        assert_eq!(s.cause, Some(Reason::NotConfirmed));
-        assert_eq!(s.reason, "no confirmation within 30s");
-        let s = AgentStatus::parse("awaiting-confirmation");
-        assert_eq!(
-            (s.state, s.cause, s.reason.as_str()),
-            (AgentState::AwaitingConfirmation, None, "")
-        );
-        let s = AgentStatus::parse("exploded the reactor");
-        assert_eq!(s.state, AgentState::Other("exploded".into()));
-        assert_eq!((s.cause, s.reason.as_str()), (None, "the reactor"));
-        for (state, word) in STATE_WORDS {
-            assert_eq!(AgentState::parse(word), state);
-            assert_eq!(state.as_str(), word);
-        }
-    }
-
-    #[test]
-    fn actions_become_transient_units_of_the_run() {
-        let run = RunDir::new("20261126-abc");
-        assert_eq!(run.dir(), "/run/deploy-flake/runs/20261126-abc");
-        assert!(run.agent.starts_with("/run/deploy-flake/agent-"));
-        let top = StorePath::parse("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-sys").unwrap();
-        let act = AgentAction::Activate {
-            toplevel: top.clone(),
-            activate_secs: 600,
-            confirm_secs: 30,
-            magic_rollback: true,
-        };
-        assert_eq!(act.unit(&run), "deploy-flake-20261126-abc-activate");
-        let argv = act.start_cmd(&run).argv;
-        assert_eq!(argv[0], "systemd-run");
-        assert_eq!(
-            argv[6..],
-            ["/bin/sh", &run.agent, "activate", run.dir(), top.as_str(), "600", "30", "1"]
-        );
-        let boot = AgentAction::Boot { toplevel: top.clone(), generation: Some(41) };
-        assert_eq!(boot.start_cmd(&run).argv[8..], ["boot", run.dir(), top.as_str(), "41"]);
-    }
 }

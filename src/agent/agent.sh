@@ -1,0 +1,455 @@
+# deploy-flake on-target agent (POSIX sh).
+#
+# Installed by the deployer as /run/deploy-flake/agent-<hash>.sh and run as
+# root. `activate` and `boot` run inside a transient systemd unit, so they
+# outlive the ssh connection that started them and finish on their own.
+#
+# Per-run state lives in a root-only directory RUNDIR:
+#   status     one line: "<state> [<cause> <reason>]"; written atomically;
+#              <cause> is a machine-readable word (activation-failed,
+#              timeout, not-confirmed, health-check, boot-entry, ...)
+#   previous   the system that was running before the activation
+#   failed-before  the units that had failed before the activation
+#   log        everything switch-to-configuration printed
+#   confirmed  created by the deployer over a fresh ssh login
+#   abort      created by the deployer to stop the activation or refuse
+#              the confirmation: one line "<cause> <reason>"
+#   toplevel   GC root of the run's system until the system profile holds it
+# A run only ever looks at its own RUNDIR, so nothing left by an earlier
+# run can confirm a later one. What outlives a reboot is kept root-only in
+# /var/lib/deploy-flake: which systems were confirmed on this host
+# (confirmed/<name>) and whose boot entry was written (booted/<name>).
+#
+#   agent.sh activate RUNDIR TOPLEVEL ACTIVATE_SECS CONFIRM_SECS MAGIC_ROLLBACK(1|0) [ENV...]
+#   agent.sh boot RUNDIR TOPLEVEL [ENV...]
+#   agent.sh check TOPLEVEL SECS [ENV...]   (switch-to-configuration check)
+#   agent.sh watch RUNDIR SKIP_LINES [STATE]   (also keeps waiting while in STATE)
+#   agent.sh probe RUNDIR         (did an action of the run start?)
+#   agent.sh hold INFO BEAT_SECS  (run under flock: holds the host lock while a
+#                                  line arrives on stdin at least every BEAT_SECS;
+#                                  says "deploy-flake-locked" once it holds it)
+#   agent.sh health SECS [RUNDIR] (system state, failed units, those failed before)
+#   agent.sh facts TOPLEVEL [SELFCHECK]   (what the deployer needs to decide)
+#
+# ENV: NIXOS_NO_CHECK=1 and NIXOS_INSTALL_BOOTLOADER=1, passed on to
+# switch-to-configuration (a transient unit does not inherit them).
+#
+# Answers meant for the deployer are lines "deploy-flake-<what> <value>"; the
+# final status of `watch` is printed as "deploy-flake-status RUNID STATE REASON".
+
+set -u
+PATH=/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:/run/wrappers/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH
+umask 077
+cd /
+
+STATE=/run/deploy-flake
+RECORDS=/var/lib/deploy-flake
+PROFILE=/nix/var/nix/profiles/system
+
+set_status() {
+    printf '%s\n' "$*" > "$rundir/status.tmp" && mv -f "$rundir/status.tmp" "$rundir/status"
+}
+
+log() {
+    printf 'deploy-flake: %s\n' "$*" >> "$rundir/log"
+}
+
+# stc_env WORD...: the environment for switch-to-configuration, from an
+# allow-list; sets $stc_env (words without spaces, safe unquoted).
+stc_env() {
+    stc_env=
+    for word in "$@"; do
+        case "$word" in
+            NIXOS_NO_CHECK=1 | NIXOS_INSTALL_BOOTLOADER=1) stc_env="$stc_env $word" ;;
+            *) echo "deploy-flake agent: refusing environment '$word'" >&2; exit 2 ;;
+        esac
+    done
+}
+
+# run_bounded SECS ABORTABLE CMD...: run CMD in its own process group, its
+# output appended to the log. Returns its status, 124 on timeout, and 125
+# when ABORTABLE is 1 and the deployer asked to abort.
+run_bounded() {
+    limit=$(( $1 * 5 )) abortable=$2
+    shift 2
+    setsid "$@" >> "$rundir/log" 2>&1 < /dev/null &
+    child=$!
+    ticks=0
+    while kill -0 "$child" 2> /dev/null; do
+        why=
+        if [ "$abortable" = 1 ] && [ -e "$rundir/abort" ]; then
+            why=125
+        elif [ "$ticks" -ge "$limit" ]; then
+            why=124
+        fi
+        if [ -n "$why" ]; then
+            kill -TERM -"$child" 2> /dev/null
+            n=0
+            while kill -0 "$child" 2> /dev/null && [ "$n" -lt 25 ]; do
+                sleep 0.2
+                n=$((n + 1))
+            done
+            kill -KILL -"$child" 2> /dev/null
+            wait "$child" 2> /dev/null
+            return "$why"
+        fi
+        sleep 0.2
+        ticks=$((ticks + 1))
+    done
+    wait "$child"
+}
+
+failed_units() {
+    systemctl list-units --failed --plain --no-legend --no-pager 2> /dev/null | awk '{printf "%s ", $1}'
+}
+
+# The units failed now that had not failed before the activation.
+new_failed() {
+    before=" $(cat "$rundir/failed-before" 2> /dev/null) "
+    for unit in $(failed_units); do
+        case "$before" in *" $unit "*) ;; *) printf '%s ' "$unit" ;; esac
+    done
+}
+
+# record KIND TOPLEVEL: remember across reboots that this system was
+# confirmed (or got its boot entry) on this host. Records of systems no
+# longer in the store are dropped.
+record() {
+    mkdir -p "$RECORDS/$1" || return
+    for old in "$RECORDS/$1"/*; do
+        [ -e "$old" ] && [ ! -e "/nix/store/${old##*/}" ] && rm -f "$old"
+    done
+    printf '%s %s\n' "${rundir##*/}" "$(date +%s)" > "$RECORDS/$1/${2##*/}"
+}
+
+recorded() {
+    [ -e "$RECORDS/$1/${2##*/}" ]
+}
+
+# The deployer's abort file: "<cause> <reason>".
+abort_cause() {
+    read -r cause _ < "$rundir/abort" 2> /dev/null
+    printf '%s\n' "${cause:-aborted}"
+}
+
+abort_text() {
+    read -r _ text < "$rundir/abort" 2> /dev/null
+    printf '%s\n' "$text"
+}
+
+# roll_back CAUSE REASON: return to the previous system (magicRollback),
+# or leave the new one running unconfirmed.
+roll_back() {
+    cause=$1 reason=$2
+    # The system built for this run will not be booted: drop its GC root.
+    rm -f "$rundir/toplevel"
+    new=$(new_failed)
+    if [ -n "$new" ]; then
+        log "failed units: $new"
+    fi
+    if [ "$magic" != 1 ]; then
+        set_status failed "$cause" "$reason"
+        return
+    fi
+    if [ -z "$previous" ] || [ ! -x "$previous/bin/switch-to-configuration" ]; then
+        set_status rollback-failed "$cause" "$reason; no previous system to return to"
+        return
+    fi
+    set_status rolling-back "$cause" "$reason"
+    log "rolling back to $previous: $reason"
+    # What failed under the abandoned system is not the previous system's
+    # doing: clear it, so that what fails now is what the rollback left.
+    for unit in $new; do systemctl reset-failed "$unit" 2> /dev/null; done
+    # Returning to the system that ran a moment ago: its own pre-switch
+    # checks must not refuse it, and nothing may stop it halfway.
+    run_bounded "$activate_secs" 0 env NIXOS_NO_CHECK=1 "$previous/bin/switch-to-configuration" test
+    rc=$?
+    now=$(readlink -f /run/current-system 2> /dev/null)
+    left=$(new_failed)
+    still=$(failed_units)
+    if [ "$now" = "$previous" ] && [ -z "$left" ] && { [ "$rc" = 0 ] || [ "$rc" = 2 ] || [ "$rc" = 4 ]; }; then
+        if [ -n "$still" ]; then
+            reason="$reason (units that had failed before are still failed: $still)"
+        fi
+        set_status rolled-back "$cause" "$reason"
+    elif [ "$now" = "$previous" ] && [ -n "$left" ]; then
+        set_status rollback-failed "$cause" "$reason; back on the previous system, but these units failed: $left"
+    else
+        set_status rollback-failed "$cause" "$reason; re-activating $previous exited with $rc"
+    fi
+}
+
+activate() {
+    rundir=$1 toplevel=$2 activate_secs=$3 confirm_secs=$4 magic=$5
+    shift 5
+    stc_env "$@"
+    previous=
+    if [ -e /run/current-system ]; then
+        previous=$(readlink -f /run/current-system)
+    fi
+    printf '%s\n' "$previous" > "$rundir/previous"
+    failed_units > "$rundir/failed-before"
+    set_status activating
+    log "activating $toplevel (previous: ${previous:-none})"
+    # shellcheck disable=SC2086 # allow-listed words
+    run_bounded "$activate_secs" 1 env $stc_env "$toplevel/bin/switch-to-configuration" test
+    rc=$?
+    case "$rc" in
+        0) ;;
+        4)
+            new=$(new_failed)
+            if [ -n "$new" ]; then
+                roll_back activation-failed "switch-to-configuration test exited with 4; failed units: $new"
+                return
+            fi
+            log "switch-to-configuration test exited with 4 only for units that had failed before: $(cat "$rundir/failed-before")"
+            ;;
+        2) roll_back activation-script "the activation script failed (switch-to-configuration test exited with 2)"; return ;;
+        11)
+            rm -f "$rundir/toplevel"
+            set_status refused busy "another switch-to-configuration holds its lock (nixos-rebuild or an automatic upgrade is switching this host); nothing was activated"
+            return
+            ;;
+        100)
+            rm -f "$rundir/toplevel"
+            set_status refused reboot-required "the new system's init is incompatible with the running one (switch-to-configuration test exited with 100); nothing was activated"
+            return
+            ;;
+        124) roll_back timeout "activation did not finish within ${activate_secs}s"; return ;;
+        125) roll_back "$(abort_cause)" "activation aborted by the deployer: $(abort_text)"; return ;;
+        *) roll_back activation-failed "switch-to-configuration test exited with $rc"; return ;;
+    esac
+    set_status awaiting-confirmation
+    ticks=0
+    limit=$((confirm_secs * 5))
+    while [ ! -e "$rundir/confirmed" ]; do
+        if [ -e "$rundir/abort" ]; then
+            roll_back "$(abort_cause)" "not confirmed: $(abort_text)"
+            return
+        fi
+        if [ "$ticks" -ge "$limit" ]; then
+            roll_back not-confirmed "no confirmation within ${confirm_secs}s"
+            return
+        fi
+        sleep 0.2
+        ticks=$((ticks + 1))
+    done
+    record confirmed "$toplevel"
+    set_status confirmed
+    log "confirmed"
+}
+
+boot() {
+    rundir=$1 toplevel=$2
+    shift 2
+    stc_env "$@"
+    set_status booting
+    before=$(readlink -f "$PROFILE" 2> /dev/null)
+    # The newest generation is what every bootloader boots (systemd-boot
+    # keeps only the newest ones), also for a return to an older system.
+    if [ "$before" != "$toplevel" ]; then
+        nix-env -p "$PROFILE" --set "$toplevel" >> "$rundir/log" 2>&1
+    fi
+    if [ "$(readlink -f "$PROFILE")" != "$toplevel" ]; then
+        set_status boot-failed boot-entry "the system profile could not be pointed at $toplevel; it still points at ${before:-nothing}"
+        return
+    fi
+    logged=$(wc -l < "$rundir/log" 2> /dev/null || echo 0)
+    # shellcheck disable=SC2086 # allow-listed words
+    env $stc_env "$toplevel/bin/switch-to-configuration" boot >> "$rundir/log" 2>&1 < /dev/null
+    rc=$?
+    # The system profile holds the system now.
+    rm -f "$rundir/toplevel"
+    if [ "$rc" = 0 ]; then
+        record booted "$toplevel"
+        set_status booted
+        return
+    fi
+    if [ "$rc" = 1 ] && sed -n "$((logged + 1)),\$p" "$rundir/log" | grep -q "Pre-switch checks failed"; then
+        # Refused before the bootloader was touched: put the profile back.
+        if [ -n "$before" ] && [ "$before" != "$toplevel" ]; then
+            nix-env -p "$PROFILE" --rollback >> "$rundir/log" 2>&1
+        fi
+        set_status boot-failed pre-switch-check "the pre-switch checks refused the boot entry; the system profile points at $(readlink -f "$PROFILE") again"
+    elif [ "$rc" = 11 ]; then
+        set_status boot-failed busy "another switch-to-configuration holds its lock; the system profile points at $toplevel, but its boot entry was not written"
+    else
+        set_status boot-failed boot-entry "switch-to-configuration boot exited with $rc: the system profile points at $toplevel, but the bootloader was not updated and may still boot the previous system"
+    fi
+}
+
+# Runs `switch-to-configuration check`: the pre-switch checks and the
+# switch inhibitors, before anything changes.
+check() {
+    toplevel=$1 secs=$2
+    shift 2
+    stc_env "$@"
+    # shellcheck disable=SC2086 # allow-listed words
+    out=$(timeout "$secs" env $stc_env "$toplevel/bin/switch-to-configuration" check 2>&1 < /dev/null)
+    rc=$?
+    printf '%s\n' "$out"
+    case "$rc" in
+        0) verdict=ok ;;
+        11) verdict=busy ;;
+        124) verdict=timeout ;;
+        *)
+            case "$out" in
+                *"Pre-switch checks failed"* | *"critical components"*) verdict=refused ;;
+                *[Uu]sage:* | *"invalid action"*) verdict=unsupported ;;
+                *) verdict=refused ;;
+            esac
+            ;;
+    esac
+    echo "deploy-flake-check $verdict"
+}
+
+# Is a unit of the run (activate or boot) still running?
+unit_alive() {
+    systemctl is-active --quiet "deploy-flake-$runid-activate.service" "deploy-flake-$runid-boot.service" 2> /dev/null
+}
+
+watch() {
+    rundir=$1 seen=$2 patient=${3:-}
+    runid=${rundir##*/}
+    ticks=0
+    while :; do
+        if [ ! -d "$rundir" ]; then
+            echo "deploy-flake-previous $runid"
+            echo "deploy-flake-status $runid vanished rebooted the run's state is gone from the host: it rebooted (or /run was cleared)"
+            return
+        fi
+        # Status first: every line logged before a state change is printed
+        # before the watch returns.
+        state='' total=0
+        if [ -e "$rundir/status" ]; then read -r state _ < "$rundir/status"; fi
+        if [ -e "$rundir/log" ]; then total=$(wc -l < "$rundir/log"); fi
+        if [ "$total" -gt "$seen" ]; then
+            sed -n "$((seen + 1)),${total}p" "$rundir/log"
+            seen=$total
+        fi
+        case "${state:-starting}" in
+            starting | activating | awaiting-confirmation | rolling-back | booting) transient=1 ;;
+            *) transient='' ;;
+        esac
+        case " '' activating rolling-back booting $patient " in
+            *" ${state:-''} "*) ;;
+            *) break ;;
+        esac
+        ticks=$((ticks + 1))
+        # Every few seconds: is the agent still there to change the state?
+        if [ -n "$transient" ] && [ $((ticks % 25)) = 0 ] && ! unit_alive; then
+            last=
+            if [ -e "$rundir/status" ]; then read -r last _ < "$rundir/status"; fi
+            if [ "$last" = "$state" ]; then
+                echo "deploy-flake-previous $runid $(cat "$rundir/previous" 2> /dev/null)"
+                echo "deploy-flake-status $runid vanished lost the agent ended while ${state:-starting}: it was stopped or killed"
+                return
+            fi
+        fi
+        sleep 0.2
+    done
+    if [ -e "$rundir/log" ]; then sed -n "$((seen + 1)),\$p" "$rundir/log"; fi
+    echo "deploy-flake-previous $runid $(cat "$rundir/previous" 2> /dev/null)"
+    echo "deploy-flake-status $runid $(cat "$rundir/status" 2> /dev/null)"
+}
+
+probe() {
+    rundir=$1
+    runid=${rundir##*/}
+    if [ -e "$rundir/status" ] || unit_alive; then
+        echo "deploy-flake-started yes"
+    fi
+}
+
+# Switches that must not be disturbed: other runs' activations, and
+# nixos-rebuild or an automatic upgrade switching this host.
+switches_in_progress() {
+    systemctl list-units --plain --no-legend --no-pager --state=active,activating,deactivating \
+        'deploy-flake-*' nixos-rebuild-switch-to-configuration.service nixos-upgrade.service 2> /dev/null |
+        awk '{print "deploy-flake-busy " $1}'
+}
+
+health() {
+    secs=$1 rundir=${2:-}
+    state=$(timeout "$secs" systemctl is-system-running --wait 2> /dev/null)
+    rc=$?
+    if [ "$rc" = 124 ]; then state="still-starting-after-${secs}s"; fi
+    echo "deploy-flake-state ${state:-unknown}"
+    systemctl list-units --failed --plain --no-legend --no-pager 2> /dev/null | awk '{print "deploy-flake-failed " $1}'
+    if [ -n "$rundir" ] && [ -e "$rundir/failed-before" ]; then
+        tr ' ' '\n' < "$rundir/failed-before" | awk 'NF {print "deploy-flake-failed-already " $1}'
+    fi
+}
+
+# reboot_for KEY SYSTEM: what differs between the booted system and SYSTEM
+# that only a reboot brings in (kernel, initrd, kernel modules, init).
+reboot_for() {
+    [ -e /run/booted-system ] && [ -n "$2" ] || return 0
+    for part in kernel initrd kernel-modules; do
+        if [ "$(readlink -f "/run/booted-system/$part")" != "$(readlink -f "$2/$part")" ]; then
+            echo "deploy-flake-$1 $part"
+        fi
+    done
+    if [ "$(cat /run/booted-system/init-interface-version 2> /dev/null)" != "$(cat "$2/init-interface-version" 2> /dev/null)" ]; then
+        echo "deploy-flake-$1 init"
+    fi
+}
+
+facts() {
+    toplevel=$1 selfcheck=${2:-pre-activate-safety-checks}
+    profile=$(readlink -e "$PROFILE")
+    echo "deploy-flake-current $(readlink -e /run/current-system)"
+    echo "deploy-flake-profile $profile"
+    echo "deploy-flake-booted-system $(readlink -e /run/booted-system)"
+    if [ -x "$toplevel/bin/switch-to-configuration" ]; then echo "deploy-flake-switchable yes"; fi
+    if [ -x "$toplevel/$selfcheck" ]; then echo "deploy-flake-selfcheck $toplevel/$selfcheck"; fi
+    if [ -d /run/systemd/system ]; then echo "deploy-flake-systemd yes"; fi
+    if recorded confirmed "$toplevel"; then echo "deploy-flake-confirmed-here yes"; fi
+    if recorded booted "$toplevel"; then echo "deploy-flake-boot-written yes"; fi
+    reboot_for reboot-new "$toplevel"
+    reboot_for reboot-profile "$profile"
+    switches_in_progress
+}
+
+hold() {
+    info=$1 beat=$2
+    printf '%s\n' "$info" > "$STATE/lock.info"
+    switches_in_progress
+    echo "deploy-flake-locked"
+    # Each line on stdin is a heartbeat. Without one for BEAT_SECS the
+    # deployer is taken for lost (a network partition leaves no EOF) and
+    # the lock is released: flock -o holds it only while this shell lives.
+    : > "$STATE/lock.beat"
+    main=$$
+    (
+        while sleep 2; do
+            kill -0 "$main" 2> /dev/null || exit 0
+            last=$(stat -c %Y "$STATE/lock.beat" 2> /dev/null || echo 0)
+            if [ $(($(date +%s) - last)) -gt "$beat" ]; then
+                rm -f "$STATE/lock.info"
+                kill -KILL "$main"
+                exit 0
+            fi
+        done
+    ) < /dev/null > /dev/null 2>&1 &
+    watchdog=$!
+    while IFS= read -r _; do : > "$STATE/lock.beat"; done
+    kill "$watchdog" 2> /dev/null
+    rm -f "$STATE/lock.info"
+}
+
+cmd=$1
+shift
+case "$cmd" in
+    activate) activate "$@" ;;
+    boot) boot "$@" ;;
+    check) check "$@" ;;
+    watch) watch "$@" ;;
+    probe) probe "$@" ;;
+    hold) hold "$@" ;;
+    health) health "$@" ;;
+    facts) facts "$@" ;;
+    *) echo "deploy-flake agent: unknown command $cmd" >&2; exit 2 ;;
+esac
+exit 0

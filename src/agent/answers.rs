@@ -1,0 +1,118 @@
+//! What the agent answers: the health of a host, the facts a deployer
+//! decides on, the verdict of `switch-to-configuration check`.
+
+use super::{answer, answers};
+
+/// The system state and the failed units.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    pub state: String,
+    pub failed_units: Vec<String>,
+    /// The units that had failed before this run's activation.
+    pub failed_before: Vec<String>,
+}
+
+impl Health {
+    pub fn parse(stdout: &str) -> Health {
+        Health {
+            state: answer(stdout, "state").unwrap_or_else(|| "unknown".into()),
+            failed_units: answers(stdout, "failed").map(String::from).collect(),
+            failed_before: answers(stdout, "failed-already").map(String::from).collect(),
+        }
+    }
+
+    /// Failed units that had not failed before this run's activation.
+    pub fn new_failures(&self) -> Vec<String> {
+        let old = &self.failed_before;
+        self.failed_units.iter().filter(|u| !old.contains(u)).cloned().collect()
+    }
+
+    /// Healthy after an activation: running, or degraded only by units
+    /// that had failed before it (a host deployed with --skip-preflight).
+    pub fn healthy_after_activation(&self) -> bool {
+        let degraded_as_before = self.state == "degraded" && !self.failed_units.is_empty();
+        (self.state == "running" || degraded_as_before) && self.new_failures().is_empty()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.state == "running" && self.failed_units.is_empty()
+    }
+
+    pub fn describe(&self) -> String {
+        if self.failed_units.is_empty() {
+            format!("system is {}", self.state)
+        } else {
+            format!("system is {} (failed units: {})", self.state, self.failed_units.join(", "))
+        }
+    }
+}
+
+/// What the deployer needs to know about a target and a built system.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub current: Option<String>,
+    pub profile: Option<String>,
+    /// The toplevel has bin/switch-to-configuration.
+    pub switchable: bool,
+    /// The self-check to run, when the toplevel has it.
+    pub self_check: Option<String>,
+    pub systemd: bool,
+    /// The toplevel was confirmed on this host (by a run of deploy-flake).
+    pub confirmed: bool,
+    /// The toplevel's boot entry was written on this host.
+    pub boot_written: bool,
+    /// What only a reboot brings in for the toplevel / for the system the
+    /// profile points at (`None`: the host does not say what it booted).
+    pub reboot_new: Option<Vec<String>>,
+    pub reboot_profile: Option<Vec<String>>,
+    /// Switches going on now (other runs, nixos-rebuild, automatic upgrades).
+    pub busy: Vec<String>,
+}
+
+impl Facts {
+    pub fn parse(stdout: &str) -> Facts {
+        Facts {
+            current: answer(stdout, "current"),
+            profile: answer(stdout, "profile"),
+            switchable: answers(stdout, "switchable").next().is_some(),
+            self_check: answer(stdout, "selfcheck"),
+            systemd: answers(stdout, "systemd").next().is_some(),
+            confirmed: answers(stdout, "confirmed-here").next().is_some(),
+            boot_written: answers(stdout, "boot-written").next().is_some(),
+            reboot_new: reboot(stdout, "reboot-new"),
+            reboot_profile: reboot(stdout, "reboot-profile"),
+            busy: answers(stdout, "busy").map(String::from).collect(),
+        }
+    }
+}
+
+/// The parts that need a reboot; `None` when the host has no booted system.
+fn reboot(stdout: &str, key: &str) -> Option<Vec<String>> {
+    let booted = answer(stdout, "booted-system").is_some();
+    booted.then(|| answers(stdout, key).map(String::from).collect())
+}
+
+/// What `switch-to-configuration check` said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckVerdict {
+    Ok,
+    /// The system has no `check` action (before NixOS 24.11).
+    Unsupported,
+    /// Another switch holds switch-to-configuration's lock.
+    Busy,
+    /// The pre-switch checks or the switch inhibitors refuse a live switch.
+    Refused,
+    Timeout,
+}
+
+impl CheckVerdict {
+    pub fn parse(stdout: &str) -> CheckVerdict {
+        match answer(stdout, "check").as_deref() {
+            Some("ok") => CheckVerdict::Ok,
+            Some("unsupported") => CheckVerdict::Unsupported,
+            Some("busy") => CheckVerdict::Busy,
+            Some("timeout") => CheckVerdict::Timeout,
+            _ => CheckVerdict::Refused,
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The agent protocol's words and commands, without a host.
+
+use super::*;
+use crate::events::Reason;
+
+#[test]
+fn answers_are_parsed() {
+    let facts = Facts::parse(
+        "deploy-flake-current /nix/store/a-sys\ndeploy-flake-profile \ndeploy-flake-switchable yes\n\
+         deploy-flake-systemd yes\ndeploy-flake-systemdx no\nnoise\n",
+    );
+    let want = Facts {
+        current: Some("/nix/store/a-sys".into()),
+        profile: None,
+        switchable: true,
+        systemd: true,
+        ..Facts::default()
+    };
+    assert_eq!(facts, want);
+    let facts = Facts::parse(
+        "deploy-flake-booted-system /nix/store/b-sys\ndeploy-flake-confirmed-here yes\n\
+         deploy-flake-reboot-new kernel\ndeploy-flake-reboot-new init\n\
+         deploy-flake-busy nixos-upgrade.service\n",
+    );
+    assert!(facts.confirmed && !facts.boot_written);
+    assert_eq!(facts.reboot_new, Some(vec!["kernel".to_string(), "init".to_string()]));
+    assert_eq!(facts.reboot_profile, Some(vec![]), "booted: nothing differs for the profile");
+    assert_eq!(facts.busy, ["nixos-upgrade.service"]);
+    assert_eq!(Facts::parse("deploy-flake-booted-system \n").reboot_new, None, "never booted");
+    let h = Health::parse(
+        "deploy-flake-state degraded\ndeploy-flake-failed a.service\ndeploy-flake-failed b.service\n",
+    );
+    assert_eq!(h.failed_units, ["a.service", "b.service"]);
+    assert_eq!(h.describe(), "system is degraded (failed units: a.service, b.service)");
+    assert!(!h.is_running());
+    assert_eq!(Health::parse("").state, "unknown");
+    // After an activation: only units that had failed before may be failed.
+    let h = Health::parse(
+        "deploy-flake-state degraded\ndeploy-flake-failed old.service\ndeploy-flake-failed-already old.service\n",
+    );
+    assert!(h.healthy_after_activation() && h.new_failures().is_empty());
+    let h = Health::parse(
+        "deploy-flake-state degraded\ndeploy-flake-failed new.service\ndeploy-flake-failed-already old.service\n",
+    );
+    assert!(!h.healthy_after_activation());
+    assert_eq!(h.new_failures(), ["new.service"]);
+    assert!(!Health::parse("deploy-flake-state starting\n").healthy_after_activation());
+}
+
+#[test]
+fn status_lines_carry_state_cause_and_reason() {
+    let s = AgentStatus::parse("rolled-back not-confirmed no confirmation within 30s\n");
+    assert_eq!(s.state, AgentState::RolledBack);
+    assert_eq!(s.cause, Some(Reason::NotConfirmed));
+    assert_eq!(s.reason, "no confirmation within 30s");
+    let s = AgentStatus::parse("awaiting-confirmation");
+    assert_eq!((s.state, s.cause, s.reason.as_str()), (AgentState::AwaitingConfirmation, None, ""));
+    let s = AgentStatus::parse("exploded the reactor");
+    assert_eq!(s.state, AgentState::Other("exploded".into()));
+    assert_eq!((s.cause, s.reason.as_str()), (None, "the reactor"));
+    for (state, word) in STATE_WORDS {
+        assert_eq!(AgentState::parse(word), state);
+        assert_eq!(AgentStatus::parse(&format!("{word} rebooted x")).cause, Some(Reason::Rebooted));
+        assert_eq!(state.as_str(), word);
+    }
+}
+
+#[test]
+fn actions_become_transient_units_of_the_run() {
+    let run = RunDir::new("20261126-abc");
+    assert_eq!(run.dir(), "/run/deploy-flake/runs/20261126-abc");
+    assert!(run.agent.starts_with("/run/deploy-flake/agent-"));
+    let top = StorePath::parse("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-sys").unwrap();
+    let act = AgentAction::Activate {
+        toplevel: top.clone(),
+        activate_secs: 600,
+        confirm_secs: 30,
+        magic_rollback: true,
+        env: SwitchEnv::default(),
+    };
+    assert_eq!(act.unit(&run), "deploy-flake-20261126-abc-activate");
+    let argv = act.start_cmd(&run).argv;
+    assert_eq!(argv[0], "systemd-run");
+    assert_eq!(
+        argv[6..],
+        ["/bin/sh", &run.agent, "activate", run.dir(), top.as_str(), "600", "30", "1"]
+    );
+    let env = SwitchEnv { no_check: true, install_bootloader: true };
+    let boot = AgentAction::Boot { toplevel: top.clone(), env };
+    assert_eq!(
+        boot.start_cmd(&run).argv[8..],
+        ["boot", run.dir(), top.as_str(), "NIXOS_NO_CHECK=1", "NIXOS_INSTALL_BOOTLOADER=1"]
+    );
+}
+
+#[test]
+fn check_verdicts_are_read() {
+    for (out, want) in [
+        ("deploy-flake-check ok", CheckVerdict::Ok),
+        ("Usage: ...\ndeploy-flake-check unsupported", CheckVerdict::Unsupported),
+        ("Could not acquire lock\ndeploy-flake-check busy", CheckVerdict::Busy),
+        ("Pre-switch checks failed\ndeploy-flake-check refused", CheckVerdict::Refused),
+        ("deploy-flake-check timeout", CheckVerdict::Timeout),
+        ("", CheckVerdict::Refused),
+    ] {
+        assert_eq!(CheckVerdict::parse(out), want, "{out}");
+    }
+}

@@ -1,0 +1,219 @@
+//! Everything before the host changes: lock, preflight, the system to move
+//! to (copy and build, or the generation to return to), what the host runs
+//! now, the self-check and the pre-switch checks. A host that stops here is
+//! unchanged.
+
+use super::{failed, failed_in, next_step, End, Goal, HostRun, Mode, Next, Wanted};
+use crate::agent::CheckVerdict;
+use crate::events::{Outcome, Phase, Reason};
+use crate::host::Host;
+use crate::inventory::BuildOn;
+use crate::nix::StorePath;
+
+impl HostRun<'_> {
+    /// `Ok`: the system and what to do with it (activate it, or write its
+    /// boot entry); `Err`: how the host ended (unchanged, or up to date).
+    pub(super) async fn prepare<H: Host>(&mut self, host: &mut H) -> Result<(Wanted, Next), End> {
+        let t = self.spec().timeouts;
+        self.start(Phase::Lock);
+        let busy = host.lock(&self.ctx.lock_owner, t.lock).await;
+        refuse_if_busy(&busy.map_err(failed(Reason::NotASystem))?)?;
+        if !self.ctx.skip_preflight {
+            self.preflight(host).await?;
+        }
+        let wanted = self.wanted_system(host).await?;
+        let self_check = self.spec().self_check.clone();
+        let facts = host.facts(&wanted.toplevel, self_check.as_deref(), 30).await;
+        let facts = facts.map_err(failed(Reason::Internal))?;
+        if !facts.switchable {
+            let msg = format!(
+                "{} has no bin/switch-to-configuration: configuration `{}` is not a NixOS system",
+                wanted.toplevel,
+                self.spec().configuration
+            );
+            return Err(End::unchanged(Reason::NotASystem, msg));
+        }
+        if !facts.systemd {
+            let msg = "the target does not run systemd (no /run/systemd/system)";
+            return Err(End::unchanged(Reason::NotASystem, msg));
+        }
+        refuse_if_busy(&facts.busy)?;
+        let next = next_step(&facts, &wanted.toplevel, self.ctx.goal, self.ctx.force);
+        let found_self_check = facts.self_check.clone();
+        self.facts = Some(facts);
+        self.toplevel = Some(wanted.toplevel.clone());
+        match next {
+            Next::UpToDate => return Err(self.up_to_date(&wanted.toplevel)),
+            Next::FinishBoot => {
+                // Confirmed here earlier, but its boot entry was never
+                // written (the deployer died, the bootloader failed).
+                self.note("already running this system, confirmed; writing its boot entry");
+                return Ok((wanted, next));
+            }
+            Next::Activate | Next::BootOnly => {}
+        }
+        // A rollback returns to a system that already ran here: no check.
+        if !matches!(self.ctx.mode, Mode::Rollback { .. }) {
+            self.self_check(host, self_check.as_deref(), found_self_check.as_deref(), &wanted)
+                .await?;
+        }
+        if next == Next::Activate && !self.ctx.switch_env.no_check {
+            self.pre_switch_check(host, &wanted.toplevel).await?;
+        }
+        Ok((wanted, next))
+    }
+
+    /// Where the goal wants it already.
+    fn up_to_date(&self, toplevel: &StorePath) -> End {
+        let (runs, boots, what) = match self.ctx.goal {
+            Goal::Switch => (Some(toplevel), Some(toplevel), "running and booting this system"),
+            Goal::Test => (Some(toplevel), None, "running this system"),
+            Goal::Boot => (None, Some(toplevel), "booting this system"),
+        };
+        self.note(format!("already {what}"));
+        End::reached(Outcome::UpToDate, runs, boots)
+    }
+
+    /// A host that is not healthy now is not touched.
+    async fn preflight<H: Host>(&mut self, host: &mut H) -> Result<(), End> {
+        self.start(Phase::Preflight);
+        let h = host.health(self.spec().timeouts.preflight).await;
+        let h =
+            h.map_err(|e| End::unchanged(e.reason(Reason::Preflight), format!("preflight: {e}")))?;
+        if h.is_running() {
+            return Ok(());
+        }
+        let msg = format!("preflight: {}; fix the host or pass --skip-preflight", h.describe());
+        Err(End::unchanged(Reason::Preflight, msg))
+    }
+
+    /// Copy and build (or, for a rollback, find the generation to return to).
+    async fn wanted_system<H: Host>(&mut self, host: &mut H) -> Result<Wanted, End> {
+        match self.ctx.mode {
+            Mode::Deploy => {
+                let toplevel = self.copy_and_build(host).await?;
+                self.note(format!("built {toplevel}"));
+                Ok(Wanted { toplevel })
+            }
+            Mode::Rollback { to_generation } => {
+                let (n, toplevel) = host.generation(to_generation, 30).await.map_err(|e| {
+                    End::unchanged(e.reason(Reason::Internal), format!("rollback: {e}"))
+                })?;
+                self.note(format!("returning to generation {n}: {toplevel}"));
+                Ok(Wanted { toplevel })
+            }
+        }
+    }
+
+    /// Copy the flake and build the system on the target, or build here and
+    /// copy the closure (`buildOn = "local"`). Nothing on the host changes.
+    async fn copy_and_build<H: Host>(&mut self, host: &mut H) -> Result<StorePath, End> {
+        let (flake, cfg) = (&self.ctx.flake, &self.target.spec.configuration);
+        let t = self.spec().timeouts;
+        match self.spec().build_on {
+            BuildOn::Target => {
+                self.start(Phase::Copy);
+                let source = host.copy_flake(flake, t.copy, &mut self.lines()).await;
+                let source = source.map_err(failed_in("copy", Reason::Copy))?;
+                self.start(Phase::Build);
+                let built = host.build(&source, cfg, t.build, &mut self.lines()).await;
+                built.map_err(failed_in("build", Reason::Build))
+            }
+            BuildOn::Local => {
+                self.start(Phase::Build);
+                let built = host.build_local(flake, cfg, t.build, &mut self.lines()).await;
+                let path = built.map_err(failed_in("build", Reason::Build))?;
+                self.start(Phase::Copy);
+                let copied = host.copy_closure(&path, t.copy, &mut self.lines()).await;
+                copied.map_err(failed_in("copy", Reason::Copy))?;
+                Ok(path)
+            }
+        }
+    }
+
+    /// Run the self-check: the configured path (which must exist), or the
+    /// system's own `pre-activate-safety-checks` when it has one.
+    async fn self_check<H: Host>(
+        &mut self,
+        host: &mut H,
+        configured: Option<&str>,
+        found: Option<&str>,
+        wanted: &Wanted,
+    ) -> Result<(), End> {
+        self.start(Phase::SelfCheck);
+        let Some(script) = found else {
+            if let Some(rel) = configured {
+                let msg =
+                    format!("self-check: {rel} is not an executable inside {}", wanted.toplevel);
+                return Err(End::unchanged(Reason::SelfCheck, msg));
+            }
+            self.note("no self-check in this system");
+            return Ok(());
+        };
+        let result =
+            host.self_check(script, self.spec().timeouts.self_check, &mut self.lines()).await;
+        result.map_err(|e| {
+            let msg = format!("self-check failed, nothing activated: {e}");
+            End::unchanged(e.reason(Reason::SelfCheck), msg)
+        })
+    }
+
+    /// `switch-to-configuration check`: the system's pre-switch checks and
+    /// switch inhibitors must allow a live switch.
+    async fn pre_switch_check<H: Host>(
+        &mut self,
+        host: &mut H,
+        toplevel: &StorePath,
+    ) -> Result<(), End> {
+        if self.phase != Some(Phase::SelfCheck) {
+            self.start(Phase::SelfCheck);
+        }
+        let secs = self.spec().timeouts.self_check;
+        let env = self.ctx.switch_env;
+        let verdict = host.pre_switch_check(toplevel, env, secs, &mut self.lines()).await;
+        match verdict.map_err(failed_in("switch-to-configuration check", Reason::PreSwitchCheck))? {
+            CheckVerdict::Ok => Ok(()),
+            CheckVerdict::Unsupported => {
+                self.note("the system has no `switch-to-configuration check`; its own checks run with the activation");
+                Ok(())
+            }
+            CheckVerdict::Busy => Err(End::unchanged(Reason::Busy, BUSY_STC)),
+            CheckVerdict::Timeout => Err(End::unchanged(
+                Reason::Timeout,
+                format!("`switch-to-configuration check` did not finish within {secs} s (timeouts.selfCheck)"),
+            )),
+            CheckVerdict::Refused => Err(End::unchanged(
+                Reason::PreSwitchCheck,
+                format!(
+                    "the system's pre-switch checks refuse a live switch to {toplevel} (their output is \
+                     above); nothing changed. To switch anyway, pass --no-check (NIXOS_NO_CHECK=1); or \
+                     deploy it with --goal boot and reboot"
+                ),
+            )),
+        }
+    }
+}
+
+const BUSY_STC: &str = "another switch-to-configuration holds its lock (nixos-rebuild or an \
+     automatic upgrade is switching this host); nothing changed, retry after it ends";
+
+/// Another switch going on: leave the host alone.
+fn refuse_if_busy(busy: &[String]) -> Result<(), End> {
+    if busy.is_empty() {
+        return Ok(());
+    }
+    Err(End::unchanged(
+        Reason::Busy,
+        format!(
+            "another switch is in progress on the host ({}); it ends by itself, retry after it ends",
+            busy.join(", ")
+        ),
+    ))
+}
+
+impl Goal {
+    /// Does the goal write the boot entry?
+    pub fn boots(self) -> bool {
+        matches!(self, Goal::Switch | Goal::Boot)
+    }
+}
