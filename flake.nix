@@ -48,6 +48,10 @@
             "inventory"
             "--test"
             "select"
+            "--test"
+            "layout"
+            "--test"
+            "cli_flags"
           ];
 
           # `nix` and `ssh` from the user's PATH win; ours are the fallback.

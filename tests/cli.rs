@@ -1,160 +1,15 @@
-//! Flags into validated options, and the built binary's dry run and
-//! error paths against fixture flakes.
+//! The built binary's dry run and error paths against fixture flakes
+//! (evaluated by the host's `nix`). Flag parsing is in `tests/cli_flags.rs`.
 
-#[path = "fixtures/inventory/common.rs"]
 mod common;
 
-use std::process::Command;
-
-use clap::Parser;
-use deploy_flake::cli::{Cli, CliError, Options, OutputFormat};
-use deploy_flake::events::Phase;
-use deploy_flake::inventory::HostSpec;
-use deploy_flake::select::Target;
-
-fn opts(args: &[&str]) -> Result<Options, CliError> {
-    let mut argv = vec!["deploy-flake"];
-    argv.extend_from_slice(args);
-    Cli::try_parse_from(argv).expect("clap accepts it").into_options()
-}
-
-fn opts_err(args: &[&str]) -> String {
-    opts(args).unwrap_err().to_string()
-}
-
-#[test]
-fn defaults() {
-    let o = opts(&["web1"]).unwrap();
-    assert_eq!(o.flake, ".");
-    assert_eq!(o.selection.hosts, ["web1"]);
-    assert_eq!(o.max_parallel, Some(16));
-    assert!(o.preflight && !o.dry_run && !o.force);
-    assert_eq!(o.output, OutputFormat::Human);
-    assert_eq!(o.self_check, None);
-    assert!(o.timeouts.is_empty());
-}
-
-#[test]
-fn every_flag() {
-    let o = opts(&[
-        "--flake",
-        "./infra",
-        "--all",
-        "--exclude",
-        "@db",
-        "--exclude",
-        "web-*",
-        "--max-parallel",
-        "0",
-        "--dry-run",
-        "--json",
-        "--force",
-        "--skip-preflight",
-        "--pre-activate-script=bin/check",
-        "--timeout",
-        "build=7200",
-        "--timeout",
-        "self-check=5",
-    ])
-    .unwrap();
-    assert_eq!(o.flake, "./infra");
-    assert!(o.selection.all);
-    assert_eq!(o.selection.exclude, ["@db", "web-*"]);
-    assert_eq!(o.max_parallel, None);
-    assert!(o.dry_run && o.force && !o.preflight);
-    assert_eq!(o.output, OutputFormat::Json);
-    assert_eq!(o.self_check.as_deref(), Some("bin/check"));
-    assert_eq!(o.timeouts, [(Phase::Build, 7200), (Phase::SelfCheck, 5)]);
-}
-
-#[test]
-fn original_preflight_flag() {
-    assert!(!opts(&["--all", "--preflight-check=skip"]).unwrap().preflight);
-    assert!(opts(&["--all", "--preflight-check=run"]).unwrap().preflight);
-    assert_eq!(
-        opts_err(&["--all", "--preflight-check=run", "--skip-preflight"]),
-        "--skip-preflight contradicts --preflight-check=run: pass one of them"
-    );
-}
-
-#[test]
-fn bad_flags() {
-    assert_eq!(
-        opts_err(&[]),
-        "no hosts selected: name hosts, @tags or globs, or pass --all (see --help)"
-    );
-    assert_eq!(
-        opts_err(&["--all", "--flake", ".#web1"]),
-        "--flake `.#web1`: give a flake reference without `#attribute` (deployFlake is read from it)"
-    );
-    assert_eq!(
-        opts_err(&["--all", "--flake", ""]),
-        "--flake: the flake reference is empty (use `.` for the current directory)"
-    );
-    assert_eq!(
-        opts_err(&["--all", "--timeout", "build"]),
-        "--timeout `build`: expected PHASE=SECONDS, e.g. --timeout build=7200"
-    );
-    assert_eq!(
-        opts_err(&["--all", "--timeout", "biuld=5"]),
-        "--timeout `biuld=5`: unknown phase `biuld` (did you mean `build`?); phases: connect, lock, preflight, copy, build, selfCheck, activate, confirm, boot"
-    );
-    for arg in ["build=0", "build=1h", "lock=31536001", "lock=18446744073709551615"] {
-        assert_eq!(
-            opts_err(&["--all", "--timeout", arg]),
-            format!("--timeout `{arg}`: expected a whole number of seconds between 1 and 31536000 (365 days)")
-        );
-    }
-    assert_eq!(
-        opts(&["--all", "--timeout", "lock=31536000"]).unwrap().timeouts,
-        [(Phase::Lock, 31536000)]
-    );
-    assert_eq!(
-        opts_err(&["--all", "--pre-activate-script", "/etc/check"]),
-        "--pre-activate-script `/etc/check` is absolute: it must be a path inside the toplevel, e.g. \"bin/check\""
-    );
-    assert_eq!(
-        opts_err(&["--all", "--pre-activate-script", "../x"]),
-        "--pre-activate-script `../x` contains '..': it must stay inside the toplevel"
-    );
-}
-
-#[test]
-fn overrides_apply_to_every_target() {
-    let o = opts(&[
-        "--all",
-        "--timeout",
-        "copy=1",
-        "--timeout",
-        "copy=2",
-        "--pre-activate-script",
-        "bin/ok",
-    ])
-    .unwrap();
-    let mut targets = vec![Target { name: "a".into(), spec: HostSpec::with_defaults("a") }];
-    o.apply_overrides(&mut targets);
-    assert_eq!(targets[0].spec.timeouts.copy, 2, "the last one wins");
-    assert_eq!(targets[0].spec.timeouts.build, 3600);
-    assert_eq!(targets[0].spec.self_check.as_deref(), Some("bin/ok"));
-}
-
-// ---------------------------------------------------------------------------
-// The binary
-
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_deploy-flake")).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::{fixture_flake, run_tool};
 
 #[test]
 fn dry_run_prints_the_plan() {
-    let dir = common::fixture_flake("fleet");
+    let dir = fixture_flake("fleet");
     let flake = dir.path().to_str().unwrap();
-    let (code, stdout, stderr) = run(&[
+    let (code, stdout, stderr) = run_tool(&[
         "--dry-run",
         "--all",
         "--flake",
@@ -202,10 +57,10 @@ web-2
 
 #[test]
 fn ad_hoc_destination_works_without_deploy_flake() {
-    let dir = common::fixture_flake("no-deploy-flake");
+    let dir = fixture_flake("no-deploy-flake");
     let flake = dir.path().to_str().unwrap();
     let (code, stdout, stderr) =
-        run(&["--dry-run", "--flake", flake, "nixos://ops@[fe80::1]:2222/alpha"]);
+        run_tool(&["--dry-run", "--flake", flake, "nixos://ops@[fe80::1]:2222/alpha"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains("nixos://ops@[fe80::1]:2222/alpha\n  ssh:           ops@[fe80::1]:2222\n"),
@@ -218,10 +73,10 @@ fn ad_hoc_destination_works_without_deploy_flake() {
 }
 
 #[test]
-fn errors_exit_2_with_one_error_line() {
-    let dir = common::fixture_flake("no-deploy-flake");
+fn flake_errors_exit_2_with_one_error_line() {
+    let dir = fixture_flake("no-deploy-flake");
     let flake = dir.path().to_str().unwrap();
-    let (code, stdout, stderr) = run(&["--dry-run", "--all", "--flake", flake]);
+    let (code, stdout, stderr) = run_tool(&["--dry-run", "--all", "--flake", flake]);
     assert_eq!(code, 2);
     assert_eq!(stdout, "");
     assert!(
@@ -231,61 +86,12 @@ fn errors_exit_2_with_one_error_line() {
         "{stderr}"
     );
 
-    let dir = common::fixture_flake("throwing");
+    let dir = fixture_flake("throwing");
     let flake = dir.path().to_str().unwrap();
-    let (code, _, stderr) = run(&["--dry-run", "--flake", flake, "alpah"]);
+    let (code, _, stderr) = run_tool(&["--dry-run", "--flake", flake, "alpah"]);
     assert_eq!(code, 2);
     assert_eq!(
         stderr,
         "error: unknown host `alpah`: did you mean `alpha`? (for a host outside deployFlake, write nixos://HOST or USER@HOST)\n"
     );
-
-    let (code, _, stderr) = run(&["--dry-run"]);
-    assert_eq!(code, 2);
-    assert_eq!(
-        stderr,
-        "error: no hosts selected: name hosts, @tags or globs, or pass --all (see --help)\n"
-    );
-
-    let (code, _, _) = run(&["--no-such-flag"]);
-    assert_eq!(code, 2, "clap usage errors exit 2 too");
-}
-
-#[test]
-fn version_and_help() {
-    let (code, stdout, _) = run(&["--version"]);
-    assert_eq!(code, 0);
-    assert_eq!(stdout, format!("deploy-flake {}\n", env!("CARGO_PKG_VERSION")));
-    let (code, stdout, _) = run(&["--help"]);
-    assert_eq!(code, 0);
-    for needle in [
-        "--pre-activate-script",
-        "--preflight-check",
-        "--timeout <PHASE=SECONDS>",
-        "nixos://root@[fe80::1]:2222/web",
-        "Exit status:",
-    ] {
-        assert!(stdout.contains(needle), "--help lacks {needle}:\n{stdout}");
-    }
-    let words = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
-    assert!(
-        words.contains("Override a phase timeout for every host, in seconds (1 to 31536000); repeatable. Phases: connect, lock, preflight, copy, build, selfCheck, activate, confirm, boot."),
-        "{stdout}"
-    );
-}
-
-#[test]
-fn plan_quotes_nix_attributes_and_brackets_ipv6() {
-    use deploy_flake::plan::{nix_attr, ssh_destination};
-    assert_eq!(nix_attr("web-1"), "web-1");
-    assert_eq!(nix_attr("_x'"), "_x'");
-    assert_eq!(nix_attr("1web"), "\"1web\"");
-    assert_eq!(nix_attr("a b"), "\"a b\"");
-    assert_eq!(nix_attr(r#"q"\${x}$y"#), r#""q\"\\\${x}$y""#);
-    assert_eq!(nix_attr("a\nb"), "\"a\\nb\"");
-    let mut h = HostSpec::with_defaults("h");
-    assert_eq!(ssh_destination(&h), "root@h:22");
-    h.hostname = "fe80::1".into();
-    h.ssh_port = 2222;
-    assert_eq!(ssh_destination(&h), "root@[fe80::1]:2222");
 }

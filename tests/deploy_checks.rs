@@ -5,34 +5,18 @@
 //!
 //! Needs `nix` (2.8 or later) on PATH; no network, no daemon features.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-const FEATURES: &str = "nix-command flakes";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use common::{
+    copy_tree, flake_from, nix_ok, nix_path, path_ref, project_flake, repo_root, run_nix,
+    scenario_names,
+};
 
 fn fixtures() -> PathBuf {
-    repo().join("tests/fixtures/checks")
-}
-
-/// A Nix string literal for a path (paths with spaces stay one token).
-fn nix_path(p: &Path) -> String {
-    serde_json::to_string(p.to_str().expect("utf-8 path")).expect("json string")
-}
-
-fn nix() -> Command {
-    let mut cmd = Command::new("nix");
-    cmd.args(["--extra-experimental-features", FEATURES]);
-    // Keep the tests hermetic: no substituter is reachable here.
-    cmd.args(["--option", "substituters", ""]);
-    cmd
-}
-
-fn run(mut cmd: Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run nix (is it on PATH?): {e}"))
+    repo_root().join("tests/fixtures/checks")
 }
 
 /// `let lib = import <repo>/lib; self = ...; in BODY`, with `fleet` bound to
@@ -42,7 +26,7 @@ fn expr(body: &str) -> String {
         "let\n  lib = import {lib};\n  fleet = import {hand};\n  \
          self = {{ nixosConfigurations = import {configs}; }};\n  \
          system = \"x86_64-linux\";\nin\n{body}",
-        lib = nix_path(&repo().join("lib")),
+        lib = nix_path(&repo_root().join("lib")),
         hand = nix_path(&fixtures().join("hand-written.nix")),
         configs = nix_path(&fixtures().join("configurations.nix")),
     )
@@ -50,14 +34,7 @@ fn expr(body: &str) -> String {
 
 /// Evaluates `(BODY).drvPath`; Ok(drvPath) or Err(stderr).
 fn drv_path(body: &str) -> Result<String, String> {
-    let mut cmd = nix();
-    cmd.args(["eval", "--impure", "--raw", "--expr"]).arg(expr(&format!("({body}).drvPath")));
-    let out = run(cmd);
-    if out.status.success() {
-        Ok(String::from_utf8(out.stdout).expect("utf-8 stdout"))
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    run_nix(&["eval", "--impure", "--raw", "--expr", &expr(&format!("({body}).drvPath"))])
 }
 
 fn assert_ok(body: &str) -> String {
@@ -253,43 +230,20 @@ fn missing_deploy_flake_is_explained() {
 /// A temp flake with no inputs: the fixture flake.nix, the project's lib/,
 /// the throwing configurations, and `fleet.nix` = `{ self, lib }: FLEET`.
 fn temp_flake(fleet: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let copy = |from: &Path, to: &str| {
-        std::fs::copy(from, dir.path().join(to))
-            .unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
-    };
-    copy(&fixtures().join("flake/flake.nix"), "flake.nix");
-    copy(&fixtures().join("configurations.nix"), "configurations.nix");
-    std::fs::create_dir(dir.path().join("lib")).expect("mkdir lib");
-    // Every file: the .nix files and the rules.json they read.
-    for entry in std::fs::read_dir(repo().join("lib")).expect("read lib/") {
-        let entry = entry.expect("lib/ entry");
-        if entry.file_type().expect("file type").is_file() {
-            copy(&entry.path(), &format!("lib/{}", entry.file_name().to_string_lossy()));
-        }
-    }
+    let flake = fixtures().join("flake/flake.nix");
+    let dir = flake_from(&std::fs::read_to_string(&flake).expect("read the fixture flake.nix"));
+    std::fs::copy(fixtures().join("configurations.nix"), dir.path().join("configurations.nix"))
+        .expect("copy configurations.nix");
     std::fs::write(dir.path().join("fleet.nix"), format!("{{ self, lib }}:\n{fleet}\n"))
         .expect("write fleet.nix");
     dir
-}
-
-fn flake_ref(dir: &Path) -> String {
-    format!("path:{}", dir.display())
 }
 
 /// `nix eval <flake>#checks.x86_64-linux.deploy.drvPath`: what `nix flake
 /// check` evaluates for this check. (`nix flake check` itself would also
 /// evaluate every nixosConfigurations toplevel, which the fixtures forbid.)
 fn eval_flake_check(dir: &Path) -> Result<String, String> {
-    let mut cmd = nix();
-    cmd.args(["eval", "--raw"])
-        .arg(format!("{}#checks.x86_64-linux.deploy.drvPath", flake_ref(dir)));
-    let out = run(cmd);
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    run_nix(&["eval", "--raw", &format!("{}#checks.x86_64-linux.deploy.drvPath", path_ref(dir))])
 }
 
 #[test]
@@ -333,32 +287,42 @@ fn flake_check_of_a_hand_written_fleet_names_the_path() {
 
 // ---- building the check --------------------------------------------------------
 
+/// `--option build-users-group ""` where the machine has no `nixbld` group
+/// (Debian's nix-bin, run as root).
+fn build_users_options() -> Vec<&'static str> {
+    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    if groups.lines().any(|l| l.starts_with("nixbld:")) {
+        Vec::new()
+    } else {
+        vec!["--option", "build-users-group", ""]
+    }
+}
+
 /// Options that let `nix build` run as root on a machine whose Nix has no
 /// build users or no sandbox shell (Debian's nix-bin); a stock NixOS or
 /// installer setup needs none of them.
-fn build_options() -> Vec<String> {
-    let mut opts = Vec::new();
-    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    if !groups.lines().any(|l| l.starts_with("nixbld:")) {
-        opts.extend(["--option", "build-users-group", ""].map(String::from));
-    }
-    let mut cmd = nix();
-    cmd.arg("show-config");
-    let config = String::from_utf8_lossy(&run(cmd).stdout).into_owned();
+fn build_options() -> Vec<&'static str> {
+    let mut opts = build_users_options();
+    let config = run_nix(&["show-config"]).unwrap_or_default();
     let sandbox_has_sh =
         config.lines().any(|l| l.starts_with("sandbox-paths") && l.contains("/bin/sh"));
     let sandbox_on = config.lines().any(|l| l.trim() == "sandbox = true");
     if sandbox_on && !sandbox_has_sh {
         if Path::new("/bin/busybox").exists() {
             // What NixOS does: a static busybox as the sandbox's /bin/sh.
-            opts.extend(
-                ["--option", "extra-sandbox-paths", "/bin/sh=/bin/busybox"].map(String::from),
-            );
+            opts.extend(["--option", "extra-sandbox-paths", "/bin/sh=/bin/busybox"]);
         } else {
-            opts.extend(["--option", "sandbox", "false"].map(String::from));
+            opts.extend(["--option", "sandbox", "false"]);
         }
     }
     opts
+}
+
+/// `nix show-derivation DRV`: the one derivation it shows (keyed by the
+/// .drv path, whose spelling differs between Nix versions).
+fn derivation(drv: &str) -> serde_json::Value {
+    let shown = json(&nix_ok(&["show-derivation", drv]));
+    shown.as_object().and_then(|o| o.values().next()).expect("one derivation shown").clone()
 }
 
 #[test]
@@ -368,27 +332,17 @@ fn the_check_builds_with_nothing_but_itself() {
     let drv = assert_ok(body);
 
     // No input derivations: building the check cannot build any system.
-    let mut cmd = nix();
-    cmd.args(["show-derivation", &drv]);
-    let out = run(cmd);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    // Keyed by the .drv path (its spelling differs between Nix versions).
-    let inputs = &shown.as_object().and_then(|o| o.values().next()).expect("one derivation shown")
-        ["inputDrvs"];
+    let inputs = &derivation(&drv)["inputDrvs"];
     assert_eq!(inputs, &serde_json::json!({}), "check has input derivations: {inputs}");
 
     if std::env::consts::ARCH != "x86_64" || std::env::consts::OS != "linux" {
         return; // the fixture's `system` is x86_64-linux
     }
-    let mut cmd = nix();
-    cmd.args(["build", "--impure", "--no-link", "--json"])
-        .args(build_options())
-        .arg("--expr")
-        .arg(expr(body));
-    let out = run(cmd);
-    assert!(out.status.success(), "nix build failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    let built: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let expr = expr(body);
+    let mut args = vec!["build", "--impure", "--no-link", "--json"];
+    args.extend(build_options());
+    args.extend(["--expr", &expr]);
+    let built = json(&nix_ok(&args));
     let path = built[0]["outputs"]["out"].as_str().expect("out path");
     let inventory: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).expect("read check output"))
@@ -409,52 +363,12 @@ fn the_check_builds_with_nothing_but_itself() {
 // is valid Python, and the fleet flake a VM test archives to its targets
 // evaluates to exactly the toplevels prebuilt into their stores.
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("mkdir {}: {e}", to.display()));
-    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display())) {
-        let entry = entry.expect("dir entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target)
-                .unwrap_or_else(|e| panic!("copy {}: {e}", entry.path().display()));
-        }
-    }
-}
-
-/// The files of the project that its flake reads, in a fresh temp dir.
-fn project_flake() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("temp dir");
-    for file in ["flake.nix", "Cargo.toml", "Cargo.lock"] {
-        std::fs::copy(repo().join(file), dir.path().join(file))
-            .unwrap_or_else(|e| panic!("copy {file}: {e}"));
-    }
-    copy_tree(&repo().join("lib"), &dir.path().join("lib"));
-    copy_tree(&repo().join("checks"), &dir.path().join("checks"));
-    std::fs::create_dir_all(dir.path().join("tests/fixtures")).expect("mkdir");
-    std::fs::copy(
-        repo().join("tests/fixtures/scenarios.nix"),
-        dir.path().join("tests/fixtures/scenarios.nix"),
-    )
-    .expect("copy scenarios.nix");
-    dir
-}
-
-fn standin() -> String {
-    format!("path:{}", fixtures().join("nixpkgs-standin").display())
-}
-
 /// `nix ARGS… --override-input nixpkgs <stand-in>`; Ok(stdout) or Err(stderr).
 fn nix_standin(args: &[&str]) -> Result<String, String> {
-    let mut cmd = nix();
-    cmd.args(args).args(["--override-input", "nixpkgs", &standin()]);
-    let out = run(cmd);
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    let standin = path_ref(&fixtures().join("nixpkgs-standin"));
+    let mut args: Vec<&str> = args.to_vec();
+    args.extend(["--override-input", "nixpkgs", &standin]);
+    run_nix(&args)
 }
 
 fn json(text: &str) -> serde_json::Value {
@@ -467,76 +381,49 @@ fn flake_lib_and_overlay_need_no_nixpkgs() {
     let empty = tempfile::tempdir().expect("temp dir");
     std::fs::write(empty.path().join("flake.nix"), "{ outputs = _: { }; }\n").expect("write");
     let project = project_flake();
-    let mut cmd = nix();
-    cmd.args(["eval", "--json"])
-        .arg(format!("path:{}#lib", project.path().display()))
-        .args(["--apply", "lib: builtins.attrNames lib"])
-        .args(["--override-input", "nixpkgs"])
-        .arg(format!("path:{}", empty.path().display()));
-    let out = run(cmd);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let names = json(&String::from_utf8_lossy(&out.stdout));
+    let eval = |flag: &str, attr: &str, apply: &str| {
+        nix_ok(&[
+            "eval",
+            flag,
+            &format!("{}#{attr}", path_ref(project.path())),
+            "--apply",
+            apply,
+            "--override-input",
+            "nixpkgs",
+            &path_ref(empty.path()),
+        ])
+    };
+    let names = json(&eval("--json", "lib", "lib: builtins.attrNames lib"));
     for name in ["mkDeployFlake", "deployChecks"] {
         assert!(names.as_array().unwrap().contains(&name.into()), "{names}");
     }
-
-    let mut cmd = nix();
-    cmd.args(["eval", "--raw"])
-        .arg(format!("path:{}#overlays.default", project.path().display()))
-        .args(["--apply", "o: builtins.typeOf o"])
-        .args(["--override-input", "nixpkgs"])
-        .arg(format!("path:{}", empty.path().display()));
-    let out = run(cmd);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "lambda");
+    assert_eq!(eval("--raw", "overlays.default", "o: builtins.typeOf o"), "lambda");
 }
 
 #[test]
 fn flake_outputs_evaluate_and_every_scenario_is_a_vm_check() {
     let project = project_flake();
-    let flake = format!("path:{}", project.path().display());
+    let flake = path_ref(project.path());
     if let Err(e) = nix_standin(&["flake", "check", "--no-build", &flake]) {
         panic!("nix flake check --no-build failed:\n{e}");
     }
+    let checks_of = |system: &str| {
+        let attr = format!("{flake}#checks.{system}");
+        json(
+            &nix_standin(&["eval", "--json", &attr, "--apply", "builtins.attrNames"])
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+    };
 
-    let mut cmd = nix();
-    cmd.args(["eval", "--impure", "--json", "--expr"]).arg(format!(
-        "builtins.attrNames (import {})",
-        nix_path(&repo().join("tests/fixtures/scenarios.nix"))
-    ));
-    let out = run(cmd);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let scenarios = json(&String::from_utf8_lossy(&out.stdout));
-
+    let scenarios = scenario_names();
     for system in ["x86_64-linux", "aarch64-linux"] {
-        let checks = nix_standin(&[
-            "eval",
-            "--json",
-            &format!("{flake}#checks.{system}"),
-            "--apply",
-            "builtins.attrNames",
-        ])
-        .unwrap_or_else(|e| panic!("{e}"));
-        let mut expected: Vec<String> = scenarios
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| format!("vm-{}", s.as_str().unwrap()))
-            .collect();
+        let mut expected: Vec<String> = scenarios.iter().map(|s| format!("vm-{s}")).collect();
         expected.push("package".into());
         expected.sort();
-        assert_eq!(json(&checks), serde_json::json!(expected), "{system}");
+        assert_eq!(checks_of(system), serde_json::json!(expected), "{system}");
     }
     for system in ["x86_64-darwin", "aarch64-darwin"] {
-        let checks = nix_standin(&[
-            "eval",
-            "--json",
-            &format!("{flake}#checks.{system}"),
-            "--apply",
-            "builtins.attrNames",
-        ])
-        .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(json(&checks), serde_json::json!(["package"]), "{system}");
+        assert_eq!(checks_of(system), serde_json::json!(["package"]), "{system}");
     }
 
     // The unit tier only runs in the package build.
@@ -557,21 +444,13 @@ fn build_vm_check(flake: &str, scenario: &str) -> (String, serde_json::Value) {
         .unwrap_or_else(|e| panic!("{e}"));
     // The stand-in's runCommand uses the host's cp and ssh-keygen.
     let mut args = vec!["build", "--no-link", "--json", "--option", "sandbox", "false"];
-    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    if !groups.lines().any(|l| l.starts_with("nixbld:")) {
-        args.extend(["--option", "build-users-group", ""]);
-    }
+    args.extend(build_users_options());
     args.push(&attr);
     let built = nix_standin(&args).unwrap_or_else(|e| panic!("building {attr}:\n{e}"));
     let out = json(&built)[0]["outputs"]["out"].as_str().unwrap().to_string();
     let script = std::fs::read_to_string(&out).expect("test script");
 
-    let mut cmd = nix();
-    cmd.args(["show-derivation", &drv]);
-    let shown = run(cmd);
-    assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
-    let shown = json(&String::from_utf8_lossy(&shown.stdout));
-    let env = &shown.as_object().unwrap().values().next().unwrap()["env"];
+    let env = &derivation(&drv)["env"];
     let paths = json(env["additionalPaths"].as_str().expect("additionalPaths"));
     (script, paths)
 }
@@ -597,10 +476,7 @@ fn fleet_of(script: &str) -> tempfile::TempDir {
     let end = start + script[start..].find(' ').unwrap();
     let dir = tempfile::tempdir().expect("temp dir");
     copy_tree(Path::new(&script[start..end]), dir.path());
-    let mut cmd = nix();
-    cmd.args(["flake", "lock"]).arg(dir.path());
-    let out = run(cmd);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    nix_ok(&["flake", "lock", dir.path().to_str().expect("utf-8 path")]);
     dir
 }
 
@@ -618,7 +494,7 @@ fn expected_of(script: &str) -> serde_json::Value {
 
 fn check_vm_plumbing(scenario: &str, exit_code: u8, success: bool) {
     let project = project_flake();
-    let flake = format!("path:{}", project.path().display());
+    let flake = path_ref(project.path());
     let (script, additional_paths) = build_vm_check(&flake, scenario);
     assert_python_parses(&script);
     assert!(
@@ -627,21 +503,11 @@ fn check_vm_plumbing(scenario: &str, exit_code: u8, success: bool) {
     );
 
     let fleet = fleet_of(&script);
-    let fleet_ref = format!("path:{}", fleet.path().display());
-    let mut cmd = nix();
-    cmd.args(["eval", "--json"]).arg(format!("{fleet_ref}#deployFlake"));
-    let out = run(cmd);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let inventory = json(&String::from_utf8_lossy(&out.stdout));
-
-    let mut cmd = nix();
-    cmd.args(["eval", "--raw"]).arg(format!("{fleet_ref}#checks.x86_64-linux.deploy.drvPath"));
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "the fleet's deployChecks: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let fleet_ref = path_ref(fleet.path());
+    let inventory = json(&nix_ok(&["eval", "--json", &format!("{fleet_ref}#deployFlake")]));
+    if let Err(e) = eval_flake_check(fleet.path()) {
+        panic!("the fleet's deployChecks: {e}");
+    }
 
     // Every configuration a target is sent was prebuilt into its store: the
     // build on the target finds it and needs no network.
@@ -649,13 +515,13 @@ fn check_vm_plumbing(scenario: &str, exit_code: u8, success: bool) {
     for (host, spec) in inventory["hosts"].as_object().unwrap() {
         let configuration = spec["configuration"].as_str().unwrap();
         let target = spec["hostname"].as_str().unwrap();
-        let mut cmd = nix();
-        cmd.args(["eval", "--raw"]).arg(format!(
-            "{fleet_ref}#nixosConfigurations.{configuration}.config.system.build.toplevel.outPath"
-        ));
-        let out = run(cmd);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let toplevel = String::from_utf8_lossy(&out.stdout).into_owned();
+        let toplevel = nix_ok(&[
+            "eval",
+            "--raw",
+            &format!(
+                "{fleet_ref}#nixosConfigurations.{configuration}.config.system.build.toplevel.outPath"
+            ),
+        ]);
         let prebuilt = additional_paths[target].as_array().expect("target paths");
         assert!(
             prebuilt.contains(&toplevel.clone().into()),
@@ -666,14 +532,14 @@ fn check_vm_plumbing(scenario: &str, exit_code: u8, success: bool) {
 
     // The deployer's key and known hosts come from the keys the deployed
     // configurations build, not from a second derivation.
-    let mut cmd = nix();
-    cmd.args(["eval", "--raw"]).arg(format!(
-        "{fleet_ref}#nixosConfigurations.{}.config.system.build.deployFlakeTestKeys.outPath",
-        inventory["hosts"]["target1"]["configuration"].as_str().unwrap()
-    ));
-    let out = run(cmd);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let keys = String::from_utf8_lossy(&out.stdout).into_owned();
+    let keys = nix_ok(&[
+        "eval",
+        "--raw",
+        &format!(
+            "{fleet_ref}#nixosConfigurations.{}.config.system.build.deployFlakeTestKeys.outPath",
+            inventory["hosts"]["target1"]["configuration"].as_str().unwrap()
+        ),
+    ]);
     assert!(script.contains(&format!("install -Dm600 {keys}/deployer ")), "{keys}");
 
     // The script expects the toplevels the fleet really yields.
@@ -706,9 +572,9 @@ fn example_fleet_evaluates_and_its_check_passes() {
     // examples/fleet with this checkout as its deploy-flake input.
     let project = project_flake();
     let example = tempfile::tempdir().expect("temp dir");
-    copy_tree(&repo().join("examples/fleet"), example.path());
-    let example_ref = format!("path:{}", example.path().display());
-    let deploy_flake = format!("path:{}", project.path().display());
+    copy_tree(&repo_root().join("examples/fleet"), example.path());
+    let example_ref = path_ref(example.path());
+    let deploy_flake = path_ref(project.path());
     let eval = |attr: &str, flag: &str| {
         nix_standin(&[
             "eval",

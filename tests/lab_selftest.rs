@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::{host_nix, run, run_ok, scenario_names, Lab, Suite};
+use common::{eval_expr, host_nix, nix_path, run, run_ok, scenario_names, Lab, Suite};
 
 /// Declares one test per suite for each named function taking a `Suite`.
 macro_rules! on_both_suites {
@@ -240,22 +240,19 @@ fn mixed_suites_boot_in_parallel() {
 /// fixture flake defines (no lab needed).
 #[test]
 fn every_scenario_has_a_fixture_configuration() {
-    let fixture = common::repo_root().join("tests/fixtures/lab");
-    let configs: Vec<String> = serde_json::from_str(&run_ok(
-        Command::new("nix-instantiate")
-            .args(["--eval", "--strict", "--json", "-E"])
-            .arg(format!("builtins.attrNames (import {}/configurations.nix)", fixture.display())),
-    ))
-    .unwrap();
-    let used: Vec<String> = serde_json::from_str(&run_ok(
-        Command::new("nix-instantiate")
-            .args(["--eval", "--strict", "--json", "-E"])
-            .arg(format!(
-                "map (s: s.configuration) (builtins.attrValues (import {}/tests/fixtures/scenarios.nix))",
-                common::repo_root().display()
-            )),
-    ))
-    .unwrap();
+    let eval = |expr: String| -> Vec<String> {
+        let value = eval_expr(&expr).unwrap_or_else(|e| panic!("{expr}:\n{e}"));
+        serde_json::from_value(value).expect("a list of strings")
+    };
+    let fixtures = common::repo_root().join("tests/fixtures");
+    let configs = eval(format!(
+        "builtins.attrNames (import {})",
+        nix_path(&fixtures.join("lab/configurations.nix"))
+    ));
+    let used = eval(format!(
+        "map (s: s.configuration) (builtins.attrValues (import {}))",
+        nix_path(&fixtures.join("scenarios.nix"))
+    ));
     for c in &used {
         assert!(configs.contains(c), "scenario configuration {c} is not in configurations.nix");
     }

@@ -1,10 +1,9 @@
 //! lib/ through a real `nix eval`: defaults, precedence, errors with their
 //! attribute paths, and the promise never to force a NixOS configuration.
 
-#[path = "fixtures/inventory/common.rs"]
 mod common;
 
-use common::*;
+use common::{error_line, eval_expr, eval_flake, fixture_flake, flake_from, repo_root};
 use serde_json::json;
 
 use deploy_flake::inventory::{self, InventoryError};
@@ -13,16 +12,8 @@ use deploy_flake::inventory::{self, InventoryError};
 fn mk(args: &str) -> Result<serde_json::Value, String> {
     eval_expr(&format!(
         r#"let lib = import {}/lib; in lib.mkDeployFlake ({{ self = {{ nixosConfigurations = {{ web1 = throw "web1 forced"; db1 = throw "db1 forced"; "odd'$(x)" = throw "forced"; }}; }}; }} // {args})"#,
-        repo().display()
+        repo_root().display()
     ))
-}
-
-/// The first `error:` line Nix printed.
-fn error_line(stderr: &str) -> &str {
-    stderr
-        .lines()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_else(|| panic!("no error line in:\n{stderr}"))
 }
 
 #[test]
@@ -61,7 +52,7 @@ fn values_derived_from_the_attribute_name_are_checked() {
     );
     let err = eval_expr(&format!(
         r#"(import {}/lib).mkDeployFlake {{ self.nixosConfigurations."a\"b" = throw "forced"; hosts."a\"b".hostname = "h"; }}"#,
-        repo().display()
+        repo_root().display()
     ))
     .unwrap_err();
     assert_eq!(

@@ -8,13 +8,11 @@
 //! one per rejected row gets mkDeployFlake's message (Nix's `tryEval` does
 //! not give it).
 
-#[path = "fixtures/inventory/common.rs"]
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
-use common::repo;
+use common::{error_line, nix_path, nix_string, repo_root, run_nix};
 use deploy_flake::inventory::{self, HostSpec};
 use serde_json::{json, Value};
 
@@ -191,26 +189,9 @@ fn table() -> Vec<Row> {
 
 // ---------------------------------------------------------------------------
 
-fn nix(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("nix")
-        .args(["--extra-experimental-features", "nix-command flakes"])
-        .args(args)
-        .output()
-        .expect("running nix");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
 /// The first `error:` line of Nix's stderr, without `error: `.
 fn error_of(stderr: &str) -> String {
-    stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("error: "))
-        .unwrap_or_else(|| panic!("no error line in:\n{stderr}"))
-        .to_string()
+    error_line(stderr)["error: ".len()..].to_string()
 }
 
 /// The settings over the defaults, unchecked: what a hand-written
@@ -308,7 +289,7 @@ impl Fixture {
     /// `lib`, `rows` (name -> user settings), `self` (every configuration
     /// throws) and `mk name` (that row's host from mkDeployFlake).
     fn prelude(&self) -> String {
-        let file = |f: &str| serde_json::to_string(&self.dir.path().join(f)).unwrap();
+        let file = |f: &str| nix_path(&self.dir.path().join(f));
         format!(
             r#"let
   lib = import {lib};
@@ -319,7 +300,7 @@ impl Fixture {
   mk = name: (lib.mkDeployFlake {{ inherit self; hosts.${{name}} = rows.${{name}}; }}).hosts.${{name}};
 in
 "#,
-            lib = serde_json::to_string(&repo().join("lib")).unwrap(),
+            lib = nix_path(&repo_root().join("lib")),
             rows = file("rows.json"),
             configs = file("configs.json"),
         )
@@ -332,15 +313,15 @@ in
             "{}builtins.mapAttrs (name: _: let r = builtins.tryEval (builtins.deepSeq (mk name) (mk name)); in if r.success then r.value else null) rows",
             self.prelude()
         );
-        let out = nix(&["eval", "--json", "--impure", "--expr", &expr])
+        let out = run_nix(&["eval", "--json", "--impure", "--expr", &expr])
             .unwrap_or_else(|e| panic!("evaluating every row failed:\n{e}"));
         serde_json::from_str(&out).unwrap()
     }
 
     /// mkDeployFlake's message for one row.
     fn mk_error(&self, name: &str) -> String {
-        let expr = format!("{}mk {}", self.prelude(), serde_json::to_string(name).unwrap());
-        match nix(&["eval", "--json", "--impure", "--expr", &expr]) {
+        let expr = format!("{}mk {}", self.prelude(), nix_string(name));
+        match run_nix(&["eval", "--json", "--impure", "--expr", &expr]) {
             Ok(v) => panic!("{name}: mkDeployFlake accepted it on its own: {v}"),
             Err(e) => error_of(&e),
         }
@@ -353,9 +334,9 @@ in
         let expr = format!(
             "{}(lib.deployChecks {{ inherit self; system = \"x86_64-linux\"; deployFlake = {{ schemaVersion = 1; hosts = builtins.fromJSON (builtins.readFile {}); }}; }}).drvPath",
             self.prelude(),
-            serde_json::to_string(&file).unwrap()
+            nix_path(&file)
         );
-        match nix(&["eval", "--raw", "--impure", "--expr", &expr]) {
+        match run_nix(&["eval", "--raw", "--impure", "--expr", &expr]) {
             Ok(drv) => {
                 assert!(drv.ends_with("-deploy-flake-check.drv"), "{drv}");
                 Ok(())

@@ -1,3 +1,15 @@
+//! Support for the integration tests, shared by every test crate through
+//! `mod common;` (from `tests/deploy/main.rs`:
+//! `#[path = "../common/mod.rs"] mod common;`):
+//!
+//! - here: the repository root, running a command and describing how it
+//!   failed, and running the built `deploy-flake` binary;
+//! - `nix`: the host's `nix` (`run_nix`, `eval_expr`, `eval_flake`) and Nix
+//!   string literals;
+//! - `flake`: temp flakes with the repository's `lib/` copied in
+//!   (`copy_lib` is the one place that copies it);
+//! - `fixture`, `lab`, `target`, `claim`: the lab, below.
+//!
 //! The lab from Rust: real targets (systemd as PID 1, a Nix daemon with its
 //! own store, sshd on a real interface) booted by `tests/lab/lab.sh`, and
 //! fixture flakes of NixOS stand-in configurations for them.
@@ -17,16 +29,29 @@
 //! The lab needs root, systemd-nspawn, mmdebstrap, nix and ssh. A missing
 //! prerequisite fails the test with what to install: the lab tier is never
 //! skipped silently.
+//!
+//! Only the functions of `nix.rs`, `scenario_names` and the lab run `nix`:
+//! the unit-tier tests that include this module run without it.
 #![allow(dead_code)]
 
 mod claim;
 mod fixture;
+mod flake;
 mod lab;
+mod nix;
 mod target;
 
+// Each test crate uses a part of these.
 #[allow(unused_imports)]
-pub use fixture::{nix_string, scenario_names};
+pub use fixture::scenario_names;
+#[allow(unused_imports)]
+pub use flake::{copy_lib, copy_tree, fixture_flake, flake_from, path_ref, project_flake};
+#[allow(unused_imports)]
 pub use lab::{Lab, Suite};
+#[allow(unused_imports)]
+pub use nix::{
+    error_line, eval_expr, eval_flake, host_nix, nix_ok, nix_path, nix_string, run_nix, NIX_CONFIG,
+};
 #[allow(unused_imports)]
 pub use target::Target;
 
@@ -43,12 +68,17 @@ pub fn lab_script() -> PathBuf {
     repo_root().join("tests/lab/lab.sh")
 }
 
-/// The host's `nix` with the experimental features the lab needs (the host
-/// may run Nix 2.8, where they are off by default).
-pub fn host_nix() -> Command {
-    let mut cmd = Command::new("nix");
-    cmd.args(["--extra-experimental-features", "nix-command flakes"]);
-    cmd
+/// The built `deploy-flake` binary.
+pub const BIN: &str = env!("CARGO_BIN_EXE_deploy-flake");
+
+/// `deploy-flake ARGS...`: (exit code, stdout, stderr).
+pub fn run_tool(args: &[&str]) -> (i32, String, String) {
+    let out = run(Command::new(BIN).args(args));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Runs `cmd`, panicking with its argv, exit status and output unless it

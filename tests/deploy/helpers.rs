@@ -10,15 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{Lab, Target};
-
-pub const BIN: &str = env!("CARGO_BIN_EXE_deploy-flake");
-
-/// The deploying machine's Nix settings for the lab: nothing outside is
-/// reachable (no binary cache to ask), and Debian's single-user Nix has no
-/// build users for local builds; the fixtures build with the host's /bin/sh and
-/// coreutils, outside a sandbox.
-const NIX_CONFIG: &str = "substituters =\nbuild-users-group =\nsandbox = false";
+use crate::common::{Lab, Target, BIN, NIX_CONFIG};
 
 /// What one run of the tool said and did.
 #[derive(Debug)]
