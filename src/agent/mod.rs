@@ -342,7 +342,7 @@ pub async fn check<S: Spawner>(
     let args = [toplevel.to_string(), secs.to_string()].into_iter().chain(env.words());
     let cmd = run.cmd("check", args).secs(secs + 10).quiet_stdout();
     let out = process::run(on, &cmd, None).await?.check()?;
-    out.stdout.lines().filter(|l| !is_answer(l)).for_each(on_line);
+    out.stdout.lines().filter(|l| !l.trim().is_empty() && !is_answer(l)).for_each(on_line);
     Ok(CheckVerdict::parse(&out.stdout))
 }
 

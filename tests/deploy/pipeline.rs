@@ -104,18 +104,22 @@ fn degraded_target_is_refused_and_unchanged() {
     assert_eq!(run.outcome("good"), "deployed", "{run}");
     assert_eq!(good.ssh_ok("cat /run/demo-web/version"), "healthy-v2");
 
-    // --skip-preflight gets past it; the failed unit is still there after
-    // the activation, so the health check before the confirmation refuses
-    // the new system and the host goes back.
+    // --skip-preflight gets past it. switch-to-configuration exits 4 for
+    // the unit that had failed before (as real NixOS does for any failed
+    // unit): that is not the new system's doing, so it is confirmed, and
+    // the unit is still failed (not hidden).
     let skip = deploy(&f, &["bad", "--skip-preflight"]);
-    assert_eq!(skip.code, 1, "{skip}");
-    assert_eq!(skip.outcome("bad"), "rolled-back", "{skip}");
-    assert_eq!(
-        (skip.phase("bad").as_str(), skip.reason("bad").as_str()),
-        ("confirm", "health-check")
+    assert_eq!(skip.code, 0, "{skip}");
+    assert_eq!(skip.outcome("bad"), "deployed", "{skip}");
+    assert!(
+        skip.lines("bad").iter().any(|l| l.contains("exited with 4 only for units that had failed before")),
+        "{skip}"
     );
-    assert!(skip.message("bad").contains("lab-broken.service"), "{skip}");
-    assert!(skip.lines("bad").iter().any(|l| l.contains("activating")), "it did activate: {skip}");
+    let v2 = skip.system("bad");
+    assert_eq!(bad.current_system(), Some(v2.clone()));
+    assert_eq!(bad.boot_profile(), Some(v2));
+    assert_eq!(bad.ssh_ok("cat /run/demo-web/version"), "healthy-v2");
+    assert_eq!(bad.ssh_ok("systemctl is-failed lab-broken.service || true"), "failed");
 }
 
 /// A failing self-check stops the host before anything changes.

@@ -132,7 +132,7 @@ fn deployer_killed_after_confirmation_rerun_finishes_boot() {
     assert_eq!(run.outcome("h"), "deployed", "{run}");
     assert!(
         events(&run.stdout).iter().any(|e| e["event"] == "note"
-            && e["text"] == "already running this system; writing the boot entry"),
+            && e["text"] == "already running this system, confirmed; writing its boot entry"),
         "{run}"
     );
     assert!(!run.lines("h").iter().any(|l| l.contains("activating")), "not activated again: {run}");
@@ -226,12 +226,19 @@ fn rollback_command_returns_to_the_previous_generation() {
     assert_back_on(t, &v1);
     assert_eq!(t.ssh_ok("cat /run/demo-web/version"), "healthy-v1");
 
-    // And forward again to an explicit generation.
-    let gen = t.ssh_ok("ls /nix/var/nix/profiles | sed -n 's/^system-\\([0-9]*\\)-link$/\\1/p' | sort -n | tail -1");
+    // And forward again to an explicit generation: it becomes the newest
+    // generation (what every bootloader boots).
+    let gen = t.ssh_ok(&format!(
+        "for l in /nix/var/nix/profiles/system-*-link; do [ \"$(readlink -f $l)\" = {v2} ] && echo $l; done \
+         | sed 's/.*system-\\([0-9]*\\)-link/\\1/' | sort -n | head -1"
+    ));
+    assert_eq!(gen, "2", "v2 is the second generation");
     let fwd = deploy(&f, &["rollback", "--all", "--to-generation", &gen]);
     assert_eq!(fwd.code, 0, "{fwd}");
     assert_eq!(t.current_system(), Some(v2.clone()));
-    assert_eq!(t.boot_profile(), Some(v2));
+    assert_eq!(t.boot_profile(), Some(v2.clone()));
+    let newest = t.ssh_ok("ls /nix/var/nix/profiles | sed -n 's/^system-\\([0-9]*\\)-link$/\\1/p' | sort -n | tail -1");
+    assert_eq!(newest, "4", "a new generation: 1 v1, 2 v2, 3 v1, 4 v2");
 }
 
 /// A failing user-declared health check (a command on the target) rolls back.
