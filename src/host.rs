@@ -216,7 +216,7 @@ impl Host for SshHost {
 
     async fn lock(&mut self, owner: &str, secs: u64) -> HostResult<Vec<String>> {
         let ssh = self.ssh()?;
-        agent::install(ssh, &self.run, secs).await?;
+        agent::install(ssh, &self.run, true, secs).await?;
         let lock = agent::lock(ssh, &self.run, owner, secs).await?;
         let busy = lock.busy.clone();
         self.lock = Some(lock);
@@ -382,6 +382,8 @@ impl SshHost {
     async fn relock(&mut self) -> HostResult<()> {
         let deadline = tokio::time::Instant::now()
             + std::time::Duration::from_secs(agent::HEARTBEAT_LOST_SECS + 10);
+        // After a reboot the agent is gone too (it lives in /run).
+        agent::install(self.ssh()?, &self.run, false, 10).await?;
         loop {
             let ssh = self.ssh()?;
             match agent::lock(ssh, &self.run, &self.owner, 10).await {

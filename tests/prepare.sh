@@ -11,7 +11,7 @@ here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
 
 [ "$(id -u)" = 0 ] || { echo "prepare.sh: run as root (the lab needs overlay mounts, netns and nspawn)" >&2; exit 1; }
 
-packages=(nix-bin openssh-client mmdebstrap systemd-container iproute2 util-linux procps ca-certificates busybox-static python3)
+packages=(nix-bin openssh-client mmdebstrap systemd-container iproute2 util-linux procps ca-certificates busybox-static python3 nftables)
 step() { printf 'prepare: %s %ss\n' "$1" "$(( $(date +%s) - $2 ))" >&2; }
 
 t=$(date +%s)

@@ -162,8 +162,10 @@ roll_back() {
     # doing: clear it, so that what fails now is what the rollback left.
     for unit in $new; do systemctl reset-failed "$unit" 2> /dev/null; done
     # Returning to the system that ran a moment ago: its own pre-switch
-    # checks must not refuse it, and nothing may stop it halfway.
-    run_bounded "$activate_secs" 0 env NIXOS_NO_CHECK=1 "$previous/bin/switch-to-configuration" test
+    # checks must not refuse it, and nothing may stop it halfway (not the
+    # deployer's abort, nor an activate timeout meant for the new system).
+    rollback_secs=$((activate_secs > 300 ? activate_secs : 300))
+    run_bounded "$rollback_secs" 0 env NIXOS_NO_CHECK=1 "$previous/bin/switch-to-configuration" test
     rc=$?
     now=$(readlink -f /run/current-system 2> /dev/null)
     left=$(new_failed)

@@ -37,9 +37,11 @@ pub use lock::{lock, HostLock, LockError, HEARTBEAT_LOST_SECS};
 /// another run is executing is never rewritten in place.
 const INSTALL: Script = Script(
     r#"umask 077
-install -d -m 0700 "$1" "$1/runs" "$2" || exit 1
+install -d -m 0700 "$1" "$1/runs" || exit 1
+if [ -n "$2" ]; then install -d -m 0700 "$2" || exit 1; fi
 [ -s "$3" ] && exit 0
-cat > "$2/agent.sh" && chmod 0700 "$2/agent.sh" && mv -f "$2/agent.sh" "$3""#,
+tmp="$1/.agent.$$"
+cat > "$tmp" && chmod 0700 "$tmp" && mv -f "$tmp" "$3""#,
 );
 
 /// The paths of one run's state on a target.
@@ -314,9 +316,16 @@ fn is_answer(line: &str) -> bool {
 
 // ---- commands -----------------------------------------------------------------
 
-/// Create the state directories and install the agent.
-pub async fn install<S: Spawner>(on: &S, run: &RunDir, secs: u64) -> Result<(), ProcessError> {
-    let cmd = Cmd::script(INSTALL, [STATE_DIR, &run.dir, &run.agent]).stdin(SCRIPT).secs(secs);
+/// Create the state directories (the run's own only when `new_run`: after
+/// a reboot its absence is how the run learns it) and install the agent.
+pub async fn install<S: Spawner>(
+    on: &S,
+    run: &RunDir,
+    new_run: bool,
+    secs: u64,
+) -> Result<(), ProcessError> {
+    let run_dir = if new_run { run.dir.as_str() } else { "" };
+    let cmd = Cmd::script(INSTALL, [STATE_DIR, run_dir, &run.agent]).stdin(SCRIPT).secs(secs);
     process::run(on, &cmd, None).await?.check()?;
     Ok(())
 }

@@ -19,6 +19,8 @@ pub struct Target {
     pub name: String,
     /// `10.77.<idx>.2`
     pub address: String,
+    /// `fd77:0:0:<idx>::2`
+    pub address6: String,
     pub idx: u8,
     pub suite: Suite,
     lab_dir: PathBuf,
@@ -29,6 +31,7 @@ impl Target {
     pub(super) fn new(name: String, claim: Claim, suite: Suite, lab_dir: PathBuf) -> Target {
         Target {
             address: format!("10.77.{}.2", claim.idx),
+            address6: format!("fd77:0:0:{}::2", claim.idx),
             idx: claim.idx,
             name,
             suite,

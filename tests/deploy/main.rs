@@ -5,6 +5,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod contract;
 mod helpers;
+mod holes;
 mod pipeline;
 mod safety;

@@ -112,7 +112,9 @@ fn degraded_target_is_refused_and_unchanged() {
     assert_eq!(skip.code, 0, "{skip}");
     assert_eq!(skip.outcome("bad"), "deployed", "{skip}");
     assert!(
-        skip.lines("bad").iter().any(|l| l.contains("exited with 4 only for units that had failed before")),
+        skip.lines("bad")
+            .iter()
+            .any(|l| l.contains("exited with 4 only for units that had failed before")),
         "{skip}"
     );
     let v2 = skip.system("bad");

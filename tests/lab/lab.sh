@@ -205,6 +205,9 @@ cmd_boot() {
     ip -n "$name" addr add "$addr/24" dev host0
     ip -n "$name" link set host0 up
     ip -n "$name" route add default via "10.77.$idx.1"
+    # IPv6 too (no duplicate address detection: usable at once).
+    ip addr add "fd77:0:0:$idx::1/64" dev "dfl$idx" nodad
+    ip -n "$name" addr add "fd77:0:0:$idx::2/64" dev host0 nodad
 
     # Identity: machine-id, hostname, ssh host key, authorized keys.
     local m="$tdir/merged"
@@ -224,8 +227,8 @@ cmd_boot() {
     done
     (
         flock 7
-        grep -v "^$addr " "$labdir/known_hosts" >"$labdir/known_hosts.new" || true
-        printf '%s %s\n' "$addr" "$(cut -d' ' -f1,2 "$m/etc/ssh/ssh_host_ed25519_key.pub")" \
+        grep -v "^$addr[ ,]" "$labdir/known_hosts" >"$labdir/known_hosts.new" || true
+        printf '%s,%s %s\n' "$addr" "fd77:0:0:$idx::2" "$(cut -d' ' -f1,2 "$m/etc/ssh/ssh_host_ed25519_key.pub")" \
             >>"$labdir/known_hosts.new"
         mv "$labdir/known_hosts.new" "$labdir/known_hosts"
     ) 7>"$labdir/.known_hosts.lock"
