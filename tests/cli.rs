@@ -23,6 +23,7 @@ fn dry_run_prints_the_plan() {
     let want = format!(
         r#"dry run: 3 hosts from flake {flake}; nothing will be touched
 parallel: 16; preflight: run; force: no
+goal: switch (activate, confirm, then write the boot entry); pre-switch checks: run
 
 db1
   ssh:           root@db1:22
