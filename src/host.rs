@@ -8,7 +8,7 @@ use crate::agent::{self, AgentAction, AgentState, AgentStatus, CheckVerdict, Fac
 use crate::agent::{HostLock, LockError, RunDir, SwitchEnv};
 use crate::events::Reason;
 use crate::inventory::HealthCheck;
-use crate::nix::{self, NixError, StorePath};
+use crate::nix::{self, Archive, NixError, StorePath};
 use crate::process::{Lines, ProcessError};
 use crate::ssh::{Destination, Ssh, SshError};
 
@@ -30,7 +30,7 @@ impl From<NixError> for HostError {
     fn from(e: NixError) -> HostError {
         match e {
             NixError::Process(p) => HostError::Process(p),
-            NixError::Unexpected(m) => HostError::Unexpected(m),
+            other => HostError::Unexpected(other.to_string()),
         }
     }
 }
@@ -73,13 +73,21 @@ pub trait Host: Send {
     ) -> impl Future<Output = HostResult<Vec<String>>> + Send;
     /// The system state and failed units (waits for start-up to finish).
     fn health(&mut self, secs: u64) -> impl Future<Output = HostResult<Health>> + Send;
-    /// Copy the flake with its inputs to the host; returns its source.
-    fn copy_flake(
+    /// The flake and its inputs in this machine's store (once per run,
+    /// shared by every host).
+    fn archive(
         &mut self,
         flake: &str,
         secs: u64,
         out: Lines<'_>,
-    ) -> impl Future<Output = HostResult<StorePath>> + Send;
+    ) -> impl Future<Output = HostResult<Archive>> + Send;
+    /// Copy the archived flake and its inputs to the host.
+    fn copy_source(
+        &mut self,
+        archive: &Archive,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> impl Future<Output = HostResult<()>> + Send;
     /// Build a configuration of a copied flake on the host (GC-rooted).
     fn build(
         &mut self,
@@ -175,6 +183,12 @@ pub trait Host: Send {
     fn inspect_hint(&self) -> String;
 }
 
+/// What the hosts of a run share: the flake, archived once.
+#[derive(Default)]
+pub struct Shared {
+    archive: tokio::sync::OnceCell<HostResult<Archive>>,
+}
+
 /// A real host over ssh.
 pub struct SshHost {
     name: String,
@@ -186,10 +200,16 @@ pub struct SshHost {
     owner: String,
     /// Holds the GC root of a system built here until the run ends.
     local_root: Option<tempfile::TempDir>,
+    shared: std::sync::Arc<Shared>,
 }
 
 impl SshHost {
-    pub fn new(name: &str, dest: Destination, run_id: &str) -> SshHost {
+    pub fn new(
+        name: &str,
+        dest: Destination,
+        run_id: &str,
+        shared: std::sync::Arc<Shared>,
+    ) -> SshHost {
         SshHost {
             name: name.to_string(),
             dest,
@@ -198,6 +218,7 @@ impl SshHost {
             lock: None,
             owner: String::new(),
             local_root: None,
+            shared,
         }
     }
 
@@ -228,15 +249,22 @@ impl Host for SshHost {
         Ok(agent::health(self.ssh()?, &self.run, secs).await?)
     }
 
-    async fn copy_flake(
+    async fn archive(&mut self, flake: &str, secs: u64, out: Lines<'_>) -> HostResult<Archive> {
+        let archived = self.shared.archive.get_or_init(|| async {
+            nix::archive(flake, secs, out).await.map_err(HostError::from)
+        });
+        archived.await.clone()
+    }
+
+    async fn copy_source(
         &mut self,
-        flake: &str,
+        archive: &Archive,
         secs: u64,
         out: Lines<'_>,
-    ) -> HostResult<StorePath> {
+    ) -> HostResult<()> {
         let ssh = self.ssh()?;
         let store = ssh.dest.store_uri();
-        Ok(nix::copy_flake(flake, &store, &ssh.nix_sshopts()?, secs, out).await?)
+        Ok(nix::copy(&archive.paths, &store, &ssh.nix_sshopts()?, secs, out).await?)
     }
 
     async fn build(
@@ -275,7 +303,7 @@ impl Host for SshHost {
     ) -> HostResult<()> {
         let ssh = self.ssh()?;
         let store = ssh.dest.store_uri();
-        nix::copy_closure(path, &store, &ssh.nix_sshopts()?, secs, out).await?;
+        nix::copy(std::slice::from_ref(path), &store, &ssh.nix_sshopts()?, secs, out).await?;
         Ok(nix::add_root(ssh, path, &self.run.gc_root(), secs).await?)
     }
 

@@ -33,6 +33,13 @@ pub enum NixError {
     /// Nix printed something we cannot use.
     #[error("{0}")]
     Unexpected(String),
+    /// The target's Nix refused unsigned paths from our session.
+    #[error(
+        "the target's Nix does not trust this session with unsigned paths:\n{0}\n  hint: deploy \
+         as root (sshUser = \"root\"), or give sshUser passwordless sudo (the store is then \
+         reached through `sudo -n nix-daemon`), or add it to the target's nix.settings.trusted-users"
+    )]
+    Untrusted(String),
 }
 
 /// A validated absolute store path (`/nix/store/<hash>-<name>`).
@@ -81,27 +88,75 @@ pub fn toplevel_installable(flake: &str, configuration: &str) -> String {
     format!("{flake}#nixosConfigurations.%22{enc}%22.config.system.build.toplevel")
 }
 
+/// A flake and all its inputs, in this machine's store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Archive {
+    /// The flake's own source.
+    pub source: StorePath,
+    /// The source and every input's, to copy to a target.
+    pub paths: Vec<StorePath>,
+}
+
 #[derive(Deserialize)]
 struct ArchiveJson {
     path: String,
+    #[serde(default)]
+    inputs: std::collections::BTreeMap<String, ArchiveJson>,
 }
 
-/// Copy the flake and all its inputs to `store` (an ssh-ng URI riding on
-/// our master through `sshopts`). Returns the flake's source path.
-pub async fn copy_flake(
-    flake: &str,
+impl ArchiveJson {
+    fn collect(&self, into: &mut Vec<StorePath>) -> Result<(), NixError> {
+        let p = StorePath::parse(&self.path)?;
+        if !into.contains(&p) {
+            into.push(p);
+        }
+        self.inputs.values().try_for_each(|i| i.collect(into))
+    }
+}
+
+fn parse_archive_json(stdout: &str) -> Result<Archive, NixError> {
+    let parsed: ArchiveJson = serde_json::from_str(stdout.trim()).map_err(|e| {
+        NixError::Unexpected(format!("unexpected output of nix flake archive --json: {e}"))
+    })?;
+    let mut paths = Vec::new();
+    parsed.collect(&mut paths)?;
+    Ok(Archive { source: StorePath::parse(&parsed.path)?, paths })
+}
+
+/// Put the flake and all its inputs in this machine's store, and list
+/// them. Done once per run, whatever the number of targets.
+pub async fn archive(flake: &str, secs: u64, on_line: Lines<'_>) -> Result<Archive, NixError> {
+    let cmd = Cmd::new(nix_argv(["flake", "archive", "--json", flake])).secs(secs).quiet_stdout();
+    let out = process::run(&process::Local, &cmd, Some(on_line)).await?.check()?;
+    parse_archive_json(&out.stdout)
+}
+
+/// Copy store paths (with their closures) to `store`, an ssh-ng URI riding
+/// on our master through `sshopts`, letting the target substitute what it
+/// can. Unchecked: whether a path is signed depends on how it entered this
+/// machine's store (a fetched input is content-addressed, a path registered
+/// from a closure-info is neither), not on anything the target should
+/// trust; the copy travels over our own authenticated connection to a
+/// trusted (root) session.
+pub async fn copy(
+    paths: &[StorePath],
     store: &str,
     sshopts: &str,
     secs: u64,
     on_line: Lines<'_>,
-) -> Result<StorePath, NixError> {
-    let argv = nix_argv(["flake", "archive", "--json", "--to", store, flake]);
-    let cmd = Cmd::new(argv).env("NIX_SSHOPTS", sshopts).secs(secs).quiet_stdout();
-    let out = process::run(&process::Local, &cmd, Some(on_line)).await?.check()?;
-    let parsed: ArchiveJson = serde_json::from_str(out.stdout.trim()).map_err(|e| {
-        NixError::Unexpected(format!("unexpected output of nix flake archive --json: {e}"))
-    })?;
-    StorePath::parse(&parsed.path)
+) -> Result<(), NixError> {
+    let args = ["copy", "--no-check-sigs", "--substitute-on-destination", "--to", store];
+    let argv = nix_argv(args.into_iter().chain(paths.iter().map(StorePath::as_str)));
+    let cmd = Cmd::new(argv).env("NIX_SSHOPTS", sshopts).secs(secs);
+    match process::run(&process::Local, &cmd, Some(on_line)).await?.check() {
+        Ok(_) => Ok(()),
+        Err(ProcessError::Failed { tail, .. })
+            if tail.contains("lacks a signature") || tail.contains("lacks a valid signature") =>
+        {
+            Err(NixError::Untrusted(tail))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -133,23 +188,6 @@ pub async fn build<S: Spawner>(
     let cmd = Cmd::new(argv).secs(secs).quiet_stdout();
     let out = process::run(on, &cmd, Some(on_line)).await?.check()?;
     parse_build_json(&out.stdout)
-}
-
-/// Copy a locally built closure to `store`. Paths built here carry no
-/// signature the target trusts, so the copy is unchecked: it travels over
-/// our own authenticated ssh connection to a trusted (root) session.
-pub async fn copy_closure(
-    path: &StorePath,
-    store: &str,
-    sshopts: &str,
-    secs: u64,
-    on_line: Lines<'_>,
-) -> Result<(), NixError> {
-    let args = ["copy", "--no-check-sigs", "--substitute-on-destination", "--to", store];
-    let argv = nix_argv(args.into_iter().chain([path.as_str()]));
-    let cmd = Cmd::new(argv).env("NIX_SSHOPTS", sshopts).secs(secs);
-    process::run(&process::Local, &cmd, Some(on_line)).await?.check()?;
-    Ok(())
 }
 
 /// Register a GC root at `gc_root` for a path copied to the target.
@@ -254,6 +292,20 @@ mod tests {
             toplevel_installable(".", "my host$(x)/y"),
             ".#nixosConfigurations.%22my%20host%24%28x%29%2Fy%22.config.system.build.toplevel"
         );
+    }
+
+    #[test]
+    fn an_archive_lists_the_flake_and_every_input_once() {
+        let h = |c: char| format!("/nix/store/{}-source", c.to_string().repeat(32));
+        let (a, b, c) = (h('a'), h('b'), h('c'));
+        let j = format!(
+            r#"{{"path":"{a}","inputs":{{"x":{{"path":"{b}","inputs":{{"y":{{"path":"{c}"}}}}}},"z":{{"path":"{c}","inputs":{{}}}}}}}}"#
+        );
+        let archive = parse_archive_json(&j).unwrap();
+        assert_eq!(archive.source.as_str(), a);
+        let paths: Vec<&str> = archive.paths.iter().map(StorePath::as_str).collect();
+        assert_eq!(paths, [a.as_str(), b.as_str(), c.as_str()]);
+        assert!(parse_archive_json(r#"{"path":"/tmp/x"}"#).is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 
 use crate::events::{Event, HostReport, Outcome, Reason};
 use crate::exit::Exit;
-use crate::host::SshHost;
+use crate::host::{Shared, SshHost};
 use crate::pipeline::{self, Context, InterruptHandle};
 use crate::select::Target;
 use crate::ssh::Destination;
@@ -52,10 +52,12 @@ pub async fn run(targets: Vec<Target>, ctx: Context, max_parallel: usize) -> Vec
         hosts: targets.iter().map(|t| t.name.clone()).collect(),
     });
     let permits = Arc::new(Semaphore::new(max_parallel.max(1)));
+    let shared = Arc::new(Shared::default());
     let mut set = JoinSet::new();
     for (i, target) in targets.iter().cloned().enumerate() {
         let ctx = ctx.clone();
         let permits = permits.clone();
+        let shared = shared.clone();
         set.spawn(async move {
             let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
             if ctx.interrupt.is_set() {
@@ -69,8 +71,8 @@ pub async fn run(targets: Vec<Target>, ctx: Context, max_parallel: usize) -> Vec
                 (ctx.sink)(Event::HostFinished { report: report.clone() });
                 return (i, report);
             }
-            let host =
-                SshHost::new(&target.name, Destination::from_spec(&target.spec), &ctx.run_id);
+            let dest = Destination::from_spec(&target.spec);
+            let host = SshHost::new(&target.name, dest, &ctx.run_id, shared);
             (i, pipeline::deploy(&target, &ctx, host).await)
         });
     }

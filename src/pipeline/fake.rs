@@ -14,7 +14,7 @@ use crate::agent::{AgentAction, AgentState, AgentStatus, CheckVerdict, Facts, He
 use crate::events::Reason;
 use crate::host::{Host, HostError, HostResult};
 use crate::inventory::HealthCheck;
-use crate::nix::StorePath;
+use crate::nix::{Archive, StorePath};
 use crate::process::{Lines, Place, ProcessError};
 
 pub const OLD: &str = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-old";
@@ -149,13 +149,20 @@ impl Host for Fake {
         self.health.pop_front().unwrap_or_else(|| health("running", &[]))
     }
 
-    async fn copy_flake(&mut self, flake: &str, _s: u64, out: Lines<'_>) -> HostResult<StorePath> {
-        self.call(format!("copy {flake}"));
+    async fn archive(&mut self, flake: &str, _s: u64, out: Lines<'_>) -> HostResult<Archive> {
+        self.call(format!("archive {flake}"));
+        out("archiving");
+        let source = self.copy.clone()?;
+        Ok(Archive { paths: vec![source.clone()], source })
+    }
+
+    async fn copy_source(&mut self, archive: &Archive, _s: u64, out: Lines<'_>) -> HostResult<()> {
+        self.call(format!("copy {}", archive.paths.len()));
         out("copying path");
         if self.copy_hangs {
             std::future::pending::<()>().await;
         }
-        self.copy.clone()
+        Ok(())
     }
 
     async fn build(

@@ -113,8 +113,11 @@ impl HostRun<'_> {
         match self.spec().build_on {
             BuildOn::Target => {
                 self.start(Phase::Copy);
-                let source = host.copy_flake(flake, t.copy, &mut self.lines()).await;
-                let source = source.map_err(failed_in("copy", Reason::Copy))?;
+                let archive = host.archive(flake, t.copy, &mut self.lines()).await;
+                let archive = archive.map_err(failed_in("copy", Reason::Copy))?;
+                let copied = host.copy_source(&archive, t.copy, &mut self.lines()).await;
+                copied.map_err(failed_in("copy", Reason::Copy))?;
+                let source = archive.source;
                 self.start(Phase::Build);
                 let built = host.build(&source, cfg, t.build, &mut self.lines()).await;
                 built.map_err(failed_in("build", Reason::Build))

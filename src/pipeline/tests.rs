@@ -33,7 +33,8 @@ async fn a_healthy_host_goes_through_every_phase_in_order() {
         "connect",
         "lock",
         "health",
-        "copy .",
+        "archive .",
+        "copy 1",
         "build web1",
         "facts",
         "pre-switch-check",
@@ -98,7 +99,7 @@ async fn an_activation_of_another_run_makes_the_host_busy() {
     let r = run(f).await;
     assert_eq!(r.ended(), (Outcome::Failed, Some(Reason::Busy), Some(Phase::Lock)));
     assert!(r.message().contains("other-run-activate.service"), "{}", r.message());
-    assert!(!r.called("health") && !r.called("copy ."));
+    assert!(!r.called("health") && !r.called("archive ."));
 }
 
 #[tokio::test]
@@ -111,7 +112,7 @@ async fn a_degraded_host_fails_preflight_naming_its_failed_units() {
         r.message(),
         "preflight: system is degraded (failed units: lab-broken.service); fix the host or pass --skip-preflight"
     );
-    assert!(!r.called("copy ."));
+    assert!(!r.called("archive ."));
 }
 
 #[tokio::test]
@@ -119,7 +120,7 @@ async fn skipping_preflight_skips_the_health_check_before_the_copy() {
     let r = drive(Fake::new(), |_, ctx| ctx.skip_preflight = true).await;
     assert_eq!(r.report.outcome, Outcome::Deployed);
     assert!(!r.phases().contains(&Phase::Preflight));
-    assert_eq!(r.calls[..3], ["connect", "lock", "copy ."]);
+    assert_eq!(r.calls[..3], ["connect", "lock", "archive ."]);
 }
 
 #[tokio::test]

@@ -385,3 +385,61 @@ fn unknown_host_key_is_refused_with_the_fix() {
     assert_eq!(t.current_system(), None, "nothing was activated");
     assert_eq!(t.ssh_ok("ls /run/deploy-flake 2>/dev/null | wc -l"), "0", "nothing was written");
 }
+
+/// A flake input that is a valid store path with no signature and no
+/// content address on the deploying machine (registered from a
+/// closure-info style dump, as in a NixOS test VM): it reaches a target
+/// that requires signatures, and the deploy goes through.
+fn an_unsigned_input_reaches_a_target_that_requires_signatures(suite: Suite) {
+    let lab = Lab::boot(1, suite);
+    let t = &lab.targets[0];
+    let settings = t.ssh_ok("nix --extra-experimental-features nix-command show-config");
+    assert!(settings.lines().any(|l| l == "require-sigs = true"), "{settings}");
+    // The input: added, then registered again without its content address.
+    let dir = tempfile::tempdir().unwrap();
+    let salt = format!("{}-{:?}-{suite:?}", std::process::id(), std::time::Instant::now());
+    std::fs::write(dir.path().join("data"), salt).unwrap();
+    let mut add = crate::common::host_nix();
+    add.args(["store", "add-path", "--name", "source"]).arg(dir.path());
+    let input = crate::common::run_ok(&mut add);
+    let dump =
+        crate::common::run_ok(std::process::Command::new("nix-store").args(["--dump-db", &input]));
+    let mut load = std::process::Command::new("nix-store")
+        .arg("--load-db")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    load.stdin.take().unwrap().write_all(format!("{dump}\n").as_bytes()).unwrap();
+    assert!(load.wait().unwrap().success());
+    let mut info = crate::common::host_nix();
+    info.args(["path-info", "--json", &input]);
+    let info: serde_json::Value = serde_json::from_str(&crate::common::run_ok(&mut info)).unwrap();
+    assert!(info[0].get("ca").is_none() && info[0].get("signatures").is_none(), "{info}");
+
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "healthy-v2", "")]);
+    let text = std::fs::read_to_string(f.join("flake.nix")).unwrap();
+    let with_input = text.replacen(
+        "outputs = { self }:",
+        &format!("inputs.extra = {{ url = \"path:{input}\"; flake = false; }};\n  outputs = {{ self, ... }}:"),
+        1,
+    );
+    assert_ne!(text, with_input, "the fixture's outputs line changed");
+    std::fs::write(f.join("flake.nix"), with_input).unwrap();
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(t.ssh_ok(&format!("nix-store --check-validity {input} && echo valid")), "valid");
+    let sys = run.system("h");
+    assert_eq!(t.current_system(), Some(sys.clone()));
+    assert_eq!(t.boot_profile(), Some(sys));
+}
+
+#[test]
+fn an_unsigned_input_reaches_a_bookworm_target() {
+    an_unsigned_input_reaches_a_target_that_requires_signatures(Suite::Bookworm);
+}
+
+#[test]
+fn an_unsigned_input_reaches_a_trixie_target() {
+    an_unsigned_input_reaches_a_target_that_requires_signatures(Suite::Trixie);
+}
