@@ -3,6 +3,8 @@
 //! closure, read the system profile's generations. Where a command runs is
 //! the caller's [`Spawner`].
 
+use std::path::Path;
+
 use serde::Deserialize;
 
 use crate::process::{self, Cmd, Lines, ProcessError, Spawner};
@@ -66,6 +68,11 @@ impl StorePath {
         &self.0
     }
 
+    /// `<hash>-<name>`, the last component.
+    pub fn name(&self) -> &str {
+        &self.0["/nix/store/".len()..]
+    }
+
     pub fn join(&self, rel: &str) -> String {
         format!("{}/{}", self.0, rel)
     }
@@ -93,7 +100,8 @@ pub fn toplevel_installable(flake: &str, configuration: &str) -> String {
 pub struct Archive {
     /// The flake's own source.
     pub source: StorePath,
-    /// The source and every input's, to copy to a target.
+    /// The closure of the source and every input's, each path after the
+    /// paths it refers to: the order a target can import them in.
     pub paths: Vec<StorePath>,
 }
 
@@ -124,11 +132,122 @@ fn parse_archive_json(stdout: &str) -> Result<Archive, NixError> {
 }
 
 /// Put the flake and all its inputs in this machine's store, and list
-/// them. Done once per run, whatever the number of targets.
+/// their closure. Done once per run, whatever the number of targets.
 pub async fn archive(flake: &str, secs: u64, on_line: Lines<'_>) -> Result<Archive, NixError> {
     let cmd = Cmd::new(nix_argv(["flake", "archive", "--json", flake])).secs(secs).quiet_stdout();
     let out = process::run(&process::Local, &cmd, Some(on_line)).await?.check()?;
-    parse_archive_json(&out.stdout)
+    let mut archive = parse_archive_json(&out.stdout)?;
+    let paths = archive.paths.iter().map(StorePath::as_str);
+    let info = Cmd::new(nix_argv(["path-info", "--recursive", "--json"].into_iter().chain(paths)));
+    let out =
+        process::run(&process::Local, &info.secs(secs).quiet_stdout(), None).await?.check()?;
+    archive.paths = references_first(&parse_path_info(&out.stdout)?);
+    Ok(archive)
+}
+
+/// Paths and their references, from `nix path-info --json` (a list of
+/// objects with `path` before Nix 2.19, an object keyed by path since).
+fn parse_path_info(stdout: &str) -> Result<Vec<(StorePath, Vec<StorePath>)>, NixError> {
+    #[derive(Deserialize)]
+    struct Info {
+        path: Option<String>,
+        #[serde(default)]
+        references: Vec<String>,
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Infos {
+        List(Vec<Info>),
+        Map(std::collections::BTreeMap<String, Info>),
+    }
+    let bad =
+        |e: String| NixError::Unexpected(format!("unexpected output of nix path-info --json: {e}"));
+    let infos: Infos = serde_json::from_str(stdout.trim()).map_err(|e| bad(e.to_string()))?;
+    let pairs: Vec<(String, Info)> = match infos {
+        Infos::List(l) => l.into_iter().map(|i| (i.path.clone().unwrap_or_default(), i)).collect(),
+        Infos::Map(m) => m.into_iter().collect(),
+    };
+    pairs
+        .into_iter()
+        .map(|(p, i)| {
+            let refs =
+                i.references.iter().map(|r| StorePath::parse(r)).collect::<Result<_, _>>()?;
+            Ok((StorePath::parse(&p)?, refs))
+        })
+        .collect()
+}
+
+/// The paths, each after the ones it refers to (self-references ignored).
+fn references_first(infos: &[(StorePath, Vec<StorePath>)]) -> Vec<StorePath> {
+    fn visit<'a>(
+        p: &'a StorePath,
+        infos: &'a [(StorePath, Vec<StorePath>)],
+        done: &mut Vec<StorePath>,
+        seen: &mut std::collections::HashSet<&'a StorePath>,
+    ) {
+        if !seen.insert(p) {
+            return;
+        }
+        if let Some((_, refs)) = infos.iter().find(|(q, _)| q == p) {
+            refs.iter().filter(|r| *r != p).for_each(|r| visit(r, infos, done, seen));
+        }
+        done.push(p.clone());
+    }
+    let (mut done, mut seen) = (Vec::new(), std::collections::HashSet::new());
+    infos.iter().for_each(|(p, _)| visit(p, infos, &mut done, &mut seen));
+    done
+}
+
+/// `nix-store --export PATH` into `file`; returns the length of the path's
+/// own part (the file without the end-of-export marker), so that the parts
+/// of several exports can be streamed into one `nix-store --import`.
+pub async fn export(path: &StorePath, file: &Path, secs: u64) -> Result<u64, NixError> {
+    let cmd = Cmd::new(["nix-store", "--export", path.as_str()]).stdout_to(file).secs(secs);
+    process::run(&process::Local, &cmd, None).await?.check()?;
+    let bytes = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    let tail = read_tail(file, 8).unwrap_or_default();
+    if bytes < 16 || tail != [0u8; 8] {
+        return Err(NixError::Unexpected(format!("nix-store --export {path} wrote no export")));
+    }
+    Ok(bytes - 8)
+}
+
+fn read_tail(file: &Path, n: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(file)?;
+    f.seek(SeekFrom::End(-(n as i64)))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// Which of `paths` the store where `on` runs commands does not have, in
+/// the order given.
+pub async fn missing<S: Spawner>(
+    on: &S,
+    paths: &[StorePath],
+    secs: u64,
+) -> Result<Vec<StorePath>, NixError> {
+    let argv = ["nix-store", "--check-validity", "--print-invalid"];
+    let cmd = Cmd::new(argv.into_iter().chain(paths.iter().map(StorePath::as_str)));
+    let out = process::run(on, &cmd.secs(secs).quiet_stdout(), None).await?.check()?;
+    let invalid: std::collections::HashSet<&str> = out.stdout.lines().map(str::trim).collect();
+    Ok(paths.iter().filter(|p| invalid.contains(p.as_str())).cloned().collect())
+}
+
+/// Stream exported paths (`(file, length)` parts, each after the paths it
+/// refers to) into `nix-store --import` where `on` runs commands: one
+/// command on an existing connection, no signature needed (as root).
+pub async fn import<S: Spawner>(
+    on: &S,
+    parts: Vec<(std::path::PathBuf, u64)>,
+    secs: u64,
+    on_line: Lines<'_>,
+) -> Result<(), NixError> {
+    let input = process::Input::Files { parts, trailer: vec![0u8; 8] };
+    let cmd = Cmd::new(["nix-store", "--import"]).stdin_input(input).secs(secs).quiet_stdout();
+    process::run(on, &cmd, Some(on_line)).await?.check()?;
+    Ok(())
 }
 
 /// Copy store paths (with their closures) to `store`, an ssh-ng URI riding
@@ -306,6 +425,23 @@ mod tests {
         let paths: Vec<&str> = archive.paths.iter().map(StorePath::as_str).collect();
         assert_eq!(paths, [a.as_str(), b.as_str(), c.as_str()]);
         assert!(parse_archive_json(r#"{"path":"/tmp/x"}"#).is_err());
+    }
+
+    #[test]
+    fn closures_come_references_first_in_either_json_form() {
+        let p = |c: char| format!("/nix/store/{}-x", c.to_string().repeat(32));
+        let (a, b, c) = (p('a'), p('b'), p('c'));
+        let list = format!(
+            r#"[{{"path":"{a}","references":["{b}","{a}"]}},{{"path":"{b}","references":["{c}"]}},{{"path":"{c}","references":[]}}]"#
+        );
+        let map = format!(
+            r#"{{"{a}":{{"references":["{b}","{a}"]}},"{b}":{{"references":["{c}"]}},"{c}":{{"references":[]}}}}"#
+        );
+        for json in [list, map] {
+            let order = references_first(&parse_path_info(&json).unwrap());
+            let order: Vec<&str> = order.iter().map(StorePath::as_str).collect();
+            assert_eq!(order, [c.as_str(), b.as_str(), a.as_str()], "{json}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@
 #   confirmed  created by the deployer over a fresh ssh login
 #   abort      created by the deployer to stop the activation or refuse
 #              the confirmation: one line "<cause> <reason>"
+#   alive      touched at every heartbeat of the deployer (through the lock)
 #   toplevel   GC root of the run's system until the system profile holds it
 # A run only ever looks at its own RUNDIR, so nothing left by an earlier
 # run can confirm a later one. What outlives a reboot is kept root-only in
@@ -25,9 +26,10 @@
 #   agent.sh check TOPLEVEL SECS [ENV...]   (switch-to-configuration check)
 #   agent.sh watch RUNDIR SKIP_LINES [STATE]   (also keeps waiting while in STATE)
 #   agent.sh probe RUNDIR         (did an action of the run start?)
-#   agent.sh hold INFO BEAT_SECS  (run under flock: holds the host lock while a
-#                                  line arrives on stdin at least every BEAT_SECS;
-#                                  says "deploy-flake-locked" once it holds it)
+#   agent.sh hold INFO BEAT_SECS RUNDIR  (run under flock: holds the host lock
+#                                  while a line arrives on stdin at least every
+#                                  BEAT_SECS, each touching RUNDIR/alive; says
+#                                  "deploy-flake-locked" once it holds it)
 #   agent.sh health SECS [RUNDIR] (system state, failed units, those failed before)
 #   agent.sh facts TOPLEVEL [SELFCHECK]   (what the deployer needs to decide)
 #
@@ -223,19 +225,34 @@ activate() {
         *) roll_back activation-failed "switch-to-configuration test exited with $rc"; return ;;
     esac
     set_status awaiting-confirmation
+    # The window measures the deployer's liveness, not its speed: each of
+    # its heartbeats (through the lock holder, `alive`) restarts it, so a
+    # slow, busy deployer is waited for, and one that died or lost the host
+    # is not: the host goes back CONFIRM_SECS after its last sign of life
+    # (and in any case LIMIT_SECS after the activation).
+    since=$(date +%s)
+    hard=$((since + confirm_secs + 600))
     ticks=0
-    limit=$((confirm_secs * 5))
     while [ ! -e "$rundir/confirmed" ]; do
         if [ -e "$rundir/abort" ]; then
             roll_back "$(abort_cause)" "not confirmed: $(abort_text)"
             return
         fi
-        if [ "$ticks" -ge "$limit" ]; then
-            roll_back not-confirmed "no confirmation within ${confirm_secs}s"
-            return
+        ticks=$((ticks + 1))
+        if [ $((ticks % 5)) = 0 ]; then
+            now=$(date +%s)
+            beat=$(stat -c %Y "$rundir/alive" 2> /dev/null || echo 0)
+            [ "$beat" -gt "$since" ] && since=$beat
+            if [ $((now - since)) -ge "$confirm_secs" ]; then
+                roll_back not-confirmed "no confirmation within ${confirm_secs}s of the deployer's last sign of life"
+                return
+            fi
+            if [ "$now" -ge "$hard" ]; then
+                roll_back not-confirmed "no confirmation within $((confirm_secs + 600))s"
+                return
+            fi
         fi
         sleep 0.2
-        ticks=$((ticks + 1))
     done
     record confirmed "$toplevel"
     set_status confirmed
@@ -415,7 +432,7 @@ facts() {
 }
 
 hold() {
-    info=$1 beat=$2
+    info=$1 beat=$2 rundir=$3
     printf '%s\n' "$info" > "$STATE/lock.info"
     switches_in_progress
     echo "deploy-flake-locked"
@@ -436,7 +453,10 @@ hold() {
         done
     ) < /dev/null > /dev/null 2>&1 &
     watchdog=$!
-    while IFS= read -r _; do : > "$STATE/lock.beat"; done
+    while IFS= read -r _; do
+        : > "$STATE/lock.beat"
+        : > "$rundir/alive"
+    done
     kill "$watchdog" 2> /dev/null
     rm -f "$STATE/lock.info"
 }

@@ -56,7 +56,8 @@ pub async fn lock<S: Spawner>(
 ) -> Result<HostLock, LockError> {
     let (lockfile, infofile) = lock_files();
     let flock = ["flock", "-n", "-o", "-E", &LOCK_HELD.to_string(), &lockfile].map(String::from);
-    let hold = run.cmd("hold", [owner.to_string(), HEARTBEAT_LOST_SECS.to_string()]);
+    let args = [owner.to_string(), HEARTBEAT_LOST_SECS.to_string(), run.dir.clone()];
+    let hold = run.cmd("hold", args);
     let cmd = Cmd::new(flock.into_iter().chain(hold.argv)).stdin(Vec::new()).secs(secs).unbounded();
     let mut child = on.spawn(&cmd).await?;
     let mut lines = BufReader::new(&mut child.stdout).lines();

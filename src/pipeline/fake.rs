@@ -270,7 +270,7 @@ impl Host for Fake {
     }
 
     async fn alive(&mut self) -> bool {
-        self.call("alive");
+        self.call("is-alive");
         self.alive
     }
 

@@ -378,7 +378,7 @@ async fn a_lost_connection_is_regained_and_the_deploy_completes() {
     assert_eq!(r.ended(), (Outcome::Deployed, None, Some(Phase::Boot)));
     assert!(r.notes().contains(&"reconnected; re-attaching to the activation"), "{:?}", r.notes());
     let i = r.calls.iter().position(|c| c == "reconnect").unwrap();
-    assert_eq!(r.calls[i - 1..=i + 1], ["alive", "reconnect", "watch -"]);
+    assert_eq!(r.calls[i - 1..=i + 1], ["is-alive", "reconnect", "watch -"]);
 }
 
 #[tokio::test(start_paused = true)]

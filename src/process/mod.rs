@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -31,7 +31,9 @@ pub struct Cmd {
     /// Environment for a local command (a remote command's environment is
     /// not ours to set: pass values as arguments).
     pub env: Vec<(String, String)>,
-    pub stdin: Option<Vec<u8>>,
+    pub stdin: Option<Input>,
+    /// A local command's stdout goes to this file instead of the pipe.
+    pub stdout_to: Option<std::path::PathBuf>,
     pub timeout: Duration,
     /// On a target: run as root (through the host's `sudo` when the ssh
     /// user is not root).
@@ -53,6 +55,7 @@ impl Cmd {
             argv: argv.into_iter().map(Into::into).collect(),
             env: Vec::new(),
             stdin: None,
+            stdout_to: None,
             timeout: Duration::from_secs(60),
             root: true,
             bounded: true,
@@ -87,7 +90,19 @@ impl Cmd {
     }
 
     pub fn stdin(mut self, data: impl Into<Vec<u8>>) -> Cmd {
-        self.stdin = Some(data.into());
+        self.stdin = Some(Input::Bytes(data.into()));
+        self
+    }
+
+    /// Feed stdin from files, streamed (never all in memory).
+    pub fn stdin_input(mut self, input: Input) -> Cmd {
+        self.stdin = Some(input);
+        self
+    }
+
+    /// Write a local command's stdout to `path`.
+    pub fn stdout_to(mut self, path: impl Into<std::path::PathBuf>) -> Cmd {
+        self.stdout_to = Some(path.into());
         self
     }
 
@@ -125,6 +140,34 @@ impl Cmd {
             s.push_str(" …");
         }
         s
+    }
+}
+
+/// What a command reads on its stdin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    Bytes(Vec<u8>),
+    /// The first `len` bytes of each file, in order, then `trailer`.
+    Files {
+        parts: Vec<(std::path::PathBuf, u64)>,
+        trailer: Vec<u8>,
+    },
+}
+
+impl Input {
+    async fn feed(&self, w: &mut Writer) -> std::io::Result<()> {
+        use tokio::io::AsyncReadExt;
+        match self {
+            Input::Bytes(b) => w.write_all(b).await?,
+            Input::Files { parts, trailer } => {
+                for (path, len) in parts {
+                    let file = tokio::fs::File::open(path).await?;
+                    tokio::io::copy(&mut file.take(*len), w).await?;
+                }
+                w.write_all(trailer).await?;
+            }
+        }
+        w.shutdown().await
     }
 }
 
@@ -330,13 +373,10 @@ async fn drive<S: Spawner + ?Sized>(
 ) -> Result<Output, ProcessError> {
     let mut child = on.spawn(cmd).await?;
     let feeder = match (child.stdin.take(), &cmd.stdin) {
-        (Some(mut w), Some(data)) => {
-            let data = data.clone();
+        (Some(mut w), Some(input)) => {
+            let input = input.clone();
             // A target that does not read its stdin must not stall us.
-            Some(tokio::spawn(async move {
-                let _ = w.write_all(&data).await;
-                let _ = w.shutdown().await;
-            }))
+            Some(tokio::spawn(async move { input.feed(&mut w).await }))
         }
         _ => None,
     };
@@ -377,172 +417,24 @@ async fn drive<S: Spawner + ?Sized>(
         g.reaped();
     }
     if let Some(f) = feeder {
-        f.abort();
+        // A stdin that could not be fed is the command's failure too.
+        if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_millis(10), f).await {
+            if exit.success() {
+                let reason = format!("feeding its stdin: {e}");
+                return Err(ProcessError::Spawn {
+                    program: cmd.display(),
+                    place: on.place(),
+                    reason,
+                });
+            }
+        }
     }
     let stderr = stderr.into_iter().collect::<Vec<_>>().join("\n");
     Ok(Output { exit, stdout, stderr, cmd: cmd.display(), place: on.place() })
 }
 
-/// Commands on this machine. Each runs in its own process group, outside
-/// the terminal's: Ctrl-C is ours to handle, and stopping a command stops
-/// everything it started (nix's own ssh and builders too).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Local;
-
-impl Spawner for Local {
-    fn place(&self) -> Place {
-        Place::Local
-    }
-
-    #[allow(clippy::manual_async_fn)]
-    fn spawn(&self, cmd: &Cmd) -> impl Future<Output = Result<Child, ProcessError>> + Send {
-        async move { spawn_local(cmd) }
-    }
-}
-
-fn spawn_local(cmd: &Cmd) -> Result<Child, ProcessError> {
-    let program = cmd.argv.first().cloned().unwrap_or_default();
-    let mut c = tokio::process::Command::new(&program);
-    c.args(&cmd.argv[1..])
-        .stdin(if cmd.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .process_group(0);
-    for (k, v) in &cmd.env {
-        c.env(k, v);
-    }
-    let mut child = c.spawn().map_err(|e| ProcessError::Spawn {
-        program: program.clone(),
-        place: Place::Local,
-        reason: e.to_string(),
-    })?;
-    let guard = child.id().map(GroupGuard::new);
-    let stdin = child.stdin.take().map(|w| Box::pin(w) as Writer);
-    let stdout = Box::pin(child.stdout.take().expect("stdout is piped")) as Reader;
-    let stderr = Box::pin(child.stderr.take().expect("stderr is piped")) as Reader;
-    let wait = Box::pin(async move {
-        child.wait().await.map(Exit::from).map_err(|e| ProcessError::Spawn {
-            program,
-            place: Place::Local,
-            reason: e.to_string(),
-        })
-    }) as Waiter;
-    Ok(Child { stdin, stdout, stderr, wait, guard })
-}
-
-/// Stops a local process group unless its leader was reaped normally.
-#[derive(Debug)]
-pub struct GroupGuard {
-    pgid: i32,
-    done: bool,
-}
-
-/// The process groups of local commands still running, so that quitting
-/// (a second Ctrl-C) can stop them: `std::process::exit` runs no drops.
-static LIVE_GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
-
-impl GroupGuard {
-    fn new(pid: u32) -> GroupGuard {
-        let pgid = pid as i32;
-        LIVE_GROUPS.lock().unwrap_or_else(|e| e.into_inner()).push(pgid);
-        GroupGuard { pgid, done: false }
-    }
-
-    /// The leader ended by itself: nothing to stop.
-    pub fn reaped(&mut self) {
-        self.done = true;
-    }
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        LIVE_GROUPS.lock().unwrap_or_else(|e| e.into_inner()).retain(|g| *g != self.pgid);
-        if !self.done {
-            signal_group(self.pgid);
-        }
-    }
-}
-
-fn signal_group(pgid: i32) {
-    if pgid > 1 {
-        // SAFETY: kill(2) with a negative pid signals a process group we
-        // created (process_group(0) made the child its leader).
-        unsafe {
-            libc::kill(-pgid, libc::SIGTERM);
-        }
-    }
-}
-
-/// Stop every local command still running (before quitting at once).
-pub fn stop_all() {
-    let groups = LIVE_GROUPS.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    groups.into_iter().for_each(signal_group);
-}
-
+mod local;
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod tests;
 
-    fn sh(script: &'static str) -> Cmd {
-        Cmd::script(Script(script), Vec::<String>::new()).secs(5)
-    }
-
-    #[tokio::test]
-    async fn output_is_captured_and_lines_stream() {
-        let mut seen = Vec::new();
-        let mut sink = |l: &str| seen.push(l.to_string());
-        let out = run(&Local, &sh("echo out1; echo err1 >&2; echo out2"), Some(&mut sink)).await;
-        let out = out.unwrap().check().unwrap();
-        assert_eq!(out.stdout, "out1\nout2\n");
-        assert_eq!(out.stderr, "err1");
-        seen.sort();
-        assert_eq!(seen, ["err1", "out1", "out2"]);
-    }
-
-    #[tokio::test]
-    async fn a_failure_names_the_command_the_exit_and_the_tail() {
-        let out = run(&Local, &sh("echo why >&2; exit 3"), None).await.unwrap();
-        assert_eq!(out.exit, Exit::Code(3));
-        let e = out.check().unwrap_err();
-        assert_eq!(e.to_string(), "`sh -c …` failed here (exit 3):\nwhy");
-        let out = run(&Local, &sh("kill -9 $$"), None).await.unwrap();
-        assert_eq!(out.exit, Exit::Signal(9));
-    }
-
-    #[tokio::test]
-    async fn a_timeout_stops_the_whole_process_group() {
-        let dir = tempfile::tempdir().unwrap();
-        let flag = dir.path().join("still-running");
-        // The grandchild would create the flag after 2 s unless stopped.
-        let cmd =
-            Cmd::script(Script("(sleep 2; touch \"$1\") & wait"), [flag.display().to_string()])
-                .timeout(Duration::from_millis(300));
-        let e = run(&Local, &cmd, None).await.unwrap_err();
-        assert!(matches!(e, ProcessError::Timeout { place: Place::Local, .. }), "{e:?}");
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        assert!(!flag.exists(), "the grandchild outlived the timeout");
-    }
-
-    #[tokio::test]
-    async fn stdin_is_fed_and_a_missing_program_is_named() {
-        let out = run(&Local, &sh("cat").stdin("fed\n"), None).await.unwrap();
-        assert_eq!(out.stdout, "fed\n");
-        let e = run(&Local, &Cmd::new(["/nonexistent/prog"]), None).await.unwrap_err();
-        assert!(e.to_string().starts_with("cannot run `/nonexistent/prog` here: "), "{e}");
-    }
-
-    #[test]
-    fn quoting_keeps_each_argument_whole() {
-        let argv: Vec<String> =
-            ["echo", "a b", "$(touch /tmp/x)", "it's", ""].iter().map(|s| s.to_string()).collect();
-        assert_eq!(quote_argv(&argv), r#"echo 'a b' '$(touch /tmp/x)' 'it'\''s' ''"#);
-    }
-
-    #[test]
-    fn scripts_are_displayed_by_their_arguments() {
-        let c = Cmd::script(Script("echo \"$1\""), ["a", "b"]);
-        assert_eq!(c.display(), "sh -c … a b");
-        assert_eq!(Cmd::new(["a", "b", "c", "d", "e", "f"]).display(), "a b c d e …");
-    }
-}
+pub use local::{stop_all, GroupGuard, Local};

@@ -1,0 +1,191 @@
+//! What the pipeline does to a host, behind one small trait ([`Host`]), so
+//! that a fake host can drive every branch of the pipeline in unit tests.
+//! [`SshHost`] is the real one: an ssh master, the on-target agent, Nix;
+//! the hosts of a run share what is done once per run ([`Shared`]).
+
+mod shared;
+mod ssh;
+
+pub use shared::Shared;
+pub use ssh::SshHost;
+
+use std::future::Future;
+
+use crate::agent::{AgentAction, AgentState, AgentStatus, CheckVerdict, Facts, Health};
+use crate::agent::{LockError, SwitchEnv};
+use crate::events::Reason;
+use crate::inventory::HealthCheck;
+use crate::nix::{Archive, NixError, StorePath};
+use crate::process::{Lines, ProcessError};
+use crate::ssh::SshError;
+
+/// Why an operation on a host failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error(transparent)]
+    Connect(#[from] SshError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    /// A command answered something we cannot use.
+    #[error("{0}")]
+    Unexpected(String),
+}
+
+impl From<NixError> for HostError {
+    fn from(e: NixError) -> HostError {
+        match e {
+            NixError::Process(p) => HostError::Process(p),
+            other => HostError::Unexpected(other.to_string()),
+        }
+    }
+}
+
+impl HostError {
+    /// The reason a host failed with this error in a phase whose own
+    /// reason is `phase`: timeouts, lost connections and refused logins
+    /// say so whatever the phase.
+    pub fn reason(&self, phase: Reason) -> Reason {
+        match self {
+            HostError::Connect(e) if e.is_host_key() => Reason::HostKey,
+            HostError::Connect(e) if e.is_auth() => Reason::Auth,
+            HostError::Connect(SshError::SshOpts(_)) => Reason::SshConfig,
+            HostError::Connect(_) => Reason::Unreachable,
+            HostError::Lock(LockError::Held { .. }) => Reason::Locked,
+            HostError::Lock(LockError::Process(p)) | HostError::Process(p) => match p {
+                ProcessError::Timeout { .. } => Reason::Timeout,
+                ProcessError::NeedsPassword { .. } => Reason::Auth,
+                ProcessError::Disconnected { .. } => Reason::Unreachable,
+                _ => phase,
+            },
+            HostError::Lock(LockError::Failed { .. }) | HostError::Unexpected(_) => phase,
+        }
+    }
+}
+
+pub type HostResult<T> = Result<T, HostError>;
+
+/// The operations of the per-host pipeline. Every method is bounded by the
+/// `secs` it is given (or the check's own timeout).
+pub trait Host: Send {
+    /// Open the connection.
+    fn connect(&mut self) -> impl Future<Output = HostResult<()>> + Send;
+    /// Install the agent and take the host lock; returns the activation
+    /// units of other runs still going on the host.
+    fn lock(
+        &mut self,
+        owner: &str,
+        secs: u64,
+    ) -> impl Future<Output = HostResult<Vec<String>>> + Send;
+    /// The system state and failed units (waits for start-up to finish).
+    fn health(&mut self, secs: u64) -> impl Future<Output = HostResult<Health>> + Send;
+    /// The flake and its inputs in this machine's store (once per run,
+    /// shared by every host).
+    fn archive(
+        &mut self,
+        flake: &str,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> impl Future<Output = HostResult<Archive>> + Send;
+    /// Copy the archived flake and its inputs to the host.
+    fn copy_source(
+        &mut self,
+        archive: &Archive,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> impl Future<Output = HostResult<()>> + Send;
+    /// Build a configuration of a copied flake on the host (GC-rooted).
+    fn build(
+        &mut self,
+        source: &StorePath,
+        configuration: &str,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> impl Future<Output = HostResult<StorePath>> + Send;
+    /// Build a configuration here (`buildOn = "local"`).
+    fn build_local(
+        &mut self,
+        flake: &str,
+        configuration: &str,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> impl Future<Output = HostResult<StorePath>> + Send;
+    /// Copy a closure built here to the host (GC-rooted there).
+    fn copy_closure(
+        &mut self,
+        path: &StorePath,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> impl Future<Output = HostResult<()>> + Send;
+    /// The generation of the system profile a rollback returns to.
+    fn generation(
+        &mut self,
+        requested: Option<u32>,
+        secs: u64,
+    ) -> impl Future<Output = HostResult<(u32, StorePath)>> + Send;
+    /// What the host runs and boots, and what `toplevel` offers.
+    fn facts(
+        &mut self,
+        toplevel: &StorePath,
+        self_check: Option<&str>,
+        secs: u64,
+    ) -> impl Future<Output = HostResult<Facts>> + Send;
+    /// `switch-to-configuration check` of the new system: its pre-switch
+    /// checks and switch inhibitors.
+    fn pre_switch_check(
+        &mut self,
+        toplevel: &StorePath,
+        env: SwitchEnv,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> impl Future<Output = HostResult<CheckVerdict>> + Send;
+    /// Run a self-check script of the new system.
+    fn self_check(
+        &mut self,
+        script: &str,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> impl Future<Output = HostResult<()>> + Send;
+    /// Start an agent action (a transient unit on the host).
+    fn start(
+        &mut self,
+        action: &AgentAction,
+        secs: u64,
+    ) -> impl Future<Output = HostResult<()>> + Send;
+    /// After an error starting an action: did it start anyway?
+    fn probe(&mut self, secs: u64) -> impl Future<Output = HostResult<bool>> + Send;
+    /// Follow the agent until it needs us or ends (waiting through `patient`).
+    fn watch(
+        &mut self,
+        seen: &mut usize,
+        patient: Option<&AgentState>,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> impl Future<Output = HostResult<AgentStatus>> + Send;
+    /// Tell the agent to stop and go back to the previous system.
+    fn abort(
+        &mut self,
+        cause: Reason,
+        why: &str,
+        secs: u64,
+    ) -> impl Future<Output = HostResult<()>> + Send;
+    /// One of the user's health checks, until it passes or times out.
+    fn health_check(
+        &mut self,
+        check: &HealthCheck,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+    /// Confirm the activation over a brand-new login.
+    fn confirm(&mut self, secs: u64) -> impl Future<Output = HostResult<()>> + Send;
+    /// Is the connection alive?
+    fn alive(&mut self) -> impl Future<Output = bool> + Send;
+    /// Open a new connection after a lost one (and take the host lock again
+    /// if it was held).
+    fn reconnect(&mut self) -> impl Future<Output = HostResult<()>> + Send;
+    /// Drop the run's GC root on the host.
+    fn drop_root(&mut self, secs: u64) -> impl Future<Output = HostResult<()>> + Send;
+    /// Release the lock and close the connection.
+    fn close(self) -> impl Future<Output = ()> + Send;
+    /// Where to look on the host when its state is in doubt.
+    fn inspect_hint(&self) -> String;
+}

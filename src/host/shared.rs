@@ -1,0 +1,115 @@
+//! What the hosts of a run share, done once per run however many hosts
+//! need it: the flake archived (and its store paths exported, to stream to
+//! each target over its own connection), each configuration built here,
+//! and how much CPU-heavy work (key exchanges, local Nix) runs at once.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
+
+use super::{HostError, HostResult};
+use crate::nix::{self, Archive, StorePath};
+use crate::process::Lines;
+
+type Once<T> = Arc<OnceCell<HostResult<T>>>;
+
+/// The run's shared work.
+pub struct Shared {
+    archive: OnceCell<HostResult<Archive>>,
+    /// Store path -> the length of its part of its export file.
+    exports: Mutex<HashMap<StorePath, Once<u64>>>,
+    /// Configuration -> the system built here.
+    builds: Mutex<HashMap<String, Once<StorePath>>>,
+    /// Export files and GC roots of local builds, for the run's lifetime.
+    dir: OnceLock<Result<tempfile::TempDir, String>>,
+    cpu: Semaphore,
+}
+
+impl Default for Shared {
+    fn default() -> Shared {
+        // Key exchanges and local Nix processes are CPU-bound: run at most
+        // about two per core at once, whatever --max-parallel says, so that
+        // a busy deployer stays responsive (its heartbeats, its fresh logins).
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        Shared {
+            archive: OnceCell::new(),
+            exports: Mutex::default(),
+            builds: Mutex::default(),
+            dir: OnceLock::new(),
+            cpu: Semaphore::new((2 * cores).max(2)),
+        }
+    }
+}
+
+/// The entry of `key` in a map of once-cells (created on first use).
+fn once<K: std::hash::Hash + Eq + Clone, T>(map: &Mutex<HashMap<K, Once<T>>>, key: &K) -> Once<T> {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    map.entry(key.clone()).or_default().clone()
+}
+
+impl Shared {
+    /// Wait for a slot of CPU-heavy work.
+    pub async fn cpu(&self) -> SemaphorePermit<'_> {
+        self.cpu.acquire().await.expect("the semaphore is never closed")
+    }
+
+    fn dir(&self) -> HostResult<&std::path::Path> {
+        let dir = self.dir.get_or_init(|| {
+            let made = tempfile::Builder::new().prefix("deploy-flake-run.").tempdir();
+            made.map_err(|e| format!("creating a directory for the run: {e}"))
+        });
+        dir.as_ref().map(|d| d.path()).map_err(|e| HostError::Unexpected(e.clone()))
+    }
+
+    /// The flake and its inputs in this machine's store, archived once.
+    pub async fn archive(&self, flake: &str, secs: u64, out: Lines<'_>) -> HostResult<Archive> {
+        let archived = self.archive.get_or_init(|| async {
+            let _slot = self.cpu().await;
+            nix::archive(flake, secs, out).await.map_err(HostError::from)
+        });
+        archived.await.clone()
+    }
+
+    /// The export file of `path` and the length of its part (once per run).
+    pub async fn export(&self, path: &StorePath, secs: u64) -> HostResult<(PathBuf, u64)> {
+        let file = self.dir()?.join(format!("{}.export", path.name()));
+        let cell = once(&self.exports, path);
+        let len = cell
+            .get_or_init(|| async {
+                let _slot = self.cpu().await;
+                nix::export(path, &file, secs).await.map_err(HostError::from)
+            })
+            .await
+            .clone()?;
+        Ok((file, len))
+    }
+
+    /// A configuration built here, once however many hosts deploy it; its
+    /// GC root lives as long as the run.
+    pub async fn build(
+        &self,
+        flake: &str,
+        configuration: &str,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> HostResult<StorePath> {
+        use sha2::Digest;
+        let key: String = sha2::Sha256::digest(configuration)
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let root = self.dir()?.join(format!("build-{key}"));
+        let cell = once(&self.builds, &configuration.to_string());
+        let built = cell.get_or_init(|| async {
+            let _slot = self.cpu().await;
+            let installable = nix::toplevel_installable(flake, configuration);
+            let local = crate::process::Local;
+            let root = root.display().to_string();
+            nix::build(&local, &installable, &root, secs, out).await.map_err(HostError::from)
+        });
+        built.await.clone()
+    }
+}

@@ -1,0 +1,272 @@
+//! A real host over ssh: the ssh master, the on-target agent, Nix.
+
+use super::{Host, HostError, HostResult, Shared};
+use crate::agent::{self, AgentAction, AgentState, AgentStatus, CheckVerdict, Facts, Health};
+use crate::agent::{HostLock, LockError, RunDir, SwitchEnv};
+use crate::events::Reason;
+use crate::inventory::HealthCheck;
+use crate::nix::{self, Archive, StorePath};
+use crate::process::{Lines, ProcessError};
+use crate::ssh::{Destination, Ssh};
+
+/// A real host over ssh.
+pub struct SshHost {
+    name: String,
+    dest: Destination,
+    run: RunDir,
+    ssh: Option<Ssh>,
+    lock: Option<HostLock>,
+    /// Who we are to a concurrent deployer (set when the lock is taken).
+    owner: String,
+    shared: std::sync::Arc<Shared>,
+}
+
+impl SshHost {
+    pub fn new(
+        name: &str,
+        dest: Destination,
+        run_id: &str,
+        shared: std::sync::Arc<Shared>,
+    ) -> SshHost {
+        SshHost {
+            name: name.to_string(),
+            dest,
+            run: RunDir::new(run_id),
+            ssh: None,
+            lock: None,
+            owner: String::new(),
+            shared,
+        }
+    }
+
+    fn ssh(&self) -> HostResult<&Ssh> {
+        self.ssh.as_ref().ok_or_else(|| {
+            HostError::Process(ProcessError::Disconnected { cmd: "(not connected)".into() })
+        })
+    }
+}
+
+impl Host for SshHost {
+    async fn connect(&mut self) -> HostResult<()> {
+        let _slot = self.shared.cpu().await;
+        self.ssh = Some(Ssh::connect(&self.name, self.dest.clone()).await?);
+        Ok(())
+    }
+
+    async fn lock(&mut self, owner: &str, secs: u64) -> HostResult<Vec<String>> {
+        let ssh = self.ssh()?;
+        agent::install(ssh, &self.run, true, secs).await?;
+        let lock = agent::lock(ssh, &self.run, owner, secs).await?;
+        let busy = lock.busy.clone();
+        self.lock = Some(lock);
+        self.owner = owner.to_string();
+        Ok(busy)
+    }
+
+    async fn health(&mut self, secs: u64) -> HostResult<Health> {
+        Ok(agent::health(self.ssh()?, &self.run, secs).await?)
+    }
+
+    async fn archive(&mut self, flake: &str, secs: u64, out: Lines<'_>) -> HostResult<Archive> {
+        self.shared.archive(flake, secs, out).await
+    }
+
+    /// Ask which paths the host lacks, and stream just those over the
+    /// master into `nix-store --import`: no local process per host, no new
+    /// login, no signature needed.
+    async fn copy_source(
+        &mut self,
+        archive: &Archive,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> HostResult<()> {
+        let missing = nix::missing(self.ssh()?, &archive.paths, secs).await?;
+        if missing.is_empty() {
+            out(&format!("the host has all {} paths already", archive.paths.len()));
+            return Ok(());
+        }
+        let mut parts = Vec::with_capacity(missing.len());
+        for path in &missing {
+            parts.push(self.shared.export(path, secs).await?);
+        }
+        out(&format!("copying {} of {} paths", missing.len(), archive.paths.len()));
+        Ok(nix::import(self.ssh()?, parts, secs, out).await?)
+    }
+
+    async fn build(
+        &mut self,
+        source: &StorePath,
+        configuration: &str,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> HostResult<StorePath> {
+        let installable = nix::toplevel_installable(&format!("path:{source}"), configuration);
+        Ok(nix::build(self.ssh()?, &installable, &self.run.gc_root(), secs, out).await?)
+    }
+
+    async fn build_local(
+        &mut self,
+        flake: &str,
+        configuration: &str,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> HostResult<StorePath> {
+        self.shared.build(flake, configuration, secs, out).await
+    }
+
+    async fn copy_closure(
+        &mut self,
+        path: &StorePath,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> HostResult<()> {
+        let ssh = self.ssh()?;
+        let store = ssh.dest.store_uri();
+        {
+            let _slot = self.shared.cpu().await;
+            nix::copy(std::slice::from_ref(path), &store, &ssh.nix_sshopts()?, secs, out).await?;
+        }
+        Ok(nix::add_root(ssh, path, &self.run.gc_root(), secs).await?)
+    }
+
+    async fn generation(
+        &mut self,
+        requested: Option<u32>,
+        secs: u64,
+    ) -> HostResult<(u32, StorePath)> {
+        Ok(nix::pick_generation(self.ssh()?, requested, secs).await?)
+    }
+
+    async fn facts(
+        &mut self,
+        toplevel: &StorePath,
+        self_check: Option<&str>,
+        secs: u64,
+    ) -> HostResult<Facts> {
+        Ok(agent::facts(self.ssh()?, &self.run, toplevel, self_check, secs).await?)
+    }
+
+    async fn pre_switch_check(
+        &mut self,
+        toplevel: &StorePath,
+        env: SwitchEnv,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> HostResult<CheckVerdict> {
+        Ok(agent::check(self.ssh()?, &self.run, toplevel, env, secs, out).await?)
+    }
+
+    async fn self_check(&mut self, script: &str, secs: u64, out: Lines<'_>) -> HostResult<()> {
+        Ok(nix::self_check(self.ssh()?, script, secs, out).await?)
+    }
+
+    async fn start(&mut self, action: &AgentAction, secs: u64) -> HostResult<()> {
+        Ok(agent::start(self.ssh()?, &self.run, action, secs).await?)
+    }
+
+    async fn probe(&mut self, secs: u64) -> HostResult<bool> {
+        Ok(agent::probe(self.ssh()?, &self.run, secs).await?)
+    }
+
+    async fn watch(
+        &mut self,
+        seen: &mut usize,
+        patient: Option<&AgentState>,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> HostResult<AgentStatus> {
+        Ok(agent::watch(self.ssh()?, &self.run, seen, patient, secs, out).await?)
+    }
+
+    async fn abort(&mut self, cause: Reason, why: &str, secs: u64) -> HostResult<()> {
+        Ok(agent::abort(self.ssh()?, &self.run, cause, why, secs).await?)
+    }
+
+    async fn health_check(&mut self, check: &HealthCheck) -> Result<(), String> {
+        let ssh = self.ssh().map_err(|e| e.to_string())?;
+        crate::health::run_check(ssh, check).await
+    }
+
+    /// A fresh login can be slow on a busy deployer (a key exchange is
+    /// CPU work): while the master shows the host is there, a login that
+    /// timed out is tried again; a refused one is not.
+    async fn confirm(&mut self, secs: u64) -> HostResult<()> {
+        let mut attempt = 1;
+        loop {
+            let confirmed = {
+                let _slot = self.shared.cpu().await;
+                agent::confirm(&self.ssh()?.fresh_login(), &self.run, secs).await
+            };
+            match confirmed {
+                Err(ProcessError::Timeout { .. }) if attempt < 3 && self.alive().await => {
+                    attempt += 1
+                }
+                other => return Ok(other?),
+            }
+        }
+    }
+
+    async fn alive(&mut self) -> bool {
+        match &self.ssh {
+            Some(s) => s.alive().await,
+            None => false,
+        }
+    }
+
+    async fn reconnect(&mut self) -> HostResult<()> {
+        match &mut self.ssh {
+            Some(s) => {
+                let _slot = self.shared.cpu().await;
+                s.reconnect().await?
+            }
+            None => return self.connect().await,
+        }
+        if self.lock.take().is_some() {
+            self.relock().await?;
+        }
+        Ok(())
+    }
+
+    async fn drop_root(&mut self, secs: u64) -> HostResult<()> {
+        Ok(agent::drop_root(self.ssh()?, &self.run, secs).await?)
+    }
+
+    async fn close(mut self) {
+        self.lock = None;
+        if let Some(ssh) = self.ssh.take() {
+            ssh.close().await;
+        }
+    }
+
+    fn inspect_hint(&self) -> String {
+        self.run.inspect_hint()
+    }
+}
+
+impl SshHost {
+    /// Take the host lock again after a reconnect. The holder of the lost
+    /// connection may still hold it until it misses our heartbeats: wait
+    /// for it, but not for another run.
+    async fn relock(&mut self) -> HostResult<()> {
+        let deadline = tokio::time::Instant::now()
+            + std::time::Duration::from_secs(agent::HEARTBEAT_LOST_SECS + 10);
+        // After a reboot the agent is gone too (it lives in /run).
+        agent::install(self.ssh()?, &self.run, false, 10).await?;
+        loop {
+            let ssh = self.ssh()?;
+            match agent::lock(ssh, &self.run, &self.owner, 10).await {
+                Ok(lock) => {
+                    self.lock = Some(lock);
+                    return Ok(());
+                }
+                Err(LockError::Held { holder })
+                    if holder.contains(&format!("run {} ", self.run.id()))
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
