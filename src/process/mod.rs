@@ -417,9 +417,10 @@ async fn drive<S: Spawner + ?Sized>(
         g.reaped();
     }
     if let Some(f) = feeder {
-        // A stdin that could not be fed is the command's failure too.
+        // A stdin that could not be fed is the command's failure too; one
+        // the command did not read to the end (it had no need) is not.
         if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_millis(10), f).await {
-            if exit.success() {
+            if exit.success() && e.kind() != std::io::ErrorKind::BrokenPipe {
                 let reason = format!("feeding its stdin: {e}");
                 return Err(ProcessError::Spawn {
                     program: cmd.display(),

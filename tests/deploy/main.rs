@@ -10,3 +10,4 @@ mod helpers;
 mod holes;
 mod pipeline;
 mod safety;
+mod scale;

@@ -164,11 +164,26 @@ wait_ready() { # LABDIR ADDR TDIR DEADLINE: ssh answers, then system running
     fi
 }
 
+# Every target's systemd takes inotify instances and watches from the
+# host's one pool: the kernel's defaults (128 instances) run out at a few
+# dozen targets. Raised, never lowered.
+raise_inotify_limits() {
+    local key want have
+    for key in max_user_instances:8192 max_user_watches:1048576; do
+        want=${key#*:} key=${key%%:*}
+        have=$(cat "/proc/sys/fs/inotify/$key")
+        if [ "$have" -lt "$want" ]; then
+            echo "$want" >"/proc/sys/fs/inotify/$key"
+        fi
+    done
+}
+
 cmd_boot() {
     local name=$1 idx=$2 suite=$3 labdir=$4
     check_name "$name"
     check_idx "$idx"
     need_root
+    raise_inotify_limits
     local t0
     t0=$(now)
     local rootfs
