@@ -180,7 +180,8 @@ in
 
     expected = json.loads(${builtins.toJSON (builtins.toJSON expected)})
     inputs = json.loads(${builtins.toJSON (builtins.toJSON inputs)})
-    machines = {"target1": target1, "target2": target2}
+    # (Not `machines`: the driver defines that name, a list of every VM.)
+    targets = {"target1": target1, "target2": target2}
     NIX = "nix --extra-experimental-features 'nix-command flakes'"
 
 
@@ -231,7 +232,7 @@ in
 
     start_all()
     deployer.wait_for_unit("multi-user.target")
-    for m in machines.values():
+    for m in targets.values():
         m.wait_for_unit("sshd.service")
 
     deployer.succeed(
@@ -239,7 +240,7 @@ in
         "cp -r ${fleetSrc} /root/fleet && chmod -R u+w /root/fleet",
         f"{NIX} flake lock /root/fleet",
     )
-    for t in machines:
+    for t in targets:
         deployer.wait_until_succeeds(f"ssh -o BatchMode=yes root@{t} true", timeout=120)
 
     with subtest("the fleet's inputs reach the targets unsigned"):
@@ -248,8 +249,8 @@ in
         for name, path in locked.items():
             assert unsigned(deployer, path), f"{name} ({path}) is signed or content-addressed"
         # What each deploy must copy to a target that requires signatures.
-        to_copy = {}
-        for t, m in machines.items():
+        to_copy: dict[str, list[str]] = {}
+        for t, m in targets.items():
             m.succeed("grep -qx 'require-sigs = true' /etc/nix/nix.conf")
             to_copy[t] = [p for p in locked.values() if not valid(m, p)]
             assert to_copy[t], f"{t} already holds every input: nothing unsigned is copied"
@@ -258,7 +259,7 @@ in
       with subtest("deploy the starting configuration (${scenario.from})"):
           status, _ = deploy("@from")
           assert status == 0, f"setting up ${scenario.from} exited {status}"
-          for t, m in machines.items():
+          for t, m in targets.items():
               assert current(m) == expected[t]["from"], f"{t} runs {current(m)}"
     ''}
 
@@ -281,7 +282,7 @@ in
         ${outputChecks.${name} or ""}
 
     with subtest("each target runs what the scenario expects"):
-        for t, m in machines.items():
+        for t, m in targets.items():
             e = expected[t]
             # A target that rolls itself back may still be doing so.
             m.wait_until_succeeds(
@@ -292,17 +293,17 @@ in
             m.succeed("systemctl is-active demo-web.service")
             if e["checkBoot"]:
                 assert profile(m) == e["boot"], f"{t}: system profile is {profile(m)}"
-        for t in machines:
+        for t in targets:
             deployer.wait_until_succeeds(f"ssh -o BatchMode=yes root@{t} true", timeout=120)
 
     with subtest("the targets took the unsigned inputs as they are"):
-        for t, m in machines.items():
+        for t, m in targets.items():
             for path in to_copy[t]:
                 assert valid(m, path), f"{t} never received {path}"
                 assert unsigned(m, path), f"{t} holds {path} signed or content-addressed"
 
     with subtest("a reboot comes up in the system profile"):
-        for t, m in machines.items():
+        for t, m in targets.items():
             e = expected[t]
             if not e["checkBoot"]:
                 continue

@@ -364,10 +364,14 @@ fn the_check_builds_with_nothing_but_itself() {
 // evaluates to exactly the toplevels prebuilt into their stores.
 
 /// `nix ARGS… --override-input nixpkgs <stand-in>`; Ok(stdout) or Err(stderr).
+///
+/// Without the evaluation cache: tests evaluate copies of the same flake at
+/// once, and Nix 2.8 answers from a cache another process holds busy with
+/// "attribute … unexpectedly missing".
 fn nix_standin(args: &[&str]) -> Result<String, String> {
     let standin = path_ref(&fixtures().join("nixpkgs-standin"));
     let mut args: Vec<&str> = args.to_vec();
-    args.extend(["--override-input", "nixpkgs", &standin]);
+    args.extend(["--override-input", "nixpkgs", &standin, "--option", "eval-cache", "false"]);
     run_nix(&args)
 }
 
@@ -464,17 +468,65 @@ fn build_vm_check(flake: &str, scenario: &str) -> VmCheck {
     VmCheck { script, additional_paths: field("additionalPaths"), reg_info: field("regInfo") }
 }
 
-fn assert_python_parses(script: &str) {
+/// The names nixpkgs' test driver gives a test script (its globals, typed in
+/// nixos/lib/test-script-prepend.py, and one per node): the driver type-checks
+/// the script with those types, so assigning one of them fails the build
+/// (`machines`, say, is a list of every VM).
+const DRIVER_NAMES: &[&str] = &[
+    "start_all",
+    "subtest",
+    "retry",
+    "test_script",
+    "machines",
+    "vlans",
+    "driver",
+    "log",
+    "create_machine",
+    "run_tests",
+    "join_all",
+    "serial_stdout_off",
+    "serial_stdout_on",
+    "polling_condition",
+    "deployer",
+    "target1",
+    "target2",
+];
+
+/// The script parses as Python and assigns none of the driver's names at
+/// the top level.
+fn assert_python_script_is_valid(script: &str) {
     let file = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(file.path(), script).expect("write script");
+    // The names the script binds in its own scope: not those local to a
+    // function or a comprehension.
+    let check = r#"
+import ast, sys
+
+def bound(node):
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        yield node.name
+        return
+    if isinstance(node, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+        return
+    if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+        yield node.id
+    for child in ast.iter_child_nodes(node):
+        yield from bound(child)
+
+names = set(bound(ast.parse(open(sys.argv[1]).read())))
+taken = sorted(names & set(sys.argv[2:]))
+if taken:
+    sys.exit("it assigns names the test driver defines: " + ", ".join(taken))
+"#;
     let out = Command::new("python3")
-        .args(["-c", "import ast, sys; ast.parse(open(sys.argv[1]).read())"])
+        .args(["-c", check])
         .arg(file.path())
+        .args(DRIVER_NAMES)
         .output()
         .expect("python3 runs");
     assert!(
         out.status.success(),
-        "the test script is not valid Python:\n{}\n{script}",
+        "the test script is not valid:\n{}\n{script}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -498,7 +550,7 @@ fn check_vm_plumbing(scenario: &str, exit_code: u8, success: bool) {
     let project = project_flake();
     let flake = path_ref(project.path());
     let VmCheck { script, additional_paths, .. } = build_vm_check(&flake, scenario);
-    assert_python_parses(&script);
+    assert_python_script_is_valid(&script);
     assert!(
         script.contains(&format!("assert status == {exit_code},")),
         "the script does not expect exit code {exit_code}"
