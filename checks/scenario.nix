@@ -1,38 +1,44 @@
 # One NixOS VM test: a scenario of tests/fixtures/scenarios.nix, deployed by
 # deploy-flake from `deployer` to `target1` while `target2` takes the
-# healthy change (healthy-v2) in the same run, in parallel. Afterwards both
-# targets reboot, which must bring up exactly what the system profile says.
+# healthy change (healthy-v2) in the same run, in parallel (see `plans` in
+# default.nix). Afterwards both targets reboot, which must bring up exactly
+# what the system profile says.
 #
 # Offline by construction: no substituters anywhere. The deploy builds on
 # the targets, so each target's store is given, at VM build time, nixpkgs'
-# source and the prebuilt toplevels of the configurations it will receive
+# source and the prebuilt toplevels of the configurations it can be sent
 # (see fleet/configurations.nix): the build on the target evaluates the
 # archived fleet flake, finds the result already valid, and builds nothing.
 # (`system.includeBuildDependencies` would let the targets really build,
 # but drags a whole bootstrap toolchain into every VM image.)
-{ pkgs, nixpkgs, self, name, scenario }:
+#
+# Signatures: the VM test framework registers each VM's store paths from a
+# closure-info registration (nixpkgs' pkgs/build-support/closure-info.nix:
+# path, NAR hash and size, references), so they carry no signature and no
+# content address. The fleet flake's `path:` inputs name such paths, which
+# Nix reuses as they are, and each target (which requires signatures, as
+# NixOS does by default) lacks deploy-flake's source: every deploy here
+# copies an unsigned input to a target, which works only if deploy-flake
+# copies over a trusted session without signature checks. The script checks
+# both ends of that.
+{ pkgs, nixpkgs, self, name, scenario, plan, fleet }:
 let
   inherit (pkgs) lib;
   system = pkgs.stdenv.hostPlatform.system;
-  targets = [ "target1" "target2" ];
+  inherit (fleet) targets;
+  keys = import ./fleet/keys;
 
   success = scenario.expect.result == "success";
   exitCode = scenario.expect.exitCode or (if success then 0 else 1);
   precondition = scenario.precondition or null;
 
-  # What each target runs before the deploy under test (null: the VM's own
-  # first system) and what it is given.
-  plan = {
-    target1 = { from = scenario.from; to = scenario.configuration; inherit (scenario) expect; };
-    target2 = {
-      from = scenario.from;
-      to = "healthy-v2";
-      expect = { result = "success"; running = "configuration"; boot = "configuration"; };
-    };
-  };
-
-  configurations = lib.unique (lib.filter (c: c != null)
-    (lib.concatMap (t: [ plan.${t}.from plan.${t}.to ]) targets));
+  # The fleet's timeouts, and what the script waits for accordingly. The
+  # agent gives up on an activation after `activate` seconds (the deployer
+  # aborts it 15 s later); the rollback that follows is bounded by
+  # max(activate, 300) s and cannot be aborted, so a target may still be
+  # rolling back for that long after the deployer reports.
+  timeouts = { build = 1800; activate = 120; };
+  rollbackBound = lib.max timeouts.activate 300;
 
   # deployFlake hosts: `<target>-from` (tag "from") sets up the starting
   # configuration; `<target>` (tag "to") is the deploy under test.
@@ -64,7 +70,7 @@ let
 
         deployFlake = deploy-flake.lib.mkDeployFlake {
           inherit self;
-          defaults.timeouts = { build = 1800; activate = 120; };
+          defaults.timeouts = { build = ${toString timeouts.build}; activate = ${toString timeouts.activate}; };
           hosts = builtins.fromJSON (builtins.readFile ./hosts.json);
         };
 
@@ -75,38 +81,48 @@ let
       };
     }
   '';
-in
-pkgs.testers.runNixOSTest ({ config, ... }:
-let
-  # The test framework's network module of each target, as plain data: the
-  # fleet flake reads the same values back from JSON.
-  network = lib.genAttrs targets (t: config.nodes.${t}.system.build.networkConfig);
 
-  fleetConfigurations = import ./fleet/configurations.nix {
-    inherit nixpkgs system network configurations;
-  };
-
-  # The keys exactly as the deployed configurations build them (not as this
-  # test's pkgs would): nodes, deployer and fleet share one derivation.
-  keys = fleetConfigurations."target1-${plan.target1.to}".config.system.build.deployFlakeTestKeys;
-
-  toplevel = t: c:
-    if c == null then config.nodes.${t}.system.build.toplevel
-    else fleetConfigurations."${t}-${c}".config.system.build.toplevel;
+  toplevelOf = t: c: fleet.nixosConfigurations."${t}-${c}".config.system.build.toplevel;
 
   fleetSrc = pkgs.runCommand "deploy-flake-vm-fleet" { } ''
     mkdir -p $out
     cp ${fleetFlake} $out/flake.nix
     cp ${./fleet/configurations.nix} $out/configurations.nix
     cp ${./fleet/target-base.nix} $out/target-base.nix
-    cp ${./fleet/keys.nix} $out/keys.nix
+    cp -r ${./fleet/keys} $out/keys
     cp -r ${./fleet/configurations} $out/configurations
-    cp ${pkgs.writeText "configurations.json" (builtins.toJSON configurations)} $out/configurations.json
+    cp ${pkgs.writeText "configurations.json" (builtins.toJSON fleet.configurations)} $out/configurations.json
     cp ${pkgs.writeText "hosts.json" (builtins.toJSON hosts)} $out/hosts.json
     ${lib.concatMapStrings (t: ''
-      cp ${pkgs.writeText "network-${t}.json" (builtins.toJSON network.${t})} $out/network-${t}.json
+      cp ${pkgs.writeText "network-${t}.json" (builtins.toJSON fleet.network.${t})} $out/network-${t}.json
     '') targets}
   '';
+
+  # Nothing here depends on the scenario, so each target's VM and disk
+  # image are the same in every check and built once for all of them.
+  targetNode = t: {
+    imports = [ ./fleet/target-base.nix ];
+    demo.version = "initial";
+    # nixpkgs' source (the fleet flake's input, evaluated on the target)
+    # and the prebuilt toplevel of every configuration this target can be
+    # sent, in any scenario.
+    virtualisation.additionalPaths = [ "${nixpkgs}" ]
+      ++ map (toplevelOf t) fleet.configurations.${t};
+  };
+
+  # What the deploy under test must print, where a scenario says more than
+  # its exit code and the targets' state can show (one line of Python).
+  outputChecks = {
+    chatty-activation = ''assert_lines(out, "chatty activation line ", 3000)'';
+  };
+in
+pkgs.testers.runNixOSTest ({ config, ... }:
+let
+  toplevel = t: c: if c == null then config.nodes.${t}.system.build.toplevel else toplevelOf t c;
+
+  # The fleet's configurations were evaluated with the network of default.nix's
+  # probe; this test's nodes must have the same.
+  networkAgrees = lib.all (t: config.nodes.${t}.system.build.networkConfig == fleet.network.${t}) targets;
 
   # Per target: the toplevels and demo-web versions to expect.
   expected = lib.genAttrs targets (t:
@@ -125,13 +141,8 @@ let
       checkBoot = pick p.expect.boot != null;
     });
 
-  targetNode = t: {
-    imports = [ ./fleet/target-base.nix ];
-    demo.version = "initial";
-    deployFlakeTest.keys = keys;
-    virtualisation.additionalPaths = [ "${nixpkgs}" ]
-      ++ map (c: toplevel t c) (lib.filter (c: c != null) [ plan.${t}.from plan.${t}.to ]);
-  };
+  # The fleet flake's inputs as the script must find them locked.
+  inputs = { deploy-flake = "${self}"; nixpkgs = "${nixpkgs}"; };
 in
 {
   name = "deploy-flake-${name}";
@@ -146,13 +157,14 @@ in
       };
       programs.ssh.knownHosts = lib.genAttrs targets (t: {
         hostNames = [ t ];
-        publicKeyFile = "${keys}/${t}.pub";
+        publicKey = keys.hosts.${t}.public;
       });
       virtualisation = {
         memorySize = 1536;
         cores = 2;
         diskSize = 4096;
-        # The fleet flake; its closure holds nixpkgs' and deploy-flake's source.
+        # The fleet flake; its closure holds nixpkgs' and deploy-flake's
+        # source (registered unsigned, as every VM's additional paths).
         additionalPaths = [ fleetSrc ];
       };
     };
@@ -160,20 +172,28 @@ in
     target2 = targetNode "target2";
   };
 
-  testScript = ''
+  testScript =
+    assert lib.assertMsg networkAgrees
+      "checks/scenario.nix: the nodes of vm-${name} do not get the network the fleet's configurations were evaluated with (checks/default.nix)";
+    ''
     import json
 
     expected = json.loads(${builtins.toJSON (builtins.toJSON expected)})
-    machines = {"target1": target1, "target2": target2}
+    inputs = json.loads(${builtins.toJSON (builtins.toJSON inputs)})
+    # (Not `machines`: the driver defines that name, a list of every VM.)
+    targets = {"target1": target1, "target2": target2}
+    NIX = "nix --extra-experimental-features 'nix-command flakes'"
 
 
     def deploy(selection):
         # A deploy includes evaluating NixOS on each target VM: allow more
-        # than execute()'s default timeout.
+        # than execute()'s default timeout. -v logs every command it runs.
         status, out = deployer.execute(
-            f"deploy-flake --flake /root/fleet {selection} 2>&1", timeout=1800
+            f"deploy-flake -v --flake /root/fleet {selection} 2> /tmp/deploy-flake.log",
+            timeout=${toString (timeouts.build + 600)},
         )
         print(out)
+        print(deployer.succeed("cat /tmp/deploy-flake.log"))
         return status, out
 
 
@@ -185,24 +205,61 @@ in
         return m.succeed("readlink -f /nix/var/nix/profiles/system").strip()
 
 
+    def valid(m, path):
+        return m.execute(f"nix-store --check-validity {path}")[0] == 0
+
+
+    def unsigned(m, path):
+        # Neither a signature nor a content address: the kind of path a
+        # target that requires signatures refuses from an untrusted copy.
+        # (`path-info --json` gives a list before Nix 2.19, an object since.)
+        info = json.loads(m.succeed(f"{NIX} path-info --json {path}"))
+        info = info[0] if isinstance(info, list) else info[path]
+        return not info.get("signatures") and not info.get("ca")
+
+
+    def assert_lines(out, text, count):
+        lines = [line for line in out.splitlines() if text in line]
+        assert len(lines) == count, f"{len(lines)} of {count} lines with {text!r} reached the deployer"
+
+
+    def locked_inputs():
+        # The fleet's inputs as locked, by name: {"nixpkgs": path, ...}
+        # (without --to, `flake archive` only fetches, into the local store).
+        archive = json.loads(deployer.succeed(f"{NIX} flake archive --json /root/fleet"))
+        return {name: i["path"] for name, i in archive["inputs"].items()}
+
+
     start_all()
     deployer.wait_for_unit("multi-user.target")
-    for m in machines.values():
+    for m in targets.values():
         m.wait_for_unit("sshd.service")
 
     deployer.succeed(
-        "install -Dm600 ${keys}/deployer /root/.ssh/id_ed25519",
+        "install -Dm600 ${keys.deployer.private} /root/.ssh/id_ed25519",
         "cp -r ${fleetSrc} /root/fleet && chmod -R u+w /root/fleet",
-        "nix --extra-experimental-features 'nix-command flakes' flake lock /root/fleet",
+        f"{NIX} flake lock /root/fleet",
     )
-    for t in machines:
+    for t in targets:
         deployer.wait_until_succeeds(f"ssh -o BatchMode=yes root@{t} true", timeout=120)
+
+    with subtest("the fleet's inputs reach the targets unsigned"):
+        locked = locked_inputs()
+        assert locked == inputs, f"the fleet's inputs are locked as {locked}, not {inputs}"
+        for name, path in locked.items():
+            assert unsigned(deployer, path), f"{name} ({path}) is signed or content-addressed"
+        # What each deploy must copy to a target that requires signatures.
+        to_copy: dict[str, list[str]] = {}
+        for t, m in targets.items():
+            m.succeed("grep -qx 'require-sigs = true' /etc/nix/nix.conf")
+            to_copy[t] = [p for p in locked.values() if not valid(m, p)]
+            assert to_copy[t], f"{t} already holds every input: nothing unsigned is copied"
 
     ${lib.optionalString (scenario.from != null) ''
       with subtest("deploy the starting configuration (${scenario.from})"):
           status, _ = deploy("@from")
           assert status == 0, f"setting up ${scenario.from} exited {status}"
-          for t, m in machines.items():
+          for t, m in targets.items():
               assert current(m) == expected[t]["from"], f"{t} runs {current(m)}"
     ''}
 
@@ -222,23 +279,31 @@ in
         ${lib.optionalString (precondition == "degraded") ''
           assert "deploy-flake-test-degraded" in out, "preflight did not name the failed unit"
         ''}
+        ${outputChecks.${name} or ""}
 
     with subtest("each target runs what the scenario expects"):
-        for t, m in machines.items():
+        for t, m in targets.items():
             e = expected[t]
             # A target that rolls itself back may still be doing so.
             m.wait_until_succeeds(
-                f'test "$(readlink /run/current-system)" = {e["running"]}', timeout=300
+                f'test "$(readlink /run/current-system)" = {e["running"]}',
+                timeout=${toString (rollbackBound + 60)},
             )
             m.wait_until_succeeds(f"grep -qx {e['runningName']} /run/demo-web/version", timeout=60)
             m.succeed("systemctl is-active demo-web.service")
             if e["checkBoot"]:
                 assert profile(m) == e["boot"], f"{t}: system profile is {profile(m)}"
-        for t in machines:
+        for t in targets:
             deployer.wait_until_succeeds(f"ssh -o BatchMode=yes root@{t} true", timeout=120)
 
+    with subtest("the targets took the unsigned inputs as they are"):
+        for t, m in targets.items():
+            for path in to_copy[t]:
+                assert valid(m, path), f"{t} never received {path}"
+                assert unsigned(m, path), f"{t} holds {path} signed or content-addressed"
+
     with subtest("a reboot comes up in the system profile"):
-        for t, m in machines.items():
+        for t, m in targets.items():
             e = expected[t]
             if not e["checkBoot"]:
                 continue

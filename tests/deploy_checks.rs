@@ -364,10 +364,14 @@ fn the_check_builds_with_nothing_but_itself() {
 // evaluates to exactly the toplevels prebuilt into their stores.
 
 /// `nix ARGS… --override-input nixpkgs <stand-in>`; Ok(stdout) or Err(stderr).
+///
+/// Without the evaluation cache: tests evaluate copies of the same flake at
+/// once, and Nix 2.8 answers from a cache another process holds busy with
+/// "attribute … unexpectedly missing".
 fn nix_standin(args: &[&str]) -> Result<String, String> {
     let standin = path_ref(&fixtures().join("nixpkgs-standin"));
     let mut args: Vec<&str> = args.to_vec();
-    args.extend(["--override-input", "nixpkgs", &standin]);
+    args.extend(["--override-input", "nixpkgs", &standin, "--option", "eval-cache", "false"]);
     run_nix(&args)
 }
 
@@ -436,13 +440,22 @@ fn flake_outputs_evaluate_and_every_scenario_is_a_vm_check() {
     assert!(json(&flags).as_array().unwrap().contains(&"--lib".into()), "{flags}");
 }
 
+/// A stand-in VM check, built: its test script, and per node the
+/// additional store paths and the closure-info registration (`regInfo`)
+/// its store is loaded from.
+struct VmCheck {
+    script: String,
+    additional_paths: serde_json::Value,
+    reg_info: serde_json::Value,
+}
+
 /// Builds the stand-in version of one VM check (its output is the test
-/// script) and returns (script, additionalPaths per node).
-fn build_vm_check(flake: &str, scenario: &str) -> (String, serde_json::Value) {
+/// script; building it builds the nodes' registrations too).
+fn build_vm_check(flake: &str, scenario: &str) -> VmCheck {
     let attr = format!("{flake}#checks.x86_64-linux.vm-{scenario}");
     let drv = nix_standin(&["eval", "--raw", &format!("{attr}.drvPath")])
         .unwrap_or_else(|e| panic!("{e}"));
-    // The stand-in's runCommand uses the host's cp and ssh-keygen.
+    // The stand-in's runCommand and closureInfo use the host's cp and python3.
     let mut args = vec!["build", "--no-link", "--json", "--option", "sandbox", "false"];
     args.extend(build_users_options());
     args.push(&attr);
@@ -451,21 +464,69 @@ fn build_vm_check(flake: &str, scenario: &str) -> (String, serde_json::Value) {
     let script = std::fs::read_to_string(&out).expect("test script");
 
     let env = &derivation(&drv)["env"];
-    let paths = json(env["additionalPaths"].as_str().expect("additionalPaths"));
-    (script, paths)
+    let field = |name: &str| json(env[name].as_str().unwrap_or_else(|| panic!("no {name}")));
+    VmCheck { script, additional_paths: field("additionalPaths"), reg_info: field("regInfo") }
 }
 
-fn assert_python_parses(script: &str) {
+/// The names nixpkgs' test driver gives a test script (its globals, typed in
+/// nixos/lib/test-script-prepend.py, and one per node): the driver type-checks
+/// the script with those types, so assigning one of them fails the build
+/// (`machines`, say, is a list of every VM).
+const DRIVER_NAMES: &[&str] = &[
+    "start_all",
+    "subtest",
+    "retry",
+    "test_script",
+    "machines",
+    "vlans",
+    "driver",
+    "log",
+    "create_machine",
+    "run_tests",
+    "join_all",
+    "serial_stdout_off",
+    "serial_stdout_on",
+    "polling_condition",
+    "deployer",
+    "target1",
+    "target2",
+];
+
+/// The script parses as Python and assigns none of the driver's names at
+/// the top level.
+fn assert_python_script_is_valid(script: &str) {
     let file = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(file.path(), script).expect("write script");
+    // The names the script binds in its own scope: not those local to a
+    // function or a comprehension.
+    let check = r#"
+import ast, sys
+
+def bound(node):
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        yield node.name
+        return
+    if isinstance(node, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+        return
+    if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+        yield node.id
+    for child in ast.iter_child_nodes(node):
+        yield from bound(child)
+
+names = set(bound(ast.parse(open(sys.argv[1]).read())))
+taken = sorted(names & set(sys.argv[2:]))
+if taken:
+    sys.exit("it assigns names the test driver defines: " + ", ".join(taken))
+"#;
     let out = Command::new("python3")
-        .args(["-c", "import ast, sys; ast.parse(open(sys.argv[1]).read())"])
+        .args(["-c", check])
         .arg(file.path())
+        .args(DRIVER_NAMES)
         .output()
         .expect("python3 runs");
     assert!(
         out.status.success(),
-        "the test script is not valid Python:\n{}\n{script}",
+        "the test script is not valid:\n{}\n{script}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -480,23 +541,16 @@ fn fleet_of(script: &str) -> tempfile::TempDir {
     dir
 }
 
-/// The `expected` table the script asserts against (JSON inside a Python
-/// string literal, which is itself a JSON string).
+/// The `expected` table the script asserts against.
 fn expected_of(script: &str) -> serde_json::Value {
-    let line = script
-        .lines()
-        .find(|l| l.starts_with("expected = json.loads("))
-        .expect("the script has an expected table");
-    let literal = &line["expected = json.loads(".len()..line.len() - 1];
-    let inner: String = serde_json::from_str(literal).expect("a JSON string literal");
-    json(&inner)
+    script_json(script, "expected")
 }
 
 fn check_vm_plumbing(scenario: &str, exit_code: u8, success: bool) {
     let project = project_flake();
     let flake = path_ref(project.path());
-    let (script, additional_paths) = build_vm_check(&flake, scenario);
-    assert_python_parses(&script);
+    let VmCheck { script, additional_paths, .. } = build_vm_check(&flake, scenario);
+    assert_python_script_is_valid(&script);
     assert!(
         script.contains(&format!("assert status == {exit_code},")),
         "the script does not expect exit code {exit_code}"
@@ -530,17 +584,19 @@ fn check_vm_plumbing(scenario: &str, exit_code: u8, success: bool) {
         toplevels.insert(host.clone(), toplevel);
     }
 
-    // The deployer's key and known hosts come from the keys the deployed
-    // configurations build, not from a second derivation.
-    let keys = nix_ok(&[
-        "eval",
-        "--raw",
-        &format!(
-            "{fleet_ref}#nixosConfigurations.{}.config.system.build.deployFlakeTestKeys.outPath",
-            inventory["hosts"]["target1"]["configuration"].as_str().unwrap()
-        ),
-    ]);
-    assert!(script.contains(&format!("install -Dm600 {keys}/deployer ")), "{keys}");
+    // The deployer logs in with the fleet's own test key: the one whose
+    // public half every target authorizes (checks/fleet/keys).
+    let key = script
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("\"install -Dm600 "))
+        .and_then(|rest| rest.split(' ').next())
+        .expect("the script installs the deployer's key");
+    let committed = fleet.path().join("keys/deployer");
+    assert_eq!(
+        std::fs::read(key).expect("read the installed key"),
+        std::fs::read(&committed).expect("read the fleet's key"),
+        "{key} is not the fleet's deployer key"
+    );
 
     // The script expects the toplevels the fleet really yields.
     let expected = expected_of(&script);
@@ -565,6 +621,250 @@ fn vm_check_of_a_failing_scenario_is_consistent() {
 #[test]
 fn vm_check_of_a_first_deploy_is_consistent() {
     check_vm_plumbing("healthy-v1", 0, true);
+}
+
+/// The JSON a Python line `NAME = json.loads("...")` of the script holds.
+fn script_json(script: &str, name: &str) -> serde_json::Value {
+    let prefix = format!("{name} = json.loads(");
+    let line = script
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("the script has no {name} table"));
+    let literal = &line[prefix.len()..line.len() - 1];
+    let inner: String = serde_json::from_str(literal).expect("a JSON string literal");
+    json(&inner)
+}
+
+#[test]
+fn every_scenario_gives_a_target_the_same_image() {
+    // A target's disk image holds its store: whatever differs between
+    // scenarios would give each scenario an image of its own to build and
+    // keep. Each target gets every configuration it is sent in any scenario.
+    let project = project_flake();
+    let attr = format!("{}#checks.x86_64-linux", path_ref(project.path()));
+    let apply = "checks: builtins.mapAttrs (name: check: check.additionalPaths) \
+                 (removeAttrs checks [ \"package\" ])";
+    let paths = json(
+        &nix_standin(&["eval", "--json", &attr, "--apply", apply])
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let paths = paths.as_object().expect("checks");
+    assert_eq!(paths.len(), scenario_names().len());
+    let first = json(paths.values().next().unwrap().as_str().unwrap());
+    for (check, value) in paths {
+        let value = json(value.as_str().unwrap());
+        for target in ["target1", "target2"] {
+            assert_eq!(value[target], first[target], "{check}: {target} differs");
+        }
+    }
+    // target1 is sent every configuration a scenario names, target2 only
+    // healthy-v1 and healthy-v2: nixpkgs' source, plus one toplevel each.
+    let named = json(&nix_ok(&[
+        "eval",
+        "--json",
+        "--impure",
+        "--expr",
+        &format!(
+            "builtins.length (builtins.attrNames (builtins.listToAttrs (builtins.concatMap \
+               (s: map (c: {{ name = c; value = null; }}) ([ s.configuration ] \
+                 ++ (if s.from == null then [ ] else [ s.from ]))) \
+               (builtins.attrValues (import {})))))",
+            nix_path(&repo_root().join("tests/fixtures/scenarios.nix"))
+        ),
+    ]));
+    let named = named.as_u64().expect("a count") as usize;
+    assert_eq!(first["target1"].as_array().unwrap().len(), 1 + named, "{first}");
+    assert_eq!(first["target2"].as_array().unwrap().len(), 1 + 2, "{first}");
+}
+
+#[test]
+fn vm_test_keys_are_committed_pairs() {
+    // Fixed test keys (no key is generated at evaluation or build time):
+    // each private key's public half is the .pub next to it.
+    let keys = repo_root().join("checks/fleet/keys");
+    for name in ["deployer", "target1", "target2"] {
+        let private = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::copy(keys.join(name), private.path()).expect("copy the private key");
+        // ssh-keygen refuses a private key others can read.
+        let mut perms = std::fs::metadata(private.path()).expect("stat").permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+        std::fs::set_permissions(private.path(), perms).expect("chmod");
+        let derived =
+            common::run_ok(Command::new("ssh-keygen").args(["-y", "-f"]).arg(private.path()));
+        let public = std::fs::read_to_string(keys.join(format!("{name}.pub"))).expect("read .pub");
+        let fields = |k: &str| k.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+        assert_eq!(
+            fields(&derived),
+            fields(&public),
+            "{name}.pub is not the public half of {name}"
+        );
+        assert!(public.contains("test only"), "{name}.pub does not say it is for tests only");
+    }
+}
+
+// ---- the nodes' stores, modelled -------------------------------------------
+//
+// The VM test framework fills each node's store from a closure-info
+// registration (nixpkgs' qemu-vm.nix loads it with `nix-store --load-db` at
+// boot; make-disk-image.nix registers a boot-loader VM's image from one):
+// path, NAR hash and size, references; no content address, no signature.
+// The stand-in's runNixOSTest models that (`regInfo`), and these tests load
+// those registrations into chroot stores to replay what the script relies
+// on: the fleet's `path:` inputs are such paths on the deployer, some are
+// missing on the targets, and a copy that checks signatures cannot bring
+// them there. The real VM tests then see deploy-flake copy them anyway.
+
+/// A chroot store (`<dir>/nix/store`) holding what a node's registration
+/// lists, registered the way the VM's boot does.
+struct NodeStore {
+    dir: tempfile::TempDir,
+}
+
+impl NodeStore {
+    fn load(reg_info: &str) -> NodeStore {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = dir.path().join("nix/store");
+        std::fs::create_dir_all(&store).expect("mkdir");
+        let paths =
+            std::fs::read_to_string(format!("{reg_info}/store-paths")).expect("store-paths");
+        for path in paths.lines() {
+            common::run_ok(Command::new("cp").args(["-a", path]).arg(&store));
+        }
+        let registration =
+            std::fs::File::open(format!("{reg_info}/registration")).expect("registration");
+        let node = NodeStore { dir };
+        common::run_ok(
+            Command::new("nix-store")
+                .args(["--store", &node.root(), "--load-db"])
+                .stdin(registration),
+        );
+        node
+    }
+
+    fn root(&self) -> String {
+        self.dir.path().to_str().expect("utf-8 path").to_string()
+    }
+
+    /// `nix --store <root> ARGS…`; Ok(stdout) or Err(stderr).
+    fn nix(&self, args: &[&str]) -> Result<String, String> {
+        let root = self.root();
+        let mut all = vec!["--store", &root];
+        all.extend(args);
+        run_nix(&all)
+    }
+
+    fn valid(&self, path: &str) -> bool {
+        self.nix(&["path-info", path]).is_ok()
+    }
+
+    /// Neither a signature nor a content address (what the script's
+    /// `unsigned` checks).
+    fn unsigned(&self, path: &str) -> bool {
+        let info =
+            json(&self.nix(&["path-info", "--json", path]).unwrap_or_else(|e| panic!("{e}")));
+        let info = if info.is_array() { info[0].clone() } else { info[path].clone() };
+        let empty = |v: &serde_json::Value| {
+            v.is_null() || v.as_array().is_some_and(|a| a.is_empty()) || v == ""
+        };
+        empty(&info["signatures"]) && empty(&info["ca"])
+    }
+}
+
+impl Drop for NodeStore {
+    fn drop(&mut self) {
+        // Store paths are read-only: make them removable.
+        let _ = Command::new("chmod").args(["-R", "u+w"]).arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn vm_check_copies_unsigned_inputs_to_targets_that_require_signatures() {
+    let project = project_flake();
+    let VmCheck { script, reg_info, .. } = build_vm_check(&path_ref(project.path()), "healthy-v2");
+    let store = |node: &str| NodeStore::load(reg_info[node].as_str().expect("regInfo"));
+    let deployer = store("deployer");
+
+    // The script's setup on the deployer: the fleet, locked.
+    let start = script.find("cp -r /nix/store/").expect("the script copies the fleet") + 6;
+    let end = start + script[start..].find(' ').unwrap();
+    let fleet = tempfile::tempdir().expect("temp dir");
+    copy_tree(Path::new(&script[start..end]), fleet.path());
+    let fleet_ref = path_ref(fleet.path());
+    deployer.nix(&["flake", "lock", &fleet_ref]).unwrap_or_else(|e| panic!("{e}"));
+
+    // Nix reuses the registered paths as the fleet's inputs, as they are:
+    // what the script expects, and none of them signed or content-addressed.
+    let archive = json(&deployer.nix(&["flake", "archive", "--json", &fleet_ref]).unwrap());
+    let locked: serde_json::Map<String, serde_json::Value> = archive["inputs"]
+        .as_object()
+        .expect("inputs")
+        .iter()
+        .map(|(name, input)| (name.clone(), input["path"].clone()))
+        .collect();
+    let inputs = script_json(&script, "inputs");
+    assert_eq!(
+        serde_json::Value::Object(locked.clone()),
+        inputs,
+        "the script expects other inputs"
+    );
+    for (name, path) in &locked {
+        let path = path.as_str().unwrap();
+        assert!(
+            deployer.unsigned(path),
+            "the deployer's {name} ({path}) is signed or content-addressed"
+        );
+    }
+
+    for target in ["target1", "target2"] {
+        let store = store(target);
+        // What a deploy copies: the inputs the target's image lacks. The
+        // script refuses to run without one (it would prove nothing).
+        let to_copy: Vec<&str> =
+            locked.values().map(|p| p.as_str().unwrap()).filter(|p| !store.valid(p)).collect();
+        assert_eq!(to_copy, [inputs["deploy-flake"].as_str().unwrap()], "{target}");
+
+        // A copy that checks signatures (`nix flake archive --to`, `nix
+        // copy` without --no-check-sigs, or any untrusted session) is
+        // refused by a store that requires signatures, as NixOS's does.
+        let destination = format!("local?root={}&require-sigs=true", store.root());
+        let mut copy = vec!["copy", "--to", &destination];
+        copy.extend(&to_copy);
+        match deployer.nix(&copy) {
+            Ok(_) => panic!("{target} took unsigned paths from a copy that checks signatures"),
+            Err(e) => assert!(e.contains("lacks a valid signature"), "{target}: {e}"),
+        }
+        assert!(to_copy.iter().all(|p| !store.valid(p)), "{target}");
+
+        // Without signature checks they arrive as they are: what the script
+        // asserts on each target after the deploys.
+        copy.insert(1, "--no-check-sigs");
+        deployer.nix(&copy).unwrap_or_else(|e| panic!("{target}: {e}"));
+        for path in &to_copy {
+            assert!(store.valid(path) && store.unsigned(path), "{target}: {path}");
+        }
+    }
+
+    // The script checks both ends in the VM: before the first deploy (the
+    // inputs are unsigned, each target requires signatures and lacks one),
+    // and after the last (each target holds them, still unsigned).
+    for line in [
+        "with subtest(\"the fleet's inputs reach the targets unsigned\"):",
+        "assert locked == inputs,",
+        "assert unsigned(deployer, path),",
+        "m.succeed(\"grep -qx 'require-sigs = true' /etc/nix/nix.conf\")",
+        "to_copy[t] = [p for p in locked.values() if not valid(m, p)]",
+        "assert to_copy[t],",
+        "with subtest(\"the targets took the unsigned inputs as they are\"):",
+        "assert valid(m, path),",
+        "assert unsigned(m, path),",
+    ] {
+        assert!(script.lines().any(|l| l.trim().starts_with(line)), "the script lacks {line:?}");
+    }
+    let first_deploy = script.find("deploy(\"@").expect("the script deploys");
+    let before = script.find("with subtest(\"the fleet's inputs reach").unwrap();
+    let after = script.find("with subtest(\"the targets took").unwrap();
+    let last_deploy = script.rfind("deploy(\"@").unwrap();
+    assert!(before < first_deploy && last_deploy < after, "the checks must enclose the deploys");
 }
 
 #[test]

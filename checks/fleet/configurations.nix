@@ -1,6 +1,7 @@
 # The fleet's nixosConfigurations: `<target>-<configuration>` for every
-# target and every configuration under ./configurations. Used twice with the
-# same arguments: by the VM test (to prebuild the toplevels into the targets'
+# target and each configuration it may be sent (`configurations.<target>`,
+# names of modules under ./configurations). Used twice with the same
+# arguments: by the VM tests (to prebuild the toplevels into the targets'
 # stores) and by the fleet flake that deploy-flake archives to the targets.
 # Equal inputs give equal toplevels, so the build on the target finds its
 # result already present and needs no network.
@@ -31,5 +32,5 @@ builtins.listToAttrs (builtins.concatMap
       name = "${target}-${configuration}";
       value = mk target configuration;
     })
-    configurations)
-  (builtins.attrNames network))
+    configurations.${target})
+  (builtins.attrNames configurations))

@@ -3,25 +3,18 @@
 # offline Nix with flakes, a real boot loader (so a reboot boots whatever
 # `switch-to-configuration boot` installed), and the demo service the
 # scenarios change.
-{ config, lib, pkgs, ... }:
+{ config, lib, ... }:
 let
-  keys = config.deployFlakeTest.keys;
+  # Committed test-only keys (see keys/default.nix): no build, no IFD.
+  keys = import ./keys;
 in
 {
   options.demo.version = lib.mkOption {
     type = lib.types.str;
     description = "What demo-web.service writes to /run/demo-web/version: the configuration's name.";
   };
-  # The VM nodes set this to the fleet's own keys derivation, so the host key
-  # a target starts with is the one every deployed configuration keeps.
-  options.deployFlakeTest.keys = lib.mkOption {
-    type = lib.types.package;
-    default = import ./keys.nix pkgs;
-    description = "The test's ssh keys (see keys.nix).";
-  };
 
   config = {
-    system.build.deployFlakeTestKeys = keys;
     system.stateVersion = lib.trivial.release;
     documentation.enable = false;
 
@@ -31,24 +24,30 @@ in
       hostKeys = [{ type = "ed25519"; path = "/etc/ssh/ssh_host_ed25519_key"; }];
     };
     environment.etc."ssh/ssh_host_ed25519_key" = {
-      source = "${keys}/${config.networking.hostName}";
+      source = keys.hosts.${config.networking.hostName}.private;
       mode = "0600";
     };
-    users.users.root.openssh.authorizedKeys.keyFiles = [ "${keys}/deployer.pub" ];
+    users.users.root.openssh.authorizedKeys.keys = [ keys.deployer.public ];
 
     nix.settings = {
       experimental-features = [ "nix-command" "flakes" ];
       substituters = lib.mkForce [ ];
     };
 
+    # With a boot loader, qemu-vm.nix boots a disk image made by
+    # nixos/lib/make-disk-image.nix that holds the whole store (the
+    # system's closure and `virtualisation.additionalPaths`, registered
+    # without signatures), so what a deploy adds survives a reboot. Its root
+    # filesystem is sized to its contents (`diskSize = "auto"`,
+    # `additionalSpace = "0M"`); `diskSize` here only sizes the qcow2
+    # overlay the VM writes to, which must not be smaller than that image
+    # (the overlay is sparse: a larger size costs nothing).
     virtualisation = {
       memorySize = 2048;
       cores = 2;
-      diskSize = 4096;
+      diskSize = 8192;
       useBootLoader = true;
       useEFIBoot = true;
-      # Paths copied during the test must survive a reboot.
-      writableStoreUseTmpfs = false;
     };
     boot.loader.systemd-boot.enable = true;
     boot.loader.efi.canTouchEfiVariables = true;

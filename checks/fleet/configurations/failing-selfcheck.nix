@@ -3,7 +3,7 @@
 { pkgs, ... }:
 {
   demo.version = "failing-selfcheck";
-  system.extraSystemBuilderCmds = ''
+  system.systemBuilderCommands = ''
     ln -s ${pkgs.writeShellScript "pre-activate-safety-checks" "echo 'self-check: refusing' >&2; exit 1"} $out/pre-activate-safety-checks
   '';
 }

@@ -3,7 +3,7 @@
 { pkgs, ... }:
 {
   demo.version = "healthy-v2";
-  system.extraSystemBuilderCmds = ''
+  system.systemBuilderCommands = ''
     ln -s ${pkgs.writeShellScript "pre-activate-safety-checks" "exit 0"} $out/pre-activate-safety-checks
   '';
 }
