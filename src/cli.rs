@@ -76,11 +76,51 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         to_generation: Option<u32>,
     },
+    /// Show what each host runs and boots, whether it needs a reboot, its
+    /// failed units, who holds its lock and its last deploy, and where
+    /// these drift apart; in parallel, one login each, read-only.
+    #[command(
+        after_long_help = "Examples:\n  deploy-flake status --all\n  deploy-flake status @web --json"
+    )]
+    Status {
+        #[command(flatten)]
+        query: Query,
+    },
+    /// Build what a deploy would, then show per host what would change:
+    /// running -> new system, packages (old -> new version, added,
+    /// removed), closure size, the units that would stop, start, restart or
+    /// reload, and whether it needs a reboot. Activates nothing.
+    #[command(
+        after_long_help = "Examples:\n  deploy-flake diff --all\n  deploy-flake diff web1 --json"
+    )]
+    Diff {
+        #[command(flatten)]
+        query: Query,
+    },
 }
 
-/// The options shared by a deploy and a rollback.
+/// `--goal`: how far a deploy goes, or only what it would change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GoalArg {
+    Switch,
+    Test,
+    Boot,
+    DryActivate,
+}
+
+/// What a run does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Deploy (or roll back): the pipeline.
+    Deploy,
+    Status,
+    Diff,
+}
+
+/// Which hosts, from which flake, how many at once, how to report: what
+/// every command shares.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Args {
+pub struct Query {
     /// Hosts to deploy: attribute names, @tags, globs or destinations
     /// (nixos://[user@]host[:port][/config]).
     #[arg(value_name = "HOSTS")]
@@ -104,14 +144,24 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PARALLEL)]
     pub max_parallel: usize,
 
+    /// Write events as JSON Lines on stdout instead of human output.
+    #[arg(long)]
+    pub json: bool,
+
+    #[arg(long = "timeout", value_name = "PHASE=SECONDS", help = timeout_help())]
+    pub timeouts: Vec<String>,
+}
+
+/// The options of a deploy (and a rollback).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub query: Query,
+
     /// Print what would be done (hosts, ssh destinations, configurations,
     /// build locations, timeouts) and touch nothing.
     #[arg(long)]
     pub dry_run: bool,
-
-    /// Write events as JSON Lines on stdout instead of human output.
-    #[arg(long)]
-    pub json: bool,
 
     /// Re-activate hosts that already run the wanted system.
     #[arg(long)]
@@ -132,15 +182,13 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub pre_activate_script: Option<String>,
 
-    #[arg(long = "timeout", value_name = "PHASE=SECONDS", help = timeout_help())]
-    pub timeouts: Vec<String>,
-
     /// How far to take each host: switch (activate, confirm over a fresh
     /// login, then write the boot entry), test (activate and confirm; the
     /// boot entry stays), boot (write the boot entry only: the system runs
-    /// after the next reboot) [default: switch].
+    /// after the next reboot), dry-activate (build, then show what would
+    /// change, as `deploy-flake diff`) [default: switch].
     #[arg(long, value_name = "GOAL", value_enum)]
-    pub goal: Option<Goal>,
+    pub goal: Option<GoalArg>,
 
     /// The original deploy-flake's flag: `--test=skip` writes the boot
     /// entry only (the same as --goal boot).
@@ -156,6 +204,16 @@ pub struct Args {
     /// (NIXOS_INSTALL_BOOTLOADER=1).
     #[arg(long)]
     pub install_bootloader: bool,
+
+    /// Before activating anything, build every host and show what would
+    /// change on each (as `deploy-flake diff`), then ask once whether to go
+    /// on. Needs a terminal, unless --yes answers for you.
+    #[arg(long)]
+    pub ask: bool,
+
+    /// Answer yes to --ask (the changes are still shown).
+    #[arg(long, requires = "ask")]
+    pub yes: bool,
 }
 
 /// The help of `--timeout`: the phases and bounds of lib/rules.json.
@@ -207,9 +265,13 @@ pub struct Options {
     pub timeouts: Vec<(Phase, u64)>,
     /// Deploy, or roll back.
     pub mode: Mode,
+    pub action: Action,
     pub goal: Goal,
     /// What switch-to-configuration is told.
     pub switch_env: SwitchEnv,
+    /// Show the changes and ask before activating anything; `Some(true)`:
+    /// answered yes already (--yes).
+    pub ask: Option<bool>,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -252,18 +314,14 @@ impl Cli {
             Some(Command::Rollback { args, to_generation }) => {
                 args.into_options(Mode::Rollback { to_generation })
             }
+            Some(Command::Status { query }) => query.into_options(Action::Status),
+            Some(Command::Diff { query }) => query.into_options(Action::Diff),
         }
     }
 }
 
 impl Args {
     fn into_options(self, mode: Mode) -> Result<Options, CliError> {
-        if self.flake.is_empty() {
-            return Err(CliError::EmptyFlake);
-        }
-        if self.flake.contains('#') {
-            return Err(CliError::FlakeWithAttribute(self.flake));
-        }
         let preflight = match (self.skip_preflight, self.preflight_check) {
             (true, Some(PreflightCheck::Run)) => return Err(CliError::PreflightConflict),
             (true, _) | (false, Some(PreflightCheck::Skip)) => false,
@@ -274,18 +332,52 @@ impl Args {
                 return Err(CliError::SelfCheck { path: path.clone(), problem: p.into() });
             }
         }
-        let timeouts =
-            self.timeouts.iter().map(|a| parse_timeout(a)).collect::<Result<Vec<_>, _>>()?;
-        let goal = match (self.goal, self.test_step) {
-            (Some(Goal::Switch), Some(PreflightCheck::Skip)) => {
+        let (goal, action) = match (self.goal, self.test_step) {
+            (Some(GoalArg::Switch), Some(PreflightCheck::Skip)) => {
                 return Err(CliError::GoalConflict("switch"))
             }
-            (Some(Goal::Test), Some(PreflightCheck::Skip)) => {
+            (Some(GoalArg::Test), Some(PreflightCheck::Skip)) => {
                 return Err(CliError::GoalConflict("test"))
             }
-            (_, Some(PreflightCheck::Skip)) => Goal::Boot,
-            (goal, _) => goal.unwrap_or(Goal::Switch),
+            (Some(GoalArg::DryActivate), Some(PreflightCheck::Skip)) => {
+                return Err(CliError::GoalConflict("dry-activate"))
+            }
+            (_, Some(PreflightCheck::Skip)) | (Some(GoalArg::Boot), _) => {
+                (Goal::Boot, Action::Deploy)
+            }
+            (Some(GoalArg::Test), _) => (Goal::Test, Action::Deploy),
+            (Some(GoalArg::DryActivate), _) => (Goal::Switch, Action::Diff),
+            (Some(GoalArg::Switch) | None, _) => (Goal::Switch, Action::Deploy),
         };
+        let options = self.query.into_options(action)?;
+        Ok(Options {
+            dry_run: self.dry_run,
+            force: self.force,
+            preflight,
+            self_check: self.pre_activate_script,
+            mode,
+            goal,
+            switch_env: SwitchEnv {
+                no_check: self.no_check,
+                install_bootloader: self.install_bootloader,
+            },
+            ask: self.ask.then_some(self.yes),
+            ..options
+        })
+    }
+}
+
+impl Query {
+    /// The options with every deploy flag at its default.
+    fn into_options(self, action: Action) -> Result<Options, CliError> {
+        if self.flake.is_empty() {
+            return Err(CliError::EmptyFlake);
+        }
+        if self.flake.contains('#') {
+            return Err(CliError::FlakeWithAttribute(self.flake));
+        }
+        let timeouts =
+            self.timeouts.iter().map(|a| parse_timeout(a)).collect::<Result<Vec<_>, _>>()?;
         if !self.all && self.hosts.is_empty() {
             return Err(CliError::NothingSelected);
         }
@@ -293,18 +385,17 @@ impl Args {
             flake: self.flake,
             selection: Selection { hosts: self.hosts, all: self.all, exclude: self.exclude },
             max_parallel: (self.max_parallel > 0).then_some(self.max_parallel),
-            dry_run: self.dry_run,
+            dry_run: false,
             output: if self.json { OutputFormat::Json } else { OutputFormat::Human },
-            force: self.force,
-            preflight,
-            self_check: self.pre_activate_script,
+            force: false,
+            preflight: true,
+            self_check: None,
             timeouts,
-            mode,
-            goal,
-            switch_env: SwitchEnv {
-                no_check: self.no_check,
-                install_bootloader: self.install_bootloader,
-            },
+            mode: Mode::Deploy,
+            action,
+            goal: Goal::Switch,
+            switch_env: SwitchEnv::default(),
+            ask: None,
         })
     }
 }

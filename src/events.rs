@@ -130,6 +130,7 @@ impl Outcome {
 /// | `health-check` | the system ran, but a health check failed |
 /// | `not-confirmed` | no confirmation over a fresh login in time |
 /// | `timeout` | a phase did not finish within its timeout |
+/// | `not-approved` | the system built differs from the one shown and approved (`--ask`) |
 /// | `lost` | the connection was lost mid-activation and not regained, or the agent was killed |
 /// | `rebooted` | the host rebooted during the run |
 /// | `boot-entry` | writing the boot entry failed |
@@ -157,6 +158,7 @@ pub enum Reason {
     HealthCheck,
     NotConfirmed,
     Timeout,
+    NotApproved,
     Lost,
     Rebooted,
     BootEntry,

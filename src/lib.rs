@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod diff;
 pub mod events;
 pub mod exit;
 pub mod health;
@@ -20,3 +21,5 @@ pub mod rules;
 pub mod runner;
 pub mod select;
 pub mod ssh;
+pub mod status;
+pub mod table;

@@ -1,5 +1,7 @@
 //! parse -> run -> exit code. The one place that decides the exit status.
 
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -8,8 +10,10 @@ use clap::Parser;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use deploy_flake::cli::{Cli, Options, OutputFormat};
+use deploy_flake::cli::{Action, Cli, Options, OutputFormat};
+use deploy_flake::diff::HostDiff;
 use deploy_flake::exit::Exit;
+use deploy_flake::host::Shared;
 use deploy_flake::inventory::DEFAULT_EVAL_TIMEOUT;
 use deploy_flake::pipeline::{Context as RunContext, Interrupt};
 use deploy_flake::plan;
@@ -41,11 +45,56 @@ fn run() -> anyhow::Result<Exit> {
         DEFAULT_EVAL_TIMEOUT,
     ))?;
     options.apply_overrides(&mut targets);
-    if options.dry_run {
-        print!("{}", plan::render(&targets, &options));
-        return Ok(Exit::Success);
+    match options.action {
+        Action::Status => Ok(runtime.block_on(status(targets, &options))),
+        Action::Diff => Ok(runtime.block_on(diff(targets, &options))),
+        Action::Deploy if options.dry_run => {
+            print!("{}", plan::render(&targets, &options));
+            Ok(Exit::Success)
+        }
+        Action::Deploy => runtime.block_on(ask_then_deploy(targets, &options)),
     }
-    runtime.block_on(deploy(targets, &options))
+}
+
+/// `deploy-flake status`: 0 when every host answered, 1 otherwise.
+async fn status(targets: Vec<Target>, options: &Options) -> Exit {
+    let parallel = options.max_parallel.unwrap_or(targets.len()).max(1);
+    let all = deploy_flake::status::query_all(&targets, parallel).await;
+    match options.output {
+        OutputFormat::Json => print!("{}", deploy_flake::status::json(&all)),
+        OutputFormat::Human => print!("{}", deploy_flake::status::render(&all)),
+    }
+    if all.iter().all(|s| s.error.is_none()) {
+        Exit::Success
+    } else {
+        Exit::HostsFailed
+    }
+}
+
+/// Build every host and say what would change on each.
+async fn diffs(targets: &[Target], options: &Options, shared: Arc<Shared>) -> Vec<HostDiff> {
+    let run_id = runner::new_run_id();
+    let run = deploy_flake::diff::Run {
+        flake: options.flake.clone(),
+        owner: runner::lock_owner(&run_id),
+        run_id,
+    };
+    let parallel = options.max_parallel.unwrap_or(targets.len()).max(1);
+    deploy_flake::diff::diff_all(targets, Arc::new(run), parallel, shared).await
+}
+
+/// `deploy-flake diff`: 0 when every host's changes are known, 1 otherwise.
+async fn diff(targets: Vec<Target>, options: &Options) -> Exit {
+    let all = diffs(&targets, options, Arc::default()).await;
+    match options.output {
+        OutputFormat::Json => print!("{}", deploy_flake::diff::json(&all)),
+        OutputFormat::Human => print!("{}", deploy_flake::diff::render(&all)),
+    }
+    if all.iter().all(|d| d.error.is_none()) {
+        Exit::Success
+    } else {
+        Exit::HostsFailed
+    }
 }
 
 /// `-v`: what the tool does (every command run, with its duration);
@@ -66,14 +115,53 @@ fn init_tracing(verbose: u8) {
         .init();
 }
 
+/// `--ask`: show every host's changes, ask once, then deploy exactly the
+/// systems shown (the same archived flake and builds; a host that builds
+/// something else is not touched).
+async fn ask_then_deploy(targets: Vec<Target>, options: &Options) -> anyhow::Result<Exit> {
+    let Some(answered) = options.ask else {
+        return deploy(targets, options, Arc::default(), None).await;
+    };
+    if !answered && !std::io::stdin().is_terminal() {
+        anyhow::bail!("--ask needs a terminal to ask on; pass --yes to go on without asking");
+    }
+    let shared = Arc::new(Shared::default());
+    let shown = diffs(&targets, options, shared.clone()).await;
+    eprint!("{}", deploy_flake::diff::render(&shown));
+    let approved: BTreeMap<String, String> =
+        shown.iter().filter_map(|d| Some((d.host.clone(), d.new.clone()?))).collect();
+    if !answered && !confirmed(targets.len())? {
+        eprintln!("deploy-flake: not confirmed; nothing was deployed");
+        return Ok(Exit::HostsFailed);
+    }
+    deploy(targets, options, shared, Some(Arc::new(approved))).await
+}
+
+/// Ask on the terminal; yes only for an explicit "y" or "yes".
+fn confirmed(hosts: usize) -> anyhow::Result<bool> {
+    eprint!("Deploy these changes to {hosts} host(s)? [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer).context("reading the answer")?;
+    Ok(matches!(answer.trim().to_lowercase().as_str(), "y" | "yes"))
+}
+
 /// Runs the deployment of the selected hosts and returns the run's exit
 /// status.
-async fn deploy(targets: Vec<Target>, options: &Options) -> anyhow::Result<Exit> {
+async fn deploy(
+    targets: Vec<Target>,
+    options: &Options,
+    shared: Arc<Shared>,
+    approved: Option<Arc<BTreeMap<String, String>>>,
+) -> anyhow::Result<Exit> {
     let run_id = runner::new_run_id();
     let (raise, interrupt) = Interrupt::new();
     let changing = Arc::new(AtomicUsize::new(0));
     let (sink, output) = report::stdout(options.output == OutputFormat::Json);
+    let revision = deploy_flake::nix::flake_revision(&options.flake, 60).await;
+    let goal = format!("{:?}", options.goal).to_lowercase();
     let ctx = RunContext {
+        approved,
+        origin: runner::origin(&options.flake, revision.as_deref(), &goal),
         mode: options.mode,
         goal: options.goal,
         switch_env: options.switch_env,
@@ -88,7 +176,7 @@ async fn deploy(targets: Vec<Target>, options: &Options) -> anyhow::Result<Exit>
     };
     runner::on_interrupts(raise, changing);
     let parallel = options.max_parallel.unwrap_or(targets.len()).max(1);
-    let reports = runner::run(targets, ctx, parallel).await;
+    let reports = runner::run(targets, ctx, parallel, shared).await;
     // Everything the run said is written before the process ends.
     output.finish();
     Ok(runner::exit_for(&reports))

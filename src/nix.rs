@@ -278,6 +278,21 @@ pub async fn copy(
     }
 }
 
+/// The flake's revision (a git commit), when it has one: for the record
+/// each host keeps of its last deploy.
+pub async fn flake_revision(flake: &str, secs: u64) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Metadata {
+        revision: Option<String>,
+        #[serde(rename = "dirtyRevision")]
+        dirty_revision: Option<String>,
+    }
+    let cmd = Cmd::new(nix_argv(["flake", "metadata", "--json", flake])).secs(secs).quiet_stdout();
+    let out = process::run(&process::Local, &cmd, None).await.ok()?.check().ok()?;
+    let m: Metadata = serde_json::from_str(out.stdout.trim()).ok()?;
+    m.revision.or(m.dirty_revision)
+}
+
 #[derive(Deserialize)]
 struct BuildJson {
     outputs: std::collections::BTreeMap<String, String>,

@@ -44,15 +44,34 @@ pub fn lock_owner(run_id: &str) -> String {
     )
 }
 
+/// Who deploys from which flake, as each host keeps it (`<key> <value>`
+/// lines; values on one line).
+pub fn origin(flake: &str, revision: Option<&str>, goal: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let line = |k: &str, v: &str| format!("{k} {}\n", v.replace(['\n', '\r'], " "));
+    [
+        line("by", &format!("{user}@{}", host.trim())),
+        line("flake", flake),
+        line("revision", revision.unwrap_or("none")),
+        line("goal", goal),
+    ]
+    .concat()
+}
+
 /// Deploy `targets`; returns one report per host, in target order.
-pub async fn run(targets: Vec<Target>, ctx: Context, max_parallel: usize) -> Vec<HostReport> {
+pub async fn run(
+    targets: Vec<Target>,
+    ctx: Context,
+    max_parallel: usize,
+    shared: Arc<Shared>,
+) -> Vec<HostReport> {
     let started = Instant::now();
     (ctx.sink)(Event::RunStarted {
         run_id: ctx.run_id.clone(),
         hosts: targets.iter().map(|t| t.name.clone()).collect(),
     });
     let permits = Arc::new(Semaphore::new(max_parallel.max(1)));
-    let shared = Arc::new(Shared::default());
     let mut set = JoinSet::new();
     for (i, target) in targets.iter().cloned().enumerate() {
         let ctx = ctx.clone();

@@ -16,10 +16,12 @@
 #              the confirmation: one line "<cause> <reason>"
 #   alive      touched at every heartbeat of the deployer (through the lock)
 #   toplevel   GC root of the run's system until the system profile holds it
+#   origin     who runs the deploy, from which flake ("<key> <value>" lines)
 # A run only ever looks at its own RUNDIR, so nothing left by an earlier
 # run can confirm a later one. What outlives a reboot is kept root-only in
 # /var/lib/deploy-flake: which systems were confirmed on this host
-# (confirmed/<name>) and whose boot entry was written (booted/<name>).
+# (confirmed/<name>), whose boot entry was written (booted/<name>), and the
+# last deploy (last).
 #
 #   agent.sh activate RUNDIR TOPLEVEL ACTIVATE_SECS CONFIRM_SECS MAGIC_ROLLBACK(1|0) [ENV...]
 #   agent.sh boot RUNDIR TOPLEVEL [ENV...]
@@ -32,6 +34,8 @@
 #                                  "deploy-flake-locked" once it holds it)
 #   agent.sh health SECS [RUNDIR] (system state, failed units, those failed before)
 #   agent.sh facts TOPLEVEL [SELFCHECK]   (what the deployer needs to decide)
+#   agent.sh status               (what the host runs, boots, lacks; read-only)
+#   agent.sh diff TOPLEVEL        (what activating TOPLEVEL would change; read-only)
 #
 # ENV: NIXOS_NO_CHECK=1 and NIXOS_INSTALL_BOOTLOADER=1, passed on to
 # switch-to-configuration (a transient unit does not inherit them).
@@ -51,6 +55,22 @@ PROFILE=/nix/var/nix/profiles/system
 
 set_status() {
     printf '%s\n' "$*" > "$rundir/status.tmp" && mv -f "$rundir/status.tmp" "$rundir/status"
+    case "$1" in
+        booted) remember deployed ;;
+        failed) remember unconfirmed ;;
+        confirmed | rolled-back | rollback-failed | refused | boot-failed) remember "$1" ;;
+    esac
+}
+
+# remember OUTCOME: the last deploy to this host, for `deploy-flake status`
+# (root-only, across reboots): its run, when, how it ended, its system, and
+# who ran it from which flake (the run's origin).
+remember() {
+    mkdir -p "$RECORDS" || return
+    {
+        printf 'run %s\nwhen %s\noutcome %s\nsystem %s\n' "${rundir##*/}" "$(date +%s)" "$1" "${toplevel:-}"
+        cat "$rundir/origin" 2> /dev/null
+    } > "$RECORDS/last.tmp" && mv -f "$RECORDS/last.tmp" "$RECORDS/last"
 }
 
 log() {
@@ -431,6 +451,35 @@ facts() {
     switches_in_progress
 }
 
+status() {
+    profile=$(readlink -e "$PROFILE")
+    echo "deploy-flake-current $(readlink -e /run/current-system)"
+    echo "deploy-flake-profile $profile"
+    echo "deploy-flake-booted-system $(readlink -e /run/booted-system)"
+    echo "deploy-flake-boot-id $(cat /proc/sys/kernel/random/boot_id)"
+    echo "deploy-flake-state $(systemctl is-system-running 2> /dev/null)"
+    systemctl list-units --failed --plain --no-legend --no-pager 2> /dev/null | awk '{print "deploy-flake-failed " $1}'
+    reboot_for reboot-profile "$profile"
+    if [ -s "$STATE/lock.info" ]; then echo "deploy-flake-lock $(cat "$STATE/lock.info")"; fi
+    if [ -e "$RECORDS/last" ]; then sed 's/^/deploy-flake-last-/' "$RECORDS/last"; fi
+    switches_in_progress
+}
+
+diff() {
+    toplevel=$1
+    current=$(readlink -e /run/current-system)
+    if [ -n "$current" ]; then
+        nix --extra-experimental-features nix-command store diff-closures "$current" "$toplevel" 2>&1 |
+            sed 's/^/deploy-flake-package /'
+        nix --extra-experimental-features nix-command path-info --closure-size "$current" "$toplevel" 2> /dev/null |
+            awk '{print "deploy-flake-closure " $1 " " $2}'
+    fi
+    "$toplevel/bin/switch-to-configuration" dry-activate 2>&1 < /dev/null |
+        sed -n 's/^would \(stop\|restart\|start\|reload\) the following units: /deploy-flake-units \1 /p'
+    echo "deploy-flake-booted-system $(readlink -e /run/booted-system)"
+    reboot_for reboot-new "$toplevel"
+}
+
 hold() {
     info=$1 beat=$2 rundir=$3
     printf '%s\n' "$info" > "$STATE/lock.info"
@@ -472,6 +521,8 @@ case "$cmd" in
     hold) hold "$@" ;;
     health) health "$@" ;;
     facts) facts "$@" ;;
+    status) status "$@" ;;
+    diff) diff "$@" ;;
     *) echo "deploy-flake agent: unknown command $cmd" >&2; exit 2 ;;
 esac
 exit 0

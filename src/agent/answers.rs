@@ -116,3 +116,118 @@ impl CheckVerdict {
         }
     }
 }
+
+/// What `status` says about a host (read-only).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HostState {
+    pub current: Option<String>,
+    pub profile: Option<String>,
+    pub booted: Option<String>,
+    pub boot_id: Option<String>,
+    /// `systemctl is-system-running`.
+    pub state: String,
+    pub failed_units: Vec<String>,
+    /// What only a reboot brings in for what it boots (`None`: unknown).
+    pub needs_reboot: Option<Vec<String>>,
+    /// Who holds the host lock, when someone does.
+    pub lock: Option<String>,
+    /// Switches going on now.
+    pub busy: Vec<String>,
+    /// The last deploy the host recorded (`run`, `when`, `outcome`,
+    /// `system`, `by`, `flake`, `revision`, `goal`).
+    pub last: std::collections::BTreeMap<String, String>,
+}
+
+impl HostState {
+    pub fn parse(stdout: &str) -> HostState {
+        let last = stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(super::ANSWER)?.strip_prefix("last-"))
+            .filter_map(|kv| kv.split_once(' '))
+            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+            .collect();
+        HostState {
+            current: answer(stdout, "current"),
+            profile: answer(stdout, "profile"),
+            booted: answer(stdout, "booted-system"),
+            boot_id: answer(stdout, "boot-id"),
+            state: answer(stdout, "state").unwrap_or_else(|| "unknown".into()),
+            failed_units: answers(stdout, "failed").map(String::from).collect(),
+            needs_reboot: reboot(stdout, "reboot-profile"),
+            lock: answer(stdout, "lock"),
+            busy: answers(stdout, "busy").map(String::from).collect(),
+            last,
+        }
+    }
+}
+
+/// What activating a system would change on a host (read-only).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Changes {
+    /// `nix store diff-closures` lines: `name: old → new, +size`.
+    pub packages: Vec<PackageChange>,
+    /// Closure sizes in bytes: running, new.
+    pub closure_bytes: Option<(u64, u64)>,
+    /// Units that would `stop`, `restart`, `start`, `reload`.
+    pub units: std::collections::BTreeMap<String, Vec<String>>,
+    pub needs_reboot: Option<Vec<String>>,
+}
+
+/// One package whose versions differ.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PackageChange {
+    pub name: String,
+    /// `None`: added (not in the running system).
+    pub old: Option<String>,
+    /// `None`: removed.
+    pub new: Option<String>,
+    /// As Nix says it, e.g. `+12.3 KiB`.
+    pub size: Option<String>,
+}
+
+impl Changes {
+    /// `current`/`new`: the two systems, to tell their closure sizes apart.
+    pub fn parse(stdout: &str, current: &str, new: &str) -> Changes {
+        let size = |p: &str| {
+            answers(stdout, "closure")
+                .filter_map(|l| l.split_once(' '))
+                .find(|(path, _)| *path == p)
+                .and_then(|(_, n)| n.trim().parse().ok())
+        };
+        let mut units = std::collections::BTreeMap::new();
+        for l in answers(stdout, "units") {
+            if let Some((verb, list)) = l.split_once(' ') {
+                let names = list.split(',').map(|u| u.trim().to_string()).filter(|u| !u.is_empty());
+                units.entry(verb.to_string()).or_insert_with(Vec::new).extend(names);
+            }
+        }
+        Changes {
+            packages: answers(stdout, "package").filter_map(PackageChange::parse).collect(),
+            closure_bytes: size(current).zip(size(new)),
+            units,
+            needs_reboot: reboot(stdout, "reboot-new"),
+        }
+    }
+}
+
+impl PackageChange {
+    /// `firefox: 101.0 → 102.0, +2.3 MiB`; `∅` stands for "none".
+    fn parse(line: &str) -> Option<PackageChange> {
+        let (name, rest) = line.split_once(": ")?;
+        let (versions, size) = match rest.split_once(", ") {
+            Some((v, s)) => (v, Some(s.trim().to_string())),
+            None => (rest, None),
+        };
+        let (old, new) = versions.split_once(" → ")?;
+        let version = |v: &str| {
+            let v = v.trim();
+            (v != "∅").then(|| v.to_string())
+        };
+        Some(PackageChange {
+            name: name.trim().to_string(),
+            old: version(old),
+            new: version(new),
+            size,
+        })
+    }
+}

@@ -29,7 +29,7 @@ const STATE_DIR: &str = "/run/deploy-flake";
 /// Every answer line meant for the deployer starts with this.
 const ANSWER: &str = "deploy-flake-";
 
-pub use answers::{CheckVerdict, Facts, Health};
+pub use answers::{Changes, CheckVerdict, Facts, Health, HostState, PackageChange};
 pub use lock::{lock, HostLock, LockError, HEARTBEAT_LOST_SECS};
 
 /// Creates the state directories (root-only) and installs the agent under
@@ -38,7 +38,7 @@ pub use lock::{lock, HostLock, LockError, HEARTBEAT_LOST_SECS};
 const INSTALL: Script = Script(
     r#"umask 077
 install -d -m 0700 "$1" "$1/runs" || exit 1
-if [ -n "$2" ]; then install -d -m 0700 "$2" || exit 1; fi
+if [ -n "$2" ]; then install -d -m 0700 "$2" && printf '%s\n' "$4" > "$2/origin" || exit 1; fi
 [ -s "$3" ] && exit 0
 tmp="$1/.agent.$$"
 cat > "$tmp" && chmod 0700 "$tmp" && mv -f "$tmp" "$3""#,
@@ -318,14 +318,20 @@ fn is_answer(line: &str) -> bool {
 
 /// Create the state directories (the run's own only when `new_run`: after
 /// a reboot its absence is how the run learns it) and install the agent.
+/// `origin`: who runs the deploy from which flake, one `<key> <value>` per
+/// line, kept with the run (and as the host's last deploy).
 pub async fn install<S: Spawner>(
     on: &S,
     run: &RunDir,
-    new_run: bool,
+    new_run: Option<&str>,
     secs: u64,
 ) -> Result<(), ProcessError> {
-    let run_dir = if new_run { run.dir.as_str() } else { "" };
-    let cmd = Cmd::script(INSTALL, [STATE_DIR, run_dir, &run.agent]).stdin(SCRIPT).secs(secs);
+    let (run_dir, origin) = match new_run {
+        Some(origin) => (run.dir.as_str(), origin),
+        None => ("", ""),
+    };
+    let args = [STATE_DIR, run_dir, &run.agent, origin];
+    let cmd = Cmd::script(INSTALL, args).stdin(SCRIPT).secs(secs);
     process::run(on, &cmd, None).await?.check()?;
     Ok(())
 }
@@ -353,6 +359,39 @@ pub async fn check<S: Spawner>(
     let out = process::run(on, &cmd, None).await?.check()?;
     out.stdout.lines().filter(|l| !l.trim().is_empty() && !is_answer(l)).for_each(on_line);
     Ok(CheckVerdict::parse(&out.stdout))
+}
+
+impl HostState {
+    /// The system the last deploy left running, with its run id (`None`
+    /// when it left nothing new running: rolled back, refused, ...).
+    pub fn last_deployed(&self) -> Option<(&str, &str)> {
+        let outcome = self.last.get("outcome").map(String::as_str);
+        if !matches!(outcome, Some("deployed" | "confirmed")) {
+            return None;
+        }
+        let run = self.last.get("run").map_or("?", String::as_str);
+        Some((self.last.get("system").map_or("", String::as_str), run))
+    }
+}
+
+/// What a host runs, boots and lacks, without installing or changing
+/// anything (the agent script is read from stdin).
+pub async fn status<S: Spawner>(on: &S, secs: u64) -> Result<HostState, ProcessError> {
+    let cmd = Cmd::new(["/bin/sh", "-s", "status"]).stdin(SCRIPT).secs(secs).quiet_stdout();
+    Ok(HostState::parse(&process::run(on, &cmd, None).await?.check()?.stdout))
+}
+
+/// What activating `toplevel` would change (packages, closure size,
+/// units, reboot), changing nothing.
+pub async fn changes<S: Spawner>(
+    on: &S,
+    current: Option<&str>,
+    toplevel: &StorePath,
+    secs: u64,
+) -> Result<Changes, ProcessError> {
+    let cmd = Cmd::new(["/bin/sh", "-s", "diff", toplevel.as_str()]).stdin(SCRIPT);
+    let out = process::run(on, &cmd.secs(secs).quiet_stdout(), None).await?.check()?;
+    Ok(Changes::parse(&out.stdout, current.unwrap_or(""), toplevel.as_str()))
 }
 
 /// Did an action of the run start (after an error starting it)?

@@ -106,3 +106,43 @@ fn check_verdicts_are_read() {
         assert_eq!(CheckVerdict::parse(out), want, "{out}");
     }
 }
+
+#[test]
+fn status_and_changes_are_read() {
+    let st = HostState::parse(
+        "deploy-flake-current /nix/store/a\ndeploy-flake-profile /nix/store/b\ndeploy-flake-booted-system \n\
+         deploy-flake-state degraded\ndeploy-flake-failed x.service\ndeploy-flake-lock run 7 by ops@h\n\
+         deploy-flake-last-run 7\ndeploy-flake-last-outcome deployed\ndeploy-flake-last-by ops@h\n",
+    );
+    assert_eq!(
+        (st.current.as_deref(), st.profile.as_deref()),
+        (Some("/nix/store/a"), Some("/nix/store/b"))
+    );
+    assert_eq!((st.booted, st.needs_reboot), (None, None));
+    assert_eq!(st.failed_units, ["x.service"]);
+    assert_eq!(st.lock.as_deref(), Some("run 7 by ops@h"));
+    assert_eq!(st.last["outcome"], "deployed");
+    assert_eq!(st.last["by"], "ops@h");
+    let ch = Changes::parse(
+        "deploy-flake-package hello-lab: ∅ → 1.0, +0.2 KiB\ndeploy-flake-package linux: 6.1 → 6.2\n\
+         deploy-flake-package gone: 2.0 → ∅, -1.0 KiB\n\
+         deploy-flake-closure /nix/store/a 1000\ndeploy-flake-closure /nix/store/b 1300\n\
+         deploy-flake-units restart demo-web.service, other.service\ndeploy-flake-units start new.service\n",
+        "/nix/store/a",
+        "/nix/store/b",
+    );
+    let names: Vec<(&str, Option<&str>, Option<&str>)> =
+        ch.packages.iter().map(|p| (p.name.as_str(), p.old.as_deref(), p.new.as_deref())).collect();
+    assert_eq!(
+        names,
+        [
+            ("hello-lab", None, Some("1.0")),
+            ("linux", Some("6.1"), Some("6.2")),
+            ("gone", Some("2.0"), None)
+        ]
+    );
+    assert_eq!(ch.packages[0].size.as_deref(), Some("+0.2 KiB"));
+    assert_eq!(ch.closure_bytes, Some((1000, 1300)));
+    assert_eq!(ch.units["restart"], ["demo-web.service", "other.service"]);
+    assert_eq!(ch.units["start"], ["new.service"]);
+}

@@ -71,11 +71,13 @@ pub type HostResult<T> = Result<T, HostError>;
 pub trait Host: Send {
     /// Open the connection.
     fn connect(&mut self) -> impl Future<Output = HostResult<()>> + Send;
-    /// Install the agent and take the host lock; returns the activation
-    /// units of other runs still going on the host.
+    /// Install the agent and take the host lock; returns the switches of
+    /// others still going on the host. `origin`: who deploys from which
+    /// flake (`<key> <value>` lines), kept with the run on the host.
     fn lock(
         &mut self,
         owner: &str,
+        origin: &str,
         secs: u64,
     ) -> impl Future<Output = HostResult<Vec<String>>> + Send;
     /// The system state and failed units (waits for start-up to finish).

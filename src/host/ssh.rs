@@ -53,9 +53,9 @@ impl Host for SshHost {
         Ok(())
     }
 
-    async fn lock(&mut self, owner: &str, secs: u64) -> HostResult<Vec<String>> {
+    async fn lock(&mut self, owner: &str, origin: &str, secs: u64) -> HostResult<Vec<String>> {
         let ssh = self.ssh()?;
-        agent::install(ssh, &self.run, true, secs).await?;
+        agent::install(ssh, &self.run, Some(origin), secs).await?;
         let lock = agent::lock(ssh, &self.run, owner, secs).await?;
         let busy = lock.busy.clone();
         self.lock = Some(lock);
@@ -244,6 +244,16 @@ impl Host for SshHost {
 }
 
 impl SshHost {
+    /// What activating `toplevel` would change, changing nothing.
+    pub async fn changes(
+        &mut self,
+        current: Option<&str>,
+        toplevel: &StorePath,
+        secs: u64,
+    ) -> HostResult<agent::Changes> {
+        Ok(agent::changes(self.ssh()?, current, toplevel, secs).await?)
+    }
+
     /// Take the host lock again after a reconnect. The holder of the lost
     /// connection may still hold it until it misses our heartbeats: wait
     /// for it, but not for another run.
@@ -251,7 +261,7 @@ impl SshHost {
         let deadline = tokio::time::Instant::now()
             + std::time::Duration::from_secs(agent::HEARTBEAT_LOST_SECS + 10);
         // After a reboot the agent is gone too (it lives in /run).
-        agent::install(self.ssh()?, &self.run, false, 10).await?;
+        agent::install(self.ssh()?, &self.run, None, 10).await?;
         loop {
             let ssh = self.ssh()?;
             match agent::lock(ssh, &self.run, &self.owner, 10).await {

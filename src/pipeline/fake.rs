@@ -139,7 +139,7 @@ impl Host for Fake {
         self.connect.clone()
     }
 
-    async fn lock(&mut self, _owner: &str, _secs: u64) -> HostResult<Vec<String>> {
+    async fn lock(&mut self, _owner: &str, _origin: &str, _secs: u64) -> HostResult<Vec<String>> {
         self.call("lock");
         self.lock.clone()
     }
@@ -362,11 +362,13 @@ pub async fn drive(fake: Fake, tweak: impl FnOnce(&mut Target, &mut Context)) ->
         force: false,
         skip_preflight: false,
         lock_owner: "me".into(),
+        origin: "by me".into(),
         mode: Mode::Deploy,
         goal: Goal::Switch,
         switch_env: SwitchEnv::default(),
         interrupt: Interrupt::new().1,
         changing: Arc::default(),
+        approved: None,
         sink: Arc::new(move |e| sink_events.lock().unwrap().push(e)),
     };
     tweak(&mut target, &mut ctx);

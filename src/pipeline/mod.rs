@@ -43,12 +43,17 @@ pub struct Context {
     pub skip_preflight: bool,
     /// Who holds the lock, shown to a concurrent deployer.
     pub lock_owner: String,
+    /// Who deploys from which flake, kept on each host (`<key> <value>`
+    /// lines: by, flake, revision, goal).
+    pub origin: String,
     pub mode: Mode,
     pub goal: Goal,
     /// What switch-to-configuration is told (`--no-check`, `--install-bootloader`).
     pub switch_env: SwitchEnv,
     /// Ctrl-C: hosts that have not started to change stop at once, unchanged.
     pub interrupt: Interrupt,
+    /// `--ask`: the system each host may be given, as shown and approved.
+    pub approved: Option<Arc<std::collections::BTreeMap<String, String>>>,
     /// How many hosts have an agent at work (activating, confirming,
     /// booting): a second Ctrl-C leaves those in the agents' hands.
     pub changing: Arc<AtomicUsize>,
@@ -66,7 +71,7 @@ pub enum Mode {
 }
 
 /// How far a run takes each host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Goal {
     /// Activate, confirm, then write the boot entry.
     Switch,

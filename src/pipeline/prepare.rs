@@ -16,12 +16,13 @@ impl HostRun<'_> {
     pub(super) async fn prepare<H: Host>(&mut self, host: &mut H) -> Result<(Wanted, Next), End> {
         let t = self.spec().timeouts;
         self.start(Phase::Lock);
-        let busy = host.lock(&self.ctx.lock_owner, t.lock).await;
+        let busy = host.lock(&self.ctx.lock_owner, &self.ctx.origin, t.lock).await;
         refuse_if_busy(&busy.map_err(failed(Reason::NotASystem))?)?;
         if !self.ctx.skip_preflight {
             self.preflight(host).await?;
         }
         let wanted = self.wanted_system(host).await?;
+        self.check_approved(&wanted.toplevel)?;
         let self_check = self.spec().self_check.clone();
         let facts = host.facts(&wanted.toplevel, self_check.as_deref(), 30).await;
         let facts = facts.map_err(failed(Reason::Internal))?;
@@ -61,6 +62,21 @@ impl HostRun<'_> {
             self.pre_switch_check(host, &wanted.toplevel).await?;
         }
         Ok((wanted, next))
+    }
+
+    /// With `--ask`, only the system that was shown may be deployed.
+    fn check_approved(&self, toplevel: &StorePath) -> Result<(), End> {
+        let Some(approved) = &self.ctx.approved else { return Ok(()) };
+        match approved.get(self.name()) {
+            Some(p) if p == toplevel.as_str() => Ok(()),
+            shown => Err(End::unchanged(
+                Reason::NotApproved,
+                format!(
+                    "built {toplevel}, but the system shown and approved was {}; nothing changed",
+                    shown.map_or("none (its changes could not be shown)", String::as_str)
+                ),
+            )),
+        }
     }
 
     /// Where the goal wants it already.

@@ -97,13 +97,14 @@ pub fn deploy(flake: &Path, args: &[&str]) -> Run {
     }
 }
 
-/// A subcommand (`rollback`) comes first, the run's options after it.
+/// A subcommand (`rollback`, `status`, `diff`) comes first, the run's
+/// options after it.
 pub fn command(flake: &Path, args: &[&str]) -> Command {
     let mut c = Command::new("timeout");
     c.args(["--kill-after=10", "600", BIN]);
     let args = match args.first() {
-        Some(&"rollback") => {
-            c.arg("rollback");
+        Some(&sub @ ("rollback" | "status" | "diff")) => {
+            c.arg(sub);
             &args[1..]
         }
         _ => args,

@@ -8,6 +8,7 @@ mod common;
 mod contract;
 mod helpers;
 mod holes;
+mod operator;
 mod pipeline;
 mod safety;
 mod scale;

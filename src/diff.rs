@@ -1,0 +1,243 @@
+//! `deploy-flake diff` (and `--goal dry-activate`): build what a deploy
+//! would, then say per host what activating it would change — packages,
+//! closure size, units, reboot — and change nothing: the host lock is held
+//! while it looks, and the run's GC root is dropped at the end.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::agent::Changes;
+use crate::host::{Host, HostError, HostResult, Shared, SshHost};
+use crate::inventory::BuildOn;
+use crate::nix::StorePath;
+use crate::select::Target;
+use crate::ssh::Destination;
+
+/// One host's changes, or why there are none to show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostDiff {
+    pub host: String,
+    pub error: Option<String>,
+    /// What it runs now, and what a deploy would activate.
+    pub current: Option<String>,
+    pub new: Option<String>,
+    pub up_to_date: bool,
+    pub changes: Option<Changes>,
+}
+
+/// What a run shares: the flake and who asks.
+pub struct Run {
+    pub flake: String,
+    pub run_id: String,
+    pub owner: String,
+}
+
+/// Diff every host, at most `max_parallel` at once; in target order.
+/// `shared`: the run's shared work (a deploy after `--ask` reuses it: the
+/// same archived flake, the same local builds).
+pub async fn diff_all(
+    targets: &[Target],
+    run: Arc<Run>,
+    max_parallel: usize,
+    shared: Arc<Shared>,
+) -> Vec<HostDiff> {
+    let permits = Arc::new(Semaphore::new(max_parallel.max(1)));
+    let tasks: Vec<_> = targets
+        .iter()
+        .cloned()
+        .map(|t| {
+            let (permits, shared, run) = (permits.clone(), shared.clone(), run.clone());
+            tokio::spawn(async move {
+                let _permit = permits.acquire_owned().await.expect("never closed");
+                let dest = Destination::from_spec(&t.spec);
+                let mut host = SshHost::new(&t.name, dest, &run.run_id, shared);
+                let diff = diff_one(&t, &run, &mut host).await;
+                let _ = host.drop_root(10).await;
+                host.close().await;
+                diff
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(tasks.len());
+    for (task, t) in tasks.into_iter().zip(targets) {
+        all.push(task.await.unwrap_or_else(|e| failed(&t.name, format!("internal error: {e}"))));
+    }
+    all
+}
+
+fn failed(host: &str, error: String) -> HostDiff {
+    HostDiff {
+        host: host.into(),
+        error: Some(error),
+        current: None,
+        new: None,
+        up_to_date: false,
+        changes: None,
+    }
+}
+
+async fn diff_one(t: &Target, run: &Run, host: &mut SshHost) -> HostDiff {
+    let mut quiet = |_: &str| {};
+    let looked = async {
+        let timeouts = t.spec.timeouts;
+        host.connect().await?;
+        host.lock(&run.owner, "purpose diff\n", timeouts.lock).await?;
+        let toplevel = build(t, &run.flake, host, &mut quiet).await?;
+        let facts = host.facts(&toplevel, None, 30).await?;
+        let current = facts.current.clone();
+        let up_to_date = current.as_deref() == Some(toplevel.as_str());
+        let changes = match up_to_date {
+            true => None,
+            false => Some(host.changes(current.as_deref(), &toplevel, timeouts.self_check).await?),
+        };
+        Ok::<_, HostError>(HostDiff {
+            host: t.name.clone(),
+            error: None,
+            current,
+            new: Some(toplevel.to_string()),
+            up_to_date,
+            changes,
+        })
+    };
+    looked.await.unwrap_or_else(|e| failed(&t.name, e.to_string()))
+}
+
+/// Copy and build as a deploy would (on the target, or here and copied).
+async fn build(
+    t: &Target,
+    flake: &str,
+    host: &mut SshHost,
+    out: crate::process::Lines<'_>,
+) -> HostResult<StorePath> {
+    let s = &t.spec;
+    match s.build_on {
+        BuildOn::Target => {
+            let archive = host.archive(flake, s.timeouts.copy, out).await?;
+            host.copy_source(&archive, s.timeouts.copy, out).await?;
+            host.build(&archive.source, &s.configuration, s.timeouts.build, out).await
+        }
+        BuildOn::Local => {
+            let path = host.build_local(flake, &s.configuration, s.timeouts.build, out).await?;
+            host.copy_closure(&path, s.timeouts.copy, out).await?;
+            Ok(path)
+        }
+    }
+}
+
+/// Per host: running -> new, then packages, closure, units, reboot.
+pub fn render(all: &[HostDiff]) -> String {
+    let mut out = String::new();
+    for d in all {
+        match (&d.error, d.up_to_date, &d.changes) {
+            (Some(e), _, _) => {
+                out.push_str(&format!("{}: FAILED: {}\n", d.host, e.replace('\n', "\n    ")))
+            }
+            (None, true, _) => out.push_str(&format!("{}: up to date\n", d.host)),
+            (None, false, changes) => {
+                out.push_str(&format!("{}: {} -> {}\n", d.host, name(&d.current), name(&d.new)));
+                if let Some(c) = changes {
+                    out.push_str(&details(c));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn details(c: &Changes) -> String {
+    let mut out = String::new();
+    let packages: Vec<String> = c
+        .packages
+        .iter()
+        .map(|p| {
+            let v = |x: &Option<String>| x.clone().unwrap_or_else(|| "∅".into());
+            let size = p.size.as_deref().map(|s| format!(" ({s})")).unwrap_or_default();
+            match (&p.old, &p.new) {
+                (None, Some(n)) => format!("+{} {n}{size}", p.name),
+                (Some(o), None) => format!("-{} {o}{size}", p.name),
+                _ => format!("{} {} -> {}{size}", p.name, v(&p.old), v(&p.new)),
+            }
+        })
+        .collect();
+    let none = || "none".to_string();
+    out.push_str(&format!(
+        "  packages: {}\n",
+        if packages.is_empty() { none() } else { packages.join(", ") }
+    ));
+    if let Some((old, new)) = c.closure_bytes {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        let delta = new as f64 - old as f64;
+        out.push_str(&format!(
+            "  closure:  {:.1} MiB -> {:.1} MiB ({}{:.1} MiB)\n",
+            mib(old),
+            mib(new),
+            if delta >= 0.0 { "+" } else { "-" },
+            delta.abs() / (1024.0 * 1024.0)
+        ));
+    }
+    let units: Vec<String> = ["stop", "restart", "reload", "start"]
+        .iter()
+        .filter_map(|verb| c.units.get(*verb).map(|u| format!("{verb} {}", u.join(", "))))
+        .collect();
+    out.push_str(&format!(
+        "  units:    {}\n",
+        if units.is_empty() { none() } else { units.join("; ") }
+    ));
+    let reboot = match &c.needs_reboot {
+        None => "unknown".to_string(),
+        Some(p) if p.is_empty() => "not needed".to_string(),
+        Some(p) => format!("needed ({} changed)", p.join(", ")),
+    };
+    out.push_str(&format!("  reboot:   {reboot}\n"));
+    out
+}
+
+fn name(p: &Option<String>) -> String {
+    let Some(p) = p else { return "nothing".into() };
+    p.strip_prefix("/nix/store/")
+        .and_then(|n| n.split_once('-'))
+        .map_or(p.clone(), |(_, n)| n.to_string())
+}
+
+/// One JSON document: `{"v":1,"hosts":[...]}`.
+pub fn json(all: &[HostDiff]) -> String {
+    let v = serde_json::json!({ "v": crate::events::JSON_VERSION, "hosts": all });
+    format!("{v}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::PackageChange;
+
+    #[test]
+    fn a_diff_reads_as_a_summary() {
+        let changes = Changes {
+            packages: vec![PackageChange {
+                name: "hello".into(),
+                old: None,
+                new: Some("1.0".into()),
+                size: Some("+0.2 KiB".into()),
+            }],
+            closure_bytes: Some((1 << 20, 3 << 20)),
+            units: [("restart".to_string(), vec!["web.service".to_string()])].into(),
+            needs_reboot: Some(vec!["kernel".into()]),
+        };
+        let d = HostDiff {
+            host: "web1".into(),
+            error: None,
+            current: Some("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a".into()),
+            new: Some("/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b".into()),
+            up_to_date: false,
+            changes: Some(changes),
+        };
+        let up = HostDiff { host: "db1".into(), up_to_date: true, ..failed("db1", String::new()) };
+        let up = HostDiff { error: None, ..up };
+        assert_eq!(
+            render(&[d, up]),
+            "web1: nixos-system-a -> nixos-system-b\n  packages: +hello 1.0 (+0.2 KiB)\n  closure:  1.0 MiB -> 3.0 MiB (+2.0 MiB)\n  units:    restart web.service\n  reboot:   needed (kernel changed)\ndb1: up to date\n"
+        );
+    }
+}
