@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""Measures one deploy-flake run for the lab benchmarks (bench/fleet.sh,
+bench/deploy.sh) and prints their tables.
+
+    measure.py run --out RESULT.json --events EVENTS.jsonl -- CMD...
+        Runs CMD (the tool, with --json) in cgroups of its own and writes
+        what it used to RESULT.json:
+        - wall time;
+        - CPU time (user, system) of every process of CMD's tree, read from
+          its cgroup v2 cpu.stat once the cgroup is empty. A cgroup, not
+          getrusage: the ssh masters daemonize (ControlPersist) and are
+          never waited for by the tool, so RUSAGE_CHILDREN misses them,
+          but they stay in the cgroup they were forked in. The tool closes
+          its masters when it ends; a process still there 40 s later is
+          counted as "lingering" and killed (by pid, in this cgroup only);
+        - the tool's own peak RSS: VmHWM from /proc/PID/status, polled every
+          100 ms (monotonic, so the last poll before exit is its peak up to
+          the last 100 ms);
+        - the peak of the whole tree's memory, sampled every 100 ms: the
+          sum of RSS and the sum of PSS (PSS shares each shared page among
+          its users, so 100 ssh processes do not count libcrypto 100 times)
+          over the processes in the cgroup, and their number;
+        - memory.max_usage_in_bytes of a cgroup v1 memory cgroup: exact,
+          but it also counts page cache the tree brought in;
+        - from the tool's --json events: the run-finished outcomes and exit
+          code, each phase-finished duration by phase, notes and rollbacks.
+    measure.py merge RESULT.json KEY=VALUE...
+        RESULT.json with more fields, as one line (for a results file).
+    measure.py fleet RESULTS.jsonl      the table of bench/fleet.sh
+    measure.py curve RESULTS.jsonl      CPU per host by fleet size
+    measure.py phases RESULTS.jsonl [--per-run]
+                                        median phase durations
+"""
+import json, os, re, signal, statistics, subprocess, sys, time
+from collections import Counter, defaultdict
+
+V2 = "/sys/fs/cgroup/unified/deploy-flake-bench"
+V1_MEM = "/sys/fs/cgroup/memory/deploy-flake-bench"
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def read(path, default=""):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return default
+
+
+def procs(cg):
+    return [int(p) for p in read(os.path.join(cg, "cgroup.procs")).split()]
+
+
+def status_kb(pid, field):
+    for line in read(f"/proc/{pid}/status").splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return None
+
+
+def tree_memory(pids):
+    """(RSS bytes, PSS bytes) summed over pids."""
+    rss = pss = 0
+    for p in pids:
+        statm = read(f"/proc/{p}/statm").split()
+        if len(statm) > 1:
+            rss += int(statm[1]) * PAGE
+        for line in read(f"/proc/{p}/smaps_rollup").splitlines():
+            if line.startswith("Pss:"):
+                pss += int(line.split()[1]) * 1024
+                break
+    return rss, pss
+
+
+def cpu_stat(cg):
+    return {k: int(v) for k, v in (l.split() for l in read(os.path.join(cg, "cpu.stat")).splitlines())}
+
+
+def summarize_events(path):
+    outcomes, phases, notes, rollbacks = Counter(), defaultdict(list), Counter(), []
+    failures, exit_code, run_ms = [], None, None
+    with open(path) as f:
+        for line in f:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            kind = ev.get("event")
+            if kind == "phase-finished":
+                phases[ev["phase"]].append(ev["duration"])
+            elif kind == "note":
+                notes[re.sub(r"/nix/store/\S+", "<store path>", ev["text"])] += 1
+            elif kind == "rolled-back":
+                rollbacks.append({"host": ev["host"], "reason": ev["reason"], "cause": ev.get("cause")})
+            elif kind == "run-finished":
+                exit_code, run_ms = ev["exit_code"], ev["duration"]
+                for r in ev["reports"]:
+                    outcomes[r["outcome"]] += 1
+                    if r["outcome"] not in ("deployed", "up-to-date"):
+                        failures.append({k: r.get(k) for k in ("host", "outcome", "phase", "reason", "message")})
+    return {"outcomes": dict(outcomes), "phases": dict(phases), "notes": dict(notes),
+            "rollbacks": rollbacks, "failures": failures, "exit_code": exit_code, "run_ms": run_ms}
+
+
+def run(argv):
+    out = events = None
+    while argv and argv[0] != "--":
+        opt, val, argv = argv[0], argv[1], argv[2:]
+        if opt == "--out":
+            out = val
+        elif opt == "--events":
+            events = val
+        else:
+            sys.exit(f"measure.py: unknown option {opt}")
+    cmd = argv[1:]
+    assert out and events and cmd, "measure.py run --out F --events F -- CMD..."
+    name = f"run-{os.getpid()}"
+    cg, mem = os.path.join(V2, name), os.path.join(V1_MEM, name)
+    os.makedirs(cg)
+    os.makedirs(mem)
+
+    def enter():
+        for d in (cg, mem):
+            with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+
+    res = {}
+    try:
+        with open(events, "w") as ev_out, open(events + ".stderr", "w") as ev_err:
+            t0 = time.monotonic()
+            p = subprocess.Popen(cmd, stdout=ev_out, stderr=ev_err, preexec_fn=enter)
+            hwm = rss_peak = pss_peak = nprocs_peak = 0
+            rusage = None
+            while rusage is None:
+                h = status_kb(p.pid, "VmHWM")
+                if h:
+                    hwm = max(hwm, h)
+                pids = procs(cg)
+                nprocs_peak = max(nprocs_peak, len(pids))
+                rss, pss = tree_memory(pids)
+                rss_peak, pss_peak = max(rss_peak, rss), max(pss_peak, pss)
+                pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+                if pid:
+                    rusage, code = ru, os.waitstatus_to_exitcode(status)
+                    wall = time.monotonic() - t0
+                else:
+                    time.sleep(0.1)
+        # The masters exit when the tool closes them; wait for the rest.
+        t1 = time.monotonic()
+        lingering = procs(cg)
+        while procs(cg) and time.monotonic() - t1 < 40:
+            time.sleep(0.1)
+        linger_s = time.monotonic() - t1
+        left = procs(cg)
+        left_cmds = [read(f"/proc/{q}/cmdline").replace("\0", " ").strip() for q in left]
+        for q in left:
+            try:
+                os.kill(q, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        while procs(cg) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        st = cpu_stat(cg)
+        res = {
+            "wall": round(wall, 3), "exit": code,
+            "cpu_s": st["usage_usec"] / 1e6, "user_s": st["user_usec"] / 1e6, "sys_s": st["system_usec"] / 1e6,
+            "rusage_cpu_s": round(rusage.ru_utime + rusage.ru_stime, 3),
+            "tool_hwm_kb": hwm, "rusage_maxrss_kb": rusage.ru_maxrss,
+            "tree_rss_peak_kb": rss_peak // 1024, "tree_pss_peak_kb": pss_peak // 1024,
+            "procs_peak": nprocs_peak,
+            "cg_mem_peak_kb": int(read(os.path.join(mem, "memory.max_usage_in_bytes"), "0")) // 1024,
+            "after_exit_procs": len(lingering), "after_exit_s": round(linger_s, 2),
+            "killed_lingering": left_cmds,
+        }
+        res.update(summarize_events(events))
+    finally:
+        for d in (cg, mem):
+            for _ in range(50):
+                try:
+                    os.rmdir(d)
+                    break
+                except OSError:
+                    time.sleep(0.1)
+        for d in (V2, V1_MEM):
+            try:
+                os.rmdir(d)  # only when no other benchmark uses it
+            except OSError:
+                pass
+    with open(out, "w") as f:
+        json.dump(res, f)
+
+
+def merge(argv):
+    with open(argv[0]) as f:
+        res = json.load(f)
+    for kv in argv[1:]:
+        k, v = kv.split("=", 1)
+        try:
+            res[k] = json.loads(v)
+        except ValueError:
+            res[k] = v
+    print(json.dumps(res))
+
+
+def load(path):
+    with open(path) as f:
+        return [json.loads(l) for l in f if l.strip()]
+
+
+def outcomes(r):
+    o = r["outcomes"]
+    short = {"deployed": "dep", "up-to-date": "utd", "rolled-back": "rb", "failed": "fail"}
+    return " ".join(f"{short.get(k, k)}={v}" for k, v in sorted(o.items())) or "-"
+
+
+def fleet(argv):
+    cores = os.cpu_count()
+    rows = load(argv[0])
+    hdr = ("mode", "hosts", "par", "wall_s", "floor_s", "dfl_cpu/h_ms", "tgt_cpu/h_ms",
+           "logins/h", "tool_hwm_MB", "tree_pss_MB", "tree_rss_MB", "cg_mem_MB", "procs", "outcomes")
+    fmt = "%-7s %5s %4s %8s %8s %12s %12s %8s %11s %11s %11s %9s %5s  %s"
+    print(fmt % hdr)
+    for r in rows:
+        n = r["hosts"]
+        print(fmt % (r["mode"], n, r["par"], f"{r['wall']:.2f}", f"{r['target_cpu_s'] / cores:.2f}",
+                     f"{r['cpu_s'] / n * 1000:.0f}", f"{r['target_cpu_s'] / n * 1000:.0f}",
+                     f"{r['logins'] / n:.2f}", f"{r['tool_hwm_kb'] / 1024:.1f}",
+                     f"{r['tree_pss_peak_kb'] / 1024:.0f}", f"{r['tree_rss_peak_kb'] / 1024:.0f}",
+                     f"{r['cg_mem_peak_kb'] / 1024:.0f}", r["procs_peak"], outcomes(r)))
+        for f_ in r["failures"][:5]:
+            print(f"    {f_['host']}: {f_['outcome']} in {f_['phase']} ({f_['reason']}): {f_['message']}")
+        for text, count in r["notes"].items():
+            print(f"    note x{count}: {text}")
+        if r["killed_lingering"]:
+            print(f"    still running 40 s after exit (killed): {r['killed_lingering']}")
+    print(f"floor_s = the targets' CPU time / {cores} cores; dfl = deploy-flake's process tree; "
+          "tgt = the targets' cgroups; per host (h)")
+
+
+def curve(argv):
+    rows = load(argv[0])
+    print("%-7s %5s %4s %8s %12s %12s %8s" % ("mode", "hosts", "par", "wall_s", "dfl_cpu/h_ms",
+                                             "tgt_cpu/h_ms", "logins/h"))
+    for r in rows:
+        n = r["hosts"]
+        print("%-7s %5s %4s %8.2f %12.0f %12.0f %8.2f" % (r["mode"], n, r["par"], r["wall"],
+                                                        r["cpu_s"] / n * 1000, r["target_cpu_s"] / n * 1000,
+                                                        r["logins"] / n))
+
+
+def phases(argv):
+    """Median phase durations: by fleet size over the change deploys of
+    deploy-flake, or (--per-run) for each run, with the slowest host."""
+    rows = load(argv[0])
+    per_run = "--per-run" in argv
+    order = ["connect", "lock", "preflight", "copy", "build", "self-check", "activate", "confirm", "boot"]
+    groups = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if per_run:
+            key = f"{r['mode']} n={r['hosts']} p={r['par']}"
+        elif r.get("mode") == "change" and r.get("who", "tool") == "tool":
+            key = f"{r['hosts']}"
+        else:
+            continue
+        for ph, ds in r["phases"].items():
+            groups[key][ph].extend(ds)
+    if per_run:
+        print("ms per phase: median across hosts / slowest host")
+        width = max(len(k) for k in groups) if groups else 5
+        print("%-*s " % (width, "run") + " ".join("%11s" % p for p in order))
+        for key, ph in groups.items():
+            print("%-*s " % (width, key) + " ".join(
+                "%11s" % (f"{statistics.median(ph[p]):.0f}/{max(ph[p])}" if ph[p] else "-") for p in order))
+    else:
+        print("median ms per phase across hosts and reps (change deploys)")
+        print("%-6s " % "hosts" + " ".join("%10s" % p for p in order))
+        for key, ph in groups.items():
+            print("%-6s " % key + " ".join(
+                "%10s" % (f"{statistics.median(ph[p]):.0f}" if ph[p] else "-") for p in order))
+
+
+if __name__ == "__main__":
+    cmds = {"run": run, "merge": merge, "fleet": fleet, "curve": curve, "phases": phases}
+    if len(sys.argv) < 2 or sys.argv[1] not in cmds:
+        sys.exit(__doc__)
+    cmds[sys.argv[1]](sys.argv[2:])
