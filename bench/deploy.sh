@@ -15,6 +15,8 @@
 #   - the targets' own CPU time (their cgroups' usage_usec): on this machine
 #     the targets share the cores with the deployer, which bounds the wall
 #     time of a large fleet from below,
+#   - the CPU time other work on this machine took during the run
+#     (other_cpu_s: the machine's busy time less the two above),
 #   - the median duration of each phase across hosts and reps (the --json
 #     phase-finished events).
 # Then, on FLOOR_HOSTS (3) hosts, FLOOR_REPS pairs of change deploys,
@@ -79,7 +81,7 @@ run_measured() { # WHO N REP CMD...: one measured run, appended to $results
         { cat "$WORK/events-$who-$n-$rep.jsonl.stderr" >&2; die "$who: deploy to $n host(s) failed"; }
 }
 
-printf '%-6s %-5s %10s %10s %10s %14s %16s\n' hosts rep wall_s user_s sys_s targets_cpu_s logins_per_host
+printf '%-6s %-5s %10s %10s %10s %14s %16s %12s\n' hosts rep wall_s user_s sys_s targets_cpu_s logins_per_host other_cpu_s
 for n in $SIZES; do
     up "$n"
     for rep in $(seq 1 "$REPS"); do
@@ -87,8 +89,9 @@ for n in $SIZES; do
         run_measured tool "$n" "$rep" "$bin" --json --all --flake "$flake"
         tail -n 1 "$results" | python3 -c 'import json, sys
 r = json.load(sys.stdin)
-print("%-6s %-5s %10.2f %10.2f %10.2f %14.2f %16.2f" % (r["hosts"], r["rep"], r["wall"], r["user_s"],
-      r["sys_s"], r["target_cpu_s"], r["logins"] / r["hosts"]))'
+print("%-6s %-5s %10.2f %10.2f %10.2f %14.2f %16.2f %12.2f" % (r["hosts"], r["rep"], r["wall"], r["user_s"],
+      r["sys_s"], r["target_cpu_s"], r["logins"] / r["hosts"],
+      max(0, r["host_busy_s"] - r["cpu_s"] - r["target_cpu_s"])))'
     done
     down
 done
@@ -125,12 +128,14 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 tool = [r for r in rows if r["who"] == "tool-vs-floor"]
 floor = [r for r in rows if r["who"] == "floor"]
 n = tool[0]["hosts"]
-print(f"{n} hosts, alternately: %-5s %12s %12s %8s %14s %14s %10s %10s" % (
-    "rep", "tool_wall_s", "floor_wall_s", "ratio", "tool_cpu_s", "floor_cpu_s", "tool_lg/h", "floor_lg/h"))
+other = lambda r: max(0, r["host_busy_s"] - r["cpu_s"] - r["target_cpu_s"])
+print(f"{n} hosts, alternately: %-5s %12s %12s %8s %11s %11s %10s %10s %11s %11s" % (
+    "rep", "tool_wall_s", "floor_wall_s", "ratio", "tool_cpu_s", "floor_cpu_s", "tool_lg/h", "floor_lg/h",
+    "tool_oth_s", "floor_oth_s"))
 for t, f in zip(tool, floor):
-    print(" " * 21 + "%-5s %12.2f %12.2f %8.2f %14.2f %14.2f %10.2f %10.2f" % (
+    print(" " * 21 + "%-5s %12.2f %12.2f %8.2f %11.2f %11.2f %10.2f %10.2f %11.2f %11.2f" % (
         t["rep"], t["wall"], f["wall"], t["wall"] / f["wall"], t["cpu_s"], f["cpu_s"],
-        t["logins"] / n, f["logins"] / n))
+        t["logins"] / n, f["logins"] / n, other(t), other(f)))
 mt, mf = statistics.median(r["wall"] for r in tool), statistics.median(r["wall"] for r in floor)
 print(f"median wall: deploy-flake {mt:.2f}s, floor {mf:.2f}s: {mt / mf:.2f}x the floor (goal: at most 1.15x)")
 steps = {}

@@ -68,9 +68,26 @@ release_claims() {
     CLAIMED=()
 }
 
+# Every target's systemd and D-Bus take about six inotify instances, and
+# all targets count against root's one fs.inotify.max_user_instances (128 by
+# default: about 20 targets). Past it, units in the targets fail with "Too
+# many open files" (boots fail, activations report failed .path units).
+# Raised here for N more targets, with room for others' lab runs; left
+# raised, since other targets may depend on it by then.
+ensure_inotify() {
+    local n=$1 cur want
+    cur=$(sysctl -n fs.inotify.max_user_instances)
+    want=$((1024 + 16 * n))
+    if ((cur < want)); then
+        sysctl -q -w fs.inotify.max_user_instances="$want"
+        log "raised fs.inotify.max_user_instances from $cur to $want (for $n targets)"
+    fi
+}
+
 # Boots one target per claimed index, BOOT_BATCH at a time, trixie.
 boot_targets() {
     local k idx name failed=0 t0=$SECONDS
+    ensure_inotify "${#IDXS[@]}"
     NAMES=()
     for idx in "${IDXS[@]}"; do NAMES+=("$BENCH_PREFIX-$idx"); done
     for k in "${!IDXS[@]}"; do
@@ -80,7 +97,9 @@ boot_targets() {
     done
     wait_all || failed=1
     if ((failed)); then
-        grep -h 'lab.sh:' "$WORK"/boot-*.log | grep -v running >&2 || true
+        for name in "${NAMES[@]}"; do
+            grep -q ' running: boot ' "$WORK/boot-$name.log" || sed "s/^/$name: /" "$WORK/boot-$name.log" >&2
+        done
         die "some targets did not boot"
     fi
     log "booted ${#NAMES[@]} targets in $((SECONDS - t0))s"

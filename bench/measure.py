@@ -22,6 +22,9 @@ bench/deploy.sh) and prints their tables.
           over the processes in the cgroup, and their number;
         - memory.max_usage_in_bytes of a cgroup v1 memory cgroup: exact,
           but it also counts page cache the tree brought in;
+        - the whole machine's busy CPU time over the run (/proc/stat) and
+          the load average before it: what else ran besides the tool and
+          the targets shows as host_busy_s - tree CPU - targets' CPU;
         - from the tool's --json events: the run-finished outcomes and exit
           code, each phase-finished duration by phase, notes and rollbacks.
     measure.py merge RESULT.json KEY=VALUE...
@@ -72,6 +75,12 @@ def tree_memory(pids):
     return rss, pss
 
 
+def host_busy_s():
+    """CPU seconds the whole machine spent busy so far (all but idle and iowait)."""
+    f = [int(x) for x in read("/proc/stat").splitlines()[0].split()[1:]]
+    return (sum(f[:8]) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_stat(cg):
     return {k: int(v) for k, v in (l.split() for l in read(os.path.join(cg, "cpu.stat")).splitlines())}
 
@@ -114,6 +123,7 @@ def run(argv):
             sys.exit(f"measure.py: unknown option {opt}")
     cmd = argv[1:]
     assert out and events and cmd, "measure.py run --out F --events F -- CMD..."
+    sweep_stale()
     name = f"run-{os.getpid()}"
     cg, mem = os.path.join(V2, name), os.path.join(V1_MEM, name)
     os.makedirs(cg)
@@ -124,9 +134,16 @@ def run(argv):
             with open(os.path.join(d, "cgroup.procs"), "w") as f:
                 f.write(str(os.getpid()))
 
-    res = {}
+    def on_signal(sig, _frame):
+        raise Stopped(sig)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    p = None
     try:
         with open(events, "w") as ev_out, open(events + ".stderr", "w") as ev_err:
+            load1 = float(read("/proc/loadavg").split()[0])
+            busy0 = host_busy_s()
             t0 = time.monotonic()
             p = subprocess.Popen(cmd, stdout=ev_out, stderr=ev_err, preexec_fn=enter)
             hwm = rss_peak = pss_peak = nprocs_peak = 0
@@ -143,6 +160,7 @@ def run(argv):
                 if pid:
                     rusage, code = ru, os.waitstatus_to_exitcode(status)
                     wall = time.monotonic() - t0
+                    busy = host_busy_s() - busy0
                 else:
                     time.sleep(0.1)
         # The masters exit when the tool closes them; wait for the rest.
@@ -151,19 +169,10 @@ def run(argv):
         while procs(cg) and time.monotonic() - t1 < 40:
             time.sleep(0.1)
         linger_s = time.monotonic() - t1
-        left = procs(cg)
-        left_cmds = [read(f"/proc/{q}/cmdline").replace("\0", " ").strip() for q in left]
-        for q in left:
-            try:
-                os.kill(q, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 5
-        while procs(cg) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        left_cmds = kill_all(cg)
         st = cpu_stat(cg)
         res = {
-            "wall": round(wall, 3), "exit": code,
+            "wall": round(wall, 3), "exit": code, "load1_before": load1, "host_busy_s": round(busy, 2),
             "cpu_s": st["usage_usec"] / 1e6, "user_s": st["user_usec"] / 1e6, "sys_s": st["system_usec"] / 1e6,
             "rusage_cpu_s": round(rusage.ru_utime + rusage.ru_stime, 3),
             "tool_hwm_kb": hwm, "rusage_maxrss_kb": rusage.ru_maxrss,
@@ -174,21 +183,76 @@ def run(argv):
             "killed_lingering": left_cmds,
         }
         res.update(summarize_events(events))
-    finally:
-        for d in (cg, mem):
-            for _ in range(50):
-                try:
-                    os.rmdir(d)
-                    break
-                except OSError:
-                    time.sleep(0.1)
-        for d in (V2, V1_MEM):
+        with open(out, "w") as f:
+            json.dump(res, f)
+    except Stopped as e:
+        # Interrupted: the tool gets the signal too (it rolls back or
+        # cancels as it does on Ctrl-C) and some time to act on it.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if p is not None and p.poll() is None:
+            p.send_signal(e.sig)
             try:
-                os.rmdir(d)  # only when no other benchmark uses it
-            except OSError:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
                 pass
-    with open(out, "w") as f:
-        json.dump(res, f)
+        kill_all(cg)
+        sys.exit(128 + e.sig)
+    finally:
+        remove_cgroups(cg, mem)
+
+
+class Stopped(Exception):
+    def __init__(self, sig):
+        super().__init__(sig)
+        self.sig = sig
+
+
+def kill_all(cg):
+    """SIGKILL what is left in our cgroup (by pid); returns their command lines."""
+    left = procs(cg)
+    cmds = [read(f"/proc/{q}/cmdline").replace("\0", " ").strip() for q in left]
+    for q in left:
+        try:
+            os.kill(q, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 5
+    while procs(cg) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return cmds
+
+
+def remove_cgroups(*dirs):
+    for d in dirs:
+        for _ in range(50):
+            try:
+                os.rmdir(d)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.1)
+    for d in (V2, V1_MEM):
+        try:
+            os.rmdir(d)  # only when no other benchmark uses it
+        except OSError:
+            pass
+
+
+def sweep_stale():
+    """Removes the empty cgroups of runs of this script that died."""
+    for top in (V2, V1_MEM):
+        try:
+            names = os.listdir(top)
+        except FileNotFoundError:
+            continue
+        for n in names:
+            if n.startswith("run-") and not os.path.exists(f"/proc/{n[4:]}"):
+                try:
+                    os.rmdir(os.path.join(top, n))
+                except OSError:
+                    pass
 
 
 def merge(argv):
@@ -208,6 +272,11 @@ def load(path):
         return [json.loads(l) for l in f if l.strip()]
 
 
+def other_cpu(r):
+    """CPU seconds the rest of the machine used during the run."""
+    return max(0.0, r["host_busy_s"] - r["cpu_s"] - r["target_cpu_s"])
+
+
 def outcomes(r):
     o = r["outcomes"]
     short = {"deployed": "dep", "up-to-date": "utd", "rolled-back": "rb", "failed": "fail"}
@@ -217,13 +286,14 @@ def outcomes(r):
 def fleet(argv):
     cores = os.cpu_count()
     rows = load(argv[0])
-    hdr = ("mode", "hosts", "par", "wall_s", "floor_s", "dfl_cpu/h_ms", "tgt_cpu/h_ms",
+    hdr = ("mode", "hosts", "par", "wall_s", "floor_s", "other_s", "dfl_cpu/h_ms", "tgt_cpu/h_ms",
            "logins/h", "tool_hwm_MB", "tree_pss_MB", "tree_rss_MB", "cg_mem_MB", "procs", "outcomes")
-    fmt = "%-7s %5s %4s %8s %8s %12s %12s %8s %11s %11s %11s %9s %5s  %s"
+    fmt = "%-7s %5s %4s %8s %8s %7s %12s %12s %8s %11s %11s %11s %9s %5s  %s"
     print(fmt % hdr)
     for r in rows:
         n = r["hosts"]
         print(fmt % (r["mode"], n, r["par"], f"{r['wall']:.2f}", f"{r['target_cpu_s'] / cores:.2f}",
+                     f"{other_cpu(r):.1f}",
                      f"{r['cpu_s'] / n * 1000:.0f}", f"{r['target_cpu_s'] / n * 1000:.0f}",
                      f"{r['logins'] / n:.2f}", f"{r['tool_hwm_kb'] / 1024:.1f}",
                      f"{r['tree_pss_peak_kb'] / 1024:.0f}", f"{r['tree_rss_peak_kb'] / 1024:.0f}",
@@ -234,19 +304,21 @@ def fleet(argv):
             print(f"    note x{count}: {text}")
         if r["killed_lingering"]:
             print(f"    still running 40 s after exit (killed): {r['killed_lingering']}")
-    print(f"floor_s = the targets' CPU time / {cores} cores; dfl = deploy-flake's process tree; "
-          "tgt = the targets' cgroups; per host (h)")
+    print(f"floor_s = the targets' CPU time / {cores} cores; other_s = CPU seconds that other work on "
+          "this machine took during the run; dfl = deploy-flake's process tree; tgt = the targets' "
+          "cgroups; per host (h)")
 
 
 def curve(argv):
     rows = load(argv[0])
-    print("%-7s %5s %4s %8s %12s %12s %8s" % ("mode", "hosts", "par", "wall_s", "dfl_cpu/h_ms",
-                                             "tgt_cpu/h_ms", "logins/h"))
+    print("%-7s %5s %4s %8s %8s %12s %12s %8s %12s" % ("mode", "hosts", "par", "wall_s", "other_s",
+                                                      "dfl_cpu/h_ms", "tgt_cpu/h_ms", "logins/h",
+                                                      "tool_hwm_MB"))
     for r in rows:
         n = r["hosts"]
-        print("%-7s %5s %4s %8.2f %12.0f %12.0f %8.2f" % (r["mode"], n, r["par"], r["wall"],
-                                                        r["cpu_s"] / n * 1000, r["target_cpu_s"] / n * 1000,
-                                                        r["logins"] / n))
+        print("%-7s %5s %4s %8.2f %8.1f %12.0f %12.0f %8.2f %12.1f" % (
+            r["mode"], n, r["par"], r["wall"], other_cpu(r), r["cpu_s"] / n * 1000,
+            r["target_cpu_s"] / n * 1000, r["logins"] / n, r["tool_hwm_kb"] / 1024))
 
 
 def phases(argv):
