@@ -33,6 +33,8 @@
 #   bash bench/fleet.sh [N]                      (as root, after tests/prepare.sh)
 #   bash bench/fleet.sh 30 --parallel 16
 #   bash bench/fleet.sh --curve --sizes "1 10 50"
+#   bash bench/fleet.sh 30 -v      (the tool's -v: each command it runs and its
+#                                  duration, in the events' .stderr files)
 # The tool's --json events and the results stay in the directory printed
 # at the end. Targets are stopped and lab indexes released on any exit.
 set -euo pipefail
@@ -42,13 +44,14 @@ BENCH_PREFIX=fleet
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
 
-n=100 parallel="0 16" curve=0 sizes="1 10 50 100" reuse=0
+n=100 parallel="0 16" curve=0 sizes="1 10 50 100" reuse=0 verbose=()
 while (($#)); do
     case $1 in
         --parallel) parallel=$2; shift 2 ;;
         --curve) curve=1; shift ;;
         --sizes) sizes=$2; shift 2 ;;
         --reuse-builds) reuse=1; shift ;;
+        -v) verbose=(-v); shift ;;
         [0-9]*) n=$1; shift ;;
         *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
     esac
@@ -85,7 +88,7 @@ measure_run() { # MODE HOSTS PAR
     cpu0=$(target_cpu_usec "$hosts")
     l0=$(logins_total "$hosts")
     python3 "$ROOT/bench/measure.py" run --out "$WORK/result.json" --events "$ev" -- \
-        "$bin" --json --all --flake "$flake" --max-parallel "$par"
+        "$bin" "${verbose[@]}" --json --all --flake "$flake" --max-parallel "$par"
     cpu1=$(target_cpu_usec "$hosts")
     l1=$(logins_total "$hosts")
     python3 "$ROOT/bench/measure.py" merge "$WORK/result.json" mode="$mode" hosts="$hosts" \

@@ -13,6 +13,11 @@ bench/deploy.sh) and prints their tables.
           but they stay in the cgroup they were forked in. The tool closes
           its masters when it ends; a process still there 40 s later is
           counted as "lingering" and killed (by pid, in this cgroup only);
+        - that CPU time split three ways: the tool's own (utime+stime of its
+          process, polled every 100 ms: up to 100 ms short), the children
+          it waited for (nix, the fresh-login ssh clients: getrusage of the
+          tool less its own) and the rest (the daemonized ssh masters: the
+          cgroup's total less getrusage);
         - the tool's own peak RSS: VmHWM from /proc/PID/status, polled every
           100 ms (monotonic, so the last poll before exit is its peak up to
           the last 100 ms);
@@ -25,6 +30,8 @@ bench/deploy.sh) and prints their tables.
         - the whole machine's busy CPU time over the run (/proc/stat) and
           the load average before it: what else ran besides the tool and
           the targets shows as host_busy_s - tree CPU - targets' CPU;
+        - the tool's --json lines, each with "t_ms" (when it was read, in ms
+          since the start) added, go to EVENTS.jsonl; its stderr next to it;
         - from the tool's --json events: the run-finished outcomes and exit
           code, each phase-finished duration by phase, notes and rollbacks.
     measure.py merge RESULT.json KEY=VALUE...
@@ -34,7 +41,7 @@ bench/deploy.sh) and prints their tables.
     measure.py phases RESULTS.jsonl [--per-run]
                                         median phase durations
 """
-import json, os, re, signal, statistics, subprocess, sys, time
+import json, os, re, signal, statistics, subprocess, sys, threading, time
 from collections import Counter, defaultdict
 
 V2 = "/sys/fs/cgroup/unified/deploy-flake-bench"
@@ -79,6 +86,15 @@ def host_busy_s():
     """CPU seconds the whole machine spent busy so far (all but idle and iowait)."""
     f = [int(x) for x in read("/proc/stat").splitlines()[0].split()[1:]]
     return (sum(f[:8]) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s(pid):
+    """utime + stime of pid itself (not its children), in seconds."""
+    stat = read(f"/proc/{pid}/stat")
+    if not stat:
+        return 0.0
+    f = stat[stat.rindex(")") + 2:].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_stat(cg):
@@ -145,13 +161,17 @@ def run(argv):
             load1 = float(read("/proc/loadavg").split()[0])
             busy0 = host_busy_s()
             t0 = time.monotonic()
-            p = subprocess.Popen(cmd, stdout=ev_out, stderr=ev_err, preexec_fn=enter)
+            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=ev_err, preexec_fn=enter)
+            stamper = threading.Thread(target=stamp, args=(p.stdout, ev_out, t0), daemon=True)
+            stamper.start()
             hwm = rss_peak = pss_peak = nprocs_peak = 0
             rusage = None
+            own = 0.0
             while rusage is None:
                 h = status_kb(p.pid, "VmHWM")
                 if h:
                     hwm = max(hwm, h)
+                own = max(own, own_cpu_s(p.pid))
                 pids = procs(cg)
                 nprocs_peak = max(nprocs_peak, len(pids))
                 rss, pss = tree_memory(pids)
@@ -163,6 +183,7 @@ def run(argv):
                     busy = host_busy_s() - busy0
                 else:
                     time.sleep(0.1)
+            stamper.join(timeout=10)
         # The masters exit when the tool closes them; wait for the rest.
         t1 = time.monotonic()
         lingering = procs(cg)
@@ -174,7 +195,7 @@ def run(argv):
         res = {
             "wall": round(wall, 3), "exit": code, "load1_before": load1, "host_busy_s": round(busy, 2),
             "cpu_s": st["usage_usec"] / 1e6, "user_s": st["user_usec"] / 1e6, "sys_s": st["system_usec"] / 1e6,
-            "rusage_cpu_s": round(rusage.ru_utime + rusage.ru_stime, 3),
+            "rusage_cpu_s": round(rusage.ru_utime + rusage.ru_stime, 3), "tool_own_cpu_s": round(own, 3),
             "tool_hwm_kb": hwm, "rusage_maxrss_kb": rusage.ru_maxrss,
             "tree_rss_peak_kb": rss_peak // 1024, "tree_pss_peak_kb": pss_peak // 1024,
             "procs_peak": nprocs_peak,
@@ -200,6 +221,17 @@ def run(argv):
         sys.exit(128 + e.sig)
     finally:
         remove_cgroups(cg, mem)
+
+
+def stamp(src, dst, t0):
+    """Copies the tool's --json lines, each with "t_ms": when it was read,
+    in ms since the start (the events carry no time of their own)."""
+    for raw in iter(src.readline, b""):
+        line = raw.decode(errors="replace").rstrip("\n")
+        if line.startswith("{"):
+            line = '{"t_ms":%d,%s' % ((time.monotonic() - t0) * 1000, line[1:])
+        dst.write(line + "\n")
+    dst.flush()
 
 
 class Stopped(Exception):
@@ -277,6 +309,15 @@ def other_cpu(r):
     return max(0.0, r["host_busy_s"] - r["cpu_s"] - r["target_cpu_s"])
 
 
+def split(r):
+    """Deployer CPU per host in ms: the tool itself / the children it
+    waited for / the rest of its tree (the ssh masters)."""
+    n, own = r["hosts"], r.get("tool_own_cpu_s", 0)
+    kids = r["rusage_cpu_s"] - own
+    rest = max(0.0, r["cpu_s"] - r["rusage_cpu_s"])
+    return f"{own / n * 1000:.0f}/{kids / n * 1000:.0f}/{rest / n * 1000:.0f}"
+
+
 def outcomes(r):
     o = r["outcomes"]
     short = {"deployed": "dep", "up-to-date": "utd", "rolled-back": "rb", "failed": "fail"}
@@ -286,15 +327,15 @@ def outcomes(r):
 def fleet(argv):
     cores = os.cpu_count()
     rows = load(argv[0])
-    hdr = ("mode", "hosts", "par", "wall_s", "floor_s", "other_s", "dfl_cpu/h_ms", "tgt_cpu/h_ms",
+    hdr = ("mode", "hosts", "par", "wall_s", "floor_s", "other_s", "dfl_cpu/h_ms", "own/kid/mst", "tgt_cpu/h_ms",
            "logins/h", "tool_hwm_MB", "tree_pss_MB", "tree_rss_MB", "cg_mem_MB", "procs", "outcomes")
-    fmt = "%-7s %5s %4s %8s %8s %7s %12s %12s %8s %11s %11s %11s %9s %5s  %s"
+    fmt = "%-7s %5s %4s %8s %8s %7s %12s %12s %12s %8s %11s %11s %11s %9s %5s  %s"
     print(fmt % hdr)
     for r in rows:
         n = r["hosts"]
         print(fmt % (r["mode"], n, r["par"], f"{r['wall']:.2f}", f"{r['target_cpu_s'] / cores:.2f}",
                      f"{other_cpu(r):.1f}",
-                     f"{r['cpu_s'] / n * 1000:.0f}", f"{r['target_cpu_s'] / n * 1000:.0f}",
+                     f"{r['cpu_s'] / n * 1000:.0f}", split(r), f"{r['target_cpu_s'] / n * 1000:.0f}",
                      f"{r['logins'] / n:.2f}", f"{r['tool_hwm_kb'] / 1024:.1f}",
                      f"{r['tree_pss_peak_kb'] / 1024:.0f}", f"{r['tree_rss_peak_kb'] / 1024:.0f}",
                      f"{r['cg_mem_peak_kb'] / 1024:.0f}", r["procs_peak"], outcomes(r)))
@@ -304,20 +345,22 @@ def fleet(argv):
             print(f"    note x{count}: {text}")
         if r["killed_lingering"]:
             print(f"    still running 40 s after exit (killed): {r['killed_lingering']}")
-    print(f"floor_s = the targets' CPU time / {cores} cores; other_s = CPU seconds that other work on "
+    print(f"floor_s = the targets' CPU time / {cores} cores; own/kid/mst = deployer CPU per host of "
+          "the tool itself / the children it waited for (nix, fresh-login ssh) / the rest (ssh "
+          "masters); other_s = CPU seconds that other work on "
           "this machine took during the run; dfl = deploy-flake's process tree; tgt = the targets' "
           "cgroups; per host (h)")
 
 
 def curve(argv):
     rows = load(argv[0])
-    print("%-7s %5s %4s %8s %8s %12s %12s %8s %12s" % ("mode", "hosts", "par", "wall_s", "other_s",
-                                                      "dfl_cpu/h_ms", "tgt_cpu/h_ms", "logins/h",
-                                                      "tool_hwm_MB"))
+    print("%-7s %5s %4s %8s %8s %12s %12s %12s %8s %12s" % (
+        "mode", "hosts", "par", "wall_s", "other_s", "dfl_cpu/h_ms", "own/kid/mst", "tgt_cpu/h_ms",
+        "logins/h", "tool_hwm_MB"))
     for r in rows:
         n = r["hosts"]
-        print("%-7s %5s %4s %8.2f %8.1f %12.0f %12.0f %8.2f %12.1f" % (
-            r["mode"], n, r["par"], r["wall"], other_cpu(r), r["cpu_s"] / n * 1000,
+        print("%-7s %5s %4s %8.2f %8.1f %12.0f %12s %12.0f %8.2f %12.1f" % (
+            r["mode"], n, r["par"], r["wall"], other_cpu(r), r["cpu_s"] / n * 1000, split(r),
             r["target_cpu_s"] / n * 1000, r["logins"] / n, r["tool_hwm_kb"] / 1024))
 
 
