@@ -129,13 +129,15 @@ tool = [r for r in rows if r["who"] == "tool-vs-floor"]
 floor = [r for r in rows if r["who"] == "floor"]
 n = tool[0]["hosts"]
 other = lambda r: max(0, r["host_busy_s"] - r["cpu_s"] - r["target_cpu_s"])
-print(f"{n} hosts, alternately: %-5s %12s %12s %8s %11s %11s %10s %10s %11s %11s" % (
-    "rep", "tool_wall_s", "floor_wall_s", "ratio", "tool_cpu_s", "floor_cpu_s", "tool_lg/h", "floor_lg/h",
-    "tool_oth_s", "floor_oth_s"))
+print(f"{n} hosts, alternately: %-4s %11s %11s %6s %10s %10s %10s %10s %9s %9s %10s %10s" % (
+    "rep", "tool_wall_s", "floor_wall", "ratio", "tool_cpu_s", "floor_cpu", "tool_tgt_s", "floor_tgt",
+    "tool_lg/h", "floor_lg", "tool_oth_s", "floor_oth"))
 for t, f in zip(tool, floor):
-    print(" " * 21 + "%-5s %12.2f %12.2f %8.2f %11.2f %11.2f %10.2f %10.2f %11.2f %11.2f" % (
+    print(" " * 21 + "%-4s %11.2f %11.2f %6.2f %10.2f %10.2f %10.2f %10.2f %9.2f %9.2f %10.2f %10.2f" % (
         t["rep"], t["wall"], f["wall"], t["wall"] / f["wall"], t["cpu_s"], f["cpu_s"],
-        t["logins"] / n, f["logins"] / n, other(t), other(f)))
+        t["target_cpu_s"], f["target_cpu_s"], t["logins"] / n, f["logins"] / n, other(t), other(f)))
+print("(cpu: the deployer's process tree; tgt: the targets' CPU; lg/h: logins per host; oth: CPU "
+      "seconds other work on this machine took during the run)")
 mt, mf = statistics.median(r["wall"] for r in tool), statistics.median(r["wall"] for r in floor)
 print(f"median wall: deploy-flake {mt:.2f}s, floor {mf:.2f}s: {mt / mf:.2f}x the floor (goal: at most 1.15x)")
 steps = {}

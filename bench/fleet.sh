@@ -33,6 +33,8 @@
 #   bash bench/fleet.sh [N]                      (as root, after tests/prepare.sh)
 #   bash bench/fleet.sh 30 --parallel 16
 #   bash bench/fleet.sh --curve --sizes "1 10 50"
+#   bash bench/fleet.sh 10 --ssh-opt KexAlgorithms=curve25519-sha256
+#                                  (an ssh option for every host; repeatable)
 #   bash bench/fleet.sh 30 -v      (the tool's -v: each command it runs and its
 #                                  duration, in the events' .stderr files)
 # The tool's --json events and the results stay in the directory printed
@@ -52,6 +54,7 @@ while (($#)); do
         --sizes) sizes=$2; shift 2 ;;
         --reuse-builds) reuse=1; shift ;;
         -v) verbose=(-v); shift ;;
+        --ssh-opt) SSH_OPTS+=("$2"); shift 2 ;;
         [0-9]*) n=$1; shift ;;
         *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
     esac

@@ -150,14 +150,17 @@ set_salt() { printf '"%s"\n' "$2" >"$1/salt.nix"; }
 
 # hosts.nix: host h<IDX> at 10.77.IDX.2 runs CFGS[k] for the first N of IDXS.
 # CFGS (an array of configuration names, one per index) is the caller's.
+# SSH_OPTS: more "-o" options for every host (e.g. KexAlgorithms=...).
+SSH_OPTS=()
 write_hosts() {
-    local flake=$1 n=$2 k idx
+    local flake=$1 n=$2 k idx extra="" o
+    for o in "${SSH_OPTS[@]}"; do extra+=" \"-o\" \"$o\""; done
     {
         echo "{"
         for ((k = 0; k < n; k++)); do
             idx=${IDXS[$k]}
-            printf '  h%s = { hostname = "10.77.%s.2"; configuration = "%s"; sshOpts = [ "-i" "%s" "-o" "UserKnownHostsFile=%s" ]; };\n' \
-                "$idx" "$idx" "${CFGS[$k]}" "$WORK/id_ed25519" "$WORK/known_hosts"
+            printf '  h%s = { hostname = "10.77.%s.2"; configuration = "%s"; sshOpts = [ "-i" "%s" "-o" "UserKnownHostsFile=%s"%s ]; };\n' \
+                "$idx" "$idx" "${CFGS[$k]}" "$WORK/id_ed25519" "$WORK/known_hosts" "$extra"
         done
         echo "}"
     } >"$flake/hosts.nix"
