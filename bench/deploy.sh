@@ -28,13 +28,17 @@
 #
 #   bash bench/deploy.sh            (as root, after tests/prepare.sh)
 #   SIZES="1 4 8" REPS=3 FLOOR_HOSTS=3 FLOOR_REPS=5 bash bench/deploy.sh
+#   SIZES= OTHER_BIN=/path/to/deploy-flake bash bench/deploy.sh
+#       only the floor comparison, with another build of deploy-flake as a
+#       third contender in each rep (e.g. a change to the tool against the
+#       committed one)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
 WORK=$(mktemp -d /tmp/deploy-flake-bench.XXXXXX)
 BENCH_PREFIX=bench
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
-SIZES=${SIZES:-"1 4 8"}
+SIZES=${SIZES-"1 4 8"}
 REPS=${REPS:-3}
 FLOOR_HOSTS=${FLOOR_HOSTS:-3}
 FLOOR_REPS=${FLOOR_REPS:-5}
@@ -81,7 +85,9 @@ run_measured() { # WHO N REP CMD...: one measured run, appended to $results
         { cat "$WORK/events-$who-$n-$rep.jsonl.stderr" >&2; die "$who: deploy to $n host(s) failed"; }
 }
 
-printf '%-6s %-5s %10s %10s %10s %14s %16s %12s\n' hosts rep wall_s user_s sys_s targets_cpu_s logins_per_host other_cpu_s
+if [ -n "$SIZES" ]; then
+    printf '%-6s %-5s %10s %10s %10s %14s %16s %12s\n' hosts rep wall_s user_s sys_s targets_cpu_s logins_per_host other_cpu_s
+fi
 for n in $SIZES; do
     up "$n"
     for rep in $(seq 1 "$REPS"); do
@@ -96,6 +102,7 @@ print("%-6s %-5s %10.2f %10.2f %10.2f %14.2f %16.2f %12.2f" % (r["hosts"], r["re
     down
 done
 
+if [ -n "$SIZES" ]; then
 echo
 python3 - "$results" "$SIZES" <<'PY'
 import json, statistics, sys
@@ -108,6 +115,7 @@ for n in map(int, sys.argv[2].split()):
 PY
 echo
 python3 "$measure" phases "$results"
+fi
 
 # deploy-flake against the floor, alternately, on the same hosts.
 echo
@@ -115,6 +123,10 @@ up "$FLOOR_HOSTS"
 for rep in $(seq 1 "$FLOOR_REPS"); do
     next_change "$FLOOR_HOSTS"
     run_measured tool-vs-floor "$FLOOR_HOSTS" "$rep" "$bin" --json --all --flake "$flake"
+    if [ -n "${OTHER_BIN:-}" ]; then
+        next_change "$FLOOR_HOSTS"
+        run_measured other "$FLOOR_HOSTS" "$rep" "$OTHER_BIN" --json --all --flake "$flake"
+    fi
     next_change "$FLOOR_HOSTS"
     specs=()
     for ((k = 0; k < FLOOR_HOSTS; k++)); do specs+=("root@10.77.${IDXS[$k]}.2=${CFGS[$k]}"); done
@@ -140,6 +152,17 @@ print("(cpu: the deployer's process tree; tgt: the targets' CPU; lg/h: logins pe
       "seconds other work on this machine took during the run)")
 mt, mf = statistics.median(r["wall"] for r in tool), statistics.median(r["wall"] for r in floor)
 print(f"median wall: deploy-flake {mt:.2f}s, floor {mf:.2f}s: {mt / mf:.2f}x the floor (goal: at most 1.15x)")
+alt = [r for r in rows if r["who"] == "other"]
+if alt:
+    ma = statistics.median(r["wall"] for r in alt)
+    print("OTHER_BIN, by rep: " + " ".join(f"{r['wall']:.2f}" for r in alt) +
+          f"; median {ma:.2f}s: {ma / mf:.2f}x the floor; CPU {statistics.median(r['cpu_s'] for r in alt):.2f}s, "
+          f"targets {statistics.median(r['target_cpu_s'] for r in alt):.2f}s")
+    ph = {}
+    for r in alt:
+        for k, v in r["phases"].items():
+            ph.setdefault(k, []).extend(v)
+    print("OTHER_BIN, median ms per phase: " + ", ".join(f"{k} {statistics.median(v):.0f}" for k, v in ph.items()))
 steps = {}
 for r in floor:  # floor.sh prints "DEST CONFIG: master=S copy=S ..." per host
     for line in open(r["events"]):

@@ -304,6 +304,12 @@ def load(path):
         return [json.loads(l) for l in f if l.strip()]
 
 
+def busy(r):
+    """How busy the machine's cores were during the run, in percent: near
+    100, the run was bound by CPU (the tool's, the targets' and others')."""
+    return 100 * r["host_busy_s"] / (r["wall"] * os.cpu_count())
+
+
 def other_cpu(r):
     """CPU seconds the rest of the machine used during the run."""
     return max(0.0, r["host_busy_s"] - r["cpu_s"] - r["target_cpu_s"])
@@ -327,14 +333,14 @@ def outcomes(r):
 def fleet(argv):
     cores = os.cpu_count()
     rows = load(argv[0])
-    hdr = ("mode", "hosts", "par", "wall_s", "floor_s", "other_s", "dfl_cpu/h_ms", "own/kid/mst", "tgt_cpu/h_ms",
+    hdr = ("mode", "hosts", "par", "wall_s", "floor_s", "busy%", "other_s", "dfl_cpu/h_ms", "own/kid/mst", "tgt_cpu/h_ms",
            "logins/h", "tool_hwm_MB", "tree_pss_MB", "tree_rss_MB", "cg_mem_MB", "procs", "outcomes")
-    fmt = "%-7s %5s %4s %8s %8s %7s %12s %12s %12s %8s %11s %11s %11s %9s %5s  %s"
+    fmt = "%-7s %5s %4s %8s %8s %5s %7s %12s %12s %12s %8s %11s %11s %11s %9s %5s  %s"
     print(fmt % hdr)
     for r in rows:
         n = r["hosts"]
         print(fmt % (r["mode"], n, r["par"], f"{r['wall']:.2f}", f"{r['target_cpu_s'] / cores:.2f}",
-                     f"{other_cpu(r):.1f}",
+                     f"{busy(r):.0f}", f"{other_cpu(r):.1f}",
                      f"{r['cpu_s'] / n * 1000:.0f}", split(r), f"{r['target_cpu_s'] / n * 1000:.0f}",
                      f"{r['logins'] / n:.2f}", f"{r['tool_hwm_kb'] / 1024:.1f}",
                      f"{r['tree_pss_peak_kb'] / 1024:.0f}", f"{r['tree_rss_peak_kb'] / 1024:.0f}",
@@ -349,7 +355,7 @@ def fleet(argv):
           "the tool itself / the children it waited for (nix, fresh-login ssh) / the rest (ssh "
           "masters); other_s = CPU seconds that other work on "
           "this machine took during the run; dfl = deploy-flake's process tree; tgt = the targets' "
-          "cgroups; per host (h)")
+          "cgroups; per host (h); busy% = how busy the machine's cores were during the run")
 
 
 def curve(argv):
