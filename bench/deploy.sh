@@ -152,6 +152,11 @@ print("(cpu: the deployer's process tree; tgt: the targets' CPU; lg/h: logins pe
       "seconds other work on this machine took during the run)")
 mt, mf = statistics.median(r["wall"] for r in tool), statistics.median(r["wall"] for r in floor)
 print(f"median wall: deploy-flake {mt:.2f}s, floor {mf:.2f}s: {mt / mf:.2f}x the floor (goal: at most 1.15x)")
+pairs = [t["wall"] / f["wall"] for t, f in zip(tool, floor)]
+quiet = [t["wall"] / f["wall"] for t, f in zip(tool, floor) if other(t) < 0.5 and other(f) < 0.5]
+print(f"median of the per-rep ratios: {statistics.median(pairs):.2f}x; in the {len(quiet)} rep(s) where "
+      "other work took under 0.5 CPU-s in both runs: " +
+      (f"{statistics.median(quiet):.2f}x" if quiet else "none"))
 alt = [r for r in rows if r["who"] == "other"]
 if alt:
     ma = statistics.median(r["wall"] for r in alt)
