@@ -3,7 +3,8 @@
 #   deployFlake = deploy-flake.lib.mkDeployFlake {
 #     inherit self;                 # hosts default to every nixosConfigurations name
 #     defaults = { sshUser = "deploy"; };
-#     hosts.web1 = { hostname = "203.0.113.7"; tags = [ "web" ]; };
+#     hosts.web1 = { hostname = "203.0.113.7"; tags = [ "web" "canary" ]; };
+#     rollout = { canary = [ "@canary" ]; batches = [ "25%" ]; soak = 120; };  # see rollout.nix
 #   };
 #
 # mkDeployFlake returns plain data (schema version 1): every host record is
@@ -20,6 +21,7 @@ let
   inherit (builtins) attrNames filter hasAttr head isAttrs mapAttrs removeAttrs toJSON;
 
   rules = import ./rules.nix;
+  rolloutLib = import ./rollout.nix { inherit rules; };
   inherit (rules) schemaVersion timeoutDefaults healthCheckDefaults perHostOnly attrPath describe suggest;
 
   # Settings shared by every host unless overridden. `hostname` and
@@ -60,10 +62,12 @@ let
     { self
     , hosts ? mapAttrs (_: _: { }) (self.nixosConfigurations or { })
     , defaults ? { }
+    , rollout ? { }
     }:
     let
       configs = self.nixosConfigurations or { };
       configNames = attrNames configs;
+      userRollout = rollout;
 
       userDefaults =
         if !isAttrs defaults then checkSettings "deployFlake.defaults" defaults
@@ -97,9 +101,11 @@ let
         else throw "deployFlake.hosts: expected an attribute set of hosts, got ${describe hosts}";
     in
     # `seq`: a bad `defaults` is reported even when every host overrides it.
-    builtins.seq userDefaults {
+    builtins.seq userDefaults rec {
       inherit schemaVersion;
       hosts = mapAttrs resolve checkedHosts;
+      # Canary selectors are matched against the hosts' names and tags.
+      rollout = rolloutLib.resolve "deployFlake.rollout" hosts userRollout;
     };
 
   # (Not `self`: that name is the user's flake inside mkDeployFlake.)
@@ -109,7 +115,7 @@ let
     rules = rules.data;
     # How errors name paths and values (shared with deployChecks and the tool).
     inherit attrPath describe;
-    deployChecks = import ./deploy-checks.nix { lib = deployLib; inherit rules; };
+    deployChecks = import ./deploy-checks.nix { lib = deployLib; inherit rules; rollout = rolloutLib; };
   };
 in
 deployLib

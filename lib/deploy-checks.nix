@@ -23,7 +23,7 @@
 # `lib` is this library (lib/default.nix) and `rules` its interpreter of
 # rules.json: the schema's version, the options and what each accepts come
 # from there, so mkDeployFlake, this check and the tool never drift apart.
-{ lib, rules }:
+{ lib, rules, rollout }:
 let
   inherit (builtins)
     attrNames concatLists concatStringsSep filter hasAttr isAttrs length
@@ -32,6 +32,8 @@ let
   schemaVersion = lib.schemaVersion;
   hostOptions = lib.optionNames;
   topLevelKeys = [ "schemaVersion" "hosts" ];
+  # Optional: a hand-written fleet without it deploys every host at once.
+  optionalKeys = [ "rollout" ];
 
   inherit (lib) attrPath describe;
 
@@ -72,15 +74,28 @@ let
         + " (this deploy-flake reads schema version ${toString schemaVersion} only)")
     ]
     else
-      map (k: "${attrPath "deployFlake" k}: unknown attribute (allowed: ${concatStringsSep ", " topLevelKeys})")
-        (filter (k: !(builtins.elem k topLevelKeys)) (attrNames fleet))
+      map (k: "${attrPath "deployFlake" k}: unknown attribute (allowed: ${concatStringsSep ", " (topLevelKeys ++ optionalKeys)})")
+        (filter (k: !(builtins.elem k (topLevelKeys ++ optionalKeys))) (attrNames fleet))
       ++ map (k: "deployFlake.${k}: missing (a deployFlake must be fully resolved; mkDeployFlake fills in defaults)")
         (filter (k: !(hasAttr k fleet)) topLevelKeys)
       ++ (
         if !(hasAttr "hosts" fleet) then [ ]
         else if !isAttrs fleet.hosts then [ "deployFlake.hosts: expected an attribute set of hosts, got ${describe fleet.hosts}" ]
         else concatLists (map (n: hostErrors configNames n fleet.hosts.${n}) (attrNames fleet.hosts))
-      );
+      )
+      ++ rolloutErrors fleet;
+
+  # The rollout's first fault, then the first canary selector that matches
+  # no host.
+  rolloutErrors = fleet:
+    if !(hasAttr "rollout" fleet) then [ ]
+    else
+      let p = rollout.problem true "deployFlake.rollout" fleet.rollout; in
+      if p != null then [ p ]
+      else if !(isAttrs (fleet.hosts or null)) then [ ]
+      else
+        let c = rollout.canaryProblem "deployFlake.rollout.canary" fleet.hosts fleet.rollout.canary; in
+        if c == null then [ ] else [ c ];
 
   deployChecks =
     { self ? null

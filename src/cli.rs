@@ -6,6 +6,7 @@ use clap::{Parser, ValueEnum};
 pub use crate::agent::SwitchEnv;
 use crate::events::Phase;
 pub use crate::pipeline::{Goal, Mode};
+use crate::rollout::{Overrides, Size};
 use crate::rules;
 use crate::select::{Selection, Target};
 
@@ -214,6 +215,32 @@ pub struct Args {
     /// Answer yes to --ask (the changes are still shown).
     #[arg(long, requires = "ask")]
     pub yes: bool,
+
+    /// Deploy these hosts first, as a wave of their own (names, @tags or
+    /// globs); repeatable. Replaces deployFlake's rollout.canary.
+    #[arg(long, value_name = "SELECTOR", help_heading = "Rollout")]
+    pub canary: Vec<String>,
+
+    /// No canary wave, whatever deployFlake's rollout says.
+    #[arg(long, conflicts_with = "canary", help_heading = "Rollout")]
+    pub no_canary: bool,
+
+    /// The sizes of the waves after the canaries, as host counts or
+    /// percentages of those hosts, e.g. 1,25%,100%; the last size repeats.
+    /// Replaces deployFlake's rollout.batches.
+    #[arg(long, value_name = "SIZES", help_heading = "Rollout")]
+    pub batches: Option<String>,
+
+    /// Once more hosts than this have failed (a count, or a percentage of
+    /// the selected hosts), no further wave starts [flake default: 0].
+    #[arg(long, value_name = "N|P%", help_heading = "Rollout")]
+    pub max_failures: Option<String>,
+
+    /// After each wave, let it run this long, then check its hosts again
+    /// (system running, no new failed unit, health checks); a host that
+    /// fails returns to the system it ran before. 0: no soak.
+    #[arg(long, value_name = "SECONDS", help_heading = "Rollout")]
+    pub soak: Option<u64>,
 }
 
 /// The help of `--timeout`: the phases and bounds of lib/rules.json.
@@ -272,6 +299,8 @@ pub struct Options {
     /// Show the changes and ask before activating anything; `Some(true)`:
     /// answered yes already (--yes).
     pub ask: Option<bool>,
+    /// The command line's rollout settings.
+    pub rollout: Overrides,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -304,6 +333,9 @@ pub enum CliError {
 
     #[error("no hosts selected: name hosts, @tags or globs, or pass --all (see --help)")]
     NothingSelected,
+
+    #[error("{flag} `{value}`: {problem}")]
+    Rollout { flag: &'static str, value: String, problem: String },
 }
 
 impl Cli {
@@ -362,9 +394,62 @@ impl Args {
                 install_bootloader: self.install_bootloader,
             },
             ask: self.ask.then_some(self.yes),
+            rollout: rollout_overrides(
+                self.canary,
+                self.no_canary,
+                self.batches,
+                self.max_failures,
+                self.soak,
+            )?,
             ..options
         })
     }
+}
+
+/// The rollout flags, checked as deployFlake's rollout is.
+fn rollout_overrides(
+    canary: Vec<String>,
+    no_canary: bool,
+    batches: Option<String>,
+    max_failures: Option<String>,
+    soak: Option<u64>,
+) -> Result<Overrides, CliError> {
+    let bad = |flag, value: &str, problem: String| CliError::Rollout {
+        flag,
+        value: value.to_string(),
+        problem,
+    };
+    if let Some(c) = canary.iter().find(|c| c.is_empty()) {
+        return Err(bad("--canary", c, "an empty selector".into()));
+    }
+    let batches = match batches {
+        None => None,
+        Some(list) => Some(
+            list.split(',')
+                .map(|b| {
+                    let size = Size::parse(b.trim()).map_err(|p| bad("--batches", &list, p))?;
+                    match size.problem_as_wave() {
+                        Some(p) => Err(bad("--batches", &list, format!("{size}: {p}"))),
+                        None => Ok(size),
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let max_failures = match max_failures {
+        None => None,
+        Some(m) => Some(Size::parse(&m).map_err(|p| bad("--max-failures", &m, p))?),
+    };
+    if let Some(s) = soak.filter(|s| !rules::seconds().0.contains(s) && *s != 0) {
+        let problem = format!("expected 0 (no soak) or {}", rules::seconds().1);
+        return Err(bad("--soak", &s.to_string(), problem));
+    }
+    Ok(Overrides {
+        canary: if no_canary { Some(vec![]) } else { (!canary.is_empty()).then_some(canary) },
+        batches,
+        max_failures,
+        soak,
+    })
 }
 
 impl Query {
@@ -396,6 +481,7 @@ impl Query {
             goal: Goal::Switch,
             switch_env: SwitchEnv::default(),
             ask: None,
+            rollout: Overrides::default(),
         })
     }
 }

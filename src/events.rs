@@ -87,6 +87,8 @@ pub enum Outcome {
     Unknown,
     /// Not started because the run was interrupted.
     Cancelled,
+    /// Not started because the rollout halted (too many hosts failed).
+    Skipped,
 }
 
 impl Outcome {
@@ -99,11 +101,21 @@ impl Outcome {
             Outcome::Unconfirmed => "activated, not confirmed",
             Outcome::Unknown => "UNKNOWN STATE",
             Outcome::Cancelled => "cancelled",
+            Outcome::Skipped => "skipped",
         }
     }
 
     pub fn is_success(self) -> bool {
         matches!(self, Outcome::Deployed | Outcome::UpToDate)
+    }
+
+    /// Counts against a rollout's failure budget: the host was tried and
+    /// did not succeed (skipped and cancelled hosts never started).
+    pub fn counts_as_failure(self) -> bool {
+        matches!(
+            self,
+            Outcome::Failed | Outcome::RolledBack | Outcome::Unconfirmed | Outcome::Unknown
+        )
     }
 }
 
@@ -136,6 +148,8 @@ impl Outcome {
 /// | `boot-entry` | writing the boot entry failed |
 /// | `rollback-failed` | returning to the previous system failed |
 /// | `cancelled` | the run was interrupted before the host activated |
+/// | `soak` | the host failed its check after the soak: it was returned to the system it ran before the run |
+/// | `halted` | not started: the rollout halted, more hosts failed than `maxFailures` allows |
 /// | `internal` | a bug: the report says what to inspect |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -164,6 +178,8 @@ pub enum Reason {
     BootEntry,
     RollbackFailed,
     Cancelled,
+    Soak,
+    Halted,
     Internal,
 }
 
@@ -198,6 +214,8 @@ pub struct HostReport {
     /// What only a reboot brings in for the system it boots: `kernel`,
     /// `initrd`, `kernel-modules`, `init` (empty: nothing; null: unknown).
     pub needs_reboot: Option<Vec<String>>,
+    /// The system it ran before the run, when known.
+    pub before: Option<String>,
     /// Why it failed, rolled back or is unknown, for machines.
     pub reason: Option<Reason>,
     /// Why it failed, rolled back or is unknown; what to inspect.
@@ -212,6 +230,50 @@ pub enum Event {
     RunStarted {
         run_id: String,
         hosts: Vec<String>,
+        /// A staged rollout's waves, in order (absent: every host at once).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        waves: Option<Vec<Vec<String>>>,
+    },
+    /// A rollout wave starts (`wave` counts from 1, of `waves`).
+    WaveStarted {
+        wave: usize,
+        waves: usize,
+        canary: bool,
+        hosts: Vec<String>,
+    },
+    /// Every host of the wave has ended; `failed`: those that did not succeed.
+    WaveFinished {
+        wave: usize,
+        waves: usize,
+        failed: Vec<String>,
+        #[serde(serialize_with = "as_millis")]
+        duration: Duration,
+    },
+    /// The wave's deployed hosts are left to run for `seconds`, then checked
+    /// again.
+    SoakStarted {
+        wave: usize,
+        seconds: u64,
+        hosts: Vec<String>,
+    },
+    /// The soak's verdict: the hosts that passed, and those that failed
+    /// (each is then returned to the system it ran before the run).
+    /// `interrupted`: Ctrl-C ended the soak; no host was checked.
+    SoakFinished {
+        wave: usize,
+        passed: Vec<String>,
+        failed: Vec<SoakFailure>,
+        interrupted: bool,
+    },
+    /// Too many hosts failed: no further wave starts; `skipped` never start.
+    RolloutHalted {
+        wave: usize,
+        failed: Vec<String>,
+        /// As given: a count or a percentage (`"10%"`).
+        max_failures: String,
+        /// The most failed hosts the rollout tolerates.
+        budget: usize,
+        skipped: Vec<String>,
     },
     PhaseStarted {
         host: String,
@@ -251,6 +313,13 @@ pub enum Event {
         #[serde(serialize_with = "as_millis")]
         duration: Duration,
     },
+}
+
+/// A host that failed its soak check, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SoakFailure {
+    pub host: String,
+    pub message: String,
 }
 
 fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

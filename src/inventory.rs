@@ -18,6 +18,9 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub struct Inventory {
     pub schema_version: u32,
     pub hosts: BTreeMap<String, HostSpec>,
+    /// How a run over many hosts is staged (absent: every host at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::Settings>,
 }
 
 /// One host, fully resolved by `lib/` (defaults merged).
@@ -187,7 +190,8 @@ pub enum InventoryError {
     #[error("deployFlake{path}: {detail}; it must be the output of deploy-flake's lib.mkDeployFlake (same version as this binary)")]
     Malformed { path: String, detail: String },
 
-    /// A host record breaks lib/rules.json; worded as lib/ words it.
+    /// A host record or the rollout breaks lib/rules.json; worded as lib/
+    /// words it.
     #[error("{message}; fix it in the flake's deployFlake")]
     InvalidHost {
         /// `deployFlake.hosts.web1.sshPort: expected an integer between 1
@@ -291,7 +295,9 @@ pub fn parse(json: &str) -> Result<Inventory, InventoryError> {
     if version < u64::from(SCHEMA_VERSION) {
         return Err(InventoryError::SchemaTooOld { found: version });
     }
-    if let Some(k) = obj.keys().find(|k| *k != "schemaVersion" && *k != "hosts") {
+    if let Some(k) =
+        obj.keys().find(|k| !["schemaVersion", "hosts", "rollout"].contains(&k.as_str()))
+    {
         return Err(InventoryError::Malformed {
             path: format!(".{k}"),
             detail: "unknown field".into(),
@@ -316,13 +322,28 @@ pub fn parse(json: &str) -> Result<Inventory, InventoryError> {
         })?;
         hosts.insert(name.clone(), spec);
     }
-    Ok(Inventory { schema_version: SCHEMA_VERSION, hosts })
+    let rollout = match obj.get("rollout") {
+        None => None,
+        Some(v) => Some(
+            crate::rollout::check_json("deployFlake.rollout", v)
+                .map_err(|message| InventoryError::InvalidHost { message })?,
+        ),
+    };
+    Ok(Inventory { schema_version: SCHEMA_VERSION, hosts, rollout })
 }
 
 /// Checks every host of an inventory (see [`validate_host`]).
 pub fn validate(inventory: &Inventory) -> Result<(), InventoryError> {
     for (name, spec) in &inventory.hosts {
         validate_host(&format!("deployFlake.hosts.{}", attr_display(name)), spec)?;
+    }
+    if let Some(r) = &inventory.rollout {
+        let v = serde_json::to_value(r).map_err(|e| InventoryError::Malformed {
+            path: ".rollout".into(),
+            detail: e.to_string(),
+        })?;
+        crate::rollout::check_json("deployFlake.rollout", &v)
+            .map_err(|message| InventoryError::InvalidHost { message })?;
     }
     Ok(())
 }

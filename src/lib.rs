@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod process;
 pub mod report;
+pub mod rollout;
 pub mod rules;
 pub mod runner;
 pub mod select;

@@ -17,6 +17,7 @@ use deploy_flake::host::Shared;
 use deploy_flake::inventory::DEFAULT_EVAL_TIMEOUT;
 use deploy_flake::pipeline::{Context as RunContext, Interrupt};
 use deploy_flake::plan;
+use deploy_flake::rollout::{self, Plan};
 use deploy_flake::select::{self, Target};
 use deploy_flake::{report, runner};
 
@@ -39,20 +40,26 @@ fn run() -> anyhow::Result<Exit> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let mut targets = runtime.block_on(select::load_and_select(
-        &options.flake,
-        &options.selection,
-        DEFAULT_EVAL_TIMEOUT,
-    ))?;
+    let (inventory, mut targets) =
+        runtime.block_on(select::load(&options.flake, &options.selection, DEFAULT_EVAL_TIMEOUT))?;
     options.apply_overrides(&mut targets);
     match options.action {
         Action::Status => Ok(runtime.block_on(status(targets, &options))),
         Action::Diff => Ok(runtime.block_on(diff(targets, &options))),
-        Action::Deploy if options.dry_run => {
-            print!("{}", plan::render(&targets, &options));
-            Ok(Exit::Success)
+        Action::Deploy => {
+            let flake_rollout = inventory.as_ref().and_then(|i| i.rollout.as_ref());
+            let settings = rollout::settings(flake_rollout, &options.rollout);
+            let from = match options.rollout.canary {
+                Some(_) => "--canary",
+                None => "deployFlake.rollout.canary",
+            };
+            let waves = rollout::plan(inventory.as_ref(), &targets, &settings, from)?;
+            if options.dry_run {
+                print!("{}", plan::render(&targets, &options, &waves));
+                return Ok(Exit::Success);
+            }
+            runtime.block_on(ask_then_deploy(targets, &options, &waves))
         }
-        Action::Deploy => runtime.block_on(ask_then_deploy(targets, &options)),
     }
 }
 
@@ -118,9 +125,13 @@ fn init_tracing(verbose: u8) {
 /// `--ask`: show every host's changes, ask once, then deploy exactly the
 /// systems shown (the same archived flake and builds; a host that builds
 /// something else is not touched).
-async fn ask_then_deploy(targets: Vec<Target>, options: &Options) -> anyhow::Result<Exit> {
+async fn ask_then_deploy(
+    targets: Vec<Target>,
+    options: &Options,
+    waves: &Plan,
+) -> anyhow::Result<Exit> {
     let Some(answered) = options.ask else {
-        return deploy(targets, options, Arc::default(), None).await;
+        return deploy(targets, options, Arc::default(), None, waves).await;
     };
     if !answered && !std::io::stdin().is_terminal() {
         anyhow::bail!("--ask needs a terminal to ask on; pass --yes to go on without asking");
@@ -134,7 +145,7 @@ async fn ask_then_deploy(targets: Vec<Target>, options: &Options) -> anyhow::Res
         eprintln!("deploy-flake: not confirmed; nothing was deployed");
         return Ok(Exit::HostsFailed);
     }
-    deploy(targets, options, shared, Some(Arc::new(approved))).await
+    deploy(targets, options, shared, Some(Arc::new(approved)), waves).await
 }
 
 /// Ask on the terminal; yes only for an explicit "y" or "yes".
@@ -152,6 +163,7 @@ async fn deploy(
     options: &Options,
     shared: Arc<Shared>,
     approved: Option<Arc<BTreeMap<String, String>>>,
+    waves: &Plan,
 ) -> anyhow::Result<Exit> {
     let run_id = runner::new_run_id();
     let (raise, interrupt) = Interrupt::new();
@@ -162,7 +174,7 @@ async fn deploy(
     let ctx = RunContext {
         approved,
         origin: runner::origin(&options.flake, revision.as_deref(), &goal),
-        mode: options.mode,
+        mode: options.mode.clone(),
         goal: options.goal,
         switch_env: options.switch_env,
         interrupt,
@@ -176,7 +188,7 @@ async fn deploy(
     };
     runner::on_interrupts(raise, changing);
     let parallel = options.max_parallel.unwrap_or(targets.len()).max(1);
-    let reports = runner::run(targets, ctx, parallel, shared).await;
+    let reports = runner::run(targets, ctx, parallel, shared, waves).await;
     // Everything the run said is written before the process ends.
     output.finish();
     Ok(runner::exit_for(&reports))

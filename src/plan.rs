@@ -7,10 +7,11 @@ use std::fmt::Write;
 use crate::cli::Options;
 use crate::events::Phase;
 use crate::inventory::HostSpec;
+use crate::rollout::Plan;
 use crate::select::Target;
 
 /// Renders the plan. Pure; the output depends only on its arguments.
-pub fn render(targets: &[Target], options: &Options) -> String {
+pub fn render(targets: &[Target], options: &Options, rollout: &Plan) -> String {
     let mut out = String::new();
     let n = targets.len();
     let _ = writeln!(
@@ -38,18 +39,46 @@ pub fn render(targets: &[Target], options: &Options) -> String {
         if env.no_check { "skipped (--no-check)" } else { "run" },
         if env.install_bootloader { "; the bootloader is installed too" } else { "" },
     );
-    if let crate::pipeline::Mode::Rollback { to_generation } = options.mode {
+    if let crate::pipeline::Mode::Rollback { to_generation } = &options.mode {
         let _ = writeln!(
             out,
             "rollback: each host returns to {} of its system profile (configuration and build below are not used)",
             to_generation.map_or("the generation before the current one".to_string(), |g| format!("generation {g}"))
         );
     }
+    render_waves(&mut out, targets, rollout);
     for t in targets {
         out.push('\n');
         render_host(&mut out, t, &options.flake);
     }
     out
+}
+
+/// The rollout: its waves in order, the failure budget and the soak.
+fn render_waves(out: &mut String, targets: &[Target], plan: &Plan) {
+    if !plan.is_staged() {
+        let _ = writeln!(out, "rollout: every host at once (no waves, no soak)");
+        return;
+    }
+    let n = plan.waves.len();
+    let soak = match plan.soak {
+        0 => "no soak".to_string(),
+        s => format!("after each wave, {s} s of soak, then its hosts are checked again"),
+    };
+    let _ = writeln!(
+        out,
+        "rollout: {n} wave{}; a wave starts once the previous one ended; {soak}; no further wave \
+         after more than {} failed host{} (--max-failures {})",
+        if n == 1 { "" } else { "s" },
+        plan.budget,
+        if plan.budget == 1 { "" } else { "s" },
+        plan.max_failures
+    );
+    for (i, w) in plan.waves.iter().enumerate() {
+        let names: Vec<&str> = w.hosts.iter().map(|h| targets[*h].name.as_str()).collect();
+        let canary = if w.canary { " (canary)" } else { "" };
+        let _ = writeln!(out, "  wave {}{canary}: {}", i + 1, names.join(", "));
+    }
 }
 
 fn render_host(out: &mut String, t: &Target, flake: &str) {

@@ -1,7 +1,9 @@
 //! Runs the pipeline for every selected host in parallel, bounded by
-//! `--max-parallel`. One host's failure never stops or hides another's.
-//! Ctrl-C stops new hosts from starting; hosts already past `connect`
-//! finish (the on-target agent confirms or rolls back by itself).
+//! `--max-parallel`, wave after wave when a rollout stages the run. One
+//! host's failure never stops or hides another's within a wave; more
+//! failures than the rollout's budget stop the next waves from starting.
+//! Ctrl-C stops new hosts (and waves) from starting; hosts already past
+//! `connect` finish (the on-target agent confirms or rolls back by itself).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use crate::events::{Event, HostReport, Outcome, Reason};
 use crate::exit::Exit;
 use crate::host::{Shared, SshHost};
 use crate::pipeline::{self, Context, InterruptHandle};
+use crate::rollout::{halted_message, Plan, Soak, Wave};
 use crate::select::Target;
 use crate::ssh::Destination;
 
@@ -59,53 +62,36 @@ pub fn origin(flake: &str, revision: Option<&str>, goal: &str) -> String {
     .concat()
 }
 
-/// Deploy `targets`; returns one report per host, in target order.
+/// Deploy `targets` wave by wave as `plan` says (one wave of every host
+/// when there is no rollout); returns one report per host, in target order.
 pub async fn run(
     targets: Vec<Target>,
     ctx: Context,
     max_parallel: usize,
     shared: Arc<Shared>,
+    plan: &Plan,
 ) -> Vec<HostReport> {
     let started = Instant::now();
+    let names = |w: &Wave| w.hosts.iter().map(|i| targets[*i].name.clone()).collect::<Vec<_>>();
     (ctx.sink)(Event::RunStarted {
         run_id: ctx.run_id.clone(),
         hosts: targets.iter().map(|t| t.name.clone()).collect(),
+        waves: plan.is_staged().then(|| plan.waves.iter().map(names).collect()),
     });
-    let permits = Arc::new(Semaphore::new(max_parallel.max(1)));
-    let mut set = JoinSet::new();
-    for (i, target) in targets.iter().cloned().enumerate() {
-        let ctx = ctx.clone();
-        let permits = permits.clone();
-        let shared = shared.clone();
-        set.spawn(async move {
-            let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
-            if ctx.interrupt.is_set() {
-                let report = not_run(
-                    &target.name,
-                    Outcome::Cancelled,
-                    Reason::Cancelled,
-                    Duration::ZERO,
-                    "not started: the run was interrupted",
-                );
-                (ctx.sink)(Event::HostFinished { report: report.clone() });
-                return (i, report);
-            }
-            let dest = Destination::from_spec(&target.spec);
-            let host = SshHost::new(&target.name, dest, &ctx.run_id, shared);
-            (i, pipeline::deploy(&target, &ctx, host).await)
-        });
+    let mut run = Waves {
+        targets: &targets,
+        ctx: &ctx,
+        plan,
+        permits: Arc::new(Semaphore::new(max_parallel.max(1))),
+        shared,
+        reports: vec![None; targets.len()],
+        stop: None,
+    };
+    for (w, wave) in plan.waves.iter().enumerate() {
+        run.wave(w + 1, wave).await;
     }
-    let mut reports: Vec<Option<HostReport>> = vec![None; targets.len()];
-    while let Some(joined) = set.join_next().await {
-        match joined {
-            Ok((i, r)) => reports[i] = Some(r),
-            Err(e) => {
-                // A panic in one host's task must not hide the others.
-                tracing::error!("a host task panicked: {e}");
-            }
-        }
-    }
-    let reports: Vec<HostReport> = reports
+    let reports: Vec<HostReport> = run
+        .reports
         .into_iter()
         .zip(&targets)
         .map(|(r, t)| {
@@ -124,6 +110,127 @@ pub async fn run(
     reports
 }
 
+/// A run in progress, wave by wave.
+struct Waves<'a> {
+    targets: &'a [Target],
+    ctx: &'a Context,
+    plan: &'a Plan,
+    permits: Arc<Semaphore>,
+    shared: Arc<Shared>,
+    reports: Vec<Option<HostReport>>,
+    /// Why no further wave starts: its hosts' outcome, reason and message.
+    stop: Option<(Outcome, Reason, String)>,
+}
+
+impl Waves<'_> {
+    async fn wave(&mut self, n: usize, wave: &Wave) {
+        if self.stop.is_none() && self.ctx.interrupt.is_set() {
+            let msg = "not started: the run was interrupted".to_string();
+            self.stop = Some((Outcome::Cancelled, Reason::Cancelled, msg));
+        }
+        if let Some((outcome, reason, msg)) = &self.stop {
+            for i in &wave.hosts {
+                let report =
+                    not_run(&self.targets[*i].name, *outcome, *reason, Duration::ZERO, msg);
+                (self.ctx.sink)(Event::HostFinished { report: report.clone() });
+                self.reports[*i] = Some(report);
+            }
+            return;
+        }
+        let staged = self.plan.is_staged();
+        let waves = self.plan.waves.len();
+        let started = Instant::now();
+        let hosts: Vec<String> = wave.hosts.iter().map(|i| self.targets[*i].name.clone()).collect();
+        if staged {
+            let canary = wave.canary;
+            (self.ctx.sink)(Event::WaveStarted { wave: n, waves, canary, hosts });
+        }
+        self.deploy(&wave.hosts).await;
+        if staged {
+            let failed = failed(&self.reports, &wave.hosts);
+            let duration = started.elapsed();
+            (self.ctx.sink)(Event::WaveFinished { wave: n, waves, failed, duration });
+        }
+        if self.plan.soak > 0 {
+            let soak = Soak {
+                targets: self.targets,
+                ctx: self.ctx,
+                permits: &self.permits,
+                shared: &self.shared,
+            };
+            soak.run(n, &wave.hosts, self.plan.soak, &mut self.reports).await;
+        }
+        self.halt_if_over_budget(n);
+    }
+
+    /// Too many failures: no further wave starts.
+    fn halt_if_over_budget(&mut self, n: usize) {
+        let all: Vec<usize> = (0..self.targets.len()).collect();
+        let failed = failed(&self.reports, &all);
+        let rest: Vec<String> = self.plan.waves[n..]
+            .iter()
+            .flat_map(|w| w.hosts.iter().map(|i| self.targets[*i].name.clone()))
+            .collect();
+        if rest.is_empty() || self.plan.may_continue(failed.len()) || self.ctx.interrupt.is_set() {
+            return;
+        }
+        let msg = halted_message(&failed, self.plan, n);
+        (self.ctx.sink)(Event::RolloutHalted {
+            wave: n,
+            failed,
+            max_failures: self.plan.max_failures.to_string(),
+            budget: self.plan.budget,
+            skipped: rest,
+        });
+        self.stop = Some((Outcome::Skipped, Reason::Halted, msg));
+    }
+
+    /// Deploy these hosts in parallel (bounded by the permits).
+    async fn deploy(&mut self, hosts: &[usize]) {
+        let mut set = JoinSet::new();
+        for &i in hosts {
+            let target = self.targets[i].clone();
+            let ctx = self.ctx.clone();
+            let permits = self.permits.clone();
+            let shared = self.shared.clone();
+            set.spawn(async move {
+                let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
+                if ctx.interrupt.is_set() {
+                    let report = not_run(
+                        &target.name,
+                        Outcome::Cancelled,
+                        Reason::Cancelled,
+                        Duration::ZERO,
+                        "not started: the run was interrupted",
+                    );
+                    (ctx.sink)(Event::HostFinished { report: report.clone() });
+                    return (i, report);
+                }
+                let dest = Destination::from_spec(&target.spec);
+                let host = SshHost::new(&target.name, dest, &ctx.run_id, shared);
+                (i, pipeline::deploy(&target, &ctx, host).await)
+            });
+        }
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok((i, r)) => self.reports[i] = Some(r),
+                // A panic in one host's task must not hide the others.
+                Err(e) => tracing::error!("a host task panicked: {e}"),
+            }
+        }
+    }
+}
+
+/// The hosts among `of` that did not succeed (neither skipped nor
+/// cancelled: those never started).
+fn failed(reports: &[Option<HostReport>], of: &[usize]) -> Vec<String> {
+    of.iter()
+        .filter_map(|i| reports[*i].as_ref())
+        .filter(|r| r.outcome.counts_as_failure())
+        .map(|r| r.host.clone())
+        .collect()
+}
+
 /// The report of a host the pipeline did not (or could not) run.
 fn not_run(
     host: &str,
@@ -140,6 +247,7 @@ fn not_run(
         system: None,
         boot: None,
         needs_reboot: None,
+        before: None,
         reason: Some(reason),
         message: Some(msg.to_string()),
     }
@@ -180,9 +288,11 @@ pub fn exit_for(reports: &[HostReport]) -> Exit {
     for r in reports {
         let e = match r.outcome {
             Outcome::Deployed | Outcome::UpToDate => Exit::Success,
-            Outcome::Failed | Outcome::RolledBack | Outcome::Unconfirmed | Outcome::Cancelled => {
-                Exit::HostsFailed
-            }
+            Outcome::Failed
+            | Outcome::RolledBack
+            | Outcome::Unconfirmed
+            | Outcome::Cancelled
+            | Outcome::Skipped => Exit::HostsFailed,
             Outcome::Unknown => Exit::UnknownState,
         };
         if e == Exit::UnknownState || (e == Exit::HostsFailed && exit == Exit::Success) {
@@ -209,6 +319,7 @@ mod tests {
             (&[Deployed, Failed], Exit::HostsFailed),
             (&[RolledBack], Exit::HostsFailed),
             (&[Cancelled, Deployed], Exit::HostsFailed),
+            (&[Deployed, Skipped], Exit::HostsFailed),
             (&[Unknown, Failed], Exit::UnknownState),
             (&[Failed, Unknown, Deployed], Exit::UnknownState),
         ];

@@ -101,10 +101,22 @@ pub async fn load_and_select(
     selection: &Selection,
     eval_timeout: std::time::Duration,
 ) -> Result<Vec<Target>, SelectError> {
+    Ok(load(flake, selection, eval_timeout).await?.1)
+}
+
+/// The same, with the inventory (`None`: the flake has none).
+pub async fn load(
+    flake: &str,
+    selection: &Selection,
+    eval_timeout: std::time::Duration,
+) -> Result<(Option<Inventory>, Vec<Target>), SelectError> {
     match inventory::load(flake, eval_timeout).await {
-        Ok(inv) => select(Some(&inv), selection),
+        Ok(inv) => {
+            let targets = select(Some(&inv), selection)?;
+            Ok((Some(inv), targets))
+        }
         Err(InventoryError::NoDeployFlake { .. }) if selection.works_without_inventory() => {
-            select(None, selection)
+            Ok((None, select(None, selection)?))
         }
         Err(e) => Err(e.into()),
     }
@@ -190,7 +202,7 @@ fn resolve_word<'a>(inv: Option<&'a Inventory>, word: &str) -> Result<Resolved<'
 }
 
 /// Inventory hosts matched by a name, `@tag` or glob; at least one.
-fn match_pattern<'a>(inv: &'a Inventory, word: &str) -> Result<Vec<&'a str>, SelectError> {
+pub fn match_pattern<'a>(inv: &'a Inventory, word: &str) -> Result<Vec<&'a str>, SelectError> {
     if let Some(tag) = word.strip_prefix('@') {
         let names: Vec<&str> = inv
             .hosts

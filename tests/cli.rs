@@ -24,6 +24,7 @@ fn dry_run_prints_the_plan() {
         r#"dry run: 3 hosts from flake {flake}; nothing will be touched
 parallel: 16; preflight: run; force: no
 goal: switch (activate, confirm, then write the boot entry); pre-switch checks: run
+rollout: every host at once (no waves, no soak)
 
 db1
   ssh:           root@db1:22
@@ -54,6 +55,76 @@ web-2
 "#
     );
     assert_eq!(stdout, want);
+}
+
+#[test]
+fn dry_run_shows_the_waves_of_the_flake_s_rollout_and_the_command_line_s() {
+    let dir = fixture_flake("rollout");
+    let flake = dir.path().to_str().unwrap();
+    let (code, stdout, stderr) = run_tool(&["--dry-run", "--all", "--flake", flake]);
+    assert_eq!(code, 0, "{stderr}");
+    let rollout = "rollout: 4 waves; a wave starts once the previous one ended; after each wave, \
+                   60 s of soak, then its hosts are checked again; no further wave after more \
+                   than 1 failed host (--max-failures 25%)\n  \
+                   wave 1 (canary): app3, edge\n  wave 2: app1\n  wave 3: app2, app4\n  wave 4: app5\n";
+    assert!(stdout.contains(rollout), "{stdout}");
+    // The command line replaces the flake's settings key by key.
+    let (code, stdout, stderr) = run_tool(&[
+        "--dry-run",
+        "--all",
+        "--flake",
+        flake,
+        "--canary",
+        "app5",
+        "--batches",
+        "100%",
+        "--max-failures",
+        "2",
+        "--soak",
+        "0",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let rollout = "rollout: 2 waves; a wave starts once the previous one ended; no soak; no \
+                   further wave after more than 2 failed hosts (--max-failures 2)\n  \
+                   wave 1 (canary): app5\n  wave 2: app1, app2, app3, app4, edge\n";
+    assert!(stdout.contains(rollout), "{stdout}");
+    let (code, stdout, stderr) = run_tool(&[
+        "--dry-run",
+        "--all",
+        "--flake",
+        flake,
+        "--no-canary",
+        "--batches",
+        "100%",
+        "--soak",
+        "0",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("rollout: every host at once (no waves, no soak)\n"), "{stdout}");
+}
+
+#[test]
+fn a_canary_that_matches_nothing_or_a_bad_size_is_refused_before_anything_runs() {
+    let dir = fixture_flake("rollout");
+    let flake = dir.path().to_str().unwrap();
+    let (code, stdout, stderr) =
+        run_tool(&["--dry-run", "--all", "--flake", flake, "--canary", "@canry"]);
+    assert_eq!(code, 2, "{stdout}");
+    assert!(
+        stderr.contains("--canary `@canry`: no host has tag `@canry`: did you mean `@canary`?"),
+        "{stderr}"
+    );
+    let (code, _, stderr) =
+        run_tool(&["--dry-run", "--all", "--flake", flake, "--batches", "1,150%"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--batches `1,150%`: `150%`: a percentage over 100"), "{stderr}");
+    let (code, _, stderr) = run_tool(&["--dry-run", "--all", "--flake", flake, "--batches", "0"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--batches `0`: 0: a wave of no host"), "{stderr}");
+    let (code, _, stderr) =
+        run_tool(&["--dry-run", "--all", "--flake", flake, "--max-failures", "x"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--max-failures `x`: `x` is neither a count nor N%"), "{stderr}");
 }
 
 #[test]

@@ -900,3 +900,26 @@ fn example_fleet_evaluates_and_its_check_passes() {
     let program = eval("apps.x86_64-linux.default.program", "--raw");
     assert!(program.ends_with("/bin/deploy-flake"), "{program}");
 }
+
+#[test]
+fn a_hand_written_rollout_is_checked() {
+    assert_ok(
+        "lib.deployChecks { inherit self system; deployFlake = fleet { top.rollout = \
+         { canary = [ \"web*\" ]; batches = [ 1 \"100%\" ]; maxFailures = \"10%\"; soak = 60; }; }; }",
+    );
+    assert_err(
+        "lib.deployChecks { inherit self system; deployFlake = fleet { top.rollout = \
+         { canary = [ \"@nope\" ]; batches = [ 1 ]; maxFailures = 0; soak = null; }; }; }",
+        &[r#"deployFlake.rollout.canary.0: "@nope" matches no host of deployFlake.hosts"#],
+    );
+    assert_err(
+        "lib.deployChecks { inherit self system; deployFlake = fleet { top.rollout = \
+         { batches = [ \"150%\" ]; maxFailures = 0; soak = null; }; }; }",
+        &["deployFlake.rollout.canary: missing (a deployFlake must be fully resolved"],
+    );
+    assert_err(
+        "lib.deployChecks { inherit self system; deployFlake = fleet { top.rollout = \
+         { canary = [ ]; batches = [ \"150%\" ]; maxFailures = 0; soak = null; }; }; }",
+        &[r#"deployFlake.rollout.batches.0: expected a wave size"#, r#"got a string ("150%")"#],
+    );
+}

@@ -27,7 +27,8 @@ fn defaults_fill_every_field() {
             "sudo": "sudo", "magicRollback": true, "healthChecks": [],
             "timeouts": { "connect": 10, "lock": 10, "preflight": 60, "copy": 600,
                           "build": 3600, "selfCheck": 120, "activate": 600,
-                          "confirm": 30, "boot": 300 } } } })
+                          "confirm": 30, "boot": 300 } } },
+               "rollout": { "canary": [], "batches": ["100%"], "maxFailures": 0, "soak": null } })
     );
     // And the Rust side accepts it unchanged.
     let inv = inventory::parse(&v.to_string()).unwrap();
@@ -339,5 +340,70 @@ fn health_checks_are_resolved_and_checked() {
         let err = mk(&format!("{{ hosts.web1.healthChecks = {bad}; }}")).unwrap_err();
         let want = format!("error: deployFlake.hosts.web1.healthChecks{}", if want.starts_with(':') { want } else { format!(".{want}") });
         assert_eq!(error_line(&err), want, "{bad}");
+    }
+}
+
+#[test]
+fn a_rollout_is_resolved_from_its_defaults_and_read_by_the_tool() {
+    let v = mk(r#"{ hosts = { web1.tags = [ "canary" ]; db1 = { }; };
+                   rollout = { canary = [ "@canary" ]; batches = [ 1 "25%" ]; soak = 30; }; }"#)
+    .unwrap();
+    assert_eq!(
+        v["rollout"],
+        json!({ "canary": ["@canary"], "batches": [1, "25%"], "maxFailures": 0, "soak": 30 })
+    );
+    let inv = inventory::parse(&v.to_string()).unwrap();
+    let r = inv.rollout.unwrap();
+    assert_eq!(
+        r.batches,
+        [deploy_flake::rollout::Size::Count(1), deploy_flake::rollout::Size::Percent(25)]
+    );
+    assert_eq!(r.soak, Some(30));
+}
+
+/// A bad rollout: lib/ and the tool (reading a resolved fleet with the same
+/// value) name the same path with the same words.
+#[test]
+fn a_bad_rollout_is_named_alike_by_lib_and_by_the_tool() {
+    let cases = [
+        ("{ bathces = [ 1 ]; }", None),
+        ("{ batches = [ ]; }", Some(json!({"batches": []}))),
+        (r#"{ batches = [ 1 "150%" ]; }"#, Some(json!({"batches": [1, "150%"]}))),
+        ("{ batches = [ 0 ]; }", Some(json!({"batches": [0]}))),
+        (r#"{ maxFailures = "101%"; }"#, Some(json!({"maxFailures": "101%"}))),
+        ("{ maxFailures = -1; }", Some(json!({"maxFailures": -1}))),
+        ("{ soak = 0; }", Some(json!({"soak": 0}))),
+        (r#"{ canary = "web1"; }"#, Some(json!({"canary": "web1"}))),
+        (r#"{ canary = [ "-x" ]; }"#, Some(json!({"canary": ["-x"]}))),
+    ];
+    for (rollout, resolved) in cases {
+        let err = mk(&format!("{{ hosts.web1 = {{ }}; rollout = {rollout}; }}")).unwrap_err();
+        let lib_line = error_line(&err);
+        assert!(lib_line.starts_with("error: deployFlake.rollout."), "{rollout}: {lib_line}");
+        let Some(patch) = resolved else { continue };
+        let mut fleet = mk("{ hosts.web1 = { }; }").unwrap();
+        for (k, v) in patch.as_object().unwrap() {
+            fleet["rollout"][k] = v.clone();
+        }
+        let tool = inventory::parse(&fleet.to_string()).unwrap_err().to_string();
+        let want = format!("{}; fix it in the flake's deployFlake", &lib_line["error: ".len()..]);
+        assert_eq!(tool, want, "{rollout}");
+    }
+}
+
+#[test]
+fn a_canary_selector_must_match_a_host() {
+    let err = mk(r#"{ hosts = { web1.tags = [ "canary" ]; db1 = { }; };
+                     rollout.canary = [ "web*" "@canry" ]; }"#)
+    .unwrap_err();
+    assert_eq!(
+        error_line(&err),
+        r#"error: deployFlake.rollout.canary.1: "@canry" matches no host of deployFlake.hosts (a name, @tag or glob)"#
+    );
+    for ok in [r#""db1""#, r#""[!w]*""#, r#""d?1""#, r#""@canary""#] {
+        let v = mk(&format!(
+            r#"{{ hosts = {{ web1.tags = [ "canary" ]; db1 = {{ }}; }}; rollout.canary = [ {ok} ]; }}"#
+        ));
+        assert!(v.is_ok(), "{ok}: {v:?}");
     }
 }

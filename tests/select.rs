@@ -22,7 +22,7 @@ fn inventory() -> Inventory {
     db1.ssh_user = "deploy".into();
     db1.timeouts.build = 9;
     hosts.insert("db1".into(), db1);
-    Inventory { schema_version: 1, hosts }
+    Inventory { schema_version: 1, hosts, rollout: None }
 }
 
 fn sel(hosts: &[&str], all: bool, exclude: &[&str]) -> Selection {

@@ -14,6 +14,7 @@ mod end;
 #[cfg(test)]
 mod fake;
 mod prepare;
+mod soak;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use end::{agent_end, next_step, End, Next};
+pub use soak::soak_check;
 
 use crate::agent::{Facts, SwitchEnv};
 use crate::events::{Event, HostReport, Outcome, Phase, Reason, Sink};
@@ -61,13 +63,16 @@ pub struct Context {
 }
 
 /// What a run does to each host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
     /// Build the flake's configuration and switch to it.
     Deploy,
     /// Return to an earlier generation of the system profile (the one before
     /// the current, or the given one), through the same test/confirm/boot.
     Rollback { to_generation: Option<u32> },
+    /// Return to this system (the one a host ran before a run that it then
+    /// failed the soak of), through the same test/confirm/boot.
+    Revert { to: StorePath },
 }
 
 /// How far a run takes each host.
@@ -230,6 +235,7 @@ impl<'a> HostRun<'a> {
             system: end.system,
             boot: end.boot,
             needs_reboot: end.needs_reboot,
+            before: self.facts.as_ref().and_then(|f| f.current.clone()),
             reason: end.reason,
             message: end.message,
         };

@@ -54,7 +54,7 @@ impl HostRun<'_> {
             Next::Activate | Next::BootOnly => {}
         }
         // A rollback returns to a system that already ran here: no check.
-        if !matches!(self.ctx.mode, Mode::Rollback { .. }) {
+        if self.ctx.mode == Mode::Deploy {
             self.self_check(host, self_check.as_deref(), found_self_check.as_deref(), &wanted)
                 .await?;
         }
@@ -105,18 +105,22 @@ impl HostRun<'_> {
 
     /// Copy and build (or, for a rollback, find the generation to return to).
     async fn wanted_system<H: Host>(&mut self, host: &mut H) -> Result<Wanted, End> {
-        match self.ctx.mode {
+        match &self.ctx.mode {
             Mode::Deploy => {
                 let toplevel = self.copy_and_build(host).await?;
                 self.note(format!("built {toplevel}"));
                 Ok(Wanted { toplevel })
             }
             Mode::Rollback { to_generation } => {
-                let (n, toplevel) = host.generation(to_generation, 30).await.map_err(|e| {
+                let (n, toplevel) = host.generation(*to_generation, 30).await.map_err(|e| {
                     End::unchanged(e.reason(Reason::Internal), format!("rollback: {e}"))
                 })?;
                 self.note(format!("returning to generation {n}: {toplevel}"));
                 Ok(Wanted { toplevel })
+            }
+            Mode::Revert { to } => {
+                self.note(format!("returning to {to}, the system it ran before this run"));
+                Ok(Wanted { toplevel: to.clone() })
             }
         }
     }

@@ -30,7 +30,7 @@ use check::*;
 use wording::*;
 
 pub use check::SshOpt;
-pub use wording::{attr_path, describe, is_plain_nix_identifier, nix_json_string};
+pub use wording::{attr_path, describe, is_plain_nix_identifier, nix_json_string, suggest};
 
 /// `lib/rules.json`, as built into this binary.
 pub const RULES_JSON: &str = include_str!("../../lib/rules.json");
@@ -59,6 +59,9 @@ pub struct Rules {
     /// Seconds per phase, by [`Phase::timeout_key`].
     pub timeout_defaults: BTreeMap<String, u64>,
     pub health_check_defaults: Map<String, Value>,
+    /// `deployFlake.rollout`: its defaults and what each key accepts (read
+    /// by [`crate::rollout`]).
+    pub rollout: Value,
     types: BTreeMap<String, Rule>,
     options: BTreeMap<String, RuleRef>,
 }

@@ -102,7 +102,7 @@ pub(super) fn levenshtein(a: &str, b: &str) -> usize {
 }
 
 /// `; did you mean "x"?` or nothing.
-pub(super) fn suggest(word: &str, candidates: &[&str]) -> String {
+pub fn suggest(word: &str, candidates: &[&str]) -> String {
     let limit = 2 + word.len() / 4;
     candidates
         .iter()

@@ -19,11 +19,18 @@ use crate::process::{
     Child, Cmd, Exit, Local, Output, Place, ProcessError, Reader, Spawner, Waiter, Writer,
 };
 
+/// Seconds a login may take once the host is reached (on top of
+/// `timeouts.connect`, ssh's own ConnectTimeout).
+pub const LOGIN_GRACE: u64 = 5;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SshError {
     #[error("cannot connect to {dest}: {reason}{}", connect_hint(reason, dest))]
     Connect { dest: String, reason: String },
-    #[error("connecting to {dest} did not finish within {secs} s (timeouts.connect)")]
+    #[error(
+        "connecting to {dest} did not finish within {} s (timeouts.connect = {secs} s to reach \
+         it, plus {LOGIN_GRACE} s for the login)", secs + LOGIN_GRACE
+    )]
     ConnectTimeout { dest: String, secs: u64 },
     #[error("{0}")]
     SshOpts(String),
@@ -90,19 +97,21 @@ impl Ssh {
         if let Some(c) = &self.config {
             b.config_file(c);
         }
-        let secs = d.connect_timeout.max(1) + 5;
+        let secs = d.connect_timeout.max(1) + LOGIN_GRACE;
         // ssh takes an IPv6 literal bare: brackets are URI syntax only.
-        let session = match tokio::time::timeout(Duration::from_secs(secs), b.connect_mux(&d.host))
-            .await
-        {
-            Err(_) => {
-                return Err(SshError::ConnectTimeout { dest: d.display(), secs: d.connect_timeout })
-            }
-            Ok(Err(e)) => {
-                return Err(SshError::Connect { dest: d.display(), reason: error_chain(&e) })
-            }
-            Ok(Ok(s)) => s,
-        };
+        let session =
+            match tokio::time::timeout(Duration::from_secs(secs), b.connect_mux(&d.host)).await {
+                Err(_) => {
+                    return Err(SshError::ConnectTimeout {
+                        dest: d.display(),
+                        secs: d.connect_timeout.max(1),
+                    })
+                }
+                Ok(Err(e)) => {
+                    return Err(SshError::Connect { dest: d.display(), reason: error_chain(&e) })
+                }
+                Ok(Ok(s)) => s,
+            };
         self.session = Some(Arc::new(session));
         Ok(())
     }

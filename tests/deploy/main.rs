@@ -10,5 +10,6 @@ mod helpers;
 mod holes;
 mod operator;
 mod pipeline;
+mod rollout;
 mod safety;
 mod scale;

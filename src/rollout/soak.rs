@@ -1,0 +1,164 @@
+//! The soak of a wave: leave its deployed hosts running for a while, check
+//! each again, and return those that fail to the system they ran before
+//! the run (through the same lock, test, confirm and boot steps as
+//! `rollback`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::events::{Event, HostReport, Outcome, Reason, SoakFailure};
+use crate::host::{Shared, SshHost};
+use crate::nix::StorePath;
+use crate::pipeline::{self, Context, Goal, Mode};
+use crate::select::Target;
+use crate::ssh::Destination;
+
+/// What a soak needs of the run.
+pub struct Soak<'a> {
+    pub targets: &'a [Target],
+    pub ctx: &'a Context,
+    pub permits: &'a Arc<Semaphore>,
+    pub shared: &'a Arc<Shared>,
+}
+
+impl Soak<'_> {
+    /// Soak wave `n` (its hosts `hosts`) for `secs`; a host that fails is
+    /// returned to its previous system and its report replaced.
+    pub async fn run(
+        &self,
+        n: usize,
+        hosts: &[usize],
+        secs: u64,
+        reports: &mut [Option<HostReport>],
+    ) {
+        let soaking: Vec<usize> = hosts
+            .iter()
+            .copied()
+            .filter(|i| reports[*i].as_ref().is_some_and(|r| r.outcome == Outcome::Deployed))
+            .collect();
+        // `--goal boot` runs nothing new until a reboot: nothing to soak.
+        if soaking.is_empty() || self.ctx.goal == Goal::Boot {
+            return;
+        }
+        let names = |ix: &[usize]| ix.iter().map(|i| self.targets[*i].name.clone()).collect();
+        let sink = &self.ctx.sink;
+        sink(Event::SoakStarted { wave: n, seconds: secs, hosts: names(&soaking) });
+        let mut interrupt = self.ctx.interrupt.clone();
+        let interrupted = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(secs)) => false,
+            _ = interrupt.raised() => true,
+        };
+        if interrupted {
+            let (passed, failed) = (vec![], vec![]);
+            sink(Event::SoakFinished { wave: n, passed, failed, interrupted });
+            return;
+        }
+        let verdicts = self.check(&soaking).await;
+        let passed =
+            verdicts.iter().filter(|(_, v)| v.is_ok()).map(|(i, _)| *i).collect::<Vec<_>>();
+        let failed: Vec<(usize, String)> =
+            verdicts.into_iter().filter_map(|(i, v)| v.err().map(|why| (i, why))).collect();
+        let failures = failed
+            .iter()
+            .map(|(i, why)| SoakFailure {
+                host: self.targets[*i].name.clone(),
+                message: why.clone(),
+            })
+            .collect();
+        sink(Event::SoakFinished {
+            wave: n,
+            passed: names(&passed),
+            failed: failures,
+            interrupted,
+        });
+        let mut set = JoinSet::new();
+        for (i, why) in failed {
+            let Some(deployed) = reports[i].clone() else { continue };
+            let (target, ctx) = (self.targets[i].clone(), self.ctx.clone());
+            let (permits, shared) = (self.permits.clone(), self.shared.clone());
+            set.spawn(async move {
+                let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
+                (i, revert(&target, &ctx, shared, deployed, &why, secs).await)
+            });
+        }
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok((i, r)) => reports[i] = Some(r),
+                Err(e) => tracing::error!("a host task panicked: {e}"),
+            }
+        }
+    }
+
+    /// Check every host, in parallel (bounded by the permits).
+    async fn check(&self, hosts: &[usize]) -> Vec<(usize, Result<(), String>)> {
+        let mut set = JoinSet::new();
+        for &i in hosts {
+            let target = self.targets[i].clone();
+            let (run_id, permits, shared) =
+                (self.ctx.run_id.clone(), self.permits.clone(), self.shared.clone());
+            set.spawn(async move {
+                let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
+                let dest = Destination::from_spec(&target.spec);
+                let host = SshHost::new(&target.name, dest, &run_id, shared);
+                (i, pipeline::soak_check(&target.spec, host).await)
+            });
+        }
+        let mut verdicts = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok(v) => verdicts.push(v),
+                Err(e) => tracing::error!("a host task panicked: {e}"),
+            }
+        }
+        verdicts.sort_by_key(|(i, _)| *i);
+        verdicts
+    }
+}
+
+/// Return a host that failed its soak to the system it ran before the run.
+/// The revert's own end report is replaced by one that tells the whole story.
+async fn revert(
+    target: &Target,
+    ctx: &Context,
+    shared: Arc<Shared>,
+    deployed: HostReport,
+    why: &str,
+    secs: u64,
+) -> HostReport {
+    let before = deployed.before.as_deref().and_then(|b| StorePath::parse(b).ok());
+    let report = match before {
+        Some(to) if Some(to.as_str()) != deployed.system.as_deref() => {
+            let mut rctx = ctx.clone();
+            rctx.mode = Mode::Revert { to };
+            rctx.approved = None;
+            rctx.force = false;
+            // It is unhealthy: that is why it goes back.
+            rctx.skip_preflight = true;
+            // A run directory of its own: the deploy's holds its final state.
+            rctx.run_id = format!("{}-revert", ctx.run_id);
+            let sink = ctx.sink.clone();
+            rctx.sink = Arc::new(move |e| {
+                if !matches!(e, Event::HostFinished { .. }) {
+                    sink(e)
+                }
+            });
+            let dest = Destination::from_spec(&target.spec);
+            let host = SshHost::new(&target.name, dest, &rctx.run_id, shared);
+            let reverted = pipeline::deploy(target, &rctx, host).await;
+            super::after_soak(&deployed, Some(&reverted), why, secs)
+        }
+        _ => super::after_soak(&deployed, None, why, secs),
+    };
+    if report.outcome == Outcome::RolledBack {
+        (ctx.sink)(Event::RolledBack {
+            host: report.host.clone(),
+            reason: report.message.clone().unwrap_or_default(),
+            cause: Some(Reason::Soak),
+        });
+    }
+    (ctx.sink)(Event::HostFinished { report: report.clone() });
+    report
+}
