@@ -3,6 +3,9 @@
 
 use clap::{Parser, ValueEnum};
 
+mod display;
+pub use display::{ColorChoice, DisplayArgs, LiveJsonConflict, Progress, Terminal};
+
 pub use crate::agent::SwitchEnv;
 use crate::events::Phase;
 pub use crate::pipeline::{Goal, Mode};
@@ -57,6 +60,10 @@ pub struct Cli {
     /// with its duration, -vv more. RUST_LOG overrides it.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+
+    /// --progress and --color.
+    #[command(flatten)]
+    pub display: DisplayArgs,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]

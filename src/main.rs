@@ -8,7 +8,7 @@ use clap::Parser;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use deploy_flake::cli::{Cli, Options, OutputFormat};
+use deploy_flake::cli::{Cli, Options, OutputFormat, Terminal};
 use deploy_flake::exit::Exit;
 use deploy_flake::inventory::DEFAULT_EVAL_TIMEOUT;
 use deploy_flake::pipeline::{Context as RunContext, Interrupt};
@@ -30,7 +30,10 @@ fn run() -> anyhow::Result<Exit> {
     // clap prints usage errors itself and exits with 2, like ours.
     let cli = Cli::parse();
     init_tracing(cli.verbose);
+    let (display, verbose) = (cli.display.clone(), cli.verbose);
     let options = cli.into_options()?;
+    let display =
+        display.resolve(options.output == OutputFormat::Json, verbose, Terminal::current())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -45,7 +48,7 @@ fn run() -> anyhow::Result<Exit> {
         print!("{}", plan::render(&targets, &options));
         return Ok(Exit::Success);
     }
-    runtime.block_on(deploy(targets, &options))
+    runtime.block_on(deploy(targets, &options, display))
 }
 
 /// `-v`: what the tool does (every command run, with its duration);
@@ -68,11 +71,15 @@ fn init_tracing(verbose: u8) {
 
 /// Runs the deployment of the selected hosts and returns the run's exit
 /// status.
-async fn deploy(targets: Vec<Target>, options: &Options) -> anyhow::Result<Exit> {
+async fn deploy(
+    targets: Vec<Target>,
+    options: &Options,
+    display: report::Display,
+) -> anyhow::Result<Exit> {
     let run_id = runner::new_run_id();
     let (raise, interrupt) = Interrupt::new();
     let changing = Arc::new(AtomicUsize::new(0));
-    let (sink, output) = report::stdout(options.output == OutputFormat::Json);
+    let (sink, output) = report::stdout(display);
     let ctx = RunContext {
         mode: options.mode,
         goal: options.goal,
