@@ -4,7 +4,9 @@
 use clap::{Parser, ValueEnum};
 
 mod display;
+mod docs;
 pub use display::{ColorChoice, DisplayArgs, LiveJsonConflict, Progress, Terminal};
+pub use docs::DocsCommand;
 
 pub use crate::agent::SwitchEnv;
 use crate::events::Phase;
@@ -83,6 +85,10 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         to_generation: Option<u32>,
     },
+
+    /// `completions SHELL` and `man`.
+    #[command(flatten)]
+    Docs(DocsCommand),
 }
 
 /// The options shared by a deploy and a rollback.
@@ -249,6 +255,9 @@ pub enum CliError {
 
     #[error("no hosts selected: name hosts, @tags or globs, or pass --all (see --help)")]
     NothingSelected,
+
+    #[error("`{0}` deploys nothing")]
+    NotADeploy(&'static str),
 }
 
 impl Cli {
@@ -259,6 +268,7 @@ impl Cli {
             Some(Command::Rollback { args, to_generation }) => {
                 args.into_options(Mode::Rollback { to_generation })
             }
+            Some(Command::Docs(d)) => Err(CliError::NotADeploy(d.name())),
         }
     }
 }

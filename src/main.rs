@@ -1,5 +1,6 @@
 //! parse -> run -> exit code. The one place that decides the exit status.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -8,7 +9,7 @@ use clap::Parser;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use deploy_flake::cli::{Cli, Options, OutputFormat, Terminal};
+use deploy_flake::cli::{Cli, Command, Options, OutputFormat, Terminal};
 use deploy_flake::exit::Exit;
 use deploy_flake::inventory::DEFAULT_EVAL_TIMEOUT;
 use deploy_flake::pipeline::{Context as RunContext, Interrupt};
@@ -29,6 +30,10 @@ fn main() -> ExitCode {
 fn run() -> anyhow::Result<Exit> {
     // clap prints usage errors itself and exits with 2, like ours.
     let cli = Cli::parse();
+    if let Some(Command::Docs(docs)) = &cli.command {
+        std::io::stdout().write_all(&docs.render()).context("writing to stdout")?;
+        return Ok(Exit::Success);
+    }
     init_tracing(cli.verbose);
     let (display, verbose) = (cli.display.clone(), cli.verbose);
     let options = cli.into_options()?;

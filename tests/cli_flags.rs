@@ -222,3 +222,16 @@ fn live_progress_and_json_are_a_usage_error() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("[possible values: auto, always, never]"), "{stderr}");
 }
+
+#[test]
+fn completions_and_man_deploy_nothing() {
+    let (code, _, stderr) = run_tool(&["completions", "bash", "--all"]);
+    assert_eq!(code, 2, "{stderr}");
+    let (code, stdout, _) = run_tool(&["man"]);
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with(".ie \\n(.g .ds Aq \\(aq"), "roff: {}", &stdout[..60]);
+    assert_eq!(
+        Cli::try_parse_from(["deploy-flake", "man"]).unwrap().into_options(),
+        Err(CliError::NotADeploy("man"))
+    );
+}
