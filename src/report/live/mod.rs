@@ -14,10 +14,10 @@ mod term;
 mod tests;
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle, TermLike};
 
 pub use frame::{fmt_elapsed, Screen};
 pub use state::{Counts, State, Status, TAIL};
@@ -34,8 +34,11 @@ pub struct Live {
     state: State,
     paint: Paint,
     term: SharedTerm,
-    /// indicatif's bar, whose message is the whole live area.
+    /// indicatif's bar: it draws `area` (and prints above it).
     bar: ProgressBar,
+    /// The live area's text, read by the bar when it draws: changing it
+    /// draws nothing, so a redraw is one draw.
+    area: Arc<Mutex<String>>,
     /// Lines to print above the live area at the next redraw.
     above: Vec<String>,
 }
@@ -47,8 +50,16 @@ impl Live {
             None,
             ProgressDrawTarget::term_like(Box::new(term.clone())),
         );
-        bar.set_style(ProgressStyle::with_template("{msg}").expect("a valid template"));
-        Live { state: State::new(), paint, term, bar, above: Vec::new() }
+        let area = Arc::new(Mutex::new(String::new()));
+        let text = area.clone();
+        let style = ProgressStyle::with_template("{area}").expect("a valid template").with_key(
+            "area",
+            move |_: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = w.write_str(&text.lock().unwrap_or_else(|e| e.into_inner()));
+            },
+        );
+        bar.set_style(style);
+        Live { state: State::new(), paint, term, bar, area, above: Vec::new() }
     }
 
     /// On stdout.
@@ -79,15 +90,18 @@ impl Live {
         Screen { width: self.term.width().into(), height: self.term.height().into() }
     }
 
-    /// Redraws: what is due above the live area, then the area itself.
+    /// Redraws, once: what is due above the live area, then the area.
     pub fn draw(&mut self, now: Instant) {
-        if !self.above.is_empty() {
+        let lines = frame::frame(&self.state, now, self.screen(), self.paint);
+        if lines.is_empty() {
+            return;
+        }
+        *self.area.lock().unwrap_or_else(|e| e.into_inner()) = lines.join("\n");
+        if self.above.is_empty() {
+            self.bar.tick();
+        } else {
             self.bar.println(self.above.join("\n"));
             self.above.clear();
-        }
-        let lines = frame::frame(&self.state, now, self.screen(), self.paint);
-        if !lines.is_empty() {
-            self.bar.set_message(lines.join("\n"));
         }
     }
 

@@ -283,18 +283,18 @@ impl indicatif::TermLike for SlowTerm {
     }
 }
 
-/// Events for a second, every 5 ms, to a terminal that takes 150 ms per
-/// redraw: the sender never waits, the display redraws a few times
-/// rather than 200, and the end shows every host's result and the summary.
-#[test]
-fn a_slow_terminal_costs_redraws_not_events() {
-    let slow = Arc::new(SlowTerm {
+/// The output thread fed for a second (20 hosts, 200 events, one every
+/// 5 ms) on a terminal taking `delay` per flush: the terminal, how long
+/// sending took, how long the thread ran, the hosts.
+fn a_second_of_events(delay: Duration) -> (Arc<SlowTerm>, Duration, Duration, Vec<String>) {
+    let term = Arc::new(SlowTerm {
         inner: InMemoryTerm::new(80, 120),
-        delay: Duration::from_millis(150),
+        delay,
         flushes: Default::default(),
     });
-    let live = Live::new(slow.clone(), OFF);
+    let live = Live::new(term.clone(), OFF);
     let (tx, rx) = std::sync::mpsc::channel();
+    let writing = Instant::now();
     let writer = std::thread::spawn(move || super::run(rx, live));
     let (e, hosts) = started(20);
     tx.send(e).unwrap();
@@ -311,17 +311,73 @@ fn a_slow_terminal_costs_redraws_not_events() {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    tx.send(Event::RunFinished { reports, exit_code: 0, duration: Duration::from_secs(1) })
-        .unwrap();
+    let duration = Duration::from_secs(1);
+    tx.send(Event::RunFinished { reports, exit_code: 0, duration }).unwrap();
     let sent = sending.elapsed();
     drop(tx);
     writer.join().unwrap();
-    assert!(sent < Duration::from_secs(3), "the sender waited for the terminal: {sent:?}");
-    let flushes = slow.flushes.load(std::sync::atomic::Ordering::SeqCst);
-    assert!((2..=16).contains(&flushes), "{flushes} redraws for 200 events");
-    let screen = slow.inner.contents();
+    (term, sent, writing.elapsed(), hosts)
+}
+
+/// At most one redraw per `REDRAW` (100 ms), whatever the events' pace.
+#[test]
+fn redraws_at_most_ten_times_a_second() {
+    let (term, _, written, _) = a_second_of_events(Duration::ZERO);
+    // One flush per redraw (the first at once), plus at most three at the
+    // end (the last results, the area cleared, the summary).
+    let flushes = term.flushes.load(std::sync::atomic::Ordering::SeqCst);
+    let most = (written.as_millis() / super::REDRAW.as_millis()) as usize + 4;
+    assert!((5..=most).contains(&flushes), "{flushes} redraws in {written:?} for 200 events");
+}
+
+/// A terminal that takes 150 ms per redraw: the sender never waits for
+/// it, and the end still shows every host's result and the summary.
+#[test]
+fn a_slow_terminal_costs_redraws_not_events() {
+    let (term, sent, _, hosts) = a_second_of_events(Duration::from_millis(150));
+    assert!(sent < Duration::from_millis(2500), "the sender waited for the terminal: {sent:?}");
+    let screen = term.inner.contents();
     for h in &hosts {
         assert!(screen.contains(&format!("✔ {h} deployed (4.2s)")), "{h}:\n{screen}");
     }
     assert!(screen.ends_with("20 of 20 host(s) succeeded in 1.0s; exit code 0"), "{screen}");
+}
+
+/// 120 hosts on a 120x40 terminal: the counts, the 37 longest at work and
+/// a line for the rest fill it; once 100 have finished, their results
+/// scroll by above and the 20 still at work all show below the counts.
+#[test]
+fn many_hosts_drawn_on_a_terminal_fit_its_height() {
+    let term = InMemoryTerm::new(40, 120);
+    let mut live = Live::new(Arc::new(term.clone()), OFF);
+    let t0 = Instant::now();
+    let (e, hosts) = started(120);
+    live.apply(&e, t0);
+    for (i, h) in hosts.iter().enumerate() {
+        live.apply(&phase(h, Phase::Build), t0 + Duration::from_millis(i as u64));
+    }
+    live.draw(t0 + Duration::from_secs(1));
+    let screen = term.contents();
+    let rows: Vec<&str> = screen.lines().collect();
+    assert_eq!(rows.len(), 40, "{screen}");
+    assert!(rows[0].starts_with("deploy-flake: run r1: 120 host(s): host-000, host-001"));
+    assert!(rows[1].starts_with("120 host(s): 0 queued, 120 running, "), "{}", rows[1]);
+    for (i, row) in rows[2..39].iter().enumerate() {
+        assert!(row.starts_with(&format!("⠋ host-{i:03} build ")), "{row}");
+    }
+    assert_eq!(rows[39], "… 83 more running: 83 build");
+
+    for h in &hosts[..100] {
+        let r = report(h, Outcome::Deployed, Phase::Boot, None);
+        live.apply(&Event::HostFinished { report: r }, t0);
+    }
+    live.draw(t0 + Duration::from_millis(2200));
+    let screen = term.contents();
+    let rows: Vec<&str> = screen.lines().collect();
+    assert_eq!(rows.len(), 40, "{screen}");
+    assert_eq!(rows[18], "✔ host-099 deployed (4.2s)");
+    assert!(rows[19].starts_with("120 host(s): 0 queued, 20 running, 100 deployed"), "{screen}");
+    for (i, row) in rows[20..].iter().enumerate() {
+        assert!(row.starts_with(&format!("⠹ host-{:03} build ", 100 + i)), "{row}");
+    }
 }
