@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use console::{measure_text_width, truncate_str};
 
-use super::state::{Counts, HostState, State, Status};
+use super::state::{one_line, Counts, HostState, State, Status};
 use crate::events::{HostReport, Outcome, Phase};
 use crate::report::{fmt_duration, Paint};
 
@@ -49,9 +49,9 @@ pub fn frame(state: &State, now: Instant, screen: Screen, paint: Paint) -> Vec<S
     lines.into_iter().map(|l| fit(&l, screen.width)).collect()
 }
 
-/// `deploy-flake: 12 hosts: 3 queued, 4 running, 2 deployed, ...`, and how
-/// long the run has taken; outcomes that are rare are only named when
-/// some host has them.
+/// `12 host(s): 3 queued, 4 running, 2 deployed, ... (42s)`: how long the
+/// run has taken when `elapsed` is given; the rare outcomes are only named
+/// when some host has them.
 pub fn header(c: &Counts, elapsed: Option<Duration>, paint: Paint) -> String {
     let count = |n: usize, what: &str, color: fn(Paint, &str) -> String| {
         let text = format!("{n} {what}");
@@ -61,7 +61,6 @@ pub fn header(c: &Counts, elapsed: Option<Duration>, paint: Paint) -> String {
             text
         }
     };
-    let plain = |p: Paint, s: &str| -> String { p.bold(s) };
     let mut parts = vec![
         count(c.queued, "queued", |_, s| s.to_string()),
         count(c.running, "running", Paint::cyan),
@@ -78,7 +77,7 @@ pub fn header(c: &Counts, elapsed: Option<Duration>, paint: Paint) -> String {
         }
     }
     let time = elapsed.map(|d| format!(" ({})", fmt_elapsed(d))).unwrap_or_default();
-    format!("{} {}{}", plain(paint, &format!("{} host(s):", c.hosts)), parts.join(", "), time)
+    format!("{} {}{}", paint.bold(&format!("{} host(s):", c.hosts)), parts.join(", "), time)
 }
 
 /// `⠋ web-1   build        12s  building '/nix/store/…'`
@@ -94,7 +93,7 @@ fn host_line(
         _ => Phase::Connect,
     };
     let elapsed = h.started.map(|s| now.saturating_duration_since(s)).unwrap_or_default();
-    let name = pad(&truncate_str(&h.name, name_width, "…"), name_width);
+    let name = pad(&truncate_str(&h.label, name_width, "…"), name_width);
     let mut line = format!(
         "{} {} {} {:>6}",
         paint.cyan(spinner),
@@ -133,7 +132,7 @@ pub fn finished_lines(h: &HostState, report: &HostReport, paint: Paint) -> Vec<S
         Outcome::Cancelled => ("-", report.outcome.as_str().to_string()),
     };
     let secs = fmt_duration(report.duration);
-    let head = format!("{} {}", paint.outcome(report.outcome, mark), paint.bold(&h.name));
+    let head = format!("{} {}", paint.outcome(report.outcome, mark), paint.bold(&h.label));
     let success = report.outcome.is_success();
     let Some(message) = report.message.as_deref().filter(|_| !success) else {
         return vec![format!("{head} {} ({secs})", paint.outcome(report.outcome, &word))];
@@ -145,12 +144,13 @@ pub fn finished_lines(h: &HostState, report: &HostReport, paint: Paint) -> Vec<S
         paint.outcome(report.outcome, &word),
         message.next().unwrap_or("")
     )];
-    let indent = " ".repeat(measure_text_width(&h.name) + 5);
+    let indent = " ".repeat(measure_text_width(&h.label) + 5);
     lines.extend(message.map(|l| format!("{indent}{l}")));
     if !h.tail.is_empty() {
         let shown = h.tail.len();
-        lines
-            .push(paint.dim(&format!("  {}: last {shown} of {} output line(s):", h.name, h.lines)));
+        lines.push(
+            paint.dim(&format!("  {}: last {shown} of {} output line(s):", h.label, h.lines)),
+        );
         lines.extend(h.tail.iter().map(|l| format!("  {} {l}", paint.dim("│"))));
     }
     lines
@@ -158,8 +158,9 @@ pub fn finished_lines(h: &HostState, report: &HostReport, paint: Paint) -> Vec<S
 
 /// `deploy-flake: run ID: N host(s): a, b, …`, cut to one line.
 pub fn run_started_line(run_id: &str, hosts: &[String], width: usize) -> String {
+    let names: Vec<String> = hosts.iter().map(|h| one_line(h)).collect();
     fit(
-        &format!("deploy-flake: run {run_id}: {} host(s): {}", hosts.len(), hosts.join(", ")),
+        &format!("deploy-flake: run {run_id}: {} host(s): {}", hosts.len(), names.join(", ")),
         width,
     )
 }
@@ -176,7 +177,13 @@ pub fn fmt_elapsed(d: Duration) -> String {
 
 /// The width of the host column: the longest name, within bounds.
 fn name_width(state: &State) -> usize {
-    state.hosts().iter().map(|h| measure_text_width(&h.name)).max().unwrap_or(0).min(MAX_NAME_WIDTH)
+    state
+        .hosts()
+        .iter()
+        .map(|h| measure_text_width(&h.label))
+        .max()
+        .unwrap_or(0)
+        .min(MAX_NAME_WIDTH)
 }
 
 fn pad(s: &str, width: usize) -> String {

@@ -22,6 +22,8 @@ pub enum Status {
 #[derive(Debug, Clone)]
 pub struct HostState {
     pub name: String,
+    /// The name as shown: without what would move the cursor.
+    pub label: String,
     pub status: Status,
     /// When its first phase started.
     pub started: Option<Instant>,
@@ -114,6 +116,7 @@ impl State {
             None => {
                 self.hosts.push(HostState {
                     name: name.to_string(),
+                    label: one_line(name),
                     status: Status::Queued,
                     started: None,
                     latest: None,
@@ -296,6 +299,14 @@ mod tests {
         assert_eq!(one_line("50%\r100%\r"), "100%");
         assert_eq!(one_line("\x1b[1;31merror\x1b[0m:\tgone\x07"), "error: gone");
         assert_eq!(one_line("plain"), "plain");
+    }
+
+    #[test]
+    fn a_name_is_shown_without_escapes() {
+        let mut s = State::new();
+        s.apply(&phase("evil\x1b[2J", Phase::Lock), Instant::now());
+        assert_eq!(s.hosts()[0].label, "evil");
+        assert_eq!(s.hosts()[0].name, "evil\x1b[2J");
     }
 
     #[test]
