@@ -3,6 +3,11 @@
 
 use clap::{Parser, ValueEnum};
 
+mod display;
+mod docs;
+pub use display::{ColorChoice, DisplayArgs, LiveJsonConflict, Progress, Terminal};
+pub use docs::DocsCommand;
+
 pub use crate::agent::SwitchEnv;
 use crate::events::Phase;
 pub use crate::pipeline::{Goal, Mode};
@@ -58,6 +63,10 @@ pub struct Cli {
     /// with its duration, -vv more. RUST_LOG overrides it.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+
+    /// --progress and --color.
+    #[command(flatten)]
+    pub display: DisplayArgs,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -98,6 +107,10 @@ pub enum Command {
         #[command(flatten)]
         query: Query,
     },
+
+    /// `completions SHELL` and `man`.
+    #[command(flatten)]
+    Docs(DocsCommand),
 }
 
 /// `--goal`: how far a deploy goes, or only what it would change.
@@ -336,6 +349,8 @@ pub enum CliError {
 
     #[error("{flag} `{value}`: {problem}")]
     Rollout { flag: &'static str, value: String, problem: String },
+    #[error("`{0}` deploys nothing")]
+    NotADeploy(&'static str),
 }
 
 impl Cli {
@@ -348,6 +363,7 @@ impl Cli {
             }
             Some(Command::Status { query }) => query.into_options(Action::Status),
             Some(Command::Diff { query }) => query.into_options(Action::Diff),
+            Some(Command::Docs(d)) => Err(CliError::NotADeploy(d.name())),
         }
     }
 }

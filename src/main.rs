@@ -1,7 +1,7 @@
 //! parse -> run -> exit code. The one place that decides the exit status.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -10,7 +10,7 @@ use clap::Parser;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use deploy_flake::cli::{Action, Cli, Options, OutputFormat};
+use deploy_flake::cli::{Action, Cli, Command, Options, OutputFormat, Terminal};
 use deploy_flake::diff::HostDiff;
 use deploy_flake::exit::Exit;
 use deploy_flake::host::Shared;
@@ -34,8 +34,15 @@ fn main() -> ExitCode {
 fn run() -> anyhow::Result<Exit> {
     // clap prints usage errors itself and exits with 2, like ours.
     let cli = Cli::parse();
+    if let Some(Command::Docs(docs)) = &cli.command {
+        std::io::stdout().write_all(&docs.render()).context("writing to stdout")?;
+        return Ok(Exit::Success);
+    }
     init_tracing(cli.verbose);
+    let (display, verbose) = (cli.display.clone(), cli.verbose);
     let options = cli.into_options()?;
+    let display =
+        display.resolve(options.output == OutputFormat::Json, verbose, Terminal::current())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -58,7 +65,7 @@ fn run() -> anyhow::Result<Exit> {
                 print!("{}", plan::render(&targets, &options, &waves));
                 return Ok(Exit::Success);
             }
-            runtime.block_on(ask_then_deploy(targets, &options, &waves))
+            runtime.block_on(ask_then_deploy(targets, &options, &waves, display))
         }
     }
 }
@@ -129,9 +136,10 @@ async fn ask_then_deploy(
     targets: Vec<Target>,
     options: &Options,
     waves: &Plan,
+    display: report::Display,
 ) -> anyhow::Result<Exit> {
     let Some(answered) = options.ask else {
-        return deploy(targets, options, Arc::default(), None, waves).await;
+        return deploy(targets, options, Arc::default(), None, waves, display).await;
     };
     if !answered && !std::io::stdin().is_terminal() {
         anyhow::bail!("--ask needs a terminal to ask on; pass --yes to go on without asking");
@@ -145,7 +153,7 @@ async fn ask_then_deploy(
         eprintln!("deploy-flake: not confirmed; nothing was deployed");
         return Ok(Exit::HostsFailed);
     }
-    deploy(targets, options, shared, Some(Arc::new(approved)), waves).await
+    deploy(targets, options, shared, Some(Arc::new(approved)), waves, display).await
 }
 
 /// Ask on the terminal; yes only for an explicit "y" or "yes".
@@ -164,11 +172,12 @@ async fn deploy(
     shared: Arc<Shared>,
     approved: Option<Arc<BTreeMap<String, String>>>,
     waves: &Plan,
+    display: report::Display,
 ) -> anyhow::Result<Exit> {
     let run_id = runner::new_run_id();
     let (raise, interrupt) = Interrupt::new();
     let changing = Arc::new(AtomicUsize::new(0));
-    let (sink, output) = report::stdout(options.output == OutputFormat::Json);
+    let (sink, output) = report::stdout(display);
     let revision = deploy_flake::nix::flake_revision(&options.flake, 60).await;
     let goal = format!("{:?}", options.goal).to_lowercase();
     let ctx = RunContext {

@@ -194,3 +194,44 @@ fn plan_quotes_nix_attributes_and_brackets_ipv6() {
     h.ssh_port = 2222;
     assert_eq!(ssh_destination(&h), "root@[fe80::1]:2222");
 }
+
+// ---------------------------------------------------------------------------
+// --progress and --color
+
+#[test]
+fn display_flags_are_global() {
+    use deploy_flake::cli::{ColorChoice, Progress};
+    let cli = Cli::try_parse_from(["deploy-flake", "--all", "--progress", "plain"]).unwrap();
+    assert_eq!((cli.display.progress, cli.display.color), (Progress::Plain, ColorChoice::Auto));
+    let cli =
+        Cli::try_parse_from(["deploy-flake", "rollback", "web1", "--color", "never"]).unwrap();
+    assert_eq!((cli.display.progress, cli.display.color), (Progress::Auto, ColorChoice::Never));
+    assert!(Cli::try_parse_from(["deploy-flake", "--all", "--progress", "fancy"]).is_err());
+}
+
+#[test]
+fn live_progress_and_json_are_a_usage_error() {
+    let (code, stdout, stderr) = run_tool(&["--all", "--json", "--progress", "live"]);
+    assert_eq!(code, 2);
+    assert_eq!(stdout, "");
+    assert_eq!(
+        stderr,
+        "error: --progress live draws on a terminal: it cannot be combined with --json\n"
+    );
+    let (code, _, stderr) = run_tool(&["--all", "--color", "sometimes"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("[possible values: auto, always, never]"), "{stderr}");
+}
+
+#[test]
+fn completions_and_man_deploy_nothing() {
+    let (code, _, stderr) = run_tool(&["completions", "bash", "--all"]);
+    assert_eq!(code, 2, "{stderr}");
+    let (code, stdout, _) = run_tool(&["man"]);
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with(".ie \\n(.g .ds Aq \\(aq"), "roff: {}", &stdout[..60]);
+    assert_eq!(
+        Cli::try_parse_from(["deploy-flake", "man"]).unwrap().into_options(),
+        Err(CliError::NotADeploy("man"))
+    );
+}

@@ -440,6 +440,65 @@ fn flake_outputs_evaluate_and_every_scenario_is_a_vm_check() {
     assert!(json(&flags).as_array().unwrap().contains(&"--lib".into()), "{flags}");
 }
 
+/// nixpkgs' installShellFiles and makeWrapper functions, as far as the
+/// package's postInstall uses them: each records what it is given in `$out`.
+const INSTALL_STANDINS: &str = r#"
+installShellCompletion() {
+    local cmd=""
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --cmd) cmd=$2; shift 2 ;;
+            --bash|--zsh|--fish) [ -n "$cmd" ] || return 1; cat "$2" >"$out/completion-$cmd.${1#--}"; shift 2 ;;
+            *) echo "installShellCompletion: unexpected $1" >&2; return 1 ;;
+        esac
+    done
+}
+installManPage() {
+    local page
+    for page in "$@"; do
+        case $page in *.[1-9]) cp "$page" "$out/" ;; *) return 1 ;; esac
+    done
+}
+wrapProgram() { echo "$*" >"$out/wrapped"; }
+set -euo pipefail
+"#;
+
+/// The package's postInstall (as the flake evaluates it), run by bash on
+/// the binary this test suite built: bash, zsh and fish completions and
+/// two manual pages from the binary itself, then the wrapper.
+#[test]
+fn the_package_installs_completions_and_manual_pages() {
+    let project = project_flake();
+    let attr = format!("{}#packages.x86_64-linux.default.postInstall", path_ref(project.path()));
+    let post_install = nix_standin(&["eval", "--raw", &attr]).unwrap_or_else(|e| panic!("{e}"));
+    let out = tempfile::tempdir().expect("temp dir");
+    let build = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(out.path().join("bin")).unwrap();
+    std::fs::copy(common::BIN, out.path().join("bin/deploy-flake")).unwrap();
+    let mut bash = Command::new("bash");
+    bash.arg("-c")
+        .arg(format!("{INSTALL_STANDINS}{post_install}"))
+        .env("out", out.path())
+        .current_dir(build.path());
+    let done = common::run(&mut bash);
+    assert!(done.status.success(), "{}", common::describe_failure(&bash, &done));
+
+    let file = |name: &str| {
+        std::fs::read_to_string(out.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let bash_completion = file("completion-deploy-flake.bash");
+    assert!(bash_completion.contains("complete -F _deploy__flake"), "{bash_completion}");
+    assert!(file("completion-deploy-flake.zsh").starts_with("#compdef deploy-flake"));
+    assert!(file("completion-deploy-flake.fish").contains("complete -c deploy-flake"));
+    assert!(file("deploy-flake.1").contains(".TH deploy-flake 1"));
+    assert!(file("deploy-flake-rollback.1").contains("to\\-generation"));
+    assert!(file("deploy-flake-status.1").contains("deploy\\-flake\\-status"));
+    assert!(file("deploy-flake-diff.1").contains("deploy\\-flake\\-diff"));
+    let wrapped = file("wrapped");
+    let wrapper = format!("{}/bin/deploy-flake --suffix PATH : ", out.path().display());
+    assert!(wrapped.starts_with(&wrapper), "{wrapped}");
+}
+
 /// A stand-in VM check, built: its test script, and per node the
 /// additional store paths and the closure-info registration (`regInfo`)
 /// its store is loaded from.

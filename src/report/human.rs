@@ -1,17 +1,18 @@
-//! Renderers: turn events into host-prefixed lines and a summary table,
-//! or into a versioned JSON Lines stream. Pure consumers of `events`.
+//! The plain renderer: one line per event, tagged with its host, and the
+//! end-of-run summary table. What a pipe, a log file or `--progress plain`
+//! gets; colored only when asked to be.
 
-use std::io::Write;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use crate::events::{Event, HostReport, Sink, JSON_VERSION};
+use super::paint::Paint;
+use crate::events::{Event, HostReport};
 
 /// Human-readable, one line per event, every line tagged with its host.
 pub struct Human {
     width: usize,
     /// A staged rollout's waves (host names), for the summary.
     waves: Option<Vec<Vec<String>>>,
+    paint: Paint,
 }
 
 impl Default for Human {
@@ -22,7 +23,12 @@ impl Default for Human {
 
 impl Human {
     pub fn new() -> Human {
-        Human { width: 0, waves: None }
+        Human::with_paint(Paint::new(false))
+    }
+
+    /// Colored phases and outcomes when `paint` is on.
+    pub fn with_paint(paint: Paint) -> Human {
+        Human { width: 0, waves: None, paint }
     }
 
     /// The text for one event (possibly several lines, possibly none).
@@ -50,7 +56,9 @@ impl Human {
             | Event::SoakStarted { .. }
             | Event::SoakFinished { .. }
             | Event::RolloutHalted { .. } => rollout_line(e),
-            Event::PhaseStarted { host, phase } => format!("{} {phase}\n", tag(host, self.width)),
+            Event::PhaseStarted { host, phase } => {
+                format!("{} {}\n", tag(host, self.width), self.paint.cyan(phase.as_str()))
+            }
             Event::PhaseFinished { .. } => String::new(),
             Event::Output { host, line, .. } => format!("{} | {line}\n", tag(host, self.width)),
             Event::Note { host, text } => format!("{} {text}\n", tag(host, self.width)),
@@ -60,26 +68,27 @@ impl Human {
                 let t = tag(&report.host, self.width);
                 let secs = fmt_duration(report.duration);
                 match (&report.message, report.outcome.is_success()) {
-                    (None, _) | (Some(_), true) => {
-                        format!("{t} {} ({secs})\n", report.outcome.as_str())
-                    }
+                    (None, _) | (Some(_), true) => format!(
+                        "{t} {} ({secs})\n",
+                        self.paint.outcome(report.outcome, report.outcome.as_str())
+                    ),
                     (Some(m), false) => format!(
                         "{t} {} in {} ({secs}): {}\n",
-                        report.outcome.as_str().to_uppercase(),
+                        self.paint.outcome(report.outcome, &report.outcome.as_str().to_uppercase()),
                         report.phase.map(|p| p.as_str()).unwrap_or("-"),
                         m.replace('\n', &format!("\n{t}   "))
                     ),
                 }
             }
             Event::RunFinished { reports, exit_code, duration } => {
-                summary(reports, self.waves.as_deref(), *exit_code, *duration)
+                summary_with(reports, self.waves.as_deref(), *exit_code, *duration, self.paint)
             }
         }
     }
 }
 
 /// The lines of a staged rollout's events (`==` marks the rollout's own).
-fn rollout_line(e: &Event) -> String {
+pub(super) fn rollout_line(e: &Event) -> String {
     match e {
         Event::WaveStarted { wave, waves, canary, hosts } => format!(
             "== wave {wave}/{waves}{}: {}\n",
@@ -131,6 +140,18 @@ pub fn summary(
     exit_code: u8,
     duration: Duration,
 ) -> String {
+    summary_with(reports, waves, exit_code, duration, Paint::new(false))
+}
+
+/// The summary table, its results colored when `paint` is on (the columns
+/// are aligned on the text without its colors).
+pub fn summary_with(
+    reports: &[HostReport],
+    waves: Option<&[Vec<String>]>,
+    exit_code: u8,
+    duration: Duration,
+    paint: Paint,
+) -> String {
     let wave_of = |host: &str| {
         let w = waves?.iter().position(|w| w.iter().any(|h| h == host))?;
         Some(format!("{}", w + 1))
@@ -159,8 +180,12 @@ pub fn summary(
         }
     }
     let mut s = String::from("\n");
-    for row in &rows {
-        let line: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:w$}")).collect();
+    for (i, row) in rows.iter().enumerate() {
+        let mut line: Vec<String> =
+            row.iter().zip(widths).map(|(c, w)| format!("{c:w$}")).collect();
+        if let Some(r) = i.checked_sub(1).map(|i| &reports[i]) {
+            line[1] = paint.outcome(r.outcome, &line[1]);
+        }
         s.push_str(line.join("  ").trim_end());
         s.push('\n');
     }
@@ -175,55 +200,6 @@ pub fn summary(
 
 pub fn fmt_duration(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
-}
-
-/// One JSON object per line: the event with its `"v"` version and `"ts"`,
-/// when the engine emitted it (milliseconds since the Unix epoch).
-pub fn json_line(e: &Event, at: SystemTime) -> String {
-    let mut v = serde_json::to_value(e).expect("events serialize");
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert("v".into(), JSON_VERSION.into());
-        let ms = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-        obj.insert("ts".into(), ms.into());
-    }
-    format!("{v}\n")
-}
-
-/// Where a run's output goes: a writer thread that renders events and
-/// writes them to stdout. The engine only queues them, so a slow reader
-/// (`deploy-flake | less`, a full pipe) never stalls a host — a stalled
-/// confirmation would roll it back.
-pub struct Output {
-    writer: std::thread::JoinHandle<()>,
-}
-
-/// A sink that renders human lines (or JSON Lines) to stdout, and the
-/// handle that waits for the last of them to be written.
-pub fn stdout(json: bool) -> (Sink, Output) {
-    let (tx, rx) = std::sync::mpsc::channel::<(SystemTime, Event)>();
-    let writer = std::thread::spawn(move || {
-        let mut human = Human::new();
-        let mut out = std::io::stdout();
-        for (at, e) in rx {
-            let text = if json { json_line(&e, at) } else { human.render(&e) };
-            if !text.is_empty() && (out.write_all(text.as_bytes()).is_err() || out.flush().is_err())
-            {
-                // Nobody reads any more (a closed pipe): drop what is left.
-                continue;
-            }
-        }
-    });
-    let sink: Sink = Arc::new(move |e: Event| {
-        let _ = tx.send((SystemTime::now(), e));
-    });
-    (sink, Output { writer })
-}
-
-impl Output {
-    /// Wait until everything the run said is written (every sink dropped).
-    pub fn finish(self) {
-        let _ = self.writer.join();
-    }
 }
 
 #[cfg(test)]
@@ -310,13 +286,35 @@ mod tests {
     }
 
     #[test]
-    fn json_lines_carry_a_version_and_when_they_were_emitted() {
-        let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
-        let l = json_line(&Event::Note { host: "a".into(), text: "hi".into() }, at);
-        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
-        assert_eq!(v["v"], 1);
-        assert_eq!(v["ts"], 1_700_000_000_123u64);
-        assert_eq!(v["event"], "note");
-        assert_eq!(v["host"], "a");
+    fn colored_lines_are_the_plain_lines_with_sgr_around_words() {
+        let events = [
+            Event::RunStarted {
+                run_id: "r1".into(),
+                hosts: vec!["a".into(), "bb".into()],
+                waves: None,
+            },
+            Event::PhaseStarted { host: "a".into(), phase: Phase::Build },
+            Event::HostFinished { report: report("a", Outcome::Deployed, Phase::Boot, None) },
+            Event::HostFinished {
+                report: report("bb", Outcome::Failed, Phase::Preflight, Some("degraded")),
+            },
+            Event::RunFinished {
+                reports: vec![
+                    report("a", Outcome::Deployed, Phase::Boot, None),
+                    report("bb", Outcome::Failed, Phase::Preflight, Some("degraded")),
+                ],
+                exit_code: 1,
+                duration: Duration::from_secs(3),
+            },
+        ];
+        let (mut plain, mut colored) = (Human::new(), Human::with_paint(Paint::new(true)));
+        for e in &events {
+            let (p, c) = (plain.render(e), colored.render(e));
+            assert!(!p.contains('\x1b'), "{p:?}");
+            assert_eq!(console::strip_ansi_codes(&c), p);
+            if !matches!(e, Event::RunStarted { .. }) {
+                assert!(c.contains("\x1b["), "{c:?}");
+            }
+        }
     }
 }
