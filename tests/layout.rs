@@ -113,6 +113,7 @@ fn agent_files() -> Vec<String> {
 #[test]
 fn the_agent_protocol_lives_in_one_rust_file() {
     let mut needles: Vec<String> = agent_files().iter().map(|f| format!("\"{f}\"")).collect();
+    let files = needles.len();
     needles.extend(
         [
             "\"deploy-flake-\"",
@@ -129,7 +130,12 @@ fn the_agent_protocol_lives_in_one_rust_file() {
         if name == "agent/mod.rs" || name.ends_with("tests.rs") {
             continue;
         }
-        for n in &needles {
+        for (i, n) in needles.iter().enumerate() {
+            // The command line may name a subcommand like a run file
+            // (`status`); its protocol words still belong to the agent.
+            if name.starts_with("cli/") && i < files {
+                continue;
+            }
             if text.contains(n.as_str()) {
                 found.push(format!("{name}: {n}"));
             }
