@@ -92,17 +92,30 @@ stc_env() {
 # run_bounded SECS ABORTABLE CMD...: run CMD in its own process group, its
 # output appended to the log. Returns its status, 124 on timeout, and 125
 # when ABORTABLE is 1 and the deployer asked to abort.
+# pause: one step of a wait. 0.2 s steps for the first 5 s, 1 s steps
+# after: a short wait is noticed at once, a long one costs its host next to
+# nothing. Adds the step to $waited (tenths of a second).
+pause() {
+    if [ "$waited" -lt 50 ]; then
+        sleep 0.2
+        waited=$((waited + 2))
+    else
+        sleep 1
+        waited=$((waited + 10))
+    fi
+}
+
 run_bounded() {
-    limit=$(( $1 * 5 )) abortable=$2
+    limit=$(( $1 * 10 )) abortable=$2
     shift 2
     setsid "$@" >> "$rundir/log" 2>&1 < /dev/null &
     child=$!
-    ticks=0
+    waited=0
     while kill -0 "$child" 2> /dev/null; do
         why=
         if [ "$abortable" = 1 ] && [ -e "$rundir/abort" ]; then
             why=125
-        elif [ "$ticks" -ge "$limit" ]; then
+        elif [ "$waited" -ge "$limit" ]; then
             why=124
         fi
         if [ -n "$why" ]; then
@@ -116,8 +129,7 @@ run_bounded() {
             wait "$child" 2> /dev/null
             return "$why"
         fi
-        sleep 0.2
-        ticks=$((ticks + 1))
+        pause
     done
     wait "$child"
 }
@@ -252,14 +264,14 @@ activate() {
     # (and in any case LIMIT_SECS after the activation).
     since=$(date +%s)
     hard=$((since + confirm_secs + 600))
-    ticks=0
+    waited=0
     while [ ! -e "$rundir/confirmed" ]; do
         if [ -e "$rundir/abort" ]; then
             roll_back "$(abort_cause)" "not confirmed: $(abort_text)"
             return
         fi
-        ticks=$((ticks + 1))
-        if [ $((ticks % 5)) = 0 ]; then
+        # Once a second: the deadlines.
+        if [ $((waited % 10)) = 0 ]; then
             now=$(date +%s)
             beat=$(stat -c %Y "$rundir/alive" 2> /dev/null || echo 0)
             [ "$beat" -gt "$since" ] && since=$beat
@@ -272,7 +284,7 @@ activate() {
                 return
             fi
         fi
-        sleep 0.2
+        pause
     done
     record confirmed "$toplevel"
     set_status confirmed
@@ -351,7 +363,8 @@ unit_alive() {
 watch() {
     rundir=$1 seen=$2 patient=${3:-}
     runid=${rundir##*/}
-    ticks=0
+    # waited: since the last output (it sets the pace); clock: in all.
+    waited=0 clock=0 checked=0
     while :; do
         if [ ! -d "$rundir" ]; then
             echo "deploy-flake-previous $runid"
@@ -366,6 +379,7 @@ watch() {
         if [ "$total" -gt "$seen" ]; then
             sed -n "$((seen + 1)),${total}p" "$rundir/log"
             seen=$total
+            waited=0
         fi
         case "${state:-starting}" in
             starting | activating | awaiting-confirmation | rolling-back | booting) transient=1 ;;
@@ -375,9 +389,8 @@ watch() {
             *" ${state:-''} "*) ;;
             *) break ;;
         esac
-        ticks=$((ticks + 1))
         # Every few seconds: is the agent still there to change the state?
-        if [ -n "$transient" ] && [ $((ticks % 25)) = 0 ] && ! unit_alive; then
+        if [ -n "$transient" ] && [ $((clock - checked)) -ge 50 ] && ! unit_alive; then
             last=
             if [ -e "$rundir/status" ]; then read -r last _ < "$rundir/status"; fi
             if [ "$last" = "$state" ]; then
@@ -386,7 +399,10 @@ watch() {
                 return
             fi
         fi
-        sleep 0.2
+        [ $((clock - checked)) -ge 50 ] && checked=$clock
+        before=$waited
+        pause
+        clock=$((clock + waited - before))
     done
     if [ -e "$rundir/log" ]; then sed -n "$((seen + 1)),\$p" "$rundir/log"; fi
     echo "deploy-flake-previous $runid $(cat "$rundir/previous" 2> /dev/null)"
