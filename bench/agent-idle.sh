@@ -14,7 +14,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=$(mktemp -d /tmp/deploy-flake-agent-idle.XXXXXX)
-BENCH_PREFIX=idle
+export BENCH_PREFIX=idle
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
 WINDOW=${1:-20}
@@ -36,7 +36,7 @@ hosts() { # CONFIGURATION [NIX-EXTRA]
 EOF
 }
 
-deploy() { "$BIN" --json --flake "$FLAKE" --all "$@"; }
+deploy() { "$BIN" --json --flake "$FLAKE" --all; }
 
 # CPU (microseconds) the target used over WINDOW seconds from now.
 window_usec() {
