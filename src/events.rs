@@ -23,11 +23,13 @@ pub enum Phase {
     Activate,
     Confirm,
     Boot,
+    /// `--reboot`: reboot into the new boot entry, come back, check health.
+    Reboot,
 }
 
 impl Phase {
     /// Every phase, in pipeline order.
-    pub const ALL: [Phase; 9] = [
+    pub const ALL: [Phase; 10] = [
         Phase::Connect,
         Phase::Lock,
         Phase::Preflight,
@@ -37,6 +39,7 @@ impl Phase {
         Phase::Activate,
         Phase::Confirm,
         Phase::Boot,
+        Phase::Reboot,
     ];
 
     /// The phase's name in `timeouts` (lib/rules.json) and `--timeout`.
@@ -58,6 +61,7 @@ impl Phase {
             Phase::Activate => "activate",
             Phase::Confirm => "confirm",
             Phase::Boot => "boot",
+            Phase::Reboot => "reboot",
         }
     }
 }

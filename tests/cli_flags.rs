@@ -97,7 +97,7 @@ fn bad_flags() {
     );
     assert_eq!(
         opts_err(&["--all", "--timeout", "biuld=5"]),
-        "--timeout `biuld=5`: unknown phase `biuld` (did you mean `build`?); phases: connect, lock, preflight, copy, build, selfCheck, activate, confirm, boot"
+        "--timeout `biuld=5`: unknown phase `biuld` (did you mean `build`?); phases: connect, lock, preflight, copy, build, selfCheck, activate, confirm, boot, reboot"
     );
     for arg in ["build=0", "build=1h", "lock=31536001", "lock=18446744073709551615"] {
         assert_eq!(
@@ -172,7 +172,7 @@ fn version_and_help() {
     }
     let words = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(
-        words.contains("Override a phase timeout for every host, in seconds (1 to 31536000); repeatable. Phases: connect, lock, preflight, copy, build, selfCheck, activate, confirm, boot."),
+        words.contains("Override a phase timeout for every host, in seconds (1 to 31536000); repeatable. Phases: connect, lock, preflight, copy, build, selfCheck, activate, confirm, boot, reboot."),
         "{stdout}"
     );
 }
