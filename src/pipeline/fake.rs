@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use super::{deploy, Context, Goal, Interrupt, Mode};
+use super::{deploy, Context, Goal, Interrupt, Mode, Reboot};
 use crate::events::{Event, HostReport, Outcome, Phase};
 use crate::inventory::HostSpec;
 use crate::select::Target;
@@ -406,6 +406,7 @@ pub async fn drive(fake: Fake, tweak: impl FnOnce(&mut Target, &mut Context)) ->
         origin: "by me".into(),
         mode: Mode::Deploy,
         goal: Goal::Switch,
+        reboot: Reboot::Never,
         switch_env: SwitchEnv::default(),
         interrupt: Interrupt::new().1,
         changing: Arc::default(),
