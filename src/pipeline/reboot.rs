@@ -125,7 +125,7 @@ impl HostRun<'_> {
         let deadline = started + Duration::from_secs(t.reboot);
         if let Err(e) = host.reboot(t.connect.max(10)).await {
             // A refusal leaves the host as it is; a lost answer may not.
-            if e.reason(Reason::RebootFailed) == Reason::RebootFailed {
+            if !matches!(e.reason(Reason::RebootFailed), Reason::Timeout | Reason::Unreachable) {
                 return not_rebooted(end, format!("asking it to reboot failed: {e}"));
             }
             self.note(format!("asking it to reboot said: {e}; waiting for it anyway"));

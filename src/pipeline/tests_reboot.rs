@@ -211,6 +211,17 @@ async fn a_host_that_keeps_its_old_boot_did_not_reboot_and_is_known() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_reboot_request_whose_answer_is_lost_is_waited_for() {
+    let mut f = fake(&["kernel"]);
+    f.reboot = Err(disconnected());
+    f.boot_ids = reboots();
+    f.later_facts = back_in(NEW, NEW);
+    let r = with(f, Reboot::Always).await;
+    assert_eq!(r.ended(), (Outcome::Deployed, None, Some(Phase::Reboot)), "{}", r.message());
+    assert!(r.notes().iter().any(|n| n.starts_with("asking it to reboot said")), "{:?}", r.notes());
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_unhealthy_host_after_the_reboot_fails_with_the_health_check_reason() {
     let mut f = fake(&["kernel"]);
     f.boot_ids = reboots();
