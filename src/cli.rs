@@ -10,7 +10,7 @@ pub use docs::DocsCommand;
 
 pub use crate::agent::SwitchEnv;
 use crate::events::Phase;
-pub use crate::pipeline::{Goal, Mode};
+pub use crate::pipeline::{Goal, Mode, Reboot};
 use crate::rollout::{Overrides, Size};
 use crate::rules;
 use crate::select::{Selection, Target};
@@ -122,6 +122,14 @@ pub enum GoalArg {
     DryActivate,
 }
 
+/// `--reboot`: when to reboot a host into its new boot entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RebootArg {
+    Never,
+    IfNeeded,
+    Always,
+}
+
 /// What a run does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -203,6 +211,14 @@ pub struct Args {
     /// change, as `deploy-flake diff`) [default: switch].
     #[arg(long, value_name = "GOAL", value_enum)]
     pub goal: Option<GoalArg>,
+
+    /// Reboot each host into its new boot entry once it is written: never,
+    /// if-needed (when the host does not run what it boots: a new kernel,
+    /// initrd, kernel modules or init, or --goal boot), always. Waits for
+    /// the host to come back (timeouts.reboot), then checks that it runs
+    /// the new system and is healthy [default: never].
+    #[arg(long, value_name = "WHEN", value_enum)]
+    pub reboot: Option<RebootArg>,
 
     /// The original deploy-flake's flag: `--test=skip` writes the boot
     /// entry only (the same as --goal boot).
@@ -309,6 +325,8 @@ pub struct Options {
     pub goal: Goal,
     /// What switch-to-configuration is told.
     pub switch_env: SwitchEnv,
+    /// When to reboot a host into its new boot entry.
+    pub reboot: Reboot,
     /// Show the changes and ask before activating anything; `Some(true)`:
     /// answered yes already (--yes).
     pub ask: Option<bool>,
@@ -340,6 +358,12 @@ pub enum CliError {
 
     #[error("--test=skip writes the boot entry only: it contradicts --goal {0}")]
     GoalConflict(&'static str),
+
+    #[error(
+        "--reboot {0} reboots a host into its new boot entry, but --goal {1} writes none: \
+         use --goal switch or --goal boot (nothing was touched)"
+    )]
+    RebootWithoutBoot(&'static str, &'static str),
 
     #[error("--pre-activate-script `{path}` {problem}")]
     SelfCheck { path: String, problem: String },
@@ -397,6 +421,19 @@ impl Args {
             (Some(GoalArg::DryActivate), _) => (Goal::Switch, Action::Diff),
             (Some(GoalArg::Switch) | None, _) => (Goal::Switch, Action::Deploy),
         };
+        let reboot = match self.reboot {
+            None | Some(RebootArg::Never) => Reboot::Never,
+            Some(RebootArg::IfNeeded) => Reboot::IfNeeded,
+            Some(RebootArg::Always) => Reboot::Always,
+        };
+        let no_boot_entry = match self.goal {
+            Some(GoalArg::Test) => Some("test"),
+            Some(GoalArg::DryActivate) => Some("dry-activate"),
+            _ => None,
+        };
+        if let (Some(goal), true) = (no_boot_entry, reboot != Reboot::Never) {
+            return Err(CliError::RebootWithoutBoot(reboot.as_str(), goal));
+        }
         let options = self.query.into_options(action)?;
         Ok(Options {
             dry_run: self.dry_run,
@@ -417,6 +454,7 @@ impl Args {
                 self.max_failures,
                 self.soak,
             )?,
+            reboot,
             ..options
         })
     }
@@ -496,6 +534,7 @@ impl Query {
             action,
             goal: Goal::Switch,
             switch_env: SwitchEnv::default(),
+            reboot: Reboot::Never,
             ask: None,
             rollout: Overrides::default(),
         })

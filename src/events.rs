@@ -23,11 +23,13 @@ pub enum Phase {
     Activate,
     Confirm,
     Boot,
+    /// `--reboot`: reboot into the new boot entry, come back, check health.
+    Reboot,
 }
 
 impl Phase {
     /// Every phase, in pipeline order.
-    pub const ALL: [Phase; 9] = [
+    pub const ALL: [Phase; 10] = [
         Phase::Connect,
         Phase::Lock,
         Phase::Preflight,
@@ -37,6 +39,7 @@ impl Phase {
         Phase::Activate,
         Phase::Confirm,
         Phase::Boot,
+        Phase::Reboot,
     ];
 
     /// The phase's name in `timeouts` (lib/rules.json) and `--timeout`.
@@ -58,6 +61,7 @@ impl Phase {
             Phase::Activate => "activate",
             Phase::Confirm => "confirm",
             Phase::Boot => "boot",
+            Phase::Reboot => "reboot",
         }
     }
 }
@@ -141,10 +145,12 @@ impl Outcome {
 /// | `activation-script` | the activation script failed (`switch-to-configuration` exited with 2) |
 /// | `health-check` | the system ran, but a health check failed |
 /// | `not-confirmed` | no confirmation over a fresh login in time |
-/// | `timeout` | a phase did not finish within its timeout |
+/// | `timeout` | a phase did not finish within its timeout (in `reboot`: the host did not come back within it) |
 /// | `not-approved` | the system built differs from the one shown and approved (`--ask`) |
 /// | `lost` | the connection was lost mid-activation and not regained, or the agent was killed |
-/// | `rebooted` | the host rebooted during the run |
+/// | `rebooted` | the host rebooted during the run (not asked to by `--reboot`) |
+/// | `rebooted-into-old` | asked to reboot (`--reboot`), it came back in another system than the one it was to boot |
+/// | `reboot-failed` | asked to reboot (`--reboot`), it did not: the reboot could not be started, or the host kept running its old boot |
 /// | `boot-entry` | writing the boot entry failed |
 /// | `rollback-failed` | returning to the previous system failed |
 /// | `cancelled` | the run was interrupted before the host activated |
@@ -175,6 +181,8 @@ pub enum Reason {
     NotApproved,
     Lost,
     Rebooted,
+    RebootedIntoOld,
+    RebootFailed,
     BootEntry,
     RollbackFailed,
     Cancelled,

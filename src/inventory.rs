@@ -78,6 +78,14 @@ pub struct Timeouts {
     pub activate: u64,
     pub confirm: u64,
     pub boot: u64,
+    /// A record from a lib/ that had no `reboot` timeout still reads (with
+    /// the default).
+    #[serde(default = "default_reboot")]
+    pub reboot: u64,
+}
+
+fn default_reboot() -> u64 {
+    rules::timeout_default(Phase::Reboot)
 }
 
 impl Default for Timeouts {
@@ -93,6 +101,7 @@ impl Default for Timeouts {
             activate: 0,
             confirm: 0,
             boot: 0,
+            reboot: 0,
         };
         for phase in Phase::ALL {
             *t.get_mut(phase) = rules::timeout_default(phase);
@@ -137,6 +146,7 @@ impl Timeouts {
             Phase::Activate => &mut t.activate,
             Phase::Confirm => &mut t.confirm,
             Phase::Boot => &mut t.boot,
+            Phase::Reboot => &mut t.reboot,
         }
     }
 }

@@ -185,6 +185,7 @@ async fn deploy(
         origin: runner::origin(&options.flake, revision.as_deref(), &goal),
         mode: options.mode.clone(),
         goal: options.goal,
+        reboot: options.reboot,
         switch_env: options.switch_env,
         interrupt,
         changing: changing.clone(),

@@ -33,9 +33,18 @@ pub fn render(targets: &[Target], options: &Options, rollout: &Plan) -> String {
         crate::pipeline::Goal::Boot => "boot (write the boot entry only; it runs after a reboot)",
     };
     let env = &options.switch_env;
+    let reboot = match options.reboot {
+        crate::pipeline::Reboot::Never => "",
+        crate::pipeline::Reboot::IfNeeded => {
+            "; then reboot where it does not run what it boots, and wait for it (timeouts.reboot)"
+        }
+        crate::pipeline::Reboot::Always => {
+            "; then reboot into it, and wait for it (timeouts.reboot)"
+        }
+    };
     let _ = writeln!(
         out,
-        "goal: {goal}; pre-switch checks: {}{}",
+        "goal: {goal}{reboot}; pre-switch checks: {}{}",
         if env.no_check { "skipped (--no-check)" } else { "run" },
         if env.install_bootloader { "; the bootloader is installed too" } else { "" },
     );

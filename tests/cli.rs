@@ -32,7 +32,7 @@ db1
   build on:      local
   self-check:    bin/db-check
   rollback:      off
-  timeouts:      connect 10s, lock 10s, preflight 60s, copy 1200s, build 3600s, selfCheck 120s, activate 600s, confirm 45s, boot 300s
+  timeouts:      connect 10s, lock 10s, preflight 60s, copy 1200s, build 3600s, selfCheck 120s, activate 600s, confirm 45s, boot 300s, reboot 600s
 
 odd "name" $(x)
   ssh:           deploy@odd.example.com:22
@@ -41,7 +41,7 @@ odd "name" $(x)
   build on:      target
   self-check:    pre-activate-safety-checks, if present
   rollback:      automatic unless confirmed
-  timeouts:      connect 10s, lock 10s, preflight 60s, copy 1200s, build 3600s, selfCheck 120s, activate 600s, confirm 45s, boot 300s
+  timeouts:      connect 10s, lock 10s, preflight 60s, copy 1200s, build 3600s, selfCheck 120s, activate 600s, confirm 45s, boot 300s, reboot 600s
 
 web-2
   ssh:           deploy@[2001:db8::2]:2222
@@ -51,7 +51,7 @@ web-2
   self-check:    pre-activate-safety-checks, if present
   rollback:      automatic unless confirmed
   tags:          web, canary
-  timeouts:      connect 10s, lock 10s, preflight 60s, copy 1200s, build 7200s, selfCheck 120s, activate 600s, confirm 45s, boot 300s
+  timeouts:      connect 10s, lock 10s, preflight 60s, copy 1200s, build 7200s, selfCheck 120s, activate 600s, confirm 45s, boot 300s, reboot 600s
 "#
     );
     assert_eq!(stdout, want);

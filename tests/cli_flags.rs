@@ -6,7 +6,7 @@ mod common;
 
 use clap::Parser;
 use common::run_tool;
-use deploy_flake::cli::{Cli, CliError, Options, OutputFormat};
+use deploy_flake::cli::{Cli, CliError, Goal, Options, OutputFormat, Reboot};
 use deploy_flake::events::Phase;
 use deploy_flake::inventory::HostSpec;
 use deploy_flake::plan::{nix_attr, ssh_destination};
@@ -97,7 +97,7 @@ fn bad_flags() {
     );
     assert_eq!(
         opts_err(&["--all", "--timeout", "biuld=5"]),
-        "--timeout `biuld=5`: unknown phase `biuld` (did you mean `build`?); phases: connect, lock, preflight, copy, build, selfCheck, activate, confirm, boot"
+        "--timeout `biuld=5`: unknown phase `biuld` (did you mean `build`?); phases: connect, lock, preflight, copy, build, selfCheck, activate, confirm, boot, reboot"
     );
     for arg in ["build=0", "build=1h", "lock=31536001", "lock=18446744073709551615"] {
         assert_eq!(
@@ -117,6 +117,29 @@ fn bad_flags() {
         opts_err(&["--all", "--pre-activate-script", "../x"]),
         "--pre-activate-script `../x` contains '..': it must stay inside the toplevel"
     );
+}
+
+#[test]
+fn reboot_flag() {
+    assert_eq!(opts(&["--all"]).unwrap().reboot, Reboot::Never);
+    for (word, want) in
+        [("never", Reboot::Never), ("if-needed", Reboot::IfNeeded), ("always", Reboot::Always)]
+    {
+        assert_eq!(opts(&["--all", "--reboot", word]).unwrap().reboot, want, "{word}");
+    }
+    let o = opts(&["--all", "--goal", "boot", "--reboot", "always"]).unwrap();
+    assert_eq!((o.goal, o.reboot), (Goal::Boot, Reboot::Always));
+    assert_eq!(opts(&["--all", "--test=skip", "--reboot=if-needed"]).unwrap().goal, Goal::Boot);
+    assert_eq!(opts(&["rollback", "--all", "--reboot", "always"]).unwrap().reboot, Reboot::Always);
+    // A goal that writes no boot entry has nothing to reboot into.
+    for goal in ["test", "dry-activate"] {
+        assert_eq!(
+            opts_err(&["--all", "--goal", goal, "--reboot", "always"]),
+            format!("--reboot always reboots a host into its new boot entry, but --goal {goal} writes none: use --goal switch or --goal boot (nothing was touched)")
+        );
+    }
+    assert!(opts(&["--all", "--goal", "test", "--reboot", "never"]).is_ok());
+    assert!(Cli::try_parse_from(["deploy-flake", "--all", "--reboot", "sometimes"]).is_err());
 }
 
 #[test]
@@ -150,6 +173,10 @@ fn usage_errors_exit_2_with_one_error_line() {
         "error: no hosts selected: name hosts, @tags or globs, or pass --all (see --help)\n"
     );
 
+    let (code, stdout, stderr) = run_tool(&["--all", "--goal", "test", "--reboot", "if-needed"]);
+    assert_eq!((code, stdout.as_str()), (2, ""));
+    assert_eq!(stderr, "error: --reboot if-needed reboots a host into its new boot entry, but --goal test writes none: use --goal switch or --goal boot (nothing was touched)\n");
+
     let (code, _, _) = run_tool(&["--no-such-flag"]);
     assert_eq!(code, 2, "clap usage errors exit 2 too");
 }
@@ -172,7 +199,7 @@ fn version_and_help() {
     }
     let words = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(
-        words.contains("Override a phase timeout for every host, in seconds (1 to 31536000); repeatable. Phases: connect, lock, preflight, copy, build, selfCheck, activate, confirm, boot."),
+        words.contains("Override a phase timeout for every host, in seconds (1 to 31536000); repeatable. Phases: connect, lock, preflight, copy, build, selfCheck, activate, confirm, boot, reboot."),
         "{stdout}"
     );
 }

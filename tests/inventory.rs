@@ -231,11 +231,20 @@ fn timeouts_are_bounded() {
     }
     let inv = inventory::parse(&with("lock", json!(31536000))).unwrap();
     assert_eq!(inv.hosts["web1"].timeouts.get(Phase::Lock), 31536000);
+    // Records from a lib/ without the reboot timeout still read, with its default.
+    let mut t = serde_json::to_value(inventory::Timeouts::default()).unwrap();
+    t.as_object_mut().unwrap().remove("reboot");
+    let inv = inventory::parse(&doc_with("timeouts", t)).unwrap();
+    assert_eq!(inv.hosts["web1"].timeouts.get(Phase::Reboot), 600);
+    assert_eq!(
+        err(&with("reboot", json!(0))),
+        "deployFlake.hosts.web1.timeouts.reboot: expected a whole number of seconds between 1 and 31536000 (365 days), got an integer (0); fix it in the flake's deployFlake"
+    );
     let mut t = serde_json::to_value(inventory::Timeouts::default()).unwrap();
     t["biuld"] = json!(5);
     assert_eq!(
         err(&doc_with("timeouts", t)),
-        r#"deployFlake.hosts.web1.timeouts.biuld: unknown option; did you mean "build"? (known options: activate, boot, build, confirm, connect, copy, lock, preflight, selfCheck); fix it in the flake's deployFlake"#
+        r#"deployFlake.hosts.web1.timeouts.biuld: unknown option; did you mean "build"? (known options: activate, boot, build, confirm, connect, copy, lock, preflight, reboot, selfCheck); fix it in the flake's deployFlake"#
     );
 }
 
@@ -315,8 +324,8 @@ fn defaults_come_from_the_rule_set() {
     let t = spec.timeouts;
     assert_eq!(
         Phase::ALL.map(|p| t.get(p)),
-        [10, 10, 60, 600, 3600, 120, 600, 30, 300],
-        "connect, lock, preflight, copy, build, selfCheck, activate, confirm, boot"
+        [10, 10, 60, 600, 3600, 120, 600, 30, 300, 600],
+        "connect, lock, preflight, copy, build, selfCheck, activate, confirm, boot, reboot"
     );
 }
 

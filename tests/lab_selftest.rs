@@ -195,8 +195,31 @@ fn boot_entry_is_what_a_reboot_comes_up_in(suite: Suite) {
     eprintln!("{suite:?}: reboot took {:.2?}", started.elapsed());
     assert_ne!(t.boot_id(), before);
     assert_eq!(t.current_system().as_deref(), Some(v2.as_str()));
+    assert_eq!(
+        t.booted_system().as_deref(),
+        Some(v2.as_str()),
+        "/run/booted-system is set at boot"
+    );
     assert_eq!(t.ssh_ok("cat /run/demo-web/version"), "healthy-v2");
     assert_eq!(t.system_state(), "running");
+}
+
+/// A target told not to come back from a reboot stays down: the launcher
+/// does not start it again, and ssh gets no answer.
+#[test]
+fn a_target_told_not_to_come_back_from_a_reboot_stays_down() {
+    let lab = Lab::boot(1, Suite::Trixie);
+    let t = &lab.targets[0];
+    t.stay_down_at_next_reboot();
+    let _ = t.ssh("systemctl reboot");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !t.console_log().contains("staying down instead of rebooting") {
+        assert!(Instant::now() < deadline, "still up:\n{}", t.console_log());
+        sleep(Duration::from_millis(200));
+    }
+    sleep(Duration::from_secs(2));
+    assert!(!t.ssh("true").status.success(), "no ssh after the reboot");
+    assert_eq!(t.console_log().matches("=== boot ").count(), 1, "never booted again");
 }
 
 fn failing_unit_makes_test_exit_4(suite: Suite) {

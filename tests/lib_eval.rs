@@ -27,7 +27,7 @@ fn defaults_fill_every_field() {
             "sudo": "sudo", "magicRollback": true, "healthChecks": [],
             "timeouts": { "connect": 10, "lock": 10, "preflight": 60, "copy": 600,
                           "build": 3600, "selfCheck": 120, "activate": 600,
-                          "confirm": 30, "boot": 300 } } },
+                          "confirm": 30, "boot": 300, "reboot": 600 } } },
                "rollout": { "canary": [], "batches": ["100%"], "maxFailures": 0, "soak": null } })
     );
     // And the Rust side accepts it unchanged.

@@ -131,7 +131,7 @@ fn table() -> Vec<Row> {
         bad("zero_timeout", User, json!({ "timeouts": { "copy": 0 } }),
             format!("timeouts.copy: {SECONDS}, got an integer (0)")),
         bad("unknown_phase", User, json!({ "timeouts": { "biuld": 5 } }),
-            r#"timeouts.biuld: unknown option; did you mean "build"? (known options: activate, boot, build, confirm, connect, copy, lock, preflight, selfCheck)"#),
+            r#"timeouts.biuld: unknown option; did you mean "build"? (known options: activate, boot, build, confirm, connect, copy, lock, preflight, reboot, selfCheck)"#),
         bad("partial_timeouts", Resolved, json!({ "timeouts": { "lock": 5 } }),
             format!("timeouts.activate: {MISSING}")),
         // ---- selfCheck

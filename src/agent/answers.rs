@@ -52,6 +52,8 @@ impl Health {
 pub struct Facts {
     pub current: Option<String>,
     pub profile: Option<String>,
+    /// The system the host booted (`/run/booted-system`).
+    pub booted: Option<String>,
     /// The toplevel has bin/switch-to-configuration.
     pub switchable: bool,
     /// The self-check to run, when the toplevel has it.
@@ -74,6 +76,7 @@ impl Facts {
         Facts {
             current: answer(stdout, "current"),
             profile: answer(stdout, "profile"),
+            booted: answer(stdout, "booted-system"),
             switchable: answers(stdout, "switchable").next().is_some(),
             self_check: answer(stdout, "selfcheck"),
             systemd: answers(stdout, "systemd").next().is_some(),

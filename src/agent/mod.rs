@@ -488,3 +488,36 @@ pub async fn drop_root<S: Spawner>(on: &S, run: &RunDir, secs: u64) -> Result<()
     process::run(on, &Cmd::new(["rm", "-f", &run.gc_root()]).secs(secs), None).await?.check()?;
     Ok(())
 }
+
+/// The kernel's boot id: a new one at every boot.
+pub async fn boot_id<S: Spawner>(on: &S, secs: u64) -> Result<String, ProcessError> {
+    let cmd = Cmd::new(["cat", "/proc/sys/kernel/random/boot_id"]).secs(secs).quiet_stdout();
+    let id = process::run(on, &cmd, None).await?.check()?.stdout.trim().to_string();
+    if id.is_empty() {
+        return Err(ProcessError::Disconnected { cmd: cmd.display() });
+    }
+    Ok(id)
+}
+
+/// `systemd-run --on-active=1 … systemctl reboot`: the host reboots a
+/// second after this returns, from a transient timer, so the command that
+/// asked for it never hangs on a host going down.
+fn reboot_cmd(run: &RunDir) -> Cmd {
+    Cmd::new([
+        "systemd-run".to_string(),
+        format!("--unit={ANSWER}{}-reboot", run.id),
+        "--description=deploy-flake reboot".into(),
+        "--on-active=1".into(),
+        "--timer-property=AccuracySec=100ms".into(),
+        "--collect".into(),
+        "--quiet".into(),
+        "systemctl".into(),
+        "reboot".into(),
+    ])
+}
+
+/// Ask the host to reboot (into its boot entry) a second from now.
+pub async fn reboot<S: Spawner>(on: &S, run: &RunDir, secs: u64) -> Result<(), ProcessError> {
+    process::run(on, &reboot_cmd(run).secs(secs), None).await?.check()?;
+    Ok(())
+}

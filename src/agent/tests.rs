@@ -23,6 +23,7 @@ fn answers_are_parsed() {
          deploy-flake-busy nixos-upgrade.service\n",
     );
     assert!(facts.confirmed && !facts.boot_written);
+    assert_eq!(facts.booted.as_deref(), Some("/nix/store/b-sys"));
     assert_eq!(facts.reboot_new, Some(vec!["kernel".to_string(), "init".to_string()]));
     assert_eq!(facts.reboot_profile, Some(vec![]), "booted: nothing differs for the profile");
     assert_eq!(facts.busy, ["nixos-upgrade.service"]);
@@ -90,6 +91,21 @@ fn actions_become_transient_units_of_the_run() {
     assert_eq!(
         boot.start_cmd(&run).argv[8..],
         ["boot", run.dir(), top.as_str(), "NIXOS_NO_CHECK=1", "NIXOS_INSTALL_BOOTLOADER=1"]
+    );
+    // A reboot a second later, from a timer: the command returns first.
+    assert_eq!(
+        reboot_cmd(&run).argv,
+        [
+            "systemd-run",
+            "--unit=deploy-flake-20261126-abc-reboot",
+            "--description=deploy-flake reboot",
+            "--on-active=1",
+            "--timer-property=AccuracySec=100ms",
+            "--collect",
+            "--quiet",
+            "systemctl",
+            "reboot"
+        ]
     );
 }
 

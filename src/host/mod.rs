@@ -184,6 +184,12 @@ pub trait Host: Send {
     /// Open a new connection after a lost one (and take the host lock again
     /// if it was held).
     fn reconnect(&mut self) -> impl Future<Output = HostResult<()>> + Send;
+    /// The kernel's boot id (a new one at every boot).
+    fn boot_id(&mut self, secs: u64) -> impl Future<Output = HostResult<String>> + Send;
+    /// Ask the host to reboot a second from now (the command returns
+    /// first). The host lock dies with the reboot: a reconnect does not
+    /// take it again; `lock` does.
+    fn reboot(&mut self, secs: u64) -> impl Future<Output = HostResult<()>> + Send;
     /// Drop the run's GC root on the host.
     fn drop_root(&mut self, secs: u64) -> impl Future<Output = HostResult<()>> + Send;
     /// Release the lock and close the connection.

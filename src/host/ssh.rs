@@ -18,6 +18,9 @@ pub struct SshHost {
     lock: Option<HostLock>,
     /// Who we are to a concurrent deployer (set when the lock is taken).
     owner: String,
+    /// Asked to reboot: the lock and the agent go with it, and a reconnect
+    /// does not take the lock again (`lock` does, once it is back).
+    rebooting: bool,
     shared: std::sync::Arc<Shared>,
 }
 
@@ -35,6 +38,7 @@ impl SshHost {
             ssh: None,
             lock: None,
             owner: String::new(),
+            rebooting: false,
             shared,
         }
     }
@@ -60,6 +64,7 @@ impl Host for SshHost {
         let busy = lock.busy.clone();
         self.lock = Some(lock);
         self.owner = owner.to_string();
+        self.rebooting = false;
         Ok(busy)
     }
 
@@ -221,10 +226,19 @@ impl Host for SshHost {
             }
             None => return self.connect().await,
         }
-        if self.lock.take().is_some() {
+        if self.lock.take().is_some() && !self.rebooting {
             self.relock().await?;
         }
         Ok(())
+    }
+
+    async fn boot_id(&mut self, secs: u64) -> HostResult<String> {
+        Ok(agent::boot_id(self.ssh()?, secs).await?)
+    }
+
+    async fn reboot(&mut self, secs: u64) -> HostResult<()> {
+        self.rebooting = true;
+        Ok(agent::reboot(self.ssh()?, &self.run, secs).await?)
     }
 
     async fn drop_root(&mut self, secs: u64) -> HostResult<()> {

@@ -118,7 +118,9 @@ pub fn agent_end(s: &AgentStatus, toplevel: &StorePath, inspect: &str) -> End {
             let why = cause.unwrap_or(Reason::ActivationFailed);
             let way_out = match why {
                 Reason::RebootRequired => {
-                    "; deploy it with --goal boot and reboot the host to run it"
+                    "; deploy it with --goal boot --reboot always (its boot entry is written, the \
+                     host reboots into it and is checked), or with --goal boot and reboot the host \
+                     yourself"
                 }
                 _ => "; retry after the other switch ends",
             };

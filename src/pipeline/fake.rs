@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use super::{deploy, Context, Goal, Interrupt, Mode};
+use super::{deploy, Context, Goal, Interrupt, Mode, Reboot};
 use crate::events::{Event, HostReport, Outcome, Phase};
 use crate::inventory::HostSpec;
 use crate::select::Target;
@@ -64,6 +64,8 @@ pub struct Fake {
     pub calls: Arc<Mutex<Vec<String>>>,
     pub connect: HostResult<()>,
     pub lock: HostResult<Vec<String>>,
+    /// Answers of `lock` after the first (after a reboot), in order; then `lock`.
+    pub later_locks: VecDeque<HostResult<Vec<String>>>,
     /// Answers of `health`, in order (preflight, then confirm); then running.
     pub health: VecDeque<HostResult<Health>>,
     pub copy: HostResult<StorePath>,
@@ -85,6 +87,11 @@ pub struct Fake {
     pub confirm: HostResult<()>,
     pub alive: bool,
     pub reconnect: HostResult<()>,
+    /// Answers of `boot_id`, in order; then the last one again.
+    pub boot_ids: VecDeque<HostResult<String>>,
+    pub reboot: HostResult<()>,
+    /// Answers of `facts` after the first, in order; then `facts` again.
+    pub later_facts: VecDeque<HostResult<Facts>>,
     /// Log lines each watch hands out.
     pub log: Vec<String>,
 }
@@ -103,6 +110,7 @@ impl Fake {
             calls: Arc::default(),
             connect: Ok(()),
             lock: Ok(Vec::new()),
+            later_locks: VecDeque::new(),
             health: VecDeque::new(),
             copy: Ok(path("/nix/store/00000000000000000000000000000000-source")),
             build: Ok(path(NEW)),
@@ -124,6 +132,9 @@ impl Fake {
             confirm: Ok(()),
             alive: false,
             reconnect: Ok(()),
+            boot_ids: VecDeque::new(),
+            reboot: Ok(()),
+            later_facts: VecDeque::new(),
             log: vec!["activating".into()],
         }
     }
@@ -141,7 +152,15 @@ impl Host for Fake {
 
     async fn lock(&mut self, _owner: &str, _origin: &str, _secs: u64) -> HostResult<Vec<String>> {
         self.call("lock");
-        self.lock.clone()
+        let first = self.calls.lock().unwrap().iter().filter(|c| *c == "lock").count() == 1;
+        match self.later_locks.pop_front() {
+            Some(l) if !first => l,
+            Some(l) => {
+                self.later_locks.push_front(l);
+                self.lock.clone()
+            }
+            None => self.lock.clone(),
+        }
     }
 
     async fn health(&mut self, _secs: u64) -> HostResult<Health> {
@@ -204,7 +223,15 @@ impl Host for Fake {
 
     async fn facts(&mut self, _t: &StorePath, _sc: Option<&str>, _s: u64) -> HostResult<Facts> {
         self.call("facts");
-        self.facts.clone()
+        let asked = self.calls.lock().unwrap().iter().filter(|c| *c == "facts").count();
+        match self.later_facts.pop_front() {
+            Some(f) if asked > 1 => f,
+            Some(f) => {
+                self.later_facts.push_front(f);
+                self.facts.clone()
+            }
+            None => self.facts.clone(),
+        }
     }
 
     async fn pre_switch_check(
@@ -277,6 +304,20 @@ impl Host for Fake {
     async fn reconnect(&mut self) -> HostResult<()> {
         self.call("reconnect");
         self.reconnect.clone()
+    }
+
+    async fn boot_id(&mut self, _secs: u64) -> HostResult<String> {
+        self.call("boot-id");
+        match self.boot_ids.len() {
+            0 => Ok("boot-1".into()),
+            1 => self.boot_ids[0].clone(),
+            _ => self.boot_ids.pop_front().unwrap(),
+        }
+    }
+
+    async fn reboot(&mut self, _secs: u64) -> HostResult<()> {
+        self.call("reboot");
+        self.reboot.clone()
     }
 
     async fn drop_root(&mut self, _secs: u64) -> HostResult<()> {
@@ -365,6 +406,7 @@ pub async fn drive(fake: Fake, tweak: impl FnOnce(&mut Target, &mut Context)) ->
         origin: "by me".into(),
         mode: Mode::Deploy,
         goal: Goal::Switch,
+        reboot: Reboot::Never,
         switch_env: SwitchEnv::default(),
         interrupt: Interrupt::new().1,
         changing: Arc::default(),

@@ -1,6 +1,7 @@
 //! The per-host pipeline: connect, lock, preflight, copy, build,
-//! self-check, activate (test), confirm, boot — in that order, each phase
-//! bounded by its timeout. The rollback rule of a phase sits next to it.
+//! self-check, activate (test), confirm, boot, and with `--reboot` reboot —
+//! in that order, each phase bounded by its timeout. The rollback rule of a
+//! phase sits next to it.
 //!
 //! Nothing on a host changes before `activate` (or, for `--goal boot`,
 //! `boot`); from then on the on-target agent owns the outcome: it returns
@@ -14,17 +15,21 @@ mod end;
 #[cfg(test)]
 mod fake;
 mod prepare;
+mod reboot;
 mod soak;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_contract;
+#[cfg(test)]
+mod tests_reboot;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 pub use end::{agent_end, next_step, End, Next};
+pub use reboot::{came_back_in, wants_reboot, Reboot};
 pub use soak::soak_check;
 
 use crate::agent::{Facts, SwitchEnv};
@@ -50,6 +55,8 @@ pub struct Context {
     pub origin: String,
     pub mode: Mode,
     pub goal: Goal,
+    /// `--reboot`: when to reboot a host into its new boot entry.
+    pub reboot: Reboot,
     /// What switch-to-configuration is told (`--no-check`, `--install-bootloader`).
     pub switch_env: SwitchEnv,
     /// Ctrl-C: hosts that have not started to change stop at once, unchanged.
@@ -266,6 +273,7 @@ impl<'a> HostRun<'a> {
         if !self.agent_started {
             let _ = host.drop_root(10).await;
         }
+        let end = self.reboot_if_asked(&mut host, end).await;
         host.close().await;
         end
     }

@@ -210,7 +210,7 @@ impl HostRun<'_> {
                 format!(
                     "the system's pre-switch checks refuse a live switch to {toplevel} (their output is \
                      above); nothing changed. To switch anyway, pass --no-check (NIXOS_NO_CHECK=1); or \
-                     deploy it with --goal boot and reboot"
+                     deploy it with --goal boot --reboot always (boot into it)"
                 ),
             )),
         }

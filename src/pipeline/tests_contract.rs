@@ -83,7 +83,7 @@ async fn no_check_skips_the_check_and_is_passed_to_activation_and_boot() {
 async fn switch_to_configuration_refusing_test_changes_nothing_and_rolls_nothing_back() {
     let table = [
         (Reason::Busy, "another switch-to-configuration holds its lock", "retry after"),
-        (Reason::RebootRequired, "init is incompatible", "--goal boot and reboot"),
+        (Reason::RebootRequired, "init is incompatible", "--goal boot --reboot always"),
     ];
     for (cause, why, way_out) in table {
         let mut f = Fake::new();

@@ -134,6 +134,23 @@ impl Target {
         run_ok(&mut cmd);
     }
 
+    /// Where /run/booted-system points (resolved), if anywhere.
+    pub fn booted_system(&self) -> Option<String> {
+        non_empty(self.ssh_ok("readlink -e /run/booted-system || true"))
+    }
+
+    /// The target's next reboot powers it off instead: it never comes
+    /// back (lab.sh's launcher honours /etc/lab-no-return).
+    pub fn stay_down_at_next_reboot(&self) {
+        self.ssh_ok("touch /etc/lab-no-return");
+    }
+
+    /// What the target's launcher logged (its boots, nspawn's exits).
+    pub fn console_log(&self) -> String {
+        let path = self.lab_dir.join("targets").join(&self.name).join("console.log");
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
     /// Makes the target `degraded`: a transient unit that failed.
     pub fn make_degraded(&self) {
         let _ = self.ssh("systemd-run --unit=lab-broken /bin/false");

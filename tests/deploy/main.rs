@@ -11,6 +11,7 @@ mod helpers;
 mod holes;
 mod operator;
 mod pipeline;
+mod reboot;
 mod rollout;
 mod safety;
 mod scale;

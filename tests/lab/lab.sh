@@ -15,7 +15,9 @@
 # pristine and all targets share one tree. Each has its own network
 # namespace (host end 10.77.IDX.1, target end host0 = 10.77.IDX.2), its own
 # machine-id, hostname and ssh host key. A launcher loop restarts nspawn when
-# the target reboots (exit code 133), so state survives a reboot. Everything a
+# the target reboots (exit code 133), so state survives a reboot; a target
+# whose /etc/lab-no-return exists stays down instead (a host that never comes
+# back from a reboot). Everything a
 # target uses is recorded in LABDIR/targets/NAME and under
 # /run/deploy-flake-lab/targets/NAME, which `stop` and `leaks` rely on.
 #
@@ -134,6 +136,12 @@ cmd_launch() {
         wait $! || rc=$?
         printf '=== nspawn exited with %s at %s\n' "$rc" "$(date -Is)"
         if [ "$rc" != 133 ] || [ -e "$tdir/stopping" ]; then break; fi
+        # A target told not to come back (a test of hosts lost in a
+        # reboot) stays down: powered off, its address refusing ssh.
+        if [ -e "$tdir/merged/etc/lab-no-return" ]; then
+            printf '=== /etc/lab-no-return: staying down instead of rebooting\n'
+            break
+        fi
     done
     rm -f "$tdir/nspawn.pid"
     echo "$rc" >"$tdir/exit-code"
