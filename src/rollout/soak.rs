@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use crate::events::{Event, HostReport, Outcome, Reason, SoakFailure};
 use crate::host::{Shared, SshHost};
 use crate::nix::StorePath;
-use crate::pipeline::{self, Context, Goal, Mode};
+use crate::pipeline::{self, Context, Mode};
 use crate::select::Target;
 use crate::ssh::Destination;
 
@@ -37,10 +37,9 @@ impl Soak<'_> {
         let soaking: Vec<usize> = hosts
             .iter()
             .copied()
-            .filter(|i| reports[*i].as_ref().is_some_and(|r| r.outcome == Outcome::Deployed))
+            .filter(|i| reports[*i].as_ref().is_some_and(runs_something_new))
             .collect();
-        // `--goal boot` runs nothing new until a reboot: nothing to soak.
-        if soaking.is_empty() || self.ctx.goal == Goal::Boot {
+        if soaking.is_empty() {
             return;
         }
         let names = |ix: &[usize]| ix.iter().map(|i| self.targets[*i].name.clone()).collect();
@@ -116,6 +115,12 @@ impl Soak<'_> {
         verdicts.sort_by_key(|(i, _)| *i);
         verdicts
     }
+}
+
+/// Deployed, and running a system it did not run before the run (not so
+/// with `--goal boot` until a reboot: there is nothing new to soak).
+fn runs_something_new(r: &HostReport) -> bool {
+    r.outcome == Outcome::Deployed && r.system.is_some() && r.system != r.before
 }
 
 /// Return a host that failed its soak to the system it ran before the run.
