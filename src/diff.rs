@@ -120,7 +120,7 @@ async fn build(
         }
         BuildOn::Local => {
             let path = host.build_local(flake, &s.configuration, s.timeouts.build, out).await?;
-            host.copy_closure(&path, s.timeouts.copy, out).await?;
+            host.copy_closure(&path, s.substitute_on_target, s.timeouts.copy, out).await?;
             Ok(path)
         }
     }

@@ -40,10 +40,19 @@ pub struct HostSpec {
     /// Privilege escalation command used when `ssh_user` is not root.
     pub sudo: String,
     pub magic_rollback: bool,
+    /// `buildOn = "local"`: the target fetches what it can from its own
+    /// substituters (binary caches) instead of receiving it from here. A
+    /// record from a lib/ without the option reads as `true`.
+    #[serde(default = "yes")]
+    pub substitute_on_target: bool,
     /// User-declared checks run after activation, before the confirmation.
     #[serde(default)]
     pub health_checks: Vec<HealthCheck>,
     pub timeouts: Timeouts,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A health check: a command on the target (as root) or an HTTP GET from the

@@ -251,8 +251,8 @@ pub async fn import<S: Spawner>(
 }
 
 /// Copy store paths (with their closures) to `store`, an ssh-ng URI riding
-/// on our master through `sshopts`, letting the target substitute what it
-/// can. Unchecked: whether a path is signed depends on how it entered this
+/// on our master through `sshopts`; with `substitute`, the target fetches
+/// what it can from its own substituters first. Unchecked: whether a path is signed depends on how it entered this
 /// machine's store (a fetched input is content-addressed, a path registered
 /// from a closure-info is neither), not on anything the target should
 /// trust; the copy travels over our own authenticated connection to a
@@ -261,11 +261,11 @@ pub async fn copy(
     paths: &[StorePath],
     store: &str,
     sshopts: &str,
+    substitute: bool,
     secs: u64,
     on_line: Lines<'_>,
 ) -> Result<(), NixError> {
-    let args = ["copy", "--no-check-sigs", "--substitute-on-destination", "--to", store];
-    let argv = nix_argv(args.into_iter().chain(paths.iter().map(StorePath::as_str)));
+    let argv = copy_argv(paths, store, substitute);
     let cmd = Cmd::new(argv).env("NIX_SSHOPTS", sshopts).secs(secs);
     match process::run(&process::Local, &cmd, Some(on_line)).await?.check() {
         Ok(_) => Ok(()),
@@ -276,6 +276,17 @@ pub async fn copy(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// `nix copy` of `paths` to `store`; `substitute`: `--substitute-on-destination`
+/// (`-s`, in every Nix from 2.0 on).
+pub fn copy_argv(paths: &[StorePath], store: &str, substitute: bool) -> Vec<String> {
+    let mut args = vec!["copy", "--no-check-sigs"];
+    if substitute {
+        args.push("--substitute-on-destination");
+    }
+    args.extend(["--to", store]);
+    nix_argv(args.into_iter().chain(paths.iter().map(StorePath::as_str)))
 }
 
 /// The flake's revision (a git commit), when it has one: for the record
@@ -400,6 +411,16 @@ pub async fn self_check<S: Spawner>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn substitute_on_target_maps_to_substitute_on_destination() {
+        let p = [StorePath::parse("/nix/store/00000000000000000000000000000000-x").unwrap()];
+        let on = copy_argv(&p, "ssh-ng://h", true);
+        let off = copy_argv(&p, "ssh-ng://h", false);
+        assert!(on.contains(&"--substitute-on-destination".to_string()), "{on:?}");
+        assert!(!off.iter().any(|a| a.contains("substitute") || a == "-s"), "{off:?}");
+        assert_eq!(&off[off.len() - 3..], ["--to", "ssh-ng://h", p[0].as_str()]);
+    }
+
     use super::*;
 
     #[test]

@@ -106,6 +106,17 @@ fn render_host(out: &mut String, t: &Target, flake: &str) {
         nix_attr(&s.configuration)
     );
     let _ = writeln!(out, "  build on:      {}", s.build_on.as_str());
+    if s.build_on == crate::inventory::BuildOn::Local {
+        let _ = writeln!(
+            out,
+            "  copy:          {}",
+            if s.substitute_on_target {
+                "the target substitutes what it can, the rest is copied from here"
+            } else {
+                "everything from here (substituteOnTarget = false)"
+            }
+        );
+    }
     let _ = writeln!(
         out,
         "  self-check:    {}",

@@ -30,6 +30,7 @@ db1
   ssh:           root@db1:22
   configuration: {flake}#nixosConfigurations.db1
   build on:      local
+  copy:          the target substitutes what it can, the rest is copied from here
   self-check:    bin/db-check
   rollback:      off
   timeouts:      connect 10s, lock 10s, preflight 60s, copy 1200s, build 3600s, selfCheck 120s, activate 600s, confirm 45s, boot 300s, reboot 600s

@@ -24,7 +24,7 @@ fn defaults_fill_every_field() {
         json!({ "schemaVersion": 1, "hosts": { "web1": {
             "hostname": "web1", "sshUser": "root", "sshPort": 22, "sshOpts": [],
             "configuration": "web1", "tags": [], "buildOn": "target", "selfCheck": null,
-            "sudo": "sudo", "magicRollback": true, "healthChecks": [],
+            "sudo": "sudo", "magicRollback": true, "substituteOnTarget": true, "healthChecks": [],
             "timeouts": { "connect": 10, "lock": 10, "preflight": 60, "copy": 600,
                           "build": 3600, "selfCheck": 120, "activate": 600,
                           "confirm": 30, "boot": 300, "reboot": 600 } } },
@@ -84,7 +84,7 @@ fn unknown_host_key_names_its_path_and_the_closest_key() {
     let err = mk("{ hosts.web1.sshPrt = 22; }").unwrap_err();
     assert_eq!(
         error_line(&err),
-        "error: deployFlake.hosts.web1.sshPrt: unknown option; did you mean \"sshPort\"? (known options: buildOn, configuration, healthChecks, hostname, magicRollback, selfCheck, sshOpts, sshPort, sshUser, sudo, tags, timeouts)"
+        "error: deployFlake.hosts.web1.sshPrt: unknown option; did you mean \"sshPort\"? (known options: buildOn, configuration, healthChecks, hostname, magicRollback, selfCheck, sshOpts, sshPort, sshUser, substituteOnTarget, sudo, tags, timeouts)"
     );
 }
 

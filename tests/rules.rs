@@ -183,7 +183,7 @@ fn table() -> Vec<Row> {
         bad("empty_sudo", User, json!({ "sudo": "" }),
             r#"sudo: expected a command (not empty, no control characters), got a string (""): is empty"#),
         bad("unknown_key", User, json!({ "sshPrt": 22 }),
-            r#"sshPrt: unknown option; did you mean "sshPort"? (known options: buildOn, configuration, healthChecks, hostname, magicRollback, selfCheck, sshOpts, sshPort, sshUser, sudo, tags, timeouts)"#),
+            r#"sshPrt: unknown option; did you mean "sshPort"? (known options: buildOn, configuration, healthChecks, hostname, magicRollback, selfCheck, sshOpts, sshPort, sshUser, substituteOnTarget, sudo, tags, timeouts)"#),
     ]
 }
 

@@ -113,10 +113,12 @@ pub trait Host: Send {
         secs: u64,
         out: Lines<'_>,
     ) -> impl Future<Output = HostResult<StorePath>> + Send;
-    /// Copy a closure built here to the host (GC-rooted there).
+    /// Copy a closure built here to the host (GC-rooted there); with
+    /// `substitute`, the host fetches what it can from its own caches.
     fn copy_closure(
         &mut self,
         path: &StorePath,
+        substitute: bool,
         secs: u64,
         out: Lines<'_>,
     ) -> impl Future<Output = HostResult<()>> + Send;

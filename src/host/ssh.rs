@@ -122,6 +122,7 @@ impl Host for SshHost {
     async fn copy_closure(
         &mut self,
         path: &StorePath,
+        substitute: bool,
         secs: u64,
         out: Lines<'_>,
     ) -> HostResult<()> {
@@ -129,7 +130,8 @@ impl Host for SshHost {
         let store = ssh.dest.store_uri();
         {
             let _slot = self.shared.cpu().await;
-            nix::copy(std::slice::from_ref(path), &store, &ssh.nix_sshopts()?, secs, out).await?;
+            let opts = ssh.nix_sshopts()?;
+            nix::copy(std::slice::from_ref(path), &store, &opts, substitute, secs, out).await?;
         }
         Ok(nix::add_root(ssh, path, &self.run.gc_root(), secs).await?)
     }

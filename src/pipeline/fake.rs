@@ -207,7 +207,13 @@ impl Host for Fake {
         self.build.clone()
     }
 
-    async fn copy_closure(&mut self, _p: &StorePath, _s: u64, _out: Lines<'_>) -> HostResult<()> {
+    async fn copy_closure(
+        &mut self,
+        _p: &StorePath,
+        _substitute: bool,
+        _s: u64,
+        _out: Lines<'_>,
+    ) -> HostResult<()> {
         self.call("copy-closure");
         self.copy_closure.clone()
     }

@@ -147,7 +147,8 @@ impl HostRun<'_> {
                 let built = host.build_local(flake, cfg, t.build, &mut self.lines()).await;
                 let path = built.map_err(failed_in("build", Reason::Build))?;
                 self.start(Phase::Copy);
-                let copied = host.copy_closure(&path, t.copy, &mut self.lines()).await;
+                let substitute = self.spec().substitute_on_target;
+                let copied = host.copy_closure(&path, substitute, t.copy, &mut self.lines()).await;
                 copied.map_err(failed_in("copy", Reason::Copy))?;
                 Ok(path)
             }

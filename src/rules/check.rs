@@ -110,6 +110,7 @@ impl<'a> View<'a> {
                 "selfCheck" => opt_str(h.self_check.as_deref()),
                 "sudo" => View::Str(&h.sudo),
                 "magicRollback" => View::Bool(h.magic_rollback),
+                "substituteOnTarget" => View::Bool(h.substitute_on_target),
                 "healthChecks" => View::Checks(&h.health_checks),
                 "timeouts" => View::Timeouts(&h.timeouts),
                 _ => return None,
