@@ -7,7 +7,10 @@ use crate::events::Reason;
 use crate::inventory::HealthCheck;
 use crate::nix::{self, Archive, StorePath};
 use crate::process::{Lines, ProcessError};
-use crate::ssh::{Destination, Ssh};
+use crate::ssh::{Destination, Ssh, SshError};
+
+/// Logins tried when the host answers but the login does not finish in time.
+const LOGIN_ATTEMPTS: u32 = 3;
 
 /// A real host over ssh.
 pub struct SshHost {
@@ -52,9 +55,26 @@ impl SshHost {
 
 impl Host for SshHost {
     async fn connect(&mut self) -> HostResult<()> {
-        let _slot = self.shared.cpu().await;
-        self.ssh = Some(Ssh::connect(&self.name, self.dest.clone()).await?);
-        Ok(())
+        // ssh itself gives up on a host that does not answer (timeouts.connect);
+        // ours firing means the host answered but the login was slow (a
+        // starved deployer, a busy host): that is worth another try.
+        let mut attempt = 1;
+        loop {
+            let connected = {
+                let _slot = self.shared.cpu().await;
+                Ssh::connect(&self.name, self.dest.clone()).await
+            };
+            match connected {
+                Err(e @ SshError::ConnectTimeout { .. }) if attempt < LOGIN_ATTEMPTS => {
+                    tracing::warn!("{}: {e}; trying again", self.name);
+                    attempt += 1;
+                }
+                connected => {
+                    self.ssh = Some(connected?);
+                    return Ok(());
+                }
+            }
+        }
     }
 
     async fn lock(&mut self, owner: &str, origin: &str, secs: u64) -> HostResult<Vec<String>> {

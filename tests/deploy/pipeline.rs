@@ -202,6 +202,45 @@ fn unreachable_host_fails_fast_and_others_succeed() {
     assert!(ms < 3_000 + 6_000, "failed within the connect timeout (+ margin): {ms} ms");
 }
 
+/// A host that answers but whose login never finishes (here: a local port
+/// that sends an ssh banner, then nothing) is tried three times — a login
+/// slowed by a starved deployer is worth another try, a host that does not
+/// answer is not — and then fails, unchanged, saying how long it waited.
+#[test]
+fn a_login_that_never_finishes_is_tried_three_times_then_fails() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let lab = Lab::boot(1, Suite::Bookworm);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let logins = Arc::new(AtomicUsize::new(0));
+    let counted = logins.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut conn in listener.incoming().map_while(Result::ok) {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let _ = conn.write_all(b"SSH-2.0-stalled\r\n");
+            held.push(conn); // never answers its key exchange
+        }
+    });
+    let entry = format!(
+        "  stalled = {{ hostname = \"127.0.0.1\"; sshPort = {port}; configuration = \"healthy-v1\"; sshOpts = {}; timeouts.connect = 2; }};\n",
+        lab.ssh_opts_nix()
+    );
+    let run = deploy(&flake(&lab, &[entry]), &["--all"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(
+        (run.phase("stalled"), run.reason("stalled")),
+        ("connect".into(), "unreachable".into())
+    );
+    let msg = run.message("stalled");
+    assert!(msg.contains("did not finish within 7 s"), "{msg}");
+    assert_eq!(logins.load(Ordering::SeqCst), 3, "three logins tried: {run}");
+    let ms = run.report("stalled")["duration"].as_u64().unwrap();
+    assert!((3 * 7_000..3 * 7_000 + 10_000).contains(&ms), "three bounded tries: {ms} ms");
+}
+
 /// The ssh connection dies during activation: the activation completes on
 /// the target, the tool reconnects, re-attaches and reports the truth.
 #[test]
