@@ -1,0 +1,294 @@
+//! Reading what `nix eval` prints of `deployFlake` in one pass: the resolved
+//! document (schema version 1: every host's record in full), or lib's
+//! compact view of it (`deployFlake.compact`: the resolved `defaults` once,
+//! then per host only what it sets itself; `hostname` and `configuration`
+//! default to the host's attribute name).
+//!
+//! Anything this pass does not read (a wrong type, key or version) is left
+//! to the generic reading in `inventory.rs`, which words every fault; the
+//! compact view goes there expanded into the resolved document
+//! ([`expand_compact`]), so a fault reads the same in either form.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::{BuildOn, HealthCheck, HostSpec, Timeouts};
+use crate::rollout::Settings;
+use crate::rules;
+
+/// The options that default to the host's attribute name.
+const NAMED: [&str; 2] = ["hostname", "configuration"];
+
+/// A document read in one pass: its version, its hosts, the first host
+/// that breaks the rules (reported only once the version is known), and
+/// its rollout (checked after the hosts).
+pub(super) struct Document {
+    pub schema_version: u32,
+    pub hosts: BTreeMap<String, HostSpec>,
+    pub first_fault: Option<String>,
+    pub rollout: Option<Settings>,
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "camelCase")]
+enum Key {
+    Defaults,
+    Hosts,
+    Rollout,
+    SchemaVersion,
+}
+
+/// The compact view's `defaults` as a record (its `hostname` and
+/// `configuration` empty), and whether its values passed their rules:
+/// then a host's value equal to the default is not checked again.
+struct Defaults {
+    record: HostSpec,
+    valid: bool,
+}
+
+impl<'de> Deserialize<'de> for Defaults {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut values = Map::deserialize(d)?;
+        for k in NAMED {
+            if values.insert(k.into(), Value::String(String::new())).is_some() {
+                return Err(de::Error::custom(format!("defaults set {k}")));
+            }
+        }
+        let record = HostSpec::deserialize(Value::Object(values)).map_err(de::Error::custom)?;
+        let valid = rules::check_named_spec("defaults", &record, &|k| NAMED.contains(&k)).is_ok();
+        Ok(Defaults { record, valid })
+    }
+}
+
+/// What a host of the compact view sets itself. A key that is there has a
+/// value (`null` is a value only for `selfCheck`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Own {
+    #[serde(default, deserialize_with = "present")]
+    hostname: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    ssh_user: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    ssh_port: Option<u16>,
+    #[serde(default, deserialize_with = "present")]
+    ssh_opts: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    configuration: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    tags: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    build_on: Option<BuildOn>,
+    #[serde(default, deserialize_with = "present")]
+    self_check: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    sudo: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    magic_rollback: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    substitute_on_target: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    health_checks: Option<Vec<HealthCheck>>,
+    #[serde(default, deserialize_with = "present")]
+    timeouts: Option<Timeouts>,
+}
+
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+impl Own {
+    /// Does the host set option `key` itself, rather than take it from
+    /// the defaults? (`hostname` and `configuration`, and an option this
+    /// does not know of, count as set: their values are checked.)
+    fn sets(&self, key: &str) -> bool {
+        match key {
+            "sshUser" => self.ssh_user.is_some(),
+            "sshPort" => self.ssh_port.is_some(),
+            "sshOpts" => self.ssh_opts.is_some(),
+            "tags" => self.tags.is_some(),
+            "buildOn" => self.build_on.is_some(),
+            "selfCheck" => self.self_check.is_some(),
+            "sudo" => self.sudo.is_some(),
+            "magicRollback" => self.magic_rollback.is_some(),
+            "healthChecks" => self.health_checks.is_some(),
+            "timeouts" => self.timeouts.is_some(),
+            "substituteOnTarget" => self.substitute_on_target.is_some(),
+            _ => true,
+        }
+    }
+
+    /// The host's record: what it sets, else its name or the default.
+    fn resolve(&self, name: &str, d: &HostSpec) -> HostSpec {
+        HostSpec {
+            hostname: self.hostname.clone().unwrap_or_else(|| name.to_string()),
+            ssh_user: self.ssh_user.clone().unwrap_or_else(|| d.ssh_user.clone()),
+            ssh_port: self.ssh_port.unwrap_or(d.ssh_port),
+            ssh_opts: self.ssh_opts.clone().unwrap_or_else(|| d.ssh_opts.clone()),
+            configuration: self.configuration.clone().unwrap_or_else(|| name.to_string()),
+            tags: self.tags.clone().unwrap_or_else(|| d.tags.clone()),
+            build_on: self.build_on.unwrap_or(d.build_on),
+            self_check: self.self_check.clone().unwrap_or_else(|| d.self_check.clone()),
+            sudo: self.sudo.clone().unwrap_or_else(|| d.sudo.clone()),
+            magic_rollback: self.magic_rollback.unwrap_or(d.magic_rollback),
+            substitute_on_target: self.substitute_on_target.unwrap_or(d.substitute_on_target),
+            health_checks: self.health_checks.clone().unwrap_or_else(|| d.health_checks.clone()),
+            timeouts: self.timeouts.unwrap_or(d.timeouts),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Document {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(DocumentVisitor)
+    }
+}
+
+struct DocumentVisitor;
+
+impl<'de> Visitor<'de> for DocumentVisitor {
+    type Value = Document;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a deployFlake document")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Document, A::Error> {
+        let (mut defaults, mut hosts, mut rollout, mut version) = (None, None, None, None);
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                // Nix prints keys sorted: `defaults` comes before `hosts`.
+                Key::Defaults if defaults.is_none() && hosts.is_none() => {
+                    defaults = Some(map.next_value()?);
+                }
+                Key::Hosts if hosts.is_none() => {
+                    hosts = Some(map.next_value_seed(HostsSeed { defaults: defaults.as_ref() })?);
+                }
+                Key::Rollout if rollout.is_none() => rollout = Some(map.next_value()?),
+                Key::SchemaVersion if version.is_none() => version = Some(map.next_value()?),
+                _ => return Err(de::Error::custom("unexpected or repeated key")),
+            }
+        }
+        let (hosts, first_fault) = hosts.ok_or_else(|| de::Error::missing_field("hosts"))?;
+        let schema_version = version.ok_or_else(|| de::Error::missing_field("schemaVersion"))?;
+        Ok(Document { schema_version, hosts, first_fault, rollout })
+    }
+}
+
+/// `hosts`: full records, or (after `defaults`) what each host sets.
+struct HostsSeed<'a> {
+    defaults: Option<&'a Defaults>,
+}
+
+type Hosts = (BTreeMap<String, HostSpec>, Option<String>);
+
+impl<'de> DeserializeSeed<'de> for HostsSeed<'_> {
+    type Value = Hosts;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Hosts, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for HostsSeed<'_> {
+    type Value = Hosts;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an attribute set of hosts")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Hosts, A::Error> {
+        // Nix prints the names sorted: collected, then built into a map.
+        let mut hosts = Vec::new();
+        let mut first_fault = None;
+        while let Some(name) = map.next_key::<String>()? {
+            let (spec, own) = match self.defaults {
+                None => (map.next_value::<HostSpec>()?, None),
+                Some(d) => {
+                    let own = map.next_value::<Own>()?;
+                    let spec = Own::resolve(&own, &name, &d.record);
+                    (spec, Some(own).filter(|_| d.valid))
+                }
+            };
+            if first_fault.is_none() {
+                // What the host takes from valid defaults is valid.
+                let skip = |k: &str| own.as_ref().is_some_and(|o| !o.sets(k));
+                first_fault = rules::check_named_spec(&name, &spec, &skip).err();
+            }
+            hosts.push((name, spec));
+        }
+        Ok((hosts.into_iter().collect(), first_fault))
+    }
+}
+
+/// The compact view as the resolved document it stands for: `defaults`
+/// merged into every host that is an attribute set (one that is not is
+/// left for the checks to name). `Err`: what is malformed, and how.
+pub(super) fn expand_compact(doc: &mut Map<String, Value>) -> Result<(), (String, String)> {
+    let defaults = match doc.remove("defaults") {
+        Some(Value::Object(d)) => d,
+        _ => return Err((".compact.defaults".into(), "expected an attribute set".into())),
+    };
+    if let Some(k) = NAMED.into_iter().find(|k| defaults.contains_key(*k)) {
+        return Err((format!(".compact.defaults.{k}"), "unknown field".into()));
+    }
+    if let Some(Value::Object(hosts)) = doc.get_mut("hosts") {
+        for (name, host) in hosts.iter_mut() {
+            let Value::Object(record) = host else { continue };
+            for k in NAMED {
+                record.entry(k).or_insert_with(|| Value::String(name.clone()));
+            }
+            for (k, v) in &defaults {
+                record.entry(k.as_str()).or_insert_with(|| v.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every option a record has, as a host's own value: a new option must
+    /// be added to [`Own`] too.
+    #[test]
+    fn a_host_may_set_every_option() {
+        let record = serde_json::to_value(HostSpec::with_defaults("web1")).unwrap();
+        let own = Own::deserialize(&record).unwrap();
+        let keys: Vec<&String> = record.as_object().unwrap().keys().collect();
+        assert_eq!(keys, rules::rules().option_names());
+        for k in rules::rules().option_names() {
+            assert!(own.sets(k), "{k}");
+        }
+        assert_eq!(
+            own.resolve("other", &HostSpec::with_defaults("x")),
+            HostSpec::with_defaults("web1")
+        );
+    }
+
+    /// What a host does not set comes from the defaults (or is its name),
+    /// and is known as such, so that its check is not repeated.
+    #[test]
+    fn a_host_that_sets_nothing_takes_the_defaults() {
+        let none = Own::deserialize(serde_json::json!({})).unwrap();
+        for k in rules::rules().option_names() {
+            assert_eq!(none.sets(k), NAMED.contains(&k), "{k}");
+        }
+        let mut d = HostSpec::with_defaults("");
+        d.ssh_user = "deploy".into();
+        d.self_check = Some("bin/check".into());
+        let spec = none.resolve("web1", &d);
+        assert_eq!((spec.hostname.as_str(), spec.configuration.as_str()), ("web1", "web1"));
+        assert_eq!(
+            (spec.ssh_user.as_str(), spec.self_check.as_deref()),
+            ("deploy", Some("bin/check"))
+        );
+        let null = Own::deserialize(serde_json::json!({ "selfCheck": null })).unwrap();
+        assert_eq!(null.resolve("web1", &d).self_check, None);
+    }
+}
