@@ -2,11 +2,13 @@
 //! typed, validated records (schema version 1, see DESIGN.md).
 
 mod document;
+mod stream;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
 
 use crate::events::Phase;
 use crate::rules;
@@ -253,9 +255,13 @@ pub fn eval_argv(flake: &str) -> Vec<String> {
 
 /// Evaluates `<flake>#deployFlake` and returns the validated inventory.
 /// Never evaluates a NixOS configuration (that is `lib/`'s promise).
+///
+/// What Nix prints is read on a thread of its own as it comes, so that
+/// reading and checking the hosts overlaps their evaluation; it counts only
+/// once `nix` has succeeded.
 pub async fn load(flake: &str, timeout: Duration) -> Result<Inventory, InventoryError> {
     let argv = eval_argv(flake);
-    let child = tokio::process::Command::new(&argv[0])
+    let mut child = tokio::process::Command::new(&argv[0])
         .args(&argv[1..])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -263,19 +269,25 @@ pub async fn load(flake: &str, timeout: Duration) -> Result<Inventory, Inventory
         .kill_on_drop(true)
         .spawn()
         .map_err(|source| InventoryError::NixNotFound { source })?;
-    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(Ok(out)) => out,
-        Ok(Err(source)) => return Err(InventoryError::NixNotFound { source }),
+    let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        unreachable!("stdout and stderr are piped")
+    };
+    let stdout = stdout.into_owned_fd().map_err(|source| InventoryError::NixNotFound { source })?;
+    let reading = tokio::task::spawn_blocking(move || stream::read(std::fs::File::from(stdout)));
+    let finished = async {
+        let mut err = Vec::new();
+        let (status, _, read) = tokio::join!(child.wait(), stderr.read_to_end(&mut err), reading);
+        (status, err, read.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())))
+    };
+    let (status, stderr, read) = match tokio::time::timeout(timeout, finished).await {
+        Ok((Ok(status), stderr, read)) => (status, stderr, read),
+        Ok((Err(source), ..)) => return Err(InventoryError::NixNotFound { source }),
         Err(_) => return Err(InventoryError::Timeout { flake: flake.to_string(), after: timeout }),
     };
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(classify_eval_failure(flake, &stderr));
+    if !status.success() {
+        return Err(classify_eval_failure(flake, &String::from_utf8_lossy(&stderr)));
     }
-    match String::from_utf8(out.stdout) {
-        Ok(stdout) => parse(&stdout),
-        Err(e) => parse(&String::from_utf8_lossy(e.as_bytes())),
-    }
+    read
 }
 
 /// Turns a failed `nix eval` into an error: a missing output gets the fix,

@@ -45,7 +45,7 @@ enum Key {
 /// The compact view's `defaults` as a record (its `hostname` and
 /// `configuration` empty), and whether its values passed their rules:
 /// then a host's value equal to the default is not checked again.
-struct Defaults {
+pub(super) struct Defaults {
     record: HostSpec,
     valid: bool,
 }
@@ -68,7 +68,7 @@ impl<'de> Deserialize<'de> for Defaults {
 /// value (`null` is a value only for `selfCheck`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Own {
+pub(super) struct Own {
     #[serde(default, deserialize_with = "present")]
     hostname: Option<String>,
     #[serde(default, deserialize_with = "present")]
@@ -97,7 +97,9 @@ struct Own {
     timeouts: Option<Timeouts>,
 }
 
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+pub(super) fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
     T::deserialize(d).map(Some)
 }
 
@@ -173,9 +175,46 @@ impl<'de> Visitor<'de> for DocumentVisitor {
                 _ => return Err(de::Error::custom("unexpected or repeated key")),
             }
         }
-        let (hosts, first_fault) = hosts.ok_or_else(|| de::Error::missing_field("hosts"))?;
+        let hosts: Hosts = hosts.ok_or_else(|| de::Error::missing_field("hosts"))?;
         let schema_version = version.ok_or_else(|| de::Error::missing_field("schemaVersion"))?;
-        Ok(Document { schema_version, hosts, first_fault, rollout })
+        Ok(hosts.into_document(schema_version, rollout))
+    }
+}
+
+/// Hosts as they are read, each checked until one breaks the rules.
+#[derive(Default)]
+pub(super) struct Hosts {
+    map: BTreeMap<String, HostSpec>,
+    first_fault: Option<String>,
+}
+
+impl Hosts {
+    /// A host of the resolved document.
+    fn push_record(&mut self, name: String, spec: HostSpec) {
+        if self.first_fault.is_none() {
+            self.first_fault = rules::check_named_spec(&name, &spec, &|_| false).err();
+        }
+        self.map.insert(name, spec);
+    }
+
+    /// A host of the compact view: what it sets, on top of `d`.
+    pub(super) fn push_own(&mut self, name: String, own: Own, d: &Defaults) {
+        let spec = own.resolve(&name, &d.record);
+        if self.first_fault.is_none() {
+            // What the host takes from valid defaults is valid.
+            let skip = |k: &str| d.valid && !own.sets(k);
+            self.first_fault = rules::check_named_spec(&name, &spec, &skip).err();
+        }
+        self.map.insert(name, spec);
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub(super) fn into_document(self, schema_version: u32, rollout: Option<Settings>) -> Document {
+        Document { schema_version, hosts: self.map, first_fault: self.first_fault, rollout }
     }
 }
 
@@ -183,8 +222,6 @@ impl<'de> Visitor<'de> for DocumentVisitor {
 struct HostsSeed<'a> {
     defaults: Option<&'a Defaults>,
 }
-
-type Hosts = (BTreeMap<String, HostSpec>, Option<String>);
 
 impl<'de> DeserializeSeed<'de> for HostsSeed<'_> {
     type Value = Hosts;
@@ -202,26 +239,14 @@ impl<'de> Visitor<'de> for HostsSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Hosts, A::Error> {
-        // Nix prints the names sorted: collected, then built into a map.
-        let mut hosts = Vec::new();
-        let mut first_fault = None;
+        let mut hosts = Hosts::default();
         while let Some(name) = map.next_key::<String>()? {
-            let (spec, own) = match self.defaults {
-                None => (map.next_value::<HostSpec>()?, None),
-                Some(d) => {
-                    let own = map.next_value::<Own>()?;
-                    let spec = Own::resolve(&own, &name, &d.record);
-                    (spec, Some(own).filter(|_| d.valid))
-                }
-            };
-            if first_fault.is_none() {
-                // What the host takes from valid defaults is valid.
-                let skip = |k: &str| own.as_ref().is_some_and(|o| !o.sets(k));
-                first_fault = rules::check_named_spec(&name, &spec, &skip).err();
+            match self.defaults {
+                None => hosts.push_record(name, map.next_value()?),
+                Some(d) => hosts.push_own(name, map.next_value()?, d),
             }
-            hosts.push((name, spec));
         }
-        Ok((hosts.into_iter().collect(), first_fault))
+        Ok(hosts)
     }
 }
 
