@@ -18,7 +18,9 @@
 #          (parsing and checking, selecting, rendering the plan).
 # The machine may be shared: medians and minimums are both shown, and
 # BENCH_CALLGRIND=1 adds instruction counts (valgrind), which noise does not
-# move, of the floor, of `print`, and of the tool's own process.
+# move: of the floor, of `print`, and of the tool's own process, split into
+# the thread that reads and checks the inventory while Nix prints it, the
+# plan's rendering and the selection.
 #
 #   BENCH_RUNS=N (default 40)   BENCH_CALLGRIND=1
 #
@@ -75,6 +77,20 @@ instructions() {
     sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
 }
 
+# Instructions of the tool's process, then of the functions named (0 when
+# inlined away): the inventory's reading thread, the plan, the selection.
+tool_instructions() {
+  local out=$work/callgrind.out
+  valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >/dev/null 2>&1
+  callgrind_annotate --inclusive=yes "$out" 2>/dev/null | awk '
+    /PROGRAM TOTALS/ { total = $1 }
+    /BlockingTask<T> as core::future::future::Future>::poll/ { reading = $1 }
+    /deploy_flake::plan::render \[/ { plan = $1 }
+    /deploy_flake::select::select \[/ { select = $1 }
+    END { gsub(",", "", total); gsub(",", "", reading); gsub(",", "", plan); gsub(",", "", select)
+          print total + 0, reading + 0, plan + 0, select + 0 }'
+}
+
 for hosts in "${sizes[@]}"; do
   flake=$work/fleet-$hosts
   write_fleet "$hosts" "$flake"
@@ -94,10 +110,11 @@ for hosts in "${sizes[@]}"; do
 
   callgrind=()
   if [ "${BENCH_CALLGRIND:-}" = 1 ]; then
+    # shellcheck disable=SC2207
     callgrind=(
       "$(instructions "${nixeval[@]}" "$flake#trivial")"
       "$(instructions "${nixeval[@]}" "$flake#deployFlake" --apply "$apply")"
-      "$(instructions "$bin" --dry-run --all --flake "$flake")"
+      $(tool_instructions "$bin" --dry-run --all --flake "$flake")
     )
   fi
 
@@ -129,11 +146,16 @@ for name, before, after in steps:
         cells.append(f"{ms(d)} {d / get(floor):+.2f}x")
     print(f"    {name:42} " + "   ".join(cells))
 if len(sys.argv) > 3:
-    f, p, t = (int(x) for x in sys.argv[3:6])
-    print("  instructions (callgrind):")
-    print(f"    floor {f / 1e6:8.1f} M")
-    print(f"    nix eval of the compact view {p / 1e6:8.1f} M  ({(p - f) / hosts:,.0f} a host over the floor)")
-    print(f"    deploy-flake's own process {t / 1e6:8.1f} M  ({t / hosts:,.0f} a host)")
-    print(f"    together {(p + t) / f:.2f}x the floor")
+    f, p, t, reading, plan, select = (int(x) for x in sys.argv[3:9])
+    mi = lambda n: f"{n / 1e6:8.1f} M {n / f:5.2f}x"
+    print("  instructions (callgrind; over the floor's):")
+    print(f"    floor                                      {mi(f)}")
+    print(f"    nix eval of the compact view, over it      {mi(p - f)}  ({(p - f) / hosts:,.0f} a host, lib's start included)")
+    print(f"    deploy-flake's process                     {mi(t)}  ({t / hosts:,.0f} a host)")
+    print(f"      reading, checking (beside nix)           {mi(reading)}")
+    print(f"      selecting the hosts                      {mi(select)}")
+    print(f"      rendering the plan                       {mi(plan)}")
+    print(f"      the rest (start, spawn, exit)            {mi(t - reading - select - plan)}")
+    print(f"    together {(p + t) / f:.2f}x the floor; without the reading beside nix {(p + t - reading) / f:.2f}x")
 PY
 done
