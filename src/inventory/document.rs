@@ -125,20 +125,24 @@ impl Own {
     }
 
     /// The host's record: what it sets, else its name or the default.
-    fn resolve(&self, name: &str, d: &HostSpec) -> HostSpec {
+    /// What it sets is moved out; [`Own::sets`] still tells what that was.
+    fn resolve(&mut self, name: &str, d: &HostSpec) -> HostSpec {
+        fn take<T: Default>(v: &mut Option<T>) -> Option<T> {
+            v.as_mut().map(std::mem::take)
+        }
         HostSpec {
-            hostname: self.hostname.clone().unwrap_or_else(|| name.to_string()),
-            ssh_user: self.ssh_user.clone().unwrap_or_else(|| d.ssh_user.clone()),
+            hostname: take(&mut self.hostname).unwrap_or_else(|| name.to_string()),
+            ssh_user: take(&mut self.ssh_user).unwrap_or_else(|| d.ssh_user.clone()),
             ssh_port: self.ssh_port.unwrap_or(d.ssh_port),
-            ssh_opts: self.ssh_opts.clone().unwrap_or_else(|| d.ssh_opts.clone()),
-            configuration: self.configuration.clone().unwrap_or_else(|| name.to_string()),
-            tags: self.tags.clone().unwrap_or_else(|| d.tags.clone()),
+            ssh_opts: take(&mut self.ssh_opts).unwrap_or_else(|| d.ssh_opts.clone()),
+            configuration: take(&mut self.configuration).unwrap_or_else(|| name.to_string()),
+            tags: take(&mut self.tags).unwrap_or_else(|| d.tags.clone()),
             build_on: self.build_on.unwrap_or(d.build_on),
-            self_check: self.self_check.clone().unwrap_or_else(|| d.self_check.clone()),
-            sudo: self.sudo.clone().unwrap_or_else(|| d.sudo.clone()),
+            self_check: take(&mut self.self_check).unwrap_or_else(|| d.self_check.clone()),
+            sudo: take(&mut self.sudo).unwrap_or_else(|| d.sudo.clone()),
             magic_rollback: self.magic_rollback.unwrap_or(d.magic_rollback),
             substitute_on_target: self.substitute_on_target.unwrap_or(d.substitute_on_target),
-            health_checks: self.health_checks.clone().unwrap_or_else(|| d.health_checks.clone()),
+            health_checks: take(&mut self.health_checks).unwrap_or_else(|| d.health_checks.clone()),
             timeouts: self.timeouts.unwrap_or(d.timeouts),
         }
     }
@@ -198,7 +202,7 @@ impl Hosts {
     }
 
     /// A host of the compact view: what it sets, on top of `d`.
-    pub(super) fn push_own(&mut self, name: String, own: Own, d: &Defaults) {
+    pub(super) fn push_own(&mut self, name: String, mut own: Own, d: &Defaults) {
         let spec = own.resolve(&name, &d.record);
         if self.first_fault.is_none() {
             // What the host takes from valid defaults is valid.
@@ -284,7 +288,7 @@ mod tests {
     #[test]
     fn a_host_may_set_every_option() {
         let record = serde_json::to_value(HostSpec::with_defaults("web1")).unwrap();
-        let own = Own::deserialize(&record).unwrap();
+        let mut own = Own::deserialize(&record).unwrap();
         let keys: Vec<&String> = record.as_object().unwrap().keys().collect();
         assert_eq!(keys, rules::rules().option_names());
         for k in rules::rules().option_names() {
@@ -294,13 +298,17 @@ mod tests {
             own.resolve("other", &HostSpec::with_defaults("x")),
             HostSpec::with_defaults("web1")
         );
+        // Moved out, and still known as set.
+        for k in rules::rules().option_names() {
+            assert!(own.sets(k), "{k}");
+        }
     }
 
     /// What a host does not set comes from the defaults (or is its name),
     /// and is known as such, so that its check is not repeated.
     #[test]
     fn a_host_that_sets_nothing_takes_the_defaults() {
-        let none = Own::deserialize(serde_json::json!({})).unwrap();
+        let mut none = Own::deserialize(serde_json::json!({})).unwrap();
         for k in rules::rules().option_names() {
             assert_eq!(none.sets(k), NAMED.contains(&k), "{k}");
         }
@@ -313,7 +321,7 @@ mod tests {
             (spec.ssh_user.as_str(), spec.self_check.as_deref()),
             ("deploy", Some("bin/check"))
         );
-        let null = Own::deserialize(serde_json::json!({ "selfCheck": null })).unwrap();
+        let mut null = Own::deserialize(serde_json::json!({ "selfCheck": null })).unwrap();
         assert_eq!(null.resolve("web1", &d).self_check, None);
     }
 }

@@ -185,24 +185,17 @@ struct Tail {
 /// list ends with its closing byte; anything else where a `,`, `}` or `]`
 /// follows.
 fn value_end(text: &[u8], from: usize) -> Option<usize> {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for (i, &b) in text.iter().enumerate().skip(from) {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => {
-                    in_string = false;
-                    if depth == 0 {
-                        return Some(i + 1);
-                    }
-                }
-                _ => {}
-            }
-            continue;
-        }
+    let mut depth = 0usize;
+    let mut i = from;
+    while let Some(&b) = text.get(i) {
         match b {
-            b'"' => in_string = true,
+            b'"' => {
+                i = string_end(text, i + 1)?;
+                if depth == 0 {
+                    return Some(i);
+                }
+                continue;
+            }
             b'{' | b'[' => depth += 1,
             b'}' | b']' if depth == 0 => return Some(i),
             b'}' | b']' => {
@@ -214,8 +207,20 @@ fn value_end(text: &[u8], from: usize) -> Option<usize> {
             b',' if depth == 0 => return Some(i),
             _ => {}
         }
+        i += 1;
     }
     None
+}
+
+/// One past the `"` that closes the string whose text starts at `from`.
+fn string_end(text: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        let n = text.get(from..)?.iter().position(|b| *b == b'"' || *b == b'\\')?;
+        match text[from + n] {
+            b'"' => return Some(from + n + 1),
+            _ => from += n + 2,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -244,6 +249,7 @@ mod tests {
     #[test]
     fn values_end_where_json_says() {
         assert_eq!(value_end(br#""a\"b",x"#, 0), Some(6));
+        assert_eq!(value_end(br#""a\\",x"#, 0), Some(5));
         assert_eq!(value_end(br#"{"a":[1,{"}":2}]},x"#, 0), Some(17));
         assert_eq!(value_end(br#"12}"#, 0), Some(2));
         assert_eq!(value_end(br#"{"a":"#, 0), None);
