@@ -44,7 +44,7 @@ enum Key {
 
 /// The compact view's `defaults` as a record (its `hostname` and
 /// `configuration` empty), and whether its values passed their rules:
-/// then a host's value equal to the default is not checked again.
+/// then what a host takes from them is not checked again.
 pub(super) struct Defaults {
     record: HostSpec,
     valid: bool,
