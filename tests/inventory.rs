@@ -394,7 +394,11 @@ fn resolved(compact: &Value) -> String {
         }
         hosts.insert(name.clone(), record);
     }
-    json!({ "schemaVersion": compact["schemaVersion"], "hosts": hosts }).to_string()
+    let mut doc = json!({ "schemaVersion": compact["schemaVersion"], "hosts": hosts });
+    if let Some(rollout) = compact.get("rollout") {
+        doc["rollout"] = rollout.clone();
+    }
+    doc.to_string()
 }
 
 #[test]
@@ -445,6 +449,20 @@ fn a_fault_in_the_compact_view_reads_as_in_the_resolved_document() {
         r#"deployFlake.hosts.b.sudo: expected a command (not empty, no control characters), got a string (""): is empty; fix it in the flake's deployFlake"#
     );
     assert_eq!(err(&view.to_string()), err(&resolved(&view)));
+    // The rollout is checked after the hosts, and reads as it does beside
+    // resolved records.
+    let rollout = json!({ "batches": [], "canary": [], "maxFailures": 0, "soak": null });
+    for hosts in [json!({ "web1": {} }), json!({ "web1": { "sshPort": 0 } })] {
+        let mut view = compact(json!({}), hosts);
+        view["rollout"] = rollout.clone();
+        assert_eq!(err(&view.to_string()), err(&resolved(&view)), "{view}");
+    }
+    let mut view = compact(json!({}), json!({ "web1": {} }));
+    view["rollout"] =
+        json!({ "batches": ["25%"], "canary": ["web1"], "maxFailures": 1, "soak": 30 });
+    let inv = inventory::parse(&view.to_string()).unwrap();
+    assert_eq!(inv, inventory::parse(&resolved(&view)).unwrap());
+    assert_eq!(inv.rollout.unwrap().soak, Some(30));
     // A newer version is reported as such, whatever the rest holds.
     let mut view = compact(json!({}), json!({ "web1": { "sshPort": 0 } }));
     view["schemaVersion"] = json!(2);
