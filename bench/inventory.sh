@@ -84,7 +84,8 @@ tool_instructions() {
   valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >/dev/null 2>&1
   callgrind_annotate --inclusive=yes "$out" 2>/dev/null | awk '
     /PROGRAM TOTALS/ { total = $1 }
-    /BlockingTask<T> as core::future::future::Future>::poll/ { reading = $1 }
+    /deploy_flake::inventory::stream::read \[|BlockingTask<T> as core::future::future::Future>::poll/ {
+      n = $1; gsub(",", "", n); if (n + 0 > reading + 0) reading = n }
     /deploy_flake::plan::render \[/ { plan = $1 }
     /deploy_flake::select::select \[/ { select = $1 }
     END { gsub(",", "", total); gsub(",", "", reading); gsub(",", "", plan); gsub(",", "", select)
