@@ -9,7 +9,10 @@
 #
 # mkDeployFlake returns plain data (schema version 1): every host record is
 # fully resolved (built-in defaults < `defaults` < per-host, timeouts merged
-# key by key) and checked, with errors that name the attribute path.
+# key by key) and checked, with errors that name the attribute path. That
+# document is also what the value prints as (`nix eval --json`, `toJSON`:
+# its `outPath`); beside it, `compact` holds the same fleet in a fraction
+# of the text, which the tool asks for (see the end of mkDeployFlake).
 #
 # The defaults and what each option accepts come from rules.json, which the
 # tool reads too (see rules.nix): a fleet this library accepts, the tool
@@ -22,6 +25,7 @@ let
 
   rules = import ./rules.nix;
   rolloutLib = import ./rollout.nix { inherit rules; };
+  inherit (rules) userSettingsOk;
   inherit (rules) schemaVersion timeoutDefaults healthCheckDefaults perHostOnly attrPath describe suggest;
 
   # Settings shared by every host unless overridden. `hostname` and
@@ -51,10 +55,10 @@ let
     else if rules.userSettingsOk v then v
     else throw (rules.userSettingsProblem path v);
 
-  # A value mkDeployFlake derives from the host's attribute name.
-  checkDerived = path: option: v:
-    if rules.user.${option}.ok v then v
-    else throw (rules.user.${option}.problem "${path}.${option}" v);
+  # A value mkDeployFlake derives from the host's attribute name: the
+  # fast check, and the fault (thrown) for the host at `path`.
+  derivedOk = option: rules.user.${option}.ok;
+  derivedFault = option: path: v: throw (rules.user.${option}.problem "${path}.${option}" v);
 
   # ---- the fleet -------------------------------------------------------
 
@@ -81,32 +85,58 @@ let
       baseTimeouts = timeoutDefaults // (userDefaults.timeouts or { });
       base = hostDefaults // userDefaults // { timeouts = baseTimeouts; };
 
-      resolve = name: host:
-        let
-          path = attrPath "deployFlake.hosts" name;
-          h = checkSettings path host;
-          r = base // h // {
-            hostname = h.hostname or (checkDerived path "hostname" name);
-            configuration = h.configuration or (checkDerived path "configuration" name);
-            timeouts = if h ? timeouts then baseTimeouts // h.timeouts else baseTimeouts;
-            healthChecks = map resolveHealthCheck (h.healthChecks or base.healthChecks);
-          };
-        in
-        if hasAttr r.configuration configs then r
+      # What a host that sets nothing gets: every option but `hostname` and
+      # `configuration`, health checks resolved.
+      resolvedDefaults = base // { healthChecks = map resolveHealthCheck base.healthChecks; };
+
+      # What a host sets itself, checked, with its timeouts and health checks
+      # resolved; `hostname` and `configuration` are there when it sets
+      # them, else they are its attribute name (checked here too). The
+      # checks of every host, in the order the faults are reported.
+      hostnameOk = derivedOk "hostname";
+      configurationOk = derivedOk "configuration";
+      own = name: h:
+        if !(isAttrs h && userSettingsOk h) then
+          checkSettings (attrPath "deployFlake.hosts" name) h
+        else if !(h ? configuration || configurationOk name) then
+          derivedFault "configuration" (attrPath "deployFlake.hosts" name) name
+        else if !(hasAttr (h.configuration or name) configs) then
+          let path = attrPath "deployFlake.hosts" name; c = h.configuration or name; in
+          throw "${path}.configuration: host ${toJSON name} uses configuration ${toJSON c}, which is not in nixosConfigurations${suggest c configNames}"
+        else if !(h ? hostname || hostnameOk name) then
+          derivedFault "hostname" (attrPath "deployFlake.hosts" name) name
+        else if !(h ? timeouts || h ? healthChecks) then h
         else
-          throw "${path}.configuration: host ${toJSON name} uses configuration ${toJSON r.configuration}, which is not in nixosConfigurations${suggest r.configuration configNames}";
+          h
+          // (if h ? timeouts then { timeouts = baseTimeouts // h.timeouts; } else { })
+          // (if h ? healthChecks then { healthChecks = map resolveHealthCheck h.healthChecks; } else { });
 
       checkedHosts =
         if isAttrs hosts then hosts
         else throw "deployFlake.hosts: expected an attribute set of hosts, got ${describe hosts}";
+
+      owns = mapAttrs own checkedHosts;
+
+      # Schema version 1: every host's record in full.
+      resolved = rec {
+        inherit schemaVersion;
+        hosts = mapAttrs (name: o: resolvedDefaults // { hostname = name; configuration = name; } // o) owns;
+        # Canary selectors are matched against the hosts' names and tags.
+        rollout = rolloutLib.resolve "deployFlake.rollout" hosts userRollout;
+      };
     in
     # `seq`: a bad `defaults` is reported even when every host overrides it.
-    builtins.seq userDefaults rec {
-      inherit schemaVersion;
-      hosts = mapAttrs resolve checkedHosts;
-      # Canary selectors are matched against the hosts' names and tags.
-      rollout = rolloutLib.resolve "deployFlake.rollout" hosts userRollout;
-    };
+    builtins.seq userDefaults (resolved // {
+      # What `nix eval --json` and `toJSON` print of this value: the
+      # resolved document, as every reader of schema version 1 expects.
+      outPath = resolved;
+      # The same fleet for the tool, which asks for it when it is there
+      # (`--apply 'd: d.compact or d'`): the resolved `defaults` once, then
+      # per host only what it sets itself. A fraction of the text for Nix
+      # to print and for the tool to read; the tool fills in the rest and
+      # checks each record as it checks a resolved one.
+      compact = { inherit schemaVersion; inherit (resolved) rollout; defaults = resolvedDefaults; hosts = owns; };
+    });
 
   # (Not `self`: that name is the user's flake inside mkDeployFlake.)
   deployLib = {

@@ -66,6 +66,12 @@ let
         ]
       );
 
+  # What `nix eval --json` prints of a fleet, and so what the tool reads:
+  # mkDeployFlake's value prints as its `outPath`, the resolved document
+  # (beside it, the `compact` view the tool asks for is derived from the
+  # same checked hosts).
+  document = fleet: if isAttrs fleet && fleet ? outPath then fleet.outPath else fleet;
+
   fleetErrors = configNames: fleet:
     if !isAttrs fleet then [ "deployFlake: expected an attribute set (the result of mkDeployFlake), got ${describe fleet}" ]
     else if !(hasAttr "schemaVersion" fleet) then [ "deployFlake.schemaVersion: missing (this deploy-flake reads schema version ${toString schemaVersion})" ]
@@ -110,7 +116,7 @@ let
       configNames =
         if isAttrs nixosConfigurations then attrNames nixosConfigurations
         else throw "deployChecks: nixosConfigurations: expected an attribute set, got ${describe nixosConfigurations}";
-      errors = fleetErrors configNames deployFlake;
+      errors = fleetErrors configNames (document deployFlake);
       count = length errors;
       report =
         "deployChecks: deployFlake has ${toString count} problem${if count == 1 then "" else "s"}:\n"

@@ -154,9 +154,15 @@ let
     else if t == "enum" then
       compiled (v: builtins.elem v rule.values) (mismatch expected)
     else if t == "list" then
-      let element = compile resolved rule.element; in
+      let
+        element = compile resolved rule.element;
+        elementOk = element.ok;
+        ok =
+          if checks == [ ] then v: isList v && all elementOk v
+          else v: isList v && failing v == null && all elementOk v;
+      in
       compiled
-        (orNull (v: isList v && (checks == [ ] || failing v == null) && all element.ok v))
+        (orNull ok)
         (path: v:
           if !isList v then mismatch expected path v
           else
@@ -255,6 +261,7 @@ let
 
   optionNames = attrNames data.options;
   userOptions = mapAttrs (_: compile false) data.options;
+  userOks = mapAttrs (_: o: o.ok) userOptions;
   resolvedOptions = mapAttrs (_: compile true) data.options;
 in
 {
@@ -268,8 +275,11 @@ in
 
   # Is a settings attrset written for mkDeployFlake (the `defaults`, or one
   # host) valid? Its first fault as a message: unknown keys first.
+  # (Unknown keys first, without forcing a value: a known key's value may
+  # throw, and the unknown key is the fault to report.)
   userSettingsOk = v:
-    removeAttrs v optionNames == { } && all (k: userOptions.${k}.ok v.${k}) (attrNames v);
+    let keys = attrNames v; in
+    all (k: userOks ? ${k}) keys && all (k: userOks.${k} v.${k}) keys;
   userSettingsProblem = path: v:
     let k = keyProblem false path optionNames v; in
     if k != null then k

@@ -1,13 +1,18 @@
 //! The fleet inventory: `nix eval --json <flake>#deployFlake` parsed into
 //! typed, validated records (schema version 1, see DESIGN.md).
 
+mod document;
+mod stream;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
 
 use crate::events::Phase;
 use crate::rules;
+use document::Document;
 
 /// The schema version this build understands.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -228,6 +233,12 @@ pub const DEFAULT_EVAL_TIMEOUT: Duration = Duration::from_secs(300);
 /// How many lines of Nix's stderr an evaluation error shows.
 const STDERR_TAIL_LINES: usize = 20;
 
+/// What the evaluation applies to `deployFlake`: lib's compact view of the
+/// fleet when it has one (`mkDeployFlake` from this version on), else the
+/// document itself (an older lib, or one written by hand). Either reads as
+/// the same inventory.
+pub const EVAL_APPLY: &str = "d: d.compact or d";
+
 /// The argv of the one evaluation that reads the whole fleet.
 pub fn eval_argv(flake: &str) -> Vec<String> {
     vec![
@@ -237,14 +248,20 @@ pub fn eval_argv(flake: &str) -> Vec<String> {
         "--extra-experimental-features".into(),
         "nix-command flakes".into(),
         format!("{flake}#deployFlake"),
+        "--apply".into(),
+        EVAL_APPLY.into(),
     ]
 }
 
 /// Evaluates `<flake>#deployFlake` and returns the validated inventory.
 /// Never evaluates a NixOS configuration (that is `lib/`'s promise).
+///
+/// What Nix prints is read on a thread of its own as it comes, so that
+/// reading and checking the hosts overlaps their evaluation; it counts only
+/// once `nix` has succeeded.
 pub async fn load(flake: &str, timeout: Duration) -> Result<Inventory, InventoryError> {
     let argv = eval_argv(flake);
-    let child = tokio::process::Command::new(&argv[0])
+    let mut child = tokio::process::Command::new(&argv[0])
         .args(&argv[1..])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -252,19 +269,25 @@ pub async fn load(flake: &str, timeout: Duration) -> Result<Inventory, Inventory
         .kill_on_drop(true)
         .spawn()
         .map_err(|source| InventoryError::NixNotFound { source })?;
-    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(Ok(out)) => out,
-        Ok(Err(source)) => return Err(InventoryError::NixNotFound { source }),
+    let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        unreachable!("stdout and stderr are piped")
+    };
+    let stdout = stdout.into_owned_fd().map_err(|source| InventoryError::NixNotFound { source })?;
+    let reading = tokio::task::spawn_blocking(move || stream::read(std::fs::File::from(stdout)));
+    let finished = async {
+        let mut err = Vec::new();
+        let (status, _, read) = tokio::join!(child.wait(), stderr.read_to_end(&mut err), reading);
+        (status, err, read.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())))
+    };
+    let (status, stderr, read) = match tokio::time::timeout(timeout, finished).await {
+        Ok((Ok(status), stderr, read)) => (status, stderr, read),
+        Ok((Err(source), ..)) => return Err(InventoryError::NixNotFound { source }),
         Err(_) => return Err(InventoryError::Timeout { flake: flake.to_string(), after: timeout }),
     };
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(classify_eval_failure(flake, &stderr));
+    if !status.success() {
+        return Err(classify_eval_failure(flake, &String::from_utf8_lossy(&stderr)));
     }
-    match String::from_utf8(out.stdout) {
-        Ok(stdout) => parse(&stdout),
-        Err(e) => parse(&String::from_utf8_lossy(e.as_bytes())),
-    }
+    read
 }
 
 /// Turns a failed `nix eval` into an error: a missing output gets the fix,
@@ -281,22 +304,45 @@ pub fn classify_eval_failure(flake: &str, stderr: &str) -> InventoryError {
 // ---------------------------------------------------------------------------
 // Parsing and validation (pure)
 
-/// Parses and validates the JSON of a `deployFlake` output. Every host is
-/// checked against lib/rules.json, and a fault is reported as lib/ reports
-/// it.
+/// Parses and validates the JSON of a `deployFlake` output: the resolved
+/// document, or lib's compact view of it (see [`EVAL_APPLY`]). Every host
+/// is checked against lib/rules.json, and a fault is reported as lib/
+/// reports it.
 pub fn parse(json: &str) -> Result<Inventory, InventoryError> {
-    // Fast path: a well-formed current document deserializes in one pass,
-    // and its values are checked in place. Anything else is read as JSON,
-    // so that a wrong type, key or version gets its own message.
-    if let Ok(inventory) = serde_json::from_str::<Inventory>(json) {
-        if inventory.schema_version == SCHEMA_VERSION {
-            validate(&inventory)?;
-            return Ok(inventory);
-        }
+    match serde_json::from_str::<Document>(json) {
+        Ok(doc) if doc.schema_version == SCHEMA_VERSION => finish(doc),
+        _ => parse_generic(json),
     }
-    let value: serde_json::Value =
+}
+
+/// A document read in one pass, of the current version: its first fault
+/// (a host's, then the rollout's), or the inventory.
+fn finish(doc: Document) -> Result<Inventory, InventoryError> {
+    if let Some(message) = doc.first_fault {
+        return Err(InventoryError::InvalidHost { message });
+    }
+    check_rollout(doc.rollout.as_ref())?;
+    Ok(Inventory { schema_version: doc.schema_version, hosts: doc.hosts, rollout: doc.rollout })
+}
+
+/// Checks a rollout serde has read, as the generic reading checks its JSON.
+fn check_rollout(rollout: Option<&crate::rollout::Settings>) -> Result<(), InventoryError> {
+    let Some(r) = rollout else { return Ok(()) };
+    let v = serde_json::to_value(r).map_err(|e| InventoryError::Malformed {
+        path: ".rollout".into(),
+        detail: e.to_string(),
+    })?;
+    crate::rollout::check_json("deployFlake.rollout", &v)
+        .map_err(|message| InventoryError::InvalidHost { message })?;
+    Ok(())
+}
+
+/// Reads any JSON, so that a wrong type, key or version gets its own
+/// message (a compact view, expanded into the document it stands for).
+fn parse_generic(json: &str) -> Result<Inventory, InventoryError> {
+    let mut value: serde_json::Value =
         serde_json::from_str(json).map_err(|source| InventoryError::Json { source })?;
-    let obj = value.as_object().ok_or_else(|| InventoryError::Malformed {
+    let obj = value.as_object_mut().ok_or_else(|| InventoryError::Malformed {
         path: String::new(),
         detail: "expected an attribute set".into(),
     })?;
@@ -313,6 +359,10 @@ pub fn parse(json: &str) -> Result<Inventory, InventoryError> {
     }
     if version < u64::from(SCHEMA_VERSION) {
         return Err(InventoryError::SchemaTooOld { found: version });
+    }
+    if obj.contains_key("defaults") {
+        document::expand_compact(obj)
+            .map_err(|(path, detail)| InventoryError::Malformed { path, detail })?;
     }
     if let Some(k) =
         obj.keys().find(|k| !["schemaVersion", "hosts", "rollout"].contains(&k.as_str()))
@@ -354,17 +404,10 @@ pub fn parse(json: &str) -> Result<Inventory, InventoryError> {
 /// Checks every host of an inventory (see [`validate_host`]).
 pub fn validate(inventory: &Inventory) -> Result<(), InventoryError> {
     for (name, spec) in &inventory.hosts {
-        validate_host(&format!("deployFlake.hosts.{}", attr_display(name)), spec)?;
-    }
-    if let Some(r) = &inventory.rollout {
-        let v = serde_json::to_value(r).map_err(|e| InventoryError::Malformed {
-            path: ".rollout".into(),
-            detail: e.to_string(),
-        })?;
-        crate::rollout::check_json("deployFlake.rollout", &v)
+        rules::check_named_spec(name, spec, &|_| false)
             .map_err(|message| InventoryError::InvalidHost { message })?;
     }
-    Ok(())
+    check_rollout(inventory.rollout.as_ref())
 }
 
 /// Checks one host record against lib/rules.json; `path` names it in

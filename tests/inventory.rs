@@ -356,7 +356,129 @@ fn eval_argv_is_one_argument_per_word() {
             "--json",
             "--extra-experimental-features",
             "nix-command flakes",
-            "./my flake#deployFlake"
+            "./my flake#deployFlake",
+            "--apply",
+            "d: d.compact or d"
         ]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// lib's compact view: `defaults` once, then what each host sets itself
+
+/// A compact view: `defaults` are those of `host()` but the per-host
+/// options, changed by `defaults`; `hosts` as given.
+fn compact(defaults: Value, hosts: Value) -> Value {
+    let mut d = host();
+    let d = d.as_object_mut().unwrap();
+    d.remove("hostname");
+    d.remove("configuration");
+    for (k, v) in defaults.as_object().unwrap() {
+        d.insert(k.clone(), v.clone());
+    }
+    json!({ "schemaVersion": 1, "defaults": d, "hosts": hosts })
+}
+
+/// The resolved document a compact view stands for, put together here
+/// independently of the tool: a host's own values, else its name for
+/// `hostname` and `configuration`, else the defaults.
+fn resolved(compact: &Value) -> String {
+    let mut hosts = serde_json::Map::new();
+    for (name, own) in compact["hosts"].as_object().unwrap() {
+        let mut record = compact["defaults"].clone();
+        record["hostname"] = json!(name);
+        record["configuration"] = json!(name);
+        match own.as_object() {
+            Some(own) => own.iter().for_each(|(k, v)| record[k] = v.clone()),
+            None => record = own.clone(),
+        }
+        hosts.insert(name.clone(), record);
+    }
+    let mut doc = json!({ "schemaVersion": compact["schemaVersion"], "hosts": hosts });
+    if let Some(rollout) = compact.get("rollout") {
+        doc["rollout"] = rollout.clone();
+    }
+    doc.to_string()
+}
+
+#[test]
+fn the_compact_view_reads_as_the_document_it_stands_for() {
+    let check = json!({ "description": "GET http://db1/", "command": null, "http": "http://db1/", "period": 2, "timeout": 30 });
+    let view = compact(
+        json!({ "sshUser": "deploy", "tags": ["all"], "selfCheck": "bin/check" }),
+        json!({
+            "web1": { "hostname": "203.0.113.7", "tags": ["web"] },
+            "db1": { "buildOn": "local", "selfCheck": null, "magicRollback": false,
+                     "sshOpts": ["-o", "Compression=yes"], "healthChecks": [check],
+                     "timeouts": serde_json::to_value(inventory::Timeouts::default()).unwrap() },
+            "odd \"name\" $(x)": { "hostname": "odd.example.com", "configuration": "web1", "sudo": "doas", "sshPort": 2222, "sshUser": "root" },
+            "plain": {},
+        }),
+    );
+    let inv = inventory::parse(&view.to_string()).unwrap();
+    assert_eq!(inv, inventory::parse(&resolved(&view)).unwrap());
+    assert_eq!(inv.hosts["plain"].hostname, "plain");
+    assert_eq!(inv.hosts["plain"].ssh_user, "deploy");
+    assert_eq!(inv.hosts["db1"].self_check, None);
+    assert_eq!(inv.hosts["web1"].self_check.as_deref(), Some("bin/check"));
+    assert_eq!(inv.hosts["odd \"name\" $(x)"].configuration, "web1");
+}
+
+#[test]
+fn a_fault_in_the_compact_view_reads_as_in_the_resolved_document() {
+    let bad_hosts = [
+        json!({ "web1": { "sshPort": 0 } }),
+        json!({ "web1": { "sshPort": null } }),
+        json!({ "web1": { "sshPrt": 22 } }),
+        json!({ "web1": { "tags": ["web", 1] } }),
+        json!({ "a": {}, "my host": {} }),
+        json!({ "web1": { "hostname": "-oProxyCommand=x" } }),
+        json!({ "web1": "x" }),
+        json!({ "web1": { "timeouts": { "build": 5 } } }),
+    ];
+    for hosts in bad_hosts {
+        let view = compact(json!({}), hosts);
+        let want = err(&resolved(&view));
+        assert!(want.starts_with("deployFlake.hosts."), "{want}");
+        assert_eq!(err(&view.to_string()), want, "{view}");
+    }
+    // A bad default is reported on the first host that takes it.
+    let view = compact(json!({ "sudo": "" }), json!({ "a": { "sudo": "doas" }, "b": {}, "c": {} }));
+    assert_eq!(
+        err(&view.to_string()),
+        r#"deployFlake.hosts.b.sudo: expected a command (not empty, no control characters), got a string (""): is empty; fix it in the flake's deployFlake"#
+    );
+    assert_eq!(err(&view.to_string()), err(&resolved(&view)));
+    // The rollout is checked after the hosts, and reads as it does beside
+    // resolved records.
+    let rollout = json!({ "batches": [], "canary": [], "maxFailures": 0, "soak": null });
+    for hosts in [json!({ "web1": {} }), json!({ "web1": { "sshPort": 0 } })] {
+        let mut view = compact(json!({}), hosts);
+        view["rollout"] = rollout.clone();
+        assert_eq!(err(&view.to_string()), err(&resolved(&view)), "{view}");
+    }
+    let mut view = compact(json!({}), json!({ "web1": {} }));
+    view["rollout"] =
+        json!({ "batches": ["25%"], "canary": ["web1"], "maxFailures": 1, "soak": 30 });
+    let inv = inventory::parse(&view.to_string()).unwrap();
+    assert_eq!(inv, inventory::parse(&resolved(&view)).unwrap());
+    assert_eq!(inv.rollout.unwrap().soak, Some(30));
+    // A newer version is reported as such, whatever the rest holds.
+    let mut view = compact(json!({}), json!({ "web1": { "sshPort": 0 } }));
+    view["schemaVersion"] = json!(2);
+    assert!(err(&view.to_string()).starts_with("deployFlake has schemaVersion 2,"));
+}
+
+#[test]
+fn a_malformed_compact_view_is_named() {
+    let doc = r#"{"schemaVersion": 1, "defaults": [], "hosts": {}}"#;
+    assert_eq!(
+        err(doc),
+        "deployFlake.compact.defaults: expected an attribute set; it must be the output of deploy-flake's lib.mkDeployFlake (same version as this binary)"
+    );
+    let view = compact(json!({ "hostname": "h" }), json!({ "web1": {} }));
+    assert_eq!(
+        err(&view.to_string()),
+        "deployFlake.compact.defaults.hostname: unknown field; it must be the output of deploy-flake's lib.mkDeployFlake (same version as this binary)"
     );
 }

@@ -16,6 +16,14 @@ fn mk(args: &str) -> Result<serde_json::Value, String> {
     ))
 }
 
+/// `mkDeployFlake` as [`mk`], then `.ATTR` of its value.
+fn mk_attr(args: &str, attr: &str) -> Result<serde_json::Value, String> {
+    eval_expr(&format!(
+        r#"(let lib = import {}/lib; in lib.mkDeployFlake ({{ self = {{ nixosConfigurations = {{ web1 = throw "web1 forced"; db1 = throw "db1 forced"; "odd'$(x)" = throw "forced"; }}; }}; }} // {args})).{attr}"#,
+        repo_root().display()
+    ))
+}
+
 #[test]
 fn defaults_fill_every_field() {
     let v = mk("{ hosts.web1 = { }; }").unwrap();
@@ -406,4 +414,60 @@ fn a_canary_selector_must_match_a_host() {
         ));
         assert!(v.is_ok(), "{ok}: {v:?}");
     }
+}
+
+/// What the tool asks for (`deployFlake.compact`) reads as the same fleet
+/// as what every reader of schema version 1 gets (the value as JSON), and
+/// holds per host only what the host sets.
+#[test]
+fn the_compact_view_is_the_same_fleet() {
+    let fleet = r#"{ defaults = { sshUser = "deploy"; timeouts.copy = 1200; selfCheck = "bin/check";
+                                  healthChecks = [ { command = [ "true" ]; } ]; };
+                     hosts.web1 = { hostname = "203.0.113.7"; tags = [ "web" ]; timeouts.build = 7; };
+                     hosts.db1 = { buildOn = "local"; selfCheck = null; magicRollback = false;
+                                   sshOpts = [ "-o" "Compression=yes" ];
+                                   healthChecks = [ { http = "http://db1/"; period = 1; } ]; };
+                     hosts."odd'$(x)" = { hostname = "odd.example.com"; configuration = "web1"; sudo = "doas"; }; }"#;
+    let full = mk(fleet).unwrap();
+    let compact = mk_attr(fleet, "compact").unwrap();
+    assert_eq!(
+        inventory::parse(&compact.to_string()).unwrap(),
+        inventory::parse(&full.to_string()).unwrap()
+    );
+    assert_eq!(
+        compact["hosts"]["web1"],
+        json!({ "hostname": "203.0.113.7", "tags": ["web"],
+        "timeouts": full["hosts"]["web1"]["timeouts"].clone() })
+    );
+    assert_eq!(compact["hosts"]["db1"]["healthChecks"], full["hosts"]["db1"]["healthChecks"]);
+    assert_eq!(compact["defaults"]["healthChecks"], full["hosts"]["web1"]["healthChecks"]);
+    assert!(compact["defaults"].get("hostname").is_none(), "{compact}");
+    // Faults are found the same way through either.
+    let bad = r#"{ hosts.web1.sshPort = 0; }"#;
+    assert_eq!(mk_attr(bad, "compact").unwrap_err(), mk(bad).unwrap_err());
+}
+
+/// A fleet without the compact view (an older lib's, or one written by
+/// hand) reads as the same inventory.
+#[tokio::test]
+async fn load_reads_a_document_without_the_compact_view() {
+    let flake = |deploy_flake: &str| {
+        flake_from(&format!(
+            r#"{{ outputs = {{ self }}: {{
+                 nixosConfigurations = {{ web1 = throw "web1 forced"; db1 = throw "db1 forced"; }};
+                 fleet = (import ./lib).mkDeployFlake {{ inherit self;
+                   defaults = {{ sshUser = "deploy"; }};
+                   hosts = {{ web1.tags = [ "web" ]; db1 = {{ buildOn = "local"; sshPort = 2222; }}; }}; }};
+                 deployFlake = {deploy_flake}; }}; }}"#
+        ))
+    };
+    let (with_view, by_hand) =
+        (flake("self.fleet"), flake("builtins.fromJSON (builtins.toJSON self.fleet)"));
+    let load = |dir: &std::path::Path| {
+        let flake = dir.to_str().unwrap().to_string();
+        async move { inventory::load(&flake, inventory::DEFAULT_EVAL_TIMEOUT).await.unwrap() }
+    };
+    let inv = load(by_hand.path()).await;
+    assert_eq!(inv.hosts["db1"].ssh_port, 2222);
+    assert_eq!(inv, load(with_view.path()).await);
 }

@@ -345,8 +345,13 @@ impl Rules {
     }
 
     /// A host record: unknown keys first, then missing ones, then every
-    /// value in key order.
-    pub(super) fn check_host(&self, path: &Path, host: View) -> Result<(), String> {
+    /// value in key order but those of the options `skip` names.
+    pub(super) fn check_host(
+        &self,
+        path: &Path,
+        host: View,
+        skip: &dyn Fn(&str) -> bool,
+    ) -> Result<(), String> {
         if !host.is_record() {
             return Err(format!("{path}: expected an attribute set, got {}", host.describe()));
         }
@@ -356,6 +361,9 @@ impl Rules {
             key_problem(path, names.clone(), |k| k != "healthChecks", obj)?;
         }
         for (k, rule) in &self.options {
+            if skip(k) {
+                continue;
+            }
             if let Some(v) = host.get(k) {
                 self.check(self.resolve(rule), &Path::Key(path, k), v)?;
             }

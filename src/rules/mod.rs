@@ -229,13 +229,25 @@ fn first_failing<'r>(checks: &'r [Check], v: Subject) -> Option<&'r str> {
 /// named by `path`, e.g. `deployFlake.hosts.web1`). The error is its first
 /// fault, in lib's words.
 pub fn check_host(path: &str, host: &Value) -> Result<(), String> {
-    rules().check_host(&Path::Root(path), View::Json(host))
+    rules().check_host(&Path::Root(path), View::Json(host), &|_| false)
 }
 
 /// Checks a host record serde has read (its values; its shape is right).
 /// The error is worded exactly as [`check_host`] words it for the JSON.
 pub fn check_spec(path: &str, spec: &HostSpec) -> Result<(), String> {
-    rules().check_host(&Path::Root(path), View::Host(spec))
+    rules().check_host(&Path::Root(path), View::Host(spec), &|_| false)
+}
+
+/// Checks host `name` of `deployFlake.hosts` as [`check_spec`] does, but
+/// not the values of the options `skip` names (values known to be valid).
+/// The path is written out only for a fault.
+pub fn check_named_spec(
+    name: &str,
+    spec: &HostSpec,
+    skip: &dyn Fn(&str) -> bool,
+) -> Result<(), String> {
+    let hosts = Path::Root("deployFlake.hosts");
+    rules().check_host(&Path::Key(&hosts, name), View::Host(spec), skip)
 }
 
 /// Why `value` cannot be the string option `option` (`hostname`,
