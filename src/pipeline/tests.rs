@@ -11,7 +11,8 @@ use crate::host::HostError;
 use crate::inventory::{BuildOn, HealthCheck};
 use crate::ssh::SshError;
 
-const ALL_PHASES: [Phase; 9] = [
+/// The phases of a deploy without --reboot, in order (`Phase::ALL` less `Reboot`).
+const SWITCH_PHASES: [Phase; 9] = [
     Phase::Connect,
     Phase::Lock,
     Phase::Preflight,
@@ -28,7 +29,7 @@ async fn a_healthy_host_goes_through_every_phase_in_order() {
     let r = run(Fake::new()).await;
     assert_eq!(r.ended(), (Outcome::Deployed, None, Some(Phase::Boot)));
     assert_eq!(r.report.system.as_deref(), Some(NEW));
-    assert_eq!(r.phases(), ALL_PHASES);
+    assert_eq!(r.phases(), SWITCH_PHASES);
     let calls = [
         "connect",
         "lock",
@@ -57,7 +58,7 @@ async fn a_healthy_host_goes_through_every_phase_in_order() {
             _ => None,
         })
         .collect();
-    assert_eq!(finished, ALL_PHASES.map(|p| (p, true)));
+    assert_eq!(finished, SWITCH_PHASES.map(|p| (p, true)));
     let activating =
         Event::Output { host: "web1".into(), phase: Phase::Activate, line: "activating".into() };
     assert!(r.events.contains(&activating));
