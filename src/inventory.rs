@@ -1,5 +1,5 @@
 //! The fleet inventory: `nix eval --json <flake>#deployFlake` parsed into
-//! typed, validated records (schema version 1, see DESIGN.md).
+//! typed, validated records (schema version 1, as lib/ writes it).
 
 mod document;
 mod stream;
