@@ -23,11 +23,15 @@
 # (confirmed/<name>), whose boot entry was written (booted/<name>), and the
 # last deploy (last).
 #
-#   agent.sh activate RUNDIR TOPLEVEL ACTIVATE_SECS CONFIRM_SECS MAGIC_ROLLBACK(1|0) [ENV...]
+#   agent.sh activate RUNDIR TOPLEVEL ACTIVATE_SECS CONFIRM_SECS MAGIC_ROLLBACK(1|0) THEN_BOOT(1|0) [ENV...]
+#                                 (THEN_BOOT: once confirmed, go on as `boot`)
 #   agent.sh boot RUNDIR TOPLEVEL [ENV...]
 #   agent.sh check TOPLEVEL SECS [ENV...]   (switch-to-configuration check)
 #   agent.sh watch RUNDIR SKIP_LINES [STATE]   (also keeps waiting while in STATE)
 #   agent.sh probe RUNDIR         (did an action of the run start?)
+#   agent.sh confirm RUNDIR       (run over a fresh login: confirms the activation)
+#   agent.sh abort RUNDIR         (stdin: "<cause> <reason>"; stop the activation
+#                                  or refuse the confirmation)
 #   agent.sh hold INFO BEAT_SECS RUNDIR  (run under flock: holds the host lock
 #                                  while a line arrives on stdin at least every
 #                                  BEAT_SECS, each touching RUNDIR/alive; says
@@ -60,6 +64,7 @@ set_status() {
         failed) remember unconfirmed ;;
         confirmed | rolled-back | rollback-failed | refused | boot-failed) remember "$1" ;;
     esac
+    wake_all
 }
 
 # remember OUTCOME: the last deploy to this host, for `deploy-flake status`
@@ -89,9 +94,6 @@ stc_env() {
     done
 }
 
-# run_bounded SECS ABORTABLE CMD...: run CMD in its own process group, its
-# output appended to the log. Returns its status, 124 on timeout, and 125
-# when ABORTABLE is 1 and the deployer asked to abort.
 # pause: one step of a wait. 0.2 s steps for the first 5 s, 1 s steps
 # after: a short wait is noticed at once, a long one costs its host next to
 # nothing. Adds the step to $waited (tenths of a second).
@@ -105,11 +107,84 @@ pause() {
     fi
 }
 
+# Waiting for what another process does (the deployer's confirmation or
+# abort, a state change of the agent) is not polled: the waiter naps on a
+# FIFO of its own in the run directory (wake.<pid>), and whoever makes the
+# change writes a line to every waiter's FIFO (wake_all), so the change is
+# seen the moment it is made. A ticker writes the time waited (tenths of a
+# second, at the pace of `pause`) for the waiter's own deadlines.
+#   nap_init; while ...; do ...; nap; done; nap_done
+# After each nap, $waited is the time since nap_init.
+nap_init() {
+    waited=0 ticker='' napfifo="$rundir/wake.$$"
+    rm -f "$napfifo"
+    mkfifo -m 600 "$napfifo" 2> /dev/null || { napfifo=; return 0; }
+    exec 3<> "$napfifo"
+    napper=$$
+    (
+        while pause; do
+            kill -0 "$napper" 2> /dev/null || exit 0
+            echo "$waited" || exit 0
+        done
+    ) >&3 2> /dev/null < /dev/null &
+    ticker=$!
+}
+
+nap() {
+    if [ -z "$napfifo" ]; then
+        pause
+        return
+    fi
+    read -r line <&3
+    case "$line" in
+        *[!0-9]* | '') ;;
+        *) waited=$line ;;
+    esac
+}
+
+nap_done() {
+    [ -n "$napfifo" ] || return 0
+    kill "$ticker" 2> /dev/null
+    exec 3<&-
+    rm -f "$napfifo"
+    napfifo=
+}
+
+# Wake every waiter of the run (a FIFO opened read-write never blocks,
+# whether or not its waiter is still there).
+wake_all() {
+    for fifo in "$rundir"/wake.*; do
+        if [ -p "$fifo" ]; then echo w 1<> "$fifo"; fi
+    done 2> /dev/null
+}
+
+# run_bounded SECS ABORTABLE CMD...: run CMD in its own process group, its
+# output appended to the log. Returns its status, 124 on timeout, and 125
+# when ABORTABLE is 1 and the deployer asked to abort. This shell only
+# waits for CMD, so its end is seen at once; a guard beside it ends CMD
+# on timeout or abort.
 run_bounded() {
-    limit=$(( $1 * 10 )) abortable=$2
+    secs=$1 abortable=$2
     shift 2
+    rm -f "$rundir/ended-by"
     setsid "$@" >> "$rundir/log" 2>&1 < /dev/null &
     child=$!
+    guard "$child" "$secs" "$abortable" < /dev/null > /dev/null 2>&1 &
+    guard_pid=$!
+    wait "$child"
+    rc=$?
+    kill "$guard_pid" 2> /dev/null
+    wait "$guard_pid" 2> /dev/null
+    if [ -s "$rundir/ended-by" ]; then read -r rc < "$rundir/ended-by"; fi
+    rm -f "$rundir/ended-by"
+    return "$rc"
+}
+
+# guard PID SECS ABORTABLE: end the process group PID after SECS (124),
+# or when ABORTABLE is 1 and the deployer asks to abort (125); the reason
+# goes to $rundir/ended-by.
+guard() {
+    child=$1 limit=$(($2 * 10)) abortable=$3
     waited=0
     while kill -0 "$child" 2> /dev/null; do
         why=
@@ -119,6 +194,7 @@ run_bounded() {
             why=124
         fi
         if [ -n "$why" ]; then
+            echo "$why" > "$rundir/ended-by"
             kill -TERM -"$child" 2> /dev/null
             n=0
             while kill -0 "$child" 2> /dev/null && [ "$n" -lt 25 ]; do
@@ -126,12 +202,10 @@ run_bounded() {
                 n=$((n + 1))
             done
             kill -KILL -"$child" 2> /dev/null
-            wait "$child" 2> /dev/null
-            return "$why"
+            return
         fi
         pause
     done
-    wait "$child"
 }
 
 failed_units() {
@@ -217,8 +291,8 @@ roll_back() {
 }
 
 activate() {
-    rundir=$1 toplevel=$2 activate_secs=$3 confirm_secs=$4 magic=$5
-    shift 5
+    rundir=$1 toplevel=$2 activate_secs=$3 confirm_secs=$4 magic=$5 then_boot=$6
+    shift 6
     stc_env "$@"
     previous=
     if [ -e /run/current-system ]; then
@@ -262,33 +336,44 @@ activate() {
     # slow, busy deployer is waited for, and one that died or lost the host
     # is not: the host goes back CONFIRM_SECS after its last sign of life
     # (and in any case LIMIT_SECS after the activation).
+    # The deployer's confirmation and abort wake this wait (wake_all).
     since=$(date +%s)
     hard=$((since + confirm_secs + 600))
-    waited=0
+    nap_init
+    next=0 cause='' reason=''
     while [ ! -e "$rundir/confirmed" ]; do
         if [ -e "$rundir/abort" ]; then
-            roll_back "$(abort_cause)" "not confirmed: $(abort_text)"
-            return
+            cause=$(abort_cause) reason="not confirmed: $(abort_text)"
+            break
         fi
         # Once a second: the deadlines.
-        if [ $((waited % 10)) = 0 ]; then
+        if [ "$waited" -ge "$next" ]; then
+            next=$((waited + 10))
             now=$(date +%s)
             beat=$(stat -c %Y "$rundir/alive" 2> /dev/null || echo 0)
             [ "$beat" -gt "$since" ] && since=$beat
             if [ $((now - since)) -ge "$confirm_secs" ]; then
-                roll_back not-confirmed "no confirmation within ${confirm_secs}s of the deployer's last sign of life"
-                return
+                cause=not-confirmed reason="no confirmation within ${confirm_secs}s of the deployer's last sign of life"
+                break
             fi
             if [ "$now" -ge "$hard" ]; then
-                roll_back not-confirmed "no confirmation within $((confirm_secs + 600))s"
-                return
+                cause=not-confirmed reason="no confirmation within $((confirm_secs + 600))s"
+                break
             fi
         fi
-        pause
+        nap
     done
+    nap_done
+    if [ -n "$cause" ]; then
+        roll_back "$cause" "$reason"
+        return
+    fi
     record confirmed "$toplevel"
     set_status confirmed
     log "confirmed"
+    # Only a confirmed system becomes the boot entry; the agent writes it
+    # at once, whether or not the deployer is still there to see it.
+    if [ "$then_boot" = 1 ]; then boot "$rundir" "$toplevel" "$@"; fi
 }
 
 boot() {
@@ -363,23 +448,26 @@ unit_alive() {
 watch() {
     rundir=$1 seen=$2 patient=${3:-}
     runid=${rundir##*/}
-    # waited: since the last output (it sets the pace); clock: in all.
-    waited=0 clock=0 checked=0
+    # A state change wakes the watch at once (set_status); new log lines
+    # are shown at the next tick.
+    nap_init
+    checked=0
     while :; do
         if [ ! -d "$rundir" ]; then
+            nap_done
             echo "deploy-flake-previous $runid"
             echo "deploy-flake-status $runid vanished rebooted the run's state is gone from the host: it rebooted (or /run was cleared)"
             return
         fi
         # Status first: every line logged before a state change is printed
         # before the watch returns.
-        state='' total=0
-        if [ -e "$rundir/status" ]; then read -r state _ < "$rundir/status"; fi
+        status='' total=0
+        if [ -e "$rundir/status" ]; then read -r status < "$rundir/status"; fi
+        state=${status%% *}
         if [ -e "$rundir/log" ]; then total=$(wc -l < "$rundir/log"); fi
         if [ "$total" -gt "$seen" ]; then
             sed -n "$((seen + 1)),${total}p" "$rundir/log"
             seen=$total
-            waited=0
         fi
         case "${state:-starting}" in
             starting | activating | awaiting-confirmation | rolling-back | booting) transient=1 ;;
@@ -390,23 +478,40 @@ watch() {
             *) break ;;
         esac
         # Every few seconds: is the agent still there to change the state?
-        if [ -n "$transient" ] && [ $((clock - checked)) -ge 50 ] && ! unit_alive; then
-            last=
-            if [ -e "$rundir/status" ]; then read -r last _ < "$rundir/status"; fi
-            if [ "$last" = "$state" ]; then
-                echo "deploy-flake-previous $runid $(cat "$rundir/previous" 2> /dev/null)"
-                echo "deploy-flake-status $runid vanished lost the agent ended while ${state:-starting}: it was stopped or killed"
-                return
+        if [ -n "$transient" ] && [ $((waited - checked)) -ge 50 ]; then
+            checked=$waited
+            if ! unit_alive; then
+                last=
+                if [ -e "$rundir/status" ]; then read -r last _ < "$rundir/status"; fi
+                if [ "$last" = "$state" ]; then
+                    nap_done
+                    echo "deploy-flake-previous $runid $(cat "$rundir/previous" 2> /dev/null)"
+                    echo "deploy-flake-status $runid vanished lost the agent ended while ${state:-starting}: it was stopped or killed"
+                    return
+                fi
             fi
         fi
-        [ $((clock - checked)) -ge 50 ] && checked=$clock
-        before=$waited
-        pause
-        clock=$((clock + waited - before))
+        nap
     done
+    nap_done
     if [ -e "$rundir/log" ]; then sed -n "$((seen + 1)),\$p" "$rundir/log"; fi
     echo "deploy-flake-previous $runid $(cat "$rundir/previous" 2> /dev/null)"
-    echo "deploy-flake-status $runid $(cat "$rundir/status" 2> /dev/null)"
+    # The state seen, not the file again: the agent may have gone on.
+    echo "deploy-flake-status $runid $status"
+}
+
+confirm() {
+    rundir=$1
+    [ -d "$rundir" ] || { echo "deploy-flake agent: no run $rundir on this host" >&2; exit 1; }
+    : > "$rundir/confirmed" || exit 1
+    wake_all
+}
+
+abort() {
+    rundir=$1
+    [ -d "$rundir" ] || { echo "deploy-flake agent: no run $rundir on this host" >&2; exit 1; }
+    cat > "$rundir/abort.tmp" && mv -f "$rundir/abort.tmp" "$rundir/abort" || exit 1
+    wake_all
 }
 
 probe() {
@@ -534,6 +639,8 @@ case "$cmd" in
     check) check "$@" ;;
     watch) watch "$@" ;;
     probe) probe "$@" ;;
+    confirm) confirm "$@" ;;
+    abort) abort "$@" ;;
     hold) hold "$@" ;;
     health) health "$@" ;;
     facts) facts "$@" ;;

@@ -224,12 +224,16 @@ impl SwitchEnv {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentAction {
     /// Record the running system, `switch-to-configuration test`, then wait
-    /// `confirm_secs` for the confirmation; otherwise go back.
+    /// `confirm_secs` for the confirmation; otherwise go back. With
+    /// `then_boot`, once confirmed, go on as [`AgentAction::Boot`] (in the
+    /// same unit: no round trip between the confirmation and the boot
+    /// entry, which is written even if the deployer is gone by then).
     Activate {
         toplevel: StorePath,
         activate_secs: u64,
         confirm_secs: u64,
         magic_rollback: bool,
+        then_boot: bool,
         env: SwitchEnv,
     },
     /// Make `toplevel` the newest generation of the system profile (so that
@@ -254,12 +258,14 @@ impl AgentAction {
                 activate_secs,
                 confirm_secs,
                 magic_rollback,
+                then_boot,
                 env,
             } => {
                 v.push(toplevel.to_string());
                 v.push(activate_secs.to_string());
                 v.push(confirm_secs.to_string());
                 v.push(if *magic_rollback { "1" } else { "0" }.into());
+                v.push(if *then_boot { "1" } else { "0" }.into());
                 v.extend(env.words());
             }
             AgentAction::Boot { toplevel, env } => {
@@ -469,7 +475,7 @@ pub async fn abort<S: Spawner>(
     secs: u64,
 ) -> Result<(), ProcessError> {
     let text = format!("{} {}\n", cause.as_str(), reason.replace('\n', " "));
-    let cmd = Cmd::new(["dd", &format!("of={}", run.file("abort")), "status=none"]).stdin(text);
+    let cmd = run.cmd("abort", [run.dir.clone()]).stdin(text);
     process::run(on, &cmd.secs(secs), None).await?.check()?;
     Ok(())
 }
@@ -477,7 +483,7 @@ pub async fn abort<S: Spawner>(
 /// Confirm the activation. `fresh` must be a brand-new login: that it
 /// works at all is what the confirmation proves.
 pub async fn confirm<S: Spawner>(fresh: &S, run: &RunDir, secs: u64) -> Result<(), ProcessError> {
-    let cmd = Cmd::new(["touch", &run.file("confirmed")]).secs(secs);
+    let cmd = run.cmd("confirm", [run.dir.clone()]).secs(secs);
     process::run(fresh, &cmd, None).await?.check()?;
     Ok(())
 }

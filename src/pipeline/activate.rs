@@ -30,15 +30,27 @@ impl HostRun<'_> {
             Ok(s) => s,
             Err(end) => return end,
         };
-        if status.state != AgentState::Confirmed {
+        // With a boot entry to write, the agent goes on to it once
+        // confirmed: a watch may first see it written (or failed).
+        let boots = self.ctx.goal.boots();
+        let on_to_boot =
+            boots && matches!(status.state, AgentState::Booted | AgentState::BootFailed);
+        if status.state != AgentState::Confirmed && !on_to_boot {
             return self.agent_ended(host, &status, wanted).await;
         }
-        if !self.ctx.goal.boots() {
+        if !boots {
             self.note("confirmed; the boot entry stays as it is (--goal test)");
             return End::reached(Outcome::Deployed, Some(&wanted.toplevel), None);
         }
-        // Only a confirmed system becomes the boot entry.
-        self.boot(host, wanted, seen, true).await
+        self.start(Phase::Boot);
+        let status = if on_to_boot {
+            Ok(status)
+        } else {
+            let limit = Duration::from_secs(self.spec().timeouts.boot);
+            let confirmed = AgentState::Confirmed;
+            self.settle(host, &mut seen, Some(&confirmed), limit).await
+        };
+        self.boot_ended(host, status, wanted).await
     }
 
     /// Start the agent's activation and follow it until it awaits the
@@ -57,6 +69,8 @@ impl HostRun<'_> {
             activate_secs: t.activate,
             confirm_secs: confirm_window(spec),
             magic_rollback: spec.magic_rollback,
+            // Only a confirmed system becomes the boot entry.
+            then_boot: self.ctx.goal.boots(),
             env: self.ctx.switch_env,
         };
         if let Err(e) = self.start_agent(host, &action).await? {
@@ -153,45 +167,41 @@ impl HostRun<'_> {
         })
     }
 
-    /// Write the boot entry (of a confirmed system, or with `--goal boot`).
-    /// `seen`: the lines of the run's log already shown (the boot log
-    /// continues the activation's); `activated`: this run activated it.
-    pub(super) async fn boot<H: Host>(
-        &mut self,
-        host: &mut H,
-        wanted: &Wanted,
-        mut seen: usize,
-        activated: bool,
-    ) -> End {
+    /// Write the boot entry of a system that runs confirmed (finishing an
+    /// earlier run's boot step), or with `--goal boot`. (A confirmed
+    /// activation of this run goes on to its boot entry by itself.)
+    pub(super) async fn boot<H: Host>(&mut self, host: &mut H, wanted: &Wanted) -> End {
         self.start(Phase::Boot);
         let toplevel = wanted.toplevel.clone();
         let action = AgentAction::Boot { toplevel: toplevel.clone(), env: self.ctx.switch_env };
         match self.start_agent(host, &action).await {
             Err(end) => return end,
-            Ok(Err(e)) if activated => {
-                let msg = format!(
-                    "the new system {toplevel} runs, confirmed, but its boot entry was not written: \
-                     could not start the agent: {e}; re-run deploy-flake to finish the boot step"
-                );
-                return End {
-                    system: Some(toplevel.to_string()),
-                    ..End::unknown(Reason::BootEntry, msg)
-                };
-            }
             Ok(Err(e)) => {
                 let msg = format!("could not start the agent: {e}; nothing changed");
                 return End::unchanged(e.reason(Reason::BootEntry), msg);
             }
             Ok(Ok(())) => {}
         }
+        let mut seen = 0;
         // Until the boot agent writes its first state, an activation's
         // confirmed state is still there: keep waiting through it.
         let limit = Duration::from_secs(self.spec().timeouts.boot);
-        match self.settle(host, &mut seen, Some(&AgentState::Confirmed), limit).await {
+        let status = self.settle(host, &mut seen, Some(&AgentState::Confirmed), limit).await;
+        self.boot_ended(host, status, wanted).await
+    }
+
+    /// The end of a boot step, from the agent's last state.
+    async fn boot_ended<H: Host>(
+        &mut self,
+        host: &mut H,
+        status: Result<AgentStatus, Unsettled>,
+        wanted: &Wanted,
+    ) -> End {
+        match status {
             Ok(s) if s.state == AgentState::Booted => {
                 // --goal boot leaves the running system as it is.
-                let runs = (self.ctx.goal != Goal::Boot).then_some(&toplevel);
-                End::reached(Outcome::Deployed, runs, Some(&toplevel))
+                let runs = (self.ctx.goal != Goal::Boot).then_some(&wanted.toplevel);
+                End::reached(Outcome::Deployed, runs, Some(&wanted.toplevel))
             }
             Ok(s) => self.agent_ended(host, &s, wanted).await,
             Err(e) => lost(&e.to_string(), &host.inspect_hint()),

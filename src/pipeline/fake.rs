@@ -260,7 +260,10 @@ impl Host for Fake {
 
     async fn start(&mut self, action: &AgentAction, _secs: u64) -> HostResult<()> {
         let name = match action {
-            AgentAction::Activate { env, .. } => format!("start activate{}", words(*env)),
+            AgentAction::Activate { env, then_boot, .. } => {
+                let then = if *then_boot { " then-boot" } else { "" };
+                format!("start activate{then}{}", words(*env))
+            }
             AgentAction::Boot { env, .. } => format!("start boot{}", words(*env)),
         };
         self.call(name);
@@ -385,8 +388,11 @@ impl Ran {
         })
     }
 
+    /// Was `what` called (with or without further words)?
     pub fn called(&self, what: &str) -> bool {
-        self.calls.iter().any(|c| c == what)
+        self.calls
+            .iter()
+            .any(|c| c == what || c.strip_prefix(what).is_some_and(|r| r.starts_with(' ')))
     }
 
     pub fn message(&self) -> &str {

@@ -266,7 +266,7 @@ impl<'a> HostRun<'a> {
             Err(end) => end,
             Ok(_) if interrupt.is_set() => cancelled(),
             Ok((wanted, Next::Activate)) => self.activate_confirm_boot(&mut host, &wanted).await,
-            Ok((wanted, _)) => self.boot(&mut host, &wanted, 0, false).await,
+            Ok((wanted, _)) => self.boot(&mut host, &wanted).await,
         };
         // Once started, the agent drops the run's GC root itself (the
         // profile holds the system then, or nothing needs to).

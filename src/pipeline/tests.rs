@@ -3,7 +3,7 @@
 
 use super::fake::{self, at, disconnected, drive, failed, health, path, run, status, timeout};
 use super::fake::{Fake, NEW, OLD};
-use super::Mode;
+use super::{Goal, Mode};
 use crate::agent::AgentState;
 use crate::agent::LockError;
 use crate::events::{Event, Outcome, Phase, Reason};
@@ -39,12 +39,11 @@ async fn a_healthy_host_goes_through_every_phase_in_order() {
         "build web1",
         "facts",
         "pre-switch-check",
-        "start activate",
+        "start activate then-boot",
         "watch -",
         "health",
         "confirm",
         "watch awaiting-confirmation",
-        "start boot",
         "watch confirmed",
         "close",
     ];
@@ -190,7 +189,7 @@ async fn force_activates_a_host_that_is_up_to_date() {
     });
     let r = drive(f, |_, ctx| ctx.force = true).await;
     assert_eq!(r.report.outcome, Outcome::Deployed);
-    assert!(r.called("start activate"));
+    assert!(r.called("start activate then-boot"));
 }
 
 #[tokio::test]
@@ -409,10 +408,35 @@ async fn a_failed_boot_entry_leaves_the_new_system_running_and_says_so() {
         format!("the new system {NEW} runs, but its boot entry was not written: exited with 1");
     assert!(r.message().starts_with(&msg), "{}", r.message());
 
+    // The agent goes on to the boot entry once confirmed: the watch that
+    // waits for the confirmation may see the boot step's end already.
     let mut f = Fake::new();
-    f.start = [Ok(()), Err(failed("systemd-run", "Failed to start transient service"))].into();
+    f.watch = [
+        at(AgentState::AwaitingConfirmation),
+        status(AgentState::BootFailed, Some(Reason::BootEntry), "exited with 1"),
+    ]
+    .into();
     let r = run(f).await;
     assert_eq!(r.ended(), (Outcome::Unknown, Some(Reason::BootEntry), Some(Phase::Boot)));
+    assert!(r.message().starts_with(&msg), "{}", r.message());
+    assert!(!r.called("start boot"), "{:?}", r.calls);
+}
+
+#[tokio::test]
+async fn a_watch_that_sees_the_boot_entry_written_ends_deployed() {
+    let mut f = Fake::new();
+    f.watch = [at(AgentState::AwaitingConfirmation), at(AgentState::Booted)].into();
+    let r = run(f).await;
+    assert_eq!(r.ended(), (Outcome::Deployed, None, Some(Phase::Boot)));
+    assert_eq!((r.report.system.as_deref(), r.report.boot.as_deref()), (Some(NEW), Some(NEW)));
+    assert_eq!(r.phases(), SWITCH_PHASES);
+    assert_eq!(r.calls.iter().filter(|c| c.starts_with("watch")).count(), 2, "{:?}", r.calls);
+
+    // Not with --goal test: there, booted is not what was asked for.
+    let mut f = Fake::new();
+    f.watch = [at(AgentState::AwaitingConfirmation), at(AgentState::Booted)].into();
+    let r = drive(f, |_, ctx| ctx.goal = Goal::Test).await;
+    assert_ne!(r.report.outcome, Outcome::Deployed, "{}", r.message());
 }
 
 #[tokio::test]
@@ -438,7 +462,7 @@ async fn a_rollback_returns_to_a_generation_without_copy_build_or_self_check() {
     let r = drive(f, |_, ctx| ctx.mode = Mode::Rollback { to_generation: Some(41) }).await;
     assert_eq!(r.ended(), (Outcome::Deployed, None, Some(Phase::Boot)));
     assert_eq!(r.report.system.as_deref(), Some(OLD));
-    assert!(r.called("generation Some(41)") && r.called("start boot"));
+    assert!(r.called("generation Some(41)") && r.called("start activate then-boot"));
     assert!(!r
         .calls
         .iter()

@@ -75,7 +75,9 @@ async fn no_check_skips_the_check_and_is_passed_to_activation_and_boot() {
     let r = drive(Fake::new(), |_, ctx| ctx.switch_env = env).await;
     assert_eq!(r.report.outcome, Outcome::Deployed);
     assert!(!r.calls.iter().any(|c| c.starts_with("pre-switch-check")));
-    assert!(r.called("start activate no-check install-bootloader"), "{:?}", r.calls);
+    let activate = "start activate then-boot no-check install-bootloader";
+    assert!(r.called(activate), "{:?}", r.calls);
+    let r = drive(Fake::new(), |_, ctx| (ctx.switch_env, ctx.goal) = (env, Goal::Boot)).await;
     assert!(r.called("start boot no-check install-bootloader"), "{:?}", r.calls);
 }
 
@@ -140,7 +142,7 @@ async fn a_system_running_unconfirmed_is_activated_and_confirmed_again() {
     f.facts = Ok(running(NEW, OLD));
     let r = run(f).await;
     assert_eq!(r.report.outcome, Outcome::Deployed);
-    assert!(r.called("start activate") && r.called("confirm"), "{:?}", r.calls);
+    assert!(r.called("start activate then-boot") && r.called("confirm"), "{:?}", r.calls);
     assert!(!r.notes().iter().any(|n| n.contains("writing its boot entry")));
 }
 
