@@ -386,6 +386,9 @@ def phases(argv):
             continue
         for ph, ds in r["phases"].items():
             groups[key][ph].extend(ds)
+    # Phases of some runs only (reboot, with --reboot) follow the others.
+    seen = {ph for g in groups.values() for ph in g}
+    order += [ph for ph in ("reboot",) if ph in seen] + sorted(seen - set(order) - {"reboot"})
     if per_run:
         print("ms per phase: median across hosts / slowest host")
         width = max(len(k) for k in groups) if groups else 5
