@@ -27,7 +27,10 @@
 #                                 (THEN_BOOT: once confirmed, go on as `boot`)
 #   agent.sh boot RUNDIR TOPLEVEL [ENV...]
 #   agent.sh check TOPLEVEL SECS [ENV...]   (switch-to-configuration check)
-#   agent.sh watch RUNDIR SKIP_LINES [STATE]   (also keeps waiting while in STATE)
+#   agent.sh watch RUNDIR SKIP_LINES [STATE [HEALTH_SECS]]   (also keeps waiting while
+#                                 in STATE, "-" for none; with HEALTH_SECS, a watch
+#                                 that ends in awaiting-confirmation answers `health`
+#                                 too, its lines as "deploy-flake-health RUNID <line>")
 #   agent.sh probe RUNDIR         (did an action of the run start?)
 #   agent.sh confirm RUNDIR       (run over a fresh login: confirms the activation)
 #   agent.sh abort RUNDIR         (stdin: "<cause> <reason>"; stop the activation
@@ -446,7 +449,7 @@ unit_alive() {
 }
 
 watch() {
-    rundir=$1 seen=$2 patient=${3:-}
+    rundir=$1 seen=$2 patient=${3:-} health_secs=${4:-}
     runid=${rundir##*/}
     # A state change wakes the watch at once (set_status); new log lines
     # are shown at the next tick.
@@ -496,6 +499,11 @@ watch() {
     nap_done
     if [ -e "$rundir/log" ]; then sed -n "$((seen + 1)),\$p" "$rundir/log"; fi
     echo "deploy-flake-previous $runid $(cat "$rundir/previous" 2> /dev/null)"
+    # The deployer checks the health before it confirms: answered here, it
+    # costs no round trip of its own.
+    if [ -n "$health_secs" ] && [ "$state" = awaiting-confirmation ]; then
+        health "$health_secs" "$rundir" | sed "s/^deploy-flake-/deploy-flake-health $runid /"
+    fi
     # The state seen, not the file again: the agent may have gone on.
     echo "deploy-flake-status $runid $status"
 }

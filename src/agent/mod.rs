@@ -176,6 +176,9 @@ pub struct AgentStatus {
     pub reason: String,
     /// The system that ran before this run's activation, when recorded.
     pub previous: Option<String>,
+    /// The host's health, when the watch that saw this state was asked
+    /// for it (only with `awaiting-confirmation`).
+    pub health: Option<Health>,
 }
 
 impl AgentStatus {
@@ -193,6 +196,7 @@ impl AgentStatus {
             cause,
             reason: reason.to_string(),
             previous: None,
+            health: None,
         }
     }
 }
@@ -435,25 +439,35 @@ pub async fn start<S: Spawner>(
 /// Stream the run's log from line `seen` until the agent reaches a state
 /// that needs the deployer (or an end), also waiting through `patient`;
 /// then its status. `seen` counts the log lines received, so a watch
-/// re-attached after a lost connection continues where it was.
+/// re-attached after a lost connection continues where it was. With
+/// `health_secs`, a watch that ends in `awaiting-confirmation` also
+/// answers [`health`] (bounded by `health_secs`, within `secs`).
 pub async fn watch<S: Spawner>(
     on: &S,
     run: &RunDir,
     seen: &mut usize,
     patient: Option<&AgentState>,
+    health_secs: Option<u64>,
     secs: u64,
     on_line: Lines<'_>,
 ) -> Result<AgentStatus, ProcessError> {
-    let args = [run.dir.clone(), seen.to_string()].into_iter();
-    let cmd = run.cmd("watch", args.chain(patient.map(|s| s.as_str().to_string()))).secs(secs);
+    let mut args = vec![run.dir.clone(), seen.to_string()];
+    if patient.is_some() || health_secs.is_some() {
+        args.push(patient.map_or("-", AgentState::as_str).to_string());
+    }
+    args.extend(health_secs.map(|s| s.to_string()));
+    let cmd = run.cmd("watch", args).secs(secs);
     let status_marker = format!("{ANSWER}status {} ", run.id);
     let previous_marker = format!("{ANSWER}previous {} ", run.id);
-    let (mut status, mut previous) = (None, None);
+    let health_marker = format!("{ANSWER}health {} ", run.id);
+    let (mut status, mut previous, mut health) = (None, None, String::new());
     let mut sink = |l: &str| {
         if let Some(rest) = l.strip_prefix(status_marker.as_str()) {
             status = Some(AgentStatus::parse(rest));
         } else if let Some(rest) = l.strip_prefix(previous_marker.as_str()) {
             previous = Some(rest.trim().to_string()).filter(|p| !p.is_empty());
+        } else if let Some(rest) = l.strip_prefix(health_marker.as_str()) {
+            health.push_str(&format!("{ANSWER}{rest}\n"));
         } else {
             *seen += 1;
             on_line(l);
@@ -462,6 +476,7 @@ pub async fn watch<S: Spawner>(
     process::run(on, &cmd, Some(&mut sink)).await?;
     let mut status = status.ok_or_else(|| ProcessError::Disconnected { cmd: cmd.display() })?;
     status.previous = previous;
+    status.health = (!health.is_empty()).then(|| Health::parse(&health));
     Ok(status)
 }
 

@@ -159,11 +159,14 @@ pub trait Host: Send {
     ) -> impl Future<Output = HostResult<()>> + Send;
     /// After an error starting an action: did it start anyway?
     fn probe(&mut self, secs: u64) -> impl Future<Output = HostResult<bool>> + Send;
-    /// Follow the agent until it needs us or ends (waiting through `patient`).
+    /// Follow the agent until it needs us or ends (waiting through
+    /// `patient`); with `health_secs`, a watch that ends awaiting the
+    /// confirmation answers the host's health too.
     fn watch(
         &mut self,
         seen: &mut usize,
         patient: Option<&AgentState>,
+        health_secs: Option<u64>,
         secs: u64,
         out: Lines<'_>,
     ) -> impl Future<Output = HostResult<AgentStatus>> + Send;

@@ -199,10 +199,11 @@ impl Host for SshHost {
         &mut self,
         seen: &mut usize,
         patient: Option<&AgentState>,
+        health_secs: Option<u64>,
         secs: u64,
         out: Lines<'_>,
     ) -> HostResult<AgentStatus> {
-        Ok(agent::watch(self.ssh()?, &self.run, seen, patient, secs, out).await?)
+        Ok(agent::watch(self.ssh()?, &self.run, seen, patient, health_secs, secs, out).await?)
     }
 
     async fn abort(&mut self, cause: Reason, why: &str, secs: u64) -> HostResult<()> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{agent_end, confirm_window, End, Goal, HostRun, Wanted};
-use crate::agent::{AgentAction, AgentState, AgentStatus};
+use crate::agent::{AgentAction, AgentState, AgentStatus, Health};
 use crate::events::{Outcome, Phase, Reason};
 use crate::host::{Host, HostError};
 
@@ -26,7 +26,7 @@ impl HostRun<'_> {
         if status.state != AgentState::AwaitingConfirmation {
             return self.agent_ended(host, &status, wanted).await;
         }
-        let status = match self.confirm(host, &mut seen).await {
+        let status = match self.confirm(host, &mut seen, status.health).await {
             Ok(s) => s,
             Err(end) => return end,
         };
@@ -48,7 +48,7 @@ impl HostRun<'_> {
         } else {
             let limit = Duration::from_secs(self.spec().timeouts.boot);
             let confirmed = AgentState::Confirmed;
-            self.settle(host, &mut seen, Some(&confirmed), limit).await
+            self.settle(host, &mut seen, Some(&confirmed), None, limit).await
         };
         self.boot_ended(host, status, wanted).await
     }
@@ -79,8 +79,11 @@ impl HostRun<'_> {
                 format!("could not start the agent: {e}"),
             ));
         }
-        let limit = Duration::from_secs(t.activate.saturating_add(15));
-        match self.settle(host, seen, None, limit).await {
+        // The watch that sees the activation await its confirmation also
+        // answers the health check that comes before the confirmation.
+        let health = Some(health_secs(spec));
+        let limit = Duration::from_secs(t.activate.saturating_add(15) + health_secs(spec));
+        match self.settle(host, seen, None, health, limit).await {
             Ok(s) => Ok(s),
             Err(Unsettled::Lost(why)) => Err(lost(&why, &host.inspect_hint())),
             Err(Unsettled::Timeout(why)) => {
@@ -88,7 +91,7 @@ impl HostRun<'_> {
                 // the agent to stop it and roll back, then wait for that.
                 let _ = host.abort(Reason::Timeout, &why, 30).await;
                 let limit = limit + Duration::from_secs(t.confirm.saturating_add(45));
-                let settled = self.settle(host, seen, None, limit).await;
+                let settled = self.settle(host, seen, None, health, limit).await;
                 settled.map_err(|e| lost(&e.to_string(), &host.inspect_hint()))
             }
         }
@@ -130,13 +133,15 @@ impl HostRun<'_> {
 
     /// Check the host, confirm over a fresh login (or tell the agent not to
     /// wait), and follow the agent to its decision.
+    /// `health`: as the watch that saw the activation end answered it.
     async fn confirm<H: Host>(
         &mut self,
         host: &mut H,
         seen: &mut usize,
+        health: Option<Health>,
     ) -> Result<AgentStatus, End> {
         self.start(Phase::Confirm);
-        if let Err((cause, why)) = self.check_and_confirm(host).await {
+        if let Err((cause, why)) = self.check_and_confirm(host, health).await {
             self.note(format!("not confirming: {why}"));
             // Tell the agent now when we can; otherwise its own timeout does.
             let _ = host.abort(cause, &why, 10).await;
@@ -144,16 +149,26 @@ impl HostRun<'_> {
         let t = self.spec().timeouts;
         let secs = confirm_window(self.spec()).saturating_add(t.activate).saturating_add(60);
         let patient = AgentState::AwaitingConfirmation;
-        let settled = self.settle(host, seen, Some(&patient), Duration::from_secs(secs)).await;
+        let settled =
+            self.settle(host, seen, Some(&patient), None, Duration::from_secs(secs)).await;
         settled.map_err(|e| lost(&e.to_string(), &host.inspect_hint()))
     }
 
     /// Health (system running, no unit failed that had not failed before,
     /// the user's checks), then the confirmation over a brand-new login.
-    async fn check_and_confirm<H: Host>(&self, host: &mut H) -> Result<(), (Reason, String)> {
+    async fn check_and_confirm<H: Host>(
+        &self,
+        host: &mut H,
+        health: Option<Health>,
+    ) -> Result<(), (Reason, String)> {
         let t = self.spec().timeouts;
-        let health = host.health(t.confirm.max(5)).await;
-        let health = health.map_err(|e| (Reason::HealthCheck, format!("health check: {e}")))?;
+        let health = match health {
+            Some(h) => h,
+            None => host
+                .health(health_secs(self.spec()))
+                .await
+                .map_err(|e| (Reason::HealthCheck, format!("health check: {e}")))?,
+        };
         if !health.healthy_after_activation() {
             return Err((Reason::HealthCheck, format!("health check: {}", health.describe())));
         }
@@ -186,7 +201,7 @@ impl HostRun<'_> {
         // Until the boot agent writes its first state, an activation's
         // confirmed state is still there: keep waiting through it.
         let limit = Duration::from_secs(self.spec().timeouts.boot);
-        let status = self.settle(host, &mut seen, Some(&AgentState::Confirmed), limit).await;
+        let status = self.settle(host, &mut seen, Some(&AgentState::Confirmed), None, limit).await;
         self.boot_ended(host, status, wanted).await
     }
 
@@ -235,6 +250,7 @@ impl HostRun<'_> {
         host: &mut H,
         seen: &mut usize,
         patient: Option<&AgentState>,
+        health: Option<u64>,
         limit: Duration,
     ) -> Result<AgentStatus, Unsettled> {
         let deadline = Instant::now() + limit;
@@ -245,7 +261,7 @@ impl HostRun<'_> {
                 return Err(Unsettled::Timeout(why));
             }
             let secs = left.as_secs().max(1);
-            match host.watch(seen, patient, secs, &mut self.lines()).await {
+            match host.watch(seen, patient, health, secs, &mut self.lines()).await {
                 Ok(status) => return Ok(status),
                 Err(e) if e.reason(Reason::Internal) == Reason::Timeout => {
                     let why = format!("the activation did not finish within {} s", limit.as_secs());
@@ -308,6 +324,12 @@ impl std::fmt::Display for Unsettled {
             Unsettled::Timeout(s) | Unsettled::Lost(s) => f.write_str(s),
         }
     }
+}
+
+/// How long the health check before the confirmation may wait for the
+/// system to settle.
+fn health_secs(spec: &crate::inventory::HostSpec) -> u64 {
+    spec.timeouts.confirm.max(5)
 }
 
 fn lost(why: &str, inspect: &str) -> End {

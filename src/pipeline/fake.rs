@@ -26,7 +26,13 @@ pub fn path(p: &str) -> StorePath {
 
 /// What a watch of the agent answers.
 pub fn status(state: AgentState, cause: Option<Reason>, reason: &str) -> HostResult<AgentStatus> {
-    Ok(AgentStatus { state, cause, reason: reason.into(), previous: Some(OLD.into()) })
+    Ok(AgentStatus {
+        state,
+        cause,
+        reason: reason.into(),
+        previous: Some(OLD.into()),
+        health: None,
+    })
 }
 
 /// A state without a cause.
@@ -279,15 +285,27 @@ impl Host for Fake {
         &mut self,
         seen: &mut usize,
         patient: Option<&AgentState>,
+        health_secs: Option<u64>,
         _secs: u64,
         out: Lines<'_>,
     ) -> HostResult<AgentStatus> {
-        self.call(format!("watch {}", patient.map_or("-", |p| p.as_str())));
+        let asks = if health_secs.is_some() { " health" } else { "" };
+        self.call(format!("watch {}{asks}", patient.map_or("-", |p| p.as_str())));
         for l in &self.log[(*seen).min(self.log.len())..] {
             out(l);
         }
         *seen = self.log.len();
-        self.watch.pop_front().unwrap_or_else(|| Err(disconnected()))
+        let mut status = self.watch.pop_front().unwrap_or_else(|| Err(disconnected()))?;
+        // As the agent does: the health comes with a watch that ends
+        // awaiting the confirmation, from what `health` would answer (a
+        // failing one is left for the deployer's own `health`).
+        if health_secs.is_some() && status.state == AgentState::AwaitingConfirmation {
+            match self.health.pop_front().unwrap_or_else(|| health("running", &[])) {
+                Ok(h) => status.health = Some(h),
+                Err(e) => self.health.push_front(Err(e)),
+            }
+        }
+        Ok(status)
     }
 
     async fn abort(&mut self, cause: Reason, _why: &str, _secs: u64) -> HostResult<()> {

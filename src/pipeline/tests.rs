@@ -40,8 +40,7 @@ async fn a_healthy_host_goes_through_every_phase_in_order() {
         "facts",
         "pre-switch-check",
         "start activate then-boot",
-        "watch -",
-        "health",
+        "watch - health",
         "confirm",
         "watch awaiting-confirmation",
         "watch confirmed",
@@ -339,6 +338,27 @@ async fn a_unit_failing_after_activation_is_not_confirmed() {
     assert_eq!(r.ended(), (Outcome::RolledBack, Some(Reason::HealthCheck), Some(Phase::Confirm)));
     assert!(r.called("abort health-check") && !r.called("confirm"));
     assert!(r.notes().iter().any(|n| n.contains("failed units: demo.service")), "{:?}", r.notes());
+    // The watch that saw the activation end answered the health: one
+    // `health` call in all, the preflight's.
+    assert_eq!(r.calls.iter().filter(|c| *c == "health").count(), 1, "{:?}", r.calls);
+    assert!(r.called("watch - health"), "{:?}", r.calls);
+}
+
+#[tokio::test]
+async fn a_health_the_watch_could_not_answer_is_asked_for_on_its_own() {
+    let mut f = Fake::new();
+    let lost = Err(failed("agent health", "systemctl: connection reset"));
+    f.health = [health("running", &[]), lost].into();
+    f.watch = [
+        at(AgentState::AwaitingConfirmation),
+        status(AgentState::RolledBack, Some(Reason::HealthCheck), "not confirmed"),
+    ]
+    .into();
+    let r = run(f).await;
+    assert_eq!(r.ended(), (Outcome::RolledBack, Some(Reason::HealthCheck), Some(Phase::Confirm)));
+    let i = r.calls.iter().position(|c| c == "watch - health").unwrap();
+    assert_eq!(r.calls[i + 1..=i + 2], ["health", "abort health-check"], "{:?}", r.calls);
+    assert!(!r.called("confirm"));
 }
 
 #[tokio::test]
@@ -367,7 +387,7 @@ async fn an_activation_outliving_its_timeout_is_aborted_and_rolled_back() {
     let r = run(f).await;
     assert_eq!(r.ended(), (Outcome::RolledBack, Some(Reason::Timeout), Some(Phase::Activate)));
     let i = r.calls.iter().position(|c| c == "abort timeout").expect("abort sent");
-    assert_eq!(r.calls[i + 1], "watch -", "the deployer waits for the rollback");
+    assert_eq!(r.calls[i + 1], "watch - health", "the deployer waits for the rollback");
 }
 
 #[tokio::test(start_paused = true)]
@@ -378,7 +398,7 @@ async fn a_lost_connection_is_regained_and_the_deploy_completes() {
     assert_eq!(r.ended(), (Outcome::Deployed, None, Some(Phase::Boot)));
     assert!(r.notes().contains(&"reconnected; re-attaching to the activation"), "{:?}", r.notes());
     let i = r.calls.iter().position(|c| c == "reconnect").unwrap();
-    assert_eq!(r.calls[i - 1..=i + 1], ["is-alive", "reconnect", "watch -"]);
+    assert_eq!(r.calls[i - 1..=i + 1], ["is-alive", "reconnect", "watch - health"]);
 }
 
 #[tokio::test(start_paused = true)]
