@@ -114,15 +114,19 @@ pause() {
 # abort, a state change of the agent) is not polled: the waiter naps on a
 # FIFO of its own in the run directory (wake.<pid>), and whoever makes the
 # change writes a line to every waiter's FIFO (wake_all), so the change is
-# seen the moment it is made. A ticker writes the time waited (tenths of a
-# second, at the pace of `pause`) for the waiter's own deadlines.
-#   nap_init; while ...; do ...; nap; done; nap_done
-# After each nap, $waited is the time since nap_init.
+# seen the moment it is made.
+#   nap_init [bounded]; while ...; do ...; nap; done; nap_done
+# After each nap, $waited is the time since nap_init (tenths of a second).
+# A ticker beside the waiter writes that time at the pace of `pause`. With
+# `bounded`, no ticker: each nap is a read that `timeout` ends after a
+# second, so a wait whose deadline matters (the dead-man window) never
+# depends on another process staying alive; a wake still ends it at once.
 nap_init() {
-    waited=0 ticker='' napfifo="$rundir/wake.$$"
+    waited=0 ticker='' napfifo="$rundir/wake.$$" bounded=${1:-}
     rm -f "$napfifo"
-    mkfifo -m 600 "$napfifo" 2> /dev/null || { napfifo=; return 0; }
+    mkfifo -m 600 "$napfifo" 2> /dev/null || { napfifo=''; return 0; }
     exec 3<> "$napfifo"
+    [ -z "$bounded" ] || return 0
     napper=$$
     (
         while pause; do
@@ -138,6 +142,13 @@ nap() {
         pause
         return
     fi
+    if [ -n "$bounded" ]; then
+        # Woken early, this counts a whole second: deadlines are checked
+        # against the clock, $waited only paces the checks.
+        timeout 1 head -n 1 <&3 > /dev/null 2>&1
+        waited=$((waited + 10))
+        return
+    fi
     read -r line <&3
     case "$line" in
         *[!0-9]* | '') ;;
@@ -147,10 +158,10 @@ nap() {
 
 nap_done() {
     [ -n "$napfifo" ] || return 0
-    kill "$ticker" 2> /dev/null
+    if [ -n "$ticker" ]; then kill "$ticker" 2> /dev/null; fi
     exec 3<&-
     rm -f "$napfifo"
-    napfifo=
+    napfifo=''
 }
 
 # Wake every waiter of the run (a FIFO opened read-write never blocks,
@@ -342,7 +353,7 @@ activate() {
     # The deployer's confirmation and abort wake this wait (wake_all).
     since=$(date +%s)
     hard=$((since + confirm_secs + 600))
-    nap_init
+    nap_init bounded
     next=0 cause='' reason=''
     while [ ! -e "$rundir/confirmed" ]; do
         if [ -e "$rundir/abort" ]; then
