@@ -81,9 +81,9 @@ impl HostRun<'_> {
         }
         // The watch that sees the activation await its confirmation also
         // answers the health check that comes before the confirmation.
-        let health = Some(health_secs(spec));
-        let limit = Duration::from_secs(t.activate.saturating_add(15) + health_secs(spec));
-        match self.settle(host, seen, None, health, limit).await {
+        let health = health_secs(spec);
+        let limit = Duration::from_secs(t.activate.saturating_add(15).saturating_add(health));
+        match self.settle(host, seen, None, Some(health), limit).await {
             Ok(s) => Ok(s),
             Err(Unsettled::Lost(why)) => Err(lost(&why, &host.inspect_hint())),
             Err(Unsettled::Timeout(why)) => {
@@ -91,7 +91,7 @@ impl HostRun<'_> {
                 // the agent to stop it and roll back, then wait for that.
                 let _ = host.abort(Reason::Timeout, &why, 30).await;
                 let limit = limit + Duration::from_secs(t.confirm.saturating_add(45));
-                let settled = self.settle(host, seen, None, health, limit).await;
+                let settled = self.settle(host, seen, None, Some(health), limit).await;
                 settled.map_err(|e| lost(&e.to_string(), &host.inspect_hint()))
             }
         }
