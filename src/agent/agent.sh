@@ -519,16 +519,20 @@ watch() {
     echo "deploy-flake-status $runid $status"
 }
 
-confirm() {
+# For the deployer's confirm and abort: the run must still be there.
+existing_run() {
     rundir=$1
     [ -d "$rundir" ] || { echo "deploy-flake agent: no run $rundir on this host" >&2; exit 1; }
+}
+
+confirm() {
+    existing_run "$1"
     : > "$rundir/confirmed" || exit 1
     wake_all
 }
 
 abort() {
-    rundir=$1
-    [ -d "$rundir" ] || { echo "deploy-flake agent: no run $rundir on this host" >&2; exit 1; }
+    existing_run "$1"
     cat > "$rundir/abort.tmp" && mv -f "$rundir/abort.tmp" "$rundir/abort" || exit 1
     wake_all
 }
