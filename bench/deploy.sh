@@ -92,23 +92,8 @@ run_measured() { # WHO N REP CMD...: one measured run, appended to $results
         target_cpu_s="$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { print (b - a) / 1e6 }')" \
         logins=$((l1 - l0)) events="\"$WORK/events-$who-$n-$rep.jsonl\"" >>"$results"
     [ "$(tail -n 1 "$results" | python3 -c 'import json,sys; print(json.load(sys.stdin)["exit"])')" = 0 ] ||
-        { cat "$WORK/events-$who-$n-$rep.jsonl.stderr" >&2; failed_hosts "$WORK/events-$who-$n-$rep.jsonl" >&2
+        { cat "$WORK/events-$who-$n-$rep.jsonl.stderr" >&2; python3 "$measure" failures "$WORK/events-$who-$n-$rep.jsonl" >&2
           die "$who: deploy to $n host(s) failed"; }
-}
-
-failed_hosts() { # EVENTS: each failed host's report and its last output lines
-    python3 - "$1" <<'PY'
-import json, sys
-events = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-for e in events:
-    r = e.get("report") or {}
-    if e.get("event") == "host-finished" and r.get("outcome") not in ("deployed", "up-to-date"):
-        h = r.get("host")
-        print(f"{h}: {r.get('outcome')} in {r.get('phase')} ({r.get('reason')}): {r.get('message')}")
-        lines = [o["line"] for o in events if o.get("event") == "output" and o.get("host") == h]
-        for line in lines[-12:]:
-            print(f"  | {line}")
-PY
 }
 
 if [ -n "$SIZES" ]; then

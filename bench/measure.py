@@ -40,6 +40,8 @@ bench/deploy.sh) and prints their tables.
     measure.py curve RESULTS.jsonl      CPU per host by fleet size
     measure.py phases RESULTS.jsonl [--per-run]
                                         median phase durations
+    measure.py failures EVENTS.jsonl    each host that did not deploy: its
+                                        report and its last output lines
 """
 import json, os, re, signal, statistics, subprocess, sys, threading, time
 from collections import Counter, defaultdict
@@ -370,6 +372,24 @@ def curve(argv):
             r["target_cpu_s"] / n * 1000, r["logins"] / n, r["tool_hwm_kb"] / 1024))
 
 
+def failures(argv):
+    """The failed hosts of one run (as summarize_events finds them), each
+    with its last output lines: the why is often only there."""
+    output = defaultdict(list)
+    with open(argv[0]) as f:
+        for line in f:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if ev.get("event") == "output":
+                output[ev.get("host")].append(ev["line"])
+    for f_ in summarize_events(argv[0])["failures"]:
+        print(f"{f_['host']}: {f_['outcome']} in {f_['phase']} ({f_['reason']}): {f_['message']}")
+        for line in output[f_["host"]][-12:]:
+            print(f"  | {line}")
+
+
 def phases(argv):
     """Median phase durations: by fleet size over the change deploys of
     deploy-flake, or (--per-run) for each run, with the slowest host."""
@@ -405,7 +425,8 @@ def phases(argv):
 
 
 if __name__ == "__main__":
-    cmds = {"run": run, "merge": merge, "fleet": fleet, "curve": curve, "phases": phases}
+    cmds = {"run": run, "merge": merge, "fleet": fleet, "curve": curve, "phases": phases,
+            "failures": failures}
     if len(sys.argv) < 2 or sys.argv[1] not in cmds:
         sys.exit(__doc__)
     cmds[sys.argv[1]](sys.argv[2:])
