@@ -108,13 +108,14 @@ fn live_lines(frames: &[Vec<String>]) -> BTreeSet<(String, String)> {
 }
 
 fn v1_baseline(lab: &Lab, hosts: &[&str]) {
-    let entries: Vec<String> = hosts
-        .iter()
-        .zip(&lab.targets)
-        .map(|(h, t)| host_entry(lab, h, t, "healthy-v1", ""))
-        .collect();
-    let run = deploy(&flake(lab, &entries), &["--all"]);
+    let run = deploy(&flake(lab, &entries(lab, hosts, "healthy-v1")), &["--all"]);
     assert_eq!(run.code, 0, "baseline: {run}");
+}
+
+/// One host entry per name, on the lab's targets in turn, all with
+/// `configuration`.
+fn entries(lab: &Lab, hosts: &[&str], configuration: &str) -> Vec<String> {
+    hosts.iter().zip(&lab.targets).map(|(h, t)| host_entry(lab, h, t, configuration, "")).collect()
 }
 
 /// Three hosts under a terminal, two deployed and one rolled back, with
@@ -181,11 +182,7 @@ fn live_display_on_a_terminal() {
 fn color_always_on_a_terminal() {
     let lab = Lab::boot(2, Suite::Trixie);
     v1_baseline(&lab, &["h0", "h1"]);
-    let entries: Vec<String> = ["h0", "h1"]
-        .iter()
-        .zip(&lab.targets)
-        .map(|(h, t)| host_entry(&lab, h, t, "healthy-v2", ""))
-        .collect();
+    let entries = entries(&lab, &["h0", "h1"], "healthy-v2");
     let run =
         under_pty(&flake(&lab, &entries), &["--all", "--color", "always"], &[("NO_COLOR", "1")]);
     assert_eq!(run.code, 0, "{run}");
@@ -203,11 +200,7 @@ fn color_always_on_a_terminal() {
 fn off_a_terminal_the_output_is_plain_lines() {
     let lab = Lab::boot(2, Suite::Trixie);
     v1_baseline(&lab, &["h0", "h1"]);
-    let entries: Vec<String> = ["h0", "h1"]
-        .iter()
-        .zip(&lab.targets)
-        .map(|(h, t)| host_entry(&lab, h, t, "healthy-v2", ""))
-        .collect();
+    let entries = entries(&lab, &["h0", "h1"], "healthy-v2");
     let f = flake(&lab, &entries);
     let out = Command::new("timeout")
         .args(["--kill-after=10", "600", BIN, "--flake"])
