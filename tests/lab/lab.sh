@@ -122,7 +122,9 @@ cmd_launch() {
     local name=$1 tdir=$2
     echo $$ >"$CG_V1/$name/cgroup.procs"
     echo $$ >"$CG_V2/$name/cgroup.procs"
-    echo $$ >"$tdir/launcher.pid"
+    # Replaced, not rewritten in place: wait_ready reads it meanwhile, and
+    # an empty read would take the launcher for dead.
+    echo $$ >"$tdir/launcher.pid.new" && mv -f "$tdir/launcher.pid.new" "$tdir/launcher.pid"
     local rc=0 boots=0
     while :; do
         boots=$((boots + 1))
