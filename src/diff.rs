@@ -83,7 +83,7 @@ async fn diff_one(t: &Target, run: &Run, host: &mut SshHost) -> HostDiff {
     let looked = async {
         let timeouts = t.spec.timeouts;
         host.connect().await?;
-        host.lock(&run.owner, "purpose diff\n", timeouts.lock).await?;
+        host.lock(&run.owner, "purpose diff\n", None, timeouts.lock).await?;
         let toplevel = build(t, &run.flake, host, &mut quiet).await?;
         let facts = host.facts(&toplevel, None, 30).await?;
         let current = facts.current.clone();

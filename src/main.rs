@@ -14,8 +14,9 @@ use deploy_flake::cli::{Action, Cli, Command, Options, OutputFormat, Terminal};
 use deploy_flake::diff::HostDiff;
 use deploy_flake::exit::Exit;
 use deploy_flake::host::Shared;
+use deploy_flake::inventory::BuildOn;
 use deploy_flake::inventory::DEFAULT_EVAL_TIMEOUT;
-use deploy_flake::pipeline::{Context as RunContext, Interrupt};
+use deploy_flake::pipeline::{Context as RunContext, Interrupt, Mode};
 use deploy_flake::plan;
 use deploy_flake::rollout::{self, Plan};
 use deploy_flake::select::{self, Target};
@@ -94,7 +95,18 @@ async fn diffs(targets: &[Target], options: &Options, shared: Arc<Shared>) -> Ve
         run_id,
     };
     let parallel = options.max_parallel.unwrap_or(targets.len()).max(1);
+    prefetch_archive(targets, options, &shared);
     deploy_flake::diff::diff_all(targets, Arc::new(run), parallel, shared).await
+}
+
+/// When hosts will build the flake themselves, archive it (once) beside
+/// their connections rather than after them.
+fn prefetch_archive(targets: &[Target], options: &Options, shared: &Arc<Shared>) {
+    let on_target = targets.iter().filter(|t| t.spec.build_on == BuildOn::Target);
+    let secs = on_target.map(|t| t.spec.timeouts.copy).max();
+    if let (Some(secs), Mode::Deploy) = (secs, &options.mode) {
+        shared.prefetch(&options.flake, secs);
+    }
 }
 
 /// `deploy-flake diff`: 0 when every host's changes are known, 1 otherwise.
@@ -178,11 +190,13 @@ async fn deploy(
     let (raise, interrupt) = Interrupt::new();
     let changing = Arc::new(AtomicUsize::new(0));
     let (sink, output) = report::stdout(display);
-    let revision = deploy_flake::nix::flake_revision(&options.flake, 60).await;
-    let goal = format!("{:?}", options.goal).to_lowercase();
+    // Both wanted soon by every host, neither before it is connected.
+    let origin = runner::Origin::new(&options.flake, &format!("{:?}", options.goal).to_lowercase());
+    origin.prefetch();
+    prefetch_archive(&targets, options, &shared);
     let ctx = RunContext {
         approved,
-        origin: runner::origin(&options.flake, revision.as_deref(), &goal),
+        origin,
         mode: options.mode.clone(),
         goal: options.goal,
         reboot: options.reboot,

@@ -47,6 +47,43 @@ pub fn lock_owner(run_id: &str) -> String {
     )
 }
 
+/// [`origin`], with the flake's revision looked up once per run, beside
+/// the run's first steps ([`Origin::prefetch`]) or when first needed.
+pub struct Origin {
+    flake: String,
+    goal: String,
+    text: tokio::sync::OnceCell<String>,
+}
+
+impl Origin {
+    pub fn new(flake: &str, goal: &str) -> Arc<Origin> {
+        let (flake, goal) = (flake.to_string(), goal.to_string());
+        Arc::new(Origin { flake, goal, text: tokio::sync::OnceCell::new() })
+    }
+
+    /// A known text (tests).
+    pub fn fixed(text: &str) -> Arc<Origin> {
+        let text = tokio::sync::OnceCell::new_with(Some(text.to_string()));
+        Arc::new(Origin { flake: String::new(), goal: String::new(), text })
+    }
+
+    /// Look the revision up now, in the background.
+    pub fn prefetch(self: &Arc<Self>) {
+        let origin = self.clone();
+        tokio::spawn(async move {
+            origin.get().await;
+        });
+    }
+
+    pub async fn get(&self) -> &str {
+        let text = self.text.get_or_init(|| async {
+            let revision = crate::nix::flake_revision(&self.flake, 60).await;
+            origin(&self.flake, revision.as_deref(), &self.goal)
+        });
+        text.await
+    }
+}
+
 /// Who deploys from which flake, as each host keeps it (`<key> <value>`
 /// lines; values on one line).
 pub fn origin(flake: &str, revision: Option<&str>, goal: &str) -> String {

@@ -31,14 +31,22 @@
 #                                 in STATE, "-" for none; with HEALTH_SECS, a watch
 #                                 that ends in awaiting-confirmation answers `health`
 #                                 too, its lines as "deploy-flake-health RUNID <line>")
+#   agent.sh launch RUNDIR SKIP_LINES STATE HEALTH_SECS CMD...  (CMD starts an action
+#                                 (its systemd-run); once it did, says
+#                                 "deploy-flake-delivered" and watches as `watch`
+#                                 does, "" for no HEALTH_SECS)
 #   agent.sh probe RUNDIR         (did an action of the run start?)
-#   agent.sh confirm RUNDIR       (run over a fresh login: confirms the activation)
+#   agent.sh confirm RUNDIR [SKIP_LINES]  (run over a fresh login: confirms the
+#                                 activation; with SKIP_LINES, says
+#                                 "deploy-flake-delivered", then watches as `watch
+#                                 RUNDIR SKIP_LINES awaiting-confirmation` does)
 #   agent.sh abort RUNDIR         (stdin: "<cause> <reason>"; stop the activation
 #                                  or refuse the confirmation)
-#   agent.sh hold INFO BEAT_SECS RUNDIR  (run under flock: holds the host lock
-#                                  while a line arrives on stdin at least every
-#                                  BEAT_SECS, each touching RUNDIR/alive; says
-#                                  "deploy-flake-locked" once it holds it)
+#   agent.sh hold INFO BEAT_SECS RUNDIR [HEALTH_SECS]  (run under flock: holds the
+#                                  host lock while a line arrives on stdin at least
+#                                  every BEAT_SECS, each touching RUNDIR/alive; says
+#                                  "deploy-flake-locked" once it holds it, after
+#                                  what `health HEALTH_SECS` says when asked)
 #   agent.sh health SECS [RUNDIR] (system state, failed units, those failed before)
 #   agent.sh facts TOPLEVEL [SELFCHECK]   (what the deployer needs to decide)
 #   agent.sh status               (what the host runs, boots, lacks; read-only)
@@ -123,8 +131,9 @@ pause() {
 # depends on another process staying alive; a wake still ends it at once.
 nap_init() {
     waited=0 ticker='' napfifo="$rundir/wake.$$" bounded=${1:-}
-    rm -f "$napfifo"
-    mkfifo -m 600 "$napfifo" 2> /dev/null || { napfifo=''; return 0; }
+    # (A FIFO of a process that had this pid and was killed may be there.)
+    mkfifo -m 600 "$napfifo" 2> /dev/null ||
+        { rm -f "$napfifo" && mkfifo -m 600 "$napfifo" 2> /dev/null; } || { napfifo=''; return 0; }
     exec 3<> "$napfifo"
     [ -z "$bounded" ] || return 0
     napper=$$
@@ -459,9 +468,29 @@ unit_alive() {
     systemctl is-active --quiet "deploy-flake-$runid-activate.service" "deploy-flake-$runid-boot.service" 2> /dev/null
 }
 
+# show_log: print the run's log from line $seen + 1 on, complete lines
+# only, and count them in $seen; each call reads on from where the last one
+# stopped (the log stays open on fd 4), without a process of its own.
+show_log() {
+    if [ -z "$log_open" ]; then
+        [ -e "$rundir/log" ] || return 0
+        exec 4< "$rundir/log"
+        log_open=1 skip=$seen pending=''
+        while [ "$skip" -gt 0 ] && IFS= read -r line <&4; do skip=$((skip - 1)); done
+    fi
+    line=''
+    while IFS= read -r line <&4; do
+        printf '%s\n' "$pending$line"
+        pending='' line=''
+        seen=$((seen + 1))
+    done
+    # A line still being written: the rest comes with the next read.
+    pending="$pending$line"
+}
+
 watch() {
     rundir=$1 seen=$2 patient=${3:-} health_secs=${4:-}
-    runid=${rundir##*/}
+    runid=${rundir##*/} log_open=
     # A state change wakes the watch at once (set_status); new log lines
     # are shown at the next tick.
     nap_init
@@ -475,14 +504,10 @@ watch() {
         fi
         # Status first: every line logged before a state change is printed
         # before the watch returns.
-        status='' total=0
+        status=''
         if [ -e "$rundir/status" ]; then read -r status < "$rundir/status"; fi
         state=${status%% *}
-        if [ -e "$rundir/log" ]; then total=$(wc -l < "$rundir/log"); fi
-        if [ "$total" -gt "$seen" ]; then
-            sed -n "$((seen + 1)),${total}p" "$rundir/log"
-            seen=$total
-        fi
+        show_log
         case "${state:-starting}" in
             starting | activating | awaiting-confirmation | rolling-back | booting) transient=1 ;;
             *) transient='' ;;
@@ -508,8 +533,10 @@ watch() {
         nap
     done
     nap_done
-    if [ -e "$rundir/log" ]; then sed -n "$((seen + 1)),\$p" "$rundir/log"; fi
-    echo "deploy-flake-previous $runid $(cat "$rundir/previous" 2> /dev/null)"
+    show_log
+    previous=''
+    if [ -e "$rundir/previous" ]; then read -r previous < "$rundir/previous"; fi
+    echo "deploy-flake-previous $runid $previous"
     # The deployer checks the health before it confirms: answered here, it
     # costs no round trip of its own.
     if [ -n "$health_secs" ] && [ "$state" = awaiting-confirmation ]; then
@@ -517,6 +544,14 @@ watch() {
     fi
     # The state seen, not the file again: the agent may have gone on.
     echo "deploy-flake-status $runid $status"
+}
+
+launch() {
+    rundir=$1 seen=$2 patient=$3 health_secs=$4
+    shift 4
+    "$@" || exit
+    echo "deploy-flake-delivered"
+    watch "$rundir" "$seen" "$patient" "$health_secs"
 }
 
 # For the deployer's confirm and abort: the run must still be there.
@@ -529,6 +564,11 @@ confirm() {
     existing_run "$1"
     : > "$rundir/confirmed" || exit 1
     wake_all
+    # With SKIP_LINES: follow the agent to its answer, as `watch` does.
+    if [ -n "${2:-}" ]; then
+        echo "deploy-flake-delivered"
+        watch "$rundir" "$2" awaiting-confirmation
+    fi
 }
 
 abort() {
@@ -546,8 +586,18 @@ probe() {
 }
 
 # Switches that must not be disturbed: other runs' activations, and
-# nixos-rebuild or an automatic upgrade switching this host.
+# nixos-rebuild or an automatic upgrade switching this host. With cgroup v2,
+# a service has a cgroup of its own exactly while it has processes: seen
+# without asking systemd.
 switches_in_progress() {
+    slice=/sys/fs/cgroup/system.slice
+    if [ -d "$slice" ]; then
+        for unit in "$slice"/deploy-flake-*.service "$slice"/nixos-rebuild-switch-to-configuration.service \
+            "$slice"/nixos-upgrade.service; do
+            if [ -d "$unit" ]; then echo "deploy-flake-busy ${unit##*/}"; fi
+        done
+        return 0
+    fi
     systemctl list-units --plain --no-legend --no-pager --state=active,activating,deactivating \
         'deploy-flake-*' nixos-rebuild-switch-to-configuration.service nixos-upgrade.service 2> /dev/null |
         awk '{print "deploy-flake-busy " $1}'
@@ -555,11 +605,26 @@ switches_in_progress() {
 
 health() {
     secs=$1 rundir=${2:-}
-    state=$(timeout "$secs" systemctl is-system-running --wait 2> /dev/null)
-    rc=$?
-    if [ "$rc" = 124 ]; then state="still-starting-after-${secs}s"; fi
+    # One question to systemd when the system is up: its state and how
+    # many units failed; their names only when some did.
+    state='' nfailed=''
+    for prop in $(systemctl show --property=SystemState --property=NFailedUnits 2> /dev/null); do
+        case "$prop" in
+            SystemState=*) state=${prop#*=} ;;
+            NFailedUnits=*) nfailed=${prop#*=} ;;
+        esac
+    done
+    case "$state" in
+        initializing | starting | '')
+            state=$(timeout "$secs" systemctl is-system-running --wait 2> /dev/null)
+            if [ "$?" = 124 ]; then state="still-starting-after-${secs}s"; fi
+            nfailed=''
+            ;;
+    esac
     echo "deploy-flake-state ${state:-unknown}"
-    systemctl list-units --failed --plain --no-legend --no-pager 2> /dev/null | awk '{print "deploy-flake-failed " $1}'
+    if [ "$nfailed" != 0 ]; then
+        systemctl list-units --failed --plain --no-legend --no-pager 2> /dev/null | awk '{print "deploy-flake-failed " $1}'
+    fi
     if [ -n "$rundir" ] && [ -e "$rundir/failed-before" ]; then
         tr ' ' '\n' < "$rundir/failed-before" | awk 'NF {print "deploy-flake-failed-already " $1}'
     fi
@@ -625,9 +690,11 @@ diff() {
 }
 
 hold() {
-    info=$1 beat=$2 rundir=$3
+    info=$1 beat=$2 rundir=$3 preflight=${4:-}
     printf '%s\n' "$info" > "$STATE/lock.info"
     switches_in_progress
+    # The deployer's preflight, answered with the lock.
+    if [ -n "$preflight" ]; then health "$preflight" "$rundir"; fi
     echo "deploy-flake-locked"
     # Each line on stdin is a heartbeat. Without one for BEAT_SECS the
     # deployer is taken for lost (a network partition leaves no EOF) and
@@ -661,6 +728,7 @@ case "$cmd" in
     boot) boot "$@" ;;
     check) check "$@" ;;
     watch) watch "$@" ;;
+    launch) launch "$@" ;;
     probe) probe "$@" ;;
     confirm) confirm "$@" ;;
     abort) abort "$@" ;;

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use super::{answers, lock_files, RunDir, ANSWER};
+use super::{answers, installed, lock_files, Health, RunDir, ANSWER, SCRIPT};
 use crate::process::{self, Cmd, ProcessError, Spawner};
 
 /// `flock` exits with this when another run holds the lock.
@@ -39,6 +39,8 @@ pub struct HostLock {
     /// Switches that were going on when we took it (other runs'
     /// activations, nixos-rebuild, automatic upgrades).
     pub busy: Vec<String>,
+    /// The host's health once locked, when asked for.
+    pub health: Option<Health>,
 }
 
 impl Drop for HostLock {
@@ -47,21 +49,35 @@ impl Drop for HostLock {
     }
 }
 
-/// Take the host lock: refused at once when another run holds it.
+/// Install the agent (see [`installed`]) and take the host lock, in one
+/// round trip: refused at once when another run holds it. With
+/// `health_secs`, the host's health comes with the lock (bounded by
+/// `health_secs`, on top of `secs`).
 pub async fn lock<S: Spawner>(
     on: &S,
     run: &RunDir,
     owner: &str,
+    new_run: Option<&str>,
+    health_secs: Option<u64>,
     secs: u64,
 ) -> Result<HostLock, LockError> {
     let (lockfile, infofile) = lock_files();
     let flock = ["flock", "-n", "-o", "-E", &LOCK_HELD.to_string(), &lockfile].map(String::from);
-    let args = [owner.to_string(), HEARTBEAT_LOST_SECS.to_string(), run.dir.clone()];
+    let mut args = vec![owner.to_string(), HEARTBEAT_LOST_SECS.to_string(), run.dir.clone()];
+    args.extend(health_secs.map(|s| s.to_string()));
     let hold = run.cmd("hold", args);
+    let secs = secs.saturating_add(health_secs.unwrap_or(0));
     let cmd = Cmd::new(flock.into_iter().chain(hold.argv)).stdin(Vec::new()).secs(secs).unbounded();
+    let cmd = installed(run, new_run, cmd);
     let mut child = on.spawn(&cmd).await?;
+    // The agent's text first (whether or not the host has it), then the
+    // heartbeats. A host that stops reading early says why on stdout.
+    if let Some(w) = child.stdin.as_mut() {
+        let _ = w.write_all(SCRIPT.as_bytes()).await;
+        let _ = w.flush().await;
+    }
     let mut lines = BufReader::new(&mut child.stdout).lines();
-    let mut busy = Vec::new();
+    let (mut busy, mut said) = (Vec::new(), String::new());
     let deadline = tokio::time::Instant::now() + cmd.timeout;
     let locked = format!("{ANSWER}locked");
     let mut held = false;
@@ -71,7 +87,11 @@ pub async fn lock<S: Spawner>(
                 held = true;
                 break;
             }
-            Ok(Ok(Some(l))) => busy.extend(answers(&l, "busy").map(String::from)),
+            Ok(Ok(Some(l))) => {
+                busy.extend(answers(&l, "busy").map(String::from));
+                said.push_str(&l);
+                said.push('\n');
+            }
             Ok(_) => break,
             Err(_) => {
                 let place = on.place();
@@ -82,20 +102,39 @@ pub async fn lock<S: Spawner>(
     drop(lines);
     if held {
         let heartbeat = beat(child.stdin.take());
-        return Ok(HostLock { _holder: child, heartbeat, busy });
+        let health = health_secs.map(|_| Health::parse(&said));
+        return Ok(HostLock { _holder: child, heartbeat, busy, health });
     }
-    let exit = tokio::time::timeout(cmd.timeout, child.wait).await;
+    Err(refused(on, child, cmd.timeout, &infofile, secs).await?)
+}
+
+/// Why a lock command ended without the lock.
+async fn refused<S: Spawner>(
+    on: &S,
+    mut child: process::Child,
+    limit: Duration,
+    infofile: &str,
+    secs: u64,
+) -> Result<LockError, LockError> {
+    let exit = tokio::time::timeout(limit, child.wait).await;
     if let Ok(Ok(e)) = exit {
         if e.code() == Some(LOCK_HELD) {
-            let out = process::run(on, &Cmd::new(["cat", &infofile]).secs(secs), None).await?;
+            let out = process::run(on, &Cmd::new(["cat", infofile]).secs(secs), None).await?;
             let holder = out.stdout.trim();
             let holder = if holder.is_empty() { "another deploy" } else { holder };
-            return Err(LockError::Held { holder: holder.to_string() });
+            return Ok(LockError::Held { holder: holder.to_string() });
         }
     }
+    let mut err = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), child.stderr.read_to_end(&mut err)).await;
+    let said = process::tail_lines(&String::from_utf8_lossy(&err), 5);
     let out = process::run(on, &Cmd::new(["flock", "--version"]).secs(secs), None).await?;
-    let hint = if out.success() { "" } else { " (is util-linux's flock installed on the target?)" };
-    Err(LockError::Failed { hint: hint.into() })
+    let hint = match (out.success(), said.is_empty()) {
+        (false, _) => " (is util-linux's flock installed on the target?)".to_string(),
+        (true, false) => format!(": {said}"),
+        (true, true) => String::new(),
+    };
+    Ok(LockError::Failed { hint })
 }
 
 /// A line to the holder every few seconds, for as long as the lock lives.

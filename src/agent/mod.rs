@@ -34,14 +34,22 @@ pub use lock::{lock, HostLock, LockError, HEARTBEAT_LOST_SECS};
 
 /// Creates the state directories (root-only) and installs the agent under
 /// its content hash, through a temporary file and a rename: a script that
-/// another run is executing is never rewritten in place.
+/// another run is executing is never rewritten in place. The agent's text
+/// comes first on stdin, exactly `$5` bytes, read whether or not it is
+/// needed; then the rest of the command line runs (`exec`), with the rest
+/// of stdin.
 const INSTALL: Script = Script(
     r#"umask 077
 install -d -m 0700 "$1" "$1/runs" || exit 1
 if [ -n "$2" ]; then install -d -m 0700 "$2" && printf '%s\n' "$4" > "$2/origin" || exit 1; fi
-[ -s "$3" ] && exit 0
-tmp="$1/.agent.$$"
-cat > "$tmp" && chmod 0700 "$tmp" && mv -f "$tmp" "$3""#,
+if [ -s "$3" ]; then
+    head -c "$5" > /dev/null || exit 1
+else
+    tmp="$1/.agent.$$"
+    head -c "$5" > "$tmp" && chmod 0700 "$tmp" && mv -f "$tmp" "$3" || exit 1
+fi
+shift 5
+exec "$@""#,
 );
 
 /// The paths of one run's state on a target.
@@ -326,24 +334,22 @@ fn is_answer(line: &str) -> bool {
 
 // ---- commands -----------------------------------------------------------------
 
-/// Create the state directories (the run's own only when `new_run`: after
-/// a reboot its absence is how the run learns it) and install the agent.
-/// `origin`: who runs the deploy from which flake, one `<key> <value>` per
-/// line, kept with the run (and as the host's last deploy).
-pub async fn install<S: Spawner>(
-    on: &S,
-    run: &RunDir,
-    new_run: Option<&str>,
-    secs: u64,
-) -> Result<(), ProcessError> {
+/// `then`, after creating the state directories (the run's own only when
+/// `new_run`: after a reboot its absence is how the run learns it) and
+/// installing the agent; the agent's text must come first on its stdin
+/// ([`SCRIPT`]). `origin`: who runs the deploy from which flake, one
+/// `<key> <value>` per line, kept with the run (and as the host's last
+/// deploy).
+fn installed(run: &RunDir, new_run: Option<&str>, then: Cmd) -> Cmd {
     let (run_dir, origin) = match new_run {
         Some(origin) => (run.dir.as_str(), origin),
         None => ("", ""),
     };
-    let args = [STATE_DIR, run_dir, &run.agent, origin];
-    let cmd = Cmd::script(INSTALL, args).stdin(SCRIPT).secs(secs);
-    process::run(on, &cmd, None).await?.check()?;
-    Ok(())
+    let len = SCRIPT.len().to_string();
+    let args = [STATE_DIR, run_dir, &run.agent, origin, &len];
+    let mut argv = Cmd::script(INSTALL, args).argv;
+    argv.extend(then.argv);
+    Cmd { argv, ..then }
 }
 
 /// `systemctl is-system-running --wait` (bounded by `secs`), the failed
@@ -457,12 +463,66 @@ pub async fn watch<S: Spawner>(
     }
     args.extend(health_secs.map(|s| s.to_string()));
     let cmd = run.cmd("watch", args).secs(secs);
+    follow(on, run, &cmd, seen, on_line, &mut false).await
+}
+
+/// Start an action and follow it as [`watch`] does, in one round trip;
+/// also whether it started (an error after that is the watch's).
+pub async fn launch<S: Spawner>(
+    on: &S,
+    run: &RunDir,
+    action: &AgentAction,
+    seen: &mut usize,
+    health_secs: Option<u64>,
+    secs: u64,
+    on_line: Lines<'_>,
+) -> (bool, Result<AgentStatus, ProcessError>) {
+    let health = health_secs.map_or(String::new(), |s| s.to_string());
+    let mut args = vec![run.dir.clone(), seen.to_string(), "-".into(), health];
+    args.extend(action.start_cmd(run).argv);
+    let cmd = run.cmd("launch", args).secs(secs);
+    let mut started = false;
+    let status = follow(on, run, &cmd, seen, on_line, &mut started).await;
+    (started, status)
+}
+
+/// Confirm the activation and follow the agent to its answer as [`watch`]
+/// does (through `awaiting-confirmation`), in one round trip; also whether
+/// the confirmation is recorded (an error after that is the watch's).
+/// `fresh` must be a brand-new login: that it works is what it proves.
+pub async fn confirm<S: Spawner>(
+    fresh: &S,
+    run: &RunDir,
+    seen: &mut usize,
+    secs: u64,
+    on_line: Lines<'_>,
+) -> (bool, Result<AgentStatus, ProcessError>) {
+    let cmd = run.cmd("confirm", [run.dir.clone(), seen.to_string()]).secs(secs);
+    let mut delivered = false;
+    let status = follow(fresh, run, &cmd, seen, on_line, &mut delivered).await;
+    (delivered, status)
+}
+
+/// Run a command that ends as `watch` does, and read its status.
+/// `delivered`: set when the host says a request before the watch (a start,
+/// a confirmation) took effect.
+async fn follow<S: Spawner>(
+    on: &S,
+    run: &RunDir,
+    cmd: &Cmd,
+    seen: &mut usize,
+    on_line: Lines<'_>,
+    delivered: &mut bool,
+) -> Result<AgentStatus, ProcessError> {
+    let delivered_marker = format!("{ANSWER}delivered");
     let status_marker = format!("{ANSWER}status {} ", run.id);
     let previous_marker = format!("{ANSWER}previous {} ", run.id);
     let health_marker = format!("{ANSWER}health {} ", run.id);
     let (mut status, mut previous, mut health) = (None, None, String::new());
     let mut sink = |l: &str| {
-        if let Some(rest) = l.strip_prefix(status_marker.as_str()) {
+        if l.trim_end() == delivered_marker {
+            *delivered = true;
+        } else if let Some(rest) = l.strip_prefix(status_marker.as_str()) {
             status = Some(AgentStatus::parse(rest));
         } else if let Some(rest) = l.strip_prefix(previous_marker.as_str()) {
             previous = Some(rest.trim().to_string()).filter(|p| !p.is_empty());
@@ -473,8 +533,12 @@ pub async fn watch<S: Spawner>(
             on_line(l);
         }
     };
-    process::run(on, &cmd, Some(&mut sink)).await?;
-    let mut status = status.ok_or_else(|| ProcessError::Disconnected { cmd: cmd.display() })?;
+    let out = process::run(on, cmd, Some(&mut sink)).await?;
+    let Some(mut status) = status else {
+        // What the host said when it failed (a start refused), else: gone.
+        out.check()?;
+        return Err(ProcessError::Disconnected { cmd: cmd.display() });
+    };
     status.previous = previous;
     status.health = (!health.is_empty()).then(|| Health::parse(&health));
     Ok(status)
@@ -492,14 +556,6 @@ pub async fn abort<S: Spawner>(
     let text = format!("{} {}\n", cause.as_str(), reason.replace('\n', " "));
     let cmd = run.cmd("abort", [run.dir.clone()]).stdin(text);
     process::run(on, &cmd.secs(secs), None).await?.check()?;
-    Ok(())
-}
-
-/// Confirm the activation. `fresh` must be a brand-new login: that it
-/// works at all is what the confirmation proves.
-pub async fn confirm<S: Spawner>(fresh: &S, run: &RunDir, secs: u64) -> Result<(), ProcessError> {
-    let cmd = run.cmd("confirm", [run.dir.clone()]).secs(secs);
-    process::run(fresh, &cmd, None).await?.check()?;
     Ok(())
 }
 

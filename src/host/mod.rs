@@ -66,20 +66,41 @@ impl HostError {
 
 pub type HostResult<T> = Result<T, HostError>;
 
+/// What a request to the agent (a start, a confirmation) followed in the
+/// same round trip gave.
+#[derive(Debug)]
+pub struct Followed {
+    /// The host said the request took effect: an error is the following's.
+    pub delivered: bool,
+    pub status: HostResult<AgentStatus>,
+}
+
+/// What a host says as it is locked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Locked {
+    /// The switches of others still going on the host (other runs'
+    /// activations, nixos-rebuild, automatic upgrades).
+    pub busy: Vec<String>,
+    /// Its health, when asked for.
+    pub health: Option<Health>,
+}
+
 /// The operations of the per-host pipeline. Every method is bounded by the
 /// `secs` it is given (or the check's own timeout).
 pub trait Host: Send {
     /// Open the connection.
     fn connect(&mut self) -> impl Future<Output = HostResult<()>> + Send;
-    /// Install the agent and take the host lock; returns the switches of
-    /// others still going on the host. `origin`: who deploys from which
-    /// flake (`<key> <value>` lines), kept with the run on the host.
+    /// Install the agent and take the host lock, in one round trip.
+    /// `origin`: who deploys from which flake (`<key> <value>` lines), kept
+    /// with the run on the host. With `health_secs`, the host's health
+    /// comes with the lock (the preflight).
     fn lock(
         &mut self,
         owner: &str,
         origin: &str,
+        health_secs: Option<u64>,
         secs: u64,
-    ) -> impl Future<Output = HostResult<Vec<String>>> + Send;
+    ) -> impl Future<Output = HostResult<Locked>> + Send;
     /// The system state and failed units (waits for start-up to finish).
     fn health(&mut self, secs: u64) -> impl Future<Output = HostResult<Health>> + Send;
     /// The flake and its inputs in this machine's store (once per run,
@@ -157,6 +178,16 @@ pub trait Host: Send {
         action: &AgentAction,
         secs: u64,
     ) -> impl Future<Output = HostResult<()>> + Send;
+    /// Start an agent action and follow it as `watch` does (not waiting
+    /// through any state), in one round trip.
+    fn launch(
+        &mut self,
+        action: &AgentAction,
+        seen: &mut usize,
+        health_secs: Option<u64>,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> impl Future<Output = Followed> + Send;
     /// After an error starting an action: did it start anyway?
     fn probe(&mut self, secs: u64) -> impl Future<Output = HostResult<bool>> + Send;
     /// Follow the agent until it needs us or ends (waiting through
@@ -182,8 +213,15 @@ pub trait Host: Send {
         &mut self,
         check: &HealthCheck,
     ) -> impl Future<Output = Result<(), String>> + Send;
-    /// Confirm the activation over a brand-new login.
-    fn confirm(&mut self, secs: u64) -> impl Future<Output = HostResult<()>> + Send;
+    /// Confirm the activation over a brand-new login, and follow the agent
+    /// to its answer as `watch` does (waiting through
+    /// `awaiting-confirmation`), in the same round trip.
+    fn confirm(
+        &mut self,
+        seen: &mut usize,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> impl Future<Output = Followed> + Send;
     /// Is the connection alive?
     fn alive(&mut self) -> impl Future<Output = bool> + Send;
     /// Open a new connection after a lost one (and take the host lock again

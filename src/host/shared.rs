@@ -17,7 +17,8 @@ type Once<T> = Arc<OnceCell<HostResult<T>>>;
 
 /// The run's shared work.
 pub struct Shared {
-    archive: OnceCell<HostResult<Archive>>,
+    /// The archive, and what `nix flake archive` said (each host shows it).
+    archive: OnceCell<(HostResult<Archive>, Vec<String>)>,
     /// Store path -> the length of its part of its export file.
     exports: Mutex<HashMap<StorePath, Once<u64>>>,
     /// Configuration -> the system built here.
@@ -65,11 +66,34 @@ impl Shared {
 
     /// The flake and its inputs in this machine's store, archived once.
     pub async fn archive(&self, flake: &str, secs: u64, out: Lines<'_>) -> HostResult<Archive> {
-        let archived = self.archive.get_or_init(|| async {
-            let _slot = self.cpu().await;
-            nix::archive(flake, secs, out).await.map_err(HostError::from)
+        let (archived, said) = self
+            .archive
+            .get_or_init(|| async {
+                let _slot = self.cpu().await;
+                let mut said = Vec::new();
+                let mut keep = |l: &str| {
+                    tracing::debug!("nix flake archive: {l}");
+                    said.push(l.to_string())
+                };
+                let archived = nix::archive(flake, secs, &mut keep).await.map_err(HostError::from);
+                (archived, said)
+            })
+            .await;
+        said.iter().for_each(|l| out(l));
+        archived.clone()
+    }
+
+    /// Start archiving the flake now, beside the hosts' first steps (their
+    /// connection, lock and preflight), and export its own source, which a
+    /// change makes new to every target. The hosts' copies then find both
+    /// done, or wait for them.
+    pub fn prefetch(self: &Arc<Self>, flake: &str, secs: u64) {
+        let (shared, flake) = (self.clone(), flake.to_string());
+        tokio::spawn(async move {
+            if let Ok(archive) = shared.archive(&flake, secs, &mut |_| {}).await {
+                let _ = shared.export(&archive.source, secs).await;
+            }
         });
-        archived.await.clone()
     }
 
     /// The export file of `path` and the length of its part (once per run).

@@ -1,6 +1,6 @@
 //! A real host over ssh: the ssh master, the on-target agent, Nix.
 
-use super::{Host, HostError, HostResult, Shared};
+use super::{Followed, Host, HostError, HostResult, Locked, Shared};
 use crate::agent::{self, AgentAction, AgentState, AgentStatus, CheckVerdict, Facts, Health};
 use crate::agent::{HostLock, LockError, RunDir, SwitchEnv};
 use crate::events::Reason;
@@ -77,15 +77,20 @@ impl Host for SshHost {
         }
     }
 
-    async fn lock(&mut self, owner: &str, origin: &str, secs: u64) -> HostResult<Vec<String>> {
+    async fn lock(
+        &mut self,
+        owner: &str,
+        origin: &str,
+        health_secs: Option<u64>,
+        secs: u64,
+    ) -> HostResult<Locked> {
         let ssh = self.ssh()?;
-        agent::install(ssh, &self.run, Some(origin), secs).await?;
-        let lock = agent::lock(ssh, &self.run, owner, secs).await?;
-        let busy = lock.busy.clone();
+        let lock = agent::lock(ssh, &self.run, owner, Some(origin), health_secs, secs).await?;
+        let locked = Locked { busy: lock.busy.clone(), health: lock.health.clone() };
         self.lock = Some(lock);
         self.owner = owner.to_string();
         self.rebooting = false;
-        Ok(busy)
+        Ok(locked)
     }
 
     async fn health(&mut self, secs: u64) -> HostResult<Health> {
@@ -191,6 +196,23 @@ impl Host for SshHost {
         Ok(agent::start(self.ssh()?, &self.run, action, secs).await?)
     }
 
+    async fn launch(
+        &mut self,
+        action: &AgentAction,
+        seen: &mut usize,
+        health_secs: Option<u64>,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> Followed {
+        let ssh = match self.ssh() {
+            Ok(ssh) => ssh,
+            Err(e) => return Followed { delivered: false, status: Err(e) },
+        };
+        let (delivered, status) =
+            agent::launch(ssh, &self.run, action, seen, health_secs, secs, out).await;
+        Followed { delivered, status: status.map_err(HostError::from) }
+    }
+
     async fn probe(&mut self, secs: u64) -> HostResult<bool> {
         Ok(agent::probe(self.ssh()?, &self.run, secs).await?)
     }
@@ -218,18 +240,24 @@ impl Host for SshHost {
     /// A fresh login can be slow on a busy deployer (a key exchange is
     /// CPU work): while the master shows the host is there, a login that
     /// timed out is tried again; a refused one is not.
-    async fn confirm(&mut self, secs: u64) -> HostResult<()> {
+    async fn confirm(&mut self, seen: &mut usize, secs: u64, out: Lines<'_>) -> Followed {
         let mut attempt = 1;
         loop {
-            let confirmed = {
-                let _slot = self.shared.cpu().await;
-                agent::confirm(&self.ssh()?.fresh_login(), &self.run, secs).await
+            let fresh = match self.ssh() {
+                Ok(ssh) => ssh.fresh_login(),
+                Err(e) => return Followed { delivered: false, status: Err(e) },
             };
-            match confirmed {
-                Err(ProcessError::Timeout { .. }) if attempt < 3 && self.alive().await => {
+            let (delivered, status) = {
+                let _slot = self.shared.cpu().await;
+                agent::confirm(&fresh, &self.run, seen, secs, &mut *out).await
+            };
+            match status {
+                Err(ProcessError::Timeout { .. })
+                    if !delivered && attempt < 3 && self.alive().await =>
+                {
                     attempt += 1
                 }
-                other => return Ok(other?),
+                status => return Followed { delivered, status: status.map_err(HostError::from) },
             }
         }
     }
@@ -297,11 +325,10 @@ impl SshHost {
     async fn relock(&mut self) -> HostResult<()> {
         let deadline = tokio::time::Instant::now()
             + std::time::Duration::from_secs(agent::HEARTBEAT_LOST_SECS + 10);
-        // After a reboot the agent is gone too (it lives in /run).
-        agent::install(self.ssh()?, &self.run, None, 10).await?;
         loop {
+            // After a reboot the agent is gone too (it lives in /run).
             let ssh = self.ssh()?;
-            match agent::lock(ssh, &self.run, &self.owner, 10).await {
+            match agent::lock(ssh, &self.run, &self.owner, None, None, 10).await {
                 Ok(lock) => {
                     self.lock = Some(lock);
                     return Ok(());

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::{agent_end, confirm_window, End, Goal, HostRun, Wanted};
 use crate::agent::{AgentAction, AgentState, AgentStatus, Health};
 use crate::events::{Outcome, Phase, Reason};
-use crate::host::{Host, HostError};
+use crate::host::{Followed, Host, HostError};
 
 impl HostRun<'_> {
     pub(super) async fn activate_confirm_boot<H: Host>(
@@ -48,7 +48,7 @@ impl HostRun<'_> {
         } else {
             let limit = Duration::from_secs(self.spec().timeouts.boot);
             let confirmed = AgentState::Confirmed;
-            self.settle(host, &mut seen, Some(&confirmed), None, limit).await
+            self.settle(host, &mut seen, Some(&confirmed), None, limit, None).await
         };
         self.boot_ended(host, status, wanted).await
     }
@@ -73,17 +73,28 @@ impl HostRun<'_> {
             then_boot: self.ctx.goal.boots(),
             env: self.ctx.switch_env,
         };
-        if let Err(e) = self.start_agent(host, &action).await? {
-            return Err(End::unchanged(
-                e.reason(Reason::ActivationFailed),
-                format!("could not start the agent: {e}"),
-            ));
-        }
         // The watch that sees the activation await its confirmation also
-        // answers the health check that comes before the confirmation.
+        // answers the health check that comes before the confirmation; the
+        // first watch comes with the start.
         let health = health_secs(spec);
         let limit = Duration::from_secs(t.activate.saturating_add(15).saturating_add(health));
-        match self.settle(host, seen, None, Some(health), limit).await {
+        let since = Instant::now();
+        self.agent_starts();
+        let secs = limit.as_secs();
+        let launched = host.launch(&action, seen, Some(health), secs, &mut self.lines()).await;
+        let first = match (launched.delivered, launched.status) {
+            (true, status) | (false, status @ Ok(_)) => Some((since, status)),
+            (false, Err(e)) => match self.started_anyway(host, e).await? {
+                Ok(()) => None,
+                Err(e) => {
+                    return Err(End::unchanged(
+                        e.reason(Reason::ActivationFailed),
+                        format!("could not start the agent: {e}"),
+                    ))
+                }
+            },
+        };
+        match self.settle(host, seen, None, Some(health), limit, first).await {
             Ok(s) => Ok(s),
             Err(Unsettled::Lost(why)) => Err(lost(&why, &host.inspect_hint())),
             Err(Unsettled::Timeout(why)) => {
@@ -91,7 +102,7 @@ impl HostRun<'_> {
                 // the agent to stop it and roll back, then wait for that.
                 let _ = host.abort(Reason::Timeout, &why, 30).await;
                 let limit = limit + Duration::from_secs(t.confirm.saturating_add(45));
-                let settled = self.settle(host, seen, None, Some(health), limit).await;
+                let settled = self.settle(host, seen, None, Some(health), limit, None).await;
                 settled.map_err(|e| lost(&e.to_string(), &host.inspect_hint()))
             }
         }
@@ -106,12 +117,21 @@ impl HostRun<'_> {
         action: &AgentAction,
     ) -> Result<Result<(), HostError>, End> {
         let secs = self.spec().timeouts.activate.clamp(5, 30);
-        let Err(e) = host.start(action, secs).await else {
-            self.agent_starts();
-            return Ok(Ok(()));
-        };
         // From here on the action may be running: keep its GC root.
         self.agent_starts();
+        match host.start(action, secs).await {
+            Ok(()) => Ok(Ok(())),
+            Err(e) => self.started_anyway(host, e).await,
+        }
+    }
+
+    /// After `e` starting an action (with the agent counted as started):
+    /// did it start anyway? `Ok(Err(e))`: it did not.
+    async fn started_anyway<H: Host>(
+        &mut self,
+        host: &mut H,
+        e: HostError,
+    ) -> Result<Result<(), HostError>, End> {
         match host.probe(10).await {
             Ok(true) => {
                 self.note(format!(
@@ -141,26 +161,33 @@ impl HostRun<'_> {
         health: Option<Health>,
     ) -> Result<AgentStatus, End> {
         self.start(Phase::Confirm);
-        if let Err((cause, why)) = self.check_and_confirm(host, health).await {
-            self.note(format!("not confirming: {why}"));
-            // Tell the agent now when we can; otherwise its own timeout does.
-            let _ = host.abort(cause, &why, 10).await;
-        }
+        // The confirming login also brings the agent's answer.
+        let first = match self.check_and_confirm(host, seen, health).await {
+            Ok(answer) => Some((Instant::now(), answer)),
+            Err((cause, why)) => {
+                self.note(format!("not confirming: {why}"));
+                // Tell the agent now when we can; otherwise its own timeout does.
+                let _ = host.abort(cause, &why, 10).await;
+                None
+            }
+        };
         let t = self.spec().timeouts;
         let secs = confirm_window(self.spec()).saturating_add(t.activate).saturating_add(60);
         let patient = AgentState::AwaitingConfirmation;
-        let settled =
-            self.settle(host, seen, Some(&patient), None, Duration::from_secs(secs)).await;
+        let limit = Duration::from_secs(secs);
+        let settled = self.settle(host, seen, Some(&patient), None, limit, first).await;
         settled.map_err(|e| lost(&e.to_string(), &host.inspect_hint()))
     }
 
     /// Health (system running, no unit failed that had not failed before,
-    /// the user's checks), then the confirmation over a brand-new login.
+    /// the user's checks), then the confirmation over a brand-new login;
+    /// `Ok`: the agent's answer to it (as a watch gives it).
     async fn check_and_confirm<H: Host>(
         &self,
         host: &mut H,
+        seen: &mut usize,
         health: Option<Health>,
-    ) -> Result<(), (Reason, String)> {
+    ) -> Result<Result<AgentStatus, HostError>, (Reason, String)> {
         let t = self.spec().timeouts;
         let health = match health {
             Some(h) => h,
@@ -176,10 +203,14 @@ impl HostRun<'_> {
             host.health_check(check).await.map_err(|e| (Reason::HealthCheck, e))?;
             self.note(format!("health check passed: {}", check.description));
         }
-        let confirmed = host.confirm(t.connect.saturating_add(t.confirm)).await;
-        confirmed.map_err(|e| {
-            (Reason::NotConfirmed, format!("a fresh ssh login could not confirm: {e}"))
-        })
+        let secs = t.connect.saturating_add(t.confirm);
+        let confirmed = host.confirm(seen, secs, &mut self.lines()).await;
+        match confirmed {
+            Followed { delivered: false, status: Err(e) } => {
+                Err((Reason::NotConfirmed, format!("a fresh ssh login could not confirm: {e}")))
+            }
+            Followed { status, .. } => Ok(status),
+        }
     }
 
     /// Write the boot entry of a system that runs confirmed (finishing an
@@ -201,7 +232,8 @@ impl HostRun<'_> {
         // Until the boot agent writes its first state, an activation's
         // confirmed state is still there: keep waiting through it.
         let limit = Duration::from_secs(self.spec().timeouts.boot);
-        let status = self.settle(host, &mut seen, Some(&AgentState::Confirmed), None, limit).await;
+        let confirmed = Some(&AgentState::Confirmed);
+        let status = self.settle(host, &mut seen, confirmed, None, limit, None).await;
         self.boot_ended(host, status, wanted).await
     }
 
@@ -244,7 +276,8 @@ impl HostRun<'_> {
     }
 
     /// Follow the agent until it needs us or is done, re-attaching after a
-    /// lost connection, all within `limit`.
+    /// lost connection, all within `limit`. `first`: a watch already made
+    /// (with the start), and since when.
     async fn settle<H: Host>(
         &self,
         host: &mut H,
@@ -252,16 +285,25 @@ impl HostRun<'_> {
         patient: Option<&AgentState>,
         health: Option<u64>,
         limit: Duration,
+        first: Option<(Instant, Result<AgentStatus, HostError>)>,
     ) -> Result<AgentStatus, Unsettled> {
-        let deadline = Instant::now() + limit;
+        let (since, mut first) = match first {
+            Some((since, watched)) => (since, Some(watched)),
+            None => (Instant::now(), None),
+        };
+        let deadline = since + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if left.is_zero() && first.is_none() {
                 let why = format!("the agent did not settle within {} s", limit.as_secs());
                 return Err(Unsettled::Timeout(why));
             }
             let secs = left.as_secs().max(1);
-            match host.watch(seen, patient, health, secs, &mut self.lines()).await {
+            let watched = match first.take() {
+                Some(watched) => watched,
+                None => host.watch(seen, patient, health, secs, &mut self.lines()).await,
+            };
+            match watched {
                 Ok(status) => return Ok(status),
                 Err(e) if e.reason(Reason::Internal) == Reason::Timeout => {
                     let why = format!("the activation did not finish within {} s", limit.as_secs());

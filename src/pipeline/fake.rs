@@ -12,7 +12,7 @@ use crate::select::Target;
 
 use crate::agent::{AgentAction, AgentState, AgentStatus, CheckVerdict, Facts, Health, SwitchEnv};
 use crate::events::Reason;
-use crate::host::{Host, HostError, HostResult};
+use crate::host::{Followed, Host, HostError, HostResult, Locked};
 use crate::inventory::HealthCheck;
 use crate::nix::{Archive, StorePath};
 use crate::process::{Lines, Place, ProcessError};
@@ -156,17 +156,29 @@ impl Host for Fake {
         self.connect.clone()
     }
 
-    async fn lock(&mut self, _owner: &str, _origin: &str, _secs: u64) -> HostResult<Vec<String>> {
+    async fn lock(
+        &mut self,
+        _owner: &str,
+        _origin: &str,
+        health_secs: Option<u64>,
+        _secs: u64,
+    ) -> HostResult<Locked> {
         self.call("lock");
         let first = self.calls.lock().unwrap().iter().filter(|c| *c == "lock").count() == 1;
-        match self.later_locks.pop_front() {
+        let busy = match self.later_locks.pop_front() {
             Some(l) if !first => l,
             Some(l) => {
                 self.later_locks.push_front(l);
                 self.lock.clone()
             }
             None => self.lock.clone(),
-        }
+        }?;
+        // As the agent does: the health comes with the lock when asked for.
+        let health = match health_secs {
+            Some(_) => Some(self.health.pop_front().unwrap_or_else(|| health("running", &[]))?),
+            None => None,
+        };
+        Ok(Locked { busy, health })
     }
 
     async fn health(&mut self, _secs: u64) -> HostResult<Health> {
@@ -276,6 +288,21 @@ impl Host for Fake {
         self.start.pop_front().unwrap_or(Ok(()))
     }
 
+    /// As the agent does: a start, then (once started) a watch.
+    async fn launch(
+        &mut self,
+        action: &AgentAction,
+        seen: &mut usize,
+        health_secs: Option<u64>,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> Followed {
+        if let Err(e) = self.start(action, secs).await {
+            return Followed { delivered: false, status: Err(e) };
+        }
+        Followed { delivered: true, status: self.watch(seen, None, health_secs, secs, out).await }
+    }
+
     async fn probe(&mut self, _secs: u64) -> HostResult<bool> {
         self.call("probe");
         self.probe.clone()
@@ -318,9 +345,17 @@ impl Host for Fake {
         self.checks.pop_front().unwrap_or(Ok(()))
     }
 
-    async fn confirm(&mut self, _secs: u64) -> HostResult<()> {
+    /// As the agent does: a confirmation, then (once recorded) a watch.
+    async fn confirm(&mut self, seen: &mut usize, secs: u64, out: Lines<'_>) -> Followed {
         self.call("confirm");
-        self.confirm.clone()
+        if let Err(e) = self.confirm.clone() {
+            return Followed { delivered: false, status: Err(e) };
+        }
+        let awaiting = AgentState::AwaitingConfirmation;
+        Followed {
+            delivered: true,
+            status: self.watch(seen, Some(&awaiting), None, secs, out).await,
+        }
     }
 
     async fn alive(&mut self) -> bool {
@@ -433,7 +468,7 @@ pub async fn drive(fake: Fake, tweak: impl FnOnce(&mut Target, &mut Context)) ->
         force: false,
         skip_preflight: false,
         lock_owner: "me".into(),
-        origin: "by me".into(),
+        origin: crate::runner::Origin::fixed("by me"),
         mode: Mode::Deploy,
         goal: Goal::Switch,
         reboot: Reboot::Never,

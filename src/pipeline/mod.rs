@@ -52,7 +52,7 @@ pub struct Context {
     pub lock_owner: String,
     /// Who deploys from which flake, kept on each host (`<key> <value>`
     /// lines: by, flake, revision, goal).
-    pub origin: String,
+    pub origin: Arc<crate::runner::Origin>,
     pub mode: Mode,
     pub goal: Goal,
     /// `--reboot`: when to reboot a host into its new boot entry.

@@ -4,7 +4,7 @@
 //! unchanged.
 
 use super::{failed, failed_in, next_step, End, Goal, HostRun, Mode, Next, Wanted};
-use crate::agent::CheckVerdict;
+use crate::agent::{CheckVerdict, Health};
 use crate::events::{Outcome, Phase, Reason};
 use crate::host::Host;
 use crate::inventory::BuildOn;
@@ -16,10 +16,14 @@ impl HostRun<'_> {
     pub(super) async fn prepare<H: Host>(&mut self, host: &mut H) -> Result<(Wanted, Next), End> {
         let t = self.spec().timeouts;
         self.start(Phase::Lock);
-        let busy = host.lock(&self.ctx.lock_owner, &self.ctx.origin, t.lock).await;
-        refuse_if_busy(&busy.map_err(failed(Reason::NotASystem))?)?;
-        if !self.ctx.skip_preflight {
-            self.preflight(host).await?;
+        // The preflight's health comes with the lock.
+        let preflight = (!self.ctx.skip_preflight).then_some(t.preflight);
+        let owner = &self.ctx.lock_owner;
+        let locked = host.lock(owner, self.ctx.origin.get().await, preflight, t.lock).await;
+        let locked = locked.map_err(failed(Reason::NotASystem))?;
+        refuse_if_busy(&locked.busy)?;
+        if let Some(health) = locked.health {
+            self.preflight(&health)?;
         }
         let wanted = self.wanted_system(host).await?;
         self.check_approved(&wanted.toplevel)?;
@@ -91,11 +95,8 @@ impl HostRun<'_> {
     }
 
     /// A host that is not healthy now is not touched.
-    async fn preflight<H: Host>(&mut self, host: &mut H) -> Result<(), End> {
+    fn preflight(&mut self, h: &Health) -> Result<(), End> {
         self.start(Phase::Preflight);
-        let h = host.health(self.spec().timeouts.preflight).await;
-        let h =
-            h.map_err(|e| End::unchanged(e.reason(Reason::Preflight), format!("preflight: {e}")))?;
         if h.is_running() {
             return Ok(());
         }

@@ -210,7 +210,7 @@ impl HostRun<'_> {
             let msg = format!("it came back from the reboot, but cannot be inspected: {e}");
             End::unknown(e.reason(Reason::Lost), msg)
         };
-        match host.lock(&self.ctx.lock_owner, &self.ctx.origin, t.lock).await {
+        match host.lock(&self.ctx.lock_owner, self.ctx.origin.get().await, None, t.lock).await {
             Ok(_) => {}
             Err(e @ HostError::Lock(LockError::Held { .. })) => {
                 self.note(format!("after the reboot: {e}; checking the host without the lock"));

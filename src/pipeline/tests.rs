@@ -33,7 +33,6 @@ async fn a_healthy_host_goes_through_every_phase_in_order() {
     let calls = [
         "connect",
         "lock",
-        "health",
         "archive .",
         "copy 1",
         "build web1",
@@ -148,7 +147,7 @@ async fn copy_and_build_failures_stop_before_anything_changes() {
 async fn a_local_build_is_built_here_then_copied() {
     let r = drive(Fake::new(), |t, _| t.spec.build_on = BuildOn::Local).await;
     assert_eq!(r.report.outcome, Outcome::Deployed);
-    assert_eq!(r.calls[3..5], ["build-local web1", "copy-closure"]);
+    assert_eq!(r.calls[2..4], ["build-local web1", "copy-closure"]);
     assert_eq!(r.phases()[3..5], [Phase::Build, Phase::Copy]);
 }
 
@@ -338,9 +337,9 @@ async fn a_unit_failing_after_activation_is_not_confirmed() {
     assert_eq!(r.ended(), (Outcome::RolledBack, Some(Reason::HealthCheck), Some(Phase::Confirm)));
     assert!(r.called("abort health-check") && !r.called("confirm"));
     assert!(r.notes().iter().any(|n| n.contains("failed units: demo.service")), "{:?}", r.notes());
-    // The watch that saw the activation end answered the health: one
-    // `health` call in all, the preflight's.
-    assert_eq!(r.calls.iter().filter(|c| *c == "health").count(), 1, "{:?}", r.calls);
+    // The lock answered the preflight's health, the watch that saw the
+    // activation end the one before the confirmation: no `health` call.
+    assert!(!r.called("health"), "{:?}", r.calls);
     assert!(r.called("watch - health"), "{:?}", r.calls);
 }
 
@@ -504,4 +503,29 @@ fn host_errors_map_to_reasons_whatever_the_phase() {
         crate::process::ProcessError::NeedsPassword { sudo: "sudo -n".into(), user: "u".into() };
     assert_eq!(HostError::from(sudo).reason(Reason::Preflight), Reason::Auth);
     let _ = fake::OLD;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_confirmation_whose_answer_is_lost_is_followed_not_taken_back() {
+    let mut f = Fake::new();
+    // The fresh login confirmed, then lost the agent's answer.
+    f.watch = [
+        at(AgentState::AwaitingConfirmation),
+        Err(disconnected()),
+        at(AgentState::Confirmed),
+        at(AgentState::Booted),
+    ]
+    .into();
+    let r = run(f).await;
+    assert_eq!(r.ended(), (Outcome::Deployed, None, Some(Phase::Boot)));
+    assert!(!r.called("abort"), "{:?}", r.calls);
+    let i = r.calls.iter().position(|c| c == "confirm").unwrap();
+    let after = [
+        "watch awaiting-confirmation",
+        "is-alive",
+        "reconnect",
+        "watch awaiting-confirmation",
+        "watch confirmed",
+    ];
+    assert_eq!(r.calls[i + 1..i + 6], after, "{:?}", r.calls);
 }
