@@ -116,7 +116,8 @@ async fn build(
         BuildOn::Target => {
             let archive = host.archive(flake, s.timeouts.copy, out).await?;
             host.copy_source(&archive, s.timeouts.copy, out).await?;
-            host.build(&archive.source, &s.configuration, s.timeouts.build, out).await
+            let built = host.build(&archive.source, &s.configuration, None, s.timeouts.build, out);
+            Ok(built.await?.0)
         }
         BuildOn::Local => {
             let path = host.build_local(flake, &s.configuration, s.timeouts.build, out).await?;

@@ -309,7 +309,7 @@ struct BuildJson {
     outputs: std::collections::BTreeMap<String, String>,
 }
 
-fn parse_build_json(stdout: &str) -> Result<StorePath, NixError> {
+pub fn parse_build_json(stdout: &str) -> Result<StorePath, NixError> {
     let unexpected = |what: String| NixError::Unexpected(what);
     let parsed: Vec<BuildJson> = serde_json::from_str(stdout.trim())
         .map_err(|e| unexpected(format!("unexpected output of nix build --json: {e}")))?;
@@ -329,10 +329,15 @@ pub async fn build<S: Spawner>(
     secs: u64,
     on_line: Lines<'_>,
 ) -> Result<StorePath, NixError> {
-    let argv = nix_argv(["build", "--json", "--out-link", gc_root, installable]);
-    let cmd = Cmd::new(argv).secs(secs).quiet_stdout();
+    let cmd = build_cmd(installable, gc_root).secs(secs);
     let out = process::run(on, &cmd, Some(on_line)).await?.check()?;
     parse_build_json(&out.stdout)
+}
+
+/// `nix build --json --out-link GC_ROOT INSTALLABLE`: its stdout is read
+/// by [`parse_build_json`].
+pub fn build_cmd(installable: &str, gc_root: &str) -> Cmd {
+    Cmd::new(nix_argv(["build", "--json", "--out-link", gc_root, installable])).quiet_stdout()
 }
 
 /// Register a GC root at `gc_root` for a path copied to the target.

@@ -26,7 +26,8 @@
 #   agent.sh activate RUNDIR TOPLEVEL ACTIVATE_SECS CONFIRM_SECS MAGIC_ROLLBACK(1|0) THEN_BOOT(1|0) [ENV...]
 #                                 (THEN_BOOT: once confirmed, go on as `boot`)
 #   agent.sh boot RUNDIR TOPLEVEL [ENV...]
-#   agent.sh check TOPLEVEL SECS [ENV...]   (switch-to-configuration check)
+#   agent.sh check TOPLEVEL SECS SELFCHECK|"" [ENV...]   (SELFCHECK, then
+#                                 switch-to-configuration check)
 #   agent.sh watch RUNDIR SKIP_LINES [STATE [HEALTH_SECS]]   (also keeps waiting while
 #                                 in STATE, "-" for none; with HEALTH_SECS, a watch
 #                                 that ends in awaiting-confirmation answers `health`
@@ -81,12 +82,17 @@ set_status() {
 # remember OUTCOME: the last deploy to this host, for `deploy-flake status`
 # (root-only, across reboots): its run, when, how it ended, its system, and
 # who ran it from which flake (the run's origin).
+# (These run on the way from one state to the next: the shell's own
+# commands where they do, a process only where they must.)
 remember() {
-    mkdir -p "$RECORDS" || return
+    [ -d "$RECORDS" ] || mkdir -p "$RECORDS" || return
     {
-        printf 'run %s\nwhen %s\noutcome %s\nsystem %s\n' "${rundir##*/}" "$(date +%s)" "$1" "${toplevel:-}"
-        cat "$rundir/origin" 2> /dev/null
+        printf 'run %s\nwhen %s\noutcome %s\nsystem %s\n' "${rundir##*/}" "${stamp:-$(date +%s)}" "$1" "${toplevel:-}"
+        if [ -e "$rundir/origin" ]; then
+            while IFS= read -r line; do printf '%s\n' "$line"; done < "$rundir/origin"
+        fi
     } > "$RECORDS/last.tmp" && mv -f "$RECORDS/last.tmp" "$RECORDS/last"
+    stamp=''
 }
 
 log() {
@@ -246,12 +252,14 @@ new_failed() {
 # record KIND TOPLEVEL: remember across reboots that this system was
 # confirmed (or got its boot entry) on this host. Records of systems no
 # longer in the store are dropped.
+# Sets $stamp (the time), which the state change that follows records too.
 record() {
-    mkdir -p "$RECORDS/$1" || return
+    [ -d "$RECORDS/$1" ] || mkdir -p "$RECORDS/$1" || return
     for old in "$RECORDS/$1"/*; do
         [ -e "$old" ] && [ ! -e "/nix/store/${old##*/}" ] && rm -f "$old"
     done
-    printf '%s %s\n' "${rundir##*/}" "$(date +%s)" > "$RECORDS/$1/${2##*/}"
+    stamp=$(date +%s)
+    printf '%s %s\n' "${rundir##*/}" "$stamp" > "$RECORDS/$1/${2##*/}"
 }
 
 recorded() {
@@ -439,11 +447,19 @@ boot() {
 }
 
 # Runs `switch-to-configuration check`: the pre-switch checks and the
-# switch inhibitors, before anything changes.
+# switch inhibitors, before anything changes; after SELFCHECK, when given
+# (a failing one ends it, its exit status said).
 check() {
-    toplevel=$1 secs=$2
-    shift 2
+    toplevel=$1 secs=$2 selfcheck=$3
+    shift 3
     stc_env "$@"
+    if [ -n "$selfcheck" ]; then
+        out=$(timeout "$secs" "$selfcheck" 2>&1 < /dev/null)
+        rc=$?
+        if [ -n "$out" ]; then printf '%s\n' "$out"; fi
+        echo "deploy-flake-self-check $rc"
+        [ "$rc" = 0 ] || return 0
+    fi
     # shellcheck disable=SC2086 # allow-listed words
     out=$(timeout "$secs" env $stc_env "$toplevel/bin/switch-to-configuration" check 2>&1 < /dev/null)
     rc=$?

@@ -49,7 +49,7 @@ impl Drop for HostLock {
     }
 }
 
-/// Install the agent (see [`installed`]) and take the host lock, in one
+/// Install the agent (the `installed` way) and take the host lock, in one
 /// round trip: refused at once when another run holds it. With
 /// `health_secs`, the host's health comes with the lock (bounded by
 /// `health_secs`, on top of `secs`).

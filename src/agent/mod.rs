@@ -11,6 +11,7 @@
 //! previous one).
 
 mod answers;
+mod follow;
 mod lock;
 #[cfg(test)]
 mod tests;
@@ -30,6 +31,7 @@ const STATE_DIR: &str = "/run/deploy-flake";
 const ANSWER: &str = "deploy-flake-";
 
 pub use answers::{Changes, CheckVerdict, Facts, Health, HostState, PackageChange};
+pub use follow::{confirm, launch, watch};
 pub use lock::{lock, HostLock, LockError, HEARTBEAT_LOST_SECS};
 
 /// Creates the state directories (root-only) and installs the agent under
@@ -361,20 +363,30 @@ pub async fn health<S: Spawner>(on: &S, run: &RunDir, secs: u64) -> Result<Healt
 }
 
 /// `switch-to-configuration check`: the system's pre-switch checks and
-/// switch inhibitors, before anything changes. Its output goes to `on_line`.
+/// switch inhibitors, before anything changes; after `self_check` (a
+/// script of the new system, each bounded by `secs`), when given, in the
+/// same round trip. Their output goes to `on_line`. `Ok(Err(exit, last
+/// lines))`: the self-check failed, and nothing else ran.
 pub async fn check<S: Spawner>(
     on: &S,
     run: &RunDir,
     toplevel: &StorePath,
     env: SwitchEnv,
+    self_check: Option<&str>,
     secs: u64,
     on_line: Lines<'_>,
-) -> Result<CheckVerdict, ProcessError> {
-    let args = [toplevel.to_string(), secs.to_string()].into_iter().chain(env.words());
-    let cmd = run.cmd("check", args).secs(secs + 10).quiet_stdout();
+) -> Result<Result<CheckVerdict, (i32, String)>, ProcessError> {
+    let args = [toplevel.to_string(), secs.to_string(), self_check.unwrap_or("").to_string()];
+    let cmd = run.cmd("check", args.into_iter().chain(env.words()));
+    let cmd = cmd.secs(secs.saturating_mul(2).saturating_add(10)).quiet_stdout();
     let out = process::run(on, &cmd, None).await?.check()?;
-    out.stdout.lines().filter(|l| !l.trim().is_empty() && !is_answer(l)).for_each(on_line);
-    Ok(CheckVerdict::parse(&out.stdout))
+    let said: Vec<&str> =
+        out.stdout.lines().filter(|l| !l.trim().is_empty() && !is_answer(l)).collect();
+    said.iter().for_each(|l| on_line(l));
+    match answer(&out.stdout, "self-check").map(|rc| rc.parse::<i32>()) {
+        Some(Ok(0)) | None => Ok(Ok(CheckVerdict::parse(&out.stdout))),
+        Some(rc) => Ok(Err((rc.unwrap_or(-1), process::tail_lines(&said.join("\n"), 5)))),
+    }
 }
 
 impl HostState {
@@ -417,6 +429,42 @@ pub async fn probe<S: Spawner>(on: &S, run: &RunDir, secs: u64) -> Result<bool, 
     Ok(answer(&out.stdout, "started").is_some())
 }
 
+/// A build that leaves its result at the run's GC root, then `facts` of
+/// what it built.
+const BUILD_THEN_FACTS: Script = Script(
+    r#"agent=$1 gc=$2 selfcheck=$3
+shift 3
+"$@" || exit
+toplevel=$(readlink -f "$gc") || exit
+exec /bin/sh "$agent" facts "$toplevel" ${selfcheck:+"$selfcheck"}"#,
+);
+
+/// Run `build` (which must leave its result at the run's GC root), then
+/// answer [`facts`] of what it built, in one round trip: the build's own
+/// stdout, and the facts.
+pub async fn build_then_facts<S: Spawner>(
+    on: &S,
+    run: &RunDir,
+    build: Cmd,
+    self_check: Option<&str>,
+    on_line: Lines<'_>,
+) -> Result<(String, Facts), ProcessError> {
+    let mut args = vec![run.agent.clone(), run.gc_root(), self_check.unwrap_or("").to_string()];
+    args.extend(build.argv.iter().cloned());
+    let cmd = Cmd { argv: Cmd::script(BUILD_THEN_FACTS, args).argv, ..build.clone() };
+    // A failure is the build's (what it printed tells): named as the build.
+    let mut out = process::run(on, &cmd, Some(on_line)).await.map_err(|e| match e {
+        ProcessError::Timeout { secs, place, .. } => {
+            ProcessError::Timeout { cmd: build.display(), secs, place }
+        }
+        e => e,
+    })?;
+    out.cmd = build.display();
+    let out = out.check()?;
+    let own: Vec<&str> = out.stdout.lines().filter(|l| !is_answer(l)).collect();
+    Ok((own.join("\n"), Facts::parse(&out.stdout)))
+}
+
 /// One round trip: running and boot systems, and what `toplevel` offers.
 pub async fn facts<S: Spawner>(
     on: &S,
@@ -440,108 +488,6 @@ pub async fn start<S: Spawner>(
 ) -> Result<(), ProcessError> {
     process::run(on, &action.start_cmd(run).secs(secs), None).await?.check()?;
     Ok(())
-}
-
-/// Stream the run's log from line `seen` until the agent reaches a state
-/// that needs the deployer (or an end), also waiting through `patient`;
-/// then its status. `seen` counts the log lines received, so a watch
-/// re-attached after a lost connection continues where it was. With
-/// `health_secs`, a watch that ends in `awaiting-confirmation` also
-/// answers [`health`] (bounded by `health_secs`, within `secs`).
-pub async fn watch<S: Spawner>(
-    on: &S,
-    run: &RunDir,
-    seen: &mut usize,
-    patient: Option<&AgentState>,
-    health_secs: Option<u64>,
-    secs: u64,
-    on_line: Lines<'_>,
-) -> Result<AgentStatus, ProcessError> {
-    let mut args = vec![run.dir.clone(), seen.to_string()];
-    if patient.is_some() || health_secs.is_some() {
-        args.push(patient.map_or("-", AgentState::as_str).to_string());
-    }
-    args.extend(health_secs.map(|s| s.to_string()));
-    let cmd = run.cmd("watch", args).secs(secs);
-    follow(on, run, &cmd, seen, on_line, &mut false).await
-}
-
-/// Start an action and follow it as [`watch`] does, in one round trip;
-/// also whether it started (an error after that is the watch's).
-pub async fn launch<S: Spawner>(
-    on: &S,
-    run: &RunDir,
-    action: &AgentAction,
-    seen: &mut usize,
-    health_secs: Option<u64>,
-    secs: u64,
-    on_line: Lines<'_>,
-) -> (bool, Result<AgentStatus, ProcessError>) {
-    let health = health_secs.map_or(String::new(), |s| s.to_string());
-    let mut args = vec![run.dir.clone(), seen.to_string(), "-".into(), health];
-    args.extend(action.start_cmd(run).argv);
-    let cmd = run.cmd("launch", args).secs(secs);
-    let mut started = false;
-    let status = follow(on, run, &cmd, seen, on_line, &mut started).await;
-    (started, status)
-}
-
-/// Confirm the activation and follow the agent to its answer as [`watch`]
-/// does (through `awaiting-confirmation`), in one round trip; also whether
-/// the confirmation is recorded (an error after that is the watch's).
-/// `fresh` must be a brand-new login: that it works is what it proves.
-pub async fn confirm<S: Spawner>(
-    fresh: &S,
-    run: &RunDir,
-    seen: &mut usize,
-    secs: u64,
-    on_line: Lines<'_>,
-) -> (bool, Result<AgentStatus, ProcessError>) {
-    let cmd = run.cmd("confirm", [run.dir.clone(), seen.to_string()]).secs(secs);
-    let mut delivered = false;
-    let status = follow(fresh, run, &cmd, seen, on_line, &mut delivered).await;
-    (delivered, status)
-}
-
-/// Run a command that ends as `watch` does, and read its status.
-/// `delivered`: set when the host says a request before the watch (a start,
-/// a confirmation) took effect.
-async fn follow<S: Spawner>(
-    on: &S,
-    run: &RunDir,
-    cmd: &Cmd,
-    seen: &mut usize,
-    on_line: Lines<'_>,
-    delivered: &mut bool,
-) -> Result<AgentStatus, ProcessError> {
-    let delivered_marker = format!("{ANSWER}delivered");
-    let status_marker = format!("{ANSWER}status {} ", run.id);
-    let previous_marker = format!("{ANSWER}previous {} ", run.id);
-    let health_marker = format!("{ANSWER}health {} ", run.id);
-    let (mut status, mut previous, mut health) = (None, None, String::new());
-    let mut sink = |l: &str| {
-        if l.trim_end() == delivered_marker {
-            *delivered = true;
-        } else if let Some(rest) = l.strip_prefix(status_marker.as_str()) {
-            status = Some(AgentStatus::parse(rest));
-        } else if let Some(rest) = l.strip_prefix(previous_marker.as_str()) {
-            previous = Some(rest.trim().to_string()).filter(|p| !p.is_empty());
-        } else if let Some(rest) = l.strip_prefix(health_marker.as_str()) {
-            health.push_str(&format!("{ANSWER}{rest}\n"));
-        } else {
-            *seen += 1;
-            on_line(l);
-        }
-    };
-    let out = process::run(on, cmd, Some(&mut sink)).await?;
-    let Some(mut status) = status else {
-        // What the host said when it failed (a start refused), else: gone.
-        out.check()?;
-        return Err(ProcessError::Disconnected { cmd: cmd.display() });
-    };
-    status.previous = previous;
-    status.health = (!health.is_empty()).then(|| Health::parse(&health));
-    Ok(status)
 }
 
 /// Ask the agent to stop the activation, or not to wait for the

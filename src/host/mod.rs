@@ -118,14 +118,16 @@ pub trait Host: Send {
         secs: u64,
         out: Lines<'_>,
     ) -> impl Future<Output = HostResult<()>> + Send;
-    /// Build a configuration of a copied flake on the host (GC-rooted).
+    /// Build a configuration of a copied flake on the host (GC-rooted);
+    /// the [`Host::facts`] of what it built come with it.
     fn build(
         &mut self,
         source: &StorePath,
         configuration: &str,
+        self_check: Option<&str>,
         secs: u64,
         out: Lines<'_>,
-    ) -> impl Future<Output = HostResult<StorePath>> + Send;
+    ) -> impl Future<Output = HostResult<(StorePath, Facts)>> + Send;
     /// Build a configuration here (`buildOn = "local"`).
     fn build_local(
         &mut self,
@@ -157,14 +159,17 @@ pub trait Host: Send {
         secs: u64,
     ) -> impl Future<Output = HostResult<Facts>> + Send;
     /// `switch-to-configuration check` of the new system: its pre-switch
-    /// checks and switch inhibitors.
+    /// checks and switch inhibitors; after `self_check` (as [`Host::self_check`]
+    /// runs it), when given, in the same round trip. `Ok(Err(e))`: the
+    /// self-check failed with `e`, and the check did not run.
     fn pre_switch_check(
         &mut self,
         toplevel: &StorePath,
         env: SwitchEnv,
+        self_check: Option<&str>,
         secs: u64,
         out: Lines<'_>,
-    ) -> impl Future<Output = HostResult<CheckVerdict>> + Send;
+    ) -> impl Future<Output = HostResult<Result<CheckVerdict, HostError>>> + Send;
     /// Run a self-check script of the new system.
     fn self_check(
         &mut self,

@@ -6,7 +6,7 @@ use crate::agent::{HostLock, LockError, RunDir, SwitchEnv};
 use crate::events::Reason;
 use crate::inventory::HealthCheck;
 use crate::nix::{self, Archive, StorePath};
-use crate::process::{Lines, ProcessError};
+use crate::process::{Exit, Lines, ProcessError, Spawner};
 use crate::ssh::{Destination, Ssh, SshError};
 
 /// Logins tried when the host answers but the login does not finish in time.
@@ -123,15 +123,20 @@ impl Host for SshHost {
         Ok(nix::import(self.ssh()?, parts, secs, out).await?)
     }
 
+    /// The facts come in the build's round trip.
     async fn build(
         &mut self,
         source: &StorePath,
         configuration: &str,
+        self_check: Option<&str>,
         secs: u64,
         out: Lines<'_>,
-    ) -> HostResult<StorePath> {
+    ) -> HostResult<(StorePath, Facts)> {
         let installable = nix::toplevel_installable(&format!("path:{source}"), configuration);
-        Ok(nix::build(self.ssh()?, &installable, &self.run.gc_root(), secs, out).await?)
+        let build = nix::build_cmd(&installable, &self.run.gc_root()).secs(secs);
+        let (stdout, facts) =
+            agent::build_then_facts(self.ssh()?, &self.run, build, self_check, out).await?;
+        Ok((nix::parse_build_json(&stdout)?, facts))
     }
 
     async fn build_local(
@@ -182,10 +187,20 @@ impl Host for SshHost {
         &mut self,
         toplevel: &StorePath,
         env: SwitchEnv,
+        self_check: Option<&str>,
         secs: u64,
         out: Lines<'_>,
-    ) -> HostResult<CheckVerdict> {
-        Ok(agent::check(self.ssh()?, &self.run, toplevel, env, secs, out).await?)
+    ) -> HostResult<Result<CheckVerdict, HostError>> {
+        let ssh = self.ssh()?;
+        let checked = agent::check(ssh, &self.run, toplevel, env, self_check, secs, out).await?;
+        // A failed self-check reads as if it had run alone.
+        let (script, place) = (self_check.unwrap_or_default().to_string(), ssh.place());
+        Ok(checked.map_err(|(exit, tail)| {
+            HostError::Process(match exit {
+                124 => ProcessError::Timeout { cmd: script, secs, place },
+                code => ProcessError::Failed { cmd: script, place, exit: Exit::Code(code), tail },
+            })
+        }))
     }
 
     async fn self_check(&mut self, script: &str, secs: u64, out: Lines<'_>) -> HostResult<()> {

@@ -98,6 +98,8 @@ pub struct Fake {
     pub reboot: HostResult<()>,
     /// Answers of `facts` after the first, in order; then `facts` again.
     pub later_facts: VecDeque<HostResult<Facts>>,
+    /// How many times the facts were asked for (with a build, or alone).
+    facts_asked: usize,
     /// Log lines each watch hands out.
     pub log: Vec<String>,
 }
@@ -141,12 +143,26 @@ impl Fake {
             boot_ids: VecDeque::new(),
             reboot: Ok(()),
             later_facts: VecDeque::new(),
+            facts_asked: 0,
             log: vec!["activating".into()],
         }
     }
 
     fn call(&self, what: impl Into<String>) {
         self.calls.lock().unwrap().push(what.into());
+    }
+
+    /// `facts` the first time, then `later_facts` in order.
+    fn next_facts(&mut self) -> HostResult<Facts> {
+        self.facts_asked += 1;
+        match self.later_facts.pop_front() {
+            Some(f) if self.facts_asked > 1 => f,
+            Some(f) => {
+                self.later_facts.push_front(f);
+                self.facts.clone()
+            }
+            None => self.facts.clone(),
+        }
     }
 }
 
@@ -202,16 +218,19 @@ impl Host for Fake {
         Ok(())
     }
 
+    /// As the real host does: the facts come with the build.
     async fn build(
         &mut self,
         _source: &StorePath,
         configuration: &str,
+        _self_check: Option<&str>,
         _secs: u64,
         out: Lines<'_>,
-    ) -> HostResult<StorePath> {
+    ) -> HostResult<(StorePath, Facts)> {
         self.call(format!("build {configuration}"));
         out("building");
-        self.build.clone()
+        let built = self.build.clone()?;
+        Ok((built, self.next_facts()?))
     }
 
     async fn build_local(
@@ -247,27 +266,26 @@ impl Host for Fake {
 
     async fn facts(&mut self, _t: &StorePath, _sc: Option<&str>, _s: u64) -> HostResult<Facts> {
         self.call("facts");
-        let asked = self.calls.lock().unwrap().iter().filter(|c| *c == "facts").count();
-        match self.later_facts.pop_front() {
-            Some(f) if asked > 1 => f,
-            Some(f) => {
-                self.later_facts.push_front(f);
-                self.facts.clone()
-            }
-            None => self.facts.clone(),
-        }
+        self.next_facts()
     }
 
+    /// As the agent does: the self-check first, when given.
     async fn pre_switch_check(
         &mut self,
         _toplevel: &StorePath,
         env: SwitchEnv,
-        _secs: u64,
+        self_check: Option<&str>,
+        secs: u64,
         out: Lines<'_>,
-    ) -> HostResult<CheckVerdict> {
+    ) -> HostResult<Result<CheckVerdict, HostError>> {
+        if let Some(script) = self_check {
+            if let Err(e) = self.self_check(script, secs, out).await {
+                return Ok(Err(e));
+            }
+        }
         self.call(format!("pre-switch-check{}", words(env)));
         out("pre-switch check output");
-        self.pre_switch_check.clone()
+        self.pre_switch_check.clone().map(Ok)
     }
 
     async fn self_check(&mut self, script: &str, _secs: u64, out: Lines<'_>) -> HostResult<()> {

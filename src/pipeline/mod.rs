@@ -146,6 +146,8 @@ pub async fn deploy<H: Host>(target: &Target, ctx: &Context, host: H) -> HostRep
 /// The system a run moves a host to.
 struct Wanted {
     toplevel: StorePath,
+    /// The host's facts, when they came with the build.
+    facts: Option<crate::agent::Facts>,
 }
 
 struct HostRun<'a> {

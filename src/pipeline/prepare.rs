@@ -4,9 +4,9 @@
 //! unchanged.
 
 use super::{failed, failed_in, next_step, End, Goal, HostRun, Mode, Next, Wanted};
-use crate::agent::{CheckVerdict, Health};
+use crate::agent::{CheckVerdict, Facts, Health};
 use crate::events::{Outcome, Phase, Reason};
-use crate::host::Host;
+use crate::host::{Host, HostError};
 use crate::inventory::BuildOn;
 use crate::nix::StorePath;
 
@@ -25,11 +25,16 @@ impl HostRun<'_> {
         if let Some(health) = locked.health {
             self.preflight(&health)?;
         }
-        let wanted = self.wanted_system(host).await?;
+        let mut wanted = self.wanted_system(host).await?;
         self.check_approved(&wanted.toplevel)?;
         let self_check = self.spec().self_check.clone();
-        let facts = host.facts(&wanted.toplevel, self_check.as_deref(), 30).await;
-        let facts = facts.map_err(failed(Reason::Internal))?;
+        let facts = match wanted.facts.take() {
+            Some(facts) => facts,
+            None => host
+                .facts(&wanted.toplevel, self_check.as_deref(), 30)
+                .await
+                .map_err(failed(Reason::Internal))?,
+        };
         if !facts.switchable {
             let msg = format!(
                 "{} has no bin/switch-to-configuration: configuration `{}` is not a NixOS system",
@@ -58,12 +63,17 @@ impl HostRun<'_> {
             Next::Activate | Next::BootOnly => {}
         }
         // A rollback returns to a system that already ran here: no check.
-        if self.ctx.mode == Mode::Deploy {
-            self.self_check(host, self_check.as_deref(), found_self_check.as_deref(), &wanted)
-                .await?;
-        }
+        let script = match self.ctx.mode {
+            Mode::Deploy => {
+                self.self_check_script(self_check.as_deref(), found_self_check, &wanted)?
+            }
+            _ => None,
+        };
         if next == Next::Activate && !self.ctx.switch_env.no_check {
-            self.pre_switch_check(host, &wanted.toplevel).await?;
+            // The self-check and the pre-switch check in one round trip.
+            self.pre_switch_check(host, &wanted.toplevel, script.as_deref()).await?;
+        } else if let Some(script) = script {
+            self.self_check(host, &script).await?;
         }
         Ok((wanted, next))
     }
@@ -108,27 +118,31 @@ impl HostRun<'_> {
     async fn wanted_system<H: Host>(&mut self, host: &mut H) -> Result<Wanted, End> {
         match &self.ctx.mode {
             Mode::Deploy => {
-                let toplevel = self.copy_and_build(host).await?;
+                let (toplevel, facts) = self.copy_and_build(host).await?;
                 self.note(format!("built {toplevel}"));
-                Ok(Wanted { toplevel })
+                Ok(Wanted { toplevel, facts })
             }
             Mode::Rollback { to_generation } => {
                 let (n, toplevel) = host.generation(*to_generation, 30).await.map_err(|e| {
                     End::unchanged(e.reason(Reason::Internal), format!("rollback: {e}"))
                 })?;
                 self.note(format!("returning to generation {n}: {toplevel}"));
-                Ok(Wanted { toplevel })
+                Ok(Wanted { toplevel, facts: None })
             }
             Mode::Revert { to } => {
                 self.note(format!("returning to {to}, the system it ran before this run"));
-                Ok(Wanted { toplevel: to.clone() })
+                Ok(Wanted { toplevel: to.clone(), facts: None })
             }
         }
     }
 
-    /// Copy the flake and build the system on the target, or build here and
-    /// copy the closure (`buildOn = "local"`). Nothing on the host changes.
-    async fn copy_and_build<H: Host>(&mut self, host: &mut H) -> Result<StorePath, End> {
+    /// Copy the flake and build the system on the target (its facts come
+    /// with the build), or build here and copy the closure (`buildOn =
+    /// "local"`). Nothing on the host changes.
+    async fn copy_and_build<H: Host>(
+        &mut self,
+        host: &mut H,
+    ) -> Result<(StorePath, Option<Facts>), End> {
         let (flake, cfg) = (&self.ctx.flake, &self.target.spec.configuration);
         let t = self.spec().timeouts;
         match self.spec().build_on {
@@ -140,8 +154,10 @@ impl HostRun<'_> {
                 copied.map_err(failed_in("copy", Reason::Copy))?;
                 let source = archive.source;
                 self.start(Phase::Build);
-                let built = host.build(&source, cfg, t.build, &mut self.lines()).await;
-                built.map_err(failed_in("build", Reason::Build))
+                let self_check = self.spec().self_check.as_deref();
+                let built = host.build(&source, cfg, self_check, t.build, &mut self.lines()).await;
+                let (path, facts) = built.map_err(failed_in("build", Reason::Build))?;
+                Ok((path, Some(facts)))
             }
             BuildOn::Local => {
                 self.start(Phase::Build);
@@ -151,36 +167,36 @@ impl HostRun<'_> {
                 let substitute = self.spec().substitute_on_target;
                 let copied = host.copy_closure(&path, substitute, t.copy, &mut self.lines()).await;
                 copied.map_err(failed_in("copy", Reason::Copy))?;
-                Ok(path)
+                Ok((path, None))
             }
         }
     }
 
-    /// Run the self-check: the configured path (which must exist), or the
-    /// system's own `pre-activate-safety-checks` when it has one.
-    async fn self_check<H: Host>(
+    /// The self-check to run: the configured path (which must exist), or
+    /// the system's own `pre-activate-safety-checks` when it has one.
+    fn self_check_script(
         &mut self,
-        host: &mut H,
         configured: Option<&str>,
-        found: Option<&str>,
+        found: Option<String>,
         wanted: &Wanted,
-    ) -> Result<(), End> {
+    ) -> Result<Option<String>, End> {
         self.start(Phase::SelfCheck);
-        let Some(script) = found else {
+        if found.is_none() {
             if let Some(rel) = configured {
                 let msg =
                     format!("self-check: {rel} is not an executable inside {}", wanted.toplevel);
                 return Err(End::unchanged(Reason::SelfCheck, msg));
             }
             self.note("no self-check in this system");
-            return Ok(());
-        };
+        }
+        Ok(found)
+    }
+
+    /// Run the self-check alone.
+    async fn self_check<H: Host>(&mut self, host: &mut H, script: &str) -> Result<(), End> {
         let result =
             host.self_check(script, self.spec().timeouts.self_check, &mut self.lines()).await;
-        result.map_err(|e| {
-            let msg = format!("self-check failed, nothing activated: {e}");
-            End::unchanged(e.reason(Reason::SelfCheck), msg)
-        })
+        result.map_err(self_check_failed)
     }
 
     /// `switch-to-configuration check`: the system's pre-switch checks and
@@ -189,14 +205,18 @@ impl HostRun<'_> {
         &mut self,
         host: &mut H,
         toplevel: &StorePath,
+        self_check: Option<&str>,
     ) -> Result<(), End> {
         if self.phase != Some(Phase::SelfCheck) {
             self.start(Phase::SelfCheck);
         }
         let secs = self.spec().timeouts.self_check;
         let env = self.ctx.switch_env;
-        let verdict = host.pre_switch_check(toplevel, env, secs, &mut self.lines()).await;
-        match verdict.map_err(failed_in("switch-to-configuration check", Reason::PreSwitchCheck))? {
+        let mut out = self.lines();
+        let verdict = host.pre_switch_check(toplevel, env, self_check, secs, &mut out).await;
+        let failed = failed_in("switch-to-configuration check", Reason::PreSwitchCheck);
+        let verdict = verdict.map_err(failed)?;
+        match verdict.map_err(self_check_failed)? {
             CheckVerdict::Ok => Ok(()),
             CheckVerdict::Unsupported => {
                 self.note("the system has no `switch-to-configuration check`; its own checks run with the activation");
@@ -217,6 +237,11 @@ impl HostRun<'_> {
             )),
         }
     }
+}
+
+fn self_check_failed(e: HostError) -> End {
+    let msg = format!("self-check failed, nothing activated: {e}");
+    End::unchanged(e.reason(Reason::SelfCheck), msg)
 }
 
 const BUSY_STC: &str = "another switch-to-configuration holds its lock (nixos-rebuild or an \

@@ -36,7 +36,6 @@ async fn a_healthy_host_goes_through_every_phase_in_order() {
         "archive .",
         "copy 1",
         "build web1",
-        "facts",
         "pre-switch-check",
         "start activate then-boot",
         "watch - health",
@@ -219,6 +218,27 @@ async fn a_failing_self_check_stops_before_activation() {
     let r = drive(Fake::new(), |t, _| t.spec.self_check = Some("bin/check".into())).await;
     assert_eq!(r.ended(), (Outcome::Failed, Some(Reason::SelfCheck), Some(Phase::SelfCheck)));
     assert_eq!(r.message(), format!("self-check: bin/check is not an executable inside {NEW}"));
+}
+
+#[tokio::test]
+async fn without_the_switch_check_the_self_check_runs_alone_and_still_stops() {
+    let script = format!("{NEW}/pre-activate-safety-checks");
+    let with_script = || {
+        let mut f = Fake::new();
+        f.facts.as_mut().unwrap().self_check = Some(script.clone());
+        f
+    };
+    let no_check = crate::agent::SwitchEnv { no_check: true, install_bootloader: false };
+    let r = drive(with_script(), |_, ctx| ctx.switch_env = no_check).await;
+    assert_eq!(r.report.outcome, Outcome::Deployed);
+    assert!(r.called(&format!("self-check {script}")), "{:?}", r.calls);
+    assert!(!r.called("pre-switch-check"), "{:?}", r.calls);
+    // --goal boot checks no live switch either; a failing self-check stops it.
+    let mut f = with_script();
+    f.self_check = Err(failed("pre-activate-safety-checks", "refusing to activate"));
+    let r = drive(f, |_, ctx| ctx.goal = Goal::Boot).await;
+    assert_eq!(r.ended(), (Outcome::Failed, Some(Reason::SelfCheck), Some(Phase::SelfCheck)));
+    assert!(!r.called("pre-switch-check") && !r.called("start boot"), "{:?}", r.calls);
 }
 
 #[tokio::test]
