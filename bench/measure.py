@@ -5,7 +5,8 @@ bench/deploy.sh) and prints their tables.
     measure.py run --out RESULT.json --events EVENTS.jsonl -- CMD...
         Runs CMD (the tool, with --json) in cgroups of its own and writes
         what it used to RESULT.json:
-        - wall time;
+        - wall time, to the exit (a pidfd wakes the sampling loop the moment
+          CMD exits: not rounded up to its next 100 ms sample);
         - CPU time (user, system) of every process of CMD's tree, read from
           its cgroup v2 cpu.stat once the cgroup is empty. A cgroup, not
           getrusage: the ssh masters daemonize (ControlPersist) and are
@@ -43,7 +44,7 @@ bench/deploy.sh) and prints their tables.
     measure.py failures EVENTS.jsonl    each host that did not deploy: its
                                         report and its last output lines
 """
-import json, os, re, signal, statistics, subprocess, sys, threading, time
+import json, os, re, select, signal, statistics, subprocess, sys, threading, time
 from collections import Counter, defaultdict
 
 V2 = "/sys/fs/cgroup/unified/deploy-flake-bench"
@@ -166,6 +167,8 @@ def run(argv):
             p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=ev_err, preexec_fn=enter)
             stamper = threading.Thread(target=stamp, args=(p.stdout, ev_out, t0), daemon=True)
             stamper.start()
+            exited = select.poll()
+            exited.register(os.pidfd_open(p.pid), select.POLLIN)
             hwm = rss_peak = pss_peak = nprocs_peak = 0
             rusage = None
             own = 0.0
@@ -178,13 +181,12 @@ def run(argv):
                 nprocs_peak = max(nprocs_peak, len(pids))
                 rss, pss = tree_memory(pids)
                 rss_peak, pss_peak = max(rss_peak, rss), max(pss_peak, pss)
+                exited.poll(100)
                 pid, status, ru = os.wait4(p.pid, os.WNOHANG)
                 if pid:
                     rusage, code = ru, os.waitstatus_to_exitcode(status)
                     wall = time.monotonic() - t0
                     busy = host_busy_s() - busy0
-                else:
-                    time.sleep(0.1)
             stamper.join(timeout=10)
         # The masters exit when the tool closes them; wait for the rest.
         t1 = time.monotonic()
