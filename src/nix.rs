@@ -132,13 +132,21 @@ fn parse_archive_json(stdout: &str) -> Result<Archive, NixError> {
 }
 
 /// Put the flake and all its inputs in this machine's store, and list
-/// their closure. Done once per run, whatever the number of targets.
-pub async fn archive(flake: &str, secs: u64, on_line: Lines<'_>) -> Result<Archive, NixError> {
+/// their closure. Done once per run, whatever the number of targets;
+/// `ahead`: before any host needs it (see `Cmd::ahead`).
+pub async fn archive(
+    flake: &str,
+    secs: u64,
+    ahead: bool,
+    on_line: Lines<'_>,
+) -> Result<Archive, NixError> {
     let cmd = Cmd::new(nix_argv(["flake", "archive", "--json", flake])).secs(secs).quiet_stdout();
+    let cmd = cmd.ahead_of_need(ahead);
     let out = process::run(&process::Local, &cmd, Some(on_line)).await?.check()?;
     let mut archive = parse_archive_json(&out.stdout)?;
     let paths = archive.paths.iter().map(StorePath::as_str);
-    let info = Cmd::new(nix_argv(["path-info", "--recursive", "--json"].into_iter().chain(paths)));
+    let info = Cmd::new(nix_argv(["path-info", "--recursive", "--json"].into_iter().chain(paths)))
+        .ahead_of_need(ahead);
     let out =
         process::run(&process::Local, &info.secs(secs).quiet_stdout(), None).await?.check()?;
     archive.paths = references_first(&parse_path_info(&out.stdout)?);
@@ -201,8 +209,14 @@ fn references_first(infos: &[(StorePath, Vec<StorePath>)]) -> Vec<StorePath> {
 /// `nix-store --export PATH` into `file`; returns the length of the path's
 /// own part (the file without the end-of-export marker), so that the parts
 /// of several exports can be streamed into one `nix-store --import`.
-pub async fn export(path: &StorePath, file: &Path, secs: u64) -> Result<u64, NixError> {
+pub async fn export(
+    path: &StorePath,
+    file: &Path,
+    secs: u64,
+    ahead: bool,
+) -> Result<u64, NixError> {
     let cmd = Cmd::new(["nix-store", "--export", path.as_str()]).stdout_to(file).secs(secs);
+    let cmd = cmd.ahead_of_need(ahead);
     process::run(&process::Local, &cmd, None).await?.check()?;
     let bytes = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     let tail = read_tail(file, 8).unwrap_or_default();
@@ -298,8 +312,10 @@ pub async fn flake_revision(flake: &str, secs: u64) -> Option<String> {
         #[serde(rename = "dirtyRevision")]
         dirty_revision: Option<String>,
     }
+    // Looked up beside the hosts' connections (`runner::Origin`).
     let cmd = Cmd::new(nix_argv(["flake", "metadata", "--json", flake])).secs(secs).quiet_stdout();
-    let out = process::run(&process::Local, &cmd, None).await.ok()?.check().ok()?;
+    let out =
+        process::run(&process::Local, &cmd.ahead_of_need(true), None).await.ok()?.check().ok()?;
     let m: Metadata = serde_json::from_str(out.stdout.trim()).ok()?;
     m.revision.or(m.dirty_revision)
 }

@@ -66,6 +66,16 @@ impl Shared {
 
     /// The flake and its inputs in this machine's store, archived once.
     pub async fn archive(&self, flake: &str, secs: u64, out: Lines<'_>) -> HostResult<Archive> {
+        self.archive_once(flake, secs, false, out).await
+    }
+
+    async fn archive_once(
+        &self,
+        flake: &str,
+        secs: u64,
+        ahead: bool,
+        out: Lines<'_>,
+    ) -> HostResult<Archive> {
         let (archived, said) = self
             .archive
             .get_or_init(|| async {
@@ -75,8 +85,8 @@ impl Shared {
                     tracing::debug!("nix flake archive: {l}");
                     said.push(l.to_string())
                 };
-                let archived = nix::archive(flake, secs, &mut keep).await.map_err(HostError::from);
-                (archived, said)
+                let archived = nix::archive(flake, secs, ahead, &mut keep).await;
+                (archived.map_err(HostError::from), said)
             })
             .await;
         said.iter().for_each(|l| out(l));
@@ -85,25 +95,35 @@ impl Shared {
 
     /// Start archiving the flake now, beside the hosts' first steps (their
     /// connection, lock and preflight), and export its own source, which a
-    /// change makes new to every target. The hosts' copies then find both
-    /// done, or wait for them.
+    /// change makes new to every target: at a lower CPU priority than the
+    /// hosts' key exchanges, which are waited for now. The hosts' copies
+    /// then find both done, or wait for them.
     pub fn prefetch(self: &Arc<Self>, flake: &str, secs: u64) {
         let (shared, flake) = (self.clone(), flake.to_string());
         tokio::spawn(async move {
-            if let Ok(archive) = shared.archive(&flake, secs, &mut |_| {}).await {
-                let _ = shared.export(&archive.source, secs).await;
+            if let Ok(archive) = shared.archive_once(&flake, secs, true, &mut |_| {}).await {
+                let _ = shared.export_once(&archive.source, secs, true).await;
             }
         });
     }
 
     /// The export file of `path` and the length of its part (once per run).
     pub async fn export(&self, path: &StorePath, secs: u64) -> HostResult<(PathBuf, u64)> {
+        self.export_once(path, secs, false).await
+    }
+
+    async fn export_once(
+        &self,
+        path: &StorePath,
+        secs: u64,
+        ahead: bool,
+    ) -> HostResult<(PathBuf, u64)> {
         let file = self.dir()?.join(format!("{}.export", path.name()));
         let cell = once(&self.exports, path);
         let len = cell
             .get_or_init(|| async {
                 let _slot = self.cpu().await;
-                nix::export(path, &file, secs).await.map_err(HostError::from)
+                nix::export(path, &file, secs, ahead).await.map_err(HostError::from)
             })
             .await
             .clone()?;

@@ -49,6 +49,9 @@ fn spawn_local(cmd: &Cmd) -> Result<Child, ProcessError> {
         place: Place::Local,
         reason: e.to_string(),
     })?;
+    if let (true, Some(pid)) = (cmd.ahead, child.id()) {
+        lower_priority(pid);
+    }
     let guard = child.id().map(GroupGuard::new);
     let stdin = child.stdin.take().map(|w| Box::pin(w) as Writer);
     let stdout = match child.stdout.take() {
@@ -96,6 +99,18 @@ impl Drop for GroupGuard {
         if !self.done {
             signal_group(self.pgid);
         }
+    }
+}
+
+/// The niceness of work done ahead of need: it gets what the work a host
+/// waits for leaves of the cores, and most of them when nothing else runs.
+const AHEAD_NICENESS: i32 = 5;
+
+fn lower_priority(pid: u32) {
+    // SAFETY: setpriority(2) on a process we just started; it only fails
+    // when the process is already gone, which is no matter.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, AHEAD_NICENESS);
     }
 }
 

@@ -43,6 +43,9 @@ pub struct Cmd {
     pub bounded: bool,
     /// Hand stdout lines to the line sink too (false when stdout is data).
     pub echo_stdout: bool,
+    /// Here: work done ahead of need, at a lower CPU priority than what
+    /// a host waits for now (its key exchange).
+    pub ahead: bool,
 }
 
 impl Cmd {
@@ -60,6 +63,7 @@ impl Cmd {
             root: true,
             bounded: true,
             echo_stdout: true,
+            ahead: false,
         }
     }
 
@@ -121,6 +125,12 @@ impl Cmd {
     /// stdout is data (JSON, answers): keep it out of the host's output.
     pub fn quiet_stdout(mut self) -> Cmd {
         self.echo_stdout = false;
+        self
+    }
+
+    /// Run it as work done ahead of need (see [`Cmd::ahead`]) when `ahead`.
+    pub fn ahead_of_need(mut self, ahead: bool) -> Cmd {
+        self.ahead = ahead;
         self
     }
 
