@@ -191,12 +191,13 @@ wake_all() {
 # output appended to the log. Returns its status, 124 on timeout, and 125
 # when ABORTABLE is 1 and the deployer asked to abort. This shell only
 # waits for CMD, so its end is seen at once; a guard beside it ends CMD
-# on timeout or abort.
+# on timeout or abort. Should the guard be killed on its own, coreutils'
+# `timeout` (the group's leader) still ends CMD a few seconds later.
 run_bounded() {
     secs=$1 abortable=$2
     shift 2
     rm -f "$rundir/ended-by"
-    setsid "$@" >> "$rundir/log" 2>&1 < /dev/null &
+    setsid timeout -k 5 $((secs + 5)) "$@" >> "$rundir/log" 2>&1 < /dev/null &
     child=$!
     guard "$child" "$secs" "$abortable" < /dev/null > /dev/null 2>&1 &
     guard_pid=$!
@@ -204,7 +205,12 @@ run_bounded() {
     rc=$?
     kill "$guard_pid" 2> /dev/null
     wait "$guard_pid" 2> /dev/null
-    if [ -s "$rundir/ended-by" ]; then read -r rc < "$rundir/ended-by"; fi
+    if [ -s "$rundir/ended-by" ]; then
+        read -r rc < "$rundir/ended-by"
+    elif [ "$rc" = 125 ]; then
+        # (`timeout` itself failed: not the deployer's abort.)
+        rc=126
+    fi
     rm -f "$rundir/ended-by"
     return "$rc"
 }

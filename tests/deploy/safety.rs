@@ -72,6 +72,34 @@ fn hanging_activation_is_stopped_and_rolled_back() {
     assert_eq!(t.ssh_ok("systemctl list-units --no-legend --plain 'deploy-flake-*' | wc -l"), "0");
 }
 
+/// The guard that ends a hanging activation is killed on its own: the
+/// activation is still stopped (by coreutils' `timeout`, a few seconds
+/// after the guard would have) and rolled back.
+#[test]
+fn a_hanging_activation_whose_guard_was_killed_is_still_stopped() {
+    let lab = Lab::boot(1, Suite::Trixie);
+    let t = &lab.targets[0];
+    let v1 = baseline(&lab, "h", t, "healthy-v1");
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "hanging-activation", "")]);
+    let mut bg = Background::start(&f, &["--all", "--timeout", "activate=5"]);
+    bg.wait_for("activation", Duration::from_secs(120), phase_started("h", "activate"));
+    // The agent's children: the guard (a shell) and `timeout` (the
+    // activation's group leader).
+    let kill_guard = "unit=$(systemctl list-units --plain --no-legend 'deploy-flake-*-activate.service' | awk '{print $1; exit}'); \
+        main=$([ -n \"$unit\" ] && systemctl show -p MainPID --value \"$unit\"); \
+        for p in $(pgrep -P \"${main:-0}\"); do \
+            if [ \"$(cat /proc/$p/comm)\" = sh ]; then kill -KILL $p && echo $p; fi; \
+        done; true";
+    eventually("the guard killed", Duration::from_secs(20), || !t.ssh_ok(kill_guard).is_empty());
+    let run = bg.finish(Duration::from_secs(120));
+    assert_eq!(run.outcome("h"), "rolled-back", "{run}");
+    assert_eq!((run.phase("h").as_str(), run.reason("h").as_str()), ("activate", "timeout"));
+    assert!(run.elapsed < Duration::from_secs(5 + 5 + 30), "{:?}", run.elapsed);
+    assert_back_on(t, &v1);
+    assert_eq!(t.ssh_ok("pgrep -f 'activation hang[s]' || true"), "");
+    assert_eq!(t.ssh_ok("systemctl list-units --no-legend --plain 'deploy-flake-*' | wc -l"), "0");
+}
+
 /// The deployer is SIGKILLed after activation started: the target
 /// converges to the previous system on its own, and a retry of the same
 /// closure afterwards succeeds (nothing stale confirms or blocks it).
