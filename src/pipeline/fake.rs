@@ -155,15 +155,15 @@ impl Fake {
     /// `facts` the first time, then `later_facts` in order.
     fn next_facts(&mut self) -> HostResult<Facts> {
         self.facts_asked += 1;
-        match self.later_facts.pop_front() {
-            Some(f) if self.facts_asked > 1 => f,
-            Some(f) => {
-                self.later_facts.push_front(f);
-                self.facts.clone()
-            }
-            None => self.facts.clone(),
-        }
+        in_turn(self.facts_asked, &self.facts, &mut self.later_facts)
     }
+}
+
+/// What the `asked`-th question gets: `first` the first time, then the
+/// answers of `later` in order, then `first` again.
+fn in_turn<T: Clone>(asked: usize, first: &T, later: &mut VecDeque<T>) -> T {
+    let answer = if asked > 1 { later.pop_front() } else { None };
+    answer.unwrap_or_else(|| first.clone())
 }
 
 impl Host for Fake {
@@ -180,15 +180,8 @@ impl Host for Fake {
         _secs: u64,
     ) -> HostResult<Locked> {
         self.call("lock");
-        let first = self.calls.lock().unwrap().iter().filter(|c| *c == "lock").count() == 1;
-        let busy = match self.later_locks.pop_front() {
-            Some(l) if !first => l,
-            Some(l) => {
-                self.later_locks.push_front(l);
-                self.lock.clone()
-            }
-            None => self.lock.clone(),
-        }?;
+        let asked = self.calls.lock().unwrap().iter().filter(|c| *c == "lock").count();
+        let busy = in_turn(asked, &self.lock, &mut self.later_locks)?;
         // As the agent does: the health comes with the lock when asked for.
         let health = match health_secs {
             Some(_) => Some(self.health.pop_front().unwrap_or_else(|| health("running", &[]))?),
