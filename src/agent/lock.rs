@@ -66,8 +66,9 @@ pub async fn lock<S: Spawner>(
     let mut args = vec![owner.to_string(), HEARTBEAT_LOST_SECS.to_string(), run.dir.clone()];
     args.extend(health_secs.map(|s| s.to_string()));
     let hold = run.cmd("hold", args);
-    let secs = secs.saturating_add(health_secs.unwrap_or(0));
-    let cmd = Cmd::new(flock.into_iter().chain(hold.argv)).stdin(Vec::new()).secs(secs).unbounded();
+    let limit = secs.saturating_add(health_secs.unwrap_or(0));
+    let cmd =
+        Cmd::new(flock.into_iter().chain(hold.argv)).stdin(Vec::new()).secs(limit).unbounded();
     let cmd = installed(run, new_run, cmd);
     let mut child = on.spawn(&cmd).await?;
     // The agent's text first (whether or not the host has it), then the
@@ -95,6 +96,7 @@ pub async fn lock<S: Spawner>(
             Ok(_) => break,
             Err(_) => {
                 let place = on.place();
+                let secs = limit;
                 return Err(ProcessError::Timeout { cmd: "flock".into(), secs, place }.into());
             }
         }
