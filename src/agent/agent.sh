@@ -510,6 +510,13 @@ show_log() {
     pending="$pending$line"
 }
 
+# The system that ran before the activation, for the deployer.
+say_previous() {
+    previous=''
+    if [ -e "$rundir/previous" ]; then read -r previous < "$rundir/previous"; fi
+    echo "deploy-flake-previous $runid $previous"
+}
+
 watch() {
     rundir=$1 seen=$2 patient=${3:-} health_secs=${4:-}
     runid=${rundir##*/} log_open=
@@ -546,7 +553,7 @@ watch() {
                 if [ -e "$rundir/status" ]; then read -r last _ < "$rundir/status"; fi
                 if [ "$last" = "$state" ]; then
                     nap_done
-                    echo "deploy-flake-previous $runid $(cat "$rundir/previous" 2> /dev/null)"
+                    say_previous
                     echo "deploy-flake-status $runid vanished lost the agent ended while ${state:-starting}: it was stopped or killed"
                     return
                 fi
@@ -556,9 +563,7 @@ watch() {
     done
     nap_done
     show_log
-    previous=''
-    if [ -e "$rundir/previous" ]; then read -r previous < "$rundir/previous"; fi
-    echo "deploy-flake-previous $runid $previous"
+    say_previous
     # The deployer checks the health before it confirms: answered here, it
     # costs no round trip of its own.
     if [ -n "$health_secs" ] && [ "$state" = awaiting-confirmation ]; then
