@@ -16,6 +16,7 @@ pub mod nix;
 pub mod pipeline;
 pub mod plan;
 pub mod process;
+pub mod redact;
 pub mod report;
 pub mod rollout;
 pub mod rules;

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use super::{answers, installed, lock_files, Health, RunDir, ANSWER, SCRIPT};
+use super::install::{input, installed};
+use super::{answers, lock_files, Health, RunDir, ANSWER};
 use crate::process::{self, Cmd, ProcessError, Spawner};
 
 /// `flock` exits with this when another run holds the lock.
@@ -71,10 +72,11 @@ pub async fn lock<S: Spawner>(
         Cmd::new(flock.into_iter().chain(hold.argv)).stdin(Vec::new()).secs(limit).unbounded();
     let cmd = installed(run, new_run, cmd);
     let mut child = on.spawn(&cmd).await?;
-    // The agent's text first (whether or not the host has it), then the
-    // heartbeats. A host that stops reading early says why on stdout.
+    // The agent's text and the origin first (whether or not the host has
+    // the agent), then the heartbeats. A host that stops reading early
+    // says why on stdout.
     if let Some(w) = child.stdin.as_mut() {
-        let _ = w.write_all(SCRIPT.as_bytes()).await;
+        let _ = w.write_all(&input(new_run)).await;
         let _ = w.flush().await;
     }
     let mut lines = BufReader::new(&mut child.stdout).lines();

@@ -356,7 +356,9 @@ pub async fn run<S: Spawner + ?Sized>(
 ) -> Result<Output, ProcessError> {
     let started = Instant::now();
     let place = on.place();
-    tracing::debug!(%place, argv = %quote_argv(&cmd.argv), "run");
+    // A URL's credentials never reach the log (`redact`).
+    let shown: Vec<String> = cmd.argv.iter().map(|a| crate::redact::argument(a)).collect();
+    tracing::debug!(%place, argv = %quote_argv(&shown), "run");
     let limit = on.limit(cmd);
     let result = tokio::time::timeout(limit, drive(on, cmd, on_line)).await;
     let secs = started.elapsed().as_secs_f64();
