@@ -18,6 +18,7 @@ use deploy_flake::inventory::BuildOn;
 use deploy_flake::inventory::DEFAULT_EVAL_TIMEOUT;
 use deploy_flake::pipeline::{Context as RunContext, Interrupt, Mode};
 use deploy_flake::plan;
+use deploy_flake::report::safe;
 use deploy_flake::rollout::{self, Plan};
 use deploy_flake::select::{self, Target};
 use deploy_flake::{report, runner};
@@ -26,7 +27,7 @@ fn main() -> ExitCode {
     match run() {
         Ok(exit) => exit.into(),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", safe::text(&format!("{e:#}")));
             Exit::Usage.into()
         }
     }
@@ -39,7 +40,7 @@ fn run() -> anyhow::Result<Exit> {
         std::io::stdout().write_all(&docs.render()).context("writing to stdout")?;
         return Ok(Exit::Success);
     }
-    init_tracing(cli.verbose);
+    init_tracing(cli.verbose, cli.display.log_color(Terminal::current()));
     let (display, verbose) = (cli.display.clone(), cli.verbose);
     let options = cli.into_options()?;
     let display =
@@ -63,7 +64,7 @@ fn run() -> anyhow::Result<Exit> {
             };
             let waves = rollout::plan(inventory.as_ref(), &targets, &settings, from)?;
             if options.dry_run {
-                print!("{}", plan::render(&targets, &options, &waves));
+                print!("{}", safe::text(&plan::render(&targets, &options, &waves)));
                 return Ok(Exit::Success);
             }
             runtime.block_on(ask_then_deploy(targets, &options, &waves, display))
@@ -77,7 +78,7 @@ async fn status(targets: Vec<Target>, options: &Options) -> Exit {
     let all = deploy_flake::status::query_all(&targets, parallel).await;
     match options.output {
         OutputFormat::Json => print!("{}", deploy_flake::status::json(&all)),
-        OutputFormat::Human => print!("{}", deploy_flake::status::render(&all)),
+        OutputFormat::Human => print!("{}", safe::text(&deploy_flake::status::render(&all))),
     }
     if all.iter().all(|s| s.error.is_none()) {
         Exit::Success
@@ -114,7 +115,7 @@ async fn diff(targets: Vec<Target>, options: &Options) -> Exit {
     let all = diffs(&targets, options, Arc::default()).await;
     match options.output {
         OutputFormat::Json => print!("{}", deploy_flake::diff::json(&all)),
-        OutputFormat::Human => print!("{}", deploy_flake::diff::render(&all)),
+        OutputFormat::Human => print!("{}", safe::text(&deploy_flake::diff::render(&all))),
     }
     if all.iter().all(|d| d.error.is_none()) {
         Exit::Success
@@ -125,8 +126,9 @@ async fn diff(targets: Vec<Target>, options: &Options) -> Exit {
 
 /// `-v`: what the tool does (every command run, with its duration);
 /// `-vv`: more. `RUST_LOG` overrides both. Goes to stderr, so `--json`
-/// stays clean.
-fn init_tracing(verbose: u8) {
+/// stays clean; colored only when `color` (`--color`, `NO_COLOR`, stderr
+/// a terminal).
+fn init_tracing(verbose: u8, color: bool) {
     let level = match verbose {
         0 => "warn",
         1 => "deploy_flake=debug",
@@ -137,6 +139,7 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(color)
         .with_target(false)
         .init();
 }
@@ -158,7 +161,7 @@ async fn ask_then_deploy(
     }
     let shared = Arc::new(Shared::default());
     let shown = diffs(&targets, options, shared.clone()).await;
-    eprint!("{}", deploy_flake::diff::render(&shown));
+    eprint!("{}", safe::text(&deploy_flake::diff::render(&shown)));
     let approved: BTreeMap<String, String> =
         shown.iter().filter_map(|d| Some((d.host.clone(), d.new.clone()?))).collect();
     if !answered && !confirmed(targets.len())? {
