@@ -21,7 +21,7 @@ use deploy_flake::plan;
 use deploy_flake::report::safe;
 use deploy_flake::rollout::{self, Plan};
 use deploy_flake::select::{self, Target};
-use deploy_flake::{report, runner};
+use deploy_flake::{limits, report, runner};
 
 fn main() -> ExitCode {
     match run() {
@@ -33,7 +33,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// The open-file limit in force, raised to the hard limit at start.
+static OPEN_FILES: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+
+/// How many of `hosts` run at once: `--max-parallel` (unset or 0: all),
+/// and no more than the open files allow (said once).
+fn parallel(options: &Options, hosts: usize) -> usize {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    let wanted = options.max_parallel.unwrap_or(hosts).min(hosts);
+    let (n, say) = limits::admit(wanted, OPEN_FILES.get().copied().flatten());
+    if let Some(say) = say {
+        SAID.call_once(|| eprintln!("{say}"));
+    }
+    n
+}
+
 fn run() -> anyhow::Result<Exit> {
+    OPEN_FILES.get_or_init(limits::raise_open_files);
     // clap prints usage errors itself and exits with 2, like ours.
     let cli = Cli::parse();
     if let Some(Command::Docs(docs)) = &cli.command {
@@ -74,7 +90,7 @@ fn run() -> anyhow::Result<Exit> {
 
 /// `deploy-flake status`: 0 when every host answered, 1 otherwise.
 async fn status(targets: Vec<Target>, options: &Options) -> Exit {
-    let parallel = options.max_parallel.unwrap_or(targets.len()).max(1);
+    let parallel = parallel(options, targets.len());
     let all = deploy_flake::status::query_all(&targets, parallel).await;
     match options.output {
         OutputFormat::Json => print!("{}", deploy_flake::status::json(&all)),
@@ -95,7 +111,7 @@ async fn diffs(targets: &[Target], options: &Options, shared: Arc<Shared>) -> Ve
         owner: runner::lock_owner(&run_id),
         run_id,
     };
-    let parallel = options.max_parallel.unwrap_or(targets.len()).max(1);
+    let parallel = parallel(options, targets.len());
     prefetch_archive(targets, options, &shared);
     deploy_flake::diff::diff_all(targets, Arc::new(run), parallel, shared).await
 }
@@ -214,7 +230,7 @@ async fn deploy(
         sink,
     };
     runner::on_interrupts(raise, changing);
-    let parallel = options.max_parallel.unwrap_or(targets.len()).max(1);
+    let parallel = parallel(options, targets.len());
     let reports = runner::run(targets, ctx, parallel, shared, waves).await;
     // Everything the run said is written before the process ends.
     output.finish();
