@@ -329,3 +329,28 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nix_rides_the_master_and_may_not_log_in_on_its_own() {
+        let opts = super::nix_sshopts(std::path::Path::new("/tmp/deploy-flake-ssh.x/master"));
+        // Nix splits NIX_SSHOPTS at whitespace: each option is one word.
+        let words: Vec<&str> = opts.split_whitespace().collect();
+        assert_eq!(
+            words,
+            [
+                "-S",
+                "/tmp/deploy-flake-ssh.x/master",
+                "-o",
+                "ControlMaster=no",
+                "-o",
+                "ProxyCommand=false",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=yes"
+            ]
+        );
+    }
+}
