@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::install::{input, installed};
 use super::{answers, lock_files, Health, RunDir, ANSWER};
@@ -79,18 +79,18 @@ pub async fn lock<S: Spawner>(
         let _ = w.write_all(&input(new_run)).await;
         let _ = w.flush().await;
     }
-    let mut lines = BufReader::new(&mut child.stdout).lines();
+    let mut lines = process::LineReader::new(&mut child.stdout, process::LINE_MAX);
     let (mut busy, mut said) = (Vec::new(), String::new());
     let deadline = tokio::time::Instant::now() + cmd.timeout;
     let locked = format!("{ANSWER}locked");
     let mut held = false;
     loop {
         match tokio::time::timeout_at(deadline, lines.next_line()).await {
-            Ok(Ok(Some(l))) if l.trim() == locked => {
+            Ok(Ok(Some(process::Line { text: l, .. }))) if l.trim() == locked => {
                 held = true;
                 break;
             }
-            Ok(Ok(Some(l))) => {
+            Ok(Ok(Some(process::Line { text: l, .. }))) => {
                 busy.extend(answers(&l, "busy").map(String::from));
                 said.push_str(&l);
                 said.push('\n');
@@ -130,7 +130,8 @@ async fn refused<S: Spawner>(
         }
     }
     let mut err = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(2), child.stderr.read_to_end(&mut err)).await;
+    let mut stderr = (&mut child.stderr).take(process::LINE_MAX as u64);
+    let _ = tokio::time::timeout(Duration::from_secs(2), stderr.read_to_end(&mut err)).await;
     let said = process::tail_lines(&String::from_utf8_lossy(&err), 5);
     let out = process::run(on, &Cmd::new(["flock", "--version"]).secs(secs), None).await?;
     let hint = match (out.success(), said.is_empty()) {
