@@ -14,6 +14,7 @@ const PER_HOST: u64 = 12;
 
 /// Raise the open-file soft limit to the hard limit; the limit now in
 /// force (`None`: unknown).
+#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
 pub fn raise_open_files() -> Option<u64> {
     // SAFETY: getrlimit and setrlimit only read and write the struct given.
     unsafe {
@@ -67,6 +68,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::unnecessary_cast)]
     fn the_soft_limit_is_raised_to_the_hard_one() {
         let now = raise_open_files().unwrap();
         let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
