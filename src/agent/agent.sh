@@ -291,11 +291,14 @@ guard() {
     done
     [ -n "$capper" ] || return 0
     n=0
-    while kill -0 "$capper" 2> /dev/null && [ "$n" -lt 25 ]; do
+    while kill -0 "$capper" 2> /dev/null; do
+        if [ "$n" -ge 25 ]; then
+            kill "$capper" 2> /dev/null
+            return 0
+        fi
         sleep 0.2
         n=$((n + 1))
     done
-    kill "$capper" 2> /dev/null
 }
 
 failed_units() {
