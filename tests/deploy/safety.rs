@@ -53,6 +53,14 @@ fn config_that_cuts_the_network_is_rolled_back() {
     assert_back_on(t, &v1);
 }
 
+/// The processes of the `hanging-activation` configuration's activation on
+/// `t`: its `switch-to-configuration`, its hook (both under its store path)
+/// and the hook's endless `sleep`. The bracket keeps the pattern from
+/// matching the command line that runs `pgrep`.
+fn hanging_activation_processes(t: &crate::common::Target) -> String {
+    t.ssh_ok("pgrep -af 'hanging-activatio[n]|/bin/sleep 360[0]' || true")
+}
+
 /// An activation that hangs is stopped at the activate timeout and rolled back.
 #[test]
 fn hanging_activation_is_stopped_and_rolled_back() {
@@ -60,7 +68,13 @@ fn hanging_activation_is_stopped_and_rolled_back() {
     let t = &lab.targets[0];
     let v1 = baseline(&lab, "h", t, "healthy-v1");
     let f = flake(&lab, &[host_entry(&lab, "h", t, "hanging-activation", "")]);
-    let run = deploy(&f, &["--all", "--timeout", "activate=5"]);
+    let mut bg = Background::start(&f, &["--all", "--timeout", "activate=5"]);
+    bg.wait_for("activation", Duration::from_secs(120), phase_started("h", "activate"));
+    // What is looked for below is there while the activation hangs.
+    eventually("the activation hangs", Duration::from_secs(30), || {
+        hanging_activation_processes(t).contains("/bin/sleep 3600")
+    });
+    let run = bg.finish(Duration::from_secs(120));
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(run.outcome("h"), "rolled-back", "{run}");
     assert_eq!((run.phase("h").as_str(), run.reason("h").as_str()), ("activate", "timeout"));
@@ -68,7 +82,7 @@ fn hanging_activation_is_stopped_and_rolled_back() {
     assert!(run.elapsed < Duration::from_secs(5 + 30), "{:?}", run.elapsed);
     assert_back_on(t, &v1);
     // Nothing of the hanging activation is left running.
-    assert_eq!(t.ssh_ok("pgrep -f 'activation hang[s]' || true"), "");
+    assert_eq!(hanging_activation_processes(t), "");
     assert_eq!(t.ssh_ok("systemctl list-units --no-legend --plain 'deploy-flake-*' | wc -l"), "0");
 }
 
@@ -90,13 +104,16 @@ fn a_hanging_activation_whose_guard_was_killed_is_still_stopped() {
         for p in $(pgrep -P \"${main:-0}\"); do \
             if [ \"$(cat /proc/$p/comm)\" = sh ]; then kill -KILL $p && echo $p; fi; \
         done; true";
+    eventually("the activation hangs", Duration::from_secs(30), || {
+        hanging_activation_processes(t).contains("/bin/sleep 3600")
+    });
     eventually("the guard killed", Duration::from_secs(20), || !t.ssh_ok(kill_guard).is_empty());
     let run = bg.finish(Duration::from_secs(120));
     assert_eq!(run.outcome("h"), "rolled-back", "{run}");
     assert_eq!((run.phase("h").as_str(), run.reason("h").as_str()), ("activate", "timeout"));
     assert!(run.elapsed < Duration::from_secs(5 + 5 + 30), "{:?}", run.elapsed);
     assert_back_on(t, &v1);
-    assert_eq!(t.ssh_ok("pgrep -f 'activation hang[s]' || true"), "");
+    assert_eq!(hanging_activation_processes(t), "");
     assert_eq!(t.ssh_ok("systemctl list-units --no-legend --plain 'deploy-flake-*' | wc -l"), "0");
 }
 
