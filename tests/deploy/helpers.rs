@@ -200,6 +200,14 @@ pub fn phase_started(host: &'static str, phase: &'static str) -> impl Fn(&Value)
     move |v: &Value| v["event"] == "phase-started" && v["host"] == host && v["phase"] == phase
 }
 
+/// How long `host`'s `phase` took, as the run reported it.
+pub fn phase_took(run: &Run, host: &str, phase: &str) -> Option<Duration> {
+    events(&run.stdout).into_iter().find_map(|e| {
+        let hit = e["event"] == "phase-finished" && e["host"] == host && e["phase"] == phase;
+        hit.then(|| Duration::from_millis(e["duration"].as_u64().unwrap()))
+    })
+}
+
 /// A host entry for hosts.nix reaching `t` with the lab's key; `extra` is
 /// spliced in verbatim (Nix attribute syntax).
 pub fn host_entry(lab: &Lab, attr: &str, t: &Target, configuration: &str, extra: &str) -> String {
