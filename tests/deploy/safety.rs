@@ -13,8 +13,10 @@ fn assert_back_on(t: &crate::common::Target, v1: &str) {
     assert_eq!(t.system_state(), "running");
 }
 
-/// A configuration that stops sshd: no fresh login can confirm it, so the
-/// host returns to the previous system by itself and sshd answers again.
+/// A configuration that stops sshd: no fresh login can confirm it. The
+/// refused login is acted on at once (the deployer tells the agent over
+/// the connection it still has), so the host is back on the previous
+/// system, sshd answering again, before the 10 s window would have ended.
 #[test]
 fn config_that_stops_sshd_is_rolled_back() {
     let lab = Lab::boot(1, Suite::Trixie);
@@ -27,11 +29,9 @@ fn config_that_stops_sshd_is_rolled_back() {
     assert_eq!((run.phase("h").as_str(), run.reason("h").as_str()), ("confirm", "not-confirmed"));
     assert!(run.message("h").contains("fresh ssh login"), "{run}");
     assert_eq!(run.system("h"), v1);
-    assert!(
-        run.elapsed < Duration::from_secs(10 + 30),
-        "within the confirm timeout plus a margin: {:?}",
-        run.elapsed
-    );
+    let took = phase_took(&run, "h", "confirm").expect("a confirm phase");
+    eprintln!("confirm phase, rollback included: {took:?}");
+    assert!(took < Duration::from_secs(10), "not at once, as if waiting out a window: {took:?}");
     assert_back_on(t, &v1);
 }
 
