@@ -36,7 +36,9 @@ fn config_that_stops_sshd_is_rolled_back() {
 }
 
 /// The same when the activation cuts the target's network: the deployer
-/// cannot even tell the agent; the agent's own timer brings the host back.
+/// cannot even tell the agent; the agent's own timer brings the host back,
+/// after the 8 s window (not the 30 s default), counted from the
+/// deployer's last sign of life.
 #[test]
 fn config_that_cuts_the_network_is_rolled_back() {
     let lab = Lab::boot(1, Suite::Bookworm);
@@ -50,6 +52,13 @@ fn config_that_cuts_the_network_is_rolled_back() {
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(run.outcome("h"), "rolled-back", "{run}");
     assert_eq!(run.reason("h"), "not-confirmed", "{run}");
+    // From the activation's start to the rollback's report.
+    let took = ["activate", "confirm"].map(|p| phase_took(&run, "h", p).unwrap_or_default());
+    let took = took[0] + took[1];
+    eprintln!("activation to rollback: {took:?}");
+    assert!(took >= Duration::from_secs(8), "back before the window ended: {took:?}");
+    assert!(took < Duration::from_secs(8 + 15), "not the 8 s window: {took:?}\n{run}");
+    assert!(run.message("h").contains("within 8s of the deployer's last sign of life"), "{run}");
     assert_back_on(t, &v1);
 }
 
