@@ -408,6 +408,10 @@ fn terminal_escapes_from_targets_never_reach_the_terminal_raw() {
     let raw = "title \u{1b}]0;pwned\u{7} clear \u{1b}[2J\u{1b}[H up \u{1b}[3A clip \u{1b}]52;c;cHduZWQ=\u{7} end";
     assert!(lines.iter().any(|l| l == raw), "--json keeps the line exact: {lines:?}");
     assert!(json.message("fails").contains("refusing \u{1b}]0;pwned\u{7}"), "{json}");
+    let out = &lab.targets[0];
+    assert_eq!(out.current_system(), Some(json.system("out")));
+    assert_eq!(out.boot_profile(), Some(json.system("out")));
+    assert_never_activated(&lab.targets[1]);
 }
 
 /// One 100 MB line without a newline: the deploy ends as usual, the

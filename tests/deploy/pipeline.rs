@@ -200,6 +200,9 @@ fn unreachable_host_fails_fast_and_others_succeed() {
     assert!(msg.contains(&ghost), "names the destination: {msg}");
     let ms = run.report("ghost")["duration"].as_u64().unwrap();
     assert!(ms < 3_000 + 6_000, "failed within the connect timeout (+ margin): {ms} ms");
+    let sys = run.system("ok");
+    assert_eq!(t.current_system(), Some(sys.clone()), "ok runs it");
+    assert_eq!(t.boot_profile(), Some(sys), "ok boots it");
 }
 
 /// A host that answers but whose login never finishes (here: a local port
