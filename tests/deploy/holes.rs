@@ -57,8 +57,16 @@ fn a_system_running_unconfirmed_gets_no_boot_entry_without_confirmation() {
     assert_eq!(t.boot_profile(), Some(v1));
     let run = deploy(&f, &["--all"]);
     assert_eq!(run.code, 0, "{run}");
-    assert!(run.lines("h").iter().any(|l| l.contains("activating")), "activated again: {run}");
-    assert!(run.lines("h").iter().any(|l| l == "deploy-flake: confirmed"), "{run}");
+    // In the order the target did it: activated, confirmed, and only then
+    // the boot entry (`switch-to-configuration boot` says it wrote one).
+    let lines = run.lines("h");
+    let at = |what: &str, hit: &dyn Fn(&str) -> bool| {
+        lines.iter().position(|l| hit(l)).unwrap_or_else(|| panic!("{what}: {run}"))
+    };
+    let activated = at("activated again", &|l| l.contains("activating"));
+    let confirmed = at("confirmed", &|l| l == "deploy-flake: confirmed");
+    let entry = at("a boot entry written", &|l| l.starts_with("boot entries: "));
+    assert!(activated < confirmed && confirmed < entry, "{lines:#?}");
     assert_on(t, &v2);
 }
 
