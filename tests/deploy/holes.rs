@@ -185,7 +185,9 @@ fn the_lock_of_a_deployer_lost_in_a_partition_is_released() {
 }
 
 /// After a lost connection the deployer re-attaches with the host lock
-/// taken again: no second deploy can slip in meanwhile.
+/// taken again: no second deploy can slip in meanwhile. The lock's holder
+/// before the loss let it go (it is gone) and a new one holds it, for the
+/// same run; the host ends on the run's system.
 #[test]
 fn a_reconnected_deployer_holds_the_lock_again() {
     let lab = Lab::boot(1, Suite::Bookworm);
@@ -197,6 +199,10 @@ fn a_reconnected_deployer_holds_the_lock_again() {
         v["event"] == "output"
             && v["line"].as_str().unwrap_or("").contains("slow activation: started")
     });
+    // The `flock` that holds the host lock (the agent's `hold` runs under it).
+    let holder = || t.ssh_ok("pgrep -f '^flock -n -o -E 75 /run/deploy-flake/loc[k] ' || true");
+    let before = holder();
+    assert!(!before.is_empty() && !before.contains('\n'), "one holder before: {before:?}");
     let (_, master) = master_to(&t.address);
     assert!(Command::new("kill").args(["-KILL", &master.to_string()]).status().unwrap().success());
     a.wait_for("reconnected", Duration::from_secs(30), |v| {
@@ -209,8 +215,18 @@ fn a_reconnected_deployer_holds_the_lock_again() {
     let info = t.ssh_ok("cat /run/deploy-flake/lock.info");
     assert!(info.contains(&format!("run {} ", run_id.unwrap())), "held by this run again: {info}");
     assert_eq!(t.ssh_ok("flock -n /run/deploy-flake/lock true && echo free || echo held"), "held");
+    let after = holder();
+    assert!(!after.is_empty() && !after.contains('\n'), "one holder after: {after:?}");
+    assert_ne!(
+        after, before,
+        "taken again, not kept: the holder from before the loss still holds it"
+    );
     let run = a.finish(Duration::from_secs(120));
     assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.outcome("h"), "deployed", "{run}");
+    let sys = run.system("h");
+    assert_eq!(configuration_of(&sys), Some("slow-activation"), "{sys}");
+    assert_on(t, &sys);
 }
 
 /// An IPv6 literal host name connects (ssh takes it bare).
