@@ -33,8 +33,9 @@ fn sources() -> Vec<(String, String)> {
 }
 
 /// `(first line, length)` of every function with a body: from its `fn`
-/// line to the `}` at the same indentation (the code is rustfmt-formatted).
-fn functions(text: &str) -> Vec<(usize, usize, String)> {
+/// line to the `}` at the same indentation (the code is rustfmt-formatted);
+/// no length when that `}` is not found.
+fn functions(text: &str) -> Vec<(usize, Option<usize>, String)> {
     let lines: Vec<&str> = text.lines().collect();
     let mut out = Vec::new();
     for (i, line) in lines.iter().enumerate() {
@@ -52,14 +53,12 @@ fn functions(text: &str) -> Vec<(usize, usize, String)> {
         if rest {
             continue;
         }
-        let end = lines[i..]
-            .iter()
-            .position(|l| {
-                *l == format!("{indent}}}")
-                    || (l.trim_end().ends_with('}') && l.starts_with(&format!("{indent}fn")))
-            })
-            .unwrap_or(0);
-        out.push((i + 1, end + 1, words[at + 1].split(['(', '<']).next().unwrap().to_string()));
+        let end = lines[i..].iter().position(|l| {
+            *l == format!("{indent}}}")
+                || (l.trim_end().ends_with('}') && l.starts_with(&format!("{indent}fn")))
+        });
+        let name = words[at + 1].split(['(', '<']).next().unwrap().to_string();
+        out.push((i + 1, end.map(|e| e + 1), name));
     }
     out
 }
@@ -79,8 +78,10 @@ fn no_function_is_longer_than_70_lines() {
     let mut long = Vec::new();
     for (name, text) in sources() {
         for (line, len, f) in functions(&text) {
-            if len > MAX_FN_LINES {
-                long.push(format!("{name}:{line} {f}: {len} lines"));
+            match len {
+                Some(len) if len <= MAX_FN_LINES => {}
+                Some(len) => long.push(format!("{name}:{line} {f}: {len} lines")),
+                None => long.push(format!("{name}:{line} {f}: its end was not found")),
             }
         }
     }
@@ -89,9 +90,10 @@ fn no_function_is_longer_than_70_lines() {
 
 #[test]
 fn the_function_finder_finds_functions() {
-    let text = "fn a() {\n    x();\n}\n\n    pub async fn b(\n        y: u8,\n    ) -> u8 {\n        y\n    }\n\ntrait T {\n    fn c(&self);\n}\n";
-    let found: Vec<(usize, usize, String)> = functions(text);
-    assert_eq!(found, [(1, 3, "a".to_string()), (5, 5, "b".to_string())]);
+    let text = "fn a() {\n    x();\n}\n\n    pub async fn b(\n        y: u8,\n    ) -> u8 {\n        y\n    }\n\ntrait T {\n    fn c(&self);\n}\n\nfn d() {\n    x();\n } \n";
+    let found = functions(text);
+    let want = [(1, Some(3), "a"), (5, Some(5), "b"), (15, None, "d")];
+    assert_eq!(found, want.map(|(line, len, name)| (line, len, name.to_string())));
 }
 
 /// The agent's run-directory files, from the script's own header.

@@ -11,5 +11,14 @@ bash tests/prepare.sh
 export NIX_CONFIG=$'substituters =\nbuild-users-group =\nsandbox = false'
 # Lab tests mostly wait on targets: run more of them than there are cores.
 export RUST_TEST_THREADS=${RUST_TEST_THREADS:-4}
-cargo test --locked "$@"
-bash tests/lab/lab.sh leaks
+# Every test binary runs even when one fails, and leftover targets are
+# looked for after a failed run too; the run still exits with the tests'
+# status when they failed, and with 1 when only leftovers were found.
+leaks() {
+    local status=$?
+    trap - EXIT
+    bash tests/lab/lab.sh leaks || { [ "$status" -ne 0 ] || status=1; }
+    exit "$status"
+}
+trap leaks EXIT
+cargo test --locked --no-fail-fast "$@"

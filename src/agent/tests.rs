@@ -59,10 +59,48 @@ fn status_lines_carry_state_cause_and_reason() {
     let s = AgentStatus::parse("exploded the reactor");
     assert_eq!(s.state, AgentState::Other("exploded".into()));
     assert_eq!((s.cause, s.reason.as_str()), (None, "the reactor"));
-    for (state, word) in STATE_WORDS {
-        assert_eq!(AgentState::parse(word), state);
+}
+
+/// The state words the agent writes, read from its text: `set_status WORD`
+/// and its watch's `deploy-flake-status $runid WORD` lines.
+fn states_the_agent_writes() -> std::collections::BTreeSet<&'static str> {
+    let mut words = std::collections::BTreeSet::new();
+    for line in SCRIPT.lines() {
+        for marker in ["set_status ", "deploy-flake-status $runid "] {
+            if let Some((_, rest)) = line.split_once(marker) {
+                let word = rest.split([' ', '"']).next().unwrap_or("");
+                if !word.is_empty() && !word.starts_with('$') {
+                    words.insert(word);
+                }
+            }
+        }
+    }
+    words
+}
+
+/// Every state word the agent writes is one the deployer reads as that
+/// state (not as an unknown word), and every word the deployer knows is
+/// one the agent writes.
+#[test]
+fn the_agents_state_words_are_the_deployers() {
+    let written = states_the_agent_writes();
+    assert!(written.len() >= 10, "the agent's state words were not found: {written:?}");
+    for word in &written {
+        let state = AgentState::parse(word);
+        assert!(
+            !matches!(state, AgentState::Other(_)),
+            "the agent writes the state `{word}`, which the deployer does not know"
+        );
+        assert_eq!(state.as_str(), *word);
         assert_eq!(AgentStatus::parse(&format!("{word} rebooted x")).cause, Some(Reason::Rebooted));
-        assert_eq!(state.as_str(), word);
+    }
+    for (state, word) in STATE_WORDS {
+        // `starting` is a status not written yet, for the agent's watch too.
+        let unwritten = state == AgentState::Starting && SCRIPT.contains("${state:-starting}");
+        assert!(
+            written.contains(word) || unwritten,
+            "the deployer reads the state `{word}`, which the agent never writes"
+        );
     }
 }
 

@@ -188,13 +188,17 @@ async fn a_host_that_rebooted_during_the_run_is_reported_at_once() {
     let mut f = Fake::new();
     let why = "the run's state is gone from the host: it rebooted";
     f.watch = [status(AgentState::Vanished, Some(Reason::Rebooted), why)].into();
+    // It came back in an older generation (picked at its boot menu): not
+    // what the run saw before, so only a second look can report it.
+    let older = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-older";
+    f.later_facts = [Ok(running(older, OLD))].into();
     let r = run(f).await;
     assert_eq!(r.ended(), (Outcome::Unknown, Some(Reason::Rebooted), Some(Phase::Activate)));
     assert!(r.message().contains("it rebooted"), "{}", r.message());
     // What it runs now is read again (the first facts came with the
     // build) and reported.
     assert_eq!(r.calls.iter().filter(|c| *c == "facts").count(), 1);
-    assert_eq!(r.report.system.as_deref(), Some(OLD));
+    assert_eq!(runs_and_boots(&r), (Some(older), Some(OLD)));
 }
 
 #[tokio::test]

@@ -175,6 +175,9 @@ fn live_display_on_a_terminal() {
 
     assert_eq!(run.sgr_count(), 0, "NO_COLOR=1: no color sequence:\n{run}");
     assert_eq!(lab.targets[0].ssh_ok("cat /run/demo-web/version"), "healthy-v2");
+    assert_on_configuration(&lab.targets[0], "healthy-v2");
+    assert_on_configuration(&lab.targets[1], "healthy-v2");
+    assert_on_configuration(&lab.targets[2], "healthy-v1");
 }
 
 /// `--color always` colors the live display even with NO_COLOR set.
@@ -192,6 +195,9 @@ fn color_always_on_a_terminal() {
     let screen = run.transcript();
     assert!(screen.contains("2 host(s): 0 queued, 0 running, 2 deployed"), "{run}");
     assert!(live_lines(&run.frames()).len() >= 2, "{run}");
+    for t in &lab.targets {
+        assert_on_configuration(t, "healthy-v2");
+    }
 }
 
 /// stdout a pipe (TERM set all the same): the plain host-tagged lines,
@@ -244,12 +250,16 @@ fn off_a_terminal_the_output_is_plain_lines() {
     for (h, p) in phases.iter().enumerate() {
         assert_eq!(p, &all, "h{h}'s phases:\n{stdout}");
     }
-    assert!(
-        summary.starts_with(" RESULT    PHASE  TIME  SYSTEM\nh0    deployed  boot "),
-        "{summary}"
-    );
+    // The columns are as wide as their widest cell (a TIME of 10 s or more
+    // is wider than its heading).
+    let table =
+        Regex::new(r"^ RESULT +PHASE +TIME +SYSTEM\nh0 +deployed +boot +[0-9][0-9.ms]* ").unwrap();
+    assert!(table.is_match(summary), "{summary}");
     let last = Regex::new(r"\n\n2 of 2 host\(s\) succeeded in [0-9.]+s; exit code 0\n$").unwrap();
     assert!(last.is_match(summary), "{summary}");
+    for t in &lab.targets {
+        assert_on_configuration(t, "healthy-v2");
+    }
 }
 
 /// A target's terminal escapes (a window title, a cleared screen, the
@@ -273,4 +283,6 @@ fn the_live_display_shows_a_targets_escapes_escaped() {
     }
     let screen = run.transcript();
     assert!(screen.contains(r"refusing \x1b]0;pwned\x07 \x1b[2J here"), "{screen}");
+    assert_on_configuration(&lab.targets[0], "prints-escapes");
+    assert_never_activated(&lab.targets[1]);
 }

@@ -200,6 +200,40 @@ pub fn phase_started(host: &'static str, phase: &'static str) -> impl Fn(&Value)
     move |v: &Value| v["event"] == "phase-started" && v["host"] == host && v["phase"] == phase
 }
 
+/// How long `host`'s `phase` took, as the run reported it.
+pub fn phase_took(run: &Run, host: &str, phase: &str) -> Option<Duration> {
+    events(&run.stdout).into_iter().find_map(|e| {
+        let hit = e["event"] == "phase-finished" && e["host"] == host && e["phase"] == phase;
+        hit.then(|| Duration::from_millis(e["duration"].as_u64().unwrap()))
+    })
+}
+
+/// The lab configuration a system store path was built from
+/// (`/nix/store/…-nixos-system-<configuration>-<version>`).
+pub fn configuration_of(system: &str) -> Option<&str> {
+    let (_, name) = system.split_once("-nixos-system-")?;
+    name.rsplit_once('-').map(|(configuration, _)| configuration)
+}
+
+/// `t` runs and boots a system of `configuration`: for runs whose report
+/// is a screen, not `--json` with the system's store path.
+pub fn assert_on_configuration(t: &Target, configuration: &str) {
+    let runs = t.current_system();
+    assert_eq!(
+        runs.as_deref().and_then(configuration_of),
+        Some(configuration),
+        "{}: runs {runs:?}",
+        t.name
+    );
+    assert_eq!(t.boot_profile(), runs, "{}: boots what it runs", t.name);
+}
+
+/// `t` was never activated: no system runs, none is its boot entry.
+pub fn assert_never_activated(t: &Target) {
+    assert_eq!(t.current_system(), None, "{}: runs a system", t.name);
+    assert_eq!(t.boot_profile(), None, "{}: has a boot entry", t.name);
+}
+
 /// A host entry for hosts.nix reaching `t` with the lab's key; `extra` is
 /// spliced in verbatim (Nix attribute syntax).
 pub fn host_entry(lab: &Lab, attr: &str, t: &Target, configuration: &str, extra: &str) -> String {

@@ -57,8 +57,16 @@ fn a_system_running_unconfirmed_gets_no_boot_entry_without_confirmation() {
     assert_eq!(t.boot_profile(), Some(v1));
     let run = deploy(&f, &["--all"]);
     assert_eq!(run.code, 0, "{run}");
-    assert!(run.lines("h").iter().any(|l| l.contains("activating")), "activated again: {run}");
-    assert!(run.lines("h").iter().any(|l| l == "deploy-flake: confirmed"), "{run}");
+    // In the order the target did it: activated, confirmed, and only then
+    // the boot entry (`switch-to-configuration boot` says it wrote one).
+    let lines = run.lines("h");
+    let at = |what: &str, hit: &dyn Fn(&str) -> bool| {
+        lines.iter().position(|l| hit(l)).unwrap_or_else(|| panic!("{what}: {run}"))
+    };
+    let activated = at("activated again", &|l| l.contains("activating"));
+    let confirmed = at("confirmed", &|l| l == "deploy-flake: confirmed");
+    let entry = at("a boot entry written", &|l| l.starts_with("boot entries: "));
+    assert!(activated < confirmed && confirmed < entry, "{lines:#?}");
     assert_on(t, &v2);
 }
 
@@ -154,26 +162,32 @@ fn the_lock_of_a_deployer_lost_in_a_partition_is_released() {
         .unwrap()
         .success();
     assert!(ok, "nft rule in {}", t.name);
+    let cut = Instant::now();
     a.signal("KILL");
     let _ = Command::new("kill").args(["-KILL", &master.to_string()]).status();
     let _ = a.finish(Duration::from_secs(10));
-    let cut = Instant::now();
+    // The lock as the target sees it, asked over a login of our own: held
+    // while heartbeats could still be due (the last one reached the host
+    // at most 5 s before the cut; the holder waits 30 s for the next),
+    // then free.
+    let lock = || t.ssh_ok("flock -n /run/deploy-flake/lock true && echo free || echo held");
+    eventually("the lock released", Duration::from_secs(75), || lock() == "free");
+    let held = cut.elapsed();
+    eprintln!("lock released {held:?} after the deployer was cut off");
+    assert!(
+        held >= Duration::from_secs(20),
+        "released before the heartbeats were missed: {held:?}"
+    );
     let f = flake(&lab, &[host_entry(&lab, "h", t, "healthy-v2", "")]);
-    let run = loop {
-        let run = deploy(&f, &["--all"]);
-        if run.reason("h") != "locked" {
-            break run;
-        }
-        assert!(cut.elapsed() < Duration::from_secs(75), "the lock was never released: {run}");
-        std::thread::sleep(Duration::from_secs(3));
-    };
-    eprintln!("lock released {:?} after the deployer was cut off", cut.elapsed());
+    let run = deploy(&f, &["--all"]);
     assert_eq!(run.code, 0, "{run}");
     assert_on(t, &run.system("h"));
 }
 
 /// After a lost connection the deployer re-attaches with the host lock
-/// taken again: no second deploy can slip in meanwhile.
+/// taken again: no second deploy can slip in meanwhile. The lock's holder
+/// before the loss let it go (it is gone) and a new one holds it, for the
+/// same run; the host ends on the run's system.
 #[test]
 fn a_reconnected_deployer_holds_the_lock_again() {
     let lab = Lab::boot(1, Suite::Bookworm);
@@ -185,6 +199,10 @@ fn a_reconnected_deployer_holds_the_lock_again() {
         v["event"] == "output"
             && v["line"].as_str().unwrap_or("").contains("slow activation: started")
     });
+    // The `flock` that holds the host lock (the agent's `hold` runs under it).
+    let holder = || t.ssh_ok("pgrep -f '^flock -n -o -E 75 /run/deploy-flake/loc[k] ' || true");
+    let before = holder();
+    assert!(!before.is_empty() && !before.contains('\n'), "one holder before: {before:?}");
     let (_, master) = master_to(&t.address);
     assert!(Command::new("kill").args(["-KILL", &master.to_string()]).status().unwrap().success());
     a.wait_for("reconnected", Duration::from_secs(30), |v| {
@@ -197,8 +215,18 @@ fn a_reconnected_deployer_holds_the_lock_again() {
     let info = t.ssh_ok("cat /run/deploy-flake/lock.info");
     assert!(info.contains(&format!("run {} ", run_id.unwrap())), "held by this run again: {info}");
     assert_eq!(t.ssh_ok("flock -n /run/deploy-flake/lock true && echo free || echo held"), "held");
+    let after = holder();
+    assert!(!after.is_empty() && !after.contains('\n'), "one holder after: {after:?}");
+    assert_ne!(
+        after, before,
+        "taken again, not kept: the holder from before the loss still holds it"
+    );
     let run = a.finish(Duration::from_secs(120));
     assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.outcome("h"), "deployed", "{run}");
+    let sys = run.system("h");
+    assert_eq!(configuration_of(&sys), Some("slow-activation"), "{sys}");
+    assert_on(t, &sys);
 }
 
 /// An IPv6 literal host name connects (ssh takes it bare).

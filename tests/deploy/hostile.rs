@@ -116,7 +116,7 @@ fn a_token_in_the_flake_reference_reaches_no_target() {
     assert!(!run.stdout.contains(&marker), "the deployer's own output: {run}");
     let status = deploy(&reference, &["status", "--all"]);
     assert_eq!(status.code, 0, "{status}");
-    for (t, ps) in lab.targets.iter().zip(&during) {
+    for (i, (t, ps)) in lab.targets.iter().zip(&during).enumerate() {
         assert!(ps.contains("hold"), "{}: the lock holder was running: {ps}", t.name);
         assert!(!ps.contains(&marker), "{}: a process's argv: {ps}", t.name);
         let journal = t.ssh_ok("journalctl --no-pager -o cat");
@@ -125,6 +125,7 @@ fn a_token_in_the_flake_reference_reaches_no_target() {
         let records = t.ssh_ok("cat /var/lib/deploy-flake/last /run/deploy-flake/runs/*/origin");
         assert!(!records.contains(&marker), "{}: records: {records}", t.name);
         assert!(records.contains("flake git+http://127.0.0.1:"), "{}: {records}", t.name);
+        assert_on(t, &run.system(&format!("h{i}")));
     }
     assert!(!status.stdout.contains(&marker), "status --json: {status}");
     assert!(status.stdout.contains("git+http://127.0.0.1:"), "{status}");
@@ -408,6 +409,10 @@ fn terminal_escapes_from_targets_never_reach_the_terminal_raw() {
     let raw = "title \u{1b}]0;pwned\u{7} clear \u{1b}[2J\u{1b}[H up \u{1b}[3A clip \u{1b}]52;c;cHduZWQ=\u{7} end";
     assert!(lines.iter().any(|l| l == raw), "--json keeps the line exact: {lines:?}");
     assert!(json.message("fails").contains("refusing \u{1b}]0;pwned\u{7}"), "{json}");
+    let out = &lab.targets[0];
+    assert_eq!(out.current_system(), Some(json.system("out")));
+    assert_eq!(out.boot_profile(), Some(json.system("out")));
+    assert_never_activated(&lab.targets[1]);
 }
 
 /// One 100 MB line without a newline: the deploy ends as usual, the
@@ -456,6 +461,7 @@ fn an_endless_line_costs_bounded_memory_and_arrives_cut() {
             "{}: the run's log stays small: {log} KiB",
             t.name
         );
+        assert_on(t, &run.system(&h));
     }
     assert!(peak_mib < 64, "peak RSS {peak_mib} MiB");
 }
@@ -512,6 +518,6 @@ fn a_tight_open_file_limit_admits_fewer_hosts_and_every_host_deploys() {
         assert_eq!(notes, usize::from(said), "{limit}: {stderr}");
     }
     for t in &lab.targets {
-        assert!(t.current_system().unwrap().contains("healthy-v2"));
+        assert_on_configuration(t, "healthy-v2");
     }
 }

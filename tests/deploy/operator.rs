@@ -78,6 +78,9 @@ fn diff_of_a_host_running_the_system_says_up_to_date() {
     assert_eq!(run.code, 0, "{run}");
     let h = &document(&run)["hosts"][0];
     assert_eq!((h["up_to_date"].as_bool(), h["new"].as_str()), (Some(true), Some(v1.as_str())));
+    assert_eq!(t.current_system(), Some(v1.clone()));
+    assert_eq!(t.boot_profile(), Some(v1));
+    assert!(no_run_roots(t), "the run's GC root was dropped");
 }
 
 /// `status` says what each host runs and boots and its last deploy; after

@@ -62,20 +62,34 @@ fn second_run_is_up_to_date_and_activates_nothing() {
     assert_eq!(first.code, 0, "{first}");
     let units: Vec<String> =
         lab.targets.iter().map(|t| invocation(t, "demo-web.service")).collect();
+    // Every activation points /run/current-system anew (a new link).
+    let activated = |t: &crate::common::Target| t.ssh_ok("stat -c %y /run/current-system");
+    let links: Vec<String> = lab.targets.iter().map(activated).collect();
 
     let second = deploy(&f, &["--all"]);
     assert_eq!(second.code, 0, "{second}");
-    for (host, t, unit) in [("a", &lab.targets[0], &units[0]), ("b", &lab.targets[1], &units[1])] {
+    let hosts = [("a", &lab.targets[0], &units[0]), ("b", &lab.targets[1], &units[1])];
+    for (i, (host, t, unit)) in hosts.into_iter().enumerate() {
         assert_eq!(second.outcome(host), "up-to-date", "{second}");
         assert_eq!(second.system(host), first.system(host));
         assert_eq!(&invocation(t, "demo-web.service"), unit, "{host}: demo-web was not restarted");
         assert!(!second.lines(host).iter().any(|l| l.contains("activating")), "{second}");
+        assert_eq!(activated(t), links[i], "{host}: nothing was activated");
     }
 
-    // --force re-activates.
+    // --force activates the same systems again, and the hosts end on them.
     let forced = deploy(&f, &["--all", "--force"]);
     assert_eq!(forced.code, 0, "{forced}");
-    assert_eq!(forced.outcome("a"), "deployed");
+    for (i, (host, t, _)) in hosts.into_iter().enumerate() {
+        assert_eq!(forced.outcome(host), "deployed", "{forced}");
+        assert!(forced.lines(host).iter().any(|l| l.contains("activating")), "{forced}");
+        assert!(forced.lines(host).iter().any(|l| l == "deploy-flake: confirmed"), "{forced}");
+        assert_ne!(activated(t), links[i], "{host}: activated again");
+        let sys = first.system(host);
+        assert_eq!(forced.system(host), sys);
+        assert_eq!(t.current_system(), Some(sys.clone()), "{host} runs it");
+        assert_eq!(t.boot_profile(), Some(sys), "{host} boots it");
+    }
 }
 
 /// A degraded target is refused with its failed unit named and is left
@@ -200,6 +214,9 @@ fn unreachable_host_fails_fast_and_others_succeed() {
     assert!(msg.contains(&ghost), "names the destination: {msg}");
     let ms = run.report("ghost")["duration"].as_u64().unwrap();
     assert!(ms < 3_000 + 6_000, "failed within the connect timeout (+ margin): {ms} ms");
+    let sys = run.system("ok");
+    assert_eq!(t.current_system(), Some(sys.clone()), "ok runs it");
+    assert_eq!(t.boot_profile(), Some(sys), "ok boots it");
 }
 
 /// A host that answers but whose login never finishes (here: a local port

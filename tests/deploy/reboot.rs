@@ -11,14 +11,6 @@ use serde_json::{json, Value};
 use crate::common::{Lab, Suite, Target};
 use crate::helpers::*;
 
-/// How long the run's `phase` phase of `host` took, as reported.
-fn phase_took(run: &Run, host: &str, phase: &str) -> Option<Duration> {
-    events(&run.stdout).into_iter().find_map(|e| {
-        let hit = e["event"] == "phase-finished" && e["host"] == host && e["phase"] == phase;
-        hit.then(|| Duration::from_millis(e["duration"].as_u64().unwrap()))
-    })
-}
-
 /// The notes the tool wrote about `host`.
 fn notes(run: &Run, host: &str) -> Vec<String> {
     let notes =
