@@ -32,7 +32,7 @@ const ANSWER: &str = "deploy-flake-";
 
 pub use answers::{Changes, CheckVerdict, Facts, Health, HostState, PackageChange};
 pub use follow::{confirm, launch, watch};
-pub use lock::{lock, HostLock, LockError, HEARTBEAT_LOST_SECS};
+pub use lock::{lock, HostLock, LockError};
 
 /// Creates the state directories (root-only) and installs the agent under
 /// its content hash, through a temporary file and a rename: a script that
@@ -140,11 +140,14 @@ pub enum AgentState {
     /// The run's state or its agent is gone (the host rebooted, the agent
     /// was killed).
     Vanished,
+    /// Another switch replaced the run's system before its confirmation
+    /// was recorded or its boot entry written: nothing more was done.
+    Superseded,
     /// A word this deployer does not know (a newer agent?).
     Other(String),
 }
 
-const STATE_WORDS: [(AgentState, &str); 13] = [
+const STATE_WORDS: [(AgentState, &str); 14] = [
     (AgentState::Starting, "starting"),
     (AgentState::Activating, "activating"),
     (AgentState::AwaitingConfirmation, "awaiting-confirmation"),
@@ -158,6 +161,7 @@ const STATE_WORDS: [(AgentState, &str); 13] = [
     (AgentState::Booted, "booted"),
     (AgentState::BootFailed, "boot-failed"),
     (AgentState::Vanished, "vanished"),
+    (AgentState::Superseded, "superseded"),
 ];
 
 impl AgentState {
@@ -237,15 +241,21 @@ impl SwitchEnv {
 /// What the agent is asked to do, as a transient unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentAction {
-    /// Record the running system, `switch-to-configuration test`, then wait
-    /// `confirm_secs` for the confirmation; otherwise go back. With
-    /// `then_boot`, once confirmed, go on as [`AgentAction::Boot`] (in the
-    /// same unit: no round trip between the confirmation and the boot
-    /// entry, which is written even if the deployer is gone by then).
+    /// Record the running system, `switch-to-configuration test` (bounded
+    /// by `activate_secs`), then wait for the confirmation up to
+    /// `window_secs` after the deployer's last sign of life (`hard_secs`
+    /// after the activation at most); otherwise go back (bounded by
+    /// `rollback_secs`). With `then_boot`, once confirmed, go on as
+    /// [`AgentAction::Boot`] (in the same unit: no round trip between the
+    /// confirmation and the boot entry, which is written even if the
+    /// deployer is gone by then). The numbers are the host's
+    /// [`crate::budget::Budget`].
     Activate {
         toplevel: StorePath,
         activate_secs: u64,
-        confirm_secs: u64,
+        window_secs: u64,
+        hard_secs: u64,
+        rollback_secs: u64,
         magic_rollback: bool,
         then_boot: bool,
         env: SwitchEnv,
@@ -270,14 +280,17 @@ impl AgentAction {
             AgentAction::Activate {
                 toplevel,
                 activate_secs,
-                confirm_secs,
+                window_secs,
+                hard_secs,
+                rollback_secs,
                 magic_rollback,
                 then_boot,
                 env,
             } => {
                 v.push(toplevel.to_string());
-                v.push(activate_secs.to_string());
-                v.push(confirm_secs.to_string());
+                for secs in [activate_secs, window_secs, hard_secs, rollback_secs] {
+                    v.push(secs.to_string());
+                }
                 v.push(if *magic_rollback { "1" } else { "0" }.into());
                 v.push(if *then_boot { "1" } else { "0" }.into());
                 v.extend(env.words());
