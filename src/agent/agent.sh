@@ -728,17 +728,27 @@ switches_in_progress() {
 health() {
     secs=$1 rundir=${2:-}
     # One question to systemd when the system is up: its state and how
-    # many units failed; their names only when some did.
-    state='' nfailed=''
-    for prop in $(systemctl show --property=SystemState --property=NFailedUnits 2> /dev/null); do
-        case "$prop" in
-            SystemState=*) state=${prop#*=} ;;
-            NFailedUnits=*) nfailed=${prop#*=} ;;
-        esac
+    # many units failed; their names only when some did. A systemd that
+    # does not answer for a moment (busy, or re-executing itself) is asked
+    # again, within SECS (only where systemd runs the host).
+    uptime_now
+    until=$((now + secs))
+    while :; do
+        state='' nfailed=''
+        for prop in $(systemctl show --property=SystemState --property=NFailedUnits 2> /dev/null); do
+            case "$prop" in
+                SystemState=*) state=${prop#*=} ;;
+                NFailedUnits=*) nfailed=${prop#*=} ;;
+            esac
+        done
+        uptime_now
+        if [ -n "$state" ] || [ "$now" -ge "$until" ] || [ ! -d /run/systemd/system ]; then break; fi
+        sleep 0.5
     done
     case "$state" in
         initializing | starting | '')
-            state=$(timeout "$secs" systemctl is-system-running --wait 2> /dev/null)
+            left=$((until > now ? until - now : 1))
+            state=$(timeout "$left" systemctl is-system-running --wait 2> /dev/null)
             if [ "$?" = 124 ]; then state="still-starting-after-${secs}s"; fi
             nfailed=''
             ;;
