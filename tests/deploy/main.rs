@@ -15,3 +15,4 @@ mod reboot;
 mod rollout;
 mod safety;
 mod scale;
+mod truth;
