@@ -3,7 +3,8 @@
 //! holder and the agent wait for it; how long the agent gives an
 //! activation, a confirmation and a rollback; how long the deployer waits
 //! for each of those. The agent is given its numbers ([`Budget::window`],
-//! [`Budget::hard_window`], [`Budget::rollback`], [`LOCK_PATIENCE_SECS`])
+//! [`Budget::hard_window`], [`Budget::rollback`], [`KILL_GRACE_SECS`],
+//! [`LOCK_PATIENCE_SECS`])
 //! instead of deriving them itself; the invariants between them are tested
 //! below.
 //!
@@ -29,7 +30,9 @@ pub const MIN_WINDOW_SECS: u64 = 2 * HEARTBEAT_SECS + SLACK_SECS;
 /// not be cut short.
 pub const ROLLBACK_FLOOR_SECS: u64 = 300;
 /// After a limit: the grace between the TERM and the KILL (the agent's
-/// guard, and coreutils `timeout -k` behind it).
+/// guard, and coreutils `timeout -k` behind it, which sends its TERM one
+/// grace after the guard's: a bounded command ends at most two graces
+/// after its bound).
 pub const KILL_GRACE_SECS: u64 = 5;
 /// Whatever the heartbeats say, the agent waits at most this much longer
 /// than its window for the confirmation.
@@ -41,6 +44,11 @@ pub const SERVER_ALIVE_SECS: u64 = 5;
 pub const SERVER_ALIVE_COUNT: u64 = 3;
 /// The longest a hung master connection goes unnoticed.
 pub const MASTER_DEAD_SECS: u64 = SERVER_ALIVE_SECS * (SERVER_ALIVE_COUNT + 1);
+/// A command bounded on the target (coreutils `timeout`) is waited for
+/// this much longer here, so that the target's bound acts first; the same
+/// margin is given to a command whose own waits add up to its seconds
+/// (the health, the checks, `status`).
+pub const REMOTE_MARGIN_SECS: u64 = 10;
 /// Starting an agent action (`systemd-run`) takes at least this long to
 /// give up on, and at most ...
 pub const START_MIN_SECS: u64 = 5;
@@ -124,9 +132,9 @@ impl Budget {
     }
 
     /// The latest the agent ends an activation: its bound, then the
-    /// guard's grace before the KILL.
+    /// graces of the guard and of `timeout` behind it.
     pub fn activation_end(&self) -> u64 {
-        self.activate.saturating_add(KILL_GRACE_SECS)
+        self.activate.saturating_add(2 * KILL_GRACE_SECS)
     }
 
     /// The latest the agent ends a rollback's switch (its bound, the
@@ -138,7 +146,7 @@ impl Budget {
     /// The deployer's wait for the activation to await the confirmation
     /// or end, with the health the watch answers then.
     pub fn activation_wait(&self) -> u64 {
-        self.activation_end().saturating_add(self.health).saturating_add(2 * SLACK_SECS)
+        self.activation_end().saturating_add(self.health).saturating_add(SLACK_SECS)
     }
 
     /// The deployer's wait for a rollback, once it asked for one or the
@@ -210,8 +218,8 @@ mod tests {
             let b = Budget::of(&s);
             // The rollback bound: the activate timeout, at least 300 s.
             assert_eq!(b.rollback, s.timeouts.activate.max(300), "{b:?}");
-            // The agent ends an activation by its bound and the guard's grace.
-            assert!(b.activation_wait() >= b.activate + KILL_GRACE_SECS + b.health, "{b:?}");
+            // The agent ends an activation by its bound and both graces.
+            assert!(b.activation_wait() >= b.activate + 2 * KILL_GRACE_SECS + b.health, "{b:?}");
             // The deployer's wait for a rollback covers the agent's bound
             // of it, both kill graces included.
             assert!(b.rollback_wait() >= b.rollback + 2 * KILL_GRACE_SECS, "{b:?}");

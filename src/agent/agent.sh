@@ -25,11 +25,12 @@
 # (confirmed/<name>), whose boot entry was written (booted/<name>), and the
 # last deploy (last).
 #
-#   agent.sh activate RUNDIR TOPLEVEL ACTIVATE_SECS WINDOW_SECS HARD_SECS ROLLBACK_SECS MAGIC_ROLLBACK(1|0) THEN_BOOT(1|0) [ENV...]
+#   agent.sh activate RUNDIR TOPLEVEL ACTIVATE_SECS WINDOW_SECS HARD_SECS ROLLBACK_SECS GRACE_SECS MAGIC_ROLLBACK(1|0) THEN_BOOT(1|0) [ENV...]
 #                                 (WINDOW_SECS: wait that long for the confirmation
 #                                 after the deployer's last sign of life, HARD_SECS
 #                                 after the activation at most; ROLLBACK_SECS: the
-#                                 bound of a rollback; THEN_BOOT: once confirmed, go
+#                                 bound of a rollback; GRACE_SECS: between a bound's
+#                                 TERM and its KILL; THEN_BOOT: once confirmed, go
 #                                 on as `boot`)
 #   agent.sh boot RUNDIR TOPLEVEL [ENV...]
 #   agent.sh check TOPLEVEL SECS SELFCHECK|"" [ENV...]   (SELFCHECK, then
@@ -210,13 +211,14 @@ wake_all() {
 # output appended to the log. Returns its status, 124 on timeout, and 125
 # when ABORTABLE is 1 and the deployer asked to abort. This shell only
 # waits for CMD, so its end is seen at once; a guard beside it ends CMD
-# on timeout or abort. Should the guard be killed on its own, coreutils'
-# `timeout` (the group's leader) still ends CMD a few seconds later.
+# on timeout or abort (TERM, then KILL $grace_secs later). Should the guard
+# be killed on its own, coreutils' `timeout` (the group's leader) still
+# ends CMD $grace_secs later. CMD ends at most 2 x $grace_secs after SECS.
 run_bounded() {
     secs=$1 abortable=$2
     shift 2
     rm -f "$rundir/ended-by"
-    setsid timeout -k 5 $((secs + 5)) "$@" >> "$rundir/log" 2>&1 < /dev/null &
+    setsid timeout -k "$grace_secs" $((secs + grace_secs)) "$@" >> "$rundir/log" 2>&1 < /dev/null &
     child=$!
     guard "$child" "$secs" "$abortable" < /dev/null > /dev/null 2>&1 &
     guard_pid=$!
@@ -251,7 +253,7 @@ guard() {
             echo "$why" > "$rundir/ended-by"
             kill -TERM -"$child" 2> /dev/null
             n=0
-            while kill -0 "$child" 2> /dev/null && [ "$n" -lt 25 ]; do
+            while kill -0 "$child" 2> /dev/null && [ "$n" -lt $((grace_secs * 5)) ]; do
                 sleep 0.2
                 n=$((n + 1))
             done
@@ -391,8 +393,9 @@ still_running() {
 }
 
 activate() {
-    rundir=$1 toplevel=$2 activate_secs=$3 window_secs=$4 hard_secs=$5 rollback_secs=$6 magic=$7 then_boot=$8
-    shift 8
+    rundir=$1 toplevel=$2 activate_secs=$3 window_secs=$4 hard_secs=$5 rollback_secs=$6 grace_secs=$7
+    magic=$8 then_boot=$9
+    shift 9
     stc_env "$@"
     begin "$rundir" || return 0
     previous=

@@ -18,6 +18,7 @@ mod tests;
 
 use sha2::{Digest, Sha256};
 
+use crate::budget::REMOTE_MARGIN_SECS;
 use crate::events::Reason;
 use crate::nix::StorePath;
 use crate::process::{self, Cmd, Lines, ProcessError, Script, Spawner};
@@ -245,7 +246,8 @@ pub enum AgentAction {
     /// by `activate_secs`), then wait for the confirmation up to
     /// `window_secs` after the deployer's last sign of life (`hard_secs`
     /// after the activation at most); otherwise go back (bounded by
-    /// `rollback_secs`). With `then_boot`, once confirmed, go on as
+    /// `rollback_secs`; each bound ends with a TERM, then a KILL
+    /// `grace_secs` later). With `then_boot`, once confirmed, go on as
     /// [`AgentAction::Boot`] (in the same unit: no round trip between the
     /// confirmation and the boot entry, which is written even if the
     /// deployer is gone by then). The numbers are the host's
@@ -256,6 +258,7 @@ pub enum AgentAction {
         window_secs: u64,
         hard_secs: u64,
         rollback_secs: u64,
+        grace_secs: u64,
         magic_rollback: bool,
         then_boot: bool,
         env: SwitchEnv,
@@ -283,12 +286,13 @@ impl AgentAction {
                 window_secs,
                 hard_secs,
                 rollback_secs,
+                grace_secs,
                 magic_rollback,
                 then_boot,
                 env,
             } => {
                 v.push(toplevel.to_string());
-                for secs in [activate_secs, window_secs, hard_secs, rollback_secs] {
+                for secs in [activate_secs, window_secs, hard_secs, rollback_secs, grace_secs] {
                     v.push(secs.to_string());
                 }
                 v.push(if *magic_rollback { "1" } else { "0" }.into());
@@ -371,7 +375,8 @@ fn installed(run: &RunDir, new_run: Option<&str>, then: Cmd) -> Cmd {
 /// units, and those that had failed before this run's activation, in one
 /// round trip.
 pub async fn health<S: Spawner>(on: &S, run: &RunDir, secs: u64) -> Result<Health, ProcessError> {
-    let cmd = run.cmd("health", [secs.to_string(), run.dir.clone()]).secs(secs + 10).quiet_stdout();
+    let cmd = run.cmd("health", [secs.to_string(), run.dir.clone()]);
+    let cmd = cmd.secs(secs.saturating_add(REMOTE_MARGIN_SECS)).quiet_stdout();
     Ok(Health::parse(&process::run(on, &cmd, None).await?.stdout))
 }
 
@@ -391,7 +396,7 @@ pub async fn check<S: Spawner>(
 ) -> Result<Result<CheckVerdict, (i32, String)>, ProcessError> {
     let args = [toplevel.to_string(), secs.to_string(), self_check.unwrap_or("").to_string()];
     let cmd = run.cmd("check", args.into_iter().chain(env.words()));
-    let cmd = cmd.secs(secs.saturating_mul(2).saturating_add(10)).quiet_stdout();
+    let cmd = cmd.secs(secs.saturating_mul(2).saturating_add(REMOTE_MARGIN_SECS)).quiet_stdout();
     let out = process::run(on, &cmd, None).await?.check()?;
     let said: Vec<&str> =
         out.stdout.lines().filter(|l| !l.trim().is_empty() && !is_answer(l)).collect();

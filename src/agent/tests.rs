@@ -78,6 +78,7 @@ fn actions_become_transient_units_of_the_run() {
         window_secs: 30,
         hard_secs: 630,
         rollback_secs: 600,
+        grace_secs: 5,
         magic_rollback: true,
         then_boot: false,
         env: SwitchEnv::default(),
@@ -97,6 +98,7 @@ fn actions_become_transient_units_of_the_run() {
             "30",
             "630",
             "600",
+            "5",
             "1",
             "0"
         ]
@@ -107,11 +109,12 @@ fn actions_become_transient_units_of_the_run() {
         window_secs: 30,
         hard_secs: 630,
         rollback_secs: 600,
+        grace_secs: 5,
         magic_rollback: false,
         then_boot: true,
         env: SwitchEnv::default(),
     };
-    assert_eq!(switch.start_cmd(&run).argv[15..], ["0", "1"]);
+    assert_eq!(switch.start_cmd(&run).argv[16..], ["0", "1"]);
     let env = SwitchEnv { no_check: true, install_bootloader: true };
     let boot = AgentAction::Boot { toplevel: top.clone(), env };
     assert_eq!(

@@ -9,7 +9,8 @@ use tokio::time::Instant;
 
 use super::{agent_end, End, Goal, HostRun, Wanted};
 use crate::agent::{AgentAction, AgentState, AgentStatus, Health};
-use crate::budget::{Budget, ABORT_SECS, ABORT_UNCONFIRMED_SECS, FACTS_SECS, PROBE_SECS};
+use crate::budget::PROBE_SECS;
+use crate::budget::{Budget, ABORT_SECS, ABORT_UNCONFIRMED_SECS, FACTS_SECS, KILL_GRACE_SECS};
 use crate::events::{Outcome, Phase, Reason};
 use crate::host::{Followed, Host, HostError};
 
@@ -75,6 +76,7 @@ impl HostRun<'_> {
             window_secs: budget.window,
             hard_secs: budget.hard_window(),
             rollback_secs: budget.rollback,
+            grace_secs: KILL_GRACE_SECS,
             magic_rollback: spec.magic_rollback,
             // Only a confirmed system becomes the boot entry.
             then_boot: self.ctx.goal.boots(),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder};
 
-use crate::budget::{SERVER_ALIVE_COUNT, SERVER_ALIVE_SECS};
+use crate::budget::{REMOTE_MARGIN_SECS, SERVER_ALIVE_COUNT, SERVER_ALIVE_SECS};
 use config::config_file;
 pub use config::{connect_hint, ssh_opts_to_config};
 pub use destination::{bracket_ipv6, percent_encode, Destination};
@@ -230,7 +230,7 @@ impl Spawner for Ssh {
     /// acts first and the command does not go on there.
     fn limit(&self, cmd: &Cmd) -> Duration {
         if cmd.bounded {
-            cmd.timeout + Duration::from_secs(10)
+            cmd.timeout + Duration::from_secs(REMOTE_MARGIN_SECS)
         } else {
             cmd.timeout
         }
