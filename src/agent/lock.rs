@@ -172,12 +172,12 @@ async fn refused<S: Spawner>(
     infofile: &str,
     secs: u64,
 ) -> Result<LockError, LockError> {
-    let exit = tokio::time::timeout(limit, child.wait).await;
-    let exit = match exit {
-        Ok(Ok(e)) => e,
-        _ => return Err(ProcessError::Disconnected { cmd: "flock".into() }.into()),
+    let exit = match tokio::time::timeout(limit, child.wait).await {
+        Ok(Ok(e)) => Some(e),
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => None,
     };
-    if exit.code() == Some(LOCK_HELD) {
+    if exit.and_then(|e| e.code()) == Some(LOCK_HELD) {
         let out = process::run(on, &Cmd::new(["cat", infofile]).secs(secs), None).await?;
         let holder = out.stdout.trim();
         let holder = if holder.is_empty() { "another deploy" } else { holder };
@@ -190,10 +190,10 @@ async fn refused<S: Spawner>(
     if !out.success() {
         return Ok(LockError::NoFlock);
     }
-    let said = if said.is_empty() {
-        format!("the lock command ended ({exit}) without a word")
-    } else {
-        said
+    let said = match (said.is_empty(), exit) {
+        (false, _) => said,
+        (true, Some(exit)) => format!("the lock command ended ({exit}) without a word"),
+        (true, None) => "the lock command said nothing and did not end".into(),
     };
     Ok(LockError::Failed { said })
 }
