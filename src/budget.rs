@@ -31,8 +31,9 @@ pub const MIN_WINDOW_SECS: u64 = 2 * HEARTBEAT_SECS + SLACK_SECS;
 pub const ROLLBACK_FLOOR_SECS: u64 = 300;
 /// After a limit: the grace between the TERM and the KILL (the agent's
 /// guard, and coreutils `timeout -k` behind it, which sends its TERM one
-/// grace after the guard's: a bounded command ends at most two graces
-/// after its bound).
+/// grace after the guard's), and what passes the command's output on gets
+/// as long to see its end: a bounded command is over at most two graces
+/// after its bound.
 pub const KILL_GRACE_SECS: u64 = 5;
 /// Whatever the heartbeats say, the agent waits at most this much longer
 /// than its window for the confirmation.

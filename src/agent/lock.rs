@@ -8,9 +8,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{answer, answers, installed, lock_files, Health, RunDir, ANSWER, SCRIPT};
+use super::install::{input, installed};
+use super::{answer, answers, lock_files, Health, RunDir, ANSWER};
 use crate::budget::{HEARTBEAT_SECS, LOCK_PATIENCE_SECS};
 use crate::process::{self, Cmd, ProcessError, Spawner};
 
@@ -102,24 +103,25 @@ pub async fn lock<S: Spawner>(
     let cmd = Cmd::new(argv).stdin(Vec::new()).secs(limit).unbounded();
     let cmd = installed(run, new_run, cmd);
     let mut child = on.spawn(&cmd).await?;
-    // The agent's text first (whether or not the host has it), then the
-    // heartbeats. A host that stops reading early says why on stdout.
+    // The agent's text and the origin first (whether or not the host has
+    // the agent), then the heartbeats. A host that stops reading early
+    // says why on stdout.
     if let Some(w) = child.stdin.as_mut() {
-        let _ = w.write_all(SCRIPT.as_bytes()).await;
+        let _ = w.write_all(&input(new_run)).await;
         let _ = w.flush().await;
     }
-    let mut lines = BufReader::new(&mut child.stdout).lines();
+    let mut lines = process::LineReader::new(&mut child.stdout, process::LINE_MAX);
     let (mut busy, mut said) = (Vec::new(), String::new());
     let deadline = tokio::time::Instant::now() + cmd.timeout;
     let locked = format!("{ANSWER}locked");
     let mut held = false;
     loop {
         match tokio::time::timeout_at(deadline, lines.next_line()).await {
-            Ok(Ok(Some(l))) if l.trim() == locked => {
+            Ok(Ok(Some(process::Line { text: l, .. }))) if l.trim() == locked => {
                 held = true;
                 break;
             }
-            Ok(Ok(Some(l))) => {
+            Ok(Ok(Some(process::Line { text: l, .. }))) => {
                 busy.extend(answers(&l, "busy").map(String::from));
                 said.push_str(&l);
                 said.push('\n');
@@ -152,8 +154,14 @@ fn watch_holder(
     lost: Arc<Mutex<Option<String>>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        // Read in bounded memory: only its last word is kept.
+        let mut lines = process::LineReader::new(&mut child.stdout, process::LINE_MAX);
         let mut said = String::new();
-        let _ = child.stdout.read_to_string(&mut said).await;
+        while let Ok(Some(process::Line { text, .. })) = lines.next_line().await {
+            if answer(&text, "lost").is_some() {
+                said = text;
+            }
+        }
         let why = match (answer(&said, "lost"), child.wait.await) {
             (Some(why), _) => why,
             (None, Ok(exit)) => format!("its holder on the host ended ({exit})"),
@@ -184,7 +192,8 @@ async fn refused<S: Spawner>(
         return Ok(LockError::Held { holder: holder.to_string() });
     }
     let mut err = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(2), child.stderr.read_to_end(&mut err)).await;
+    let mut stderr = (&mut child.stderr).take(process::LINE_MAX as u64);
+    let _ = tokio::time::timeout(Duration::from_secs(2), stderr.read_to_end(&mut err)).await;
     let said = process::tail_lines(&String::from_utf8_lossy(&err), 5);
     let out = process::run(on, &Cmd::new(["flock", "--version"]).secs(secs), None).await?;
     if !out.success() {
