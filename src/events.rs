@@ -87,6 +87,12 @@ pub enum Outcome {
     /// Activated, not confirmed and not rolled back (magicRollback off): the
     /// host runs the new system and boots the previous one.
     Unconfirmed,
+    /// Activated, then replaced by another switch (an administrator's
+    /// `switch-to-configuration`, an automatic upgrade) before its
+    /// confirmation was recorded or its boot entry written: the host runs
+    /// what the other switch left (the report's `system`); nothing more of
+    /// the run was done.
+    Superseded,
     /// May be in an unknown state: the report says what to inspect.
     Unknown,
     /// Not started because the run was interrupted.
@@ -103,6 +109,7 @@ impl Outcome {
             Outcome::Failed => "failed",
             Outcome::RolledBack => "rolled back",
             Outcome::Unconfirmed => "activated, not confirmed",
+            Outcome::Superseded => "superseded",
             Outcome::Unknown => "UNKNOWN STATE",
             Outcome::Cancelled => "cancelled",
             Outcome::Skipped => "skipped",
@@ -118,7 +125,11 @@ impl Outcome {
     pub fn counts_as_failure(self) -> bool {
         matches!(
             self,
-            Outcome::Failed | Outcome::RolledBack | Outcome::Unconfirmed | Outcome::Unknown
+            Outcome::Failed
+                | Outcome::RolledBack
+                | Outcome::Unconfirmed
+                | Outcome::Superseded
+                | Outcome::Unknown
         )
     }
 }
@@ -133,11 +144,14 @@ impl Outcome {
 /// | `auth` | the host refused our key, or sudo wants a password |
 /// | `ssh-config` | the host's sshOpts cannot be used |
 /// | `locked` | another deploy-flake run holds the host lock |
+/// | `lock-failed` | the host lock could not be taken (the message says why: its state in `/run` could not be written, ...) |
+/// | `lock-lost` | the run lost the host lock before changing the host (its deployer was silent for longer than the lock holder waits) and another run took it or changed the host meanwhile; nothing changed |
 /// | `busy` | another switch is going on the host (another run, nixos-rebuild, an automatic upgrade) |
 /// | `preflight` | the host was not healthy before the deploy |
 /// | `copy` | copying the flake or the closure failed |
 /// | `build` | building the system failed |
 /// | `not-a-system` | the result is not a NixOS system, or the host lacks what one needs (systemd, flock) |
+/// | `superseded` | another switch replaced the run's system during the confirmation window; no boot entry was written |
 /// | `self-check` | the system's self-check refused it |
 /// | `pre-switch-check` | the system's pre-switch checks or switch inhibitors refused a live switch |
 /// | `reboot-required` | the new system's init is incompatible: it takes a reboot (`--goal boot`) |
@@ -165,11 +179,14 @@ pub enum Reason {
     Auth,
     SshConfig,
     Locked,
+    LockFailed,
+    LockLost,
     Busy,
     Preflight,
     Copy,
     Build,
     NotASystem,
+    Superseded,
     SelfCheck,
     PreSwitchCheck,
     RebootRequired,

@@ -329,6 +329,7 @@ pub fn exit_for(reports: &[HostReport]) -> Exit {
             Outcome::Failed
             | Outcome::RolledBack
             | Outcome::Unconfirmed
+            | Outcome::Superseded
             | Outcome::Cancelled
             | Outcome::Skipped => Exit::HostsFailed,
             Outcome::Unknown => Exit::UnknownState,

@@ -54,7 +54,8 @@ async fn query(t: &Target) -> Status {
         let ssh = Ssh::connect(&t.name, Destination::from_spec(&t.spec))
             .await
             .map_err(|e| e.to_string())?;
-        let state = agent::status(&ssh, secs + 10).await.map_err(|e| e.to_string());
+        let secs = secs.saturating_add(crate::budget::REMOTE_MARGIN_SECS);
+        let state = agent::status(&ssh, secs).await.map_err(|e| e.to_string());
         ssh.close().await;
         state
     };

@@ -14,7 +14,9 @@
 #   confirmed  created by the deployer over a fresh ssh login
 #   abort      created by the deployer to stop the activation or refuse
 #              the confirmation: one line "<cause> <reason>"
-#   alive      touched at every heartbeat of the deployer (through the lock)
+#   alive      the time (/proc/uptime) of the deployer's last heartbeat,
+#              written by its lock holder
+#   pid        the agent of the run's action (activate or boot)
 #   toplevel   GC root of the run's system until the system profile holds it
 #   origin     who runs the deploy, from which flake ("<key> <value>" lines)
 #   output.<pid>   a FIFO: what an activation prints, on its way to the log
@@ -25,8 +27,13 @@
 # (confirmed/<name>), whose boot entry was written (booted/<name>), and the
 # last deploy (last).
 #
-#   agent.sh activate RUNDIR TOPLEVEL ACTIVATE_SECS CONFIRM_SECS MAGIC_ROLLBACK(1|0) THEN_BOOT(1|0) [ENV...]
-#                                 (THEN_BOOT: once confirmed, go on as `boot`)
+#   agent.sh activate RUNDIR TOPLEVEL ACTIVATE_SECS WINDOW_SECS HARD_SECS ROLLBACK_SECS GRACE_SECS MAGIC_ROLLBACK(1|0) THEN_BOOT(1|0) [ENV...]
+#                                 (WINDOW_SECS: wait that long for the confirmation
+#                                 after the deployer's last sign of life, HARD_SECS
+#                                 after the activation at most; ROLLBACK_SECS: the
+#                                 bound of a rollback; GRACE_SECS: between a bound's
+#                                 TERM and its KILL; THEN_BOOT: once confirmed, go
+#                                 on as `boot`)
 #   agent.sh boot RUNDIR TOPLEVEL [ENV...]
 #   agent.sh check TOPLEVEL SECS SELFCHECK|"" [ENV...]   (SELFCHECK, then
 #                                 switch-to-configuration check)
@@ -47,9 +54,12 @@
 #                                  or refuse the confirmation)
 #   agent.sh hold INFO BEAT_SECS RUNDIR [HEALTH_SECS]  (run under flock: holds the
 #                                  host lock while a line arrives on stdin at least
-#                                  every BEAT_SECS, each touching RUNDIR/alive; says
+#                                  every BEAT_SECS, each written to RUNDIR/alive; says
 #                                  "deploy-flake-locked" once it holds it, after
 #                                  what `health HEALTH_SECS` says when asked)
+#   agent.sh displace RUNID CMD...  (ends a holder of the host lock of the same
+#                                  run, whose deployer lost its connection to it,
+#                                  then execs CMD: the run takes its lock back)
 #   agent.sh health SECS [RUNDIR] (system state, failed units, those failed before)
 #   agent.sh facts TOPLEVEL [SELFCHECK]   (what the deployer needs to decide)
 #   agent.sh status               (what the host runs, boots, lacks; read-only)
@@ -60,6 +70,10 @@
 #
 # Answers meant for the deployer are lines "deploy-flake-<what> <value>"; the
 # final status of `watch` is printed as "deploy-flake-status RUNID STATE REASON".
+#
+# Every deadline is measured on the monotonic clock (/proc/uptime: seconds
+# since boot, suspend included), never with `date` or file times, which an
+# administrator, chrony or a resumed VM may step.
 
 set -u
 PATH=/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:/run/wrappers/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -76,9 +90,15 @@ set_status() {
     case "$1" in
         booted) remember deployed ;;
         failed) remember unconfirmed ;;
-        confirmed | rolled-back | rollback-failed | refused | boot-failed) remember "$1" ;;
+        confirmed | rolled-back | rollback-failed | refused | boot-failed | superseded) remember "$1" ;;
     esac
     wake_all
+}
+
+# uptime_now: $now, whole seconds on the monotonic clock (no process).
+uptime_now() {
+    read -r now _ < /proc/uptime
+    now=${now%.*}
 }
 
 # remember OUTCOME: the last deploy to this host, for `deploy-flake status`
@@ -225,9 +245,10 @@ wake_all() {
 # cap_lines. Returns its status, 124 on timeout, and 125 when ABORTABLE is
 # 1 and the deployer asked to abort. This shell only waits for CMD (then
 # for the last of its output), so its end is seen at once; a guard beside
-# it ends CMD on timeout or abort. Should the guard be killed on its own,
-# coreutils' `timeout` (the group's leader) still ends CMD a few seconds
-# later.
+# it ends CMD on timeout or abort (TERM, then KILL $grace_secs later).
+# Should the guard be killed on its own, coreutils' `timeout` (the group's
+# leader) still ends CMD $grace_secs later. CMD ends at most 2 x
+# $grace_secs after SECS.
 run_bounded() {
     secs=$1 abortable=$2
     shift 2
@@ -240,7 +261,7 @@ run_bounded() {
     else
         out="$rundir/log" capper=''
     fi
-    (umask 022 && exec setsid timeout -k 5 $((secs + 5)) "$@") >> "$out" 2>&1 < /dev/null &
+    (umask 022 && exec setsid timeout -k "$grace_secs" $((secs + grace_secs)) "$@") >> "$out" 2>&1 < /dev/null &
     child=$!
     guard "$child" "$secs" "$abortable" "$capper" < /dev/null > /dev/null 2>&1 &
     guard_pid=$!
@@ -264,8 +285,8 @@ run_bounded() {
 # guard PID SECS ABORTABLE [CAPPER]: end the process group PID after SECS
 # (124), or when ABORTABLE is 1 and the deployer asks to abort (125); the
 # reason goes to $rundir/ended-by. Once PID has ended, CAPPER (what passes
-# its output on) gets 5 s to see the end of it: a process the activation
-# left behind with its output open is not waited for.
+# its output on) gets $grace_secs to see the end of it: a process the
+# activation left behind with its output open is not waited for.
 guard() {
     child=$1 limit=$(($2 * 10)) abortable=$3 capper=${4:-}
     waited=0
@@ -280,7 +301,7 @@ guard() {
             echo "$why" > "$rundir/ended-by"
             kill -TERM -"$child" 2> /dev/null
             n=0
-            while kill -0 "$child" 2> /dev/null && [ "$n" -lt 25 ]; do
+            while kill -0 "$child" 2> /dev/null && [ "$n" -lt $((grace_secs * 5)) ]; do
                 sleep 0.2
                 n=$((n + 1))
             done
@@ -292,7 +313,7 @@ guard() {
     [ -n "$capper" ] || return 0
     n=0
     while kill -0 "$capper" 2> /dev/null; do
-        if [ "$n" -ge 25 ]; then
+        if [ "$n" -ge $((grace_secs * 5)) ]; then
             kill "$capper" 2> /dev/null
             return 0
         fi
@@ -367,7 +388,6 @@ roll_back() {
     # Returning to the system that ran a moment ago: its own pre-switch
     # checks must not refuse it, and nothing may stop it halfway (not the
     # deployer's abort, nor an activate timeout meant for the new system).
-    rollback_secs=$((activate_secs > 300 ? activate_secs : 300))
     run_bounded "$rollback_secs" 0 env NIXOS_NO_CHECK=1 "$previous/bin/switch-to-configuration" test
     rc=$?
     now=$(readlink -f /run/current-system 2> /dev/null)
@@ -385,10 +405,57 @@ roll_back() {
     fi
 }
 
+# begin RUNDIR: the start of an action (activate, boot): the agent's pid,
+# for whoever asks whether it is still there; then, may the run change the
+# host? Not when it does not hold the host lock (its deployer stalled
+# longer than the lock holder waits, and another run may hold it now),
+# nor while another run activates or writes a boot entry. Refused, it
+# changes nothing.
+begin() {
+    rundir=$1 runid=${1##*/}
+    printf '%s\n' "$$" > "$rundir/pid"
+    pid='' holder=''
+    if [ -s "$STATE/lock.pid" ]; then read -r pid holder < "$STATE/lock.pid"; fi
+    if [ "$holder" != "$runid" ] || ! holder_alive "$pid" "$runid"; then
+        set_status refused lock-lost "this run lost the host lock (its deployer was silent for longer than the lock holder waits); nothing was changed"
+        return 1
+    fi
+    for unit in $(switches_in_progress); do
+        case "$unit" in
+            deploy-flake-"$runid"-*) ;;
+            deploy-flake-*-activate.service | deploy-flake-*-boot.service)
+                set_status refused busy "another run is changing the host ($unit); nothing was changed"
+                return 1
+                ;;
+        esac
+    done
+}
+
+# holder_alive PID RUNID: is PID the lock holder of run RUNID?
+holder_alive() {
+    [ -n "$1" ] && [ -r "/proc/$1/cmdline" ] && tr '\0' ' ' < "/proc/$1/cmdline" 2> /dev/null |
+        grep -qF " hold " && tr '\0' ' ' < "/proc/$1/cmdline" 2> /dev/null | grep -qF "/runs/$2 "
+}
+
+# still_running WHEN: the host runs the run's system; otherwise another
+# switch (an administrator's switch-to-configuration, an automatic
+# upgrade) replaced it, and the run ends `superseded` WHEN: nothing of it is
+# recorded, no boot entry written, nothing rolled back.
+still_running() {
+    now_running=$(readlink -f /run/current-system 2> /dev/null)
+    [ "$now_running" = "$toplevel" ] && return 0
+    rm -f "$rundir/toplevel"
+    log "another switch replaced $toplevel $1: the host runs ${now_running:-nothing}"
+    set_status superseded superseded "another switch replaced the run's system $1: the host runs ${now_running:-nothing}; no boot entry was written"
+    return 1
+}
+
 activate() {
-    rundir=$1 toplevel=$2 activate_secs=$3 confirm_secs=$4 magic=$5 then_boot=$6
-    shift 6
+    rundir=$1 toplevel=$2 activate_secs=$3 window_secs=$4 hard_secs=$5 rollback_secs=$6 grace_secs=$7
+    magic=$8 then_boot=$9
+    shift 9
     stc_env "$@"
+    begin "$rundir" || return 0
     previous=
     if [ -e /run/current-system ]; then
         previous=$(readlink -f /run/current-system)
@@ -429,11 +496,12 @@ activate() {
     # The window measures the deployer's liveness, not its speed: each of
     # its heartbeats (through the lock holder, `alive`) restarts it, so a
     # slow, busy deployer is waited for, and one that died or lost the host
-    # is not: the host goes back CONFIRM_SECS after its last sign of life
-    # (and in any case LIMIT_SECS after the activation).
+    # is not: the host goes back WINDOW_SECS after its last sign of life
+    # (and in any case HARD_SECS after the activation).
     # The deployer's confirmation and abort wake this wait (wake_all).
-    since=$(date +%s)
-    hard=$((since + confirm_secs + 600))
+    uptime_now
+    since=$now
+    hard=$((now + hard_secs))
     nap_init bounded
     next=0 cause='' reason=''
     while [ ! -e "$rundir/confirmed" ]; do
@@ -444,15 +512,19 @@ activate() {
         # Once a second: the deadlines.
         if [ "$waited" -ge "$next" ]; then
             next=$((waited + 10))
-            now=$(date +%s)
-            beat=$(stat -c %Y "$rundir/alive" 2> /dev/null || echo 0)
-            [ "$beat" -gt "$since" ] && since=$beat
-            if [ $((now - since)) -ge "$confirm_secs" ]; then
-                cause=not-confirmed reason="no confirmation within ${confirm_secs}s of the deployer's last sign of life"
+            uptime_now
+            beat=''
+            if [ -e "$rundir/alive" ]; then read -r beat < "$rundir/alive"; fi
+            case "$beat" in
+                '' | *[!0-9]*) ;;
+                *) if [ "$beat" -gt "$since" ]; then since=$beat; fi ;;
+            esac
+            if [ $((now - since)) -ge "$window_secs" ]; then
+                cause=not-confirmed reason="no confirmation within ${window_secs}s of the deployer's last sign of life"
                 break
             fi
             if [ "$now" -ge "$hard" ]; then
-                cause=not-confirmed reason="no confirmation within $((confirm_secs + 600))s"
+                cause=not-confirmed reason="no confirmation within ${hard_secs}s"
                 break
             fi
         fi
@@ -463,12 +535,16 @@ activate() {
         roll_back "$cause" "$reason"
         return
     fi
+    still_running "before the confirmation was recorded" || return 0
     record confirmed "$toplevel"
     set_status confirmed
     log "confirmed"
     # Only a confirmed system becomes the boot entry; the agent writes it
     # at once, whether or not the deployer is still there to see it.
-    if [ "$then_boot" = 1 ]; then boot "$rundir" "$toplevel" "$@"; fi
+    if [ "$then_boot" = 1 ]; then
+        still_running "before its boot entry was written" || return 0
+        boot "$rundir" "$toplevel" "$@"
+    fi
 }
 
 boot() {
@@ -547,8 +623,22 @@ check() {
     echo "deploy-flake-check $verdict"
 }
 
-# Is a unit of the run (activate or boot) still running?
-unit_alive() {
+# Is the run's agent (its activate or boot unit) still there? Asked of the
+# kernel, not of systemd, which may be busy or re-executing itself: the
+# agent's pid, then the unit's cgroup; systemd only without either (no
+# cgroup v2, or the agent not yet started).
+agent_alive() {
+    apid=''
+    if [ -s "$rundir/pid" ]; then read -r apid < "$rundir/pid"; fi
+    if [ -n "$apid" ] && [ -r "/proc/$apid/cmdline" ] &&
+        tr '\0' ' ' < "/proc/$apid/cmdline" 2> /dev/null | grep -qF "$rundir "; then
+        return 0
+    fi
+    slice=/sys/fs/cgroup/system.slice
+    if [ -d "$slice/deploy-flake-$runid-activate.service" ] || [ -d "$slice/deploy-flake-$runid-boot.service" ]; then
+        return 0
+    fi
+    if [ -d "$slice" ] && [ -n "$apid" ]; then return 1; fi
     systemctl is-active --quiet "deploy-flake-$runid-activate.service" "deploy-flake-$runid-boot.service" 2> /dev/null
 }
 
@@ -585,7 +675,7 @@ watch() {
     # A state change wakes the watch at once (set_status); new log lines
     # are shown at the next tick.
     nap_init
-    checked=0
+    checked=0 pace=50 gone=0
     while :; do
         if [ ! -d "$rundir" ]; then
             nap_done
@@ -608,16 +698,24 @@ watch() {
             *) break ;;
         esac
         # Every few seconds: is the agent still there to change the state?
-        if [ -n "$transient" ] && [ $((waited - checked)) -ge 50 ]; then
-            checked=$waited
-            if ! unit_alive; then
+        # Gone twice in a row, a second or more apart, and the state
+        # unchanged: it was stopped or killed.
+        if [ -n "$transient" ] && [ $((waited - checked)) -ge "$pace" ]; then
+            checked=$waited pace=50
+            if agent_alive; then
+                gone=0
+            else
                 last=
                 if [ -e "$rundir/status" ]; then read -r last _ < "$rundir/status"; fi
-                if [ "$last" = "$state" ]; then
+                if [ "$last" != "$state" ]; then
+                    gone=0
+                elif [ "$gone" = 1 ]; then
                     nap_done
                     say_previous
                     echo "deploy-flake-status $runid vanished lost the agent ended while ${state:-starting}: it was stopped or killed"
                     return
+                else
+                    gone=1 pace=10
                 fi
             fi
         fi
@@ -669,7 +767,7 @@ abort() {
 probe() {
     rundir=$1
     runid=${rundir##*/}
-    if [ -e "$rundir/status" ] || unit_alive; then
+    if [ -e "$rundir/status" ] || agent_alive; then
         echo "deploy-flake-started yes"
     fi
 }
@@ -695,17 +793,27 @@ switches_in_progress() {
 health() {
     secs=$1 rundir=${2:-}
     # One question to systemd when the system is up: its state and how
-    # many units failed; their names only when some did.
-    state='' nfailed=''
-    for prop in $(systemctl show --property=SystemState --property=NFailedUnits 2> /dev/null); do
-        case "$prop" in
-            SystemState=*) state=${prop#*=} ;;
-            NFailedUnits=*) nfailed=${prop#*=} ;;
-        esac
+    # many units failed; their names only when some did. A systemd that
+    # does not answer for a moment (busy, or re-executing itself) is asked
+    # again, within SECS (only where systemd runs the host).
+    uptime_now
+    until=$((now + secs))
+    while :; do
+        state='' nfailed=''
+        for prop in $(systemctl show --property=SystemState --property=NFailedUnits 2> /dev/null); do
+            case "$prop" in
+                SystemState=*) state=${prop#*=} ;;
+                NFailedUnits=*) nfailed=${prop#*=} ;;
+            esac
+        done
+        uptime_now
+        if [ -n "$state" ] || [ "$now" -ge "$until" ] || [ ! -d /run/systemd/system ]; then break; fi
+        sleep 0.5
     done
     case "$state" in
         initializing | starting | '')
-            state=$(timeout "$secs" systemctl is-system-running --wait 2> /dev/null)
+            left=$((until > now ? until - now : 1))
+            state=$(timeout "$left" systemctl is-system-running --wait 2> /dev/null)
             if [ "$?" = 124 ]; then state="still-starting-after-${secs}s"; fi
             nfailed=''
             ;;
@@ -758,7 +866,15 @@ status() {
     echo "deploy-flake-state $(systemctl is-system-running 2> /dev/null)"
     systemctl list-units --failed --plain --no-legend --no-pager 2> /dev/null | awk '{print "deploy-flake-failed " $1}'
     reboot_for reboot-profile "$profile"
-    if [ -s "$STATE/lock.info" ]; then echo "deploy-flake-lock $(cat "$STATE/lock.info")"; fi
+    # The lock as its holder left it, when the holder is alive: one killed
+    # by a signal cannot say it let go.
+    if [ -s "$STATE/lock.info" ]; then
+        pid='' holder=''
+        if [ -s "$STATE/lock.pid" ]; then read -r pid holder < "$STATE/lock.pid"; fi
+        if [ -z "$pid" ] || holder_alive "$pid" "$holder"; then
+            echo "deploy-flake-lock $(cat "$STATE/lock.info")"
+        fi
+    fi
     if [ -e "$RECORDS/last" ]; then sed 's/^/deploy-flake-last-/' "$RECORDS/last"; fi
     switches_in_progress
 }
@@ -778,43 +894,101 @@ diff() {
     reboot_for reboot-new "$toplevel"
 }
 
+# The files of the host lock, and who holds it: "<pid> <run id>" of the
+# holder (flock holds the lock while the holder's shell lives).
+release_lock() {
+    held=''
+    if [ -s "$STATE/lock.pid" ]; then read -r held _ < "$STATE/lock.pid"; fi
+    if [ "$held" = "$1" ]; then rm -f "$STATE/lock.info" "$STATE/lock.pid"; fi
+}
+
+# heartbeat: the deployer said it is alive: the time, for the watchdog and
+# for the run's agent waiting for the confirmation.
+heartbeat() {
+    uptime_now
+    printf '%s\n' "$now" > "$STATE/lock.beat"
+    if [ -d "$rundir" ]; then printf '%s\n' "$now" > "$rundir/alive"; fi
+}
+
 hold() {
-    info=$1 beat=$2 rundir=$3 preflight=${4:-}
+    info=$1 patience=$2 rundir=$3 preflight=${4:-}
+    main=$$
     printf '%s\n' "$info" > "$STATE/lock.info"
+    printf '%s %s\n' "$main" "${rundir##*/}" > "$STATE/lock.pid"
+    # Ended by a signal it can catch, it leaves no lock behind that nobody
+    # holds (`status` also checks that the holder is alive).
+    trap 'release_lock "$main"; exit 0' HUP INT TERM
+    # Holders are counted: a run that takes its lock back learns whether
+    # another run held it in between.
+    serial=''
+    if [ -s "$STATE/lock.serial" ]; then read -r serial < "$STATE/lock.serial"; fi
+    case "$serial" in '' | *[!0-9]*) serial=0 ;; esac
+    serial=$((serial + 1))
+    printf '%s\n' "$serial" > "$STATE/lock.serial"
+    echo "deploy-flake-serial $serial"
     switches_in_progress
     # The deployer's preflight, answered with the lock.
     if [ -n "$preflight" ]; then health "$preflight" "$rundir"; fi
+    # Taking the lock (again, after a reconnect) is a sign of life.
+    heartbeat
     echo "deploy-flake-locked"
-    # Each line on stdin is a heartbeat. Without one for BEAT_SECS the
-    # deployer is taken for lost (a network partition leaves no EOF) and
-    # the lock is released: flock -o holds it only while this shell lives.
-    : > "$STATE/lock.beat"
-    main=$$
+    # Each line on stdin is a heartbeat. Without one for PATIENCE seconds
+    # the deployer is taken for lost (a network partition leaves no EOF)
+    # and the lock is released: flock -o holds it only while this shell
+    # lives. The deployer hears why, should it still be listening.
     (
         while sleep 2; do
             kill -0 "$main" 2> /dev/null || exit 0
-            last=$(stat -c %Y "$STATE/lock.beat" 2> /dev/null || echo 0)
-            if [ $(($(date +%s) - last)) -gt "$beat" ]; then
-                rm -f "$STATE/lock.info"
+            last=''
+            read -r last < "$STATE/lock.beat" 2> /dev/null
+            uptime_now
+            case "$last" in '' | *[!0-9]*) continue ;; esac
+            if [ $((now - last)) -gt "$patience" ]; then
+                echo "deploy-flake-lost no heartbeat reached the host for ${patience} s"
+                release_lock "$main"
                 kill -KILL "$main"
                 exit 0
             fi
         done
-    ) < /dev/null > /dev/null 2>&1 &
+    ) < /dev/null 2> /dev/null &
     watchdog=$!
     while IFS= read -r _; do
-        : > "$STATE/lock.beat"
-        : > "$rundir/alive"
+        heartbeat
     done
     kill "$watchdog" 2> /dev/null
-    rm -f "$STATE/lock.info"
+    release_lock "$main"
+}
+
+# displace RUNID CMD...: a holder of the host lock of run RUNID (one whose
+# deployer lost its connection to it) is ended, and the lock free, before
+# CMD runs (`exec`): a run takes its own lock back at once, and never
+# waits for its stale holder. Another run's holder is left alone.
+displace() {
+    runid=$1
+    shift
+    pid='' holder=''
+    if [ -s "$STATE/lock.pid" ]; then read -r pid holder < "$STATE/lock.pid"; fi
+    if [ "$holder" = "$runid" ] && holder_alive "$pid" "$runid"; then
+        # flock (its parent) frees the lock as the holder ends.
+        parent=''
+        while read -r key value; do
+            if [ "$key" = PPid: ]; then parent=$value; fi
+        done < "/proc/$pid/status"
+        kill -KILL "$pid" 2> /dev/null
+        n=0
+        while [ "$n" -lt 50 ] && { kill -0 "$pid" || kill -0 "${parent:-$pid}"; } 2> /dev/null; do
+            sleep 0.1
+            n=$((n + 1))
+        done
+    fi
+    exec "$@"
 }
 
 cmd=$1
 shift
 case "$cmd" in
     activate) activate "$@" ;;
-    boot) boot "$@" ;;
+    boot) begin "$1" && boot "$@" ;;
     check) check "$@" ;;
     watch) watch "$@" ;;
     launch) launch "$@" ;;
@@ -822,6 +996,7 @@ case "$cmd" in
     confirm) confirm "$@" ;;
     abort) abort "$@" ;;
     hold) hold "$@" ;;
+    displace) displace "$@" ;;
     health) health "$@" ;;
     facts) facts "$@" ;;
     status) status "$@" ;;

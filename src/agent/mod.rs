@@ -17,6 +17,7 @@ mod lock;
 #[cfg(test)]
 mod tests;
 
+use crate::budget::REMOTE_MARGIN_SECS;
 use crate::events::Reason;
 use crate::nix::StorePath;
 use crate::process::{self, Cmd, Lines, ProcessError, Script, Spawner};
@@ -31,7 +32,7 @@ const ANSWER: &str = "deploy-flake-";
 
 pub use answers::{Changes, CheckVerdict, Facts, Health, HostState, PackageChange};
 pub use follow::{confirm, launch, watch};
-pub use lock::{lock, HostLock, LockError, HEARTBEAT_LOST_SECS};
+pub use lock::{lock, HostLock, LockError};
 
 /// The paths of one run's state on a target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,11 +119,14 @@ pub enum AgentState {
     /// The run's state or its agent is gone (the host rebooted, the agent
     /// was killed).
     Vanished,
+    /// Another switch replaced the run's system before its confirmation
+    /// was recorded or its boot entry written: nothing more was done.
+    Superseded,
     /// A word this deployer does not know (a newer agent?).
     Other(String),
 }
 
-const STATE_WORDS: [(AgentState, &str); 13] = [
+const STATE_WORDS: [(AgentState, &str); 14] = [
     (AgentState::Starting, "starting"),
     (AgentState::Activating, "activating"),
     (AgentState::AwaitingConfirmation, "awaiting-confirmation"),
@@ -136,6 +140,7 @@ const STATE_WORDS: [(AgentState, &str); 13] = [
     (AgentState::Booted, "booted"),
     (AgentState::BootFailed, "boot-failed"),
     (AgentState::Vanished, "vanished"),
+    (AgentState::Superseded, "superseded"),
 ];
 
 impl AgentState {
@@ -215,15 +220,23 @@ impl SwitchEnv {
 /// What the agent is asked to do, as a transient unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentAction {
-    /// Record the running system, `switch-to-configuration test`, then wait
-    /// `confirm_secs` for the confirmation; otherwise go back. With
-    /// `then_boot`, once confirmed, go on as [`AgentAction::Boot`] (in the
-    /// same unit: no round trip between the confirmation and the boot
-    /// entry, which is written even if the deployer is gone by then).
+    /// Record the running system, `switch-to-configuration test` (bounded
+    /// by `activate_secs`), then wait for the confirmation up to
+    /// `window_secs` after the deployer's last sign of life (`hard_secs`
+    /// after the activation at most); otherwise go back (bounded by
+    /// `rollback_secs`; each bound ends with a TERM, then a KILL
+    /// `grace_secs` later). With `then_boot`, once confirmed, go on as
+    /// [`AgentAction::Boot`] (in the same unit: no round trip between the
+    /// confirmation and the boot entry, which is written even if the
+    /// deployer is gone by then). The numbers are the host's
+    /// [`crate::budget::Budget`].
     Activate {
         toplevel: StorePath,
         activate_secs: u64,
-        confirm_secs: u64,
+        window_secs: u64,
+        hard_secs: u64,
+        rollback_secs: u64,
+        grace_secs: u64,
         magic_rollback: bool,
         then_boot: bool,
         env: SwitchEnv,
@@ -248,14 +261,18 @@ impl AgentAction {
             AgentAction::Activate {
                 toplevel,
                 activate_secs,
-                confirm_secs,
+                window_secs,
+                hard_secs,
+                rollback_secs,
+                grace_secs,
                 magic_rollback,
                 then_boot,
                 env,
             } => {
                 v.push(toplevel.to_string());
-                v.push(activate_secs.to_string());
-                v.push(confirm_secs.to_string());
+                for secs in [activate_secs, window_secs, hard_secs, rollback_secs, grace_secs] {
+                    v.push(secs.to_string());
+                }
                 v.push(if *magic_rollback { "1" } else { "0" }.into());
                 v.push(if *then_boot { "1" } else { "0" }.into());
                 v.extend(env.words());
@@ -318,7 +335,8 @@ fn is_answer(line: &str) -> bool {
 /// units, and those that had failed before this run's activation, in one
 /// round trip.
 pub async fn health<S: Spawner>(on: &S, run: &RunDir, secs: u64) -> Result<Health, ProcessError> {
-    let cmd = run.cmd("health", [secs.to_string(), run.dir.clone()]).secs(secs + 10).quiet_stdout();
+    let cmd = run.cmd("health", [secs.to_string(), run.dir.clone()]);
+    let cmd = cmd.secs(secs.saturating_add(REMOTE_MARGIN_SECS)).quiet_stdout();
     Ok(Health::parse(&process::run(on, &cmd, None).await?.stdout))
 }
 
@@ -338,7 +356,7 @@ pub async fn check<S: Spawner>(
 ) -> Result<Result<CheckVerdict, (i32, String)>, ProcessError> {
     let args = [toplevel.to_string(), secs.to_string(), self_check.unwrap_or("").to_string()];
     let cmd = run.cmd("check", args.into_iter().chain(env.words()));
-    let cmd = cmd.secs(secs.saturating_mul(2).saturating_add(10)).quiet_stdout();
+    let cmd = cmd.secs(secs.saturating_mul(2).saturating_add(REMOTE_MARGIN_SECS)).quiet_stdout();
     let out = process::run(on, &cmd, None).await?.check()?;
     let said: Vec<&str> =
         out.stdout.lines().filter(|l| !l.trim().is_empty() && !is_answer(l)).collect();

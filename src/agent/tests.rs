@@ -113,7 +113,10 @@ fn actions_become_transient_units_of_the_run() {
     let act = AgentAction::Activate {
         toplevel: top.clone(),
         activate_secs: 600,
-        confirm_secs: 30,
+        window_secs: 30,
+        hard_secs: 630,
+        rollback_secs: 600,
+        grace_secs: 5,
         magic_rollback: true,
         then_boot: false,
         env: SwitchEnv::default(),
@@ -123,17 +126,33 @@ fn actions_become_transient_units_of_the_run() {
     assert_eq!(argv[0], "systemd-run");
     assert_eq!(
         argv[6..],
-        ["/bin/sh", &run.agent, "activate", run.dir(), top.as_str(), "600", "30", "1", "0"]
+        [
+            "/bin/sh",
+            &run.agent,
+            "activate",
+            run.dir(),
+            top.as_str(),
+            "600",
+            "30",
+            "630",
+            "600",
+            "5",
+            "1",
+            "0"
+        ]
     );
     let switch = AgentAction::Activate {
         toplevel: top.clone(),
         activate_secs: 600,
-        confirm_secs: 30,
+        window_secs: 30,
+        hard_secs: 630,
+        rollback_secs: 600,
+        grace_secs: 5,
         magic_rollback: false,
         then_boot: true,
         env: SwitchEnv::default(),
     };
-    assert_eq!(switch.start_cmd(&run).argv[13..], ["0", "1"]);
+    assert_eq!(switch.start_cmd(&run).argv[16..], ["0", "1"]);
     let env = SwitchEnv { no_check: true, install_bootloader: true };
     let boot = AgentAction::Boot { toplevel: top.clone(), env };
     assert_eq!(

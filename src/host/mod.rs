@@ -53,13 +53,15 @@ impl HostError {
             HostError::Connect(SshError::SshOpts(_)) => Reason::SshConfig,
             HostError::Connect(_) => Reason::Unreachable,
             HostError::Lock(LockError::Held { .. }) => Reason::Locked,
+            HostError::Lock(LockError::NoFlock) => Reason::NotASystem,
+            HostError::Lock(LockError::Failed { .. }) => Reason::LockFailed,
             HostError::Lock(LockError::Process(p)) | HostError::Process(p) => match p {
                 ProcessError::Timeout { .. } => Reason::Timeout,
                 ProcessError::NeedsPassword { .. } => Reason::Auth,
                 ProcessError::Disconnected { .. } => Reason::Unreachable,
                 _ => phase,
             },
-            HostError::Lock(LockError::Failed { .. }) | HostError::Unexpected(_) => phase,
+            HostError::Unexpected(_) => phase,
         }
     }
 }
@@ -83,6 +85,8 @@ pub struct Locked {
     pub busy: Vec<String>,
     /// Its health, when asked for.
     pub health: Option<Health>,
+    /// Taken back after it was lost: another run held it in between.
+    pub held_meanwhile: bool,
 }
 
 /// The operations of the per-host pipeline. Every method is bounded by the
@@ -230,8 +234,14 @@ pub trait Host: Send {
     /// Is the connection alive?
     fn alive(&mut self) -> impl Future<Output = bool> + Send;
     /// Open a new connection after a lost one (and take the host lock again
-    /// if it was held).
+    /// if it was held, ending the run's own holder of the lost connection).
     fn reconnect(&mut self) -> impl Future<Output = HostResult<()>> + Send;
+    /// The host lock was taken and is no longer held (its holder on the
+    /// host ended: the deployer was silent for too long): why.
+    fn lock_lost(&mut self) -> Option<String>;
+    /// Take the host lock again over the connection there is (after
+    /// [`Host::lock_lost`]); what the host says as it is locked.
+    fn relock(&mut self, secs: u64) -> impl Future<Output = HostResult<Locked>> + Send;
     /// The kernel's boot id (a new one at every boot).
     fn boot_id(&mut self, secs: u64) -> impl Future<Output = HostResult<String>> + Send;
     /// Ask the host to reboot a second from now (the command returns

@@ -86,7 +86,8 @@ impl Host for SshHost {
     ) -> HostResult<Locked> {
         let ssh = self.ssh()?;
         let lock = agent::lock(ssh, &self.run, owner, Some(origin), health_secs, secs).await?;
-        let locked = Locked { busy: lock.busy.clone(), health: lock.health.clone() };
+        let locked =
+            Locked { busy: lock.busy.clone(), health: lock.health.clone(), held_meanwhile: false };
         self.lock = Some(lock);
         self.owner = owner.to_string();
         self.rebooting = false;
@@ -304,9 +305,22 @@ impl Host for SshHost {
             None => return self.connect().await,
         }
         if self.lock.take().is_some() && !self.rebooting {
-            self.relock().await?;
+            self.take_back(10).await?;
         }
         Ok(())
+    }
+
+    fn lock_lost(&mut self) -> Option<String> {
+        self.lock.as_ref().and_then(HostLock::lost)
+    }
+
+    async fn relock(&mut self, secs: u64) -> HostResult<Locked> {
+        let before = self.lock.take().and_then(|l| l.serial);
+        let mut locked = self.take_back(secs).await?;
+        let after = self.lock.as_ref().and_then(|l| l.serial);
+        // Ours is the next holder unless another run's came in between.
+        locked.held_meanwhile = matches!((before, after), (Some(b), Some(a)) if a != b + 1);
+        Ok(locked)
     }
 
     async fn boot_id(&mut self, secs: u64) -> HostResult<String> {
@@ -323,7 +337,9 @@ impl Host for SshHost {
     }
 
     async fn close(mut self) {
-        self.lock = None;
+        if let Some(lock) = self.lock.take() {
+            lock.release().await;
+        }
         if let Some(ssh) = self.ssh.take() {
             ssh.close().await;
         }
@@ -345,19 +361,23 @@ impl SshHost {
         Ok(agent::changes(self.ssh()?, current, toplevel, secs).await?)
     }
 
-    /// Take the host lock again after a reconnect. The holder of the lost
-    /// connection may still hold it until it misses our heartbeats: wait
-    /// for it, but not for another run.
-    async fn relock(&mut self) -> HostResult<()> {
+    /// Take the host lock again (after a reconnect, or after it was lost).
+    /// The holder of the lost connection may still hold it until it misses
+    /// our heartbeats: the agent ends it first, and the lock is ours again
+    /// at once (which also renews the agent's window for the
+    /// confirmation); another run's holder is not waited for.
+    async fn take_back(&mut self, secs: u64) -> HostResult<Locked> {
         let deadline = tokio::time::Instant::now()
-            + std::time::Duration::from_secs(agent::HEARTBEAT_LOST_SECS + 10);
+            + std::time::Duration::from_secs(crate::budget::Budget::relock_wait());
         loop {
             // After a reboot the agent is gone too (it lives in /run).
             let ssh = self.ssh()?;
-            match agent::lock(ssh, &self.run, &self.owner, None, None, 10).await {
+            match agent::lock(ssh, &self.run, &self.owner, None, None, secs).await {
                 Ok(lock) => {
+                    let locked =
+                        Locked { busy: lock.busy.clone(), health: None, held_meanwhile: false };
                     self.lock = Some(lock);
-                    return Ok(());
+                    return Ok(locked);
                 }
                 Err(LockError::Held { holder })
                     if holder.contains(&format!("run {} ", self.run.id()))

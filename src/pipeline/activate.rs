@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{agent_end, confirm_window, End, Goal, HostRun, Wanted};
+use super::{agent_end, End, Goal, HostRun, Wanted};
 use crate::agent::{AgentAction, AgentState, AgentStatus, Health};
+use crate::budget::PROBE_SECS;
+use crate::budget::{Budget, ABORT_SECS, ABORT_UNCONFIRMED_SECS, FACTS_SECS, KILL_GRACE_SECS};
 use crate::events::{Outcome, Phase, Reason};
 use crate::host::{Followed, Host, HostError};
 
@@ -62,12 +64,19 @@ impl HostRun<'_> {
         seen: &mut usize,
     ) -> Result<AgentStatus, End> {
         let spec = self.spec();
-        let t = spec.timeouts;
+        let budget = Budget::of(spec);
         self.start(Phase::Activate);
+        if let Some(note) = budget.window_note() {
+            self.note(note);
+        }
+        self.still_locked(host, &wanted.toplevel).await?;
         let action = AgentAction::Activate {
             toplevel: wanted.toplevel.clone(),
-            activate_secs: t.activate,
-            confirm_secs: confirm_window(spec),
+            activate_secs: budget.activate,
+            window_secs: budget.window,
+            hard_secs: budget.hard_window(),
+            rollback_secs: budget.rollback,
+            grace_secs: KILL_GRACE_SECS,
             magic_rollback: spec.magic_rollback,
             // Only a confirmed system becomes the boot entry.
             then_boot: self.ctx.goal.boots(),
@@ -76,8 +85,8 @@ impl HostRun<'_> {
         // The watch that sees the activation await its confirmation also
         // answers the health check that comes before the confirmation; the
         // first watch comes with the start.
-        let health = health_secs(spec);
-        let limit = Duration::from_secs(t.activate.saturating_add(15).saturating_add(health));
+        let health = budget.health;
+        let limit = Duration::from_secs(budget.activation_wait());
         let since = Instant::now();
         self.agent_starts();
         let secs = limit.as_secs();
@@ -99,9 +108,10 @@ impl HostRun<'_> {
             Err(Unsettled::Lost(why)) => Err(lost(&why, &host.inspect_hint())),
             Err(Unsettled::Timeout(why)) => {
                 // The activation outlived its timeout from our side: ask
-                // the agent to stop it and roll back, then wait for that.
-                let _ = host.abort(Reason::Timeout, &why, 30).await;
-                let limit = limit + Duration::from_secs(t.confirm.saturating_add(45));
+                // the agent to stop it and roll back, then wait for that as
+                // long as the agent's bound of a rollback.
+                let _ = host.abort(Reason::Timeout, &why, ABORT_SECS).await;
+                let limit = Duration::from_secs(budget.rollback_wait());
                 let settled = self.settle(host, seen, None, Some(health), limit, None).await;
                 settled.map_err(|e| lost(&e.to_string(), &host.inspect_hint()))
             }
@@ -116,7 +126,7 @@ impl HostRun<'_> {
         host: &mut H,
         action: &AgentAction,
     ) -> Result<Result<(), HostError>, End> {
-        let secs = self.spec().timeouts.activate.clamp(5, 30);
+        let secs = Budget::of(self.spec()).start;
         // From here on the action may be running: keep its GC root.
         self.agent_starts();
         match host.start(action, secs).await {
@@ -132,7 +142,7 @@ impl HostRun<'_> {
         host: &mut H,
         e: HostError,
     ) -> Result<Result<(), HostError>, End> {
-        match host.probe(10).await {
+        match host.probe(PROBE_SECS).await {
             Ok(true) => {
                 self.note(format!(
                     "the agent started although starting it said: {e}; following it"
@@ -167,14 +177,13 @@ impl HostRun<'_> {
             Err((cause, why)) => {
                 self.note(format!("not confirming: {why}"));
                 // Tell the agent now when we can; otherwise its own timeout does.
-                let _ = host.abort(cause, &why, 10).await;
+                let _ = host.abort(cause, &why, ABORT_UNCONFIRMED_SECS).await;
                 None
             }
         };
-        let t = self.spec().timeouts;
-        let secs = confirm_window(self.spec()).saturating_add(t.activate).saturating_add(60);
+        // At worst the window runs out, and the host rolls back.
         let patient = AgentState::AwaitingConfirmation;
-        let limit = Duration::from_secs(secs);
+        let limit = Duration::from_secs(Budget::of(self.spec()).confirm_wait());
         let settled = self.settle(host, seen, Some(&patient), None, limit, first).await;
         settled.map_err(|e| lost(&e.to_string(), &host.inspect_hint()))
     }
@@ -188,11 +197,11 @@ impl HostRun<'_> {
         seen: &mut usize,
         health: Option<Health>,
     ) -> Result<Result<AgentStatus, HostError>, (Reason, String)> {
-        let t = self.spec().timeouts;
+        let budget = Budget::of(self.spec());
         let health = match health {
             Some(h) => h,
             None => host
-                .health(health_secs(self.spec()))
+                .health(budget.health)
                 .await
                 .map_err(|e| (Reason::HealthCheck, format!("health check: {e}")))?,
         };
@@ -203,8 +212,7 @@ impl HostRun<'_> {
             host.health_check(check).await.map_err(|e| (Reason::HealthCheck, e))?;
             self.note(format!("health check passed: {}", check.description));
         }
-        let secs = t.connect.saturating_add(t.confirm);
-        let confirmed = host.confirm(seen, secs, &mut self.lines()).await;
+        let confirmed = host.confirm(seen, budget.confirm_login, &mut self.lines()).await;
         match confirmed {
             Followed { delivered: false, status: Err(e) } => {
                 Err((Reason::NotConfirmed, format!("a fresh ssh login could not confirm: {e}")))
@@ -219,6 +227,9 @@ impl HostRun<'_> {
     pub(super) async fn boot<H: Host>(&mut self, host: &mut H, wanted: &Wanted) -> End {
         self.start(Phase::Boot);
         let toplevel = wanted.toplevel.clone();
+        if let Err(end) = self.still_locked(host, &toplevel).await {
+            return end;
+        }
         let action = AgentAction::Boot { toplevel: toplevel.clone(), env: self.ctx.switch_env };
         match self.start_agent(host, &action).await {
             Err(end) => return end,
@@ -263,9 +274,13 @@ impl HostRun<'_> {
         wanted: &Wanted,
     ) -> End {
         let mut end = agent_end(s, &wanted.toplevel, &host.inspect_hint());
-        if s.state == AgentState::Vanished {
-            // The host rebooted (or the agent was killed): read what it runs now.
-            let facts = host.facts(&wanted.toplevel, None, 30).await;
+        // The host rebooted, the agent was killed, another switch replaced
+        // the run's system, another run may hold the lock: what it runs and
+        // boots now is read again.
+        let changed = matches!(s.state, AgentState::Vanished | AgentState::Superseded)
+            || (s.state == AgentState::Refused && s.cause == Some(Reason::LockLost));
+        if changed {
+            let facts = host.facts(&wanted.toplevel, None, FACTS_SECS).await;
             if let Ok(f) = facts {
                 end.system = f.current.clone();
                 end.boot = f.profile.clone();
@@ -301,7 +316,10 @@ impl HostRun<'_> {
             let secs = left.as_secs().max(1);
             let watched = match first.take() {
                 Some(watched) => watched,
-                None => host.watch(seen, patient, health, secs, &mut self.lines()).await,
+                None => {
+                    self.renew_lock(host).await;
+                    host.watch(seen, patient, health, secs, &mut self.lines()).await
+                }
             };
             match watched {
                 Ok(status) => return Ok(status),
@@ -366,12 +384,6 @@ impl std::fmt::Display for Unsettled {
             Unsettled::Timeout(s) | Unsettled::Lost(s) => f.write_str(s),
         }
     }
-}
-
-/// How long the health check before the confirmation may wait for the
-/// system to settle.
-fn health_secs(spec: &crate::inventory::HostSpec) -> u64 {
-    spec.timeouts.confirm.max(5)
 }
 
 fn lost(why: &str, inspect: &str) -> End {

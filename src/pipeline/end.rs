@@ -114,18 +114,7 @@ pub fn agent_end(s: &AgentStatus, toplevel: &StorePath, inspect: &str) -> End {
                 Some(format!("rolled back: {reason}")),
             )
         },
-        AgentState::Refused => {
-            let why = cause.unwrap_or(Reason::ActivationFailed);
-            let way_out = match why {
-                Reason::RebootRequired => {
-                    "; deploy it with --goal boot --reboot always (its boot entry is written, the \
-                     host reboots into it and is checked), or with --goal boot and reboot the host \
-                     yourself"
-                }
-                _ => "; retry after the other switch ends",
-            };
-            End::unchanged(why, format!("{reason}{way_out}"))
-        }
+        AgentState::Refused => refused(cause, reason),
         AgentState::Failed => End {
             system: Some(toplevel.to_string()),
             ..End::new(
@@ -151,6 +140,15 @@ pub fn agent_end(s: &AgentStatus, toplevel: &StorePath, inspect: &str) -> End {
                 ),
             )
         },
+        AgentState::Superseded => End {
+            // What runs now is what the other switch left (read again).
+            system: None,
+            ..End::new(
+                Outcome::Superseded,
+                Some(cause.unwrap_or(Reason::Superseded)),
+                Some(format!("superseded: {reason}")),
+            )
+        },
         AgentState::Vanished => End::unknown(
             cause.unwrap_or(Reason::Lost),
             format!(
@@ -165,4 +163,20 @@ pub fn agent_end(s: &AgentStatus, toplevel: &StorePath, inspect: &str) -> End {
             ),
         ),
     }
+}
+
+/// The agent refused before changing anything: the way out depends on why.
+fn refused(cause: Option<Reason>, reason: &str) -> End {
+    let why = cause.unwrap_or(Reason::ActivationFailed);
+    let way_out = match why {
+        // The report says what the host runs now.
+        Reason::LockLost => "",
+        Reason::RebootRequired => {
+            "; deploy it with --goal boot --reboot always (its boot entry is written, the \
+                 host reboots into it and is checked), or with --goal boot and reboot the host \
+                 yourself"
+        }
+        _ => "; retry after the other switch ends",
+    };
+    End::unchanged(why, format!("{reason}{way_out}"))
 }

@@ -68,6 +68,8 @@ pub fn health(state: &str, failed: &[&str]) -> HostResult<Health> {
 
 pub struct Fake {
     pub calls: Arc<Mutex<Vec<String>>>,
+    /// Every agent action started, in order.
+    pub actions: Arc<Mutex<Vec<AgentAction>>>,
     pub connect: HostResult<()>,
     pub lock: HostResult<Vec<String>>,
     /// Answers of `lock` after the first (after a reboot), in order; then `lock`.
@@ -93,6 +95,12 @@ pub struct Fake {
     pub confirm: HostResult<()>,
     pub alive: bool,
     pub reconnect: HostResult<()>,
+    /// Why the host lock was lost, from the `lock_lost`-th question on
+    /// (counting from 1; a relock finds it held again).
+    pub lock_lost: Option<(usize, String)>,
+    /// Answers of `relock`, in order; then the lock, free of switches.
+    pub relock: VecDeque<HostResult<Locked>>,
+    lost_asked: usize,
     /// Answers of `boot_id`, in order; then the last one again.
     pub boot_ids: VecDeque<HostResult<String>>,
     pub reboot: HostResult<()>,
@@ -116,6 +124,7 @@ impl Fake {
         };
         Fake {
             calls: Arc::default(),
+            actions: Arc::default(),
             connect: Ok(()),
             lock: Ok(Vec::new()),
             later_locks: VecDeque::new(),
@@ -140,6 +149,9 @@ impl Fake {
             confirm: Ok(()),
             alive: false,
             reconnect: Ok(()),
+            lock_lost: None,
+            relock: VecDeque::new(),
+            lost_asked: 0,
             boot_ids: VecDeque::new(),
             reboot: Ok(()),
             later_facts: VecDeque::new(),
@@ -187,7 +199,7 @@ impl Host for Fake {
             Some(_) => Some(self.health.pop_front().unwrap_or_else(|| health("running", &[]))?),
             None => None,
         };
-        Ok(Locked { busy, health })
+        Ok(Locked { busy, health, held_meanwhile: false })
     }
 
     async fn health(&mut self, _secs: u64) -> HostResult<Health> {
@@ -296,6 +308,7 @@ impl Host for Fake {
             AgentAction::Boot { env, .. } => format!("start boot{}", words(*env)),
         };
         self.call(name);
+        self.actions.lock().unwrap().push(action.clone());
         self.start.pop_front().unwrap_or(Ok(()))
     }
 
@@ -379,6 +392,24 @@ impl Host for Fake {
         self.reconnect.clone()
     }
 
+    fn lock_lost(&mut self) -> Option<String> {
+        self.lost_asked += 1;
+        match &self.lock_lost {
+            Some((from, why)) if self.lost_asked >= *from => {
+                self.call("lock-lost");
+                Some(why.clone())
+            }
+            _ => None,
+        }
+    }
+
+    async fn relock(&mut self, _secs: u64) -> HostResult<Locked> {
+        self.call("relock");
+        // Taken back, it is held again.
+        self.lock_lost = None;
+        self.relock.pop_front().unwrap_or(Ok(Locked::default()))
+    }
+
     async fn boot_id(&mut self, _secs: u64) -> HostResult<String> {
         self.call("boot-id");
         match self.boot_ids.len() {
@@ -426,6 +457,7 @@ pub struct Ran {
     pub report: HostReport,
     pub events: Vec<Event>,
     pub calls: Vec<String>,
+    pub actions: Vec<AgentAction>,
 }
 
 impl Ran {
@@ -490,12 +522,13 @@ pub async fn drive(fake: Fake, tweak: impl FnOnce(&mut Target, &mut Context)) ->
         sink: Arc::new(move |e| sink_events.lock().unwrap().push(e)),
     };
     tweak(&mut target, &mut ctx);
-    let calls = fake.calls.clone();
+    let (calls, actions) = (fake.calls.clone(), fake.actions.clone());
     let report = deploy(&target, &ctx, fake).await;
     let events = events.lock().unwrap().clone();
     assert_eq!(events.last(), Some(&Event::HostFinished { report: report.clone() }));
     let calls = calls.lock().unwrap().clone();
-    Ran { report, events, calls }
+    let actions = actions.lock().unwrap().clone();
+    Ran { report, events, calls, actions }
 }
 
 pub async fn run(fake: Fake) -> Ran {

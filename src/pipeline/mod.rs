@@ -14,6 +14,7 @@ mod activate;
 mod end;
 #[cfg(test)]
 mod fake;
+mod lock;
 mod prepare;
 mod reboot;
 mod soak;
@@ -23,6 +24,8 @@ mod tests;
 mod tests_contract;
 #[cfg(test)]
 mod tests_reboot;
+#[cfg(test)]
+mod tests_truth;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -294,11 +297,4 @@ fn failed(reason: Reason) -> impl Fn(HostError) -> End {
 /// The same, with the step named in the message.
 fn failed_in(step: &'static str, reason: Reason) -> impl Fn(HostError) -> End {
     move |e| End::unchanged(e.reason(reason), format!("{step}: {e}"))
-}
-
-/// How long the agent waits for the confirmation: the confirm timeout plus
-/// the time the user's health checks may take.
-pub fn confirm_window(spec: &HostSpec) -> u64 {
-    let checks: u64 = spec.health_checks.iter().map(|c| c.timeout.saturating_add(c.period)).sum();
-    spec.timeouts.confirm.saturating_add(checks)
 }

@@ -20,7 +20,7 @@ impl HostRun<'_> {
         let preflight = (!self.ctx.skip_preflight).then_some(t.preflight);
         let owner = &self.ctx.lock_owner;
         let locked = host.lock(owner, self.ctx.origin.get().await, preflight, t.lock).await;
-        let locked = locked.map_err(failed(Reason::NotASystem))?;
+        let locked = locked.map_err(failed(Reason::LockFailed))?;
         refuse_if_busy(&locked.busy)?;
         if let Some(health) = locked.health {
             self.preflight(&health)?;
@@ -248,7 +248,7 @@ const BUSY_STC: &str = "another switch-to-configuration holds its lock (nixos-re
      automatic upgrade is switching this host); nothing changed, retry after it ends";
 
 /// Another switch going on: leave the host alone.
-fn refuse_if_busy(busy: &[String]) -> Result<(), End> {
+pub(super) fn refuse_if_busy(busy: &[String]) -> Result<(), End> {
     if busy.is_empty() {
         return Ok(());
     }

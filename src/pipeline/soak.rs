@@ -13,9 +13,11 @@ pub async fn soak_check<H: Host>(spec: &HostSpec, mut host: H) -> Result<(), Str
 }
 
 async fn check<H: Host>(spec: &HostSpec, host: &mut H) -> Result<(), String> {
-    let t = spec.timeouts;
     host.connect().await.map_err(|e| format!("could not reach it: {e}"))?;
-    let health = host.health(t.confirm.max(5)).await.map_err(|e| format!("health: {e}"))?;
+    let health = host
+        .health(crate::budget::Budget::of(spec).health)
+        .await
+        .map_err(|e| format!("health: {e}"))?;
     if !health.healthy_after_activation() {
         let new = health.new_failures();
         return Err(if new.is_empty() {

@@ -59,7 +59,9 @@ impl Paint {
         let style = match outcome {
             Outcome::Deployed | Outcome::UpToDate => Style::new().green(),
             Outcome::Failed => Style::new().red().bold(),
-            Outcome::RolledBack | Outcome::Unconfirmed => Style::new().yellow().bold(),
+            Outcome::RolledBack | Outcome::Unconfirmed | Outcome::Superseded => {
+                Style::new().yellow().bold()
+            }
             Outcome::Unknown => Style::new().magenta().bold(),
             Outcome::Cancelled | Outcome::Skipped => Style::new().dim(),
         };

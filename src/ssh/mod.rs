@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder};
 
+use crate::budget::{REMOTE_MARGIN_SECS, SERVER_ALIVE_COUNT, SERVER_ALIVE_SECS};
 use config::config_file;
 pub use config::{connect_hint, ssh_opts_to_config};
 pub use destination::{bracket_ipv6, percent_encode, Destination};
@@ -90,7 +91,8 @@ impl Ssh {
             .port(d.port)
             .known_hosts_check(KnownHosts::Strict)
             .connect_timeout(Duration::from_secs(d.connect_timeout.max(1)))
-            .server_alive_interval(Duration::from_secs(5))
+            // (ssh's own ServerAliveCountMax is 3: SERVER_ALIVE_COUNT.)
+            .server_alive_interval(Duration::from_secs(SERVER_ALIVE_SECS))
             .control_directory(self.dir.path())
             // A deployer that dies leaves no master behind for long.
             .control_persist(ControlPersist::IdleFor(std::num::NonZeroUsize::new(30).unwrap()));
@@ -228,7 +230,7 @@ impl Spawner for Ssh {
     /// acts first and the command does not go on there.
     fn limit(&self, cmd: &Cmd) -> Duration {
         if cmd.bounded {
-            cmd.timeout + Duration::from_secs(10)
+            cmd.timeout + Duration::from_secs(REMOTE_MARGIN_SECS)
         } else {
             cmd.timeout
         }
@@ -254,8 +256,8 @@ impl FreshLogin<'_> {
             "BatchMode=yes".to_string(),
             "StrictHostKeyChecking=yes".into(),
             format!("ConnectTimeout={}", d.connect_timeout),
-            "ServerAliveInterval=5".into(),
-            "ServerAliveCountMax=3".into(),
+            format!("ServerAliveInterval={SERVER_ALIVE_SECS}"),
+            format!("ServerAliveCountMax={SERVER_ALIVE_COUNT}"),
         ] {
             argv.extend(["-o".to_string(), o]);
         }

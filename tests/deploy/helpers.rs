@@ -277,3 +277,39 @@ pub fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> D
     }
     started.elapsed()
 }
+
+/// The local port and pid of this machine's ssh master to `addr`:22.
+pub fn master_to(addr: &str) -> (u16, u32) {
+    let out = Command::new("ss").args(["-tnpH", "dst", &format!("{addr}:22")]).output().unwrap();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let local = line.split_whitespace().nth(3).unwrap_or("");
+        let port = local.rsplit(':').next().and_then(|p| p.parse().ok());
+        let pid = line
+            .split("pid=")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .and_then(|p| p.parse().ok());
+        if let (Some(port), Some(pid)) = (port, pid) {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains("deploy-flake-ssh.") {
+                return (port, pid);
+            }
+        }
+    }
+    panic!("no deploy-flake ssh master to {addr}: {}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// Drop every packet of the TCP flow from local port `port` in the
+/// target's network namespace: that connection hangs, new ones pass.
+pub fn blackhole(t: &Target, port: u16) {
+    let nft = format!(
+        "table inet partition {{ chain input {{ type filter hook input priority 0; tcp sport {port} drop; }}; \
+         chain output {{ type filter hook output priority 0; tcp dport {port} drop; }}; }}"
+    );
+    let ok = Command::new("ip")
+        .args(["netns", "exec", &t.name, "nft", &nft])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "nft rule in {}", t.name);
+}

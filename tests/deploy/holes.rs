@@ -119,27 +119,6 @@ fn a_failure_without_magic_rollback_reports_the_unconfirmed_system_it_runs() {
     assert_eq!(t.boot_profile(), Some(v1));
 }
 
-/// The local port and pid of this machine's ssh master to `addr`:22.
-fn master_to(addr: &str) -> (u16, u32) {
-    let out = Command::new("ss").args(["-tnpH", "dst", &format!("{addr}:22")]).output().unwrap();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let local = line.split_whitespace().nth(3).unwrap_or("");
-        let port = local.rsplit(':').next().and_then(|p| p.parse().ok());
-        let pid = line
-            .split("pid=")
-            .nth(1)
-            .and_then(|s| s.split(',').next())
-            .and_then(|p| p.parse().ok());
-        if let (Some(port), Some(pid)) = (port, pid) {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains("deploy-flake-ssh.") {
-                return (port, pid);
-            }
-        }
-    }
-    panic!("no deploy-flake ssh master to {addr}: {}", String::from_utf8_lossy(&out.stdout));
-}
-
 /// A deployer lost in a network partition (its packets dropped, then
 /// killed: the target never sees its connection end) keeps the host lock
 /// only until it misses its heartbeats.
@@ -152,16 +131,7 @@ fn the_lock_of_a_deployer_lost_in_a_partition_is_released() {
     let mut a = Background::start(&slow, &["--all"]);
     a.wait_for("A builds, holding the lock", Duration::from_secs(120), phase_started("h", "build"));
     let (port, master) = master_to(&t.address);
-    let nft = format!(
-        "table inet partition {{ chain input {{ type filter hook input priority 0; tcp sport {port} drop; }}; \
-         chain output {{ type filter hook output priority 0; tcp dport {port} drop; }}; }}"
-    );
-    let ok = Command::new("ip")
-        .args(["netns", "exec", &t.name, "nft", &nft])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "nft rule in {}", t.name);
+    blackhole(t, port);
     let cut = Instant::now();
     a.signal("KILL");
     let _ = Command::new("kill").args(["-KILL", &master.to_string()]).status();

@@ -16,3 +16,4 @@ mod reboot;
 mod rollout;
 mod safety;
 mod scale;
+mod truth;

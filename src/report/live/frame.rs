@@ -71,6 +71,7 @@ pub fn header(c: &Counts, elapsed: Option<Duration>, paint: Paint) -> String {
     ];
     for (n, what) in [
         (c.unconfirmed, "not confirmed"),
+        (c.superseded, "superseded"),
         (c.unknown, "UNKNOWN STATE"),
         (c.cancelled, "cancelled"),
         (c.skipped, "skipped"),
@@ -130,7 +131,9 @@ pub fn finished_lines(h: &HostState, report: &HostReport, paint: Paint) -> Vec<S
     let (mark, word) = match report.outcome {
         Outcome::Deployed | Outcome::UpToDate => ("✔", report.outcome.as_str().to_string()),
         Outcome::Failed => ("✘", "FAILED".to_string()),
-        Outcome::RolledBack | Outcome::Unconfirmed => ("↺", report.outcome.as_str().to_uppercase()),
+        Outcome::RolledBack | Outcome::Unconfirmed | Outcome::Superseded => {
+            ("↺", report.outcome.as_str().to_uppercase())
+        }
         Outcome::Unknown => ("?", report.outcome.as_str().to_string()),
         Outcome::Cancelled | Outcome::Skipped => ("-", report.outcome.as_str().to_string()),
     };
