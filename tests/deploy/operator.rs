@@ -42,7 +42,9 @@ fn diff_names_the_package_and_the_unit_and_changes_nothing() {
             .any(|p| p["name"] == "lab-tool" && p["old"].is_null() && p["new"] == "1.0"),
         "{packages}"
     );
-    assert_eq!(h["changes"]["units"]["restart"], serde_json::json!(["demo-web.service"]));
+    // A changed service is stopped before the activation and started after.
+    assert_eq!(h["changes"]["units"]["stop"], serde_json::json!(["demo-web.service"]));
+    assert_eq!(h["changes"]["units"]["start"], serde_json::json!(["demo-web.service"]));
     assert_eq!(h["changes"]["needs_reboot"], serde_json::json!([]));
     assert_eq!(t.current_system(), Some(v1.clone()), "nothing activated");
     assert_eq!(t.boot_profile(), Some(v1.clone()));
@@ -57,11 +59,15 @@ fn diff_names_the_package_and_the_unit_and_changes_nothing() {
         text.contains("h: nixos-system-healthy-v1-1 -> nixos-system-healthy-v2-with-tool-17"),
         "{text}"
     );
-    assert!(text.contains("+lab-tool 1.0") && text.contains("restart demo-web.service"), "{text}");
+    assert!(
+        text.contains("+lab-tool 1.0")
+            && text.contains("units:    stop demo-web.service; start demo-web.service"),
+        "{text}"
+    );
     let dry = deploy(&f, &["--all", "--goal", "dry-activate"]);
     assert_eq!(dry.code, 0, "{dry}");
     assert_eq!(
-        document(&dry)["hosts"][0]["changes"]["units"]["restart"],
+        document(&dry)["hosts"][0]["changes"]["units"]["start"],
         serde_json::json!(["demo-web.service"])
     );
     assert_eq!(t.current_system(), Some(v1), "still nothing activated");
