@@ -52,6 +52,12 @@ impl Health {
 pub struct Facts {
     pub current: Option<String>,
     pub profile: Option<String>,
+    /// The system the newest generation of the system profile points at
+    /// (what a bootloader that keeps only the newest entries boots).
+    pub newest: Option<String>,
+    /// The system the bootloader's default entry boots, where the
+    /// bootloader says it (systemd-boot's loader.conf and entries).
+    pub default_entry: Option<String>,
     /// The system the host booted (`/run/booted-system`).
     pub booted: Option<String>,
     /// The toplevel has bin/switch-to-configuration.
@@ -76,6 +82,8 @@ impl Facts {
         Facts {
             current: answer(stdout, "current"),
             profile: answer(stdout, "profile"),
+            newest: answer(stdout, "newest-generation"),
+            default_entry: answer(stdout, "default-entry"),
             booted: answer(stdout, "booted-system"),
             switchable: answers(stdout, "switchable").next().is_some(),
             self_check: answer(stdout, "selfcheck"),
@@ -86,6 +94,24 @@ impl Facts {
             reboot_profile: reboot(stdout, "reboot-profile"),
             busy: answers(stdout, "busy").map(String::from).collect(),
         }
+    }
+}
+
+impl Facts {
+    /// What the next boot comes up in: the bootloader's default entry
+    /// where it says, else the system profile.
+    pub fn boots(&self) -> Option<&str> {
+        self.default_entry.as_deref().or(self.profile.as_deref())
+    }
+
+    /// Does the next boot come up in `toplevel`, whichever bootloader the
+    /// host has? The profile points at it, as its newest generation, and
+    /// the default entry (where the bootloader says it) is it.
+    pub fn boots_into(&self, toplevel: &str) -> bool {
+        let is = |p: &Option<String>| p.as_deref() == Some(toplevel);
+        let newest = self.newest.is_none() || is(&self.newest);
+        let entry = self.default_entry.is_none() || is(&self.default_entry);
+        is(&self.profile) && newest && entry
     }
 }
 
@@ -126,6 +152,8 @@ pub struct HostState {
     pub current: Option<String>,
     pub profile: Option<String>,
     pub booted: Option<String>,
+    /// The system the bootloader's default entry boots, where it says.
+    pub default_entry: Option<String>,
     pub boot_id: Option<String>,
     /// `systemctl is-system-running`.
     pub state: String,
@@ -153,6 +181,7 @@ impl HostState {
             current: answer(stdout, "current"),
             profile: answer(stdout, "profile"),
             booted: answer(stdout, "booted-system"),
+            default_entry: answer(stdout, "default-entry"),
             boot_id: answer(stdout, "boot-id"),
             state: answer(stdout, "state").unwrap_or_else(|| "unknown".into()),
             failed_units: answers(stdout, "failed").map(String::from).collect(),

@@ -268,7 +268,7 @@ impl HostRun<'_> {
             let facts = host.facts(&wanted.toplevel, None, 30).await;
             if let Ok(f) = facts {
                 end.system = f.current.clone();
-                end.boot = f.profile.clone();
+                end.boot = f.boots().map(String::from);
                 self.facts = Some(f);
             }
         }

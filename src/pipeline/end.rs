@@ -54,7 +54,7 @@ impl End {
             return;
         }
         self.system = self.system.take().or_else(|| f.current.clone());
-        self.boot = self.boot.take().or_else(|| f.profile.clone());
+        self.boot = self.boot.take().or_else(|| f.boots().map(String::from));
         self.needs_reboot = match (self.boot.as_deref(), toplevel) {
             (Some(b), Some(t)) if b == t.as_str() => f.reboot_new.clone(),
             (b, _) if b == f.profile.as_deref() => f.reboot_profile.clone(),
@@ -80,10 +80,12 @@ pub enum Next {
 /// Pure: the step after the facts are known. A boot entry is only ever
 /// written for a system confirmed on this host (or on request, with
 /// `--goal boot`), and a host is only "up to date" once the boot entry of
-/// its system was written.
+/// its system was written and the next boot comes up in it (an older
+/// generation that points at it, or a default entry that names another
+/// system, is not its boot entry).
 pub fn next_step(facts: &Facts, toplevel: &StorePath, goal: Goal, force: bool) -> Next {
     let running = facts.current.as_deref() == Some(toplevel.as_str()) && !force;
-    let booting = facts.profile.as_deref() == Some(toplevel.as_str()) && facts.boot_written;
+    let booting = facts.boots_into(toplevel.as_str()) && facts.boot_written;
     match goal {
         Goal::Switch if running && booting => Next::UpToDate,
         Goal::Switch if running && facts.confirmed => Next::FinishBoot,

@@ -163,6 +163,41 @@ async fn a_host_whose_boot_entry_was_never_written_is_not_up_to_date() {
 }
 
 #[tokio::test]
+async fn an_older_generation_or_another_default_entry_is_not_the_boot_entry() {
+    // The profile points at the system through an older generation (after
+    // --switch-generation or a rollback), or the bootloader's default entry
+    // boots another system: the boot entry is written again, not "up to
+    // date", and the report says what the host boots until then.
+    let written = |f: Facts| Facts { confirmed: true, boot_written: true, ..f };
+    for facts in [
+        Facts { newest: Some(OLD.into()), ..written(running(NEW, NEW)) },
+        Facts { default_entry: Some(OLD.into()), ..written(running(NEW, NEW)) },
+    ] {
+        let mut f = Fake::new();
+        f.facts = Ok(facts.clone());
+        f.watch = [at(AgentState::Booted)].into();
+        let r = run(f).await;
+        assert_eq!(r.ended(), (Outcome::Deployed, None, Some(Phase::Boot)), "{facts:?}");
+        assert!(r.called("start boot") && !r.called("start activate"), "{:?}", r.calls);
+        assert_eq!(r.report.boot.as_deref(), Some(NEW));
+        // A boot step that fails leaves the report naming what it boots.
+        let mut f = Fake::new();
+        f.facts = Ok(facts.clone());
+        f.watch = [status(AgentState::BootFailed, Some(Reason::BootEntry), "default entry")].into();
+        let r = run(f).await;
+        assert_eq!(r.ended(), (Outcome::Unknown, Some(Reason::BootEntry), Some(Phase::Boot)));
+    }
+    let boots = Facts { default_entry: Some(OLD.into()), ..running(NEW, NEW) };
+    assert_eq!(boots.boots(), Some(OLD), "the default entry, where the bootloader says it");
+    assert_eq!(running(NEW, NEW).boots(), Some(NEW), "else the profile");
+    // The newest generation and the default entry being the system: up to date.
+    let mut f = Fake::new();
+    let facts = written(running(NEW, NEW));
+    f.facts = Ok(Facts { newest: Some(NEW.into()), default_entry: Some(NEW.into()), ..facts });
+    assert_eq!(run(f).await.report.outcome, Outcome::UpToDate);
+}
+
+#[tokio::test]
 async fn an_agent_start_that_errs_but_started_is_followed() {
     let mut f = Fake::new();
     f.start = [Err(failed("systemd-run", "timed out"))].into();

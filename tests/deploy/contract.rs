@@ -251,6 +251,40 @@ fn rollback_to_an_old_generation_makes_it_the_newest_and_a_reboot_comes_up_in_it
     assert_eq!(t.ssh_ok("cat /run/demo-web/version"), "healthy-v1");
 }
 
+/// A system the profile points at through an older generation (switched
+/// back to by hand, as `nixos-rebuild switch --rollback` does) has no boot
+/// entry where the bootloader keeps the newest generations only. A deploy
+/// of it is not "up to date": it becomes the newest generation, and a
+/// reboot comes back in it.
+#[test]
+fn a_system_on_an_old_generation_is_made_the_newest_and_a_reboot_comes_back_in_it() {
+    let lab = Lab::boot(1, Suite::Trixie);
+    let t = &lab.targets[0];
+    let v1 = baseline(&lab, "h", t, "healthy-v1");
+    for config in ["healthy-v2", "chatty-activation", "slow-activation", "healthy-v2-with-tool"] {
+        let f = flake(&lab, &[host_entry(&lab, "h", t, config, "")]);
+        assert_eq!(deploy(&f, &["--all"]).code, 0);
+    }
+    let profile = "/nix/var/nix/profiles/system";
+    t.ssh_ok(&format!(
+        "nix-env -p {profile} --switch-generation 1 && {profile}/bin/switch-to-configuration switch"
+    ));
+    assert_on(t, &v1);
+    assert_ne!(default_entry(t), v1, "generations 3 to 5 have entries, 1 has none");
+
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "healthy-v1", "")]);
+    let run = deploy(&f, &["--all", "--reboot", "always"]);
+    eprintln!("{run}");
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!((run.outcome("h").as_str(), run.reason("h").as_str()), ("deployed", ""));
+    assert_eq!((run.system("h"), run.report("h")["boot"].as_str()), (v1.clone(), Some(&*v1)));
+    assert_eq!(t.booted_system(), Some(v1.clone()), "the reboot came back in it");
+    assert_on(t, &v1);
+    assert_eq!(default_entry(t), v1);
+    assert_eq!(t.ssh_ok(&format!("readlink {profile}")), "system-6-link");
+    assert_eq!(deploy(&f, &["--all"]).outcome("h"), "up-to-date");
+}
+
 /// --install-bootloader reaches the bootloader (NIXOS_INSTALL_BOOTLOADER=1).
 #[test]
 fn install_bootloader_is_passed_on() {
