@@ -262,7 +262,11 @@ impl HostRun<'_> {
         s: &AgentStatus,
         wanted: &Wanted,
     ) -> End {
-        let mut end = agent_end(s, &wanted.toplevel, &host.inspect_hint());
+        // --goal boot activates nothing: the host runs what it ran.
+        let before = self.facts.as_ref().and_then(|f| f.current.clone());
+        let runs =
+            (self.ctx.goal == Goal::Boot).then(|| before.unwrap_or_else(|| "no system".into()));
+        let mut end = agent_end(s, &wanted.toplevel, runs.as_deref(), &host.inspect_hint());
         if s.state == AgentState::Vanished {
             // The host rebooted (or the agent was killed): read what it runs now.
             let facts = host.facts(&wanted.toplevel, None, 30).await;

@@ -102,8 +102,10 @@ pub fn next_step(facts: &Facts, toplevel: &StorePath, goal: Goal, force: bool) -
 }
 
 /// What an agent that ended without success means for the host.
-/// `toplevel`: the system of the run; `inspect`: where to look. Pure.
-pub fn agent_end(s: &AgentStatus, toplevel: &StorePath, inspect: &str) -> End {
+/// `toplevel`: the system of the run; `runs`: what the host runs when the
+/// run activated nothing (`--goal boot`; `None`: the run's system runs);
+/// `inspect`: where to look. Pure.
+pub fn agent_end(s: &AgentStatus, toplevel: &StorePath, runs: Option<&str>, inspect: &str) -> End {
     let cause = s.cause;
     let reason = &s.reason;
     match &s.state {
@@ -144,13 +146,20 @@ pub fn agent_end(s: &AgentStatus, toplevel: &StorePath, inspect: &str) -> End {
             format!("ROLLBACK FAILED: {reason}; inspect {inspect}"),
         ),
         AgentState::BootFailed => End {
-            system: Some(toplevel.to_string()),
+            system: Some(runs.unwrap_or(toplevel.as_str()).to_string())
+                .filter(|r| r.starts_with('/')),
             ..End::unknown(
                 cause.unwrap_or(Reason::BootEntry),
-                format!(
-                    "the new system {toplevel} runs, but its boot entry was not written: {reason}; \
-                     re-run deploy-flake to finish the boot step (inspect {inspect})"
-                ),
+                match runs {
+                    None => format!(
+                        "the new system {toplevel} runs, but its boot entry was not written: \
+                         {reason}; re-run deploy-flake to finish the boot step (inspect {inspect})"
+                    ),
+                    Some(runs) => format!(
+                        "the boot entry of {toplevel} was not written: {reason}; the host runs \
+                         {runs}, as before (inspect {inspect})"
+                    ),
+                },
             )
         },
         AgentState::Vanished => End::unknown(

@@ -295,4 +295,12 @@ async fn a_boot_entry_refused_by_the_pre_switch_checks_says_what_runs_and_boots(
     assert!(r.message().contains(NEW) && r.message().contains(why), "{}", r.message());
     assert_eq!(r.report.system.as_deref(), Some(NEW));
     let _ = path(OLD);
+    // With --goal boot nothing was activated: the host runs what it ran.
+    let mut f = Fake::new();
+    f.watch = [status(AgentState::BootFailed, Some(Reason::PreSwitchCheck), why)].into();
+    let r = drive(f, |_, ctx| ctx.goal = Goal::Boot).await;
+    assert_eq!(r.ended(), (Outcome::Unknown, Some(Reason::PreSwitchCheck), Some(Phase::Boot)));
+    assert_eq!(r.report.system.as_deref(), Some(OLD));
+    assert!(r.message().contains(&format!("the host runs {OLD}, as before")), "{}", r.message());
+    assert!(!r.message().contains(&format!("the new system {NEW} runs")), "{}", r.message());
 }

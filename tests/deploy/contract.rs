@@ -285,6 +285,34 @@ fn a_system_on_an_old_generation_is_made_the_newest_and_a_reboot_comes_back_in_i
     assert_eq!(deploy(&f, &["--all"]).outcome("h"), "up-to-date");
 }
 
+/// A boot entry the system's pre-switch checks refuse, on a host whose
+/// profile points at an older generation: the profile points at exactly
+/// the system it did before (not at "the generation before" the refused
+/// one), and the report says so.
+#[test]
+fn a_refused_boot_entry_sets_the_profile_back_to_exactly_what_it_was() {
+    let lab = Lab::boot(1, Suite::Bookworm);
+    let t = &lab.targets[0];
+    let v1 = baseline(&lab, "h", t, "healthy-v1");
+    for config in ["healthy-v2", "healthy-v2-with-tool"] {
+        let f = flake(&lab, &[host_entry(&lab, "h", t, config, "")]);
+        assert_eq!(deploy(&f, &["--all"]).code, 0);
+    }
+    let profile = "/nix/var/nix/profiles/system";
+    t.ssh_ok(&format!(
+        "nix-env -p {profile} --switch-generation 1 && {profile}/bin/switch-to-configuration switch"
+    ));
+    assert_on(t, &v1);
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "refuses-switch", "")]);
+    let run = deploy(&f, &["--all", "--goal", "boot"]);
+    eprintln!("{run}");
+    assert_eq!(run.code, 3, "{run}");
+    assert_eq!((run.phase("h").as_str(), run.reason("h").as_str()), ("boot", "pre-switch-check"));
+    assert!(run.message("h").contains(&format!("points at {v1} again")), "{run}");
+    assert_eq!(run.system("h"), v1, "--goal boot activated nothing");
+    assert_on(t, &v1);
+}
+
 /// --install-bootloader reaches the bootloader (NIXOS_INSTALL_BOOTLOADER=1).
 #[test]
 fn install_bootloader_is_passed_on() {
