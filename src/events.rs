@@ -134,7 +134,7 @@ impl Outcome {
 /// | `ssh-config` | the host's sshOpts cannot be used |
 /// | `locked` | another deploy-flake run holds the host lock |
 /// | `busy` | another switch is going on the host (another run, nixos-rebuild, an automatic upgrade) |
-/// | `preflight` | the host was not healthy before the deploy |
+/// | `preflight` | the host was not healthy before the deploy, or its `/run` had no room for the run's state |
 /// | `copy` | copying the flake or the closure failed |
 /// | `build` | building the system failed |
 /// | `not-a-system` | the result is not a NixOS system, or the host lacks what one needs (systemd, flock) |

@@ -68,15 +68,53 @@ cd /
 STATE=/run/deploy-flake
 RECORDS=/var/lib/deploy-flake
 PROFILE=/nix/var/nix/profiles/system
+# /run is memory: the directories of the newest RUNS_KEPT runs are kept
+# (older ones go when a run takes the host lock, and so does the log of
+# one that succeeded), and an activation's output is kept up to LOG_CAP
+# bytes of its log.
+RUNS_KEPT=5
+LOG_CAP=1048576
 
 set_status() {
-    printf '%s\n' "$*" > "$rundir/status.tmp" && mv -f "$rundir/status.tmp" "$rundir/status"
+    intended="$*"
+    if ! { printf '%s\n' "$*" > "$rundir/status.tmp" && mv -f "$rundir/status.tmp" "$rundir/status"; } 2> /dev/null; then
+        status_unwritten "$1"
+    fi
     case "$1" in
         booted) remember deployed ;;
         failed) remember unconfirmed ;;
         confirmed | rolled-back | rollback-failed | refused | boot-failed) remember "$1" ;;
     esac
     wake_all
+}
+
+# A state that cannot be recorded (/run full, the run's directory gone)
+# is fatal: the deployer follows the recorded state, which the agent is no
+# longer in. Said on stderr (the unit's journal, where a watch looks when
+# the agent is gone); an activation not yet confirmed is undone first,
+# and a rollback under way goes on to its end.
+status_unwritten() {
+    [ -z "${unwritten:-}" ] || return 0
+    unwritten=$1
+    agent_says "could not record the state '$1' in $rundir/status ($(run_space) KiB free in /run); stopping"
+    case "$1" in
+        rolling-back | rolled-back | rollback-failed) return 0 ;;
+        awaiting-confirmation)
+            roll_back not-confirmed "the agent could not record its state"
+            agent_says "$intended; it runs $(readlink -f /run/current-system)"
+            ;;
+    esac
+    exit 3
+}
+
+# What the agent says for the journal (its unit's stderr).
+agent_says() {
+    echo "deploy-flake agent: $*" >&2
+}
+
+# The KiB free in /run.
+run_space() {
+    df -Pk /run 2> /dev/null | awk 'NR == 2 {print $4}'
 }
 
 # remember OUTCOME: the last deploy to this host, for `deploy-flake status`
@@ -96,7 +134,7 @@ remember() {
 }
 
 log() {
-    printf 'deploy-flake: %s\n' "$*" >> "$rundir/log"
+    { printf 'deploy-flake: %s\n' "$*" >> "$rundir/log"; } 2> /dev/null
 }
 
 # stc_env WORD...: the environment for switch-to-configuration, from an
@@ -197,7 +235,8 @@ run_bounded() {
     secs=$1 abortable=$2
     shift 2
     rm -f "$rundir/ended-by"
-    setsid timeout -k 5 $((secs + 5)) "$@" >> "$rundir/log" 2>&1 < /dev/null &
+    capped_log
+    setsid timeout -k 5 $((secs + 5)) "$@" > "$into" 2>&1 < /dev/null &
     child=$!
     guard "$child" "$secs" "$abortable" < /dev/null > /dev/null 2>&1 &
     guard_pid=$!
@@ -205,6 +244,7 @@ run_bounded() {
     rc=$?
     kill "$guard_pid" 2> /dev/null
     wait "$guard_pid" 2> /dev/null
+    capped_log_done
     if [ -s "$rundir/ended-by" ]; then
         read -r rc < "$rundir/ended-by"
     elif [ "$rc" = 125 ]; then
@@ -213,6 +253,48 @@ run_bounded() {
     fi
     rm -f "$rundir/ended-by"
     return "$rc"
+}
+
+# capped_log: $into, where a command's output goes to reach the log: a
+# FIFO read by a capper that appends up to LOG_CAP bytes of log in all,
+# then says so once and reads the rest away (the writer never blocks on
+# it, nor dies of a closed pipe). Without a FIFO, the log itself; without
+# a log that can be written, nowhere (the command runs all the same).
+capped_log() {
+    into="$rundir/log" capper=''
+    # (printf: a failed redirection of `:` would end the shell.)
+    if ! { printf '' >> "$into"; } 2> /dev/null; then
+        into=/dev/null
+        return 0
+    fi
+    fifo="$rundir/log.in"
+    rm -f "$fifo"
+    mkfifo -m 600 "$fifo" 2> /dev/null || return 0
+    used=$(wc -c < "$rundir/log" 2> /dev/null || echo 0)
+    room=$((LOG_CAP > used ? LOG_CAP - used : 0))
+    {
+        # (dd writes each read as it comes: the log follows the output live.)
+        dd bs=65536 iflag=count_bytes count="$room" status=none
+        if [ "$(head -c 1 | wc -c)" -gt 0 ]; then
+            printf '\ndeploy-flake: the log is capped at %s bytes; the rest of this output is dropped\n' "$LOG_CAP"
+            cat > /dev/null
+        fi
+    } < "$fifo" >> "$rundir/log" 2> /dev/null &
+    capper=$! into=$fifo
+}
+
+# The capper ends with the output (its end of file); one whose writer left
+# a process behind that holds the output open is ended a few seconds later.
+capped_log_done() {
+    [ -n "$capper" ] || return 0
+    n=0
+    while kill -0 "$capper" 2> /dev/null && [ "$n" -lt 25 ]; do
+        sleep 0.2
+        n=$((n + 1))
+    done
+    kill "$capper" 2> /dev/null
+    wait "$capper" 2> /dev/null
+    rm -f "$rundir/log.in"
 }
 
 # guard PID SECS ABORTABLE: end the process group PID after SECS (124),
@@ -597,7 +679,7 @@ watch() {
                 if [ "$last" = "$state" ]; then
                     nap_done
                     say_previous
-                    echo "deploy-flake-status $runid vanished lost the agent ended while ${state:-starting}: it was stopped or killed"
+                    echo "deploy-flake-status $runid vanished lost $(gone_why)"
                     return
                 fi
             fi
@@ -614,6 +696,18 @@ watch() {
     fi
     # The state seen, not the file again: the agent may have gone on.
     echo "deploy-flake-status $runid $status"
+}
+
+# Why the run's agent ended without a state that says so: what it said
+# on its way out (its unit's journal), or that it was stopped or killed.
+gone_why() {
+    said=$(journalctl --no-pager --quiet --output=cat -u "deploy-flake-$runid-activate.service" \
+        -u "deploy-flake-$runid-boot.service" 2> /dev/null | sed -n 's/^deploy-flake agent: //p' | tail -n 2)
+    if [ -n "$said" ]; then
+        printf 'the agent stopped while %s: %s\n' "${state:-starting}" "$(printf '%s' "$said" | tr '\n' ' ')"
+    else
+        echo "the agent ended while ${state:-starting}: it was stopped or killed"
+    fi
 }
 
 launch() {
@@ -652,6 +746,42 @@ probe() {
     runid=${rundir##*/}
     if [ -e "$rundir/status" ] || unit_alive; then
         echo "deploy-flake-started yes"
+    fi
+}
+
+# prune_runs OWN: of the runs that are over, those beyond the newest
+# RUNS_KEPT (OWN counted) lose their directory, and the others their log
+# when they succeeded. Never OWN, a run whose agent is at work, or the run
+# that holds the host lock. (Run ids begin with the time: newest first is
+# the reverse order of their names.)
+prune_runs() {
+    own=$1 kept=1
+    holder=$(sed -n 's/^run \([^ ]*\) .*/\1/p' "$STATE/lock.info" 2> /dev/null)
+    set --
+    for dir in "$STATE"/runs/*; do
+        if [ -d "$dir" ]; then set -- "${dir##*/}" "$@"; fi
+    done
+    for id in "$@"; do
+        dir=$STATE/runs/$id
+        if [ "$dir" = "$own" ] || [ "$id" = "$holder" ] || run_at_work "$id"; then continue; fi
+        if [ "$kept" -ge "$RUNS_KEPT" ]; then
+            rm -rf "$dir"
+            continue
+        fi
+        kept=$((kept + 1))
+        read -r state _ < "$dir/status" 2> /dev/null
+        case "${state:-}" in booted | confirmed) rm -f "$dir/log" ;; esac
+        state=''
+    done
+}
+
+# Is an action (activate, boot) of the run RUNID at work?
+run_at_work() {
+    slice=/sys/fs/cgroup/system.slice
+    if [ -d "$slice" ]; then
+        [ -d "$slice/deploy-flake-$1-activate.service" ] || [ -d "$slice/deploy-flake-$1-boot.service" ]
+    else
+        systemctl is-active --quiet "deploy-flake-$1-activate.service" "deploy-flake-$1-boot.service" 2> /dev/null
     fi
 }
 
@@ -771,6 +901,7 @@ hold() {
     # The deployer's preflight, answered with the lock.
     if [ -n "$preflight" ]; then health "$preflight" "$rundir"; fi
     echo "deploy-flake-locked"
+    prune_runs "$rundir"
     # Each line on stdin is a heartbeat. Without one for BEAT_SECS the
     # deployer is taken for lost (a network partition leaves no EOF) and
     # the lock is released: flock -o holds it only while this shell lives.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use super::{answers, installed, lock_files, Health, RunDir, ANSWER, SCRIPT};
+use super::{answers, installed, lock_files, Health, RunDir, ANSWER, NO_SPACE_EXIT, SCRIPT};
 use crate::process::{self, Cmd, ProcessError, Spawner};
 
 /// `flock` exits with this when another run holds the lock.
@@ -27,6 +27,9 @@ pub enum LockError {
     Held { holder: String },
     #[error("could not take the host lock{hint}")]
     Failed { hint: String },
+    /// The host's `/run` is too full for a run's state (nothing written).
+    #[error("{said}")]
+    NoSpace { said: String },
     #[error(transparent)]
     Process(#[from] ProcessError),
 }
@@ -130,6 +133,9 @@ async fn refused<S: Spawner>(
     let mut err = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(2), child.stderr.read_to_end(&mut err)).await;
     let said = process::tail_lines(&String::from_utf8_lossy(&err), 5);
+    if matches!(exit, Ok(Ok(e)) if e.code() == Some(NO_SPACE_EXIT)) {
+        return Ok(LockError::NoSpace { said });
+    }
     let out = process::run(on, &Cmd::new(["flock", "--version"]).secs(secs), None).await?;
     let hint = match (out.success(), said.is_empty()) {
         (false, _) => " (is util-linux's flock installed on the target?)".to_string(),

@@ -39,9 +39,18 @@ pub use lock::{lock, HostLock, LockError, HEARTBEAT_LOST_SECS};
 /// another run is executing is never rewritten in place. The agent's text
 /// comes first on stdin, exactly `$5` bytes, read whether or not it is
 /// needed; then the rest of the command line runs (`exec`), with the rest
-/// of stdin.
+/// of stdin. A new run is refused before anything is written when the
+/// file system of the state holds less than `$6` KiB free
+/// ([`NO_SPACE_EXIT`]).
 const INSTALL: Script = Script(
     r#"umask 077
+if [ -n "$2" ]; then
+    free=$(df -Pk "${1%/*}" 2>/dev/null | awk 'NR == 2 {print $4}')
+    if [ -n "$free" ] && [ "$free" -lt "$6" ]; then
+        echo "${1%/*} has $free KiB free; a run needs $6 KiB there (its state and the activation's log): free some (df ${1%/*})" >&2
+        exit 28
+    fi
+fi
 install -d -m 0700 "$1" "$1/runs" || exit 1
 if [ -n "$2" ]; then install -d -m 0700 "$2" && printf '%s\n' "$4" > "$2/origin" || exit 1; fi
 if [ -s "$3" ]; then
@@ -50,9 +59,16 @@ else
     tmp="$1/.agent.$$"
     head -c "$5" > "$tmp" && chmod 0700 "$tmp" && mv -f "$tmp" "$3" || exit 1
 fi
-shift 5
+shift 6
 exec "$@""#,
 );
+
+/// How INSTALL says the state's file system is too full for a new run.
+const NO_SPACE_EXIT: i32 = 28;
+/// What a run needs free in `/run` (KiB): the agent's log is capped at
+/// 1 MiB (`LOG_CAP` in agent.sh), and its state, its rollback and the
+/// switch's own files need a little more.
+const RUN_SPACE_KIB: u64 = 4096;
 
 /// The paths of one run's state on a target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -347,8 +363,8 @@ fn installed(run: &RunDir, new_run: Option<&str>, then: Cmd) -> Cmd {
         Some(origin) => (run.dir.as_str(), origin),
         None => ("", ""),
     };
-    let len = SCRIPT.len().to_string();
-    let args = [STATE_DIR, run_dir, &run.agent, origin, &len];
+    let (len, space) = (SCRIPT.len().to_string(), RUN_SPACE_KIB.to_string());
+    let args = [STATE_DIR, run_dir, &run.agent, origin, &len, &space];
     let mut argv = Cmd::script(INSTALL, args).argv;
     argv.extend(then.argv);
     Cmd { argv, ..then }

@@ -53,6 +53,7 @@ impl HostError {
             HostError::Connect(SshError::SshOpts(_)) => Reason::SshConfig,
             HostError::Connect(_) => Reason::Unreachable,
             HostError::Lock(LockError::Held { .. }) => Reason::Locked,
+            HostError::Lock(LockError::NoSpace { .. }) => Reason::Preflight,
             HostError::Lock(LockError::Process(p)) | HostError::Process(p) => match p {
                 ProcessError::Timeout { .. } => Reason::Timeout,
                 ProcessError::NeedsPassword { .. } => Reason::Auth,

@@ -145,23 +145,7 @@ pub fn agent_end(s: &AgentStatus, toplevel: &StorePath, runs: Option<&str>, insp
             Reason::RollbackFailed,
             format!("ROLLBACK FAILED: {reason}; inspect {inspect}"),
         ),
-        AgentState::BootFailed => End {
-            system: Some(runs.unwrap_or(toplevel.as_str()).to_string())
-                .filter(|r| r.starts_with('/')),
-            ..End::unknown(
-                cause.unwrap_or(Reason::BootEntry),
-                match runs {
-                    None => format!(
-                        "the new system {toplevel} runs, but its boot entry was not written: \
-                         {reason}; re-run deploy-flake to finish the boot step (inspect {inspect})"
-                    ),
-                    Some(runs) => format!(
-                        "the boot entry of {toplevel} was not written: {reason}; the host runs \
-                         {runs}, as before (inspect {inspect})"
-                    ),
-                },
-            )
-        },
+        AgentState::BootFailed => boot_failed(toplevel, runs, cause, reason, inspect),
         AgentState::Vanished => End::unknown(
             cause.unwrap_or(Reason::Lost),
             format!(
@@ -175,5 +159,29 @@ pub fn agent_end(s: &AgentStatus, toplevel: &StorePath, runs: Option<&str>, insp
                 other.as_str()
             ),
         ),
+    }
+}
+
+/// The boot step failed: what runs, and what to do.
+fn boot_failed(
+    toplevel: &StorePath,
+    runs: Option<&str>,
+    cause: Option<Reason>,
+    reason: &str,
+    inspect: &str,
+) -> End {
+    let message = match runs {
+        None => format!(
+            "the new system {toplevel} runs, but its boot entry was not written: {reason}; \
+             re-run deploy-flake to finish the boot step (inspect {inspect})"
+        ),
+        Some(runs) => format!(
+            "the boot entry of {toplevel} was not written: {reason}; the host runs {runs}, as \
+             before (inspect {inspect})"
+        ),
+    };
+    End {
+        system: Some(runs.unwrap_or(toplevel.as_str()).to_string()).filter(|r| r.starts_with('/')),
+        ..End::unknown(cause.unwrap_or(Reason::BootEntry), message)
     }
 }

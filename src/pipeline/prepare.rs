@@ -4,7 +4,7 @@
 //! unchanged.
 
 use super::{failed, failed_in, next_step, End, Goal, HostRun, Mode, Next, Wanted};
-use crate::agent::{CheckVerdict, Facts, Health};
+use crate::agent::{CheckVerdict, Facts, Health, LockError};
 use crate::events::{Outcome, Phase, Reason};
 use crate::host::{Host, HostError};
 use crate::inventory::BuildOn;
@@ -14,17 +14,7 @@ impl HostRun<'_> {
     /// `Ok`: the system and what to do with it (activate it, or write its
     /// boot entry); `Err`: how the host ended (unchanged, or up to date).
     pub(super) async fn prepare<H: Host>(&mut self, host: &mut H) -> Result<(Wanted, Next), End> {
-        let t = self.spec().timeouts;
-        self.start(Phase::Lock);
-        // The preflight's health comes with the lock.
-        let preflight = (!self.ctx.skip_preflight).then_some(t.preflight);
-        let owner = &self.ctx.lock_owner;
-        let locked = host.lock(owner, self.ctx.origin.get().await, preflight, t.lock).await;
-        let locked = locked.map_err(failed(Reason::NotASystem))?;
-        refuse_if_busy(&locked.busy)?;
-        if let Some(health) = locked.health {
-            self.preflight(&health)?;
-        }
+        self.lock_and_preflight(host).await?;
         let mut wanted = self.wanted_system(host).await?;
         self.check_approved(&wanted.toplevel)?;
         let self_check = self.spec().self_check.clone();
@@ -76,6 +66,28 @@ impl HostRun<'_> {
             self.self_check(host, &script).await?;
         }
         Ok((wanted, next))
+    }
+
+    /// Take the host lock; the preflight's health comes with it.
+    async fn lock_and_preflight<H: Host>(&mut self, host: &mut H) -> Result<(), End> {
+        let t = self.spec().timeouts;
+        self.start(Phase::Lock);
+        let preflight = (!self.ctx.skip_preflight).then_some(t.preflight);
+        let owner = &self.ctx.lock_owner;
+        let locked = host.lock(owner, self.ctx.origin.get().await, preflight, t.lock).await;
+        let locked = match locked {
+            // Refused before anything was written, also without a preflight.
+            Err(e @ HostError::Lock(LockError::NoSpace { .. })) => {
+                self.start(Phase::Preflight);
+                return Err(End::unchanged(Reason::Preflight, format!("preflight: {e}")));
+            }
+            locked => locked.map_err(failed(Reason::NotASystem))?,
+        };
+        refuse_if_busy(&locked.busy)?;
+        match locked.health {
+            Some(health) => self.preflight(&health),
+            None => Ok(()),
+        }
     }
 
     /// With `--ask`, only the system that was shown may be deployed.

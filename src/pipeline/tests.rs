@@ -90,6 +90,19 @@ async fn a_locked_host_is_left_alone() {
 }
 
 #[tokio::test]
+async fn a_host_whose_run_has_no_room_is_refused_at_preflight_unchanged() {
+    let said = "/run has 12 KiB free; a run needs 4096 KiB there";
+    for skip_preflight in [false, true] {
+        let mut f = Fake::new();
+        f.lock = Err(LockError::NoSpace { said: said.into() }.into());
+        let r = drive(f, |_, ctx| ctx.skip_preflight = skip_preflight).await;
+        assert_eq!(r.ended(), (Outcome::Failed, Some(Reason::Preflight), Some(Phase::Preflight)));
+        assert_eq!(r.message(), format!("preflight: {said}"));
+        assert_eq!(r.calls, ["connect", "lock", "drop-root", "close"]);
+    }
+}
+
+#[tokio::test]
 async fn an_activation_of_another_run_makes_the_host_busy() {
     let mut f = Fake::new();
     f.lock = Ok(vec!["other-run-activate.service".into()]);

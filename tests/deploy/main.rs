@@ -13,5 +13,6 @@ mod operator;
 mod pipeline;
 mod reboot;
 mod rollout;
+mod runs;
 mod safety;
 mod scale;
