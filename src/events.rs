@@ -146,7 +146,7 @@ impl Outcome {
 /// | `health-check` | the system ran, but a health check failed |
 /// | `not-confirmed` | no confirmation over a fresh login in time |
 /// | `timeout` | a phase did not finish within its timeout (in `reboot`: the host did not come back within it) |
-/// | `not-approved` | the system built differs from the one shown and approved (`--ask`) |
+/// | `not-approved` | the system built differs from the one shown and approved, or the host runs another system than when it was shown (`--ask`) |
 /// | `lost` | the connection was lost mid-activation and not regained, or the agent was killed |
 /// | `rebooted` | the host rebooted during the run (not asked to by `--reboot`) |
 /// | `rebooted-into-old` | asked to reboot (`--reboot`), it came back in another system than the one it was to boot |

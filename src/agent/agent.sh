@@ -879,19 +879,38 @@ status() {
     switches_in_progress
 }
 
+# What activating TOPLEVEL would change. A part whose command failed is
+# said to be unknown, with why (never "nothing").
 diff() {
     toplevel=$1
     current=$(readlink -e /run/current-system)
-    if [ -n "$current" ]; then
-        nix --extra-experimental-features nix-command store diff-closures "$current" "$toplevel" 2>&1 |
-            sed 's/^/deploy-flake-package /'
+    if [ -z "$current" ]; then
+        echo "deploy-flake-packages-unknown the host runs no system to compare with"
+    else
+        out=$(nix --extra-experimental-features nix-command store diff-closures "$current" "$toplevel" 2>&1)
+        rc=$?
+        if [ "$rc" = 0 ]; then
+            printf '%s\n' "$out" | sed '/^$/d; s/^/deploy-flake-package /'
+        else
+            echo "deploy-flake-packages-unknown nix store diff-closures exited with $rc: $(last_words "$out")"
+        fi
         nix --extra-experimental-features nix-command path-info --closure-size "$current" "$toplevel" 2> /dev/null |
             awk '{print "deploy-flake-closure " $1 " " $2}'
     fi
-    "$toplevel/bin/switch-to-configuration" dry-activate 2>&1 < /dev/null |
-        sed -n 's/^would \(stop\|restart\|start\|reload\) the following units: /deploy-flake-units \1 /p'
+    out=$("$toplevel/bin/switch-to-configuration" dry-activate 2>&1 < /dev/null)
+    rc=$?
+    if [ "$rc" = 0 ]; then
+        printf '%s\n' "$out" | sed -n 's/^would \(stop\|restart\|start\|reload\) the following units: /deploy-flake-units \1 /p'
+    else
+        echo "deploy-flake-units-unknown switch-to-configuration dry-activate exited with $rc: $(last_words "$out")"
+    fi
     echo "deploy-flake-booted-system $(readlink -e /run/booted-system)"
     reboot_for reboot-new "$toplevel"
+}
+
+# The last line of TEXT that says something.
+last_words() {
+    printf '%s\n' "$1" | sed '/^[[:space:]]*$/d' | tail -n 1
 }
 
 hold() {

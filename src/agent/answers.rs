@@ -203,6 +203,10 @@ pub struct Changes {
     /// Units that would `stop`, `restart`, `start`, `reload`.
     pub units: std::collections::BTreeMap<String, Vec<String>>,
     pub needs_reboot: Option<Vec<String>>,
+    /// The parts (`packages`, `units`) that could not be found out, and
+    /// why: their lists above are empty because nothing is known, not
+    /// because nothing changes.
+    pub unknown: std::collections::BTreeMap<String, String>,
 }
 
 /// One package whose versions differ.
@@ -238,6 +242,13 @@ impl Changes {
             closure_bytes: size(current).zip(size(new)),
             units,
             needs_reboot: reboot(stdout, "reboot-new"),
+            unknown: ["packages", "units"]
+                .into_iter()
+                .filter_map(|part| {
+                    let why = answer(stdout, &format!("{part}-unknown"))?;
+                    Some((part.to_string(), why))
+                })
+                .collect(),
         }
     }
 }
@@ -247,7 +258,7 @@ impl PackageChange {
     fn parse(line: &str) -> Option<PackageChange> {
         let (name, rest) = line.split_once(": ")?;
         let (versions, size) = match rest.split_once(", ") {
-            Some((v, s)) => (v, Some(s.trim().to_string())),
+            Some((v, s)) => (v, Some(without_colors(s.trim()))),
             None => (rest, None),
         };
         let (old, new) = versions.split_once(" → ")?;
@@ -262,4 +273,26 @@ impl PackageChange {
             size,
         })
     }
+}
+
+/// `text` without the terminal's color sequences (`ESC [ … m`) Nix puts
+/// around sizes.
+fn without_colors(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("\x1b[") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        match after.find('m') {
+            Some(end) if after[..end].chars().all(|c| c.is_ascii_digit() || c == ';') => {
+                rest = &after[end + 1..];
+            }
+            _ => {
+                out.push_str("\x1b[");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }

@@ -16,7 +16,6 @@ impl HostRun<'_> {
     pub(super) async fn prepare<H: Host>(&mut self, host: &mut H) -> Result<(Wanted, Next), End> {
         self.lock_and_preflight(host).await?;
         let mut wanted = self.wanted_system(host).await?;
-        self.check_approved(&wanted.toplevel)?;
         let self_check = self.spec().self_check.clone();
         let facts = match wanted.facts.take() {
             Some(facts) => facts,
@@ -40,8 +39,10 @@ impl HostRun<'_> {
         refuse_if_busy(&facts.busy)?;
         let next = next_step(&facts, &wanted.toplevel, self.ctx.goal, self.ctx.force);
         let found_self_check = facts.self_check.clone();
+        let running = facts.current.clone();
         self.facts = Some(facts);
         self.toplevel = Some(wanted.toplevel.clone());
+        self.check_approved(&wanted.toplevel, running.as_deref())?;
         match next {
             Next::UpToDate => return Err(self.up_to_date(&wanted.toplevel)),
             Next::FinishBoot => {
@@ -90,19 +91,24 @@ impl HostRun<'_> {
         }
     }
 
-    /// With `--ask`, only the system that was shown may be deployed.
-    fn check_approved(&self, toplevel: &StorePath) -> Result<(), End> {
+    /// With `--ask`, only the change that was shown may be made: the
+    /// system shown, to a host that still runs what it ran then.
+    fn check_approved(&self, toplevel: &StorePath, running: Option<&str>) -> Result<(), End> {
         let Some(approved) = &self.ctx.approved else { return Ok(()) };
-        match approved.get(self.name()) {
-            Some(p) if p == toplevel.as_str() => Ok(()),
-            shown => Err(End::unchanged(
-                Reason::NotApproved,
-                format!(
-                    "built {toplevel}, but the system shown and approved was {}; nothing changed",
-                    shown.map_or("none (its changes could not be shown)", String::as_str)
-                ),
-            )),
-        }
+        let why = match approved.get(self.name()) {
+            None => format!("built {toplevel}, but its changes could not be shown"),
+            Some(a) if a.system != toplevel.as_str() => {
+                format!("built {toplevel}, but the system shown and approved was {}", a.system)
+            }
+            Some(a) if a.running.as_deref() != running => format!(
+                "it ran {} when its changes were shown and runs {} now: the change approved is \
+                 not the one it would get",
+                a.running.as_deref().unwrap_or("no system"),
+                running.unwrap_or("no system")
+            ),
+            Some(_) => return Ok(()),
+        };
+        Err(End::unchanged(Reason::NotApproved, format!("{why}; nothing changed")))
     }
 
     /// Where the goal wants it already.
