@@ -217,12 +217,16 @@ nap_done() {
     napfifo=''
 }
 
-# Wake every waiter of the run (a FIFO opened read-write never blocks,
-# whether or not its waiter is still there).
+# Wake every waiter of the run, never waiting on one: the line is written
+# without blocking (dd, O_NONBLOCK), so a FIFO whose waiter is gone (no
+# reader) or stopped (its buffer full) is passed over; a waiter with a full
+# buffer has wakes enough to read.
 wake_all() {
     for fifo in "$rundir"/wake.*; do
-        if [ -p "$fifo" ]; then echo w 1<> "$fifo"; fi
-    done 2> /dev/null
+        if [ -p "$fifo" ]; then
+            echo w | dd of="$fifo" oflag=nonblock status=none 2> /dev/null
+        fi
+    done
 }
 
 # run_bounded SECS ABORTABLE CMD...: run CMD in its own process group, its
