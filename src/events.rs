@@ -93,6 +93,9 @@ pub enum Outcome {
     Cancelled,
     /// Not started because the rollout halted (too many hosts failed).
     Skipped,
+    /// Deployed and confirmed, but the run was interrupted before its soak
+    /// checked the host again: it runs the new system, unchecked.
+    Unchecked,
 }
 
 impl Outcome {
@@ -106,6 +109,7 @@ impl Outcome {
             Outcome::Unknown => "UNKNOWN STATE",
             Outcome::Cancelled => "cancelled",
             Outcome::Skipped => "skipped",
+            Outcome::Unchecked => "deployed, unchecked",
         }
     }
 
@@ -153,7 +157,7 @@ impl Outcome {
 /// | `reboot-failed` | asked to reboot (`--reboot`), it did not: the reboot could not be started, or the host kept running its old boot |
 /// | `boot-entry` | writing the boot entry failed |
 /// | `rollback-failed` | returning to the previous system failed |
-/// | `cancelled` | the run was interrupted before the host activated |
+/// | `cancelled` | the run was interrupted before the host activated, or (outcome `unchecked`) before its soak checked it |
 /// | `soak` | the host failed its check after the soak: it was returned to the system it ran before the run |
 /// | `halted` | not started: the rollout halted, more hosts failed than `maxFailures` allows |
 /// | `internal` | a bug: the report says what to inspect |

@@ -49,6 +49,7 @@
 #                                  "deploy-flake-locked" once it holds it, after
 #                                  what `health HEALTH_SECS` says when asked)
 #   agent.sh health SECS [RUNDIR] (system state, failed units, those failed before)
+#   agent.sh look SECS [RUNDIR]   (health, and what the host runs; read-only)
 #   agent.sh facts TOPLEVEL [SELFCHECK]   (what the deployer needs to decide)
 #   agent.sh status               (what the host runs, boots, lacks; read-only)
 #   agent.sh diff TOPLEVEL        (what activating TOPLEVEL would change; read-only)
@@ -834,6 +835,14 @@ health() {
     fi
 }
 
+# What a soak looks at: the health, and what the host runs. Read from
+# stdin, like `status`: nothing needs to be installed (after a reboot by
+# someone else nothing is).
+look() {
+    health "$@"
+    echo "deploy-flake-current $(readlink -e /run/current-system)"
+}
+
 # reboot_for KEY SYSTEM: what differs between the booted system and SYSTEM
 # that only a reboot brings in (kernel, initrd, kernel modules, init).
 reboot_for() {
@@ -963,6 +972,7 @@ case "$cmd" in
     abort) abort "$@" ;;
     hold) hold "$@" ;;
     health) health "$@" ;;
+    look) look "$@" ;;
     facts) facts "$@" ;;
     status) status "$@" ;;
     diff) diff "$@" ;;

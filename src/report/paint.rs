@@ -61,7 +61,7 @@ impl Paint {
             Outcome::Failed => Style::new().red().bold(),
             Outcome::RolledBack | Outcome::Unconfirmed => Style::new().yellow().bold(),
             Outcome::Unknown => Style::new().magenta().bold(),
-            Outcome::Cancelled | Outcome::Skipped => Style::new().dim(),
+            Outcome::Cancelled | Outcome::Skipped | Outcome::Unchecked => Style::new().dim(),
         };
         self.apply(style, text)
     }

@@ -122,11 +122,17 @@ pub struct Background {
 
 impl Background {
     pub fn start(flake: &Path, args: &[&str]) -> Background {
+        Background::start_with(flake, args, &[])
+    }
+
+    /// The same, with `env` added to its environment.
+    pub fn start_with(flake: &Path, args: &[&str], env: &[(&str, &Path)]) -> Background {
         let mut c = Command::new(BIN);
         c.args(["--json", "--flake"])
             .arg(flake)
             .args(args)
             .env("NIX_CONFIG", NIX_CONFIG)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = c.spawn().expect("start deploy-flake");
