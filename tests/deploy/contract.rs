@@ -285,6 +285,35 @@ fn a_system_on_an_old_generation_is_made_the_newest_and_a_reboot_comes_back_in_i
     assert_eq!(deploy(&f, &["--all"]).outcome("h"), "up-to-date");
 }
 
+/// A bootloader that writes the entries but leaves its default entry on
+/// another system (switch-to-configuration boot exits 0): the boot step
+/// says so, and the host is not "up to date" until its default is the
+/// system; a re-run then finishes the boot step without activating again.
+#[test]
+fn a_default_entry_left_on_another_system_is_no_boot_entry() {
+    let lab = Lab::boot(1, Suite::Bookworm);
+    let t = &lab.targets[0];
+    let v1 = baseline(&lab, "h", t, "healthy-v1");
+    t.ssh_ok("touch /etc/lab-bootloader-keeps-default");
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "healthy-v2", "")]);
+    let run = deploy(&f, &["--all"]);
+    eprintln!("{run}");
+    assert_eq!(run.code, 3, "{run}");
+    assert_eq!((run.phase("h").as_str(), run.reason("h").as_str()), ("boot", "boot-entry"));
+    let v2 = run.system("h");
+    let msg = run.message("h");
+    assert!(msg.contains(&format!("the bootloader's default entry boots {v1}, not {v2}")), "{msg}");
+    assert_eq!(default_entry(t), v1);
+    assert_eq!(deploy(&f, &["--all"]).code, 3, "not up to date while it boots v1");
+
+    t.ssh_ok("rm /etc/lab-bootloader-keeps-default");
+    let fixed = deploy(&f, &["--all"]);
+    assert_eq!((fixed.code, fixed.outcome("h")), (0, "deployed".into()), "{fixed}");
+    assert!(!fixed.lines("h").iter().any(|l| l.contains("activating")), "{fixed}");
+    assert_eq!(default_entry(t), v2);
+    assert_eq!(deploy(&f, &["--all"]).outcome("h"), "up-to-date");
+}
+
 /// A boot entry the system's pre-switch checks refuse, on a host whose
 /// profile points at an older generation: the profile points at exactly
 /// the system it did before (not at "the generation before" the refused
