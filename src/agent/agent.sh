@@ -276,16 +276,27 @@ capped_log() {
     rm -f "$fifo"
     mkfifo -m 600 "$fifo" 2> /dev/null || return 0
     used=$(wc -c < "$rundir/log" 2> /dev/null || echo 0)
-    room=$((LOG_CAP > used ? LOG_CAP - used : 0))
-    {
-        # (dd writes each read as it comes: the log follows the output live.)
-        dd bs=65536 iflag=count_bytes count="$room" status=none
-        if [ "$(head -c 1 | wc -c)" -gt 0 ]; then
-            printf '\ndeploy-flake: the log is capped at %s bytes; the rest of this output is dropped\n' "$LOG_CAP"
-            cat > /dev/null
-        fi
-    } < "$fifo" >> "$rundir/log" 2> /dev/null &
+    cap_copy $((LOG_CAP > used ? LOG_CAP - used : 0)) < "$fifo" >> "$rundir/log" 2> /dev/null &
     capper=$! into=$fifo
+}
+
+# cap_copy ROOM: stdin to stdout, each line as it comes (the log follows
+# the output live: the shell's own read and printf buffer nothing), up to
+# ROOM bytes; then a line that says so, and the rest read away.
+cap_copy() {
+    room=$1 line=''
+    while IFS= read -r line; do
+        if [ "$room" -le 0 ]; then
+            printf 'deploy-flake: the log is capped at %s bytes; the rest of this output is dropped\n' "$LOG_CAP"
+            cat > /dev/null
+            return 0
+        fi
+        if [ "${#line}" -ge "$room" ]; then line=$(printf "%.$((room - 1))s" "$line"); fi
+        printf '%s\n' "$line"
+        room=$((room - ${#line} - 1))
+    done
+    # (A last line without its newline.)
+    if [ -n "$line" ]; then printf '%s' "$line"; fi
 }
 
 # The capper ends with the output (its end of file); one whose writer left

@@ -269,6 +269,7 @@ fn diff_says_what_it_does_not_know_and_ask_does_not_ask_about_it() {
     );
     assert!(!shown.contains("[y/N]"), "{shown}");
     assert_eq!(t.current_system(), Some(v1.clone()), "nothing deployed");
+    assert_eq!(t.boot_profile(), Some(v1.clone()));
 
     // A running system that is no store path (linked by hand): the
     // package changes cannot be known either.
@@ -283,6 +284,8 @@ fn diff_says_what_it_does_not_know_and_ask_does_not_ask_about_it() {
     let why = h["changes"]["unknown"]["packages"].as_str().unwrap_or_default();
     assert!(why.starts_with("nix store diff-closures exited with 1: "), "{h}");
     assert_eq!(h["changes"]["packages"], serde_json::json!([]), "{h}");
+    assert_eq!(t.current_system(), Some(v1.clone()));
+    assert_eq!(t.boot_profile(), Some(v1));
 }
 
 /// `rollback --ask` shows the rollback's own change (what runs -> the
@@ -313,7 +316,7 @@ fn rollback_ask_shows_the_rollback_and_deploys_it() {
 fn ask_leaves_a_host_whose_running_system_changed_since_it_was_shown() {
     let lab = Lab::boot(1, Suite::Trixie);
     let t = &lab.targets[0];
-    baseline(&lab, "h", t, "healthy-v1");
+    let v1 = baseline(&lab, "h", t, "healthy-v1");
     let f = flake(&lab, &[host_entry(&lab, "h", t, "healthy-v2", "")]);
     let source = t.archive(&f, &lab.nix_sshopts());
     let other = t.build(&source, "healthy-v2-with-tool");
@@ -333,4 +336,5 @@ fn ask_leaves_a_host_whose_running_system_changed_since_it_was_shown() {
     assert!(msg.contains("when its changes were shown and runs") && msg.contains(&other), "{msg}");
     assert_eq!(report["system"].as_str(), Some(other.as_str()), "the report says what it runs");
     assert_eq!(t.current_system(), Some(other), "left as the admin made it");
+    assert_eq!(t.boot_profile(), Some(v1), "and booting what it did");
 }
