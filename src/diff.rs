@@ -1,7 +1,9 @@
-//! `deploy-flake diff` (and `--goal dry-activate`): build what a deploy
-//! would, then say per host what activating it would change — packages,
-//! closure size, units, reboot — and change nothing: the host lock is held
-//! while it looks, and the run's GC root is dropped at the end.
+//! `deploy-flake diff` (and `--goal dry-activate`, `--ask`): build what a
+//! deploy would (or find the generation a rollback returns to), then say
+//! per host what activating it would change — packages, closure size,
+//! units, reboot — and change nothing: the host lock is held while it
+//! looks, and the run's GC root is dropped at the end. What could not be
+//! found out is said to be unknown, and why; never "none".
 
 use std::sync::Arc;
 
@@ -27,11 +29,22 @@ pub struct HostDiff {
     pub changes: Option<Changes>,
 }
 
-/// What a run shares: the flake and who asks.
+/// What a run shares: the flake, who asks, and what it shows.
 pub struct Run {
     pub flake: String,
     pub run_id: String,
     pub owner: String,
+    pub shows: Shows,
+}
+
+/// The system whose changes are shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shows {
+    /// The flake's configuration, built as a deploy builds it.
+    Build,
+    /// The generation a rollback returns to (the one before the current,
+    /// or the given one).
+    Rollback { to_generation: Option<u32> },
 }
 
 /// Diff every host, at most `max_parallel` at once; in target order.
@@ -67,6 +80,18 @@ pub async fn diff_all(
     all
 }
 
+impl HostDiff {
+    /// What is not known of the host's changes: why its diff failed, or
+    /// each part that could not be found out.
+    pub fn unknowns(&self) -> Vec<String> {
+        if let Some(e) = &self.error {
+            return vec![e.clone()];
+        }
+        let unknown = self.changes.iter().flat_map(|c| &c.unknown);
+        unknown.map(|(part, why)| format!("{part}: unknown: {why}")).collect()
+    }
+}
+
 fn failed(host: &str, error: String) -> HostDiff {
     HostDiff {
         host: host.into(),
@@ -84,7 +109,10 @@ async fn diff_one(t: &Target, run: &Run, host: &mut SshHost) -> HostDiff {
         let timeouts = t.spec.timeouts;
         host.connect().await?;
         host.lock(&run.owner, "purpose diff\n", None, timeouts.lock).await?;
-        let toplevel = build(t, &run.flake, host, &mut quiet).await?;
+        let toplevel = match run.shows {
+            Shows::Build => build(t, &run.flake, host, &mut quiet).await?,
+            Shows::Rollback { to_generation } => host.generation(to_generation, 30).await?.1,
+        };
         let facts = host.facts(&toplevel, None, 30).await?;
         let current = facts.current.clone();
         let up_to_date = current.as_deref() == Some(toplevel.as_str());
@@ -162,11 +190,13 @@ fn details(c: &Changes) -> String {
             }
         })
         .collect();
-    let none = || "none".to_string();
-    out.push_str(&format!(
-        "  packages: {}\n",
-        if packages.is_empty() { none() } else { packages.join(", ") }
-    ));
+    // Nothing listed: none, unless finding out failed.
+    let or_none = |part: &str, listed: Vec<String>| match (c.unknown.get(part), listed.is_empty()) {
+        (Some(why), _) => format!("unknown: {why}"),
+        (None, true) => "none".to_string(),
+        (None, false) => listed.join(", "),
+    };
+    out.push_str(&format!("  packages: {}\n", or_none("packages", packages)));
     if let Some((old, new)) = c.closure_bytes {
         let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
         let delta = new as f64 - old as f64;
@@ -182,10 +212,9 @@ fn details(c: &Changes) -> String {
         .iter()
         .filter_map(|verb| c.units.get(*verb).map(|u| format!("{verb} {}", u.join(", "))))
         .collect();
-    out.push_str(&format!(
-        "  units:    {}\n",
-        if units.is_empty() { none() } else { units.join("; ") }
-    ));
+    let units =
+        or_none("units", vec![units.join("; ")].into_iter().filter(|u| !u.is_empty()).collect());
+    out.push_str(&format!("  units:    {units}\n"));
     let reboot = match &c.needs_reboot {
         None => "unknown".to_string(),
         Some(p) if p.is_empty() => "not needed".to_string(),
@@ -225,6 +254,7 @@ mod tests {
             closure_bytes: Some((1 << 20, 3 << 20)),
             units: [("restart".to_string(), vec!["web.service".to_string()])].into(),
             needs_reboot: Some(vec!["kernel".into()]),
+            unknown: Default::default(),
         };
         let d = HostDiff {
             host: "web1".into(),
@@ -234,6 +264,28 @@ mod tests {
             up_to_date: false,
             changes: Some(changes),
         };
+        let mut unknown = d.clone();
+        let mut c = unknown.changes.take().unwrap();
+        c.packages.clear();
+        c.units.clear();
+        c.unknown = [
+            ("packages".to_string(), "nix store diff-closures exited with 1: error: x".to_string()),
+            (
+                "units".to_string(),
+                "switch-to-configuration dry-activate exited with 100: reboot".into(),
+            ),
+        ]
+        .into();
+        unknown.changes = Some(c);
+        let text = render(std::slice::from_ref(&unknown));
+        assert!(
+            text.contains("  packages: unknown: nix store diff-closures exited with 1: error: x\n")
+                && text.contains("  units:    unknown: switch-to-configuration dry-activate exited with 100: reboot\n"),
+            "{text}"
+        );
+        assert_eq!(unknown.unknowns().len(), 2);
+        assert!(d.unknowns().is_empty());
+        assert_eq!(failed("x", "unreachable".into()).unknowns(), ["unreachable"]);
         let up = HostDiff { host: "db1".into(), up_to_date: true, ..failed("db1", String::new()) };
         let up = HostDiff { error: None, ..up };
         assert_eq!(

@@ -99,6 +99,9 @@ pub enum Outcome {
     Cancelled,
     /// Not started because the rollout halted (too many hosts failed).
     Skipped,
+    /// Deployed and confirmed, but the run was interrupted before its soak
+    /// checked the host again: it runs the new system, unchecked.
+    Unchecked,
 }
 
 impl Outcome {
@@ -113,6 +116,7 @@ impl Outcome {
             Outcome::Unknown => "UNKNOWN STATE",
             Outcome::Cancelled => "cancelled",
             Outcome::Skipped => "skipped",
+            Outcome::Unchecked => "deployed, unchecked",
         }
     }
 
@@ -147,7 +151,7 @@ impl Outcome {
 /// | `lock-failed` | the host lock could not be taken (the message says why: its state in `/run` could not be written, ...) |
 /// | `lock-lost` | the run lost the host lock before changing the host (its deployer was silent for longer than the lock holder waits) and another run took it or changed the host meanwhile; nothing changed |
 /// | `busy` | another switch is going on the host (another run, nixos-rebuild, an automatic upgrade) |
-/// | `preflight` | the host was not healthy before the deploy |
+/// | `preflight` | the host was not healthy before the deploy, or its `/run` had no room for the run's state |
 /// | `copy` | copying the flake or the closure failed |
 /// | `build` | building the system failed |
 /// | `not-a-system` | the result is not a NixOS system, or the host lacks what one needs (systemd, flock) |
@@ -160,14 +164,14 @@ impl Outcome {
 /// | `health-check` | the system ran, but a health check failed |
 /// | `not-confirmed` | no confirmation over a fresh login in time |
 /// | `timeout` | a phase did not finish within its timeout (in `reboot`: the host did not come back within it) |
-/// | `not-approved` | the system built differs from the one shown and approved (`--ask`) |
+/// | `not-approved` | the system built differs from the one shown and approved, or the host runs another system than when it was shown (`--ask`) |
 /// | `lost` | the connection was lost mid-activation and not regained, or the agent was killed |
 /// | `rebooted` | the host rebooted during the run (not asked to by `--reboot`) |
 /// | `rebooted-into-old` | asked to reboot (`--reboot`), it came back in another system than the one it was to boot |
 /// | `reboot-failed` | asked to reboot (`--reboot`), it did not: the reboot could not be started, or the host kept running its old boot |
 /// | `boot-entry` | writing the boot entry failed |
 /// | `rollback-failed` | returning to the previous system failed |
-/// | `cancelled` | the run was interrupted before the host activated |
+/// | `cancelled` | the run was interrupted before the host activated, or (outcome `unchecked`) before its soak checked it |
 /// | `soak` | the host failed its check after the soak: it was returned to the system it ran before the run |
 /// | `halted` | not started: the rollout halted, more hosts failed than `maxFailures` allows |
 /// | `internal` | a bug: the report says what to inspect |

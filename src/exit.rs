@@ -3,7 +3,7 @@
 //! | code | meaning |
 //! |------|---------|
 //! | 0 | every selected host succeeded (or was already up to date) |
-//! | 1 | some host failed, but every host is in a known state (unchanged, rolled back, or superseded by another switch) |
+//! | 1 | some host failed, but every host is in a known state (unchanged, rolled back, or superseded by another switch), or a deployed host went unchecked (its soak interrupted) |
 //! | 2 | usage, inventory or evaluation error: no host was touched |
 //! | 3 | a host may be in an unknown state (rollback failed, or lost mid-activation) |
 

@@ -12,11 +12,12 @@ use std::sync::Arc;
 
 use deploy_flake::cli::{Action, Cli, Command, Options, OutputFormat, Terminal};
 use deploy_flake::diff::HostDiff;
+use deploy_flake::diff::Shows;
 use deploy_flake::exit::Exit;
 use deploy_flake::host::Shared;
 use deploy_flake::inventory::BuildOn;
 use deploy_flake::inventory::DEFAULT_EVAL_TIMEOUT;
-use deploy_flake::pipeline::{Context as RunContext, Interrupt, Mode};
+use deploy_flake::pipeline::{Approved, Context as RunContext, Interrupt, Mode};
 use deploy_flake::plan;
 use deploy_flake::report::safe;
 use deploy_flake::rollout::{self, Plan};
@@ -106,10 +107,15 @@ async fn status(targets: Vec<Target>, options: &Options) -> Exit {
 /// Build every host and say what would change on each.
 async fn diffs(targets: &[Target], options: &Options, shared: Arc<Shared>) -> Vec<HostDiff> {
     let run_id = runner::new_run_id();
+    let shows = match options.mode {
+        Mode::Rollback { to_generation } => Shows::Rollback { to_generation },
+        _ => Shows::Build,
+    };
     let run = deploy_flake::diff::Run {
         flake: options.flake.clone(),
         owner: runner::lock_owner(&run_id),
         run_id,
+        shows,
     };
     let parallel = parallel(options, targets.len());
     prefetch_archive(targets, options, &shared);
@@ -133,7 +139,7 @@ async fn diff(targets: Vec<Target>, options: &Options) -> Exit {
         OutputFormat::Json => print!("{}", deploy_flake::diff::json(&all)),
         OutputFormat::Human => print!("{}", safe::text(&deploy_flake::diff::render(&all))),
     }
-    if all.iter().all(|d| d.error.is_none()) {
+    if all.iter().all(|d| d.unknowns().is_empty()) {
         Exit::Success
     } else {
         Exit::HostsFailed
@@ -178,8 +184,28 @@ async fn ask_then_deploy(
     let shared = Arc::new(Shared::default());
     let shown = diffs(&targets, options, shared.clone()).await;
     eprint!("{}", safe::text(&deploy_flake::diff::render(&shown)));
-    let approved: BTreeMap<String, String> =
-        shown.iter().filter_map(|d| Some((d.host.clone(), d.new.clone()?))).collect();
+    // Each host as it was shown: its new system, and what it ran then.
+    let approved: BTreeMap<String, Approved> = shown
+        .iter()
+        .filter_map(|d| {
+            let system = d.new.clone()?;
+            Some((d.host.clone(), Approved { system, running: d.current.clone() }))
+        })
+        .collect();
+    // A change partly unknown is not asked about: --yes takes it as it is.
+    let unknown: Vec<String> = shown
+        .iter()
+        .filter(|d| d.error.is_none())
+        .flat_map(|d| d.unknowns().into_iter().map(move |u| format!("{} ({u})", d.host)))
+        .collect();
+    if !answered && !unknown.is_empty() {
+        eprintln!(
+            "deploy-flake: not asking: what would change is not known on {}; nothing was \
+             deployed (pass --yes to deploy it all the same)",
+            safe::text(&unknown.join(", "))
+        );
+        return Ok(Exit::HostsFailed);
+    }
     if !answered && !confirmed(targets.len())? {
         eprintln!("deploy-flake: not confirmed; nothing was deployed");
         return Ok(Exit::HostsFailed);
@@ -201,7 +227,7 @@ async fn deploy(
     targets: Vec<Target>,
     options: &Options,
     shared: Arc<Shared>,
-    approved: Option<Arc<BTreeMap<String, String>>>,
+    approved: Option<Arc<BTreeMap<String, Approved>>>,
     waves: &Plan,
     display: report::Display,
 ) -> anyhow::Result<Exit> {

@@ -291,19 +291,23 @@ fn not_run(
     }
 }
 
-/// Ctrl-C: the first stops every host that has not started to change (at
-/// once, whatever it is doing); the second quits, leaving hosts whose agent
-/// is at work to their agents. The exit code then says whether any was.
+/// Ctrl-C, or SIGTERM (a cancelled CI job, a service manager stopping
+/// it): the first stops every host that has not started to change (at
+/// once, whatever it is doing: local builds and temporary directories go
+/// with it); the second quits, leaving hosts whose agent is at work to
+/// their agents. The exit code then says whether any was.
 pub fn on_interrupts(raise: InterruptHandle, changing: Arc<AtomicUsize>) {
+    use tokio::signal::unix::{signal, SignalKind};
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
+        let mut term = signal(SignalKind::terminate()).ok();
+        if let Some(by) = interrupted(&mut term).await {
             raise.raise();
             eprintln!(
-                "deploy-flake: interrupted: hosts not yet changing stop now, unchanged; hosts already \
-                 activating are confirmed or rolled back (Ctrl-C again to quit now)"
+                "deploy-flake: interrupted ({by}): hosts not yet changing stop now, unchanged; hosts \
+                 already activating are confirmed or rolled back (Ctrl-C or SIGTERM again to quit now)"
             );
         }
-        if tokio::signal::ctrl_c().await.is_ok() {
+        if interrupted(&mut term).await.is_some() {
             crate::process::stop_all();
             let exit = if changing.load(Ordering::SeqCst) > 0 {
                 eprintln!(
@@ -320,6 +324,17 @@ pub fn on_interrupts(raise: InterruptHandle, changing: Arc<AtomicUsize>) {
     });
 }
 
+/// The next Ctrl-C or SIGTERM, by name (`None`: signals cannot be had).
+async fn interrupted(term: &mut Option<tokio::signal::unix::Signal>) -> Option<&'static str> {
+    match term {
+        Some(term) => tokio::select! {
+            c = tokio::signal::ctrl_c() => c.ok().map(|()| "Ctrl-C"),
+            t = term.recv() => t.map(|()| "SIGTERM"),
+        },
+        None => tokio::signal::ctrl_c().await.ok().map(|()| "Ctrl-C"),
+    }
+}
+
 /// The exit status of a run: the worst host decides.
 pub fn exit_for(reports: &[HostReport]) -> Exit {
     let mut exit = Exit::Success;
@@ -331,7 +346,8 @@ pub fn exit_for(reports: &[HostReport]) -> Exit {
             | Outcome::Unconfirmed
             | Outcome::Superseded
             | Outcome::Cancelled
-            | Outcome::Skipped => Exit::HostsFailed,
+            | Outcome::Skipped
+            | Outcome::Unchecked => Exit::HostsFailed,
             Outcome::Unknown => Exit::UnknownState,
         };
         if e == Exit::UnknownState || (e == Exit::HostsFailed && exit == Exit::Success) {
@@ -359,6 +375,7 @@ mod tests {
             (&[RolledBack], Exit::HostsFailed),
             (&[Cancelled, Deployed], Exit::HostsFailed),
             (&[Deployed, Skipped], Exit::HostsFailed),
+            (&[Deployed, Unchecked], Exit::HostsFailed),
             (&[Unknown, Failed], Exit::UnknownState),
             (&[Failed, Unknown, Deployed], Exit::UnknownState),
         ];

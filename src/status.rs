@@ -73,6 +73,13 @@ pub fn drift(s: &HostState) -> Vec<String> {
     if s.current.is_some() && s.current != s.profile {
         d.push(format!("runs {} but boots {}", short(&s.current), short(&s.profile)));
     }
+    if let Some(entry) = s.default_entry.as_ref().filter(|e| s.profile.as_ref() != Some(*e)) {
+        d.push(format!(
+            "its system profile points at {}, but the bootloader's default entry boots {}",
+            short(&s.profile),
+            short(&Some(entry.clone()))
+        ));
+    }
     if let Some((system, run)) =
         s.last_deployed().filter(|(sys, _)| Some(*sys) != s.current.as_deref())
     {
@@ -215,6 +222,14 @@ mod tests {
         let mut s = state(A, A);
         s.needs_reboot = Some(vec!["kernel".into()]);
         assert_eq!(drift(&s), ["needs a reboot to run what it boots (kernel changed)"]);
+        let mut s = state(A, A);
+        s.default_entry = Some(B.into());
+        assert_eq!(
+            drift(&s),
+            ["its system profile points at nixos-system-a (aaaaaaaa), but the bootloader's default entry boots nixos-system-b (bbbbbbbb)"]
+        );
+        s.default_entry = Some(A.into());
+        assert!(drift(&s).is_empty());
     }
 
     #[test]

@@ -34,6 +34,7 @@ on_both_suites!(
     boot_entry_is_what_a_reboot_comes_up_in,
     failing_unit_makes_test_exit_4,
     broken_configurations_break_and_the_previous_one_heals,
+    the_stand_in_switches_as_the_real_program_was_seen_to,
 );
 
 fn ssh_is_strict_and_the_system_is_running(suite: Suite) {
@@ -155,10 +156,11 @@ fn fixture_closure_activates_by_hand(suite: Suite) {
     assert_eq!(t.ssh_ok("cat /run/demo-web/version"), "healthy-v1");
     assert_eq!(t.ssh_ok(&format!("cat {v1}/nixos-version")), "1");
 
-    // A changed unit is restarted; dry-activate says so first.
+    // A changed unit is stopped and started again; dry-activate says so first.
     let v2 = t.build(&source, "healthy-v2");
     let dry = t.ssh_ok(&format!("{v2}/bin/switch-to-configuration dry-activate 2>&1"));
-    assert!(dry.contains("would restart the following units: demo-web.service"), "{dry}");
+    assert!(dry.contains("would stop the following units: demo-web.service"), "{dry}");
+    assert!(dry.contains("would start the following units: demo-web.service"), "{dry}");
     let pid_before = t.ssh_ok("systemctl show -P MainPID demo-web.service");
     let out = t.switch(&v2, "test");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -345,4 +347,80 @@ fn broken_configurations_break_and_the_previous_one_heals(suite: Suite) {
         assert_eq!(t.current_system().as_deref(), Some(v1.as_str()), "{breaker}");
         assert_eq!(t.system_state(), "running", "{breaker}");
     }
+}
+
+/// What nixpkgs' switch-to-configuration-ng was seen to do on a systemd
+/// host, the stand-in does: everything on stderr; a changed service
+/// stopped before the activation and started after it; an unchanged unit
+/// left alone; failed units reset, so only what fails now counts; exit 100
+/// for a new init from dry-activate too, and from every action when the
+/// running system names no init; `switch` writes the boot entry first.
+fn the_stand_in_switches_as_the_real_program_was_seen_to(suite: Suite) {
+    let lab = Lab::boot(1, suite);
+    let t = &lab.targets[0];
+    let flake = lab.fixture_flake(&[("web1", t, "healthy-v1")]);
+    t.install(&flake, &lab.nix_sshopts(), "healthy-v1");
+    let source = t.archive(&flake, &lab.nix_sshopts());
+    let v2 = t.build(&source, "healthy-v2");
+    let tool = t.build(&source, "healthy-v2-with-tool");
+    let init = t.build(&source, "new-init");
+    let said = |o: &std::process::Output| {
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    let dry = t.switch(&v2, "dry-activate");
+    assert_eq!(said(&dry), (Some(0), String::new()), "{}", stderr(&dry));
+    let dry = stderr(&dry);
+    assert!(dry.contains("would stop the following units: demo-web.service"), "{dry}");
+    assert!(dry.contains("would start the following units: demo-web.service"), "{dry}");
+    let dry = t.switch(&init, "dry-activate");
+    assert_eq!(said(&dry), (Some(100), String::new()), "{}", stderr(&dry));
+    assert!(stderr(&dry).contains("won't take effect until you reboot"), "{}", stderr(&dry));
+
+    // A unit that had failed is reset: the switch exits 0.
+    t.make_degraded();
+    let out = t.switch(&v2, "test");
+    assert_eq!(said(&out), (Some(0), String::new()), "{}", stderr(&out));
+    let err = stderr(&out);
+    let at = |what: &str| err.find(what).unwrap_or_else(|| panic!("no {what:?} in {err}"));
+    assert!(
+        at("stopping the following units: demo-web.service") < at("activating the configuration")
+            && at("activating the configuration")
+                < at("starting the following units: demo-web.service"),
+        "{err}"
+    );
+    assert_eq!(t.ssh_ok("systemctl is-failed lab-broken.service || true"), "inactive");
+    assert_eq!(t.ssh_ok("cat /run/demo-web/version"), "healthy-v2");
+    assert_eq!(t.system_state(), "running");
+
+    // demo-web is the same in both: stopped by hand, it stays stopped.
+    t.ssh_ok("systemctl stop demo-web.service");
+    let out = t.switch(&tool, "test");
+    assert_eq!(said(&out), (Some(0), String::new()), "{}", stderr(&out));
+    assert_eq!(t.ssh_ok("systemctl is-active demo-web.service || true"), "inactive");
+    t.ssh_ok("systemctl start demo-web.service");
+
+    // `switch` of a new init writes its boot entry, then refuses to activate.
+    t.ssh_ok(&format!("nix-env -p /nix/var/nix/profiles/system --set {init}"));
+    let out = t.switch(&init, "switch");
+    assert_eq!(out.status.code(), Some(100), "{}", stderr(&out));
+    let entry = t.ssh_ok(
+        "e=$(sed -n 's/^default //p' /boot/loader/loader.conf); sed -n 's/^system //p' /boot/loader/entries/$e",
+    );
+    assert_eq!(entry, init);
+    assert_eq!(t.current_system().as_deref(), Some(tool.as_str()), "nothing activated");
+
+    // A running system that names no init: every action that activates
+    // refuses, and /run/current-system stays where it was.
+    // (Its switch inhibitors are the same: only the init is in question.)
+    t.ssh_ok(&format!(
+        "mkdir -p /tmp/no-init && cp {tool}/switch-inhibitors /tmp/no-init/ && \
+         ln -sfn /tmp/no-init /run/current-system"
+    ));
+    for action in ["test", "dry-activate"] {
+        let out = t.switch(&v2, action);
+        assert_eq!(out.status.code(), Some(100), "{action}: {}", stderr(&out));
+    }
+    assert_eq!(t.current_system().as_deref(), Some("/tmp/no-init"));
 }

@@ -61,6 +61,7 @@
 #                                  run, whose deployer lost its connection to it,
 #                                  then execs CMD: the run takes its lock back)
 #   agent.sh health SECS [RUNDIR] (system state, failed units, those failed before)
+#   agent.sh look SECS [RUNDIR]   (health, and what the host runs; read-only)
 #   agent.sh facts TOPLEVEL [SELFCHECK]   (what the deployer needs to decide)
 #   agent.sh status               (what the host runs, boots, lacks; read-only)
 #   agent.sh diff TOPLEVEL        (what activating TOPLEVEL would change; read-only)
@@ -84,9 +85,18 @@ cd /
 STATE=/run/deploy-flake
 RECORDS=/var/lib/deploy-flake
 PROFILE=/nix/var/nix/profiles/system
+# /run is memory: the directories of the newest RUNS_KEPT runs are kept
+# (older ones go when a run takes the host lock, and so does the log of
+# one that succeeded), and an activation's output is kept up to LOG_CAP
+# bytes of its log.
+RUNS_KEPT=5
+LOG_CAP=1048576
 
 set_status() {
-    printf '%s\n' "$*" > "$rundir/status.tmp" && mv -f "$rundir/status.tmp" "$rundir/status"
+    intended="$*"
+    if ! { printf '%s\n' "$*" > "$rundir/status.tmp" && mv -f "$rundir/status.tmp" "$rundir/status"; } 2> /dev/null; then
+        status_unwritten "$1"
+    fi
     case "$1" in
         booted) remember deployed ;;
         failed) remember unconfirmed ;;
@@ -99,6 +109,35 @@ set_status() {
 uptime_now() {
     read -r now _ < /proc/uptime
     now=${now%.*}
+}
+
+# A state that cannot be recorded (/run full, the run's directory gone)
+# is fatal: the deployer follows the recorded state, which the agent is no
+# longer in. Said on stderr (the unit's journal, where a watch looks when
+# the agent is gone); an activation not yet confirmed is undone first,
+# and a rollback under way goes on to its end.
+status_unwritten() {
+    [ -z "${unwritten:-}" ] || return 0
+    unwritten=$1
+    agent_says "could not record the state '$1' in $rundir/status ($(run_space) KiB free in /run); stopping"
+    case "$1" in
+        rolling-back | rolled-back | rollback-failed) return 0 ;;
+        awaiting-confirmation)
+            roll_back not-confirmed "the agent could not record its state"
+            agent_says "$intended; it runs $(readlink -f /run/current-system)"
+            ;;
+    esac
+    exit 3
+}
+
+# What the agent says for the journal (its unit's stderr).
+agent_says() {
+    echo "deploy-flake agent: $*" >&2
+}
+
+# The KiB free in /run.
+run_space() {
+    df -Pk /run 2> /dev/null | awk 'NR == 2 {print $4}'
 }
 
 # remember OUTCOME: the last deploy to this host, for `deploy-flake status`
@@ -118,7 +157,7 @@ remember() {
 }
 
 log() {
-    printf 'deploy-flake: %s\n' "$*" >> "$rundir/log"
+    { printf 'deploy-flake: %s\n' "$*" >> "$rundir/log"; } 2> /dev/null
 }
 
 # cap_lines: stdin to stdout line by line, each line as it comes, cut at
@@ -232,12 +271,16 @@ nap_done() {
     napfifo=''
 }
 
-# Wake every waiter of the run (a FIFO opened read-write never blocks,
-# whether or not its waiter is still there).
+# Wake every waiter of the run, never waiting on one: the line is written
+# without blocking (dd, O_NONBLOCK), so a FIFO whose waiter is gone (no
+# reader) or stopped (its buffer full) is passed over; a waiter with a full
+# buffer has wakes enough to read.
 wake_all() {
     for fifo in "$rundir"/wake.*; do
-        if [ -p "$fifo" ]; then echo w 1<> "$fifo"; fi
-    done 2> /dev/null
+        if [ -p "$fifo" ]; then
+            echo w | dd of="$fifo" oflag=nonblock status=none 2> /dev/null
+        fi
+    done
 }
 
 # run_bounded SECS ABORTABLE CMD...: run CMD in its own process group,
@@ -255,8 +298,13 @@ run_bounded() {
     rm -f "$rundir/ended-by"
     out="$rundir/output.$$"
     rm -f "$out"
-    if mkfifo -m 600 "$out"; then
-        cap_lines < "$out" >> "$rundir/log" 2>&1 &
+    # (printf: a failed redirection of `:` would end the shell.)
+    if ! { printf '' >> "$rundir/log"; } 2> /dev/null; then
+        # A log that cannot be written: the command runs all the same.
+        out=/dev/null capper=''
+    elif mkfifo -m 600 "$out"; then
+        used=$(wc -c < "$rundir/log" 2> /dev/null || echo 0)
+        cap_lines < "$out" | cap_copy $((LOG_CAP > used ? LOG_CAP - used : 0)) >> "$rundir/log" 2>&1 &
         capper=$!
     else
         out="$rundir/log" capper=''
@@ -280,6 +328,27 @@ run_bounded() {
     fi
     rm -f "$rundir/ended-by"
     return "$rc"
+}
+
+# cap_copy ROOM: stdin to stdout, each line as it comes (the log follows
+# the output live: the shell's own read and printf buffer nothing), up to
+# ROOM bytes (the log of a run holds at most LOG_CAP); then a line that
+# says so, and the rest read away (the writer never blocks on it, nor dies
+# of a closed pipe).
+cap_copy() {
+    room=$1 line=''
+    while IFS= read -r line; do
+        if [ "$room" -le 0 ]; then
+            printf 'deploy-flake: the log is capped at %s bytes; the rest of this output is dropped\n' "$LOG_CAP"
+            cat > /dev/null
+            return 0
+        fi
+        if [ "${#line}" -ge "$room" ]; then line=$(printf "%.$((room - 1))s" "$line"); fi
+        printf '%s\n' "$line"
+        room=$((room - ${#line} - 1))
+    done
+    # (A last line without its newline.)
+    if [ -n "$line" ]; then printf '%s' "$line"; fi
 }
 
 # guard PID SECS ABORTABLE [CAPPER]: end the process group PID after SECS
@@ -547,6 +616,38 @@ activate() {
     fi
 }
 
+# The system the newest generation of the system profile points at: what
+# a bootloader that keeps only the newest entries boots.
+newest_generation() {
+    newest='' highest=0
+    for link in "$PROFILE"-*-link; do
+        number=${link#"$PROFILE"-}
+        number=${number%-link}
+        case "$number" in '' | *[!0-9]*) continue ;; esac
+        if [ "$number" -gt "$highest" ]; then highest=$number newest=$link; fi
+    done
+    if [ -n "$newest" ]; then readlink -f "$newest"; fi
+}
+
+# The system the bootloader's default entry boots, where the bootloader
+# says it (systemd-boot's loader.conf and its entry: a `system` line, or
+# the `init=` of its options); nothing where it does not.
+default_entry() {
+    for conf in /boot/loader/loader.conf /boot/efi/loader/loader.conf /efi/loader/loader.conf; do
+        [ -r "$conf" ] || continue
+        entry=$(sed -n 's/^default[[:space:]][[:space:]]*//p' "$conf" | tail -n 1)
+        case "$entry" in '' | */* | *[*?@]*) return 0 ;; esac
+        file=${conf%/loader.conf}/entries/$entry
+        [ -r "$file" ] || return 0
+        sys=$(sed -n 's/^system[[:space:]][[:space:]]*//p' "$file" | tail -n 1)
+        if [ -z "$sys" ]; then
+            sys=$(sed -n 's|^options.*init=\(/nix/store/[^/ ]*\)/init.*|\1|p' "$file" | tail -n 1)
+        fi
+        if [ -n "$sys" ]; then printf '%s\n' "$sys"; fi
+        return 0
+    done
+}
+
 boot() {
     rundir=$1 toplevel=$2
     shift 2
@@ -554,13 +655,17 @@ boot() {
     set_status booting
     before=$(readlink -f "$PROFILE" 2> /dev/null)
     # The newest generation is what every bootloader boots (systemd-boot
-    # keeps only the newest ones), also for a return to an older system.
-    sysrc="$rundir/exit-status"
-    if [ "$before" != "$toplevel" ]; then
+    # keeps only the newest ones, and its default is the one of the system
+    # only among those). Unless it is the run's system already, the profile
+    # gets a new generation of it, also when an older generation (switched
+    # to, or rolled back to) points at it.
+    sysrc="$rundir/exit-status" moved=''
+    if [ "$(newest_generation)" != "$toplevel" ]; then
         system nix-env -p "$PROFILE" --set "$toplevel" | cap_lines >> "$rundir/log"
+        moved=1
     fi
-    if [ "$(readlink -f "$PROFILE")" != "$toplevel" ]; then
-        set_status boot-failed boot-entry "the system profile could not be pointed at $toplevel; it still points at ${before:-nothing}"
+    if [ "$(readlink -f "$PROFILE")" != "$toplevel" ] || [ "$(newest_generation)" != "$toplevel" ]; then
+        set_status boot-failed boot-entry "the system profile could not be given a newest generation of $toplevel; it points at ${before:-nothing}"
         return
     fi
     logged=$(wc -l < "$rundir/log" 2> /dev/null || echo 0)
@@ -571,14 +676,20 @@ boot() {
     # The system profile holds the system now.
     rm -f "$rundir/toplevel"
     if [ "$rc" = 0 ]; then
+        entry=$(default_entry)
+        if [ -n "$entry" ] && [ "$entry" != "$toplevel" ]; then
+            set_status boot-failed boot-entry "switch-to-configuration boot succeeded, but the bootloader's default entry boots $entry, not $toplevel"
+            return
+        fi
         record booted "$toplevel"
         set_status booted
         return
     fi
     if [ "$rc" = 1 ] && sed -n "$((logged + 1)),\$p" "$rundir/log" | grep -q "Pre-switch checks failed"; then
-        # Refused before the bootloader was touched: put the profile back.
-        if [ -n "$before" ] && [ "$before" != "$toplevel" ]; then
-            system nix-env -p "$PROFILE" --rollback | cap_lines >> "$rundir/log"
+        # Refused before the bootloader was touched: the profile points at
+        # exactly what it did before (not at "the generation before").
+        if [ -n "$moved" ] && [ -n "$before" ]; then
+            system nix-env -p "$PROFILE" --set "$before" | cap_lines >> "$rundir/log"
         fi
         set_status boot-failed pre-switch-check "the pre-switch checks refused the boot entry; the system profile points at $(readlink -f "$PROFILE") again"
     elif [ "$rc" = 11 ]; then
@@ -712,7 +823,7 @@ watch() {
                 elif [ "$gone" = 1 ]; then
                     nap_done
                     say_previous
-                    echo "deploy-flake-status $runid vanished lost the agent ended while ${state:-starting}: it was stopped or killed"
+                    echo "deploy-flake-status $runid vanished lost $(gone_why)"
                     return
                 else
                     gone=1 pace=10
@@ -731,6 +842,18 @@ watch() {
     fi
     # The state seen, not the file again: the agent may have gone on.
     echo "deploy-flake-status $runid $status"
+}
+
+# Why the run's agent ended without a state that says so: what it said
+# on its way out (its unit's journal), or that it was stopped or killed.
+gone_why() {
+    said=$(journalctl --no-pager --quiet --output=cat -u "deploy-flake-$runid-activate.service" \
+        -u "deploy-flake-$runid-boot.service" 2> /dev/null | sed -n 's/^deploy-flake agent: //p' | tail -n 2)
+    if [ -n "$said" ]; then
+        printf 'the agent stopped while %s: %s\n' "${state:-starting}" "$(printf '%s' "$said" | tr '\n' ' ')"
+    else
+        echo "the agent ended while ${state:-starting}: it was stopped or killed"
+    fi
 }
 
 launch() {
@@ -769,6 +892,42 @@ probe() {
     runid=${rundir##*/}
     if [ -e "$rundir/status" ] || agent_alive; then
         echo "deploy-flake-started yes"
+    fi
+}
+
+# prune_runs OWN: of the runs that are over, those beyond the newest
+# RUNS_KEPT (OWN counted) lose their directory, and the others their log
+# when they succeeded. Never OWN, a run whose agent is at work, or the run
+# that holds the host lock. (Run ids begin with the time: newest first is
+# the reverse order of their names.)
+prune_runs() {
+    own=$1 kept=1
+    holder=$(sed -n 's/^run \([^ ]*\) .*/\1/p' "$STATE/lock.info" 2> /dev/null)
+    set --
+    for dir in "$STATE"/runs/*; do
+        if [ -d "$dir" ]; then set -- "${dir##*/}" "$@"; fi
+    done
+    for id in "$@"; do
+        dir=$STATE/runs/$id
+        if [ "$dir" = "$own" ] || [ "$id" = "$holder" ] || run_at_work "$id"; then continue; fi
+        if [ "$kept" -ge "$RUNS_KEPT" ]; then
+            rm -rf "$dir"
+            continue
+        fi
+        kept=$((kept + 1))
+        read -r state _ < "$dir/status" 2> /dev/null
+        case "${state:-}" in booted | confirmed) rm -f "$dir/log" ;; esac
+        state=''
+    done
+}
+
+# Is an action (activate, boot) of the run RUNID at work?
+run_at_work() {
+    slice=/sys/fs/cgroup/system.slice
+    if [ -d "$slice" ]; then
+        [ -d "$slice/deploy-flake-$1-activate.service" ] || [ -d "$slice/deploy-flake-$1-boot.service" ]
+    else
+        systemctl is-active --quiet "deploy-flake-$1-activate.service" "deploy-flake-$1-boot.service" 2> /dev/null
     fi
 }
 
@@ -827,6 +986,14 @@ health() {
     fi
 }
 
+# What a soak looks at: the health, and what the host runs. Read from
+# stdin, like `status`: nothing needs to be installed (after a reboot by
+# someone else nothing is).
+look() {
+    health "$@"
+    echo "deploy-flake-current $(readlink -e /run/current-system)"
+}
+
 # reboot_for KEY SYSTEM: what differs between the booted system and SYSTEM
 # that only a reboot brings in (kernel, initrd, kernel modules, init).
 reboot_for() {
@@ -847,6 +1014,9 @@ facts() {
     echo "deploy-flake-current $(readlink -e /run/current-system)"
     echo "deploy-flake-profile $profile"
     echo "deploy-flake-booted-system $(readlink -e /run/booted-system)"
+    echo "deploy-flake-newest-generation $(newest_generation)"
+    entry=$(default_entry)
+    if [ -n "$entry" ]; then echo "deploy-flake-default-entry $entry"; fi
     if [ -x "$toplevel/bin/switch-to-configuration" ]; then echo "deploy-flake-switchable yes"; fi
     if [ -x "$toplevel/$selfcheck" ]; then echo "deploy-flake-selfcheck $toplevel/$selfcheck"; fi
     if [ -d /run/systemd/system ]; then echo "deploy-flake-systemd yes"; fi
@@ -863,6 +1033,8 @@ status() {
     echo "deploy-flake-profile $profile"
     echo "deploy-flake-booted-system $(readlink -e /run/booted-system)"
     echo "deploy-flake-boot-id $(cat /proc/sys/kernel/random/boot_id)"
+    entry=$(default_entry)
+    if [ -n "$entry" ]; then echo "deploy-flake-default-entry $entry"; fi
     echo "deploy-flake-state $(systemctl is-system-running 2> /dev/null)"
     systemctl list-units --failed --plain --no-legend --no-pager 2> /dev/null | awk '{print "deploy-flake-failed " $1}'
     reboot_for reboot-profile "$profile"
@@ -879,17 +1051,31 @@ status() {
     switches_in_progress
 }
 
+# What activating TOPLEVEL would change. A part whose command failed is
+# said to be unknown, with why (never "nothing").
 diff() {
     toplevel=$1
     current=$(readlink -e /run/current-system)
-    if [ -n "$current" ]; then
-        nix --extra-experimental-features nix-command store diff-closures "$current" "$toplevel" 2>&1 |
-            sed 's/^/deploy-flake-package /'
+    if [ -z "$current" ]; then
+        echo "deploy-flake-packages-unknown the host runs no system to compare with"
+    else
+        out=$(nix --extra-experimental-features nix-command store diff-closures "$current" "$toplevel" 2>&1)
+        rc=$?
+        if [ "$rc" = 0 ]; then
+            printf '%s\n' "$out" | sed '/^$/d; s/^/deploy-flake-package /'
+        else
+            echo "deploy-flake-packages-unknown nix store diff-closures exited with $rc: $(last_words "$out")"
+        fi
         nix --extra-experimental-features nix-command path-info --closure-size "$current" "$toplevel" 2> /dev/null |
             awk '{print "deploy-flake-closure " $1 " " $2}'
     fi
-    "$toplevel/bin/switch-to-configuration" dry-activate 2>&1 < /dev/null |
-        sed -n 's/^would \(stop\|restart\|start\|reload\) the following units: /deploy-flake-units \1 /p'
+    out=$("$toplevel/bin/switch-to-configuration" dry-activate 2>&1 < /dev/null)
+    rc=$?
+    if [ "$rc" = 0 ]; then
+        printf '%s\n' "$out" | sed -n 's/^would \(stop\|restart\|start\|reload\) the following units: /deploy-flake-units \1 /p'
+    else
+        echo "deploy-flake-units-unknown switch-to-configuration dry-activate exited with $rc: $(last_words "$out")"
+    fi
     echo "deploy-flake-booted-system $(readlink -e /run/booted-system)"
     reboot_for reboot-new "$toplevel"
 }
@@ -908,6 +1094,11 @@ heartbeat() {
     uptime_now
     printf '%s\n' "$now" > "$STATE/lock.beat"
     if [ -d "$rundir" ]; then printf '%s\n' "$now" > "$rundir/alive"; fi
+}
+
+# The last line of TEXT that says something.
+last_words() {
+    printf '%s\n' "$1" | sed '/^[[:space:]]*$/d' | tail -n 1
 }
 
 hold() {
@@ -932,6 +1123,7 @@ hold() {
     # Taking the lock (again, after a reconnect) is a sign of life.
     heartbeat
     echo "deploy-flake-locked"
+    prune_runs "$rundir"
     # Each line on stdin is a heartbeat. Without one for PATIENCE seconds
     # the deployer is taken for lost (a network partition leaves no EOF)
     # and the lock is released: flock -o holds it only while this shell
@@ -998,6 +1190,7 @@ case "$cmd" in
     hold) hold "$@" ;;
     displace) displace "$@" ;;
     health) health "$@" ;;
+    look) look "$@" ;;
     facts) facts "$@" ;;
     status) status "$@" ;;
     diff) diff "$@" ;;

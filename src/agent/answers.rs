@@ -52,6 +52,12 @@ impl Health {
 pub struct Facts {
     pub current: Option<String>,
     pub profile: Option<String>,
+    /// The system the newest generation of the system profile points at
+    /// (what a bootloader that keeps only the newest entries boots).
+    pub newest: Option<String>,
+    /// The system the bootloader's default entry boots, where the
+    /// bootloader says it (systemd-boot's loader.conf and entries).
+    pub default_entry: Option<String>,
     /// The system the host booted (`/run/booted-system`).
     pub booted: Option<String>,
     /// The toplevel has bin/switch-to-configuration.
@@ -76,6 +82,8 @@ impl Facts {
         Facts {
             current: answer(stdout, "current"),
             profile: answer(stdout, "profile"),
+            newest: answer(stdout, "newest-generation"),
+            default_entry: answer(stdout, "default-entry"),
             booted: answer(stdout, "booted-system"),
             switchable: answers(stdout, "switchable").next().is_some(),
             self_check: answer(stdout, "selfcheck"),
@@ -86,6 +94,24 @@ impl Facts {
             reboot_profile: reboot(stdout, "reboot-profile"),
             busy: answers(stdout, "busy").map(String::from).collect(),
         }
+    }
+}
+
+impl Facts {
+    /// What the next boot comes up in: the bootloader's default entry
+    /// where it says, else the system profile.
+    pub fn boots(&self) -> Option<&str> {
+        self.default_entry.as_deref().or(self.profile.as_deref())
+    }
+
+    /// Does the next boot come up in `toplevel`, whichever bootloader the
+    /// host has? The profile points at it, as its newest generation, and
+    /// the default entry (where the bootloader says it) is it.
+    pub fn boots_into(&self, toplevel: &str) -> bool {
+        let is = |p: &Option<String>| p.as_deref() == Some(toplevel);
+        let newest = self.newest.is_none() || is(&self.newest);
+        let entry = self.default_entry.is_none() || is(&self.default_entry);
+        is(&self.profile) && newest && entry
     }
 }
 
@@ -126,6 +152,8 @@ pub struct HostState {
     pub current: Option<String>,
     pub profile: Option<String>,
     pub booted: Option<String>,
+    /// The system the bootloader's default entry boots, where it says.
+    pub default_entry: Option<String>,
     pub boot_id: Option<String>,
     /// `systemctl is-system-running`.
     pub state: String,
@@ -159,6 +187,7 @@ impl HostState {
             current: answer(stdout, "current"),
             profile: answer(stdout, "profile"),
             booted: answer(stdout, "booted-system"),
+            default_entry: answer(stdout, "default-entry"),
             boot_id: answer(stdout, "boot-id"),
             state: answer(stdout, "state").unwrap_or_else(|| "unknown".into()),
             failed_units: answers(stdout, "failed").map(String::from).collect(),
@@ -180,6 +209,10 @@ pub struct Changes {
     /// Units that would `stop`, `restart`, `start`, `reload`.
     pub units: std::collections::BTreeMap<String, Vec<String>>,
     pub needs_reboot: Option<Vec<String>>,
+    /// The parts (`packages`, `units`) that could not be found out, and
+    /// why: their lists above are empty because nothing is known, not
+    /// because nothing changes.
+    pub unknown: std::collections::BTreeMap<String, String>,
 }
 
 /// One package whose versions differ.
@@ -215,6 +248,13 @@ impl Changes {
             closure_bytes: size(current).zip(size(new)),
             units,
             needs_reboot: reboot(stdout, "reboot-new"),
+            unknown: ["packages", "units"]
+                .into_iter()
+                .filter_map(|part| {
+                    let why = answer(stdout, &format!("{part}-unknown"))?;
+                    Some((part.to_string(), why))
+                })
+                .collect(),
         }
     }
 }
@@ -224,7 +264,7 @@ impl PackageChange {
     fn parse(line: &str) -> Option<PackageChange> {
         let (name, rest) = line.split_once(": ")?;
         let (versions, size) = match rest.split_once(", ") {
-            Some((v, s)) => (v, Some(s.trim().to_string())),
+            Some((v, s)) => (v, Some(without_colors(s.trim()))),
             None => (rest, None),
         };
         let (old, new) = versions.split_once(" → ")?;
@@ -239,4 +279,26 @@ impl PackageChange {
             size,
         })
     }
+}
+
+/// `text` without the terminal's color sequences (`ESC [ … m`) Nix puts
+/// around sizes.
+fn without_colors(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("\x1b[") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        match after.find('m') {
+            Some(end) if after[..end].chars().all(|c| c.is_ascii_digit() || c == ';') => {
+                rest = &after[end + 1..];
+            }
+            _ => {
+                out.push_str("\x1b[");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }

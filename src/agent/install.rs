@@ -19,9 +19,18 @@ use crate::process::{Cmd, Script};
 /// text, exactly `$5` bytes (read whether or not it is needed), then the
 /// run's origin, `$4` bytes (kept as `$2/origin` when `$2` is given), then
 /// whatever the rest of the command line (`exec`) reads. A file whose
-/// SHA-256 is not `$6` is never kept nor used.
+/// SHA-256 is not `$6` is never kept nor used. A new run is refused before
+/// anything is written when the file system of the state has less than
+/// `$7` KiB free ([`NO_SPACE_EXIT`]).
 const INSTALL: Script = Script(
     r#"umask 077
+if [ -n "$2" ]; then
+    free=$(df -Pk "${1%/*}" 2>/dev/null | awk 'NR == 2 {print $4}')
+    if [ -n "$free" ] && [ "$free" -lt "$7" ]; then
+        echo "${1%/*} has $free KiB free; a run needs $7 KiB there (its state and the activation's log): free some (df ${1%/*})" >&2
+        exit 28
+    fi
+fi
 install -d -m 0700 "$1" "$1/runs" || exit 1
 intact() { printf '%s  %s\n' "$2" "$1" | sha256sum -c --status 2> /dev/null; }
 if intact "$3" "$6"; then
@@ -37,9 +46,16 @@ else
     chmod 0700 "$tmp" && mv -f "$tmp" "$3" || exit 1
 fi
 if [ -n "$2" ]; then install -d -m 0700 "$2" && head -c "$4" > "$2/origin" || exit 1; fi
-shift 6
+shift 7
 exec "$@""#,
 );
+
+/// How INSTALL says the state's file system is too full for a new run.
+pub(super) const NO_SPACE_EXIT: i32 = 28;
+/// What a run needs free in `/run` (KiB): the agent's log is capped at
+/// 1 MiB (`LOG_CAP` in agent.sh), and its state, its rollback and the
+/// switch's own files need a little more.
+const RUN_SPACE_KIB: &str = "4096";
 
 /// The agent text's SHA-256, in hex.
 pub(super) fn script_sha256() -> &'static str {
@@ -61,7 +77,7 @@ pub(super) fn installed(run: &RunDir, new_run: Option<&str>, then: Cmd) -> Cmd {
         None => ("", ""),
     };
     let (origin_len, len) = (origin.len().to_string(), SCRIPT.len().to_string());
-    let args = [STATE_DIR, run_dir, &run.agent, &origin_len, &len, script_sha256()];
+    let args = [STATE_DIR, run_dir, &run.agent, &origin_len, &len, script_sha256(), RUN_SPACE_KIB];
     let mut argv = Cmd::script(INSTALL, args).argv;
     argv.extend(then.argv);
     Cmd { argv, ..then }
@@ -83,13 +99,23 @@ mod tests {
     /// Runs INSTALL here with `dir` as the state directory; stdin is
     /// `stdin`, and the installed command prints what is left of it.
     fn install(dir: &std::path::Path, origin: &str, stdin: &[u8]) -> (bool, String, String) {
+        install_needing(dir, origin, stdin, "0")
+    }
+
+    /// The same, asking that much free space (KiB) for a new run.
+    fn install_needing(
+        dir: &std::path::Path,
+        origin: &str,
+        stdin: &[u8],
+        space: &str,
+    ) -> (bool, String, String) {
         use std::io::Write;
         let state = dir.display().to_string();
         let (agent, run) = (format!("{state}/agent.sh"), format!("{state}/runs/r1"));
         let args = [&state, &run, &agent, &origin.len().to_string(), &SCRIPT.len().to_string()];
         let mut argv = Cmd::script(
             INSTALL,
-            args.into_iter().map(String::as_str).chain([script_sha256(), "cat"]),
+            args.into_iter().map(String::as_str).chain([script_sha256(), space, "cat"]),
         )
         .argv;
         let program = argv.remove(0);
@@ -135,5 +161,16 @@ mod tests {
         assert!(!agent.exists(), "nothing installed under the agent's name");
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
         assert_eq!(left.len(), 1, "only runs/ is left: {left:?}");
+    }
+
+    #[test]
+    fn a_new_run_without_room_for_its_state_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let (ok, out, err) =
+            install_needing(&state, "by me\n", &input(Some("by me\n")), "1099511627776");
+        assert!(!ok && out.is_empty(), "{out}");
+        assert!(err.contains("KiB free; a run needs 1099511627776 KiB there"), "{err}");
+        assert!(!state.exists(), "nothing written");
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::install::{input, installed};
+use super::install::{input, installed, NO_SPACE_EXIT};
 use super::{answer, answers, lock_files, Health, RunDir, ANSWER};
 use crate::budget::{HEARTBEAT_SECS, LOCK_PATIENCE_SECS};
 use crate::process::{self, Cmd, ProcessError, Spawner};
@@ -31,6 +31,9 @@ pub enum LockError {
     NoFlock,
     #[error("could not take the host lock: {said}")]
     Failed { said: String },
+    /// The host's `/run` is too full for a run's state (nothing written).
+    #[error("{said}")]
+    NoSpace { said: String },
     #[error(transparent)]
     Process(#[from] ProcessError),
 }
@@ -195,6 +198,9 @@ async fn refused<S: Spawner>(
     let mut stderr = (&mut child.stderr).take(process::LINE_MAX as u64);
     let _ = tokio::time::timeout(Duration::from_secs(2), stderr.read_to_end(&mut err)).await;
     let said = process::tail_lines(&String::from_utf8_lossy(&err), 5);
+    if exit.and_then(|e| e.code()) == Some(NO_SPACE_EXIT) {
+        return Ok(LockError::NoSpace { said });
+    }
     let out = process::run(on, &Cmd::new(["flock", "--version"]).secs(secs), None).await?;
     if !out.success() {
         return Ok(LockError::NoFlock);

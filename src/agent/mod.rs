@@ -340,6 +340,20 @@ pub async fn health<S: Spawner>(on: &S, run: &RunDir, secs: u64) -> Result<Healt
     Ok(Health::parse(&process::run(on, &cmd, None).await?.stdout))
 }
 
+/// The host's [`health`] and what it runs, with the agent's text on stdin:
+/// nothing needs to be installed (a host rebooted by someone else has
+/// lost what was).
+pub async fn look<S: Spawner>(
+    on: &S,
+    run: &RunDir,
+    secs: u64,
+) -> Result<(Health, Option<String>), ProcessError> {
+    let args = ["/bin/sh", "-s", "look", &secs.to_string(), &run.dir];
+    let cmd = Cmd::new(args).stdin(SCRIPT).secs(secs + 10).quiet_stdout();
+    let out = process::run(on, &cmd, None).await?.check()?;
+    Ok((Health::parse(&out.stdout), answer(&out.stdout, "current")))
+}
+
 /// `switch-to-configuration check`: the system's pre-switch checks and
 /// switch inhibitors, before anything changes; after `self_check` (a
 /// script of the new system, each bounded by `secs`), when given, in the

@@ -228,6 +228,17 @@ fn status_and_changes_are_read() {
     assert_eq!(ch.closure_bytes, Some((1000, 1300)));
     assert_eq!(ch.units["restart"], ["demo-web.service", "other.service"]);
     assert_eq!(ch.units["start"], ["new.service"]);
+    assert!(ch.unknown.is_empty());
+    let ch = Changes::parse("deploy-flake-package x: 1 → ∅, \x1b[32;1m-12.6 KiB\x1b[0m\n", "", "");
+    assert_eq!(ch.packages[0].size.as_deref(), Some("-12.6 KiB"), "without Nix's colors");
+    let ch = Changes::parse(
+        "deploy-flake-units-unknown switch-to-configuration dry-activate exited with 100: reboot\n\
+         deploy-flake-packages-unknown the host runs no system to compare with\n",
+        "",
+        "/nix/store/b",
+    );
+    assert_eq!(ch.unknown["units"], "switch-to-configuration dry-activate exited with 100: reboot");
+    assert_eq!(ch.unknown["packages"], "the host runs no system to compare with");
 }
 
 /// The text of the agent's shell function `name` (`name() {` to `}`).

@@ -55,6 +55,7 @@ impl HostError {
             HostError::Lock(LockError::Held { .. }) => Reason::Locked,
             HostError::Lock(LockError::NoFlock) => Reason::NotASystem,
             HostError::Lock(LockError::Failed { .. }) => Reason::LockFailed,
+            HostError::Lock(LockError::NoSpace { .. }) => Reason::Preflight,
             HostError::Lock(LockError::Process(p)) | HostError::Process(p) => match p {
                 ProcessError::Timeout { .. } => Reason::Timeout,
                 ProcessError::NeedsPassword { .. } => Reason::Auth,
@@ -89,6 +90,14 @@ pub struct Locked {
     pub held_meanwhile: bool,
 }
 
+/// What a soak sees of a host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Look {
+    pub health: Health,
+    /// What it runs (`/run/current-system`).
+    pub current: Option<String>,
+}
+
 /// The operations of the per-host pipeline. Every method is bounded by the
 /// `secs` it is given (or the check's own timeout).
 pub trait Host: Send {
@@ -107,6 +116,9 @@ pub trait Host: Send {
     ) -> impl Future<Output = HostResult<Locked>> + Send;
     /// The system state and failed units (waits for start-up to finish).
     fn health(&mut self, secs: u64) -> impl Future<Output = HostResult<Health>> + Send;
+    /// The health and what the host runs, whether or not the agent is
+    /// installed (read-only: a soak's look).
+    fn look(&mut self, secs: u64) -> impl Future<Output = HostResult<Look>> + Send;
     /// The flake and its inputs in this machine's store (once per run,
     /// shared by every host).
     fn archive(

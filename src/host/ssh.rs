@@ -1,6 +1,6 @@
 //! A real host over ssh: the ssh master, the on-target agent, Nix.
 
-use super::{Followed, Host, HostError, HostResult, Locked, Shared};
+use super::{Followed, Host, HostError, HostResult, Locked, Look, Shared};
 use crate::agent::{self, AgentAction, AgentState, AgentStatus, CheckVerdict, Facts, Health};
 use crate::agent::{HostLock, LockError, RunDir, SwitchEnv};
 use crate::events::Reason;
@@ -96,6 +96,11 @@ impl Host for SshHost {
 
     async fn health(&mut self, secs: u64) -> HostResult<Health> {
         Ok(agent::health(self.ssh()?, &self.run, secs).await?)
+    }
+
+    async fn look(&mut self, secs: u64) -> HostResult<Look> {
+        let (health, current) = agent::look(self.ssh()?, &self.run, secs).await?;
+        Ok(Look { health, current })
     }
 
     async fn archive(&mut self, flake: &str, secs: u64, out: Lines<'_>) -> HostResult<Archive> {

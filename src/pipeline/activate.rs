@@ -273,7 +273,11 @@ impl HostRun<'_> {
         s: &AgentStatus,
         wanted: &Wanted,
     ) -> End {
-        let mut end = agent_end(s, &wanted.toplevel, &host.inspect_hint());
+        // --goal boot activates nothing: the host runs what it ran.
+        let before = self.facts.as_ref().and_then(|f| f.current.clone());
+        let runs =
+            (self.ctx.goal == Goal::Boot).then(|| before.unwrap_or_else(|| "no system".into()));
+        let mut end = agent_end(s, &wanted.toplevel, runs.as_deref(), &host.inspect_hint());
         // The host rebooted, the agent was killed, another switch replaced
         // the run's system, another run may hold the lock: what it runs and
         // boots now is read again.
@@ -283,7 +287,7 @@ impl HostRun<'_> {
             let facts = host.facts(&wanted.toplevel, None, FACTS_SECS).await;
             if let Ok(f) = facts {
                 end.system = f.current.clone();
-                end.boot = f.profile.clone();
+                end.boot = f.boots().map(String::from);
                 self.facts = Some(f);
             }
         }

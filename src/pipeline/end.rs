@@ -54,7 +54,7 @@ impl End {
             return;
         }
         self.system = self.system.take().or_else(|| f.current.clone());
-        self.boot = self.boot.take().or_else(|| f.profile.clone());
+        self.boot = self.boot.take().or_else(|| f.boots().map(String::from));
         self.needs_reboot = match (self.boot.as_deref(), toplevel) {
             (Some(b), Some(t)) if b == t.as_str() => f.reboot_new.clone(),
             (b, _) if b == f.profile.as_deref() => f.reboot_profile.clone(),
@@ -80,10 +80,12 @@ pub enum Next {
 /// Pure: the step after the facts are known. A boot entry is only ever
 /// written for a system confirmed on this host (or on request, with
 /// `--goal boot`), and a host is only "up to date" once the boot entry of
-/// its system was written.
+/// its system was written and the next boot comes up in it (an older
+/// generation that points at it, or a default entry that names another
+/// system, is not its boot entry).
 pub fn next_step(facts: &Facts, toplevel: &StorePath, goal: Goal, force: bool) -> Next {
     let running = facts.current.as_deref() == Some(toplevel.as_str()) && !force;
-    let booting = facts.profile.as_deref() == Some(toplevel.as_str()) && facts.boot_written;
+    let booting = facts.boots_into(toplevel.as_str()) && facts.boot_written;
     match goal {
         Goal::Switch if running && booting => Next::UpToDate,
         Goal::Switch if running && facts.confirmed => Next::FinishBoot,
@@ -100,8 +102,10 @@ pub fn next_step(facts: &Facts, toplevel: &StorePath, goal: Goal, force: bool) -
 }
 
 /// What an agent that ended without success means for the host.
-/// `toplevel`: the system of the run; `inspect`: where to look. Pure.
-pub fn agent_end(s: &AgentStatus, toplevel: &StorePath, inspect: &str) -> End {
+/// `toplevel`: the system of the run; `runs`: what the host runs when the
+/// run activated nothing (`--goal boot`; `None`: the run's system runs);
+/// `inspect`: where to look. Pure.
+pub fn agent_end(s: &AgentStatus, toplevel: &StorePath, runs: Option<&str>, inspect: &str) -> End {
     let cause = s.cause;
     let reason = &s.reason;
     match &s.state {
@@ -130,16 +134,7 @@ pub fn agent_end(s: &AgentStatus, toplevel: &StorePath, inspect: &str) -> End {
             Reason::RollbackFailed,
             format!("ROLLBACK FAILED: {reason}; inspect {inspect}"),
         ),
-        AgentState::BootFailed => End {
-            system: Some(toplevel.to_string()),
-            ..End::unknown(
-                cause.unwrap_or(Reason::BootEntry),
-                format!(
-                    "the new system {toplevel} runs, but its boot entry was not written: {reason}; \
-                     re-run deploy-flake to finish the boot step (inspect {inspect})"
-                ),
-            )
-        },
+        AgentState::BootFailed => boot_failed(toplevel, runs, cause, reason, inspect),
         AgentState::Superseded => End {
             // What runs now is what the other switch left (read again).
             system: None,
@@ -179,4 +174,28 @@ fn refused(cause: Option<Reason>, reason: &str) -> End {
         _ => "; retry after the other switch ends",
     };
     End::unchanged(why, format!("{reason}{way_out}"))
+}
+
+/// The boot step failed: what runs, and what to do.
+fn boot_failed(
+    toplevel: &StorePath,
+    runs: Option<&str>,
+    cause: Option<Reason>,
+    reason: &str,
+    inspect: &str,
+) -> End {
+    let message = match runs {
+        None => format!(
+            "the new system {toplevel} runs, but its boot entry was not written: {reason}; \
+             re-run deploy-flake to finish the boot step (inspect {inspect})"
+        ),
+        Some(runs) => format!(
+            "the boot entry of {toplevel} was not written: {reason}; the host runs {runs}, as \
+             before (inspect {inspect})"
+        ),
+    };
+    End {
+        system: Some(runs.unwrap_or(toplevel.as_str()).to_string()).filter(|r| r.starts_with('/')),
+        ..End::unknown(cause.unwrap_or(Reason::BootEntry), message)
+    }
 }

@@ -12,7 +12,7 @@ use crate::select::Target;
 
 use crate::agent::{AgentAction, AgentState, AgentStatus, CheckVerdict, Facts, Health, SwitchEnv};
 use crate::events::Reason;
-use crate::host::{Followed, Host, HostError, HostResult, Locked};
+use crate::host::{Followed, Host, HostError, HostResult, Locked, Look};
 use crate::inventory::HealthCheck;
 use crate::nix::{Archive, StorePath};
 use crate::process::{Lines, Place, ProcessError};
@@ -205,6 +205,14 @@ impl Host for Fake {
     async fn health(&mut self, _secs: u64) -> HostResult<Health> {
         self.call("health");
         self.health.pop_front().unwrap_or_else(|| health("running", &[]))
+    }
+
+    /// The health as `health` answers it, and the current system of `facts`.
+    async fn look(&mut self, _secs: u64) -> HostResult<Look> {
+        self.call("look");
+        let health = self.health.pop_front().unwrap_or_else(|| health("running", &[]))?;
+        let current = self.facts.as_ref().ok().and_then(|f| f.current.clone());
+        Ok(Look { health, current })
     }
 
     async fn archive(&mut self, flake: &str, _s: u64, out: Lines<'_>) -> HostResult<Archive> {

@@ -64,12 +64,22 @@ pub struct Context {
     pub switch_env: SwitchEnv,
     /// Ctrl-C: hosts that have not started to change stop at once, unchanged.
     pub interrupt: Interrupt,
-    /// `--ask`: the system each host may be given, as shown and approved.
-    pub approved: Option<Arc<std::collections::BTreeMap<String, String>>>,
+    /// `--ask`: what each host may be given, as shown and approved.
+    pub approved: Option<Arc<std::collections::BTreeMap<String, Approved>>>,
     /// How many hosts have an agent at work (activating, confirming,
     /// booting): a second Ctrl-C leaves those in the agents' hands.
     pub changing: Arc<AtomicUsize>,
     pub sink: Sink,
+}
+
+/// `--ask`: a host's change as it was shown and approved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approved {
+    /// The system it may be given.
+    pub system: String,
+    /// What it ran when it was shown: a host that runs something else by
+    /// then is not touched (its change is no longer the one shown).
+    pub running: Option<String>,
 }
 
 /// What a run does to each host.

@@ -4,7 +4,7 @@
 //! unchanged.
 
 use super::{failed, failed_in, next_step, End, Goal, HostRun, Mode, Next, Wanted};
-use crate::agent::{CheckVerdict, Facts, Health};
+use crate::agent::{CheckVerdict, Facts, Health, LockError};
 use crate::events::{Outcome, Phase, Reason};
 use crate::host::{Host, HostError};
 use crate::inventory::BuildOn;
@@ -14,19 +14,8 @@ impl HostRun<'_> {
     /// `Ok`: the system and what to do with it (activate it, or write its
     /// boot entry); `Err`: how the host ended (unchanged, or up to date).
     pub(super) async fn prepare<H: Host>(&mut self, host: &mut H) -> Result<(Wanted, Next), End> {
-        let t = self.spec().timeouts;
-        self.start(Phase::Lock);
-        // The preflight's health comes with the lock.
-        let preflight = (!self.ctx.skip_preflight).then_some(t.preflight);
-        let owner = &self.ctx.lock_owner;
-        let locked = host.lock(owner, self.ctx.origin.get().await, preflight, t.lock).await;
-        let locked = locked.map_err(failed(Reason::LockFailed))?;
-        refuse_if_busy(&locked.busy)?;
-        if let Some(health) = locked.health {
-            self.preflight(&health)?;
-        }
+        self.lock_and_preflight(host).await?;
         let mut wanted = self.wanted_system(host).await?;
-        self.check_approved(&wanted.toplevel)?;
         let self_check = self.spec().self_check.clone();
         let facts = match wanted.facts.take() {
             Some(facts) => facts,
@@ -50,8 +39,10 @@ impl HostRun<'_> {
         refuse_if_busy(&facts.busy)?;
         let next = next_step(&facts, &wanted.toplevel, self.ctx.goal, self.ctx.force);
         let found_self_check = facts.self_check.clone();
+        let running = facts.current.clone();
         self.facts = Some(facts);
         self.toplevel = Some(wanted.toplevel.clone());
+        self.check_approved(&wanted.toplevel, running.as_deref())?;
         match next {
             Next::UpToDate => return Err(self.up_to_date(&wanted.toplevel)),
             Next::FinishBoot => {
@@ -78,19 +69,47 @@ impl HostRun<'_> {
         Ok((wanted, next))
     }
 
-    /// With `--ask`, only the system that was shown may be deployed.
-    fn check_approved(&self, toplevel: &StorePath) -> Result<(), End> {
-        let Some(approved) = &self.ctx.approved else { return Ok(()) };
-        match approved.get(self.name()) {
-            Some(p) if p == toplevel.as_str() => Ok(()),
-            shown => Err(End::unchanged(
-                Reason::NotApproved,
-                format!(
-                    "built {toplevel}, but the system shown and approved was {}; nothing changed",
-                    shown.map_or("none (its changes could not be shown)", String::as_str)
-                ),
-            )),
+    /// Take the host lock; the preflight's health comes with it.
+    async fn lock_and_preflight<H: Host>(&mut self, host: &mut H) -> Result<(), End> {
+        let t = self.spec().timeouts;
+        self.start(Phase::Lock);
+        // The preflight's health comes with the lock.
+        let preflight = (!self.ctx.skip_preflight).then_some(t.preflight);
+        let owner = &self.ctx.lock_owner;
+        let locked = host.lock(owner, self.ctx.origin.get().await, preflight, t.lock).await;
+        let locked = match locked {
+            // Refused before anything was written, also without a preflight.
+            Err(e @ HostError::Lock(LockError::NoSpace { .. })) => {
+                self.start(Phase::Preflight);
+                return Err(End::unchanged(Reason::Preflight, format!("preflight: {e}")));
+            }
+            locked => locked.map_err(failed(Reason::LockFailed))?,
+        };
+        refuse_if_busy(&locked.busy)?;
+        match locked.health {
+            Some(health) => self.preflight(&health),
+            None => Ok(()),
         }
+    }
+
+    /// With `--ask`, only the change that was shown may be made: the
+    /// system shown, to a host that still runs what it ran then.
+    fn check_approved(&self, toplevel: &StorePath, running: Option<&str>) -> Result<(), End> {
+        let Some(approved) = &self.ctx.approved else { return Ok(()) };
+        let why = match approved.get(self.name()) {
+            None => format!("built {toplevel}, but its changes could not be shown"),
+            Some(a) if a.system != toplevel.as_str() => {
+                format!("built {toplevel}, but the system shown and approved was {}", a.system)
+            }
+            Some(a) if a.running.as_deref() != running => format!(
+                "it ran {} when its changes were shown and runs {} now: the change approved is \
+                 not the one it would get",
+                a.running.as_deref().unwrap_or("no system"),
+                running.unwrap_or("no system")
+            ),
+            Some(_) => return Ok(()),
+        };
+        Err(End::unchanged(Reason::NotApproved, format!("{why}; nothing changed")))
     }
 
     /// Where the goal wants it already.

@@ -222,7 +222,7 @@ impl HostRun<'_> {
             Err(e) => return back(e),
         };
         let verdict = came_back_in(&facts, toplevel);
-        let (system, boot) = (facts.current.clone(), facts.profile.clone());
+        let (system, boot) = (facts.current.clone(), facts.boots().map(String::from));
         self.facts = Some(facts);
         if let Err(msg) = verdict {
             let failed = End::unchanged(Reason::RebootedIntoOld, msg);

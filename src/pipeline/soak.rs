@@ -1,23 +1,34 @@
 //! The soak check: after a rollout wave has run for a while, is a host
-//! still healthy? Read-only: it takes no lock and changes nothing.
+//! still healthy, and does it still run the system deployed? Read-only: it
+//! takes no lock, changes nothing, and needs no agent installed (a host
+//! rebooted by someone else meanwhile has lost it; a reboot into the
+//! deployed system is no failure).
 
 use crate::host::Host;
 use crate::inventory::HostSpec;
 
 /// System running, no unit failed that had not failed before the run's
-/// activation, and the host's health checks pass. `Err`: why not.
-pub async fn soak_check<H: Host>(spec: &HostSpec, mut host: H) -> Result<(), String> {
-    let checked = check(spec, &mut host).await;
+/// activation (since the boot, after a reboot), the host runs `deployed`,
+/// and its health checks pass. `Err`: why not.
+pub async fn soak_check<H: Host>(
+    spec: &HostSpec,
+    deployed: &str,
+    mut host: H,
+) -> Result<(), String> {
+    let checked = check(spec, deployed, &mut host).await;
     host.close().await;
     checked
 }
 
-async fn check<H: Host>(spec: &HostSpec, host: &mut H) -> Result<(), String> {
+async fn check<H: Host>(spec: &HostSpec, deployed: &str, host: &mut H) -> Result<(), String> {
     host.connect().await.map_err(|e| format!("could not reach it: {e}"))?;
-    let health = host
-        .health(crate::budget::Budget::of(spec).health)
-        .await
-        .map_err(|e| format!("health: {e}"))?;
+    let secs = crate::budget::Budget::of(spec).health;
+    let look = host.look(secs).await.map_err(|e| format!("health: {e}"))?;
+    if look.current.as_deref() != Some(deployed) {
+        let runs = look.current.as_deref().unwrap_or("no system");
+        return Err(format!("it runs {runs}, not {deployed}, the system deployed"));
+    }
+    let health = look.health;
     if !health.healthy_after_activation() {
         let new = health.new_failures();
         return Err(if new.is_empty() {

@@ -90,6 +90,47 @@ async fn a_locked_host_is_left_alone() {
 }
 
 #[tokio::test]
+async fn a_host_whose_run_has_no_room_is_refused_at_preflight_unchanged() {
+    let said = "/run has 12 KiB free; a run needs 4096 KiB there";
+    for skip_preflight in [false, true] {
+        let mut f = Fake::new();
+        f.lock = Err(LockError::NoSpace { said: said.into() }.into());
+        let r = drive(f, |_, ctx| ctx.skip_preflight = skip_preflight).await;
+        assert_eq!(r.ended(), (Outcome::Failed, Some(Reason::Preflight), Some(Phase::Preflight)));
+        assert_eq!(r.message(), format!("preflight: {said}"));
+        assert_eq!(r.calls, ["connect", "lock", "drop-root", "close"]);
+    }
+}
+
+#[tokio::test]
+async fn ask_deploys_only_the_change_shown_to_the_host_that_ran_what_it_ran_then() {
+    use super::Approved;
+    let approve = |system: &str, running: Option<&str>| {
+        let a = Approved { system: system.into(), running: running.map(String::from) };
+        Some(std::sync::Arc::new([("web1".to_string(), a)].into()))
+    };
+    let cases = [
+        (approve(NEW, Some(OLD)), None),
+        (approve(OLD, Some(OLD)), Some("the system shown and approved was")),
+        (approve(NEW, Some(NEW)), Some("when its changes were shown and runs")),
+        (approve(NEW, None), Some("it ran no system when its changes were shown")),
+        (Some(std::sync::Arc::default()), Some("its changes could not be shown")),
+    ];
+    for (approved, refused) in cases {
+        let r = drive(Fake::new(), |_, ctx| ctx.approved = approved.clone()).await;
+        match refused {
+            None => assert_eq!(r.report.outcome, Outcome::Deployed),
+            Some(why) => {
+                assert_eq!(r.ended().0, Outcome::Failed);
+                assert_eq!(r.report.reason, Some(Reason::NotApproved));
+                assert!(r.message().contains(why), "{}", r.message());
+                assert!(!r.calls.iter().any(|c| c.starts_with("start")), "{:?}", r.calls);
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn an_activation_of_another_run_makes_the_host_busy() {
     let mut f = Fake::new();
     f.lock = Ok(vec!["other-run-activate.service".into()]);

@@ -163,6 +163,41 @@ async fn a_host_whose_boot_entry_was_never_written_is_not_up_to_date() {
 }
 
 #[tokio::test]
+async fn an_older_generation_or_another_default_entry_is_not_the_boot_entry() {
+    // The profile points at the system through an older generation (after
+    // --switch-generation or a rollback), or the bootloader's default entry
+    // boots another system: the boot entry is written again, not "up to
+    // date", and the report says what the host boots until then.
+    let written = |f: Facts| Facts { confirmed: true, boot_written: true, ..f };
+    for facts in [
+        Facts { newest: Some(OLD.into()), ..written(running(NEW, NEW)) },
+        Facts { default_entry: Some(OLD.into()), ..written(running(NEW, NEW)) },
+    ] {
+        let mut f = Fake::new();
+        f.facts = Ok(facts.clone());
+        f.watch = [at(AgentState::Booted)].into();
+        let r = run(f).await;
+        assert_eq!(r.ended(), (Outcome::Deployed, None, Some(Phase::Boot)), "{facts:?}");
+        assert!(r.called("start boot") && !r.called("start activate"), "{:?}", r.calls);
+        assert_eq!(r.report.boot.as_deref(), Some(NEW));
+        // A boot step that fails leaves the report naming what it boots.
+        let mut f = Fake::new();
+        f.facts = Ok(facts.clone());
+        f.watch = [status(AgentState::BootFailed, Some(Reason::BootEntry), "default entry")].into();
+        let r = run(f).await;
+        assert_eq!(r.ended(), (Outcome::Unknown, Some(Reason::BootEntry), Some(Phase::Boot)));
+    }
+    let boots = Facts { default_entry: Some(OLD.into()), ..running(NEW, NEW) };
+    assert_eq!(boots.boots(), Some(OLD), "the default entry, where the bootloader says it");
+    assert_eq!(running(NEW, NEW).boots(), Some(NEW), "else the profile");
+    // The newest generation and the default entry being the system: up to date.
+    let mut f = Fake::new();
+    let facts = written(running(NEW, NEW));
+    f.facts = Ok(Facts { newest: Some(NEW.into()), default_entry: Some(NEW.into()), ..facts });
+    assert_eq!(run(f).await.report.outcome, Outcome::UpToDate);
+}
+
+#[tokio::test]
 async fn an_agent_start_that_errs_but_started_is_followed() {
     let mut f = Fake::new();
     f.start = [Err(failed("systemd-run", "timed out"))].into();
@@ -264,4 +299,12 @@ async fn a_boot_entry_refused_by_the_pre_switch_checks_says_what_runs_and_boots(
     assert!(r.message().contains(NEW) && r.message().contains(why), "{}", r.message());
     assert_eq!(r.report.system.as_deref(), Some(NEW));
     let _ = path(OLD);
+    // With --goal boot nothing was activated: the host runs what it ran.
+    let mut f = Fake::new();
+    f.watch = [status(AgentState::BootFailed, Some(Reason::PreSwitchCheck), why)].into();
+    let r = drive(f, |_, ctx| ctx.goal = Goal::Boot).await;
+    assert_eq!(r.ended(), (Outcome::Unknown, Some(Reason::PreSwitchCheck), Some(Phase::Boot)));
+    assert_eq!(r.report.system.as_deref(), Some(OLD));
+    assert!(r.message().contains(&format!("the host runs {OLD}, as before")), "{}", r.message());
+    assert!(!r.message().contains(&format!("the new system {NEW} runs")), "{}", r.message());
 }

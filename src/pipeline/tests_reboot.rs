@@ -1,6 +1,6 @@
 //! `--reboot` against a fake host: when a host reboots, what it must come
 //! back in, and how a host that does not come back (or comes back wrong)
-//! ends.
+//! ends; and what a soak sees of a host (rebooted or not).
 
 use std::collections::VecDeque;
 
@@ -286,4 +286,26 @@ fn only_a_host_that_succeeded_and_boots_the_new_system_reboots() {
             [Reboot::Never, Reboot::IfNeeded, Reboot::Always].map(|p| wants_reboot(p, &e, &top));
         assert_eq!(got, want, "{e:?}");
     }
+}
+
+#[tokio::test]
+async fn a_soak_looks_at_the_health_and_the_system_the_host_runs() {
+    let spec = crate::inventory::HostSpec::with_defaults("web1");
+    let runs = |current: &str| {
+        let mut f = Fake::new();
+        f.facts.as_mut().unwrap().current = Some(current.into());
+        f
+    };
+    // Rebooted into the deployed system (nothing of the run is left on it,
+    // nor needed): healthy, it passes.
+    assert_eq!(super::soak_check(&spec, NEW, runs(NEW)).await, Ok(()));
+    let why = super::soak_check(&spec, NEW, runs(OLD)).await.unwrap_err();
+    assert_eq!(why, format!("it runs {OLD}, not {NEW}, the system deployed"));
+    let mut f = runs(NEW);
+    f.health = [health("degraded", &["web.service"])].into();
+    let why = super::soak_check(&spec, NEW, f).await.unwrap_err();
+    assert_eq!(why, "system is degraded; failed since the deploy: web.service");
+    let mut f = runs(NEW);
+    f.health = [Err(disconnected())].into();
+    assert!(super::soak_check(&spec, NEW, f).await.unwrap_err().starts_with("health: "));
 }

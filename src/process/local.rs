@@ -1,5 +1,7 @@
 //! Commands on this machine: each in a process group of its own, stopped
-//! with everything it started when the command is given up on.
+//! with everything it started when the command is given up on (SIGTERM,
+//! so that they clean up after themselves, then SIGKILL a few seconds
+//! later to what is left).
 
 use std::future::Future;
 use std::process::Stdio;
@@ -39,7 +41,6 @@ fn spawn_local(cmd: &Cmd) -> Result<Child, ProcessError> {
             None => Stdio::piped(),
         })
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .process_group(0);
     for (k, v) in &cmd.env {
         c.env(k, v);
@@ -59,14 +60,39 @@ fn spawn_local(cmd: &Cmd) -> Result<Child, ProcessError> {
         None => Box::pin(tokio::io::empty()) as Reader,
     };
     let stderr = Box::pin(child.stderr.take().expect("stderr is piped")) as Reader;
+    let mut leader = Leader(Some(child));
     let wait = Box::pin(async move {
-        child.wait().await.map(Exit::from).map_err(|e| ProcessError::Spawn {
+        let ended = leader.0.as_mut().expect("waited for once").wait().await;
+        leader.0.take();
+        ended.map(Exit::from).map_err(|e| ProcessError::Spawn {
             program,
             place: Place::Local,
             reason: e.to_string(),
         })
     }) as Waiter;
     Ok(Child { stdin, stdout, stderr, wait, guard })
+}
+
+/// A command's leader process until it is reaped. Given up on before it
+/// ended, it is kept (unreaped: its process group's id cannot be reused)
+/// for a grace period in which the group's SIGTERM lets it clean up (nix
+/// removes its build directories); still there after it, the group gets
+/// SIGKILL.
+struct Leader(Option<tokio::process::Child>);
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        let Some(mut child) = self.0.take() else { return };
+        let (Some(pid), Ok(runtime)) = (child.id(), tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        runtime.spawn(async move {
+            if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+                kill_group(pid as i32);
+                let _ = child.wait().await;
+            }
+        });
+    }
 }
 
 /// Stops a local process group unless its leader was reaped normally.
@@ -93,6 +119,10 @@ impl GroupGuard {
     }
 }
 
+/// How long a group stopped with SIGTERM has to end (nix removes its
+/// build directories) before it gets SIGKILL.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         LIVE_GROUPS.lock().unwrap_or_else(|e| e.into_inner()).retain(|g| *g != self.pgid);
@@ -114,12 +144,24 @@ fn lower_priority(pid: u32) {
     }
 }
 
+/// SIGTERM to the group: its processes end and clean up after themselves.
 fn signal_group(pgid: i32) {
     if pgid > 1 {
         // SAFETY: kill(2) with a negative pid signals a process group we
         // created (process_group(0) made the child its leader).
         unsafe {
             libc::kill(-pgid, libc::SIGTERM);
+        }
+    }
+}
+
+/// SIGKILL to what is left of the group (its leader not reaped yet).
+fn kill_group(pgid: i32) {
+    if pgid > 1 {
+        // SAFETY: as in `signal_group`; the caller holds the unreaped
+        // leader, so the id still names our group.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
         }
     }
 }

@@ -42,6 +42,30 @@ async fn a_timeout_stops_the_whole_process_group() {
 }
 
 #[tokio::test]
+async fn a_command_given_up_on_cleans_up_first_and_one_that_will_not_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cleaned, lingered) = (dir.path().join("cleaned"), dir.path().join("lingered"));
+    // Given SIGTERM, it cleans up (as nix removes its build directory).
+    let tidy = Cmd::script(
+        Script("trap 'touch \"$1\"; exit 1' TERM; sleep 30 & wait"),
+        [cleaned.display().to_string()],
+    );
+    let e = run(&Local, &tidy.timeout(Duration::from_millis(300)), None).await.unwrap_err();
+    assert!(matches!(e, ProcessError::Timeout { .. }), "{e:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(cleaned.exists(), "it was given the chance to clean up");
+    // One that ignores SIGTERM is killed after the grace period.
+    let stubborn = Cmd::script(
+        Script("trap '' TERM; sleep 7; touch \"$1\""),
+        [lingered.display().to_string()],
+    );
+    let e = run(&Local, &stubborn.timeout(Duration::from_millis(300)), None).await.unwrap_err();
+    assert!(matches!(e, ProcessError::Timeout { .. }), "{e:?}");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(!lingered.exists(), "killed within the grace period");
+}
+
+#[tokio::test]
 async fn stdin_streams_from_file_parts_and_stdout_goes_to_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b, out) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("out"));

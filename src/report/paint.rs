@@ -63,7 +63,7 @@ impl Paint {
                 Style::new().yellow().bold()
             }
             Outcome::Unknown => Style::new().magenta().bold(),
-            Outcome::Cancelled | Outcome::Skipped => Style::new().dim(),
+            Outcome::Cancelled | Outcome::Skipped | Outcome::Unchecked => Style::new().dim(),
         };
         self.apply(style, text)
     }

@@ -268,6 +268,21 @@ pub fn halted_message(failed: &[String], plan: &Plan, wave: usize) -> String {
     )
 }
 
+/// The final report of a host whose soak was interrupted before it was
+/// checked again: it runs what it was deployed, unchecked.
+pub fn unchecked(deployed: &HostReport) -> HostReport {
+    let runs = deployed.system.as_deref().unwrap_or("the new system");
+    HostReport {
+        outcome: Outcome::Unchecked,
+        reason: Some(Reason::Cancelled),
+        message: Some(format!(
+            "deployed and confirmed, but the run was interrupted before its soak checked it \
+             again: it runs {runs}, unchecked"
+        )),
+        ..deployed.clone()
+    }
+}
+
 /// The final report of a host that failed its soak: `deployed` is how its
 /// deploy ended, `reverted` how the return to its previous system ended
 /// (`None`: there was none to return to).

@@ -53,9 +53,16 @@ impl Soak<'_> {
         if interrupted {
             let (passed, failed) = (vec![], vec![]);
             sink(Event::SoakFinished { wave: n, passed, failed, interrupted });
+            // Deployed, but never checked again: not a success to report.
+            for i in soaking {
+                let Some(deployed) = &reports[i] else { continue };
+                let report = super::unchecked(deployed);
+                sink(Event::HostFinished { report: report.clone() });
+                reports[i] = Some(report);
+            }
             return;
         }
-        let verdicts = self.check(&soaking).await;
+        let verdicts = self.check(&soaking, reports).await;
         let passed =
             verdicts.iter().filter(|(_, v)| v.is_ok()).map(|(i, _)| *i).collect::<Vec<_>>();
         let failed: Vec<(usize, String)> =
@@ -92,17 +99,22 @@ impl Soak<'_> {
     }
 
     /// Check every host, in parallel (bounded by the permits).
-    async fn check(&self, hosts: &[usize]) -> Vec<(usize, Result<(), String>)> {
+    async fn check(
+        &self,
+        hosts: &[usize],
+        reports: &[Option<HostReport>],
+    ) -> Vec<(usize, Result<(), String>)> {
         let mut set = JoinSet::new();
         for &i in hosts {
             let target = self.targets[i].clone();
+            let deployed = reports[i].as_ref().and_then(|r| r.system.clone()).unwrap_or_default();
             let (run_id, permits, shared) =
                 (self.ctx.run_id.clone(), self.permits.clone(), self.shared.clone());
             set.spawn(async move {
                 let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
                 let dest = Destination::from_spec(&target.spec);
                 let host = SshHost::new(&target.name, dest, &run_id, shared);
-                (i, pipeline::soak_check(&target.spec, host).await)
+                (i, pipeline::soak_check(&target.spec, &deployed, host).await)
             });
         }
         let mut verdicts = Vec::new();

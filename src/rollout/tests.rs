@@ -207,3 +207,17 @@ fn a_soak_failure_reports_the_return_to_the_previous_system_or_why_it_failed() {
     let same = after_soak(&deployed, None, "x", 20);
     assert_eq!((same.outcome, same.reason), (Outcome::Failed, Some(Reason::Soak)));
 }
+
+#[test]
+fn a_host_whose_soak_was_interrupted_is_unchecked_and_the_run_fails() {
+    let deployed = report(Outcome::Deployed, "/nix/store/new", "/nix/store/old");
+    let r = super::unchecked(&deployed);
+    assert_eq!((r.outcome, r.reason), (Outcome::Unchecked, Some(Reason::Cancelled)));
+    assert_eq!(
+        (r.system.as_deref(), r.boot.as_deref()),
+        (Some("/nix/store/new"), Some("/nix/store/new"))
+    );
+    assert!(!r.outcome.is_success() && !r.outcome.counts_as_failure());
+    assert!(r.message.as_deref().unwrap().contains("it runs /nix/store/new, unchecked"));
+    assert_eq!(crate::runner::exit_for(&[deployed, r]), crate::exit::Exit::HostsFailed);
+}

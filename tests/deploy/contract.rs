@@ -162,11 +162,12 @@ fn a_failed_activation_script_rolls_back_with_its_own_reason() {
     assert_eq!(t.system_state(), "running");
 }
 
-/// A rollback that returns to the previous system, where a unit that had
-/// failed before the deploy is still failed: rolled back (exit 1), the unit
-/// named, not ROLLBACK FAILED.
+/// A unit that had failed before the deploy is reset by the switch (as
+/// NixOS does): a change whose own unit fails is still rolled back for
+/// that unit alone (exit 1, not ROLLBACK FAILED), and the host comes back
+/// on its previous system, running.
 #[test]
-fn a_rollback_that_leaves_an_unrelated_unit_failed_is_still_a_rollback() {
+fn a_unit_failed_before_the_deploy_is_reset_and_the_new_failure_rolls_back() {
     let lab = Lab::boot(1, Suite::Trixie);
     let t = &lab.targets[0];
     let v1 = baseline(&lab, "h", t, "healthy-v1");
@@ -178,10 +179,11 @@ fn a_rollback_that_leaves_an_unrelated_unit_failed_is_still_a_rollback() {
     assert_eq!(run.reason("h"), "activation-failed");
     let msg = run.message("h");
     assert!(msg.contains("demo-broken.service"), "the new system's failure: {msg}");
-    assert!(msg.contains("lab-broken.service"), "the unit still failed: {msg}");
+    assert!(!msg.contains("lab-broken.service"), "reset by the switch: {msg}");
     assert_on(t, &v1);
-    assert_eq!(t.ssh_ok("systemctl is-failed lab-broken.service || true"), "failed");
+    assert_eq!(t.ssh_ok("systemctl is-failed lab-broken.service || true"), "inactive");
     assert_eq!(t.ssh_ok("systemctl is-failed demo-broken.service || true"), "inactive");
+    assert_eq!(t.system_state(), "running");
 }
 
 /// The bootloader step fails after the profile moved: the report says what
@@ -247,6 +249,97 @@ fn rollback_to_an_old_generation_makes_it_the_newest_and_a_reboot_comes_up_in_it
     t.reboot();
     assert_eq!(t.current_system(), Some(v1));
     assert_eq!(t.ssh_ok("cat /run/demo-web/version"), "healthy-v1");
+}
+
+/// A system the profile points at through an older generation (switched
+/// back to by hand, as `nixos-rebuild switch --rollback` does) has no boot
+/// entry where the bootloader keeps the newest generations only. A deploy
+/// of it is not "up to date": it becomes the newest generation, and a
+/// reboot comes back in it.
+#[test]
+fn a_system_on_an_old_generation_is_made_the_newest_and_a_reboot_comes_back_in_it() {
+    let lab = Lab::boot(1, Suite::Trixie);
+    let t = &lab.targets[0];
+    let v1 = baseline(&lab, "h", t, "healthy-v1");
+    for config in ["healthy-v2", "chatty-activation", "slow-activation", "healthy-v2-with-tool"] {
+        let f = flake(&lab, &[host_entry(&lab, "h", t, config, "")]);
+        assert_eq!(deploy(&f, &["--all"]).code, 0);
+    }
+    let profile = "/nix/var/nix/profiles/system";
+    t.ssh_ok(&format!(
+        "nix-env -p {profile} --switch-generation 1 && {profile}/bin/switch-to-configuration switch"
+    ));
+    assert_on(t, &v1);
+    assert_ne!(default_entry(t), v1, "generations 3 to 5 have entries, 1 has none");
+
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "healthy-v1", "")]);
+    let run = deploy(&f, &["--all", "--reboot", "always"]);
+    eprintln!("{run}");
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!((run.outcome("h").as_str(), run.reason("h").as_str()), ("deployed", ""));
+    assert_eq!((run.system("h"), run.report("h")["boot"].as_str()), (v1.clone(), Some(&*v1)));
+    assert_eq!(t.booted_system(), Some(v1.clone()), "the reboot came back in it");
+    assert_on(t, &v1);
+    assert_eq!(default_entry(t), v1);
+    assert_eq!(t.ssh_ok(&format!("readlink {profile}")), "system-6-link");
+    assert_eq!(deploy(&f, &["--all"]).outcome("h"), "up-to-date");
+}
+
+/// A bootloader that writes the entries but leaves its default entry on
+/// another system (switch-to-configuration boot exits 0): the boot step
+/// says so, and the host is not "up to date" until its default is the
+/// system; a re-run then finishes the boot step without activating again.
+#[test]
+fn a_default_entry_left_on_another_system_is_no_boot_entry() {
+    let lab = Lab::boot(1, Suite::Bookworm);
+    let t = &lab.targets[0];
+    let v1 = baseline(&lab, "h", t, "healthy-v1");
+    t.ssh_ok("touch /etc/lab-bootloader-keeps-default");
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "healthy-v2", "")]);
+    let run = deploy(&f, &["--all"]);
+    eprintln!("{run}");
+    assert_eq!(run.code, 3, "{run}");
+    assert_eq!((run.phase("h").as_str(), run.reason("h").as_str()), ("boot", "boot-entry"));
+    let v2 = run.system("h");
+    let msg = run.message("h");
+    assert!(msg.contains(&format!("the bootloader's default entry boots {v1}, not {v2}")), "{msg}");
+    assert_eq!(default_entry(t), v1);
+    assert_eq!(deploy(&f, &["--all"]).code, 3, "not up to date while it boots v1");
+
+    t.ssh_ok("rm /etc/lab-bootloader-keeps-default");
+    let fixed = deploy(&f, &["--all"]);
+    assert_eq!((fixed.code, fixed.outcome("h")), (0, "deployed".into()), "{fixed}");
+    assert!(!fixed.lines("h").iter().any(|l| l.contains("activating")), "{fixed}");
+    assert_eq!(default_entry(t), v2);
+    assert_eq!(deploy(&f, &["--all"]).outcome("h"), "up-to-date");
+}
+
+/// A boot entry the system's pre-switch checks refuse, on a host whose
+/// profile points at an older generation: the profile points at exactly
+/// the system it did before (not at "the generation before" the refused
+/// one), and the report says so.
+#[test]
+fn a_refused_boot_entry_sets_the_profile_back_to_exactly_what_it_was() {
+    let lab = Lab::boot(1, Suite::Bookworm);
+    let t = &lab.targets[0];
+    let v1 = baseline(&lab, "h", t, "healthy-v1");
+    for config in ["healthy-v2", "healthy-v2-with-tool"] {
+        let f = flake(&lab, &[host_entry(&lab, "h", t, config, "")]);
+        assert_eq!(deploy(&f, &["--all"]).code, 0);
+    }
+    let profile = "/nix/var/nix/profiles/system";
+    t.ssh_ok(&format!(
+        "nix-env -p {profile} --switch-generation 1 && {profile}/bin/switch-to-configuration switch"
+    ));
+    assert_on(t, &v1);
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "refuses-switch", "")]);
+    let run = deploy(&f, &["--all", "--goal", "boot"]);
+    eprintln!("{run}");
+    assert_eq!(run.code, 3, "{run}");
+    assert_eq!((run.phase("h").as_str(), run.reason("h").as_str()), ("boot", "pre-switch-check"));
+    assert!(run.message("h").contains(&format!("points at {v1} again")), "{run}");
+    assert_eq!(run.system("h"), v1, "--goal boot activated nothing");
+    assert_on(t, &v1);
 }
 
 /// --install-bootloader reaches the bootloader (NIXOS_INSTALL_BOOTLOADER=1).

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -122,11 +123,21 @@ pub struct Background {
 
 impl Background {
     pub fn start<F: AsRef<OsStr> + ?Sized>(flake: &F, args: &[&str]) -> Background {
+        Background::start_with(flake, args, &[])
+    }
+
+    /// The same, with `env` added to its environment.
+    pub fn start_with<F: AsRef<OsStr> + ?Sized>(
+        flake: &F,
+        args: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Background {
         let mut c = Command::new(BIN);
         c.args(["--json", "--flake"])
             .arg(flake)
             .args(args)
             .env("NIX_CONFIG", NIX_CONFIG)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = c.spawn().expect("start deploy-flake");

@@ -367,3 +367,81 @@ fn a_target_rebooting_mid_run_is_reported_at_once() {
     assert_eq!(run.system("h"), v1, "it came back on its boot entry");
     assert_on(t, &v1);
 }
+
+/// A waiter of the run that no longer reads (stopped, or its reader
+/// stuck) with its wake-up FIFO full: the agent and the deployer's
+/// confirmation pass it over instead of blocking on it, and the change is
+/// confirmed and written as usual.
+#[test]
+fn a_waiter_whose_wake_up_fifo_is_full_blocks_nobody() {
+    let lab = Lab::boot(1, Suite::Trixie);
+    let t = &lab.targets[0];
+    baseline(&lab, "h", t, "healthy-v1");
+    let before = t.ssh_ok("ls /run/deploy-flake/runs");
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "slow-activation", "timeouts.confirm = 10;")]);
+    let bg = Background::start(&f, &["--all"]);
+    // Watched on the host itself: the deployer's output may come later.
+    let newest = || t.ssh_ok("ls -d /run/deploy-flake/runs/* | tail -n 1");
+    eventually("the activation", Duration::from_secs(120), || {
+        let dir = newest();
+        !before.lines().any(|r| dir.ends_with(r))
+            && t.ssh_ok(&format!("grep -c 'slow activation: started' {dir}/log || true")) == "1"
+    });
+    let fifo = format!("{}/wake.999999", newest());
+    t.ssh_ok(&format!(
+        "mkfifo -m 600 {fifo} && systemd-run --unit=lab-full-fifo --quiet sh -c \
+         'exec 3<>{fifo}; head -c 65536 /dev/zero >&3; exec sleep 600'"
+    ));
+    let run = bg.finish(Duration::from_secs(400));
+    t.ssh_ok("systemctl stop lab-full-fifo");
+    eprintln!("{run}");
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.outcome("h"), "deployed", "{run}");
+    let sys = run.system("h");
+    assert!(sys.contains("slow-activation"), "{sys}");
+    assert_on(t, &sys);
+}
+
+/// SIGTERM (a cancelled CI job) is Ctrl-C: during a local build, the build
+/// stops at once, the host is cancelled unchanged, and the run's temporary
+/// directories are gone; during an activation, the host is confirmed and
+/// finished, exit 0.
+#[test]
+fn sigterm_is_handled_like_ctrl_c() {
+    let lab = Lab::boot(1, Suite::Trixie);
+    let t = &lab.targets[0];
+    let v1 = baseline(&lab, "h", t, "healthy-v1");
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "slow-build", r#"buildOn = "local";"#)]);
+    let salt = format!("{}-term-{:?}", std::process::id(), Instant::now());
+    std::fs::write(f.join("build-salt"), salt).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Background::start_with(&f, &["--all"], &[("TMPDIR", tmp.path())]);
+    a.wait_for("building", Duration::from_secs(120), phase_started("h", "build"));
+    eventually("the build runs here", Duration::from_secs(30), local_slow_build_running);
+    let sent = Instant::now();
+    a.signal("TERM");
+    let run = a.finish(Duration::from_secs(30));
+    eprintln!("{run}");
+    assert!(sent.elapsed() < Duration::from_secs(10), "stopped at once: {:?}", sent.elapsed());
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!((run.outcome("h").as_str(), run.reason("h").as_str()), ("cancelled", "cancelled"));
+    eventually("the build's processes end", Duration::from_secs(10), || {
+        !local_slow_build_running()
+    });
+    let left = || -> Vec<_> {
+        std::fs::read_dir(tmp.path()).unwrap().flatten().map(|e| e.path()).collect()
+    };
+    eventually("the temporary directories go", Duration::from_secs(10), || left().is_empty());
+    assert_on(t, &v1);
+
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "slow-activation", "timeouts.confirm = 5;")]);
+    let mut bg = Background::start(&f, &["--all"]);
+    bg.wait_for("activation", Duration::from_secs(120), phase_started("h", "activate"));
+    bg.signal("TERM");
+    let run = bg.finish(Duration::from_secs(120));
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.outcome("h"), "deployed", "{run}");
+    let sys = run.system("h");
+    assert!(sys.contains("slow-activation"), "{sys}");
+    assert_on(t, &sys);
+}

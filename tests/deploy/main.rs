@@ -14,6 +14,7 @@ mod operator;
 mod pipeline;
 mod reboot;
 mod rollout;
+mod runs;
 mod safety;
 mod scale;
 mod truth;

@@ -233,9 +233,61 @@ fn ctrl_c_during_a_soak_stops_before_the_next_wave() {
     assert_eq!(run.code, 1, "{run}");
     let soak = &named(&run, "soak-finished")[0];
     assert_eq!(soak["interrupted"], true, "{run}");
-    assert_eq!(run.outcome("a"), "deployed", "{run}");
+    // Deployed, but its soak never checked it again.
+    assert_eq!((run.outcome("a"), run.reason("a")), ("unchecked".into(), "cancelled".into()));
     assert_eq!(run.outcome("b"), "cancelled", "{run}");
     assert_eq!(a.current_system().as_deref(), Some(run.system("a").as_str()));
     untouched(b, &v1, "b, in the wave after the interrupted soak");
     assert_eq!(named(&run, "wave-started").len(), 1);
+}
+
+/// Ctrl-C during the soak of the last wave: its hosts were never checked
+/// again, and the run does not say they succeeded: exit 1, each host
+/// `unchecked`, running the system deployed (left as it is).
+#[test]
+fn ctrl_c_during_the_last_soak_leaves_its_hosts_unchecked() {
+    let lab = Lab::boot(1, Suite::Trixie);
+    let a = &lab.targets[0];
+    baseline_all(&lab, &[("a", a)], "healthy-v1");
+    let f = flake(&lab, &[host_entry(&lab, "a", a, "healthy-v2", "")]);
+    let mut bg = Background::start(&f, &["--all", "--soak", "300"]);
+    bg.wait_for("the soak", Duration::from_secs(180), |v| v["event"] == "soak-started");
+    bg.signal("INT");
+    let run = bg.finish(Duration::from_secs(30));
+    eprintln!("{run}");
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!((run.outcome("a"), run.reason("a")), ("unchecked".into(), "cancelled".into()));
+    let sys = run.system("a");
+    assert!(sys.contains("healthy-v2"), "{sys}");
+    assert!(run.message("a").contains("interrupted before its soak checked it"), "{run}");
+    assert_eq!(named(&run, "soak-finished")[0]["interrupted"], true);
+    assert_eq!(named(&run, "run-finished")[0]["exit_code"], 1);
+    assert_eq!(a.current_system().as_deref(), Some(sys.as_str()));
+    assert_eq!(a.boot_profile().as_deref(), Some(sys.as_str()));
+}
+
+/// A host rebooted by someone else during its soak, back in the system
+/// deployed and healthy, passes the soak: it is not taken back.
+#[test]
+fn a_host_rebooted_during_its_soak_into_the_deployed_system_passes() {
+    let lab = Lab::boot(1, Suite::Bookworm);
+    let a = &lab.targets[0];
+    baseline_all(&lab, &[("a", a)], "healthy-v1");
+    let f = flake(&lab, &[host_entry(&lab, "a", a, "healthy-v2", "")]);
+    let mut bg = Background::start(&f, &["--all", "--soak", "20"]);
+    bg.wait_for("the soak", Duration::from_secs(180), |v| v["event"] == "soak-started");
+    let boot = a.boot_id();
+    a.reboot();
+    assert_ne!(a.boot_id(), boot, "it rebooted during the soak");
+    let run = bg.finish(Duration::from_secs(120));
+    eprintln!("{run}");
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!((run.outcome("a").as_str(), run.reason("a").as_str()), ("deployed", ""));
+    let soak = &named(&run, "soak-finished")[0];
+    assert_eq!(names(&soak["passed"]), ["a"], "{soak}");
+    assert!(named(&run, "rolled-back").is_empty(), "{run}");
+    let sys = run.system("a");
+    assert_eq!(a.current_system().as_deref(), Some(sys.as_str()));
+    assert_eq!(a.boot_profile().as_deref(), Some(sys.as_str()));
+    assert_eq!(a.booted_system().as_deref(), Some(sys.as_str()));
 }

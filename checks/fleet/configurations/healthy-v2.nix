@@ -1,5 +1,5 @@
-# healthy-v2: a healthy change (demo-web is restarted and reports
-# "healthy-v2"), with a passing pre-activate-safety-checks.
+# healthy-v2: a healthy change (demo-web changes: it is stopped and started
+# again, and reports "healthy-v2"), with a passing pre-activate-safety-checks.
 { pkgs, ... }:
 {
   demo.version = "healthy-v2";

@@ -75,6 +75,7 @@ pub fn header(c: &Counts, elapsed: Option<Duration>, paint: Paint) -> String {
         (c.unknown, "UNKNOWN STATE"),
         (c.cancelled, "cancelled"),
         (c.skipped, "skipped"),
+        (c.unchecked, "unchecked"),
     ] {
         if n > 0 {
             parts.push(count(n, what, Paint::red));
@@ -135,7 +136,9 @@ pub fn finished_lines(h: &HostState, report: &HostReport, paint: Paint) -> Vec<S
             ("↺", report.outcome.as_str().to_uppercase())
         }
         Outcome::Unknown => ("?", report.outcome.as_str().to_string()),
-        Outcome::Cancelled | Outcome::Skipped => ("-", report.outcome.as_str().to_string()),
+        Outcome::Cancelled | Outcome::Skipped | Outcome::Unchecked => {
+            ("-", report.outcome.as_str().to_string())
+        }
     };
     let secs = fmt_duration(report.duration);
     let head = format!("{} {}", paint.outcome(report.outcome, mark), paint.bold(&h.label));

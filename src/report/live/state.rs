@@ -50,6 +50,7 @@ pub struct Counts {
     pub unknown: usize,
     pub cancelled: usize,
     pub skipped: usize,
+    pub unchecked: usize,
 }
 
 /// The end of the run, as `run-finished` says it.
@@ -173,6 +174,7 @@ impl State {
                     Outcome::Unknown => &mut c.unknown,
                     Outcome::Cancelled => &mut c.cancelled,
                     Outcome::Skipped => &mut c.skipped,
+                    Outcome::Unchecked => &mut c.unchecked,
                 },
             };
             *n += 1;
