@@ -20,6 +20,7 @@ pub mod report;
 pub mod rollout;
 pub mod rules;
 pub mod runner;
+pub mod secret;
 pub mod select;
 pub mod ssh;
 pub mod status;

@@ -114,7 +114,7 @@ fn an_empty_fleet_is_valid() {
 fn unknown_host_key_is_named() {
     assert_err(
         "lib.deployChecks { inherit self system; deployFlake = fleet { web1.sshPrt = 2222; }; }",
-        &["deployFlake.hosts.web1.sshPrt: unknown option; did you mean \"sshPort\"? (known options: buildOn, configuration, healthChecks, hostname, magicRollback, selfCheck, sshOpts, sshPort, sshUser, substituteOnTarget, sudo, tags, timeouts)"],
+        &["deployFlake.hosts.web1.sshPrt: unknown option; did you mean \"sshPort\"? (known options: buildOn, configuration, healthChecks, hostname, keys, magicRollback, selfCheck, sshOpts, sshPort, sshUser, substituteOnTarget, sudo, tags, timeouts)"],
     );
 }
 
