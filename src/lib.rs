@@ -12,6 +12,7 @@ pub mod exit;
 pub mod health;
 pub mod host;
 pub mod inventory;
+pub mod keys;
 pub mod nix;
 pub mod pipeline;
 pub mod plan;

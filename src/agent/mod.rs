@@ -12,6 +12,7 @@
 
 mod answers;
 mod follow;
+pub mod keys;
 mod lock;
 #[cfg(test)]
 mod tests;

@@ -10,10 +10,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 
 use super::{HostError, HostResult};
+use crate::inventory::KeySpec;
+use crate::keys::{self, KeyError, Loaded};
 use crate::nix::{self, Archive, StorePath};
 use crate::process::Lines;
+use crate::secret::Secret;
 
 type Once<T> = Arc<OnceCell<HostResult<T>>>;
+type KeyOnce = Arc<OnceCell<Result<Arc<Secret>, KeyError>>>;
 
 /// The run's shared work.
 pub struct Shared {
@@ -23,6 +27,8 @@ pub struct Shared {
     exports: Mutex<HashMap<StorePath, Once<u64>>>,
     /// Configuration -> the system built here.
     builds: Mutex<HashMap<String, Once<StorePath>>>,
+    /// A key's source -> its content, read once per run.
+    keys: Mutex<HashMap<keys::Source, KeyOnce>>,
     /// Export files and GC roots of local builds, for the run's lifetime.
     dir: OnceLock<Result<tempfile::TempDir, String>>,
     cpu: Semaphore,
@@ -38,6 +44,7 @@ impl Default for Shared {
             archive: OnceCell::new(),
             exports: Mutex::default(),
             builds: Mutex::default(),
+            keys: Mutex::default(),
             dir: OnceLock::new(),
             cpu: Semaphore::new((2 * cores).max(2)),
         }
@@ -45,7 +52,10 @@ impl Default for Shared {
 }
 
 /// The entry of `key` in a map of once-cells (created on first use).
-fn once<K: std::hash::Hash + Eq + Clone, T>(map: &Mutex<HashMap<K, Once<T>>>, key: &K) -> Once<T> {
+fn once<K: std::hash::Hash + Eq + Clone, T>(
+    map: &Mutex<HashMap<K, Arc<OnceCell<T>>>>,
+    key: &K,
+) -> Arc<OnceCell<T>> {
     let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
     map.entry(key.clone()).or_default().clone()
 }
@@ -128,6 +138,27 @@ impl Shared {
             .await
             .clone()?;
         Ok((file, len))
+    }
+
+    /// A host's keys with their content: each source read once per run
+    /// (the first host to need it reads it, the others wait for it).
+    pub async fn keys(
+        &self,
+        specs: &std::collections::BTreeMap<String, KeySpec>,
+    ) -> Result<Vec<Loaded>, KeyError> {
+        let mut loaded = Vec::with_capacity(specs.len());
+        for spec in specs.values() {
+            let content = match (keys::Source::of(spec), &spec.text) {
+                (Some(source), _) => {
+                    let cell = once(&self.keys, &source);
+                    let read = cell.get_or_init(|| async { source.read(&spec.name).await });
+                    read.await.clone()?
+                }
+                (None, text) => Arc::new(text.clone().unwrap_or_default()),
+            };
+            loaded.push(Loaded { spec: spec.clone(), content });
+        }
+        Ok(loaded)
     }
 
     /// A configuration built here, once however many hosts deploy it; its

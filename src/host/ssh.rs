@@ -4,7 +4,8 @@ use super::{Followed, Host, HostError, HostResult, Locked, Shared};
 use crate::agent::{self, AgentAction, AgentState, AgentStatus, CheckVerdict, Facts, Health};
 use crate::agent::{HostLock, LockError, RunDir, SwitchEnv};
 use crate::events::Reason;
-use crate::inventory::HealthCheck;
+use crate::inventory::{HealthCheck, KeySpec};
+use crate::keys::{KeyError, Loaded};
 use crate::nix::{self, Archive, StorePath};
 use crate::process::{Exit, Lines, ProcessError, Spawner};
 use crate::ssh::{Destination, Ssh, SshError};
@@ -164,6 +165,31 @@ impl Host for SshHost {
             nix::copy(std::slice::from_ref(path), &store, &opts, substitute, secs, out).await?;
         }
         Ok(nix::add_root(ssh, path, &self.run.gc_root(), secs).await?)
+    }
+
+    async fn read_keys(
+        &mut self,
+        keys: &std::collections::BTreeMap<String, KeySpec>,
+    ) -> Result<Vec<Loaded>, KeyError> {
+        self.shared.keys(keys).await
+    }
+
+    async fn stage_keys(
+        &mut self,
+        keys: &[Loaded],
+        keep: bool,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> HostResult<()> {
+        Ok(agent::keys::stage(self.ssh()?, &self.run, keys, keep, secs, out).await?)
+    }
+
+    async fn upload_keys(&mut self, keys: &[Loaded], secs: u64, out: Lines<'_>) -> HostResult<()> {
+        Ok(agent::keys::upload(self.ssh()?, &self.run, keys, secs, out).await?)
+    }
+
+    async fn discard_keys(&mut self, secs: u64) -> HostResult<()> {
+        Ok(agent::keys::discard(self.ssh()?, &self.run, secs).await?)
     }
 
     async fn generation(

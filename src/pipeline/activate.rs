@@ -78,6 +78,7 @@ impl HostRun<'_> {
         // first watch comes with the start.
         let health = health_secs(spec);
         let limit = Duration::from_secs(t.activate.saturating_add(15).saturating_add(health));
+        self.stage_keys(host).await?;
         let since = Instant::now();
         self.agent_starts();
         let secs = limit.as_secs();
@@ -87,10 +88,13 @@ impl HostRun<'_> {
             (false, Err(e)) => match self.started_anyway(host, e).await? {
                 Ok(()) => None,
                 Err(e) => {
+                    if !self.keys.is_empty() {
+                        let _ = host.discard_keys(10).await;
+                    }
                     return Err(End::unchanged(
                         e.reason(Reason::ActivationFailed),
                         format!("could not start the agent: {e}"),
-                    ))
+                    ));
                 }
             },
         };
@@ -106,6 +110,21 @@ impl HostRun<'_> {
                 settled.map_err(|e| lost(&e.to_string(), &host.inspect_hint()))
             }
         }
+    }
+
+    /// Send the host's keys for the activation (nothing is written yet).
+    async fn stage_keys<H: Host>(&mut self, host: &mut H) -> Result<(), End> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        let secs = self.spec().timeouts.activate.min(120);
+        let staged = host.stage_keys(&self.keys, false, secs, &mut self.lines()).await;
+        staged.map_err(|e| {
+            End::unchanged(
+                e.reason(Reason::Keys),
+                format!("sending the keys: {e}; nothing changed"),
+            )
+        })
     }
 
     /// Start an agent action. An error may come after the target accepted

@@ -122,6 +122,7 @@ pub fn agent_end(s: &AgentStatus, toplevel: &StorePath, inspect: &str) -> End {
                      host reboots into it and is checked), or with --goal boot and reboot the host \
                      yourself"
                 }
+                Reason::Keys => "",
                 _ => "; retry after the other switch ends",
             };
             End::unchanged(why, format!("{reason}{way_out}"))

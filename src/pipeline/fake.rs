@@ -102,6 +102,10 @@ pub struct Fake {
     facts_asked: usize,
     /// Log lines each watch hands out.
     pub log: Vec<String>,
+    /// Reading the keys here.
+    pub read_keys: Result<(), crate::keys::KeyError>,
+    pub stage_keys: HostResult<()>,
+    pub upload_keys: HostResult<()>,
 }
 
 impl Fake {
@@ -145,6 +149,9 @@ impl Fake {
             later_facts: VecDeque::new(),
             facts_asked: 0,
             log: vec!["activating".into()],
+            read_keys: Ok(()),
+            stage_keys: Ok(()),
+            upload_keys: Ok(()),
         }
     }
 
@@ -391,6 +398,45 @@ impl Host for Fake {
     async fn reboot(&mut self, _secs: u64) -> HostResult<()> {
         self.call("reboot");
         self.reboot.clone()
+    }
+
+    async fn read_keys(
+        &mut self,
+        keys: &std::collections::BTreeMap<String, crate::inventory::KeySpec>,
+    ) -> Result<Vec<crate::keys::Loaded>, crate::keys::KeyError> {
+        self.call(format!("read-keys {}", keys.len()));
+        self.read_keys.clone()?;
+        let content = Arc::new(crate::secret::Secret::from("content".to_string()));
+        Ok(keys
+            .values()
+            .map(|spec| crate::keys::Loaded { spec: spec.clone(), content: content.clone() })
+            .collect())
+    }
+
+    async fn stage_keys(
+        &mut self,
+        keys: &[crate::keys::Loaded],
+        keep: bool,
+        _secs: u64,
+        _out: Lines<'_>,
+    ) -> HostResult<()> {
+        self.call(format!("stage-keys {}{}", keys.len(), if keep { " keep" } else { "" }));
+        self.stage_keys.clone()
+    }
+
+    async fn upload_keys(
+        &mut self,
+        keys: &[crate::keys::Loaded],
+        _secs: u64,
+        _out: Lines<'_>,
+    ) -> HostResult<()> {
+        self.call(format!("upload-keys {}", keys.len()));
+        self.upload_keys.clone()
+    }
+
+    async fn discard_keys(&mut self, _secs: u64) -> HostResult<()> {
+        self.call("discard-keys");
+        Ok(())
     }
 
     async fn drop_root(&mut self, _secs: u64) -> HostResult<()> {

@@ -22,6 +22,8 @@ mod tests;
 #[cfg(test)]
 mod tests_contract;
 #[cfg(test)]
+mod tests_keys;
+#[cfg(test)]
 mod tests_reboot;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -138,6 +140,7 @@ pub async fn deploy<H: Host>(target: &Target, ctx: &Context, host: H) -> HostRep
         agent_started: false,
         facts: None,
         toplevel: None,
+        keys: Vec::new(),
     };
     let end = run.run(host).await;
     run.finish(end)
@@ -163,6 +166,8 @@ struct HostRun<'a> {
     facts: Option<Facts>,
     /// The system of the run, once known.
     toplevel: Option<StorePath>,
+    /// The host's keys, read before anything on it changes.
+    keys: Vec<crate::keys::Loaded>,
 }
 
 impl<'a> HostRun<'a> {
