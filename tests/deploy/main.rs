@@ -9,6 +9,7 @@ mod contract;
 mod display;
 mod helpers;
 mod holes;
+mod keys;
 mod operator;
 mod pipeline;
 mod reboot;

@@ -1,0 +1,118 @@
+//! Keys on real targets: written where and as whom the fleet says, before
+//! the switch or once confirmed, put back when the host is rolled back,
+//! written again after a reboot emptied /run/keys; a key that cannot be
+//! read leaves the host unchanged without showing the key.
+
+use std::path::Path;
+
+use crate::common::{nix_string, Lab, Suite, Target};
+use crate::helpers::{deploy, flake, host_entry};
+
+/// `stat` of a path on the target: `user:group mode`.
+fn stat(t: &Target, path: &str) -> String {
+    t.ssh_ok(&format!("stat -c '%U:%G %a' {path}"))
+}
+
+/// Files deploy-flake keeps beside keys while a run needs them: none are
+/// left once a run has ended.
+fn leftovers(t: &Target, dir: &str) -> String {
+    t.ssh_ok(&format!(
+        "ls -A {dir} | grep '^\\.deploy-flake' || true; ls /run/deploy-flake/runs/*/ 2>/dev/null | grep -E 'staged-keys|keys-' || true"
+    ))
+}
+
+/// The keys of the lab's host entries: a pre-activation key the demo
+/// service reads as `nobody` at start (from a file here), and a
+/// post-activation key (from a command here) in a directory of its own;
+/// `extra` is spliced into the attribute set of keys.
+fn keys_nix(key_file: &Path, post_marker: &str, extra: &str) -> String {
+    format!(
+        r#"keys = {{
+             demo-key = {{ keyFile = {}; user = "nobody"; group = "keys"; permissions = "0440"; }};
+             post-key = {{ keyCommand = [ "printf" "%s" {} ]; uploadAt = "post-activation";
+                          destDir = "/var/lib/lab-keys"; user = "deploy"; group = "pwuser"; permissions = "0640"; }};
+             {extra}
+           }};
+           healthChecks = [ {{ command = [ "sh" "-c" "test -s /run/demo-keys/seen && test ! -e /var/lib/lab-keys/post-key" ]; }} ];"#,
+        nix_string(&key_file.display().to_string()),
+        nix_string(post_marker),
+    )
+}
+
+/// Both suites: a key the command cannot give stops the host unchanged
+/// (its stderr shown, its stdout never); then the pre-activation key is in
+/// place, exact in owner, group and mode, for the service that reads it at
+/// activation, and the post-activation key is written only once confirmed
+/// (the health check before the confirmation finds it missing); then a
+/// failed activation puts the previous content back and removes the key
+/// that was new.
+#[test]
+fn keys_are_written_as_declared_and_put_back_on_rollback() {
+    let lab = Lab::boot_suites(&[Suite::Trixie, Suite::Bookworm]);
+    let key_file = lab.dir().join("demo-key");
+    std::fs::write(&key_file, "first-key-content\n").unwrap();
+    for t in &lab.targets {
+        // NixOS has a `keys` group (and /run/keys is root:keys 0750).
+        t.ssh_ok("groupadd --system keys");
+    }
+    let entries = |configuration: &str, extra: &str| -> Vec<String> {
+        lab.targets.iter().map(|t| host_entry(&lab, &t.name, t, configuration, extra)).collect()
+    };
+
+    let failing = r#"fails = { keyCommand = [ "sh" "-c" "printf never-%s-stdout shown; echo no such secret >&2; exit 3" ]; };"#;
+    let f = flake(&lab, &entries("needs-key", &keys_nix(&key_file, "post-1", failing)));
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 1, "{run}");
+    for t in &lab.targets {
+        assert_eq!((run.outcome(&t.name), run.reason(&t.name)), ("failed".into(), "keys".into()));
+        let msg = run.message(&t.name);
+        assert!(
+            msg.contains("key fails: keyCommand sh -c") && msg.contains("no such secret"),
+            "{msg}"
+        );
+        assert_eq!(t.current_system(), None, "unchanged");
+        let dirs = t.ssh_ok("ls -d /run/keys /var/lib/lab-keys 2>/dev/null || true");
+        assert_eq!(dirs, "", "nothing written on {}", t.name);
+    }
+    assert!(
+        !run.stdout.contains("never-shown-stdout") && !run.stderr.contains("never-shown-stdout")
+    );
+
+    let f = flake(&lab, &entries("needs-key", &keys_nix(&key_file, "post-1", "")));
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 0, "{run}");
+    for t in &lab.targets {
+        let who = &t.name;
+        assert_eq!(t.ssh_ok("cat /run/demo-keys/seen"), "first-key-content", "{who}");
+        assert_eq!(stat(t, "/run/keys"), "root:keys 750", "{who}");
+        assert_eq!(stat(t, "/run/keys/demo-key"), "nobody:keys 440", "{who}");
+        assert_eq!(stat(t, "/var/lib/lab-keys"), "root:keys 750", "{who}");
+        assert_eq!(stat(t, "/var/lib/lab-keys/post-key"), "deploy:pwuser 640", "{who}");
+        assert_eq!(t.ssh_ok("cat /var/lib/lab-keys/post-key"), "post-1", "{who}");
+        assert_eq!(stat(t, "/var/lib"), "root:root 755", "{who}");
+        assert_eq!(leftovers(t, "/run/keys") + &leftovers(t, "/var/lib/lab-keys"), "", "{who}");
+        let lines = run.lines(who).join("\n");
+        assert!(lines.contains("key demo-key: wrote /run/keys/demo-key"), "{lines}");
+    }
+    let deployed: Vec<String> = lab.targets.iter().map(|t| t.current_system().unwrap()).collect();
+
+    // New content, a new key, and a change that fails: all put back.
+    std::fs::write(&key_file, "second-key-content\n").unwrap();
+    let fresh = r#"fresh = { text = "fresh"; };"#;
+    let f = flake(&lab, &entries("failing-unit", &keys_nix(&key_file, "post-2", fresh)));
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 1, "{run}");
+    for (t, before) in lab.targets.iter().zip(&deployed) {
+        let who = &t.name;
+        assert_eq!(run.outcome(who), "rolled-back", "{run}");
+        assert_eq!(t.current_system().as_ref(), Some(before));
+        assert_eq!(t.ssh_ok("cat /run/keys/demo-key"), "first-key-content", "{who}");
+        assert_eq!(stat(t, "/run/keys/demo-key"), "nobody:keys 440", "{who}");
+        assert_eq!(t.ssh_ok("cat /var/lib/lab-keys/post-key"), "post-1", "{who}");
+        assert_eq!(t.ssh_ok("test -e /run/keys/fresh && echo there || echo gone"), "gone");
+        assert_eq!(leftovers(t, "/run/keys") + &leftovers(t, "/var/lib/lab-keys"), "", "{who}");
+        let lines = run.lines(who).join("\n");
+        assert!(lines.contains("key demo-key: restored /run/keys/demo-key"), "{lines}");
+        assert!(lines.contains("key fresh: removed /run/keys/fresh"), "{lines}");
+    }
+}
