@@ -5,8 +5,10 @@ use clap::{Parser, ValueEnum};
 
 mod display;
 mod docs;
+mod sudo;
 pub use display::{ColorChoice, DisplayArgs, LiveJsonConflict, Progress, Terminal};
 pub use docs::DocsCommand;
+pub use sudo::{SudoArgs, SudoPassword, SudoPasswordError};
 
 pub use crate::agent::SwitchEnv;
 use crate::events::Phase;
@@ -172,6 +174,9 @@ pub struct Query {
 
     #[arg(long = "timeout", value_name = "PHASE=SECONDS", help = timeout_help())]
     pub timeouts: Vec<String>,
+
+    #[command(flatten)]
+    pub sudo: SudoArgs,
 }
 
 /// The options of a deploy (and a rollback).
@@ -332,6 +337,8 @@ pub struct Options {
     pub ask: Option<bool>,
     /// The command line's rollout settings.
     pub rollout: Overrides,
+    /// Where the sudo password of the run comes from, if it has one.
+    pub sudo_password: Option<SudoPassword>,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -537,6 +544,7 @@ impl Query {
             reboot: Reboot::Never,
             ask: None,
             rollout: Overrides::default(),
+            sudo_password: self.sudo.source(),
         })
     }
 }

@@ -51,6 +51,10 @@ fn run() -> anyhow::Result<Exit> {
     let (inventory, mut targets) =
         runtime.block_on(select::load(&options.flake, &options.selection, DEFAULT_EVAL_TIMEOUT))?;
     options.apply_overrides(&mut targets);
+    // The sudo password, once, before any host is touched.
+    if let (Some(source), false) = (&options.sudo_password, options.dry_run) {
+        deploy_flake::ssh::set_sudo_password(runtime.block_on(source.read())?);
+    }
     match options.action {
         Action::Status => Ok(runtime.block_on(status(targets, &options))),
         Action::Diff => Ok(runtime.block_on(diff(targets, &options))),

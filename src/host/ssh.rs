@@ -158,6 +158,11 @@ impl Host for SshHost {
         out: Lines<'_>,
     ) -> HostResult<()> {
         let ssh = self.ssh()?;
+        if ssh.dest.password.is_some() {
+            self.import_closure(path, secs, out).await?;
+            let ssh = self.ssh()?;
+            return Ok(nix::add_root(ssh, path, &self.run.gc_root(), secs).await?);
+        }
         let store = ssh.dest.store_uri();
         {
             let _slot = self.shared.cpu().await;
@@ -358,6 +363,29 @@ impl SshHost {
         secs: u64,
     ) -> HostResult<agent::Changes> {
         Ok(agent::changes(self.ssh()?, current, toplevel, secs).await?)
+    }
+
+    /// A closure built here, over the master into `nix-store --import`
+    /// (as the flake's source goes): for a host whose sudo takes a
+    /// password, which `nix copy`'s `sudo nix-daemon` on the host cannot be
+    /// given. (The host's substituters are not asked.)
+    async fn import_closure(
+        &mut self,
+        path: &StorePath,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> HostResult<()> {
+        let paths = nix::requisites(path, secs).await?;
+        let missing = nix::missing(self.ssh()?, &paths, secs).await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut parts = Vec::with_capacity(missing.len());
+        for p in &missing {
+            parts.push(self.shared.export(p, secs).await?);
+        }
+        out(&format!("copying {} of {} paths over the connection", missing.len(), paths.len()));
+        Ok(nix::import(self.ssh()?, parts, secs, out).await?)
     }
 
     /// Take the host lock again after a reconnect. The holder of the lost

@@ -116,3 +116,84 @@ fn keys_are_written_as_declared_and_put_back_on_rollback() {
         assert!(lines.contains("key fresh: removed /run/keys/fresh"), "{lines}");
     }
 }
+
+/// The lab's pwuser, whose sudo asks for a password (tests/lab/rootfs.sh).
+const PWUSER_PASSWORD: &str = "lab-password-not-secret";
+
+/// Both suites, as a user whose sudo asks for a password: given by a
+/// command, it reaches every command run as root — the lock (the agent's
+/// text follows it on stdin), the source's import (an archive follows it),
+/// the keys, the confirmation over a fresh login — and a closure built here
+/// (`buildOn = "local"`) goes over the same connection; a wrong one fails
+/// the host at connect, tried once, with nothing changed.
+#[test]
+fn a_sudo_password_reaches_every_escalated_command_and_a_wrong_one_changes_nothing() {
+    let lab = Lab::boot_suites(&[Suite::Trixie, Suite::Bookworm]);
+    let entries = |configuration: &str| -> Vec<String> {
+        lab.targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let build_on = if i == 0 { "target" } else { "local" };
+                let extra = format!(
+                    r#"sshUser = "pwuser"; buildOn = "{build_on}"; keys.k = {{ text = "over-sudo"; user = "pwuser"; }};"#
+                );
+                host_entry(&lab, &t.name, t, configuration, &extra)
+            })
+            .collect()
+    };
+    let f = flake(&lab, &entries("healthy-v2"));
+    let wrong = "--sudo-password-command=printf '%s\\n' not-the-password";
+    let run = deploy(&f, &["--all", wrong]);
+    assert_eq!(run.code, 1, "{run}");
+    for t in &lab.targets {
+        assert_eq!((run.reason(&t.name), run.phase(&t.name)), ("auth".into(), "connect".into()));
+        assert!(
+            run.message(&t.name).contains("sudo refused the password for user pwuser"),
+            "{run}"
+        );
+        assert_eq!(t.current_system(), None, "unchanged");
+        let tries = t.ssh_ok("journalctl -o cat | grep -c 'incorrect password attempt' || true");
+        assert_eq!(tries, "1", "{}: one try", t.name);
+    }
+
+    let right = format!("--sudo-password-command=printf '%s\\n' {PWUSER_PASSWORD}");
+    let run = deploy(&f, &["--all", &right]);
+    assert_eq!(run.code, 0, "{run}");
+    for t in &lab.targets {
+        let sys = run.system(&t.name);
+        assert_eq!(t.current_system().as_deref(), Some(sys.as_str()), "{}", t.name);
+        assert_eq!(t.boot_profile().as_deref(), Some(sys.as_str()), "{}", t.name);
+        assert_eq!(t.ssh_ok("cat /run/keys/k"), "over-sudo");
+        assert_eq!(stat(t, "/run/keys/k"), "pwuser:root 600");
+    }
+    // `status` and `diff` read the agent's text from stdin, after the password.
+    let status = deploy(&f, &["status", "--all", &right]);
+    assert_eq!(status.code, 0, "{status}");
+    let diff = deploy(&f, &["diff", "--all", &right]);
+    assert_eq!(diff.code, 0, "{diff}");
+    // A refused confirmation reaches the agent as a line on stdin (`abort`).
+    let failing_check = |configuration: &str| -> Vec<String> {
+        lab.targets
+            .iter()
+            .map(|t| {
+                let extra = r#"sshUser = "pwuser"; healthChecks = [ { command = [ "false" ]; timeout = 2; period = 1; } ];"#;
+                host_entry(&lab, &t.name, t, configuration, extra)
+            })
+            .collect()
+    };
+    let f2 = flake(&lab, &failing_check("healthy-v1"));
+    let run = deploy(&f2, &["--all", &right]);
+    assert_eq!(run.code, 1, "{run}");
+    for t in &lab.targets {
+        assert_eq!(
+            (run.outcome(&t.name), run.reason(&t.name)),
+            ("rolled-back".into(), "health-check".into()),
+            "{run}"
+        );
+    }
+    // Without the password, the same user is told what to do.
+    let run = deploy(&f, &["--all", "--force"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.message(&lab.targets[0].name).contains("asks user pwuser for a password"), "{run}");
+}
