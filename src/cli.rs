@@ -109,6 +109,14 @@ pub enum Command {
         #[command(flatten)]
         query: Query,
     },
+    /// Write the hosts' keys now (after a reboot emptied /run/keys), under the host lock.
+    Keys {
+        #[command(flatten)]
+        query: Query,
+        /// List each host's keys (name, file, owner, mode, never the content); touch nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 
     /// `completions SHELL` and `man`.
     #[command(flatten)]
@@ -139,6 +147,7 @@ pub enum Action {
     Deploy,
     Status,
     Diff,
+    Keys,
 }
 
 /// Which hosts, from which flake, how many at once, how to report: what
@@ -174,7 +183,6 @@ pub struct Query {
 
     #[arg(long = "timeout", value_name = "PHASE=SECONDS", help = timeout_help())]
     pub timeouts: Vec<String>,
-
     #[command(flatten)]
     pub sudo: SudoArgs,
 }
@@ -394,6 +402,9 @@ impl Cli {
             }
             Some(Command::Status { query }) => query.into_options(Action::Status),
             Some(Command::Diff { query }) => query.into_options(Action::Diff),
+            Some(Command::Keys { query, dry_run }) => {
+                Ok(Options { dry_run, ..query.into_options(Action::Keys)? })
+            }
             Some(Command::Docs(d)) => Err(CliError::NotADeploy(d.name())),
         }
     }

@@ -6,7 +6,9 @@
 use std::path::Path;
 
 use crate::common::{nix_string, Lab, Suite, Target};
-use crate::helpers::{deploy, flake, host_entry};
+use std::time::Duration;
+
+use crate::helpers::{deploy, eventually, flake, host_entry};
 
 /// `stat` of a path on the target: `user:group mode`.
 fn stat(t: &Target, path: &str) -> String {
@@ -196,4 +198,51 @@ fn a_sudo_password_reaches_every_escalated_command_and_a_wrong_one_changes_nothi
     let run = deploy(&f, &["--all", "--force"]);
     assert_eq!(run.code, 1, "{run}");
     assert!(run.message(&lab.targets[0].name).contains("asks user pwuser for a password"), "{run}");
+}
+
+/// A reboot empties /run/keys (a tmpfs, as on NixOS): `deploy-flake keys`
+/// writes them again, under the host lock, without touching the system.
+#[test]
+fn deploy_flake_keys_writes_them_again_after_a_reboot() {
+    let lab = Lab::boot(1, Suite::Trixie);
+    let t = &lab.targets[0];
+    t.ssh_ok("groupadd --system keys");
+    let key_file = lab.dir().join("demo-key");
+    std::fs::write(&key_file, "after-reboot\n").unwrap();
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "needs-key", &keys_nix(&key_file, "post", ""))]);
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 0, "{run}");
+    let sys = run.system("h");
+    // (The service that needs the key fails at boot without it: lab.sh's
+    // reboot would wait for a `running` system in vain.)
+    let boot = t.boot_id();
+    let _ = t.ssh("systemctl reboot");
+    eventually("the target is back from its reboot", Duration::from_secs(120), || {
+        let out = t.ssh("cat /proc/sys/kernel/random/boot_id");
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() != boot
+    });
+    assert_eq!(t.ssh_ok("systemctl is-failed demo-keys.service || true"), "failed");
+    assert_eq!(t.ssh_ok("ls -A /run/keys 2>/dev/null || echo gone"), "gone");
+    assert_eq!(t.current_system().as_deref(), Some(sys.as_str()));
+
+    let keys = deploy(&f, &["keys", "--all"]);
+    assert_eq!(keys.code, 0, "{keys}");
+    let v: serde_json::Value = serde_json::from_str(keys.stdout.trim()).unwrap();
+    assert_eq!(v["hosts"][0]["written"], true, "{keys}");
+    assert_eq!(t.ssh_ok("cat /run/keys/demo-key"), "after-reboot");
+    assert_eq!(stat(t, "/run/keys/demo-key"), "nobody:keys 440");
+    assert_eq!(stat(t, "/run/keys"), "root:keys 750");
+    assert_eq!(t.ssh_ok("cat /var/lib/lab-keys/post-key"), "post");
+    assert_eq!(leftovers(t, "/run/keys"), "");
+    // The service that needs the key starts with it now; the system is as it was.
+    t.ssh_ok("systemctl restart demo-keys.service");
+    assert_eq!(t.ssh_ok("cat /run/demo-keys/seen"), "after-reboot");
+    assert_eq!(t.current_system().as_deref(), Some(sys.as_str()));
+    // Its dry run lists them and writes nothing.
+    t.ssh_ok("rm /run/keys/demo-key");
+    let listed = deploy(&f, &["keys", "--all", "--dry-run"]);
+    assert_eq!(listed.code, 0, "{listed}");
+    assert!(listed.stdout.contains("\"name\":\"demo-key\""), "{listed}");
+    assert!(!listed.stdout.contains("after-reboot"), "{listed}");
+    assert_eq!(t.ssh_ok("ls /run/keys"), "");
 }
