@@ -10,6 +10,7 @@ mod display;
 mod helpers;
 mod holes;
 mod keys;
+mod leak;
 mod operator;
 mod pipeline;
 mod reboot;
