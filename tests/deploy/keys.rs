@@ -246,3 +246,66 @@ fn deploy_flake_keys_writes_them_again_after_a_reboot() {
     assert!(!listed.stdout.contains("after-reboot"), "{listed}");
     assert_eq!(t.ssh_ok("ls /run/keys"), "");
 }
+
+/// `--ask-sudo-password` under a pseudo-terminal: asked once for two hosts,
+/// before any host is touched, and what is typed is not echoed.
+#[test]
+fn ask_sudo_password_asks_once_on_the_terminal_without_echo() {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    use std::sync::{Arc, Mutex};
+
+    let lab = Lab::boot(2, Suite::Trixie);
+    let entries: Vec<String> = lab
+        .targets
+        .iter()
+        .map(|t| host_entry(&lab, &t.name, t, "healthy-v1", r#"sshUser = "pwuser";"#))
+        .collect();
+    let f = flake(&lab, &entries);
+    let inner = format!(
+        "exec {} --flake {} --all --ask-sudo-password --progress plain",
+        crate::common::BIN,
+        f.display()
+    );
+    let mut child = Command::new("timeout")
+        .args(["--kill-after=10", "300", "script", "-qfec", &inner, "/dev/null"])
+        .env("NIX_CONFIG", crate::common::NIX_CONFIG)
+        .env("TERM", "dumb")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("script(1) (util-linux)");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut out = child.stdout.take().unwrap();
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let prompt = "deploy-flake: sudo password: ";
+    eventually("the password prompt", Duration::from_secs(60), || {
+        String::from_utf8_lossy(&seen.lock().unwrap()).contains(prompt)
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(format!("{PWUSER_PASSWORD}\n").as_bytes()).unwrap();
+    let status = child.wait().unwrap();
+    drop(stdin);
+    reader.join().unwrap();
+    let screen = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    assert_eq!(status.code(), Some(0), "{screen}");
+    assert_eq!(screen.matches(prompt).count(), 1, "{screen}");
+    assert!(!screen.contains(PWUSER_PASSWORD), "echoed:\n{screen}");
+    let asked = screen.find(prompt).unwrap();
+    let first_host_line = screen.find("] connect").expect("a host line");
+    assert!(asked < first_host_line, "{screen}");
+    for t in &lab.targets {
+        assert!(t.current_system().is_some(), "{}: deployed\n{screen}", t.name);
+    }
+}

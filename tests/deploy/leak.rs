@@ -82,7 +82,8 @@ fn target_hits(t: &Target, source: &str) -> usize {
 
 /// How many files under the target's `PATHS` hold any pattern of `patterns`.
 fn target_files(t: &Target, find_paths: &str, patterns: &str) -> usize {
-    let cmd = format!("{find_paths} | xargs -0 -r grep -r -l -a -F -f {patterns} 2>/dev/null | wc -l");
+    let cmd =
+        format!("{find_paths} | xargs -0 -r grep -r -l -a -F -f {patterns} 2>/dev/null | wc -l");
     t.ssh_ok(&cmd).trim().parse().unwrap()
 }
 
@@ -197,10 +198,17 @@ fn neither_a_key_nor_the_sudo_password_leaks_anywhere() {
     t.ssh_ok(&format!("sh -c 'sleep 1' {control}"));
     target_patterns(t, "/root/leak-control", &[&control]);
     // (In the journal, and in a store path of each end, made now.)
-    t.ssh_ok(&format!("logger {control}; printf {control} > /root/control; nix-store --add /root/control"));
+    t.ssh_ok(&format!(
+        "logger {control}; printf {control} > /root/control; nix-store --add /root/control"
+    ));
     let control_file = lab.dir().join("control");
     std::fs::write(&control_file, &control).unwrap();
-    let added = Command::new("nix-store").arg("--add").arg(&control_file).env("NIX_CONFIG", NIX_CONFIG).output().unwrap();
+    let added = Command::new("nix-store")
+        .arg("--add")
+        .arg(&control_file)
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .output()
+        .unwrap();
     assert!(added.status.success(), "{added:?}");
 
     let pw = format!("--sudo-password-command={pw_command}");
@@ -245,7 +253,10 @@ fn neither_a_key_nor_the_sudo_password_leaks_anywhere() {
         t.ssh_ok("sort -u /root/leak-seen | wc -l")
     ));
     if there > 0 {
-        leaks.push(format!("target argv/env: {}", t.ssh_ok("grep -a -F -f /root/leak-patterns /root/leak-seen | head -3")));
+        leaks.push(format!(
+            "target argv/env: {}",
+            t.ssh_ok("grep -a -F -f /root/leak-patterns /root/leak-seen | head -3")
+        ));
     }
     // (b) what the runs printed.
     for (what, run) in &runs {
@@ -280,7 +291,9 @@ fn neither_a_key_nor_the_sudo_password_leaks_anywhere() {
         "deployer store: {new_here} new paths, {} files with a marker (control found)",
         store_here.len() + pw_here.len()
     ));
-    leaks.extend(store_here.iter().chain(&pw_here).map(|p| format!("deployer store: {}", p.display())));
+    leaks.extend(
+        store_here.iter().chain(&pw_here).map(|p| format!("deployer store: {}", p.display())),
+    );
     let new_paths =
         format!("find /nix/store -mindepth 1 -maxdepth 1 -newerct @{stamp} ! -name '*.lock'");
     let in_store = |patterns: &str| target_files(t, &format!("{new_paths} -print0"), patterns);
@@ -295,7 +308,8 @@ fn neither_a_key_nor_the_sudo_password_leaks_anywhere() {
     }
     // (e) where the key must be, it is (the searches can find it).
     assert_eq!(target_hits(t, "cat /run/keys/from-command /run/keys/from-file"), 2);
-    let elsewhere = "find /run /var/lib /home /tmp /var/tmp /etc -path /run/keys -prune -o -type f -print0";
+    let elsewhere =
+        "find /run /var/lib /home /tmp /var/tmp /etc -path /run/keys -prune -o -type f -print0";
     let leftovers = target_files(t, elsewhere, "/root/leak-patterns");
     // (The search finds what is there: the keys themselves.)
     assert_eq!(target_files(t, "find /run/keys -type f -print0", "/root/leak-patterns"), 2);
