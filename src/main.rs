@@ -236,6 +236,7 @@ async fn deploy(
         flake: options.flake.clone(),
         force: options.force,
         skip_preflight: !options.preflight,
+        keep_keys: false,
         sink,
     };
     runner::on_interrupts(raise, changing);

@@ -22,6 +22,7 @@
 #   keys-written  what this run wrote: "had FILE" (its previous content is
 #              kept as DIR/.deploy-flake-previous/RUNID/NAME) or "new FILE"
 #   keys-keep  the deployer drops the previous keys itself (after a soak)
+#   keys-adopted  the run (a revert) that put back the keys of this RUNDIR
 # A run only ever looks at its own RUNDIR, so nothing left by an earlier
 # run can confirm a later one. What outlives a reboot is kept root-only in
 # /var/lib/deploy-flake: which systems were confirmed on this host
@@ -62,6 +63,8 @@
 #   agent.sh keys-upload RUNDIR   (stdin: the keys; written now, all of them)
 #   agent.sh keys-discard RUNDIR  (the staged keys are not needed: removed)
 #   agent.sh keys-drop RUNDIR     (the previous keys of a run are not needed)
+#   agent.sh keys-adopt RUNDIR FROM  (a revert: stage the keys as they were
+#                                 before run FROM, to be written by `activate`)
 #   agent.sh status               (what the host runs, boots, lacks; read-only)
 #   agent.sh diff TOPLEVEL        (what activating TOPLEVEL would change; read-only)
 #
@@ -864,6 +867,11 @@ keys_install() {
         } < "$meta"
         case "$1:$at" in
             pre:pre-activation | post:post-activation | all:*) ;;
+            pre:remove)
+                key_remove "$dir/$name" || return 1
+                rm -f "${meta%.meta}" "$meta"
+                continue
+                ;;
             *) continue ;;
         esac
         lenient=0
@@ -898,19 +906,76 @@ key_write() {
         return 1
     fi
     if [ -e "$file" ] || [ -L "$file" ]; then
-        previous_dir=$2/.deploy-flake-previous
-        if ! { { [ -d "$previous_dir" ] || mkdir -m 0700 "$previous_dir"; } &&
-            { [ -d "$previous_dir/$runid" ] || mkdir -m 0700 "$previous_dir/$runid"; } && ln -P "$file" "$previous_dir/$runid/$3"; }; then
-            rm -f "$tmp"
-            log "key $3: cannot keep the previous content of $file"
-            return 1
-        fi
-        echo "had $file" >> "$rundir/keys-written"
+        key_keep "$file" || { rm -f "$tmp"; return 1; }
     else
         echo "new $file" >> "$rundir/keys-written"
     fi
     mv -fT "$tmp" "$file" || { log "key $3: cannot replace $file"; return 1; }
     log "key $3: wrote $file"
+}
+
+# key_keep FILE: keep FILE's content as its previous one (a hard link in a
+# root-only directory beside it), and record that this run had it.
+key_keep() {
+    previous_dir=${1%/*}/.deploy-flake-previous runid=${rundir##*/}
+    if ! { { [ -d "$previous_dir" ] || mkdir -m 0700 "$previous_dir"; } &&
+        { [ -d "$previous_dir/$runid" ] || mkdir -m 0700 "$previous_dir/$runid"; } &&
+        ln -P "$1" "$previous_dir/$runid/${1##*/}"; }; then
+        log "key ${1##*/}: cannot keep the previous content of $1"
+        return 1
+    fi
+    echo "had $1" >> "$rundir/keys-written"
+}
+
+# key_remove FILE: a key the run being reverted created.
+key_remove() {
+    [ -e "$1" ] || [ -L "$1" ] || return 0
+    key_keep "$1" && rm -f "$1" && log "key ${1##*/}: removed $1"
+}
+
+# keys_adopt RUNDIR FROM: stage what run FROM's keys were before it (their
+# kept content, their owner and mode), and the removal of those it created.
+keys_adopt() {
+    rundir=$1 from=$2
+    staged=$rundir/staged-keys
+    rm -rf "$staged" && mkdir -m 0700 "$staged" || exit 1
+    n=0
+    if [ -e "$from/keys-written" ]; then
+        printf '%s\n' "$from" > "$rundir/keys-adopted"
+        while read -r what file; do
+            n=$((n + 1))
+            dir=${file%/*} name=${file##*/}
+            if [ "$what" = new ]; then
+                printf '%s\n' remove "$dir" "$name" root root 0600 > "$staged/$n.meta"
+                : > "$staged/$n"
+                continue
+            fi
+            kept=$dir/.deploy-flake-previous/${from##*/}/$name
+            [ -f "$kept" ] || continue
+            cat "$kept" > "$staged/$n" || exit 1
+            # shellcheck disable=SC2046 # three words
+            printf '%s\n' pre-activation "$dir" "$name" $(stat -c '%u %g %a' "$kept") > "$staged/$n.meta"
+        done < "$from/keys-written"
+    fi
+    echo "deploy-flake-keys-staged $n"
+}
+
+# The run this one put back the keys of: its kept content is not needed.
+keys_forget_adopted() {
+    [ -e "$rundir/keys-adopted" ] || return 0
+    read -r from < "$rundir/keys-adopted"
+    keys_drop_previous "$from"
+    rm -f "$rundir/keys-adopted"
+}
+
+# keys_drop_previous RUNDIR: what that run kept of the keys it replaced.
+keys_drop_previous() {
+    [ -e "$1/keys-written" ] || return 0
+    while read -r _ file; do
+        rm -rf "${file%/*}/.deploy-flake-previous/${1##*/}"
+        rmdir "${file%/*}/.deploy-flake-previous" 2> /dev/null
+    done < "$1/keys-written"
+    rm -f "$1/keys-written" "$1/keys-keep"
 }
 
 # Give the keys written as root:root to their owners, now that the new
@@ -926,6 +991,7 @@ keys_own() {
 # keys_restore: the keys as they were before this run (rollback).
 keys_restore() {
     runid=${rundir##*/}
+    keys_forget_adopted
     rm -rf "$rundir/staged-keys" "$rundir/keys-owners"
     [ -e "$rundir/keys-written" ] || return 0
     # Newest first.
@@ -945,16 +1011,10 @@ keys_restore() {
 # keys_drop [force]: the previous keys are not needed (confirmed); kept
 # when the deployer said it drops them itself (a soak follows).
 keys_drop() {
-    runid=${rundir##*/}
+    keys_forget_adopted
     rm -rf "$rundir/staged-keys" "$rundir/keys-owners"
-    [ -e "$rundir/keys-written" ] || return 0
     if [ -e "$rundir/keys-keep" ] && [ "${1:-}" != force ]; then return 0; fi
-    while read -r _ file; do
-        dir=${file%/*}
-        rm -rf "$dir/.deploy-flake-previous/$runid"
-        rmdir "$dir/.deploy-flake-previous" 2> /dev/null
-    done < "$rundir/keys-written"
-    rm -f "$rundir/keys-written" "$rundir/keys-keep"
+    keys_drop_previous "$rundir"
 }
 
 # The deployer's `deploy-flake keys`: stage and write every key now.
@@ -989,6 +1049,7 @@ case "$cmd" in
     keys-upload) keys_upload "$@" ;;
     keys-discard) rm -rf "$1/staged-keys" ;;
     keys-drop) rundir=$1 && keys_drop force ;;
+    keys-adopt) keys_adopt "$@" ;;
     *) echo "deploy-flake agent: unknown command $cmd" >&2; exit 2 ;;
 esac
 exit 0

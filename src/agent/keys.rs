@@ -51,6 +51,22 @@ pub async fn upload<S: Spawner>(
     Ok(())
 }
 
+/// Stage, for the run's activation, the keys as they were before run
+/// `from` (a revert after its soak failed).
+pub async fn adopt<S: Spawner>(
+    on: &S,
+    run: &RunDir,
+    from: &RunDir,
+    secs: u64,
+) -> Result<(), ProcessError> {
+    let cmd = run.cmd("keys-adopt", [run.dir.clone(), from.dir.clone()]).secs(secs);
+    let out = process::run(on, &cmd.quiet_stdout(), None).await?.check()?;
+    if answer(&out.stdout, "keys-staged").is_none() {
+        return Err(unexpected(&out.cmd, on, "did not say the keys were staged"));
+    }
+    Ok(())
+}
+
 /// The staged keys are not needed (the activation did not start).
 pub async fn discard<S: Spawner>(on: &S, run: &RunDir, secs: u64) -> Result<(), ProcessError> {
     let cmd = run.cmd("keys-discard", [run.dir.clone()]).secs(secs);

@@ -171,6 +171,17 @@ pub trait Host: Send {
         secs: u64,
         out: Lines<'_>,
     ) -> impl Future<Output = HostResult<()>> + Send;
+    /// For a revert after a failed soak: the activation puts back the keys
+    /// the host had before run `from_run` (the content it kept of the keys
+    /// that run replaced; the keys it created are removed).
+    fn adopt_keys(
+        &mut self,
+        from_run: &str,
+        secs: u64,
+    ) -> impl Future<Output = HostResult<()>> + Send;
+    /// The soak passed: the previous content of the keys this run replaced
+    /// is not needed any more.
+    fn drop_kept_keys(&mut self, secs: u64) -> impl Future<Output = HostResult<()>> + Send;
     /// The staged keys are not needed: the activation did not start.
     fn discard_keys(&mut self, secs: u64) -> impl Future<Output = HostResult<()>> + Send;
     /// The generation of the system profile a rollback returns to.

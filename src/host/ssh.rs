@@ -193,6 +193,15 @@ impl Host for SshHost {
         Ok(agent::keys::upload(self.ssh()?, &self.run, keys, secs, out).await?)
     }
 
+    async fn adopt_keys(&mut self, from_run: &str, secs: u64) -> HostResult<()> {
+        let from = RunDir::new(from_run);
+        Ok(agent::keys::adopt(self.ssh()?, &self.run, &from, secs).await?)
+    }
+
+    async fn drop_kept_keys(&mut self, secs: u64) -> HostResult<()> {
+        Ok(agent::keys::drop_previous(self.ssh()?, &self.run, secs).await?)
+    }
+
     async fn discard_keys(&mut self, secs: u64) -> HostResult<()> {
         Ok(agent::keys::discard(self.ssh()?, &self.run, secs).await?)
     }

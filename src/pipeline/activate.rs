@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{agent_end, confirm_window, End, Goal, HostRun, Wanted};
+use super::{agent_end, confirm_window, End, Goal, HostRun, Mode, Wanted};
 use crate::agent::{AgentAction, AgentState, AgentStatus, Health};
 use crate::events::{Outcome, Phase, Reason};
 use crate::host::{Followed, Host, HostError};
@@ -112,13 +112,23 @@ impl HostRun<'_> {
         }
     }
 
-    /// Send the host's keys for the activation (nothing is written yet).
+    /// Send the host's keys for the activation (nothing is written yet);
+    /// for a revert, stage the keys it had before the run it leaves.
     async fn stage_keys<H: Host>(&mut self, host: &mut H) -> Result<(), End> {
+        let secs = self.spec().timeouts.activate.min(120);
+        if let (Mode::Revert { from_run, .. }, false) =
+            (&self.ctx.mode, self.spec().keys.is_empty())
+        {
+            if let Err(e) = host.adopt_keys(from_run, secs).await {
+                self.note(format!("the keys it had before cannot be put back: {e}"));
+            }
+            return Ok(());
+        }
         if self.keys.is_empty() {
             return Ok(());
         }
-        let secs = self.spec().timeouts.activate.min(120);
-        let staged = host.stage_keys(&self.keys, false, secs, &mut self.lines()).await;
+        let keep = self.ctx.keep_keys;
+        let staged = host.stage_keys(&self.keys, keep, secs, &mut self.lines()).await;
         staged.map_err(|e| {
             End::unchanged(
                 e.reason(Reason::Keys),

@@ -434,6 +434,16 @@ impl Host for Fake {
         self.upload_keys.clone()
     }
 
+    async fn adopt_keys(&mut self, from_run: &str, _secs: u64) -> HostResult<()> {
+        self.call(format!("adopt-keys {from_run}"));
+        Ok(())
+    }
+
+    async fn drop_kept_keys(&mut self, _secs: u64) -> HostResult<()> {
+        self.call("drop-kept-keys");
+        Ok(())
+    }
+
     async fn discard_keys(&mut self, _secs: u64) -> HostResult<()> {
         self.call("discard-keys");
         Ok(())
@@ -533,6 +543,7 @@ pub async fn drive(fake: Fake, tweak: impl FnOnce(&mut Target, &mut Context)) ->
         interrupt: Interrupt::new().1,
         changing: Arc::default(),
         approved: None,
+        keep_keys: false,
         sink: Arc::new(move |e| sink_events.lock().unwrap().push(e)),
     };
     tweak(&mut target, &mut ctx);

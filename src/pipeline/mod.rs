@@ -65,6 +65,10 @@ pub struct Context {
     pub interrupt: Interrupt,
     /// `--ask`: the system each host may be given, as shown and approved.
     pub approved: Option<Arc<std::collections::BTreeMap<String, String>>>,
+    /// A soak follows: a confirmed host keeps the previous content of the
+    /// keys it replaced until the soak's verdict (a host sent back gets it
+    /// back).
+    pub keep_keys: bool,
     /// How many hosts have an agent at work (activating, confirming,
     /// booting): a second Ctrl-C leaves those in the agents' hands.
     pub changing: Arc<AtomicUsize>,
@@ -80,8 +84,9 @@ pub enum Mode {
     /// the current, or the given one), through the same test/confirm/boot.
     Rollback { to_generation: Option<u32> },
     /// Return to this system (the one a host ran before a run that it then
-    /// failed the soak of), through the same test/confirm/boot.
-    Revert { to: StorePath },
+    /// failed the soak of), through the same test/confirm/boot; and to the
+    /// keys it had before that run (`from_run`).
+    Revert { to: StorePath, from_run: String },
 }
 
 /// How far a run takes each host.

@@ -170,7 +170,7 @@ impl HostRun<'_> {
                 self.note(format!("returning to generation {n}: {toplevel}"));
                 Ok(Wanted { toplevel, facts: None })
             }
-            Mode::Revert { to } => {
+            Mode::Revert { to, .. } => {
                 self.note(format!("returning to {to}, the system it ran before this run"));
                 Ok(Wanted { toplevel: to.clone(), facts: None })
             }

@@ -1,5 +1,6 @@
 //! The soak check: after a rollout wave has run for a while, is a host
-//! still healthy? Read-only: it takes no lock and changes nothing.
+//! still healthy? It takes no lock and changes nothing (but, once passed,
+//! drops the previous content the deploy kept of the keys it replaced).
 
 use crate::host::Host;
 use crate::inventory::HostSpec;
@@ -26,6 +27,10 @@ async fn check<H: Host>(spec: &HostSpec, host: &mut H) -> Result<(), String> {
     }
     for c in &spec.health_checks {
         host.health_check(c).await?;
+    }
+    // Passed: the content its keys had before the run is not needed.
+    if !spec.keys.is_empty() {
+        let _ = host.drop_kept_keys(30).await;
     }
     Ok(())
 }

@@ -123,3 +123,23 @@ async fn a_rollback_and_a_boot_entry_alone_send_no_keys() {
     assert!(!r.calls.iter().any(|c| c.contains("keys")), "{:?}", r.calls);
     assert!(r.notes().iter().any(|n| n.starts_with("keys are not written with --goal boot")));
 }
+
+#[tokio::test]
+async fn with_a_soak_the_previous_keys_are_kept_and_a_revert_puts_them_back() {
+    let r = drive(Fake::new(), |t, ctx| {
+        with_keys(t);
+        ctx.keep_keys = true;
+    })
+    .await;
+    assert!(r.called("stage-keys 2 keep"), "{:?}", r.calls);
+    let r = drive(Fake::new(), |t, ctx| {
+        with_keys(t);
+        ctx.mode =
+            Mode::Revert { to: super::fake::path(super::fake::OLD), from_run: "run0".into() };
+    })
+    .await;
+    assert_eq!(r.report.outcome, Outcome::Deployed);
+    let at = |what: &str| r.calls.iter().position(|c| c == what).unwrap_or(usize::MAX);
+    assert_eq!(at("adopt-keys run0") + 1, at("start activate then-boot"), "{:?}", r.calls);
+    assert!(!r.called("read-keys") && !r.called("stage-keys"), "{:?}", r.calls);
+}

@@ -309,3 +309,43 @@ fn ask_sudo_password_asks_once_on_the_terminal_without_echo() {
         assert!(t.current_system().is_some(), "{}: deployed\n{screen}", t.name);
     }
 }
+
+/// With a soak, a confirmed host keeps the previous content of its keys
+/// until the soak's verdict: dropped once it passes; put back (and the
+/// keys the run created removed) when the host is sent back.
+#[test]
+fn a_host_sent_back_by_its_soak_gets_its_previous_keys_back() {
+    let lab = Lab::boot(1, Suite::Trixie);
+    let t = &lab.targets[0];
+    let key_file = lab.dir().join("k");
+    let keys = |post: &str, extra: &str| {
+        format!(
+            r#"keys = {{ k = {{ keyFile = {}; }}; p = {{ text = {}; uploadAt = "post-activation"; }}; {extra} }};"#,
+            nix_string(&key_file.display().to_string()),
+            nix_string(post)
+        )
+    };
+    std::fs::write(&key_file, "one").unwrap();
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "healthy-v1", &keys("p-one", ""))]);
+    assert_eq!(deploy(&f, &["--all"]).code, 0);
+
+    std::fs::write(&key_file, "two").unwrap();
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "healthy-v2", &keys("p-two", ""))]);
+    let run = deploy(&f, &["--all", "--soak", "2"]);
+    assert_eq!(run.code, 0, "{run}");
+    let v2 = run.system("h");
+    assert_eq!(t.ssh_ok("cat /run/keys/k /run/keys/p"), "twop-two");
+    assert_eq!(leftovers(t, "/run/keys"), "", "dropped once the soak passed");
+
+    std::fs::write(&key_file, "three").unwrap();
+    let fresh = r#"fresh = { text = "fresh"; };"#;
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "dies-later", &keys("p-three", fresh))]);
+    let run = deploy(&f, &["--all", "--soak", "25"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!((run.outcome("h"), run.reason("h")), ("rolled-back".into(), "soak".into()), "{run}");
+    assert_eq!(t.current_system().as_deref(), Some(v2.as_str()));
+    assert_eq!(t.ssh_ok("cat /run/keys/k /run/keys/p"), "twop-two");
+    assert_eq!(t.ssh_ok("test -e /run/keys/fresh && echo there || echo gone"), "gone");
+    assert_eq!(stat(t, "/run/keys/k"), "root:root 600");
+    assert_eq!(leftovers(t, "/run/keys"), "");
+}
