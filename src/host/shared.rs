@@ -188,3 +188,53 @@ impl Shared {
         built.await.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::UploadAt;
+
+    fn spec(name: &str, argv: &[&str]) -> KeySpec {
+        KeySpec {
+            name: name.into(),
+            text: None,
+            key_file: None,
+            key_command: Some(argv.iter().map(|s| s.to_string()).collect()),
+            dest_dir: "/run/keys".into(),
+            user: "root".into(),
+            group: "root".into(),
+            permissions: "0600".into(),
+            upload_at: UploadAt::PreActivation,
+        }
+    }
+
+    /// However many hosts use a key (and however many at once), its command
+    /// runs once per run.
+    #[tokio::test]
+    async fn each_key_is_read_once_per_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let count = dir.path().join("count");
+        let script = format!("echo x >> {}; printf secret", count.display());
+        let shared = Arc::new(Shared::default());
+        let specs: std::collections::BTreeMap<String, KeySpec> =
+            [("db".to_string(), spec("db", &["sh", "-c", &script]))].into();
+        let hosts = (0..8).map(|_| {
+            let (shared, specs) = (shared.clone(), specs.clone());
+            tokio::spawn(async move { shared.keys(&specs).await })
+        });
+        for h in hosts.collect::<Vec<_>>() {
+            let loaded = h.await.unwrap().unwrap();
+            assert_eq!(loaded[0].content.as_bytes(), b"secret");
+        }
+        assert_eq!(std::fs::read_to_string(&count).unwrap(), "x\n");
+        // A failing one fails every host that uses it, read once too.
+        let failing: std::collections::BTreeMap<String, KeySpec> = [(
+            "f".to_string(),
+            spec("f", &["sh", "-c", &format!("echo y >> {}; exit 1", count.display())]),
+        )]
+        .into();
+        assert!(shared.keys(&failing).await.is_err());
+        assert!(shared.keys(&failing).await.is_err());
+        assert_eq!(std::fs::read_to_string(&count).unwrap(), "x\ny\n");
+    }
+}
