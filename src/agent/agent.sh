@@ -838,11 +838,23 @@ keys_stage() {
         fi
         printf '%s\n' "$at" "$dir" "$name" "$user" "$group" "$mode" > "$staged/$n.meta"
         keys_dir_safe "$dir" || { rm -rf "$staged"; exit 1; }
+        keys_prune "$dir"
         if [ "$at" = pre-activation ] && ! keys_owner_exists "$user" "$group"; then
             echo "key $name: $user:$group does not exist yet: written as root:root, given to $user:$group once the new system has created them"
         fi
     done
     echo "deploy-flake-keys-staged $n"
+}
+
+# keys_prune DIR: drop what runs that are gone (the host rebooted, their
+# state was removed) kept there of the keys they replaced.
+keys_prune() {
+    for kept in "$1"/.deploy-flake-previous/*; do
+        [ -d "$kept" ] || continue
+        [ -d "$STATE/runs/${kept##*/}" ] || rm -rf "$kept"
+    done
+    rmdir "$1/.deploy-flake-previous" 2> /dev/null
+    return 0
 }
 
 keys_owner_exists() {

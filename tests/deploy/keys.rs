@@ -225,6 +225,9 @@ fn deploy_flake_keys_writes_them_again_after_a_reboot() {
     assert_eq!(t.ssh_ok("ls -A /run/keys 2>/dev/null || echo gone"), "gone");
     assert_eq!(t.current_system().as_deref(), Some(sys.as_str()));
 
+    // What a run that is gone kept (a deployer that died in its soak, say)
+    // goes with the next keys written there.
+    t.ssh_ok("mkdir -m 0700 /var/lib/lab-keys/.deploy-flake-previous; mkdir -m 0700 /var/lib/lab-keys/.deploy-flake-previous/1-gone; echo old > /var/lib/lab-keys/.deploy-flake-previous/1-gone/post-key");
     let keys = deploy(&f, &["keys", "--all"]);
     assert_eq!(keys.code, 0, "{keys}");
     let v: serde_json::Value = serde_json::from_str(keys.stdout.trim()).unwrap();
@@ -233,7 +236,7 @@ fn deploy_flake_keys_writes_them_again_after_a_reboot() {
     assert_eq!(stat(t, "/run/keys/demo-key"), "nobody:keys 440");
     assert_eq!(stat(t, "/run/keys"), "root:keys 750");
     assert_eq!(t.ssh_ok("cat /var/lib/lab-keys/post-key"), "post");
-    assert_eq!(leftovers(t, "/run/keys"), "");
+    assert_eq!(leftovers(t, "/run/keys") + &leftovers(t, "/var/lib/lab-keys"), "");
     // The service that needs the key starts with it now; the system is as it was.
     t.ssh_ok("systemctl restart demo-keys.service");
     assert_eq!(t.ssh_ok("cat /run/demo-keys/seen"), "after-reboot");
