@@ -6,7 +6,10 @@
 //!
 //! Each host is asked once, at connect: first without the password (a
 //! sudo that does not ask never gets it), then with it, once: a wrong one
-//! fails the host there, and is never tried three times.
+//! fails the host there, and is never tried three times. The answer holds
+//! for every root command: one sudo policy per user is assumed (a policy
+//! that asks for some commands and not others would hand the password
+//! line to a command that does not ask).
 
 use std::sync::{Arc, OnceLock};
 
