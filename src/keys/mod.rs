@@ -20,6 +20,10 @@ use crate::secret::Secret;
 /// ask for a passphrase (a pinentry, a hardware token).
 pub const COMMAND_SECS: u64 = 120;
 
+/// The most a key may hold (a keytab, a certificate chain: far less), and
+/// the most of a command's stderr that is read.
+const KEY_CAP: u64 = 16 << 20;
+
 /// Why a key could not be read. Never holds any of its content.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
@@ -86,9 +90,14 @@ pub async fn capture(argv: &[String], secs: u64) -> Result<Secret, String> {
     let mut child = Local.spawn(&cmd).await.map_err(|e| e.to_string())?;
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let read = async {
-        let (o, e) =
-            tokio::join!(child.stdout.read_to_end(&mut out), child.stderr.read_to_end(&mut err));
+        let (mut stdout, mut stderr) =
+            ((&mut child.stdout).take(KEY_CAP + 1), (&mut child.stderr).take(KEY_CAP));
+        let (o, e) = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
         o.and(e).map_err(|e| e.to_string())?;
+        if out.len() as u64 > KEY_CAP {
+            // (Its process group is stopped as the child is dropped.)
+            return Err(format!("printed more than {} MiB here; a key is smaller", KEY_CAP >> 20));
+        }
         (&mut child.wait).await.map_err(|e| e.to_string())
     };
     let exit = match tokio::time::timeout(Duration::from_secs(secs), read).await {
@@ -207,6 +216,11 @@ mod tests {
         assert_eq!(e, "failed here (exit 3):\nnope");
         let argv: Vec<String> = ["printf", "a\\nb"].map(String::from).into();
         assert_eq!(capture(&argv, 10).await.unwrap().as_bytes(), b"a\nb");
+        let argv: Vec<String> = ["head", "-c", "16777217", "/dev/zero"].map(String::from).into();
+        assert_eq!(
+            capture(&argv, 10).await.unwrap_err(),
+            "printed more than 16 MiB here; a key is smaller"
+        );
         let e = Source::File("/nonexistent/k".into()).read("db").await.unwrap_err();
         assert_eq!(
             e.to_string(),

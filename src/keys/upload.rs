@@ -118,7 +118,10 @@ pub fn render(all: &[HostKeys], dry_run: bool) -> String {
     for h in all {
         let state = match (&h.error, h.written, dry_run) {
             (_, _, _) if h.keys.is_empty() => "no keys".to_string(),
-            (Some(e), _, _) => format!("FAILED: {}", e.replace('\n', "\n    ")),
+            (Some(e), _, _) => {
+                // What the host said is shown escaped, never raw.
+                format!("FAILED: {}", crate::report::safe::text(e).replace('\n', "\n    "))
+            }
             (None, true, _) => format!("wrote {} key(s)", h.keys.len()),
             (None, false, _) => format!("{} key(s)", h.keys.len()),
         };

@@ -9,6 +9,7 @@ mod contract;
 mod display;
 mod helpers;
 mod holes;
+mod hostile;
 mod keys;
 mod leak;
 mod operator;
