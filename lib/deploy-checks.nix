@@ -43,7 +43,11 @@ let
     map (k: rules.unknownKey path k hostOptions)
       (filter (k: !(builtins.elem k hostOptions)) (attrNames attrs))
     ++ map (k: "${attrPath path k}: missing (a deployFlake must be fully resolved; mkDeployFlake fills in defaults)")
-      (filter (k: !(hasAttr k attrs)) hostOptions);
+      (filter (k: !(hasAttr k attrs) && !(builtins.elem k optionalHostOptions)) hostOptions);
+
+  # A hand-written fleet from before these options still reads (as the
+  # tool reads it): without keys, a host has none.
+  optionalHostOptions = [ "keys" ];
 
   hostErrors = configNames: name: host:
     let path = attrPath "deployFlake.hosts" name; in

@@ -5,8 +5,10 @@ use clap::{Parser, ValueEnum};
 
 mod display;
 mod docs;
+mod sudo;
 pub use display::{ColorChoice, DisplayArgs, LiveJsonConflict, Progress, Terminal};
 pub use docs::DocsCommand;
+pub use sudo::{SudoArgs, SudoPassword, SudoPasswordError};
 
 pub use crate::agent::SwitchEnv;
 use crate::events::Phase;
@@ -107,6 +109,14 @@ pub enum Command {
         #[command(flatten)]
         query: Query,
     },
+    /// Write the hosts' keys now (after a reboot emptied /run/keys), under the host lock.
+    Keys {
+        #[command(flatten)]
+        query: Query,
+        /// List each host's keys (name, file, owner, mode, never the content); touch nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 
     /// `completions SHELL` and `man`.
     #[command(flatten)]
@@ -137,6 +147,7 @@ pub enum Action {
     Deploy,
     Status,
     Diff,
+    Keys,
 }
 
 /// Which hosts, from which flake, how many at once, how to report: what
@@ -172,6 +183,8 @@ pub struct Query {
 
     #[arg(long = "timeout", value_name = "PHASE=SECONDS", help = timeout_help())]
     pub timeouts: Vec<String>,
+    #[command(flatten)]
+    pub sudo: SudoArgs,
 }
 
 /// The options of a deploy (and a rollback).
@@ -332,6 +345,8 @@ pub struct Options {
     pub ask: Option<bool>,
     /// The command line's rollout settings.
     pub rollout: Overrides,
+    /// Where the sudo password of the run comes from, if it has one.
+    pub sudo_password: Option<SudoPassword>,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -387,6 +402,9 @@ impl Cli {
             }
             Some(Command::Status { query }) => query.into_options(Action::Status),
             Some(Command::Diff { query }) => query.into_options(Action::Diff),
+            Some(Command::Keys { query, dry_run }) => {
+                Ok(Options { dry_run, ..query.into_options(Action::Keys)? })
+            }
             Some(Command::Docs(d)) => Err(CliError::NotADeploy(d.name())),
         }
     }
@@ -537,6 +555,7 @@ impl Query {
             reboot: Reboot::Never,
             ask: None,
             rollout: Overrides::default(),
+            sudo_password: self.sudo.source(),
         })
     }
 }

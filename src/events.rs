@@ -174,6 +174,7 @@ impl Outcome {
 /// | `cancelled` | the run was interrupted before the host activated, or (outcome `unchecked`) before its soak checked it |
 /// | `soak` | the host failed its check after the soak: it was returned to the system it ran before the run |
 /// | `halted` | not started: the rollout halted, more hosts failed than `maxFailures` allows |
+/// | `keys` | a key could not be read here (its `keyFile`, its `keyCommand`) or written on the host |
 /// | `internal` | a bug: the report says what to inspect |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -209,6 +210,7 @@ pub enum Reason {
     Cancelled,
     Soak,
     Halted,
+    Keys,
     Internal,
 }
 

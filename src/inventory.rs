@@ -53,7 +53,58 @@ pub struct HostSpec {
     /// User-declared checks run after activation, before the confirmation.
     #[serde(default)]
     pub health_checks: Vec<HealthCheck>,
+    /// Secrets written to files on the host at deploy time, by attribute
+    /// name (never through the Nix store). A record from a lib/ without
+    /// them reads as none.
+    #[serde(default)]
+    pub keys: BTreeMap<String, KeySpec>,
     pub timeouts: Timeouts,
+}
+
+/// A key (colmena's `deployment.keys`): a secret read on the deploying
+/// machine at deploy time and written to `dest_dir/name` on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KeySpec {
+    /// The file's name in `dest_dir`.
+    pub name: String,
+    /// Exactly one of `text`, `key_file`, `key_command` is set.
+    pub text: Option<crate::secret::Secret>,
+    /// A file on the deploying machine.
+    pub key_file: Option<String>,
+    /// A command run on the deploying machine: its stdout is the key.
+    pub key_command: Option<Vec<String>>,
+    pub dest_dir: String,
+    pub user: String,
+    pub group: String,
+    /// Octal, as chmod takes it.
+    pub permissions: String,
+    pub upload_at: UploadAt,
+}
+
+/// When a key is written: before `switch-to-configuration` runs, or once
+/// the activation is confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UploadAt {
+    PreActivation,
+    PostActivation,
+}
+
+impl UploadAt {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadAt::PreActivation => "pre-activation",
+            UploadAt::PostActivation => "post-activation",
+        }
+    }
+}
+
+impl KeySpec {
+    /// Where it is written on the host.
+    pub fn path(&self) -> String {
+        format!("{}/{}", self.dest_dir, self.name)
+    }
 }
 
 fn yes() -> bool {

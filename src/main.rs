@@ -69,9 +69,14 @@ fn run() -> anyhow::Result<Exit> {
     let (inventory, mut targets) =
         runtime.block_on(select::load(&options.flake, &options.selection, DEFAULT_EVAL_TIMEOUT))?;
     options.apply_overrides(&mut targets);
+    // The sudo password, once, before any host is touched.
+    if let (Some(source), false) = (&options.sudo_password, options.dry_run) {
+        deploy_flake::ssh::set_sudo_password(runtime.block_on(source.read())?);
+    }
     match options.action {
         Action::Status => Ok(runtime.block_on(status(targets, &options))),
         Action::Diff => Ok(runtime.block_on(diff(targets, &options))),
+        Action::Keys => Ok(runtime.block_on(keys(targets, &options))),
         Action::Deploy => {
             let flake_rollout = inventory.as_ref().and_then(|i| i.rollout.as_ref());
             let settings = rollout::settings(flake_rollout, &options.rollout);
@@ -98,6 +103,29 @@ async fn status(targets: Vec<Target>, options: &Options) -> Exit {
         OutputFormat::Human => print!("{}", safe::text(&deploy_flake::status::render(&all))),
     }
     if all.iter().all(|s| s.error.is_none()) {
+        Exit::Success
+    } else {
+        Exit::HostsFailed
+    }
+}
+
+/// `deploy-flake keys`: 0 when every host's keys were written (or listed).
+async fn keys(targets: Vec<Target>, options: &Options) -> Exit {
+    use deploy_flake::keys::upload;
+    let all = if options.dry_run {
+        upload::list(&targets)
+    } else {
+        let run_id = runner::new_run_id();
+        let origin = format!("flake {}\ngoal keys\n", options.flake);
+        let run = upload::Run { owner: runner::lock_owner(&run_id), run_id, origin };
+        let parallel = options.max_parallel.unwrap_or(targets.len()).max(1);
+        upload::upload_all(&targets, Arc::new(run), parallel).await
+    };
+    match options.output {
+        OutputFormat::Json => print!("{}", upload::json(&all)),
+        OutputFormat::Human => print!("{}", upload::render(&all, options.dry_run)),
+    }
+    if all.iter().all(|h| h.error.is_none()) {
         Exit::Success
     } else {
         Exit::HostsFailed
@@ -253,6 +281,7 @@ async fn deploy(
         flake: options.flake.clone(),
         force: options.force,
         skip_preflight: !options.preflight,
+        keep_keys: false,
         sink,
     };
     runner::on_interrupts(raise, changing);

@@ -252,6 +252,14 @@ pub async fn missing<S: Spawner>(
 /// Stream exported paths (`(file, length)` parts, each after the paths it
 /// refers to) into `nix-store --import` where `on` runs commands: one
 /// command on an existing connection, no signature needed (as root).
+/// The closure of `path` in this machine's store, references before the
+/// paths that refer to them (as `nix-store --import` takes them).
+pub async fn requisites(path: &StorePath, secs: u64) -> Result<Vec<StorePath>, NixError> {
+    let cmd = Cmd::new(["nix-store", "--query", "--requisites", path.as_str()]);
+    let out = process::run(&process::Local, &cmd.secs(secs).quiet_stdout(), None).await?.check()?;
+    out.stdout.lines().map(str::trim).filter(|l| !l.is_empty()).map(StorePath::parse).collect()
+}
+
 pub async fn import<S: Spawner>(
     on: &S,
     parts: Vec<(std::path::PathBuf, u64)>,

@@ -142,6 +142,10 @@ fn render_host(out: &mut String, t: &Target, flake: &str) {
             c.description, c.period, c.timeout
         );
     }
+    // Where each key goes and as whom; never its content.
+    for k in s.keys.values() {
+        let _ = writeln!(out, "  key:           {}", crate::keys::describe(k));
+    }
     out.push_str("  timeouts:      ");
     for (i, p) in Phase::ALL.iter().enumerate() {
         let sep = if i == 0 { "" } else { ", " };

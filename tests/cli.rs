@@ -169,6 +169,52 @@ fn flake_errors_exit_2_with_one_error_line() {
     );
 }
 
+/// A fleet with keys: what `--dry-run` and `keys --dry-run` show of them
+/// (name, file, owner, mode, where the content comes from; never the
+/// content), with no key read and no host touched.
+#[test]
+fn dry_runs_list_keys_without_their_content() {
+    let dir = common::flake_from(
+        r#"{
+  outputs = { self }: {
+    nixosConfigurations.web1 = throw "never evaluated";
+    deployFlake = (import ./lib).mkDeployFlake {
+      inherit self;
+      defaults.keys.api = { text = "text-never-shown"; permissions = "0400"; };
+      hosts.web1 = {
+        hostname = "192.0.2.1";
+        keys.db = { keyCommand = [ "false" ]; user = "postgres"; group = "keys"; permissions = "0640"; };
+        keys.tls = { keyFile = "/nonexistent/tls.key"; destDir = "/var/lib/tls"; uploadAt = "post-activation"; };
+      };
+    };
+  };
+}"#,
+    );
+    let flake = dir.path().to_str().unwrap();
+    let (code, stdout, stderr) = run_tool(&["--dry-run", "--all", "--flake", flake]);
+    assert_eq!(code, 0, "{stderr}");
+    for line in [
+        "  key:           api -> /run/keys/api (root:root 0400, pre-activation, from text)",
+        "  key:           db -> /run/keys/db (postgres:keys 0640, pre-activation, from keyCommand false)",
+        "  key:           tls -> /var/lib/tls/tls (root:root 0600, post-activation, from keyFile /nonexistent/tls.key)",
+    ] {
+        assert!(stdout.contains(&format!("{line}\n")), "{line}\n{stdout}");
+    }
+    let (code, stdout, stderr) = run_tool(&["keys", "--dry-run", "--all", "--flake", flake]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout,
+        "web1: 3 key(s)\n  api -> /run/keys/api (root:root 0400, pre-activation)\n  db -> /run/keys/db (postgres:keys 0640, pre-activation)\n  tls -> /var/lib/tls/tls (root:root 0600, post-activation)\n"
+    );
+    let (code, stdout, _) = run_tool(&["keys", "--dry-run", "--json", "--all", "--flake", flake]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["hosts"][0]["keys"][1]["user"], "postgres");
+    for out in [&stdout, &stderr] {
+        assert!(!out.contains("text-never-shown"), "{out}");
+    }
+}
+
 /// `-v` into a file or a pipe is plain text; `--color always` colors it
 /// anyway, `NO_COLOR` never. (The ad hoc destination is a refused local
 /// port: the run logs its local commands, then fails to connect.)

@@ -4,7 +4,8 @@ use super::{Followed, Host, HostError, HostResult, Locked, Look, Shared};
 use crate::agent::{self, AgentAction, AgentState, AgentStatus, CheckVerdict, Facts, Health};
 use crate::agent::{HostLock, LockError, RunDir, SwitchEnv};
 use crate::events::Reason;
-use crate::inventory::HealthCheck;
+use crate::inventory::{HealthCheck, KeySpec};
+use crate::keys::{KeyError, Loaded};
 use crate::nix::{self, Archive, StorePath};
 use crate::process::{Exit, Lines, ProcessError, Spawner};
 use crate::ssh::{Destination, Ssh, SshError};
@@ -163,6 +164,11 @@ impl Host for SshHost {
         out: Lines<'_>,
     ) -> HostResult<()> {
         let ssh = self.ssh()?;
+        if ssh.dest.password.is_some() {
+            self.import_closure(path, secs, out).await?;
+            let ssh = self.ssh()?;
+            return Ok(nix::add_root(ssh, path, &self.run.gc_root(), secs).await?);
+        }
         let store = ssh.dest.store_uri();
         // Nix's ssh rides the master and fails closed without it: a master
         // that died (and the host lock with it) is said as such.
@@ -181,6 +187,40 @@ impl Host for SshHost {
             copied?;
         }
         Ok(nix::add_root(ssh, path, &self.run.gc_root(), secs).await?)
+    }
+
+    async fn read_keys(
+        &mut self,
+        keys: &std::collections::BTreeMap<String, KeySpec>,
+    ) -> Result<Vec<Loaded>, KeyError> {
+        self.shared.keys(keys).await
+    }
+
+    async fn stage_keys(
+        &mut self,
+        keys: &[Loaded],
+        keep: bool,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> HostResult<()> {
+        Ok(agent::keys::stage(self.ssh()?, &self.run, keys, keep, secs, out).await?)
+    }
+
+    async fn upload_keys(&mut self, keys: &[Loaded], secs: u64, out: Lines<'_>) -> HostResult<()> {
+        Ok(agent::keys::upload(self.ssh()?, &self.run, keys, secs, out).await?)
+    }
+
+    async fn adopt_keys(&mut self, from_run: &str, secs: u64) -> HostResult<()> {
+        let from = RunDir::new(from_run);
+        Ok(agent::keys::adopt(self.ssh()?, &self.run, &from, secs).await?)
+    }
+
+    async fn drop_kept_keys(&mut self, secs: u64) -> HostResult<()> {
+        Ok(agent::keys::drop_previous(self.ssh()?, &self.run, secs).await?)
+    }
+
+    async fn discard_keys(&mut self, secs: u64) -> HostResult<()> {
+        Ok(agent::keys::discard(self.ssh()?, &self.run, secs).await?)
     }
 
     async fn generation(
@@ -364,6 +404,29 @@ impl SshHost {
         secs: u64,
     ) -> HostResult<agent::Changes> {
         Ok(agent::changes(self.ssh()?, current, toplevel, secs).await?)
+    }
+
+    /// A closure built here, over the master into `nix-store --import`
+    /// (as the flake's source goes): for a host whose sudo takes a
+    /// password, which `nix copy`'s `sudo nix-daemon` on the host cannot be
+    /// given. (The host's substituters are not asked.)
+    async fn import_closure(
+        &mut self,
+        path: &StorePath,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> HostResult<()> {
+        let paths = nix::requisites(path, secs).await?;
+        let missing = nix::missing(self.ssh()?, &paths, secs).await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut parts = Vec::with_capacity(missing.len());
+        for p in &missing {
+            parts.push(self.shared.export(p, secs).await?);
+        }
+        out(&format!("copying {} of {} paths over the connection", missing.len(), paths.len()));
+        Ok(nix::import(self.ssh()?, parts, secs, out).await?)
     }
 
     /// Take the host lock again (after a reconnect, or after it was lost).

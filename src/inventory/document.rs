@@ -16,7 +16,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{BuildOn, HealthCheck, HostSpec, Timeouts};
+use super::{BuildOn, HealthCheck, HostSpec, KeySpec, Timeouts};
 use crate::rollout::Settings;
 use crate::rules;
 
@@ -94,6 +94,8 @@ pub(super) struct Own {
     #[serde(default, deserialize_with = "present")]
     health_checks: Option<Vec<HealthCheck>>,
     #[serde(default, deserialize_with = "present")]
+    keys: Option<BTreeMap<String, KeySpec>>,
+    #[serde(default, deserialize_with = "present")]
     timeouts: Option<Timeouts>,
 }
 
@@ -119,6 +121,7 @@ impl Own {
             "magicRollback" => self.magic_rollback.is_some(),
             "healthChecks" => self.health_checks.is_some(),
             "timeouts" => self.timeouts.is_some(),
+            "keys" => self.keys.is_some(),
             "substituteOnTarget" => self.substitute_on_target.is_some(),
             _ => true,
         }
@@ -143,6 +146,7 @@ impl Own {
             magic_rollback: self.magic_rollback.unwrap_or(d.magic_rollback),
             substitute_on_target: self.substitute_on_target.unwrap_or(d.substitute_on_target),
             health_checks: take(&mut self.health_checks).unwrap_or_else(|| d.health_checks.clone()),
+            keys: take(&mut self.keys).unwrap_or_else(|| d.keys.clone()),
             timeouts: self.timeouts.unwrap_or(d.timeouts),
         }
     }

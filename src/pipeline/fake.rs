@@ -110,6 +110,10 @@ pub struct Fake {
     facts_asked: usize,
     /// Log lines each watch hands out.
     pub log: Vec<String>,
+    /// Reading the keys here.
+    pub read_keys: Result<(), crate::keys::KeyError>,
+    pub stage_keys: HostResult<()>,
+    pub upload_keys: HostResult<()>,
 }
 
 impl Fake {
@@ -157,6 +161,9 @@ impl Fake {
             later_facts: VecDeque::new(),
             facts_asked: 0,
             log: vec!["activating".into()],
+            read_keys: Ok(()),
+            stage_keys: Ok(()),
+            upload_keys: Ok(()),
         }
     }
 
@@ -432,6 +439,55 @@ impl Host for Fake {
         self.reboot.clone()
     }
 
+    async fn read_keys(
+        &mut self,
+        keys: &std::collections::BTreeMap<String, crate::inventory::KeySpec>,
+    ) -> Result<Vec<crate::keys::Loaded>, crate::keys::KeyError> {
+        self.call(format!("read-keys {}", keys.len()));
+        self.read_keys.clone()?;
+        let content = Arc::new(crate::secret::Secret::from("content".to_string()));
+        Ok(keys
+            .values()
+            .map(|spec| crate::keys::Loaded { spec: spec.clone(), content: content.clone() })
+            .collect())
+    }
+
+    async fn stage_keys(
+        &mut self,
+        keys: &[crate::keys::Loaded],
+        keep: bool,
+        _secs: u64,
+        _out: Lines<'_>,
+    ) -> HostResult<()> {
+        self.call(format!("stage-keys {}{}", keys.len(), if keep { " keep" } else { "" }));
+        self.stage_keys.clone()
+    }
+
+    async fn upload_keys(
+        &mut self,
+        keys: &[crate::keys::Loaded],
+        _secs: u64,
+        _out: Lines<'_>,
+    ) -> HostResult<()> {
+        self.call(format!("upload-keys {}", keys.len()));
+        self.upload_keys.clone()
+    }
+
+    async fn adopt_keys(&mut self, from_run: &str, _secs: u64) -> HostResult<()> {
+        self.call(format!("adopt-keys {from_run}"));
+        Ok(())
+    }
+
+    async fn drop_kept_keys(&mut self, _secs: u64) -> HostResult<()> {
+        self.call("drop-kept-keys");
+        Ok(())
+    }
+
+    async fn discard_keys(&mut self, _secs: u64) -> HostResult<()> {
+        self.call("discard-keys");
+        Ok(())
+    }
+
     async fn drop_root(&mut self, _secs: u64) -> HostResult<()> {
         self.call("drop-root");
         Ok(())
@@ -527,6 +583,7 @@ pub async fn drive(fake: Fake, tweak: impl FnOnce(&mut Target, &mut Context)) ->
         interrupt: Interrupt::new().1,
         changing: Arc::default(),
         approved: None,
+        keep_keys: false,
         sink: Arc::new(move |e| sink_events.lock().unwrap().push(e)),
     };
     tweak(&mut target, &mut ctx);

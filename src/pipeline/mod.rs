@@ -23,6 +23,8 @@ mod tests;
 #[cfg(test)]
 mod tests_contract;
 #[cfg(test)]
+mod tests_keys;
+#[cfg(test)]
 mod tests_reboot;
 #[cfg(test)]
 mod tests_truth;
@@ -66,6 +68,10 @@ pub struct Context {
     pub interrupt: Interrupt,
     /// `--ask`: what each host may be given, as shown and approved.
     pub approved: Option<Arc<std::collections::BTreeMap<String, Approved>>>,
+    /// A soak follows: a confirmed host keeps the previous content of the
+    /// keys it replaced until the soak's verdict (a host sent back gets it
+    /// back).
+    pub keep_keys: bool,
     /// How many hosts have an agent at work (activating, confirming,
     /// booting): a second Ctrl-C leaves those in the agents' hands.
     pub changing: Arc<AtomicUsize>,
@@ -91,8 +97,9 @@ pub enum Mode {
     /// the current, or the given one), through the same test/confirm/boot.
     Rollback { to_generation: Option<u32> },
     /// Return to this system (the one a host ran before a run that it then
-    /// failed the soak of), through the same test/confirm/boot.
-    Revert { to: StorePath },
+    /// failed the soak of), through the same test/confirm/boot; and to the
+    /// keys it had before that run (`from_run`).
+    Revert { to: StorePath, from_run: String },
 }
 
 /// How far a run takes each host.
@@ -151,6 +158,7 @@ pub async fn deploy<H: Host>(target: &Target, ctx: &Context, host: H) -> HostRep
         agent_started: false,
         facts: None,
         toplevel: None,
+        keys: Vec::new(),
     };
     let end = run.run(host).await;
     run.finish(end)
@@ -176,6 +184,8 @@ struct HostRun<'a> {
     facts: Option<Facts>,
     /// The system of the run, once known.
     toplevel: Option<StorePath>,
+    /// The host's keys, read before anything on it changes.
+    keys: Vec<crate::keys::Loaded>,
 }
 
 impl<'a> HostRun<'a> {

@@ -15,6 +15,7 @@ impl HostRun<'_> {
     /// boot entry); `Err`: how the host ended (unchanged, or up to date).
     pub(super) async fn prepare<H: Host>(&mut self, host: &mut H) -> Result<(Wanted, Next), End> {
         self.lock_and_preflight(host).await?;
+        self.read_keys(host).await?;
         let mut wanted = self.wanted_system(host).await?;
         let self_check = self.spec().self_check.clone();
         let facts = match wanted.facts.take() {
@@ -44,7 +45,10 @@ impl HostRun<'_> {
         self.toplevel = Some(wanted.toplevel.clone());
         self.check_approved(&wanted.toplevel, running.as_deref())?;
         match next {
-            Next::UpToDate => return Err(self.up_to_date(&wanted.toplevel)),
+            Next::UpToDate => {
+                self.upload_keys(host).await?;
+                return Err(self.up_to_date(&wanted.toplevel));
+            }
             Next::FinishBoot => {
                 // Confirmed here earlier, but its boot entry was never
                 // written (the deployer died, the bootloader failed).
@@ -67,6 +71,43 @@ impl HostRun<'_> {
             self.self_check(host, &script).await?;
         }
         Ok((wanted, next))
+    }
+
+    /// The host's keys, read here before anything on it changes; a deploy
+    /// that activates a system sends them with the activation (a rollback
+    /// returns to an older system: it sends none).
+    async fn read_keys<H: Host>(&mut self, host: &mut H) -> Result<(), End> {
+        let specs = &self.spec().keys;
+        if specs.is_empty() || self.ctx.mode != Mode::Deploy {
+            return Ok(());
+        }
+        if self.ctx.goal == Goal::Boot {
+            self.note(
+                "keys are not written with --goal boot (nothing is activated now): write them \
+                 with `deploy-flake keys` once the host runs the new system",
+            );
+            return Ok(());
+        }
+        let loaded = host.read_keys(specs).await;
+        self.keys =
+            loaded.map_err(|e| End::unchanged(Reason::Keys, format!("{e}; nothing changed")))?;
+        Ok(())
+    }
+
+    /// A host that is up to date gets its keys all the same (they may
+    /// have changed without the system): written at once, each atomically.
+    async fn upload_keys<H: Host>(&mut self, host: &mut H) -> Result<(), End> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        let secs = self.spec().timeouts.activate.min(120);
+        let keys = std::mem::take(&mut self.keys);
+        let written = host.upload_keys(&keys, secs, &mut self.lines()).await;
+        written.map_err(|e| {
+            End::unchanged(e.reason(Reason::Keys), format!("writing the keys: {e}"))
+        })?;
+        self.note(format!("wrote {} key(s); the system is up to date", keys.len()));
+        Ok(())
     }
 
     /// Take the host lock; the preflight's health comes with it.
@@ -148,7 +189,7 @@ impl HostRun<'_> {
                 self.note(format!("returning to generation {n}: {toplevel}"));
                 Ok(Wanted { toplevel, facts: None })
             }
-            Mode::Revert { to } => {
+            Mode::Revert { to, .. } => {
                 self.note(format!("returning to {to}, the system it ran before this run"));
                 Ok(Wanted { toplevel: to.clone(), facts: None })
             }

@@ -157,6 +157,8 @@ impl Cmd {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     Bytes(Vec<u8>),
+    /// A secret (a host's keys): never shown, also not by `Debug`.
+    Secret(std::sync::Arc<crate::secret::Secret>),
     /// The first `len` bytes of each file, in order, then `trailer`.
     Files {
         parts: Vec<(std::path::PathBuf, u64)>,
@@ -169,6 +171,7 @@ impl Input {
         use tokio::io::AsyncReadExt;
         match self {
             Input::Bytes(b) => w.write_all(b).await?,
+            Input::Secret(s) => w.write_all(s.as_bytes()).await?,
             Input::Files { parts, trailer } => {
                 for (path, len) in parts {
                     let file = tokio::fs::File::open(path).await?;

@@ -24,7 +24,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use crate::events::Phase;
-use crate::inventory::{HealthCheck, HostSpec, Timeouts};
+use crate::inventory::{HealthCheck, HostSpec, KeySpec, Timeouts};
 
 use check::*;
 use wording::*;
@@ -77,10 +77,17 @@ enum RuleRef {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
 enum Rule {
+    #[serde(rename_all = "camelCase")]
     String {
         expected: String,
         #[serde(default)]
         nullable: bool,
+        /// Never shown in a message: only its kind ("a string").
+        #[serde(default)]
+        secret: bool,
+        /// lib's fault for a Nix path literal (JSON has none).
+        #[serde(default, rename = "pathLiteral")]
+        _path_literal: Option<String>,
         /// Matches only values that pass every check: the fast path.
         accept: Option<Pattern>,
         #[serde(default)]
@@ -114,6 +121,10 @@ enum Rule {
         expected: String,
         check: HealthCheckRule,
     },
+    Keys {
+        expected: String,
+        key: KeyRule,
+    },
     #[serde(rename_all = "camelCase")]
     SshOpts {
         expected: String,
@@ -130,6 +141,19 @@ struct HealthCheckRule {
     expected: String,
     fields: BTreeMap<String, RuleRef>,
     exactly_one_of: ExactlyOneOf,
+}
+
+/// What each key of `keys` must be, and its defaults (which lib fills in).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct KeyRule {
+    expected: String,
+    #[serde(rename = "defaults")]
+    _defaults: Map<String, Value>,
+    fields: BTreeMap<String, RuleRef>,
+    exactly_one_of: ExactlyOneOf,
+    /// Two keys that write the same file (`%FILE%`, `%OTHER%`).
+    clash: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -104,7 +104,7 @@ pub fn command<F: AsRef<OsStr> + ?Sized>(flake: &F, args: &[&str]) -> Command {
     let mut c = Command::new("timeout");
     c.args(["--kill-after=10", "600", BIN]);
     let args = match args.first() {
-        Some(&sub @ ("rollback" | "status" | "diff")) => {
+        Some(&sub @ ("rollback" | "status" | "diff" | "keys")) => {
             c.arg(sub);
             &args[1..]
         }

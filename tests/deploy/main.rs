@@ -10,6 +10,8 @@ mod display;
 mod helpers;
 mod holes;
 mod hostile;
+mod keys;
+mod leak;
 mod operator;
 mod pipeline;
 mod reboot;
