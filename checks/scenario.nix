@@ -115,6 +115,7 @@ let
   # its exit code and the targets' state can show (one line of Python).
   outputChecks = {
     chatty-activation = ''assert_lines(out, "chatty activation line ", 3000)'';
+    prints-escapes = ''assert "\x1b" not in out and "\x07" not in out and r"title \x1b]0;pwned\x07 clear" in out, "escapes reached the output raw, or not at all"'';
   };
 
   # What a scenario leaves on target1 beyond what it runs and boots (one

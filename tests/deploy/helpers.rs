@@ -62,6 +62,15 @@ impl Run {
             .to_string()
     }
 
+    /// Every note the tool made about `host`.
+    pub fn notes(&self, host: &str) -> Vec<String> {
+        events(&self.stdout)
+            .into_iter()
+            .filter(|e| e["event"] == "note" && e["host"] == host)
+            .map(|e| e["text"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     /// Every output line the tool tagged with `host`.
     pub fn lines(&self, host: &str) -> Vec<String> {
         events(&self.stdout)
