@@ -11,6 +11,8 @@
 //! against a fake host in the unit tests.
 
 mod activate;
+#[cfg(test)]
+mod drive;
 mod end;
 #[cfg(test)]
 mod fake;
