@@ -3,8 +3,10 @@
 
 use clap::{Parser, ValueEnum};
 
+mod build;
 mod display;
 mod docs;
+pub use build::{BuildArgs, BuildOptions};
 pub use display::{ColorChoice, DisplayArgs, LiveJsonConflict, Progress, Terminal};
 pub use docs::DocsCommand;
 
@@ -106,6 +108,9 @@ pub enum Command {
     Diff {
         #[command(flatten)]
         query: Query,
+
+        #[command(flatten)]
+        build: BuildArgs,
     },
 
     /// `completions SHELL` and `man`.
@@ -270,6 +275,9 @@ pub struct Args {
     /// fails returns to the system it ran before. 0: no soak.
     #[arg(long, value_name = "SECONDS", help_heading = "Rollout")]
     pub soak: Option<u64>,
+
+    #[command(flatten)]
+    pub build: BuildArgs,
 }
 
 /// The help of `--timeout`: the phases and bounds of lib/rules.json.
@@ -332,6 +340,8 @@ pub struct Options {
     pub ask: Option<bool>,
     /// The command line's rollout settings.
     pub rollout: Overrides,
+    /// Where systems are built and how they reach the hosts.
+    pub build: BuildOptions,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -375,6 +385,8 @@ pub enum CliError {
     Rollout { flag: &'static str, value: String, problem: String },
     #[error("`{0}` deploys nothing")]
     NotADeploy(&'static str),
+    #[error("{0}")]
+    Build(String),
 }
 
 impl Cli {
@@ -386,7 +398,10 @@ impl Cli {
                 args.into_options(Mode::Rollback { to_generation })
             }
             Some(Command::Status { query }) => query.into_options(Action::Status),
-            Some(Command::Diff { query }) => query.into_options(Action::Diff),
+            Some(Command::Diff { query, build }) => Ok(Options {
+                build: build.into_options().map_err(CliError::Build)?,
+                ..query.into_options(Action::Diff)?
+            }),
             Some(Command::Docs(d)) => Err(CliError::NotADeploy(d.name())),
         }
     }
@@ -455,6 +470,7 @@ impl Args {
                 self.soak,
             )?,
             reboot,
+            build: self.build.into_options().map_err(CliError::Build)?,
             ..options
         })
     }
@@ -537,6 +553,7 @@ impl Query {
             reboot: Reboot::Never,
             ask: None,
             rollout: Overrides::default(),
+            build: BuildOptions::default(),
         })
     }
 }
@@ -569,7 +586,7 @@ impl Options {
     /// Applies command-line overrides (timeouts, self-check) to the
     /// selected hosts, so that the plan and the run see the same values.
     pub fn apply_overrides(&self, targets: &mut [Target]) {
-        for t in targets {
+        for t in targets.iter_mut() {
             for (phase, secs) in &self.timeouts {
                 *t.spec.timeouts.get_mut(*phase) = *secs;
             }
@@ -577,5 +594,6 @@ impl Options {
                 t.spec.self_check = Some(sc.clone());
             }
         }
+        self.build.apply(targets);
     }
 }

@@ -137,6 +137,7 @@ impl Outcome {
 /// | `preflight` | the host was not healthy before the deploy |
 /// | `copy` | copying the flake or the closure failed |
 /// | `build` | building the system failed |
+/// | `build-host` | the build host could not be reached, or the flake not brought to it |
 /// | `not-a-system` | the result is not a NixOS system, or the host lacks what one needs (systemd, flock) |
 /// | `self-check` | the system's self-check refused it |
 /// | `pre-switch-check` | the system's pre-switch checks or switch inhibitors refused a live switch |
@@ -169,6 +170,7 @@ pub enum Reason {
     Preflight,
     Copy,
     Build,
+    BuildHost,
     NotASystem,
     SelfCheck,
     PreSwitchCheck,
@@ -228,6 +230,10 @@ pub struct HostReport {
     pub reason: Option<Reason>,
     /// Why it failed, rolled back or is unknown; what to inspect.
     pub message: Option<String>,
+    /// Where its system was built (`built_on`) and where the closure came
+    /// from (`copied_from`), when known.
+    #[serde(flatten)]
+    pub provenance: crate::build::Provenance,
 }
 
 /// One thing that happened during a run.

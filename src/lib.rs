@@ -5,6 +5,7 @@
 //! tests can drive every layer directly.
 
 pub mod agent;
+pub mod build;
 pub mod cli;
 pub mod diff;
 pub mod events;

@@ -92,7 +92,7 @@ fn unknown_host_key_names_its_path_and_the_closest_key() {
     let err = mk("{ hosts.web1.sshPrt = 22; }").unwrap_err();
     assert_eq!(
         error_line(&err),
-        "error: deployFlake.hosts.web1.sshPrt: unknown option; did you mean \"sshPort\"? (known options: buildOn, configuration, healthChecks, hostname, magicRollback, selfCheck, sshOpts, sshPort, sshUser, substituteOnTarget, sudo, tags, timeouts)"
+        "error: deployFlake.hosts.web1.sshPrt: unknown option; did you mean \"sshPort\"? (known options: buildHost, buildHostCapacity, buildHostSshOpts, buildOn, configuration, copyFrom, healthChecks, hostname, magicRollback, pushTo, selfCheck, sshOpts, sshPort, sshUser, substituteOnTarget, sudo, system, tags, timeouts)"
     );
 }
 
@@ -140,7 +140,7 @@ fn wrong_types_name_the_path_expected_and_got() {
         ),
         (
             r#"{ hosts.web1.buildOn = "remote"; }"#,
-            r#"error: deployFlake.hosts.web1.buildOn: expected "target" or "local", got a string ("remote")"#,
+            r#"error: deployFlake.hosts.web1.buildOn: expected "target", "local" or "host", got a string ("remote")"#,
         ),
         (
             r#"{ hosts.web1.magicRollback = "yes"; }"#,

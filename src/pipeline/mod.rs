@@ -22,6 +22,8 @@ mod tests;
 #[cfg(test)]
 mod tests_contract;
 #[cfg(test)]
+mod tests_elsewhere;
+#[cfg(test)]
 mod tests_reboot;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -138,6 +140,7 @@ pub async fn deploy<H: Host>(target: &Target, ctx: &Context, host: H) -> HostRep
         agent_started: false,
         facts: None,
         toplevel: None,
+        provenance: Default::default(),
     };
     let end = run.run(host).await;
     run.finish(end)
@@ -163,6 +166,8 @@ struct HostRun<'a> {
     facts: Option<Facts>,
     /// The system of the run, once known.
     toplevel: Option<StorePath>,
+    /// Where that system was built, and where it came to the host from.
+    provenance: crate::build::Provenance,
 }
 
 impl<'a> HostRun<'a> {
@@ -247,6 +252,7 @@ impl<'a> HostRun<'a> {
             before: self.facts.as_ref().and_then(|f| f.current.clone()),
             reason: end.reason,
             message: end.message,
+            provenance: self.provenance,
         };
         self.emit(Event::HostFinished { report: report.clone() });
         report
