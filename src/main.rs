@@ -195,6 +195,7 @@ async fn ask_then_deploy(
         shown.iter().filter_map(|d| Some((d.host.clone(), d.new.clone()?))).collect();
     if !answered && !confirmed(targets.len())? {
         eprintln!("deploy-flake: not confirmed; nothing was deployed");
+        shared.elsewhere.close().await;
         return Ok(Exit::HostsFailed);
     }
     deploy(targets, options, shared, Some(Arc::new(approved)), waves, display).await
