@@ -277,6 +277,11 @@ impl Cache {
     fn serve(lab: &Lab, host: &Target, targets: &[Target]) -> Cache {
         let dir = lab.dir().join("cache");
         std::fs::create_dir_all(&dir).unwrap();
+        Cache::serve_dir(lab, host, targets, dir)
+    }
+
+    /// The same, serving `dir` (which exists).
+    fn serve_dir(lab: &Lab, host: &Target, targets: &[Target], dir: PathBuf) -> Cache {
         let key = lab.dir().join("cache.secret");
         let secret =
             run_ok(host_nix().args(["key", "generate-secret", "--key-name", "lab-cache-1"]));
@@ -550,4 +555,71 @@ fn the_build_host_copies_to_the_hosts_with_its_own_login() {
         run.message("h1")
     );
     assert_eq!(targets[1].current_system(), before);
+}
+
+/// Built on the build host and pushed from there to its own cache, signed
+/// with a key that stays on this machine (`nix store sign` through the
+/// build host's store): each host substitutes the closure, signed, and
+/// this machine sends the hosts a fraction of it.
+#[test]
+fn a_build_host_pushes_to_a_cache_the_hosts_substitute_from() {
+    let lab = Lab::boot_suites(&[Suite::Bookworm, Suite::Trixie, Suite::Bookworm]);
+    let (bh, targets) = lab.targets.split_first().unwrap();
+    wrap_nix(bh);
+    bh.ssh_ok("mkdir -p /var/cache/lab");
+    let served = lab.dir().join("targets").join(&bh.name).join("merged/var/cache/lab");
+    let cache = Cache::serve_dir(&lab, bh, targets, served);
+    let key = cache.key.display().to_string();
+    let entries: Vec<String> = (targets.iter().enumerate())
+        .map(|(i, t)| host_entry(&lab, &format!("h{i}"), t, "bulky", &on_build_host(&lab, bh, "")))
+        .collect();
+    let f = flake_with(&lab, &entries, "pushed from the build host");
+    let sent = Sent::start(targets);
+    let uri = "file:///var/cache/lab?compression=none";
+    let run = super::helpers::deploy(&f, &["--all", "--push-to", uri, "--sign-key", &key]);
+    let bytes = sent.bytes();
+    assert_eq!(run.code, 0, "{run}");
+    for (i, t) in targets.iter().enumerate() {
+        assert_deployed(&run, &format!("h{i}"), t, "host", "cache");
+        let sigs = t.ssh_ok(&format!("nix path-info --sigs {}", run.system(&format!("h{i}"))));
+        assert!(sigs.contains("lab-cache-1:"), "h{i}: not signed by the cache's key: {sigs}");
+    }
+    let pushes: Vec<String> = nix_calls(bh)
+        .into_iter()
+        .filter(|c| c.2.contains(" copy ") && c.2.contains("--to file:///var/cache/lab"))
+        .map(|c| c.2)
+        .collect();
+    assert_eq!(pushes.len(), 1, "pushed once: {pushes:?}");
+    let closure = bh.ssh_ok(&format!("nix path-info --closure-size {}", run.system("h0")));
+    let closure: u64 = closure.split_whitespace().last().unwrap().parse().unwrap();
+    eprintln!("closure {closure} B; this machine sent the 2 hosts {bytes} B");
+    assert!(bytes * 10 < closure, "this machine sent {bytes} B of a {closure} B closure");
+}
+
+/// Nix's own distributed builds on the build host are used as they are:
+/// a build host that may not build itself (`max-jobs = 0`) hands the
+/// build to its remote builder (`builders`), and the host gets the system.
+#[test]
+fn the_build_host_s_remote_builders_take_its_builds() {
+    let lab = Lab::boot_suites(&[Suite::Bookworm, Suite::Bookworm, Suite::Trixie]);
+    let (bh, builder, target) = (&lab.targets[0], &lab.targets[1], &lab.targets[2]);
+    lab.link(bh, builder);
+    bh.ssh_ok("ssh-keygen -q -t ed25519 -N '' -C build-host -f /root/.ssh/id_ed25519");
+    let key = bh.ssh_ok("cat /root/.ssh/id_ed25519.pub");
+    builder.ssh_ok(&format!("printf '%s\\n' {} >>/root/.ssh/authorized_keys", shell(&key)));
+    let known = std::fs::read_to_string(lab.known_hosts_path()).unwrap();
+    bh.ssh_ok(&format!("printf '%s' {} >/root/.ssh/known_hosts", shell(&known)));
+    bh.ssh_ok(&format!(
+        "printf 'builders = ssh-ng://root@{} x86_64-linux /root/.ssh/id_ed25519 2\\nmax-jobs = 0\\n' \
+         >>/etc/nix/nix.conf && systemctl restart nix-daemon",
+        builder.address
+    ));
+    let entry = host_entry(&lab, "h", target, "healthy-v2", &on_build_host(&lab, bh, ""));
+    let f = flake_with(&lab, &[entry], "remote builder");
+    let run = super::helpers::deploy(&f, &["--all"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_deployed(&run, "h", target, "host", "deployer");
+    let system = run.system("h");
+    let built_there = builder.ssh(&format!("nix-store --check-validity {system}"));
+    assert!(built_there.status.success(), "{system} is not in the remote builder's store");
 }
