@@ -197,8 +197,9 @@ fn dry_run_shows_where_systems_are_built() {
         stdout.contains(&format!("signing: what is pushed to a cache is signed with {key}\n")),
         "{stdout}"
     );
-    let built = "  build on:      host web-2 (deploy@[2001:db8::2]:2222; evaluates and builds each \
-                 configuration once per run)\n  copy:          pushed once to s3://cache?region=eu, \
+    let built = "  build on:      host web-2 (deploy@[2001:db8::2]:2222, ssh options: -o \
+                 ForwardAgent=no; evaluates and builds each configuration once per run, as many \
+                 at once as it has cores)\n  copy:          pushed once to s3://cache?region=eu, \
                  then the host substitutes it\n";
     assert_eq!(stdout.matches(built).count(), 2, "{stdout}");
 
@@ -211,9 +212,10 @@ fn dry_run_shows_where_systems_are_built() {
         "nix@builder.example:2222",
     ]);
     assert_eq!(code, 0, "{stderr}");
-    let built = "  build on:      host nix@builder.example:2222 (nix@builder.example:2222; \
-                 evaluates and builds each configuration once per run)\n  copy:          relayed \
-                 from the build host by this machine (only what the host lacks)\n";
+    let built = "  build on:      host nix@builder.example:2222 (nix@builder.example:2222, ssh \
+                 options: -o ForwardAgent=no; evaluates and builds each configuration once per \
+                 run, as many at once as it has cores)\n  copy:          relayed from the build \
+                 host by this machine (only what the host lacks)\n";
     assert!(stdout.contains(built), "{stdout}");
 
     let systems = dir.path().join("systems.json");

@@ -24,9 +24,6 @@ enum Source {
     BuildHost(Arc<BuildHost>, Arc<Conn>),
 }
 
-/// What a delivery did: where the closure came from.
-pub type Delivered = CopiedFrom;
-
 /// Bring `path`, got the `way`, to the host behind `target` and GC-root it
 /// there at `gc_root`.
 pub async fn deliver(
@@ -37,7 +34,7 @@ pub async fn deliver(
     path: &StorePath,
     secs: u64,
     out: Lines<'_>,
-) -> Result<Delivered, BuildError> {
+) -> Result<CopiedFrom, BuildError> {
     let source = match &way.build {
         Build::Local { .. } => Source::Here,
         Build::Host { build_host, .. } => {
@@ -91,7 +88,7 @@ async fn via_cache(
     uri: &str,
     secs: u64,
     out: Lines<'_>,
-) -> Result<Option<Delivered>, BuildError> {
+) -> Result<Option<CopiedFrom>, BuildError> {
     let cell = Registry::once(&reg.pushed, &(path.clone(), uri.to_string()));
     let pushed = cell.get_or_init(|| push(reg, source, path, uri, secs, &mut *out));
     pushed.await.clone()?;
@@ -180,29 +177,21 @@ async fn substitute(
     path: &StorePath,
     secs: u64,
     out: Lines<'_>,
-) -> Result<Delivered, BuildError> {
+) -> Result<CopiedFrom, BuildError> {
     match realise(target, gc_root, path, secs, out).await {
         Ok(()) => Ok(CopiedFrom::Substituters),
         Err(e) => {
-            let tried = substituters(target).await;
-            let tried = match tried.as_slice() {
-                [] => "none: the host has no substituters".to_string(),
+            let tried = match substituters(target).await {
+                list if list.is_empty() => "none: the host has no substituters".to_string(),
                 list => list.join(", "),
             };
+            let said = crate::process::tail_lines(&e, 3);
             Err(BuildError::new(
                 Reason::Copy,
                 format!(
                     "system {path} is neither in this machine's store nor in the host's \
-                     substituters (tried: {tried}); nothing changed: build it here, or push it to \
-                     a cache the host substitutes from\n{}",
-                    e.lines()
-                        .rev()
-                        .take(3)
-                        .collect::<Vec<_>>()
-                        .into_iter()
-                        .rev()
-                        .collect::<Vec<_>>()
-                        .join("\n")
+                     substituters (tried: {tried}); nothing changed: build it here, or push it \
+                     to a cache the host substitutes from\n{said}"
                 ),
             ))
         }
@@ -229,7 +218,7 @@ async fn relay(
     substitute: bool,
     secs: u64,
     out: Lines<'_>,
-) -> Result<Delivered, BuildError> {
+) -> Result<CopiedFrom, BuildError> {
     let failed =
         |e: String| BuildError::new(Reason::Copy, format!("copying {path} to the host: {e}"));
     let to = target.dest.store_uri();
@@ -259,7 +248,7 @@ async fn direct(
     substitute: bool,
     secs: u64,
     out: Lines<'_>,
-) -> Result<Delivered, BuildError> {
+) -> Result<CopiedFrom, BuildError> {
     let d = &target.dest;
     let opts =
         format!("-p {} -o BatchMode=yes -o ConnectTimeout={}", d.port, d.connect_timeout.max(1));

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::Serialize;
 
-pub use deliver::{deliver, Delivered};
+pub use deliver::deliver;
 pub use remote::BuildHost;
 pub use systems::{apply_systems, read_systems};
 
@@ -188,8 +188,12 @@ pub fn describe(
     let built = match &w.build {
         Build::Local { .. } => "local".to_string(),
         Build::Host { build_host, .. } => format!(
-            "host {build_host} ({}; evaluates and builds each configuration once per run)",
-            build_hosts.get(build_host).map_or("?", String::as_str)
+            "host {build_host} ({}; evaluates and builds each configuration once per run, {})",
+            build_hosts.get(build_host).map_or("?", String::as_str),
+            match spec.build_host_capacity {
+                0 => "as many at once as it has cores".to_string(),
+                n => format!("at most {n} at once"),
+            }
         ),
         Build::Prebuilt(p) => format!("nothing: {p} was built elsewhere"),
     };
@@ -321,9 +325,14 @@ impl Registry {
         })
     }
 
-    /// `user@host:port` of each build host, by its name (for the plan).
+    /// How each build host is reached, by its name (for the plan):
+    /// `user@host:port` and its ssh options.
     pub fn destinations(specs: &[BuildHostSpec]) -> BTreeMap<String, String> {
-        specs.iter().map(|s| (s.word.clone(), s.dest.display())).collect()
+        let shown = |s: &BuildHostSpec| match s.dest.ssh_opts.as_slice() {
+            [] => s.dest.display(),
+            opts => format!("{}, ssh options: {}", s.dest.display(), opts.join(" ")),
+        };
+        specs.iter().map(|s| (s.word.clone(), shown(s))).collect()
     }
 
     /// Remove the build hosts' GC roots of this run and close their

@@ -89,7 +89,17 @@ fn the_plan_says_where_it_is_built_and_how_it_comes() {
         s.build_host = Some("bh".into());
         s.copy_from = CopyFrom::BuildHost;
     });
-    assert_eq!(built, "host bh (root@b:22; evaluates and builds each configuration once per run)");
+    assert_eq!(
+        built,
+        "host bh (root@b:22; evaluates and builds each configuration once per run, as many at \
+         once as it has cores)"
+    );
+    let (built, _) = d(|s| {
+        s.build_on = BuildOn::Host;
+        s.build_host = Some("bh".into());
+        s.build_host_capacity = 3;
+    });
+    assert!(built.ends_with("once per run, at most 3 at once)"), "{built}");
     assert!(copy.unwrap().starts_with("from the build host, over its own ssh login"));
     let (built, copy) = d(|s| {
         s.system = Some(SYSTEM.into());

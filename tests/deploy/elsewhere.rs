@@ -560,17 +560,20 @@ fn the_build_host_copies_to_the_hosts_with_its_own_login() {
 /// Built on the build host and pushed from there to its own cache, signed
 /// with a key that stays on this machine (`nix store sign` through the
 /// build host's store): each host substitutes the closure, signed, and
-/// this machine sends the hosts a fraction of it.
+/// this machine sends the hosts a fraction of it. A host that does not
+/// substitute from the cache gets the closure relayed, and says why.
 #[test]
 fn a_build_host_pushes_to_a_cache_the_hosts_substitute_from() {
-    let lab = Lab::boot_suites(&[Suite::Bookworm, Suite::Trixie, Suite::Bookworm]);
-    let (bh, targets) = lab.targets.split_first().unwrap();
+    let suites = [Suite::Bookworm, Suite::Trixie, Suite::Bookworm, Suite::Trixie];
+    let lab = Lab::boot_suites(&suites);
+    let (bh, all) = lab.targets.split_first().unwrap();
+    let (targets, without) = all.split_at(2);
     wrap_nix(bh);
     bh.ssh_ok("mkdir -p /var/cache/lab");
     let served = lab.dir().join("targets").join(&bh.name).join("merged/var/cache/lab");
     let cache = Cache::serve_dir(&lab, bh, targets, served);
     let key = cache.key.display().to_string();
-    let entries: Vec<String> = (targets.iter().enumerate())
+    let entries: Vec<String> = (all.iter().enumerate())
         .map(|(i, t)| host_entry(&lab, &format!("h{i}"), t, "bulky", &on_build_host(&lab, bh, "")))
         .collect();
     let f = flake_with(&lab, &entries, "pushed from the build host");
@@ -590,6 +593,9 @@ fn a_build_host_pushes_to_a_cache_the_hosts_substitute_from() {
         .map(|c| c.2)
         .collect();
     assert_eq!(pushes.len(), 1, "pushed once: {pushes:?}");
+    assert_deployed(&run, "h2", &without[0], "host", "deployer");
+    let said = run.lines("h2");
+    assert!(said.iter().any(|l| l.contains("the host did not substitute")), "{said:?}");
     let closure = bh.ssh_ok(&format!("nix path-info --closure-size {}", run.system("h0")));
     let closure: u64 = closure.split_whitespace().last().unwrap().parse().unwrap();
     eprintln!("closure {closure} B; this machine sent the 2 hosts {bytes} B");
