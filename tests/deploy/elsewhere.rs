@@ -451,7 +451,7 @@ fn an_unreachable_build_host_fails_its_hosts_before_anything_changes() {
 /// A build that fails on the build host (named by its deployFlake name)
 /// is reported once: the hosts of that system fail as `build`, one with
 /// Nix's output and error, the other naming it; the other system's hosts
-/// are deployed.
+/// are deployed, the build host among them (its own build host).
 #[test]
 fn a_failed_build_fails_only_the_hosts_of_its_system() {
     let lab = Lab::boot_suites(&[
@@ -463,14 +463,14 @@ fn a_failed_build_fails_only_the_hosts_of_its_system() {
     ]);
     let (bh, targets) = lab.targets.split_first().unwrap();
     wrap_nix(bh);
-    let mut entries = vec![host_entry(&lab, "builder", bh, "healthy-v1", "")];
+    let extra = r#"buildOn = "host"; buildHost = "builder";"#;
+    let mut entries = vec![host_entry(&lab, "builder", bh, "healthy-v2", extra)];
     for (i, t) in targets.iter().enumerate() {
         let config = if i < 2 { "fails-to-build" } else { "healthy-v2" };
-        let extra = r#"buildOn = "host"; buildHost = "builder";"#;
         entries.push(host_entry(&lab, &format!("h{i}"), t, config, extra));
     }
     let f = flake_with(&lab, &entries, "fails");
-    let run = super::helpers::deploy(&f, &["h0", "h1", "h2", "h3"]);
+    let run = super::helpers::deploy(&f, &["--all"]);
     assert_eq!(run.code, 1, "{run}");
     let failing = ["h0", "h1"];
     for h in failing {
@@ -497,6 +497,7 @@ fn a_failed_build_fails_only_the_hosts_of_its_system() {
     for (i, t) in targets.iter().enumerate().skip(2) {
         assert_deployed(&run, &format!("h{i}"), t, "host", "deployer");
     }
+    assert_deployed(&run, "builder", bh, "host", "deployer");
     assert_eq!(targets[0].current_system(), None);
     assert_eq!(builds(bh).len(), 2, "{:?}", builds(bh));
 }
