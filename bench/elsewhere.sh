@@ -53,13 +53,6 @@ KEY=$WORK/cache.secret
 nix --extra-experimental-features nix-command key generate-secret --key-name lab-bench-1 >"$KEY"
 PUBLIC=$(nix --extra-experimental-features nix-command key convert-secret-to-public <"$KEY")
 lab_ssh "$BH" mkdir -p "$CACHE_DIR"
-ip netns exec "$BH_NAME" /usr/bin/python3 -c '
-import functools, http.server, socketserver, sys
-h = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[3])
-socketserver.ThreadingTCPServer.allow_reuse_address = True
-socketserver.ThreadingTCPServer((sys.argv[1], int(sys.argv[2])), h).serve_forever()' \
-    "10.77.$BH.2" 8080 "$CACHE_HERE" >/dev/null 2>&1 &
-# (a background job of this shell: bench_cleanup stops it)
 ssh-keygen -q -t ed25519 -N '' -C build-host -f "$WORK/bh_key"
 lab_ssh "$BH" "mkdir -p /root/.ssh && cat >/root/.ssh/id_ed25519 && chmod 0600 /root/.ssh/id_ed25519" <"$WORK/bh_key"
 lab_ssh "$BH" "cat >/root/.ssh/known_hosts" <"$WORK/known_hosts"
@@ -69,6 +62,13 @@ for idx in "${TARGETS[@]}"; do
     lab_ssh "$idx" "printf 'substituters = http://10.77.$BH.2:8080\ntrusted-public-keys = $PUBLIC\n' >>/etc/nix/nix.conf && systemctl restart nix-daemon" &
 done
 wait_all || die "preparing the targets failed"
+ip netns exec "$BH_NAME" /usr/bin/python3 -c '
+import functools, http.server, socketserver, sys
+h = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[3])
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer((sys.argv[1], int(sys.argv[2])), h).serve_forever()' \
+    "10.77.$BH.2" 8080 "$CACHE_HERE" >/dev/null 2>&1 &
+# (a background job of this shell: bench_cleanup stops it)
 
 flake=$WORK/flake
 rm -rf "$flake"
@@ -124,7 +124,8 @@ for setup in $SETUPS; do
     sent=$(($(sent_bytes) - sent0))
     if [ "$setup" = local+cache ]; then sent=$((sent + $(cache_bytes) - pushed0)); fi
     closure=$(lab_ssh "${TARGETS[0]}" "nix path-info --closure-size \$(readlink -e /run/current-system)" | awk '{print $NF}')
-    from=$(grep -o '"copied_from":[^,}]*' "$WORK/$setup.jsonl" | sort | uniq -c | tr -s ' ' | tr '\n' ';')
+    from=$(grep '"event":"host-finished"' "$WORK/$setup.jsonl" | grep -o '"copied_from":[^,}]*' |
+        sed 's/"copied_from"://; s/"//g' | sort | uniq -c | awk '{printf "%s%s x%s", NR > 1 ? ", " : "", $2, $1}')
     printf '%s\t%s\t%s\t%s\t%s\n' "$setup" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}')" \
         "$sent" "$closure" "$from" >>"$results"
     log "$setup: done"
