@@ -125,7 +125,7 @@ for setup in $SETUPS; do
     if [ "$setup" = local+cache ]; then sent=$((sent + $(cache_bytes) - pushed0)); fi
     closure=$(lab_ssh "${TARGETS[0]}" "nix path-info --closure-size \$(readlink -e /run/current-system)" | awk '{print $NF}')
     from=$(grep '"event":"host-finished"' "$WORK/$setup.jsonl" | grep -o '"copied_from":[^,}]*' |
-        sed 's/"copied_from"://; s/"//g' | sort | uniq -c | awk '{printf "%s%s x%s", NR > 1 ? ", " : "", $2, $1}')
+        sed 's/"copied_from"://; s/"//g' | sort | uniq -c | awk '{printf "%s%s x%s", (NR > 1 ? ", " : ""), $2, $1}')
     printf '%s\t%s\t%s\t%s\t%s\n' "$setup" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}')" \
         "$sent" "$closure" "$from" >>"$results"
     log "$setup: done"

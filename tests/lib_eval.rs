@@ -33,6 +33,8 @@ fn defaults_fill_every_field() {
             "hostname": "web1", "sshUser": "root", "sshPort": 22, "sshOpts": [],
             "configuration": "web1", "tags": [], "buildOn": "target", "selfCheck": null,
             "sudo": "sudo", "magicRollback": true, "substituteOnTarget": true, "healthChecks": [],
+            "buildHost": null, "buildHostSshOpts": [], "buildHostCapacity": 0,
+            "copyFrom": "deployer", "pushTo": null, "system": null,
             "timeouts": { "connect": 10, "lock": 10, "preflight": 60, "copy": 600,
                           "build": 3600, "selfCheck": 120, "activate": 600,
                           "confirm": 30, "boot": 300, "reboot": 600 } } },
@@ -470,4 +472,25 @@ async fn load_reads_a_document_without_the_compact_view() {
     let inv = load(by_hand.path()).await;
     assert_eq!(inv.hosts["db1"].ssh_port, 2222);
     assert_eq!(inv, load(with_view.path()).await);
+}
+
+/// A build host may come from the defaults or the host, `buildOn` from
+/// either: what a host ends up with must name one when it builds on one.
+#[test]
+fn build_on_host_needs_a_build_host_from_the_defaults_or_the_host() {
+    let v =
+        mk(r#"{ defaults = { buildOn = "host"; buildHost = "bh"; }; hosts.web1 = { }; }"#).unwrap();
+    assert_eq!(
+        (&v["hosts"]["web1"]["buildOn"], &v["hosts"]["web1"]["buildHost"]),
+        (&json!("host"), &json!("bh"))
+    );
+    let v = mk(r#"{ defaults.buildOn = "host"; hosts.web1.buildHost = "root@b:2222"; }"#).unwrap();
+    assert_eq!(v["hosts"]["web1"]["buildHost"], "root@b:2222");
+    let err =
+        mk(r#"{ defaults.buildOn = "host"; hosts = { web1.buildHost = "bh"; db1 = { }; }; }"#)
+            .unwrap_err();
+    assert_eq!(
+        error_line(&err),
+        r#"error: deployFlake.hosts.db1.buildHost: expected null or the build host: a host of deployFlake, or a destination [user@]host[:port], got null: buildOn is "host": name the build host (a host of deployFlake, or [user@]host[:port]), or pass --build-host"#
+    );
 }
