@@ -15,10 +15,11 @@
 # and reports, per set-up, the wall time of the run and the bytes this
 # machine sent (the tx counters of the lab links to the targets and the
 # build host; a push to a cache on this machine's disk, local+cache,
-# counts as sent too), with ratios against `local`.
+# counts as sent too), with ratios against `local`: medians of REPS rounds
+# (3), each round every set-up in turn.
 #
 #   bash bench/elsewhere.sh            (as root, after tests/prepare.sh)
-#   HOSTS=10 SETUPS="local host+cache" bash bench/elsewhere.sh
+#   HOSTS=10 REPS=3 SETUPS="local host+cache" bash bench/elsewhere.sh
 set -euo pipefail
 ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
 WORK=$(mktemp -d /tmp/deploy-flake-bench.XXXXXX)
@@ -27,6 +28,7 @@ BENCH_PREFIX=elsewhere
 . "$ROOT/bench/lib.sh"
 HOSTS=${HOSTS:-10}
 SETUPS=${SETUPS:-"target local local+cache host+relay host+cache host+direct"}
+REPS=${REPS:-3}
 
 (cd "$ROOT" && cargo build --release --locked -q)
 bin=$ROOT/target/release/deploy-flake
@@ -107,7 +109,8 @@ cache_bytes() { du -sb "$CACHE_HERE" | cut -f1; }
 
 results=$WORK/results.tsv
 : >"$results"
-for setup in $SETUPS; do
+run_setup() { # SETUP: one deploy of a new salt; a line of results.tsv
+    local setup=$1 args pushed0 sent0 t0 t1 sent closure from
     write_hosts_for "$setup"
     printf '"%s-%s"' "$setup" "$RANDOM$RANDOM" >"$flake/build-salt"
     args=(--all --flake "$flake" --json)
@@ -128,17 +131,27 @@ for setup in $SETUPS; do
         sed 's/"copied_from"://; s/"//g' | sort | uniq -c | awk '{printf "%s%s x%s", (NR > 1 ? ", " : ""), $2, $1}')
     printf '%s\t%s\t%s\t%s\t%s\n' "$setup" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}')" \
         "$sent" "$closure" "$from" >>"$results"
-    log "$setup: done"
+    log "$setup: $(tail -n 1 "$results" | cut -f2)s, $sent bytes sent"
+}
+
+# Rounds of every set-up in turn, so that other load on this machine falls
+# on all of them alike.
+for ((rep = 1; rep <= REPS; rep++)); do
+    for setup in $SETUPS; do run_setup "$setup"; done
 done
 
+median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 echo
-echo "$HOSTS hosts, one system (a closure of $(cut -f4 "$results" | head -n1) bytes); this machine's bytes sent:"
-awk -F'\t' '
-    $1 == "local" { lw = $2; lb = $3 }
-    { s[NR] = $1; w[NR] = $2; b[NR] = $3; c[NR] = $4; f[NR] = $5 }
-    END {
-        printf "%-12s %8s %14s %9s %9s %9s  %s\n", "set-up", "wall s", "bytes sent", "closures", "wall/loc", "bytes/loc", "copied_from"
-        for (i = 1; i <= NR; i++)
-            printf "%-12s %8.1f %14d %9.2f %9s %9s  %s\n", s[i], w[i], b[i], b[i] / c[i],
-                lw ? sprintf("%.2f", w[i] / lw) : "-", lb ? sprintf("%.3f", b[i] / lb) : "-", f[i]
-    }' "$results"
+echo "$HOSTS hosts, one system (a closure of $(cut -f4 "$results" | head -n1) bytes); medians of $REPS run(s):"
+local_wall=$(awk -F'\t' '$1 == "local" { print $2 }' "$results" | median)
+local_sent=$(awk -F'\t' '$1 == "local" { print $3 }' "$results" | median)
+printf '%-12s %8s %14s %9s %9s %10s  %s\n' set-up "wall s" "bytes sent" closures wall/local bytes/local copied_from
+for setup in $SETUPS; do
+    wall=$(awk -F'\t' -v s="$setup" '$1 == s { print $2 }' "$results" | median)
+    sent=$(awk -F'\t' -v s="$setup" '$1 == s { print $3 }' "$results" | median)
+    closure=$(awk -F'\t' -v s="$setup" '$1 == s { print $4 }' "$results" | head -n 1)
+    from=$(awk -F'\t' -v s="$setup" '$1 == s { print $5 }' "$results" | head -n 1)
+    awk -v s="$setup" -v w="$wall" -v b="$sent" -v c="$closure" -v lw="${local_wall:-0}" -v lb="${local_sent:-0}" -v f="$from" 'BEGIN {
+        printf "%-12s %8.1f %14d %9.2f %9s %10s  %s\n", s, w, b, b / c,
+            lw ? sprintf("%.2f", w / lw) : "-", lb ? sprintf("%.3f", b / lb) : "-", f }'
+done

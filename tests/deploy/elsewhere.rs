@@ -128,8 +128,9 @@ fn assert_deployed(run: &Run, host: &str, t: &Target, built_on: &str, copied_fro
 
 /// Six hosts that share two systems, built on a build host: each system is
 /// built there once, the two at once (its core count), nothing is
-/// evaluated on the hosts or here, and every host runs its system. With
-/// `buildHostCapacity = 1` the builds take turns.
+/// evaluated on the hosts or here, and every host runs its system (one
+/// reached as a user with sudo). With `buildHostCapacity = 1` the builds
+/// take turns.
 #[test]
 fn a_build_host_builds_each_system_once_for_six_hosts() {
     let suites = [Suite::Trixie, Suite::Bookworm, Suite::Trixie, Suite::Bookworm];
@@ -139,7 +140,10 @@ fn a_build_host_builds_each_system_once_for_six_hosts() {
     let local = LocalNix::new(&lab);
     let entry = |i: usize, t: &Target, capacity: &str| {
         let config = if i % 2 == 0 { "sleepy-1" } else { "sleepy-2" };
-        host_entry(&lab, &format!("h{i}"), t, config, &on_build_host(&lab, bh, capacity))
+        // The last host is reached as a user with sudo.
+        let user = if i == 5 { r#"sshUser = "deploy";"# } else { "" };
+        let extra = format!("{user} {}", on_build_host(&lab, bh, capacity));
+        host_entry(&lab, &format!("h{i}"), t, config, &extra)
     };
     let entries: Vec<String> = targets.iter().enumerate().map(|(i, t)| entry(i, t, "")).collect();
     let f = flake_with(&lab, &entries, "first");
@@ -451,7 +455,8 @@ fn an_unreachable_build_host_fails_its_hosts_before_anything_changes() {
 /// A build that fails on the build host (named by its deployFlake name)
 /// is reported once: the hosts of that system fail as `build`, one with
 /// Nix's output and error, the other naming it; the other system's hosts
-/// are deployed, the build host among them (its own build host).
+/// are deployed, the build host among them (its own build host, reached
+/// as a user with sudo).
 #[test]
 fn a_failed_build_fails_only_the_hosts_of_its_system() {
     let lab = Lab::boot_suites(&[
@@ -464,7 +469,9 @@ fn a_failed_build_fails_only_the_hosts_of_its_system() {
     let (bh, targets) = lab.targets.split_first().unwrap();
     wrap_nix(bh);
     let extra = r#"buildOn = "host"; buildHost = "builder";"#;
-    let mut entries = vec![host_entry(&lab, "builder", bh, "healthy-v2", extra)];
+    // The build host is reached as a user with sudo.
+    let own = format!(r#"{extra} sshUser = "deploy";"#);
+    let mut entries = vec![host_entry(&lab, "builder", bh, "healthy-v2", &own)];
     for (i, t) in targets.iter().enumerate() {
         let config = if i < 2 { "fails-to-build" } else { "healthy-v2" };
         entries.push(host_entry(&lab, &format!("h{i}"), t, config, extra));
