@@ -612,7 +612,8 @@ fn a_build_host_pushes_to_a_cache_the_hosts_substitute_from() {
 
 /// Nix's own distributed builds on the build host are used as they are:
 /// a build host that may not build itself (`max-jobs = 0`) hands the
-/// build to its remote builder (`builders`), and the host gets the system.
+/// build to its remote builder (`builders`), and the host gets the system
+/// (shown first by `diff`, built there the same way).
 #[test]
 fn the_build_host_s_remote_builders_take_its_builds() {
     let lab = Lab::boot_suites(&[Suite::Bookworm, Suite::Bookworm, Suite::Trixie]);
@@ -630,10 +631,17 @@ fn the_build_host_s_remote_builders_take_its_builds() {
     ));
     let entry = host_entry(&lab, "h", target, "healthy-v2", &on_build_host(&lab, bh, ""));
     let f = flake_with(&lab, &[entry], "remote builder");
+    // `diff` builds there as a deploy would, and changes nothing.
+    let diff = super::helpers::deploy(&f, &["diff", "--all"]);
+    assert_eq!(diff.code, 0, "{diff}");
+    let shown: Value = serde_json::from_str(diff.stdout.trim()).unwrap();
+    let new = shown["hosts"][0]["new"].as_str().unwrap_or_else(|| panic!("{diff}")).to_string();
+    assert_eq!(target.current_system(), None);
     let run = super::helpers::deploy(&f, &["--all"]);
     assert_eq!(run.code, 0, "{run}");
     assert_deployed(&run, "h", target, "host", "deployer");
     let system = run.system("h");
+    assert_eq!(system, new, "the deploy's system is the one diff showed");
     let built_there = builder.ssh(&format!("nix-store --check-validity {system}"));
     assert!(built_there.status.success(), "{system} is not in the remote builder's store");
 }
