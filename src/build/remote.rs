@@ -55,9 +55,13 @@ impl BuildHost {
         BuildHost { spec, conn: OnceCell::new(), source: OnceCell::new(), builds: Mutex::default() }
     }
 
-    /// `build host NAME (user@host:port)`, for messages.
+    /// `build host NAME (user@host:port)`, for messages (the address once
+    /// when the name is it).
     pub fn label(&self) -> String {
-        format!("build host {} ({})", self.spec.word, self.spec.dest.display())
+        match self.spec.dest.display() {
+            shown if shown == self.spec.word => format!("build host {shown}"),
+            shown => format!("build host {} ({shown})", self.spec.word),
+        }
     }
 
     /// Connect (once per run; every host that needs it shares the outcome).
