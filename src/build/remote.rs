@@ -70,7 +70,12 @@ impl BuildHost {
             let unreachable = |e: String| {
                 BuildError::new(
                     Reason::BuildHost,
-                    format!("{}: {e}; nothing was changed on the hosts that need it", self.label()),
+                    format!(
+                        "{}: {e}; nothing was changed on the hosts that need it (a build \
+                         host's address is buildHost or --build-host, its ssh options \
+                         buildHostSshOpts, or those of the fleet's host it names)",
+                        self.label()
+                    ),
                 )
             };
             let name = format!("build host {}", self.spec.word);
