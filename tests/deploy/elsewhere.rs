@@ -364,13 +364,17 @@ fn systems_built_before_are_deployed_as_they_are() {
     let lab = Lab::boot_suites(&[Suite::Trixie, Suite::Bookworm]);
     let (a, b) = (&lab.targets[0], &lab.targets[1]);
     lab.targets.iter().for_each(wrap_nix);
+    // Salted systems of their own: this machine's store keeps what is
+    // built here, and other tests count on it lacking the fixture's systems.
     let entries =
-        [host_entry(&lab, "a", a, "healthy-v2", ""), host_entry(&lab, "b", b, "healthy-v1", "")];
-    let f = flake_with(&lab, &entries, "before");
-    let (v2, v1) = (build_here(&lab, &f, "healthy-v2"), build_here(&lab, &f, "healthy-v1"));
+        [host_entry(&lab, "a", a, "sleepy-2", ""), host_entry(&lab, "b", b, "sleepy-1", "")];
+    let salt =
+        format!("built before by {} at {:?}", std::process::id(), std::time::SystemTime::now());
+    let f = flake_with(&lab, &entries, &salt);
+    let (v2, v1) = (build_here(&lab, &f, "sleepy-2"), build_here(&lab, &f, "sleepy-1"));
     let systems = lab.dir().join("systems.json");
     // By host name, and by configuration name as `nix build --json` gives it.
-    let listed = serde_json::json!({ "a": v2, "healthy-v1": { "outputs": { "out": v1 } } });
+    let listed = serde_json::json!({ "a": v2, "sleepy-1": { "outputs": { "out": v1 } } });
     std::fs::write(&systems, listed.to_string()).unwrap();
     let local = LocalNix::new(&lab);
     let run = local.deploy(&f, &["--all", "--systems", systems.to_str().unwrap()]);
