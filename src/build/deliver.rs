@@ -228,9 +228,10 @@ async fn relay(
         return copied.map(|()| CopiedFrom::Deployer).map_err(|e| failed(e.to_string()));
     };
     let sockets = Sockets::new(&[&conn.ssh, target]).map_err(failed)?;
+    let (from, to) = (sockets.store_uri(0, &conn.ssh), sockets.store_uri(1, target));
     let mut argv = nix::copy_argv(std::slice::from_ref(path), &to, substitute);
     let at = argv.iter().position(|a| a == "copy").map_or(argv.len(), |i| i + 1);
-    argv.splice(at..at, ["--from".to_string(), conn.ssh.dest.store_uri()]);
+    argv.splice(at..at, ["--from".to_string(), from]);
     let cmd = Cmd::new(argv).env("NIX_SSHOPTS", sockets.nix_sshopts()).secs(secs);
     let copied = process::run(&Local, &cmd, Some(out)).await.and_then(|o| o.check());
     copied.map_err(|e| failed(format!("relaying from {}: {e}", host.label())))?;
@@ -273,7 +274,9 @@ async fn direct(
 }
 
 /// Our masters, as one `nix` process here reaches them all: a private
-/// directory of links `user@host` to their control sockets.
+/// directory of links to their control sockets, one per master, each
+/// named by an alias the store URIs use as their host (so two masters
+/// never share a link, whatever their names and ports).
 struct Sockets {
     dir: tempfile::TempDir,
 }
@@ -282,22 +285,32 @@ impl Sockets {
     fn new(masters: &[&Ssh]) -> Result<Sockets, String> {
         let made = tempfile::Builder::new().prefix("deploy-flake-relay.").tempdir();
         let dir = made.map_err(|e| format!("creating a directory for the relay: {e}"))?;
-        for ssh in masters {
+        for (i, ssh) in masters.iter().enumerate() {
             let socket = ssh.control_socket().map_err(|e| e.to_string())?;
-            let link = dir.path().join(format!("{}@{}", ssh.dest.user, ssh.dest.host));
-            if !link.exists() {
-                std::os::unix::fs::symlink(&socket, &link)
-                    .map_err(|e| format!("linking {}: {e}", link.display()))?;
-            }
+            let link = dir.path().join(Sockets::alias(i));
+            std::os::unix::fs::symlink(&socket, &link)
+                .map_err(|e| format!("linking {}: {e}", link.display()))?;
         }
         Ok(Sockets { dir })
+    }
+
+    fn alias(i: usize) -> String {
+        format!("deploy-flake-master-{i}")
+    }
+
+    /// The store URI of master `i` (`ssh` is its connection): its user
+    /// and escalation, the alias as its host.
+    fn store_uri(&self, i: usize, ssh: &Ssh) -> String {
+        let mut dest = ssh.dest.clone();
+        dest.host = Sockets::alias(i);
+        dest.store_uri()
     }
 
     /// Every login rides on a master; without one, none is made (a
     /// `ProxyCommand` that fails), so the copy fails closed.
     fn nix_sshopts(&self) -> String {
         format!(
-            "-o ControlPath={}/%r@%n -o ControlMaster=no -o BatchMode=yes -o ProxyCommand=false",
+            "-o ControlPath={}/%n -o ControlMaster=no -o BatchMode=yes -o ProxyCommand=false",
             self.dir.path().display()
         )
     }
