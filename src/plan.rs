@@ -25,7 +25,7 @@ pub fn render(
         out,
         "dry run: {n} host{} from flake {}; nothing will be touched",
         if n == 1 { "" } else { "s" },
-        options.flake
+        crate::redact::flake_ref(&options.flake)
     );
     let _ = writeln!(
         out,
@@ -67,9 +67,10 @@ pub fn render(
             writeln!(out, "signing: what is pushed to a cache is signed with {}", key.display());
     }
     render_waves(&mut out, targets, rollout);
+    let flake = crate::redact::flake_ref(&options.flake);
     for t in targets {
         out.push('\n');
-        render_host(&mut out, t, &options.flake, build_hosts);
+        render_host(&mut out, t, &flake, build_hosts);
     }
     out
 }

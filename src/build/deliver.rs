@@ -251,8 +251,11 @@ async fn direct(
     out: Lines<'_>,
 ) -> Result<CopiedFrom, BuildError> {
     let d = &target.dest;
-    let opts =
-        format!("-p {} -o BatchMode=yes -o ConnectTimeout={}", d.port, d.connect_timeout.max(1));
+    let opts = format!(
+        "-p {} -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout={}",
+        d.port,
+        d.connect_timeout.max(1)
+    );
     let mut argv = vec!["env".to_string(), format!("NIX_SSHOPTS={opts}")];
     argv.extend(nix::copy_argv(std::slice::from_ref(path), &d.store_uri(), substitute));
     let cmd = Cmd::new(argv).unprivileged().secs(secs);
@@ -310,7 +313,8 @@ impl Sockets {
     /// `ProxyCommand` that fails), so the copy fails closed.
     fn nix_sshopts(&self) -> String {
         format!(
-            "-o ControlPath={}/%n -o ControlMaster=no -o BatchMode=yes -o ProxyCommand=false",
+            "-o ControlPath={}/%n -o ControlMaster=no -o ProxyCommand=false -o BatchMode=yes \
+             -o StrictHostKeyChecking=yes",
             self.dir.path().display()
         )
     }

@@ -161,9 +161,21 @@ impl Host for SshHost {
         out: Lines<'_>,
     ) -> HostResult<CopiedFrom> {
         let ssh = self.ssh()?;
-        let _slot = self.shared.cpu().await;
-        let reg = &self.shared.elsewhere;
-        Ok(crate::build::deliver(reg, ssh, &self.run.gc_root(), way, path, secs, out).await?)
+        // Nix's ssh rides the master and fails closed without it: a master
+        // that died (and the host lock with it) is said as such.
+        let lost = || ProcessError::Disconnected { cmd: "nix copy".into() };
+        if !ssh.alive().await {
+            return Err(HostError::Process(lost()));
+        }
+        let delivered = {
+            let _slot = self.shared.cpu().await;
+            let reg = &self.shared.elsewhere;
+            crate::build::deliver(reg, ssh, &self.run.gc_root(), way, path, secs, out).await
+        };
+        if delivered.is_err() && !ssh.alive().await {
+            return Err(HostError::Process(lost()));
+        }
+        Ok(delivered?)
     }
 
     async fn generation(

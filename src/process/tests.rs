@@ -78,3 +78,21 @@ fn scripts_are_displayed_by_their_arguments() {
     assert_eq!(c.display(), "sh -c … a b");
     assert_eq!(Cmd::new(["a", "b", "c", "d", "e", "f"]).display(), "a b c d e …");
 }
+
+#[tokio::test]
+async fn an_endless_line_reaches_the_sink_cut_and_marked() {
+    let mut seen = Vec::new();
+    let mut sink = |l: &str| seen.push(l.to_string());
+    // 4 MB on stderr and stdout without a newline, then one more line.
+    let cmd = sh("head -c 4000000 /dev/zero | tr '\\0' x >&2; echo >&2; echo done >&2; \
+                  head -c 4000000 /dev/zero | tr '\\0' y; echo")
+    .secs(60);
+    let out = run(&Local, &cmd, Some(&mut sink)).await.unwrap().check().unwrap();
+    assert_eq!(seen.len(), 3, "{:?}", seen.iter().map(String::len).collect::<Vec<_>>());
+    for l in &seen {
+        assert!(l.len() < LINE_MAX + 200, "{}", l.len());
+    }
+    assert!(seen.iter().any(|l| l.starts_with("xxx") && l.ends_with("of 4000000 bytes]")));
+    assert!(seen.contains(&"done".to_string()));
+    assert!(out.stdout.len() < LINE_MAX + 200, "{}", out.stdout.len());
+}

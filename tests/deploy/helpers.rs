@@ -2,8 +2,8 @@
 //! reported (its `--json` stream).
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -86,7 +86,7 @@ pub fn events(stdout: &str) -> Vec<Value> {
 }
 
 /// `deploy-flake --json --flake FLAKE ARGS...`, to completion.
-pub fn deploy(flake: &Path, args: &[&str]) -> Run {
+pub fn deploy<F: AsRef<OsStr> + ?Sized>(flake: &F, args: &[&str]) -> Run {
     let started = Instant::now();
     let out: Output = command(flake, args).output().expect("run deploy-flake");
     Run {
@@ -99,7 +99,7 @@ pub fn deploy(flake: &Path, args: &[&str]) -> Run {
 
 /// A subcommand (`rollback`, `status`, `diff`) comes first, the run's
 /// options after it.
-pub fn command(flake: &Path, args: &[&str]) -> Command {
+pub fn command<F: AsRef<OsStr> + ?Sized>(flake: &F, args: &[&str]) -> Command {
     let mut c = Command::new("timeout");
     c.args(["--kill-after=10", "600", BIN]);
     let args = match args.first() {
@@ -121,7 +121,7 @@ pub struct Background {
 }
 
 impl Background {
-    pub fn start(flake: &Path, args: &[&str]) -> Background {
+    pub fn start<F: AsRef<OsStr> + ?Sized>(flake: &F, args: &[&str]) -> Background {
         let mut c = Command::new(BIN);
         c.args(["--json", "--flake"])
             .arg(flake)

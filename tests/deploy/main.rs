@@ -10,6 +10,7 @@ mod display;
 mod elsewhere;
 mod helpers;
 mod holes;
+mod hostile;
 mod operator;
 mod pipeline;
 mod reboot;
