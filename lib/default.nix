@@ -118,6 +118,8 @@ let
           throw "${path}.configuration: host ${toJSON name} uses configuration ${toJSON c}, which is not in nixosConfigurations${suggest c configNames}"
         else if !(h ? hostname || hostnameOk name) then
           derivedFault "hostname" (attrPath "deployFlake.hosts" name) name
+        else if !(rules.togetherOk (k: h.${k} or base.${k})) then
+          throw (rules.togetherProblem (attrPath "deployFlake.hosts" name) (k: h.${k} or base.${k}))
         else if !(h ? timeouts || h ? healthChecks || h ? keys) then h
         else
           h

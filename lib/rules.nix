@@ -120,7 +120,8 @@ let
     in
     v: firstOfList checks (c: if fails c v then c.problem else null);
 
-  ref = rule: if isString rule then data.types.${rule} else rule;
+  # A named rule: one of `types`, or else another option's.
+  ref = rule: if !isString rule then rule else data.types.${rule} or (ref data.options.${rule});
 
   # A rule of rules.json, compiled for one mode into
   #   ok      : value -> bool    (the fast path: builds no message)
@@ -316,13 +317,23 @@ let
         (path: v: if !isList v then mismatch expected path v else walk path v)
     else throw "deploy-flake lib/rules.json: unknown rule type ${toJSON t}";
 
+  # `together`: what one option's value needs of another, checked on a
+  # host's values (`get key` its value, defaults included). The fault:
+  # "<path>.<needs>: expected <its expected>, got <value>: <problem>".
+  together = data.together or [ ];
+  togetherOk = get: all (t: get t.when != t.is || get t.needs != null) together;
+  togetherProblem = path: get:
+    firstOfList together (t:
+      if get t.when != t.is || get t.needs != null then null
+      else fault (ref data.options.${t.needs}).expected "${path}.${t.needs}" (get t.needs) t.problem);
+
   optionNames = attrNames data.options;
   userOptions = mapAttrs (_: compile false) data.options;
   userOks = mapAttrs (_: o: o.ok) userOptions;
   resolvedOptions = mapAttrs (_: compile true) data.options;
 in
 {
-  inherit data attrPath describe suggest unknownKey optionNames kind;
+  inherit data attrPath describe suggest unknownKey optionNames kind togetherOk togetherProblem;
   inherit (data) schemaVersion perHostOnly hostDefaults timeoutDefaults healthCheckDefaults;
 
   # Per option, for values written for mkDeployFlake and for resolved

@@ -3,9 +3,11 @@
 
 use clap::{Parser, ValueEnum};
 
+mod build;
 mod display;
 mod docs;
 mod sudo;
+pub use build::{BuildArgs, BuildOptions};
 pub use display::{ColorChoice, DisplayArgs, LiveJsonConflict, Progress, Terminal};
 pub use docs::DocsCommand;
 pub use sudo::{SudoArgs, SudoPassword, SudoPasswordError};
@@ -108,6 +110,9 @@ pub enum Command {
     Diff {
         #[command(flatten)]
         query: Query,
+
+        #[command(flatten)]
+        build: BuildArgs,
     },
     /// Write the hosts' keys now (after a reboot emptied /run/keys), under the host lock.
     Keys {
@@ -283,6 +288,9 @@ pub struct Args {
     /// fails returns to the system it ran before. 0: no soak.
     #[arg(long, value_name = "SECONDS", help_heading = "Rollout")]
     pub soak: Option<u64>,
+
+    #[command(flatten)]
+    pub build: BuildArgs,
 }
 
 /// The help of `--timeout`: the phases and bounds of lib/rules.json.
@@ -347,6 +355,8 @@ pub struct Options {
     pub rollout: Overrides,
     /// Where the sudo password of the run comes from, if it has one.
     pub sudo_password: Option<SudoPassword>,
+    /// Where systems are built and how they reach the hosts.
+    pub build: BuildOptions,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -390,6 +400,8 @@ pub enum CliError {
     Rollout { flag: &'static str, value: String, problem: String },
     #[error("`{0}` deploys nothing")]
     NotADeploy(&'static str),
+    #[error("{0}")]
+    Build(String),
 }
 
 impl Cli {
@@ -401,7 +413,10 @@ impl Cli {
                 args.into_options(Mode::Rollback { to_generation })
             }
             Some(Command::Status { query }) => query.into_options(Action::Status),
-            Some(Command::Diff { query }) => query.into_options(Action::Diff),
+            Some(Command::Diff { query, build }) => Ok(Options {
+                build: build.into_options().map_err(CliError::Build)?,
+                ..query.into_options(Action::Diff)?
+            }),
             Some(Command::Keys { query, dry_run }) => {
                 Ok(Options { dry_run, ..query.into_options(Action::Keys)? })
             }
@@ -473,6 +488,7 @@ impl Args {
                 self.soak,
             )?,
             reboot,
+            build: self.build.into_options().map_err(CliError::Build)?,
             ..options
         })
     }
@@ -556,6 +572,7 @@ impl Query {
             ask: None,
             rollout: Overrides::default(),
             sudo_password: self.sudo.source(),
+            build: BuildOptions::default(),
         })
     }
 }
@@ -588,7 +605,7 @@ impl Options {
     /// Applies command-line overrides (timeouts, self-check) to the
     /// selected hosts, so that the plan and the run see the same values.
     pub fn apply_overrides(&self, targets: &mut [Target]) {
-        for t in targets {
+        for t in targets.iter_mut() {
             for (phase, secs) in &self.timeouts {
                 *t.spec.timeouts.get_mut(*phase) = *secs;
             }
@@ -596,5 +613,6 @@ impl Options {
                 t.spec.self_check = Some(sc.clone());
             }
         }
+        self.build.apply(targets);
     }
 }

@@ -12,7 +12,6 @@ use tokio::sync::Semaphore;
 
 use crate::agent::Changes;
 use crate::host::{Host, HostError, HostResult, Shared, SshHost};
-use crate::inventory::BuildOn;
 use crate::nix::StorePath;
 use crate::select::Target;
 use crate::ssh::Destination;
@@ -136,7 +135,7 @@ async fn diff_one(t: &Target, run: &Run, host: &mut SshHost) -> HostDiff {
     looked.await.unwrap_or_else(|e| failed(&t.name, e.to_string()))
 }
 
-/// Copy and build as a deploy would (on the target, or here and copied).
+/// Copy and build as a deploy would (on the target, or elsewhere and copied).
 async fn build(
     t: &Target,
     flake: &str,
@@ -144,19 +143,15 @@ async fn build(
     out: crate::process::Lines<'_>,
 ) -> HostResult<StorePath> {
     let s = &t.spec;
-    match s.build_on {
-        BuildOn::Target => {
-            let archive = host.archive(flake, s.timeouts.copy, out).await?;
-            host.copy_source(&archive, s.timeouts.copy, out).await?;
-            let built = host.build(&archive.source, &s.configuration, None, s.timeouts.build, out);
-            Ok(built.await?.0)
-        }
-        BuildOn::Local => {
-            let path = host.build_local(flake, &s.configuration, s.timeouts.build, out).await?;
-            host.copy_closure(&path, s.substitute_on_target, s.timeouts.copy, out).await?;
-            Ok(path)
-        }
+    if let Some(way) = crate::build::way(s)? {
+        let path = host.build_elsewhere(flake, &way, s.timeouts.build, out).await?;
+        host.deliver(&way, &path, s.timeouts.copy, out).await?;
+        return Ok(path);
     }
+    let archive = host.archive(flake, s.timeouts.copy, out).await?;
+    host.copy_source(&archive, s.timeouts.copy, out).await?;
+    let built = host.build(&archive.source, &s.configuration, None, s.timeouts.build, out);
+    Ok(built.await?.0)
 }
 
 /// Per host: running -> new, then packages, closure, units, reboot.

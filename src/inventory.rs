@@ -59,6 +59,48 @@ pub struct HostSpec {
     #[serde(default)]
     pub keys: BTreeMap<String, KeySpec>,
     pub timeouts: Timeouts,
+    /// `buildOn = "host"`: where to build (a host of the fleet, or
+    /// `[user@]host[:port]`). The options of where a system is built and
+    /// how it reaches the host (`crate::build`) default when a record from
+    /// an older lib/ lacks them.
+    #[serde(default)]
+    pub build_host: Option<String>,
+    /// ssh options for a build host given as a destination.
+    #[serde(default)]
+    pub build_host_ssh_opts: Vec<String>,
+    /// Systems the build host builds at once (0: its core count).
+    #[serde(default)]
+    pub build_host_capacity: u32,
+    /// With a build host: the closure comes to the host from the deploying
+    /// machine (relayed) or straight from the build host.
+    #[serde(default)]
+    pub copy_from: CopyFrom,
+    /// A store the closure is pushed to once; the host substitutes from it.
+    #[serde(default)]
+    pub push_to: Option<String>,
+    /// A system built elsewhere: deployed as it is, nothing evaluated or built.
+    #[serde(default)]
+    pub system: Option<String>,
+}
+
+/// Where a closure built on a build host comes to the host from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CopyFrom {
+    /// Relayed by the deploying machine.
+    #[default]
+    Deployer,
+    /// Copied by the build host itself, with its own ssh identity.
+    BuildHost,
+}
+
+impl CopyFrom {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CopyFrom::Deployer => "deployer",
+            CopyFrom::BuildHost => "build-host",
+        }
+    }
 }
 
 /// A key (colmena's `deployment.keys`): a secret read on the deploying
@@ -128,6 +170,8 @@ pub struct HealthCheck {
 pub enum BuildOn {
     Target,
     Local,
+    /// On a build host (`buildHost`).
+    Host,
 }
 
 /// Per-phase timeouts in seconds.
@@ -221,6 +265,7 @@ impl BuildOn {
         match self {
             BuildOn::Target => "target",
             BuildOn::Local => "local",
+            BuildOn::Host => "host",
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod budget;
+pub mod build;
 pub mod cli;
 pub mod diff;
 pub mod events;

@@ -290,6 +290,7 @@ fn not_run(
         before: None,
         reason: Some(reason),
         message: Some(msg.to_string()),
+        provenance: Default::default(),
     }
 }
 

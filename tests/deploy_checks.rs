@@ -114,7 +114,7 @@ fn an_empty_fleet_is_valid() {
 fn unknown_host_key_is_named() {
     assert_err(
         "lib.deployChecks { inherit self system; deployFlake = fleet { web1.sshPrt = 2222; }; }",
-        &["deployFlake.hosts.web1.sshPrt: unknown option; did you mean \"sshPort\"? (known options: buildOn, configuration, healthChecks, hostname, keys, magicRollback, selfCheck, sshOpts, sshPort, sshUser, substituteOnTarget, sudo, tags, timeouts)"],
+        &["deployFlake.hosts.web1.sshPrt: unknown option; did you mean \"sshPort\"? (known options: buildHost, buildHostCapacity, buildHostSshOpts, buildOn, configuration, copyFrom, healthChecks, hostname, keys, magicRollback, pushTo, selfCheck, sshOpts, sshPort, sshUser, substituteOnTarget, sudo, system, tags, timeouts)"],
     );
 }
 
@@ -145,7 +145,7 @@ fn wrong_types_are_named_with_what_was_expected() {
             "deployFlake.hosts.web1.sshPort: expected an integer between 1 and 65535, got a string (\"22\")",
             "deployFlake.hosts.web1.tags: expected a list of strings",
             "deployFlake.hosts.web1.magicRollback: expected a boolean, got an integer (1)",
-            "deployFlake.hosts.db1.buildOn: expected \"target\" or \"local\"",
+            "deployFlake.hosts.db1.buildOn: expected \"target\", \"local\" or \"host\"",
             "deployFlake.hosts.db1.selfCheck: expected null (run pre-activate-safety-checks if the system has one) or a relative path inside the toplevel, e.g. \"bin/check\", got a string (\"/bin/check\"): is absolute",
         ],
     );

@@ -33,6 +33,8 @@ fn defaults_fill_every_field() {
             "hostname": "web1", "sshUser": "root", "sshPort": 22, "sshOpts": [],
             "configuration": "web1", "tags": [], "buildOn": "target", "selfCheck": null,
             "sudo": "sudo", "magicRollback": true, "substituteOnTarget": true, "healthChecks": [],
+            "buildHost": null, "buildHostSshOpts": [], "buildHostCapacity": 0,
+            "copyFrom": "deployer", "pushTo": null, "system": null,
             "timeouts": { "connect": 10, "lock": 10, "preflight": 60, "copy": 600,
                           "build": 3600, "selfCheck": 120, "activate": 600,
                           "confirm": 30, "boot": 300, "reboot": 600 }, "keys": {} } },
@@ -92,7 +94,7 @@ fn unknown_host_key_names_its_path_and_the_closest_key() {
     let err = mk("{ hosts.web1.sshPrt = 22; }").unwrap_err();
     assert_eq!(
         error_line(&err),
-        "error: deployFlake.hosts.web1.sshPrt: unknown option; did you mean \"sshPort\"? (known options: buildOn, configuration, healthChecks, hostname, keys, magicRollback, selfCheck, sshOpts, sshPort, sshUser, substituteOnTarget, sudo, tags, timeouts)"
+        "error: deployFlake.hosts.web1.sshPrt: unknown option; did you mean \"sshPort\"? (known options: buildHost, buildHostCapacity, buildHostSshOpts, buildOn, configuration, copyFrom, healthChecks, hostname, keys, magicRollback, pushTo, selfCheck, sshOpts, sshPort, sshUser, substituteOnTarget, sudo, system, tags, timeouts)"
     );
 }
 
@@ -140,7 +142,7 @@ fn wrong_types_name_the_path_expected_and_got() {
         ),
         (
             r#"{ hosts.web1.buildOn = "remote"; }"#,
-            r#"error: deployFlake.hosts.web1.buildOn: expected "target" or "local", got a string ("remote")"#,
+            r#"error: deployFlake.hosts.web1.buildOn: expected "target", "local" or "host", got a string ("remote")"#,
         ),
         (
             r#"{ hosts.web1.magicRollback = "yes"; }"#,
@@ -533,4 +535,25 @@ fn a_key_file_as_a_nix_path_is_refused_without_reaching_the_store() {
         .output()
         .unwrap();
     assert!(stored.stdout.is_empty(), "{}", String::from_utf8_lossy(&stored.stdout));
+}
+
+/// A build host may come from the defaults or the host, `buildOn` from
+/// either: what a host ends up with must name one when it builds on one.
+#[test]
+fn build_on_host_needs_a_build_host_from_the_defaults_or_the_host() {
+    let v =
+        mk(r#"{ defaults = { buildOn = "host"; buildHost = "bh"; }; hosts.web1 = { }; }"#).unwrap();
+    assert_eq!(
+        (&v["hosts"]["web1"]["buildOn"], &v["hosts"]["web1"]["buildHost"]),
+        (&json!("host"), &json!("bh"))
+    );
+    let v = mk(r#"{ defaults.buildOn = "host"; hosts.web1.buildHost = "root@b:2222"; }"#).unwrap();
+    assert_eq!(v["hosts"]["web1"]["buildHost"], "root@b:2222");
+    let err =
+        mk(r#"{ defaults.buildOn = "host"; hosts = { web1.buildHost = "bh"; db1 = { }; }; }"#)
+            .unwrap_err();
+    assert_eq!(
+        error_line(&err),
+        r#"error: deployFlake.hosts.db1.buildHost: expected null or the build host: a host of deployFlake, or a destination [user@]host[:port], got null: buildOn is "host": name the build host (a host of deployFlake, or [user@]host[:port]), or pass --build-host"#
+    );
 }

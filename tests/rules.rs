@@ -66,6 +66,10 @@ const DEST: &str = r#"expected an absolute directory on the target, e.g. "/run/k
 const OWNER: &str = "expected a user or group name, or a number (not empty, without whitespace, ':' or '/', not starting with '-')";
 const MODE: &str =
     r#"expected an octal mode (three digits, or four starting with 0, e.g. "0600" or "0640")"#;
+const BUILD_HOST: &str =
+    "expected null or the build host: a host of deployFlake, or a destination [user@]host[:port]";
+const PUSH_TO: &str = "expected null or a Nix store URI the targets substitute from (s3://..., ssh-ng://..., file://...)";
+const SYSTEM: &str = "expected null (build the configuration) or a NixOS system's store path, built elsewhere (/nix/store/<hash>-<name>)";
 const MISSING: &str =
     "missing (a deployFlake must be fully resolved; mkDeployFlake fills in defaults)";
 
@@ -261,15 +265,46 @@ fn table() -> Vec<Row> {
             "healthChecks.0.description: expected a string, got null"),
         // ---- the rest
         bad("bad_build_on", User, json!({ "buildOn": "remote" }),
-            r#"buildOn: expected "target" or "local", got a string ("remote")"#),
+            r#"buildOn: expected "target", "local" or "host", got a string ("remote")"#),
         bad("bad_magic_rollback", User, json!({ "magicRollback": "yes" }),
             r#"magicRollback: expected a boolean, got a string ("yes")"#),
         bad("bad_tag", User, json!({ "tags": ["web", 1] }),
             "tags.1: expected a string, got an integer (1)"),
         bad("empty_sudo", User, json!({ "sudo": "" }),
             r#"sudo: expected a command (not empty, no control characters), got a string (""): is empty"#),
+        // ---- where systems are built
+        ok("build_host_by_name", User, json!({ "buildOn": "host", "buildHost": "builder", "copyFrom": "build-host" })),
+        ok(
+            "build_host_destination",
+            User,
+            json!({ "buildOn": "host", "buildHost": "nix@[fe80::1]:2222", "buildHostSshOpts": ["-i", "/k", "-A"],
+                    "buildHostCapacity": 1024, "pushTo": "s3://cache?region=eu-west-1" }),
+        ),
+        ok("prebuilt_system", User, json!({ "system": "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-x-24.05" })),
+        bad("build_host_missing", User, json!({ "buildOn": "host" }),
+            format!(r#"buildHost: {BUILD_HOST}, got null: buildOn is "host": name the build host (a host of deployFlake, or [user@]host[:port]), or pass --build-host"#)),
+        bad("build_host_missing_resolved", Resolved, json!({ "buildOn": "host", "buildHost": null }),
+            format!(r#"buildHost: {BUILD_HOST}, got null: buildOn is "host": name the build host (a host of deployFlake, or [user@]host[:port]), or pass --build-host"#)),
+        bad("build_host_with_space", User, json!({ "buildOn": "host", "buildHost": "a b" }),
+            format!(r#"buildHost: {BUILD_HOST}, got a string ("a b"): contains whitespace"#)),
+        bad("build_host_dash", User, json!({ "buildHost": "-oProxyCommand=x" }),
+            format!(r#"buildHost: {BUILD_HOST}, got a string ("-oProxyCommand=x"): starts with '-'"#)),
+        bad("build_host_ssh_opt_p", User, json!({ "buildHostSshOpts": ["-p", "22"] }),
+            format!(r#"buildHostSshOpts.0: {OPT}, got a string ("-p"): set sshPort instead"#)),
+        bad("build_host_capacity", User, json!({ "buildHostCapacity": 1025 }),
+            "buildHostCapacity: expected how many systems the build host builds at once: 0 (its core count) to 1024, got an integer (1025)"),
+        bad("copy_from", User, json!({ "copyFrom": "target" }),
+            r#"copyFrom: expected "deployer" or "build-host", got a string ("target")"#),
+        bad("push_to_no_scheme", User, json!({ "pushTo": "/srv/cache" }),
+            format!(r#"pushTo: {PUSH_TO}, got a string ("/srv/cache"): is not a store URI (scheme://...)"#)),
+        bad("system_not_in_store", User, json!({ "system": "/tmp/result" }),
+            format!(r#"system: {SYSTEM}, got a string ("/tmp/result"): is not a path directly in /nix/store"#)),
+        bad("system_bad_hash", User, json!({ "system": "/nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x" }),
+            format!(r#"system: {SYSTEM}, got a string ("/nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x"): is not a store path (/nix/store/<32-character hash>-<name>)"#)),
+        bad("system_inside", User, json!({ "system": "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-x/bin" }),
+            format!(r#"system: {SYSTEM}, got a string ("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-x/bin"): is not a path directly in /nix/store"#)),
         bad("unknown_key", User, json!({ "sshPrt": 22 }),
-            r#"sshPrt: unknown option; did you mean "sshPort"? (known options: buildOn, configuration, healthChecks, hostname, keys, magicRollback, selfCheck, sshOpts, sshPort, sshUser, substituteOnTarget, sudo, tags, timeouts)"#),
+            r#"sshPrt: unknown option; did you mean "sshPort"? (known options: buildHost, buildHostCapacity, buildHostSshOpts, buildOn, configuration, copyFrom, healthChecks, hostname, keys, magicRollback, pushTo, selfCheck, sshOpts, sshPort, sshUser, substituteOnTarget, sudo, system, tags, timeouts)"#),
     ]
 }
 

@@ -13,6 +13,7 @@ use std::future::Future;
 
 use crate::agent::{AgentAction, AgentState, AgentStatus, CheckVerdict, Facts, Health};
 use crate::agent::{LockError, SwitchEnv};
+use crate::build::{BuildError, CopiedFrom, Way};
 use crate::events::Reason;
 use crate::inventory::{HealthCheck, KeySpec};
 use crate::keys::{KeyError, Loaded};
@@ -32,6 +33,9 @@ pub enum HostError {
     /// A command answered something we cannot use.
     #[error("{0}")]
     Unexpected(String),
+    /// Getting the system from elsewhere failed (with its own reason).
+    #[error(transparent)]
+    Elsewhere(#[from] BuildError),
 }
 
 impl From<NixError> for HostError {
@@ -64,6 +68,7 @@ impl HostError {
                 _ => phase,
             },
             HostError::Unexpected(_) => phase,
+            HostError::Elsewhere(e) => e.reason,
         }
     }
 }
@@ -145,23 +150,25 @@ pub trait Host: Send {
         secs: u64,
         out: Lines<'_>,
     ) -> impl Future<Output = HostResult<(StorePath, Facts)>> + Send;
-    /// Build a configuration here (`buildOn = "local"`).
-    fn build_local(
+    /// The system, got from elsewhere as `way` says: built here or on the
+    /// build host (once per configuration, whatever the number of hosts),
+    /// or built before (`system`); `flake` is the flake reference.
+    fn build_elsewhere(
         &mut self,
         flake: &str,
-        configuration: &str,
+        way: &Way,
         secs: u64,
         out: Lines<'_>,
     ) -> impl Future<Output = HostResult<StorePath>> + Send;
-    /// Copy a closure built here to the host (GC-rooted there); with
-    /// `substitute`, the host fetches what it can from its own caches.
-    fn copy_closure(
+    /// Bring that system's closure to the host (only what it lacks) and
+    /// GC-root it there; says where it came from.
+    fn deliver(
         &mut self,
+        way: &Way,
         path: &StorePath,
-        substitute: bool,
         secs: u64,
         out: Lines<'_>,
-    ) -> impl Future<Output = HostResult<()>> + Send;
+    ) -> impl Future<Output = HostResult<CopiedFrom>> + Send;
     /// The host's keys with their content, each read here once per run
     /// (however many hosts use it).
     fn read_keys(

@@ -13,7 +13,7 @@ use super::{HostError, HostResult};
 use crate::inventory::KeySpec;
 use crate::keys::{self, KeyError, Loaded};
 use crate::nix::{self, Archive, StorePath};
-use crate::process::{Lines, ProcessError};
+use crate::process::{Lines, ProcessError, Spawner};
 use crate::redact;
 use crate::secret::Secret;
 
@@ -33,6 +33,8 @@ pub struct Shared {
     /// Export files and GC roots of local builds, for the run's lifetime.
     dir: OnceLock<Result<tempfile::TempDir, String>>,
     cpu: Semaphore,
+    /// Systems got from elsewhere: build hosts, caches, this machine's store.
+    pub elsewhere: crate::build::Registry,
 }
 
 impl Default for Shared {
@@ -48,6 +50,7 @@ impl Default for Shared {
             keys: Mutex::default(),
             dir: OnceLock::new(),
             cpu: Semaphore::new((2 * cores).max(2)),
+            elsewhere: crate::build::Registry::default(),
         }
     }
 }
@@ -117,6 +120,30 @@ impl Shared {
                 let _ = shared.export_once(&archive.source, secs, true).await;
             }
         });
+    }
+
+    /// Ask which paths of the archive the store behind `on` lacks, and
+    /// stream just those over its connection into `nix-store --import`: no
+    /// local process per host, no new login, no signature needed.
+    pub async fn upload(
+        &self,
+        on: &impl Spawner,
+        to: &str,
+        archive: &Archive,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> HostResult<()> {
+        let missing = nix::missing(on, &archive.paths, secs).await?;
+        if missing.is_empty() {
+            out(&format!("{to} has all {} paths already", archive.paths.len()));
+            return Ok(());
+        }
+        let mut parts = Vec::with_capacity(missing.len());
+        for path in &missing {
+            parts.push(self.export(path, secs).await?);
+        }
+        out(&format!("copying {} of {} paths to {to}", missing.len(), archive.paths.len()));
+        Ok(nix::import(on, parts, secs, out).await?)
     }
 
     /// The export file of `path` and the length of its part (once per run).

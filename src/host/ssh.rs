@@ -3,6 +3,7 @@
 use super::{Followed, Host, HostError, HostResult, Locked, Look, Shared};
 use crate::agent::{self, AgentAction, AgentState, AgentStatus, CheckVerdict, Facts, Health};
 use crate::agent::{HostLock, LockError, RunDir, SwitchEnv};
+use crate::build::{Build, BuildError, CopiedFrom, Route, Way};
 use crate::events::Reason;
 use crate::inventory::{HealthCheck, KeySpec};
 use crate::keys::{KeyError, Loaded};
@@ -108,26 +109,13 @@ impl Host for SshHost {
         self.shared.archive(flake, secs, out).await
     }
 
-    /// Ask which paths the host lacks, and stream just those over the
-    /// master into `nix-store --import`: no local process per host, no new
-    /// login, no signature needed.
     async fn copy_source(
         &mut self,
         archive: &Archive,
         secs: u64,
         out: Lines<'_>,
     ) -> HostResult<()> {
-        let missing = nix::missing(self.ssh()?, &archive.paths, secs).await?;
-        if missing.is_empty() {
-            out(&format!("the host has all {} paths already", archive.paths.len()));
-            return Ok(());
-        }
-        let mut parts = Vec::with_capacity(missing.len());
-        for path in &missing {
-            parts.push(self.shared.export(path, secs).await?);
-        }
-        out(&format!("copying {} of {} paths", missing.len(), archive.paths.len()));
-        Ok(nix::import(self.ssh()?, parts, secs, out).await?)
+        self.shared.upload(self.ssh()?, "the host", archive, secs, out).await
     }
 
     /// The facts come in the build's round trip.
@@ -146,47 +134,74 @@ impl Host for SshHost {
         Ok((nix::parse_build_json(&stdout)?, facts))
     }
 
-    async fn build_local(
+    async fn build_elsewhere(
         &mut self,
         flake: &str,
-        configuration: &str,
+        way: &Way,
         secs: u64,
         out: Lines<'_>,
     ) -> HostResult<StorePath> {
-        self.shared.build(flake, configuration, secs, out).await
+        let (build_host, configuration) = match &way.build {
+            Build::Local { configuration } => {
+                return self.shared.build(flake, configuration, secs, out).await
+            }
+            Build::Prebuilt(path) => return Ok(path.clone()),
+            Build::Host { build_host, configuration } => (build_host, configuration),
+        };
+        let host = self.shared.elsewhere.build_host(build_host)?;
+        let conn = host.connect().await?;
+        let archive = self.shared.archive(flake, secs, out).await?;
+        let to = host.label();
+        let mut lines = |l: &str| tracing::debug!("{to}: {l}");
+        let upload = self.shared.upload(&conn.ssh, &to, &archive, secs, &mut lines);
+        host.with_source(async { upload.await.map_err(|e| e.to_string()) }).await?;
+        let installable =
+            nix::toplevel_installable(&format!("path:{}", archive.source), configuration);
+        Ok(host.build(&conn, &self.name, configuration, &installable, secs, out).await?)
     }
 
-    async fn copy_closure(
+    async fn deliver(
         &mut self,
+        way: &Way,
         path: &StorePath,
-        substitute: bool,
         secs: u64,
         out: Lines<'_>,
-    ) -> HostResult<()> {
+    ) -> HostResult<CopiedFrom> {
         let ssh = self.ssh()?;
         if ssh.dest.password.is_some() {
+            // `nix copy`'s `sudo nix-daemon` on the host cannot be given the
+            // password: the closure goes from this machine's store over the
+            // master instead, and only that way.
+            let here = matches!(way.build, Build::Local { .. } | Build::Prebuilt(_));
+            if !(here && way.route == Route::Relay) {
+                return Err(HostError::Elsewhere(BuildError::new(
+                    Reason::Copy,
+                    "with a sudo password, a system can only be sent from this machine's store \
+                     (built here, or a system built elsewhere that this machine has), not \
+                     through a cache or from a build host: give the ssh user passwordless sudo \
+                     for nix-daemon, or build on the host",
+                )));
+            }
             self.import_closure(path, secs, out).await?;
             let ssh = self.ssh()?;
-            return Ok(nix::add_root(ssh, path, &self.run.gc_root(), secs).await?);
+            nix::add_root(ssh, path, &self.run.gc_root(), secs).await?;
+            return Ok(CopiedFrom::Deployer);
         }
-        let store = ssh.dest.store_uri();
         // Nix's ssh rides the master and fails closed without it: a master
         // that died (and the host lock with it) is said as such.
         let lost = || ProcessError::Disconnected { cmd: "nix copy".into() };
         if !ssh.alive().await {
             return Err(HostError::Process(lost()));
         }
-        {
+        let delivered = {
             let _slot = self.shared.cpu().await;
-            let opts = ssh.nix_sshopts()?;
-            let copied =
-                nix::copy(std::slice::from_ref(path), &store, &opts, substitute, secs, out).await;
-            if copied.is_err() && !ssh.alive().await {
-                return Err(HostError::Process(lost()));
-            }
-            copied?;
+            let reg = &self.shared.elsewhere;
+            crate::build::deliver(reg, ssh, &self.run.gc_root(), way, path, secs, out).await
+        };
+        if delivered.is_err() && !ssh.alive().await {
+            return Err(HostError::Process(lost()));
         }
-        Ok(nix::add_root(ssh, path, &self.run.gc_root(), secs).await?)
+        Ok(delivered?)
     }
 
     async fn read_keys(

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 pub use super::drive::{drive, run, Ran};
 
 use crate::agent::{AgentAction, AgentState, AgentStatus, CheckVerdict, Facts, Health, SwitchEnv};
+use crate::build::{Build, CopiedFrom, Route, Way};
 use crate::events::Reason;
 use crate::host::{Followed, Host, HostError, HostResult, Locked, Look};
 use crate::inventory::HealthCheck;
@@ -75,7 +76,8 @@ pub struct Fake {
     pub health: VecDeque<HostResult<Health>>,
     pub copy: HostResult<StorePath>,
     pub build: HostResult<StorePath>,
-    pub copy_closure: HostResult<()>,
+    /// What `deliver` answers (a closure built elsewhere brought here).
+    pub deliver: HostResult<CopiedFrom>,
     pub generation: HostResult<(u32, StorePath)>,
     pub facts: HostResult<Facts>,
     pub self_check: HostResult<()>,
@@ -132,7 +134,7 @@ impl Fake {
             health: VecDeque::new(),
             copy: Ok(path("/nix/store/00000000000000000000000000000000-source")),
             build: Ok(path(NEW)),
-            copy_closure: Ok(()),
+            deliver: Ok(CopiedFrom::Deployer),
             generation: Ok((1, path(OLD))),
             facts: Ok(facts),
             self_check: Ok(()),
@@ -250,26 +252,41 @@ impl Host for Fake {
         Ok((built, self.next_facts()?))
     }
 
-    async fn build_local(
+    async fn build_elsewhere(
         &mut self,
         _flake: &str,
-        configuration: &str,
+        way: &Way,
         _secs: u64,
-        _out: Lines<'_>,
+        out: Lines<'_>,
     ) -> HostResult<StorePath> {
-        self.call(format!("build-local {configuration}"));
+        match &way.build {
+            Build::Local { configuration } => self.call(format!("build-local {configuration}")),
+            Build::Host { build_host, configuration } => {
+                self.call(format!("build-on {build_host} {configuration}"))
+            }
+            Build::Prebuilt(path) => {
+                self.call(format!("prebuilt {path}"));
+                return Ok(path.clone());
+            }
+        }
+        out("building elsewhere");
         self.build.clone()
     }
 
-    async fn copy_closure(
+    async fn deliver(
         &mut self,
+        way: &Way,
         _p: &StorePath,
-        _substitute: bool,
         _s: u64,
         _out: Lines<'_>,
-    ) -> HostResult<()> {
-        self.call("copy-closure");
-        self.copy_closure.clone()
+    ) -> HostResult<CopiedFrom> {
+        let route = match &way.route {
+            Route::Cache(uri) => format!("cache {uri}"),
+            Route::Direct => "direct".into(),
+            Route::Relay => "relay".into(),
+        };
+        self.call(format!("deliver {route}"));
+        self.deliver.clone()
     }
 
     async fn generation(

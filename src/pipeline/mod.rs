@@ -26,6 +26,7 @@ mod tests;
 mod tests_contract;
 #[cfg(test)]
 mod tests_keys;
+mod tests_elsewhere;
 #[cfg(test)]
 mod tests_reboot;
 #[cfg(test)]
@@ -161,6 +162,7 @@ pub async fn deploy<H: Host>(target: &Target, ctx: &Context, host: H) -> HostRep
         facts: None,
         toplevel: None,
         keys: Vec::new(),
+        provenance: Default::default(),
     };
     let end = run.run(host).await;
     run.finish(end)
@@ -188,6 +190,8 @@ struct HostRun<'a> {
     toplevel: Option<StorePath>,
     /// The host's keys, read before anything on it changes.
     keys: Vec<crate::keys::Loaded>,
+    /// Where that system was built, and where it came to the host from.
+    provenance: crate::build::Provenance,
 }
 
 impl<'a> HostRun<'a> {
@@ -272,6 +276,7 @@ impl<'a> HostRun<'a> {
             before: self.facts.as_ref().and_then(|f| f.current.clone()),
             reason: end.reason,
             message: end.message,
+            provenance: self.provenance,
         };
         self.emit(Event::HostFinished { report: report.clone() });
         report

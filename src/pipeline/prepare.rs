@@ -5,9 +5,9 @@
 
 use super::{failed, failed_in, next_step, End, Goal, HostRun, Mode, Next, Wanted};
 use crate::agent::{CheckVerdict, Facts, Health, LockError};
+use crate::build::{self, Build, BuiltOn, Way};
 use crate::events::{Outcome, Phase, Reason};
 use crate::host::{Host, HostError};
-use crate::inventory::BuildOn;
 use crate::nix::StorePath;
 
 impl HostRun<'_> {
@@ -179,7 +179,10 @@ impl HostRun<'_> {
         match &self.ctx.mode {
             Mode::Deploy => {
                 let (toplevel, facts) = self.copy_and_build(host).await?;
-                self.note(format!("built {toplevel}"));
+                match self.provenance.built_on {
+                    Some(BuiltOn::Prebuilt) => self.note(format!("deploying {toplevel}")),
+                    _ => self.note(format!("built {toplevel}")),
+                }
                 Ok(Wanted { toplevel, facts })
             }
             Mode::Rollback { to_generation } => {
@@ -197,39 +200,52 @@ impl HostRun<'_> {
     }
 
     /// Copy the flake and build the system on the target (its facts come
-    /// with the build), or build here and copy the closure (`buildOn =
-    /// "local"`). Nothing on the host changes.
+    /// with the build), or get it from elsewhere (`crate::build`). Nothing
+    /// on the host changes.
     async fn copy_and_build<H: Host>(
         &mut self,
         host: &mut H,
     ) -> Result<(StorePath, Option<Facts>), End> {
+        let way = build::way(self.spec()).map_err(|e| End::unchanged(e.reason, e.message))?;
+        if let Some(way) = way {
+            return self.build_elsewhere(host, &way).await;
+        }
         let (flake, cfg) = (&self.ctx.flake, &self.target.spec.configuration);
         let t = self.spec().timeouts;
-        match self.spec().build_on {
-            BuildOn::Target => {
-                self.start(Phase::Copy);
-                let archive = host.archive(flake, t.copy, &mut self.lines()).await;
-                let archive = archive.map_err(failed_in("copy", Reason::Copy))?;
-                let copied = host.copy_source(&archive, t.copy, &mut self.lines()).await;
-                copied.map_err(failed_in("copy", Reason::Copy))?;
-                let source = archive.source;
-                self.start(Phase::Build);
-                let self_check = self.spec().self_check.as_deref();
-                let built = host.build(&source, cfg, self_check, t.build, &mut self.lines()).await;
-                let (path, facts) = built.map_err(failed_in("build", Reason::Build))?;
-                Ok((path, Some(facts)))
-            }
-            BuildOn::Local => {
-                self.start(Phase::Build);
-                let built = host.build_local(flake, cfg, t.build, &mut self.lines()).await;
-                let path = built.map_err(failed_in("build", Reason::Build))?;
-                self.start(Phase::Copy);
-                let substitute = self.spec().substitute_on_target;
-                let copied = host.copy_closure(&path, substitute, t.copy, &mut self.lines()).await;
-                copied.map_err(failed_in("copy", Reason::Copy))?;
-                Ok((path, None))
-            }
+        self.provenance.built_on = Some(BuiltOn::Target);
+        self.start(Phase::Copy);
+        let archive = host.archive(flake, t.copy, &mut self.lines()).await;
+        let archive = archive.map_err(failed_in("copy", Reason::Copy))?;
+        let copied = host.copy_source(&archive, t.copy, &mut self.lines()).await;
+        copied.map_err(failed_in("copy", Reason::Copy))?;
+        let source = archive.source;
+        self.start(Phase::Build);
+        let self_check = self.spec().self_check.as_deref();
+        let built = host.build(&source, cfg, self_check, t.build, &mut self.lines()).await;
+        let (path, facts) = built.map_err(failed_in("build", Reason::Build))?;
+        Ok((path, Some(facts)))
+    }
+
+    /// Get the system from elsewhere (built here, on the build host, or
+    /// before), then bring it to the host: only what it lacks.
+    async fn build_elsewhere<H: Host>(
+        &mut self,
+        host: &mut H,
+        way: &Way,
+    ) -> Result<(StorePath, Option<Facts>), End> {
+        let t = self.spec().timeouts;
+        self.provenance.built_on = Some(way.built_on());
+        if !matches!(way.build, Build::Prebuilt(_)) {
+            self.start(Phase::Build);
         }
+        let flake = &self.ctx.flake;
+        let built = host.build_elsewhere(flake, way, t.build, &mut self.lines()).await;
+        let path = built.map_err(failed_in("build", Reason::Build))?;
+        self.start(Phase::Copy);
+        let delivered = host.deliver(way, &path, t.copy, &mut self.lines()).await;
+        let from = delivered.map_err(failed_in("copy", Reason::Copy))?;
+        self.provenance.copied_from = Some(from);
+        Ok((path, None))
     }
 
     /// The self-check to run: the configured path (which must exist), or

@@ -144,6 +144,12 @@ impl<'a> View<'a> {
                 "healthChecks" => View::Checks(&h.health_checks),
                 "keys" => View::Keys(&h.keys),
                 "timeouts" => View::Timeouts(&h.timeouts),
+                "buildHost" => opt_str(h.build_host.as_deref()),
+                "buildHostSshOpts" => View::Strs(&h.build_host_ssh_opts),
+                "buildHostCapacity" => View::Int(u64::from(h.build_host_capacity)),
+                "copyFrom" => View::Str(h.copy_from.as_str()),
+                "pushTo" => opt_str(h.push_to.as_deref()),
+                "system" => opt_str(h.system.as_deref()),
                 _ => return None,
             },
             View::Timeouts(t) => {
@@ -203,10 +209,12 @@ impl Rules {
     pub(super) fn resolve<'r>(&'r self, r: &'r RuleRef) -> &'r Rule {
         match r {
             RuleRef::Inline(rule) => rule,
-            RuleRef::Named(name) => self
-                .types
-                .get(name)
-                .unwrap_or_else(|| panic!("lib/rules.json: no type named {name:?}")),
+            // One of `types`, or else another option's rule.
+            RuleRef::Named(name) => match (self.types.get(name), self.options.get(name)) {
+                (Some(rule), _) => rule,
+                (None, Some(r)) => self.resolve(r),
+                (None, None) => panic!("lib/rules.json: no type or option named {name:?}"),
+            },
         }
     }
 
@@ -456,8 +464,10 @@ impl Rules {
         }
         let names = self.options.keys().map(String::as_str);
         if let Some(obj) = host.json_object() {
-            // A record from a lib/ without health checks or keys still reads (as none).
-            key_problem(path, names.clone(), |k| k != "healthChecks" && k != "keys", obj)?;
+            // A record from a lib/ without health checks, keys or the
+            // options of where systems are built still reads (with their defaults).
+            let optional = &self.optional_in_records;
+            key_problem(path, names.clone(), |k| !optional.iter().any(|o| o == k), obj)?;
         }
         for (k, rule) in &self.options {
             if skip(k) {
@@ -465,6 +475,22 @@ impl Rules {
             }
             if let Some(v) = host.get(k) {
                 self.check(self.resolve(rule), &Path::Key(path, k), v)?;
+            }
+        }
+        self.check_together(path, host)
+    }
+
+    /// `together`: the first option a host's value needs and lacks.
+    fn check_together(&self, path: &Path, host: View) -> Result<(), String> {
+        let null = |k: &str| host.get(k).map_or(true, View::is_null);
+        for t in &self.together {
+            let is = host.get(&t.when).and_then(View::as_str) == Some(t.is.as_str());
+            if is && null(&t.needs) {
+                let expected = match self.option(&t.needs) {
+                    Rule::String { expected, .. } => expected.as_str(),
+                    _ => panic!("lib/rules.json: together needs a string option"),
+                };
+                return Err(fault(expected, &Path::Key(path, &t.needs), View::Null, &t.problem));
             }
         }
         Ok(())

@@ -53,6 +53,8 @@ pub struct Rules {
     pub schema_version: u32,
     /// Options that only a host may set (not `defaults`).
     pub per_host_only: Vec<String>,
+    /// Options a record may lack (an older lib/ wrote none): defaults apply.
+    pub optional_in_records: Vec<String>,
     /// Every option's default but `hostname`, `configuration` (the
     /// attribute name) and `timeouts` (`timeout_defaults`).
     pub host_defaults: Map<String, Value>,
@@ -64,6 +66,19 @@ pub struct Rules {
     pub rollout: Value,
     types: BTreeMap<String, Rule>,
     options: BTreeMap<String, RuleRef>,
+    /// What one option's value needs of another.
+    #[serde(default)]
+    together: Vec<Together>,
+}
+
+/// `when` = `is` needs `needs` to be set (not null).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Together {
+    when: String,
+    is: String,
+    needs: String,
+    problem: String,
 }
 
 /// A rule, or the name of one of `types`.

@@ -150,6 +150,13 @@ impl Ssh {
         Ok(nix_sshopts(self.session(&cmd)?.control_socket()))
     }
 
+    /// The master's control socket, for a Nix process that reaches
+    /// several hosts through their masters at once.
+    pub fn control_socket(&self) -> Result<PathBuf, ProcessError> {
+        let cmd = Cmd::new(["nix"]);
+        Ok(self.session(&cmd)?.control_socket().to_path_buf())
+    }
+
     /// A runner for commands over a brand-new ssh login that cannot reuse
     /// any master (ControlPath=none): the proof that a new login works.
     pub fn fresh_login(&self) -> FreshLogin<'_> {

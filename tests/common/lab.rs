@@ -132,6 +132,14 @@ impl Lab {
         format!("[ {} ]", items.join(" "))
     }
 
+    /// A direct link between two targets' network namespaces (`lab.sh
+    /// link`): each reaches the other's address over it.
+    pub fn link(&self, a: &Target, b: &Target) {
+        let mut cmd = Command::new(lab_script());
+        cmd.arg("link").arg(&a.name).arg(&b.name).arg(&self.dir);
+        run_ok(&mut cmd);
+    }
+
     /// A fresh copy of the fixture flake (tests/fixtures/lab + the repo's
     /// lib/) whose hosts.nix has one host per `(attribute, target,
     /// configuration)`, reached as root with this lab's key and known_hosts.

@@ -7,6 +7,7 @@
 mod common;
 mod contract;
 mod display;
+mod elsewhere;
 mod helpers;
 mod holes;
 mod hostile;

@@ -6,6 +6,8 @@
 #   lab.sh stop NAME LABDIR                stop it and remove what it used
 #   lab.sh reboot NAME LABDIR              `systemctl reboot` inside, wait
 #   lab.sh ssh NAME LABDIR [CMD...]        ssh as root into a booted target
+#   lab.sh link NAME_A NAME_B LABDIR       a direct link between two targets:
+#                                          each reaches the other's 10.77.IDX.2
 #   lab.sh leaks [FILTER]                  list leftovers; exit 1 if any
 #                                          (FILTER: only those mentioning it)
 #   lab.sh reap                            stop targets of dead test runs
@@ -358,6 +360,25 @@ cmd_ssh() {
     lab_ssh "$labdir" "$(target_addr "$labdir/targets/$name")" "$@"
 }
 
+# A veth pair straight between two targets' network namespaces, with a
+# route to each other's address over it: a build host or a cache reaches
+# the targets without the host routing between lab links (it does not
+# forward). Deleted with either namespace (`stop`).
+cmd_link() {
+    local a=$1 b=$2 labdir=$3 ia ib
+    [ "$(id -u)" = 0 ] || die "link needs root"
+    labdir=$(readlink -f "$labdir")
+    ia=$(sed -n 's/^idx=//p' "$labdir/targets/$a/target.env" 2>/dev/null) || true
+    ib=$(sed -n 's/^idx=//p' "$labdir/targets/$b/target.env" 2>/dev/null) || true
+    [ -n "$ia" ] && [ -n "$ib" ] || die "link: no targets $a and $b in $labdir"
+    [ "$ia" != "$ib" ] || die "link: a target cannot be linked to itself"
+    ip -n "$a" link add "lk$ib" type veth peer name "lk$ia" netns "$b"
+    ip -n "$a" link set "lk$ib" up
+    ip -n "$b" link set "lk$ia" up
+    ip -n "$a" route add "10.77.$ib.2/32" dev "lk$ib" src "10.77.$ia.2"
+    ip -n "$b" route add "10.77.$ia.2/32" dev "lk$ia" src "10.77.$ib.2"
+}
+
 cmd_leaks() {
     local filter=${1:-} found=0 line
     # With FILTER, only leftovers whose description contains it count.
@@ -446,7 +467,7 @@ cmd_reap() {
     log "reaped $reaped target(s)"
 }
 
-usage() { sed -n '2,11p' "$self" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,13p' "$self" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 cmd=${1:-}
 shift || true
@@ -456,6 +477,7 @@ case "$cmd" in
     stop) [ $# = 2 ] || usage; cmd_stop "$@" ;;
     reboot) [ $# = 2 ] || usage; cmd_reboot "$@" ;;
     ssh) [ $# -ge 2 ] || usage; cmd_ssh "$@" ;;
+    link) [ $# = 3 ] || usage; cmd_link "$@" ;;
     leaks) [ $# -le 1 ] || usage; cmd_leaks "$@" ;;
     reap) [ $# = 0 ] || usage; cmd_reap ;;
     _launch) cmd_launch "$@" ;;
