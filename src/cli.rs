@@ -7,10 +7,13 @@ mod build;
 mod display;
 mod docs;
 mod sudo;
+mod timeouts;
 pub use build::{BuildArgs, BuildOptions};
 pub use display::{ColorChoice, DisplayArgs, LiveJsonConflict, Progress, Terminal};
 pub use docs::DocsCommand;
 pub use sudo::{SudoArgs, SudoPassword, SudoPasswordError};
+pub use timeouts::parse_timeout;
+use timeouts::{phase_list, timeout_help};
 
 pub use crate::agent::SwitchEnv;
 use crate::events::Phase;
@@ -293,22 +296,6 @@ pub struct Args {
     pub build: BuildArgs,
 }
 
-/// The help of `--timeout`: the phases and bounds of lib/rules.json.
-fn timeout_help() -> String {
-    let (range, _) = rules::seconds();
-    format!(
-        "Override a phase timeout for every host, in seconds ({} to {}); repeatable. Phases: {}.",
-        range.start(),
-        range.end(),
-        phase_list()
-    )
-}
-
-/// `connect, lock, ..., boot`: the phases as `--timeout` names them.
-fn phase_list() -> String {
-    Phase::ALL.map(Phase::timeout_key).join(", ")
-}
-
 /// Default of `--max-parallel`: enough to deploy a rack at once without
 /// opening hundreds of ssh connections from a laptop.
 pub const DEFAULT_MAX_PARALLEL: usize = 16;
@@ -574,30 +561,6 @@ impl Query {
             sudo_password: self.sudo.source(),
             build: BuildOptions::default(),
         })
-    }
-}
-
-/// `build=7200` -> `(Phase::Build, 7200)`. Accepts `self-check`/`self_check`
-/// for `selfCheck`.
-pub fn parse_timeout(arg: &str) -> Result<(Phase, u64), CliError> {
-    let (name, secs) = arg.split_once('=').ok_or_else(|| CliError::TimeoutSyntax(arg.into()))?;
-    let canonical = match name {
-        "self-check" | "self_check" | "selfcheck" => "selfCheck",
-        p => p,
-    };
-    let Some(phase) = Phase::ALL.into_iter().find(|p| p.timeout_key() == canonical) else {
-        let hint = Phase::ALL
-            .iter()
-            .map(|p| (strsim::jaro_winkler(name, p.timeout_key()), p.timeout_key()))
-            .filter(|(s, _)| *s >= 0.7)
-            .max_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(_, p)| format!(" (did you mean `{p}`?)"))
-            .unwrap_or_default();
-        return Err(CliError::TimeoutPhase { arg: arg.into(), phase: name.into(), hint });
-    };
-    match secs.parse::<u64>() {
-        Ok(n) if rules::seconds().0.contains(&n) => Ok((phase, n)),
-        _ => Err(CliError::TimeoutSeconds(arg.into())),
     }
 }
 

@@ -25,8 +25,9 @@ mod tests;
 #[cfg(test)]
 mod tests_contract;
 #[cfg(test)]
-mod tests_keys;
 mod tests_elsewhere;
+#[cfg(test)]
+mod tests_keys;
 #[cfg(test)]
 mod tests_reboot;
 #[cfg(test)]
