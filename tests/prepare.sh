@@ -4,7 +4,7 @@
 # systems. Idempotent: a prepared
 # machine is left as it is in a few seconds.
 #
-#   tests/prepare.sh            packages + both root file systems
+#   tests/prepare.sh            packages + the three root file systems (bookworm, trixie, sid)
 #
 # Timings go to stderr as "prepare: <step> <seconds>s".
 set -euo pipefail
@@ -29,7 +29,7 @@ fi
 step packages "$t"
 
 t=$(date +%s)
-for suite in trixie bookworm; do
+for suite in trixie bookworm sid; do
     bash "$here/lab/rootfs.sh" "$suite" >/dev/null
 done
 step rootfs "$t"
