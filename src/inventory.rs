@@ -284,8 +284,14 @@ pub async fn load(flake: &str, timeout: Duration) -> Result<Inventory, Inventory
         Ok((Err(source), ..)) => return Err(InventoryError::NixNotFound { source }),
         Err(_) => return Err(InventoryError::Timeout { flake: flake.to_string(), after: timeout }),
     };
+    let stderr = String::from_utf8_lossy(&stderr);
     if !status.success() {
-        return Err(classify_eval_failure(flake, &String::from_utf8_lossy(&stderr)));
+        return Err(classify_eval_failure(flake, &stderr));
+    }
+    // What Nix warned about (a dirty tree, an unknown setting, a deprecation)
+    // is the run's to say.
+    for line in stderr.lines().filter(|l| crate::process::is_warning(l)) {
+        tracing::warn!("nix eval {flake}#deployFlake: {}", line.trim());
     }
     read
 }

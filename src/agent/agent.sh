@@ -705,9 +705,10 @@ diff() {
     toplevel=$1
     current=$(readlink -e /run/current-system)
     if [ -n "$current" ]; then
-        nix --extra-experimental-features nix-command store diff-closures "$current" "$toplevel" 2>&1 |
+        # Nix's own warnings go to stderr, which the deployer shows.
+        nix --extra-experimental-features nix-command store diff-closures "$current" "$toplevel" |
             sed 's/^/deploy-flake-package /'
-        nix --extra-experimental-features nix-command path-info --closure-size "$current" "$toplevel" 2> /dev/null |
+        nix --extra-experimental-features nix-command path-info --closure-size "$current" "$toplevel" |
             awk '{print "deploy-flake-closure " $1 " " $2}'
     fi
     "$toplevel/bin/switch-to-configuration" dry-activate 2>&1 < /dev/null |

@@ -309,6 +309,41 @@ pub fn quote_argv(argv: &[String]) -> String {
     argv.iter().map(|a| shell_escape::unix::escape(a.as_str().into())).collect::<Vec<_>>().join(" ")
 }
 
+/// A command whose output is nobody's still never hides a warning (Nix's
+/// deprecations, its unknown settings): it becomes a line of the run.
+fn warn_unheard(cmd: &Cmd, place: &Place, line: &str) {
+    if is_warning(line) {
+        tracing::warn!("{} ({place}): {}", cmd.display(), line.trim());
+    }
+}
+
+/// A warning as Nix (`warning: …`, `evaluation warning: …`) and OpenSSH
+/// (`Warning: …`, `** WARNING: …`) print them, colored or not.
+pub fn is_warning(line: &str) -> bool {
+    let plain: String = strip_ansi(line).trim_start().trim_start_matches("** ").to_lowercase();
+    plain.starts_with("warning:") || plain.starts_with("evaluation warning:")
+}
+
+/// `line` without terminal escape sequences (`ESC [ … letter`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The last `n` non-empty lines of `text`, joined with newlines.
 pub fn tail_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -412,7 +447,10 @@ async fn drive<S: Spawner + ?Sized>(
             l = err_lines.next_segment(), if err_open => match l {
                 Ok(Some(bytes)) => {
                     let line = String::from_utf8_lossy(&bytes).into_owned();
-                    if let Some(f) = on_line.as_mut() { f(&line) }
+                    match on_line.as_mut() {
+                        Some(f) => f(&line),
+                        None => warn_unheard(cmd, &on.place(), &line),
+                    }
                     stderr.push_back(line);
                     if stderr.len() > STDERR_KEEP {
                         stderr.pop_front();

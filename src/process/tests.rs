@@ -78,3 +78,52 @@ fn scripts_are_displayed_by_their_arguments() {
     assert_eq!(c.display(), "sh -c … a b");
     assert_eq!(Cmd::new(["a", "b", "c", "d", "e", "f"]).display(), "a b c d e …");
 }
+
+#[test]
+fn warnings_are_told_apart_from_other_lines() {
+    for (line, warning) in [
+        ("warning: '--json' without '--json-format' is deprecated", true),
+        ("\u{1b}[35;1mwarning:\u{1b}[0m unknown setting 'x'", true),
+        ("evaluation warning: 'foo' has been renamed", true),
+        ("Warning: Permanently added '10.0.0.1' (ED25519) to the list of known hosts.", true),
+        ("** WARNING: connection is not using a post-quantum key exchange algorithm.", true),
+        ("building '/nix/store/…-x.drv'...", false),
+        ("error: warning: is not a warning here", false),
+        ("copying path '/nix/store/…-warning' from 'ssh-ng://h'", false),
+    ] {
+        assert_eq!(is_warning(line), warning, "{line:?}");
+    }
+}
+
+/// A writer for a test's tracing subscriber: everything in one buffer.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_warning_of_a_command_without_a_line_sink_is_still_told() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let cmd =
+        sh("echo 'warning: this will become an error' >&2; echo 'other noise' >&2; echo data");
+    let out = run(&Local, &cmd.quiet_stdout(), None).await.unwrap().check().unwrap();
+    assert_eq!(out.stdout, "data\n");
+    let said = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(said.contains("sh -c … (here): warning: this will become an error"), "{said}");
+    assert!(!said.contains("other noise"), "{said}");
+}
