@@ -47,6 +47,8 @@
 #                                  host lock while a line arrives on stdin at least
 #                                  every BEAT_SECS, each touching RUNDIR/alive; says
 #                                  "deploy-flake-locked" once it holds it, after
+#                                  the switches going on, the host's Nix
+#                                  ("deploy-flake-nix <nix --version>") and
 #                                  what `health HEALTH_SECS` says when asked)
 #   agent.sh health SECS [RUNDIR] (system state, failed units, those failed before)
 #   agent.sh facts TOPLEVEL [SELFCHECK]   (what the deployer needs to decide)
@@ -717,10 +719,27 @@ diff() {
     reboot_for reboot-new "$toplevel"
 }
 
+# The Nix that commands run here ("deploy-flake-nix <nix --version>"), for
+# the flags the deployer gives them. Asked again only when the binary is
+# another (device, inode, time, size): a lock costs one stat, not a Nix.
+nix_version() {
+    bin=$(command -v nix) || return 0
+    key=$(stat -L -c '%d:%i:%Y:%s' "$bin" 2> /dev/null) || return 0
+    seen='' said=''
+    if [ -r "$STATE/nix-version" ]; then { read -r seen && read -r said; } < "$STATE/nix-version"; fi
+    if [ "$seen" != "$key" ]; then
+        said=$(nix --version 2> /dev/null | head -n 1)
+        printf '%s\n%s\n' "$key" "$said" > "$STATE/nix-version.tmp" &&
+            mv -f "$STATE/nix-version.tmp" "$STATE/nix-version"
+    fi
+    echo "deploy-flake-nix $said"
+}
+
 hold() {
     info=$1 beat=$2 rundir=$3 preflight=${4:-}
     printf '%s\n' "$info" > "$STATE/lock.info"
     switches_in_progress
+    nix_version
     # The deployer's preflight, answered with the lock.
     if [ -n "$preflight" ]; then health "$preflight" "$rundir"; fi
     echo "deploy-flake-locked"

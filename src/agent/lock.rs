@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::{answers, installed, lock_files, Health, RunDir, ANSWER, SCRIPT};
+use crate::nix::version::NixVersion;
 use crate::process::{self, Cmd, ProcessError, Spawner};
 
 /// `flock` exits with this when another run holds the lock.
@@ -41,6 +42,8 @@ pub struct HostLock {
     pub busy: Vec<String>,
     /// The host's health once locked, when asked for.
     pub health: Option<Health>,
+    /// The host's Nix, when it said one we can read.
+    pub nix: Option<NixVersion>,
 }
 
 impl Drop for HostLock {
@@ -78,7 +81,7 @@ pub async fn lock<S: Spawner>(
         let _ = w.flush().await;
     }
     let mut lines = BufReader::new(&mut child.stdout).lines();
-    let (mut busy, mut said) = (Vec::new(), String::new());
+    let (mut busy, mut said, mut nix) = (Vec::new(), String::new(), None);
     let deadline = tokio::time::Instant::now() + cmd.timeout;
     let locked = format!("{ANSWER}locked");
     let mut held = false;
@@ -90,6 +93,7 @@ pub async fn lock<S: Spawner>(
             }
             Ok(Ok(Some(l))) => {
                 busy.extend(answers(&l, "busy").map(String::from));
+                nix = nix.or(answers(&l, "nix").find_map(NixVersion::parse));
                 said.push_str(&l);
                 said.push('\n');
             }
@@ -105,7 +109,7 @@ pub async fn lock<S: Spawner>(
     if held {
         let heartbeat = beat(child.stdin.take());
         let health = health_secs.map(|_| Health::parse(&said));
-        return Ok(HostLock { _holder: child, heartbeat, busy, health });
+        return Ok(HostLock { _holder: child, heartbeat, busy, health, nix });
     }
     Err(refused(on, child, cmd.timeout, &infofile, secs).await?)
 }

@@ -5,6 +5,7 @@ use crate::agent::{self, AgentAction, AgentState, AgentStatus, CheckVerdict, Fac
 use crate::agent::{HostLock, LockError, RunDir, SwitchEnv};
 use crate::events::Reason;
 use crate::inventory::HealthCheck;
+use crate::nix::version::NixVersion;
 use crate::nix::{self, Archive, StorePath};
 use crate::process::{Exit, Lines, ProcessError, Spawner};
 use crate::ssh::{Destination, Ssh, SshError};
@@ -24,6 +25,9 @@ pub struct SshHost {
     /// Asked to reboot: the lock and the agent go with it, and a reconnect
     /// does not take the lock again (`lock` does, once it is back).
     rebooting: bool,
+    /// The host's Nix, read with the lock: the flags of its Nix commands
+    /// come from `nix::version` (none differs by version there today).
+    nix: Option<NixVersion>,
     shared: std::sync::Arc<Shared>,
 }
 
@@ -42,6 +46,7 @@ impl SshHost {
             lock: None,
             owner: String::new(),
             rebooting: false,
+            nix: None,
             shared,
         }
     }
@@ -87,6 +92,10 @@ impl Host for SshHost {
         let ssh = self.ssh()?;
         let lock = agent::lock(ssh, &self.run, owner, Some(origin), health_secs, secs).await?;
         let locked = Locked { busy: lock.busy.clone(), health: lock.health.clone() };
+        if self.nix != lock.nix {
+            tracing::debug!("{} runs {}", self.name, nix::version::shown(lock.nix, "?"));
+            self.nix = lock.nix;
+        }
         self.lock = Some(lock);
         self.owner = owner.to_string();
         self.rebooting = false;
