@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod contract;
+mod deployer;
 mod display;
 mod helpers;
 mod holes;
