@@ -28,8 +28,8 @@ if ((${#missing[@]})); then
 fi
 step packages "$t"
 
-t=$(date +%s)
 for suite in trixie bookworm sid; do
+    t=$(date +%s)
     bash "$here/lab/rootfs.sh" "$suite" >/dev/null
+    step "rootfs-$suite" "$t"
 done
-step rootfs "$t"
