@@ -169,6 +169,8 @@ fn nix_warnings_reach_the_user_from_both_ends() {
                 && l.contains(&format!("unknown setting '{setting}'"))
         })
     };
+    // Plain lines: stderr is no terminal here.
+    assert!(!stderr.contains('\u{1b}'), "{stderr}");
     // The run's own commands, here, whose answers are data.
     assert!(said("nix eval", "deployFlake", "lab-deployer-setting"), "{stderr}");
     assert!(said("flake metadata", "(here)", "lab-deployer-setting"), "{stderr}");
