@@ -40,6 +40,13 @@ fn run() -> anyhow::Result<Exit> {
         return Ok(Exit::Success);
     }
     init_tracing(cli.verbose);
+    match deploy_flake::process::raise_open_files_limit() {
+        Ok((before, after)) if before != after => {
+            tracing::debug!("open files limit raised from {before} to {after}")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!("open files limit: {e}"),
+    }
     let (display, verbose) = (cli.display.clone(), cli.verbose);
     let options = cli.into_options()?;
     let display =

@@ -486,4 +486,4 @@ mod local;
 #[cfg(test)]
 mod tests;
 
-pub use local::{stop_all, GroupGuard, Local};
+pub use local::{raise_open_files_limit, stop_all, GroupGuard, Local};

@@ -127,3 +127,12 @@ async fn a_warning_of_a_command_without_a_line_sink_is_still_told() {
     assert!(said.contains("sh -c … (here): warning: this will become an error"), "{said}");
     assert!(!said.contains("other noise"), "{said}");
 }
+
+#[test]
+fn the_open_files_limit_is_raised_to_the_hard_limit() {
+    let (before, after) = raise_open_files_limit().unwrap();
+    assert!(after >= before, "{before} -> {after}");
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    assert_eq!((lim.rlim_cur, lim.rlim_max), (after, after));
+}
