@@ -93,7 +93,10 @@ impl Host for SshHost {
         let lock = agent::lock(ssh, &self.run, owner, Some(origin), health_secs, secs).await?;
         let locked = Locked { busy: lock.busy.clone(), health: lock.health.clone() };
         if self.nix != lock.nix {
-            tracing::debug!("{} runs {}", self.name, nix::version::shown(lock.nix, "?"));
+            match lock.nix {
+                Some(v) => tracing::debug!("{} runs {v}", self.name),
+                None => tracing::debug!("{}: no Nix version it said could be read", self.name),
+            }
             self.nix = lock.nix;
         }
         self.lock = Some(lock);
