@@ -282,7 +282,10 @@ pub async fn load(flake: &str, timeout: Duration) -> Result<Inventory, Inventory
     let (status, stderr, read) = match tokio::time::timeout(timeout, finished).await {
         Ok((Ok(status), stderr, read)) => (status, stderr, read),
         Ok((Err(source), ..)) => return Err(InventoryError::NixNotFound { source }),
-        Err(_) => return Err(InventoryError::Timeout { flake: flake.to_string(), after: timeout }),
+        Err(_) => {
+            let flake = crate::redact::flake_ref(flake);
+            return Err(InventoryError::Timeout { flake, after: timeout });
+        }
     };
     let stderr = String::from_utf8_lossy(&stderr);
     if !status.success() {
@@ -290,21 +293,29 @@ pub async fn load(flake: &str, timeout: Duration) -> Result<Inventory, Inventory
     }
     // What Nix warned about (a dirty tree, an unknown setting, a deprecation)
     // is the run's to say.
+    // Without the reference's credentials (`redact`).
+    let shown = crate::redact::flake_ref(flake);
     for line in stderr.lines().filter(|l| crate::process::is_warning(l)) {
-        tracing::warn!("nix eval {flake}#deployFlake: {}", line.trim());
+        tracing::warn!(
+            "nix eval {shown}#deployFlake: {}",
+            crate::redact::scrub(line.trim(), flake)
+        );
     }
     read
 }
 
 /// Turns a failed `nix eval` into an error: a missing output gets the fix,
-/// anything else the tail of Nix's own message.
+/// anything else the tail of Nix's own message. Both without the flake
+/// reference's credentials.
 pub fn classify_eval_failure(flake: &str, stderr: &str) -> InventoryError {
+    let shown = crate::redact::flake_ref(flake);
     if stderr.contains("does not provide attribute") && stderr.contains("'deployFlake'") {
-        return InventoryError::NoDeployFlake { flake: flake.to_string() };
+        return InventoryError::NoDeployFlake { flake: shown };
     }
+    let stderr = crate::redact::scrub(stderr, flake);
     let lines: Vec<&str> = stderr.trim_end().lines().collect();
     let start = lines.len().saturating_sub(STDERR_TAIL_LINES);
-    InventoryError::Eval { flake: flake.to_string(), stderr_tail: lines[start..].join("\n") }
+    InventoryError::Eval { flake: shown, stderr_tail: lines[start..].join("\n") }
 }
 
 // ---------------------------------------------------------------------------

@@ -18,35 +18,45 @@ use deploy_flake::inventory::BuildOn;
 use deploy_flake::inventory::DEFAULT_EVAL_TIMEOUT;
 use deploy_flake::pipeline::{Context as RunContext, Interrupt, Mode};
 use deploy_flake::plan;
+use deploy_flake::report::safe;
 use deploy_flake::rollout::{self, Plan};
 use deploy_flake::select::{self, Target};
-use deploy_flake::{report, runner};
+use deploy_flake::{limits, report, runner};
 
 fn main() -> ExitCode {
     match run() {
         Ok(exit) => exit.into(),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", safe::text(&format!("{e:#}")));
             Exit::Usage.into()
         }
     }
 }
 
+/// The open-file limit in force, raised to the hard limit at start.
+static OPEN_FILES: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+
+/// How many of `hosts` run at once: `--max-parallel` (unset or 0: all),
+/// and no more than the open files allow (said once).
+fn parallel(options: &Options, hosts: usize) -> usize {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    let wanted = options.max_parallel.unwrap_or(hosts).min(hosts);
+    let (n, say) = limits::admit(wanted, OPEN_FILES.get().copied().flatten());
+    if let Some(say) = say {
+        SAID.call_once(|| eprintln!("{say}"));
+    }
+    n
+}
+
 fn run() -> anyhow::Result<Exit> {
+    OPEN_FILES.get_or_init(limits::raise_open_files);
     // clap prints usage errors itself and exits with 2, like ours.
     let cli = Cli::parse();
     if let Some(Command::Docs(docs)) = &cli.command {
         std::io::stdout().write_all(&docs.render()).context("writing to stdout")?;
         return Ok(Exit::Success);
     }
-    init_tracing(cli.verbose);
-    match deploy_flake::process::raise_open_files_limit() {
-        Ok((before, after)) if before != after => {
-            tracing::debug!("open files limit raised from {before} to {after}")
-        }
-        Ok(_) => {}
-        Err(e) => tracing::debug!("open files limit: {e}"),
-    }
+    init_tracing(cli.verbose, cli.display.log_color(Terminal::current()));
     let (display, verbose) = (cli.display.clone(), cli.verbose);
     let options = cli.into_options()?;
     let display =
@@ -70,7 +80,7 @@ fn run() -> anyhow::Result<Exit> {
             };
             let waves = rollout::plan(inventory.as_ref(), &targets, &settings, from)?;
             if options.dry_run {
-                print!("{}", plan::render(&targets, &options, &waves));
+                print!("{}", safe::text(&plan::render(&targets, &options, &waves)));
                 return Ok(Exit::Success);
             }
             runtime.block_on(ask_then_deploy(targets, &options, &waves, display))
@@ -80,11 +90,11 @@ fn run() -> anyhow::Result<Exit> {
 
 /// `deploy-flake status`: 0 when every host answered, 1 otherwise.
 async fn status(targets: Vec<Target>, options: &Options) -> Exit {
-    let parallel = options.max_parallel.unwrap_or(targets.len()).max(1);
+    let parallel = parallel(options, targets.len());
     let all = deploy_flake::status::query_all(&targets, parallel).await;
     match options.output {
         OutputFormat::Json => print!("{}", deploy_flake::status::json(&all)),
-        OutputFormat::Human => print!("{}", deploy_flake::status::render(&all)),
+        OutputFormat::Human => print!("{}", safe::text(&deploy_flake::status::render(&all))),
     }
     if all.iter().all(|s| s.error.is_none()) {
         Exit::Success
@@ -101,7 +111,7 @@ async fn diffs(targets: &[Target], options: &Options, shared: Arc<Shared>) -> Ve
         owner: runner::lock_owner(&run_id),
         run_id,
     };
-    let parallel = options.max_parallel.unwrap_or(targets.len()).max(1);
+    let parallel = parallel(options, targets.len());
     prefetch_archive(targets, options, &shared);
     deploy_flake::diff::diff_all(targets, Arc::new(run), parallel, shared).await
 }
@@ -121,7 +131,7 @@ async fn diff(targets: Vec<Target>, options: &Options) -> Exit {
     let all = diffs(&targets, options, Arc::default()).await;
     match options.output {
         OutputFormat::Json => print!("{}", deploy_flake::diff::json(&all)),
-        OutputFormat::Human => print!("{}", deploy_flake::diff::render(&all)),
+        OutputFormat::Human => print!("{}", safe::text(&deploy_flake::diff::render(&all))),
     }
     if all.iter().all(|d| d.error.is_none()) {
         Exit::Success
@@ -132,8 +142,9 @@ async fn diff(targets: Vec<Target>, options: &Options) -> Exit {
 
 /// `-v`: what the tool does (every command run, with its duration);
 /// `-vv`: more. `RUST_LOG` overrides both. Goes to stderr, so `--json`
-/// stays clean.
-fn init_tracing(verbose: u8) {
+/// stays clean; colored only when `color` (`--color`, `NO_COLOR`, stderr
+/// a terminal).
+fn init_tracing(verbose: u8, color: bool) {
     let level = match verbose {
         0 => "warn",
         1 => "deploy_flake=debug",
@@ -141,12 +152,10 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    // Colored only for a person at a terminal: a log keeps plain lines.
-    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .with_writer(std::io::stderr)
+        .with_ansi(color)
         .with_target(false)
         .init();
 }
@@ -168,7 +177,7 @@ async fn ask_then_deploy(
     }
     let shared = Arc::new(Shared::default());
     let shown = diffs(&targets, options, shared.clone()).await;
-    eprint!("{}", deploy_flake::diff::render(&shown));
+    eprint!("{}", safe::text(&deploy_flake::diff::render(&shown)));
     let approved: BTreeMap<String, String> =
         shown.iter().filter_map(|d| Some((d.host.clone(), d.new.clone()?))).collect();
     if !answered && !confirmed(targets.len())? {
@@ -221,7 +230,7 @@ async fn deploy(
         sink,
     };
     runner::on_interrupts(raise, changing);
-    let parallel = options.max_parallel.unwrap_or(targets.len()).max(1);
+    let parallel = parallel(options, targets.len());
     let reports = runner::run(targets, ctx, parallel, shared, waves).await;
     // Everything the run said is written before the process ends.
     output.finish();

@@ -18,7 +18,7 @@ pub fn render(targets: &[Target], options: &Options, rollout: &Plan) -> String {
         out,
         "dry run: {n} host{} from flake {}; nothing will be touched",
         if n == 1 { "" } else { "s" },
-        options.flake
+        crate::redact::flake_ref(&options.flake)
     );
     let _ = writeln!(
         out,
@@ -56,9 +56,10 @@ pub fn render(targets: &[Target], options: &Options, rollout: &Plan) -> String {
         );
     }
     render_waves(&mut out, targets, rollout);
+    let flake = crate::redact::flake_ref(&options.flake);
     for t in targets {
         out.push('\n');
-        render_host(&mut out, t, &options.flake);
+        render_host(&mut out, t, &flake);
     }
     out
 }

@@ -85,14 +85,15 @@ impl Origin {
 }
 
 /// Who deploys from which flake, as each host keeps it (`<key> <value>`
-/// lines; values on one line).
+/// lines; values on one line). The flake reference without its
+/// credentials (`redact::flake_ref`).
 pub fn origin(flake: &str, revision: Option<&str>, goal: &str) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let line = |k: &str, v: &str| format!("{k} {}\n", v.replace(['\n', '\r'], " "));
     [
         line("by", &format!("{user}@{}", host.trim())),
-        line("flake", flake),
+        line("flake", &crate::redact::flake_ref(flake)),
         line("revision", revision.unwrap_or("none")),
         line("goal", goal),
     ]

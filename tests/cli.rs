@@ -168,3 +168,28 @@ fn flake_errors_exit_2_with_one_error_line() {
         "error: unknown host `alpah`: did you mean `alpha`? (for a host outside deployFlake, write nixos://HOST or USER@HOST)\n"
     );
 }
+
+/// `-v` into a file or a pipe is plain text; `--color always` colors it
+/// anyway, `NO_COLOR` never. (The ad hoc destination is a refused local
+/// port: the run logs its local commands, then fails to connect.)
+#[test]
+fn the_verbose_log_is_colored_only_on_a_terminal_or_when_asked() {
+    let dir = fixture_flake("fleet");
+    let flake = dir.path().to_str().unwrap();
+    let run = |extra: &[&str], no_color: Option<&str>| {
+        let mut cmd = std::process::Command::new(common::BIN);
+        cmd.args(["-v", "--progress", "plain", "--flake", flake]).args(extra);
+        cmd.arg("nixos://root@127.0.0.1:1/web-1");
+        match no_color {
+            Some(v) => cmd.env("NO_COLOR", v),
+            None => cmd.env_remove("NO_COLOR"),
+        };
+        let out = cmd.output().unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let plain = run(&[], None);
+    assert!(plain.contains("DEBUG run"), "{plain}");
+    assert!(!plain.contains('\u{1b}'), "{plain:?}");
+    assert!(run(&["--color", "always"], None).contains("\u{1b}["), "asked for");
+    assert!(!run(&["--color", "auto"], Some("1")).contains('\u{1b}'));
+}

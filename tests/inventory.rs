@@ -123,8 +123,8 @@ fn field_types_and_ranges() {
 
 #[test]
 fn hostile_hostnames_and_users() {
-    const HOST: &str = "expected a host name or address (not empty, without whitespace, '@' or '/', not starting with '-')";
-    const USER: &str = "expected a user name (not empty, without whitespace, '@', '/' or ':', not starting with '-')";
+    const HOST: &str = "expected a host name or address (not empty, without whitespace, '@', '/', '?', '#', '&', or '%' but before an IPv6 zone id, not starting with '-')";
+    const USER: &str = "expected a user name (not empty, without whitespace, '@', '/', ':', '?', '#', '&' or '%', not starting with '-')";
     const CONFIG: &str = r#"expected a nixosConfigurations attribute name (not empty, without '"' or control characters)"#;
     const SELF_CHECK: &str = r#"expected null (run pre-activate-safety-checks if the system has one) or a relative path inside the toplevel, e.g. "bin/check""#;
     let cases = [

@@ -57,7 +57,7 @@ fn values_derived_from_the_attribute_name_are_checked() {
     let err = mk(r#"{ hosts."my host".configuration = "web1"; }"#).unwrap_err();
     assert_eq!(
         error_line(&err),
-        r#"error: deployFlake.hosts."my host".hostname: expected a host name or address (not empty, without whitespace, '@' or '/', not starting with '-'), got a string ("my host"): contains whitespace"#
+        r#"error: deployFlake.hosts."my host".hostname: expected a host name or address (not empty, without whitespace, '@', '/', '?', '#', '&', or '%' but before an IPv6 zone id, not starting with '-'), got a string ("my host"): contains whitespace"#
     );
     let err = eval_expr(&format!(
         r#"(import {}/lib).mkDeployFlake {{ self.nixosConfigurations."a\"b" = throw "forced"; hosts."a\"b".hostname = "h"; }}"#,
@@ -152,7 +152,7 @@ fn wrong_types_name_the_path_expected_and_got() {
         ),
         (
             r#"{ hosts.web1.hostname = "-oProxyCommand=x"; }"#,
-            r#"error: deployFlake.hosts.web1.hostname: expected a host name or address (not empty, without whitespace, '@' or '/', not starting with '-'), got a string ("-oProxyCommand=x"): starts with '-'"#,
+            r#"error: deployFlake.hosts.web1.hostname: expected a host name or address (not empty, without whitespace, '@', '/', '?', '#', '&', or '%' but before an IPv6 zone id, not starting with '-'), got a string ("-oProxyCommand=x"): starts with '-'"#,
         ),
         (
             r#"{ hosts.web1.timeouts.copy = 0; }"#,

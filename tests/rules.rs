@@ -46,9 +46,9 @@ fn bad(name: &'static str, kind: Kind, settings: Value, want: impl Into<String>)
     Row { name, kind, settings, want: Some(want.into()) }
 }
 
-const HOST: &str = "expected a host name or address (not empty, without whitespace, '@' or '/', not starting with '-')";
+const HOST: &str = "expected a host name or address (not empty, without whitespace, '@', '/', '?', '#', '&', or '%' but before an IPv6 zone id, not starting with '-')";
 const USER: &str =
-    "expected a user name (not empty, without whitespace, '@', '/' or ':', not starting with '-')";
+    "expected a user name (not empty, without whitespace, '@', '/', ':', '?', '#', '&' or '%', not starting with '-')";
 const CONFIG: &str = r#"expected a nixosConfigurations attribute name (not empty, without '"' or control characters)"#;
 const SELF_CHECK: &str = r#"expected null (run pre-activate-safety-checks if the system has one) or a relative path inside the toplevel, e.g. "bin/check""#;
 const SECONDS: &str = "expected a whole number of seconds between 1 and 31536000 (365 days)";
@@ -65,6 +65,7 @@ fn table() -> Vec<Row> {
         // ---- accepted
         ok("plain", User, json!({})),
         ok("ipv6", User, json!({ "hostname": "fe80::1" })),
+        ok("ipv6_zone", User, json!({ "hostname": "fe80::1%eth0" })),
         ok(
             "hostile_but_quotable",
             User,
@@ -110,6 +111,20 @@ fn table() -> Vec<Row> {
             format!(r#"hostname: {HOST}, got a string ("a\nb"): contains a control character"#)),
         bad("slash_in_hostname", User, json!({ "hostname": "a/b" }),
             format!(r#"hostname: {HOST}, got a string ("a/b"): contains '/'"#)),
+        bad("query_in_hostname", User, json!({ "hostname": "web1?remote-program=sh" }),
+            format!(r#"hostname: {HOST}, got a string ("web1?remote-program=sh"): contains '?', '#' or '&', which would change the store URI of a copy"#)),
+        bad("fragment_in_hostname", User, json!({ "hostname": "web1#x" }),
+            format!(r#"hostname: {HOST}, got a string ("web1#x"): contains '?', '#' or '&', which would change the store URI of a copy"#)),
+        bad("ampersand_in_hostname", User, json!({ "hostname": "a&b" }),
+            format!(r#"hostname: {HOST}, got a string ("a&b"): contains '?', '#' or '&', which would change the store URI of a copy"#)),
+        bad("percent_in_hostname", User, json!({ "hostname": "web%41" }),
+            format!(r#"hostname: {HOST}, got a string ("web%41"): contains '%', which only an IPv6 address's zone id may follow (fe80::1%eth0)"#)),
+        bad("two_zones", User, json!({ "hostname": "fe80::1%a%b" }),
+            format!(r#"hostname: {HOST}, got a string ("fe80::1%a%b"): contains '%', which only an IPv6 address's zone id may follow (fe80::1%eth0)"#)),
+        bad("query_in_user", User, json!({ "sshUser": "ops?x=y" }),
+            format!(r#"sshUser: {USER}, got a string ("ops?x=y"): contains '?', '#', '&' or '%', which would change the store URI of a copy"#)),
+        bad("percent_in_user", User, json!({ "sshUser": "ops%20" }),
+            format!(r#"sshUser: {USER}, got a string ("ops%20"): contains '?', '#', '&' or '%', which would change the store URI of a copy"#)),
         bad("colon_in_user", User, json!({ "sshUser": "a:b" }),
             format!(r#"sshUser: {USER}, got a string ("a:b"): contains ':'"#)),
         bad("control_in_user", User, json!({ "sshUser": "a\u{1b}b" }),

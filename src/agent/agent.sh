@@ -17,6 +17,8 @@
 #   alive      touched at every heartbeat of the deployer (through the lock)
 #   toplevel   GC root of the run's system until the system profile holds it
 #   origin     who runs the deploy, from which flake ("<key> <value>" lines)
+#   output.<pid>   a FIFO: what an activation prints, on its way to the log
+#   exit-status    the exit status of the last command run for the system
 # A run only ever looks at its own RUNDIR, so nothing left by an earlier
 # run can confirm a later one. What outlives a reboot is kept root-only in
 # /var/lib/deploy-flake: which systems were confirmed on this host
@@ -99,6 +101,37 @@ remember() {
 
 log() {
     printf 'deploy-flake: %s\n' "$*" >> "$rundir/log"
+}
+
+# cap_lines: stdin to stdout line by line, each line as it comes, cut at
+# LINE_MAX bytes and marked: one endless line (a binary blob) costs the
+# log, a watch and the deployer no more than that. coreutils' cut holds
+# at most a line's first LINE_MAX + 1 bytes; stdbuf makes it pass each
+# line on at once (without stdbuf, it passes them on in blocks).
+LINE_MAX=65536
+cap_lines() {
+    LC_ALL=C
+    export LC_ALL
+    if command -v stdbuf > /dev/null 2>&1; then
+        stdbuf -oL cut -b "1-$((LINE_MAX + 1))"
+    else
+        cut -b "1-$((LINE_MAX + 1))"
+    fi | while IFS= read -r line || [ -n "$line" ]; do
+        if [ "${#line}" -gt "$LINE_MAX" ]; then
+            printf '%s [truncated at %s bytes]\n' "${line%?}" "$LINE_MAX"
+        else
+            printf '%s\n' "$line"
+        fi
+    done
+}
+
+# system CMD...: run CMD as nixos-rebuild runs what the system brings
+# (switch-to-configuration, the bootloader, its checks): under umask 022,
+# stdin closed, stderr with stdout. Its exit status goes to $sysrc (the
+# agent's own files stay under its umask 077).
+system() {
+    (umask 022 && exec "$@") 2>&1 < /dev/null
+    echo "$?" > "$sysrc"
 }
 
 # stc_env WORD...: the environment for switch-to-configuration, from an
@@ -189,22 +222,35 @@ wake_all() {
     done 2> /dev/null
 }
 
-# run_bounded SECS ABORTABLE CMD...: run CMD in its own process group, its
-# output appended to the log. Returns its status, 124 on timeout, and 125
-# when ABORTABLE is 1 and the deployer asked to abort. This shell only
-# waits for CMD, so its end is seen at once; a guard beside it ends CMD
-# on timeout or abort. Should the guard be killed on its own, coreutils'
-# `timeout` (the group's leader) still ends CMD a few seconds later.
+# run_bounded SECS ABORTABLE CMD...: run CMD in its own process group,
+# under umask 022 (as `system`), its output appended to the log through
+# cap_lines. Returns its status, 124 on timeout, and 125 when ABORTABLE is
+# 1 and the deployer asked to abort. This shell only waits for CMD (then
+# for the last of its output), so its end is seen at once; a guard beside
+# it ends CMD on timeout or abort. Should the guard be killed on its own,
+# coreutils' `timeout` (the group's leader) still ends CMD a few seconds
+# later.
 run_bounded() {
     secs=$1 abortable=$2
     shift 2
     rm -f "$rundir/ended-by"
-    setsid timeout -k 5 $((secs + 5)) "$@" >> "$rundir/log" 2>&1 < /dev/null &
+    out="$rundir/output.$$"
+    rm -f "$out"
+    if mkfifo -m 600 "$out"; then
+        cap_lines < "$out" >> "$rundir/log" 2>&1 &
+        capper=$!
+    else
+        out="$rundir/log" capper=''
+    fi
+    (umask 022 && exec setsid timeout -k 5 $((secs + 5)) "$@") >> "$out" 2>&1 < /dev/null &
     child=$!
-    guard "$child" "$secs" "$abortable" < /dev/null > /dev/null 2>&1 &
+    guard "$child" "$secs" "$abortable" "$capper" < /dev/null > /dev/null 2>&1 &
     guard_pid=$!
     wait "$child"
     rc=$?
+    # Every line CMD printed is in the log before its end is told.
+    if [ -n "$capper" ]; then wait "$capper"; fi
+    rm -f "$rundir/output.$$"
     kill "$guard_pid" 2> /dev/null
     wait "$guard_pid" 2> /dev/null
     if [ -s "$rundir/ended-by" ]; then
@@ -217,11 +263,13 @@ run_bounded() {
     return "$rc"
 }
 
-# guard PID SECS ABORTABLE: end the process group PID after SECS (124),
-# or when ABORTABLE is 1 and the deployer asks to abort (125); the reason
-# goes to $rundir/ended-by.
+# guard PID SECS ABORTABLE [CAPPER]: end the process group PID after SECS
+# (124), or when ABORTABLE is 1 and the deployer asks to abort (125); the
+# reason goes to $rundir/ended-by. Once PID has ended, CAPPER (what passes
+# its output on) gets 5 s to see the end of it: a process the activation
+# left behind with its output open is not waited for.
 guard() {
-    child=$1 limit=$(($2 * 10)) abortable=$3
+    child=$1 limit=$(($2 * 10)) abortable=$3 capper=${4:-}
     waited=0
     while kill -0 "$child" 2> /dev/null; do
         why=
@@ -239,9 +287,19 @@ guard() {
                 n=$((n + 1))
             done
             kill -KILL -"$child" 2> /dev/null
-            return
+            break
         fi
         pause
+    done
+    [ -n "$capper" ] || return 0
+    n=0
+    while kill -0 "$capper" 2> /dev/null; do
+        if [ "$n" -ge 25 ]; then
+            kill "$capper" 2> /dev/null
+            return 0
+        fi
+        sleep 0.2
+        n=$((n + 1))
     done
 }
 
@@ -423,8 +481,9 @@ boot() {
     before=$(readlink -f "$PROFILE" 2> /dev/null)
     # The newest generation is what every bootloader boots (systemd-boot
     # keeps only the newest ones), also for a return to an older system.
+    sysrc="$rundir/exit-status"
     if [ "$before" != "$toplevel" ]; then
-        nix-env -p "$PROFILE" --set "$toplevel" >> "$rundir/log" 2>&1
+        system nix-env -p "$PROFILE" --set "$toplevel" | cap_lines >> "$rundir/log"
     fi
     if [ "$(readlink -f "$PROFILE")" != "$toplevel" ]; then
         set_status boot-failed boot-entry "the system profile could not be pointed at $toplevel; it still points at ${before:-nothing}"
@@ -432,8 +491,9 @@ boot() {
     fi
     logged=$(wc -l < "$rundir/log" 2> /dev/null || echo 0)
     # shellcheck disable=SC2086 # allow-listed words
-    env $stc_env "$toplevel/bin/switch-to-configuration" boot >> "$rundir/log" 2>&1 < /dev/null
-    rc=$?
+    system env $stc_env "$toplevel/bin/switch-to-configuration" boot | cap_lines >> "$rundir/log"
+    read -r rc < "$sysrc" || rc=1
+    rm -f "$sysrc"
     # The system profile holds the system now.
     rm -f "$rundir/toplevel"
     if [ "$rc" = 0 ]; then
@@ -444,7 +504,7 @@ boot() {
     if [ "$rc" = 1 ] && sed -n "$((logged + 1)),\$p" "$rundir/log" | grep -q "Pre-switch checks failed"; then
         # Refused before the bootloader was touched: put the profile back.
         if [ -n "$before" ] && [ "$before" != "$toplevel" ]; then
-            nix-env -p "$PROFILE" --rollback >> "$rundir/log" 2>&1
+            system nix-env -p "$PROFILE" --rollback | cap_lines >> "$rundir/log"
         fi
         set_status boot-failed pre-switch-check "the pre-switch checks refused the boot entry; the system profile points at $(readlink -f "$PROFILE") again"
     elif [ "$rc" = 11 ]; then
@@ -461,16 +521,18 @@ check() {
     toplevel=$1 secs=$2 selfcheck=$3
     shift 3
     stc_env "$@"
+    sysrc="$STATE/.exit-status.$$"
     if [ -n "$selfcheck" ]; then
-        out=$(timeout "$secs" "$selfcheck" 2>&1 < /dev/null)
-        rc=$?
+        out=$(system timeout "$secs" "$selfcheck" | cap_lines)
+        read -r rc < "$sysrc" || rc=1
         if [ -n "$out" ]; then printf '%s\n' "$out"; fi
         echo "deploy-flake-self-check $rc"
-        [ "$rc" = 0 ] || return 0
+        [ "$rc" = 0 ] || { rm -f "$sysrc"; return 0; }
     fi
     # shellcheck disable=SC2086 # allow-listed words
-    out=$(timeout "$secs" env $stc_env "$toplevel/bin/switch-to-configuration" check 2>&1 < /dev/null)
-    rc=$?
+    out=$(system timeout "$secs" env $stc_env "$toplevel/bin/switch-to-configuration" check | cap_lines)
+    read -r rc < "$sysrc" || rc=1
+    rm -f "$sysrc"
     printf '%s\n' "$out"
     case "$rc" in
         0) verdict=ok ;;

@@ -147,7 +147,13 @@ impl HostState {
             .lines()
             .filter_map(|l| l.strip_prefix(super::ANSWER)?.strip_prefix("last-"))
             .filter_map(|kv| kv.split_once(' '))
-            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+            .map(|(k, v)| {
+                // A record written before flake references lost their
+                // credentials is shown without them too.
+                let v =
+                    if k == "flake" { crate::redact::flake_ref(v.trim()) } else { v.trim().into() };
+                (k.to_string(), v)
+            })
             .collect();
         HostState {
             current: answer(stdout, "current"),

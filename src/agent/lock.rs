@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{answers, installed, lock_files, Health, RunDir, ANSWER, SCRIPT};
+use super::install::{input, installed};
+use super::{answers, lock_files, Health, RunDir, ANSWER};
 use crate::nix::version::NixVersion;
 use crate::process::{self, Cmd, ProcessError, Spawner};
 
@@ -74,24 +75,25 @@ pub async fn lock<S: Spawner>(
         Cmd::new(flock.into_iter().chain(hold.argv)).stdin(Vec::new()).secs(limit).unbounded();
     let cmd = installed(run, new_run, cmd);
     let mut child = on.spawn(&cmd).await?;
-    // The agent's text first (whether or not the host has it), then the
-    // heartbeats. A host that stops reading early says why on stdout.
+    // The agent's text and the origin first (whether or not the host has
+    // the agent), then the heartbeats. A host that stops reading early
+    // says why on stdout.
     if let Some(w) = child.stdin.as_mut() {
-        let _ = w.write_all(SCRIPT.as_bytes()).await;
+        let _ = w.write_all(&input(new_run)).await;
         let _ = w.flush().await;
     }
-    let mut lines = BufReader::new(&mut child.stdout).lines();
+    let mut lines = process::LineReader::new(&mut child.stdout, process::LINE_MAX);
     let (mut busy, mut said, mut nix) = (Vec::new(), String::new(), None);
     let deadline = tokio::time::Instant::now() + cmd.timeout;
     let locked = format!("{ANSWER}locked");
     let mut held = false;
     loop {
         match tokio::time::timeout_at(deadline, lines.next_line()).await {
-            Ok(Ok(Some(l))) if l.trim() == locked => {
+            Ok(Ok(Some(process::Line { text: l, .. }))) if l.trim() == locked => {
                 held = true;
                 break;
             }
-            Ok(Ok(Some(l))) => {
+            Ok(Ok(Some(process::Line { text: l, .. }))) => {
                 busy.extend(answers(&l, "busy").map(String::from));
                 nix = nix.or(answers(&l, "nix").find_map(NixVersion::parse));
                 said.push_str(&l);
@@ -132,7 +134,8 @@ async fn refused<S: Spawner>(
         }
     }
     let mut err = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(2), child.stderr.read_to_end(&mut err)).await;
+    let mut stderr = (&mut child.stderr).take(process::LINE_MAX as u64);
+    let _ = tokio::time::timeout(Duration::from_secs(2), stderr.read_to_end(&mut err)).await;
     let said = process::tail_lines(&String::from_utf8_lossy(&err), 5);
     let out = process::run(on, &Cmd::new(["flock", "--version"]).secs(secs), None).await?;
     let hint = match (out.success(), said.is_empty()) {

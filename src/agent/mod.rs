@@ -12,11 +12,10 @@
 
 mod answers;
 mod follow;
+mod install;
 mod lock;
 #[cfg(test)]
 mod tests;
-
-use sha2::{Digest, Sha256};
 
 use crate::events::Reason;
 use crate::nix::StorePath;
@@ -34,26 +33,6 @@ pub use answers::{Changes, CheckVerdict, Facts, Health, HostState, PackageChange
 pub use follow::{confirm, launch, watch};
 pub use lock::{lock, HostLock, LockError, HEARTBEAT_LOST_SECS};
 
-/// Creates the state directories (root-only) and installs the agent under
-/// its content hash, through a temporary file and a rename: a script that
-/// another run is executing is never rewritten in place. The agent's text
-/// comes first on stdin, exactly `$5` bytes, read whether or not it is
-/// needed; then the rest of the command line runs (`exec`), with the rest
-/// of stdin.
-const INSTALL: Script = Script(
-    r#"umask 077
-install -d -m 0700 "$1" "$1/runs" || exit 1
-if [ -n "$2" ]; then install -d -m 0700 "$2" && printf '%s\n' "$4" > "$2/origin" || exit 1; fi
-if [ -s "$3" ]; then
-    head -c "$5" > /dev/null || exit 1
-else
-    tmp="$1/.agent.$$"
-    head -c "$5" > "$tmp" && chmod 0700 "$tmp" && mv -f "$tmp" "$3" || exit 1
-fi
-shift 5
-exec "$@""#,
-);
-
 /// The paths of one run's state on a target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunDir {
@@ -64,8 +43,7 @@ pub struct RunDir {
 
 impl RunDir {
     pub fn new(run_id: &str) -> RunDir {
-        let hash: String =
-            Sha256::digest(SCRIPT.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let hash = &install::script_sha256()[..16];
         RunDir {
             id: run_id.to_string(),
             dir: format!("{STATE_DIR}/runs/{run_id}"),
@@ -336,24 +314,6 @@ fn is_answer(line: &str) -> bool {
 
 // ---- commands -----------------------------------------------------------------
 
-/// `then`, after creating the state directories (the run's own only when
-/// `new_run`: after a reboot its absence is how the run learns it) and
-/// installing the agent; the agent's text must come first on its stdin
-/// ([`SCRIPT`]). `origin`: who runs the deploy from which flake, one
-/// `<key> <value>` per line, kept with the run (and as the host's last
-/// deploy).
-fn installed(run: &RunDir, new_run: Option<&str>, then: Cmd) -> Cmd {
-    let (run_dir, origin) = match new_run {
-        Some(origin) => (run.dir.as_str(), origin),
-        None => ("", ""),
-    };
-    let len = SCRIPT.len().to_string();
-    let args = [STATE_DIR, run_dir, &run.agent, origin, &len];
-    let mut argv = Cmd::script(INSTALL, args).argv;
-    argv.extend(then.argv);
-    Cmd { argv, ..then }
-}
-
 /// `systemctl is-system-running --wait` (bounded by `secs`), the failed
 /// units, and those that had failed before this run's activation, in one
 /// round trip.
@@ -382,7 +342,7 @@ pub async fn check<S: Spawner>(
     let out = process::run(on, &cmd, None).await?.check()?;
     let said: Vec<&str> =
         out.stdout.lines().filter(|l| !l.trim().is_empty() && !is_answer(l)).collect();
-    said.iter().for_each(|l| on_line(l));
+    said.iter().for_each(|l| on_line(&process::shown_line(l)));
     match answer(&out.stdout, "self-check").map(|rc| rc.parse::<i32>()) {
         Some(Ok(0)) | None => Ok(Ok(CheckVerdict::parse(&out.stdout))),
         Some(rc) => Ok(Err((rc.unwrap_or(-1), process::tail_lines(&said.join("\n"), 5)))),

@@ -172,3 +172,43 @@ fn status_and_changes_are_read() {
     assert_eq!(ch.units["restart"], ["demo-web.service", "other.service"]);
     assert_eq!(ch.units["start"], ["new.service"]);
 }
+
+/// The text of the agent's shell function `name` (`name() {` to `}`).
+fn shell_function(name: &str) -> &'static str {
+    let start = SCRIPT.find(&format!("\n{name}() {{\n")).expect("the function") + 1;
+    let len = SCRIPT[start..].find("\n}\n").expect("its end") + 3;
+    &SCRIPT[start..start + len]
+}
+
+/// Runs `script` after the agent's `cap_lines` and `system` with /bin/sh
+/// here, umask 077 as the agent has it; its stdout.
+fn agent_sh(script: &str) -> String {
+    let text = format!(
+        "umask 077\nLINE_MAX=65536\n{}{}{script}",
+        shell_function("cap_lines"),
+        shell_function("system")
+    );
+    let out = std::process::Command::new("/bin/sh").args(["-c", &text]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_agent_cuts_an_endless_line_and_keeps_the_others() {
+    let out = agent_sh(
+        "{ head -c 3000000 /dev/zero | tr '\\000' x; echo; echo after; printf 'no newline'; } | cap_lines",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{:?}", lines.iter().map(|l| l.len()).collect::<Vec<_>>());
+    assert_eq!(lines[0], format!("{} [truncated at 65536 bytes]", "x".repeat(65536)));
+    assert_eq!(&lines[1..], ["after", "no newline"]);
+}
+
+#[test]
+fn what_the_system_runs_runs_under_umask_022() {
+    let out = agent_sh(
+        "sysrc=$(mktemp)\nsystem sh -c 'umask; echo oops >&2; exit 3' | cap_lines\n\
+         read -r rc < \"$sysrc\"; rm -f \"$sysrc\"; echo \"rc $rc\"; umask",
+    );
+    assert_eq!(out, "0022\noops\nrc 3\n0077\n");
+}

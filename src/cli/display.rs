@@ -41,6 +41,8 @@ pub enum ColorChoice {
 pub struct Terminal {
     /// stdout is a terminal.
     pub stdout_tty: bool,
+    /// stderr is a terminal (where `-v` logs).
+    pub stderr_tty: bool,
     /// `NO_COLOR` is set to a non-empty value.
     pub no_color: bool,
     /// `TERM=dumb`: a terminal that cannot move its cursor.
@@ -53,6 +55,7 @@ impl Terminal {
         let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
         Terminal {
             stdout_tty: std::io::stdout().is_terminal(),
+            stderr_tty: std::io::stderr().is_terminal(),
             no_color: set("NO_COLOR"),
             dumb: std::env::var_os("TERM").is_some_and(|t| t == "dumb"),
         }
@@ -64,6 +67,16 @@ impl Terminal {
 pub struct LiveJsonConflict;
 
 impl DisplayArgs {
+    /// Whether `-v`'s log on stderr is colored: as `--color` says, and
+    /// with `auto` only on a terminal (stderr's own) without `NO_COLOR`.
+    pub fn log_color(&self, terminal: Terminal) -> bool {
+        match self.color {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => terminal.stderr_tty && !terminal.no_color && !terminal.dumb,
+        }
+    }
+
     /// The display of a run with `--json` (or not) and `-v` given `verbose`
     /// times. -v logs to the same terminal, so it keeps `auto` plain.
     pub fn resolve(
@@ -95,7 +108,8 @@ impl DisplayArgs {
 mod tests {
     use super::*;
 
-    const TTY: Terminal = Terminal { stdout_tty: true, no_color: false, dumb: false };
+    const TTY: Terminal =
+        Terminal { stdout_tty: true, stderr_tty: true, no_color: false, dumb: false };
     const PIPE: Terminal = Terminal { stdout_tty: false, ..TTY };
 
     fn args(progress: Progress, color: ColorChoice) -> DisplayArgs {
@@ -132,6 +146,18 @@ mod tests {
             args(Progress::Live, ColorChoice::Never).resolve(false, 0, TTY),
             Ok(Display::Live { color: false })
         );
+    }
+
+    #[test]
+    fn the_log_is_colored_on_a_terminal_only_unless_asked() {
+        let auto = args(Progress::Auto, ColorChoice::Auto);
+        assert!(auto.log_color(TTY));
+        let into_a_file = Terminal { stderr_tty: false, ..TTY };
+        assert!(!auto.log_color(into_a_file), "-v 2>log");
+        assert!(!auto.log_color(Terminal { no_color: true, ..TTY }), "NO_COLOR");
+        assert!(!auto.log_color(Terminal { dumb: true, ..TTY }), "TERM=dumb");
+        assert!(args(Progress::Auto, ColorChoice::Always).log_color(into_a_file));
+        assert!(!args(Progress::Auto, ColorChoice::Never).log_color(TTY));
     }
 
     #[test]

@@ -11,7 +11,8 @@ use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 
 use super::{HostError, HostResult};
 use crate::nix::{self, Archive, StorePath};
-use crate::process::Lines;
+use crate::process::{Lines, ProcessError};
+use crate::redact;
 
 type Once<T> = Arc<OnceCell<HostResult<T>>>;
 
@@ -82,11 +83,12 @@ impl Shared {
                 let _slot = self.cpu().await;
                 let mut said = Vec::new();
                 let mut keep = |l: &str| {
+                    let l = redact::scrub(l, flake);
                     tracing::debug!("nix flake archive: {l}");
-                    said.push(l.to_string())
+                    said.push(l)
                 };
                 let archived = nix::archive(flake, secs, ahead, &mut keep).await;
-                (archived.map_err(HostError::from), said)
+                (archived.map_err(|e| scrubbed(e.into(), flake)), said)
             })
             .await;
         said.iter().for_each(|l| out(l));
@@ -152,8 +154,47 @@ impl Shared {
             let installable = nix::toplevel_installable(flake, configuration);
             let local = crate::process::Local;
             let root = root.display().to_string();
-            nix::build(&local, &installable, &root, secs, out).await.map_err(HostError::from)
+            let mut said = |l: &str| out(&redact::scrub(l, flake));
+            let built = nix::build(&local, &installable, &root, secs, &mut said).await;
+            built.map_err(|e| scrubbed(e.into(), flake))
         });
         built.await.clone()
+    }
+}
+
+/// What a local Nix command said about `flake` (its output, the tail of
+/// its error), without the reference's credentials (`redact::scrub`).
+fn scrubbed(e: HostError, flake: &str) -> HostError {
+    match e {
+        HostError::Process(ProcessError::Failed { cmd, place, exit, tail }) => {
+            let tail = redact::scrub(&tail, flake);
+            HostError::Process(ProcessError::Failed { cmd, place, exit, tail })
+        }
+        HostError::Unexpected(m) => HostError::Unexpected(redact::scrub(&m, flake)),
+        e => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::{Exit, Place};
+
+    #[test]
+    fn what_nix_says_of_a_flake_loses_its_credentials() {
+        let flake = "git+https://oauth2:TOKEN@git.example.com/fleet";
+        let tail =
+            "error: unable to download 'https://oauth2:TOKEN@git.example.com/fleet': 401".into();
+        let e = HostError::Process(ProcessError::Failed {
+            cmd: "nix".into(),
+            place: Place::Local,
+            exit: Exit::Code(1),
+            tail,
+        });
+        let shown = scrubbed(e, flake).to_string();
+        assert!(
+            !shown.contains("TOKEN") && shown.contains("https://***@git.example.com"),
+            "{shown}"
+        );
     }
 }

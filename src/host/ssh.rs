@@ -170,10 +170,21 @@ impl Host for SshHost {
     ) -> HostResult<()> {
         let ssh = self.ssh()?;
         let store = ssh.dest.store_uri();
+        // Nix's ssh rides the master and fails closed without it: a master
+        // that died (and the host lock with it) is said as such.
+        let lost = || ProcessError::Disconnected { cmd: "nix copy".into() };
+        if !ssh.alive().await {
+            return Err(HostError::Process(lost()));
+        }
         {
             let _slot = self.shared.cpu().await;
             let opts = ssh.nix_sshopts()?;
-            nix::copy(std::slice::from_ref(path), &store, &opts, substitute, secs, out).await?;
+            let copied =
+                nix::copy(std::slice::from_ref(path), &store, &opts, substitute, secs, out).await;
+            if copied.is_err() && !ssh.alive().await {
+                return Err(HostError::Process(lost()));
+            }
+            copied?;
         }
         Ok(nix::add_root(ssh, path, &self.run.gc_root(), secs).await?)
     }

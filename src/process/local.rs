@@ -129,24 +129,3 @@ pub fn stop_all() {
     let groups = LIVE_GROUPS.lock().unwrap_or_else(|e| e.into_inner()).clone();
     groups.into_iter().for_each(signal_group);
 }
-
-/// Raises this process's soft limit of open files to its hard limit, and
-/// returns both (before, after). A run holds a few descriptors per host at
-/// once (the lock's session, the command in flight, their pipes): at about
-/// a hundred hosts that is past the 1024 that systemd and nspawn give a
-/// session by default, while the hard limit is far higher.
-pub fn raise_open_files_limit() -> std::io::Result<(libc::rlim_t, libc::rlim_t)> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit only read and write the struct given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let before = lim.rlim_cur;
-    if lim.rlim_cur < lim.rlim_max {
-        lim.rlim_cur = lim.rlim_max;
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok((before, lim.rlim_cur))
-}

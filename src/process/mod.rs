@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// How many lines of stderr a failure shows.
 pub const TAIL_LINES: usize = 20;
@@ -311,10 +311,16 @@ pub fn quote_argv(argv: &[String]) -> String {
 
 /// A command whose output is nobody's still never hides a warning (Nix's
 /// deprecations, its unknown settings): it becomes a line of the run.
-fn warn_unheard(cmd: &Cmd, place: &Place, line: &str) {
-    if is_warning(line) {
-        tracing::warn!("{} ({place}): {}", cmd.display(), line.trim());
+/// Without the credentials of a URL among its arguments (`redact`).
+fn unheard<S: Spawner + ?Sized>(cmd: &Cmd, on: &S, line: &str) {
+    if !is_warning(line) {
+        return;
     }
+    let place = on.place();
+    let urls = cmd.argv.iter().filter(|a| a.contains("://"));
+    let line = urls.fold(line.trim().to_string(), |l, url| crate::redact::scrub(&l, url));
+    let shown = Cmd::new(cmd.argv.iter().map(|a| crate::redact::argument(a))).display();
+    tracing::warn!("{shown} ({place}): {line}");
 }
 
 /// A warning as Nix (`warning: …`, `evaluation warning: …`) and OpenSSH
@@ -391,7 +397,9 @@ pub async fn run<S: Spawner + ?Sized>(
 ) -> Result<Output, ProcessError> {
     let started = Instant::now();
     let place = on.place();
-    tracing::debug!(%place, argv = %quote_argv(&cmd.argv), "run");
+    // A URL's credentials never reach the log (`redact`).
+    let shown: Vec<String> = cmd.argv.iter().map(|a| crate::redact::argument(a)).collect();
+    tracing::debug!(%place, argv = %quote_argv(&shown), "run");
     let limit = on.limit(cmd);
     let result = tokio::time::timeout(limit, drive(on, cmd, on_line)).await;
     let secs = started.elapsed().as_secs_f64();
@@ -425,15 +433,17 @@ async fn drive<S: Spawner + ?Sized>(
         }
         _ => None,
     };
-    let mut out_lines = BufReader::new(child.stdout).split(b'\n');
-    let mut err_lines = BufReader::new(child.stderr).split(b'\n');
+    // Lines for people are capped (LINE_MAX); stdout that is data only as
+    // a whole (STDOUT_CAP): an endless line costs no more than that.
+    let out_cap = if cmd.echo_stdout { lines::shown_cap() } else { STDOUT_CAP };
+    let mut out_lines = LineReader::new(child.stdout, out_cap);
+    let mut err_lines = LineReader::new(child.stderr, lines::shown_cap());
     let (mut stdout, mut stderr) = (String::new(), std::collections::VecDeque::new());
     let (mut out_open, mut err_open) = (true, true);
     while out_open || err_open {
         tokio::select! {
-            l = out_lines.next_segment(), if out_open => match l {
-                Ok(Some(bytes)) => {
-                    let line = String::from_utf8_lossy(&bytes);
+            l = out_lines.next_line(), if out_open => match l {
+                Ok(Some(Line { text: line, .. })) => {
                     if cmd.echo_stdout {
                         if let Some(f) = on_line.as_mut() { f(&line) }
                     }
@@ -444,13 +454,9 @@ async fn drive<S: Spawner + ?Sized>(
                 }
                 _ => out_open = false,
             },
-            l = err_lines.next_segment(), if err_open => match l {
-                Ok(Some(bytes)) => {
-                    let line = String::from_utf8_lossy(&bytes).into_owned();
-                    match on_line.as_mut() {
-                        Some(f) => f(&line),
-                        None => warn_unheard(cmd, &on.place(), &line),
-                    }
+            l = err_lines.next_line(), if err_open => match l {
+                Ok(Some(Line { text: line, .. })) => {
+                    if let Some(f) = on_line.as_mut() { f(&line) } else { unheard(cmd, on, &line) }
                     stderr.push_back(line);
                     if stderr.len() > STDERR_KEEP {
                         stderr.pop_front();
@@ -482,8 +488,10 @@ async fn drive<S: Spawner + ?Sized>(
     Ok(Output { exit, stdout, stderr, cmd: cmd.display(), place: on.place() })
 }
 
+mod lines;
 mod local;
 #[cfg(test)]
 mod tests;
 
-pub use local::{raise_open_files_limit, stop_all, GroupGuard, Local};
+pub use lines::{shown as shown_line, Line, LineReader, LINE_MAX};
+pub use local::{stop_all, GroupGuard, Local};

@@ -128,11 +128,38 @@ async fn a_warning_of_a_command_without_a_line_sink_is_still_told() {
     assert!(!said.contains("other noise"), "{said}");
 }
 
-#[test]
-fn the_open_files_limit_is_raised_to_the_hard_limit() {
-    let (before, after) = raise_open_files_limit().unwrap();
-    assert!(after >= before, "{before} -> {after}");
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-    assert_eq!((lim.rlim_cur, lim.rlim_max), (after, after));
+#[tokio::test]
+async fn an_endless_line_reaches_the_sink_cut_and_marked() {
+    let mut seen = Vec::new();
+    let mut sink = |l: &str| seen.push(l.to_string());
+    // 4 MB on stderr and stdout without a newline, then one more line.
+    let cmd = sh("head -c 4000000 /dev/zero | tr '\\0' x >&2; echo >&2; echo done >&2; \
+                  head -c 4000000 /dev/zero | tr '\\0' y; echo")
+    .secs(60);
+    let out = run(&Local, &cmd, Some(&mut sink)).await.unwrap().check().unwrap();
+    assert_eq!(seen.len(), 3, "{:?}", seen.iter().map(String::len).collect::<Vec<_>>());
+    for l in &seen {
+        assert!(l.len() < LINE_MAX + 200, "{}", l.len());
+    }
+    assert!(seen.iter().any(|l| l.starts_with("xxx") && l.ends_with("of 4000000 bytes]")));
+    assert!(seen.contains(&"done".to_string()));
+    assert!(out.stdout.len() < LINE_MAX + 200, "{}", out.stdout.len());
+}
+
+#[tokio::test]
+async fn a_told_warning_keeps_no_credentials() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let url = "git+https://oauth2:s3cr3t-token@git.example/fleet?ref=main&access_token=s3cr3t2";
+    let cmd = Cmd::script(Script("echo \"warning: Git tree '$1' is dirty\" >&2"), [url]).secs(5);
+    run(&Local, &cmd, None).await.unwrap().check().unwrap();
+    let said = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(said.contains("warning: Git tree 'git+https://"), "{said}");
+    assert!(!said.contains("s3cr3t"), "{said}");
 }

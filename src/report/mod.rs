@@ -5,6 +5,7 @@
 mod human;
 pub mod live;
 mod paint;
+pub mod safe;
 
 use std::io::Write;
 use std::sync::mpsc::Receiver;
@@ -52,12 +53,13 @@ pub struct Output {
 pub fn stdout(display: Display) -> (Sink, Output) {
     let (tx, rx) = std::sync::mpsc::channel::<(SystemTime, Event)>();
     let writer = std::thread::spawn(move || match display {
-        Display::Json => write_lines(rx, json_line),
+        Display::Json => write_lines(rx, |e, at| json_line(&e, at)),
         Display::Plain { color } => {
             let mut human = Human::with_paint(Paint::new(color));
-            write_lines(rx, move |e, _| human.render(e))
+            write_lines(rx, move |e, _| human.render(&safe::event(e)))
         }
         Display::Live { color } => {
+            // What a target said is shown escaped, never raw (`safe`).
             let events = untimed(rx);
             live::run(events, live::Live::stdout(Paint::new(color)))
         }
@@ -68,12 +70,13 @@ pub fn stdout(display: Display) -> (Sink, Output) {
     (sink, Output { writer })
 }
 
-/// The events without their times, as the live display takes them.
+/// The events without their times and safe for a terminal, as the live
+/// display takes them.
 fn untimed(rx: Receiver<(SystemTime, Event)>) -> Receiver<Event> {
     let (tx, events) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for (_, e) in rx {
-            if tx.send(e).is_err() {
+            if tx.send(safe::event(e)).is_err() {
                 break;
             }
         }
@@ -84,11 +87,11 @@ fn untimed(rx: Receiver<(SystemTime, Event)>) -> Receiver<Event> {
 /// Writes each event's text as it comes.
 fn write_lines(
     rx: Receiver<(SystemTime, Event)>,
-    mut render: impl FnMut(&Event, SystemTime) -> String,
+    mut render: impl FnMut(Event, SystemTime) -> String,
 ) {
     let mut out = std::io::stdout();
     for (at, e) in rx {
-        let text = render(&e, at);
+        let text = render(e, at);
         if !text.is_empty() && (out.write_all(text.as_bytes()).is_err() || out.flush().is_err()) {
             // Nobody reads any more (a closed pipe): drop what is left.
             continue;

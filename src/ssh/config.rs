@@ -13,6 +13,7 @@ pub fn ssh_opts_to_config(opts: &[String]) -> Result<Vec<String>, SshError> {
     let mut lines = Vec::new();
     for o in crate::rules::ssh_opts(opts).map_err(SshError::SshOpts)? {
         lines.push(match o {
+            SshOpt::Config { key, value } if takes_rest_of_line(key) => format!("{key} {value}"),
             SshOpt::Config { key, value } => format!("{key} {}", quote_config(value)),
             SshOpt::WithValue { flag: 'i', value } => {
                 format!("IdentityFile {}", quote_config(value))
@@ -32,6 +33,16 @@ pub fn ssh_opts_to_config(opts: &[String]) -> Result<Vec<String>, SshError> {
     Ok(lines)
 }
 
+/// Options whose value is the rest of the line, a command ssh hands to a
+/// shell: written as they are (quotes would become part of the program's
+/// name).
+const REST_OF_LINE: [&str; 4] =
+    ["ProxyCommand", "KnownHostsCommand", "LocalCommand", "RemoteCommand"];
+
+fn takes_rest_of_line(key: &str) -> bool {
+    REST_OF_LINE.iter().any(|k| k.eq_ignore_ascii_case(key))
+}
+
 fn quote_config(v: &str) -> String {
     if v.contains(char::is_whitespace) {
         format!("\"{v}\"")
@@ -40,10 +51,25 @@ fn quote_config(v: &str) -> String {
     }
 }
 
-/// The generated ssh config: the user's sshOpts, then the default files
-/// (`-F` replaces them, and the first value of an option wins).
-pub(super) fn config_file(ssh_opts: &[String]) -> Result<String, SshError> {
-    let mut lines = ssh_opts_to_config(ssh_opts)?;
+/// Options that say how to reach a host: they hold for the host itself
+/// only. (A jump host's ssh reads the same file: a ProxyJump that held
+/// for every host would send it through itself, again and again.)
+fn reaches(line: &str) -> bool {
+    let key = line.split_whitespace().next().unwrap_or("");
+    key.eq_ignore_ascii_case("ProxyJump") || key.eq_ignore_ascii_case("ProxyCommand")
+}
+
+/// The generated ssh config for `host`: the user's sshOpts (how to reach
+/// it for `host` itself only), then the default files (`-F` replaces
+/// them, and the first value of an option wins).
+pub(super) fn config_file(ssh_opts: &[String], host: &str) -> Result<String, SshError> {
+    let (via, mut lines): (Vec<String>, Vec<String>) =
+        ssh_opts_to_config(ssh_opts)?.into_iter().partition(|l| reaches(l));
+    if !via.is_empty() {
+        lines.push(format!("Match originalhost {}", quote_config(host)));
+        lines.extend(via.into_iter().map(|l| format!("  {l}")));
+        lines.push("Match all".into());
+    }
     if let Some(home) = std::env::var_os("HOME") {
         let user_cfg = Path::new(&home).join(".ssh/config");
         if user_cfg.exists() {
@@ -102,6 +128,21 @@ mod tests {
                 "AddressFamily inet"
             ]
         );
+        // Commands are the rest of the line, spaces and quotes included.
+        for (opt, line) in [
+            ("ProxyCommand=nc %h %p", "ProxyCommand nc %h %p"),
+            ("proxycommand ssh -W %h:%p 'jump host'", "proxycommand ssh -W %h:%p 'jump host'"),
+            (
+                "KnownHostsCommand=/bin/cat /k/known hosts",
+                "KnownHostsCommand /bin/cat /k/known hosts",
+            ),
+            ("LocalCommand=echo \"%n\" >> log", "LocalCommand echo \"%n\" >> log"),
+            ("RemoteCommand=exec bash -l", "RemoteCommand exec bash -l"),
+            ("SetEnv=A=b c", "SetEnv \"A=b c\""),
+        ] {
+            let opts = vec!["-o".to_string(), opt.to_string()];
+            assert_eq!(ssh_opts_to_config(&opts).unwrap(), vec![line], "{opt}");
+        }
         let err = |o: &[&str]| {
             let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
             ssh_opts_to_config(&o).unwrap_err().to_string()
@@ -117,6 +158,26 @@ mod tests {
             assert!(e.starts_with("sshOpts.0: expected an ssh option"), "{bad:?}: {e}");
             assert!(e.ends_with(problem), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn how_to_reach_the_host_holds_for_the_host_only() {
+        let opts: Vec<String> =
+            ["-i", "/k/id", "-J", "root@jump", "-4"].iter().map(|s| s.to_string()).collect();
+        let text = config_file(&opts, "10.0.0.5").unwrap();
+        let lines: Vec<&str> = text.lines().take(5).collect();
+        assert_eq!(
+            lines,
+            [
+                "IdentityFile /k/id",
+                "AddressFamily inet",
+                "Match originalhost 10.0.0.5",
+                "  ProxyJump root@jump",
+                "Match all"
+            ]
+        );
+        let plain = config_file(&["-i".to_string(), "/k/id".to_string()], "h").unwrap();
+        assert!(!plain.contains("Match"), "{plain}");
     }
 
     #[test]

@@ -76,8 +76,12 @@ impl Destination {
     /// The ssh-ng store URI. A non-root user reaches the store through the
     /// escalation command: the daemon socket may refuse an unprivileged
     /// user, and would not trust it with unsigned paths.
+    /// An IPv6 zone id's `%` is written `%25` (RFC 6874); the fleet's
+    /// rules refuse every other character that would change the URI
+    /// (`?`, `#`, `&`, `%`) in host names and users.
     pub fn store_uri(&self) -> String {
-        let mut uri = format!("ssh-ng://{}@{}", self.user, self.uri_host());
+        let host = bracket_ipv6(&self.host.replace('%', "%25"));
+        let mut uri = format!("ssh-ng://{}@{host}", self.user);
         if !self.escalate.is_empty() {
             let program: Vec<&str> =
                 self.escalate.iter().map(String::as_str).chain(["nix-daemon"]).collect();
@@ -160,5 +164,11 @@ mod tests {
         assert_eq!(d.host, "fe80::1");
         assert_eq!(d.store_uri(), "ssh-ng://root@[fe80::1]");
         assert_eq!(d.display(), "root@[fe80::1]:22");
+        let zoned = dest("deploy", "fe80::1%eth0");
+        assert_eq!(
+            zoned.store_uri(),
+            "ssh-ng://deploy@[fe80::1%25eth0]?remote-program=sudo%20-n%20nix-daemon"
+        );
+        assert_eq!(zoned.display(), "deploy@[fe80::1%eth0]:22");
     }
 }

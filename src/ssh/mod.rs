@@ -75,7 +75,7 @@ impl Ssh {
             None
         } else {
             let path = dir.path().join("ssh_config");
-            std::fs::write(&path, config_file(&dest.ssh_opts)?).map_err(io)?;
+            std::fs::write(&path, config_file(&dest.ssh_opts, &dest.host)?).map_err(io)?;
             Some(path)
         };
         let mut ssh = Ssh { dest, name: name.to_string(), session: None, dir, config };
@@ -134,11 +134,11 @@ impl Ssh {
         self.session.as_ref().ok_or_else(|| ProcessError::Disconnected { cmd: cmd.display() })
     }
 
-    /// `NIX_SSHOPTS` that make Nix ride on our master: no new login.
+    /// `NIX_SSHOPTS` that make Nix ride on our master, and fail closed
+    /// without it ([`nix_sshopts`]).
     pub fn nix_sshopts(&self) -> Result<String, ProcessError> {
         let cmd = Cmd::new(["nix"]);
-        let socket = self.session(&cmd)?.control_socket().display().to_string();
-        Ok(format!("-S {socket} -o ControlMaster=no"))
+        Ok(nix_sshopts(self.session(&cmd)?.control_socket()))
     }
 
     /// A runner for commands over a brand-new ssh login that cannot reuse
@@ -248,7 +248,9 @@ impl FreshLogin<'_> {
         let d = &self.0.dest;
         let mut argv: Vec<String> =
             ["ssh", "-o", "ControlPath=none", "-o", "ControlMaster=no"].map(String::from).into();
+        // Our command is the command: none from sshOpts or ~/.ssh/config.
         for o in [
+            "RemoteCommand=none".to_string(),
             "BatchMode=yes".to_string(),
             "StrictHostKeyChecking=yes".into(),
             format!("ConnectTimeout={}", d.connect_timeout),
@@ -287,6 +289,20 @@ impl Spawner for FreshLogin<'_> {
     }
 }
 
+/// `NIX_SSHOPTS` for a Nix command (`nix copy`, `nix flake archive`, ...)
+/// that must reach a host only through our master at `socket`: the one
+/// way every such command gets its ssh options. With the master gone, ssh
+/// would otherwise open a login of its own (to port 22, without the
+/// host's sshOpts, keys or known hosts); `ProxyCommand=false` makes that
+/// fail at once instead, and a working master is used before any proxy.
+/// (Nix splits the value at whitespace: no option may hold a space.)
+pub fn nix_sshopts(socket: &std::path::Path) -> String {
+    format!(
+        "-S {} -o ControlMaster=no -o ProxyCommand=false -o BatchMode=yes -o StrictHostKeyChecking=yes",
+        socket.display()
+    )
+}
+
 async fn close_session(s: Option<Arc<Session>>) {
     if let Some(s) = s {
         match Arc::try_unwrap(s) {
@@ -312,4 +328,29 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nix_rides_the_master_and_may_not_log_in_on_its_own() {
+        let opts = super::nix_sshopts(std::path::Path::new("/tmp/deploy-flake-ssh.x/master"));
+        // Nix splits NIX_SSHOPTS at whitespace: each option is one word.
+        let words: Vec<&str> = opts.split_whitespace().collect();
+        assert_eq!(
+            words,
+            [
+                "-S",
+                "/tmp/deploy-flake-ssh.x/master",
+                "-o",
+                "ControlMaster=no",
+                "-o",
+                "ProxyCommand=false",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=yes"
+            ]
+        );
+    }
 }

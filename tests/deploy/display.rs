@@ -251,3 +251,26 @@ fn off_a_terminal_the_output_is_plain_lines() {
     let last = Regex::new(r"\n\n2 of 2 host\(s\) succeeded in [0-9.]+s; exit code 0\n$").unwrap();
     assert!(last.is_match(summary), "{summary}");
 }
+
+/// A target's terminal escapes (a window title, a cleared screen, the
+/// clipboard) in its output and in its failure message reach the live
+/// display escaped: the terminal gets none of them raw.
+#[test]
+fn the_live_display_shows_a_targets_escapes_escaped() {
+    let lab = Lab::boot(2, Suite::Trixie);
+    let f = flake(
+        &lab,
+        &[
+            host_entry(&lab, "out", &lab.targets[0], "prints-escapes", ""),
+            host_entry(&lab, "fails", &lab.targets[1], "escapes-in-failure", ""),
+        ],
+    );
+    let run = under_pty(&f, &["--all"], &[]);
+    assert_eq!(run.code, 1, "{run}");
+    let raw = String::from_utf8_lossy(&run.bytes);
+    for seq in ["\u{1b}]", "\u{7}", "\u{1b}[2J", "\u{1b}[H"] {
+        assert!(!raw.contains(seq), "{seq:?} reached the terminal: {raw:?}");
+    }
+    let screen = run.transcript();
+    assert!(screen.contains(r"refusing \x1b]0;pwned\x07 \x1b[2J here"), "{screen}");
+}

@@ -2,8 +2,8 @@
 //! reported (its `--json` stream).
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -86,7 +86,7 @@ pub fn events(stdout: &str) -> Vec<Value> {
 }
 
 /// `deploy-flake --json --flake FLAKE ARGS...`, to completion.
-pub fn deploy(flake: &Path, args: &[&str]) -> Run {
+pub fn deploy<F: AsRef<OsStr> + ?Sized>(flake: &F, args: &[&str]) -> Run {
     let started = Instant::now();
     let out: Output = command(flake, args).output().expect("run deploy-flake");
     Run {
@@ -99,7 +99,7 @@ pub fn deploy(flake: &Path, args: &[&str]) -> Run {
 
 /// A subcommand (`rollback`, `status`, `diff`) comes first, the run's
 /// options after it.
-pub fn command(flake: &Path, args: &[&str]) -> Command {
+pub fn command<F: AsRef<OsStr> + ?Sized>(flake: &F, args: &[&str]) -> Command {
     let mut c = Command::new("timeout");
     c.args(["--kill-after=10", "600", BIN]).args(tool_args(flake, args));
     c.env("NIX_CONFIG", NIX_CONFIG);
@@ -107,19 +107,24 @@ pub fn command(flake: &Path, args: &[&str]) -> Command {
 }
 
 /// `[SUBCOMMAND] --json --flake FLAKE ARGS...`
-pub fn tool_args(flake: &Path, args: &[&str]) -> Vec<std::ffi::OsString> {
+pub fn tool_args<F: AsRef<OsStr> + ?Sized>(flake: &F, args: &[&str]) -> Vec<std::ffi::OsString> {
     let (sub, args) = match args.first() {
         Some(&sub @ ("rollback" | "status" | "diff")) => (Some(sub), &args[1..]),
         _ => (None, args),
     };
     let mut argv: Vec<std::ffi::OsString> = sub.into_iter().map(Into::into).collect();
-    argv.extend(["--json".into(), "--flake".into(), flake.as_os_str().to_owned()]);
+    argv.extend(["--json".into(), "--flake".into(), flake.as_ref().to_owned()]);
     argv.extend(args.iter().map(Into::into));
     argv
 }
 
 /// `deploy`, on another deploying machine (see `Deployer`).
-pub fn deploy_on(deployer: Deployer, lab: &Lab, flake: &Path, args: &[&str]) -> Run {
+pub fn deploy_on<F: AsRef<OsStr> + ?Sized>(
+    deployer: Deployer,
+    lab: &Lab,
+    flake: &F,
+    args: &[&str],
+) -> Run {
     let started = Instant::now();
     let out = deployer.tool(lab.dir(), &tool_args(flake, args), &[]).output().expect("run it");
     Run {
@@ -138,7 +143,7 @@ pub struct Background {
 }
 
 impl Background {
-    pub fn start(flake: &Path, args: &[&str]) -> Background {
+    pub fn start<F: AsRef<OsStr> + ?Sized>(flake: &F, args: &[&str]) -> Background {
         let mut c = Command::new(BIN);
         c.args(["--json", "--flake"])
             .arg(flake)

@@ -35,6 +35,7 @@ mod deployer;
 mod display;
 mod helpers;
 mod holes;
+mod hostile;
 mod operator;
 mod pipeline;
 mod reboot;

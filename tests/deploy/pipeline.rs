@@ -477,33 +477,3 @@ fn an_unsigned_input_reaches_a_target_that_requires_signatures(suite: Suite) {
     assert_eq!(t.current_system(), Some(sys.clone()));
     assert_eq!(t.boot_profile(), Some(sys));
 }
-
-/// A deploying machine's default soft limit of open files (1024 under
-/// systemd, nspawn and most desktops) is no limit on the fleet: the tool
-/// raises it to the hard limit. Here a soft limit of 32 against 5 hosts
-/// at once, each holding its lock's session and a command's pipes.
-#[test]
-fn a_low_limit_of_open_files_does_not_stop_a_fleet() {
-    let lab = Lab::boot(5, Suite::Trixie);
-    let entries: Vec<String> = (lab.targets.iter().enumerate())
-        .map(|(i, t)| host_entry(&lab, &format!("h{i}"), t, "healthy-v2", ""))
-        .collect();
-    let f = flake(&lab, &entries);
-    let mut cmd = std::process::Command::new("prlimit");
-    cmd.args(["--nofile=32:4096", "--"]);
-    let inner = command(&f, &["--all", "--max-parallel", "0"]);
-    cmd.arg(inner.get_program()).args(inner.get_args());
-    cmd.env("NIX_CONFIG", crate::common::NIX_CONFIG);
-    let out = cmd.output().unwrap();
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        elapsed: Duration::ZERO,
-    };
-    assert_eq!(run.code, 0, "{run}");
-    for (i, t) in lab.targets.iter().enumerate() {
-        assert_eq!(run.outcome(&format!("h{i}")), "deployed", "{run}");
-        assert_eq!(t.ssh_ok("cat /run/demo-web/version"), "healthy-v2");
-    }
-}
