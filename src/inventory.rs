@@ -383,8 +383,19 @@ pub async fn load(flake: &str, timeout: Duration) -> Result<Inventory, Inventory
             return Err(InventoryError::Timeout { flake, after: timeout });
         }
     };
+    let stderr = String::from_utf8_lossy(&stderr);
     if !status.success() {
-        return Err(classify_eval_failure(flake, &String::from_utf8_lossy(&stderr)));
+        return Err(classify_eval_failure(flake, &stderr));
+    }
+    // What Nix warned about (a dirty tree, an unknown setting, a deprecation)
+    // is the run's to say.
+    // Without the reference's credentials (`redact`).
+    let shown = crate::redact::flake_ref(flake);
+    for line in stderr.lines().filter(|l| crate::process::is_warning(l)) {
+        tracing::warn!(
+            "nix eval {shown}#deployFlake: {}",
+            crate::redact::scrub(line.trim(), flake)
+        );
     }
     read
 }

@@ -62,6 +62,8 @@
 #                                  host lock while a line arrives on stdin at least
 #                                  every BEAT_SECS, each written to RUNDIR/alive; says
 #                                  "deploy-flake-locked" once it holds it, after
+#                                  the switches going on, the host's Nix
+#                                  ("deploy-flake-nix <nix --version>") and
 #                                  what `health HEALTH_SECS` says when asked)
 #   agent.sh displace RUNID CMD...  (ends a holder of the host lock of the same
 #                                  run, whose deployer lost its connection to it,
@@ -1097,14 +1099,17 @@ diff() {
     if [ -z "$current" ]; then
         echo "deploy-flake-packages-unknown the host runs no system to compare with"
     else
-        out=$(nix --extra-experimental-features nix-command store diff-closures "$current" "$toplevel" 2>&1)
+        # Nix's own warnings (and errors) go to stderr, which the deployer
+        # shows.
+        out=$(nix --extra-experimental-features nix-command store diff-closures "$current" "$toplevel")
         rc=$?
         if [ "$rc" = 0 ]; then
-            printf '%s\n' "$out" | sed '/^$/d; s/^/deploy-flake-package /'
+            printf '%s
+' "$out" | sed '/^$/d; s/^/deploy-flake-package /'
         else
-            echo "deploy-flake-packages-unknown nix store diff-closures exited with $rc: $(last_words "$out")"
+            echo "deploy-flake-packages-unknown nix store diff-closures exited with $rc (what it said is above)"
         fi
-        nix --extra-experimental-features nix-command path-info --closure-size "$current" "$toplevel" 2> /dev/null |
+        nix --extra-experimental-features nix-command path-info --closure-size "$current" "$toplevel" |
             awk '{print "deploy-flake-closure " $1 " " $2}'
     fi
     out=$("$toplevel/bin/switch-to-configuration" dry-activate 2>&1 < /dev/null)
@@ -1139,6 +1144,22 @@ last_words() {
     printf '%s\n' "$1" | sed '/^[[:space:]]*$/d' | tail -n 1
 }
 
+# The Nix that commands run here ("deploy-flake-nix <nix --version>"), for
+# the flags the deployer gives them. Asked again only when the binary is
+# another (device, inode, time, size): a lock costs one stat, not a Nix.
+nix_version() {
+    bin=$(command -v nix) || return 0
+    key=$(stat -L -c '%d:%i:%Y:%s' "$bin" 2> /dev/null) || return 0
+    seen='' said=''
+    if [ -r "$STATE/nix-version" ]; then { read -r seen && read -r said; } < "$STATE/nix-version"; fi
+    if [ "$seen" != "$key" ]; then
+        said=$(nix --version 2> /dev/null | head -n 1)
+        printf '%s\n%s\n' "$key" "$said" > "$STATE/nix-version.tmp" &&
+            mv -f "$STATE/nix-version.tmp" "$STATE/nix-version"
+    fi
+    echo "deploy-flake-nix $said"
+}
+
 hold() {
     info=$1 patience=$2 rundir=$3 preflight=${4:-}
     main=$$
@@ -1156,6 +1177,7 @@ hold() {
     printf '%s\n' "$serial" > "$STATE/lock.serial"
     echo "deploy-flake-serial $serial"
     switches_in_progress
+    nix_version
     # The deployer's preflight, answered with the lock.
     if [ -n "$preflight" ]; then health "$preflight" "$rundir"; fi
     # Taking the lock (again, after a reconnect) is a sign of life.

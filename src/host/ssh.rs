@@ -7,6 +7,7 @@ use crate::build::{Build, BuildError, CopiedFrom, Route, Way};
 use crate::events::Reason;
 use crate::inventory::{HealthCheck, KeySpec};
 use crate::keys::{KeyError, Loaded};
+use crate::nix::version::NixVersion;
 use crate::nix::{self, Archive, StorePath};
 use crate::process::{Exit, Lines, ProcessError, Spawner};
 use crate::ssh::{Destination, Ssh, SshError};
@@ -26,6 +27,9 @@ pub struct SshHost {
     /// Asked to reboot: the lock and the agent go with it, and a reconnect
     /// does not take the lock again (`lock` does, once it is back).
     rebooting: bool,
+    /// The host's Nix, read with the lock: the flags of its Nix commands
+    /// come from `nix::version` (none differs by version there today).
+    nix: Option<NixVersion>,
     shared: std::sync::Arc<Shared>,
 }
 
@@ -44,6 +48,7 @@ impl SshHost {
             lock: None,
             owner: String::new(),
             rebooting: false,
+            nix: None,
             shared,
         }
     }
@@ -90,6 +95,13 @@ impl Host for SshHost {
         let lock = agent::lock(ssh, &self.run, owner, Some(origin), health_secs, secs).await?;
         let locked =
             Locked { busy: lock.busy.clone(), health: lock.health.clone(), held_meanwhile: false };
+        if self.nix != lock.nix {
+            match lock.nix {
+                Some(v) => tracing::debug!("{} runs {v}", self.name),
+                None => tracing::debug!("{}: no Nix version it said could be read", self.name),
+            }
+            self.nix = lock.nix;
+        }
         self.lock = Some(lock);
         self.owner = owner.to_string();
         self.rebooting = false;
