@@ -636,9 +636,14 @@ fn the_build_host_s_remote_builders_take_its_builds() {
     let entry = host_entry(&lab, "h", target, "healthy-v2", &on_build_host(&lab, bh, ""));
     let f = flake_with(&lab, &[entry], "remote builder");
     // `diff` builds there as a deploy would, and changes nothing.
+    // (A host that runs no system yet has no packages to compare with:
+    // that part is unknown, and diff exits 1 for it.)
     let diff = super::helpers::deploy(&f, &["diff", "--all"]);
-    assert_eq!(diff.code, 0, "{diff}");
+    assert_eq!(diff.code, 1, "{diff}");
     let shown: Value = serde_json::from_str(diff.stdout.trim()).unwrap();
+    assert_eq!(shown["hosts"][0]["error"], Value::Null, "{diff}");
+    let unknown = &shown["hosts"][0]["changes"]["unknown"];
+    assert_eq!(unknown["packages"], "the host runs no system to compare with", "{diff}");
     let new = shown["hosts"][0]["new"].as_str().unwrap_or_else(|| panic!("{diff}")).to_string();
     assert_eq!(target.current_system(), None);
     let run = super::helpers::deploy(&f, &["--all"]);
