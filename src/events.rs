@@ -1,6 +1,8 @@
 //! The typed events of a run: the only contract between the engine (runner
-//! and pipeline) and everything that prints. The engine never writes prose
-//! to the terminal; renderers in `report` turn events into text or JSON.
+//! and pipeline) and everything that prints. The engine writes no text for
+//! the terminal; renderers in `report` turn events into text or JSON. Its
+//! only other voice is `tracing` (warnings and errors; more with `-v`),
+//! which the binary writes to stderr.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,4 +1,7 @@
-//! parse -> run -> exit code. The one place that decides the exit status.
+//! parse -> run -> exit code. The one place that decides the exit status:
+//! at the end of a run, from its reports, or at once when a second Ctrl-C
+//! (or SIGTERM) quits; the signals are handled here, and what they do said
+//! here.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -7,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use deploy_flake::cli::{Action, Cli, Command, Options, OutputFormat, Terminal};
@@ -16,7 +19,7 @@ use deploy_flake::diff::Shows;
 use deploy_flake::exit::Exit;
 use deploy_flake::host::Shared;
 use deploy_flake::inventory::DEFAULT_EVAL_TIMEOUT;
-use deploy_flake::pipeline::{Approved, Context as RunContext, Interrupt, Mode};
+use deploy_flake::pipeline::{Approved, Context as RunContext, Interrupt, InterruptHandle, Mode};
 use deploy_flake::plan;
 use deploy_flake::report::safe;
 use deploy_flake::rollout::{self, Plan};
@@ -318,7 +321,7 @@ async fn deploy(
         keep_keys: false,
         sink,
     };
-    runner::on_interrupts(raise, changing);
+    on_interrupts(raise, changing);
     let parallel = parallel(options, targets.len());
     let reports = runner::run(targets, ctx, parallel, shared.clone(), waves).await;
     // The build hosts' GC roots of this run go; the hosts hold theirs.
@@ -326,4 +329,48 @@ async fn deploy(
     // Everything the run said is written before the process ends.
     output.finish();
     Ok(runner::exit_for(&reports))
+}
+
+/// Ctrl-C, or SIGTERM (a cancelled CI job, a service manager stopping
+/// it): the first stops every host that has not started to change (at
+/// once, whatever it is doing: local builds and temporary directories go
+/// with it); the second quits, leaving hosts whose agent is at work to
+/// their agents. The exit code then says whether any was.
+fn on_interrupts(raise: InterruptHandle, changing: Arc<AtomicUsize>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    tokio::spawn(async move {
+        let mut term = signal(SignalKind::terminate()).ok();
+        if let Some(by) = interrupted(&mut term).await {
+            raise.raise();
+            eprintln!(
+                "deploy-flake: interrupted ({by}): hosts not yet changing stop now, unchanged; hosts \
+                 already activating are confirmed or rolled back (Ctrl-C or SIGTERM again to quit now)"
+            );
+        }
+        if interrupted(&mut term).await.is_some() {
+            deploy_flake::process::stop_all();
+            let exit = if changing.load(Ordering::SeqCst) > 0 {
+                eprintln!(
+                    "deploy-flake: quitting; hosts mid-activation converge on their own (confirmed: \
+                     the new system; otherwise: the previous one)"
+                );
+                Exit::UnknownState
+            } else {
+                eprintln!("deploy-flake: quitting; no host had started to change");
+                Exit::HostsFailed
+            };
+            std::process::exit(exit.code().into());
+        }
+    });
+}
+
+/// The next Ctrl-C or SIGTERM, by name (`None`: signals cannot be had).
+async fn interrupted(term: &mut Option<tokio::signal::unix::Signal>) -> Option<&'static str> {
+    match term {
+        Some(term) => tokio::select! {
+            c = tokio::signal::ctrl_c() => c.ok().map(|()| "Ctrl-C"),
+            t = term.recv() => t.map(|()| "SIGTERM"),
+        },
+        None => tokio::signal::ctrl_c().await.ok().map(|()| "Ctrl-C"),
+    }
 }

@@ -5,7 +5,6 @@
 //! Ctrl-C stops new hosts (and waves) from starting; hosts already past
 //! `connect` finish (the on-target agent confirms or rolls back by itself).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use tokio::task::JoinSet;
 use crate::events::{Event, HostReport, Outcome, Reason};
 use crate::exit::Exit;
 use crate::host::{Shared, SshHost};
-use crate::pipeline::{self, Context, InterruptHandle};
+use crate::pipeline::{self, Context};
 use crate::rollout::{halted_message, Plan, Soak, Wave};
 use crate::select::Target;
 use crate::ssh::Destination;
@@ -291,50 +290,6 @@ fn not_run(
         reason: Some(reason),
         message: Some(msg.to_string()),
         provenance: Default::default(),
-    }
-}
-
-/// Ctrl-C, or SIGTERM (a cancelled CI job, a service manager stopping
-/// it): the first stops every host that has not started to change (at
-/// once, whatever it is doing: local builds and temporary directories go
-/// with it); the second quits, leaving hosts whose agent is at work to
-/// their agents. The exit code then says whether any was.
-pub fn on_interrupts(raise: InterruptHandle, changing: Arc<AtomicUsize>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    tokio::spawn(async move {
-        let mut term = signal(SignalKind::terminate()).ok();
-        if let Some(by) = interrupted(&mut term).await {
-            raise.raise();
-            eprintln!(
-                "deploy-flake: interrupted ({by}): hosts not yet changing stop now, unchanged; hosts \
-                 already activating are confirmed or rolled back (Ctrl-C or SIGTERM again to quit now)"
-            );
-        }
-        if interrupted(&mut term).await.is_some() {
-            crate::process::stop_all();
-            let exit = if changing.load(Ordering::SeqCst) > 0 {
-                eprintln!(
-                    "deploy-flake: quitting; hosts mid-activation converge on their own (confirmed: \
-                     the new system; otherwise: the previous one)"
-                );
-                Exit::UnknownState
-            } else {
-                eprintln!("deploy-flake: quitting; no host had started to change");
-                Exit::HostsFailed
-            };
-            std::process::exit(exit.code().into());
-        }
-    });
-}
-
-/// The next Ctrl-C or SIGTERM, by name (`None`: signals cannot be had).
-async fn interrupted(term: &mut Option<tokio::signal::unix::Signal>) -> Option<&'static str> {
-    match term {
-        Some(term) => tokio::select! {
-            c = tokio::signal::ctrl_c() => c.ok().map(|()| "Ctrl-C"),
-            t = term.recv() => t.map(|()| "SIGTERM"),
-        },
-        None => tokio::signal::ctrl_c().await.ok().map(|()| "Ctrl-C"),
     }
 }
 
