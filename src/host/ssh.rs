@@ -12,7 +12,8 @@ use crate::nix::{self, Archive, StorePath};
 use crate::process::{Exit, Lines, ProcessError, Spawner};
 use crate::ssh::{Destination, Ssh, SshError};
 
-/// Logins tried when the host answers but the login does not finish in time.
+/// Logins tried when the host answers but the login does not finish in time
+/// (the master's at connect, a fresh one to confirm).
 const LOGIN_ATTEMPTS: u32 = 3;
 
 /// A real host over ssh.
@@ -352,7 +353,7 @@ impl Host for SshHost {
             };
             match status {
                 Err(ProcessError::Timeout { .. })
-                    if !delivered && attempt < 3 && self.alive().await =>
+                    if !delivered && attempt < LOGIN_ATTEMPTS && self.alive().await =>
                 {
                     attempt += 1
                 }

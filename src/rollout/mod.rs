@@ -159,7 +159,9 @@ pub struct Wave {
 }
 
 impl Plan {
-    /// Every host in one wave, no soak: a run without a rollout.
+    /// Every host in one wave, no soak: what a run without a rollout plans
+    /// (the tests compare against it).
+    #[cfg(test)]
     pub fn single(n: usize) -> Plan {
         Plan {
             waves: vec![Wave { hosts: (0..n).collect(), canary: false }],

@@ -1,3 +1,6 @@
+//! Rollouts planned from deployFlake.rollout: waves, canaries, the failure
+//! budget, and the soak's verdicts.
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
