@@ -32,6 +32,9 @@
               ./src
               ./lib
               ./tests
+              # What tests/docs.rs checks against the code.
+              ./README.md
+              ./docs/architecture.md
             ];
           };
           cargoLock.lockFile = ./Cargo.lock;
@@ -50,6 +53,8 @@
             "select"
             "--test"
             "layout"
+            "--test"
+            "docs"
             "--test"
             "cli_flags"
           ];

@@ -1,5 +1,5 @@
 # The interpreter of rules.json, the rule set that mkDeployFlake,
-# deployChecks and the tool (src/rules.rs) share. Builtins only.
+# deployChecks and the tool (src/rules/) share. Builtins only.
 #
 # Each option's rule compiles to `{ ok; problem; }`: `ok value` is the fast
 # path (it builds no message), `problem path value` is null for a valid value,
