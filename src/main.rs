@@ -301,7 +301,7 @@ async fn deploy(
     let changing = Arc::new(AtomicUsize::new(0));
     let (sink, output) = report::stdout(display);
     // Both wanted soon by every host, neither before it is connected.
-    let origin = runner::Origin::new(&options.flake, &format!("{:?}", options.goal).to_lowercase());
+    let origin = runner::Origin::new(&options.flake, options.goal);
     origin.prefetch();
     prefetch_archive(&targets, options, &shared);
     let ctx = RunContext {

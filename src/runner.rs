@@ -55,8 +55,8 @@ pub struct Origin {
 }
 
 impl Origin {
-    pub fn new(flake: &str, goal: &str) -> Arc<Origin> {
-        let (flake, goal) = (flake.to_string(), goal.to_string());
+    pub fn new(flake: &str, goal: pipeline::Goal) -> Arc<Origin> {
+        let (flake, goal) = (flake.to_string(), goal.as_str().to_string());
         Arc::new(Origin { flake, goal, text: tokio::sync::OnceCell::new() })
     }
 

@@ -262,3 +262,14 @@ fn completions_and_man_deploy_nothing() {
         Err(CliError::NotADeploy("man"))
     );
 }
+
+/// A goal's wire word (what a host keeps of the run) is the word `--goal`
+/// takes for it.
+#[test]
+fn each_goal_s_wire_word_is_its_goal_flag() {
+    let words: Vec<&str> = Goal::ALL.iter().map(|g| g.as_str()).collect();
+    assert_eq!(words, ["switch", "test", "boot"]);
+    for goal in Goal::ALL {
+        assert_eq!(opts(&["--all", "--goal", goal.as_str()]).unwrap().goal, goal);
+    }
+}

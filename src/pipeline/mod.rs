@@ -118,6 +118,21 @@ pub enum Goal {
     Boot,
 }
 
+impl Goal {
+    /// Every goal.
+    pub const ALL: [Goal; 3] = [Goal::Switch, Goal::Test, Goal::Boot];
+
+    /// Its wire word: `--goal`'s value, and the `goal` a host keeps of the
+    /// run that deploys it (`deploy-flake status` shows it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Goal::Switch => "switch",
+            Goal::Test => "test",
+            Goal::Boot => "boot",
+        }
+    }
+}
+
 /// A flag that Ctrl-C raises, and that can be awaited.
 #[derive(Clone)]
 pub struct Interrupt(tokio::sync::watch::Receiver<bool>);
