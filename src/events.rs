@@ -107,7 +107,39 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome.
+    pub const ALL: [Outcome; 10] = [
+        Outcome::Deployed,
+        Outcome::UpToDate,
+        Outcome::Failed,
+        Outcome::RolledBack,
+        Outcome::Unconfirmed,
+        Outcome::Superseded,
+        Outcome::Unknown,
+        Outcome::Cancelled,
+        Outcome::Skipped,
+        Outcome::Unchecked,
+    ];
+
+    /// Its wire word: `outcome` in `--json` (`up-to-date`). People read
+    /// its `Display`.
     pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Deployed => "deployed",
+            Outcome::UpToDate => "up-to-date",
+            Outcome::Failed => "failed",
+            Outcome::RolledBack => "rolled-back",
+            Outcome::Unconfirmed => "unconfirmed",
+            Outcome::Superseded => "superseded",
+            Outcome::Unknown => "unknown",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Skipped => "skipped",
+            Outcome::Unchecked => "unchecked",
+        }
+    }
+
+    /// What the summary and the live display call it.
+    fn label(self) -> &'static str {
         match self {
             Outcome::Deployed => "deployed",
             Outcome::UpToDate => "up to date",
@@ -137,6 +169,13 @@ impl Outcome {
                 | Outcome::Superseded
                 | Outcome::Unknown
         )
+    }
+}
+
+/// For people: `up to date`, `activated, not confirmed`, `UNKNOWN STATE`.
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
     }
 }
 
@@ -367,3 +406,30 @@ fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error
 
 /// Where events go. Renderers and tests are just different sinks.
 pub type Sink = Arc<dyn Fn(Event) + Send + Sync>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outcome_s_wire_word_is_its_json_and_its_display_is_for_people() {
+        let table = [
+            (Outcome::Deployed, "deployed", "deployed"),
+            (Outcome::UpToDate, "up-to-date", "up to date"),
+            (Outcome::Failed, "failed", "failed"),
+            (Outcome::RolledBack, "rolled-back", "rolled back"),
+            (Outcome::Unconfirmed, "unconfirmed", "activated, not confirmed"),
+            (Outcome::Superseded, "superseded", "superseded"),
+            (Outcome::Unknown, "unknown", "UNKNOWN STATE"),
+            (Outcome::Cancelled, "cancelled", "cancelled"),
+            (Outcome::Skipped, "skipped", "skipped"),
+            (Outcome::Unchecked, "unchecked", "deployed, unchecked"),
+        ];
+        assert_eq!(table.map(|(o, _, _)| o), Outcome::ALL);
+        for (outcome, wire, label) in table {
+            assert_eq!(serde_json::to_value(outcome).unwrap(), wire);
+            assert_eq!(outcome.as_str(), wire);
+            assert_eq!(outcome.to_string(), label);
+        }
+    }
+}

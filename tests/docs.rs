@@ -193,6 +193,8 @@ fn the_docs_list_exactly_the_events_outcomes_and_reasons_of_the_code() {
     for word in &reasons {
         assert!(deploy_flake::events::Reason::parse(word).is_some(), "{word}: not a reason");
     }
+    let words = deploy_flake::events::Outcome::ALL.map(|o| o.as_str().to_string());
+    assert_eq!(words.as_slice(), outcomes, "the outcomes read from src/events.rs");
     // The reason table in events.rs itself.
     let table: Vec<String> = code
         .lines()

@@ -70,11 +70,12 @@ impl Human {
                 match (&report.message, report.outcome.is_success()) {
                     (None, _) | (Some(_), true) => format!(
                         "{t} {} ({secs})\n",
-                        self.paint.outcome(report.outcome, report.outcome.as_str())
+                        self.paint.outcome(report.outcome, &report.outcome.to_string())
                     ),
                     (Some(m), false) => format!(
                         "{t} {} in {} ({secs}): {}\n",
-                        self.paint.outcome(report.outcome, &report.outcome.as_str().to_uppercase()),
+                        self.paint
+                            .outcome(report.outcome, &report.outcome.to_string().to_uppercase()),
                         report.phase.map(|p| p.as_str()).unwrap_or("-"),
                         m.replace('\n', &format!("\n{t}   "))
                     ),
@@ -167,7 +168,7 @@ pub fn summary_with(
                 Some(w) => format!("{} ({w})", r.host),
                 None => r.host.clone(),
             },
-            r.outcome.as_str().to_string(),
+            r.outcome.to_string(),
             r.phase.map(|p| p.as_str().to_string()).unwrap_or_else(|| "-".into()),
             fmt_duration(r.duration),
             r.system.clone().unwrap_or_else(|| "-".into()),

@@ -314,7 +314,7 @@ pub fn after_soak(
             } else {
                 (Outcome::Failed, deployed.system.clone(), deployed.boot.clone())
             };
-            let how = r.message.as_deref().unwrap_or(r.outcome.as_str());
+            let how = r.message.clone().unwrap_or_else(|| r.outcome.to_string());
             let msg = format!("{failed}; returning to the system it ran before failed: {how}");
             (outcome, system, boot, msg)
         }

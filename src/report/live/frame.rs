@@ -130,14 +130,14 @@ fn more_line(hidden: &[&HostState], paint: Paint) -> String {
 /// output lines.
 pub fn finished_lines(h: &HostState, report: &HostReport, paint: Paint) -> Vec<String> {
     let (mark, word) = match report.outcome {
-        Outcome::Deployed | Outcome::UpToDate => ("✔", report.outcome.as_str().to_string()),
+        Outcome::Deployed | Outcome::UpToDate => ("✔", report.outcome.to_string()),
         Outcome::Failed => ("✘", "FAILED".to_string()),
         Outcome::RolledBack | Outcome::Unconfirmed | Outcome::Superseded => {
-            ("↺", report.outcome.as_str().to_uppercase())
+            ("↺", report.outcome.to_string().to_uppercase())
         }
-        Outcome::Unknown => ("?", report.outcome.as_str().to_string()),
+        Outcome::Unknown => ("?", report.outcome.to_string()),
         Outcome::Cancelled | Outcome::Skipped | Outcome::Unchecked => {
-            ("-", report.outcome.as_str().to_string())
+            ("-", report.outcome.to_string())
         }
     };
     let secs = fmt_duration(report.duration);
