@@ -182,8 +182,7 @@ mod tests {
             .iter()
             .map(|&(timeout, period)| crate::inventory::HealthCheck {
                 description: "true".into(),
-                command: Some(vec!["true".into()]),
-                http: None,
+                probe: crate::inventory::Probe::Command(vec!["true".into()]),
                 timeout,
                 period,
             })

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::inventory::HealthCheck;
+use crate::inventory::{HealthCheck, Probe};
 use crate::process::{self, Cmd, Spawner};
 
 /// Run `check` until it passes; the error says why its last attempt failed.
@@ -16,16 +16,15 @@ pub async fn run_check<S: Spawner>(on: &S, check: &HealthCheck) -> Result<(), St
     let deadline = Instant::now() + Duration::from_secs(check.timeout);
     loop {
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
-        let attempt = match (&check.command, &check.http) {
-            (Some(argv), _) => command_once(on, argv, left).await,
-            (None, Some(url)) => http_get(url, left).await.and_then(|code| {
+        let attempt = match &check.probe {
+            Probe::Command(argv) => command_once(on, argv, left).await,
+            Probe::Http(url) => http_get(url, left).await.and_then(|code| {
                 if (200..400).contains(&code) {
                     Ok(())
                 } else {
                     Err(format!("HTTP {code}"))
                 }
             }),
-            (None, None) => Err("neither command nor http".into()),
         };
         match attempt {
             Ok(()) => return Ok(()),

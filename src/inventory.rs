@@ -153,16 +153,60 @@ fn yes() -> bool {
     true
 }
 
-/// A health check: a command on the target (as root) or an HTTP GET from the
-/// deploying machine, retried every `period` s until it passes or `timeout` s pass.
+/// A health check, retried every `period` s until it passes or `timeout` s
+/// pass. Its record is lib/'s (`command` or `http`, the other null): one
+/// with both or neither does not read, and the rules name its fault.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(try_from = "HealthCheckRecord", into = "HealthCheckRecord")]
 pub struct HealthCheck {
     pub description: String,
-    pub command: Option<Vec<String>>,
-    pub http: Option<String>,
+    pub probe: Probe,
     pub period: u64,
     pub timeout: u64,
+}
+
+/// What a health check does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// This command on the target, as root: passes when it exits 0.
+    Command(Vec<String>),
+    /// An HTTP GET of this URL from the deploying machine: passes on 2xx, 3xx.
+    Http(String),
+}
+
+/// A health check as lib/ writes it.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct HealthCheckRecord {
+    description: String,
+    command: Option<Vec<String>>,
+    http: Option<String>,
+    period: u64,
+    timeout: u64,
+}
+
+impl TryFrom<HealthCheckRecord> for HealthCheck {
+    type Error = &'static str;
+
+    fn try_from(r: HealthCheckRecord) -> Result<HealthCheck, &'static str> {
+        let probe = match (r.command, r.http) {
+            (Some(argv), None) => Probe::Command(argv),
+            (None, Some(url)) => Probe::Http(url),
+            _ => return Err("a health check has exactly one of command and http"),
+        };
+        Ok(HealthCheck { description: r.description, probe, period: r.period, timeout: r.timeout })
+    }
+}
+
+impl From<HealthCheck> for HealthCheckRecord {
+    fn from(c: HealthCheck) -> HealthCheckRecord {
+        let (command, http) = match c.probe {
+            Probe::Command(argv) => (Some(argv), None),
+            Probe::Http(url) => (None, Some(url)),
+        };
+        let (description, period, timeout) = (c.description, c.period, c.timeout);
+        HealthCheckRecord { description, command, http, period, timeout }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -139,7 +139,10 @@ fn render_host(out: &mut String, t: &Target, flake: &str, build_hosts: &BTreeMap
         let _ = writeln!(out, "  tags:          {}", s.tags.join(", "));
     }
     for c in &s.health_checks {
-        let place = if c.command.is_some() { "on the target" } else { "from here" };
+        let place = match c.probe {
+            crate::inventory::Probe::Command(_) => "on the target",
+            crate::inventory::Probe::Http(_) => "from here",
+        };
         let _ = writeln!(
             out,
             "  health check:  {} ({place}; every {}s for up to {}s)",

@@ -2,7 +2,9 @@
 //! with its exact message.
 
 use deploy_flake::events::Phase;
-use deploy_flake::inventory::{self, classify_eval_failure, BuildOn, HostSpec, InventoryError};
+use deploy_flake::inventory::{
+    self, classify_eval_failure, BuildOn, HostSpec, InventoryError, Probe,
+};
 use serde_json::{json, Value};
 
 fn host() -> Value {
@@ -252,7 +254,9 @@ fn timeouts_are_bounded() {
 fn health_checks_are_checked_as_resolved_records() {
     let check = json!({ "description": "up", "command": ["true"], "http": null, "period": 2, "timeout": 30 });
     let inv = inventory::parse(&doc_with("healthChecks", json!([check]))).unwrap();
-    assert_eq!(inv.hosts["web1"].health_checks[0].command, Some(vec!["true".to_string()]));
+    let read = &inv.hosts["web1"].health_checks[0];
+    assert_eq!(read.probe, Probe::Command(vec!["true".into()]));
+    assert_eq!(serde_json::to_value(read).unwrap(), check);
     let mut null_period = check.clone();
     null_period["period"] = json!(null);
     assert_eq!(
@@ -261,10 +265,21 @@ fn health_checks_are_checked_as_resolved_records() {
     );
     let mut both = check.clone();
     both["http"] = json!("http://x/");
-    assert_eq!(
-        err(&doc_with("healthChecks", json!([both]))),
-        r#"deployFlake.hosts.web1.healthChecks.0: expected a health check ({ command = [ "argv" ... ]; } run on the target as root, or { http = "http://..."; } fetched from the deploying machine; optional: description, period, timeout), got an attribute set: needs exactly one of command (a non-empty argv) or http (an http:// URL); fix it in the flake's deployFlake"#
-    );
+    let mut neither = check.clone();
+    neither["command"] = json!(null);
+    for wrong in [both, neither] {
+        assert_eq!(
+            err(&doc_with("healthChecks", json!([wrong]))),
+            r#"deployFlake.hosts.web1.healthChecks.0: expected a health check ({ command = [ "argv" ... ]; } run on the target as root, or { http = "http://..."; } fetched from the deploying machine; optional: description, period, timeout), got an attribute set: needs exactly one of command (a non-empty argv) or http (an http:// URL); fix it in the flake's deployFlake"#
+        );
+    }
+    // An HTTP check reads as one, and is written back as lib/ wrote it.
+    let mut http = check.clone();
+    (http["command"], http["http"]) = (json!(null), json!("http://x/"));
+    let inv = inventory::parse(&doc_with("healthChecks", json!([http.clone()]))).unwrap();
+    let read = &inv.hosts["web1"].health_checks[0];
+    assert_eq!(read.probe, Probe::Http("http://x/".into()));
+    assert_eq!(serde_json::to_value(read).unwrap(), http);
     // Records from a lib/ without health checks still read.
     let mut h = host();
     h.as_object_mut().unwrap().remove("healthChecks");

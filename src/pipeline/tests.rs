@@ -364,8 +364,7 @@ async fn a_failing_health_check_is_not_confirmed_and_the_agent_rolls_back() {
     let r = drive(f, |t, _| {
         t.spec.health_checks.push(HealthCheck {
             description: "curl".into(),
-            command: Some(vec!["curl".into()]),
-            http: None,
+            probe: crate::inventory::Probe::Command(vec!["curl".into()]),
             period: 1,
             timeout: 3,
         })

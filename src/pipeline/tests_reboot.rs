@@ -113,8 +113,7 @@ async fn always_reboots_even_when_nothing_is_needed_and_reruns_the_health_checks
         ctx.reboot = Reboot::Always;
         t.spec.health_checks = vec![crate::inventory::HealthCheck {
             description: "web answers".into(),
-            command: Some(vec!["true".into()]),
-            http: None,
+            probe: crate::inventory::Probe::Command(vec!["true".into()]),
             period: 2,
             timeout: 30,
         }];

@@ -1,6 +1,7 @@
 //! Checking values against the rules: JSON, or a record serde has read.
 
 use super::*;
+use crate::inventory::Probe;
 
 // ---------------------------------------------------------------------------
 // The values under check
@@ -171,8 +172,14 @@ impl<'a> View<'a> {
             },
             View::Check(c) => match key {
                 "description" => View::Str(&c.description),
-                "command" => c.command.as_deref().map_or(View::Null, View::Strs),
-                "http" => opt_str(c.http.as_deref()),
+                "command" => match &c.probe {
+                    Probe::Command(argv) => View::Strs(argv),
+                    Probe::Http(_) => View::Null,
+                },
+                "http" => match &c.probe {
+                    Probe::Http(url) => View::Str(url),
+                    Probe::Command(_) => View::Null,
+                },
                 "period" => View::Int(c.period),
                 "timeout" => View::Int(c.timeout),
                 _ => return None,
