@@ -156,7 +156,7 @@ fn row(host: &str, st: &HostState) -> [String; 7] {
         }
         _ => "-".into(),
     };
-    [host.to_string(), st.state.clone(), short(&st.current), boots, failed, lock, last]
+    [host.to_string(), st.state.to_string(), short(&st.current), boots, failed, lock, last]
 }
 
 fn first_line(s: &str) -> String {
@@ -194,7 +194,7 @@ mod tests {
         HostState {
             current: Some(current.into()),
             profile: Some(profile.into()),
-            state: "running".into(),
+            state: crate::agent::SystemState::Running,
             ..HostState::default()
         }
     }

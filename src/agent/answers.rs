@@ -3,10 +3,70 @@
 
 use super::{answer, answers};
 
+/// systemd's state of the system (`systemctl is-system-running`), read
+/// from the agent's answer here and nowhere else.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SystemState {
+    Initializing,
+    Starting,
+    Running,
+    Degraded,
+    Maintenance,
+    Stopping,
+    Offline,
+    /// systemd could not tell, or there was no answer.
+    #[default]
+    Unknown,
+    /// A word this deployer does not know (a newer systemd's).
+    Other(String),
+}
+
+impl SystemState {
+    /// Every state but `Other`, with systemd's word.
+    const WORDS: [(SystemState, &'static str); 8] = [
+        (SystemState::Initializing, "initializing"),
+        (SystemState::Starting, "starting"),
+        (SystemState::Running, "running"),
+        (SystemState::Degraded, "degraded"),
+        (SystemState::Maintenance, "maintenance"),
+        (SystemState::Stopping, "stopping"),
+        (SystemState::Offline, "offline"),
+        (SystemState::Unknown, "unknown"),
+    ];
+
+    /// systemd's word (an empty one is `unknown`).
+    pub fn parse(word: &str) -> SystemState {
+        let word = if word.is_empty() { "unknown" } else { word };
+        let known = Self::WORDS.iter().find(|(_, w)| *w == word);
+        known.map_or_else(|| SystemState::Other(word.to_string()), |(s, _)| s.clone())
+    }
+
+    /// systemd's word.
+    pub fn as_str(&self) -> &str {
+        match self {
+            SystemState::Other(word) => word,
+            s => Self::WORDS.iter().find(|(k, _)| k == s).map_or("unknown", |(_, w)| w),
+        }
+    }
+}
+
+/// As systemd's word (`status --json`).
+impl serde::Serialize for SystemState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for SystemState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The system state and the failed units.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Health {
-    pub state: String,
+    pub state: SystemState,
     pub failed_units: Vec<String>,
     /// The units that had failed before this run's activation.
     pub failed_before: Vec<String>,
@@ -15,7 +75,7 @@ pub struct Health {
 impl Health {
     pub fn parse(stdout: &str) -> Health {
         Health {
-            state: answer(stdout, "state").unwrap_or_else(|| "unknown".into()),
+            state: SystemState::parse(&answer(stdout, "state").unwrap_or_default()),
             failed_units: answers(stdout, "failed").map(String::from).collect(),
             failed_before: answers(stdout, "failed-already").map(String::from).collect(),
         }
@@ -30,12 +90,13 @@ impl Health {
     /// Healthy after an activation: running, or degraded only by units
     /// that had failed before it (a host deployed with --skip-preflight).
     pub fn healthy_after_activation(&self) -> bool {
-        let degraded_as_before = self.state == "degraded" && !self.failed_units.is_empty();
-        (self.state == "running" || degraded_as_before) && self.new_failures().is_empty()
+        let degraded_as_before =
+            self.state == SystemState::Degraded && !self.failed_units.is_empty();
+        (self.state == SystemState::Running || degraded_as_before) && self.new_failures().is_empty()
     }
 
     pub fn is_running(&self) -> bool {
-        self.state == "running" && self.failed_units.is_empty()
+        self.state == SystemState::Running && self.failed_units.is_empty()
     }
 
     pub fn describe(&self) -> String {
@@ -156,7 +217,7 @@ pub struct HostState {
     pub default_entry: Option<String>,
     pub boot_id: Option<String>,
     /// `systemctl is-system-running`.
-    pub state: String,
+    pub state: SystemState,
     pub failed_units: Vec<String>,
     /// What only a reboot brings in for what it boots (`None`: unknown).
     pub needs_reboot: Option<Vec<String>>,
@@ -189,7 +250,7 @@ impl HostState {
             booted: answer(stdout, "booted-system"),
             default_entry: answer(stdout, "default-entry"),
             boot_id: answer(stdout, "boot-id"),
-            state: answer(stdout, "state").unwrap_or_else(|| "unknown".into()),
+            state: SystemState::parse(&answer(stdout, "state").unwrap_or_default()),
             failed_units: answers(stdout, "failed").map(String::from).collect(),
             needs_reboot: reboot(stdout, "reboot-profile"),
             lock: answer(stdout, "lock"),

@@ -31,7 +31,7 @@ const STATE_DIR: &str = "/run/deploy-flake";
 /// Every answer line meant for the deployer starts with this.
 const ANSWER: &str = "deploy-flake-";
 
-pub use answers::{Changes, CheckVerdict, Facts, Health, HostState, PackageChange};
+pub use answers::{Changes, CheckVerdict, Facts, Health, HostState, PackageChange, SystemState};
 pub use follow::{confirm, launch, watch};
 pub use lock::{lock, HostLock, LockError};
 

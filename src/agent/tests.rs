@@ -34,7 +34,7 @@ fn answers_are_parsed() {
     assert_eq!(h.failed_units, ["a.service", "b.service"]);
     assert_eq!(h.describe(), "system is degraded (failed units: a.service, b.service)");
     assert!(!h.is_running());
-    assert_eq!(Health::parse("").state, "unknown");
+    assert_eq!(Health::parse("").state, SystemState::Unknown);
     // After an activation: only units that had failed before may be failed.
     let h = Health::parse(
         "deploy-flake-state degraded\ndeploy-flake-failed old.service\ndeploy-flake-failed-already old.service\n",
@@ -279,4 +279,31 @@ fn what_the_system_runs_runs_under_umask_022() {
          read -r rc < \"$sysrc\"; rm -f \"$sysrc\"; echo \"rc $rc\"; umask",
     );
     assert_eq!(out, "0022\noops\nrc 3\n0077\n");
+}
+
+#[test]
+fn system_states_are_systemd_s_words_and_a_new_word_is_kept() {
+    let table = [
+        ("initializing", SystemState::Initializing),
+        ("starting", SystemState::Starting),
+        ("running", SystemState::Running),
+        ("degraded", SystemState::Degraded),
+        ("maintenance", SystemState::Maintenance),
+        ("stopping", SystemState::Stopping),
+        ("offline", SystemState::Offline),
+        ("unknown", SystemState::Unknown),
+        ("hibernating", SystemState::Other("hibernating".into())),
+    ];
+    for (word, state) in table {
+        let h = Health::parse(&format!("deploy-flake-state {word}\n"));
+        assert_eq!(h.state, state, "{word}");
+        assert_eq!(h.state.to_string(), word);
+        assert_eq!(serde_json::to_value(&h.state).unwrap(), word);
+        assert_eq!(h.describe(), format!("system is {word}"));
+        // Healthy only when running (no unit failed).
+        assert_eq!(h.is_running(), word == "running", "{word}");
+        assert_eq!(h.healthy_after_activation(), word == "running", "{word}");
+    }
+    assert_eq!(HostState::parse("deploy-flake-state degraded\n").state, SystemState::Degraded);
+    assert_eq!(HostState::parse("").state, SystemState::Unknown);
 }

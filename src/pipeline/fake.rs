@@ -61,7 +61,8 @@ pub fn failed(cmd: &str, tail: &str) -> HostError {
 
 pub fn health(state: &str, failed: &[&str]) -> HostResult<Health> {
     let failed_units = failed.iter().map(|u| u.to_string()).collect();
-    Ok(Health { state: state.into(), failed_units, failed_before: Vec::new() })
+    let state = crate::agent::SystemState::parse(state);
+    Ok(Health { state, failed_units, failed_before: Vec::new() })
 }
 
 pub struct Fake {
