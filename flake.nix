@@ -65,10 +65,10 @@
                 --zsh <($out/bin/deploy-flake completions zsh) \
                 --fish <($out/bin/deploy-flake completions fish)
               $out/bin/deploy-flake man > deploy-flake.1
-              for sub in rollback status diff; do
+              for sub in rollback status diff keys; do
                 $out/bin/deploy-flake man $sub > deploy-flake-$sub.1
               done
-              installManPage deploy-flake.1 deploy-flake-rollback.1 deploy-flake-status.1 deploy-flake-diff.1
+              installManPage deploy-flake.1 deploy-flake-rollback.1 deploy-flake-status.1 deploy-flake-diff.1 deploy-flake-keys.1
             ''
             + ''
               wrapProgram $out/bin/deploy-flake \

@@ -37,6 +37,16 @@
 #                                  (an ssh option for every host; repeatable)
 #   bash bench/fleet.sh 30 -v      (the tool's -v: each command it runs and its
 #                                  duration, in the events' .stderr files)
+#   bash bench/fleet.sh --deployer sid
+#                                  deploy from a machine of another suite: the
+#                                  same binary in a container of that suite's
+#                                  root file system (its Nix and OpenSSH; sid:
+#                                  Nix 2.34, OpenSSH 10.6) on the lab's network
+#                                  (tests/lab/lab.sh deployer), its store kept
+#                                  across the runs. dfl_cpu/h then also counts
+#                                  the container's start (nspawn, about 0.1 s
+#                                  per run), and own/kid/mst is not split (the
+#                                  tool is not measure.py's child)
 # The tool's --json events and the results stay in the directory printed
 # at the end. Targets are stopped and lab indexes released on any exit.
 set -euo pipefail
@@ -46,7 +56,7 @@ BENCH_PREFIX=fleet
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
 
-n=100 parallel="0 16" curve=0 sizes="1 10 50 100" reuse=0 verbose=()
+n=100 parallel="0 16" curve=0 sizes="1 10 50 100" reuse=0 verbose=() deployer=""
 while (($#)); do
     case $1 in
         --parallel) parallel=$2; shift 2 ;;
@@ -55,6 +65,7 @@ while (($#)); do
         --reuse-builds) reuse=1; shift ;;
         -v) verbose=(-v); shift ;;
         --ssh-opt) SSH_OPTS+=("$2"); shift 2 ;;
+        --deployer) deployer=$2; shift 2 ;;
         [0-9]*) n=$1; shift ;;
         *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
     esac
@@ -71,6 +82,13 @@ out=$(mktemp -d /tmp/deploy-flake-fleet-results.XXXXXX)
 (cd "$ROOT" && cargo build --release --locked -q)
 bin=$ROOT/target/release/deploy-flake
 bench_init
+# The tool's command line on the deploying machine.
+tool=("$bin")
+if [ -n "$deployer" ]; then
+    tool=(bash "$LAB" deployer "$deployer" "$WORK" -l "$WORK/deployer-$deployer" -b "$bin"
+        -e "NIX_CONFIG=$NIX_CONFIG" -- "$bin")
+    log "deploying from $deployer: $(bash "$LAB" deployer "$deployer" "$WORK" -- sh -c 'nix --version; ssh -V 2>&1' | tr '\n' ' ')"
+fi
 claim_indexes "$n"
 boot_targets
 
@@ -80,7 +98,7 @@ CFGS=()
 for ((k = 0; k < n; k++)); do CFGS+=(healthy-v1); done
 write_hosts "$flake" "$n"
 log "baseline: healthy-v1 on $n hosts"
-"$bin" --all --flake "$flake" --max-parallel 0 >"$out/baseline.log" 2>&1 ||
+"${tool[@]}" --all --flake "$flake" --max-parallel 0 >"$out/baseline.log" 2>&1 ||
     die "baseline deploy failed (exit $?): $out/baseline.log"
 
 runs=0
@@ -91,11 +109,11 @@ measure_run() { # MODE HOSTS PAR
     cpu0=$(target_cpu_usec "$hosts")
     l0=$(logins_total "$hosts")
     python3 "$ROOT/bench/measure.py" run --out "$WORK/result.json" --events "$ev" -- \
-        "$bin" "${verbose[@]}" --json --all --flake "$flake" --max-parallel "$par"
+        "${tool[@]}" "${verbose[@]}" --json --all --flake "$flake" --max-parallel "$par"
     cpu1=$(target_cpu_usec "$hosts")
     l1=$(logins_total "$hosts")
     python3 "$ROOT/bench/measure.py" merge "$WORK/result.json" mode="$mode" hosts="$hosts" \
-        par="$par" target_cpu_s="$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { print (b - a) / 1e6 }')" \
+        par="$par" deployer="\"${deployer:-here}\"" target_cpu_s="$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { print (b - a) / 1e6 }')" \
         logins=$((l1 - l0)) events="\"$ev\"" >>"$out/results.jsonl"
     log "$mode, $hosts hosts, --max-parallel $par: $(tail -n 1 "$out/results.jsonl" |
         python3 -c "import json,sys; r=json.load(sys.stdin); print('%.2fs, exit %s, %s' % (r['wall'], r['exit'], r['outcomes']))")"

@@ -61,7 +61,12 @@ def read(path, default=""):
 
 
 def procs(cg):
-    return [int(p) for p in read(os.path.join(cg, "cgroup.procs")).split()]
+    """The processes of cg and of the cgroups below it (a deploying
+    container, `lab.sh deployer`, runs in cgroups of its own below ours)."""
+    found = []
+    for d, _, _ in os.walk(cg):
+        found += [int(p) for p in read(os.path.join(d, "cgroup.procs")).split()]
+    return found
 
 
 def status_kb(pid, field):
@@ -321,11 +326,19 @@ def other_cpu(r):
 
 def split(r):
     """Deployer CPU per host in ms: the tool itself / the children it
-    waited for / the rest of its tree (the ssh masters)."""
+    waited for / the rest of its tree (the ssh masters). Not for a tool
+    run on another deploying machine (a container): not our child."""
+    if r.get("deployer", "here") != "here":
+        return "-"
     n, own = r["hosts"], r.get("tool_own_cpu_s", 0)
     kids = r["rusage_cpu_s"] - own
     rest = max(0.0, r["cpu_s"] - r["rusage_cpu_s"])
     return f"{own / n * 1000:.0f}/{kids / n * 1000:.0f}/{rest / n * 1000:.0f}"
+
+
+def tool_hwm(r):
+    """The tool's own peak RSS, when the tool is measure.py's child."""
+    return f"{r['tool_hwm_kb'] / 1024:.1f}" if r.get("deployer", "here") == "here" else "-"
 
 
 def outcomes(r):
@@ -337,16 +350,20 @@ def outcomes(r):
 def fleet(argv):
     cores = os.cpu_count()
     rows = load(argv[0])
-    hdr = ("mode", "hosts", "par", "wall_s", "floor_s", "busy%", "other_s", "dfl_cpu/h_ms", "own/kid/mst", "tgt_cpu/h_ms",
-           "logins/h", "tool_hwm_MB", "tree_pss_MB", "tree_rss_MB", "cg_mem_MB", "procs", "outcomes")
-    fmt = "%-7s %5s %4s %8s %8s %5s %7s %12s %12s %12s %8s %11s %11s %11s %9s %5s  %s"
+    hdr = ("mode", "hosts", "par", "wall_s", "floor_s", "x_floor", "busy%", "other_s", "dfl_cpu/h_ms", "own/kid/mst",
+           "tgt_cpu/h_ms", "logins/h", "tool_hwm_MB", "tree_pss_MB", "tree_rss_MB", "cg_mem_MB", "procs", "outcomes")
+    fmt = "%-7s %5s %4s %8s %8s %7s %5s %7s %12s %12s %12s %8s %11s %11s %11s %9s %5s  %s"
+    deployers = {r.get("deployer", "here") for r in rows}
+    if deployers != {"here"}:
+        print("deploying from: " + ", ".join(sorted(deployers)))
     print(fmt % hdr)
     for r in rows:
-        n = r["hosts"]
-        print(fmt % (r["mode"], n, r["par"], f"{r['wall']:.2f}", f"{r['target_cpu_s'] / cores:.2f}",
+        n, floor = r["hosts"], r["target_cpu_s"] / cores
+        x_floor = f"{r['wall'] / floor:.2f}" if floor > 0 else "-"
+        print(fmt % (r["mode"], n, r["par"], f"{r['wall']:.2f}", f"{floor:.2f}", x_floor,
                      f"{busy(r):.0f}", f"{other_cpu(r):.1f}",
                      f"{r['cpu_s'] / n * 1000:.0f}", split(r), f"{r['target_cpu_s'] / n * 1000:.0f}",
-                     f"{r['logins'] / n:.2f}", f"{r['tool_hwm_kb'] / 1024:.1f}",
+                     f"{r['logins'] / n:.2f}", tool_hwm(r),
                      f"{r['tree_pss_peak_kb'] / 1024:.0f}", f"{r['tree_rss_peak_kb'] / 1024:.0f}",
                      f"{r['cg_mem_peak_kb'] / 1024:.0f}", r["procs_peak"], outcomes(r)))
         for f_ in r["failures"][:5]:
@@ -355,7 +372,7 @@ def fleet(argv):
             print(f"    note x{count}: {text}")
         if r["killed_lingering"]:
             print(f"    still running 40 s after exit (killed): {r['killed_lingering']}")
-    print(f"floor_s = the targets' CPU time / {cores} cores; own/kid/mst = deployer CPU per host of "
+    print(f"floor_s = the targets' CPU time / {cores} cores; x_floor = wall_s / floor_s; own/kid/mst = deployer CPU per host of "
           "the tool itself / the children it waited for (nix, fresh-login ssh) / the rest (ssh "
           "masters); other_s = CPU seconds that other work on "
           "this machine took during the run; dfl = deploy-flake's process tree; tgt = the targets' "

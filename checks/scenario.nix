@@ -43,7 +43,8 @@ let
   # deployFlake hosts: `<target>-from` (tag "from") sets up the starting
   # configuration; `<target>` (tag "to") is the deploy under test.
   hosts = lib.foldl' (acc: t: acc
-    // { ${t} = { hostname = t; configuration = "${t}-${plan.${t}.to}"; tags = [ "to" ]; }; }
+    // { ${t} = { hostname = t; configuration = "${t}-${plan.${t}.to}"; tags = [ "to" ]; }
+      // lib.optionalAttrs (t == "target1") { keys = scenario.keys or { }; }; }
     // lib.optionalAttrs (plan.${t}.from != null) {
       "${t}-from" = { hostname = t; configuration = "${t}-${plan.${t}.from}"; tags = [ "from" ]; };
     })
@@ -115,6 +116,12 @@ let
   outputChecks = {
     chatty-activation = ''assert_lines(out, "chatty activation line ", 3000)'';
     prints-escapes = ''assert "\x1b" not in out and "\x07" not in out and r"title \x1b]0;pwned\x07 clear" in out, "escapes reached the output raw, or not at all"'';
+  };
+
+  # What a scenario leaves on target1 beyond what it runs and boots (one
+  # line of Python).
+  targetChecks = {
+    needs-key = ''assert target1.succeed("cat /run/demo-keys/seen").strip() == "demo-key-content" and target1.succeed("stat -c '%U:%G %a' /run/keys/demo-key").strip() == "nobody:keys 440", "the service did not read its key, or the key's owner or mode is wrong"'';
   };
 in
 pkgs.testers.runNixOSTest ({ config, ... }:
@@ -296,6 +303,7 @@ in
                 assert profile(m) == e["boot"], f"{t}: system profile is {profile(m)}"
         for t in targets:
             deployer.wait_until_succeeds(f"ssh -o BatchMode=yes root@{t} true", timeout=120)
+        ${targetChecks.${name} or ""}
 
     with subtest("the targets took the unsigned inputs as they are"):
         for t, m in targets.items():

@@ -48,6 +48,16 @@ let
         else "GET ${r.http}";
     };
 
+  # The keys a user wrote (`defaults.keys`, or a host's), resolved: each
+  # field's default (null means the default too), `name` the attribute's.
+  # The resolved set is checked again as a whole: two keys must not write
+  # the same file.
+  keyDefaults = rules.data.options.keys.key.defaults;
+  resolveKey = attr: k: keyDefaults // { name = attr; } // removeAttrs k (filter (n: k.${n} == null) (attrNames k));
+  checkKeys = path: keys:
+    let p = rules.resolved.keys.problem path keys; in
+    if p == null then keys else throw p;
+
   # A user-written settings attrset (the `defaults`, or one host), returned
   # unchanged once every key and value passed its rule.
   checkSettings = path: v:
@@ -83,7 +93,10 @@ let
           else checkSettings "deployFlake.defaults" defaults;
 
       baseTimeouts = timeoutDefaults // (userDefaults.timeouts or { });
-      base = hostDefaults // userDefaults // { timeouts = baseTimeouts; };
+      # Keys merge by attribute name: a host's key replaces the one of the
+      # same name in `defaults`.
+      baseKeys = checkKeys "deployFlake.defaults.keys" (mapAttrs resolveKey (userDefaults.keys or { }));
+      base = hostDefaults // userDefaults // { timeouts = baseTimeouts; keys = baseKeys; };
 
       # What a host that sets nothing gets: every option but `hostname` and
       # `configuration`, health checks resolved.
@@ -105,11 +118,14 @@ let
           throw "${path}.configuration: host ${toJSON name} uses configuration ${toJSON c}, which is not in nixosConfigurations${suggest c configNames}"
         else if !(h ? hostname || hostnameOk name) then
           derivedFault "hostname" (attrPath "deployFlake.hosts" name) name
-        else if !(h ? timeouts || h ? healthChecks) then h
+        else if !(rules.togetherOk (k: h.${k} or base.${k})) then
+          throw (rules.togetherProblem (attrPath "deployFlake.hosts" name) (k: h.${k} or base.${k}))
+        else if !(h ? timeouts || h ? healthChecks || h ? keys) then h
         else
           h
           // (if h ? timeouts then { timeouts = baseTimeouts // h.timeouts; } else { })
-          // (if h ? healthChecks then { healthChecks = map resolveHealthCheck h.healthChecks; } else { });
+          // (if h ? healthChecks then { healthChecks = map resolveHealthCheck h.healthChecks; } else { })
+          // (if h ? keys then { keys = checkKeys "${attrPath "deployFlake.hosts" name}.keys" (baseKeys // mapAttrs resolveKey h.keys); } else { });
 
       checkedHosts =
         if isAttrs hosts then hosts

@@ -43,7 +43,7 @@ let
     map (k: rules.unknownKey path k hostOptions)
       (filter (k: !(builtins.elem k hostOptions)) (attrNames attrs))
     ++ map (k: "${attrPath path k}: missing (a deployFlake must be fully resolved; mkDeployFlake fills in defaults)")
-      (filter (k: !(hasAttr k attrs)) hostOptions);
+      (filter (k: !(hasAttr k attrs) && !(builtins.elem k rules.data.optionalInRecords)) hostOptions);
 
   hostErrors = configNames: name: host:
     let path = attrPath "deployFlake.hosts" name; in
@@ -57,6 +57,10 @@ let
             let p = rules.resolved.${k}.problem (attrPath path k) host.${k}; in
             if p == null then [ ] else [ p ])
         hostOptions)
+      ++ (
+        let p = rules.togetherProblem path (k: host.${k} or null); in
+        if p == null then [ ] else [ p ]
+      )
       ++ (
         let c = host.configuration or null; in
         if c == null || !(rules.resolved.configuration.ok c) || builtins.elem c configNames then [ ]

@@ -14,7 +14,7 @@
 let
   inherit (builtins)
     all attrNames concatStringsSep elemAt filter foldl' fromJSON genList
-    hasAttr head isAttrs isBool isInt isList isString length
+    hasAttr head isAttrs isBool isInt isList isPath isString length
     mapAttrs match readFile sort stringLength substring toJSON typeOf;
 
   data = fromJSON (readFile ./rules.json);
@@ -38,6 +38,10 @@ let
     else if t == "lambda" then "a function"
     else if t == "float" then "a float"
     else "a ${t}";
+
+  # A secret's value is never shown: only what kind of value it is.
+  kind = v: let t = typeOf v; in
+    if t == "null" then "null" else head (builtins.split " [(]" (describe v));
 
   mismatch = expected: path: v: "${path}: expected ${expected}, got ${describe v}";
   fault = expected: path: v: problem: "${mismatch expected path v}: ${problem}";
@@ -116,7 +120,8 @@ let
     in
     v: firstOfList checks (c: if fails c v then c.problem else null);
 
-  ref = rule: if isString rule then data.types.${rule} else rule;
+  # A named rule: one of `types`, or else another option's.
+  ref = rule: if !isString rule then rule else data.types.${rule} or (ref data.options.${rule});
 
   # A rule of rules.json, compiled for one mode into
   #   ok      : value -> bool    (the fast path: builds no message)
@@ -140,13 +145,19 @@ let
       let
         # One regex for a common valid value; the checks decide the rest.
         accept = rule.accept or null;
+        # A secret is described by its kind alone; a Nix path literal (for
+        # a file that must stay out of the store) has a fault of its own,
+        # found before anything coerces it to a string (which would copy it).
+        said = if rule.secret or false then (e: p: v: "${p}: expected ${e}, got ${kind v}") else mismatch;
+        pathFault = rule.pathLiteral or null;
         ok =
           if accept != null then v: isString v && (match accept v != null || failing v == null)
           else if checks == [ ] then isString
           else v: isString v && failing v == null;
       in
       compiled (orNull ok) (path: v:
-        if !isString v then mismatch expected path v else fault expected path v (failing v))
+        if pathFault != null && isPath v then "${path}: expected ${expected}, got a path (${toString v}): ${pathFault}"
+        else if !isString v then said expected path v else fault expected path v (failing v))
     else if t == "int" then
       compiled (v: isInt v && v >= rule.min && v <= rule.max) (mismatch expected)
     else if t == "bool" then
@@ -211,6 +222,53 @@ let
         (path: v:
           if !isList v then mismatch expected path v
           else firstOf (length v) (i: checkProblem "${path}.${toString i}" (elemAt v i)))
+    else if t == "keys" then
+      let
+        c = rule.key;
+        fields = mapAttrs (_: compile resolved) c.fields;
+        fieldNames = attrNames fields;
+        one = c.exactlyOneOf;
+        # Written by a user, null means "the default".
+        given = k: if resolved then attrNames k else filter (n: k.${n} != null) (attrNames k);
+        oneOk = k: length (filter (n: (k.${n} or null) != null) one.fields) == 1;
+        keyOk = k:
+          isAttrs k && keysOk resolved fieldNames k
+          && all (n: fields.${n}.ok k.${n}) (given k) && oneOk k;
+        # One key: its fields, then each value, then text-or-keyFile-or-keyCommand.
+        # (A key that is not an attribute set may be the secret itself:
+        # only its kind is said.)
+        keyFault = path: k:
+          if !isAttrs k then "${path}: expected ${c.expected}, got ${kind k}"
+          else
+            let u = keyProblem resolved path fieldNames k; in
+            if u != null then u
+            else
+              let p = firstOfList (given k) (n: fields.${n}.problem (attrPath path n) k.${n}); in
+              if p != null then p
+              else if !(oneOk k) then fault c.expected path k one.problem
+              else null;
+        # Resolved keys only (every field there): the first key, in name
+        # order, that writes the file an earlier one writes.
+        clash = path: v:
+          let
+            names = attrNames v;
+            file = n: "${v.${n}.destDir}/${v.${n}.name}";
+            earlier = i: filter (j: j < i && file (elemAt names j) == file (elemAt names i)) (genList (j: j) i);
+          in
+          if !resolved then null
+          else firstOf (length names) (i:
+            let e = earlier i; in
+            if e == [ ] then null
+            else "${attrPath path (elemAt names i)}: "
+              + builtins.replaceStrings [ "%FILE%" "%OTHER%" ] [ (file (elemAt names i)) (attrPath "keys" (elemAt names (head e))) ] c.clash);
+      in
+      compiled
+        (v: isAttrs v && all (n: keyOk v.${n}) (attrNames v) && clash "" v == null)
+        (path: v:
+          if !isAttrs v then mismatch expected path v
+          else
+            let p = firstOfList (attrNames v) (n: keyFault (attrPath path n) v.${n}); in
+            if p != null then p else clash path v)
     else if t == "sshOpts" then
       let
         opt = rule.option;
@@ -259,13 +317,23 @@ let
         (path: v: if !isList v then mismatch expected path v else walk path v)
     else throw "deploy-flake lib/rules.json: unknown rule type ${toJSON t}";
 
+  # `together`: what one option's value needs of another, checked on a
+  # host's values (`get key` its value, defaults included). The fault:
+  # "<path>.<needs>: expected <its expected>, got <value>: <problem>".
+  together = data.together or [ ];
+  togetherOk = get: all (t: get t.when != t.is || get t.needs != null) together;
+  togetherProblem = path: get:
+    firstOfList together (t:
+      if get t.when != t.is || get t.needs != null then null
+      else fault (ref data.options.${t.needs}).expected "${path}.${t.needs}" (get t.needs) t.problem);
+
   optionNames = attrNames data.options;
   userOptions = mapAttrs (_: compile false) data.options;
   userOks = mapAttrs (_: o: o.ok) userOptions;
   resolvedOptions = mapAttrs (_: compile true) data.options;
 in
 {
-  inherit data attrPath describe suggest unknownKey optionNames;
+  inherit data attrPath describe suggest unknownKey optionNames kind togetherOk togetherProblem;
   inherit (data) schemaVersion perHostOnly hostDefaults timeoutDefaults healthCheckDefaults;
 
   # Per option, for values written for mkDeployFlake and for resolved

@@ -3,10 +3,17 @@
 
 use clap::{Parser, ValueEnum};
 
+mod build;
 mod display;
 mod docs;
+mod sudo;
+mod timeouts;
+pub use build::{BuildArgs, BuildOptions};
 pub use display::{ColorChoice, DisplayArgs, LiveJsonConflict, Progress, Terminal};
 pub use docs::DocsCommand;
+pub use sudo::{SudoArgs, SudoPassword, SudoPasswordError};
+pub use timeouts::parse_timeout;
+use timeouts::{phase_list, timeout_help};
 
 pub use crate::agent::SwitchEnv;
 use crate::events::Phase;
@@ -106,6 +113,17 @@ pub enum Command {
     Diff {
         #[command(flatten)]
         query: Query,
+
+        #[command(flatten)]
+        build: BuildArgs,
+    },
+    /// Write the hosts' keys now (after a reboot emptied /run/keys), under the host lock.
+    Keys {
+        #[command(flatten)]
+        query: Query,
+        /// List each host's keys (name, file, owner, mode, never the content); touch nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 
     /// `completions SHELL` and `man`.
@@ -137,6 +155,7 @@ pub enum Action {
     Deploy,
     Status,
     Diff,
+    Keys,
 }
 
 /// Which hosts, from which flake, how many at once, how to report: what
@@ -172,6 +191,8 @@ pub struct Query {
 
     #[arg(long = "timeout", value_name = "PHASE=SECONDS", help = timeout_help())]
     pub timeouts: Vec<String>,
+    #[command(flatten)]
+    pub sudo: SudoArgs,
 }
 
 /// The options of a deploy (and a rollback).
@@ -270,22 +291,9 @@ pub struct Args {
     /// fails returns to the system it ran before. 0: no soak.
     #[arg(long, value_name = "SECONDS", help_heading = "Rollout")]
     pub soak: Option<u64>,
-}
 
-/// The help of `--timeout`: the phases and bounds of lib/rules.json.
-fn timeout_help() -> String {
-    let (range, _) = rules::seconds();
-    format!(
-        "Override a phase timeout for every host, in seconds ({} to {}); repeatable. Phases: {}.",
-        range.start(),
-        range.end(),
-        phase_list()
-    )
-}
-
-/// `connect, lock, ..., boot`: the phases as `--timeout` names them.
-fn phase_list() -> String {
-    Phase::ALL.map(Phase::timeout_key).join(", ")
+    #[command(flatten)]
+    pub build: BuildArgs,
 }
 
 /// Default of `--max-parallel`: enough to deploy a rack at once without
@@ -332,6 +340,10 @@ pub struct Options {
     pub ask: Option<bool>,
     /// The command line's rollout settings.
     pub rollout: Overrides,
+    /// Where the sudo password of the run comes from, if it has one.
+    pub sudo_password: Option<SudoPassword>,
+    /// Where systems are built and how they reach the hosts.
+    pub build: BuildOptions,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -375,6 +387,8 @@ pub enum CliError {
     Rollout { flag: &'static str, value: String, problem: String },
     #[error("`{0}` deploys nothing")]
     NotADeploy(&'static str),
+    #[error("{0}")]
+    Build(String),
 }
 
 impl Cli {
@@ -386,7 +400,13 @@ impl Cli {
                 args.into_options(Mode::Rollback { to_generation })
             }
             Some(Command::Status { query }) => query.into_options(Action::Status),
-            Some(Command::Diff { query }) => query.into_options(Action::Diff),
+            Some(Command::Diff { query, build }) => Ok(Options {
+                build: build.into_options().map_err(CliError::Build)?,
+                ..query.into_options(Action::Diff)?
+            }),
+            Some(Command::Keys { query, dry_run }) => {
+                Ok(Options { dry_run, ..query.into_options(Action::Keys)? })
+            }
             Some(Command::Docs(d)) => Err(CliError::NotADeploy(d.name())),
         }
     }
@@ -455,6 +475,7 @@ impl Args {
                 self.soak,
             )?,
             reboot,
+            build: self.build.into_options().map_err(CliError::Build)?,
             ..options
         })
     }
@@ -537,31 +558,9 @@ impl Query {
             reboot: Reboot::Never,
             ask: None,
             rollout: Overrides::default(),
+            sudo_password: self.sudo.source(),
+            build: BuildOptions::default(),
         })
-    }
-}
-
-/// `build=7200` -> `(Phase::Build, 7200)`. Accepts `self-check`/`self_check`
-/// for `selfCheck`.
-pub fn parse_timeout(arg: &str) -> Result<(Phase, u64), CliError> {
-    let (name, secs) = arg.split_once('=').ok_or_else(|| CliError::TimeoutSyntax(arg.into()))?;
-    let canonical = match name {
-        "self-check" | "self_check" | "selfcheck" => "selfCheck",
-        p => p,
-    };
-    let Some(phase) = Phase::ALL.into_iter().find(|p| p.timeout_key() == canonical) else {
-        let hint = Phase::ALL
-            .iter()
-            .map(|p| (strsim::jaro_winkler(name, p.timeout_key()), p.timeout_key()))
-            .filter(|(s, _)| *s >= 0.7)
-            .max_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(_, p)| format!(" (did you mean `{p}`?)"))
-            .unwrap_or_default();
-        return Err(CliError::TimeoutPhase { arg: arg.into(), phase: name.into(), hint });
-    };
-    match secs.parse::<u64>() {
-        Ok(n) if rules::seconds().0.contains(&n) => Ok((phase, n)),
-        _ => Err(CliError::TimeoutSeconds(arg.into())),
     }
 }
 
@@ -569,7 +568,7 @@ impl Options {
     /// Applies command-line overrides (timeouts, self-check) to the
     /// selected hosts, so that the plan and the run see the same values.
     pub fn apply_overrides(&self, targets: &mut [Target]) {
-        for t in targets {
+        for t in targets.iter_mut() {
             for (phase, secs) in &self.timeouts {
                 *t.spec.timeouts.get_mut(*phase) = *secs;
             }
@@ -577,5 +576,6 @@ impl Options {
                 t.spec.self_check = Some(sc.clone());
             }
         }
+        self.build.apply(targets);
     }
 }

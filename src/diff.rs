@@ -12,7 +12,6 @@ use tokio::sync::Semaphore;
 
 use crate::agent::Changes;
 use crate::host::{Host, HostError, HostResult, Shared, SshHost};
-use crate::inventory::BuildOn;
 use crate::nix::StorePath;
 use crate::select::Target;
 use crate::ssh::Destination;
@@ -27,6 +26,8 @@ pub struct HostDiff {
     pub new: Option<String>,
     pub up_to_date: bool,
     pub changes: Option<Changes>,
+    /// The keys a deploy would write (never their content).
+    pub keys: Vec<crate::keys::upload::Listed>,
 }
 
 /// What a run shares: the flake, who asks, and what it shows.
@@ -100,6 +101,7 @@ fn failed(host: &str, error: String) -> HostDiff {
         new: None,
         up_to_date: false,
         changes: None,
+        keys: Vec::new(),
     }
 }
 
@@ -127,12 +129,13 @@ async fn diff_one(t: &Target, run: &Run, host: &mut SshHost) -> HostDiff {
             new: Some(toplevel.to_string()),
             up_to_date,
             changes,
+            keys: t.spec.keys.values().map(crate::keys::upload::Listed::of).collect(),
         })
     };
     looked.await.unwrap_or_else(|e| failed(&t.name, e.to_string()))
 }
 
-/// Copy and build as a deploy would (on the target, or here and copied).
+/// Copy and build as a deploy would (on the target, or elsewhere and copied).
 async fn build(
     t: &Target,
     flake: &str,
@@ -140,19 +143,15 @@ async fn build(
     out: crate::process::Lines<'_>,
 ) -> HostResult<StorePath> {
     let s = &t.spec;
-    match s.build_on {
-        BuildOn::Target => {
-            let archive = host.archive(flake, s.timeouts.copy, out).await?;
-            host.copy_source(&archive, s.timeouts.copy, out).await?;
-            let built = host.build(&archive.source, &s.configuration, None, s.timeouts.build, out);
-            Ok(built.await?.0)
-        }
-        BuildOn::Local => {
-            let path = host.build_local(flake, &s.configuration, s.timeouts.build, out).await?;
-            host.copy_closure(&path, s.substitute_on_target, s.timeouts.copy, out).await?;
-            Ok(path)
-        }
+    if let Some(way) = crate::build::way(s)? {
+        let path = host.build_elsewhere(flake, &way, s.timeouts.build, out).await?;
+        host.deliver(&way, &path, s.timeouts.copy, out).await?;
+        return Ok(path);
     }
+    let archive = host.archive(flake, s.timeouts.copy, out).await?;
+    host.copy_source(&archive, s.timeouts.copy, out).await?;
+    let built = host.build(&archive.source, &s.configuration, None, s.timeouts.build, out);
+    Ok(built.await?.0)
 }
 
 /// Per host: running -> new, then packages, closure, units, reboot.
@@ -170,6 +169,12 @@ pub fn render(all: &[HostDiff]) -> String {
                     out.push_str(&details(c));
                 }
             }
+        }
+        for k in d.keys.iter().filter(|_| d.error.is_none()) {
+            out.push_str(&format!(
+                "  key:      {} -> {} ({}:{} {}, {})\n",
+                k.name, k.path, k.user, k.group, k.permissions, k.upload_at
+            ));
         }
     }
     out
@@ -263,6 +268,14 @@ mod tests {
             new: Some("/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b".into()),
             up_to_date: false,
             changes: Some(changes),
+            keys: vec![crate::keys::upload::Listed {
+                name: "db".into(),
+                path: "/run/keys/db".into(),
+                user: "postgres".into(),
+                group: "keys".into(),
+                permissions: "0640".into(),
+                upload_at: "pre-activation",
+            }],
         };
         let mut unknown = d.clone();
         let mut c = unknown.changes.take().unwrap();
@@ -290,7 +303,7 @@ mod tests {
         let up = HostDiff { error: None, ..up };
         assert_eq!(
             render(&[d, up]),
-            "web1: nixos-system-a -> nixos-system-b\n  packages: +hello 1.0 (+0.2 KiB)\n  closure:  1.0 MiB -> 3.0 MiB (+2.0 MiB)\n  units:    restart web.service\n  reboot:   needed (kernel changed)\ndb1: up to date\n"
+            "web1: nixos-system-a -> nixos-system-b\n  packages: +hello 1.0 (+0.2 KiB)\n  closure:  1.0 MiB -> 3.0 MiB (+2.0 MiB)\n  units:    restart web.service\n  reboot:   needed (kernel changed)\n  key:      db -> /run/keys/db (postgres:keys 0640, pre-activation)\ndb1: up to date\n"
         );
     }
 }

@@ -154,6 +154,7 @@ impl Outcome {
 /// | `preflight` | the host was not healthy before the deploy, or its `/run` had no room for the run's state |
 /// | `copy` | copying the flake or the closure failed |
 /// | `build` | building the system failed |
+/// | `build-host` | the build host could not be reached, or the flake not brought to it |
 /// | `not-a-system` | the result is not a NixOS system, or the host lacks what one needs (systemd, flock) |
 /// | `superseded` | another switch replaced the run's system during the confirmation window; no boot entry was written |
 /// | `self-check` | the system's self-check refused it |
@@ -174,6 +175,7 @@ impl Outcome {
 /// | `cancelled` | the run was interrupted before the host activated, or (outcome `unchecked`) before its soak checked it |
 /// | `soak` | the host failed its check after the soak: it was returned to the system it ran before the run |
 /// | `halted` | not started: the rollout halted, more hosts failed than `maxFailures` allows |
+/// | `keys` | a key could not be read here (its `keyFile`, its `keyCommand`) or written on the host |
 /// | `internal` | a bug: the report says what to inspect |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -189,6 +191,7 @@ pub enum Reason {
     Preflight,
     Copy,
     Build,
+    BuildHost,
     NotASystem,
     Superseded,
     SelfCheck,
@@ -209,6 +212,7 @@ pub enum Reason {
     Cancelled,
     Soak,
     Halted,
+    Keys,
     Internal,
 }
 
@@ -249,6 +253,10 @@ pub struct HostReport {
     pub reason: Option<Reason>,
     /// Why it failed, rolled back or is unknown; what to inspect.
     pub message: Option<String>,
+    /// Where its system was built (`built_on`) and where the closure came
+    /// from (`copied_from`), when known.
+    #[serde(flatten)]
+    pub provenance: crate::build::Provenance,
 }
 
 /// One thing that happened during a run.

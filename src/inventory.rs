@@ -53,7 +53,100 @@ pub struct HostSpec {
     /// User-declared checks run after activation, before the confirmation.
     #[serde(default)]
     pub health_checks: Vec<HealthCheck>,
+    /// Secrets written to files on the host at deploy time, by attribute
+    /// name (never through the Nix store). A record from a lib/ without
+    /// them reads as none.
+    #[serde(default)]
+    pub keys: BTreeMap<String, KeySpec>,
     pub timeouts: Timeouts,
+    /// `buildOn = "host"`: where to build (a host of the fleet, or
+    /// `[user@]host[:port]`). The options of where a system is built and
+    /// how it reaches the host (`crate::build`) default when a record from
+    /// an older lib/ lacks them.
+    #[serde(default)]
+    pub build_host: Option<String>,
+    /// ssh options for a build host given as a destination.
+    #[serde(default)]
+    pub build_host_ssh_opts: Vec<String>,
+    /// Systems the build host builds at once (0: its core count).
+    #[serde(default)]
+    pub build_host_capacity: u32,
+    /// With a build host: the closure comes to the host from the deploying
+    /// machine (relayed) or straight from the build host.
+    #[serde(default)]
+    pub copy_from: CopyFrom,
+    /// A store the closure is pushed to once; the host substitutes from it.
+    #[serde(default)]
+    pub push_to: Option<String>,
+    /// A system built elsewhere: deployed as it is, nothing evaluated or built.
+    #[serde(default)]
+    pub system: Option<String>,
+}
+
+/// Where a closure built on a build host comes to the host from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CopyFrom {
+    /// Relayed by the deploying machine.
+    #[default]
+    Deployer,
+    /// Copied by the build host itself, with its own ssh identity.
+    BuildHost,
+}
+
+impl CopyFrom {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CopyFrom::Deployer => "deployer",
+            CopyFrom::BuildHost => "build-host",
+        }
+    }
+}
+
+/// A key (colmena's `deployment.keys`): a secret read on the deploying
+/// machine at deploy time and written to `dest_dir/name` on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KeySpec {
+    /// The file's name in `dest_dir`.
+    pub name: String,
+    /// Exactly one of `text`, `key_file`, `key_command` is set.
+    pub text: Option<crate::secret::Secret>,
+    /// A file on the deploying machine.
+    pub key_file: Option<String>,
+    /// A command run on the deploying machine: its stdout is the key.
+    pub key_command: Option<Vec<String>>,
+    pub dest_dir: String,
+    pub user: String,
+    pub group: String,
+    /// Octal, as chmod takes it.
+    pub permissions: String,
+    pub upload_at: UploadAt,
+}
+
+/// When a key is written: before `switch-to-configuration` runs, or once
+/// the activation is confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UploadAt {
+    PreActivation,
+    PostActivation,
+}
+
+impl UploadAt {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadAt::PreActivation => "pre-activation",
+            UploadAt::PostActivation => "post-activation",
+        }
+    }
+}
+
+impl KeySpec {
+    /// Where it is written on the host.
+    pub fn path(&self) -> String {
+        format!("{}/{}", self.dest_dir, self.name)
+    }
 }
 
 fn yes() -> bool {
@@ -77,6 +170,8 @@ pub struct HealthCheck {
 pub enum BuildOn {
     Target,
     Local,
+    /// On a build host (`buildHost`).
+    Host,
 }
 
 /// Per-phase timeouts in seconds.
@@ -170,6 +265,7 @@ impl BuildOn {
         match self {
             BuildOn::Target => "target",
             BuildOn::Local => "local",
+            BuildOn::Host => "host",
         }
     }
 }
@@ -287,8 +383,19 @@ pub async fn load(flake: &str, timeout: Duration) -> Result<Inventory, Inventory
             return Err(InventoryError::Timeout { flake, after: timeout });
         }
     };
+    let stderr = String::from_utf8_lossy(&stderr);
     if !status.success() {
-        return Err(classify_eval_failure(flake, &String::from_utf8_lossy(&stderr)));
+        return Err(classify_eval_failure(flake, &stderr));
+    }
+    // What Nix warned about (a dirty tree, an unknown setting, a deprecation)
+    // is the run's to say.
+    // Without the reference's credentials (`redact`).
+    let shown = crate::redact::flake_ref(flake);
+    for line in stderr.lines().filter(|l| crate::process::is_warning(l)) {
+        tracing::warn!(
+            "nix eval {shown}#deployFlake: {}",
+            crate::redact::scrub(line.trim(), flake)
+        );
     }
     read
 }

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod budget;
+pub mod build;
 pub mod cli;
 pub mod diff;
 pub mod events;
@@ -13,6 +14,7 @@ pub mod exit;
 pub mod health;
 pub mod host;
 pub mod inventory;
+pub mod keys;
 pub mod limits;
 pub mod nix;
 pub mod pipeline;
@@ -23,6 +25,7 @@ pub mod report;
 pub mod rollout;
 pub mod rules;
 pub mod runner;
+pub mod secret;
 pub mod select;
 pub mod ssh;
 pub mod status;

@@ -15,14 +15,13 @@ use deploy_flake::diff::HostDiff;
 use deploy_flake::diff::Shows;
 use deploy_flake::exit::Exit;
 use deploy_flake::host::Shared;
-use deploy_flake::inventory::BuildOn;
 use deploy_flake::inventory::DEFAULT_EVAL_TIMEOUT;
 use deploy_flake::pipeline::{Approved, Context as RunContext, Interrupt, Mode};
 use deploy_flake::plan;
 use deploy_flake::report::safe;
 use deploy_flake::rollout::{self, Plan};
 use deploy_flake::select::{self, Target};
-use deploy_flake::{limits, report, runner};
+use deploy_flake::{build, limits, report, runner};
 
 fn main() -> ExitCode {
     match run() {
@@ -69,9 +68,16 @@ fn run() -> anyhow::Result<Exit> {
     let (inventory, mut targets) =
         runtime.block_on(select::load(&options.flake, &options.selection, DEFAULT_EVAL_TIMEOUT))?;
     options.apply_overrides(&mut targets);
+    // The sudo password, once, before any host is touched.
+    if let (Some(source), false) = (&options.sudo_password, options.dry_run) {
+        deploy_flake::ssh::set_sudo_password(runtime.block_on(source.read())?);
+    }
+    let shared = Arc::new(Shared::default());
+    let build_hosts = elsewhere(inventory.as_ref(), &mut targets, &options, &shared)?;
     match options.action {
         Action::Status => Ok(runtime.block_on(status(targets, &options))),
-        Action::Diff => Ok(runtime.block_on(diff(targets, &options))),
+        Action::Diff => Ok(runtime.block_on(diff(targets, &options, shared))),
+        Action::Keys => Ok(runtime.block_on(keys(targets, &options))),
         Action::Deploy => {
             let flake_rollout = inventory.as_ref().and_then(|i| i.rollout.as_ref());
             let settings = rollout::settings(flake_rollout, &options.rollout);
@@ -81,12 +87,38 @@ fn run() -> anyhow::Result<Exit> {
             };
             let waves = rollout::plan(inventory.as_ref(), &targets, &settings, from)?;
             if options.dry_run {
-                print!("{}", safe::text(&plan::render(&targets, &options, &waves)));
+                let text = plan::render(&targets, &options, &waves, &build_hosts);
+                print!("{}", safe::text(&text));
                 return Ok(Exit::Success);
             }
-            runtime.block_on(ask_then_deploy(targets, &options, &waves, display))
+            runtime.block_on(ask_then_deploy(targets, &options, &waves, display, shared))
         }
     }
+}
+
+/// Systems built elsewhere (`--systems`), the build hosts the selected
+/// hosts need and the signing key, ready for the run in `shared`; returns
+/// each build host's `user@host:port` by its name (for the plan).
+fn elsewhere(
+    inventory: Option<&deploy_flake::inventory::Inventory>,
+    targets: &mut [Target],
+    options: &Options,
+    shared: &Shared,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    if let Some(file) = &options.build.systems {
+        let systems = build::read_systems(file).map_err(anyhow::Error::msg)?;
+        build::apply_systems(&systems, targets).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(key) = &options.build.sign_key {
+        std::fs::File::open(key)
+            .with_context(|| format!("--sign-key {}: cannot read the key", key.display()))?;
+        shared.elsewhere.set_sign_key(key.clone());
+    }
+    let hosts = build::build_hosts(inventory.map(|i| &i.hosts), targets);
+    let hosts = hosts.map_err(|e| anyhow::anyhow!("{e}; nothing was touched"))?;
+    let destinations = build::Registry::destinations(&hosts);
+    shared.elsewhere.set_build_hosts(hosts);
+    Ok(destinations)
 }
 
 /// `deploy-flake status`: 0 when every host answered, 1 otherwise.
@@ -98,6 +130,29 @@ async fn status(targets: Vec<Target>, options: &Options) -> Exit {
         OutputFormat::Human => print!("{}", safe::text(&deploy_flake::status::render(&all))),
     }
     if all.iter().all(|s| s.error.is_none()) {
+        Exit::Success
+    } else {
+        Exit::HostsFailed
+    }
+}
+
+/// `deploy-flake keys`: 0 when every host's keys were written (or listed).
+async fn keys(targets: Vec<Target>, options: &Options) -> Exit {
+    use deploy_flake::keys::upload;
+    let all = if options.dry_run {
+        upload::list(&targets)
+    } else {
+        let run_id = runner::new_run_id();
+        let origin = format!("flake {}\ngoal keys\n", options.flake);
+        let run = upload::Run { owner: runner::lock_owner(&run_id), run_id, origin };
+        let parallel = options.max_parallel.unwrap_or(targets.len()).max(1);
+        upload::upload_all(&targets, Arc::new(run), parallel).await
+    };
+    match options.output {
+        OutputFormat::Json => print!("{}", upload::json(&all)),
+        OutputFormat::Human => print!("{}", upload::render(&all, options.dry_run)),
+    }
+    if all.iter().all(|h| h.error.is_none()) {
         Exit::Success
     } else {
         Exit::HostsFailed
@@ -122,10 +177,15 @@ async fn diffs(targets: &[Target], options: &Options, shared: Arc<Shared>) -> Ve
     deploy_flake::diff::diff_all(targets, Arc::new(run), parallel, shared).await
 }
 
-/// When hosts will build the flake themselves, archive it (once) beside
-/// their connections rather than after them.
+/// When hosts or a build host will build the flake, archive it (once)
+/// beside their connections rather than after them.
 fn prefetch_archive(targets: &[Target], options: &Options, shared: &Arc<Shared>) {
-    let on_target = targets.iter().filter(|t| t.spec.build_on == BuildOn::Target);
+    let from_flake = |t: &&Target| match build::way(&t.spec) {
+        Ok(None) => true,
+        Ok(Some(way)) => matches!(way.build, build::Build::Host { .. }),
+        Err(_) => false,
+    };
+    let on_target = targets.iter().filter(from_flake);
     let secs = on_target.map(|t| t.spec.timeouts.copy).max();
     if let (Some(secs), Mode::Deploy) = (secs, &options.mode) {
         shared.prefetch(&options.flake, secs);
@@ -133,8 +193,9 @@ fn prefetch_archive(targets: &[Target], options: &Options, shared: &Arc<Shared>)
 }
 
 /// `deploy-flake diff`: 0 when every host's changes are known, 1 otherwise.
-async fn diff(targets: Vec<Target>, options: &Options) -> Exit {
-    let all = diffs(&targets, options, Arc::default()).await;
+async fn diff(targets: Vec<Target>, options: &Options, shared: Arc<Shared>) -> Exit {
+    let all = diffs(&targets, options, shared.clone()).await;
+    shared.elsewhere.close().await;
     match options.output {
         OutputFormat::Json => print!("{}", deploy_flake::diff::json(&all)),
         OutputFormat::Human => print!("{}", safe::text(&deploy_flake::diff::render(&all))),
@@ -174,14 +235,14 @@ async fn ask_then_deploy(
     options: &Options,
     waves: &Plan,
     display: report::Display,
+    shared: Arc<Shared>,
 ) -> anyhow::Result<Exit> {
     let Some(answered) = options.ask else {
-        return deploy(targets, options, Arc::default(), None, waves, display).await;
+        return deploy(targets, options, shared, None, waves, display).await;
     };
     if !answered && !std::io::stdin().is_terminal() {
         anyhow::bail!("--ask needs a terminal to ask on; pass --yes to go on without asking");
     }
-    let shared = Arc::new(Shared::default());
     let shown = diffs(&targets, options, shared.clone()).await;
     eprint!("{}", safe::text(&deploy_flake::diff::render(&shown)));
     // Each host as it was shown: its new system, and what it ran then.
@@ -208,6 +269,7 @@ async fn ask_then_deploy(
     }
     if !answered && !confirmed(targets.len())? {
         eprintln!("deploy-flake: not confirmed; nothing was deployed");
+        shared.elsewhere.close().await;
         return Ok(Exit::HostsFailed);
     }
     deploy(targets, options, shared, Some(Arc::new(approved)), waves, display).await
@@ -253,11 +315,14 @@ async fn deploy(
         flake: options.flake.clone(),
         force: options.force,
         skip_preflight: !options.preflight,
+        keep_keys: false,
         sink,
     };
     runner::on_interrupts(raise, changing);
     let parallel = parallel(options, targets.len());
-    let reports = runner::run(targets, ctx, parallel, shared, waves).await;
+    let reports = runner::run(targets, ctx, parallel, shared.clone(), waves).await;
+    // The build hosts' GC roots of this run go; the hosts hold theirs.
+    shared.elsewhere.close().await;
     // Everything the run said is written before the process ends.
     output.finish();
     Ok(runner::exit_for(&reports))

@@ -9,6 +9,8 @@ use serde::Deserialize;
 
 use crate::process::{self, Cmd, Lines, ProcessError, Spawner};
 
+pub mod version;
+
 /// `--extra-experimental-features` value every nix call carries (Nix 2.8 and newer).
 pub const NIX_FEATURES: &str = "nix-command flakes";
 /// The system profile: what a NixOS host boots.
@@ -142,19 +144,22 @@ pub async fn archive(
 ) -> Result<Archive, NixError> {
     let cmd = Cmd::new(nix_argv(["flake", "archive", "--json", flake])).secs(secs).quiet_stdout();
     let cmd = cmd.ahead_of_need(ahead);
-    let out = process::run(&process::Local, &cmd, Some(on_line)).await?.check()?;
-    let mut archive = parse_archive_json(&out.stdout)?;
+    // This machine's Nix version (asked once per run) comes beside the archive.
+    let (archived, nix) =
+        tokio::join!(process::run(&process::Local, &cmd, Some(&mut *on_line)), version::local());
+    let mut archive = parse_archive_json(&archived?.check()?.stdout)?;
+    let json = version::path_info_json(nix).iter().copied();
     let paths = archive.paths.iter().map(StorePath::as_str);
-    let info = Cmd::new(nix_argv(["path-info", "--recursive", "--json"].into_iter().chain(paths)))
-        .ahead_of_need(ahead);
-    let out =
-        process::run(&process::Local, &info.secs(secs).quiet_stdout(), None).await?.check()?;
+    let argv = ["path-info", "--recursive"].into_iter().chain(json).chain(paths);
+    let info = Cmd::new(nix_argv(argv)).ahead_of_need(ahead).secs(secs).quiet_stdout();
+    let out = process::run(&process::Local, &info, Some(on_line)).await?.check()?;
     archive.paths = references_first(&parse_path_info(&out.stdout)?);
     Ok(archive)
 }
 
 /// Paths and their references, from `nix path-info --json` (a list of
-/// objects with `path` before Nix 2.19, an object keyed by path since).
+/// objects with `path` before Nix 2.19, an object keyed by path since, and
+/// with `--json-format 1` from 2.33 on: see `version::path_info_json`).
 fn parse_path_info(stdout: &str) -> Result<Vec<(StorePath, Vec<StorePath>)>, NixError> {
     #[derive(Deserialize)]
     struct Info {
@@ -252,6 +257,14 @@ pub async fn missing<S: Spawner>(
 /// Stream exported paths (`(file, length)` parts, each after the paths it
 /// refers to) into `nix-store --import` where `on` runs commands: one
 /// command on an existing connection, no signature needed (as root).
+/// The closure of `path` in this machine's store, references before the
+/// paths that refer to them (as `nix-store --import` takes them).
+pub async fn requisites(path: &StorePath, secs: u64) -> Result<Vec<StorePath>, NixError> {
+    let cmd = Cmd::new(["nix-store", "--query", "--requisites", path.as_str()]);
+    let out = process::run(&process::Local, &cmd.secs(secs).quiet_stdout(), None).await?.check()?;
+    out.stdout.lines().map(str::trim).filter(|l| !l.is_empty()).map(StorePath::parse).collect()
+}
+
 pub async fn import<S: Spawner>(
     on: &S,
     parts: Vec<(std::path::PathBuf, u64)>,
@@ -494,7 +507,12 @@ mod tests {
         let map = format!(
             r#"{{"{a}":{{"references":["{b}","{a}"]}},"{b}":{{"references":["{c}"]}},"{c}":{{"references":[]}}}}"#
         );
-        for json in [list, map] {
+        // Nix 2.33 and later with --json-format 1: the same object, each
+        // entry with its format version and store directory.
+        let format_1 = format!(
+            r#"{{"{a}":{{"ca":null,"references":["{b}","{a}"],"storeDir":"/nix/store","version":1}},"{b}":{{"references":["{c}"],"storeDir":"/nix/store","version":1}},"{c}":{{"references":[],"storeDir":"/nix/store","version":1}}}}"#
+        );
+        for json in [list, map, format_1] {
             let order = references_first(&parse_path_info(&json).unwrap());
             let order: Vec<&str> = order.iter().map(StorePath::as_str).collect();
             assert_eq!(order, [c.as_str(), b.as_str(), a.as_str()], "{json}");

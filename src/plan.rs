@@ -2,6 +2,7 @@
 //! block per host, in deployment order, which is sorted by attribute name
 //! with ad hoc destinations last).
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use crate::cli::Options;
@@ -11,7 +12,13 @@ use crate::rollout::Plan;
 use crate::select::Target;
 
 /// Renders the plan. Pure; the output depends only on its arguments.
-pub fn render(targets: &[Target], options: &Options, rollout: &Plan) -> String {
+/// `build_hosts`: each build host's `user@host:port`, by its name.
+pub fn render(
+    targets: &[Target],
+    options: &Options,
+    rollout: &Plan,
+    build_hosts: &BTreeMap<String, String>,
+) -> String {
     let mut out = String::with_capacity(512 * (targets.len() + 1));
     let n = targets.len();
     let _ = writeln!(
@@ -55,11 +62,15 @@ pub fn render(targets: &[Target], options: &Options, rollout: &Plan) -> String {
             to_generation.map_or("the generation before the current one".to_string(), |g| format!("generation {g}"))
         );
     }
+    if let Some(key) = &options.build.sign_key {
+        let _ =
+            writeln!(out, "signing: what is pushed to a cache is signed with {}", key.display());
+    }
     render_waves(&mut out, targets, rollout);
     let flake = crate::redact::flake_ref(&options.flake);
     for t in targets {
         out.push('\n');
-        render_host(&mut out, t, &flake);
+        render_host(&mut out, t, &flake, build_hosts);
     }
     out
 }
@@ -91,7 +102,7 @@ fn render_waves(out: &mut String, targets: &[Target], plan: &Plan) {
     }
 }
 
-fn render_host(out: &mut String, t: &Target, flake: &str) {
+fn render_host(out: &mut String, t: &Target, flake: &str, build_hosts: &BTreeMap<String, String>) {
     let s = &t.spec;
     let _ = writeln!(out, "{}", t.name);
     // Written in place: a plan of 10,000 hosts spends its time here.
@@ -109,17 +120,10 @@ fn render_host(out: &mut String, t: &Target, flake: &str) {
         "  configuration: {flake}#nixosConfigurations.{}",
         nix_attr(&s.configuration)
     );
-    let _ = writeln!(out, "  build on:      {}", s.build_on.as_str());
-    if s.build_on == crate::inventory::BuildOn::Local {
-        let _ = writeln!(
-            out,
-            "  copy:          {}",
-            if s.substitute_on_target {
-                "the target substitutes what it can, the rest is copied from here"
-            } else {
-                "everything from here (substituteOnTarget = false)"
-            }
-        );
+    let (built, copy) = crate::build::describe(s, build_hosts);
+    let _ = writeln!(out, "  build on:      {built}");
+    if let Some(copy) = copy {
+        let _ = writeln!(out, "  copy:          {copy}");
     }
     let _ = writeln!(
         out,
@@ -141,6 +145,10 @@ fn render_host(out: &mut String, t: &Target, flake: &str) {
             "  health check:  {} ({place}; every {}s for up to {}s)",
             c.description, c.period, c.timeout
         );
+    }
+    // Where each key goes and as whom; never its content.
+    for k in s.keys.values() {
+        let _ = writeln!(out, "  key:           {}", crate::keys::describe(k));
     }
     out.push_str("  timeouts:      ");
     for (i, p) in Phase::ALL.iter().enumerate() {

@@ -104,12 +104,14 @@ pub fn origin(flake: &str, revision: Option<&str>, goal: &str) -> String {
 /// when there is no rollout); returns one report per host, in target order.
 pub async fn run(
     targets: Vec<Target>,
-    ctx: Context,
+    mut ctx: Context,
     max_parallel: usize,
     shared: Arc<Shared>,
     plan: &Plan,
 ) -> Vec<HostReport> {
     let started = Instant::now();
+    // A soak may send a host back: its previous keys stay until then.
+    ctx.keep_keys = plan.soak > 0;
     let names = |w: &Wave| w.hosts.iter().map(|i| targets[*i].name.clone()).collect::<Vec<_>>();
     (ctx.sink)(Event::RunStarted {
         run_id: ctx.run_id.clone(),
@@ -288,6 +290,7 @@ fn not_run(
         before: None,
         reason: Some(reason),
         message: Some(msg.to_string()),
+        provenance: Default::default(),
     }
 }
 

@@ -169,6 +169,129 @@ fn flake_errors_exit_2_with_one_error_line() {
     );
 }
 
+/// A fleet with keys: what `--dry-run` and `keys --dry-run` show of them
+/// (name, file, owner, mode, where the content comes from; never the
+/// content), with no key read and no host touched.
+#[test]
+fn dry_runs_list_keys_without_their_content() {
+    let dir = common::flake_from(
+        r#"{
+  outputs = { self }: {
+    nixosConfigurations.web1 = throw "never evaluated";
+    deployFlake = (import ./lib).mkDeployFlake {
+      inherit self;
+      defaults.keys.api = { text = "text-never-shown"; permissions = "0400"; };
+      hosts.web1 = {
+        hostname = "192.0.2.1";
+        keys.db = { keyCommand = [ "false" ]; user = "postgres"; group = "keys"; permissions = "0640"; };
+        keys.tls = { keyFile = "/nonexistent/tls.key"; destDir = "/var/lib/tls"; uploadAt = "post-activation"; };
+      };
+    };
+  };
+}"#,
+    );
+    let flake = dir.path().to_str().unwrap();
+    let (code, stdout, stderr) = run_tool(&["--dry-run", "--all", "--flake", flake]);
+    assert_eq!(code, 0, "{stderr}");
+    for line in [
+        "  key:           api -> /run/keys/api (root:root 0400, pre-activation, from text)",
+        "  key:           db -> /run/keys/db (postgres:keys 0640, pre-activation, from keyCommand false)",
+        "  key:           tls -> /var/lib/tls/tls (root:root 0600, post-activation, from keyFile /nonexistent/tls.key)",
+    ] {
+        assert!(stdout.contains(&format!("{line}\n")), "{line}\n{stdout}");
+    }
+    let (code, stdout, stderr) = run_tool(&["keys", "--dry-run", "--all", "--flake", flake]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout,
+        "web1: 3 key(s)\n  api -> /run/keys/api (root:root 0400, pre-activation)\n  db -> /run/keys/db (postgres:keys 0640, pre-activation)\n  tls -> /var/lib/tls/tls (root:root 0600, post-activation)\n"
+    );
+    let (code, stdout, _) = run_tool(&["keys", "--dry-run", "--json", "--all", "--flake", flake]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["hosts"][0]["keys"][1]["user"], "postgres");
+    for out in [&stdout, &stderr] {
+        assert!(!out.contains("text-never-shown"), "{out}");
+    }
+}
+
+/// Where each host's system is built and how it comes, as the dry run
+/// shows it: a build host by fleet name or destination, a cache, systems
+/// built before; and what is refused before anything runs.
+#[test]
+fn dry_run_shows_where_systems_are_built() {
+    let dir = fixture_flake("fleet");
+    let flake = dir.path().to_str().unwrap();
+    let key = dir.path().join("cache.secret");
+    std::fs::write(&key, "lab-1:not-a-real-key\n").unwrap();
+    let key = key.to_str().unwrap();
+    let (code, stdout, stderr) = run_tool(&[
+        "--dry-run",
+        "--flake",
+        flake,
+        "web-1",
+        "db1",
+        "--build-host",
+        "web-2",
+        "--push-to",
+        "s3://cache?region=eu",
+        "--sign-key",
+        key,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(&format!("signing: what is pushed to a cache is signed with {key}\n")),
+        "{stdout}"
+    );
+    let built = "  build on:      host web-2 (deploy@[2001:db8::2]:2222, ssh options: -o \
+                 ForwardAgent=no; evaluates and builds each configuration once per run, as many \
+                 at once as it has cores)\n  copy:          pushed once to s3://cache?region=eu, \
+                 then the host substitutes it\n";
+    assert_eq!(stdout.matches(built).count(), 2, "{stdout}");
+
+    let (code, stdout, stderr) = run_tool(&[
+        "--dry-run",
+        "--flake",
+        flake,
+        "web-1",
+        "--build-host",
+        "nix@builder.example:2222",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let built = "  build on:      host nix@builder.example:2222 (nix@builder.example:2222, ssh \
+                 options: -o ForwardAgent=no; evaluates and builds each configuration once per \
+                 run, as many at once as it has cores)\n  copy:          relayed from the build \
+                 host by this machine (only what the host lacks)\n";
+    assert!(stdout.contains(built), "{stdout}");
+
+    let systems = dir.path().join("systems.json");
+    let path = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-web-1";
+    std::fs::write(&systems, format!(r#"{{"web-1": "{path}"}}"#)).unwrap();
+    let systems = systems.to_str().unwrap();
+    let (code, stdout, stderr) =
+        run_tool(&["--dry-run", "--flake", flake, "web-1", "--systems", systems]);
+    assert_eq!(code, 0, "{stderr}");
+    let built = format!(
+        "  build on:      nothing: {path} was built elsewhere\n  copy:          from this \
+         machine's store when it has it, else from the host's substituters\n"
+    );
+    assert!(stdout.contains(&built), "{stdout}");
+
+    for (args, want) in [
+        (vec!["web-1", "db1", "--systems", systems], "--systems has no system for db1"),
+        (vec!["web-1", "--build-host=-oProxyCommand=x"], "--build-host `-oProxyCommand=x` starts with '-'"),
+        (vec!["web-1", "--build-host", "root@h:99999"], "buildHost \"root@h:99999\": port `99999` is not a number in 1..65535; nothing was touched"),
+        (vec!["web-1", "--push-to", "/srv/cache"], "--push-to `/srv/cache` is not a store URI"),
+        (vec!["web-1", "--sign-key", "/nonexistent/key"], "--sign-key /nonexistent/key: cannot read the key"),
+    ] {
+        let mut all = vec!["--dry-run", "--flake", flake];
+        all.extend(args.iter());
+        let (code, stdout, stderr) = run_tool(&all);
+        assert_eq!(code, 2, "{args:?}: {stdout}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+}
+
 /// `-v` into a file or a pipe is plain text; `--color always` colors it
 /// anyway, `NO_COLOR` never. (The ad hoc destination is a refused local
 /// port: the run logs its local commands, then fails to connect.)

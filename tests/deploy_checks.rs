@@ -114,7 +114,7 @@ fn an_empty_fleet_is_valid() {
 fn unknown_host_key_is_named() {
     assert_err(
         "lib.deployChecks { inherit self system; deployFlake = fleet { web1.sshPrt = 2222; }; }",
-        &["deployFlake.hosts.web1.sshPrt: unknown option; did you mean \"sshPort\"? (known options: buildOn, configuration, healthChecks, hostname, magicRollback, selfCheck, sshOpts, sshPort, sshUser, substituteOnTarget, sudo, tags, timeouts)"],
+        &["deployFlake.hosts.web1.sshPrt: unknown option; did you mean \"sshPort\"? (known options: buildHost, buildHostCapacity, buildHostSshOpts, buildOn, configuration, copyFrom, healthChecks, hostname, keys, magicRollback, pushTo, selfCheck, sshOpts, sshPort, sshUser, substituteOnTarget, sudo, system, tags, timeouts)"],
     );
 }
 
@@ -145,7 +145,7 @@ fn wrong_types_are_named_with_what_was_expected() {
             "deployFlake.hosts.web1.sshPort: expected an integer between 1 and 65535, got a string (\"22\")",
             "deployFlake.hosts.web1.tags: expected a list of strings",
             "deployFlake.hosts.web1.magicRollback: expected a boolean, got an integer (1)",
-            "deployFlake.hosts.db1.buildOn: expected \"target\" or \"local\"",
+            "deployFlake.hosts.db1.buildOn: expected \"target\", \"local\" or \"host\"",
             "deployFlake.hosts.db1.selfCheck: expected null (run pre-activate-safety-checks if the system has one) or a relative path inside the toplevel, e.g. \"bin/check\", got a string (\"/bin/check\"): is absolute",
         ],
     );
@@ -606,6 +606,17 @@ fn expected_of(script: &str) -> serde_json::Value {
 }
 
 fn check_vm_plumbing(scenario: &str, exit_code: u8, success: bool) {
+    check_vm_plumbing_then(scenario, exit_code, success, |_, _| {});
+}
+
+/// As [`check_vm_plumbing`], then `more` on the script and the fleet's
+/// inventory (as the deployer reads it).
+fn check_vm_plumbing_then(
+    scenario: &str,
+    exit_code: u8,
+    success: bool,
+    more: impl FnOnce(&str, &serde_json::Value),
+) {
     let project = project_flake();
     let flake = path_ref(project.path());
     let VmCheck { script, additional_paths, .. } = build_vm_check(&flake, scenario);
@@ -670,6 +681,7 @@ fn check_vm_plumbing(scenario: &str, exit_code: u8, success: bool) {
         assert_eq!(running == to, target_succeeds, "{target}: running {running}, deployed {to}");
         assert_eq!(e["boot"].as_str() == Some(to.as_str()), target_succeeds, "{target} boot");
     }
+    more(&script, &inventory);
 }
 
 #[test]
@@ -680,6 +692,25 @@ fn vm_check_of_a_failing_scenario_is_consistent() {
 #[test]
 fn vm_check_of_a_first_deploy_is_consistent() {
     check_vm_plumbing("healthy-v1", 0, true);
+}
+
+/// The keys scenario: target1's deploy under test carries the scenario's
+/// key (and only it does), and the script checks what it left there.
+#[test]
+fn vm_check_of_the_keys_scenario_sends_the_key_and_checks_it() {
+    check_vm_plumbing_then("needs-key", 0, true, |script, inventory| {
+        let hosts = &inventory["hosts"];
+        let key = &hosts["target1"]["keys"]["demo-key"];
+        assert_eq!(key["keyCommand"], serde_json::json!(["echo", "demo-key-content"]), "{key}");
+        assert_eq!(
+            (key["user"].as_str(), key["permissions"].as_str()),
+            (Some("nobody"), Some("0440"))
+        );
+        for host in ["target1-from", "target2", "target2-from"] {
+            assert_eq!(hosts[host]["keys"], serde_json::json!({}), "{host}");
+        }
+        assert!(script.contains("/run/demo-keys/seen"), "the script checks the key");
+    });
 }
 
 /// The JSON a Python line `NAME = json.loads("...")` of the script holds.

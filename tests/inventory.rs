@@ -68,7 +68,7 @@ fn structural_errors() {
     let doc = json!({ "schemaVersion": 1, "hosts": { "my host": h } }).to_string();
     assert_eq!(
         err(&doc),
-        r#"deployFlake.hosts."my host".sshPrt: unknown option; did you mean "sshPort"? (known options: buildOn, configuration, healthChecks, hostname, magicRollback, selfCheck, sshOpts, sshPort, sshUser, substituteOnTarget, sudo, tags, timeouts); fix it in the flake's deployFlake"#
+        r#"deployFlake.hosts."my host".sshPrt: unknown option; did you mean "sshPort"? (known options: buildHost, buildHostCapacity, buildHostSshOpts, buildOn, configuration, copyFrom, healthChecks, hostname, keys, magicRollback, pushTo, selfCheck, sshOpts, sshPort, sshUser, substituteOnTarget, sudo, system, tags, timeouts); fix it in the flake's deployFlake"#
     );
     let mut h = host();
     h.as_object_mut().unwrap().remove("sudo");
@@ -103,7 +103,7 @@ fn field_types_and_ranges() {
         (
             "buildOn",
             json!("remote"),
-            r#"deployFlake.hosts.web1.buildOn: expected "target" or "local", got a string ("remote"); fix it in the flake's deployFlake"#,
+            r#"deployFlake.hosts.web1.buildOn: expected "target", "local" or "host", got a string ("remote"); fix it in the flake's deployFlake"#,
         ),
         (
             "tags",

@@ -1,4 +1,4 @@
-//! The lab itself, on both suites: a target is a real host for a deployer
+//! The lab itself, on every suite (bookworm, trixie, sid): a target is a real host for a deployer
 //! (strict ssh, systemd `running`, its own Nix daemon and store, transient
 //! units that outlive the ssh client), and the NixOS stand-in behaves like
 //! NixOS's switch-to-configuration (test, boot + reboot, exit code 4).
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::{eval_expr, host_nix, nix_path, run, run_ok, scenario_names, Lab, Suite};
 
 /// Declares one test per suite for each named function taking a `Suite`.
-macro_rules! on_both_suites {
+macro_rules! on_every_suite {
     ($($name:ident),* $(,)?) => {
         mod bookworm {
             $( #[test] fn $name() { super::$name(super::Suite::Bookworm) } )*
@@ -23,10 +23,13 @@ macro_rules! on_both_suites {
         mod trixie {
             $( #[test] fn $name() { super::$name(super::Suite::Trixie) } )*
         }
+        mod sid {
+            $( #[test] fn $name() { super::$name(super::Suite::Sid) } )*
+        }
     };
 }
 
-on_both_suites!(
+on_every_suite!(
     ssh_is_strict_and_the_system_is_running,
     target_has_its_own_nix_daemon_and_store,
     transient_unit_survives_a_killed_ssh_client,
@@ -88,10 +91,7 @@ fn target_has_its_own_nix_daemon_and_store(suite: Suite) {
     // The daemon answers (not just the local store of the root user).
     t.ssh_ok("nix store ping --store daemon");
     let version = t.ssh_ok("nix --version");
-    let expected = match suite {
-        Suite::Bookworm => "nix (Nix) 2.8.",
-        Suite::Trixie => "nix (Nix) 2.26.",
-    };
+    let expected = suite.nix_version_prefix();
     assert!(version.starts_with(expected), "{suite:?} target runs {version}");
 
     // A path added on the target exists there, not here.
@@ -266,11 +266,11 @@ fn failing_unit_makes_test_exit_4(suite: Suite) {
     assert_eq!(t.system_state(), "running");
 }
 
-/// Targets of both suites in one lab, booted in parallel.
+/// Targets of every suite in one lab, booted in parallel.
 #[test]
 fn mixed_suites_boot_in_parallel() {
     let started = Instant::now();
-    let lab = Lab::boot_suites(&[Suite::Trixie, Suite::Bookworm, Suite::Trixie]);
+    let lab = Lab::boot_suites(&[Suite::Trixie, Suite::Bookworm, Suite::Sid]);
     eprintln!("3 targets running after {:.2?}", started.elapsed());
     let mut addresses: Vec<&str> = lab.targets.iter().map(|t| t.address.as_str()).collect();
     addresses.sort();
@@ -279,7 +279,7 @@ fn mixed_suites_boot_in_parallel() {
     for t in &lab.targets {
         assert_eq!(t.system_state(), "running", "{}", t.name);
         let os = t.ssh_ok(". /etc/os-release && echo $VERSION_CODENAME");
-        assert_eq!(os, t.suite.as_str());
+        assert_eq!(os, t.suite.codename());
     }
     // Every target is reachable from every other one's perspective too:
     // distinct machine ids and host keys.

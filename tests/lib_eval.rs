@@ -33,9 +33,11 @@ fn defaults_fill_every_field() {
             "hostname": "web1", "sshUser": "root", "sshPort": 22, "sshOpts": [],
             "configuration": "web1", "tags": [], "buildOn": "target", "selfCheck": null,
             "sudo": "sudo", "magicRollback": true, "substituteOnTarget": true, "healthChecks": [],
+            "buildHost": null, "buildHostSshOpts": [], "buildHostCapacity": 0,
+            "copyFrom": "deployer", "pushTo": null, "system": null,
             "timeouts": { "connect": 10, "lock": 10, "preflight": 60, "copy": 600,
                           "build": 3600, "selfCheck": 120, "activate": 600,
-                          "confirm": 30, "boot": 300, "reboot": 600 } } },
+                          "confirm": 30, "boot": 300, "reboot": 600 }, "keys": {} } },
                "rollout": { "canary": [], "batches": ["100%"], "maxFailures": 0, "soak": null } })
     );
     // And the Rust side accepts it unchanged.
@@ -92,7 +94,7 @@ fn unknown_host_key_names_its_path_and_the_closest_key() {
     let err = mk("{ hosts.web1.sshPrt = 22; }").unwrap_err();
     assert_eq!(
         error_line(&err),
-        "error: deployFlake.hosts.web1.sshPrt: unknown option; did you mean \"sshPort\"? (known options: buildOn, configuration, healthChecks, hostname, magicRollback, selfCheck, sshOpts, sshPort, sshUser, substituteOnTarget, sudo, tags, timeouts)"
+        "error: deployFlake.hosts.web1.sshPrt: unknown option; did you mean \"sshPort\"? (known options: buildHost, buildHostCapacity, buildHostSshOpts, buildOn, configuration, copyFrom, healthChecks, hostname, keys, magicRollback, pushTo, selfCheck, sshOpts, sshPort, sshUser, substituteOnTarget, sudo, system, tags, timeouts)"
     );
 }
 
@@ -140,7 +142,7 @@ fn wrong_types_name_the_path_expected_and_got() {
         ),
         (
             r#"{ hosts.web1.buildOn = "remote"; }"#,
-            r#"error: deployFlake.hosts.web1.buildOn: expected "target" or "local", got a string ("remote")"#,
+            r#"error: deployFlake.hosts.web1.buildOn: expected "target", "local" or "host", got a string ("remote")"#,
         ),
         (
             r#"{ hosts.web1.magicRollback = "yes"; }"#,
@@ -470,4 +472,88 @@ async fn load_reads_a_document_without_the_compact_view() {
     let inv = load(by_hand.path()).await;
     assert_eq!(inv.hosts["db1"].ssh_port, 2222);
     assert_eq!(inv, load(with_view.path()).await);
+}
+
+#[test]
+fn keys_merge_by_name_over_the_defaults_and_are_resolved() {
+    let v = mk(r#"{ defaults.keys = { db = { keyCommand = [ "pass" "db" ]; }; api = { text = "t"; }; };
+                    hosts.web1.keys = { db = { keyFile = "/srv/db"; user = "postgres"; uploadAt = "post-activation"; }; tls.keyFile = "/srv/tls"; };
+                    hosts.db1 = { }; }"#)
+    .unwrap();
+    let web1 = &v["hosts"]["web1"]["keys"];
+    assert_eq!(
+        web1["db"],
+        json!({ "name": "db", "text": null, "keyFile": "/srv/db", "keyCommand": null,
+                "destDir": "/run/keys", "user": "postgres", "group": "root",
+                "permissions": "0600", "uploadAt": "post-activation" })
+    );
+    assert_eq!(web1["api"]["text"], "t");
+    assert_eq!(web1["tls"]["name"], "tls");
+    let names: Vec<&String> = v["hosts"]["db1"]["keys"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["api", "db"]);
+    assert_eq!(v["hosts"]["db1"]["keys"]["db"]["keyCommand"], json!(["pass", "db"]));
+    // The tool reads the same, from the document and from the compact view.
+    let inv = inventory::parse(&v.to_string()).unwrap();
+    assert_eq!(inv.hosts["web1"].keys["db"].key_file.as_deref(), Some("/srv/db"));
+    let compact = mk_attr(
+        r#"{ defaults.keys.api.text = "t"; hosts.web1.keys.tls.keyFile = "/k"; hosts.db1 = { }; }"#,
+        "compact",
+    )
+    .unwrap();
+    let inv = inventory::parse(&compact.to_string()).unwrap();
+    let web1: Vec<&String> = inv.hosts["web1"].keys.keys().collect();
+    assert_eq!(web1, ["api", "tls"]);
+    assert_eq!(inv.hosts["db1"].keys.len(), 1);
+}
+
+/// A `keyFile` written as a Nix path would put the key into the store (Nix
+/// copies a path literal there the moment it becomes a string): refused
+/// with why, before anything is copied.
+#[test]
+fn a_key_file_as_a_nix_path_is_refused_without_reaching_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("never-in-the-store-{}", std::process::id());
+    let file = dir.path().join("db.key");
+    std::fs::write(&file, &marker).unwrap();
+    let err = mk(&format!("{{ hosts.web1.keys.db.keyFile = {}; }}", file.display())).unwrap_err();
+    assert_eq!(
+        error_line(&err),
+        format!(
+            "error: deployFlake.hosts.web1.keys.db.keyFile: expected an absolute path on the deploying machine, as a string (\"/run/secrets/db\"), got a path ({}): is a Nix path, which copies the file into the Nix store, readable by every user (and by every target that builds from the flake): write the path as a string",
+            file.display()
+        )
+    );
+    // In defaults too, and in the same words as deployChecks would use.
+    let err = mk(&format!("{{ defaults.keys.db.keyFile = {}; }}", file.display())).unwrap_err();
+    assert!(
+        error_line(&err)
+            .contains("deployFlake.defaults.keys.db.keyFile: expected an absolute path"),
+        "{err}"
+    );
+    let stored = std::process::Command::new("grep")
+        .args(["-rl", "--include=*db.key", &marker, "/nix/store"])
+        .output()
+        .unwrap();
+    assert!(stored.stdout.is_empty(), "{}", String::from_utf8_lossy(&stored.stdout));
+}
+
+/// A build host may come from the defaults or the host, `buildOn` from
+/// either: what a host ends up with must name one when it builds on one.
+#[test]
+fn build_on_host_needs_a_build_host_from_the_defaults_or_the_host() {
+    let v =
+        mk(r#"{ defaults = { buildOn = "host"; buildHost = "bh"; }; hosts.web1 = { }; }"#).unwrap();
+    assert_eq!(
+        (&v["hosts"]["web1"]["buildOn"], &v["hosts"]["web1"]["buildHost"]),
+        (&json!("host"), &json!("bh"))
+    );
+    let v = mk(r#"{ defaults.buildOn = "host"; hosts.web1.buildHost = "root@b:2222"; }"#).unwrap();
+    assert_eq!(v["hosts"]["web1"]["buildHost"], "root@b:2222");
+    let err =
+        mk(r#"{ defaults.buildOn = "host"; hosts = { web1.buildHost = "bh"; db1 = { }; }; }"#)
+            .unwrap_err();
+    assert_eq!(
+        error_line(&err),
+        r#"error: deployFlake.hosts.db1.buildHost: expected null or the build host: a host of deployFlake, or a destination [user@]host[:port], got null: buildOn is "host": name the build host (a host of deployFlake, or [user@]host[:port]), or pass --build-host"#
+    );
 }

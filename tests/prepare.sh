@@ -5,7 +5,7 @@
 # systems. Idempotent: a prepared
 # machine is left as it is in a few seconds.
 #
-#   tests/prepare.sh            packages + both root file systems
+#   tests/prepare.sh            packages + the three root file systems (bookworm, trixie, sid)
 #
 # Timings go to stderr as "prepare: <step> <seconds>s".
 set -euo pipefail
@@ -29,8 +29,8 @@ if ((${#missing[@]})); then
 fi
 step packages "$t"
 
-t=$(date +%s)
-for suite in trixie bookworm; do
+for suite in trixie bookworm sid; do
+    t=$(date +%s)
     bash "$here/lab/rootfs.sh" "$suite" >/dev/null
+    step "rootfs-$suite" "$t"
 done
-step rootfs "$t"

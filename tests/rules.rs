@@ -57,6 +57,19 @@ const OPT: &str =
     "expected an ssh option (-o Key=Value, -i FILE, -J HOST, -F FILE, -4, -6, -A, -C or -q)";
 const CHECK: &str = r#"expected a health check ({ command = [ "argv" ... ]; } run on the target as root, or { http = "http://..."; } fetched from the deploying machine; optional: description, period, timeout)"#;
 const ONE_OF: &str = "needs exactly one of command (a non-empty argv) or http (an http:// URL)";
+const KEY: &str = r#"expected a key ({ text = "..."; }, { keyFile = "/path/on/the/deploying/machine"; } or { keyCommand = [ "argv" ... ]; }; optional: name, destDir, user, group, permissions, uploadAt)"#;
+const KEY_FILE: &str =
+    r#"expected an absolute path on the deploying machine, as a string ("/run/secrets/db")"#;
+const KEY_NAME: &str =
+    "expected a file name (not empty, without '/' or control characters, not '.' or '..')";
+const DEST: &str = r#"expected an absolute directory on the target, e.g. "/run/keys" (no '.', '..' or empty components, no trailing '/', not in /nix)"#;
+const OWNER: &str = "expected a user or group name, or a number (not empty, without whitespace, ':' or '/', not starting with '-')";
+const MODE: &str =
+    r#"expected an octal mode (three digits, or four starting with 0, e.g. "0600" or "0640")"#;
+const BUILD_HOST: &str =
+    "expected null or the build host: a host of deployFlake, or a destination [user@]host[:port]";
+const PUSH_TO: &str = "expected null or a Nix store URI the targets substitute from (s3://..., ssh-ng://..., file://...)";
+const SYSTEM: &str = "expected null (build the configuration) or a NixOS system's store path, built elsewhere (/nix/store/<hash>-<name>)";
 const MISSING: &str =
     "missing (a deployFlake must be fully resolved; mkDeployFlake fills in defaults)";
 
@@ -66,6 +79,20 @@ fn table() -> Vec<Row> {
         ok("plain", User, json!({})),
         ok("ipv6", User, json!({ "hostname": "fe80::1" })),
         ok("ipv6_zone", User, json!({ "hostname": "fe80::1%eth0" })),
+        ok(
+            "keys_of_every_kind",
+            User,
+            json!({ "keys": {
+                "db": { "keyCommand": ["pass", "show", "db"], "user": "postgres", "group": "postgres", "permissions": "0640" },
+                "tls": { "keyFile": "/run/secrets/tls.key", "destDir": "/var/lib/secrets", "uploadAt": "post-activation", "permissions": "640" },
+                "token": { "text": "not-a-secret", "name": "api.token", "user": "1001" } } }),
+        ),
+        ok(
+            "keys_with_colmena_nulls",
+            User,
+            json!({ "keys": { "x": { "text": null, "keyFile": "/k", "keyCommand": null, "destDir": null, "user": null, "group": null, "permissions": null, "uploadAt": null, "name": null } } }),
+        ),
+
         ok(
             "hostile_but_quotable",
             User,
@@ -170,6 +197,54 @@ fn table() -> Vec<Row> {
         bad("line_break_in_ssh_option", User, json!({ "sshOpts": ["-oUser=x\nHost *"] }),
             format!(r#"sshOpts.0: {OPT}, got a string ("-oUser=x\nHost *"): contains a control character"#)),
         // ---- health checks
+        bad("key_without_source", User, json!({ "keys": { "a": {} } }),
+            format!("keys.a: {KEY}, got an attribute set: needs exactly one of text, keyFile or keyCommand")),
+        bad("key_with_two_sources", User, json!({ "keys": { "a": { "text": "x", "keyFile": "/k" } } }),
+            format!("keys.a: {KEY}, got an attribute set: needs exactly one of text, keyFile or keyCommand")),
+        bad("key_text_is_never_shown", User, json!({ "keys": { "a": { "text": 271828 } } }),
+            "keys.a.text: expected a string (the key's content), got an integer"),
+        bad("key_itself_is_never_shown", User, json!({ "keys": { "a": "hunter2" } }),
+            format!("keys.a: {KEY}, got a string")),
+        bad("keys_not_a_set", User, json!({ "keys": [] }),
+            "keys: expected an attribute set of keys (name = { text, keyFile or keyCommand; ... }), got a list"),
+        bad("key_file_relative", User, json!({ "keys": { "a": { "keyFile": "secrets/db" } } }),
+            format!(r#"keys.a.keyFile: {KEY_FILE}, got a string ("secrets/db"): is relative: give an absolute path on the deploying machine"#)),
+        bad("key_file_in_store", User, json!({ "keys": { "a": { "keyFile": "/nix/store/aaaa-src/db" } } }),
+            format!(r#"keys.a.keyFile: {KEY_FILE}, got a string ("/nix/store/aaaa-src/db"): is in the Nix store, which every user can read: keep the key outside the store"#)),
+        bad("key_command_empty", User, json!({ "keys": { "a": { "keyCommand": [] } } }),
+            "keys.a.keyCommand: expected a non-empty list of strings (a command run on the deploying machine; its stdout is the key), got a list: is empty"),
+        bad("key_command_not_strings", User, json!({ "keys": { "a": { "keyCommand": ["pass", 1] } } }),
+            "keys.a.keyCommand.1: expected a string, got an integer (1)"),
+        bad("key_name_with_slash", User, json!({ "keys": { "a": { "text": "x", "name": "a/b" } } }),
+            format!(r#"keys.a.name: {KEY_NAME}, got a string ("a/b"): contains '/': the name is a file name inside destDir"#)),
+        bad("key_name_dot_dot", User, json!({ "keys": { "a": { "text": "x", "name": ".." } } }),
+            format!(r#"keys.a.name: {KEY_NAME}, got a string (".."): is '.' or '..'"#)),
+        bad("key_name_reserved", User, json!({ "keys": { "a": { "text": "x", "name": ".deploy-flake-old" } } }),
+            format!(r#"keys.a.name: {KEY_NAME}, got a string (".deploy-flake-old"): starts with '.deploy-flake', which deploy-flake keeps for itself in destDir"#)),
+        bad("key_dest_relative", User, json!({ "keys": { "a": { "text": "x", "destDir": "run/keys" } } }),
+            format!(r#"keys.a.destDir: {DEST}, got a string ("run/keys"): is relative"#)),
+        bad("key_dest_trailing_slash", User, json!({ "keys": { "a": { "text": "x", "destDir": "/run/keys/" } } }),
+            format!(r#"keys.a.destDir: {DEST}, got a string ("/run/keys/"): has an empty component or a trailing '/'"#)),
+        bad("key_dest_dot_dot", User, json!({ "keys": { "a": { "text": "x", "destDir": "/run/../etc" } } }),
+            format!(r#"keys.a.destDir: {DEST}, got a string ("/run/../etc"): has a '.' or '..' component"#)),
+        bad("key_dest_in_nix", User, json!({ "keys": { "a": { "text": "x", "destDir": "/nix/var/keys" } } }),
+            format!(r#"keys.a.destDir: {DEST}, got a string ("/nix/var/keys"): is inside /nix"#)),
+        bad("key_user_with_colon", User, json!({ "keys": { "a": { "text": "x", "user": "a:b" } } }),
+            format!(r#"keys.a.user: {OWNER}, got a string ("a:b"): contains ':'"#)),
+        bad("key_group_empty", User, json!({ "keys": { "a": { "text": "x", "group": "" } } }),
+            format!(r#"keys.a.group: {OWNER}, got a string (""): is empty"#)),
+        bad("key_mode_setuid", User, json!({ "keys": { "a": { "text": "x", "permissions": "4755" } } }),
+            format!(r#"keys.a.permissions: {MODE}, got a string ("4755"): is not an octal mode without special bits"#)),
+        bad("key_mode_symbolic", User, json!({ "keys": { "a": { "text": "x", "permissions": "u=rw" } } }),
+            format!(r#"keys.a.permissions: {MODE}, got a string ("u=rw"): is not an octal mode without special bits"#)),
+        bad("key_upload_at", User, json!({ "keys": { "a": { "text": "x", "uploadAt": "later" } } }),
+            r#"keys.a.uploadAt: expected "pre-activation" or "post-activation", got a string ("later")"#),
+        bad("key_unknown_field", User, json!({ "keys": { "a": { "text": "x", "destdir": "/x" } } }),
+            r#"keys.a.destdir: unknown option; did you mean "destDir"? (known options: destDir, group, keyCommand, keyFile, name, permissions, text, uploadAt, user)"#),
+        bad("keys_that_clash", User, json!({ "keys": { "a": { "text": "x", "name": "b" }, "b": { "text": "y" } } }),
+            "keys.b: writes /run/keys/b, as keys.a does: give one of them another name or destDir"),
+        bad("key_missing_field", Resolved, json!({ "keys": { "a": { "name": "a", "text": "x", "keyFile": null, "keyCommand": null, "destDir": "/run/keys", "user": "root", "group": "root", "permissions": "0600" } } }),
+            format!("keys.a.uploadAt: {MISSING}")),
         bad("command_and_http", User, json!({ "healthChecks": [{ "command": ["true"], "http": "http://x/" }] }),
             format!("healthChecks.0: {CHECK}, got an attribute set: {ONE_OF}")),
         bad("empty_command", User, json!({ "healthChecks": [{ "command": [] }] }),
@@ -190,15 +265,46 @@ fn table() -> Vec<Row> {
             "healthChecks.0.description: expected a string, got null"),
         // ---- the rest
         bad("bad_build_on", User, json!({ "buildOn": "remote" }),
-            r#"buildOn: expected "target" or "local", got a string ("remote")"#),
+            r#"buildOn: expected "target", "local" or "host", got a string ("remote")"#),
         bad("bad_magic_rollback", User, json!({ "magicRollback": "yes" }),
             r#"magicRollback: expected a boolean, got a string ("yes")"#),
         bad("bad_tag", User, json!({ "tags": ["web", 1] }),
             "tags.1: expected a string, got an integer (1)"),
         bad("empty_sudo", User, json!({ "sudo": "" }),
             r#"sudo: expected a command (not empty, no control characters), got a string (""): is empty"#),
+        // ---- where systems are built
+        ok("build_host_by_name", User, json!({ "buildOn": "host", "buildHost": "builder", "copyFrom": "build-host" })),
+        ok(
+            "build_host_destination",
+            User,
+            json!({ "buildOn": "host", "buildHost": "nix@[fe80::1]:2222", "buildHostSshOpts": ["-i", "/k", "-A"],
+                    "buildHostCapacity": 1024, "pushTo": "s3://cache?region=eu-west-1" }),
+        ),
+        ok("prebuilt_system", User, json!({ "system": "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-x-24.05" })),
+        bad("build_host_missing", User, json!({ "buildOn": "host" }),
+            format!(r#"buildHost: {BUILD_HOST}, got null: buildOn is "host": name the build host (a host of deployFlake, or [user@]host[:port]), or pass --build-host"#)),
+        bad("build_host_missing_resolved", Resolved, json!({ "buildOn": "host", "buildHost": null }),
+            format!(r#"buildHost: {BUILD_HOST}, got null: buildOn is "host": name the build host (a host of deployFlake, or [user@]host[:port]), or pass --build-host"#)),
+        bad("build_host_with_space", User, json!({ "buildOn": "host", "buildHost": "a b" }),
+            format!(r#"buildHost: {BUILD_HOST}, got a string ("a b"): contains whitespace"#)),
+        bad("build_host_dash", User, json!({ "buildHost": "-oProxyCommand=x" }),
+            format!(r#"buildHost: {BUILD_HOST}, got a string ("-oProxyCommand=x"): starts with '-'"#)),
+        bad("build_host_ssh_opt_p", User, json!({ "buildHostSshOpts": ["-p", "22"] }),
+            format!(r#"buildHostSshOpts.0: {OPT}, got a string ("-p"): set sshPort instead"#)),
+        bad("build_host_capacity", User, json!({ "buildHostCapacity": 1025 }),
+            "buildHostCapacity: expected how many systems the build host builds at once: 0 (its core count) to 1024, got an integer (1025)"),
+        bad("copy_from", User, json!({ "copyFrom": "target" }),
+            r#"copyFrom: expected "deployer" or "build-host", got a string ("target")"#),
+        bad("push_to_no_scheme", User, json!({ "pushTo": "/srv/cache" }),
+            format!(r#"pushTo: {PUSH_TO}, got a string ("/srv/cache"): is not a store URI (scheme://...)"#)),
+        bad("system_not_in_store", User, json!({ "system": "/tmp/result" }),
+            format!(r#"system: {SYSTEM}, got a string ("/tmp/result"): is not a path directly in /nix/store"#)),
+        bad("system_bad_hash", User, json!({ "system": "/nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x" }),
+            format!(r#"system: {SYSTEM}, got a string ("/nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x"): is not a store path (/nix/store/<32-character hash>-<name>)"#)),
+        bad("system_inside", User, json!({ "system": "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-x/bin" }),
+            format!(r#"system: {SYSTEM}, got a string ("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-x/bin"): is not a path directly in /nix/store"#)),
         bad("unknown_key", User, json!({ "sshPrt": 22 }),
-            r#"sshPrt: unknown option; did you mean "sshPort"? (known options: buildOn, configuration, healthChecks, hostname, magicRollback, selfCheck, sshOpts, sshPort, sshUser, substituteOnTarget, sudo, tags, timeouts)"#),
+            r#"sshPrt: unknown option; did you mean "sshPort"? (known options: buildHost, buildHostCapacity, buildHostSshOpts, buildOn, configuration, copyFrom, healthChecks, hostname, keys, magicRollback, pushTo, selfCheck, sshOpts, sshPort, sshUser, substituteOnTarget, sudo, system, tags, timeouts)"#),
     ]
 }
 
@@ -250,6 +356,29 @@ fn resolved_check(c: &Value) -> Value {
     r
 }
 
+/// Keys as mkDeployFlake resolves them (null is the default, `name` the
+/// attribute's), unchecked.
+fn resolved_keys(keys: &Value) -> Value {
+    let Some(obj) = keys.as_object() else { return keys.clone() };
+    let mut out = serde_json::Map::new();
+    for (attr, k) in obj {
+        let Some(fields) = k.as_object() else {
+            out.insert(attr.clone(), k.clone());
+            continue;
+        };
+        let mut r = json!({ "name": attr, "text": null, "keyFile": null, "keyCommand": null,
+            "destDir": "/run/keys", "user": "root", "group": "root", "permissions": "0600",
+            "uploadAt": "pre-activation" });
+        for (f, v) in fields {
+            if !v.is_null() {
+                r[f] = v.clone();
+            }
+        }
+        out.insert(attr.clone(), r);
+    }
+    Value::Object(out)
+}
+
 /// The record deployChecks and the tool read for a row.
 fn record_of(row: &Row, from_mk: Option<&Value>) -> Value {
     match (row.kind, from_mk) {
@@ -258,6 +387,9 @@ fn record_of(row: &Row, from_mk: Option<&Value>) -> Value {
             let mut r = merged(row.name, &row.settings, true);
             if let Some(Value::Array(checks)) = row.settings.get("healthChecks") {
                 r["healthChecks"] = Value::Array(checks.iter().map(resolved_check).collect());
+            }
+            if let Some(keys) = row.settings.get("keys") {
+                r["keys"] = resolved_keys(keys);
             }
             r
         }

@@ -21,6 +21,12 @@
 #   origin     who runs the deploy, from which flake ("<key> <value>" lines)
 #   output.<pid>   a FIFO: what an activation prints, on its way to the log
 #   exit-status    the exit status of the last command run for the system
+#   staged-keys  the keys the deployer sent (N: content, N.meta: upload time,
+#              directory, name, user, group, mode), until written
+#   keys-written  what this run wrote: "had FILE" (its previous content is
+#              kept as DIR/.deploy-flake-previous/RUNID/NAME) or "new FILE"
+#   keys-keep  the deployer drops the previous keys itself (after a soak)
+#   keys-adopted  the run (a revert) that put back the keys of this RUNDIR
 # A run only ever looks at its own RUNDIR, so nothing left by an earlier
 # run can confirm a later one. What outlives a reboot is kept root-only in
 # /var/lib/deploy-flake: which systems were confirmed on this host
@@ -56,6 +62,8 @@
 #                                  host lock while a line arrives on stdin at least
 #                                  every BEAT_SECS, each written to RUNDIR/alive; says
 #                                  "deploy-flake-locked" once it holds it, after
+#                                  the switches going on, the host's Nix
+#                                  ("deploy-flake-nix <nix --version>") and
 #                                  what `health HEALTH_SECS` says when asked)
 #   agent.sh displace RUNID CMD...  (ends a holder of the host lock of the same
 #                                  run, whose deployer lost its connection to it,
@@ -63,6 +71,15 @@
 #   agent.sh health SECS [RUNDIR] (system state, failed units, those failed before)
 #   agent.sh look SECS [RUNDIR]   (health, and what the host runs; read-only)
 #   agent.sh facts TOPLEVEL [SELFCHECK]   (what the deployer needs to decide)
+#   agent.sh keys-stage RUNDIR [keep]  (stdin: the keys; staged for `activate`,
+#                                 which writes pre-activation keys before the switch
+#                                 and post-activation keys once confirmed; with keep,
+#                                 the previous keys stay until keys-drop)
+#   agent.sh keys-upload RUNDIR   (stdin: the keys; written now, all of them)
+#   agent.sh keys-discard RUNDIR  (the staged keys are not needed: removed)
+#   agent.sh keys-drop RUNDIR     (the previous keys of a run are not needed)
+#   agent.sh keys-adopt RUNDIR FROM  (a revert: stage the keys as they were
+#                                 before run FROM, to be written by `activate`)
 #   agent.sh status               (what the host runs, boots, lacks; read-only)
 #   agent.sh diff TOPLEVEL        (what activating TOPLEVEL would change; read-only)
 #
@@ -442,15 +459,20 @@ roll_back() {
         log "failed units: $new"
     fi
     if [ "$magic" != 1 ]; then
+        # The new system stays, with its keys.
+        keys_drop
         set_status failed "$cause" "$reason"
         return
     fi
     if [ -z "$previous" ] || [ ! -x "$previous/bin/switch-to-configuration" ]; then
+        keys_restore
         set_status rollback-failed "$cause" "$reason; no previous system to return to"
         return
     fi
     set_status rolling-back "$cause" "$reason"
     log "rolling back to $previous: $reason"
+    # The keys the previous system ran with, before it runs again.
+    keys_restore
     # What failed under the abandoned system is not the previous system's
     # doing: clear it, so that what fails now is what the rollback left.
     for unit in $new; do systemctl reset-failed "$unit" 2> /dev/null; done
@@ -486,6 +508,7 @@ begin() {
     pid='' holder=''
     if [ -s "$STATE/lock.pid" ]; then read -r pid holder < "$STATE/lock.pid"; fi
     if [ "$holder" != "$runid" ] || ! holder_alive "$pid" "$runid"; then
+        rm -rf "$rundir/staged-keys"
         set_status refused lock-lost "this run lost the host lock (its deployer was silent for longer than the lock holder waits); nothing was changed"
         return 1
     fi
@@ -493,6 +516,7 @@ begin() {
         case "$unit" in
             deploy-flake-"$runid"-*) ;;
             deploy-flake-*-activate.service | deploy-flake-*-boot.service)
+                rm -rf "$rundir/staged-keys"
                 set_status refused busy "another run is changing the host ($unit); nothing was changed"
                 return 1
                 ;;
@@ -513,7 +537,7 @@ holder_alive() {
 still_running() {
     now_running=$(readlink -f /run/current-system 2> /dev/null)
     [ "$now_running" = "$toplevel" ] && return 0
-    rm -f "$rundir/toplevel"
+    rm -f "$rundir/toplevel" && rm -rf "$rundir/staged-keys"
     log "another switch replaced $toplevel $1: the host runs ${now_running:-nothing}"
     set_status superseded superseded "another switch replaced the run's system $1: the host runs ${now_running:-nothing}; no boot entry was written"
     return 1
@@ -533,6 +557,12 @@ activate() {
     failed_units > "$rundir/failed-before"
     set_status activating
     log "activating $toplevel (previous: ${previous:-none})"
+    if ! keys_install pre; then
+        keys_restore
+        rm -f "$rundir/toplevel"
+        set_status refused keys "a pre-activation key could not be written (see the log); nothing was activated"
+        return
+    fi
     # shellcheck disable=SC2086 # allow-listed words
     run_bounded "$activate_secs" 1 env $stc_env "$toplevel/bin/switch-to-configuration" test
     rc=$?
@@ -549,11 +579,13 @@ activate() {
         2) roll_back activation-script "the activation script failed (switch-to-configuration test exited with 2)"; return ;;
         11)
             rm -f "$rundir/toplevel"
+            keys_restore
             set_status refused busy "another switch-to-configuration holds its lock (nixos-rebuild or an automatic upgrade is switching this host); nothing was activated"
             return
             ;;
         100)
             rm -f "$rundir/toplevel"
+            keys_restore
             set_status refused reboot-required "the new system's init is incompatible with the running one (switch-to-configuration test exited with 100); nothing was activated"
             return
             ;;
@@ -561,6 +593,7 @@ activate() {
         125) roll_back "$(abort_cause)" "activation aborted by the deployer: $(abort_text)"; return ;;
         *) roll_back activation-failed "switch-to-configuration test exited with $rc"; return ;;
     esac
+    keys_own
     set_status awaiting-confirmation
     # The window measures the deployer's liveness, not its speed: each of
     # its heartbeats (through the lock holder, `alive`) restarts it, so a
@@ -605,6 +638,13 @@ activate() {
         return
     fi
     still_running "before the confirmation was recorded" || return 0
+    # Post-activation keys once confirmed; one that cannot be written takes
+    # the host back, with the keys it had.
+    if ! keys_install post; then
+        roll_back keys "a post-activation key could not be written (see the log)"
+        return
+    fi
+    keys_drop
     record confirmed "$toplevel"
     set_status confirmed
     log "confirmed"
@@ -1059,14 +1099,17 @@ diff() {
     if [ -z "$current" ]; then
         echo "deploy-flake-packages-unknown the host runs no system to compare with"
     else
-        out=$(nix --extra-experimental-features nix-command store diff-closures "$current" "$toplevel" 2>&1)
+        # Nix's own warnings (and errors) go to stderr, which the deployer
+        # shows.
+        out=$(nix --extra-experimental-features nix-command store diff-closures "$current" "$toplevel")
         rc=$?
         if [ "$rc" = 0 ]; then
-            printf '%s\n' "$out" | sed '/^$/d; s/^/deploy-flake-package /'
+            printf '%s
+' "$out" | sed '/^$/d; s/^/deploy-flake-package /'
         else
-            echo "deploy-flake-packages-unknown nix store diff-closures exited with $rc: $(last_words "$out")"
+            echo "deploy-flake-packages-unknown nix store diff-closures exited with $rc (what it said is above)"
         fi
-        nix --extra-experimental-features nix-command path-info --closure-size "$current" "$toplevel" 2> /dev/null |
+        nix --extra-experimental-features nix-command path-info --closure-size "$current" "$toplevel" |
             awk '{print "deploy-flake-closure " $1 " " $2}'
     fi
     out=$("$toplevel/bin/switch-to-configuration" dry-activate 2>&1 < /dev/null)
@@ -1101,6 +1144,22 @@ last_words() {
     printf '%s\n' "$1" | sed '/^[[:space:]]*$/d' | tail -n 1
 }
 
+# The Nix that commands run here ("deploy-flake-nix <nix --version>"), for
+# the flags the deployer gives them. Asked again only when the binary is
+# another (device, inode, time, size): a lock costs one stat, not a Nix.
+nix_version() {
+    bin=$(command -v nix) || return 0
+    key=$(stat -L -c '%d:%i:%Y:%s' "$bin" 2> /dev/null) || return 0
+    seen='' said=''
+    if [ -r "$STATE/nix-version" ]; then { read -r seen && read -r said; } < "$STATE/nix-version"; fi
+    if [ "$seen" != "$key" ]; then
+        said=$(nix --version 2> /dev/null | head -n 1)
+        printf '%s\n%s\n' "$key" "$said" > "$STATE/nix-version.tmp" &&
+            mv -f "$STATE/nix-version.tmp" "$STATE/nix-version"
+    fi
+    echo "deploy-flake-nix $said"
+}
+
 hold() {
     info=$1 patience=$2 rundir=$3 preflight=${4:-}
     main=$$
@@ -1118,6 +1177,7 @@ hold() {
     printf '%s\n' "$serial" > "$STATE/lock.serial"
     echo "deploy-flake-serial $serial"
     switches_in_progress
+    nix_version
     # The deployer's preflight, answered with the lock.
     if [ -n "$preflight" ]; then health "$preflight" "$rundir"; fi
     # Taking the lock (again, after a reconnect) is a sign of life.
@@ -1176,6 +1236,263 @@ displace() {
     exec "$@"
 }
 
+# ---- keys -------------------------------------------------------------------
+# Secrets the deployer sends on stdin (never in an argument or the
+# environment), staged root-only in the run directory, then written to
+# their files: a temporary file in the same directory, owner and mode set
+# before any content, then a rename. The previous content of a file this
+# run replaces is kept, root-only, beside it (DIR/.deploy-flake-previous/
+# RUNID/NAME, a hard link: the same file system, so a key in /run/keys
+# never reaches a disk); a rollback puts it back and removes the files
+# this run created, a confirmation drops it.
+
+# keys_dir_safe DIR: DIR is missing, or a directory only root may change
+# (root writes files there: no one else may swap them underneath).
+keys_dir_safe() {
+    [ -e "$1" ] || [ -L "$1" ] || return 0
+    if [ -L "$1" ] || [ ! -d "$1" ]; then
+        echo "deploy-flake agent: key directory $1 is not a directory" >&2
+        return 1
+    fi
+    if [ -n "$(find "$1" -maxdepth 0 \( ! -user 0 -o -perm /022 \) 2> /dev/null)" ]; then
+        echo "deploy-flake agent: key directory $1 may be changed by others than root (owner $(stat -c %U "$1"), mode $(stat -c %a "$1")): make it root's, writable by root only" >&2
+        return 1
+    fi
+}
+
+# keys_dir DIR: create it root-owned 0750 (group keys, where there is one),
+# its parents 0755.
+keys_dir() {
+    [ -d "$1" ] && return 0
+    (umask 022 && mkdir -p "${1%/*}") && mkdir -m 0750 "$1" || return 1
+    if getent group keys > /dev/null 2>&1; then chgrp keys "$1"; fi
+}
+
+keys_stage() {
+    rundir=$1
+    staged=$rundir/staged-keys
+    rm -rf "$staged" && mkdir -m 0700 "$staged" || exit 1
+    if [ "${2:-}" = keep ]; then : > "$rundir/keys-keep"; fi
+    n=0
+    while IFS= read -r at; do
+        if ! { IFS= read -r dir && IFS= read -r name && IFS= read -r user && IFS= read -r group &&
+            IFS= read -r mode && IFS= read -r len; }; then
+            echo "deploy-flake agent: the keys ended early" >&2
+            rm -rf "$staged"
+            exit 1
+        fi
+        n=$((n + 1))
+        head -c "$len" > "$staged/$n"
+        if [ "$(wc -c < "$staged/$n")" != "$len" ]; then
+            echo "deploy-flake agent: key $name: fewer bytes than announced" >&2
+            rm -rf "$staged"
+            exit 1
+        fi
+        printf '%s\n' "$at" "$dir" "$name" "$user" "$group" "$mode" > "$staged/$n.meta"
+        keys_dir_safe "$dir" || { rm -rf "$staged"; exit 1; }
+        keys_prune "$dir"
+        if [ "$at" = pre-activation ] && ! keys_owner_exists "$user" "$group"; then
+            echo "key $name: $user:$group does not exist yet: written as root:root, given to $user:$group once the new system has created them"
+        fi
+    done
+    echo "deploy-flake-keys-staged $n"
+}
+
+# keys_prune DIR: drop what runs that are gone (the host rebooted, their
+# state was removed) kept there of the keys they replaced.
+keys_prune() {
+    for kept in "$1"/.deploy-flake-previous/*; do
+        [ -d "$kept" ] || continue
+        [ -d "$STATE/runs/${kept##*/}" ] || rm -rf "$kept"
+    done
+    rmdir "$1/.deploy-flake-previous" 2> /dev/null
+    return 0
+}
+
+keys_owner_exists() {
+    getent passwd "$1" > /dev/null 2>&1 && getent group "$2" > /dev/null 2>&1
+}
+
+# keys_install pre|post|all: write the staged keys of that upload time.
+# Stops at the first that cannot be written (what was written stays
+# recorded for keys_restore).
+keys_install() {
+    staged=$rundir/staged-keys
+    [ -d "$staged" ] || return 0
+    for meta in "$staged"/*.meta; do
+        [ -e "$meta" ] || continue
+        {
+            IFS= read -r at
+            IFS= read -r dir
+            IFS= read -r name
+            IFS= read -r user
+            IFS= read -r group
+            IFS= read -r mode
+        } < "$meta"
+        case "$1:$at" in
+            pre:pre-activation | post:post-activation | all:*) ;;
+            pre:remove)
+                key_remove "$dir/$name" || return 1
+                rm -f "${meta%.meta}" "$meta"
+                continue
+                ;;
+            *) continue ;;
+        esac
+        lenient=0
+        if [ "$1" = pre ]; then lenient=1; fi
+        key_write "${meta%.meta}" "$dir" "$name" "$user" "$group" "$mode" "$lenient" || return 1
+        rm -f "${meta%.meta}" "$meta"
+    done
+}
+
+# key_write STAGED DIR NAME USER GROUP MODE LENIENT: with LENIENT 1 (before
+# the switch), an owner the new system has yet to create gets the key
+# once it has (keys_own); until then it is root's.
+key_write() {
+    file=$2/$3 owner=$4:$5 runid=${rundir##*/}
+    if ! keys_owner_exists "$4" "$5"; then
+        if [ "$7" != 1 ]; then
+            log "key $3: user $4 or group $5 does not exist"
+            return 1
+        fi
+        owner=root:root
+        printf '%s %s\n' "$4:$5" "$file" >> "$rundir/keys-owners"
+    fi
+    if ! { keys_dir_safe "$2" && keys_dir "$2"; }; then
+        log "key $3: cannot create or use $2"
+        return 1
+    fi
+    tmp=$2/.deploy-flake-new.$3
+    rm -f "$tmp"
+    if ! { (umask 077 && : > "$tmp") && chown "$owner" "$tmp" && chmod "$6" "$tmp" && cat "$1" > "$tmp"; }; then
+        rm -f "$tmp"
+        log "key $3: cannot write $tmp"
+        return 1
+    fi
+    if [ -e "$file" ] || [ -L "$file" ]; then
+        key_keep "$file" || { rm -f "$tmp"; return 1; }
+    else
+        echo "new $file" >> "$rundir/keys-written"
+    fi
+    mv -fT "$tmp" "$file" || { log "key $3: cannot replace $file"; return 1; }
+    log "key $3: wrote $file"
+}
+
+# key_keep FILE: keep FILE's content as its previous one (a hard link in a
+# root-only directory beside it), and record that this run had it.
+key_keep() {
+    previous_dir=${1%/*}/.deploy-flake-previous runid=${rundir##*/}
+    if ! { { [ -d "$previous_dir" ] || mkdir -m 0700 "$previous_dir"; } &&
+        { [ -d "$previous_dir/$runid" ] || mkdir -m 0700 "$previous_dir/$runid"; } &&
+        ln -P "$1" "$previous_dir/$runid/${1##*/}"; }; then
+        log "key ${1##*/}: cannot keep the previous content of $1"
+        return 1
+    fi
+    echo "had $1" >> "$rundir/keys-written"
+}
+
+# key_remove FILE: a key the run being reverted created.
+key_remove() {
+    [ -e "$1" ] || [ -L "$1" ] || return 0
+    key_keep "$1" && rm -f "$1" && log "key ${1##*/}: removed $1"
+}
+
+# keys_adopt RUNDIR FROM: stage what run FROM's keys were before it (their
+# kept content, their owner and mode), and the removal of those it created.
+keys_adopt() {
+    rundir=$1 from=$2
+    staged=$rundir/staged-keys
+    rm -rf "$staged" && mkdir -m 0700 "$staged" || exit 1
+    n=0
+    if [ -e "$from/keys-written" ]; then
+        printf '%s\n' "$from" > "$rundir/keys-adopted"
+        while read -r what file; do
+            n=$((n + 1))
+            dir=${file%/*} name=${file##*/}
+            if [ "$what" = new ]; then
+                printf '%s\n' remove "$dir" "$name" root root 0600 > "$staged/$n.meta"
+                : > "$staged/$n"
+                continue
+            fi
+            kept=$dir/.deploy-flake-previous/${from##*/}/$name
+            [ -f "$kept" ] || continue
+            cat "$kept" > "$staged/$n" || exit 1
+            # shellcheck disable=SC2046 # three words
+            printf '%s\n' pre-activation "$dir" "$name" $(stat -c '%u %g %a' "$kept") > "$staged/$n.meta"
+        done < "$from/keys-written"
+    fi
+    echo "deploy-flake-keys-staged $n"
+}
+
+# The run this one put back the keys of: its kept content is not needed.
+keys_forget_adopted() {
+    [ -e "$rundir/keys-adopted" ] || return 0
+    read -r from < "$rundir/keys-adopted"
+    keys_drop_previous "$from"
+    rm -f "$rundir/keys-adopted"
+}
+
+# keys_drop_previous RUNDIR: what that run kept of the keys it replaced.
+keys_drop_previous() {
+    [ -e "$1/keys-written" ] || return 0
+    while read -r _ file; do
+        rm -rf "${file%/*}/.deploy-flake-previous/${1##*/}"
+        rmdir "${file%/*}/.deploy-flake-previous" 2> /dev/null
+    done < "$1/keys-written"
+    rm -f "$1/keys-written" "$1/keys-keep"
+}
+
+# Give the keys written as root:root to their owners, now that the new
+# system has created them.
+keys_own() {
+    [ -e "$rundir/keys-owners" ] || return 0
+    while read -r owner file; do
+        if chown "$owner" "$file" 2> /dev/null; then log "key ${file##*/}: given to $owner"; else log "key ${file##*/}: $owner still does not exist: it stays root's"; fi
+    done < "$rundir/keys-owners"
+    rm -f "$rundir/keys-owners"
+}
+
+# keys_restore: the keys as they were before this run (rollback).
+keys_restore() {
+    runid=${rundir##*/}
+    keys_forget_adopted
+    rm -rf "$rundir/staged-keys" "$rundir/keys-owners"
+    [ -e "$rundir/keys-written" ] || return 0
+    # Newest first.
+    sed -n '1!G;h;$p' "$rundir/keys-written" | while read -r what file; do
+        dir=${file%/*}
+        case "$what" in
+            had)
+                mv -fT "$dir/.deploy-flake-previous/$runid/${file##*/}" "$file" && log "key ${file##*/}: restored $file"
+                ;;
+            new) rm -f "$file" && log "key ${file##*/}: removed $file" ;;
+        esac
+        rmdir "$dir/.deploy-flake-previous/$runid" "$dir/.deploy-flake-previous" 2> /dev/null
+    done
+    rm -f "$rundir/keys-written"
+}
+
+# keys_drop [force]: the previous keys are not needed (confirmed); kept
+# when the deployer said it drops them itself (a soak follows).
+keys_drop() {
+    keys_forget_adopted
+    rm -rf "$rundir/staged-keys" "$rundir/keys-owners"
+    if [ -e "$rundir/keys-keep" ] && [ "${1:-}" != force ]; then return 0; fi
+    keys_drop_previous "$rundir"
+}
+
+# The deployer's `deploy-flake keys`: stage and write every key now.
+keys_upload() {
+    keys_stage "$1" > /dev/null || exit 1
+    if keys_install all; then
+        keys_drop force
+        echo "deploy-flake-keys-uploaded yes"
+    else
+        keys_restore
+        exit 1
+    fi
+}
+
 cmd=$1
 shift
 case "$cmd" in
@@ -1194,6 +1511,11 @@ case "$cmd" in
     facts) facts "$@" ;;
     status) status "$@" ;;
     diff) diff "$@" ;;
+    keys-stage) keys_stage "$@" ;;
+    keys-upload) keys_upload "$@" ;;
+    keys-discard) rm -rf "$1/staged-keys" ;;
+    keys-drop) rundir=$1 && keys_drop force ;;
+    keys-adopt) keys_adopt "$@" ;;
     *) echo "deploy-flake agent: unknown command $cmd" >&2; exit 2 ;;
 esac
 exit 0

@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::install::{input, installed, NO_SPACE_EXIT};
 use super::{answer, answers, lock_files, Health, RunDir, ANSWER};
 use crate::budget::{HEARTBEAT_SECS, LOCK_PATIENCE_SECS};
+use crate::nix::version::NixVersion;
 use crate::process::{self, Cmd, ProcessError, Spawner};
 
 /// `flock` exits with this when another run holds the lock.
@@ -53,6 +54,8 @@ pub struct HostLock {
     /// The lock's count of holders on the host (since its boot): a run that
     /// takes its lock back learns whether another run held it meanwhile.
     pub serial: Option<u64>,
+    /// The host's Nix, when it said one we can read.
+    pub nix: Option<NixVersion>,
 }
 
 impl HostLock {
@@ -114,7 +117,7 @@ pub async fn lock<S: Spawner>(
         let _ = w.flush().await;
     }
     let mut lines = process::LineReader::new(&mut child.stdout, process::LINE_MAX);
-    let (mut busy, mut said) = (Vec::new(), String::new());
+    let (mut busy, mut said, mut nix) = (Vec::new(), String::new(), None);
     let deadline = tokio::time::Instant::now() + cmd.timeout;
     let locked = format!("{ANSWER}locked");
     let mut held = false;
@@ -126,6 +129,7 @@ pub async fn lock<S: Spawner>(
             }
             Ok(Ok(Some(process::Line { text: l, .. }))) => {
                 busy.extend(answers(&l, "busy").map(String::from));
+                nix = nix.or(answers(&l, "nix").find_map(NixVersion::parse));
                 said.push_str(&l);
                 said.push('\n');
             }
@@ -144,7 +148,7 @@ pub async fn lock<S: Spawner>(
         let health = health_secs.map(|_| Health::parse(&said));
         let holder = watch_holder(child, lost.clone());
         let serial = answer(&said, "serial").and_then(|n| n.parse().ok());
-        return Ok(HostLock { heartbeat, holder, lost, busy, health, serial });
+        return Ok(HostLock { heartbeat, holder, lost, busy, health, serial, nix });
     }
     Err(refused(on, child, cmd.timeout, &infofile, secs).await?)
 }

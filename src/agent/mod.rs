@@ -13,6 +13,7 @@
 mod answers;
 mod follow;
 mod install;
+pub mod keys;
 mod lock;
 #[cfg(test)]
 mod tests;

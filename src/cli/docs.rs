@@ -29,7 +29,7 @@ pub enum DocsCommand {
 
 /// The subcommands that have a page of their own.
 fn subcommand_names() -> Vec<&'static str> {
-    vec!["rollback", "status", "diff"]
+    vec!["rollback", "status", "diff", "keys"]
 }
 
 impl DocsCommand {

@@ -13,8 +13,10 @@ use std::future::Future;
 
 use crate::agent::{AgentAction, AgentState, AgentStatus, CheckVerdict, Facts, Health};
 use crate::agent::{LockError, SwitchEnv};
+use crate::build::{BuildError, CopiedFrom, Way};
 use crate::events::Reason;
-use crate::inventory::HealthCheck;
+use crate::inventory::{HealthCheck, KeySpec};
+use crate::keys::{KeyError, Loaded};
 use crate::nix::{Archive, NixError, StorePath};
 use crate::process::{Lines, ProcessError};
 use crate::ssh::SshError;
@@ -31,6 +33,9 @@ pub enum HostError {
     /// A command answered something we cannot use.
     #[error("{0}")]
     Unexpected(String),
+    /// Getting the system from elsewhere failed (with its own reason).
+    #[error(transparent)]
+    Elsewhere(#[from] BuildError),
 }
 
 impl From<NixError> for HostError {
@@ -63,6 +68,7 @@ impl HostError {
                 _ => phase,
             },
             HostError::Unexpected(_) => phase,
+            HostError::Elsewhere(e) => e.reason,
         }
     }
 }
@@ -144,23 +150,63 @@ pub trait Host: Send {
         secs: u64,
         out: Lines<'_>,
     ) -> impl Future<Output = HostResult<(StorePath, Facts)>> + Send;
-    /// Build a configuration here (`buildOn = "local"`).
-    fn build_local(
+    /// The system, got from elsewhere as `way` says: built here or on the
+    /// build host (once per configuration, whatever the number of hosts),
+    /// or built before (`system`); `flake` is the flake reference.
+    fn build_elsewhere(
         &mut self,
         flake: &str,
-        configuration: &str,
+        way: &Way,
         secs: u64,
         out: Lines<'_>,
     ) -> impl Future<Output = HostResult<StorePath>> + Send;
-    /// Copy a closure built here to the host (GC-rooted there); with
-    /// `substitute`, the host fetches what it can from its own caches.
-    fn copy_closure(
+    /// Bring that system's closure to the host (only what it lacks) and
+    /// GC-root it there; says where it came from.
+    fn deliver(
         &mut self,
+        way: &Way,
         path: &StorePath,
-        substitute: bool,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> impl Future<Output = HostResult<CopiedFrom>> + Send;
+    /// The host's keys with their content, each read here once per run
+    /// (however many hosts use it).
+    fn read_keys(
+        &mut self,
+        keys: &std::collections::BTreeMap<String, KeySpec>,
+    ) -> impl Future<Output = Result<Vec<Loaded>, KeyError>> + Send;
+    /// Send the keys for the activation: the agent writes pre-activation
+    /// keys before the switch and post-activation keys once confirmed, and
+    /// puts the previous ones back on a rollback. With `keep`, the previous
+    /// keys stay after the confirmation (a soak follows).
+    fn stage_keys(
+        &mut self,
+        keys: &[Loaded],
+        keep: bool,
         secs: u64,
         out: Lines<'_>,
     ) -> impl Future<Output = HostResult<()>> + Send;
+    /// Write the keys now, each atomically (the system is not changed):
+    /// if one cannot be written, those written before it are put back.
+    fn upload_keys(
+        &mut self,
+        keys: &[Loaded],
+        secs: u64,
+        out: Lines<'_>,
+    ) -> impl Future<Output = HostResult<()>> + Send;
+    /// For a revert after a failed soak: the activation puts back the keys
+    /// the host had before run `from_run` (the content it kept of the keys
+    /// that run replaced; the keys it created are removed).
+    fn adopt_keys(
+        &mut self,
+        from_run: &str,
+        secs: u64,
+    ) -> impl Future<Output = HostResult<()>> + Send;
+    /// The soak passed: the previous content of the keys this run replaced
+    /// is not needed any more.
+    fn drop_kept_keys(&mut self, secs: u64) -> impl Future<Output = HostResult<()>> + Send;
+    /// The staged keys are not needed: the activation did not start.
+    fn discard_keys(&mut self, secs: u64) -> impl Future<Output = HostResult<()>> + Send;
     /// The generation of the system profile a rollback returns to.
     fn generation(
         &mut self,

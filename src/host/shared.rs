@@ -10,11 +10,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 
 use super::{HostError, HostResult};
+use crate::inventory::KeySpec;
+use crate::keys::{self, KeyError, Loaded};
 use crate::nix::{self, Archive, StorePath};
-use crate::process::{Lines, ProcessError};
+use crate::process::{Lines, ProcessError, Spawner};
 use crate::redact;
+use crate::secret::Secret;
 
 type Once<T> = Arc<OnceCell<HostResult<T>>>;
+type KeyOnce = Arc<OnceCell<Result<Arc<Secret>, KeyError>>>;
 
 /// The run's shared work.
 pub struct Shared {
@@ -24,9 +28,13 @@ pub struct Shared {
     exports: Mutex<HashMap<StorePath, Once<u64>>>,
     /// Configuration -> the system built here.
     builds: Mutex<HashMap<String, Once<StorePath>>>,
+    /// A key's source -> its content, read once per run.
+    keys: Mutex<HashMap<keys::Source, KeyOnce>>,
     /// Export files and GC roots of local builds, for the run's lifetime.
     dir: OnceLock<Result<tempfile::TempDir, String>>,
     cpu: Semaphore,
+    /// Systems got from elsewhere: build hosts, caches, this machine's store.
+    pub elsewhere: crate::build::Registry,
 }
 
 impl Default for Shared {
@@ -39,14 +47,19 @@ impl Default for Shared {
             archive: OnceCell::new(),
             exports: Mutex::default(),
             builds: Mutex::default(),
+            keys: Mutex::default(),
             dir: OnceLock::new(),
             cpu: Semaphore::new((2 * cores).max(2)),
+            elsewhere: crate::build::Registry::default(),
         }
     }
 }
 
 /// The entry of `key` in a map of once-cells (created on first use).
-fn once<K: std::hash::Hash + Eq + Clone, T>(map: &Mutex<HashMap<K, Once<T>>>, key: &K) -> Once<T> {
+fn once<K: std::hash::Hash + Eq + Clone, T>(
+    map: &Mutex<HashMap<K, Arc<OnceCell<T>>>>,
+    key: &K,
+) -> Arc<OnceCell<T>> {
     let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
     map.entry(key.clone()).or_default().clone()
 }
@@ -109,6 +122,30 @@ impl Shared {
         });
     }
 
+    /// Ask which paths of the archive the store behind `on` lacks, and
+    /// stream just those over its connection into `nix-store --import`: no
+    /// local process per host, no new login, no signature needed.
+    pub async fn upload(
+        &self,
+        on: &impl Spawner,
+        to: &str,
+        archive: &Archive,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> HostResult<()> {
+        let missing = nix::missing(on, &archive.paths, secs).await?;
+        if missing.is_empty() {
+            out(&format!("{to} has all {} paths already", archive.paths.len()));
+            return Ok(());
+        }
+        let mut parts = Vec::with_capacity(missing.len());
+        for path in &missing {
+            parts.push(self.export(path, secs).await?);
+        }
+        out(&format!("copying {} of {} paths to {to}", missing.len(), archive.paths.len()));
+        Ok(nix::import(on, parts, secs, out).await?)
+    }
+
     /// The export file of `path` and the length of its part (once per run).
     pub async fn export(&self, path: &StorePath, secs: u64) -> HostResult<(PathBuf, u64)> {
         self.export_once(path, secs, false).await
@@ -130,6 +167,27 @@ impl Shared {
             .await
             .clone()?;
         Ok((file, len))
+    }
+
+    /// A host's keys with their content: each source read once per run
+    /// (the first host to need it reads it, the others wait for it).
+    pub async fn keys(
+        &self,
+        specs: &std::collections::BTreeMap<String, KeySpec>,
+    ) -> Result<Vec<Loaded>, KeyError> {
+        let mut loaded = Vec::with_capacity(specs.len());
+        for spec in specs.values() {
+            let content = match (keys::Source::of(spec), &spec.text) {
+                (Some(source), _) => {
+                    let cell = once(&self.keys, &source);
+                    let read = cell.get_or_init(|| async { source.read(&spec.name).await });
+                    read.await.clone()?
+                }
+                (None, text) => Arc::new(text.clone().unwrap_or_default()),
+            };
+            loaded.push(Loaded { spec: spec.clone(), content });
+        }
+        Ok(loaded)
     }
 
     /// A configuration built here, once however many hosts deploy it; its
@@ -178,7 +236,52 @@ fn scrubbed(e: HostError, flake: &str) -> HostError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inventory::UploadAt;
     use crate::process::{Exit, Place};
+
+    fn spec(name: &str, argv: &[&str]) -> KeySpec {
+        KeySpec {
+            name: name.into(),
+            text: None,
+            key_file: None,
+            key_command: Some(argv.iter().map(|s| s.to_string()).collect()),
+            dest_dir: "/run/keys".into(),
+            user: "root".into(),
+            group: "root".into(),
+            permissions: "0600".into(),
+            upload_at: UploadAt::PreActivation,
+        }
+    }
+
+    /// However many hosts use a key (and however many at once), its command
+    /// runs once per run.
+    #[tokio::test]
+    async fn each_key_is_read_once_per_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let count = dir.path().join("count");
+        let script = format!("echo x >> {}; printf secret", count.display());
+        let shared = Arc::new(Shared::default());
+        let specs: std::collections::BTreeMap<String, KeySpec> =
+            [("db".to_string(), spec("db", &["sh", "-c", &script]))].into();
+        let hosts = (0..8).map(|_| {
+            let (shared, specs) = (shared.clone(), specs.clone());
+            tokio::spawn(async move { shared.keys(&specs).await })
+        });
+        for h in hosts.collect::<Vec<_>>() {
+            let loaded = h.await.unwrap().unwrap();
+            assert_eq!(loaded[0].content.as_bytes(), b"secret");
+        }
+        assert_eq!(std::fs::read_to_string(&count).unwrap(), "x\n");
+        // A failing one fails every host that uses it, read once too.
+        let failing: std::collections::BTreeMap<String, KeySpec> = [(
+            "f".to_string(),
+            spec("f", &["sh", "-c", &format!("echo y >> {}; exit 1", count.display())]),
+        )]
+        .into();
+        assert!(shared.keys(&failing).await.is_err());
+        assert!(shared.keys(&failing).await.is_err());
+        assert_eq!(std::fs::read_to_string(&count).unwrap(), "x\ny\n");
+    }
 
     #[test]
     fn what_nix_says_of_a_flake_loses_its_credentials() {

@@ -3,8 +3,11 @@
 use super::{Followed, Host, HostError, HostResult, Locked, Look, Shared};
 use crate::agent::{self, AgentAction, AgentState, AgentStatus, CheckVerdict, Facts, Health};
 use crate::agent::{HostLock, LockError, RunDir, SwitchEnv};
+use crate::build::{Build, BuildError, CopiedFrom, Route, Way};
 use crate::events::Reason;
-use crate::inventory::HealthCheck;
+use crate::inventory::{HealthCheck, KeySpec};
+use crate::keys::{KeyError, Loaded};
+use crate::nix::version::NixVersion;
 use crate::nix::{self, Archive, StorePath};
 use crate::process::{Exit, Lines, ProcessError, Spawner};
 use crate::ssh::{Destination, Ssh, SshError};
@@ -24,6 +27,9 @@ pub struct SshHost {
     /// Asked to reboot: the lock and the agent go with it, and a reconnect
     /// does not take the lock again (`lock` does, once it is back).
     rebooting: bool,
+    /// The host's Nix, read with the lock: the flags of its Nix commands
+    /// come from `nix::version` (none differs by version there today).
+    nix: Option<NixVersion>,
     shared: std::sync::Arc<Shared>,
 }
 
@@ -42,6 +48,7 @@ impl SshHost {
             lock: None,
             owner: String::new(),
             rebooting: false,
+            nix: None,
             shared,
         }
     }
@@ -88,6 +95,13 @@ impl Host for SshHost {
         let lock = agent::lock(ssh, &self.run, owner, Some(origin), health_secs, secs).await?;
         let locked =
             Locked { busy: lock.busy.clone(), health: lock.health.clone(), held_meanwhile: false };
+        if self.nix != lock.nix {
+            match lock.nix {
+                Some(v) => tracing::debug!("{} runs {v}", self.name),
+                None => tracing::debug!("{}: no Nix version it said could be read", self.name),
+            }
+            self.nix = lock.nix;
+        }
         self.lock = Some(lock);
         self.owner = owner.to_string();
         self.rebooting = false;
@@ -107,26 +121,13 @@ impl Host for SshHost {
         self.shared.archive(flake, secs, out).await
     }
 
-    /// Ask which paths the host lacks, and stream just those over the
-    /// master into `nix-store --import`: no local process per host, no new
-    /// login, no signature needed.
     async fn copy_source(
         &mut self,
         archive: &Archive,
         secs: u64,
         out: Lines<'_>,
     ) -> HostResult<()> {
-        let missing = nix::missing(self.ssh()?, &archive.paths, secs).await?;
-        if missing.is_empty() {
-            out(&format!("the host has all {} paths already", archive.paths.len()));
-            return Ok(());
-        }
-        let mut parts = Vec::with_capacity(missing.len());
-        for path in &missing {
-            parts.push(self.shared.export(path, secs).await?);
-        }
-        out(&format!("copying {} of {} paths", missing.len(), archive.paths.len()));
-        Ok(nix::import(self.ssh()?, parts, secs, out).await?)
+        self.shared.upload(self.ssh()?, "the host", archive, secs, out).await
     }
 
     /// The facts come in the build's round trip.
@@ -145,42 +146,108 @@ impl Host for SshHost {
         Ok((nix::parse_build_json(&stdout)?, facts))
     }
 
-    async fn build_local(
+    async fn build_elsewhere(
         &mut self,
         flake: &str,
-        configuration: &str,
+        way: &Way,
         secs: u64,
         out: Lines<'_>,
     ) -> HostResult<StorePath> {
-        self.shared.build(flake, configuration, secs, out).await
+        let (build_host, configuration) = match &way.build {
+            Build::Local { configuration } => {
+                return self.shared.build(flake, configuration, secs, out).await
+            }
+            Build::Prebuilt(path) => return Ok(path.clone()),
+            Build::Host { build_host, configuration } => (build_host, configuration),
+        };
+        let host = self.shared.elsewhere.build_host(build_host)?;
+        let conn = host.connect().await?;
+        let archive = self.shared.archive(flake, secs, out).await?;
+        let to = host.label();
+        let mut lines = |l: &str| tracing::debug!("{to}: {l}");
+        let upload = self.shared.upload(&conn.ssh, &to, &archive, secs, &mut lines);
+        host.with_source(async { upload.await.map_err(|e| e.to_string()) }).await?;
+        let installable =
+            nix::toplevel_installable(&format!("path:{}", archive.source), configuration);
+        Ok(host.build(&conn, &self.name, configuration, &installable, secs, out).await?)
     }
 
-    async fn copy_closure(
+    async fn deliver(
         &mut self,
+        way: &Way,
         path: &StorePath,
-        substitute: bool,
         secs: u64,
         out: Lines<'_>,
-    ) -> HostResult<()> {
+    ) -> HostResult<CopiedFrom> {
         let ssh = self.ssh()?;
-        let store = ssh.dest.store_uri();
+        if ssh.dest.password.is_some() {
+            // `nix copy`'s `sudo nix-daemon` on the host cannot be given the
+            // password: the closure goes from this machine's store over the
+            // master instead, and only that way.
+            let here = matches!(way.build, Build::Local { .. } | Build::Prebuilt(_));
+            if !(here && way.route == Route::Relay) {
+                return Err(HostError::Elsewhere(BuildError::new(
+                    Reason::Copy,
+                    "with a sudo password, a system can only be sent from this machine's store \
+                     (built here, or a system built elsewhere that this machine has), not \
+                     through a cache or from a build host: give the ssh user passwordless sudo \
+                     for nix-daemon, or build on the host",
+                )));
+            }
+            self.import_closure(path, secs, out).await?;
+            let ssh = self.ssh()?;
+            nix::add_root(ssh, path, &self.run.gc_root(), secs).await?;
+            return Ok(CopiedFrom::Deployer);
+        }
         // Nix's ssh rides the master and fails closed without it: a master
         // that died (and the host lock with it) is said as such.
         let lost = || ProcessError::Disconnected { cmd: "nix copy".into() };
         if !ssh.alive().await {
             return Err(HostError::Process(lost()));
         }
-        {
+        let delivered = {
             let _slot = self.shared.cpu().await;
-            let opts = ssh.nix_sshopts()?;
-            let copied =
-                nix::copy(std::slice::from_ref(path), &store, &opts, substitute, secs, out).await;
-            if copied.is_err() && !ssh.alive().await {
-                return Err(HostError::Process(lost()));
-            }
-            copied?;
+            let reg = &self.shared.elsewhere;
+            crate::build::deliver(reg, ssh, &self.run.gc_root(), way, path, secs, out).await
+        };
+        if delivered.is_err() && !ssh.alive().await {
+            return Err(HostError::Process(lost()));
         }
-        Ok(nix::add_root(ssh, path, &self.run.gc_root(), secs).await?)
+        Ok(delivered?)
+    }
+
+    async fn read_keys(
+        &mut self,
+        keys: &std::collections::BTreeMap<String, KeySpec>,
+    ) -> Result<Vec<Loaded>, KeyError> {
+        self.shared.keys(keys).await
+    }
+
+    async fn stage_keys(
+        &mut self,
+        keys: &[Loaded],
+        keep: bool,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> HostResult<()> {
+        Ok(agent::keys::stage(self.ssh()?, &self.run, keys, keep, secs, out).await?)
+    }
+
+    async fn upload_keys(&mut self, keys: &[Loaded], secs: u64, out: Lines<'_>) -> HostResult<()> {
+        Ok(agent::keys::upload(self.ssh()?, &self.run, keys, secs, out).await?)
+    }
+
+    async fn adopt_keys(&mut self, from_run: &str, secs: u64) -> HostResult<()> {
+        let from = RunDir::new(from_run);
+        Ok(agent::keys::adopt(self.ssh()?, &self.run, &from, secs).await?)
+    }
+
+    async fn drop_kept_keys(&mut self, secs: u64) -> HostResult<()> {
+        Ok(agent::keys::drop_previous(self.ssh()?, &self.run, secs).await?)
+    }
+
+    async fn discard_keys(&mut self, secs: u64) -> HostResult<()> {
+        Ok(agent::keys::discard(self.ssh()?, &self.run, secs).await?)
     }
 
     async fn generation(
@@ -364,6 +431,29 @@ impl SshHost {
         secs: u64,
     ) -> HostResult<agent::Changes> {
         Ok(agent::changes(self.ssh()?, current, toplevel, secs).await?)
+    }
+
+    /// A closure built here, over the master into `nix-store --import`
+    /// (as the flake's source goes): for a host whose sudo takes a
+    /// password, which `nix copy`'s `sudo nix-daemon` on the host cannot be
+    /// given. (The host's substituters are not asked.)
+    async fn import_closure(
+        &mut self,
+        path: &StorePath,
+        secs: u64,
+        out: Lines<'_>,
+    ) -> HostResult<()> {
+        let paths = nix::requisites(path, secs).await?;
+        let missing = nix::missing(self.ssh()?, &paths, secs).await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut parts = Vec::with_capacity(missing.len());
+        for p in &missing {
+            parts.push(self.shared.export(p, secs).await?);
+        }
+        out(&format!("copying {} of {} paths over the connection", missing.len(), paths.len()));
+        Ok(nix::import(self.ssh()?, parts, secs, out).await?)
     }
 
     /// Take the host lock again (after a reconnect, or after it was lost).

@@ -16,7 +16,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{BuildOn, HealthCheck, HostSpec, Timeouts};
+use super::{BuildOn, CopyFrom, HealthCheck, HostSpec, KeySpec, Timeouts};
 use crate::rollout::Settings;
 use crate::rules;
 
@@ -94,7 +94,21 @@ pub(super) struct Own {
     #[serde(default, deserialize_with = "present")]
     health_checks: Option<Vec<HealthCheck>>,
     #[serde(default, deserialize_with = "present")]
+    keys: Option<BTreeMap<String, KeySpec>>,
+    #[serde(default, deserialize_with = "present")]
     timeouts: Option<Timeouts>,
+    #[serde(default, deserialize_with = "present")]
+    build_host: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    build_host_ssh_opts: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    build_host_capacity: Option<u32>,
+    #[serde(default, deserialize_with = "present")]
+    copy_from: Option<CopyFrom>,
+    #[serde(default, deserialize_with = "present")]
+    push_to: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    system: Option<Option<String>>,
 }
 
 pub(super) fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
@@ -119,7 +133,14 @@ impl Own {
             "magicRollback" => self.magic_rollback.is_some(),
             "healthChecks" => self.health_checks.is_some(),
             "timeouts" => self.timeouts.is_some(),
+            "keys" => self.keys.is_some(),
             "substituteOnTarget" => self.substitute_on_target.is_some(),
+            "buildHost" => self.build_host.is_some(),
+            "buildHostSshOpts" => self.build_host_ssh_opts.is_some(),
+            "buildHostCapacity" => self.build_host_capacity.is_some(),
+            "copyFrom" => self.copy_from.is_some(),
+            "pushTo" => self.push_to.is_some(),
+            "system" => self.system.is_some(),
             _ => true,
         }
     }
@@ -143,7 +164,15 @@ impl Own {
             magic_rollback: self.magic_rollback.unwrap_or(d.magic_rollback),
             substitute_on_target: self.substitute_on_target.unwrap_or(d.substitute_on_target),
             health_checks: take(&mut self.health_checks).unwrap_or_else(|| d.health_checks.clone()),
+            keys: take(&mut self.keys).unwrap_or_else(|| d.keys.clone()),
             timeouts: self.timeouts.unwrap_or(d.timeouts),
+            build_host: take(&mut self.build_host).unwrap_or_else(|| d.build_host.clone()),
+            build_host_ssh_opts: take(&mut self.build_host_ssh_opts)
+                .unwrap_or_else(|| d.build_host_ssh_opts.clone()),
+            build_host_capacity: self.build_host_capacity.unwrap_or(d.build_host_capacity),
+            copy_from: self.copy_from.unwrap_or(d.copy_from),
+            push_to: take(&mut self.push_to).unwrap_or_else(|| d.push_to.clone()),
+            system: take(&mut self.system).unwrap_or_else(|| d.system.clone()),
         }
     }
 }

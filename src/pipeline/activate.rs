@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{agent_end, End, Goal, HostRun, Wanted};
+use super::{agent_end, End, Goal, HostRun, Mode, Wanted};
 use crate::agent::{AgentAction, AgentState, AgentStatus, Health};
 use crate::budget::PROBE_SECS;
 use crate::budget::{Budget, ABORT_SECS, ABORT_UNCONFIRMED_SECS, FACTS_SECS, KILL_GRACE_SECS};
@@ -87,6 +87,7 @@ impl HostRun<'_> {
         // first watch comes with the start.
         let health = budget.health;
         let limit = Duration::from_secs(budget.activation_wait());
+        self.stage_keys(host).await?;
         let since = Instant::now();
         self.agent_starts();
         let secs = limit.as_secs();
@@ -96,10 +97,13 @@ impl HostRun<'_> {
             (false, Err(e)) => match self.started_anyway(host, e).await? {
                 Ok(()) => None,
                 Err(e) => {
+                    if !self.keys.is_empty() {
+                        let _ = host.discard_keys(10).await;
+                    }
                     return Err(End::unchanged(
                         e.reason(Reason::ActivationFailed),
                         format!("could not start the agent: {e}"),
-                    ))
+                    ));
                 }
             },
         };
@@ -116,6 +120,31 @@ impl HostRun<'_> {
                 settled.map_err(|e| lost(&e.to_string(), &host.inspect_hint()))
             }
         }
+    }
+
+    /// Send the host's keys for the activation (nothing is written yet);
+    /// for a revert, stage the keys it had before the run it leaves.
+    async fn stage_keys<H: Host>(&mut self, host: &mut H) -> Result<(), End> {
+        let secs = self.spec().timeouts.activate.min(120);
+        if let (Mode::Revert { from_run, .. }, false) =
+            (&self.ctx.mode, self.spec().keys.is_empty())
+        {
+            if let Err(e) = host.adopt_keys(from_run, secs).await {
+                self.note(format!("the keys it had before cannot be put back: {e}"));
+            }
+            return Ok(());
+        }
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        let keep = self.ctx.keep_keys;
+        let staged = host.stage_keys(&self.keys, keep, secs, &mut self.lines()).await;
+        staged.map_err(|e| {
+            End::unchanged(
+                e.reason(Reason::Keys),
+                format!("sending the keys: {e}; nothing changed"),
+            )
+        })
     }
 
     /// Start an agent action. An error may come after the target accepted

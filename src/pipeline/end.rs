@@ -165,7 +165,7 @@ fn refused(cause: Option<Reason>, reason: &str) -> End {
     let why = cause.unwrap_or(Reason::ActivationFailed);
     let way_out = match why {
         // The report says what the host runs now.
-        Reason::LockLost => "",
+        Reason::LockLost | Reason::Keys => "",
         Reason::RebootRequired => {
             "; deploy it with --goal boot --reboot always (its boot entry is written, the \
                  host reboots into it and is checked), or with --goal boot and reboot the host \

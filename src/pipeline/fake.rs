@@ -5,12 +5,10 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use super::{deploy, Context, Goal, Interrupt, Mode, Reboot};
-use crate::events::{Event, HostReport, Outcome, Phase};
-use crate::inventory::HostSpec;
-use crate::select::Target;
+pub use super::drive::{drive, run, Ran};
 
 use crate::agent::{AgentAction, AgentState, AgentStatus, CheckVerdict, Facts, Health, SwitchEnv};
+use crate::build::{Build, CopiedFrom, Route, Way};
 use crate::events::Reason;
 use crate::host::{Followed, Host, HostError, HostResult, Locked, Look};
 use crate::inventory::HealthCheck;
@@ -78,7 +76,8 @@ pub struct Fake {
     pub health: VecDeque<HostResult<Health>>,
     pub copy: HostResult<StorePath>,
     pub build: HostResult<StorePath>,
-    pub copy_closure: HostResult<()>,
+    /// What `deliver` answers (a closure built elsewhere brought here).
+    pub deliver: HostResult<CopiedFrom>,
     pub generation: HostResult<(u32, StorePath)>,
     pub facts: HostResult<Facts>,
     pub self_check: HostResult<()>,
@@ -110,6 +109,10 @@ pub struct Fake {
     facts_asked: usize,
     /// Log lines each watch hands out.
     pub log: Vec<String>,
+    /// Reading the keys here.
+    pub read_keys: Result<(), crate::keys::KeyError>,
+    pub stage_keys: HostResult<()>,
+    pub upload_keys: HostResult<()>,
 }
 
 impl Fake {
@@ -131,7 +134,7 @@ impl Fake {
             health: VecDeque::new(),
             copy: Ok(path("/nix/store/00000000000000000000000000000000-source")),
             build: Ok(path(NEW)),
-            copy_closure: Ok(()),
+            deliver: Ok(CopiedFrom::Deployer),
             generation: Ok((1, path(OLD))),
             facts: Ok(facts),
             self_check: Ok(()),
@@ -157,6 +160,9 @@ impl Fake {
             later_facts: VecDeque::new(),
             facts_asked: 0,
             log: vec!["activating".into()],
+            read_keys: Ok(()),
+            stage_keys: Ok(()),
+            upload_keys: Ok(()),
         }
     }
 
@@ -246,26 +252,41 @@ impl Host for Fake {
         Ok((built, self.next_facts()?))
     }
 
-    async fn build_local(
+    async fn build_elsewhere(
         &mut self,
         _flake: &str,
-        configuration: &str,
+        way: &Way,
         _secs: u64,
-        _out: Lines<'_>,
+        out: Lines<'_>,
     ) -> HostResult<StorePath> {
-        self.call(format!("build-local {configuration}"));
+        match &way.build {
+            Build::Local { configuration } => self.call(format!("build-local {configuration}")),
+            Build::Host { build_host, configuration } => {
+                self.call(format!("build-on {build_host} {configuration}"))
+            }
+            Build::Prebuilt(path) => {
+                self.call(format!("prebuilt {path}"));
+                return Ok(path.clone());
+            }
+        }
+        out("building elsewhere");
         self.build.clone()
     }
 
-    async fn copy_closure(
+    async fn deliver(
         &mut self,
+        way: &Way,
         _p: &StorePath,
-        _substitute: bool,
         _s: u64,
         _out: Lines<'_>,
-    ) -> HostResult<()> {
-        self.call("copy-closure");
-        self.copy_closure.clone()
+    ) -> HostResult<CopiedFrom> {
+        let route = match &way.route {
+            Route::Cache(uri) => format!("cache {uri}"),
+            Route::Direct => "direct".into(),
+            Route::Relay => "relay".into(),
+        };
+        self.call(format!("deliver {route}"));
+        self.deliver.clone()
     }
 
     async fn generation(
@@ -432,6 +453,55 @@ impl Host for Fake {
         self.reboot.clone()
     }
 
+    async fn read_keys(
+        &mut self,
+        keys: &std::collections::BTreeMap<String, crate::inventory::KeySpec>,
+    ) -> Result<Vec<crate::keys::Loaded>, crate::keys::KeyError> {
+        self.call(format!("read-keys {}", keys.len()));
+        self.read_keys.clone()?;
+        let content = Arc::new(crate::secret::Secret::from("content".to_string()));
+        Ok(keys
+            .values()
+            .map(|spec| crate::keys::Loaded { spec: spec.clone(), content: content.clone() })
+            .collect())
+    }
+
+    async fn stage_keys(
+        &mut self,
+        keys: &[crate::keys::Loaded],
+        keep: bool,
+        _secs: u64,
+        _out: Lines<'_>,
+    ) -> HostResult<()> {
+        self.call(format!("stage-keys {}{}", keys.len(), if keep { " keep" } else { "" }));
+        self.stage_keys.clone()
+    }
+
+    async fn upload_keys(
+        &mut self,
+        keys: &[crate::keys::Loaded],
+        _secs: u64,
+        _out: Lines<'_>,
+    ) -> HostResult<()> {
+        self.call(format!("upload-keys {}", keys.len()));
+        self.upload_keys.clone()
+    }
+
+    async fn adopt_keys(&mut self, from_run: &str, _secs: u64) -> HostResult<()> {
+        self.call(format!("adopt-keys {from_run}"));
+        Ok(())
+    }
+
+    async fn drop_kept_keys(&mut self, _secs: u64) -> HostResult<()> {
+        self.call("drop-kept-keys");
+        Ok(())
+    }
+
+    async fn discard_keys(&mut self, _secs: u64) -> HostResult<()> {
+        self.call("discard-keys");
+        Ok(())
+    }
+
     async fn drop_root(&mut self, _secs: u64) -> HostResult<()> {
         self.call("drop-root");
         Ok(())
@@ -456,89 +526,4 @@ fn words(env: SwitchEnv) -> String {
         s.push_str(" install-bootloader");
     }
     s
-}
-
-// ---- driving the pipeline ---------------------------------------------------
-
-/// What a run against the fake did: its report, its events, the calls.
-pub struct Ran {
-    pub report: HostReport,
-    pub events: Vec<Event>,
-    pub calls: Vec<String>,
-    pub actions: Vec<AgentAction>,
-}
-
-impl Ran {
-    pub fn phases(&self) -> Vec<Phase> {
-        let started = self.events.iter().filter_map(|e| match e {
-            Event::PhaseStarted { phase, .. } => Some(*phase),
-            _ => None,
-        });
-        started.collect()
-    }
-
-    pub fn notes(&self) -> Vec<&str> {
-        let notes = self.events.iter().filter_map(|e| match e {
-            Event::Note { text, .. } => Some(text.as_str()),
-            _ => None,
-        });
-        notes.collect()
-    }
-
-    pub fn rolled_back(&self) -> Option<Option<Reason>> {
-        self.events.iter().find_map(|e| match e {
-            Event::RolledBack { cause, .. } => Some(*cause),
-            _ => None,
-        })
-    }
-
-    /// Was `what` called (with or without further words)?
-    pub fn called(&self, what: &str) -> bool {
-        self.calls
-            .iter()
-            .any(|c| c == what || c.strip_prefix(what).is_some_and(|r| r.starts_with(' ')))
-    }
-
-    pub fn message(&self) -> &str {
-        self.report.message.as_deref().unwrap_or("")
-    }
-
-    /// Outcome, reason and the last phase, in one comparison.
-    pub fn ended(&self) -> (Outcome, Option<Reason>, Option<Phase>) {
-        (self.report.outcome, self.report.reason, self.report.phase)
-    }
-}
-
-pub async fn drive(fake: Fake, tweak: impl FnOnce(&mut Target, &mut Context)) -> Ran {
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let sink_events = events.clone();
-    let mut target = Target { name: "web1".into(), spec: HostSpec::with_defaults("web1") };
-    let mut ctx = Context {
-        run_id: "run1".into(),
-        flake: ".".into(),
-        force: false,
-        skip_preflight: false,
-        lock_owner: "me".into(),
-        origin: crate::runner::Origin::fixed("by me"),
-        mode: Mode::Deploy,
-        goal: Goal::Switch,
-        reboot: Reboot::Never,
-        switch_env: SwitchEnv::default(),
-        interrupt: Interrupt::new().1,
-        changing: Arc::default(),
-        approved: None,
-        sink: Arc::new(move |e| sink_events.lock().unwrap().push(e)),
-    };
-    tweak(&mut target, &mut ctx);
-    let (calls, actions) = (fake.calls.clone(), fake.actions.clone());
-    let report = deploy(&target, &ctx, fake).await;
-    let events = events.lock().unwrap().clone();
-    assert_eq!(events.last(), Some(&Event::HostFinished { report: report.clone() }));
-    let calls = calls.lock().unwrap().clone();
-    let actions = actions.lock().unwrap().clone();
-    Ran { report, events, calls, actions }
-}
-
-pub async fn run(fake: Fake) -> Ran {
-    drive(fake, |_, _| {}).await
 }

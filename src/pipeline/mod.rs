@@ -11,6 +11,8 @@
 //! against a fake host in the unit tests.
 
 mod activate;
+#[cfg(test)]
+mod drive;
 mod end;
 #[cfg(test)]
 mod fake;
@@ -22,6 +24,10 @@ mod soak;
 mod tests;
 #[cfg(test)]
 mod tests_contract;
+#[cfg(test)]
+mod tests_elsewhere;
+#[cfg(test)]
+mod tests_keys;
 #[cfg(test)]
 mod tests_reboot;
 #[cfg(test)]
@@ -66,6 +72,10 @@ pub struct Context {
     pub interrupt: Interrupt,
     /// `--ask`: what each host may be given, as shown and approved.
     pub approved: Option<Arc<std::collections::BTreeMap<String, Approved>>>,
+    /// A soak follows: a confirmed host keeps the previous content of the
+    /// keys it replaced until the soak's verdict (a host sent back gets it
+    /// back).
+    pub keep_keys: bool,
     /// How many hosts have an agent at work (activating, confirming,
     /// booting): a second Ctrl-C leaves those in the agents' hands.
     pub changing: Arc<AtomicUsize>,
@@ -91,8 +101,9 @@ pub enum Mode {
     /// the current, or the given one), through the same test/confirm/boot.
     Rollback { to_generation: Option<u32> },
     /// Return to this system (the one a host ran before a run that it then
-    /// failed the soak of), through the same test/confirm/boot.
-    Revert { to: StorePath },
+    /// failed the soak of), through the same test/confirm/boot; and to the
+    /// keys it had before that run (`from_run`).
+    Revert { to: StorePath, from_run: String },
 }
 
 /// How far a run takes each host.
@@ -151,6 +162,8 @@ pub async fn deploy<H: Host>(target: &Target, ctx: &Context, host: H) -> HostRep
         agent_started: false,
         facts: None,
         toplevel: None,
+        keys: Vec::new(),
+        provenance: Default::default(),
     };
     let end = run.run(host).await;
     run.finish(end)
@@ -176,6 +189,10 @@ struct HostRun<'a> {
     facts: Option<Facts>,
     /// The system of the run, once known.
     toplevel: Option<StorePath>,
+    /// The host's keys, read before anything on it changes.
+    keys: Vec<crate::keys::Loaded>,
+    /// Where that system was built, and where it came to the host from.
+    provenance: crate::build::Provenance,
 }
 
 impl<'a> HostRun<'a> {
@@ -260,6 +277,7 @@ impl<'a> HostRun<'a> {
             before: self.facts.as_ref().and_then(|f| f.current.clone()),
             reason: end.reason,
             message: end.message,
+            provenance: self.provenance,
         };
         self.emit(Event::HostFinished { report: report.clone() });
         report

@@ -5,9 +5,9 @@
 
 use super::{failed, failed_in, next_step, End, Goal, HostRun, Mode, Next, Wanted};
 use crate::agent::{CheckVerdict, Facts, Health, LockError};
+use crate::build::{self, Build, BuiltOn, Way};
 use crate::events::{Outcome, Phase, Reason};
 use crate::host::{Host, HostError};
-use crate::inventory::BuildOn;
 use crate::nix::StorePath;
 
 impl HostRun<'_> {
@@ -15,6 +15,7 @@ impl HostRun<'_> {
     /// boot entry); `Err`: how the host ended (unchanged, or up to date).
     pub(super) async fn prepare<H: Host>(&mut self, host: &mut H) -> Result<(Wanted, Next), End> {
         self.lock_and_preflight(host).await?;
+        self.read_keys(host).await?;
         let mut wanted = self.wanted_system(host).await?;
         let self_check = self.spec().self_check.clone();
         let facts = match wanted.facts.take() {
@@ -44,7 +45,10 @@ impl HostRun<'_> {
         self.toplevel = Some(wanted.toplevel.clone());
         self.check_approved(&wanted.toplevel, running.as_deref())?;
         match next {
-            Next::UpToDate => return Err(self.up_to_date(&wanted.toplevel)),
+            Next::UpToDate => {
+                self.upload_keys(host).await?;
+                return Err(self.up_to_date(&wanted.toplevel));
+            }
             Next::FinishBoot => {
                 // Confirmed here earlier, but its boot entry was never
                 // written (the deployer died, the bootloader failed).
@@ -67,6 +71,43 @@ impl HostRun<'_> {
             self.self_check(host, &script).await?;
         }
         Ok((wanted, next))
+    }
+
+    /// The host's keys, read here before anything on it changes; a deploy
+    /// that activates a system sends them with the activation (a rollback
+    /// returns to an older system: it sends none).
+    async fn read_keys<H: Host>(&mut self, host: &mut H) -> Result<(), End> {
+        let specs = &self.spec().keys;
+        if specs.is_empty() || self.ctx.mode != Mode::Deploy {
+            return Ok(());
+        }
+        if self.ctx.goal == Goal::Boot {
+            self.note(
+                "keys are not written with --goal boot (nothing is activated now): write them \
+                 with `deploy-flake keys` once the host runs the new system",
+            );
+            return Ok(());
+        }
+        let loaded = host.read_keys(specs).await;
+        self.keys =
+            loaded.map_err(|e| End::unchanged(Reason::Keys, format!("{e}; nothing changed")))?;
+        Ok(())
+    }
+
+    /// A host that is up to date gets its keys all the same (they may
+    /// have changed without the system): written at once, each atomically.
+    async fn upload_keys<H: Host>(&mut self, host: &mut H) -> Result<(), End> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        let secs = self.spec().timeouts.activate.min(120);
+        let keys = std::mem::take(&mut self.keys);
+        let written = host.upload_keys(&keys, secs, &mut self.lines()).await;
+        written.map_err(|e| {
+            End::unchanged(e.reason(Reason::Keys), format!("writing the keys: {e}"))
+        })?;
+        self.note(format!("wrote {} key(s); the system is up to date", keys.len()));
+        Ok(())
     }
 
     /// Take the host lock; the preflight's health comes with it.
@@ -138,7 +179,10 @@ impl HostRun<'_> {
         match &self.ctx.mode {
             Mode::Deploy => {
                 let (toplevel, facts) = self.copy_and_build(host).await?;
-                self.note(format!("built {toplevel}"));
+                match self.provenance.built_on {
+                    Some(BuiltOn::Prebuilt) => self.note(format!("deploying {toplevel}")),
+                    _ => self.note(format!("built {toplevel}")),
+                }
                 Ok(Wanted { toplevel, facts })
             }
             Mode::Rollback { to_generation } => {
@@ -148,7 +192,7 @@ impl HostRun<'_> {
                 self.note(format!("returning to generation {n}: {toplevel}"));
                 Ok(Wanted { toplevel, facts: None })
             }
-            Mode::Revert { to } => {
+            Mode::Revert { to, .. } => {
                 self.note(format!("returning to {to}, the system it ran before this run"));
                 Ok(Wanted { toplevel: to.clone(), facts: None })
             }
@@ -156,39 +200,52 @@ impl HostRun<'_> {
     }
 
     /// Copy the flake and build the system on the target (its facts come
-    /// with the build), or build here and copy the closure (`buildOn =
-    /// "local"`). Nothing on the host changes.
+    /// with the build), or get it from elsewhere (`crate::build`). Nothing
+    /// on the host changes.
     async fn copy_and_build<H: Host>(
         &mut self,
         host: &mut H,
     ) -> Result<(StorePath, Option<Facts>), End> {
+        let way = build::way(self.spec()).map_err(|e| End::unchanged(e.reason, e.message))?;
+        if let Some(way) = way {
+            return self.build_elsewhere(host, &way).await;
+        }
         let (flake, cfg) = (&self.ctx.flake, &self.target.spec.configuration);
         let t = self.spec().timeouts;
-        match self.spec().build_on {
-            BuildOn::Target => {
-                self.start(Phase::Copy);
-                let archive = host.archive(flake, t.copy, &mut self.lines()).await;
-                let archive = archive.map_err(failed_in("copy", Reason::Copy))?;
-                let copied = host.copy_source(&archive, t.copy, &mut self.lines()).await;
-                copied.map_err(failed_in("copy", Reason::Copy))?;
-                let source = archive.source;
-                self.start(Phase::Build);
-                let self_check = self.spec().self_check.as_deref();
-                let built = host.build(&source, cfg, self_check, t.build, &mut self.lines()).await;
-                let (path, facts) = built.map_err(failed_in("build", Reason::Build))?;
-                Ok((path, Some(facts)))
-            }
-            BuildOn::Local => {
-                self.start(Phase::Build);
-                let built = host.build_local(flake, cfg, t.build, &mut self.lines()).await;
-                let path = built.map_err(failed_in("build", Reason::Build))?;
-                self.start(Phase::Copy);
-                let substitute = self.spec().substitute_on_target;
-                let copied = host.copy_closure(&path, substitute, t.copy, &mut self.lines()).await;
-                copied.map_err(failed_in("copy", Reason::Copy))?;
-                Ok((path, None))
-            }
+        self.provenance.built_on = Some(BuiltOn::Target);
+        self.start(Phase::Copy);
+        let archive = host.archive(flake, t.copy, &mut self.lines()).await;
+        let archive = archive.map_err(failed_in("copy", Reason::Copy))?;
+        let copied = host.copy_source(&archive, t.copy, &mut self.lines()).await;
+        copied.map_err(failed_in("copy", Reason::Copy))?;
+        let source = archive.source;
+        self.start(Phase::Build);
+        let self_check = self.spec().self_check.as_deref();
+        let built = host.build(&source, cfg, self_check, t.build, &mut self.lines()).await;
+        let (path, facts) = built.map_err(failed_in("build", Reason::Build))?;
+        Ok((path, Some(facts)))
+    }
+
+    /// Get the system from elsewhere (built here, on the build host, or
+    /// before), then bring it to the host: only what it lacks.
+    async fn build_elsewhere<H: Host>(
+        &mut self,
+        host: &mut H,
+        way: &Way,
+    ) -> Result<(StorePath, Option<Facts>), End> {
+        let t = self.spec().timeouts;
+        self.provenance.built_on = Some(way.built_on());
+        if !matches!(way.build, Build::Prebuilt(_)) {
+            self.start(Phase::Build);
         }
+        let flake = &self.ctx.flake;
+        let built = host.build_elsewhere(flake, way, t.build, &mut self.lines()).await;
+        let path = built.map_err(failed_in("build", Reason::Build))?;
+        self.start(Phase::Copy);
+        let delivered = host.deliver(way, &path, t.copy, &mut self.lines()).await;
+        let from = delivered.map_err(failed_in("copy", Reason::Copy))?;
+        self.provenance.copied_from = Some(from);
+        Ok((path, None))
     }
 
     /// The self-check to run: the configured path (which must exist), or

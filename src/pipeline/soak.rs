@@ -1,8 +1,9 @@
 //! The soak check: after a rollout wave has run for a while, is a host
 //! still healthy, and does it still run the system deployed? Read-only: it
-//! takes no lock, changes nothing, and needs no agent installed (a host
-//! rebooted by someone else meanwhile has lost it; a reboot into the
-//! deployed system is no failure).
+//! takes no lock, changes nothing (but, once passed, drops the previous
+//! content the deploy kept of the keys it replaced), and needs no agent
+//! installed (a host rebooted by someone else meanwhile has lost it; a
+//! reboot into the deployed system is no failure).
 
 use crate::host::Host;
 use crate::inventory::HostSpec;
@@ -39,6 +40,10 @@ async fn check<H: Host>(spec: &HostSpec, deployed: &str, host: &mut H) -> Result
     }
     for c in &spec.health_checks {
         host.health_check(c).await?;
+    }
+    // Passed: the content its keys had before the run is not needed.
+    if !spec.keys.is_empty() {
+        let _ = host.drop_kept_keys(30).await;
     }
     Ok(())
 }

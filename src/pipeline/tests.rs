@@ -8,7 +8,7 @@ use crate::agent::AgentState;
 use crate::agent::LockError;
 use crate::events::{Event, Outcome, Phase, Reason};
 use crate::host::HostError;
-use crate::inventory::{BuildOn, HealthCheck};
+use crate::inventory::HealthCheck;
 use crate::ssh::SshError;
 
 /// The phases of a deploy without --reboot, in order (`Phase::ALL` less `Reboot`).
@@ -181,14 +181,6 @@ async fn copy_and_build_failures_stop_before_anything_changes() {
     let r = run(f).await;
     assert_eq!(r.ended(), (Outcome::Failed, Some(Reason::Timeout), Some(Phase::Build)));
     assert!(!r.called("start activate"));
-}
-
-#[tokio::test]
-async fn a_local_build_is_built_here_then_copied() {
-    let r = drive(Fake::new(), |t, _| t.spec.build_on = BuildOn::Local).await;
-    assert_eq!(r.report.outcome, Outcome::Deployed);
-    assert_eq!(r.calls[2..4], ["build-local web1", "copy-closure"]);
-    assert_eq!(r.phases()[3..5], [Phase::Build, Phase::Copy]);
 }
 
 #[tokio::test]

@@ -157,6 +157,8 @@ impl Cmd {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     Bytes(Vec<u8>),
+    /// A secret (a host's keys): never shown, also not by `Debug`.
+    Secret(std::sync::Arc<crate::secret::Secret>),
     /// The first `len` bytes of each file, in order, then `trailer`.
     Files {
         parts: Vec<(std::path::PathBuf, u64)>,
@@ -169,6 +171,7 @@ impl Input {
         use tokio::io::AsyncReadExt;
         match self {
             Input::Bytes(b) => w.write_all(b).await?,
+            Input::Secret(s) => w.write_all(s.as_bytes()).await?,
             Input::Files { parts, trailer } => {
                 for (path, len) in parts {
                     let file = tokio::fs::File::open(path).await?;
@@ -309,6 +312,47 @@ pub fn quote_argv(argv: &[String]) -> String {
     argv.iter().map(|a| shell_escape::unix::escape(a.as_str().into())).collect::<Vec<_>>().join(" ")
 }
 
+/// A command whose output is nobody's still never hides a warning (Nix's
+/// deprecations, its unknown settings): it becomes a line of the run.
+/// Without the credentials of a URL among its arguments (`redact`).
+fn unheard<S: Spawner + ?Sized>(cmd: &Cmd, on: &S, line: &str) {
+    if !is_warning(line) {
+        return;
+    }
+    let place = on.place();
+    let urls = cmd.argv.iter().filter(|a| a.contains("://"));
+    let line = urls.fold(line.trim().to_string(), |l, url| crate::redact::scrub(&l, url));
+    let shown = Cmd::new(cmd.argv.iter().map(|a| crate::redact::argument(a))).display();
+    tracing::warn!("{shown} ({place}): {line}");
+}
+
+/// A warning as Nix (`warning: …`, `evaluation warning: …`) and OpenSSH
+/// (`Warning: …`, `** WARNING: …`) print them, colored or not.
+pub fn is_warning(line: &str) -> bool {
+    let plain: String = strip_ansi(line).trim_start().trim_start_matches("** ").to_lowercase();
+    plain.starts_with("warning:") || plain.starts_with("evaluation warning:")
+}
+
+/// `line` without terminal escape sequences (`ESC [ … letter`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The last `n` non-empty lines of `text`, joined with newlines.
 pub fn tail_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -415,7 +459,7 @@ async fn drive<S: Spawner + ?Sized>(
             },
             l = err_lines.next_line(), if err_open => match l {
                 Ok(Some(Line { text: line, .. })) => {
-                    if let Some(f) = on_line.as_mut() { f(&line) }
+                    if let Some(f) = on_line.as_mut() { f(&line) } else { unheard(cmd, on, &line) }
                     stderr.push_back(line);
                     if stderr.len() > STDERR_KEEP {
                         stderr.pop_front();

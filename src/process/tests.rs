@@ -103,6 +103,55 @@ fn scripts_are_displayed_by_their_arguments() {
     assert_eq!(Cmd::new(["a", "b", "c", "d", "e", "f"]).display(), "a b c d e …");
 }
 
+#[test]
+fn warnings_are_told_apart_from_other_lines() {
+    for (line, warning) in [
+        ("warning: '--json' without '--json-format' is deprecated", true),
+        ("\u{1b}[35;1mwarning:\u{1b}[0m unknown setting 'x'", true),
+        ("evaluation warning: 'foo' has been renamed", true),
+        ("Warning: Permanently added '10.0.0.1' (ED25519) to the list of known hosts.", true),
+        ("** WARNING: connection is not using a post-quantum key exchange algorithm.", true),
+        ("building '/nix/store/…-x.drv'...", false),
+        ("error: warning: is not a warning here", false),
+        ("copying path '/nix/store/…-warning' from 'ssh-ng://h'", false),
+    ] {
+        assert_eq!(is_warning(line), warning, "{line:?}");
+    }
+}
+
+/// A writer for a test's tracing subscriber: everything in one buffer.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_warning_of_a_command_without_a_line_sink_is_still_told() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let cmd =
+        sh("echo 'warning: this will become an error' >&2; echo 'other noise' >&2; echo data");
+    let out = run(&Local, &cmd.quiet_stdout(), None).await.unwrap().check().unwrap();
+    assert_eq!(out.stdout, "data\n");
+    let said = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(said.contains("sh -c … (here): warning: this will become an error"), "{said}");
+    assert!(!said.contains("other noise"), "{said}");
+}
+
 #[tokio::test]
 async fn an_endless_line_reaches_the_sink_cut_and_marked() {
     let mut seen = Vec::new();
@@ -119,4 +168,22 @@ async fn an_endless_line_reaches_the_sink_cut_and_marked() {
     assert!(seen.iter().any(|l| l.starts_with("xxx") && l.ends_with("of 4000000 bytes]")));
     assert!(seen.contains(&"done".to_string()));
     assert!(out.stdout.len() < LINE_MAX + 200, "{}", out.stdout.len());
+}
+
+#[tokio::test]
+async fn a_told_warning_keeps_no_credentials() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let url = "git+https://oauth2:s3cr3t-token@git.example/fleet?ref=main&access_token=s3cr3t2";
+    let cmd = Cmd::script(Script("echo \"warning: Git tree '$1' is dirty\" >&2"), [url]).secs(5);
+    run(&Local, &cmd, None).await.unwrap().check().unwrap();
+    let said = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(said.contains("warning: Git tree 'git+https://"), "{said}");
+    assert!(!said.contains("s3cr3t"), "{said}");
 }

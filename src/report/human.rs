@@ -219,6 +219,7 @@ mod tests {
             before: None,
             reason: None,
             message: msg.map(String::from),
+            provenance: Default::default(),
         }
     }
 

@@ -144,6 +144,7 @@ mod tests {
             before: None,
             reason: Some(Reason::SelfCheck),
             message: Some(format!("failed:\n{HOSTILE}")),
+            provenance: Default::default(),
         };
         let Event::HostFinished { report } = event(Event::HostFinished { report: r }) else {
             panic!()

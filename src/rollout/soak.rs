@@ -149,7 +149,7 @@ async fn revert(
     let report = match before {
         Some(to) if Some(to.as_str()) != deployed.system.as_deref() => {
             let mut rctx = ctx.clone();
-            rctx.mode = Mode::Revert { to };
+            rctx.mode = Mode::Revert { to, from_run: ctx.run_id.clone() };
             rctx.approved = None;
             rctx.force = false;
             // It is unhealthy: that is why it goes back.

@@ -178,6 +178,7 @@ fn report(outcome: Outcome, system: &str, before: &str) -> HostReport {
         before: Some(before.into()),
         reason: None,
         message: None,
+        provenance: Default::default(),
     }
 }
 

@@ -20,6 +20,8 @@ pub(super) enum View<'a> {
     Timeouts(&'a Timeouts),
     Checks(&'a [HealthCheck]),
     Check(&'a HealthCheck),
+    Keys(&'a BTreeMap<String, KeySpec>),
+    Key(&'a KeySpec),
 }
 
 impl<'a> View<'a> {
@@ -31,7 +33,30 @@ impl<'a> View<'a> {
             View::Int(n) => format!("an integer ({n})"),
             View::Bool(b) => format!("a boolean ({b})"),
             View::Strs(_) | View::Checks(_) => "a list".into(),
-            View::Host(_) | View::Timeouts(_) | View::Check(_) => "an attribute set".into(),
+            View::Host(_) | View::Timeouts(_) | View::Check(_) | View::Keys(_) | View::Key(_) => {
+                "an attribute set".into()
+            }
+        }
+    }
+
+    /// What kind of value it is, never the value (`a string`, `an
+    /// integer`): for a secret.
+    pub(super) fn kind(self) -> String {
+        let d = self.describe();
+        match d.split_once(" (") {
+            Some((kind, _)) => kind.to_string(),
+            None => d,
+        }
+    }
+
+    /// An attribute set's entries, by name (as Nix orders them).
+    pub(super) fn entries(self) -> Option<Vec<(&'a str, View<'a>)>> {
+        match self {
+            View::Json(Value::Object(o)) => {
+                Some(o.iter().map(|(k, v)| (k.as_str(), View::Json(v))).collect())
+            }
+            View::Keys(m) => Some(m.iter().map(|(k, v)| (k.as_str(), View::Key(v))).collect()),
+            _ => None,
         }
     }
 
@@ -82,7 +107,12 @@ impl<'a> View<'a> {
     pub(super) fn is_record(self) -> bool {
         matches!(
             self,
-            View::Json(Value::Object(_)) | View::Host(_) | View::Timeouts(_) | View::Check(_)
+            View::Json(Value::Object(_))
+                | View::Host(_)
+                | View::Timeouts(_)
+                | View::Check(_)
+                | View::Keys(_)
+                | View::Key(_)
         )
     }
 
@@ -112,13 +142,33 @@ impl<'a> View<'a> {
                 "magicRollback" => View::Bool(h.magic_rollback),
                 "substituteOnTarget" => View::Bool(h.substitute_on_target),
                 "healthChecks" => View::Checks(&h.health_checks),
+                "keys" => View::Keys(&h.keys),
                 "timeouts" => View::Timeouts(&h.timeouts),
+                "buildHost" => opt_str(h.build_host.as_deref()),
+                "buildHostSshOpts" => View::Strs(&h.build_host_ssh_opts),
+                "buildHostCapacity" => View::Int(u64::from(h.build_host_capacity)),
+                "copyFrom" => View::Str(h.copy_from.as_str()),
+                "pushTo" => opt_str(h.push_to.as_deref()),
+                "system" => opt_str(h.system.as_deref()),
                 _ => return None,
             },
             View::Timeouts(t) => {
                 let phase = Phase::ALL.into_iter().find(|p| p.timeout_key() == key)?;
                 View::Int(t.get(phase))
             }
+            View::Key(k) => match key {
+                "name" => View::Str(&k.name),
+                // A text is a string; its checks never look at it.
+                "text" => k.text.as_ref().map_or(View::Null, |_| View::Str("")),
+                "keyFile" => opt_str(k.key_file.as_deref()),
+                "keyCommand" => k.key_command.as_deref().map_or(View::Null, View::Strs),
+                "destDir" => View::Str(&k.dest_dir),
+                "user" => View::Str(&k.user),
+                "group" => View::Str(&k.group),
+                "permissions" => View::Str(&k.permissions),
+                "uploadAt" => View::Str(k.upload_at.as_str()),
+                _ => return None,
+            },
             View::Check(c) => match key {
                 "description" => View::Str(&c.description),
                 "command" => c.command.as_deref().map_or(View::Null, View::Strs),
@@ -159,10 +209,12 @@ impl Rules {
     pub(super) fn resolve<'r>(&'r self, r: &'r RuleRef) -> &'r Rule {
         match r {
             RuleRef::Inline(rule) => rule,
-            RuleRef::Named(name) => self
-                .types
-                .get(name)
-                .unwrap_or_else(|| panic!("lib/rules.json: no type named {name:?}")),
+            // One of `types`, or else another option's rule.
+            RuleRef::Named(name) => match (self.types.get(name), self.options.get(name)) {
+                (Some(rule), _) => rule,
+                (None, Some(r)) => self.resolve(r),
+                (None, None) => panic!("lib/rules.json: no type or option named {name:?}"),
+            },
         }
     }
 
@@ -240,11 +292,16 @@ impl Rules {
     /// The first fault of a resolved value against `rule`.
     pub(super) fn check(&self, rule: &Rule, path: &Path, v: View) -> Result<(), String> {
         match rule {
-            Rule::String { expected, nullable, accept, checks } => {
+            Rule::String { expected, nullable, accept, checks, secret, .. } => {
                 if *nullable && v.is_null() {
                     return Ok(());
                 }
-                let Some(s) = v.as_str() else { return Err(mismatch(expected, path, v)) };
+                let Some(s) = v.as_str() else {
+                    if *secret {
+                        return Err(format!("{path}: expected {expected}, got {}", v.kind()));
+                    }
+                    return Err(mismatch(expected, path, v));
+                };
                 if accept.as_ref().is_some_and(|a| a.matches(s)) {
                     return Ok(());
                 }
@@ -280,6 +337,7 @@ impl Rules {
             Rule::HealthChecks { expected, check } => {
                 self.check_health_checks(expected, check, path, v)
             }
+            Rule::Keys { expected, key } => self.check_keys(expected, key, path, v),
             Rule::SshOpts { expected, .. } => match v.len() {
                 Some(_) => self.walk_ssh_opts(path, v).map(drop),
                 None => Err(mismatch(expected, path, v)),
@@ -344,6 +402,55 @@ impl Rules {
         Ok(())
     }
 
+    /// Keys: each one's fields, its values, text or keyFile or keyCommand;
+    /// then no two keys that write the same file.
+    fn check_keys(
+        &self,
+        expected: &str,
+        rule: &KeyRule,
+        path: &Path,
+        v: View,
+    ) -> Result<(), String> {
+        let Some(entries) = v.entries() else { return Err(mismatch(expected, path, v)) };
+        let fields = rule.fields.keys().map(String::as_str);
+        for (name, k) in &entries {
+            let at = Path::Key(path, name);
+            // (A key that is not an attribute set may be the secret
+            // itself: only its kind is said.)
+            if !k.is_record() {
+                return Err(format!("{at}: expected {}, got {}", rule.expected, k.kind()));
+            }
+            if let Some(obj) = k.json_object() {
+                key_problem(&at, fields.clone(), |_| true, obj)?;
+            }
+            for (f, r) in &rule.fields {
+                if let Some(x) = k.get(f) {
+                    self.check(self.resolve(r), &Path::Key(&at, f), x)?;
+                }
+            }
+            let one = &rule.exactly_one_of;
+            let given =
+                one.fields.iter().filter(|f| k.get(f).is_some_and(|x| !x.is_null())).count();
+            if given != 1 {
+                return Err(fault(&rule.expected, &at, *k, &one.problem));
+            }
+        }
+        let file = |k: View| -> Option<String> {
+            Some(format!("{}/{}", k.get("destDir")?.as_str()?, k.get("name")?.as_str()?))
+        };
+        for (i, (name, k)) in entries.iter().enumerate() {
+            let Some(f) = file(*k) else { continue };
+            if let Some((other, _)) =
+                entries[..i].iter().find(|(_, e)| file(*e).as_ref() == Some(&f))
+            {
+                let other = attr_path("keys", other);
+                let said = rule.clash.replace("%FILE%", &f).replace("%OTHER%", &other);
+                return Err(format!("{}: {said}", Path::Key(path, name)));
+            }
+        }
+        Ok(())
+    }
+
     /// A host record: unknown keys first, then missing ones, then every
     /// value in key order but those of the options `skip` names.
     pub(super) fn check_host(
@@ -357,8 +464,10 @@ impl Rules {
         }
         let names = self.options.keys().map(String::as_str);
         if let Some(obj) = host.json_object() {
-            // A record from a lib/ without health checks still reads (as none).
-            key_problem(path, names.clone(), |k| k != "healthChecks", obj)?;
+            // A record from a lib/ without health checks, keys or the
+            // options of where systems are built still reads (with their defaults).
+            let optional = &self.optional_in_records;
+            key_problem(path, names.clone(), |k| !optional.iter().any(|o| o == k), obj)?;
         }
         for (k, rule) in &self.options {
             if skip(k) {
@@ -366,6 +475,22 @@ impl Rules {
             }
             if let Some(v) = host.get(k) {
                 self.check(self.resolve(rule), &Path::Key(path, k), v)?;
+            }
+        }
+        self.check_together(path, host)
+    }
+
+    /// `together`: the first option a host's value needs and lacks.
+    fn check_together(&self, path: &Path, host: View) -> Result<(), String> {
+        let null = |k: &str| host.get(k).map_or(true, View::is_null);
+        for t in &self.together {
+            let is = host.get(&t.when).and_then(View::as_str) == Some(t.is.as_str());
+            if is && null(&t.needs) {
+                let expected = match self.option(&t.needs) {
+                    Rule::String { expected, .. } => expected.as_str(),
+                    _ => panic!("lib/rules.json: together needs a string option"),
+                };
+                return Err(fault(expected, &Path::Key(path, &t.needs), View::Null, &t.problem));
             }
         }
         Ok(())

@@ -24,7 +24,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use crate::events::Phase;
-use crate::inventory::{HealthCheck, HostSpec, Timeouts};
+use crate::inventory::{HealthCheck, HostSpec, KeySpec, Timeouts};
 
 use check::*;
 use wording::*;
@@ -53,6 +53,8 @@ pub struct Rules {
     pub schema_version: u32,
     /// Options that only a host may set (not `defaults`).
     pub per_host_only: Vec<String>,
+    /// Options a record may lack (an older lib/ wrote none): defaults apply.
+    pub optional_in_records: Vec<String>,
     /// Every option's default but `hostname`, `configuration` (the
     /// attribute name) and `timeouts` (`timeout_defaults`).
     pub host_defaults: Map<String, Value>,
@@ -64,6 +66,19 @@ pub struct Rules {
     pub rollout: Value,
     types: BTreeMap<String, Rule>,
     options: BTreeMap<String, RuleRef>,
+    /// What one option's value needs of another.
+    #[serde(default)]
+    together: Vec<Together>,
+}
+
+/// `when` = `is` needs `needs` to be set (not null).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Together {
+    when: String,
+    is: String,
+    needs: String,
+    problem: String,
 }
 
 /// A rule, or the name of one of `types`.
@@ -77,10 +92,17 @@ enum RuleRef {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
 enum Rule {
+    #[serde(rename_all = "camelCase")]
     String {
         expected: String,
         #[serde(default)]
         nullable: bool,
+        /// Never shown in a message: only its kind ("a string").
+        #[serde(default)]
+        secret: bool,
+        /// lib's fault for a Nix path literal (JSON has none).
+        #[serde(default, rename = "pathLiteral")]
+        _path_literal: Option<String>,
         /// Matches only values that pass every check: the fast path.
         accept: Option<Pattern>,
         #[serde(default)]
@@ -114,6 +136,10 @@ enum Rule {
         expected: String,
         check: HealthCheckRule,
     },
+    Keys {
+        expected: String,
+        key: KeyRule,
+    },
     #[serde(rename_all = "camelCase")]
     SshOpts {
         expected: String,
@@ -130,6 +156,19 @@ struct HealthCheckRule {
     expected: String,
     fields: BTreeMap<String, RuleRef>,
     exactly_one_of: ExactlyOneOf,
+}
+
+/// What each key of `keys` must be, and its defaults (which lib fills in).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct KeyRule {
+    expected: String,
+    #[serde(rename = "defaults")]
+    _defaults: Map<String, Value>,
+    fields: BTreeMap<String, RuleRef>,
+    exactly_one_of: ExactlyOneOf,
+    /// Two keys that write the same file (`%FILE%`, `%OTHER%`).
+    clash: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -72,6 +72,15 @@ fn every_rule_is_well_formed() {
                     }
                 }
             }
+            Rule::Keys { key, .. } => {
+                for f in key.fields.values() {
+                    walk(r, r.resolve(f), seen);
+                }
+                for k in &key.exactly_one_of.fields {
+                    assert!(key.fields.contains_key(k), "{k}");
+                }
+                assert!(key.clash.contains("%FILE%") && key.clash.contains("%OTHER%"));
+            }
             Rule::Bool { .. } | Rule::Enum { .. } => {}
         }
     }
@@ -101,8 +110,13 @@ fn accept_never_lets_through_what_a_check_rejects() {
     }
     let r = rules();
     let mut accepted = 0;
-    for name in r.option_names() {
-        if let Rule::String { accept: Some(accept), checks, .. } = r.option(name) {
+    let mut strings: Vec<(String, &Rule)> =
+        r.option_names().into_iter().map(|n| (n.to_string(), r.option(n))).collect();
+    if let Rule::Keys { key, .. } = r.option("keys") {
+        strings.extend(key.fields.iter().map(|(n, f)| (format!("keys.{n}"), r.resolve(f))));
+    }
+    for (name, rule) in strings {
+        if let Rule::String { accept: Some(accept), checks, .. } = rule {
             for s in &corpus {
                 if accept.matches(s) {
                     accepted += 1;

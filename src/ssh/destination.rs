@@ -16,6 +16,9 @@ pub struct Destination {
     pub ssh_opts: Vec<String>,
     /// argv prefix for root commands; empty when the user is root.
     pub escalate: Vec<String>,
+    /// The run's sudo password, once the host's sudo asked for it (at
+    /// connect): root commands then read it from their stdin.
+    pub password: Option<std::sync::Arc<crate::secret::Secret>>,
     pub connect_timeout: u64,
 }
 
@@ -25,8 +28,9 @@ impl Destination {
             Vec::new()
         } else {
             let mut words: Vec<String> = spec.sudo.split_whitespace().map(String::from).collect();
-            // Never let sudo wait for a password nobody will type.
-            if words.first().is_some_and(|w| w.rsplit('/').next() == Some("sudo"))
+            // Never let sudo (or doas) wait for a password nobody will type.
+            let program = words.first().and_then(|w| w.rsplit('/').next());
+            if matches!(program, Some("sudo" | "doas"))
                 && !words.iter().any(|w| w == "-n" || w == "--non-interactive")
             {
                 words.insert(1, "-n".into());
@@ -39,6 +43,7 @@ impl Destination {
             port: spec.ssh_port,
             ssh_opts: spec.ssh_opts.clone(),
             escalate,
+            password: None,
             connect_timeout: spec.timeouts.connect,
         }
     }
@@ -57,7 +62,10 @@ impl Destination {
     pub fn argv_for(&self, cmd: &Cmd) -> Vec<String> {
         let mut v = Vec::new();
         if cmd.root && !self.escalate.is_empty() {
-            v.extend(self.escalate.iter().cloned());
+            match self.password {
+                Some(_) => v.extend(super::sudo::with_password(&self.escalate)),
+                None => v.extend(self.escalate.iter().cloned()),
+            }
             v.push("--".into());
         }
         if cmd.bounded {
@@ -139,7 +147,22 @@ mod tests {
         let mut spec = HostSpec::with_defaults("web1");
         spec.ssh_user = "ops".into();
         spec.sudo = "doas".into();
-        assert_eq!(Destination::from_spec(&spec).escalate, vec!["doas"]);
+        assert_eq!(Destination::from_spec(&spec).escalate, vec!["doas", "-n"]);
+        spec.sudo = "/run/wrappers/bin/doas -u root".into();
+        assert_eq!(
+            Destination::from_spec(&spec).escalate,
+            ["/run/wrappers/bin/doas", "-n", "-u", "root"]
+        );
+    }
+
+    #[test]
+    fn with_a_password_sudo_reads_it_from_stdin_and_the_line_never_holds_it() {
+        let mut d = dest("pwuser", "web1");
+        d.password = Some(std::sync::Arc::new(crate::secret::Secret::from("hunter2".to_string())));
+        let line = d.line_for(&Cmd::new(["nix-store", "--import"]).secs(9));
+        assert_eq!(line, "sudo -k -S -p '' -- timeout -k 5 9 nix-store --import");
+        assert_eq!(d.line_for(&Cmd::new(["id"]).unprivileged()), "timeout -k 5 60 id");
+        assert!(!format!("{d:?}").contains("hunter2"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod config;
 mod destination;
+mod sudo;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use crate::budget::{REMOTE_MARGIN_SECS, SERVER_ALIVE_COUNT, SERVER_ALIVE_SECS};
 use config::config_file;
 pub use config::{connect_hint, ssh_opts_to_config};
 pub use destination::{bracket_ipv6, percent_encode, Destination};
+pub use sudo::set_password as set_sudo_password;
 
 use crate::process::{
     Child, Cmd, Exit, Local, Output, Place, ProcessError, Reader, Spawner, Waiter, Writer,
@@ -37,6 +39,9 @@ pub enum SshError {
     SshOpts(String),
     #[error("preparing the ssh connection: {0}")]
     Io(String),
+    /// The host's sudo wants a password it cannot be given, or refused it.
+    #[error("{dest}: {reason}")]
+    Sudo { dest: String, reason: String },
 }
 
 impl SshError {
@@ -48,6 +53,7 @@ impl SshError {
     /// The host answered but refused our key.
     pub fn is_auth(&self) -> bool {
         matches!(self, SshError::Connect { reason, .. } if reason.contains("Permission denied"))
+            || matches!(self, SshError::Sudo { .. })
     }
 }
 
@@ -81,6 +87,7 @@ impl Ssh {
         };
         let mut ssh = Ssh { dest, name: name.to_string(), session: None, dir, config };
         ssh.open_master().await?;
+        ssh.sudo_password().await?;
         Ok(ssh)
     }
 
@@ -143,6 +150,13 @@ impl Ssh {
         Ok(nix_sshopts(self.session(&cmd)?.control_socket()))
     }
 
+    /// The master's control socket, for a Nix process that reaches
+    /// several hosts through their masters at once.
+    pub fn control_socket(&self) -> Result<PathBuf, ProcessError> {
+        let cmd = Cmd::new(["nix"]);
+        Ok(self.session(&cmd)?.control_socket().to_path_buf())
+    }
+
     /// A runner for commands over a brand-new ssh login that cannot reuse
     /// any master (ControlPath=none): the proof that a new login works.
     pub fn fresh_login(&self) -> FreshLogin<'_> {
@@ -164,6 +178,16 @@ impl Ssh {
                 place: self.place(),
                 reason: error_chain(&other),
             },
+        }
+    }
+
+    /// The password a command's stdin starts with: a root command's, once
+    /// the host's sudo asked for one.
+    fn password_for(&self, cmd: &Cmd) -> Option<std::sync::Arc<crate::secret::Secret>> {
+        if cmd.root && !self.dest.escalate.is_empty() {
+            self.dest.password.clone()
+        } else {
+            None
         }
     }
 
@@ -201,9 +225,10 @@ impl Spawner for Ssh {
     fn spawn(&self, cmd: &Cmd) -> impl Future<Output = Result<Child, ProcessError>> + Send {
         let session = self.session(cmd).cloned();
         let line = self.dest.line_for(cmd);
+        let password = self.password_for(cmd);
         async move {
             let mut c = Session::to_raw_command(session?, line);
-            c.stdin(if cmd.stdin.is_some() {
+            c.stdin(if cmd.stdin.is_some() || password.is_some() {
                 openssh::Stdio::piped()
             } else {
                 openssh::Stdio::null()
@@ -211,7 +236,12 @@ impl Spawner for Ssh {
             .stdout(openssh::Stdio::piped())
             .stderr(openssh::Stdio::piped());
             let mut child = c.spawn().await.map_err(|e| self.disconnected_or_spawn(cmd, e))?;
-            let stdin = child.stdin().take().map(|w| Box::pin(w) as Writer);
+            let mut stdin = child.stdin().take().map(|w| Box::pin(w) as Writer);
+            if let (Some(p), Some(w)) = (password, stdin.as_mut()) {
+                sudo::send(&p, w)
+                    .await
+                    .map_err(|_| ProcessError::Disconnected { cmd: cmd.display() })?;
+            }
             let stdout = Box::pin(child.stdout().take().expect("stdout is piped")) as Reader;
             let stderr = Box::pin(child.stderr().take().expect("stderr is piped")) as Reader;
             let display = cmd.display();
@@ -278,8 +308,24 @@ impl Spawner for FreshLogin<'_> {
     }
 
     fn spawn(&self, cmd: &Cmd) -> impl Future<Output = Result<Child, ProcessError>> + Send {
-        let local = self.local_cmd(cmd);
-        async move { Local.spawn(&local).await }
+        let mut local = self.local_cmd(cmd);
+        let password = self.0.password_for(cmd);
+        if password.is_some() && local.stdin.is_none() {
+            // A pipe, for the password line alone.
+            local.stdin = Some(crate::process::Input::Bytes(Vec::new()));
+        }
+        async move {
+            let mut child = Local.spawn(&local).await?;
+            if let (Some(p), Some(w)) = (password, child.stdin.as_mut()) {
+                let failed = |e: std::io::Error| ProcessError::Spawn {
+                    program: local.display(),
+                    place: Place::Local,
+                    reason: format!("writing the sudo password: {e}"),
+                };
+                sudo::send(&p, w).await.map_err(failed)?;
+            }
+            Ok(child)
+        }
     }
 
     fn limit(&self, cmd: &Cmd) -> Duration {

@@ -19,6 +19,8 @@ pub enum Suite {
     Bookworm,
     /// Debian 13: Nix 2.26, systemd 257.
     Trixie,
+    /// Debian unstable: Nix 2.34, systemd 262, OpenSSH 10.6.
+    Sid,
 }
 
 impl Suite {
@@ -26,6 +28,27 @@ impl Suite {
         match self {
             Suite::Bookworm => "bookworm",
             Suite::Trixie => "trixie",
+            Suite::Sid => "sid",
+        }
+    }
+
+    /// Every suite the lab runs, oldest first.
+    pub const ALL: [Suite; 3] = [Suite::Bookworm, Suite::Trixie, Suite::Sid];
+
+    /// What `nix --version` says on this suite, up to the minor version.
+    pub fn nix_version_prefix(self) -> &'static str {
+        match self {
+            Suite::Bookworm => "nix (Nix) 2.8.",
+            Suite::Trixie => "nix (Nix) 2.26.",
+            Suite::Sid => "nix (Nix) 2.34.",
+        }
+    }
+
+    /// `VERSION_CODENAME` of its /etc/os-release (sid names the next release).
+    pub fn codename(self) -> &'static str {
+        match self {
+            Suite::Sid => "forky",
+            other => other.as_str(),
         }
     }
 }
@@ -130,6 +153,14 @@ impl Lab {
         ];
         let items: Vec<String> = opts.iter().map(|o| super::nix_string(o)).collect();
         format!("[ {} ]", items.join(" "))
+    }
+
+    /// A direct link between two targets' network namespaces (`lab.sh
+    /// link`): each reaches the other's address over it.
+    pub fn link(&self, a: &Target, b: &Target) {
+        let mut cmd = Command::new(lab_script());
+        cmd.arg("link").arg(&a.name).arg(&b.name).arg(&self.dir);
+        run_ok(&mut cmd);
     }
 
     /// A fresh copy of the fixture flake (tests/fixtures/lab + the repo's

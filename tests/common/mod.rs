@@ -8,7 +8,9 @@
 //!   string literals;
 //! - `flake`: temp flakes with the repository's `lib/` copied in
 //!   (`copy_lib` is the one place that copies it);
-//! - `fixture`, `lab`, `target`, `claim`: the lab, below.
+//! - `fixture`, `lab`, `target`, `claim`: the lab, below;
+//! - `deployer`: where the tool runs, this machine or a container of
+//!   another suite (its Nix and OpenSSH) on the lab's network.
 //!
 //! The lab from Rust: real targets (systemd as PID 1, a Nix daemon with its
 //! own store, sshd on a real interface) booted by `tests/lab/lab.sh`, and
@@ -35,6 +37,7 @@
 #![allow(dead_code)]
 
 mod claim;
+mod deployer;
 mod fixture;
 mod flake;
 mod lab;
@@ -42,6 +45,8 @@ mod nix;
 mod target;
 
 // Each test crate uses a part of these.
+#[allow(unused_imports)]
+pub use deployer::Deployer;
 #[allow(unused_imports)]
 pub use fixture::scenario_names;
 #[allow(unused_imports)]

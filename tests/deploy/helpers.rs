@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{Lab, Target, BIN, NIX_CONFIG};
+use crate::common::{Deployer, Lab, Target, BIN, NIX_CONFIG};
 
 /// What one run of the tool said and did.
 #[derive(Debug)]
@@ -111,16 +111,38 @@ pub fn deploy<F: AsRef<OsStr> + ?Sized>(flake: &F, args: &[&str]) -> Run {
 /// options after it.
 pub fn command<F: AsRef<OsStr> + ?Sized>(flake: &F, args: &[&str]) -> Command {
     let mut c = Command::new("timeout");
-    c.args(["--kill-after=10", "600", BIN]);
-    let args = match args.first() {
-        Some(&sub @ ("rollback" | "status" | "diff")) => {
-            c.arg(sub);
-            &args[1..]
-        }
-        _ => args,
-    };
-    c.args(["--json", "--flake"]).arg(flake).args(args).env("NIX_CONFIG", NIX_CONFIG);
+    c.args(["--kill-after=10", "600", BIN]).args(tool_args(flake, args));
+    c.env("NIX_CONFIG", NIX_CONFIG);
     c
+}
+
+/// `[SUBCOMMAND] --json --flake FLAKE ARGS...`
+pub fn tool_args<F: AsRef<OsStr> + ?Sized>(flake: &F, args: &[&str]) -> Vec<std::ffi::OsString> {
+    let (sub, args) = match args.first() {
+        Some(&sub @ ("rollback" | "status" | "diff" | "keys")) => (Some(sub), &args[1..]),
+        _ => (None, args),
+    };
+    let mut argv: Vec<std::ffi::OsString> = sub.into_iter().map(Into::into).collect();
+    argv.extend(["--json".into(), "--flake".into(), flake.as_ref().to_owned()]);
+    argv.extend(args.iter().map(Into::into));
+    argv
+}
+
+/// `deploy`, on another deploying machine (see `Deployer`).
+pub fn deploy_on<F: AsRef<OsStr> + ?Sized>(
+    deployer: Deployer,
+    lab: &Lab,
+    flake: &F,
+    args: &[&str],
+) -> Run {
+    let started = Instant::now();
+    let out = deployer.tool(lab.dir(), &tool_args(flake, args), &[]).output().expect("run it");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: started.elapsed(),
+    }
 }
 
 /// A run in the background whose stdout lines can be waited for.

@@ -17,11 +17,15 @@ fn no_run_roots(t: &Target) -> bool {
     t.ssh_ok("ls /run/deploy-flake/runs/*/toplevel 2>/dev/null | wc -l") == "0"
 }
 
+on_every_suite!(
+    diff_names_the_package_and_the_unit_and_changes_nothing,
+    status_shows_what_hosts_run_and_flags_drift,
+);
+
 /// A change that adds a package and changes a unit: `diff` names both,
 /// and the host runs and boots what it did, its service untouched.
-#[test]
-fn diff_names_the_package_and_the_unit_and_changes_nothing() {
-    let lab = Lab::boot(1, Suite::Trixie);
+fn diff_names_the_package_and_the_unit_and_changes_nothing(suite: Suite) {
+    let lab = Lab::boot(1, suite);
     let t = &lab.targets[0];
     let v1 = baseline(&lab, "h", t, "healthy-v1");
     t.reboot();
@@ -92,9 +96,8 @@ fn diff_of_a_host_running_the_system_says_up_to_date() {
 /// `status` says what each host runs and boots and its last deploy; after
 /// a manual `switch-to-configuration test` it flags the drift; a host that
 /// does not answer is named, and the exit code says so.
-#[test]
-fn status_shows_what_hosts_run_and_flags_drift() {
-    let lab = Lab::boot(1, Suite::Trixie);
+fn status_shows_what_hosts_run_and_flags_drift(suite: Suite) {
+    let lab = Lab::boot(1, suite);
     let t = &lab.targets[0];
     let v1 = baseline(&lab, "h", t, "healthy-v1");
     let ghost = format!(

@@ -5,11 +5,16 @@ use std::time::Duration;
 use crate::common::{Lab, Suite};
 use crate::helpers::*;
 
-/// `--all` on a 3-host fleet of both suites: every host runs and boots the
+on_every_suite!(
+    an_unsigned_input_reaches_a_target_that_requires_signatures,
+    unit_failing_during_test_is_rolled_back_and_boot_entry_untouched,
+);
+
+/// `--all` on a 3-host fleet of every suite: every host runs and boots the
 /// built system; a reboot comes up in it.
 #[test]
 fn all_hosts_deploy_and_a_reboot_comes_up_in_the_new_system() {
-    let lab = Lab::boot_suites(&[Suite::Trixie, Suite::Trixie, Suite::Bookworm]);
+    let lab = Lab::boot_suites(&[Suite::Trixie, Suite::Sid, Suite::Bookworm]);
     let [a, b, c] = [&lab.targets[0], &lab.targets[1], &lab.targets[2]];
     let f = flake(
         &lab,
@@ -151,9 +156,8 @@ fn failing_self_check_leaves_the_host_unchanged() {
 
 /// A unit that fails during `test`: rolled back, the boot entry never
 /// touched, and the report names the failed unit.
-#[test]
-fn unit_failing_during_test_is_rolled_back_and_boot_entry_untouched() {
-    let lab = Lab::boot(1, Suite::Trixie);
+fn unit_failing_during_test_is_rolled_back_and_boot_entry_untouched(suite: Suite) {
+    let lab = Lab::boot(1, suite);
     let t = &lab.targets[0];
     let v1 = baseline(&lab, "h", t, "healthy-v1");
     let generations = t.ssh_ok("ls /nix/var/nix/profiles | grep -c '^system-'");
@@ -385,28 +389,29 @@ fn hostile_names_are_never_executed() {
 }
 
 /// `buildOn = "local"`: the system is built on the deploying machine and its
-/// (unsigned) closure copied over; it is the very store path a build on the
-/// target produces.
+/// (unsigned) closure copied over to a Nix 2.8, 2.26 and 2.34 daemon; it is
+/// the very store path a build on the target produces.
 #[test]
 fn local_build_is_copied_and_activated() {
-    let lab = Lab::boot(2, Suite::Trixie);
-    let (local, remote) = (&lab.targets[0], &lab.targets[1]);
-    let f = flake(
-        &lab,
-        &[
-            host_entry(&lab, "local", local, "healthy-v2", r#"buildOn = "local";"#),
-            host_entry(&lab, "remote", remote, "healthy-v2", ""),
-        ],
-    );
-    let run = deploy(&f, &["--all"]);
+    let lab = Lab::boot_suites(&[Suite::Bookworm, Suite::Trixie, Suite::Sid, Suite::Trixie]);
+    let (locals, remote) = (&lab.targets[..3], &lab.targets[3]);
+    let mut hosts: Vec<String> = locals
+        .iter()
+        .map(|t| host_entry(&lab, t.suite.as_str(), t, "healthy-v2", r#"buildOn = "local";"#))
+        .collect();
+    hosts.push(host_entry(&lab, "remote", remote, "healthy-v2", ""));
+    let run = deploy(&flake(&lab, &hosts), &["--all"]);
     assert_eq!(run.code, 0, "{run}");
-    let sys = run.system("local");
-    assert_eq!(sys, run.system("remote"), "same derivation, same output path");
-    assert_eq!(local.current_system().as_deref(), Some(sys.as_str()));
-    assert_eq!(local.boot_profile().as_deref(), Some(sys.as_str()));
-    assert_eq!(local.ssh_ok("cat /run/demo-web/version"), "healthy-v2");
-    // Built here: the target never saw the flake's source.
-    assert_eq!(local.ssh_ok("ls -d /nix/store/*-source 2>/dev/null | wc -l"), "0");
+    let sys = run.system("remote");
+    for local in locals {
+        let name = local.suite.as_str();
+        assert_eq!(run.system(name), sys, "{name}: same derivation, same output path");
+        assert_eq!(local.current_system().as_deref(), Some(sys.as_str()), "{name}");
+        assert_eq!(local.boot_profile().as_deref(), Some(sys.as_str()), "{name}");
+        assert_eq!(local.ssh_ok("cat /run/demo-web/version"), "healthy-v2", "{name}");
+        // Built here: the target never saw the flake's source.
+        assert_eq!(local.ssh_ok("ls -d /nix/store/*-source 2>/dev/null | wc -l"), "0", "{name}");
+    }
 }
 
 /// A host whose key is not in known_hosts is refused (host key checking
@@ -483,14 +488,4 @@ fn an_unsigned_input_reaches_a_target_that_requires_signatures(suite: Suite) {
     let sys = run.system("h");
     assert_eq!(t.current_system(), Some(sys.clone()));
     assert_eq!(t.boot_profile(), Some(sys));
-}
-
-#[test]
-fn an_unsigned_input_reaches_a_bookworm_target() {
-    an_unsigned_input_reaches_a_target_that_requires_signatures(Suite::Bookworm);
-}
-
-#[test]
-fn an_unsigned_input_reaches_a_trixie_target() {
-    an_unsigned_input_reaches_a_target_that_requires_signatures(Suite::Trixie);
 }

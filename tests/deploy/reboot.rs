@@ -25,11 +25,12 @@ fn assert_runs_and_boots(t: &Target, sys: &str) {
     assert_eq!(t.boot_profile().as_deref(), Some(sys), "{}: boots next", t.name);
 }
 
+on_every_suite!(reboot_always_comes_back_in_the_new_system);
+
 /// A change deployed with --reboot always: the host reboots into it and
 /// comes back in it, healthy; the report says so.
-#[test]
-fn reboot_always_comes_back_in_the_new_system() {
-    let lab = Lab::boot(1, Suite::Trixie);
+fn reboot_always_comes_back_in_the_new_system(suite: Suite) {
+    let lab = Lab::boot(1, suite);
     let t = &lab.targets[0];
     let v1 = baseline(&lab, "h", t, "healthy-v1");
     let before = t.boot_id();

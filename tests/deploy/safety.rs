@@ -267,10 +267,11 @@ fn control_master_in_ssh_config_does_not_fake_the_fresh_login() {
     assert_back_on(t, &v1);
 }
 
+on_every_suite!(rollback_command_returns_to_the_previous_generation);
+
 /// `rollback` returns a host to its previous generation, current and boot.
-#[test]
-fn rollback_command_returns_to_the_previous_generation() {
-    let lab = Lab::boot(1, Suite::Bookworm);
+fn rollback_command_returns_to_the_previous_generation(suite: Suite) {
+    let lab = Lab::boot(1, suite);
     let t = &lab.targets[0];
     let v1 = baseline(&lab, "h", t, "healthy-v1");
     let f = flake(&lab, &[host_entry(&lab, "h", t, "healthy-v2", "")]);

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The demo: a small fleet of lab targets (two trixie, one bookworm) and
-# deploy-flake run against a fixture flake that describes them: the plan, a
-# real deploy of all three, a second run with nothing to do, and a broken
-# change to one host that is rolled back by itself.
+# The demo: a small fleet of lab targets (one of each suite: trixie, sid,
+# bookworm) and deploy-flake run against a fixture flake that describes
+# them: the plan, a real deploy of all three, a second run with nothing to
+# do, and a broken change to one host that is rolled back by itself.
 #
 #   tests/lab/demo.sh                 (as root; installs what it needs first)
 #
@@ -76,7 +76,7 @@ claim() {
 }
 
 hosts=(web1 web2 db1)
-suites=(trixie trixie bookworm)
+suites=(trixie sid bookworm)
 configs=(healthy-v2 healthy-v2 healthy-v1)
 tags=(web web db)
 

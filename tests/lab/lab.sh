@@ -6,9 +6,14 @@
 #   lab.sh stop NAME LABDIR                stop it and remove what it used
 #   lab.sh reboot NAME LABDIR              `systemctl reboot` inside, wait
 #   lab.sh ssh NAME LABDIR [CMD...]        ssh as root into a booted target
+#   lab.sh link NAME_A NAME_B LABDIR       a direct link between two targets:
+#                                          each reaches the other's 10.77.IDX.2
 #   lab.sh leaks [FILTER]                  list leftovers; exit 1 if any
 #                                          (FILTER: only those mentioning it)
 #   lab.sh reap                            stop targets of dead test runs
+#   lab.sh deployer SUITE LABDIR [OPTIONS] -- CMD...
+#                                          run CMD on a deploying machine of
+#                                          SUITE (see cmd_deployer)
 #
 # A target is a systemd-nspawn container booted from an overlay over the
 # cached root file system (rootfs.sh): every boot of a new target starts
@@ -331,6 +336,102 @@ cmd_stop() {
     rm -f "$RUN/targets/$name"
 }
 
+# The deploying machine of another suite: CMD runs in a container of SUITE's
+# root file system (its Nix, its OpenSSH) that shares this machine's network
+# (the targets' addresses), with LABDIR bound in at its own path. Not booted:
+# CMD runs as root under nspawn's stub init (--as-pid2), and root's Nix uses
+# the container's own store directly, no daemon. Options:
+#   -b PATH          bind PATH read-only at its own path (the tool's binary)
+#   -e NAME=VALUE    set an environment variable for CMD
+#   -l DIR           keep the container's changes (its store) in DIR across
+#                    runs (one run at a time); without it every run starts
+#                    from the pristine root file system
+# The root file system is the read-only lower layer of an overlay, as for
+# targets: nspawn's --ephemeral would copy the whole tree on every run here
+# (about 7 s on ext4). stdin, stdout and stderr are CMD's own; the exit code
+# is CMD's. The run's layers live in $RUN/deployers/dfd-<pid> and its cgroups
+# (dfd-<pid>) below the caller's own, so that whoever accounts the caller's
+# cgroup (bench/measure.py) counts the container's processes too.
+cmd_deployer() {
+    local suite=$1 labdir=$2
+    shift 2
+    local binds=() envs=() layer=""
+    while (($#)); do
+        case $1 in
+            -b) [ -e "$2" ] || die "deployer: no such path '$2'"
+                binds+=("--bind-ro=$(readlink -f "$2")"); shift 2 ;;
+            -e) [[ $2 == [A-Za-z_]*=* ]] || die "deployer: -e wants NAME=VALUE, got '$2'"
+                envs+=("--setenv=$2"); shift 2 ;;
+            -l) layer=$2; shift 2 ;;
+            --) shift; break ;;
+            *) die "deployer: unknown option '$1' (want -b PATH, -e NAME=VALUE, -l DIR, then -- CMD...)" ;;
+        esac
+    done
+    (($#)) || die "deployer: no command after --"
+    need_root
+    local rootfs
+    rootfs=$("$here/rootfs.sh" "$suite")
+    [ -d "$labdir" ] || die "deployer: no lab directory '$labdir'"
+    labdir=$(readlink -f "$labdir")
+
+    local name="dfd-$$" dir="$RUN/deployers/dfd-$$"
+    mkdir -p "$dir/merged"
+    if [ -n "$layer" ]; then
+        mkdir -p "$layer/upper" "$layer/work"
+        exec 6>"$layer/.lock"
+        flock 6
+    else
+        layer=$dir
+        mkdir -p "$layer/upper" "$layer/work"
+    fi
+    local v2 v1
+    v2="/sys/fs/cgroup/unified$(sed -n 's/^0:://p' /proc/self/cgroup)"
+    v1="/sys/fs/cgroup/systemd$(sed -n 's/^[0-9]*:name=systemd://p' /proc/self/cgroup)"
+    v2=${v2%/} v1=${v1%/}
+    printf 'layer=%s\ncg_v2=%s\ncg_v1=%s\n' "$layer" "$v2/$name" "$v1/$name" >"$dir/deployer.env"
+    DEPLOYER=("$dir" "$v2/$name" "$v1/$name")
+    # Back to the caller's cgroups first: ours are removed.
+    trap 'echo $$ >"'"$v2"'/cgroup.procs"; echo $$ >"'"$v1"'/cgroup.procs"; deployer_cleanup "${DEPLOYER[@]}"' EXIT
+    (
+        flock 8
+        if ! mountpoint -q /run/systemd/nspawn; then
+            mkdir -p /run/systemd/nspawn
+            mount -t tmpfs tmpfs /run/systemd/nspawn
+        fi
+    ) 8>"$RUN/.host.lock"
+    mount -t overlay overlay \
+        -o "lowerdir=$rootfs,upperdir=$layer/upper,workdir=$layer/work" "$dir/merged"
+    mkdir -p "$v2/$name" "$v1/$name"
+    echo $$ >"$v2/$name/cgroup.procs"
+    echo $$ >"$v1/$name/cgroup.procs"
+    local rc=0
+    SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 systemd-nspawn --register=no --keep-unit --quiet \
+        --console=pipe --as-pid2 --directory="$dir/merged" --machine="$name" \
+        --bind="$labdir" "${binds[@]}" "${envs[@]}" --chdir="$labdir" -- "$@" || rc=$?
+    return "$rc"
+}
+
+deployer_cleanup() { # DIR CGROUP_V2 CGROUP_V1
+    local dir=$1 cg procs
+    for cg in "$2" "$3"; do
+        [ -n "$cg" ] && [ -d "$cg" ] || continue
+        # What still runs there (a reaped run's container) is killed by
+        # cgroup, never by name.
+        for _ in $(seq 50); do
+            procs=$(find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null || true)
+            [ -n "$procs" ] || break
+            # shellcheck disable=SC2086
+            kill -KILL $procs 2>/dev/null || true
+            sleep 0.1
+        done
+        find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || log "deployer: could not remove cgroup $cg"
+    done
+    if mountpoint -q "$dir/merged"; then
+        umount "$dir/merged" 2>/dev/null || { sleep 0.5; umount "$dir/merged" || umount -l "$dir/merged"; }
+    fi
+    rm -rf "$dir"
+}
+
 target_addr() {
     local tdir=$1
     [ -r "$tdir/target.env" ] || die "no target at $tdir"
@@ -361,6 +462,25 @@ cmd_ssh() {
     shift 2
     labdir=$(readlink -f "$labdir")
     lab_ssh "$labdir" "$(target_addr "$labdir/targets/$name")" "$@"
+}
+
+# A veth pair straight between two targets' network namespaces, with a
+# route to each other's address over it: a build host or a cache reaches
+# the targets without the host routing between lab links (it does not
+# forward). Deleted with either namespace (`stop`).
+cmd_link() {
+    local a=$1 b=$2 labdir=$3 ia ib
+    [ "$(id -u)" = 0 ] || die "link needs root"
+    labdir=$(readlink -f "$labdir")
+    ia=$(sed -n 's/^idx=//p' "$labdir/targets/$a/target.env" 2>/dev/null) || true
+    ib=$(sed -n 's/^idx=//p' "$labdir/targets/$b/target.env" 2>/dev/null) || true
+    [ -n "$ia" ] && [ -n "$ib" ] || die "link: no targets $a and $b in $labdir"
+    [ "$ia" != "$ib" ] || die "link: a target cannot be linked to itself"
+    ip -n "$a" link add "lk$ib" type veth peer name "lk$ia" netns "$b"
+    ip -n "$a" link set "lk$ib" up
+    ip -n "$b" link set "lk$ia" up
+    ip -n "$a" route add "10.77.$ib.2/32" dev "lk$ib" src "10.77.$ia.2"
+    ip -n "$b" route add "10.77.$ia.2/32" dev "lk$ia" src "10.77.$ib.2"
 }
 
 cmd_leaks() {
@@ -405,6 +525,9 @@ cmd_leaks() {
             if [ -n "$line" ]; then report "cgroup: $line"; fi
         done < <(find "$cg" -mindepth 1 -maxdepth 1 -type d)
     done
+    for line in "$RUN"/deployers/*; do
+        if [ -e "$line" ]; then report "deployer: ${line##*/} ($(tr '\n' ' ' <"$line/deployer.env" 2>/dev/null))"; fi
+    done
     local p
     for p in /proc/[0-9]*; do
         if [ "$(cat "$p/comm" 2>/dev/null || true)" = systemd-nspawn ]; then
@@ -439,6 +562,15 @@ cmd_reap() {
             rm -rf "$labdir"
         fi
     done
+    # Deploying machines (cmd_deployer) whose lab.sh died without cleaning up.
+    for entry in "$RUN"/deployers/dfd-*; do
+        [ -d "$entry" ] || continue
+        pid=${entry##*/dfd-}
+        [ ! -d "/proc/$pid" ] || continue
+        log "reaping deployer ${entry##*/} (process $pid is gone)"
+        deployer_cleanup "$entry" "$(sed -n 's/^cg_v2=//p' "$entry/deployer.env")" \
+            "$(sed -n 's/^cg_v1=//p' "$entry/deployer.env")"
+    done
     for entry in "$RUN"/claims/*; do
         [ -d "$entry" ] || continue
         pid=$(cat "$entry/owner" 2>/dev/null || true)
@@ -451,7 +583,7 @@ cmd_reap() {
     log "reaped $reaped target(s)"
 }
 
-usage() { sed -n '2,11p' "$self" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,16p' "$self" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 cmd=${1:-}
 shift || true
@@ -461,8 +593,10 @@ case "$cmd" in
     stop) [ $# = 2 ] || usage; cmd_stop "$@" ;;
     reboot) [ $# = 2 ] || usage; cmd_reboot "$@" ;;
     ssh) [ $# -ge 2 ] || usage; cmd_ssh "$@" ;;
+    link) [ $# = 3 ] || usage; cmd_link "$@" ;;
     leaks) [ $# -le 1 ] || usage; cmd_leaks "$@" ;;
     reap) [ $# = 0 ] || usage; cmd_reap ;;
+    deployer) [ $# -ge 4 ] || usage; cmd_deployer "$@" ;;
     _launch) cmd_launch "$@" ;;
     *) usage ;;
 esac

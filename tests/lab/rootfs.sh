@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build (once) and print the path of the lab's target root file system.
 #
-#   tests/lab/rootfs.sh SUITE        SUITE = bookworm | trixie
+#   tests/lab/rootfs.sh SUITE        SUITE = bookworm | trixie | sid
 #
 # The result is cached outside the checkout, in
 # ${DEPLOY_FLAKE_LAB_CACHE:-/var/cache/deploy-flake-lab}/<suite>-<hash>, where
@@ -81,11 +81,14 @@ sandbox = false
 trusted-users = root deploy
 EOF
 
-    # Units that fail or wait without internet would make the system degraded.
+    # Units that fail or wait without internet would make the system degraded,
+    # and so would the mounts that systemd 262 (sid) tries and nspawn refuses:
+    # hugetlbfs and fusectl.
     local unit
     for unit in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer \
         e2scrub_reap.service fstrim.timer man-db.timer dpkg-db-backup.timer \
-        systemd-networkd-wait-online.service; do
+        systemd-networkd-wait-online.service dev-hugepages.mount \
+        sys-fs-fuse-connections.mount; do
         ln -sfn /dev/null "$root/etc/systemd/system/$unit"
     done
 
@@ -137,8 +140,8 @@ recipe_hash() {
 build() {
     local suite=$1
     case "$suite" in
-        bookworm | trixie) ;;
-        *) die "unknown suite '$suite' (use bookworm or trixie)" ;;
+        bookworm | trixie | sid) ;;
+        *) die "unknown suite '$suite' (use bookworm, trixie or sid)" ;;
     esac
     [ "$(id -u)" = 0 ] || die "must run as root (mmdebstrap, chroot)"
     command -v mmdebstrap >/dev/null ||
@@ -166,8 +169,12 @@ build() {
     # shellcheck disable=SC2064
     trap "rm -rf '$tmp'" EXIT
     local start=$SECONDS
+    # sid's mirror is a snapshot whose Release file may be past its
+    # Valid-Until date. openssh-client is listed on its own: sid's
+    # openssh-server no longer pulls it in, and the deployer role runs ssh.
     mmdebstrap --variant=apt --quiet \
-        --include=systemd,systemd-sysv,dbus,libpam-systemd,openssh-server,nix-setup-systemd,iproute2,procps,sudo,iputils-ping \
+        --aptopt='Acquire::Check-Valid-Until "false"' \
+        --include=systemd,systemd-sysv,dbus,libpam-systemd,openssh-server,openssh-client,nix-setup-systemd,iproute2,procps,sudo,iputils-ping \
         --customize-hook="bash '$self' --customize \"\$1\"" \
         "$suite" "$tmp/root" >&2
     mv -T "$tmp/root" "$final"
@@ -182,11 +189,11 @@ case "${1:-}" in
         [ $# = 2 ] || die "usage: rootfs.sh --customize ROOT"
         customize "$2"
         ;;
-    bookworm | trixie)
+    bookworm | trixie | sid)
         [ $# = 1 ] || die "usage: rootfs.sh SUITE"
         build "$1"
         ;;
     *)
-        die "usage: rootfs.sh SUITE   (SUITE = bookworm | trixie)"
+        die "usage: rootfs.sh SUITE   (SUITE = bookworm | trixie | sid)"
         ;;
 esac

@@ -225,6 +225,7 @@ mod tests {
             before: None,
             reason: None,
             message: (!outcome.is_success()).then(|| format!("{host} did not make it")),
+            provenance: Default::default(),
         }
     }
 

@@ -27,6 +27,7 @@ fn report(host: &str, outcome: Outcome, phase: Phase, message: Option<&str>) -> 
         before: None,
         reason: None,
         message: message.map(String::from),
+        provenance: Default::default(),
     }
 }
 
