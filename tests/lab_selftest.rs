@@ -38,6 +38,7 @@ on_every_suite!(
     failing_unit_makes_test_exit_4,
     broken_configurations_break_and_the_previous_one_heals,
     the_stand_in_switches_as_the_real_program_was_seen_to,
+    systemd_keeps_answering_through_many_re_executions,
 );
 
 fn ssh_is_strict_and_the_system_is_running(suite: Suite) {
@@ -225,6 +226,24 @@ fn a_target_told_not_to_come_back_from_a_reboot_stays_down() {
     sleep(Duration::from_secs(2));
     assert!(!t.ssh("true").status.success(), "no ssh after the reboot");
     assert_eq!(t.console_log().matches("=== boot ").count(), 1, "never booted again");
+}
+
+/// systemd re-executing itself again and again (`systemctl
+/// daemon-reexec`) keeps answering, and what it prints on its console each
+/// time is in the target's console log: the console is read. (One nobody
+/// read filled up after some 30 re-executions, and systemd blocked for
+/// good on a write to it.)
+fn systemd_keeps_answering_through_many_re_executions(suite: Suite) {
+    let lab = Lab::boot(1, suite);
+    let t = &lab.targets[0];
+    let out = t.ssh(
+        "for i in $(seq 100); do timeout 20 systemctl daemon-reexec || \
+         { echo \"re-execution $i: exit $?\"; exit 1; }; done",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(t.system_state(), "running");
+    let started = t.console_log().matches("running in system mode").count();
+    assert!(started > 100, "systemd started {started} times on the console:\n{}", t.console_log());
 }
 
 fn failing_unit_makes_test_exit_4(suite: Suite) {

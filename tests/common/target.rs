@@ -145,10 +145,12 @@ impl Target {
         self.ssh_ok("touch /etc/lab-no-return");
     }
 
-    /// What the target's launcher logged (its boots, nspawn's exits).
+    /// What the target's launcher logged (its boots, nspawn's exits) and
+    /// what the target printed on its console.
     pub fn console_log(&self) -> String {
         let path = self.lab_dir.join("targets").join(&self.name).join("console.log");
-        std::fs::read_to_string(path).unwrap_or_default()
+        // (It holds what the target printed on its console: any bytes.)
+        String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
     }
 
     /// Makes the target `degraded`: a transient unit that failed.

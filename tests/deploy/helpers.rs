@@ -230,6 +230,12 @@ impl Background {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
+                let _ = self.child.wait();
+                // Everything it printed, up to the kill: not only what was
+                // waited for before.
+                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(500)) {
+                    self.seen.push(l);
+                }
                 panic!("deploy-flake did not exit within {limit:?}\n{}", self.seen.join("\n"));
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -123,6 +123,11 @@ refuse_stale() {
 
 # The launcher: one per target, in the target's own cgroups; restarts nspawn
 # on reboot (exit code 133) and stops otherwise or when asked to.
+# The target's console is read (into console.log, with this launcher's
+# output): a console nobody reads (--console=passive) fills its pty's
+# buffer, and the target's systemd then blocks for good on a write to it
+# (it prints a few hundred bytes each time it re-executes itself: some 30
+# re-executions after a boot froze it). A real host's console is drained.
 cmd_launch() {
     local name=$1 tdir=$2
     echo $$ >"$CG_V1/$name/cgroup.procs"
@@ -137,7 +142,7 @@ cmd_launch() {
         SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 setsid systemd-nspawn --boot \
             --register=no --keep-unit --quiet --directory="$tdir/merged" \
             --machine="$name" --network-namespace-path="/run/netns/$name" \
-            --capability=CAP_NET_ADMIN --console=passive </dev/null &
+            --capability=CAP_NET_ADMIN --console=read-only </dev/null &
         echo $! >"$tdir/nspawn.pid"
         rc=0
         wait $! || rc=$?
