@@ -82,7 +82,10 @@ pub enum Outcome {
     Deployed,
     /// Already running and booting the built system; nothing activated.
     UpToDate,
-    /// Stopped before anything on the host changed.
+    /// Did not succeed. Nothing on the host changed, except where the
+    /// report says what it now runs and boots: after `--reboot` (it came
+    /// back in another system, came back unhealthy, or did not reboot), and
+    /// when a failed soak could not return it to its previous system.
     Failed,
     /// Activated, then returned to the previous system; boot entry untouched.
     RolledBack,

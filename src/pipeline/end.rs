@@ -40,6 +40,18 @@ impl End {
         End::new(Outcome::Failed, Some(reason), Some(msg.into()))
     }
 
+    /// Failed after the host changed (after `--reboot`: it came back in
+    /// another system, or unhealthy): `system` and `boot` must say what it
+    /// runs and boots.
+    pub fn failed_changed(
+        reason: Reason,
+        msg: impl Into<String>,
+        system: Option<String>,
+        boot: Option<String>,
+    ) -> End {
+        End { system, boot, ..End::new(Outcome::Failed, Some(reason), Some(msg.into())) }
+    }
+
     /// The host may be in an unknown state; the message says what to inspect.
     pub fn unknown(reason: Reason, msg: impl Into<String>) -> End {
         End::new(Outcome::Unknown, Some(reason), Some(msg.into()))

@@ -225,14 +225,12 @@ impl HostRun<'_> {
         let (system, boot) = (facts.current.clone(), facts.boots().map(String::from));
         self.facts = Some(facts);
         if let Err(msg) = verdict {
-            let failed = End::unchanged(Reason::RebootedIntoOld, msg);
-            return End { system, boot, ..failed };
+            return End::failed_changed(Reason::RebootedIntoOld, msg, system, boot);
         }
         let left = deadline.saturating_duration_since(Instant::now()).as_secs();
         if let Err(why) = self.healthy_after_reboot(host, left.max(t.preflight)).await {
-            let failed =
-                End::unchanged(Reason::HealthCheck, format!("rebooted into {toplevel}, but {why}"));
-            return End { system, boot, ..failed };
+            let msg = format!("rebooted into {toplevel}, but {why}");
+            return End::failed_changed(Reason::HealthCheck, msg, system, boot);
         }
         End { system, boot, reason: None, message: None, ..end }
     }
