@@ -1,4 +1,6 @@
-# deploy-flake on-target agent (POSIX sh).
+# deploy-flake on-target agent: POSIX sh (run by /bin/sh: dash, or bash
+# as sh), with GNU coreutils, util-linux (flock, setsid) and systemd.
+# shellcheck shell=sh
 #
 # Installed by the deployer as /run/deploy-flake/agent-<hash>.sh and run as
 # root. `activate` and `boot` run inside a transient systemd unit, so they
@@ -94,6 +96,10 @@
 # administrator, chrony or a resumed VM may step.
 
 set -u
+# PATH and the paths below are set here, once each, and never read from the
+# environment: whatever environment reaches the agent cannot move them.
+# (The agent tier, tests/agent_tier.rs, runs a copy of this text with just
+# these lines pointing into a temporary directory.)
 PATH=/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:/run/wrappers/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 umask 077
@@ -102,6 +108,8 @@ cd /
 STATE=/run/deploy-flake
 RECORDS=/var/lib/deploy-flake
 PROFILE=/nix/var/nix/profiles/system
+CURRENT=/run/current-system
+SLICE=/sys/fs/cgroup/system.slice
 # /run is memory: the directories of the newest RUNS_KEPT runs are kept
 # (older ones go when a run takes the host lock, and so does the log of
 # one that succeeded), and an activation's output is kept up to LOG_CAP
@@ -141,7 +149,7 @@ status_unwritten() {
         rolling-back | rolled-back | rollback-failed) return 0 ;;
         awaiting-confirmation)
             roll_back not-confirmed "the agent could not record its state"
-            agent_says "$intended; it runs $(readlink -f /run/current-system)"
+            agent_says "$intended; it runs $(readlink -f "$CURRENT")"
             ;;
     esac
     exit 3
@@ -481,7 +489,7 @@ roll_back() {
     # deployer's abort, nor an activate timeout meant for the new system).
     run_bounded "$rollback_secs" 0 env NIXOS_NO_CHECK=1 "$previous/bin/switch-to-configuration" test
     rc=$?
-    now=$(readlink -f /run/current-system 2> /dev/null)
+    now=$(readlink -f "$CURRENT" 2> /dev/null)
     left=$(new_failed)
     still=$(failed_units)
     if [ "$now" = "$previous" ] && [ -z "$left" ] && { [ "$rc" = 0 ] || [ "$rc" = 2 ] || [ "$rc" = 4 ]; }; then
@@ -535,7 +543,7 @@ holder_alive() {
 # upgrade) replaced it, and the run ends `superseded` WHEN: nothing of it is
 # recorded, no boot entry written, nothing rolled back.
 still_running() {
-    now_running=$(readlink -f /run/current-system 2> /dev/null)
+    now_running=$(readlink -f "$CURRENT" 2> /dev/null)
     [ "$now_running" = "$toplevel" ] && return 0
     rm -f "$rundir/toplevel" && rm -rf "$rundir/staged-keys"
     log "another switch replaced $toplevel $1: the host runs ${now_running:-nothing}"
@@ -550,8 +558,8 @@ activate() {
     stc_env "$@"
     begin "$rundir" || return 0
     previous=
-    if [ -e /run/current-system ]; then
-        previous=$(readlink -f /run/current-system)
+    if [ -e "$CURRENT" ]; then
+        previous=$(readlink -f "$CURRENT")
     fi
     printf '%s\n' "$previous" > "$rundir/previous"
     failed_units > "$rundir/failed-before"
@@ -963,7 +971,7 @@ prune_runs() {
 
 # Is an action (activate, boot) of the run RUNID at work?
 run_at_work() {
-    slice=/sys/fs/cgroup/system.slice
+    slice=$SLICE
     if [ -d "$slice" ]; then
         [ -d "$slice/deploy-flake-$1-activate.service" ] || [ -d "$slice/deploy-flake-$1-boot.service" ]
     else
@@ -976,7 +984,7 @@ run_at_work() {
 # a service has a cgroup of its own exactly while it has processes: seen
 # without asking systemd.
 switches_in_progress() {
-    slice=/sys/fs/cgroup/system.slice
+    slice=$SLICE
     if [ -d "$slice" ]; then
         for unit in "$slice"/deploy-flake-*.service "$slice"/nixos-rebuild-switch-to-configuration.service \
             "$slice"/nixos-upgrade.service; do
@@ -1031,7 +1039,7 @@ health() {
 # someone else nothing is).
 look() {
     health "$@"
-    echo "deploy-flake-current $(readlink -e /run/current-system)"
+    echo "deploy-flake-current $(readlink -e "$CURRENT")"
 }
 
 # reboot_for KEY SYSTEM: what differs between the booted system and SYSTEM
@@ -1051,7 +1059,7 @@ reboot_for() {
 facts() {
     toplevel=$1 selfcheck=${2:-pre-activate-safety-checks}
     profile=$(readlink -e "$PROFILE")
-    echo "deploy-flake-current $(readlink -e /run/current-system)"
+    echo "deploy-flake-current $(readlink -e "$CURRENT")"
     echo "deploy-flake-profile $profile"
     echo "deploy-flake-booted-system $(readlink -e /run/booted-system)"
     echo "deploy-flake-newest-generation $(newest_generation)"
@@ -1069,7 +1077,7 @@ facts() {
 
 status() {
     profile=$(readlink -e "$PROFILE")
-    echo "deploy-flake-current $(readlink -e /run/current-system)"
+    echo "deploy-flake-current $(readlink -e "$CURRENT")"
     echo "deploy-flake-profile $profile"
     echo "deploy-flake-booted-system $(readlink -e /run/booted-system)"
     echo "deploy-flake-boot-id $(cat /proc/sys/kernel/random/boot_id)"
@@ -1095,7 +1103,7 @@ status() {
 # said to be unknown, with why (never "nothing").
 diff() {
     toplevel=$1
-    current=$(readlink -e /run/current-system)
+    current=$(readlink -e "$CURRENT")
     if [ -z "$current" ]; then
         echo "deploy-flake-packages-unknown the host runs no system to compare with"
     else
