@@ -759,7 +759,7 @@ check() {
         out=$(system timeout "$secs" "$selfcheck" | cap_lines)
         read -r rc < "$sysrc" || rc=1
         if [ -n "$out" ]; then printf '%s\n' "$out"; fi
-        echo "deploy-flake-self-check $rc"
+        echo "deploy-flake-self-check-exit $rc"
         [ "$rc" = 0 ] || { rm -f "$sysrc"; return 0; }
     fi
     # shellcheck disable=SC2086 # allow-listed words
@@ -1066,7 +1066,7 @@ facts() {
     entry=$(default_entry)
     if [ -n "$entry" ]; then echo "deploy-flake-default-entry $entry"; fi
     if [ -x "$toplevel/bin/switch-to-configuration" ]; then echo "deploy-flake-switchable yes"; fi
-    if [ -x "$toplevel/$selfcheck" ]; then echo "deploy-flake-selfcheck $toplevel/$selfcheck"; fi
+    if [ -x "$toplevel/$selfcheck" ]; then echo "deploy-flake-self-check-script $toplevel/$selfcheck"; fi
     if [ -d /run/systemd/system ]; then echo "deploy-flake-systemd yes"; fi
     if recorded confirmed "$toplevel"; then echo "deploy-flake-confirmed-here yes"; fi
     if recorded booted "$toplevel"; then echo "deploy-flake-boot-written yes"; fi
