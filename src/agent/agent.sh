@@ -551,58 +551,44 @@ still_running() {
     return 1
 }
 
-activate() {
-    rundir=$1 toplevel=$2 activate_secs=$3 window_secs=$4 hard_secs=$5 rollback_secs=$6 grace_secs=$7
-    magic=$8 then_boot=$9
-    shift 9
-    stc_env "$@"
-    begin "$rundir" || return 0
-    previous=
-    if [ -e "$CURRENT" ]; then
-        previous=$(readlink -f "$CURRENT")
-    fi
-    printf '%s\n' "$previous" > "$rundir/previous"
-    failed_units > "$rundir/failed-before"
-    set_status activating
-    log "activating $toplevel (previous: ${previous:-none})"
-    if ! keys_install pre; then
-        keys_restore
-        rm -f "$rundir/toplevel"
-        set_status refused keys "a pre-activation key could not be written (see the log); nothing was activated"
-        return
-    fi
-    # shellcheck disable=SC2086 # allow-listed words
-    run_bounded "$activate_secs" 1 env $stc_env "$toplevel/bin/switch-to-configuration" test
-    rc=$?
+# activation_ended RC: what the exit status RC of `switch-to-configuration
+# test` means. Returns 0 when the new system runs and awaits its
+# confirmation, 1 when the run ended here (refused, or rolled back).
+activation_ended() {
+    rc=$1
     case "$rc" in
         0) ;;
         4)
             new=$(new_failed)
             if [ -n "$new" ]; then
                 roll_back activation-failed "switch-to-configuration test exited with 4; failed units: $new"
-                return
+                return 1
             fi
             log "switch-to-configuration test exited with 4 only for units that had failed before: $(cat "$rundir/failed-before")"
             ;;
-        2) roll_back activation-script "the activation script failed (switch-to-configuration test exited with 2)"; return ;;
+        2) roll_back activation-script "the activation script failed (switch-to-configuration test exited with 2)"; return 1 ;;
         11)
             rm -f "$rundir/toplevel"
             keys_restore
             set_status refused busy "another switch-to-configuration holds its lock (nixos-rebuild or an automatic upgrade is switching this host); nothing was activated"
-            return
+            return 1
             ;;
         100)
             rm -f "$rundir/toplevel"
             keys_restore
             set_status refused reboot-required "the new system's init is incompatible with the running one (switch-to-configuration test exited with 100); nothing was activated"
-            return
+            return 1
             ;;
-        124) roll_back timeout "activation did not finish within ${activate_secs}s"; return ;;
-        125) roll_back "$(abort_cause)" "activation aborted by the deployer: $(abort_text)"; return ;;
-        *) roll_back activation-failed "switch-to-configuration test exited with $rc"; return ;;
+        124) roll_back timeout "activation did not finish within ${activate_secs}s"; return 1 ;;
+        125) roll_back "$(abort_cause)" "activation aborted by the deployer: $(abort_text)"; return 1 ;;
+        *) roll_back activation-failed "switch-to-configuration test exited with $rc"; return 1 ;;
     esac
-    keys_own
-    set_status awaiting-confirmation
+    return 0
+}
+
+# await_confirmation: wait for the deployer's confirmation; $cause and
+# $reason say why the wait ended without it (both empty: confirmed).
+await_confirmation() {
     # The window measures the deployer's liveness, not its speed: each of
     # its heartbeats (through the lock holder, `alive`) restarts it, so a
     # slow, busy deployer is waited for, and one that died or lost the host
@@ -641,6 +627,35 @@ activate() {
         nap
     done
     nap_done
+}
+
+activate() {
+    rundir=$1 toplevel=$2 activate_secs=$3 window_secs=$4 hard_secs=$5 rollback_secs=$6 grace_secs=$7
+    magic=$8 then_boot=$9
+    shift 9
+    stc_env "$@"
+    begin "$rundir" || return 0
+    previous=
+    if [ -e "$CURRENT" ]; then
+        previous=$(readlink -f "$CURRENT")
+    fi
+    printf '%s\n' "$previous" > "$rundir/previous"
+    failed_units > "$rundir/failed-before"
+    set_status activating
+    log "activating $toplevel (previous: ${previous:-none})"
+    if ! keys_install pre; then
+        keys_restore
+        rm -f "$rundir/toplevel"
+        set_status refused keys "a pre-activation key could not be written (see the log); nothing was activated"
+        return
+    fi
+    # shellcheck disable=SC2086 # allow-listed words
+    run_bounded "$activate_secs" 1 env $stc_env "$toplevel/bin/switch-to-configuration" test
+    rc=$?
+    activation_ended "$rc" || return 0
+    keys_own
+    set_status awaiting-confirmation
+    await_confirmation
     if [ -n "$cause" ]; then
         roll_back "$cause" "$reason"
         return
