@@ -115,6 +115,7 @@ let
   # its exit code and the targets' state can show (one line of Python).
   outputChecks = {
     chatty-activation = ''assert_lines(out, "chatty activation line ", 3000)'';
+    escapes-in-failure = ''assert "\x1b" not in out and "\x07" not in out and r"refusing \x1b]0;pwned\x07 \x1b[2J here" in out, "the refusal's escapes reached the output raw, or not at all"'';
     prints-escapes = ''assert "\x1b" not in out and "\x07" not in out and r"title \x1b]0;pwned\x07 clear" in out, "escapes reached the output raw, or not at all"'';
   };
 

@@ -1122,16 +1122,18 @@ diff() {
     if [ -z "$current" ]; then
         echo "deploy-flake-packages-unknown the host runs no system to compare with"
     else
-        # Nix's own warnings (and errors) go to stderr, which the deployer
-        # shows.
-        out=$(nix --extra-experimental-features nix-command store diff-closures "$current" "$toplevel")
+        # What Nix says (its warnings, its error) goes on to stderr, which
+        # the deployer shows; its last words also say why on a failure.
+        said=$(mktemp) || said=/dev/null
+        out=$(nix --extra-experimental-features nix-command store diff-closures "$current" "$toplevel" 2> "$said")
         rc=$?
+        cat "$said" >&2
         if [ "$rc" = 0 ]; then
-            printf '%s
-' "$out" | sed '/^$/d; s/^/deploy-flake-package /'
+            printf '%s\n' "$out" | sed '/^$/d; s/^/deploy-flake-package /'
         else
-            echo "deploy-flake-packages-unknown nix store diff-closures exited with $rc (what it said is above)"
+            echo "deploy-flake-packages-unknown nix store diff-closures exited with $rc: $(last_words "$(cat "$said")")"
         fi
+        [ "$said" = /dev/null ] || rm -f "$said"
         nix --extra-experimental-features nix-command path-info --closure-size "$current" "$toplevel" |
             awk '{print "deploy-flake-closure " $1 " " $2}'
     fi

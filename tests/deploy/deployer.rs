@@ -111,7 +111,10 @@ fn diff_and_status_from_a_sid_deployer() {
     );
     let packages = h["changes"]["packages"].as_array().unwrap();
     assert!(packages.iter().any(|p| p["name"] == "lab-tool" && p["new"] == "1.0"), "{run}");
-    assert_eq!(h["changes"]["units"]["restart"], serde_json::json!(["demo-web.service"]));
+    // A changed service is stopped before the activation and started after.
+    let units = &h["changes"]["units"];
+    assert_eq!(units["stop"], serde_json::json!(["demo-web.service"]), "{run}");
+    assert_eq!(units["start"], serde_json::json!(["demo-web.service"]), "{run}");
     assert_runs_and_boots(t, &v1, "healthy-v1");
 
     let status = from_sid(&lab, &hosts(&lab, "healthy-v1", ""), &["status", "--all"]);

@@ -40,6 +40,12 @@ fn nix_calls(t: &Target) -> Vec<(f64, f64, String)> {
         .collect()
 }
 
+/// The `nix` calls on `t` that evaluate, build or copy: all but the lock's
+/// `nix --version` (which Nix the host runs, asked when its binary changes).
+fn nix_work(t: &Target) -> Vec<(f64, f64, String)> {
+    nix_calls(t).into_iter().filter(|c| c.2 != "--version").collect()
+}
+
 fn builds(t: &Target) -> Vec<(f64, f64, String)> {
     nix_calls(t).into_iter().filter(|c| c.2.split(' ').any(|w| w == "build")).collect()
 }
@@ -151,7 +157,7 @@ fn a_build_host_builds_each_system_once_for_six_hosts() {
     assert_eq!(run.code, 0, "{run}");
     for (i, t) in targets.iter().enumerate() {
         assert_deployed(&run, &format!("h{i}"), t, "host", "deployer");
-        assert!(nix_calls(t).is_empty(), "nix ran on h{i}: {:?}", nix_calls(t));
+        assert!(nix_work(t).is_empty(), "nix ran on h{i}: {:?}", nix_calls(t));
     }
     local.assert_evaluated_no_system();
     let built = builds(bh);
@@ -384,7 +390,7 @@ fn systems_built_before_are_deployed_as_they_are() {
     assert_eq!((run.system("a"), run.system("b")), (v2.clone(), v1.clone()));
     local.assert_evaluated_no_system();
     for t in [a, b] {
-        assert!(nix_calls(t).is_empty(), "nix ran on {}: {:?}", t.name, nix_calls(t));
+        assert!(nix_work(t).is_empty(), "nix ran on {}: {:?}", t.name, nix_calls(t));
     }
 
     // A substituter where nothing answers (a's own link, port 9).
