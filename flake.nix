@@ -135,11 +135,24 @@
       # `nix fmt`: nixfmt (RFC 166 style) over the whole tree.
       formatter = forSystems allSystems (system: (pkgsFor system).nixfmt-tree);
 
-      # The package build (with the unit tier) everywhere; the NixOS VM
-      # tests (checks/, one per scenario of tests/fixtures/scenarios.nix) on
-      # Linux.
+      # The package build (with the unit tier) and the agent's static
+      # checks everywhere; the NixOS VM tests (checks/, one per scenario of
+      # tests/fixtures/scenarios.nix) on Linux.
       checks = forSystems allSystems (system:
-        { package = self.packages.${system}.deploy-flake; }
+        let pkgs = pkgsFor system; in
+        {
+          package = self.packages.${system}.deploy-flake;
+          # The on-target agent, as /bin/sh runs it (dash, or bash as sh):
+          # shellcheck finds nothing of severity warning or above, and both
+          # shells parse it.
+          agent-shellcheck = pkgs.runCommand "deploy-flake-agent-shellcheck"
+            { nativeBuildInputs = [ pkgs.shellcheck pkgs.dash pkgs.bash ]; } ''
+            shellcheck --severity=warning --shell=sh ${./src/agent/agent.sh} &&
+              dash -n ${./src/agent/agent.sh} &&
+              bash --posix -n ${./src/agent/agent.sh} &&
+              touch $out
+          '';
+        }
         // (if builtins.elem system linuxSystems
         then import ./checks { pkgs = pkgsFor system; inherit nixpkgs self; }
         else { }));

@@ -239,6 +239,30 @@ fn temp_flake(fleet: &str) -> tempfile::TempDir {
     dir
 }
 
+/// The agent's check runs shellcheck, `dash -n` and `bash --posix -n` on
+/// the agent (with the stand-in, the host's: tests/prepare.sh installs
+/// them): it builds for the agent, and fails, saying what shellcheck
+/// found, for an agent with a line shellcheck warns about.
+#[test]
+fn the_agent_check_builds_and_fails_on_what_shellcheck_finds() {
+    let system = nix_ok(&["eval", "--impure", "--raw", "--expr", "builtins.currentSystem"]);
+    let project = project_flake();
+    let attr = format!("{}#checks.{system}.agent-shellcheck", path_ref(project.path()));
+    let mut args = vec!["build", "--no-link", &attr, "--option", "sandbox", "false"];
+    args.extend(build_users_options());
+    if let Err(e) = nix_standin(&args) {
+        panic!("the agent's check fails on the agent:\n{e}");
+    }
+    let agent = project.path().join("src/agent/agent.sh");
+    let text = std::fs::read_to_string(&agent).expect("read agent");
+    std::fs::write(&agent, format!("{text}if [ \"$cmd\" == check ]; then exit 0; fi\n"))
+        .expect("write agent");
+    match nix_standin(&args) {
+        Ok(_) => panic!("the agent's check passed an agent with `==` in a test"),
+        Err(e) => assert!(e.contains("SC3014"), "shellcheck's finding is shown:\n{e}"),
+    }
+}
+
 /// `nix eval <flake>#checks.x86_64-linux.deploy.drvPath`: what `nix flake
 /// check` evaluates for this check. (`nix flake check` itself would also
 /// evaluate every nixosConfigurations toplevel, which the fixtures forbid.)
@@ -422,12 +446,16 @@ fn flake_outputs_evaluate_and_every_scenario_is_a_vm_check() {
     let scenarios = scenario_names();
     for system in ["x86_64-linux", "aarch64-linux"] {
         let mut expected: Vec<String> = scenarios.iter().map(|s| format!("vm-{s}")).collect();
-        expected.push("package".into());
+        expected.extend(["agent-shellcheck".into(), "package".into()]);
         expected.sort();
         assert_eq!(checks_of(system), serde_json::json!(expected), "{system}");
     }
     for system in ["x86_64-darwin", "aarch64-darwin"] {
-        assert_eq!(checks_of(system), serde_json::json!(["package"]), "{system}");
+        assert_eq!(
+            checks_of(system),
+            serde_json::json!(["agent-shellcheck", "package"]),
+            "{system}"
+        );
     }
 
     // The unit tier only runs in the package build.
@@ -733,7 +761,7 @@ fn every_scenario_gives_a_target_the_same_image() {
     let project = project_flake();
     let attr = format!("{}#checks.x86_64-linux", path_ref(project.path()));
     let apply = "checks: builtins.mapAttrs (name: check: check.additionalPaths) \
-                 (removeAttrs checks [ \"package\" ])";
+                 (removeAttrs checks [ \"package\" \"agent-shellcheck\" ])";
     let paths = json(
         &nix_standin(&["eval", "--json", &attr, "--apply", apply])
             .unwrap_or_else(|e| panic!("{e}")),

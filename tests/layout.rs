@@ -1,5 +1,6 @@
 //! The shape of the source tree, checked: files and functions small enough
-//! to read whole, and the on-target agent's protocol in one Rust file.
+//! to read whole (the on-target agent's shell functions too), and the
+//! agent's protocol in one Rust file.
 
 use std::path::{Path, PathBuf};
 
@@ -96,11 +97,66 @@ fn the_function_finder_finds_functions() {
     assert_eq!(found, want.map(|(line, len, name)| (line, len, name.to_string())));
 }
 
+/// `(first line, length, name)` of every function of a shell script: from
+/// its `name() {` line to the first `}` alone on a line (the agent's
+/// functions are written so); no length when that `}` is not found.
+fn shell_functions(text: &str) -> Vec<(usize, Option<usize>, String)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(name) = line.strip_suffix("() {") else { continue };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        let end = lines[i + 1..].iter().position(|l| *l == "}").map(|e| e + 2);
+        out.push((i + 1, end, name.to_string()));
+    }
+    out
+}
+
+#[test]
+fn no_agent_function_is_longer_than_70_lines() {
+    let script = std::fs::read_to_string(agent_path()).unwrap();
+    let found = shell_functions(&script);
+    assert!(found.len() > 50, "found the agent's functions: {}", found.len());
+    let mut long = Vec::new();
+    for (line, len, f) in found {
+        match len {
+            Some(len) if len <= MAX_FN_LINES => {}
+            Some(len) => long.push(format!("agent.sh:{line} {f}: {len} lines")),
+            None => long.push(format!("agent.sh:{line} {f}: its end was not found")),
+        }
+    }
+    assert!(long.is_empty(), "split these functions of the agent: {long:#?}");
+}
+
+#[test]
+fn the_shell_function_finder_finds_functions() {
+    let text = "a() {
+    x
+}
+
+# b() {
+c_d() {
+    y
+    z
+}
+not a() {
+e() {
+    }
+";
+    let found = shell_functions(text);
+    let want = [(1, Some(3), "a"), (6, Some(4), "c_d"), (11, None, "e")];
+    assert_eq!(found, want.map(|(line, len, name)| (line, len, name.to_string())));
+}
+
+fn agent_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src/agent/agent.sh")
+}
+
 /// The agent's run-directory files, from the script's own header.
 fn agent_files() -> Vec<String> {
-    let script =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/agent/agent.sh"))
-            .unwrap();
+    let script = std::fs::read_to_string(agent_path()).unwrap();
     let header = script.split("# Per-run state lives in").nth(1).unwrap();
     let header = header.split("# A run only ever looks").next().unwrap();
     let files: Vec<String> = header

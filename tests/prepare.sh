@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the lab tests (git: a flake served over git+http), the manual
-# page test (man-db) and the demo
+# page test (man-db), the agent tier (shellcheck, dash) and the demo
 # need on a Debian 12 machine (as root) and builds the cached lab root file
 # systems. Idempotent: a prepared
 # machine is left as it is in a few seconds.
@@ -13,7 +13,7 @@ here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
 
 [ "$(id -u)" = 0 ] || { echo "prepare.sh: run as root (the lab needs overlay mounts, netns and nspawn)" >&2; exit 1; }
 
-packages=(nix-bin openssh-client mmdebstrap systemd-container iproute2 util-linux procps ca-certificates busybox-static python3 nftables man-db git)
+packages=(nix-bin openssh-client mmdebstrap systemd-container iproute2 util-linux procps ca-certificates busybox-static python3 nftables man-db git shellcheck dash)
 step() { printf 'prepare: %s %ss\n' "$1" "$(( $(date +%s) - $2 ))" >&2; }
 
 t=$(date +%s)

@@ -1,4 +1,6 @@
-# deploy-flake on-target agent (POSIX sh).
+# deploy-flake on-target agent: POSIX sh (run by /bin/sh: dash, or bash
+# as sh), with GNU coreutils, util-linux (flock, setsid) and systemd.
+# shellcheck shell=sh
 #
 # Installed by the deployer as /run/deploy-flake/agent-<hash>.sh and run as
 # root. `activate` and `boot` run inside a transient systemd unit, so they
@@ -94,6 +96,10 @@
 # administrator, chrony or a resumed VM may step.
 
 set -u
+# PATH and the paths below are set here, once each, and never read from the
+# environment: whatever environment reaches the agent cannot move them.
+# (The agent tier, tests/agent_tier.rs, runs a copy of this text with just
+# these lines pointing into a temporary directory.)
 PATH=/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:/run/wrappers/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 umask 077
@@ -102,6 +108,8 @@ cd /
 STATE=/run/deploy-flake
 RECORDS=/var/lib/deploy-flake
 PROFILE=/nix/var/nix/profiles/system
+CURRENT=/run/current-system
+SLICE=/sys/fs/cgroup/system.slice
 # /run is memory: the directories of the newest RUNS_KEPT runs are kept
 # (older ones go when a run takes the host lock, and so does the log of
 # one that succeeded), and an activation's output is kept up to LOG_CAP
@@ -141,7 +149,7 @@ status_unwritten() {
         rolling-back | rolled-back | rollback-failed) return 0 ;;
         awaiting-confirmation)
             roll_back not-confirmed "the agent could not record its state"
-            agent_says "$intended; it runs $(readlink -f /run/current-system)"
+            agent_says "$intended; it runs $(readlink -f "$CURRENT")"
             ;;
     esac
     exit 3
@@ -481,7 +489,7 @@ roll_back() {
     # deployer's abort, nor an activate timeout meant for the new system).
     run_bounded "$rollback_secs" 0 env NIXOS_NO_CHECK=1 "$previous/bin/switch-to-configuration" test
     rc=$?
-    now=$(readlink -f /run/current-system 2> /dev/null)
+    now=$(readlink -f "$CURRENT" 2> /dev/null)
     left=$(new_failed)
     still=$(failed_units)
     if [ "$now" = "$previous" ] && [ -z "$left" ] && { [ "$rc" = 0 ] || [ "$rc" = 2 ] || [ "$rc" = 4 ]; }; then
@@ -535,7 +543,7 @@ holder_alive() {
 # upgrade) replaced it, and the run ends `superseded` WHEN: nothing of it is
 # recorded, no boot entry written, nothing rolled back.
 still_running() {
-    now_running=$(readlink -f /run/current-system 2> /dev/null)
+    now_running=$(readlink -f "$CURRENT" 2> /dev/null)
     [ "$now_running" = "$toplevel" ] && return 0
     rm -f "$rundir/toplevel" && rm -rf "$rundir/staged-keys"
     log "another switch replaced $toplevel $1: the host runs ${now_running:-nothing}"
@@ -543,58 +551,44 @@ still_running() {
     return 1
 }
 
-activate() {
-    rundir=$1 toplevel=$2 activate_secs=$3 window_secs=$4 hard_secs=$5 rollback_secs=$6 grace_secs=$7
-    magic=$8 then_boot=$9
-    shift 9
-    stc_env "$@"
-    begin "$rundir" || return 0
-    previous=
-    if [ -e /run/current-system ]; then
-        previous=$(readlink -f /run/current-system)
-    fi
-    printf '%s\n' "$previous" > "$rundir/previous"
-    failed_units > "$rundir/failed-before"
-    set_status activating
-    log "activating $toplevel (previous: ${previous:-none})"
-    if ! keys_install pre; then
-        keys_restore
-        rm -f "$rundir/toplevel"
-        set_status refused keys "a pre-activation key could not be written (see the log); nothing was activated"
-        return
-    fi
-    # shellcheck disable=SC2086 # allow-listed words
-    run_bounded "$activate_secs" 1 env $stc_env "$toplevel/bin/switch-to-configuration" test
-    rc=$?
+# activation_ended RC: what the exit status RC of `switch-to-configuration
+# test` means. Returns 0 when the new system runs and awaits its
+# confirmation, 1 when the run ended here (refused, or rolled back).
+activation_ended() {
+    rc=$1
     case "$rc" in
         0) ;;
         4)
             new=$(new_failed)
             if [ -n "$new" ]; then
                 roll_back activation-failed "switch-to-configuration test exited with 4; failed units: $new"
-                return
+                return 1
             fi
             log "switch-to-configuration test exited with 4 only for units that had failed before: $(cat "$rundir/failed-before")"
             ;;
-        2) roll_back activation-script "the activation script failed (switch-to-configuration test exited with 2)"; return ;;
+        2) roll_back activation-script "the activation script failed (switch-to-configuration test exited with 2)"; return 1 ;;
         11)
             rm -f "$rundir/toplevel"
             keys_restore
             set_status refused busy "another switch-to-configuration holds its lock (nixos-rebuild or an automatic upgrade is switching this host); nothing was activated"
-            return
+            return 1
             ;;
         100)
             rm -f "$rundir/toplevel"
             keys_restore
             set_status refused reboot-required "the new system's init is incompatible with the running one (switch-to-configuration test exited with 100); nothing was activated"
-            return
+            return 1
             ;;
-        124) roll_back timeout "activation did not finish within ${activate_secs}s"; return ;;
-        125) roll_back "$(abort_cause)" "activation aborted by the deployer: $(abort_text)"; return ;;
-        *) roll_back activation-failed "switch-to-configuration test exited with $rc"; return ;;
+        124) roll_back timeout "activation did not finish within ${activate_secs}s"; return 1 ;;
+        125) roll_back "$(abort_cause)" "activation aborted by the deployer: $(abort_text)"; return 1 ;;
+        *) roll_back activation-failed "switch-to-configuration test exited with $rc"; return 1 ;;
     esac
-    keys_own
-    set_status awaiting-confirmation
+    return 0
+}
+
+# await_confirmation: wait for the deployer's confirmation; $cause and
+# $reason say why the wait ended without it (both empty: confirmed).
+await_confirmation() {
     # The window measures the deployer's liveness, not its speed: each of
     # its heartbeats (through the lock holder, `alive`) restarts it, so a
     # slow, busy deployer is waited for, and one that died or lost the host
@@ -633,6 +627,35 @@ activate() {
         nap
     done
     nap_done
+}
+
+activate() {
+    rundir=$1 toplevel=$2 activate_secs=$3 window_secs=$4 hard_secs=$5 rollback_secs=$6 grace_secs=$7
+    magic=$8 then_boot=$9
+    shift 9
+    stc_env "$@"
+    begin "$rundir" || return 0
+    previous=
+    if [ -e "$CURRENT" ]; then
+        previous=$(readlink -f "$CURRENT")
+    fi
+    printf '%s\n' "$previous" > "$rundir/previous"
+    failed_units > "$rundir/failed-before"
+    set_status activating
+    log "activating $toplevel (previous: ${previous:-none})"
+    if ! keys_install pre; then
+        keys_restore
+        rm -f "$rundir/toplevel"
+        set_status refused keys "a pre-activation key could not be written (see the log); nothing was activated"
+        return
+    fi
+    # shellcheck disable=SC2086 # allow-listed words
+    run_bounded "$activate_secs" 1 env $stc_env "$toplevel/bin/switch-to-configuration" test
+    rc=$?
+    activation_ended "$rc" || return 0
+    keys_own
+    set_status awaiting-confirmation
+    await_confirmation
     if [ -n "$cause" ]; then
         roll_back "$cause" "$reason"
         return
@@ -751,7 +774,7 @@ check() {
         out=$(system timeout "$secs" "$selfcheck" | cap_lines)
         read -r rc < "$sysrc" || rc=1
         if [ -n "$out" ]; then printf '%s\n' "$out"; fi
-        echo "deploy-flake-self-check $rc"
+        echo "deploy-flake-self-check-exit $rc"
         [ "$rc" = 0 ] || { rm -f "$sysrc"; return 0; }
     fi
     # shellcheck disable=SC2086 # allow-listed words
@@ -963,7 +986,7 @@ prune_runs() {
 
 # Is an action (activate, boot) of the run RUNID at work?
 run_at_work() {
-    slice=/sys/fs/cgroup/system.slice
+    slice=$SLICE
     if [ -d "$slice" ]; then
         [ -d "$slice/deploy-flake-$1-activate.service" ] || [ -d "$slice/deploy-flake-$1-boot.service" ]
     else
@@ -976,7 +999,7 @@ run_at_work() {
 # a service has a cgroup of its own exactly while it has processes: seen
 # without asking systemd.
 switches_in_progress() {
-    slice=/sys/fs/cgroup/system.slice
+    slice=$SLICE
     if [ -d "$slice" ]; then
         for unit in "$slice"/deploy-flake-*.service "$slice"/nixos-rebuild-switch-to-configuration.service \
             "$slice"/nixos-upgrade.service; do
@@ -1031,7 +1054,7 @@ health() {
 # someone else nothing is).
 look() {
     health "$@"
-    echo "deploy-flake-current $(readlink -e /run/current-system)"
+    echo "deploy-flake-current $(readlink -e "$CURRENT")"
 }
 
 # reboot_for KEY SYSTEM: what differs between the booted system and SYSTEM
@@ -1051,14 +1074,14 @@ reboot_for() {
 facts() {
     toplevel=$1 selfcheck=${2:-pre-activate-safety-checks}
     profile=$(readlink -e "$PROFILE")
-    echo "deploy-flake-current $(readlink -e /run/current-system)"
+    echo "deploy-flake-current $(readlink -e "$CURRENT")"
     echo "deploy-flake-profile $profile"
     echo "deploy-flake-booted-system $(readlink -e /run/booted-system)"
     echo "deploy-flake-newest-generation $(newest_generation)"
     entry=$(default_entry)
     if [ -n "$entry" ]; then echo "deploy-flake-default-entry $entry"; fi
     if [ -x "$toplevel/bin/switch-to-configuration" ]; then echo "deploy-flake-switchable yes"; fi
-    if [ -x "$toplevel/$selfcheck" ]; then echo "deploy-flake-selfcheck $toplevel/$selfcheck"; fi
+    if [ -x "$toplevel/$selfcheck" ]; then echo "deploy-flake-self-check-script $toplevel/$selfcheck"; fi
     if [ -d /run/systemd/system ]; then echo "deploy-flake-systemd yes"; fi
     if recorded confirmed "$toplevel"; then echo "deploy-flake-confirmed-here yes"; fi
     if recorded booted "$toplevel"; then echo "deploy-flake-boot-written yes"; fi
@@ -1069,7 +1092,7 @@ facts() {
 
 status() {
     profile=$(readlink -e "$PROFILE")
-    echo "deploy-flake-current $(readlink -e /run/current-system)"
+    echo "deploy-flake-current $(readlink -e "$CURRENT")"
     echo "deploy-flake-profile $profile"
     echo "deploy-flake-booted-system $(readlink -e /run/booted-system)"
     echo "deploy-flake-boot-id $(cat /proc/sys/kernel/random/boot_id)"
@@ -1095,7 +1118,7 @@ status() {
 # said to be unknown, with why (never "nothing").
 diff() {
     toplevel=$1
-    current=$(readlink -e /run/current-system)
+    current=$(readlink -e "$CURRENT")
     if [ -z "$current" ]; then
         echo "deploy-flake-packages-unknown the host runs no system to compare with"
     else

@@ -147,7 +147,7 @@ impl Facts {
             default_entry: answer(stdout, "default-entry"),
             booted: answer(stdout, "booted-system"),
             switchable: answers(stdout, "switchable").next().is_some(),
-            self_check: answer(stdout, "selfcheck"),
+            self_check: answer(stdout, "self-check-script"),
             systemd: answers(stdout, "systemd").next().is_some(),
             confirmed: answers(stdout, "confirmed-here").next().is_some(),
             boot_written: answers(stdout, "boot-written").next().is_some(),
@@ -309,13 +309,13 @@ impl Changes {
             closure_bytes: size(current).zip(size(new)),
             units,
             needs_reboot: reboot(stdout, "reboot-new"),
-            unknown: ["packages", "units"]
-                .into_iter()
-                .filter_map(|part| {
-                    let why = answer(stdout, &format!("{part}-unknown"))?;
-                    Some((part.to_string(), why))
-                })
-                .collect(),
+            unknown: [
+                ("packages", answer(stdout, "packages-unknown")),
+                ("units", answer(stdout, "units-unknown")),
+            ]
+            .into_iter()
+            .filter_map(|(part, why)| Some((part.to_string(), why?)))
+            .collect(),
         }
     }
 }

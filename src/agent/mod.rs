@@ -376,7 +376,7 @@ pub async fn check<S: Spawner>(
     let said: Vec<&str> =
         out.stdout.lines().filter(|l| !l.trim().is_empty() && !is_answer(l)).collect();
     said.iter().for_each(|l| on_line(&process::shown_line(l)));
-    match answer(&out.stdout, "self-check").map(|rc| rc.parse::<i32>()) {
+    match answer(&out.stdout, "self-check-exit").map(|rc| rc.parse::<i32>()) {
         Some(Ok(0)) | None => Ok(Ok(CheckVerdict::parse(&out.stdout))),
         Some(rc) => Ok(Err((rc.unwrap_or(-1), process::tail_lines(&said.join("\n"), 5)))),
     }

@@ -307,3 +307,102 @@ fn system_states_are_systemd_s_words_and_a_new_word_is_kept() {
     assert_eq!(HostState::parse("deploy-flake-state degraded\n").state, SystemState::Degraded);
     assert_eq!(HostState::parse("").state, SystemState::Unknown);
 }
+
+// ---- answer keys: the agent's and the deployer's -------------------------------
+
+/// The answer keys the agent prints (`deploy-flake-<key> <value>`), read
+/// from its text: a key ending in `-` is a family (`last-run`, ...), and
+/// `reboot_for KEY` prints KEY.
+fn keys_the_agent_prints() -> std::collections::BTreeSet<String> {
+    let mut keys = std::collections::BTreeSet::new();
+    for line in SCRIPT.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        for (at, _) in line.match_indices(ANSWER) {
+            let rest = &line[at + ANSWER.len()..];
+            let key: String =
+                rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '-').collect();
+            let next = rest[key.len()..].chars().next();
+            let family = key.ends_with('-') && next == Some('/');
+            let ends = matches!(next, Some(' ' | '"'));
+            if !key.is_empty() && (ends || family) && !line[..at].ends_with('.') {
+                keys.insert(key);
+            }
+        }
+        if let Some(rest) = line.trim_start().strip_prefix("reboot_for ") {
+            keys.insert(rest.split(' ').next().unwrap().to_string());
+        }
+    }
+    keys
+}
+
+/// The answer keys the deployer reads, from the sources of src/agent/
+/// (their inline test modules left out): `answer(.., "KEY")`, `answers(.., "KEY")`,
+/// `reboot(.., "KEY")`, `{ANSWER}KEY` and a family's
+/// `strip_prefix(ANSWER)?.strip_prefix("KEY-")`.
+fn keys_the_deployer_reads() -> std::collections::BTreeSet<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/agent");
+    let mut keys = std::collections::BTreeSet::new();
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "rs") || path.ends_with("tests.rs") {
+            continue;
+        }
+        files += 1;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let code = text.split("#[cfg(test)]\nmod tests {").next().unwrap();
+        for line in code.lines() {
+            for call in ["answer(", "answers(", "reboot(", "strip_prefix("] {
+                for (at, _) in line.match_indices(call) {
+                    let before = line[..at].chars().next_back();
+                    if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                        continue;
+                    }
+                    if call == "strip_prefix(" && !line[..at].contains("ANSWER)?.") {
+                        continue;
+                    }
+                    let args = line[at + call.len()..].split(')').next().unwrap();
+                    if let Some(key) = args.split('"').nth(1) {
+                        keys.insert(key.to_string());
+                    }
+                }
+            }
+            for (at, _) in line.match_indices("{ANSWER}") {
+                let rest = &line[at + "{ANSWER}".len()..];
+                let key: String =
+                    rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '-').collect();
+                if !key.is_empty() {
+                    keys.insert(key);
+                }
+            }
+        }
+    }
+    assert!(files >= 5, "read the sources of {}", dir.display());
+    keys
+}
+
+/// Every answer the agent prints has a reader in the deployer, every key
+/// the deployer reads is one the agent prints, and a reader matches one key
+/// exactly (`answers` takes `KEY` followed by a space or the end of the
+/// line): no two keys differ only by punctuation, so neither side can
+/// print or read the look-alike of another.
+#[test]
+fn every_answer_key_has_its_reader_and_no_two_look_alike() {
+    let printed = keys_the_agent_prints();
+    let read = keys_the_deployer_reads();
+    assert!(printed.len() >= 30, "the agent's keys were not found: {printed:?}");
+    let unread: Vec<_> = printed.difference(&read).collect();
+    assert!(unread.is_empty(), "the agent prints keys the deployer never reads: {unread:?}");
+    let unprinted: Vec<_> = read.difference(&printed).collect();
+    assert!(unprinted.is_empty(), "the deployer reads keys the agent never prints: {unprinted:?}");
+    let mut plain = std::collections::BTreeMap::new();
+    for key in &printed {
+        let letters: String = key.chars().filter(char::is_ascii_alphanumeric).collect();
+        if let Some(other) = plain.insert(letters, key) {
+            panic!("the answer keys `{other}` and `{key}` differ only by punctuation");
+        }
+    }
+    let text = |keys: &[&str]| keys.iter().map(|k| format!("{ANSWER}{k} 1\n")).collect::<String>();
+    // A reader takes its own key only, not one that begins with it.
+    assert_eq!(answer(&text(&["self-check-exit"]), "self-check"), None);
+    assert_eq!(answer(&text(&["self-check-exit"]), "self-check-exit").as_deref(), Some("1"));
+}
