@@ -9,6 +9,8 @@
 
 use std::process::ExitCode;
 
+use crate::events::{HostReport, Outcome};
+
 /// The outcome of a whole run, as the process reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Exit {
@@ -28,4 +30,26 @@ impl From<Exit> for ExitCode {
     fn from(e: Exit) -> ExitCode {
         ExitCode::from(e.code())
     }
+}
+
+/// The exit status of a run: the worst host decides.
+pub fn exit_for(reports: &[HostReport]) -> Exit {
+    let mut exit = Exit::Success;
+    for r in reports {
+        let e = match r.outcome {
+            Outcome::Deployed | Outcome::UpToDate => Exit::Success,
+            Outcome::Failed
+            | Outcome::RolledBack
+            | Outcome::Unconfirmed
+            | Outcome::Superseded
+            | Outcome::Cancelled
+            | Outcome::Skipped
+            | Outcome::Unchecked => Exit::HostsFailed,
+            Outcome::Unknown => Exit::UnknownState,
+        };
+        if e == Exit::UnknownState || (e == Exit::HostsFailed && exit == Exit::Success) {
+            exit = e;
+        }
+    }
+    exit
 }

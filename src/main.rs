@@ -24,7 +24,7 @@ use deploy_flake::plan;
 use deploy_flake::report::safe;
 use deploy_flake::rollout::{self, Plan};
 use deploy_flake::select::{self, Target};
-use deploy_flake::{build, limits, report, runner};
+use deploy_flake::{build, limits, pipeline, report, runner};
 
 fn main() -> ExitCode {
     match run() {
@@ -145,9 +145,9 @@ async fn keys(targets: Vec<Target>, options: &Options) -> Exit {
     let all = if options.dry_run {
         upload::list(&targets)
     } else {
-        let run_id = runner::new_run_id();
+        let run_id = pipeline::new_run_id();
         let origin = format!("flake {}\ngoal keys\n", options.flake);
-        let run = upload::Run { owner: runner::lock_owner(&run_id), run_id, origin };
+        let run = upload::Run { owner: pipeline::lock_owner(&run_id), run_id, origin };
         let parallel = options.max_parallel.unwrap_or(targets.len()).max(1);
         upload::upload_all(&targets, Arc::new(run), parallel).await
     };
@@ -164,14 +164,14 @@ async fn keys(targets: Vec<Target>, options: &Options) -> Exit {
 
 /// Build every host and say what would change on each.
 async fn diffs(targets: &[Target], options: &Options, shared: Arc<Shared>) -> Vec<HostDiff> {
-    let run_id = runner::new_run_id();
+    let run_id = pipeline::new_run_id();
     let shows = match options.mode {
         Mode::Rollback { to_generation } => Shows::Rollback { to_generation },
         _ => Shows::Build,
     };
     let run = deploy_flake::diff::Run {
         flake: options.flake.clone(),
-        owner: runner::lock_owner(&run_id),
+        owner: pipeline::lock_owner(&run_id),
         run_id,
         shows,
     };
@@ -296,12 +296,12 @@ async fn deploy(
     waves: &Plan,
     display: report::Display,
 ) -> anyhow::Result<Exit> {
-    let run_id = runner::new_run_id();
+    let run_id = pipeline::new_run_id();
     let (raise, interrupt) = Interrupt::new();
     let changing = Arc::new(AtomicUsize::new(0));
     let (sink, output) = report::stdout(display);
     // Both wanted soon by every host, neither before it is connected.
-    let origin = runner::Origin::new(&options.flake, options.goal);
+    let origin = pipeline::Origin::new(&options.flake, options.goal);
     origin.prefetch();
     prefetch_archive(&targets, options, &shared);
     let ctx = RunContext {
@@ -313,7 +313,7 @@ async fn deploy(
         switch_env: options.switch_env,
         interrupt,
         changing: changing.clone(),
-        lock_owner: runner::lock_owner(&run_id),
+        lock_owner: pipeline::lock_owner(&run_id),
         run_id,
         flake: options.flake.clone(),
         force: options.force,
@@ -328,7 +328,7 @@ async fn deploy(
     shared.elsewhere.close().await;
     // Everything the run said is written before the process ends.
     output.finish();
-    Ok(runner::exit_for(&reports))
+    Ok(deploy_flake::exit::exit_for(&reports))
 }
 
 /// Ctrl-C, or SIGTERM (a cancelled CI job, a service manager stopping

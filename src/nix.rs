@@ -325,7 +325,7 @@ pub async fn flake_revision(flake: &str, secs: u64) -> Option<String> {
         #[serde(rename = "dirtyRevision")]
         dirty_revision: Option<String>,
     }
-    // Looked up beside the hosts' connections (`runner::Origin`).
+    // Looked up beside the hosts' connections (`pipeline::Origin`).
     let cmd = Cmd::new(nix_argv(["flake", "metadata", "--json", flake])).secs(secs).quiet_stdout();
     let out =
         process::run(&process::Local, &cmd.ahead_of_need(true), None).await.ok()?.check().ok()?;

@@ -12,92 +12,12 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::events::{Event, HostReport, Outcome, Reason};
-use crate::exit::Exit;
+use crate::exit::exit_for;
 use crate::host::{Shared, SshHost};
 use crate::pipeline::{self, Context};
 use crate::rollout::{halted_message, Plan, Soak, Wave};
 use crate::select::Target;
 use crate::ssh::Destination;
-
-/// A new id per run: names the run's state dir and units on each target.
-pub fn new_run_id() -> String {
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let mut seed = [0u8; 4];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut seed);
-    }
-    format!("{}-{}-{:08x}", now.as_secs(), std::process::id(), u32::from_le_bytes(seed))
-}
-
-/// Who is deploying: shown to a concurrent deployer that finds the lock.
-pub fn lock_owner(run_id: &str) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    format!(
-        "run {run_id} by {user}@{} (pid {}) since unix time {since}",
-        host.trim(),
-        std::process::id()
-    )
-}
-
-/// [`origin`], with the flake's revision looked up once per run, beside
-/// the run's first steps ([`Origin::prefetch`]) or when first needed.
-pub struct Origin {
-    flake: String,
-    goal: String,
-    text: tokio::sync::OnceCell<String>,
-}
-
-impl Origin {
-    pub fn new(flake: &str, goal: pipeline::Goal) -> Arc<Origin> {
-        let (flake, goal) = (flake.to_string(), goal.as_str().to_string());
-        Arc::new(Origin { flake, goal, text: tokio::sync::OnceCell::new() })
-    }
-
-    /// A known text (tests).
-    pub fn fixed(text: &str) -> Arc<Origin> {
-        let text = tokio::sync::OnceCell::new_with(Some(text.to_string()));
-        Arc::new(Origin { flake: String::new(), goal: String::new(), text })
-    }
-
-    /// Look the revision up now, in the background.
-    pub fn prefetch(self: &Arc<Self>) {
-        let origin = self.clone();
-        tokio::spawn(async move {
-            origin.get().await;
-        });
-    }
-
-    pub async fn get(&self) -> &str {
-        let text = self.text.get_or_init(|| async {
-            let revision = crate::nix::flake_revision(&self.flake, 60).await;
-            origin(&self.flake, revision.as_deref(), &self.goal)
-        });
-        text.await
-    }
-}
-
-/// Who deploys from which flake, as each host keeps it (`<key> <value>`
-/// lines; values on one line). The flake reference without its
-/// credentials (`redact::flake_ref`).
-pub fn origin(flake: &str, revision: Option<&str>, goal: &str) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let line = |k: &str, v: &str| format!("{k} {}\n", v.replace(['\n', '\r'], " "));
-    [
-        line("by", &format!("{user}@{}", host.trim())),
-        line("flake", &crate::redact::flake_ref(flake)),
-        line("revision", revision.unwrap_or("none")),
-        line("goal", goal),
-    ]
-    .concat()
-}
 
 /// Deploy `targets` wave by wave as `plan` says (one wave of every host
 /// when there is no rollout); returns one report per host, in target order.
@@ -293,31 +213,10 @@ fn not_run(
     }
 }
 
-/// The exit status of a run: the worst host decides.
-pub fn exit_for(reports: &[HostReport]) -> Exit {
-    let mut exit = Exit::Success;
-    for r in reports {
-        let e = match r.outcome {
-            Outcome::Deployed | Outcome::UpToDate => Exit::Success,
-            Outcome::Failed
-            | Outcome::RolledBack
-            | Outcome::Unconfirmed
-            | Outcome::Superseded
-            | Outcome::Cancelled
-            | Outcome::Skipped
-            | Outcome::Unchecked => Exit::HostsFailed,
-            Outcome::Unknown => Exit::UnknownState,
-        };
-        if e == Exit::UnknownState || (e == Exit::HostsFailed && exit == Exit::Success) {
-            exit = e;
-        }
-    }
-    exit
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exit::Exit;
 
     fn r(o: Outcome) -> HostReport {
         not_run("h", o, Reason::Internal, Duration::ZERO, "")
@@ -341,10 +240,5 @@ mod tests {
             let reports: Vec<_> = outcomes.iter().map(|o| r(*o)).collect();
             assert_eq!(exit_for(&reports), *want, "{outcomes:?}");
         }
-    }
-
-    #[test]
-    fn run_ids_differ() {
-        assert_ne!(new_run_id(), new_run_id());
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 /// The circles that remain: the modules of each, in the map's order.
 const CIRCLES: &[(&str, &str)] = &[(
-    "keys report runner rollout pipeline host build health agent nix ssh budget select inventory rules events",
+    "keys report rollout pipeline host build health agent nix ssh budget select inventory rules exit events",
     "the fleet's types live in inventory, which the engine's layers and rules use, while the soak deploys from rollout",
 )];
 
@@ -23,8 +23,6 @@ const UPWARD: &[(&str, &str)] = &[
     ("host -> keys", "the Host trait reads and writes keys as keys::Loaded and fails with keys::KeyError"),
     ("inventory -> rollout", "the inventory holds deployFlake.rollout as rollout::Settings and checks it with rollout's words"),
     ("pipeline -> keys", "a host's run holds the keys it loaded (keys::Loaded), read above the pipeline"),
-    ("pipeline -> runner", "each host's run carries the run's identity, runner::Origin"),
-    ("rollout -> runner", "(tests) the soak's verdicts checked against runner::exit_for"),
     ("rules -> inventory", "the rule set checks the inventory's records (HostSpec, HealthCheck, KeySpec, Timeouts, Probe)"),
 ];
 

@@ -69,7 +69,7 @@ pub async fn drive(fake: Fake, tweak: impl FnOnce(&mut Target, &mut Context)) ->
         force: false,
         skip_preflight: false,
         lock_owner: "me".into(),
-        origin: crate::runner::Origin::fixed("by me"),
+        origin: super::Origin::fixed("by me"),
         mode: Mode::Deploy,
         goal: Goal::Switch,
         reboot: Reboot::Never,

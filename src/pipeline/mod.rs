@@ -17,6 +17,7 @@ mod end;
 #[cfg(test)]
 mod fake;
 mod lock;
+mod origin;
 mod prepare;
 mod reboot;
 mod soak;
@@ -38,6 +39,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use end::{agent_end, next_step, End, Next};
+pub use origin::{lock_owner, new_run_id, origin, Origin};
 pub use reboot::{came_back_in, wants_reboot, Reboot};
 pub use soak::soak_check;
 
@@ -61,7 +63,7 @@ pub struct Context {
     pub lock_owner: String,
     /// Who deploys from which flake, kept on each host (`<key> <value>`
     /// lines: by, flake, revision, goal).
-    pub origin: Arc<crate::runner::Origin>,
+    pub origin: Arc<Origin>,
     pub mode: Mode,
     pub goal: Goal,
     /// `--reboot`: when to reboot a host into its new boot entry.

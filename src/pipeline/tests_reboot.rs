@@ -151,7 +151,7 @@ async fn coming_back_in_the_old_system_fails_saying_what_it_booted() {
     assert!(msg.contains(&format!("came back in {OLD} instead of {NEW}")), "{msg}");
     assert!(msg.contains("bootloader"), "{msg}");
     assert_eq!((r.report.system.as_deref(), r.report.boot.as_deref()), (Some(OLD), Some(NEW)));
-    assert_eq!(crate::runner::exit_for(std::slice::from_ref(&r.report)), Exit::HostsFailed);
+    assert_eq!(crate::exit::exit_for(std::slice::from_ref(&r.report)), Exit::HostsFailed);
     assert_eq!(
         after_reboot(&r)[6..],
         ["lock", "facts", "close"],
@@ -182,7 +182,7 @@ async fn a_host_that_never_comes_back_is_unknown_within_the_reboot_timeout() {
         assert!(msg.contains(part), "{part}: {msg}");
     }
     assert_eq!((r.report.system.as_deref(), r.report.needs_reboot.as_deref()), (None, None));
-    assert_eq!(crate::runner::exit_for(std::slice::from_ref(&r.report)), Exit::UnknownState);
+    assert_eq!(crate::exit::exit_for(std::slice::from_ref(&r.report)), Exit::UnknownState);
     assert!(r.calls.iter().filter(|c| *c == "reconnect").count() > 10, "it kept trying");
 }
 

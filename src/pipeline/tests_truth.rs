@@ -156,7 +156,7 @@ async fn a_switch_by_someone_else_before_the_confirmation_is_recorded_is_superse
     assert_eq!((r.report.system.as_deref(), r.report.boot.as_deref()), (Some(OLD), Some(OLD)));
     assert!(r.called("facts"), "what it runs is read again: {:?}", r.calls);
     assert_eq!(r.rolled_back(), None);
-    let exit = crate::runner::exit_for(std::slice::from_ref(&r.report));
+    let exit = crate::exit::exit_for(std::slice::from_ref(&r.report));
     assert_eq!(exit, crate::exit::Exit::HostsFailed);
 }
 

@@ -223,5 +223,5 @@ fn a_host_whose_soak_was_interrupted_is_unchecked_and_the_run_fails() {
     );
     assert!(!r.outcome.is_success() && !r.outcome.counts_as_failure());
     assert!(r.message.as_deref().unwrap().contains("it runs /nix/store/new, unchecked"));
-    assert_eq!(crate::runner::exit_for(&[deployed, r]), crate::exit::Exit::HostsFailed);
+    assert_eq!(crate::exit::exit_for(&[deployed, r]), crate::exit::Exit::HostsFailed);
 }
