@@ -20,74 +20,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use serde::Serialize;
-
 pub use deliver::deliver;
 pub use remote::BuildHost;
 pub use systems::{apply_systems, read_systems};
 
 use crate::events::Reason;
+pub use crate::events::{BuiltOn, CopiedFrom, Provenance};
 use crate::inventory::{BuildOn, CopyFrom, HostSpec};
 use crate::nix::StorePath;
 use crate::select::Target;
 use crate::ssh::Destination;
-
-/// Where a host's system was built (the report's `built_on`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BuiltOn {
-    /// On the host itself.
-    Target,
-    /// On the deploying machine.
-    Local,
-    /// On the build host.
-    Host,
-    /// Nowhere in this run: a system built elsewhere.
-    Prebuilt,
-}
-
-/// Where the system's closure came to the host from (`copied_from`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CopiedFrom {
-    /// The deploying machine: from its store, or relayed from the build host.
-    Deployer,
-    /// The build host, over its own ssh connection to the host.
-    BuildHost,
-    /// The binary cache it was pushed to (`pushTo`).
-    Cache,
-    /// The host's own substituters (a system built elsewhere).
-    Substituters,
-}
-
-impl BuiltOn {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BuiltOn::Target => "target",
-            BuiltOn::Local => "local",
-            BuiltOn::Host => "host",
-            BuiltOn::Prebuilt => "prebuilt",
-        }
-    }
-}
-
-impl CopiedFrom {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CopiedFrom::Deployer => "deployer",
-            CopiedFrom::BuildHost => "build-host",
-            CopiedFrom::Cache => "cache",
-            CopiedFrom::Substituters => "substituters",
-        }
-    }
-}
-
-/// Where a host's system came from, as its report says it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Provenance {
-    pub built_on: Option<BuiltOn>,
-    pub copied_from: Option<CopiedFrom>,
-}
 
 /// Why a host did not get its system from elsewhere: its reason (a build
 /// host that cannot be reached is `build-host`, a failed build `build`, a
