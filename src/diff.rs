@@ -27,7 +27,7 @@ pub struct HostDiff {
     pub up_to_date: bool,
     pub changes: Option<Changes>,
     /// The keys a deploy would write (never their content).
-    pub keys: Vec<crate::keys::upload::Listed>,
+    pub keys: Vec<crate::upload::Listed>,
 }
 
 /// What a run shares: the flake, who asks, and what it shows.
@@ -129,7 +129,7 @@ async fn diff_one(t: &Target, run: &Run, host: &mut SshHost) -> HostDiff {
             new: Some(toplevel.to_string()),
             up_to_date,
             changes,
-            keys: t.spec.keys.values().map(crate::keys::upload::Listed::of).collect(),
+            keys: t.spec.keys.values().map(crate::upload::Listed::of).collect(),
         })
     };
     looked.await.unwrap_or_else(|e| failed(&t.name, e.to_string()))
@@ -268,7 +268,7 @@ mod tests {
             new: Some("/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b".into()),
             up_to_date: false,
             changes: Some(changes),
-            keys: vec![crate::keys::upload::Listed {
+            keys: vec![crate::upload::Listed {
                 name: "db".into(),
                 path: "/run/keys/db".into(),
                 user: "postgres".into(),

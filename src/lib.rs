@@ -30,3 +30,4 @@ pub mod select;
 pub mod ssh;
 pub mod status;
 pub mod table;
+pub mod upload;

@@ -141,7 +141,7 @@ async fn status(targets: Vec<Target>, options: &Options) -> Exit {
 
 /// `deploy-flake keys`: 0 when every host's keys were written (or listed).
 async fn keys(targets: Vec<Target>, options: &Options) -> Exit {
-    use deploy_flake::keys::upload;
+    use deploy_flake::upload;
     let all = if options.dry_run {
         upload::list(&targets)
     } else {

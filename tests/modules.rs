@@ -12,16 +12,13 @@ use std::path::{Path, PathBuf};
 
 /// The circles that remain: the modules of each, in the map's order.
 const CIRCLES: &[(&str, &str)] = &[(
-    "keys rollout pipeline host build health agent nix ssh budget select inventory rules",
+    "rollout pipeline host build health agent keys nix ssh budget select inventory rules",
     "the fleet's types live in inventory, which the engine's layers and rules use, while the soak deploys from rollout",
 )];
 
 /// The imports up the list that remain: `FROM -> TO`.
 const UPWARD: &[(&str, &str)] = &[
-    ("agent -> keys", "the agent stages the keys it is handed as keys::Loaded, read above it"),
-    ("host -> keys", "the Host trait reads and writes keys as keys::Loaded and fails with keys::KeyError"),
     ("inventory -> rollout", "the inventory holds deployFlake.rollout as rollout::Settings and checks it with rollout's words"),
-    ("pipeline -> keys", "a host's run holds the keys it loaded (keys::Loaded), read above the pipeline"),
     ("rules -> inventory", "the rule set checks the inventory's records (HostSpec, HealthCheck, KeySpec, Timeouts, Probe)"),
 ];
 

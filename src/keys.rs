@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-pub mod upload;
-
 use crate::inventory::{KeySpec, UploadAt};
 use crate::process::{self, Cmd, Local, Spawner};
 use crate::secret::Secret;
