@@ -27,6 +27,7 @@ pub mod rules;
 pub mod runner;
 pub mod secret;
 pub mod select;
+pub mod soak;
 pub mod ssh;
 pub mod status;
 pub mod table;

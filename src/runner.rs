@@ -15,8 +15,9 @@ use crate::events::{Event, HostReport, Outcome, Reason};
 use crate::exit::exit_for;
 use crate::host::{Shared, SshHost};
 use crate::pipeline::{self, Context};
-use crate::rollout::{halted_message, Plan, Soak, Wave};
+use crate::rollout::{halted_message, Plan, Wave};
 use crate::select::Target;
+use crate::soak::Soak;
 use crate::ssh::Destination;
 
 /// Deploy `targets` wave by wave as `plan` says (one wave of every host

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 /// The circles that remain: the modules of each, in the map's order.
 const CIRCLES: &[(&str, &str)] = &[(
-    "rollout pipeline host build health agent keys nix ssh budget select inventory rules",
-    "the fleet's types live in inventory, which the engine's layers and rules use, while the soak deploys from rollout",
+    "rollout select inventory rules",
+    "the fleet's types live in inventory, which holds rollout::Settings, and rules checks inventory's records",
 )];
 
 /// The imports up the list that remain: `FROM -> TO`.

@@ -8,7 +8,6 @@
 //! each wave, whether the next one may start.
 
 mod check;
-mod soak;
 #[cfg(test)]
 mod tests;
 
@@ -19,7 +18,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use check::check_json;
-pub use soak::Soak;
 
 use crate::events::{HostReport, Outcome, Reason};
 use crate::inventory::Inventory;

@@ -56,7 +56,7 @@ impl Soak<'_> {
             // Deployed, but never checked again: not a success to report.
             for i in soaking {
                 let Some(deployed) = &reports[i] else { continue };
-                let report = super::unchecked(deployed);
+                let report = crate::rollout::unchecked(deployed);
                 sink(Event::HostFinished { report: report.clone() });
                 reports[i] = Some(report);
             }
@@ -165,9 +165,9 @@ async fn revert(
             let dest = Destination::from_spec(&target.spec);
             let host = SshHost::new(&target.name, dest, &rctx.run_id, shared);
             let reverted = pipeline::deploy(target, &rctx, host).await;
-            super::after_soak(&deployed, Some(&reverted), why, secs)
+            crate::rollout::after_soak(&deployed, Some(&reverted), why, secs)
         }
-        _ => super::after_soak(&deployed, None, why, secs),
+        _ => crate::rollout::after_soak(&deployed, None, why, secs),
     };
     if report.outcome == Outcome::RolledBack {
         (ctx.sink)(Event::RolledBack {
