@@ -11,6 +11,7 @@ pub mod cli;
 pub mod diff;
 pub mod events;
 pub mod exit;
+pub mod fleet;
 pub mod health;
 pub mod host;
 pub mod inventory;

@@ -12,14 +12,13 @@ use std::path::{Path, PathBuf};
 
 /// The circles that remain: the modules of each, in the map's order.
 const CIRCLES: &[(&str, &str)] = &[(
-    "rollout select inventory rules",
-    "the fleet's types live in inventory, which holds rollout::Settings, and rules checks inventory's records",
+    "rollout select inventory",
+    "the inventory holds rollout::Settings, while the rollout planner reads the inventory and selects its hosts",
 )];
 
 /// The imports up the list that remain: `FROM -> TO`.
 const UPWARD: &[(&str, &str)] = &[
     ("inventory -> rollout", "the inventory holds deployFlake.rollout as rollout::Settings and checks it with rollout's words"),
-    ("rules -> inventory", "the rule set checks the inventory's records (HostSpec, HealthCheck, KeySpec, Timeouts, Probe)"),
 ];
 
 fn root() -> PathBuf {

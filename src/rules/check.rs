@@ -1,7 +1,7 @@
 //! Checking values against the rules: JSON, or a record serde has read.
 
 use super::*;
-use crate::inventory::Probe;
+use crate::fleet::Probe;
 
 // ---------------------------------------------------------------------------
 // The values under check

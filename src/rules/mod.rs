@@ -24,7 +24,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use crate::events::Phase;
-use crate::inventory::{HealthCheck, HostSpec, KeySpec, Timeouts};
+use crate::fleet::{HealthCheck, HostSpec, KeySpec, Timeouts};
 
 use check::*;
 use wording::*;
@@ -332,4 +332,49 @@ pub fn timeout_default(phase: Phase) -> u64 {
         .get(phase.timeout_key())
         .copied()
         .unwrap_or_else(|| panic!("lib/rules.json: timeoutDefaults has no {}", phase.timeout_key()))
+}
+
+impl Timeouts {
+    /// A record from a lib/ that had no `reboot` timeout reads with this.
+    pub(crate) fn default_reboot() -> u64 {
+        timeout_default(Phase::Reboot)
+    }
+}
+
+impl Default for Timeouts {
+    /// `timeoutDefaults` of lib/rules.json.
+    fn default() -> Self {
+        let mut t = Timeouts {
+            connect: 0,
+            lock: 0,
+            preflight: 0,
+            copy: 0,
+            build: 0,
+            self_check: 0,
+            activate: 0,
+            confirm: 0,
+            boot: 0,
+            reboot: 0,
+        };
+        for phase in Phase::ALL {
+            *t.get_mut(phase) = timeout_default(phase);
+        }
+        t
+    }
+}
+
+impl HostSpec {
+    /// The record `lib/` would produce for a host declared with no options
+    /// (`hostDefaults` and `timeoutDefaults` of lib/rules.json).
+    pub fn with_defaults(attr: &str) -> HostSpec {
+        let mut record = rules().host_defaults.clone();
+        record.insert("hostname".into(), attr.into());
+        record.insert("configuration".into(), attr.into());
+        record.insert(
+            "timeouts".into(),
+            serde_json::to_value(Timeouts::default()).expect("timeouts serialize"),
+        );
+        HostSpec::deserialize(serde_json::Value::Object(record))
+            .unwrap_or_else(|e| panic!("lib/rules.json: hostDefaults are not a host record: {e}"))
+    }
 }

@@ -1,13 +1,13 @@
 //! The rule set against itself and against the values it must accept and refuse.
 
 use super::*;
-use crate::inventory::Probe;
+use crate::fleet::Probe;
 use serde_json::json;
 
 #[test]
 fn the_rule_set_parses_and_names_every_phase() {
     let r = rules();
-    assert_eq!(r.schema_version, crate::inventory::SCHEMA_VERSION);
+    assert_eq!(r.schema_version, crate::fleet::SCHEMA_VERSION);
     let mut keys: Vec<&str> = Phase::ALL.iter().map(|p| p.timeout_key()).collect();
     keys.sort_unstable();
     let json: Vec<&str> = r.timeout_defaults.keys().map(String::as_str).collect();

@@ -1,0 +1,256 @@
+//! The fleet's types: a host's record as lib/ resolves it (`HostSpec`), its
+//! timeouts, health checks and keys. Data only: `rules` checks them and
+//! gives their defaults (lib/rules.json), `inventory` reads them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::Phase;
+
+/// The schema version this build understands.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One host, fully resolved by `lib/` (defaults merged).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HostSpec {
+    pub hostname: String,
+    pub ssh_user: String,
+    pub ssh_port: u16,
+    pub ssh_opts: Vec<String>,
+    /// Attribute of `nixosConfigurations`.
+    pub configuration: String,
+    pub tags: Vec<String>,
+    pub build_on: BuildOn,
+    /// Path inside the toplevel; `None` = auto-detect `pre-activate-safety-checks`.
+    pub self_check: Option<String>,
+    /// Privilege escalation command used when `ssh_user` is not root.
+    pub sudo: String,
+    pub magic_rollback: bool,
+    /// `buildOn = "local"`: the target fetches what it can from its own
+    /// substituters (binary caches) instead of receiving it from here. A
+    /// record from a lib/ without the option reads as `true`.
+    #[serde(default = "yes")]
+    pub substitute_on_target: bool,
+    /// User-declared checks run after activation, before the confirmation.
+    #[serde(default)]
+    pub health_checks: Vec<HealthCheck>,
+    /// Secrets written to files on the host at deploy time, by attribute
+    /// name (never through the Nix store). A record from a lib/ without
+    /// them reads as none.
+    #[serde(default)]
+    pub keys: BTreeMap<String, KeySpec>,
+    pub timeouts: Timeouts,
+    /// `buildOn = "host"`: where to build (a host of the fleet, or
+    /// `[user@]host[:port]`). The options of where a system is built and
+    /// how it reaches the host (`crate::build`) default when a record from
+    /// an older lib/ lacks them.
+    #[serde(default)]
+    pub build_host: Option<String>,
+    /// ssh options for a build host given as a destination.
+    #[serde(default)]
+    pub build_host_ssh_opts: Vec<String>,
+    /// Systems the build host builds at once (0: its core count).
+    #[serde(default)]
+    pub build_host_capacity: u32,
+    /// With a build host: the closure comes to the host from the deploying
+    /// machine (relayed) or straight from the build host.
+    #[serde(default)]
+    pub copy_from: CopyFrom,
+    /// A store the closure is pushed to once; the host substitutes from it.
+    #[serde(default)]
+    pub push_to: Option<String>,
+    /// A system built elsewhere: deployed as it is, nothing evaluated or built.
+    #[serde(default)]
+    pub system: Option<String>,
+}
+
+/// Where a closure built on a build host comes to the host from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CopyFrom {
+    /// Relayed by the deploying machine.
+    #[default]
+    Deployer,
+    /// Copied by the build host itself, with its own ssh identity.
+    BuildHost,
+}
+
+impl CopyFrom {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CopyFrom::Deployer => "deployer",
+            CopyFrom::BuildHost => "build-host",
+        }
+    }
+}
+
+/// A key (colmena's `deployment.keys`): a secret read on the deploying
+/// machine at deploy time and written to `dest_dir/name` on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KeySpec {
+    /// The file's name in `dest_dir`.
+    pub name: String,
+    /// Exactly one of `text`, `key_file`, `key_command` is set.
+    pub text: Option<crate::secret::Secret>,
+    /// A file on the deploying machine.
+    pub key_file: Option<String>,
+    /// A command run on the deploying machine: its stdout is the key.
+    pub key_command: Option<Vec<String>>,
+    pub dest_dir: String,
+    pub user: String,
+    pub group: String,
+    /// Octal, as chmod takes it.
+    pub permissions: String,
+    pub upload_at: UploadAt,
+}
+
+/// When a key is written: before `switch-to-configuration` runs, or once
+/// the activation is confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UploadAt {
+    PreActivation,
+    PostActivation,
+}
+
+impl UploadAt {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadAt::PreActivation => "pre-activation",
+            UploadAt::PostActivation => "post-activation",
+        }
+    }
+}
+
+impl KeySpec {
+    /// Where it is written on the host.
+    pub fn path(&self) -> String {
+        format!("{}/{}", self.dest_dir, self.name)
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A health check, retried every `period` s until it passes or `timeout` s
+/// pass. Its record is lib/'s (`command` or `http`, the other null): one
+/// with both or neither does not read, and the rules name its fault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "HealthCheckRecord", into = "HealthCheckRecord")]
+pub struct HealthCheck {
+    pub description: String,
+    pub probe: Probe,
+    pub period: u64,
+    pub timeout: u64,
+}
+
+/// What a health check does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// This command on the target, as root: passes when it exits 0.
+    Command(Vec<String>),
+    /// An HTTP GET of this URL from the deploying machine: passes on 2xx, 3xx.
+    Http(String),
+}
+
+/// A health check as lib/ writes it.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct HealthCheckRecord {
+    description: String,
+    command: Option<Vec<String>>,
+    http: Option<String>,
+    period: u64,
+    timeout: u64,
+}
+
+impl TryFrom<HealthCheckRecord> for HealthCheck {
+    type Error = &'static str;
+
+    fn try_from(r: HealthCheckRecord) -> Result<HealthCheck, &'static str> {
+        let probe = match (r.command, r.http) {
+            (Some(argv), None) => Probe::Command(argv),
+            (None, Some(url)) => Probe::Http(url),
+            _ => return Err("a health check has exactly one of command and http"),
+        };
+        Ok(HealthCheck { description: r.description, probe, period: r.period, timeout: r.timeout })
+    }
+}
+
+impl From<HealthCheck> for HealthCheckRecord {
+    fn from(c: HealthCheck) -> HealthCheckRecord {
+        let (command, http) = match c.probe {
+            Probe::Command(argv) => (Some(argv), None),
+            Probe::Http(url) => (None, Some(url)),
+        };
+        let (description, period, timeout) = (c.description, c.period, c.timeout);
+        HealthCheckRecord { description, command, http, period, timeout }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildOn {
+    Target,
+    Local,
+    /// On a build host (`buildHost`).
+    Host,
+}
+
+/// Per-phase timeouts in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Timeouts {
+    pub connect: u64,
+    pub lock: u64,
+    pub preflight: u64,
+    pub copy: u64,
+    pub build: u64,
+    pub self_check: u64,
+    pub activate: u64,
+    pub confirm: u64,
+    pub boot: u64,
+    /// A record from a lib/ that had no `reboot` timeout still reads (with
+    /// the default).
+    #[serde(default = "Timeouts::default_reboot")]
+    pub reboot: u64,
+}
+
+impl Timeouts {
+    /// The timeout of a phase, in seconds.
+    pub fn get(&self, phase: Phase) -> u64 {
+        let mut copy = *self;
+        *copy.get_mut(phase)
+    }
+
+    /// The timeout of a phase, to override it.
+    pub fn get_mut(&mut self, phase: Phase) -> &mut u64 {
+        let t = self;
+        match phase {
+            Phase::Connect => &mut t.connect,
+            Phase::Lock => &mut t.lock,
+            Phase::Preflight => &mut t.preflight,
+            Phase::Copy => &mut t.copy,
+            Phase::Build => &mut t.build,
+            Phase::SelfCheck => &mut t.self_check,
+            Phase::Activate => &mut t.activate,
+            Phase::Confirm => &mut t.confirm,
+            Phase::Boot => &mut t.boot,
+            Phase::Reboot => &mut t.reboot,
+        }
+    }
+}
+
+impl BuildOn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildOn::Target => "target",
+            BuildOn::Local => "local",
+            BuildOn::Host => "host",
+        }
+    }
+}
