@@ -21,7 +21,7 @@ pub struct Inventory {
     pub hosts: BTreeMap<String, HostSpec>,
     /// How a run over many hosts is staged (absent: every host at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollout: Option<crate::rollout::Settings>,
+    pub rollout: Option<crate::fleet::Settings>,
 }
 
 pub use crate::fleet::{
@@ -197,13 +197,13 @@ fn finish(doc: Document) -> Result<Inventory, InventoryError> {
 }
 
 /// Checks a rollout serde has read, as the generic reading checks its JSON.
-fn check_rollout(rollout: Option<&crate::rollout::Settings>) -> Result<(), InventoryError> {
+fn check_rollout(rollout: Option<&crate::fleet::Settings>) -> Result<(), InventoryError> {
     let Some(r) = rollout else { return Ok(()) };
     let v = serde_json::to_value(r).map_err(|e| InventoryError::Malformed {
         path: ".rollout".into(),
         detail: e.to_string(),
     })?;
-    crate::rollout::check_json("deployFlake.rollout", &v)
+    crate::rules::check_rollout("deployFlake.rollout", &v)
         .map_err(|message| InventoryError::InvalidHost { message })?;
     Ok(())
 }
@@ -265,7 +265,7 @@ fn parse_generic(json: &str) -> Result<Inventory, InventoryError> {
     let rollout = match obj.get("rollout") {
         None => None,
         Some(v) => Some(
-            crate::rollout::check_json("deployFlake.rollout", v)
+            crate::rules::check_rollout("deployFlake.rollout", v)
                 .map_err(|message| InventoryError::InvalidHost { message })?,
         ),
     };

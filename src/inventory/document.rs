@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{BuildOn, CopyFrom, HealthCheck, HostSpec, KeySpec, Timeouts};
-use crate::rollout::Settings;
+use crate::fleet::Settings;
 use crate::rules;
 
 /// The options that default to the host's attribute name.

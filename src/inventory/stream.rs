@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::document::{Defaults, Hosts, Own};
 use super::{parse, Inventory, InventoryError, SCHEMA_VERSION};
-use crate::rollout::Settings;
+use crate::fleet::Settings;
 
 /// Reads the output of the evaluation from `r` to its end.
 pub fn read(mut r: impl Read) -> Result<Inventory, InventoryError> {

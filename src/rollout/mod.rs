@@ -7,112 +7,17 @@
 //! Everything here is pure: the runner asks it for the waves and, after
 //! each wave, whether the next one may start.
 
-mod check;
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-pub use check::check_json;
+pub use crate::fleet::{Settings, Size};
 
 use crate::events::{HostReport, Outcome, Reason};
 use crate::inventory::Inventory;
 use crate::select::{self, SelectError, Target};
-
-/// A wave's size or a failure budget: a number of hosts, or a percentage
-/// (written `"25%"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Size {
-    Count(u64),
-    Percent(#[serde(with = "percent")] u8),
-}
-
-mod percent {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(p: &u8, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{p}%"))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
-        let s = String::deserialize(d)?;
-        super::parse_percent(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-impl fmt::Display for Size {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Size::Count(n) => write!(f, "{n}"),
-            Size::Percent(p) => write!(f, "{p}%"),
-        }
-    }
-}
-
-/// `"25%"` -> 25; 0 to 100.
-fn parse_percent(s: &str) -> Result<u8, String> {
-    let digits = s.strip_suffix('%').ok_or_else(|| format!("`{s}` is not N%"))?;
-    match digits.parse::<u32>() {
-        Ok(p) if p <= 100 && !digits.starts_with('+') => Ok(p as u8),
-        Ok(_) => Err(format!("`{s}`: a percentage over 100")),
-        Err(_) => Err(format!("`{s}` is not N%")),
-    }
-}
-
-impl Size {
-    /// `3` or `25%`, as the command line writes it.
-    pub fn parse(s: &str) -> Result<Size, String> {
-        if s.ends_with('%') {
-            return parse_percent(s).map(Size::Percent);
-        }
-        s.parse::<u64>().map(Size::Count).map_err(|_| format!("`{s}` is neither a count nor N%"))
-    }
-
-    /// How many of `n` hosts: a percentage rounds down.
-    pub fn of(self, n: usize) -> usize {
-        match self {
-            Size::Count(c) => usize::try_from(c).unwrap_or(usize::MAX),
-            Size::Percent(p) => n * usize::from(p) / 100,
-        }
-    }
-
-    /// A wave size: counts from 1, percentages from 1%.
-    pub fn problem_as_wave(self) -> Option<&'static str> {
-        match self {
-            Size::Count(0) => Some("a wave of no host"),
-            Size::Percent(0) => Some("a wave of 0%"),
-            _ => None,
-        }
-    }
-}
-
-/// `deployFlake.rollout`, as lib/ resolves it (every key present; checked
-/// by [`check_json`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Settings {
-    /// Names, `@tags` and globs: the hosts of the first wave.
-    pub canary: Vec<String>,
-    /// The sizes of the waves after the canaries; the last one repeats.
-    pub batches: Vec<Size>,
-    /// How many failed hosts the rollout tolerates before it stops
-    /// starting waves.
-    pub max_failures: Size,
-    /// Seconds to wait after a wave before checking it again; `None`: no soak.
-    pub soak: Option<u64>,
-}
-
-impl Default for Settings {
-    /// `rollout.defaults` of lib/rules.json: every host at once, no soak.
-    fn default() -> Settings {
-        check::defaults()
-    }
-}
 
 /// The command line's rollout flags: each replaces the flake's setting.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

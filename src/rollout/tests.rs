@@ -126,7 +126,7 @@ fn sizes_parse_as_counts_or_percentages() {
 fn the_flake_s_rollout_is_checked_with_lib_s_words() {
     let ok =
         json!({"canary": ["@canary"], "batches": [1, "25%"], "maxFailures": "10%", "soak": 30});
-    let s = check_json("deployFlake.rollout", &ok).unwrap();
+    let s = crate::rules::check_rollout("deployFlake.rollout", &ok).unwrap();
     assert_eq!(s.batches, vec![Size::Count(1), Size::Percent(25)]);
     assert_eq!((s.max_failures, s.soak), (Size::Percent(10), Some(30)));
     let cases = [
@@ -164,7 +164,7 @@ fn the_flake_s_rollout_is_checked_with_lib_s_words() {
         ),
     ];
     for (v, want) in cases {
-        let got = check_json("deployFlake.rollout", &v).unwrap_err();
+        let got = crate::rules::check_rollout("deployFlake.rollout", &v).unwrap_err();
         assert!(got.starts_with(want), "{v}:\n got {got}\nwant {want}");
     }
 }

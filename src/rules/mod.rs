@@ -12,6 +12,7 @@
 //! does; the defaults (`hostDefaults`, `timeoutDefaults`) come from here too.
 
 mod check;
+mod rollout;
 #[cfg(test)]
 mod tests;
 mod wording;
@@ -30,6 +31,7 @@ use check::*;
 use wording::*;
 
 pub use check::SshOpt;
+pub use rollout::check_rollout;
 pub use wording::{attr_path, describe, is_plain_nix_identifier, nix_json_string, suggest};
 
 /// `lib/rules.json`, as built into this binary.

@@ -5,8 +5,8 @@
 use regex::Regex;
 use serde_json::Value;
 
-use super::{Settings, Size};
-use crate::rules::{describe, rules, suggest};
+use super::{describe, rules, suggest};
+use crate::fleet::{Settings, Size};
 
 /// `rollout` of lib/rules.json.
 fn rule(path: &[&str]) -> &'static Value {
@@ -45,7 +45,7 @@ const KEYS: [&str; 4] = ["batches", "canary", "maxFailures", "soak"];
 
 /// Reads a resolved `deployFlake.rollout` (every key present); `path`
 /// names it. The first fault, unknown keys first, as lib/ words it.
-pub fn check_json(path: &str, v: &Value) -> Result<Settings, String> {
+pub fn check_rollout(path: &str, v: &Value) -> Result<Settings, String> {
     let Some(obj) = v.as_object() else {
         return Err(format!("{path}: expected an attribute set, got {}", describe(v)));
     };
@@ -104,6 +104,13 @@ fn soak(path: &str, v: &Value) -> Result<Option<u64>, String> {
 
 /// The flake's default settings (`rollout.defaults` of lib/rules.json).
 pub fn defaults() -> Settings {
-    check_json("rollout.defaults", &rules().rollout["defaults"])
+    check_rollout("rollout.defaults", &rules().rollout["defaults"])
         .expect("lib/rules.json: rollout.defaults pass their own rules")
+}
+
+impl Default for Settings {
+    /// `rollout.defaults` of lib/rules.json: every host at once, no soak.
+    fn default() -> Settings {
+        defaults()
+    }
 }
