@@ -65,8 +65,10 @@ fn ident(text: &str) -> &str {
 /// `crate::{x, y::…}`), comment lines aside.
 fn references(text: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
-        let mut rest = line;
+    let code: Vec<&str> = text.lines().filter(|l| !l.trim_start().starts_with("//")).collect();
+    let code = code.join("\n");
+    {
+        let mut rest = code.as_str();
         while let Some(at) = rest.find("crate::") {
             let before = rest[..at].chars().next_back();
             let after = &rest[at + "crate::".len()..];
@@ -209,9 +211,10 @@ fn the_modules_depend_down_the_module_map_but_for_the_listed_exceptions() {
 
 #[test]
 fn the_reader_finds_paths_groups_and_skips_comments() {
-    let text = "use crate::a::B;\nuse crate::{c, d::{E, F}, e};\n// crate::g\nlet x = crate::h::f();\n$crate::i\n";
+    let text = "use crate::a::B;\nuse crate::{c, d::{E, F}, e};\n// crate::g\nlet x = crate::h::f();\n$crate::i\n\
+                use crate::{\n    j::K,\n    // crate::l\n    m,\n};\n";
     let found: Vec<String> = references(text).into_iter().collect();
-    assert_eq!(found, ["a", "c", "d", "e", "h"]);
+    assert_eq!(found, ["a", "c", "d", "e", "h", "j", "m"]);
 }
 
 #[test]
