@@ -12,7 +12,7 @@
 //! (`/proc/uptime`), never with `date` or file times, which an
 //! administrator, chrony or a resumed VM may step.
 
-use crate::inventory::HostSpec;
+use crate::fleet::HostSpec;
 
 /// How often the deployer sends a heartbeat to its lock holder.
 pub const HEARTBEAT_SECS: u64 = 5;
@@ -180,9 +180,9 @@ mod tests {
         s.timeouts.confirm = confirm;
         s.health_checks = checks
             .iter()
-            .map(|&(timeout, period)| crate::inventory::HealthCheck {
+            .map(|&(timeout, period)| crate::fleet::HealthCheck {
                 description: "true".into(),
-                probe: crate::inventory::Probe::Command(vec!["true".into()]),
+                probe: crate::fleet::Probe::Command(vec!["true".into()]),
                 timeout,
                 period,
             })

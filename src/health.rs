@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::inventory::{HealthCheck, Probe};
+use crate::fleet::{HealthCheck, Probe};
 use crate::process::{self, Cmd, Spawner};
 
 /// Run `check` until it passes; the error says why its last attempt failed.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use crate::inventory::{KeySpec, UploadAt};
+use crate::fleet::{KeySpec, UploadAt};
 use crate::process::{self, Cmd, Local, Spawner};
 use crate::secret::Secret;
 

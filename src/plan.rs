@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use crate::cli::Options;
 use crate::events::Phase;
-use crate::inventory::HostSpec;
+use crate::fleet::HostSpec;
 use crate::rollout::Plan;
 use crate::select::Target;
 
@@ -140,8 +140,8 @@ fn render_host(out: &mut String, t: &Target, flake: &str, build_hosts: &BTreeMap
     }
     for c in &s.health_checks {
         let place = match c.probe {
-            crate::inventory::Probe::Command(_) => "on the target",
-            crate::inventory::Probe::Http(_) => "from here",
+            crate::fleet::Probe::Command(_) => "on the target",
+            crate::fleet::Probe::Http(_) => "from here",
         };
         let _ = writeln!(
             out,

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
+use crate::fleet::KeySpec;
 use crate::host::{Host, HostError, Shared, SshHost};
-use crate::inventory::KeySpec;
 use crate::select::Target;
 use crate::ssh::Destination;
 

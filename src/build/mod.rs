@@ -26,7 +26,7 @@ pub use systems::{apply_systems, read_systems};
 
 use crate::events::Reason;
 pub use crate::events::{BuiltOn, CopiedFrom, Provenance};
-use crate::inventory::{BuildOn, CopyFrom, HostSpec};
+use crate::fleet::{BuildOn, CopyFrom, HostSpec};
 use crate::nix::StorePath;
 use crate::select::Target;
 use crate::ssh::Destination;

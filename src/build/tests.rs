@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::inventory::{BuildOn, CopyFrom, HostSpec};
+use crate::fleet::{BuildOn, CopyFrom, HostSpec};
 
 const SYSTEM: &str = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-web1";
 

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use crate::inventory::BuildOn;
+use crate::fleet::BuildOn;
 use crate::rules;
 use crate::select::Target;
 

@@ -15,7 +15,7 @@ use crate::agent::{AgentAction, AgentState, AgentStatus, CheckVerdict, Facts, He
 use crate::agent::{LockError, SwitchEnv};
 use crate::build::{BuildError, CopiedFrom, Way};
 use crate::events::Reason;
-use crate::inventory::{HealthCheck, KeySpec};
+use crate::fleet::{HealthCheck, KeySpec};
 use crate::keys::{KeyError, Loaded};
 use crate::nix::{Archive, NixError, StorePath};
 use crate::process::{Lines, ProcessError};

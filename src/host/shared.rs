@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 
 use super::{HostError, HostResult};
-use crate::inventory::KeySpec;
+use crate::fleet::KeySpec;
 use crate::keys::{self, KeyError, Loaded};
 use crate::nix::{self, Archive, StorePath};
 use crate::process::{Lines, ProcessError, Spawner};
@@ -236,7 +236,7 @@ fn scrubbed(e: HostError, flake: &str) -> HostError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::UploadAt;
+    use crate::fleet::UploadAt;
     use crate::process::{Exit, Place};
 
     fn spec(name: &str, argv: &[&str]) -> KeySpec {

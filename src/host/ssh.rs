@@ -5,7 +5,7 @@ use crate::agent::{self, AgentAction, AgentState, AgentStatus, CheckVerdict, Fac
 use crate::agent::{HostLock, LockError, RunDir, SwitchEnv};
 use crate::build::{Build, BuildError, CopiedFrom, Route, Way};
 use crate::events::Reason;
-use crate::inventory::{HealthCheck, KeySpec};
+use crate::fleet::{HealthCheck, KeySpec};
 use crate::keys::{KeyError, Loaded};
 use crate::nix::version::NixVersion;
 use crate::nix::{self, Archive, StorePath};

@@ -7,7 +7,7 @@ use super::fake::Fake;
 use super::{deploy, Context, Goal, Interrupt, Mode, Reboot};
 use crate::agent::{AgentAction, SwitchEnv};
 use crate::events::{Event, HostReport, Outcome, Phase, Reason};
-use crate::inventory::HostSpec;
+use crate::fleet::HostSpec;
 use crate::select::Target;
 
 /// What a run against the fake did: its report, its events, the calls.

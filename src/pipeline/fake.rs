@@ -10,8 +10,8 @@ pub use super::drive::{drive, run, Ran};
 use crate::agent::{AgentAction, AgentState, AgentStatus, CheckVerdict, Facts, Health, SwitchEnv};
 use crate::build::{Build, CopiedFrom, Route, Way};
 use crate::events::Reason;
+use crate::fleet::HealthCheck;
 use crate::host::{Followed, Host, HostError, HostResult, Locked, Look};
-use crate::inventory::HealthCheck;
 use crate::nix::{Archive, StorePath};
 use crate::process::{Lines, Place, ProcessError};
 
@@ -456,7 +456,7 @@ impl Host for Fake {
 
     async fn read_keys(
         &mut self,
-        keys: &std::collections::BTreeMap<String, crate::inventory::KeySpec>,
+        keys: &std::collections::BTreeMap<String, crate::fleet::KeySpec>,
     ) -> Result<Vec<crate::keys::Loaded>, crate::keys::KeyError> {
         self.call(format!("read-keys {}", keys.len()));
         self.read_keys.clone()?;

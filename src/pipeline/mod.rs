@@ -45,8 +45,8 @@ pub use soak::soak_check;
 
 use crate::agent::{Facts, SwitchEnv};
 use crate::events::{Event, HostReport, Outcome, Phase, Reason, Sink};
+use crate::fleet::HostSpec;
 use crate::host::{Host, HostError};
-use crate::inventory::HostSpec;
 use crate::nix::StorePath;
 use crate::select::Target;
 

@@ -5,8 +5,8 @@
 //! installed (a host rebooted by someone else meanwhile has lost it; a
 //! reboot into the deployed system is no failure).
 
+use crate::fleet::HostSpec;
 use crate::host::Host;
-use crate::inventory::HostSpec;
 
 /// System running, no unit failed that had not failed before the run's
 /// activation (since the boot, after a reboot), the host runs `deployed`,

@@ -7,8 +7,8 @@ use super::{Goal, Mode};
 use crate::agent::AgentState;
 use crate::agent::LockError;
 use crate::events::{Event, Outcome, Phase, Reason};
+use crate::fleet::HealthCheck;
 use crate::host::HostError;
-use crate::inventory::HealthCheck;
 use crate::ssh::SshError;
 
 /// The phases of a deploy without --reboot, in order (`Phase::ALL` less `Reboot`).
@@ -364,7 +364,7 @@ async fn a_failing_health_check_is_not_confirmed_and_the_agent_rolls_back() {
     let r = drive(f, |t, _| {
         t.spec.health_checks.push(HealthCheck {
             description: "curl".into(),
-            probe: crate::inventory::Probe::Command(vec!["curl".into()]),
+            probe: crate::fleet::Probe::Command(vec!["curl".into()]),
             period: 1,
             timeout: 3,
         })

@@ -5,7 +5,7 @@
 use super::fake::{drive, failed, path, run, Fake, NEW};
 use crate::build::{BuildError, BuiltOn, CopiedFrom, Provenance};
 use crate::events::{Outcome, Phase, Reason};
-use crate::inventory::{BuildOn, CopyFrom};
+use crate::fleet::{BuildOn, CopyFrom};
 
 const BUILT: &str = "/nix/store/11111111111111111111111111111111-nixos-system-web1";
 

@@ -7,7 +7,7 @@ use super::fake::{at, drive, failed, Fake, NEW};
 use super::{Goal, Mode};
 use crate::agent::AgentState;
 use crate::events::{Outcome, Phase, Reason};
-use crate::inventory::{KeySpec, UploadAt};
+use crate::fleet::{KeySpec, UploadAt};
 use crate::keys::KeyError;
 use crate::select::Target;
 

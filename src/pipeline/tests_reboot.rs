@@ -111,9 +111,9 @@ async fn always_reboots_even_when_nothing_is_needed_and_reruns_the_health_checks
     f.later_facts = back_in(NEW, NEW);
     let r = drive(f, |t, ctx| {
         ctx.reboot = Reboot::Always;
-        t.spec.health_checks = vec![crate::inventory::HealthCheck {
+        t.spec.health_checks = vec![crate::fleet::HealthCheck {
             description: "web answers".into(),
-            probe: crate::inventory::Probe::Command(vec!["true".into()]),
+            probe: crate::fleet::Probe::Command(vec!["true".into()]),
             period: 2,
             timeout: 30,
         }];
@@ -289,7 +289,7 @@ fn only_a_host_that_succeeded_and_boots_the_new_system_reboots() {
 
 #[tokio::test]
 async fn a_soak_looks_at_the_health_and_the_system_the_host_runs() {
-    let spec = crate::inventory::HostSpec::with_defaults("web1");
+    let spec = crate::fleet::HostSpec::with_defaults("web1");
     let runs = |current: &str| {
         let mut f = Fake::new();
         f.facts.as_mut().unwrap().current = Some(current.into());

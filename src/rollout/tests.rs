@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::*;
-use crate::inventory::HostSpec;
+use crate::fleet::HostSpec;
 
 fn fleet(hosts: &[(&str, &[&str])]) -> (Inventory, Vec<Target>) {
     let mut map = BTreeMap::new();

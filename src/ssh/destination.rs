@@ -3,7 +3,7 @@
 //! ([`Destination::line_for`]): the escalation prefix, the remote bound
 //! (`timeout`), then the argv, every argument quoted by [`quote_argv`].
 
-use crate::inventory::HostSpec;
+use crate::fleet::HostSpec;
 use crate::process::{quote_argv, Cmd};
 
 /// How to reach a host: derived from its inventory record.
