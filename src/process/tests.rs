@@ -133,8 +133,8 @@ impl std::io::Write for Captured {
     }
 }
 
-#[tokio::test]
-async fn a_warning_of_a_command_without_a_line_sink_is_still_told() {
+/// The warnings this thread logs from now on, while the guard lives.
+fn capture_warnings() -> (Captured, tracing::subscriber::DefaultGuard) {
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -142,7 +142,12 @@ async fn a_warning_of_a_command_without_a_line_sink_is_still_told() {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
-    let _default = tracing::subscriber::set_default(subscriber);
+    (captured, tracing::subscriber::set_default(subscriber))
+}
+
+#[tokio::test]
+async fn a_warning_of_a_command_without_a_line_sink_is_still_told() {
+    let (captured, _default) = capture_warnings();
     let cmd =
         sh("echo 'warning: this will become an error' >&2; echo 'other noise' >&2; echo data");
     let out = run(&Local, &cmd.quiet_stdout(), None).await.unwrap().check().unwrap();
@@ -172,14 +177,7 @@ async fn an_endless_line_reaches_the_sink_cut_and_marked() {
 
 #[tokio::test]
 async fn a_told_warning_keeps_no_credentials() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _default = tracing::subscriber::set_default(subscriber);
+    let (captured, _default) = capture_warnings();
     let url = "git+https://oauth2:s3cr3t-token@git.example/fleet?ref=main&access_token=s3cr3t2";
     let cmd = Cmd::script(Script("echo \"warning: Git tree '$1' is dirty\" >&2"), [url]).secs(5);
     run(&Local, &cmd, None).await.unwrap().check().unwrap();

@@ -86,11 +86,7 @@ fn an_agent_that_started_although_starting_it_failed_is_followed() {
     let run = deploy(&f, &["--all", "--timeout", "activate=8"]);
     assert_eq!(run.code, 0, "{run}");
     assert_eq!(run.outcome("h"), "deployed");
-    let notes: Vec<String> = events(&run.stdout)
-        .iter()
-        .filter(|e| e["event"] == "note")
-        .map(|e| e["text"].as_str().unwrap().to_string())
-        .collect();
+    let notes = run.notes("h");
     assert!(
         notes.iter().any(|n| n.contains("the agent started although starting it said")),
         "{notes:?}"

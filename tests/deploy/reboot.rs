@@ -11,13 +11,6 @@ use serde_json::{json, Value};
 use crate::common::{Lab, Suite, Target};
 use crate::helpers::*;
 
-/// The notes the tool wrote about `host`.
-fn notes(run: &Run, host: &str) -> Vec<String> {
-    let notes =
-        events(&run.stdout).into_iter().filter(|e| e["event"] == "note" && e["host"] == host);
-    notes.map(|e| e["text"].as_str().unwrap().to_string()).collect()
-}
-
 /// Boots, runs and profiles `sys`.
 fn assert_runs_and_boots(t: &Target, sys: &str) {
     assert_eq!(t.booted_system().as_deref(), Some(sys), "{}: booted", t.name);
@@ -47,7 +40,7 @@ fn reboot_always_comes_back_in_the_new_system(suite: Suite) {
     assert_eq!(t.ssh_ok("cat /run/demo-web/version"), "healthy-v2");
     assert_eq!(t.system_state(), "running");
     let took = phase_took(&run, "h", "reboot").expect("a reboot phase");
-    let back = notes(&run, "h").into_iter().find(|n| n.starts_with("back after"));
+    let back = run.notes("h").into_iter().find(|n| n.starts_with("back after"));
     eprintln!("reboot phase {took:?}; {back:?}; whole run {:?}", run.elapsed);
     assert!(back.is_some(), "{run}");
 }
@@ -67,7 +60,7 @@ fn reboot_if_needed_reboots_only_for_what_needs_it() {
     assert_eq!((run.outcome("h").as_str(), run.phase("h").as_str()), ("deployed", "boot"));
     assert_eq!(run.report("h")["needs_reboot"], json!([]));
     assert_eq!(t.boot_id(), before, "no reboot");
-    assert!(notes(&run, "h").iter().any(|n| n.starts_with("no reboot needed")), "{run}");
+    assert!(run.notes("h").iter().any(|n| n.starts_with("no reboot needed")), "{run}");
     assert_eq!(t.current_system(), Some(run.system("h")));
 
     let f = flake(&lab, &[host_entry(&lab, "h", t, "new-kernel", "")]);

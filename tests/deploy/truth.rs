@@ -164,11 +164,7 @@ fn a_blackholed_connection_reconnects_and_the_change_stands() {
     blackhole(t, port);
     let cut = Instant::now();
     let run = a.finish(Duration::from_secs(240));
-    let notes: Vec<String> = events(&run.stdout)
-        .iter()
-        .filter(|e| e["event"] == "note")
-        .map(|e| e["text"].as_str().unwrap_or("").to_string())
-        .collect();
+    let notes = run.notes("h");
     eprintln!(
         "{:?} {} after {:?}; notes {notes:?}",
         ended(&run, "h"),
@@ -199,11 +195,7 @@ fn a_short_confirm_timeout_does_not_roll_back_a_live_deployer() {
     a.wait_for("the activation", Duration::from_secs(180), phase_started("h", "activate"));
     t.ssh_ok(": > /run/lab-hold-health");
     let run = a.finish(Duration::from_secs(180));
-    let notes: Vec<String> = events(&run.stdout)
-        .iter()
-        .filter(|e| e["event"] == "note")
-        .map(|e| e["text"].as_str().unwrap_or("").to_string())
-        .collect();
+    let notes = run.notes("h");
     eprintln!("{:?} {}; notes {notes:?}", ended(&run, "h"), run.message("h"));
     assert_eq!(ended(&run, "h"), ("deployed".into(), "".into(), 0), "{run}");
     assert!(notes.iter().any(|n| n.ends_with("it waits 15 s")), "{notes:?}");
