@@ -140,6 +140,34 @@ let
         inherit ok;
         problem = path: v: if ok v then null else explain path v;
       };
+      # A record of `c.fields` with exactly one of `c.exactlyOneOf.fields`
+      # (a health check, a key): `ok`, and the `problem` of one that is not
+      # (its keys, then each value, then the one-of); `notRecord` words a
+      # value that is no attribute set.
+      record = c: notRecord:
+        let
+          fields = mapAttrs (_: compile resolved) c.fields;
+          fieldNames = attrNames fields;
+          one = c.exactlyOneOf;
+          # Written by a user, null means "the default".
+          given = r: if resolved then attrNames r else filter (n: r.${n} != null) (attrNames r);
+          oneOk = r: length (filter (n: (r.${n} or null) != null) one.fields) == 1;
+        in
+        {
+          ok = r:
+            isAttrs r && keysOk resolved fieldNames r
+            && all (n: fields.${n}.ok r.${n}) (given r) && oneOk r;
+          problem = path: r:
+            if !isAttrs r then notRecord path r
+            else
+              let u = keyProblem resolved path fieldNames r; in
+              if u != null then u
+              else
+                let p = firstOfList (given r) (n: fields.${n}.problem (attrPath path n) r.${n}); in
+                if p != null then p
+                else if !(oneOk r) then fault c.expected path r one.problem
+                else null;
+        };
     in
     if t == "string" then
       let
@@ -194,59 +222,18 @@ let
             if k != null then k
             else firstOfList (attrNames v) (p: each.problem (attrPath path p) v.${p}))
     else if t == "healthChecks" then
-      let
-        c = rule.check;
-        fields = mapAttrs (_: compile resolved) c.fields;
-        fieldNames = attrNames fields;
-        one = c.exactlyOneOf;
-        # Written by a user, null means "the default".
-        given = hc: if resolved then attrNames hc else filter (k: hc.${k} != null) (attrNames hc);
-        oneOk = hc: length (filter (k: (hc.${k} or null) != null) one.fields) == 1;
-        checkOk = hc:
-          isAttrs hc && keysOk resolved fieldNames hc
-          && all (k: fields.${k}.ok hc.${k}) (given hc) && oneOk hc;
-        # One health check: its keys, then each value, then command-or-http.
-        checkProblem = path: hc:
-          if !isAttrs hc then mismatch c.expected path hc
-          else
-            let k = keyProblem resolved path fieldNames hc; in
-            if k != null then k
-            else
-              let p = firstOfList (given hc) (k: fields.${k}.problem (attrPath path k) hc.${k}); in
-              if p != null then p
-              else if !(oneOk hc) then fault c.expected path hc one.problem
-              else null;
-      in
+      let hc = record rule.check (mismatch rule.check.expected); in
       compiled
-        (v: isList v && all checkOk v)
+        (v: isList v && all hc.ok v)
         (path: v:
           if !isList v then mismatch expected path v
-          else firstOf (length v) (i: checkProblem "${path}.${toString i}" (elemAt v i)))
+          else firstOf (length v) (i: hc.problem "${path}.${toString i}" (elemAt v i)))
     else if t == "keys" then
       let
         c = rule.key;
-        fields = mapAttrs (_: compile resolved) c.fields;
-        fieldNames = attrNames fields;
-        one = c.exactlyOneOf;
-        # Written by a user, null means "the default".
-        given = k: if resolved then attrNames k else filter (n: k.${n} != null) (attrNames k);
-        oneOk = k: length (filter (n: (k.${n} or null) != null) one.fields) == 1;
-        keyOk = k:
-          isAttrs k && keysOk resolved fieldNames k
-          && all (n: fields.${n}.ok k.${n}) (given k) && oneOk k;
-        # One key: its fields, then each value, then text-or-keyFile-or-keyCommand.
-        # (A key that is not an attribute set may be the secret itself:
-        # only its kind is said.)
-        keyFault = path: k:
-          if !isAttrs k then "${path}: expected ${c.expected}, got ${kind k}"
-          else
-            let u = keyProblem resolved path fieldNames k; in
-            if u != null then u
-            else
-              let p = firstOfList (given k) (n: fields.${n}.problem (attrPath path n) k.${n}); in
-              if p != null then p
-              else if !(oneOk k) then fault c.expected path k one.problem
-              else null;
+        # A key that is not an attribute set may be the secret itself: only
+        # its kind is said.
+        key = record c (path: k: "${path}: expected ${c.expected}, got ${kind k}");
         # Resolved keys only (every field there): the first key, in name
         # order, that writes the file an earlier one writes.
         clash = path: v:
@@ -263,11 +250,11 @@ let
               + builtins.replaceStrings [ "%FILE%" "%OTHER%" ] [ (file (elemAt names i)) (attrPath "keys" (elemAt names (head e))) ] c.clash);
       in
       compiled
-        (v: isAttrs v && all (n: keyOk v.${n}) (attrNames v) && clash "" v == null)
+        (v: isAttrs v && all (n: key.ok v.${n}) (attrNames v) && clash "" v == null)
         (path: v:
           if !isAttrs v then mismatch expected path v
           else
-            let p = firstOfList (attrNames v) (n: keyFault (attrPath path n) v.${n}); in
+            let p = firstOfList (attrNames v) (n: key.problem (attrPath path n) v.${n}); in
             if p != null then p else clash path v)
     else if t == "sshOpts" then
       let
