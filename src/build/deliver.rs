@@ -320,6 +320,51 @@ impl Sockets {
     }
 }
 
+/// Bring a closure to this machine's store, for a host that can only be
+/// sent it from here (its sudo asks for a password, which no `nix copy`
+/// can give): from the build host it was built on, through that host's
+/// master, once per path per run. A system built here, or one this
+/// machine has, is here already.
+pub async fn fetch_here(
+    reg: &Registry,
+    way: &Way,
+    path: &StorePath,
+    secs: u64,
+    out: Lines<'_>,
+) -> Result<(), BuildError> {
+    let cant = |why: &str| {
+        BuildError::new(
+            Reason::Copy,
+            format!(
+                "with a sudo password, a system can only be sent from this machine's store, \
+                 and {why}: give the ssh user passwordless sudo for nix-daemon, build here \
+                 (buildOn = \"local\") or on the host"
+            ),
+        )
+    };
+    let build_host = match &way.build {
+        Build::Local { .. } => return Ok(()),
+        Build::Prebuilt(_) if reg.here(path, secs).await => return Ok(()),
+        Build::Prebuilt(_) => return Err(cant(&format!("{path} is not in it"))),
+        Build::Host { build_host, .. } => build_host,
+    };
+    let host = reg.build_host(build_host)?;
+    let cell = Registry::once(&reg.fetched, path);
+    let fetched = cell.get_or_init(|| async {
+        let failed =
+            |e: String| cant(&format!("bringing {path} here from {} failed: {e}", host.label()));
+        let conn = host.connect().await?;
+        let sockets = Sockets::new(&[&conn.ssh]).map_err(failed)?;
+        let from = sockets.store_uri(0, &conn.ssh);
+        let argv = nix_argv(["copy", "--no-check-sigs", "--from", &from, path.as_str()]);
+        let cmd = Cmd::new(argv).env("NIX_SSHOPTS", sockets.nix_sshopts()).secs(secs);
+        out(&format!("bringing {path} here from {}, to send it over the connection", host.label()));
+        let copied = process::run(&Local, &cmd, Some(&mut *out)).await.and_then(|o| o.check());
+        copied.map(drop).map_err(|e| failed(e.to_string()))
+    });
+    fetched.await.clone()
+}
+
 impl Registry {
     /// Does this machine's store have `path`? (Asked once per run.)
     pub(super) async fn here(&self, path: &StorePath, secs: u64) -> bool {

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
-pub use deliver::deliver;
+pub use deliver::{deliver, fetch_here};
 pub use remote::BuildHost;
 pub use systems::{apply_systems, read_systems};
 
@@ -245,6 +245,9 @@ pub struct Registry {
     sign_key: OnceLock<PathBuf>,
     pushed: Pushes,
     here: Mutex<HashMap<StorePath, Once<bool>>>,
+    /// The closures brought here from a build host (for hosts whose sudo
+    /// asks for a password).
+    fetched: Mutex<HashMap<StorePath, Once<Result<(), BuildError>>>>,
 }
 
 impl Registry {

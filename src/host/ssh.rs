@@ -3,7 +3,7 @@
 use super::{Followed, Host, HostError, HostResult, Locked, Look, Shared};
 use crate::agent::{self, AgentAction, AgentState, AgentStatus, CheckVerdict, Facts, Health};
 use crate::agent::{HostLock, LockError, RunDir, SwitchEnv};
-use crate::build::{Build, BuildError, CopiedFrom, Route, Way};
+use crate::build::{Build, CopiedFrom, Route, Way};
 use crate::events::Reason;
 use crate::fleet::{HealthCheck, KeySpec};
 use crate::keys::{KeyError, Loaded};
@@ -184,17 +184,12 @@ impl Host for SshHost {
         if ssh.dest.password.is_some() {
             // `nix copy`'s `sudo nix-daemon` on the host cannot be given the
             // password: the closure goes from this machine's store over the
-            // master instead, and only that way.
-            let here = matches!(way.build, Build::Local { .. } | Build::Prebuilt(_));
-            if !(here && way.route == Route::Relay) {
-                return Err(HostError::Elsewhere(BuildError::new(
-                    Reason::Copy,
-                    "with a sudo password, a system can only be sent from this machine's store \
-                     (built here, or a system built elsewhere that this machine has), not \
-                     through a cache or from a build host: give the ssh user passwordless sudo \
-                     for nix-daemon, or build on the host",
-                )));
+            // master instead (brought here from a build host first).
+            if way.route != Route::Relay {
+                out("the host's sudo asks for a password, which a copy by Nix cannot give: \
+                     the system is sent from this machine over the connection instead");
             }
+            crate::build::fetch_here(&self.shared.elsewhere, way, path, secs, &mut *out).await?;
             self.import_closure(path, secs, out).await?;
             let ssh = self.ssh()?;
             nix::add_root(ssh, path, &self.run.gc_root(), secs).await?;

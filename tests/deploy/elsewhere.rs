@@ -660,3 +660,40 @@ fn the_build_host_s_remote_builders_take_its_builds() {
     let built_there = builder.ssh(&format!("nix-store --check-validity {system}"));
     assert!(built_there.status.success(), "{system} is not in the remote builder's store");
 }
+
+/// A host whose sudo asks for a password can only be sent a closure from
+/// this machine's store (the password goes over our own connection; no
+/// `nix copy` can give it): built on the build host, the system is brought
+/// here once through the build host's master, then sent to each such host
+/// over its connection. The password never reaches the build host.
+#[test]
+fn a_sudo_password_host_gets_the_build_host_s_system_through_this_machine() {
+    let lab = Lab::boot_suites(&[Suite::Trixie, Suite::Bookworm, Suite::Trixie]);
+    let (bh, targets) = lab.targets.split_first().unwrap();
+    wrap_nix(bh);
+    let extra = on_build_host(&lab, bh, r#"sshUser = "pwuser";"#);
+    let entries: Vec<String> = (targets.iter().enumerate())
+        .map(|(i, t)| host_entry(&lab, &format!("h{i}"), t, "healthy-v2", &extra))
+        .collect();
+    let f = flake_with(&lab, &entries, "pw");
+    let password = "--sudo-password-command=printf '%s\\n' lab-password-not-secret";
+    let run = super::helpers::deploy(&f, &["--all", password]);
+    assert_eq!(run.code, 0, "{run}");
+    for (i, t) in targets.iter().enumerate() {
+        let h = format!("h{i}");
+        assert_deployed(&run, &h, t, "host", "deployer");
+        assert_eq!(t.boot_profile().as_deref(), Some(run.system(&h).as_str()), "{h}");
+    }
+    let brought: Vec<String> = (0..targets.len())
+        .flat_map(|i| run.lines(&format!("h{i}")))
+        .filter(|l| l.starts_with("bringing ") && l.contains(" here from "))
+        .collect();
+    assert_eq!(brought.len(), 1, "brought here once for both hosts: {brought:?}\n{run}");
+    assert_eq!(builds(bh).len(), 1, "built on the build host: {:?}", builds(bh));
+    let seen = bh.ssh_ok("journalctl -o cat | grep -c lab-password-not-secret || true");
+    assert_eq!(seen, "0", "the password reached the build host's journal");
+    assert!(
+        !run.stdout.contains("lab-password-not-secret")
+            && !run.stderr.contains("lab-password-not-secret")
+    );
+}
