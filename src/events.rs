@@ -82,10 +82,7 @@ pub enum Outcome {
     Deployed,
     /// Already running and booting the built system; nothing activated.
     UpToDate,
-    /// Did not succeed. Nothing on the host changed, except where the
-    /// report says what it now runs and boots: after `--reboot` (it came
-    /// back in another system, came back unhealthy, or did not reboot), and
-    /// when a failed soak could not return it to its previous system.
+    /// Did not succeed, and nothing of the run changed the host.
     Failed,
     /// Activated, then returned to the previous system; boot entry untouched.
     RolledBack,
@@ -107,11 +104,17 @@ pub enum Outcome {
     /// Deployed and confirmed, but the run was interrupted before its soak
     /// checked the host again: it runs the new system, unchecked.
     Unchecked,
+    /// The run changed the host (activated its system, or wrote its boot
+    /// entry), then a later step failed: the reboot (`--reboot`: it did not
+    /// reboot, came back in another system, or came back unhealthy), or the
+    /// soak's check, where returning it to its previous system was not
+    /// possible. The report's `system` and `boot` say what it runs and boots.
+    DeployedThenFailed,
 }
 
 impl Outcome {
     /// Every outcome.
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 11] = [
         Outcome::Deployed,
         Outcome::UpToDate,
         Outcome::Failed,
@@ -122,6 +125,7 @@ impl Outcome {
         Outcome::Cancelled,
         Outcome::Skipped,
         Outcome::Unchecked,
+        Outcome::DeployedThenFailed,
     ];
 
     /// Its wire word: `outcome` in `--json` (`up-to-date`). People read
@@ -138,6 +142,7 @@ impl Outcome {
             Outcome::Cancelled => "cancelled",
             Outcome::Skipped => "skipped",
             Outcome::Unchecked => "unchecked",
+            Outcome::DeployedThenFailed => "deployed-then-failed",
         }
     }
 
@@ -154,6 +159,7 @@ impl Outcome {
             Outcome::Cancelled => "cancelled",
             Outcome::Skipped => "skipped",
             Outcome::Unchecked => "deployed, unchecked",
+            Outcome::DeployedThenFailed => "deployed, then failed",
         }
     }
 
@@ -171,6 +177,7 @@ impl Outcome {
                 | Outcome::Unconfirmed
                 | Outcome::Superseded
                 | Outcome::Unknown
+                | Outcome::DeployedThenFailed
         )
     }
 }
@@ -484,6 +491,7 @@ mod tests {
             (Outcome::Cancelled, "cancelled", "cancelled"),
             (Outcome::Skipped, "skipped", "skipped"),
             (Outcome::Unchecked, "unchecked", "deployed, unchecked"),
+            (Outcome::DeployedThenFailed, "deployed-then-failed", "deployed, then failed"),
         ];
         assert_eq!(table.map(|(o, _, _)| o), Outcome::ALL);
         for (outcome, wire, label) in table {
