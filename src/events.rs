@@ -268,17 +268,95 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason.
+    pub const ALL: [Reason; 34] = [
+        Reason::Unreachable,
+        Reason::HostKey,
+        Reason::Auth,
+        Reason::SshConfig,
+        Reason::Locked,
+        Reason::LockFailed,
+        Reason::LockLost,
+        Reason::Busy,
+        Reason::Preflight,
+        Reason::Copy,
+        Reason::Build,
+        Reason::BuildHost,
+        Reason::NotASystem,
+        Reason::Superseded,
+        Reason::SelfCheck,
+        Reason::PreSwitchCheck,
+        Reason::RebootRequired,
+        Reason::ActivationFailed,
+        Reason::ActivationScript,
+        Reason::HealthCheck,
+        Reason::NotConfirmed,
+        Reason::Timeout,
+        Reason::NotApproved,
+        Reason::Lost,
+        Reason::Rebooted,
+        Reason::RebootedIntoOld,
+        Reason::RebootFailed,
+        Reason::BootEntry,
+        Reason::RollbackFailed,
+        Reason::Cancelled,
+        Reason::Soak,
+        Reason::Halted,
+        Reason::Keys,
+        Reason::Internal,
+    ];
+
     /// The reason named by its `--json` word (`health-check`).
     pub fn parse(word: &str) -> Option<Reason> {
-        serde_json::from_value(serde_json::Value::String(word.to_string())).ok()
+        Reason::ALL.into_iter().find(|r| r.as_str() == word)
     }
 
-    /// Its `--json` word.
-    pub fn as_str(self) -> String {
-        serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default()
+    /// Its wire word: `reason` in `--json` (`health-check`). People read
+    /// its `Display`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Unreachable => "unreachable",
+            Reason::HostKey => "host-key",
+            Reason::Auth => "auth",
+            Reason::SshConfig => "ssh-config",
+            Reason::Locked => "locked",
+            Reason::LockFailed => "lock-failed",
+            Reason::LockLost => "lock-lost",
+            Reason::Busy => "busy",
+            Reason::Preflight => "preflight",
+            Reason::Copy => "copy",
+            Reason::Build => "build",
+            Reason::BuildHost => "build-host",
+            Reason::NotASystem => "not-a-system",
+            Reason::Superseded => "superseded",
+            Reason::SelfCheck => "self-check",
+            Reason::PreSwitchCheck => "pre-switch-check",
+            Reason::RebootRequired => "reboot-required",
+            Reason::ActivationFailed => "activation-failed",
+            Reason::ActivationScript => "activation-script",
+            Reason::HealthCheck => "health-check",
+            Reason::NotConfirmed => "not-confirmed",
+            Reason::Timeout => "timeout",
+            Reason::NotApproved => "not-approved",
+            Reason::Lost => "lost",
+            Reason::Rebooted => "rebooted",
+            Reason::RebootedIntoOld => "rebooted-into-old",
+            Reason::RebootFailed => "reboot-failed",
+            Reason::BootEntry => "boot-entry",
+            Reason::RollbackFailed => "rollback-failed",
+            Reason::Cancelled => "cancelled",
+            Reason::Soak => "soak",
+            Reason::Halted => "halted",
+            Reason::Keys => "keys",
+            Reason::Internal => "internal",
+        }
+    }
+}
+
+/// For people: the wire word in words (`health check`, `not a system`).
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.as_str().replace('-', " "))
     }
 }
 
@@ -499,5 +577,19 @@ mod tests {
             assert_eq!(outcome.as_str(), wire);
             assert_eq!(outcome.to_string(), label);
         }
+    }
+
+    #[test]
+    fn a_reason_s_wire_word_is_its_json_and_its_display_is_for_people() {
+        for reason in Reason::ALL {
+            let json = serde_json::to_value(reason).unwrap();
+            assert_eq!(json, reason.as_str(), "{reason:?}");
+            assert_eq!(serde_json::from_value::<Reason>(json).unwrap(), reason);
+            assert_eq!(Reason::parse(reason.as_str()), Some(reason));
+        }
+        let words: std::collections::HashSet<_> = Reason::ALL.map(Reason::as_str).into();
+        assert_eq!(words.len(), Reason::ALL.len(), "one word per reason");
+        assert_eq!(Reason::NotASystem.to_string(), "not a system");
+        assert_eq!(Reason::parse("health check"), None, "people's words are not wire words");
     }
 }
