@@ -51,7 +51,7 @@ pub async fn query_all(targets: &[Target], max_parallel: usize) -> Vec<Status> {
 async fn query(t: &Target) -> Status {
     let secs = t.spec.timeouts.connect;
     let answer = async {
-        let ssh = Ssh::connect(&t.name, Destination::from_spec(&t.spec))
+        let ssh = Ssh::connect(&t.name, Destination::new(t.spec.login()))
             .await
             .map_err(|e| e.to_string())?;
         let secs = secs.saturating_add(crate::budget::REMOTE_MARGIN_SECS);

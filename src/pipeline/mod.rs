@@ -225,6 +225,11 @@ impl<'a> HostRun<'a> {
         &self.target.spec
     }
 
+    /// The host's timing budget.
+    fn budget(&self) -> crate::budget::Budget {
+        crate::budget::Budget::of(&self.spec().timeouts, &self.spec().health_checks)
+    }
+
     fn emit(&self, e: Event) {
         (self.ctx.sink)(e)
     }
