@@ -12,7 +12,7 @@
 //! (`/proc/uptime`), never with `date` or file times, which an
 //! administrator, chrony or a resumed VM may step.
 
-use crate::fleet::HostSpec;
+use crate::fleet::{HealthCheck, Timeouts};
 
 /// How often the deployer sends a heartbeat to its lock holder.
 pub const HEARTBEAT_SECS: u64 = 5;
@@ -98,10 +98,9 @@ pub struct Budget {
 }
 
 impl Budget {
-    pub fn of(spec: &HostSpec) -> Budget {
-        let t = &spec.timeouts;
-        let checks = spec
-            .health_checks
+    /// The budget of a host with these timeouts and health checks.
+    pub fn of(t: &Timeouts, health_checks: &[HealthCheck]) -> Budget {
+        let checks = health_checks
             .iter()
             .fold(0u64, |sum, c| sum.saturating_add(c.timeout).saturating_add(c.period));
         let asked_window = t.confirm.saturating_add(checks);
@@ -173,6 +172,7 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fleet::HostSpec;
 
     fn spec(activate: u64, confirm: u64, checks: &[(u64, u64)]) -> HostSpec {
         let mut s = HostSpec::with_defaults("h");
@@ -190,6 +190,10 @@ mod tests {
         s
     }
 
+    fn of(s: &HostSpec) -> Budget {
+        Budget::of(&s.timeouts, &s.health_checks)
+    }
+
     /// Hosts from the smallest timeouts allowed to the largest.
     fn hosts() -> Vec<HostSpec> {
         let mut v = Vec::new();
@@ -205,7 +209,7 @@ mod tests {
     #[test]
     fn a_live_deployer_is_never_taken_for_lost() {
         for s in hosts() {
-            let b = Budget::of(&s);
+            let b = of(&s);
             assert!(b.window >= MIN_WINDOW_SECS, "{b:?}");
             assert!(b.window >= b.asked_window, "{b:?}");
             assert!(b.hard_window() > b.window, "{b:?}");
@@ -215,7 +219,7 @@ mod tests {
     #[test]
     fn the_deployer_waits_for_everything_the_agent_may_still_do() {
         for s in hosts() {
-            let b = Budget::of(&s);
+            let b = of(&s);
             // The rollback bound: the activate timeout, at least 300 s.
             assert_eq!(b.rollback, s.timeouts.activate.max(300), "{b:?}");
             // The agent ends an activation by its bound and both graces.
@@ -230,19 +234,19 @@ mod tests {
 
     #[test]
     fn a_short_confirm_timeout_is_raised_and_said() {
-        let b = Budget::of(&spec(600, 3, &[]));
+        let b = of(&spec(600, 3, &[]));
         assert_eq!((b.asked_window, b.window), (3, MIN_WINDOW_SECS));
         let note = b.window_note().unwrap();
         assert!(note.contains("3 s") && note.contains("waits 15 s"), "{note}");
-        assert_eq!(Budget::of(&spec(600, 30, &[])).window_note(), None);
+        assert_eq!(of(&spec(600, 30, &[])).window_note(), None);
         // Health checks count toward the window.
-        let b = Budget::of(&spec(600, 3, &[(20, 2)]));
+        let b = of(&spec(600, 3, &[(20, 2)]));
         assert_eq!((b.window, b.window_note()), (25, None));
     }
 
     #[test]
     fn the_largest_timeouts_do_not_overflow() {
-        let b = Budget::of(&spec(u64::MAX, u64::MAX, &[(u64::MAX, u64::MAX)]));
+        let b = of(&spec(u64::MAX, u64::MAX, &[(u64::MAX, u64::MAX)]));
         assert_eq!(b.window, u64::MAX);
         assert_eq!(
             (b.hard_window(), b.confirm_wait(), b.activation_wait()),

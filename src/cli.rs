@@ -46,7 +46,8 @@ Examples:
   deploy-flake --all --timeout build=7200 --timeout confirm=60
 
 Exit status: 0 all hosts succeeded; 1 some host failed, every host in a known
-state; 2 usage, inventory or evaluation error (no host touched); 3 a host may
+state (unchanged, rolled back, or deployed then failed: the report says what it
+runs); 2 usage, inventory or evaluation error (no host touched); 3 a host may
 be in an unknown state.";
 
 /// Deploy the NixOS configurations of a flake to many hosts over ssh.

@@ -65,7 +65,7 @@ pub async fn diff_all(
             let (permits, shared, run) = (permits.clone(), shared.clone(), run.clone());
             tokio::spawn(async move {
                 let _permit = permits.acquire_owned().await.expect("never closed");
-                let dest = Destination::from_spec(&t.spec);
+                let dest = Destination::new(t.spec.login());
                 let mut host = SshHost::new(&t.name, dest, &run.run_id, shared);
                 let diff = diff_one(&t, &run, &mut host).await;
                 let _ = host.drop_root(10).await;

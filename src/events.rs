@@ -82,10 +82,7 @@ pub enum Outcome {
     Deployed,
     /// Already running and booting the built system; nothing activated.
     UpToDate,
-    /// Did not succeed. Nothing on the host changed, except where the
-    /// report says what it now runs and boots: after `--reboot` (it came
-    /// back in another system, came back unhealthy, or did not reboot), and
-    /// when a failed soak could not return it to its previous system.
+    /// Did not succeed, and nothing of the run changed the host.
     Failed,
     /// Activated, then returned to the previous system; boot entry untouched.
     RolledBack,
@@ -107,11 +104,17 @@ pub enum Outcome {
     /// Deployed and confirmed, but the run was interrupted before its soak
     /// checked the host again: it runs the new system, unchecked.
     Unchecked,
+    /// The run changed the host (activated its system, or wrote its boot
+    /// entry), then a later step failed: the reboot (`--reboot`: it did not
+    /// reboot, came back in another system, or came back unhealthy), or the
+    /// soak's check, where returning it to its previous system was not
+    /// possible. The report's `system` and `boot` say what it runs and boots.
+    DeployedThenFailed,
 }
 
 impl Outcome {
     /// Every outcome.
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 11] = [
         Outcome::Deployed,
         Outcome::UpToDate,
         Outcome::Failed,
@@ -122,6 +125,7 @@ impl Outcome {
         Outcome::Cancelled,
         Outcome::Skipped,
         Outcome::Unchecked,
+        Outcome::DeployedThenFailed,
     ];
 
     /// Its wire word: `outcome` in `--json` (`up-to-date`). People read
@@ -138,6 +142,7 @@ impl Outcome {
             Outcome::Cancelled => "cancelled",
             Outcome::Skipped => "skipped",
             Outcome::Unchecked => "unchecked",
+            Outcome::DeployedThenFailed => "deployed-then-failed",
         }
     }
 
@@ -154,6 +159,7 @@ impl Outcome {
             Outcome::Cancelled => "cancelled",
             Outcome::Skipped => "skipped",
             Outcome::Unchecked => "deployed, unchecked",
+            Outcome::DeployedThenFailed => "deployed, then failed",
         }
     }
 
@@ -171,6 +177,7 @@ impl Outcome {
                 | Outcome::Unconfirmed
                 | Outcome::Superseded
                 | Outcome::Unknown
+                | Outcome::DeployedThenFailed
         )
     }
 }
@@ -261,17 +268,95 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason.
+    pub const ALL: [Reason; 34] = [
+        Reason::Unreachable,
+        Reason::HostKey,
+        Reason::Auth,
+        Reason::SshConfig,
+        Reason::Locked,
+        Reason::LockFailed,
+        Reason::LockLost,
+        Reason::Busy,
+        Reason::Preflight,
+        Reason::Copy,
+        Reason::Build,
+        Reason::BuildHost,
+        Reason::NotASystem,
+        Reason::Superseded,
+        Reason::SelfCheck,
+        Reason::PreSwitchCheck,
+        Reason::RebootRequired,
+        Reason::ActivationFailed,
+        Reason::ActivationScript,
+        Reason::HealthCheck,
+        Reason::NotConfirmed,
+        Reason::Timeout,
+        Reason::NotApproved,
+        Reason::Lost,
+        Reason::Rebooted,
+        Reason::RebootedIntoOld,
+        Reason::RebootFailed,
+        Reason::BootEntry,
+        Reason::RollbackFailed,
+        Reason::Cancelled,
+        Reason::Soak,
+        Reason::Halted,
+        Reason::Keys,
+        Reason::Internal,
+    ];
+
     /// The reason named by its `--json` word (`health-check`).
     pub fn parse(word: &str) -> Option<Reason> {
-        serde_json::from_value(serde_json::Value::String(word.to_string())).ok()
+        Reason::ALL.into_iter().find(|r| r.as_str() == word)
     }
 
-    /// Its `--json` word.
-    pub fn as_str(self) -> String {
-        serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default()
+    /// Its wire word: `reason` in `--json` (`health-check`). People read
+    /// its `Display`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Unreachable => "unreachable",
+            Reason::HostKey => "host-key",
+            Reason::Auth => "auth",
+            Reason::SshConfig => "ssh-config",
+            Reason::Locked => "locked",
+            Reason::LockFailed => "lock-failed",
+            Reason::LockLost => "lock-lost",
+            Reason::Busy => "busy",
+            Reason::Preflight => "preflight",
+            Reason::Copy => "copy",
+            Reason::Build => "build",
+            Reason::BuildHost => "build-host",
+            Reason::NotASystem => "not-a-system",
+            Reason::Superseded => "superseded",
+            Reason::SelfCheck => "self-check",
+            Reason::PreSwitchCheck => "pre-switch-check",
+            Reason::RebootRequired => "reboot-required",
+            Reason::ActivationFailed => "activation-failed",
+            Reason::ActivationScript => "activation-script",
+            Reason::HealthCheck => "health-check",
+            Reason::NotConfirmed => "not-confirmed",
+            Reason::Timeout => "timeout",
+            Reason::NotApproved => "not-approved",
+            Reason::Lost => "lost",
+            Reason::Rebooted => "rebooted",
+            Reason::RebootedIntoOld => "rebooted-into-old",
+            Reason::RebootFailed => "reboot-failed",
+            Reason::BootEntry => "boot-entry",
+            Reason::RollbackFailed => "rollback-failed",
+            Reason::Cancelled => "cancelled",
+            Reason::Soak => "soak",
+            Reason::Halted => "halted",
+            Reason::Keys => "keys",
+            Reason::Internal => "internal",
+        }
+    }
+}
+
+/// For people: the wire word in words (`health check`, `not a system`).
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.as_str().replace('-', " "))
     }
 }
 
@@ -484,6 +569,7 @@ mod tests {
             (Outcome::Cancelled, "cancelled", "cancelled"),
             (Outcome::Skipped, "skipped", "skipped"),
             (Outcome::Unchecked, "unchecked", "deployed, unchecked"),
+            (Outcome::DeployedThenFailed, "deployed-then-failed", "deployed, then failed"),
         ];
         assert_eq!(table.map(|(o, _, _)| o), Outcome::ALL);
         for (outcome, wire, label) in table {
@@ -491,5 +577,19 @@ mod tests {
             assert_eq!(outcome.as_str(), wire);
             assert_eq!(outcome.to_string(), label);
         }
+    }
+
+    #[test]
+    fn a_reason_s_wire_word_is_its_json_and_its_display_is_for_people() {
+        for reason in Reason::ALL {
+            let json = serde_json::to_value(reason).unwrap();
+            assert_eq!(json, reason.as_str(), "{reason:?}");
+            assert_eq!(serde_json::from_value::<Reason>(json).unwrap(), reason);
+            assert_eq!(Reason::parse(reason.as_str()), Some(reason));
+        }
+        let words: std::collections::HashSet<_> = Reason::ALL.map(Reason::as_str).into();
+        assert_eq!(words.len(), Reason::ALL.len(), "one word per reason");
+        assert_eq!(Reason::NotASystem.to_string(), "not a system");
+        assert_eq!(Reason::parse("health check"), None, "people's words are not wire words");
     }
 }

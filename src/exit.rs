@@ -3,7 +3,7 @@
 //! | code | meaning |
 //! |------|---------|
 //! | 0 | every selected host succeeded (or was already up to date) |
-//! | 1 | some host failed, but every host is in a known state (unchanged, rolled back, or superseded by another switch), or a deployed host went unchecked (its soak interrupted) |
+//! | 1 | some host failed, but every host is in a known state (unchanged, rolled back, superseded by another switch, activated without confirmation, or deployed and then failed its reboot or soak: the report says what it runs and boots), or a deployed host went unchecked (its soak interrupted) |
 //! | 2 | usage, inventory or evaluation error: no host was touched |
 //! | 3 | a host may be in an unknown state (rollback failed, or lost mid-activation) |
 
@@ -44,7 +44,9 @@ pub fn exit_for(reports: &[HostReport]) -> Exit {
             | Outcome::Superseded
             | Outcome::Cancelled
             | Outcome::Skipped
-            | Outcome::Unchecked => Exit::HostsFailed,
+            | Outcome::Unchecked
+            // Known: the report says what it runs and boots.
+            | Outcome::DeployedThenFailed => Exit::HostsFailed,
             Outcome::Unknown => Exit::UnknownState,
         };
         if e == Exit::UnknownState || (e == Exit::HostsFailed && exit == Exit::Success) {

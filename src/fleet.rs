@@ -1,5 +1,5 @@
 //! The fleet's types: a host's record as lib/ resolves it (`HostSpec`), its
-//! timeouts, health checks and keys, and the rollout's settings. Data only: `rules` checks them and
+//! timeouts, health checks and keys, how to log in to it (`SshLogin`), and the rollout's settings. Data only: `rules` checks them and
 //! gives their defaults (lib/rules.json), `inventory` reads them.
 
 use std::collections::BTreeMap;
@@ -65,6 +65,35 @@ pub struct HostSpec {
     /// A system built elsewhere: deployed as it is, nothing evaluated or built.
     #[serde(default)]
     pub system: Option<String>,
+}
+
+/// What an ssh destination is made of: how to log in to a host and become
+/// root there. A host's own comes from its record ([`HostSpec::login`]); a
+/// build host given as `[user@]host[:port]` has one of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshLogin {
+    pub hostname: String,
+    pub user: String,
+    pub port: u16,
+    pub ssh_opts: Vec<String>,
+    /// Privilege escalation command, used when `user` is not root.
+    pub sudo: String,
+    /// Seconds a connection may take.
+    pub connect_timeout: u64,
+}
+
+impl HostSpec {
+    /// How to log in to the host.
+    pub fn login(&self) -> SshLogin {
+        SshLogin {
+            hostname: self.hostname.clone(),
+            user: self.ssh_user.clone(),
+            port: self.ssh_port,
+            ssh_opts: self.ssh_opts.clone(),
+            sudo: self.sudo.clone(),
+            connect_timeout: self.timeouts.connect,
+        }
+    }
 }
 
 /// Where a closure built on a build host comes to the host from.

@@ -163,7 +163,7 @@ fn render_host(out: &mut String, t: &Target, flake: &str, build_hosts: &BTreeMap
 
 /// `user@host:port`, with IPv6 addresses in brackets.
 pub fn ssh_destination(s: &HostSpec) -> String {
-    crate::ssh::Destination::from_spec(s).display()
+    crate::ssh::Destination::new(s.login()).display()
 }
 
 /// A Nix attribute name, quoted when it is not a plain identifier:

@@ -166,7 +166,7 @@ impl Waves<'_> {
                     (ctx.sink)(Event::HostFinished { report: report.clone() });
                     return (i, report);
                 }
-                let dest = Destination::from_spec(&target.spec);
+                let dest = Destination::new(target.spec.login());
                 let host = SshHost::new(&target.name, dest, &ctx.run_id, shared);
                 (i, pipeline::deploy(&target, &ctx, host).await)
             });

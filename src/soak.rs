@@ -112,7 +112,7 @@ impl Soak<'_> {
                 (self.ctx.run_id.clone(), self.permits.clone(), self.shared.clone());
             set.spawn(async move {
                 let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
-                let dest = Destination::from_spec(&target.spec);
+                let dest = Destination::new(target.spec.login());
                 let host = SshHost::new(&target.name, dest, &run_id, shared);
                 (i, pipeline::soak_check(&target.spec, &deployed, host).await)
             });
@@ -162,7 +162,7 @@ async fn revert(
                     sink(e)
                 }
             });
-            let dest = Destination::from_spec(&target.spec);
+            let dest = Destination::new(target.spec.login());
             let host = SshHost::new(&target.name, dest, &rctx.run_id, shared);
             let reverted = pipeline::deploy(target, &rctx, host).await;
             crate::rollout::after_soak(&deployed, Some(&reverted), why, secs)

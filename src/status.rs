@@ -51,7 +51,7 @@ pub async fn query_all(targets: &[Target], max_parallel: usize) -> Vec<Status> {
 async fn query(t: &Target) -> Status {
     let secs = t.spec.timeouts.connect;
     let answer = async {
-        let ssh = Ssh::connect(&t.name, Destination::from_spec(&t.spec))
+        let ssh = Ssh::connect(&t.name, Destination::new(t.spec.login()))
             .await
             .map_err(|e| e.to_string())?;
         let secs = secs.saturating_add(crate::budget::REMOTE_MARGIN_SECS);
@@ -150,10 +150,8 @@ fn row(host: &str, st: &HostState) -> [String; 7] {
         .lock
         .as_deref()
         .map_or("-".to_string(), |l| l.split(" (pid").next().unwrap_or(l).to_string());
-    let last = match (st.last.get("outcome"), st.last.get("when")) {
-        (Some(o), Some(w)) => {
-            format!("{o} {} by {}", utc(w), st.last.get("by").map_or("?", String::as_str))
-        }
+    let last = match (st.last.outcome, st.last.get("when")) {
+        (Some(o), Some(w)) => format!("{o} {} by {}", utc(w), st.last.get("by").unwrap_or("?")),
         _ => "-".into(),
     };
     [host.to_string(), st.state.to_string(), short(&st.current), boots, failed, lock, last]
@@ -189,6 +187,7 @@ pub fn json(all: &[Status]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::LastOutcome;
 
     fn state(current: &str, profile: &str) -> HostState {
         HostState {
@@ -210,14 +209,13 @@ mod tests {
             ["runs nixos-system-a (aaaaaaaa) but boots nixos-system-b (bbbbbbbb)"]
         );
         let mut s = state(A, A);
-        s.last = [("outcome", "deployed"), ("system", B), ("run", "7")]
-            .map(|(k, v)| (k.into(), v.into()))
-            .into();
+        s.last.outcome = Some(LastOutcome::Deployed);
+        s.last.fields = [("system", B), ("run", "7")].map(|(k, v)| (k.into(), v.into())).into();
         assert_eq!(
             drift(&s),
             ["runs nixos-system-a (aaaaaaaa), not what run 7 deployed (nixos-system-b (bbbbbbbb))"]
         );
-        s.last.insert("outcome".into(), "rolled-back".into());
+        s.last.outcome = Some(LastOutcome::RolledBack);
         assert!(drift(&s).is_empty(), "a rolled-back run deployed nothing");
         let mut s = state(A, A);
         s.needs_reboot = Some(vec!["kernel".into()]);

@@ -80,7 +80,7 @@ pub async fn upload_all(targets: &[Target], run: Arc<Run>, max_parallel: usize) 
                 if t.spec.keys.is_empty() {
                     return listed(&t, false, None);
                 }
-                let dest = Destination::from_spec(&t.spec);
+                let dest = Destination::new(t.spec.login());
                 let mut host = SshHost::new(&t.name, dest, &run.run_id, shared);
                 let done = upload_one(&t, &run, &mut host).await;
                 host.close().await;

@@ -225,14 +225,84 @@ pub struct HostState {
     pub lock: Option<String>,
     /// Switches going on now.
     pub busy: Vec<String>,
-    /// The last deploy the host recorded (`run`, `when`, `outcome`,
-    /// `system`, `by`, `flake`, `revision`, `goal`).
-    pub last: std::collections::BTreeMap<String, String>,
+    /// The last deploy the host recorded.
+    pub last: LastDeploy,
+}
+
+/// How the last deploy to a host ended, as the agent records it (the
+/// `outcome` of its last-deploy record, kept across reboots): the word the
+/// agent writes is [`LastOutcome::as_str`] (beside the agent's other words,
+/// in `agent/mod.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LastOutcome {
+    /// Confirmed, and its boot entry written.
+    Deployed,
+    /// Confirmed; no boot entry written (yet, or with `--goal test`).
+    Confirmed,
+    /// Activated, not confirmed, not rolled back (magicRollback off).
+    Unconfirmed,
+    RolledBack,
+    RollbackFailed,
+    /// Refused before it activated anything.
+    Refused,
+    /// Confirmed, but writing its boot entry failed.
+    BootFailed,
+    /// Replaced by another switch before its confirmation was recorded.
+    Superseded,
+}
+
+impl LastOutcome {
+    pub const ALL: [LastOutcome; 8] = [
+        LastOutcome::Deployed,
+        LastOutcome::Confirmed,
+        LastOutcome::Unconfirmed,
+        LastOutcome::RolledBack,
+        LastOutcome::RollbackFailed,
+        LastOutcome::Refused,
+        LastOutcome::BootFailed,
+        LastOutcome::Superseded,
+    ];
+
+    pub fn parse(word: &str) -> Option<LastOutcome> {
+        LastOutcome::ALL.into_iter().find(|o| o.as_str() == word)
+    }
+
+    /// It left its system running, confirmed, with its boot entry or
+    /// before it (`--goal test`, or its boot step not done yet).
+    pub fn deployed_its_system(self) -> bool {
+        matches!(self, LastOutcome::Deployed | LastOutcome::Confirmed)
+    }
+}
+
+/// For people: `rolled back`, `boot failed`.
+impl std::fmt::Display for LastOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.as_str().replace('-', " "))
+    }
+}
+
+/// The last deploy a host recorded: how it ended, and the rest of its
+/// record as it says it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LastDeploy {
+    /// How it ended (`None`: no record, or a word this deployer does not know).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<LastOutcome>,
+    /// `run`, `when`, `system`, `by`, `flake`, `revision`, `goal`.
+    #[serde(flatten)]
+    pub fields: std::collections::BTreeMap<String, String>,
+}
+
+impl LastDeploy {
+    pub fn get(&self, field: &str) -> Option<&str> {
+        self.fields.get(field).map(String::as_str)
+    }
 }
 
 impl HostState {
     pub fn parse(stdout: &str) -> HostState {
-        let last = stdout
+        let mut fields: std::collections::BTreeMap<String, String> = stdout
             .lines()
             .filter_map(|l| l.strip_prefix(super::ANSWER)?.strip_prefix("last-"))
             .filter_map(|kv| kv.split_once(' '))
@@ -244,6 +314,8 @@ impl HostState {
                 (k.to_string(), v)
             })
             .collect();
+        let outcome = fields.remove("outcome").and_then(|w| LastOutcome::parse(&w));
+        let last = LastDeploy { outcome, fields };
         HostState {
             current: answer(stdout, "current"),
             profile: answer(stdout, "profile"),

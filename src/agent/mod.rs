@@ -31,7 +31,10 @@ const STATE_DIR: &str = "/run/deploy-flake";
 /// Every answer line meant for the deployer starts with this.
 const ANSWER: &str = "deploy-flake-";
 
-pub use answers::{Changes, CheckVerdict, Facts, Health, HostState, PackageChange, SystemState};
+pub use answers::{
+    Changes, CheckVerdict, Facts, Health, HostState, LastDeploy, LastOutcome, PackageChange,
+    SystemState,
+};
 pub use follow::{confirm, launch, watch};
 pub use lock::{lock, HostLock, LockError};
 
@@ -157,6 +160,22 @@ impl AgentState {
         match self {
             AgentState::Other(w) => w,
             s => STATE_WORDS.iter().find(|(x, _)| x == s).map_or("", |(_, w)| w),
+        }
+    }
+}
+
+impl LastOutcome {
+    /// The word the agent records (`rolled-back`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LastOutcome::Deployed => "deployed",
+            LastOutcome::Confirmed => "confirmed",
+            LastOutcome::Unconfirmed => "unconfirmed",
+            LastOutcome::RolledBack => "rolled-back",
+            LastOutcome::RollbackFailed => "rollback-failed",
+            LastOutcome::Refused => "refused",
+            LastOutcome::BootFailed => "boot-failed",
+            LastOutcome::Superseded => "superseded",
         }
     }
 }
@@ -386,12 +405,10 @@ impl HostState {
     /// The system the last deploy left running, with its run id (`None`
     /// when it left nothing new running: rolled back, refused, ...).
     pub fn last_deployed(&self) -> Option<(&str, &str)> {
-        let outcome = self.last.get("outcome").map(String::as_str);
-        if !matches!(outcome, Some("deployed" | "confirmed")) {
+        if !self.last.outcome.is_some_and(LastOutcome::deployed_its_system) {
             return None;
         }
-        let run = self.last.get("run").map_or("?", String::as_str);
-        Some((self.last.get("system").map_or("", String::as_str), run))
+        Some((self.last.get("system").unwrap_or(""), self.last.get("run").unwrap_or("?")))
     }
 }
 

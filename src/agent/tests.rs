@@ -204,8 +204,16 @@ fn status_and_changes_are_read() {
     assert_eq!((st.booted, st.needs_reboot), (None, None));
     assert_eq!(st.failed_units, ["x.service"]);
     assert_eq!(st.lock.as_deref(), Some("run 7 by ops@h"));
-    assert_eq!(st.last["outcome"], "deployed");
-    assert_eq!(st.last["by"], "ops@h");
+    assert_eq!((st.last.outcome, st.last.get("by")), (Some(LastOutcome::Deployed), Some("ops@h")));
+    assert_eq!(st.last.get("outcome"), None, "read into its enum only");
+    let json = serde_json::to_value(&st.last).unwrap();
+    assert_eq!(json, serde_json::json!({"outcome": "deployed", "run": "7", "by": "ops@h"}));
+    let odd = HostState::parse(
+        "deploy-flake-last-outcome exploded
+deploy-flake-last-run 8
+",
+    );
+    assert_eq!((odd.last.outcome, odd.last.get("run")), (None, Some("8")));
     let ch = Changes::parse(
         "deploy-flake-package hello-lab: ∅ → 1.0, +0.2 KiB\ndeploy-flake-package linux: 6.1 → 6.2\n\
          deploy-flake-package gone: 2.0 → ∅, -1.0 KiB\n\
@@ -405,4 +413,45 @@ fn every_answer_key_has_its_reader_and_no_two_look_alike() {
     // A reader takes its own key only, not one that begins with it.
     assert_eq!(answer(&text(&["self-check-exit"]), "self-check"), None);
     assert_eq!(answer(&text(&["self-check-exit"]), "self-check-exit").as_deref(), Some("1"));
+}
+
+/// The outcome words the agent records (`remember WORD`, and the states
+/// whose own word it records, `STATE | ...) remember "$1"`), read from its
+/// text.
+fn outcomes_the_agent_records() -> Vec<&'static str> {
+    let mut words = Vec::new();
+    let calls = SCRIPT.lines().filter(|l| !l.trim_start().starts_with('#'));
+    for line in calls.filter(|l| l.contains("remember ")) {
+        let (labels, word) = line
+            .trim()
+            .split_once(") remember ")
+            .unwrap_or_else(|| panic!("a record written in an unknown way: {line}"));
+        match word.trim_end_matches(" ;;") {
+            "\"$1\"" => words.extend(labels.split('|').map(str::trim)),
+            word => words.push(word),
+        }
+    }
+    words
+}
+
+/// Every outcome word the agent records is the word of exactly one
+/// `LastOutcome`, and every `LastOutcome` is recorded by the agent.
+#[test]
+fn the_agents_record_words_are_one_enum() {
+    let recorded = outcomes_the_agent_records();
+    assert!(recorded.len() >= 8, "the agent's record words were not found: {recorded:?}");
+    for word in &recorded {
+        let matching: Vec<_> =
+            LastOutcome::ALL.into_iter().filter(|o| o.as_str() == *word).collect();
+        assert_eq!(matching.len(), 1, "the agent records `{word}`: {matching:?}");
+        assert_eq!(LastOutcome::parse(word), Some(matching[0]));
+        assert_eq!(serde_json::to_value(matching[0]).unwrap(), *word);
+    }
+    for outcome in LastOutcome::ALL {
+        assert!(
+            recorded.contains(&outcome.as_str()),
+            "the deployer reads `{}`, which the agent never records",
+            outcome.as_str()
+        );
+    }
 }

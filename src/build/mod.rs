@@ -26,7 +26,7 @@ pub use systems::{apply_systems, read_systems};
 
 use crate::events::Reason;
 pub use crate::events::{BuiltOn, CopiedFrom, Provenance};
-use crate::fleet::{BuildOn, CopyFrom, HostSpec};
+use crate::fleet::{BuildOn, CopyFrom, HostSpec, SshLogin};
 use crate::nix::StorePath;
 use crate::select::Target;
 use crate::ssh::Destination;
@@ -192,15 +192,15 @@ pub fn build_hosts(
             known.capacity = known.capacity.max(capacity);
             continue;
         }
-        let mut spec = match fleet.and_then(|f| f.get(&word)) {
-            Some(host) => host.clone(),
-            None => destination_spec(&word, &t.spec)
+        let mut login = match fleet.and_then(|f| f.get(&word)) {
+            Some(host) => host.login(),
+            None => build_host_login(&word, &t.spec)
                 .map_err(|e| format!("host {}: buildHost {word:?}: {e}", t.name))?,
         };
-        if !forwards_agent(&spec.ssh_opts) {
-            spec.ssh_opts.splice(0..0, ["-o".to_string(), "ForwardAgent=no".into()]);
+        if !forwards_agent(&login.ssh_opts) {
+            login.ssh_opts.splice(0..0, ["-o".to_string(), "ForwardAgent=no".into()]);
         }
-        let dest = Destination::from_spec(&spec);
+        let dest = Destination::new(login);
         found.insert(word.clone(), BuildHostSpec { word, dest, capacity });
     }
     Ok(found.into_values().collect())
@@ -208,17 +208,19 @@ pub fn build_hosts(
 
 /// A build host given as `[user@]host[:port]`, with the ssh options and
 /// connect timeout of the host that names it.
-fn destination_spec(word: &str, of: &HostSpec) -> Result<HostSpec, String> {
+fn build_host_login(word: &str, of: &HostSpec) -> Result<SshLogin, String> {
     let d = crate::select::parse_destination(word)?;
     if d.config.is_some() {
         return Err("a build host is [user@]host[:port], without /configuration".into());
     }
-    let mut spec = HostSpec::with_defaults(&d.host);
-    spec.ssh_user = d.user.unwrap_or(spec.ssh_user);
-    spec.ssh_port = d.port.unwrap_or(spec.ssh_port);
-    spec.ssh_opts = of.build_host_ssh_opts.clone();
-    spec.timeouts.connect = of.timeouts.connect;
-    Ok(spec)
+    let defaults = HostSpec::with_defaults(&d.host).login();
+    Ok(SshLogin {
+        user: d.user.unwrap_or(defaults.user),
+        port: d.port.unwrap_or(defaults.port),
+        ssh_opts: of.build_host_ssh_opts.clone(),
+        connect_timeout: of.timeouts.connect,
+        ..defaults
+    })
 }
 
 /// Do these ssh options ask for the agent to be forwarded?

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::{agent_end, End, Goal, HostRun, Mode, Wanted};
 use crate::agent::{AgentAction, AgentState, AgentStatus, Health};
 use crate::budget::PROBE_SECS;
-use crate::budget::{Budget, ABORT_SECS, ABORT_UNCONFIRMED_SECS, FACTS_SECS, KILL_GRACE_SECS};
+use crate::budget::{ABORT_SECS, ABORT_UNCONFIRMED_SECS, FACTS_SECS, KILL_GRACE_SECS};
 use crate::events::{Outcome, Phase, Reason};
 use crate::host::{Followed, Host, HostError};
 
@@ -64,7 +64,7 @@ impl HostRun<'_> {
         seen: &mut usize,
     ) -> Result<AgentStatus, End> {
         let spec = self.spec();
-        let budget = Budget::of(spec);
+        let budget = self.budget();
         self.start(Phase::Activate);
         if let Some(note) = budget.window_note() {
             self.note(note);
@@ -155,7 +155,7 @@ impl HostRun<'_> {
         host: &mut H,
         action: &AgentAction,
     ) -> Result<Result<(), HostError>, End> {
-        let secs = Budget::of(self.spec()).start;
+        let secs = self.budget().start;
         // From here on the action may be running: keep its GC root.
         self.agent_starts();
         match host.start(action, secs).await {
@@ -212,7 +212,7 @@ impl HostRun<'_> {
         };
         // At worst the window runs out, and the host rolls back.
         let patient = AgentState::AwaitingConfirmation;
-        let limit = Duration::from_secs(Budget::of(self.spec()).confirm_wait());
+        let limit = Duration::from_secs(self.budget().confirm_wait());
         let settled = self.settle(host, seen, Some(&patient), None, limit, first).await;
         settled.map_err(|e| lost(&e.to_string(), &host.inspect_hint()))
     }
@@ -226,7 +226,7 @@ impl HostRun<'_> {
         seen: &mut usize,
         health: Option<Health>,
     ) -> Result<Result<AgentStatus, HostError>, (Reason, String)> {
-        let budget = Budget::of(self.spec());
+        let budget = self.budget();
         let health = match health {
             Some(h) => h,
             None => host

@@ -35,21 +35,22 @@ impl End {
         }
     }
 
-    /// Stopped before anything on the host changed.
+    /// Stopped before the run changed anything on the host.
     pub fn unchanged(reason: Reason, msg: impl Into<String>) -> End {
         End::new(Outcome::Failed, Some(reason), Some(msg.into()))
     }
 
-    /// Failed after the host changed (after `--reboot`: it came back in
-    /// another system, or unhealthy): `system` and `boot` must say what it
-    /// runs and boots.
-    pub fn failed_changed(
+    /// Failed after the run changed the host (after `--reboot`: it did
+    /// not reboot, came back in another system, or came back unhealthy):
+    /// `system` and `boot` must say what it runs and boots.
+    pub fn deployed_then_failed(
         reason: Reason,
         msg: impl Into<String>,
         system: Option<String>,
         boot: Option<String>,
     ) -> End {
-        End { system, boot, ..End::new(Outcome::Failed, Some(reason), Some(msg.into())) }
+        let outcome = Outcome::DeployedThenFailed;
+        End { system, boot, ..End::new(outcome, Some(reason), Some(msg.into())) }
     }
 
     /// The host may be in an unknown state; the message says what to inspect.

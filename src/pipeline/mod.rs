@@ -178,6 +178,7 @@ pub async fn deploy<H: Host>(target: &Target, ctx: &Context, host: H) -> HostRep
         phase_started: Instant::now(),
         agent_started: false,
         facts: None,
+        before: None,
         toplevel: None,
         keys: Vec::new(),
         provenance: Default::default(),
@@ -202,8 +203,11 @@ struct HostRun<'a> {
     phase_started: Instant,
     /// An agent action was started: it owns the run's GC root.
     agent_started: bool,
-    /// What the host runs and boots before the run changes anything.
+    /// What the host runs and boots, as last read: before the run changes
+    /// anything, or again after a reboot or another switch.
     facts: Option<Facts>,
+    /// What the host ran before the run, as first read.
+    before: Option<String>,
     /// The system of the run, once known.
     toplevel: Option<StorePath>,
     /// The host's keys, read before anything on it changes.
@@ -219,6 +223,11 @@ impl<'a> HostRun<'a> {
 
     fn spec(&self) -> &'a HostSpec {
         &self.target.spec
+    }
+
+    /// The host's timing budget.
+    fn budget(&self) -> crate::budget::Budget {
+        crate::budget::Budget::of(&self.spec().timeouts, &self.spec().health_checks)
     }
 
     fn emit(&self, e: Event) {
@@ -291,7 +300,7 @@ impl<'a> HostRun<'a> {
             system: end.system,
             boot: end.boot,
             needs_reboot: end.needs_reboot,
-            before: self.facts.as_ref().and_then(|f| f.current.clone()),
+            before: self.before.take(),
             reason: end.reason,
             message: end.message,
             provenance: self.provenance,

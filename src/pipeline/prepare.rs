@@ -41,6 +41,7 @@ impl HostRun<'_> {
         let next = next_step(&facts, &wanted.toplevel, self.ctx.goal, self.ctx.force);
         let found_self_check = facts.self_check.clone();
         let running = facts.current.clone();
+        self.before = running.clone();
         self.facts = Some(facts);
         self.toplevel = Some(wanted.toplevel.clone());
         self.check_approved(&wanted.toplevel, running.as_deref())?;

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::{End, HostRun};
 use crate::agent::{Facts, LockError};
-use crate::events::{Outcome, Phase, Reason};
+use crate::events::{Phase, Reason};
 use crate::host::{Host, HostError};
 use crate::nix::StorePath;
 
@@ -225,12 +225,12 @@ impl HostRun<'_> {
         let (system, boot) = (facts.current.clone(), facts.boots().map(String::from));
         self.facts = Some(facts);
         if let Err(msg) = verdict {
-            return End::failed_changed(Reason::RebootedIntoOld, msg, system, boot);
+            return End::deployed_then_failed(Reason::RebootedIntoOld, msg, system, boot);
         }
         let left = deadline.saturating_duration_since(Instant::now()).as_secs();
         if let Err(why) = self.healthy_after_reboot(host, left.max(t.preflight)).await {
             let msg = format!("rebooted into {toplevel}, but {why}");
-            return End::failed_changed(Reason::HealthCheck, msg, system, boot);
+            return End::deployed_then_failed(Reason::HealthCheck, msg, system, boot);
         }
         End { system, boot, reason: None, message: None, ..end }
     }
@@ -251,5 +251,9 @@ impl HostRun<'_> {
 
 /// It did not reboot: it runs and boots what the run left.
 fn not_rebooted(end: End, msg: String) -> End {
-    End { outcome: Outcome::Failed, reason: Some(Reason::RebootFailed), message: Some(msg), ..end }
+    let needs_reboot = end.needs_reboot;
+    End {
+        needs_reboot,
+        ..End::deployed_then_failed(Reason::RebootFailed, msg, end.system, end.boot)
+    }
 }

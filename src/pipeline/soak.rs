@@ -23,7 +23,7 @@ pub async fn soak_check<H: Host>(
 
 async fn check<H: Host>(spec: &HostSpec, deployed: &str, host: &mut H) -> Result<(), String> {
     host.connect().await.map_err(|e| format!("could not reach it: {e}"))?;
-    let secs = crate::budget::Budget::of(spec).health;
+    let secs = crate::budget::Budget::of(&spec.timeouts, &spec.health_checks).health;
     let look = host.look(secs).await.map_err(|e| format!("health: {e}"))?;
     if look.current.as_deref() != Some(deployed) {
         let runs = look.current.as_deref().unwrap_or("no system");

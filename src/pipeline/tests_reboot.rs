@@ -48,6 +48,12 @@ async fn with(f: Fake, reboot: Reboot) -> Ran {
     drive(f, |_, ctx| ctx.reboot = reboot).await
 }
 
+/// The activation was confirmed before the reboot was asked for.
+fn confirmed_before_reboot(r: &Ran) -> bool {
+    let at = |call: &str| r.calls.iter().position(|c| c == call);
+    matches!((at("confirm"), at("reboot")), (Some(c), Some(b)) if c < b)
+}
+
 /// The calls from the reboot on.
 fn after_reboot(r: &Ran) -> Vec<&str> {
     let from = r.calls.iter().position(|c| c == "reboot").expect("no reboot");
@@ -146,7 +152,8 @@ async fn coming_back_in_the_old_system_fails_saying_what_it_booted() {
     f.boot_ids = reboots();
     f.later_facts = back_in(OLD, OLD);
     let r = with(f, Reboot::IfNeeded).await;
-    assert_eq!(r.ended(), (Outcome::Failed, Some(Reason::RebootedIntoOld), Some(Phase::Reboot)));
+    let ended = (Outcome::DeployedThenFailed, Some(Reason::RebootedIntoOld), Some(Phase::Reboot));
+    assert_eq!(r.ended(), ended);
     let msg = r.message();
     assert!(msg.contains(&format!("came back in {OLD} instead of {NEW}")), "{msg}");
     assert!(msg.contains("bootloader"), "{msg}");
@@ -195,16 +202,19 @@ async fn a_host_that_keeps_its_old_boot_did_not_reboot_and_is_known() {
         t.spec.timeouts.reboot = 10;
     })
     .await;
-    assert_eq!(r.ended(), (Outcome::Failed, Some(Reason::RebootFailed), Some(Phase::Reboot)));
+    let ended = (Outcome::DeployedThenFailed, Some(Reason::RebootFailed), Some(Phase::Reboot));
+    assert_eq!(r.ended(), ended);
     assert!(r.message().contains("still runs the same boot (boot id boot-1)"), "{}", r.message());
     assert_eq!((r.report.system.as_deref(), r.report.boot.as_deref()), (Some(NEW), Some(NEW)));
     assert_eq!(r.report.needs_reboot, Some(vec!["kernel".to_string()]));
+    assert!(confirmed_before_reboot(&r), "{:?}", r.calls);
+    assert_eq!(crate::exit::exit_for(std::slice::from_ref(&r.report)), Exit::HostsFailed);
 
     // A refusal to schedule it leaves the host as it is, at once.
     let mut f = fake(&["kernel"]);
     f.reboot = Err(super::fake::failed("systemd-run", "Failed to start transient timer unit"));
     let r = with(f, Reboot::Always).await;
-    assert_eq!(r.ended(), (Outcome::Failed, Some(Reason::RebootFailed), Some(Phase::Reboot)));
+    assert_eq!(r.ended(), ended);
     assert!(r.message().contains("Failed to start transient timer unit"), "{}", r.message());
     assert_eq!(after_reboot(&r), ["reboot", "close"]);
 }
@@ -230,12 +240,16 @@ async fn an_unhealthy_host_after_the_reboot_fails_with_the_health_check_reason()
         [health("running", &[]), health("running", &[]), health("degraded", &["db.service"])]
             .into();
     let r = with(f, Reboot::IfNeeded).await;
-    assert_eq!(r.ended(), (Outcome::Failed, Some(Reason::HealthCheck), Some(Phase::Reboot)));
+    let ended = (Outcome::DeployedThenFailed, Some(Reason::HealthCheck), Some(Phase::Reboot));
+    assert_eq!(r.ended(), ended);
     assert_eq!(
         r.message(),
         format!("rebooted into {NEW}, but system is degraded (failed units: db.service)")
     );
-    assert_eq!(r.report.system.as_deref(), Some(NEW));
+    assert_eq!((r.report.system.as_deref(), r.report.boot.as_deref()), (Some(NEW), Some(NEW)));
+    assert_eq!(r.report.before.as_deref(), Some(OLD), "what it ran before the run, not the reboot");
+    assert!(confirmed_before_reboot(&r), "{:?}", r.calls);
+    assert_eq!(crate::exit::exit_for(std::slice::from_ref(&r.report)), Exit::HostsFailed);
 }
 
 #[tokio::test(start_paused = true)]

@@ -251,6 +251,14 @@ mod tests {
             }),
             "[web-1] ROLLED BACK in confirm (1.5s): rolled back: x\n[web-1]   y\n"
         );
+        let rebooted = "rebooted into /nix/store/new, but system is degraded";
+        let r = report("a", Outcome::DeployedThenFailed, Phase::Reboot, Some(rebooted));
+        assert_eq!(
+            h.render(&Event::HostFinished { report: r.clone() }),
+            format!("[a]     DEPLOYED, THEN FAILED in reboot (1.5s): {rebooted}\n")
+        );
+        let table = summary(&[r], None, 1, Duration::from_secs(3));
+        assert!(table.contains("\na     deployed, then failed  reboot"), "{table}");
     }
 
     #[test]

@@ -58,7 +58,7 @@ impl Paint {
     pub fn outcome(self, outcome: Outcome, text: &str) -> String {
         let style = match outcome {
             Outcome::Deployed | Outcome::UpToDate => Style::new().green(),
-            Outcome::Failed => Style::new().red().bold(),
+            Outcome::Failed | Outcome::DeployedThenFailed => Style::new().red().bold(),
             Outcome::RolledBack | Outcome::Unconfirmed | Outcome::Superseded => {
                 Style::new().yellow().bold()
             }

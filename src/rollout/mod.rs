@@ -200,10 +200,18 @@ pub fn after_soak(
     let failed = format!("failed its check {secs} s after its wave: {why}");
     let (outcome, system, boot, message) = match reverted {
         None => (
-            Outcome::Failed,
+            Outcome::DeployedThenFailed,
             deployed.system.clone(),
             deployed.boot.clone(),
-            format!("{failed}; it ran the same system before this run, so it keeps it"),
+            match deployed.before {
+                Some(_) => {
+                    format!("{failed}; it ran the same system before this run, so it keeps it")
+                }
+                None => format!(
+                    "{failed}; what it ran before this run is not known, so it keeps the system \
+                     deployed"
+                ),
+            },
         ),
         Some(r) if r.outcome.is_success() => (
             Outcome::RolledBack,
@@ -215,7 +223,7 @@ pub fn after_soak(
             let (outcome, system, boot) = if r.outcome == Outcome::Unknown {
                 (Outcome::Unknown, None, None)
             } else {
-                (Outcome::Failed, deployed.system.clone(), deployed.boot.clone())
+                (Outcome::DeployedThenFailed, deployed.system.clone(), deployed.boot.clone())
             };
             let how = r.message.clone().unwrap_or_else(|| r.outcome.to_string());
             let msg = format!("{failed}; returning to the system it ran before failed: {how}");

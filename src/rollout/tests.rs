@@ -202,14 +202,24 @@ fn a_soak_failure_reports_the_return_to_the_previous_system_or_why_it_failed() {
     let mut refused = report(Outcome::Failed, "/nix/store/new", "/nix/store/new");
     refused.message = Some("unreachable".into());
     let r = after_soak(&deployed, Some(&refused), "x", 20);
-    assert_eq!(r.outcome, Outcome::Failed, "still runs the new system: a known state");
-    assert_eq!(r.system.as_deref(), Some("/nix/store/new"));
-    assert!(r.message.unwrap().ends_with("failed: unreachable"));
+    let still = "still runs the new system: changed, and a known state";
+    assert_eq!((r.outcome, r.reason), (Outcome::DeployedThenFailed, Some(Reason::Soak)), "{still}");
+    assert_eq!(
+        (r.system.as_deref(), r.boot.as_deref()),
+        (Some("/nix/store/new"), Some("/nix/store/new"))
+    );
+    assert!(r.message.as_deref().unwrap().ends_with("failed: unreachable"));
+    assert!(r.outcome.counts_as_failure());
+    assert_eq!(crate::exit::exit_for(&[r]), crate::exit::Exit::HostsFailed);
 
     let lost = HostReport { outcome: Outcome::Unknown, ..refused.clone() };
     assert_eq!(after_soak(&deployed, Some(&lost), "x", 20).outcome, Outcome::Unknown);
-    let same = after_soak(&deployed, None, "x", 20);
-    assert_eq!((same.outcome, same.reason), (Outcome::Failed, Some(Reason::Soak)));
+    let unknown_before = HostReport { before: None, ..deployed.clone() };
+    let kept = after_soak(&unknown_before, None, "x", 20);
+    assert_eq!((kept.outcome, kept.reason), (Outcome::DeployedThenFailed, Some(Reason::Soak)));
+    assert_eq!(kept.system.as_deref(), Some("/nix/store/new"));
+    let msg = kept.message.unwrap();
+    assert!(msg.ends_with("not known, so it keeps the system deployed"), "{msg}");
 }
 
 #[test]

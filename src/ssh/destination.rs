@@ -1,12 +1,12 @@
-//! How to reach a host, from its inventory record: user, host, port,
-//! escalation; and the one place a remote command line is made
+//! How to reach a host, from how to log in to it (`fleet::SshLogin`):
+//! user, host, port, escalation; and the one place a remote command line is made
 //! ([`Destination::line_for`]): the escalation prefix, the remote bound
 //! (`timeout`), then the argv, every argument quoted by [`quote_argv`].
 
-use crate::fleet::HostSpec;
+use crate::fleet::SshLogin;
 use crate::process::{quote_argv, Cmd};
 
-/// How to reach a host: derived from its inventory record.
+/// How to reach a host: derived from how to log in to it.
 #[derive(Debug, Clone)]
 pub struct Destination {
     /// As ssh takes it: a name or a bare address (IPv6 without brackets).
@@ -23,11 +23,11 @@ pub struct Destination {
 }
 
 impl Destination {
-    pub fn from_spec(spec: &HostSpec) -> Destination {
-        let escalate = if spec.ssh_user == "root" {
+    pub fn new(login: SshLogin) -> Destination {
+        let escalate = if login.user == "root" {
             Vec::new()
         } else {
-            let mut words: Vec<String> = spec.sudo.split_whitespace().map(String::from).collect();
+            let mut words: Vec<String> = login.sudo.split_whitespace().map(String::from).collect();
             // Never let sudo (or doas) wait for a password nobody will type.
             let program = words.first().and_then(|w| w.rsplit('/').next());
             if matches!(program, Some("sudo" | "doas"))
@@ -38,13 +38,13 @@ impl Destination {
             words
         };
         Destination {
-            host: spec.hostname.clone(),
-            user: spec.ssh_user.clone(),
-            port: spec.ssh_port,
-            ssh_opts: spec.ssh_opts.clone(),
+            host: login.hostname,
+            user: login.user,
+            port: login.port,
+            ssh_opts: login.ssh_opts,
             escalate,
             password: None,
-            connect_timeout: spec.timeouts.connect,
+            connect_timeout: login.connect_timeout,
         }
     }
 
@@ -126,11 +126,19 @@ pub fn percent_encode(s: &str) -> String {
 mod tests {
     use super::*;
 
+    fn login(user: &str, host: &str) -> SshLogin {
+        SshLogin {
+            hostname: host.into(),
+            user: user.into(),
+            port: 22,
+            ssh_opts: Vec::new(),
+            sudo: "sudo".into(),
+            connect_timeout: 10,
+        }
+    }
+
     fn dest(user: &str, host: &str) -> Destination {
-        let mut spec = HostSpec::with_defaults("web1");
-        spec.ssh_user = user.into();
-        spec.hostname = host.into();
-        Destination::from_spec(&spec)
+        Destination::new(login(user, host))
     }
 
     #[test]
@@ -144,15 +152,11 @@ mod tests {
         );
         assert_eq!(d.argv_for(&Cmd::new(["id"]).unprivileged().unbounded()), vec!["id"]);
         assert!(dest("root", "web1").escalate.is_empty());
-        let mut spec = HostSpec::with_defaults("web1");
-        spec.ssh_user = "ops".into();
-        spec.sudo = "doas".into();
-        assert_eq!(Destination::from_spec(&spec).escalate, vec!["doas", "-n"]);
-        spec.sudo = "/run/wrappers/bin/doas -u root".into();
-        assert_eq!(
-            Destination::from_spec(&spec).escalate,
-            ["/run/wrappers/bin/doas", "-n", "-u", "root"]
-        );
+        let doas = SshLogin { sudo: "doas".into(), ..login("ops", "web1") };
+        assert_eq!(Destination::new(doas).escalate, vec!["doas", "-n"]);
+        let doas =
+            SshLogin { sudo: "/run/wrappers/bin/doas -u root".into(), ..login("ops", "web1") };
+        assert_eq!(Destination::new(doas).escalate, ["/run/wrappers/bin/doas", "-n", "-u", "root"]);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! comes back in the new system (a new boot id, /run/booted-system and
 //! /run/current-system both the new system); `if-needed` reboots only what
 //! needs it; a host that never comes back is reported unknown within the
-//! reboot timeout; a goal without a boot entry is refused up front.
+//! reboot timeout; one that comes back unhealthy was deployed, then failed;
+//! a goal without a boot entry is refused up front.
 
 use std::time::Duration;
 
@@ -145,4 +146,34 @@ fn goal_boot_with_reboot_always_is_the_way_in_for_a_new_init() {
     assert_ne!(t.boot_id(), before);
     assert_runs_and_boots(t, &new);
     assert_eq!(t.ssh_ok("cat /run/demo-web/version"), "healthy-v2");
+}
+
+/// A host that comes back from its reboot in the new system but fails a
+/// health check there was changed by the run: it ends
+/// `deployed-then-failed` (not `failed`, which says nothing changed), runs
+/// and boots the new system, and the run exits 1 (a known state).
+#[test]
+fn a_host_unhealthy_after_its_reboot_was_deployed_then_failed() {
+    let lab = Lab::boot(1, Suite::Bookworm);
+    let t = &lab.targets[0];
+    let v1 = baseline(&lab, "h", t, "healthy-v1");
+    // /run is memory: the check holds until the host reboots.
+    t.ssh_ok("touch /run/lab-before-the-reboot");
+    let check = r#"healthChecks = [ { command = [ "test" "-e" "/run/lab-before-the-reboot" ]; period = 1; timeout = 3; } ];"#;
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "healthy-v2", check)]);
+    let before = t.boot_id();
+    let run = deploy(&f, &["--all", "--reboot", "always"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(
+        (run.outcome("h").as_str(), run.reason("h").as_str(), run.phase("h").as_str()),
+        ("deployed-then-failed", "health-check", "reboot"),
+        "{run}"
+    );
+    let v2 = run.system("h");
+    assert_ne!(v2, v1);
+    assert!(run.message("h").starts_with(&format!("rebooted into {v2}, but ")), "{run}");
+    assert_eq!(run.report("h")["boot"], v2.as_str(), "{run}");
+    assert_eq!(run.report("h")["before"], v1.as_str(), "what it ran before the run: {run}");
+    assert_ne!(t.boot_id(), before, "it rebooted");
+    assert_runs_and_boots(t, &v2);
 }

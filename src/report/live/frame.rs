@@ -70,6 +70,7 @@ pub fn header(c: &Counts, elapsed: Option<Duration>, paint: Paint) -> String {
         count(c.rolled_back, "rolled back", Paint::yellow),
     ];
     for (n, what) in [
+        (c.deployed_then_failed, "deployed, then failed"),
         (c.unconfirmed, "not confirmed"),
         (c.superseded, "superseded"),
         (c.unknown, "UNKNOWN STATE"),
@@ -132,6 +133,7 @@ pub fn finished_lines(h: &HostState, report: &HostReport, paint: Paint) -> Vec<S
     let (mark, word) = match report.outcome {
         Outcome::Deployed | Outcome::UpToDate => ("✔", report.outcome.to_string()),
         Outcome::Failed => ("✘", "FAILED".to_string()),
+        Outcome::DeployedThenFailed => ("✘", report.outcome.to_string().to_uppercase()),
         Outcome::RolledBack | Outcome::Unconfirmed | Outcome::Superseded => {
             ("↺", report.outcome.to_string().to_uppercase())
         }

@@ -51,6 +51,7 @@ pub struct Counts {
     pub cancelled: usize,
     pub skipped: usize,
     pub unchecked: usize,
+    pub deployed_then_failed: usize,
 }
 
 /// The end of the run, as `run-finished` says it.
@@ -175,6 +176,7 @@ impl State {
                     Outcome::Cancelled => &mut c.cancelled,
                     Outcome::Skipped => &mut c.skipped,
                     Outcome::Unchecked => &mut c.unchecked,
+                    Outcome::DeployedThenFailed => &mut c.deployed_then_failed,
                 },
             };
             *n += 1;

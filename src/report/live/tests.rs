@@ -134,6 +134,22 @@ fn the_header_names_rare_outcomes_only_when_they_happen() {
 }
 
 #[test]
+fn a_host_deployed_then_failed_is_counted_and_shown_as_such() {
+    let t0 = Instant::now();
+    let mut s = State::new();
+    s.apply(&started(2).0, t0);
+    let r = report("host-001", Outcome::DeployedThenFailed, Phase::Reboot, Some("rebooted, but"));
+    let h = s.apply(&Event::HostFinished { report: r.clone() }, t0).unwrap().clone();
+    assert_eq!(
+        finished_lines(&h, &r, OFF)[0],
+        "✘ host-001 DEPLOYED, THEN FAILED in reboot (4.2s): rebooted, but"
+    );
+    let c = s.counts();
+    assert_eq!((c.deployed_then_failed, c.failed), (1, 0));
+    assert!(header(&c, None, OFF).ends_with("0 rolled back, 1 deployed, then failed"));
+}
+
+#[test]
 fn a_failing_host_leaves_its_result_and_last_twenty_lines() {
     let t0 = Instant::now();
     let mut s = State::new();
