@@ -3,14 +3,20 @@
 //! per host what activating it would change — packages, closure size,
 //! units, reboot — and change nothing: the host lock is held while it
 //! looks, and the run's GC root is dropped at the end. What could not be
-//! found out is said to be unknown, and why; never "none".
+//! found out is said to be unknown, and why; never "none". It talks to a
+//! host through [`Host`] and emits the events of a run: `run-started`, the
+//! build's `output` lines, one `host-diff` per host, `run-finished` with
+//! the exit code.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::Serialize;
-use tokio::sync::Semaphore;
 
 use crate::agent::Changes;
+use crate::events::{Event, Phase, Sink};
+use crate::exit::Exit;
+use crate::fanout::Fanout;
 use crate::host::{Host, HostError, HostResult, Shared, SshHost};
 use crate::nix::StorePath;
 use crate::select::Target;
@@ -48,40 +54,63 @@ pub enum Shows {
     Rollback { to_generation: Option<u32> },
 }
 
-/// Diff every host, at most `max_parallel` at once; in target order.
-/// `shared`: the run's shared work (a deploy after `--ask` reuses it: the
-/// same archived flake, the same local builds).
+/// 0 when every host's changes are known, 1 otherwise.
+pub fn exit(all: &[HostDiff]) -> Exit {
+    match all.iter().all(|d| d.unknowns().is_empty()) {
+        true => Exit::Success,
+        false => Exit::HostsFailed,
+    }
+}
+
+/// Diff every host (through the run's fan-out), with the run's events to
+/// `sink`; in target order. `shared`: the run's shared work (a deploy
+/// after `--ask` reuses it: the same archived flake, the same local builds).
 pub async fn diff_all(
     targets: &[Target],
     run: Arc<Run>,
-    max_parallel: usize,
+    fanout: &Fanout,
     shared: Arc<Shared>,
+    sink: &Sink,
 ) -> Vec<HostDiff> {
-    let permits = Arc::new(Semaphore::new(max_parallel.max(1)));
-    let tasks: Vec<_> = targets
-        .iter()
-        .cloned()
-        .map(|t| {
-            let (permits, shared, run) = (permits.clone(), shared.clone(), run.clone());
-            tokio::spawn(async move {
-                let _permit = permits.acquire_owned().await.expect("never closed");
+    let started = Instant::now();
+    let hosts = targets.iter().map(|t| t.name.clone()).collect();
+    sink(Event::RunStarted { run_id: run.run_id.clone(), hosts, waves: None });
+    let each = sink.clone();
+    let diffs = fanout
+        .each(targets.to_vec(), move |t: Target| {
+            let (run, shared, sink) = (run.clone(), shared.clone(), each.clone());
+            async move {
                 let dest = Destination::from_spec(&t.spec);
-                let mut host = SshHost::new(&t.name, dest, &run.run_id, shared);
-                let diff = diff_one(&t, &run, &mut host).await;
-                let _ = host.drop_root(10).await;
-                host.close().await;
+                let host = SshHost::new(&t.name, dest, &run.run_id, shared);
+                let diff = diff_one(&t, &run, host, &sink).await;
+                sink(diff.event());
+                diff
+            }
+        })
+        .await;
+    let all: Vec<HostDiff> = diffs
+        .into_iter()
+        .zip(targets)
+        .map(|(d, t)| {
+            d.unwrap_or_else(|p| {
+                let diff = failed(&t.name, p.to_string());
+                sink(diff.event());
                 diff
             })
         })
         .collect();
-    let mut all = Vec::with_capacity(tasks.len());
-    for (task, t) in tasks.into_iter().zip(targets) {
-        all.push(task.await.unwrap_or_else(|e| failed(&t.name, format!("internal error: {e}"))));
-    }
+    let (exit_code, duration) = (exit(&all).code(), started.elapsed());
+    sink(Event::RunFinished { reports: Vec::new(), exit_code, duration });
     all
 }
 
 impl HostDiff {
+    /// Its `host-diff` event.
+    pub fn event(&self) -> Event {
+        let diff = serde_json::to_value(self).expect("a diff serializes");
+        Event::HostDiff { host: self.host.clone(), diff }
+    }
+
     /// What is not known of the host's changes: why its diff failed, or
     /// each part that could not be found out.
     pub fn unknowns(&self) -> Vec<String> {
@@ -105,41 +134,56 @@ fn failed(host: &str, error: String) -> HostDiff {
     }
 }
 
-async fn diff_one(t: &Target, run: &Run, host: &mut SshHost) -> HostDiff {
-    let mut quiet = |_: &str| {};
-    let looked = async {
-        let timeouts = t.spec.timeouts;
-        host.connect().await?;
-        host.lock(&run.owner, "purpose diff\n", None, timeouts.lock).await?;
-        let toplevel = match run.shows {
-            Shows::Build => build(t, &run.flake, host, &mut quiet).await?,
-            Shows::Rollback { to_generation } => host.generation(to_generation, 30).await?.1,
-        };
-        let facts = host.facts(&toplevel, None, 30).await?;
-        let current = facts.current.clone();
-        let up_to_date = current.as_deref() == Some(toplevel.as_str());
-        let changes = match up_to_date {
-            true => None,
-            false => Some(host.changes(current.as_deref(), &toplevel, timeouts.self_check).await?),
-        };
-        Ok::<_, HostError>(HostDiff {
-            host: t.name.clone(),
-            error: None,
-            current,
-            new: Some(toplevel.to_string()),
-            up_to_date,
-            changes,
-            keys: t.spec.keys.values().map(crate::upload::Listed::of).collect(),
-        })
+/// One host's changes, through `host` (its GC root of the run dropped,
+/// its lock released and its connection closed after). What the build
+/// prints goes to `sink` as the host's `output`.
+pub async fn diff_one<H: Host>(t: &Target, run: &Run, mut host: H, sink: &Sink) -> HostDiff {
+    let (name, lines) = (t.name.clone(), sink.clone());
+    let mut out = move |l: &str| {
+        lines(Event::Output { host: name.clone(), phase: Phase::Build, line: l.to_string() })
     };
-    looked.await.unwrap_or_else(|e| failed(&t.name, e.to_string()))
+    let diff = look(t, run, &mut host, &mut out).await;
+    let _ = host.drop_root(10).await;
+    host.close().await;
+    diff.unwrap_or_else(|e| failed(&t.name, e.to_string()))
+}
+
+async fn look<H: Host>(
+    t: &Target,
+    run: &Run,
+    host: &mut H,
+    out: crate::process::Lines<'_>,
+) -> HostResult<HostDiff> {
+    let timeouts = t.spec.timeouts;
+    host.connect().await?;
+    host.lock(&run.owner, "purpose diff\n", None, timeouts.lock).await?;
+    let toplevel = match run.shows {
+        Shows::Build => build(t, &run.flake, host, out).await?,
+        Shows::Rollback { to_generation } => host.generation(to_generation, 30).await?.1,
+    };
+    let facts = host.facts(&toplevel, None, 30).await?;
+    let current = facts.current.clone();
+    let up_to_date = current.as_deref() == Some(toplevel.as_str());
+    let changes = match up_to_date {
+        true => None,
+        false => Some(host.changes(current.as_deref(), &toplevel, timeouts.self_check).await?),
+    };
+    Ok::<_, HostError>(HostDiff {
+        host: t.name.clone(),
+        error: None,
+        current,
+        new: Some(toplevel.to_string()),
+        up_to_date,
+        changes,
+        keys: t.spec.keys.values().map(crate::upload::Listed::of).collect(),
+    })
 }
 
 /// Copy and build as a deploy would (on the target, or elsewhere and copied).
-async fn build(
+async fn build<H: Host>(
     t: &Target,
     flake: &str,
-    host: &mut SshHost,
+    host: &mut H,
     out: crate::process::Lines<'_>,
 ) -> HostResult<StorePath> {
     let s = &t.spec;
@@ -234,12 +278,6 @@ fn name(p: &Option<String>) -> String {
     p.strip_prefix("/nix/store/")
         .and_then(|n| n.split_once('-'))
         .map_or(p.clone(), |(_, n)| n.to_string())
-}
-
-/// One JSON document: `{"v":1,"hosts":[...]}`.
-pub fn json(all: &[HostDiff]) -> String {
-    let v = serde_json::json!({ "v": crate::events::JSON_VERSION, "hosts": all });
-    format!("{v}\n")
 }
 
 #[cfg(test)]

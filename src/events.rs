@@ -445,6 +445,24 @@ pub enum Event {
     HostFinished {
         report: HostReport,
     },
+    /// `deploy-flake status`: one host's answer (the object `status`:
+    /// `host`, `error`, `state`, `drift`), or why there is none. Nothing
+    /// changed on it.
+    HostStatus {
+        host: String,
+        status: serde_json::Value,
+    },
+    /// `deploy-flake diff`: what activating its new system would change on
+    /// one host (the object `diff`: `host`, `error`, `current`, `new`,
+    /// `up_to_date`, `changes`, `keys`), or why it is not known. Nothing
+    /// changed on it.
+    HostDiff {
+        host: String,
+        diff: serde_json::Value,
+    },
+    /// The run's end: every host's report (none for `status` and `diff`:
+    /// their answers are their `host-status` and `host-diff` events), and
+    /// the exit code.
     RunFinished {
         reports: Vec<HostReport>,
         exit_code: u8,

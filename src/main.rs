@@ -16,7 +16,9 @@ use std::sync::Arc;
 use deploy_flake::cli::{Action, Cli, Command, Options, OutputFormat, Terminal};
 use deploy_flake::diff::HostDiff;
 use deploy_flake::diff::Shows;
+use deploy_flake::events::Sink;
 use deploy_flake::exit::Exit;
+use deploy_flake::fanout::Fanout;
 use deploy_flake::host::Shared;
 use deploy_flake::inventory::DEFAULT_EVAL_TIMEOUT;
 use deploy_flake::pipeline::{Approved, Context as RunContext, Interrupt, InterruptHandle, Mode};
@@ -126,16 +128,35 @@ fn elsewhere(
 
 /// `deploy-flake status`: 0 when every host answered, 1 otherwise.
 async fn status(targets: Vec<Target>, options: &Options) -> Exit {
-    let parallel = parallel(options, targets.len());
-    let all = deploy_flake::status::query_all(&targets, parallel).await;
-    match options.output {
-        OutputFormat::Json => print!("{}", deploy_flake::status::json(&all)),
-        OutputFormat::Human => print!("{}", safe::text(&deploy_flake::status::render(&all))),
+    let fanout = Fanout::new(parallel(options, targets.len()));
+    let (sink, output) = data_sink(options);
+    let run_id = pipeline::new_run_id();
+    let all = deploy_flake::status::query_all(&targets, &run_id, &fanout, &sink).await;
+    finish(sink, output);
+    if options.output == OutputFormat::Human {
+        print!("{}", safe::text(&deploy_flake::status::render(&all)));
     }
-    if all.iter().all(|s| s.error.is_none()) {
-        Exit::Success
-    } else {
-        Exit::HostsFailed
+    deploy_flake::status::exit(&all)
+}
+
+/// Where `status` and `diff` send their events: with `--json`, the JSON
+/// Lines stream a deploy writes; otherwise nowhere (they print their own
+/// text at the end).
+fn data_sink(options: &Options) -> (Sink, Option<report::Output>) {
+    match options.output {
+        OutputFormat::Json => {
+            let (sink, output) = report::stdout(report::Display::Json);
+            (sink, Some(output))
+        }
+        OutputFormat::Human => (Arc::new(|_| {}), None),
+    }
+}
+
+/// Everything said is written (the run's sinks are dropped by then).
+fn finish(sink: Sink, output: Option<report::Output>) {
+    drop(sink);
+    if let Some(output) = output {
+        output.finish();
     }
 }
 
@@ -148,8 +169,8 @@ async fn keys(targets: Vec<Target>, options: &Options) -> Exit {
         let run_id = pipeline::new_run_id();
         let origin = format!("flake {}\ngoal keys\n", options.flake);
         let run = upload::Run { owner: pipeline::lock_owner(&run_id), run_id, origin };
-        let parallel = options.max_parallel.unwrap_or(targets.len()).max(1);
-        upload::upload_all(&targets, Arc::new(run), parallel).await
+        let fanout = Fanout::new(parallel(options, targets.len()));
+        upload::upload_all(&targets, Arc::new(run), &fanout).await
     };
     match options.output {
         OutputFormat::Json => print!("{}", upload::json(&all)),
@@ -162,8 +183,14 @@ async fn keys(targets: Vec<Target>, options: &Options) -> Exit {
     }
 }
 
-/// Build every host and say what would change on each.
-async fn diffs(targets: &[Target], options: &Options, shared: Arc<Shared>) -> Vec<HostDiff> {
+/// Build every host and say what would change on each; the run's events
+/// to `sink`.
+async fn diffs(
+    targets: &[Target],
+    options: &Options,
+    shared: Arc<Shared>,
+    sink: &Sink,
+) -> Vec<HostDiff> {
     let run_id = pipeline::new_run_id();
     let shows = match options.mode {
         Mode::Rollback { to_generation } => Shows::Rollback { to_generation },
@@ -175,9 +202,9 @@ async fn diffs(targets: &[Target], options: &Options, shared: Arc<Shared>) -> Ve
         run_id,
         shows,
     };
-    let parallel = parallel(options, targets.len());
+    let fanout = Fanout::new(parallel(options, targets.len()));
     prefetch_archive(targets, options, &shared);
-    deploy_flake::diff::diff_all(targets, Arc::new(run), parallel, shared).await
+    deploy_flake::diff::diff_all(targets, Arc::new(run), &fanout, shared, sink).await
 }
 
 /// When hosts or a build host will build the flake, archive it (once)
@@ -197,17 +224,14 @@ fn prefetch_archive(targets: &[Target], options: &Options, shared: &Arc<Shared>)
 
 /// `deploy-flake diff`: 0 when every host's changes are known, 1 otherwise.
 async fn diff(targets: Vec<Target>, options: &Options, shared: Arc<Shared>) -> Exit {
-    let all = diffs(&targets, options, shared.clone()).await;
+    let (sink, output) = data_sink(options);
+    let all = diffs(&targets, options, shared.clone(), &sink).await;
     shared.elsewhere.close().await;
-    match options.output {
-        OutputFormat::Json => print!("{}", deploy_flake::diff::json(&all)),
-        OutputFormat::Human => print!("{}", safe::text(&deploy_flake::diff::render(&all))),
+    finish(sink, output);
+    if options.output == OutputFormat::Human {
+        print!("{}", safe::text(&deploy_flake::diff::render(&all)));
     }
-    if all.iter().all(|d| d.unknowns().is_empty()) {
-        Exit::Success
-    } else {
-        Exit::HostsFailed
-    }
+    deploy_flake::diff::exit(&all)
 }
 
 /// `-v`: what the tool does (every command run, with its duration);
@@ -246,7 +270,7 @@ async fn ask_then_deploy(
     if !answered && !std::io::stdin().is_terminal() {
         anyhow::bail!("--ask needs a terminal to ask on; pass --yes to go on without asking");
     }
-    let shown = diffs(&targets, options, shared.clone()).await;
+    let shown = diffs(&targets, options, shared.clone(), &(Arc::new(|_| {}) as Sink)).await;
     eprint!("{}", safe::text(&deploy_flake::diff::render(&shown)));
     // Each host as it was shown: its new system, and what it ran then.
     let approved: BTreeMap<String, Approved> = shown

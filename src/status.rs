@@ -1,15 +1,21 @@
 //! `deploy-flake status`: what every selected host runs and boots, in
-//! parallel, one login each (bounded by its connect timeout), read-only:
-//! nothing is installed or written on a host.
+//! parallel (the run's fan-out), one login each (bounded by its connect
+//! timeout), read-only: nothing is installed or written on a host. It talks
+//! to a host through [`Host`] and emits the events of a run: `run-started`,
+//! one `host-status` per host, `run-finished` with the exit code.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::Serialize;
-use tokio::sync::Semaphore;
 
-use crate::agent::{self, HostState};
+use crate::agent::HostState;
+use crate::events::{Event, Sink};
+use crate::exit::Exit;
+use crate::fanout::Fanout;
+use crate::host::{Host, Shared, SshHost};
 use crate::select::Target;
-use crate::ssh::{Destination, Ssh};
+use crate::ssh::Destination;
 
 /// One host's answer, or why there is none.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -22,48 +28,79 @@ pub struct Status {
     pub drift: Vec<String>,
 }
 
-/// Ask every host, at most `max_parallel` at once; in target order.
-pub async fn query_all(targets: &[Target], max_parallel: usize) -> Vec<Status> {
-    let permits = Arc::new(Semaphore::new(max_parallel.max(1)));
-    let tasks: Vec<_> = targets
-        .iter()
-        .cloned()
-        .map(|t| {
-            let permits = permits.clone();
-            tokio::spawn(async move {
-                let _permit = permits.acquire_owned().await.expect("never closed");
-                query(&t).await
+impl Status {
+    fn failed(host: &str, error: String) -> Status {
+        Status { host: host.into(), error: Some(error), state: None, drift: Vec::new() }
+    }
+
+    /// Its `host-status` event.
+    pub fn event(&self) -> Event {
+        let status = serde_json::to_value(self).expect("a status serializes");
+        Event::HostStatus { host: self.host.clone(), status }
+    }
+}
+
+/// 0 when every host answered, 1 otherwise.
+pub fn exit(all: &[Status]) -> Exit {
+    match all.iter().all(|s| s.error.is_none()) {
+        true => Exit::Success,
+        false => Exit::HostsFailed,
+    }
+}
+
+/// Ask every host (through the run's fan-out), with the run's events to
+/// `sink`; in target order.
+pub async fn query_all(
+    targets: &[Target],
+    run_id: &str,
+    fanout: &Fanout,
+    sink: &Sink,
+) -> Vec<Status> {
+    let started = Instant::now();
+    let hosts = targets.iter().map(|t| t.name.clone()).collect();
+    sink(Event::RunStarted { run_id: run_id.to_string(), hosts, waves: None });
+    let (run_id, each) = (run_id.to_string(), sink.clone());
+    let shared = Arc::new(Shared::default());
+    let answers = fanout
+        .each(targets.to_vec(), move |t: Target| {
+            let (run_id, sink, shared) = (run_id.clone(), each.clone(), shared.clone());
+            async move {
+                let host = SshHost::new(&t.name, Destination::from_spec(&t.spec), &run_id, shared);
+                let status = query(&t, host).await;
+                sink(status.event());
+                status
+            }
+        })
+        .await;
+    let all: Vec<Status> = answers
+        .into_iter()
+        .zip(targets)
+        .map(|(a, t)| {
+            a.unwrap_or_else(|p| {
+                let status = Status::failed(&t.name, p.to_string());
+                sink(status.event());
+                status
             })
         })
         .collect();
-    let mut all = Vec::with_capacity(tasks.len());
-    for (task, t) in tasks.into_iter().zip(targets) {
-        all.push(task.await.unwrap_or_else(|e| Status {
-            host: t.name.clone(),
-            error: Some(format!("internal error: {e}")),
-            state: None,
-            drift: Vec::new(),
-        }));
-    }
+    let (exit_code, duration) = (exit(&all).code(), started.elapsed());
+    sink(Event::RunFinished { reports: Vec::new(), exit_code, duration });
     all
 }
 
-async fn query(t: &Target) -> Status {
-    let secs = t.spec.timeouts.connect;
-    let answer = async {
-        let ssh = Ssh::connect(&t.name, Destination::from_spec(&t.spec))
-            .await
-            .map_err(|e| e.to_string())?;
-        let secs = secs.saturating_add(crate::budget::REMOTE_MARGIN_SECS);
-        let state = agent::status(&ssh, secs).await.map_err(|e| e.to_string());
-        ssh.close().await;
-        state
+/// One host's answer, through `host` (which is closed after).
+pub async fn query<H: Host>(t: &Target, mut host: H) -> Status {
+    let secs = t.spec.timeouts.connect.saturating_add(crate::budget::REMOTE_MARGIN_SECS);
+    let answer = match host.connect().await {
+        Ok(()) => host.status(secs).await,
+        Err(e) => Err(e),
     };
-    match answer.await {
+    host.close().await;
+    match answer {
         Ok(state) => {
             Status { host: t.name.clone(), error: None, drift: drift(&state), state: Some(state) }
         }
-        Err(e) => Status { host: t.name.clone(), error: Some(e), state: None, drift: Vec::new() },
+        Err(e) => Status::failed(&t.name, e.to_string()),
     }
 }
 
@@ -178,12 +215,6 @@ fn utc(secs: &str) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     format!("{y}-{m:02}-{d:02} {:02}:{:02}Z", rem / 3600, rem % 3600 / 60)
-}
-
-/// One JSON document: `{"v":1,"hosts":[...]}`.
-pub fn json(all: &[Status]) -> String {
-    let v = serde_json::json!({ "v": crate::events::JSON_VERSION, "hosts": all });
-    format!("{v}\n")
 }
 
 #[cfg(test)]

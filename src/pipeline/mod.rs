@@ -15,7 +15,7 @@ mod activate;
 mod drive;
 mod end;
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 mod lock;
 mod origin;
 mod prepare;
