@@ -17,10 +17,9 @@ use crate::agent::Changes;
 use crate::events::{Event, Phase, Sink};
 use crate::exit::Exit;
 use crate::fanout::Fanout;
-use crate::host::{Host, HostError, HostResult, Shared, SshHost};
+use crate::host::{Host, HostError, HostResult};
 use crate::nix::StorePath;
 use crate::select::Target;
-use crate::ssh::Destination;
 
 /// One host's changes, or why there are none to show.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -62,27 +61,24 @@ pub fn exit(all: &[HostDiff]) -> Exit {
     }
 }
 
-/// Diff every host (through the run's fan-out), with the run's events to
-/// `sink`; in target order. `shared`: the run's shared work (a deploy
-/// after `--ask` reuses it: the same archived flake, the same local builds).
-pub async fn diff_all(
+/// Diff every host (through the run's fan-out; `open` gives the host of a
+/// target), with the run's events to `sink`; in target order.
+pub async fn diff_all<H: Host + 'static>(
     targets: &[Target],
     run: Arc<Run>,
     fanout: &Fanout,
-    shared: Arc<Shared>,
+    open: impl Fn(&Target) -> H + Send + Sync + 'static,
     sink: &Sink,
 ) -> Vec<HostDiff> {
     let started = Instant::now();
     let hosts = targets.iter().map(|t| t.name.clone()).collect();
     sink(Event::RunStarted { run_id: run.run_id.clone(), hosts, waves: None });
-    let each = sink.clone();
+    let (each, open) = (sink.clone(), Arc::new(open));
     let diffs = fanout
         .each(targets.to_vec(), move |t: Target| {
-            let (run, shared, sink) = (run.clone(), shared.clone(), each.clone());
+            let (run, open, sink) = (run.clone(), open.clone(), each.clone());
             async move {
-                let dest = Destination::from_spec(&t.spec);
-                let host = SshHost::new(&t.name, dest, &run.run_id, shared);
-                let diff = diff_one(&t, &run, host, &sink).await;
+                let diff = diff_one(&t, &run, open(&t), &sink).await;
                 sink(diff.event());
                 diff
             }
@@ -342,6 +338,160 @@ mod tests {
         assert_eq!(
             render(&[d, up]),
             "web1: nixos-system-a -> nixos-system-b\n  packages: +hello 1.0 (+0.2 KiB)\n  closure:  1.0 MiB -> 3.0 MiB (+2.0 MiB)\n  units:    restart web.service\n  reboot:   needed (kernel changed)\n  key:      db -> /run/keys/db (postgres:keys 0640, pre-activation)\ndb1: up to date\n"
+        );
+    }
+}
+
+/// `diff` against the fake host: each outcome, with its message.
+#[cfg(test)]
+mod through_a_host {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::agent::{LockError, PackageChange};
+    use crate::fleet::HostSpec;
+    use crate::pipeline::fake::{self, Fake, NEW, OLD};
+
+    fn run() -> Run {
+        let (flake, run_id, owner) = (".".into(), "run1".into(), "run run1 by me".into());
+        Run { flake, run_id, owner, shows: Shows::Build }
+    }
+
+    /// The diff, the calls the fake saw and the events sent.
+    async fn diff(fake: Fake) -> (HostDiff, Vec<String>, Vec<Event>) {
+        let t = Target { name: "web1".into(), spec: HostSpec::with_defaults("web1") };
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = events.clone();
+        let sink: Sink = Arc::new(move |e| seen.lock().unwrap().push(e));
+        let calls = fake.calls.clone();
+        let d = diff_one(&t, &run(), fake, &sink).await;
+        let calls = calls.lock().unwrap().clone();
+        let events = events.lock().unwrap().clone();
+        (d, calls, events)
+    }
+
+    fn runs(current: &str) -> crate::agent::Facts {
+        let mut facts = Fake::new().facts.unwrap();
+        facts.current = Some(current.into());
+        facts
+    }
+
+    #[tokio::test]
+    async fn a_host_that_runs_the_build_is_up_to_date_and_asked_nothing_more() {
+        let mut fake = Fake::new();
+        fake.facts = Ok(runs(NEW));
+        let (d, calls, events) = diff(fake).await;
+        assert!(d.up_to_date && d.error.is_none() && d.changes.is_none(), "{d:?}");
+        assert_eq!(render(std::slice::from_ref(&d)), "web1: up to date\n");
+        assert_eq!(exit(&[d]), Exit::Success);
+        assert!(!calls.iter().any(|c| c.starts_with("changes")), "{calls:?}");
+        assert_eq!(calls.first().map(String::as_str), Some("connect"));
+        assert_eq!(&calls[calls.len() - 2..], ["drop-root", "close"], "{calls:?}");
+        let building =
+            Event::Output { host: "web1".into(), phase: Phase::Build, line: "building".into() };
+        assert!(events.contains(&building), "the build's lines are the host's output: {events:?}");
+    }
+
+    #[tokio::test]
+    async fn changes_are_shown_from_what_it_runs_to_what_was_built() {
+        let mut fake = Fake::new();
+        fake.changes = Ok(Changes {
+            packages: vec![PackageChange {
+                name: "hello".into(),
+                old: Some("1.0".into()),
+                new: Some("2.0".into()),
+                size: None,
+            }],
+            units: [("restart".to_string(), vec!["web.service".to_string()])].into(),
+            needs_reboot: Some(vec![]),
+            ..Changes::default()
+        });
+        let (d, calls, _) = diff(fake).await;
+        assert!(calls.contains(&format!("changes {OLD} {NEW}")), "{calls:?}");
+        assert_eq!((d.current.as_deref(), d.new.as_deref()), (Some(OLD), Some(NEW)));
+        assert_eq!(
+            render(std::slice::from_ref(&d)),
+            "web1: nixos-system-old -> nixos-system-new\n  packages: hello 1.0 -> 2.0\n  \
+             units:    restart web.service\n  reboot:   not needed\n"
+        );
+        assert_eq!(exit(&[d]), Exit::Success);
+    }
+
+    #[tokio::test]
+    async fn a_host_locked_by_another_run_is_not_built_for_and_says_by_whom() {
+        let mut fake = Fake::new();
+        let holder = "run 7 by bob@laptop (pid 12) since unix time 1".to_string();
+        fake.lock = Err(HostError::Lock(LockError::Held { holder }));
+        let (d, calls, _) = diff(fake).await;
+        let e = d.error.as_deref().unwrap_or_default();
+        assert!(e.contains("locked by another deploy: run 7 by bob@laptop"), "{e}");
+        assert!(
+            !calls.iter().any(|c| c.starts_with("build") || c.starts_with("copy")),
+            "{calls:?}"
+        );
+        assert!(render(std::slice::from_ref(&d)).starts_with("web1: FAILED: the host is locked"));
+        assert_eq!(exit(&[d]), Exit::HostsFailed);
+    }
+
+    #[tokio::test]
+    async fn a_failed_build_is_the_host_s_error_with_what_nix_said() {
+        let mut fake = Fake::new();
+        fake.build = Err(fake::failed("nix build", "error: attribute 'web1' missing"));
+        let (d, calls, _) = diff(fake).await;
+        let e = d.error.as_deref().unwrap_or_default();
+        assert!(e.contains("nix build") && e.contains("error: attribute 'web1' missing"), "{e}");
+        assert!(!calls.iter().any(|c| c.starts_with("changes")), "{calls:?}");
+        assert_eq!(d.unknowns(), [e.to_string()]);
+        assert_eq!(exit(&[d]), Exit::HostsFailed);
+    }
+
+    #[tokio::test]
+    async fn a_part_that_could_not_be_found_out_is_unknown_and_says_why() {
+        let mut fake = Fake::new();
+        let why = "switch-to-configuration dry-activate exited with 100: no space";
+        let unknown = [("units".to_string(), why.to_string())].into();
+        fake.changes = Ok(Changes { needs_reboot: Some(vec![]), unknown, ..Changes::default() });
+        let (d, _, _) = diff(fake).await;
+        assert!(d.error.is_none(), "{d:?}");
+        assert_eq!(d.unknowns(), [format!("units: unknown: {why}")]);
+        assert!(render(std::slice::from_ref(&d)).contains(&format!("  units:    unknown: {why}\n")));
+        assert_eq!(exit(&[d]), Exit::HostsFailed);
+    }
+
+    #[tokio::test]
+    async fn a_run_s_events_start_and_end_it_with_one_diff_per_host() {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = events.clone();
+        let sink: Sink = Arc::new(move |e| seen.lock().unwrap().push(e));
+        let targets: Vec<Target> = ["web1", "db1"]
+            .map(|n| Target { name: n.into(), spec: HostSpec::with_defaults(n) })
+            .into();
+        let open = |t: &Target| {
+            let mut fake = Fake::new();
+            if t.name == "db1" {
+                fake.connect = Err(fake::timeout("ssh db1"));
+            }
+            fake
+        };
+        let all = diff_all(&targets, Arc::new(run()), &Fanout::new(1), open, &sink).await;
+        assert_eq!(all.iter().map(|d| d.host.as_str()).collect::<Vec<_>>(), ["web1", "db1"]);
+        assert!(all[0].error.is_none() && all[1].error.as_deref().unwrap().contains("ssh db1"));
+        let events = events.lock().unwrap().clone();
+        let names = vec!["web1".to_string(), "db1".to_string()];
+        assert!(matches!(&events[0], Event::RunStarted { hosts, .. } if *hosts == names));
+        let diffs: Vec<&Event> =
+            events.iter().filter(|e| matches!(e, Event::HostDiff { .. })).collect();
+        assert_eq!(diffs.len(), 2, "{events:?}");
+        assert!(diffs.contains(&&all[0].event()) && diffs.contains(&&all[1].event()));
+        let Some(Event::RunFinished { exit_code, reports, .. }) = events.last() else {
+            panic!("{events:?}")
+        };
+        assert_eq!((*exit_code, reports.len()), (1, 0));
+        let json = serde_json::to_value(all[0].event()).unwrap();
+        assert_eq!(json["event"], "host-diff");
+        assert_eq!(
+            (json["host"].as_str(), json["diff"]["new"].as_str()),
+            (Some("web1"), Some(NEW))
         );
     }
 }

@@ -19,13 +19,14 @@ use deploy_flake::diff::Shows;
 use deploy_flake::events::Sink;
 use deploy_flake::exit::Exit;
 use deploy_flake::fanout::Fanout;
-use deploy_flake::host::Shared;
+use deploy_flake::host::{Shared, SshHost};
 use deploy_flake::inventory::DEFAULT_EVAL_TIMEOUT;
 use deploy_flake::pipeline::{Approved, Context as RunContext, Interrupt, InterruptHandle, Mode};
 use deploy_flake::plan;
 use deploy_flake::report::safe;
 use deploy_flake::rollout::{self, Plan};
 use deploy_flake::select::{self, Target};
+use deploy_flake::ssh::Destination;
 use deploy_flake::{build, limits, pipeline, report, runner};
 
 fn main() -> ExitCode {
@@ -131,12 +132,21 @@ async fn status(targets: Vec<Target>, options: &Options) -> Exit {
     let fanout = Fanout::new(parallel(options, targets.len()));
     let (sink, output) = data_sink(options);
     let run_id = pipeline::new_run_id();
-    let all = deploy_flake::status::query_all(&targets, &run_id, &fanout, &sink).await;
+    let open = over_ssh(&run_id, Arc::new(Shared::default()));
+    let all = deploy_flake::status::query_all(&targets, &run_id, &fanout, open, &sink).await;
     finish(sink, output);
     if options.output == OutputFormat::Human {
         print!("{}", safe::text(&deploy_flake::status::render(&all)));
     }
     deploy_flake::status::exit(&all)
+}
+
+/// The real host of each target, over ssh, for run `run_id`.
+fn over_ssh(run_id: &str, shared: Arc<Shared>) -> impl Fn(&Target) -> SshHost + Send + Sync {
+    let run_id = run_id.to_string();
+    move |t: &Target| {
+        SshHost::new(&t.name, Destination::from_spec(&t.spec), &run_id, shared.clone())
+    }
 }
 
 /// Where `status` and `diff` send their events: with `--json`, the JSON
@@ -204,7 +214,8 @@ async fn diffs(
     };
     let fanout = Fanout::new(parallel(options, targets.len()));
     prefetch_archive(targets, options, &shared);
-    deploy_flake::diff::diff_all(targets, Arc::new(run), &fanout, shared, sink).await
+    let open = over_ssh(&run.run_id, shared);
+    deploy_flake::diff::diff_all(targets, Arc::new(run), &fanout, open, sink).await
 }
 
 /// When hosts or a build host will build the flake, archive it (once)

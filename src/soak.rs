@@ -127,7 +127,8 @@ impl Soak<'_> {
                 }
             })
             .await;
-        let verdict = |r: Result<_, crate::fanout::Panicked>| r.unwrap_or_else(|p| Err(p.to_string()));
+        let verdict =
+            |r: Result<_, crate::fanout::Panicked>| r.unwrap_or_else(|p| Err(p.to_string()));
         hosts.iter().copied().zip(checked.into_iter().map(verdict)).collect()
     }
 }

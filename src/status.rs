@@ -13,9 +13,8 @@ use crate::agent::HostState;
 use crate::events::{Event, Sink};
 use crate::exit::Exit;
 use crate::fanout::Fanout;
-use crate::host::{Host, Shared, SshHost};
+use crate::host::Host;
 use crate::select::Target;
-use crate::ssh::Destination;
 
 /// One host's answer, or why there is none.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -48,25 +47,24 @@ pub fn exit(all: &[Status]) -> Exit {
     }
 }
 
-/// Ask every host (through the run's fan-out), with the run's events to
-/// `sink`; in target order.
-pub async fn query_all(
+/// Ask every host (through the run's fan-out; `open` gives the host of a
+/// target), with the run's events to `sink`; in target order.
+pub async fn query_all<H: Host + 'static>(
     targets: &[Target],
     run_id: &str,
     fanout: &Fanout,
+    open: impl Fn(&Target) -> H + Send + Sync + 'static,
     sink: &Sink,
 ) -> Vec<Status> {
     let started = Instant::now();
     let hosts = targets.iter().map(|t| t.name.clone()).collect();
     sink(Event::RunStarted { run_id: run_id.to_string(), hosts, waves: None });
-    let (run_id, each) = (run_id.to_string(), sink.clone());
-    let shared = Arc::new(Shared::default());
+    let (each, open) = (sink.clone(), Arc::new(open));
     let answers = fanout
         .each(targets.to_vec(), move |t: Target| {
-            let (run_id, sink, shared) = (run_id.clone(), each.clone(), shared.clone());
+            let (sink, open) = (each.clone(), open.clone());
             async move {
-                let host = SshHost::new(&t.name, Destination::from_spec(&t.spec), &run_id, shared);
-                let status = query(&t, host).await;
+                let status = query(&t, open(&t)).await;
                 sink(status.event());
                 status
             }
@@ -267,5 +265,76 @@ mod tests {
     fn times_are_utc() {
         assert_eq!(utc("0"), "1970-01-01 00:00Z");
         assert_eq!(utc("1795800000"), "2026-11-27 17:20Z");
+    }
+
+    /// `status` against the fake host: one host, through [`query`].
+    async fn ask(fake: crate::pipeline::fake::Fake) -> (Status, Vec<String>) {
+        use crate::fleet::HostSpec;
+        let t = Target { name: "web1".into(), spec: HostSpec::with_defaults("web1") };
+        let calls = fake.calls.clone();
+        let status = query(&t, fake).await;
+        let calls = calls.lock().unwrap().clone();
+        (status, calls)
+    }
+
+    #[tokio::test]
+    async fn a_host_s_answer_is_its_row() {
+        let mut fake = crate::pipeline::fake::Fake::new();
+        let mut st = state(A, A);
+        st.failed_units = vec!["web.service".into()];
+        st.lock = Some("run 7 by bob@laptop (pid 12) since unix time 1".into());
+        fake.status = Ok(st.clone());
+        let (s, calls) = ask(fake).await;
+        assert_eq!(s, Status { host: "web1".into(), error: None, state: Some(st), drift: vec![] });
+        assert_eq!(calls, ["connect", "status", "close"], "read-only: no lock, nothing installed");
+        let text = render(std::slice::from_ref(&s));
+        let row = text.lines().nth(1).unwrap();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cells,
+            [
+                "web1",
+                "running",
+                "nixos-system-a",
+                "(aaaaaaaa)",
+                "same",
+                "web.service",
+                "run",
+                "7",
+                "by",
+                "bob@laptop",
+                "-"
+            ]
+        );
+        assert_eq!(exit(&[s]), Exit::Success);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_host_says_why_and_is_not_asked() {
+        let mut fake = crate::pipeline::fake::Fake::new();
+        fake.connect = Err(crate::pipeline::fake::timeout("ssh web1"));
+        let (s, calls) = ask(fake).await;
+        let e = s.error.clone().unwrap_or_default();
+        assert!(e.contains("ssh web1") && e.contains("5"), "{e}");
+        assert_eq!((s.state.as_ref(), s.drift.len()), (None, 0));
+        assert_eq!(calls, ["connect", "close"]);
+        let text = render(std::slice::from_ref(&s));
+        assert!(text.lines().nth(1).unwrap().starts_with("web1  unreachable  "), "{text}");
+        assert_eq!(exit(&[s]), Exit::HostsFailed);
+    }
+
+    #[tokio::test]
+    async fn a_host_that_boots_another_system_than_it_runs_drifts() {
+        let mut fake = crate::pipeline::fake::Fake::new();
+        fake.status = Ok(state(A, B));
+        let (s, _) = ask(fake).await;
+        let says = "runs nixos-system-a (aaaaaaaa) but boots nixos-system-b (bbbbbbbb)";
+        assert_eq!(s.drift, [says]);
+        assert!(render(std::slice::from_ref(&s)).ends_with(&format!("web1: {says}\n")));
+        // Drift is said, but the host answered.
+        assert_eq!(exit(std::slice::from_ref(&s)), Exit::Success);
+        let json = serde_json::to_value(s.event()).unwrap();
+        assert_eq!(json["event"], "host-status");
+        assert_eq!(json["status"]["drift"][0], says);
     }
 }

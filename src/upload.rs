@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::fleet::KeySpec;
 use crate::fanout::Fanout;
+use crate::fleet::KeySpec;
 use crate::host::{Host, HostError, Shared, SshHost};
 use crate::select::Target;
 use crate::ssh::Destination;

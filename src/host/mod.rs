@@ -11,7 +11,7 @@ pub use ssh::SshHost;
 
 use std::future::Future;
 
-use crate::agent::{AgentAction, AgentState, AgentStatus, CheckVerdict, Changes, Facts, Health};
+use crate::agent::{AgentAction, AgentState, AgentStatus, Changes, CheckVerdict, Facts, Health};
 use crate::agent::{HostState, LockError, SwitchEnv};
 use crate::build::{BuildError, CopiedFrom, Way};
 use crate::events::Reason;
