@@ -80,6 +80,17 @@ impl Soak<'_> {
             failed: failures,
             interrupted,
         });
+        self.send_back(failed, secs, reports).await;
+    }
+
+    /// Return each failed host to its previous system (the run's fan-out);
+    /// its report is replaced by the whole story.
+    async fn send_back(
+        &self,
+        failed: Vec<(usize, String)>,
+        secs: u64,
+        reports: &mut [Option<HostReport>],
+    ) {
         let returns: Vec<(usize, HostReport, String)> = failed
             .into_iter()
             .filter_map(|(i, why)| reports[i].clone().map(|deployed| (i, deployed, why)))

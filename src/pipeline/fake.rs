@@ -229,7 +229,7 @@ impl Host for Fake {
     }
 
     async fn status(&mut self, _secs: u64) -> HostResult<crate::agent::HostState> {
-        self.call("status");
+        self.call("host-state");
         self.status.clone()
     }
 
