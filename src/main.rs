@@ -21,7 +21,8 @@ use deploy_flake::exit::Exit;
 use deploy_flake::fanout::Fanout;
 use deploy_flake::host::{Shared, SshHost};
 use deploy_flake::inventory::DEFAULT_EVAL_TIMEOUT;
-use deploy_flake::pipeline::{Approved, Context as RunContext, Interrupt, InterruptHandle, Mode};
+use deploy_flake::pipeline::{Approved, Context as RunContext, Identity, Interrupt};
+use deploy_flake::pipeline::{InterruptHandle, Mode};
 use deploy_flake::plan;
 use deploy_flake::report::safe;
 use deploy_flake::rollout::{self, Plan};
@@ -80,10 +81,18 @@ fn run() -> anyhow::Result<Exit> {
     }
     let shared = Arc::new(Shared::default());
     let build_hosts = elsewhere(inventory.as_ref(), &mut targets, &options, &shared)?;
+    // The run's identity, once: its id, who runs it from where, what for.
+    let goal = match options.action {
+        Action::Status => "status",
+        Action::Diff => "diff",
+        Action::Keys => "keys",
+        Action::Deploy => options.goal.as_str(),
+    };
+    let identity = Identity::new(&options.flake, goal);
     match options.action {
-        Action::Status => Ok(runtime.block_on(status(targets, &options))),
-        Action::Diff => Ok(runtime.block_on(diff(targets, &options, shared))),
-        Action::Keys => Ok(runtime.block_on(keys(targets, &options))),
+        Action::Status => Ok(runtime.block_on(status(targets, &options, &identity))),
+        Action::Diff => Ok(runtime.block_on(diff(targets, &options, shared, &identity))),
+        Action::Keys => Ok(runtime.block_on(keys(targets, &options, &identity))),
         Action::Deploy => {
             let flake_rollout = inventory.as_ref().and_then(|i| i.rollout.as_ref());
             let settings = rollout::settings(flake_rollout, &options.rollout);
@@ -97,7 +106,8 @@ fn run() -> anyhow::Result<Exit> {
                 print!("{}", safe::text(&text));
                 return Ok(Exit::Success);
             }
-            runtime.block_on(ask_then_deploy(targets, &options, &waves, display, shared))
+            let run = ask_then_deploy(targets, &options, &waves, display, shared, identity);
+            runtime.block_on(run)
         }
     }
 }
@@ -128,12 +138,12 @@ fn elsewhere(
 }
 
 /// `deploy-flake status`: 0 when every host answered, 1 otherwise.
-async fn status(targets: Vec<Target>, options: &Options) -> Exit {
+async fn status(targets: Vec<Target>, options: &Options, identity: &Identity) -> Exit {
     let fanout = Fanout::new(parallel(options, targets.len()));
     let (sink, output) = data_sink(options);
-    let run_id = pipeline::new_run_id();
-    let open = over_ssh(&run_id, Arc::new(Shared::default()));
-    let all = deploy_flake::status::query_all(&targets, &run_id, &fanout, open, &sink).await;
+    let run_id = &identity.run_id;
+    let open = over_ssh(run_id, Arc::new(Shared::default()));
+    let all = deploy_flake::status::query_all(&targets, run_id, &fanout, open, &sink).await;
     finish(sink, output);
     if options.output == OutputFormat::Human {
         print!("{}", safe::text(&deploy_flake::status::render(&all)));
@@ -171,14 +181,16 @@ fn finish(sink: Sink, output: Option<report::Output>) {
 }
 
 /// `deploy-flake keys`: 0 when every host's keys were written (or listed).
-async fn keys(targets: Vec<Target>, options: &Options) -> Exit {
+async fn keys(targets: Vec<Target>, options: &Options, identity: &Identity) -> Exit {
     use deploy_flake::upload;
     let all = if options.dry_run {
         upload::list(&targets)
     } else {
-        let run_id = pipeline::new_run_id();
-        let origin = format!("flake {}\ngoal keys\n", options.flake);
-        let run = upload::Run { owner: pipeline::lock_owner(&run_id), run_id, origin };
+        let run = upload::Run {
+            owner: identity.lock_owner(),
+            run_id: identity.run_id.clone(),
+            origin: identity.origin_unrevised(),
+        };
         let fanout = Fanout::new(parallel(options, targets.len()));
         upload::upload_all(&targets, Arc::new(run), &fanout).await
     };
@@ -200,16 +212,16 @@ async fn diffs(
     options: &Options,
     shared: Arc<Shared>,
     sink: &Sink,
+    identity: &Identity,
 ) -> Vec<HostDiff> {
-    let run_id = pipeline::new_run_id();
     let shows = match options.mode {
         Mode::Rollback { to_generation } => Shows::Rollback { to_generation },
         _ => Shows::Build,
     };
     let run = deploy_flake::diff::Run {
         flake: options.flake.clone(),
-        owner: pipeline::lock_owner(&run_id),
-        run_id,
+        owner: identity.lock_owner(),
+        run_id: identity.run_id.clone(),
         shows,
     };
     let fanout = Fanout::new(parallel(options, targets.len()));
@@ -234,9 +246,14 @@ fn prefetch_archive(targets: &[Target], options: &Options, shared: &Arc<Shared>)
 }
 
 /// `deploy-flake diff`: 0 when every host's changes are known, 1 otherwise.
-async fn diff(targets: Vec<Target>, options: &Options, shared: Arc<Shared>) -> Exit {
+async fn diff(
+    targets: Vec<Target>,
+    options: &Options,
+    shared: Arc<Shared>,
+    identity: &Identity,
+) -> Exit {
     let (sink, output) = data_sink(options);
-    let all = diffs(&targets, options, shared.clone(), &sink).await;
+    let all = diffs(&targets, options, shared.clone(), &sink, identity).await;
     shared.elsewhere.close().await;
     finish(sink, output);
     if options.output == OutputFormat::Human {
@@ -274,14 +291,18 @@ async fn ask_then_deploy(
     waves: &Plan,
     display: report::Display,
     shared: Arc<Shared>,
+    identity: Arc<Identity>,
 ) -> anyhow::Result<Exit> {
     let Some(answered) = options.ask else {
-        return deploy(targets, options, shared, None, waves, display).await;
+        return deploy(targets, options, shared, None, waves, display, identity).await;
     };
     if !answered && !std::io::stdin().is_terminal() {
         anyhow::bail!("--ask needs a terminal to ask on; pass --yes to go on without asking");
     }
-    let shown = diffs(&targets, options, shared.clone(), &(Arc::new(|_| {}) as Sink)).await;
+    // A run of its own on each host: the deploy's run directory is new.
+    let looked = identity.part("diff", "diff");
+    let quiet: Sink = Arc::new(|_| {});
+    let shown = diffs(&targets, options, shared.clone(), &quiet, &looked).await;
     eprint!("{}", safe::text(&deploy_flake::diff::render(&shown)));
     // Each host as it was shown: its new system, and what it ran then.
     let approved: BTreeMap<String, Approved> = shown
@@ -310,7 +331,8 @@ async fn ask_then_deploy(
         shared.elsewhere.close().await;
         return Ok(Exit::HostsFailed);
     }
-    deploy(targets, options, shared, Some(Arc::new(approved)), waves, display).await
+    let approved = Some(Arc::new(approved));
+    deploy(targets, options, shared, approved, waves, display, identity).await
 }
 
 /// Ask on the terminal; yes only for an explicit "y" or "yes".
@@ -330,13 +352,13 @@ async fn deploy(
     approved: Option<Arc<BTreeMap<String, Approved>>>,
     waves: &Plan,
     display: report::Display,
+    identity: Arc<Identity>,
 ) -> anyhow::Result<Exit> {
-    let run_id = pipeline::new_run_id();
     let (raise, interrupt) = Interrupt::new();
     let changing = Arc::new(AtomicUsize::new(0));
     let (sink, output) = report::stdout(display);
     // Both wanted soon by every host, neither before it is connected.
-    let origin = pipeline::Origin::new(&options.flake, options.goal);
+    let origin = pipeline::Origin::new(identity.clone());
     origin.prefetch();
     prefetch_archive(&targets, options, &shared);
     let ctx = RunContext {
@@ -348,8 +370,8 @@ async fn deploy(
         switch_env: options.switch_env,
         interrupt,
         changing: changing.clone(),
-        lock_owner: pipeline::lock_owner(&run_id),
-        run_id,
+        lock_owner: identity.lock_owner(),
+        run_id: identity.run_id.clone(),
         flake: options.flake.clone(),
         force: options.force,
         skip_preflight: !options.preflight,
