@@ -421,7 +421,7 @@ mod through_a_host {
     async fn a_host_locked_by_another_run_is_not_built_for_and_says_by_whom() {
         let mut fake = Fake::new();
         let holder = "run 7 by bob@laptop (pid 12) since unix time 1".to_string();
-        fake.lock = Err(HostError::Lock(LockError::Held { holder }));
+        fake.lock = Err(HostError::Lock(LockError::Held { holder, run: None }));
         let (d, calls, _) = diff(fake).await;
         let e = d.error.as_deref().unwrap_or_default();
         assert!(e.contains("locked by another deploy: run 7 by bob@laptop"), "{e}");

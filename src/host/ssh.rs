@@ -478,9 +478,8 @@ impl SshHost {
                     self.lock = Some(lock);
                     return Ok(locked);
                 }
-                Err(LockError::Held { holder })
-                    if holder.contains(&format!("run {} ", self.run.id()))
-                        && tokio::time::Instant::now() < deadline =>
+                Err(LockError::Held { run: Some(run), .. })
+                    if run == self.run.id() && tokio::time::Instant::now() < deadline =>
                 {
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }
