@@ -82,12 +82,7 @@ fn run() -> anyhow::Result<Exit> {
     let shared = Arc::new(Shared::default());
     let build_hosts = elsewhere(inventory.as_ref(), &mut targets, &options, &shared)?;
     // The run's identity, once: its id, who runs it from where, what for.
-    let goal = match options.action {
-        Action::Status => "status",
-        Action::Diff => "diff",
-        Action::Keys => "keys",
-        Action::Deploy => options.goal.as_str(),
-    };
+    let goal = options.action.subcommand().unwrap_or(options.goal.as_str());
     let identity = Identity::new(&options.flake, goal);
     match options.action {
         Action::Status => Ok(runtime.block_on(status(targets, &options, &identity))),
