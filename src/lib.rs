@@ -11,6 +11,7 @@ pub mod cli;
 pub mod diff;
 pub mod events;
 pub mod exit;
+pub mod fanout;
 pub mod fleet;
 pub mod health;
 pub mod host;

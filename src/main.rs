@@ -16,14 +16,18 @@ use std::sync::Arc;
 use deploy_flake::cli::{Action, Cli, Command, Options, OutputFormat, Terminal};
 use deploy_flake::diff::HostDiff;
 use deploy_flake::diff::Shows;
+use deploy_flake::events::Sink;
 use deploy_flake::exit::Exit;
-use deploy_flake::host::Shared;
+use deploy_flake::fanout::Fanout;
+use deploy_flake::host::{Shared, SshHost};
 use deploy_flake::inventory::DEFAULT_EVAL_TIMEOUT;
-use deploy_flake::pipeline::{Approved, Context as RunContext, Interrupt, InterruptHandle, Mode};
+use deploy_flake::pipeline::{Approved, Context as RunContext, Identity, Interrupt};
+use deploy_flake::pipeline::{InterruptHandle, Mode};
 use deploy_flake::plan;
 use deploy_flake::report::safe;
 use deploy_flake::rollout::{self, Plan};
 use deploy_flake::select::{self, Target};
+use deploy_flake::ssh::Destination;
 use deploy_flake::{build, limits, pipeline, report, runner};
 
 fn main() -> ExitCode {
@@ -77,10 +81,13 @@ fn run() -> anyhow::Result<Exit> {
     }
     let shared = Arc::new(Shared::default());
     let build_hosts = elsewhere(inventory.as_ref(), &mut targets, &options, &shared)?;
+    // The run's identity, once: its id, who runs it from where, what for.
+    let goal = options.action.subcommand().unwrap_or(options.goal.as_str());
+    let identity = Identity::new(&options.flake, goal);
     match options.action {
-        Action::Status => Ok(runtime.block_on(status(targets, &options))),
-        Action::Diff => Ok(runtime.block_on(diff(targets, &options, shared))),
-        Action::Keys => Ok(runtime.block_on(keys(targets, &options))),
+        Action::Status => Ok(runtime.block_on(status(targets, &options, &identity))),
+        Action::Diff => Ok(runtime.block_on(diff(targets, &options, shared, &identity))),
+        Action::Keys => Ok(runtime.block_on(keys(targets, &options, &identity))),
         Action::Deploy => {
             let flake_rollout = inventory.as_ref().and_then(|i| i.rollout.as_ref());
             let settings = rollout::settings(flake_rollout, &options.rollout);
@@ -94,7 +101,8 @@ fn run() -> anyhow::Result<Exit> {
                 print!("{}", safe::text(&text));
                 return Ok(Exit::Success);
             }
-            runtime.block_on(ask_then_deploy(targets, &options, &waves, display, shared))
+            let run = ask_then_deploy(targets, &options, &waves, display, shared, identity);
+            runtime.block_on(run)
         }
     }
 }
@@ -125,31 +133,61 @@ fn elsewhere(
 }
 
 /// `deploy-flake status`: 0 when every host answered, 1 otherwise.
-async fn status(targets: Vec<Target>, options: &Options) -> Exit {
-    let parallel = parallel(options, targets.len());
-    let all = deploy_flake::status::query_all(&targets, parallel).await;
-    match options.output {
-        OutputFormat::Json => print!("{}", deploy_flake::status::json(&all)),
-        OutputFormat::Human => print!("{}", safe::text(&deploy_flake::status::render(&all))),
+async fn status(targets: Vec<Target>, options: &Options, identity: &Identity) -> Exit {
+    let fanout = Fanout::new(parallel(options, targets.len()));
+    let (sink, output) = data_sink(options);
+    let run_id = &identity.run_id;
+    let open = over_ssh(run_id, Arc::new(Shared::default()));
+    let all = deploy_flake::status::query_all(&targets, run_id, &fanout, open, &sink).await;
+    finish(sink, output);
+    if options.output == OutputFormat::Human {
+        print!("{}", safe::text(&deploy_flake::status::render(&all)));
     }
-    if all.iter().all(|s| s.error.is_none()) {
-        Exit::Success
-    } else {
-        Exit::HostsFailed
+    deploy_flake::status::exit(&all)
+}
+
+/// The real host of each target, over ssh, for run `run_id`.
+fn over_ssh(run_id: &str, shared: Arc<Shared>) -> impl Fn(&Target) -> SshHost + Send + Sync {
+    let run_id = run_id.to_string();
+    move |t: &Target| {
+        SshHost::new(&t.name, Destination::new(t.spec.login()), &run_id, shared.clone())
+    }
+}
+
+/// Where `status` and `diff` send their events: with `--json`, the JSON
+/// Lines stream a deploy writes; otherwise nowhere (they print their own
+/// text at the end).
+fn data_sink(options: &Options) -> (Sink, Option<report::Output>) {
+    match options.output {
+        OutputFormat::Json => {
+            let (sink, output) = report::stdout(report::Display::Json);
+            (sink, Some(output))
+        }
+        OutputFormat::Human => (Arc::new(|_| {}), None),
+    }
+}
+
+/// Everything said is written (the run's sinks are dropped by then).
+fn finish(sink: Sink, output: Option<report::Output>) {
+    drop(sink);
+    if let Some(output) = output {
+        output.finish();
     }
 }
 
 /// `deploy-flake keys`: 0 when every host's keys were written (or listed).
-async fn keys(targets: Vec<Target>, options: &Options) -> Exit {
+async fn keys(targets: Vec<Target>, options: &Options, identity: &Identity) -> Exit {
     use deploy_flake::upload;
     let all = if options.dry_run {
         upload::list(&targets)
     } else {
-        let run_id = pipeline::new_run_id();
-        let origin = format!("flake {}\ngoal keys\n", options.flake);
-        let run = upload::Run { owner: pipeline::lock_owner(&run_id), run_id, origin };
-        let parallel = options.max_parallel.unwrap_or(targets.len()).max(1);
-        upload::upload_all(&targets, Arc::new(run), parallel).await
+        let run = upload::Run {
+            owner: identity.lock_owner(),
+            run_id: identity.run_id.clone(),
+            origin: identity.origin_unrevised(),
+        };
+        let fanout = Fanout::new(parallel(options, targets.len()));
+        upload::upload_all(&targets, Arc::new(run), &fanout).await
     };
     match options.output {
         OutputFormat::Json => print!("{}", upload::json(&all)),
@@ -162,22 +200,29 @@ async fn keys(targets: Vec<Target>, options: &Options) -> Exit {
     }
 }
 
-/// Build every host and say what would change on each.
-async fn diffs(targets: &[Target], options: &Options, shared: Arc<Shared>) -> Vec<HostDiff> {
-    let run_id = pipeline::new_run_id();
+/// Build every host and say what would change on each; the run's events
+/// to `sink`.
+async fn diffs(
+    targets: &[Target],
+    options: &Options,
+    shared: Arc<Shared>,
+    sink: &Sink,
+    identity: &Identity,
+) -> Vec<HostDiff> {
     let shows = match options.mode {
         Mode::Rollback { to_generation } => Shows::Rollback { to_generation },
         _ => Shows::Build,
     };
     let run = deploy_flake::diff::Run {
         flake: options.flake.clone(),
-        owner: pipeline::lock_owner(&run_id),
-        run_id,
+        owner: identity.lock_owner(),
+        run_id: identity.run_id.clone(),
         shows,
     };
-    let parallel = parallel(options, targets.len());
+    let fanout = Fanout::new(parallel(options, targets.len()));
     prefetch_archive(targets, options, &shared);
-    deploy_flake::diff::diff_all(targets, Arc::new(run), parallel, shared).await
+    let open = over_ssh(&run.run_id, shared);
+    deploy_flake::diff::diff_all(targets, Arc::new(run), &fanout, open, sink).await
 }
 
 /// When hosts or a build host will build the flake, archive it (once)
@@ -196,18 +241,20 @@ fn prefetch_archive(targets: &[Target], options: &Options, shared: &Arc<Shared>)
 }
 
 /// `deploy-flake diff`: 0 when every host's changes are known, 1 otherwise.
-async fn diff(targets: Vec<Target>, options: &Options, shared: Arc<Shared>) -> Exit {
-    let all = diffs(&targets, options, shared.clone()).await;
+async fn diff(
+    targets: Vec<Target>,
+    options: &Options,
+    shared: Arc<Shared>,
+    identity: &Identity,
+) -> Exit {
+    let (sink, output) = data_sink(options);
+    let all = diffs(&targets, options, shared.clone(), &sink, identity).await;
     shared.elsewhere.close().await;
-    match options.output {
-        OutputFormat::Json => print!("{}", deploy_flake::diff::json(&all)),
-        OutputFormat::Human => print!("{}", safe::text(&deploy_flake::diff::render(&all))),
+    finish(sink, output);
+    if options.output == OutputFormat::Human {
+        print!("{}", safe::text(&deploy_flake::diff::render(&all)));
     }
-    if all.iter().all(|d| d.unknowns().is_empty()) {
-        Exit::Success
-    } else {
-        Exit::HostsFailed
-    }
+    deploy_flake::diff::exit(&all)
 }
 
 /// `-v`: what the tool does (every command run, with its duration);
@@ -239,14 +286,18 @@ async fn ask_then_deploy(
     waves: &Plan,
     display: report::Display,
     shared: Arc<Shared>,
+    identity: Arc<Identity>,
 ) -> anyhow::Result<Exit> {
     let Some(answered) = options.ask else {
-        return deploy(targets, options, shared, None, waves, display).await;
+        return deploy(targets, options, shared, None, waves, display, identity).await;
     };
     if !answered && !std::io::stdin().is_terminal() {
         anyhow::bail!("--ask needs a terminal to ask on; pass --yes to go on without asking");
     }
-    let shown = diffs(&targets, options, shared.clone()).await;
+    // A run of its own on each host: the deploy's run directory is new.
+    let looked = identity.part("diff", "diff");
+    let quiet: Sink = Arc::new(|_| {});
+    let shown = diffs(&targets, options, shared.clone(), &quiet, &looked).await;
     eprint!("{}", safe::text(&deploy_flake::diff::render(&shown)));
     // Each host as it was shown: its new system, and what it ran then.
     let approved: BTreeMap<String, Approved> = shown
@@ -275,7 +326,8 @@ async fn ask_then_deploy(
         shared.elsewhere.close().await;
         return Ok(Exit::HostsFailed);
     }
-    deploy(targets, options, shared, Some(Arc::new(approved)), waves, display).await
+    let approved = Some(Arc::new(approved));
+    deploy(targets, options, shared, approved, waves, display, identity).await
 }
 
 /// Ask on the terminal; yes only for an explicit "y" or "yes".
@@ -295,13 +347,13 @@ async fn deploy(
     approved: Option<Arc<BTreeMap<String, Approved>>>,
     waves: &Plan,
     display: report::Display,
+    identity: Arc<Identity>,
 ) -> anyhow::Result<Exit> {
-    let run_id = pipeline::new_run_id();
     let (raise, interrupt) = Interrupt::new();
     let changing = Arc::new(AtomicUsize::new(0));
     let (sink, output) = report::stdout(display);
     // Both wanted soon by every host, neither before it is connected.
-    let origin = pipeline::Origin::new(&options.flake, options.goal);
+    let origin = pipeline::Origin::new(identity.clone());
     origin.prefetch();
     prefetch_archive(&targets, options, &shared);
     let ctx = RunContext {
@@ -313,8 +365,8 @@ async fn deploy(
         switch_env: options.switch_env,
         interrupt,
         changing: changing.clone(),
-        lock_owner: pipeline::lock_owner(&run_id),
-        run_id,
+        lock_owner: identity.lock_owner(),
+        run_id: identity.run_id.clone(),
         flake: options.flake.clone(),
         force: options.force,
         skip_preflight: !options.preflight,

@@ -8,11 +8,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
-
 use crate::events::{Event, HostReport, Outcome, Reason};
 use crate::exit::exit_for;
+use crate::fanout::Fanout;
 use crate::host::{Shared, SshHost};
 use crate::pipeline::{self, Context};
 use crate::rollout::{halted_message, Plan, Wave};
@@ -42,7 +40,7 @@ pub async fn run(
         targets: &targets,
         ctx: &ctx,
         plan,
-        permits: Arc::new(Semaphore::new(max_parallel.max(1))),
+        fanout: Fanout::new(max_parallel).until(ctx.interrupt.clone()),
         shared,
         reports: vec![None; targets.len()],
         stop: None,
@@ -56,7 +54,7 @@ pub async fn run(
         .zip(&targets)
         .map(|(r, t)| {
             r.unwrap_or_else(|| {
-                let msg = "internal error: the host's task panicked; inspect the host";
+                let msg = "internal error: the host was never run; inspect the host";
                 not_run(&t.name, Outcome::Unknown, Reason::Internal, started.elapsed(), msg)
             })
         })
@@ -75,7 +73,7 @@ struct Waves<'a> {
     targets: &'a [Target],
     ctx: &'a Context,
     plan: &'a Plan,
-    permits: Arc<Semaphore>,
+    fanout: Fanout,
     shared: Arc<Shared>,
     reports: Vec<Option<HostReport>>,
     /// Why no further wave starts: its hosts' outcome, reason and message.
@@ -115,7 +113,7 @@ impl Waves<'_> {
             let soak = Soak {
                 targets: self.targets,
                 ctx: self.ctx,
-                permits: &self.permits,
+                fanout: &self.fanout,
                 shared: &self.shared,
             };
             soak.run(n, &wave.hosts, self.plan.soak, &mut self.reports).await;
@@ -145,39 +143,45 @@ impl Waves<'_> {
         self.stop = Some((Outcome::Skipped, Reason::Halted, msg));
     }
 
-    /// Deploy these hosts in parallel (bounded by the permits).
+    /// Deploy these hosts in parallel (the run's fan-out); a host whose
+    /// turn comes after Ctrl-C is cancelled, unstarted.
     async fn deploy(&mut self, hosts: &[usize]) {
-        let mut set = JoinSet::new();
-        for &i in hosts {
-            let target = self.targets[i].clone();
-            let ctx = self.ctx.clone();
-            let permits = self.permits.clone();
-            let shared = self.shared.clone();
-            set.spawn(async move {
-                let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
-                if ctx.interrupt.is_set() {
-                    let report = not_run(
-                        &target.name,
-                        Outcome::Cancelled,
-                        Reason::Cancelled,
-                        Duration::ZERO,
-                        "not started: the run was interrupted",
-                    );
-                    (ctx.sink)(Event::HostFinished { report: report.clone() });
-                    return (i, report);
-                }
-                let dest = Destination::new(target.spec.login());
-                let host = SshHost::new(&target.name, dest, &ctx.run_id, shared);
-                (i, pipeline::deploy(&target, &ctx, host).await)
-            });
+        let (ctx, shared, targets) = (self.ctx.clone(), self.shared.clone(), self.targets);
+        let items: Vec<Target> = hosts.iter().map(|i| targets[*i].clone()).collect();
+        let sink = ctx.sink.clone();
+        let ran = self
+            .fanout
+            .run(
+                items,
+                move |target: Target| {
+                    let (ctx, shared) = (ctx.clone(), shared.clone());
+                    async move {
+                        let dest = Destination::new(target.spec.login());
+                        let host = SshHost::new(&target.name, dest, &ctx.run_id, shared);
+                        pipeline::deploy(&target, &ctx, host).await
+                    }
+                },
+                move |target: Target| {
+                    let msg = "not started: the run was interrupted";
+                    let (outcome, reason) = (Outcome::Cancelled, Reason::Cancelled);
+                    let report = not_run(&target.name, outcome, reason, Duration::ZERO, msg);
+                    sink(Event::HostFinished { report: report.clone() });
+                    report
+                },
+            )
+            .await;
+        for (&i, r) in hosts.iter().zip(ran) {
+            self.reports[i] = Some(r.unwrap_or_else(|p| self.panicked(i, &p)));
         }
-        while let Some(joined) = set.join_next().await {
-            match joined {
-                Ok((i, r)) => self.reports[i] = Some(r),
-                // A panic in one host's task must not hide the others.
-                Err(e) => tracing::error!("a host task panicked: {e}"),
-            }
-        }
+    }
+
+    /// The report of a host whose task panicked: its state is not known.
+    fn panicked(&self, i: usize, p: &crate::fanout::Panicked) -> HostReport {
+        let msg = format!("{p}; inspect the host");
+        let name = &self.targets[i].name;
+        let report = not_run(name, Outcome::Unknown, Reason::Internal, Duration::ZERO, &msg);
+        (self.ctx.sink)(Event::HostFinished { report: report.clone() });
+        report
     }
 }
 

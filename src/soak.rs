@@ -6,10 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
-
 use crate::events::{Event, HostReport, Outcome, Reason, SoakFailure};
+use crate::fanout::Fanout;
 use crate::host::{Shared, SshHost};
 use crate::nix::StorePath;
 use crate::pipeline::{self, Context, Mode};
@@ -20,7 +18,9 @@ use crate::ssh::Destination;
 pub struct Soak<'a> {
     pub targets: &'a [Target],
     pub ctx: &'a Context,
-    pub permits: &'a Arc<Semaphore>,
+    /// The run's fan-out (its permits; the soak's own steps finish even
+    /// after Ctrl-C).
+    pub fanout: &'a Fanout,
     pub shared: &'a Arc<Shared>,
 }
 
@@ -80,20 +80,35 @@ impl Soak<'_> {
             failed: failures,
             interrupted,
         });
-        let mut set = JoinSet::new();
-        for (i, why) in failed {
-            let Some(deployed) = reports[i].clone() else { continue };
-            let (target, ctx) = (self.targets[i].clone(), self.ctx.clone());
-            let (permits, shared) = (self.permits.clone(), self.shared.clone());
-            set.spawn(async move {
-                let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
-                (i, revert(&target, &ctx, shared, deployed, &why, secs).await)
-            });
-        }
-        while let Some(joined) = set.join_next().await {
-            match joined {
-                Ok((i, r)) => reports[i] = Some(r),
-                Err(e) => tracing::error!("a host task panicked: {e}"),
+        self.send_back(failed, secs, reports).await;
+    }
+
+    /// Return each failed host to its previous system (the run's fan-out);
+    /// its report is replaced by the whole story.
+    async fn send_back(
+        &self,
+        failed: Vec<(usize, String)>,
+        secs: u64,
+        reports: &mut [Option<HostReport>],
+    ) {
+        let returns: Vec<(usize, HostReport, String)> = failed
+            .into_iter()
+            .filter_map(|(i, why)| reports[i].clone().map(|deployed| (i, deployed, why)))
+            .collect();
+        let order: Vec<usize> = returns.iter().map(|(i, _, _)| *i).collect();
+        let (targets, ctx, shared) = (self.targets.to_vec(), self.ctx.clone(), self.shared.clone());
+        let returned = self
+            .fanout
+            .each(returns, move |(i, deployed, why)| {
+                let (target, ctx, shared) = (targets[i].clone(), ctx.clone(), shared.clone());
+                async move { revert(&target, &ctx, shared, deployed, &why, secs).await }
+            })
+            .await;
+        for (i, r) in order.into_iter().zip(returned) {
+            match r {
+                Ok(r) => reports[i] = Some(r),
+                // Its deployed report stands: what it runs is not known better.
+                Err(p) => tracing::error!("{}: {p}", self.targets[i].name),
             }
         }
     }
@@ -104,28 +119,28 @@ impl Soak<'_> {
         hosts: &[usize],
         reports: &[Option<HostReport>],
     ) -> Vec<(usize, Result<(), String>)> {
-        let mut set = JoinSet::new();
-        for &i in hosts {
-            let target = self.targets[i].clone();
-            let deployed = reports[i].as_ref().and_then(|r| r.system.clone()).unwrap_or_default();
-            let (run_id, permits, shared) =
-                (self.ctx.run_id.clone(), self.permits.clone(), self.shared.clone());
-            set.spawn(async move {
-                let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
-                let dest = Destination::new(target.spec.login());
-                let host = SshHost::new(&target.name, dest, &run_id, shared);
-                (i, pipeline::soak_check(&target.spec, &deployed, host).await)
-            });
-        }
-        let mut verdicts = Vec::new();
-        while let Some(joined) = set.join_next().await {
-            match joined {
-                Ok(v) => verdicts.push(v),
-                Err(e) => tracing::error!("a host task panicked: {e}"),
-            }
-        }
-        verdicts.sort_by_key(|(i, _)| *i);
-        verdicts
+        let items: Vec<(Target, String)> = hosts
+            .iter()
+            .map(|&i| {
+                let deployed = reports[i].as_ref().and_then(|r| r.system.clone());
+                (self.targets[i].clone(), deployed.unwrap_or_default())
+            })
+            .collect();
+        let (run_id, shared) = (self.ctx.run_id.clone(), self.shared.clone());
+        let checked = self
+            .fanout
+            .each(items, move |(target, deployed)| {
+                let (run_id, shared) = (run_id.clone(), shared.clone());
+                async move {
+                    let dest = Destination::new(target.spec.login());
+                    let host = SshHost::new(&target.name, dest, &run_id, shared);
+                    pipeline::soak_check(&target.spec, &deployed, host).await
+                }
+            })
+            .await;
+        let verdict =
+            |r: Result<_, crate::fanout::Panicked>| r.unwrap_or_else(|p| Err(p.to_string()));
+        hosts.iter().copied().zip(checked.into_iter().map(verdict)).collect()
     }
 }
 

@@ -1,15 +1,20 @@
 //! `deploy-flake status`: what every selected host runs and boots, in
-//! parallel, one login each (bounded by its connect timeout), read-only:
-//! nothing is installed or written on a host.
+//! parallel (the run's fan-out), one login each (bounded by its connect
+//! timeout), read-only: nothing is installed or written on a host. It talks
+//! to a host through [`Host`] and emits the events of a run: `run-started`,
+//! one `host-status` per host, `run-finished` with the exit code.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::Serialize;
-use tokio::sync::Semaphore;
 
-use crate::agent::{self, HostState};
+use crate::agent::HostState;
+use crate::events::{Event, Sink};
+use crate::exit::Exit;
+use crate::fanout::Fanout;
+use crate::host::Host;
 use crate::select::Target;
-use crate::ssh::{Destination, Ssh};
 
 /// One host's answer, or why there is none.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -22,48 +27,78 @@ pub struct Status {
     pub drift: Vec<String>,
 }
 
-/// Ask every host, at most `max_parallel` at once; in target order.
-pub async fn query_all(targets: &[Target], max_parallel: usize) -> Vec<Status> {
-    let permits = Arc::new(Semaphore::new(max_parallel.max(1)));
-    let tasks: Vec<_> = targets
-        .iter()
-        .cloned()
-        .map(|t| {
-            let permits = permits.clone();
-            tokio::spawn(async move {
-                let _permit = permits.acquire_owned().await.expect("never closed");
-                query(&t).await
+impl Status {
+    fn failed(host: &str, error: String) -> Status {
+        Status { host: host.into(), error: Some(error), state: None, drift: Vec::new() }
+    }
+
+    /// Its `host-status` event.
+    pub fn event(&self) -> Event {
+        let status = serde_json::to_value(self).expect("a status serializes");
+        Event::HostStatus { host: self.host.clone(), status }
+    }
+}
+
+/// 0 when every host answered, 1 otherwise.
+pub fn exit(all: &[Status]) -> Exit {
+    match all.iter().all(|s| s.error.is_none()) {
+        true => Exit::Success,
+        false => Exit::HostsFailed,
+    }
+}
+
+/// Ask every host (through the run's fan-out; `open` gives the host of a
+/// target), with the run's events to `sink`; in target order.
+pub async fn query_all<H: Host + 'static>(
+    targets: &[Target],
+    run_id: &str,
+    fanout: &Fanout,
+    open: impl Fn(&Target) -> H + Send + Sync + 'static,
+    sink: &Sink,
+) -> Vec<Status> {
+    let started = Instant::now();
+    let hosts = targets.iter().map(|t| t.name.clone()).collect();
+    sink(Event::RunStarted { run_id: run_id.to_string(), hosts, waves: None });
+    let (each, open) = (sink.clone(), Arc::new(open));
+    let answers = fanout
+        .each(targets.to_vec(), move |t: Target| {
+            let (sink, open) = (each.clone(), open.clone());
+            async move {
+                let status = query(&t, open(&t)).await;
+                sink(status.event());
+                status
+            }
+        })
+        .await;
+    let all: Vec<Status> = answers
+        .into_iter()
+        .zip(targets)
+        .map(|(a, t)| {
+            a.unwrap_or_else(|p| {
+                let status = Status::failed(&t.name, p.to_string());
+                sink(status.event());
+                status
             })
         })
         .collect();
-    let mut all = Vec::with_capacity(tasks.len());
-    for (task, t) in tasks.into_iter().zip(targets) {
-        all.push(task.await.unwrap_or_else(|e| Status {
-            host: t.name.clone(),
-            error: Some(format!("internal error: {e}")),
-            state: None,
-            drift: Vec::new(),
-        }));
-    }
+    let (exit_code, duration) = (exit(&all).code(), started.elapsed());
+    sink(Event::RunFinished { reports: Vec::new(), exit_code, duration });
     all
 }
 
-async fn query(t: &Target) -> Status {
-    let secs = t.spec.timeouts.connect;
-    let answer = async {
-        let ssh = Ssh::connect(&t.name, Destination::new(t.spec.login()))
-            .await
-            .map_err(|e| e.to_string())?;
-        let secs = secs.saturating_add(crate::budget::REMOTE_MARGIN_SECS);
-        let state = agent::status(&ssh, secs).await.map_err(|e| e.to_string());
-        ssh.close().await;
-        state
+/// One host's answer, through `host` (which is closed after).
+pub async fn query<H: Host>(t: &Target, mut host: H) -> Status {
+    let secs = t.spec.timeouts.connect.saturating_add(crate::budget::REMOTE_MARGIN_SECS);
+    let answer = match host.connect().await {
+        Ok(()) => host.status(secs).await,
+        Err(e) => Err(e),
     };
-    match answer.await {
+    host.close().await;
+    match answer {
         Ok(state) => {
             Status { host: t.name.clone(), error: None, drift: drift(&state), state: Some(state) }
         }
-        Err(e) => Status { host: t.name.clone(), error: Some(e), state: None, drift: Vec::new() },
+        Err(e) => Status::failed(&t.name, e.to_string()),
     }
 }
 
@@ -178,12 +213,6 @@ fn utc(secs: &str) -> String {
     format!("{y}-{m:02}-{d:02} {:02}:{:02}Z", rem / 3600, rem % 3600 / 60)
 }
 
-/// One JSON document: `{"v":1,"hosts":[...]}`.
-pub fn json(all: &[Status]) -> String {
-    let v = serde_json::json!({ "v": crate::events::JSON_VERSION, "hosts": all });
-    format!("{v}\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +263,82 @@ mod tests {
     fn times_are_utc() {
         assert_eq!(utc("0"), "1970-01-01 00:00Z");
         assert_eq!(utc("1795800000"), "2026-11-27 17:20Z");
+    }
+
+    /// `status` against the fake host: one host, through [`query`].
+    async fn ask(fake: crate::pipeline::fake::Fake) -> (Status, Vec<String>) {
+        use crate::fleet::HostSpec;
+        let t = Target { name: "web1".into(), spec: HostSpec::with_defaults("web1") };
+        let calls = fake.calls.clone();
+        let status = query(&t, fake).await;
+        let calls = calls.lock().unwrap().clone();
+        (status, calls)
+    }
+
+    #[tokio::test]
+    async fn a_host_s_answer_is_its_row() {
+        let mut fake = crate::pipeline::fake::Fake::new();
+        let mut st = state(A, A);
+        st.failed_units = vec!["web.service".into()];
+        st.lock = Some("run 7 by bob@laptop (pid 12) since unix time 1".into());
+        fake.status = Ok(st.clone());
+        let (s, calls) = ask(fake).await;
+        assert_eq!(s, Status { host: "web1".into(), error: None, state: Some(st), drift: vec![] });
+        assert_eq!(
+            calls,
+            ["connect", "host-state", "close"],
+            "read-only: no lock, nothing installed"
+        );
+        let text = render(std::slice::from_ref(&s));
+        let row = text.lines().nth(1).unwrap();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cells,
+            [
+                "web1",
+                "running",
+                "nixos-system-a",
+                "(aaaaaaaa)",
+                "same",
+                "web.service",
+                "run",
+                "7",
+                "by",
+                "bob@laptop",
+                "-"
+            ]
+        );
+        assert_eq!(exit(&[s]), Exit::Success);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_host_says_why_and_is_not_asked() {
+        let mut fake = crate::pipeline::fake::Fake::new();
+        fake.connect = Err(crate::pipeline::fake::timeout("ssh web1"));
+        let (s, calls) = ask(fake).await;
+        let e = s.error.clone().unwrap_or_default();
+        assert!(e.contains("ssh web1") && e.contains("5"), "{e}");
+        assert_eq!((s.state.as_ref(), s.drift.len()), (None, 0));
+        assert_eq!(calls, ["connect", "close"]);
+        let text = render(std::slice::from_ref(&s));
+        assert!(text.lines().nth(1).unwrap().starts_with("web1  unreachable  "), "{text}");
+        assert_eq!(exit(&[s]), Exit::HostsFailed);
+    }
+
+    #[tokio::test]
+    async fn a_host_that_boots_another_system_than_it_runs_drifts() {
+        let mut fake = crate::pipeline::fake::Fake::new();
+        fake.status = Ok(state(A, B));
+        let (s, _) = ask(fake).await;
+        let says = "runs nixos-system-a (aaaaaaaa) but boots nixos-system-b (bbbbbbbb)";
+        assert_eq!(s.drift, [says]);
+        assert!(render(std::slice::from_ref(&s)).ends_with(&format!("web1: {says}\n")));
+        // Drift is said, but the host answered.
+        assert_eq!(exit(std::slice::from_ref(&s)), Exit::Success);
+        let json = serde_json::to_value(s.event()).unwrap();
+        assert_eq!(json["event"], "host-status");
+        let object = serde_json::to_value(&s).unwrap();
+        assert!(json.as_object().unwrap().values().any(|v| *v == object), "{json}");
+        assert_eq!(object["drift"][0], says);
     }
 }

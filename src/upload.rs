@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use serde::Serialize;
-use tokio::sync::Semaphore;
 
+use crate::fanout::Fanout;
 use crate::fleet::KeySpec;
 use crate::host::{Host, HostError, Shared, SshHost};
 use crate::select::Target;
@@ -65,18 +65,14 @@ fn listed(t: &Target, written: bool, error: Option<String>) -> HostKeys {
     HostKeys { host: t.name.clone(), keys, written, error }
 }
 
-/// Write the keys of every host that has some, at most `max_parallel` at
-/// once; in target order.
-pub async fn upload_all(targets: &[Target], run: Arc<Run>, max_parallel: usize) -> Vec<HostKeys> {
-    let permits = Arc::new(Semaphore::new(max_parallel.max(1)));
+/// Write the keys of every host that has some (through the run's
+/// fan-out); in target order.
+pub async fn upload_all(targets: &[Target], run: Arc<Run>, fanout: &Fanout) -> Vec<HostKeys> {
     let shared = Arc::new(Shared::default());
-    let tasks: Vec<_> = targets
-        .iter()
-        .cloned()
-        .map(|t| {
-            let (permits, shared, run) = (permits.clone(), shared.clone(), run.clone());
-            tokio::spawn(async move {
-                let _permit = permits.acquire_owned().await.expect("never closed");
+    let done = fanout
+        .each(targets.to_vec(), move |t: Target| {
+            let (shared, run) = (shared.clone(), run.clone());
+            async move {
                 if t.spec.keys.is_empty() {
                     return listed(&t, false, None);
                 }
@@ -88,15 +84,13 @@ pub async fn upload_all(targets: &[Target], run: Arc<Run>, max_parallel: usize) 
                     Ok(()) => listed(&t, true, None),
                     Err(e) => listed(&t, false, Some(e)),
                 }
-            })
+            }
         })
-        .collect();
-    let mut all = Vec::with_capacity(tasks.len());
-    for (task, t) in tasks.into_iter().zip(targets) {
-        let failed = |e: tokio::task::JoinError| listed(t, false, Some(format!("internal: {e}")));
-        all.push(task.await.unwrap_or_else(failed));
-    }
-    all
+        .await;
+    let failed = |(d, t): (Result<HostKeys, _>, &Target)| {
+        d.unwrap_or_else(|p: crate::fanout::Panicked| listed(t, false, Some(p.to_string())))
+    };
+    done.into_iter().zip(targets).map(failed).collect()
 }
 
 async fn upload_one(t: &Target, run: &Run, host: &mut SshHost) -> Result<(), String> {

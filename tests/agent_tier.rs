@@ -221,9 +221,14 @@ impl Host {
     /// The run takes the host lock: the agent's own `hold`, whose stdin
     /// stays open (no heartbeat) until the host is dropped.
     fn hold_lock(&mut self) {
+        self.hold_lock_as(&format!("run {RUN_ID} by tier"));
+    }
+
+    /// The same, with `owner` as the words other deployers are shown.
+    fn hold_lock_as(&mut self, owner: &str) {
         let rundir = self.rundir();
         let mut holder = self
-            .cmd(&["hold", &format!("run {RUN_ID} by tier"), "600", &rundir])
+            .cmd(&["hold", owner, "600", &rundir])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -546,6 +551,32 @@ fn without_the_host_lock_nothing_is_activated() {
     let (_, status) = host.activate_to_end(ACTIVATE);
     assert!(status.starts_with("refused lock-lost this run lost the host lock"), "{status}");
     assert!(!host.calls().contains("switch-to-configuration"), "{}", host.calls());
+}
+
+#[test]
+fn the_lock_owner_s_words_are_shown_and_never_read_back() {
+    let mut host = Host::new();
+    // Six finished runs older than this one: beyond the five kept, the
+    // two oldest go, whatever the owner's words name.
+    let old: Vec<String> = (0..6).map(|i| format!("2026120{i}-100000-old")).collect();
+    for id in &old {
+        let dir = host.root.join("state/runs").join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("status"), "booted\n").unwrap();
+    }
+    host.hold_lock_as(&format!("run {} by someone", old[0]));
+    // The holder prunes once it has said the lock is taken, newest first:
+    // the oldest last.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while host.root.join("state/runs").join(&old[0]).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left: Vec<bool> =
+        old.iter().map(|id| host.root.join("state/runs").join(id).exists()).collect();
+    assert_eq!(left, [false, false, true, true, true, true], "{old:?}");
+    assert!(Path::new(&host.rundir()).exists(), "its own run stays");
+    let pid = std::fs::read_to_string(host.root.join("state/lock.pid")).unwrap();
+    assert_eq!(pid.split_whitespace().nth(1), Some(RUN_ID), "the holder's run id, as data");
 }
 
 // ---- the rollback ---------------------------------------------------------------------

@@ -1,7 +1,7 @@
 //! The docs, checked against the code they describe: `docs/architecture.md`'s
 //! module map against the files in `src/`, and the lists of events, outcomes
 //! and reasons in the README and `docs/architecture.md` against the enums of
-//! `src/events.rs` (read from its text, each word checked through serde
+//! `src/events/mod.rs` (read from its text, each word checked through serde
 //! where the type can parse one).
 
 use std::collections::BTreeSet;
@@ -109,7 +109,7 @@ fn the_module_map_names_every_file_in_src_and_nothing_else() {
 /// (`#[serde(rename_all = "kebab-case")]` on each enum read here).
 fn variants(text: &str, name: &str) -> Vec<String> {
     let head = format!("pub enum {name} {{");
-    let start = text.find(&head).unwrap_or_else(|| panic!("no `{head}` in src/events.rs"));
+    let start = text.find(&head).unwrap_or_else(|| panic!("no `{head}` in src/events/mod.rs"));
     let before = &text[..start];
     let attrs = &before[before.rfind("\n\n").unwrap_or(0)..];
     assert!(attrs.contains(r#"rename_all = "kebab-case""#), "{name} is not kebab-case: {attrs}");
@@ -185,7 +185,7 @@ fn same(
 
 #[test]
 fn the_docs_list_exactly_the_events_outcomes_and_reasons_of_the_code() {
-    let code = read("src/events.rs");
+    let code = read("src/events/mod.rs");
     let events = variants(&code, "Event");
     let outcomes = variants(&code, "Outcome");
     let reasons = variants(&code, "Reason");
@@ -194,8 +194,8 @@ fn the_docs_list_exactly_the_events_outcomes_and_reasons_of_the_code() {
         assert!(deploy_flake::events::Reason::parse(word).is_some(), "{word}: not a reason");
     }
     let words = deploy_flake::events::Outcome::ALL.map(|o| o.as_str().to_string());
-    assert_eq!(words.as_slice(), outcomes, "the outcomes read from src/events.rs");
-    // The reason table in events.rs itself.
+    assert_eq!(words.as_slice(), outcomes, "the outcomes read from src/events/mod.rs");
+    // The reason table in events/mod.rs itself.
     let table: Vec<String> = code
         .lines()
         .filter_map(|l| l.strip_prefix("/// | `"))
@@ -206,7 +206,7 @@ fn the_docs_list_exactly_the_events_outcomes_and_reasons_of_the_code() {
     let arch = read("docs/architecture.md");
     let mut faults = Vec::new();
     let f = &mut faults;
-    same("src/events.rs", "reason table", Ok(table), &reasons, f);
+    same("src/events/mod.rs", "reason table", Ok(table), &reasons, f);
     let r = "README.md";
     same(r, "events", listed(&readme, r, "its `event` is one of", '.'), &events, f);
     same(r, "outcomes", listed(&readme, r, "the host's `outcome` (", ')'), &outcomes, f);
@@ -214,7 +214,7 @@ fn the_docs_list_exactly_the_events_outcomes_and_reasons_of_the_code() {
     let a = "docs/architecture.md";
     same(a, "events", listed(&arch, a, "is all the engine says:", '.'), &events, f);
     same(a, "outcomes", listed(&arch, a, "the host's `outcome` (", ')'), &outcomes, f);
-    assert!(faults.is_empty(), "the docs and src/events.rs differ:\n  {}", faults.join("\n  "));
+    assert!(faults.is_empty(), "the docs and src/events/mod.rs differ:\n  {}", faults.join("\n  "));
 }
 
 #[test]

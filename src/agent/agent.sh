@@ -961,11 +961,12 @@ probe() {
 # prune_runs OWN: of the runs that are over, those beyond the newest
 # RUNS_KEPT (OWN counted) lose their directory, and the others their log
 # when they succeeded. Never OWN, a run whose agent is at work, or the run
-# that holds the host lock. (Run ids begin with the time: newest first is
-# the reverse order of their names.)
+# that holds the host lock (its id as `hold` wrote it in lock.pid; the
+# owner's words in lock.info are only shown). (Run ids begin with the
+# time: newest first is the reverse order of their names.)
 prune_runs() {
-    own=$1 kept=1
-    holder=$(sed -n 's/^run \([^ ]*\) .*/\1/p' "$STATE/lock.info" 2> /dev/null)
+    own=$1 kept=1 holder=''
+    if [ -s "$STATE/lock.pid" ]; then read -r _ holder < "$STATE/lock.pid"; fi
     set --
     for dir in "$STATE"/runs/*; do
         if [ -d "$dir" ]; then set -- "${dir##*/}" "$@"; fi

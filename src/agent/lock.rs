@@ -26,7 +26,11 @@ pub enum LockError {
         "the host is locked by another deploy: {holder}; wait for it to finish (the lock of a \
          deployer that died or was cut off is freed within {LOCK_PATIENCE_SECS} s)"
     )]
-    Held { holder: String },
+    Held {
+        holder: String,
+        /// The holder's run id, as its holder wrote it (`None`: not said).
+        run: Option<String>,
+    },
     /// The target lacks util-linux's `flock`.
     #[error("could not take the host lock: the target has no `flock` (util-linux)")]
     NoFlock,
@@ -94,7 +98,7 @@ pub async fn lock<S: Spawner>(
     health_secs: Option<u64>,
     secs: u64,
 ) -> Result<HostLock, LockError> {
-    let (lockfile, infofile) = lock_files();
+    let (lockfile, infofile, pidfile) = lock_files();
     let flock = ["flock", "-n", "-o", "-E", &LOCK_HELD.to_string(), &lockfile].map(String::from);
     let mut args = vec![owner.to_string(), LOCK_PATIENCE_SECS.to_string(), run.dir.clone()];
     args.extend(health_secs.map(|s| s.to_string()));
@@ -150,7 +154,7 @@ pub async fn lock<S: Spawner>(
         let serial = answer(&said, "serial").and_then(|n| n.parse().ok());
         return Ok(HostLock { heartbeat, holder, lost, busy, health, serial, nix });
     }
-    Err(refused(on, child, cmd.timeout, &infofile, secs).await?)
+    Err(refused(on, child, cmd.timeout, [&infofile, &pidfile], secs).await?)
 }
 
 /// Follow the holder until it ends, and say why in `lost`: its last word
@@ -179,12 +183,17 @@ fn watch_holder(
     })
 }
 
+/// The run id in the holder's `<pid> <run id>` line, if it says one.
+fn holder_run(pid_line: &str) -> Option<String> {
+    pid_line.split_whitespace().nth(1).map(String::from)
+}
+
 /// Why a lock command ended without the lock.
 async fn refused<S: Spawner>(
     on: &S,
     mut child: process::Child,
     limit: Duration,
-    infofile: &str,
+    [infofile, pidfile]: [&str; 2],
     secs: u64,
 ) -> Result<LockError, LockError> {
     let exit = match tokio::time::timeout(limit, child.wait).await {
@@ -195,8 +204,10 @@ async fn refused<S: Spawner>(
     if exit.and_then(|e| e.code()) == Some(LOCK_HELD) {
         let out = process::run(on, &Cmd::new(["cat", infofile]).secs(secs), None).await?;
         let holder = out.stdout.trim();
-        let holder = if holder.is_empty() { "another deploy" } else { holder };
-        return Ok(LockError::Held { holder: holder.to_string() });
+        let holder = if holder.is_empty() { "another deploy" } else { holder }.to_string();
+        let out = process::run(on, &Cmd::new(["cat", pidfile]).secs(secs), None).await?;
+        let run = holder_run(&out.stdout);
+        return Ok(LockError::Held { holder, run });
     }
     let mut err = Vec::new();
     let mut stderr = (&mut child.stderr).take(process::LINE_MAX as u64);
@@ -241,4 +252,20 @@ fn beat(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_holder_s_run_is_read_from_its_pid_line() {
+        let table = [
+            ("1234 1700000000-1-ab\n", Some("1700000000-1-ab")),
+            ("1234 1700000000-1-ab-revert\n", Some("1700000000-1-ab-revert")),
+            ("1234\n", None),
+            ("", None),
+        ];
+        for (line, want) in table {
+            assert_eq!(super::holder_run(line).as_deref(), want, "{line:?}");
+        }
+    }
 }

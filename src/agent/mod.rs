@@ -96,9 +96,11 @@ impl RunDir {
     }
 }
 
-/// The lock file and the file that says who holds it.
-fn lock_files() -> (String, String) {
-    (format!("{STATE_DIR}/lock"), format!("{STATE_DIR}/lock.info"))
+/// The lock file, the file that says who holds it (in words, for people)
+/// and the file its holder writes its pid and run id in (data).
+fn lock_files() -> (String, String, String) {
+    let at = |f: &str| format!("{STATE_DIR}/{f}");
+    (at("lock"), at("lock.info"), at("lock.pid"))
 }
 
 /// What the agent is doing or how it ended (the first word of its status).

@@ -11,8 +11,8 @@ pub use ssh::SshHost;
 
 use std::future::Future;
 
-use crate::agent::{AgentAction, AgentState, AgentStatus, CheckVerdict, Facts, Health};
-use crate::agent::{LockError, SwitchEnv};
+use crate::agent::{AgentAction, AgentState, AgentStatus, Changes, CheckVerdict, Facts, Health};
+use crate::agent::{HostState, LockError, SwitchEnv};
 use crate::build::{BuildError, CopiedFrom, Way};
 use crate::events::Reason;
 use crate::fleet::{HealthCheck, KeySpec};
@@ -125,6 +125,18 @@ pub trait Host: Send {
     /// The health and what the host runs, whether or not the agent is
     /// installed (read-only: a soak's look).
     fn look(&mut self, secs: u64) -> impl Future<Output = HostResult<Look>> + Send;
+    /// What the host runs, boots and lacks, its lock and last deploy,
+    /// read-only: nothing is installed or written (`deploy-flake status`).
+    fn status(&mut self, secs: u64) -> impl Future<Output = HostResult<HostState>> + Send;
+    /// What activating `toplevel` would change (packages, closure size,
+    /// units, reboot) on a host that runs `current`, changing nothing
+    /// (`deploy-flake diff`).
+    fn changes(
+        &mut self,
+        current: Option<&str>,
+        toplevel: &StorePath,
+        secs: u64,
+    ) -> impl Future<Output = HostResult<Changes>> + Send;
     /// The flake and its inputs in this machine's store (once per run,
     /// shared by every host).
     fn archive(

@@ -118,6 +118,19 @@ impl Host for SshHost {
         Ok(Look { health, current })
     }
 
+    async fn status(&mut self, secs: u64) -> HostResult<agent::HostState> {
+        Ok(agent::status(self.ssh()?, secs).await?)
+    }
+
+    async fn changes(
+        &mut self,
+        current: Option<&str>,
+        toplevel: &StorePath,
+        secs: u64,
+    ) -> HostResult<agent::Changes> {
+        Ok(agent::changes(self.ssh()?, current, toplevel, secs).await?)
+    }
+
     async fn archive(&mut self, flake: &str, secs: u64, out: Lines<'_>) -> HostResult<Archive> {
         self.shared.archive(flake, secs, out).await
     }
@@ -419,16 +432,6 @@ impl Host for SshHost {
 }
 
 impl SshHost {
-    /// What activating `toplevel` would change, changing nothing.
-    pub async fn changes(
-        &mut self,
-        current: Option<&str>,
-        toplevel: &StorePath,
-        secs: u64,
-    ) -> HostResult<agent::Changes> {
-        Ok(agent::changes(self.ssh()?, current, toplevel, secs).await?)
-    }
-
     /// A closure built here, over the master into `nix-store --import`
     /// (as the flake's source goes): for a host whose sudo takes a
     /// password, which `nix copy`'s `sudo nix-daemon` on the host cannot be
@@ -470,9 +473,8 @@ impl SshHost {
                     self.lock = Some(lock);
                     return Ok(locked);
                 }
-                Err(LockError::Held { holder })
-                    if holder.contains(&format!("run {} ", self.run.id()))
-                        && tokio::time::Instant::now() < deadline =>
+                Err(LockError::Held { run: Some(run), .. })
+                    if run == self.run.id() && tokio::time::Instant::now() < deadline =>
                 {
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }

@@ -114,6 +114,10 @@ pub struct Fake {
     pub read_keys: Result<(), crate::keys::KeyError>,
     pub stage_keys: HostResult<()>,
     pub upload_keys: HostResult<()>,
+    /// What `status` answers (`deploy-flake status`).
+    pub status: HostResult<crate::agent::HostState>,
+    /// What `changes` answers (`deploy-flake diff`).
+    pub changes: HostResult<crate::agent::Changes>,
 }
 
 impl Fake {
@@ -164,6 +168,8 @@ impl Fake {
             read_keys: Ok(()),
             stage_keys: Ok(()),
             upload_keys: Ok(()),
+            status: Ok(crate::agent::HostState::default()),
+            changes: Ok(crate::agent::Changes::default()),
         }
     }
 
@@ -220,6 +226,21 @@ impl Host for Fake {
         let health = self.health.pop_front().unwrap_or_else(|| health("running", &[]))?;
         let current = self.facts.as_ref().ok().and_then(|f| f.current.clone());
         Ok(Look { health, current })
+    }
+
+    async fn status(&mut self, _secs: u64) -> HostResult<crate::agent::HostState> {
+        self.call("host-state");
+        self.status.clone()
+    }
+
+    async fn changes(
+        &mut self,
+        current: Option<&str>,
+        toplevel: &StorePath,
+        _secs: u64,
+    ) -> HostResult<crate::agent::Changes> {
+        self.call(format!("changes {} {toplevel}", current.unwrap_or("-")));
+        self.changes.clone()
     }
 
     async fn archive(&mut self, flake: &str, _s: u64, out: Lines<'_>) -> HostResult<Archive> {

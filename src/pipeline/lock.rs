@@ -41,7 +41,7 @@ impl HostRun<'_> {
                     ))
                 }
             },
-            Err(HostError::Lock(LockError::Held { holder })) => Some(End::unchanged(
+            Err(HostError::Lock(LockError::Held { holder, .. })) => Some(End::unchanged(
                 Reason::LockLost,
                 format!("{lost}, and another deploy holds it now: {holder}; nothing changed"),
             )),

@@ -15,7 +15,7 @@ mod activate;
 mod drive;
 mod end;
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 mod lock;
 mod origin;
 mod prepare;
@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use end::{agent_end, next_step, End, Next};
-pub use origin::{lock_owner, new_run_id, origin, Origin};
+pub use origin::{host_name, new_run_id, Identity, Origin};
 pub use reboot::{came_back_in, wants_reboot, Reboot};
 pub use soak::soak_check;
 

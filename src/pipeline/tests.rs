@@ -82,7 +82,7 @@ async fn connection_failures_say_why_and_touch_nothing() {
 #[tokio::test]
 async fn a_locked_host_is_left_alone() {
     let mut f = Fake::new();
-    f.lock = Err(LockError::Held { holder: "run 7 by ops@laptop".into() }.into());
+    f.lock = Err(LockError::Held { holder: "run 7 by ops@laptop".into(), run: None }.into());
     let r = run(f).await;
     assert_eq!(r.ended(), (Outcome::Failed, Some(Reason::Locked), Some(Phase::Lock)));
     assert!(r.message().contains("run 7 by ops@laptop"), "{}", r.message());

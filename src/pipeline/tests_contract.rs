@@ -257,7 +257,10 @@ async fn ctrl_c_stops_a_copy_in_flight_at_once() {
 async fn losing_the_host_lock_to_another_run_while_reconnecting_stops_following() {
     let mut f = Fake::new();
     f.watch.push_front(Err(super::fake::disconnected()));
-    f.reconnect = Err(HostError::Lock(LockError::Held { holder: "run 9 by ops@elsewhere".into() }));
+    f.reconnect = Err(HostError::Lock(LockError::Held {
+        holder: "run 9 by ops@elsewhere".into(),
+        run: None,
+    }));
     let r = run(f).await;
     assert_eq!(r.ended(), (Outcome::Unknown, Some(Reason::Lost), Some(Phase::Activate)));
     assert!(r.message().contains("run 9 by ops@elsewhere"), "{}", r.message());

@@ -257,7 +257,8 @@ async fn a_lock_taken_by_another_run_after_the_reboot_does_not_fail_the_host() {
     let mut f = fake(&["kernel"]);
     f.boot_ids = reboots();
     f.later_facts = back_in(NEW, NEW);
-    let held = HostError::Lock(LockError::Held { holder: "run 9 by ops@elsewhere".into() });
+    let held =
+        HostError::Lock(LockError::Held { holder: "run 9 by ops@elsewhere".into(), run: None });
     f.later_locks = [Err(held)].into();
     let r = with(f, Reboot::IfNeeded).await;
     assert_eq!(r.ended(), (Outcome::Deployed, None, Some(Phase::Reboot)), "{}", r.message());

@@ -73,7 +73,10 @@ async fn a_lock_another_run_held_meanwhile_ends_the_run_unchanged() {
 async fn a_lock_another_run_holds_now_ends_the_run_unchanged() {
     let mut f = lost();
     let holder = "run 9 by ops@elsewhere";
-    f.relock = VecDeque::from([Err(HostError::Lock(LockError::Held { holder: holder.into() }))]);
+    f.relock = VecDeque::from([Err(HostError::Lock(LockError::Held {
+        holder: holder.into(),
+        run: None,
+    }))]);
     f.later_facts = VecDeque::from([Ok(runs(OTHER))]);
     let r = run(f).await;
     unchanged_lock_lost(&r, Phase::Activate);
@@ -106,7 +109,10 @@ async fn a_lock_taken_back_while_another_switch_runs_ends_the_run_unchanged() {
 async fn a_boot_entry_is_not_written_under_a_lost_lock_either() {
     let mut f = lost();
     let holder = "run 9 by ops@elsewhere";
-    f.relock = VecDeque::from([Err(HostError::Lock(LockError::Held { holder: holder.into() }))]);
+    f.relock = VecDeque::from([Err(HostError::Lock(LockError::Held {
+        holder: holder.into(),
+        run: None,
+    }))]);
     let r = drive(f, |_, ctx| ctx.goal = Goal::Boot).await;
     unchanged_lock_lost(&r, Phase::Boot);
 }

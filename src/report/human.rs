@@ -64,6 +64,8 @@ impl Human {
             Event::Note { host, text } => format!("{} {text}\n", tag(host, self.width)),
             // The host's final line says it, with the reason.
             Event::RolledBack { .. } => String::new(),
+            // `status` and `diff` print their own tables and summaries.
+            Event::HostStatus { .. } | Event::HostDiff { .. } => String::new(),
             Event::HostFinished { report } => {
                 let t = tag(&report.host, self.width);
                 let secs = fmt_duration(report.duration);

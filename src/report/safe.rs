@@ -101,6 +101,8 @@ pub fn event(mut e: Event) -> Event {
         }
         Event::HostFinished { report: r } => report(r),
         Event::RunFinished { reports, .. } => reports.iter_mut().for_each(report),
+        // Data for machines: `--json` prints them, no terminal does.
+        Event::HostStatus { host, .. } | Event::HostDiff { host, .. } => own_line(host),
     }
     e
 }

@@ -646,7 +646,7 @@ fn the_build_host_s_remote_builders_take_its_builds() {
     // that part is unknown, and diff exits 1 for it.)
     let diff = super::helpers::deploy(&f, &["diff", "--all"]);
     assert_eq!(diff.code, 1, "{diff}");
-    let shown: Value = serde_json::from_str(diff.stdout.trim()).unwrap();
+    let shown = diff.looked();
     assert_eq!(shown["hosts"][0]["error"], Value::Null, "{diff}");
     let unknown = &shown["hosts"][0]["changes"]["unknown"];
     assert_eq!(unknown["packages"], "the host runs no system to compare with", "{diff}");

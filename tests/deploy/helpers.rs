@@ -71,6 +71,32 @@ impl Run {
             .collect()
     }
 
+    /// What `status --json` or `diff --json` said of each host (the
+    /// `status` of each `host-status` event, the `diff` of each
+    /// `host-diff`), in target order, as `{"hosts": [...]}`; the stream is
+    /// checked to be a run's: started first, then one answer per host,
+    /// finished last with the process's exit code.
+    pub fn looked(&self) -> Value {
+        let all = events(&self.stdout);
+        let lines = self.stdout.lines().filter(|l| !l.trim().is_empty()).count();
+        assert_eq!(lines, all.len(), "every line is one JSON object:\n{self}");
+        assert_eq!(all.first().map(|e| &e["event"]), Some(&Value::from("run-started")), "{self}");
+        let last = all.last().unwrap();
+        assert_eq!(last["event"], "run-finished", "{self}");
+        assert_eq!(last["exit_code"], self.code, "{self}");
+        let names: Vec<&Value> = all[0]["hosts"].as_array().unwrap().iter().collect();
+        let mut hosts = Vec::new();
+        for name in names {
+            let answer = all.iter().find_map(|e| match e["event"].as_str() {
+                Some("host-status") if &e["host"] == name => Some(e["status"].clone()),
+                Some("host-diff") if &e["host"] == name => Some(e["diff"].clone()),
+                _ => None,
+            });
+            hosts.push(answer.unwrap_or_else(|| panic!("no answer of {name}:\n{self}")));
+        }
+        serde_json::json!({ "hosts": hosts })
+    }
+
     /// Every output line the tool tagged with `host`.
     pub fn lines(&self, host: &str) -> Vec<String> {
         events(&self.stdout)

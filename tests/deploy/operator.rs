@@ -7,9 +7,9 @@ use serde_json::Value;
 use crate::common::{Lab, Suite, Target};
 use crate::helpers::*;
 
-/// The JSON document a `diff` or `status` run printed.
+/// What a `diff` or `status` run said of each host (`{"hosts": [...]}`).
 fn document(run: &Run) -> Value {
-    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {run}"))
+    run.looked()
 }
 
 /// No GC root of a run is left on the target.

@@ -263,7 +263,7 @@ fn a_lock_holder_killed_by_a_signal_leaves_no_phantom_lock() {
     let run = deploy(&slow, &["status", "h"]);
     a.signal("KILL");
     let _ = a.finish(Duration::from_secs(10));
-    let doc: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    let doc = run.looked();
     let lock = &doc["hosts"][0]["state"]["lock"];
     eprintln!("status: lock {lock}");
     assert_eq!(run.code, 0, "{run}");

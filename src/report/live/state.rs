@@ -101,7 +101,9 @@ impl State {
             | Event::WaveFinished { .. }
             | Event::SoakStarted { .. }
             | Event::SoakFinished { .. }
-            | Event::RolloutHalted { .. } => {}
+            | Event::RolloutHalted { .. }
+            | Event::HostStatus { .. }
+            | Event::HostDiff { .. } => {}
             Event::Output { host, line, .. } => self.host(host).push(line),
             Event::Note { host, text } => self.host(host).push(text),
             Event::HostFinished { report } => {

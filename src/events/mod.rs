@@ -530,6 +530,24 @@ pub enum Event {
     HostFinished {
         report: HostReport,
     },
+    /// `deploy-flake status`: one host's answer (the object `status`:
+    /// `host`, `error`, `state`, `drift`), or why there is none. Nothing
+    /// changed on it.
+    HostStatus {
+        host: String,
+        status: serde_json::Value,
+    },
+    /// `deploy-flake diff`: what activating its new system would change on
+    /// one host (the object `diff`: `host`, `error`, `current`, `new`,
+    /// `up_to_date`, `changes`, `keys`), or why it is not known. Nothing
+    /// changed on it.
+    HostDiff {
+        host: String,
+        diff: serde_json::Value,
+    },
+    /// The run's end: every host's report (none for `status` and `diff`:
+    /// their answers are their `host-status` and `host-diff` events), and
+    /// the exit code.
     RunFinished {
         reports: Vec<HostReport>,
         exit_code: u8,
@@ -553,43 +571,4 @@ fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error
 pub type Sink = Arc<dyn Fn(Event) + Send + Sync>;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_outcome_s_wire_word_is_its_json_and_its_display_is_for_people() {
-        let table = [
-            (Outcome::Deployed, "deployed", "deployed"),
-            (Outcome::UpToDate, "up-to-date", "up to date"),
-            (Outcome::Failed, "failed", "failed"),
-            (Outcome::RolledBack, "rolled-back", "rolled back"),
-            (Outcome::Unconfirmed, "unconfirmed", "activated, not confirmed"),
-            (Outcome::Superseded, "superseded", "superseded"),
-            (Outcome::Unknown, "unknown", "UNKNOWN STATE"),
-            (Outcome::Cancelled, "cancelled", "cancelled"),
-            (Outcome::Skipped, "skipped", "skipped"),
-            (Outcome::Unchecked, "unchecked", "deployed, unchecked"),
-            (Outcome::DeployedThenFailed, "deployed-then-failed", "deployed, then failed"),
-        ];
-        assert_eq!(table.map(|(o, _, _)| o), Outcome::ALL);
-        for (outcome, wire, label) in table {
-            assert_eq!(serde_json::to_value(outcome).unwrap(), wire);
-            assert_eq!(outcome.as_str(), wire);
-            assert_eq!(outcome.to_string(), label);
-        }
-    }
-
-    #[test]
-    fn a_reason_s_wire_word_is_its_json_and_its_display_is_for_people() {
-        for reason in Reason::ALL {
-            let json = serde_json::to_value(reason).unwrap();
-            assert_eq!(json, reason.as_str(), "{reason:?}");
-            assert_eq!(serde_json::from_value::<Reason>(json).unwrap(), reason);
-            assert_eq!(Reason::parse(reason.as_str()), Some(reason));
-        }
-        let words: std::collections::HashSet<_> = Reason::ALL.map(Reason::as_str).into();
-        assert_eq!(words.len(), Reason::ALL.len(), "one word per reason");
-        assert_eq!(Reason::NotASystem.to_string(), "not a system");
-        assert_eq!(Reason::parse("health check"), None, "people's words are not wire words");
-    }
-}
+mod tests;
