@@ -6,11 +6,13 @@ use clap::{Parser, ValueEnum};
 mod build;
 mod display;
 mod docs;
+mod intent;
 mod sudo;
 mod timeouts;
 pub use build::{BuildArgs, BuildOptions};
 pub use display::{ColorChoice, DisplayArgs, LiveJsonConflict, Progress, Terminal};
 pub use docs::DocsCommand;
+pub use intent::{Deploy, Intent};
 pub use sudo::{SudoArgs, SudoPassword, SudoPasswordError};
 pub use timeouts::parse_timeout;
 use timeouts::{phase_list, timeout_help};
@@ -147,16 +149,6 @@ pub enum RebootArg {
     Never,
     IfNeeded,
     Always,
-}
-
-/// What a run does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// Deploy (or roll back): the pipeline.
-    Deploy,
-    Status,
-    Diff,
-    Keys,
 }
 
 /// Which hosts, from which flake, how many at once, how to report: what
@@ -320,30 +312,14 @@ pub struct Options {
     pub selection: Selection,
     /// `None` = no limit.
     pub max_parallel: Option<usize>,
-    pub dry_run: bool,
     pub output: OutputFormat,
-    pub force: bool,
-    pub preflight: bool,
-    /// Replaces every host's `selfCheck` when set.
-    pub self_check: Option<String>,
     /// `(phase, seconds)` in command line order.
     pub timeouts: Vec<(Phase, u64)>,
-    /// Deploy, or roll back.
-    pub mode: Mode,
-    pub action: Action,
-    pub goal: Goal,
-    /// What switch-to-configuration is told.
-    pub switch_env: SwitchEnv,
-    /// When to reboot a host into its new boot entry.
-    pub reboot: Reboot,
-    /// Show the changes and ask before activating anything; `Some(true)`:
-    /// answered yes already (--yes).
-    pub ask: Option<bool>,
-    /// The command line's rollout settings.
-    pub rollout: Overrides,
+    /// What the run does, with the options only that takes.
+    pub intent: Intent,
     /// Where the sudo password of the run comes from, if it has one.
     pub sudo_password: Option<SudoPassword>,
-    /// Where systems are built and how they reach the hosts.
+    /// Where systems are built and how they reach the hosts (a deploy, a diff).
     pub build: BuildOptions,
 }
 
@@ -400,14 +376,12 @@ impl Cli {
             Some(Command::Rollback { args, to_generation }) => {
                 args.into_options(Mode::Rollback { to_generation })
             }
-            Some(Command::Status { query }) => query.into_options(Action::Status),
+            Some(Command::Status { query }) => query.into_options(Intent::Status),
             Some(Command::Diff { query, build }) => Ok(Options {
                 build: build.into_options().map_err(CliError::Build)?,
-                ..query.into_options(Action::Diff)?
+                ..query.into_options(Intent::Diff { mode: Mode::Deploy })?
             }),
-            Some(Command::Keys { query, dry_run }) => {
-                Ok(Options { dry_run, ..query.into_options(Action::Keys)? })
-            }
+            Some(Command::Keys { query, dry_run }) => query.into_options(Intent::Keys { dry_run }),
             Some(Command::Docs(d)) => Err(CliError::NotADeploy(d.name())),
         }
     }
@@ -425,7 +399,7 @@ impl Args {
                 return Err(CliError::SelfCheck { path: path.clone(), problem: p.into() });
             }
         }
-        let (goal, action) = match (self.goal, self.test_step) {
+        let (goal, diff) = match (self.goal, self.test_step) {
             (Some(GoalArg::Switch), Some(PreflightCheck::Skip)) => {
                 return Err(CliError::GoalConflict("switch"))
             }
@@ -435,12 +409,10 @@ impl Args {
             (Some(GoalArg::DryActivate), Some(PreflightCheck::Skip)) => {
                 return Err(CliError::GoalConflict("dry-activate"))
             }
-            (_, Some(PreflightCheck::Skip)) | (Some(GoalArg::Boot), _) => {
-                (Goal::Boot, Action::Deploy)
-            }
-            (Some(GoalArg::Test), _) => (Goal::Test, Action::Deploy),
-            (Some(GoalArg::DryActivate), _) => (Goal::Switch, Action::Diff),
-            (Some(GoalArg::Switch) | None, _) => (Goal::Switch, Action::Deploy),
+            (_, Some(PreflightCheck::Skip)) | (Some(GoalArg::Boot), _) => (Goal::Boot, false),
+            (Some(GoalArg::Test), _) => (Goal::Test, false),
+            (Some(GoalArg::DryActivate), _) => (Goal::Switch, true),
+            (Some(GoalArg::Switch) | None, _) => (Goal::Switch, false),
         };
         let reboot = match self.reboot {
             None | Some(RebootArg::Never) => Reboot::Never,
@@ -455,18 +427,23 @@ impl Args {
         if let (Some(goal), true) = (no_boot_entry, reboot != Reboot::Never) {
             return Err(CliError::RebootWithoutBoot(reboot.as_str(), goal));
         }
-        let options = self.query.into_options(action)?;
-        Ok(Options {
+        let build = self.build.into_options().map_err(CliError::Build)?;
+        if diff {
+            // `--goal dry-activate`: what the deploy (or rollback) would change.
+            return Ok(Options { build, ..self.query.into_options(Intent::Diff { mode })? });
+        }
+        let deploy = Deploy {
+            mode,
+            goal,
             dry_run: self.dry_run,
             force: self.force,
             preflight,
             self_check: self.pre_activate_script,
-            mode,
-            goal,
             switch_env: SwitchEnv {
                 no_check: self.no_check,
                 install_bootloader: self.install_bootloader,
             },
+            reboot,
             ask: self.ask.then_some(self.yes),
             rollout: rollout_overrides(
                 self.canary,
@@ -475,10 +452,8 @@ impl Args {
                 self.max_failures,
                 self.soak,
             )?,
-            reboot,
-            build: self.build.into_options().map_err(CliError::Build)?,
-            ..options
-        })
+        };
+        Ok(Options { build, ..self.query.into_options(Intent::Deploy(deploy))? })
     }
 }
 
@@ -529,8 +504,8 @@ fn rollout_overrides(
 }
 
 impl Query {
-    /// The options with every deploy flag at its default.
-    fn into_options(self, action: Action) -> Result<Options, CliError> {
+    /// The options of `intent`, with the shared flags of this query.
+    fn into_options(self, intent: Intent) -> Result<Options, CliError> {
         if self.flake.is_empty() {
             return Err(CliError::EmptyFlake);
         }
@@ -546,19 +521,9 @@ impl Query {
             flake: self.flake,
             selection: Selection { hosts: self.hosts, all: self.all, exclude: self.exclude },
             max_parallel: (self.max_parallel > 0).then_some(self.max_parallel),
-            dry_run: false,
             output: if self.json { OutputFormat::Json } else { OutputFormat::Human },
-            force: false,
-            preflight: true,
-            self_check: None,
             timeouts,
-            mode: Mode::Deploy,
-            action,
-            goal: Goal::Switch,
-            switch_env: SwitchEnv::default(),
-            reboot: Reboot::Never,
-            ask: None,
-            rollout: Overrides::default(),
+            intent,
             sudo_password: self.sudo.source(),
             build: BuildOptions::default(),
         })
@@ -573,7 +538,7 @@ impl Options {
             for (phase, secs) in &self.timeouts {
                 *t.spec.timeouts.get_mut(*phase) = *secs;
             }
-            if let Some(sc) = &self.self_check {
+            if let Some(sc) = self.intent.deploy().and_then(|d| d.self_check.as_ref()) {
                 t.spec.self_check = Some(sc.clone());
             }
         }

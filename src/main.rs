@@ -13,7 +13,7 @@ use clap::Parser;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use deploy_flake::cli::{Action, Cli, Command, Options, OutputFormat, Terminal};
+use deploy_flake::cli::{Cli, Command, Deploy, Intent, Options, OutputFormat, Terminal};
 use deploy_flake::diff::HostDiff;
 use deploy_flake::diff::Shows;
 use deploy_flake::events::Sink;
@@ -76,32 +76,39 @@ fn run() -> anyhow::Result<Exit> {
         runtime.block_on(select::load(&options.flake, &options.selection, DEFAULT_EVAL_TIMEOUT))?;
     options.apply_overrides(&mut targets);
     // The sudo password, once, before any host is touched.
-    if let (Some(source), false) = (&options.sudo_password, options.dry_run) {
+    if let (Some(source), false) = (&options.sudo_password, options.intent.dry_run()) {
         deploy_flake::ssh::set_sudo_password(runtime.block_on(source.read())?);
     }
     let shared = Arc::new(Shared::default());
     let build_hosts = elsewhere(inventory.as_ref(), &mut targets, &options, &shared)?;
     // The run's identity, once: its id, who runs it from where, what for.
-    let goal = options.action.subcommand().unwrap_or(options.goal.as_str());
+    let goal = match &options.intent {
+        Intent::Deploy(d) => d.goal.as_str(),
+        other => other.subcommand().unwrap_or_default(),
+    };
     let identity = Identity::new(&options.flake, goal);
-    match options.action {
-        Action::Status => Ok(runtime.block_on(status(targets, &options, &identity))),
-        Action::Diff => Ok(runtime.block_on(diff(targets, &options, shared, &identity))),
-        Action::Keys => Ok(runtime.block_on(keys(targets, &options, &identity))),
-        Action::Deploy => {
+    match &options.intent {
+        Intent::Status => Ok(runtime.block_on(status(targets, &options, &identity))),
+        Intent::Diff { mode } => {
+            Ok(runtime.block_on(diff(targets, &options, mode, shared, &identity)))
+        }
+        Intent::Keys { dry_run } => {
+            Ok(runtime.block_on(keys(targets, &options, *dry_run, &identity)))
+        }
+        Intent::Deploy(d) => {
             let flake_rollout = inventory.as_ref().and_then(|i| i.rollout.as_ref());
-            let settings = rollout::settings(flake_rollout, &options.rollout);
-            let from = match options.rollout.canary {
+            let settings = rollout::settings(flake_rollout, &d.rollout);
+            let from = match d.rollout.canary {
                 Some(_) => "--canary",
                 None => "deployFlake.rollout.canary",
             };
             let waves = rollout::plan(inventory.as_ref(), &targets, &settings, from)?;
-            if options.dry_run {
-                let text = plan::render(&targets, &options, &waves, &build_hosts);
+            if d.dry_run {
+                let text = plan::render(&targets, &options, d, &waves, &build_hosts);
                 print!("{}", safe::text(&text));
                 return Ok(Exit::Success);
             }
-            let run = ask_then_deploy(targets, &options, &waves, display, shared, identity);
+            let run = ask_then_deploy(targets, &options, d, &waves, display, shared, identity);
             runtime.block_on(run)
         }
     }
@@ -176,9 +183,9 @@ fn finish(sink: Sink, output: Option<report::Output>) {
 }
 
 /// `deploy-flake keys`: 0 when every host's keys were written (or listed).
-async fn keys(targets: Vec<Target>, options: &Options, identity: &Identity) -> Exit {
+async fn keys(targets: Vec<Target>, options: &Options, dry_run: bool, identity: &Identity) -> Exit {
     use deploy_flake::upload;
-    let all = if options.dry_run {
+    let all = if dry_run {
         upload::list(&targets)
     } else {
         let run = upload::Run {
@@ -191,7 +198,7 @@ async fn keys(targets: Vec<Target>, options: &Options, identity: &Identity) -> E
     };
     match options.output {
         OutputFormat::Json => print!("{}", upload::json(&all)),
-        OutputFormat::Human => print!("{}", upload::render(&all, options.dry_run)),
+        OutputFormat::Human => print!("{}", upload::render(&all, dry_run)),
     }
     if all.iter().all(|h| h.error.is_none()) {
         Exit::Success
@@ -200,17 +207,18 @@ async fn keys(targets: Vec<Target>, options: &Options, identity: &Identity) -> E
     }
 }
 
-/// Build every host and say what would change on each; the run's events
-/// to `sink`.
+/// Build every host (or find the generation a rollback, `mode`, returns
+/// to) and say what would change on each; the run's events to `sink`.
 async fn diffs(
     targets: &[Target],
     options: &Options,
+    mode: &Mode,
     shared: Arc<Shared>,
     sink: &Sink,
     identity: &Identity,
 ) -> Vec<HostDiff> {
-    let shows = match options.mode {
-        Mode::Rollback { to_generation } => Shows::Rollback { to_generation },
+    let shows = match mode {
+        Mode::Rollback { to_generation } => Shows::Rollback { to_generation: *to_generation },
         _ => Shows::Build,
     };
     let run = deploy_flake::diff::Run {
@@ -220,14 +228,14 @@ async fn diffs(
         shows,
     };
     let fanout = Fanout::new(parallel(options, targets.len()));
-    prefetch_archive(targets, options, &shared);
+    prefetch_archive(targets, options, mode, &shared);
     let open = over_ssh(&run.run_id, shared);
     deploy_flake::diff::diff_all(targets, Arc::new(run), &fanout, open, sink).await
 }
 
 /// When hosts or a build host will build the flake, archive it (once)
 /// beside their connections rather than after them.
-fn prefetch_archive(targets: &[Target], options: &Options, shared: &Arc<Shared>) {
+fn prefetch_archive(targets: &[Target], options: &Options, mode: &Mode, shared: &Arc<Shared>) {
     let from_flake = |t: &&Target| match build::way(&t.spec) {
         Ok(None) => true,
         Ok(Some(way)) => matches!(way.build, build::Build::Host { .. }),
@@ -235,7 +243,7 @@ fn prefetch_archive(targets: &[Target], options: &Options, shared: &Arc<Shared>)
     };
     let on_target = targets.iter().filter(from_flake);
     let secs = on_target.map(|t| t.spec.timeouts.copy).max();
-    if let (Some(secs), Mode::Deploy) = (secs, &options.mode) {
+    if let (Some(secs), Mode::Deploy) = (secs, mode) {
         shared.prefetch(&options.flake, secs);
     }
 }
@@ -244,11 +252,12 @@ fn prefetch_archive(targets: &[Target], options: &Options, shared: &Arc<Shared>)
 async fn diff(
     targets: Vec<Target>,
     options: &Options,
+    mode: &Mode,
     shared: Arc<Shared>,
     identity: &Identity,
 ) -> Exit {
     let (sink, output) = data_sink(options);
-    let all = diffs(&targets, options, shared.clone(), &sink, identity).await;
+    let all = diffs(&targets, options, mode, shared.clone(), &sink, identity).await;
     shared.elsewhere.close().await;
     finish(sink, output);
     if options.output == OutputFormat::Human {
@@ -283,13 +292,14 @@ fn init_tracing(verbose: u8, color: bool) {
 async fn ask_then_deploy(
     targets: Vec<Target>,
     options: &Options,
+    d: &Deploy,
     waves: &Plan,
     display: report::Display,
     shared: Arc<Shared>,
     identity: Arc<Identity>,
 ) -> anyhow::Result<Exit> {
-    let Some(answered) = options.ask else {
-        return deploy(targets, options, shared, None, waves, display, identity).await;
+    let Some(answered) = d.ask else {
+        return deploy(targets, options, d, shared, None, waves, display, identity).await;
     };
     if !answered && !std::io::stdin().is_terminal() {
         anyhow::bail!("--ask needs a terminal to ask on; pass --yes to go on without asking");
@@ -297,7 +307,7 @@ async fn ask_then_deploy(
     // A run of its own on each host: the deploy's run directory is new.
     let looked = identity.part("diff", "diff");
     let quiet: Sink = Arc::new(|_| {});
-    let shown = diffs(&targets, options, shared.clone(), &quiet, &looked).await;
+    let shown = diffs(&targets, options, &d.mode, shared.clone(), &quiet, &looked).await;
     eprint!("{}", safe::text(&deploy_flake::diff::render(&shown)));
     // Each host as it was shown: its new system, and what it ran then.
     let approved: BTreeMap<String, Approved> = shown
@@ -327,7 +337,7 @@ async fn ask_then_deploy(
         return Ok(Exit::HostsFailed);
     }
     let approved = Some(Arc::new(approved));
-    deploy(targets, options, shared, approved, waves, display, identity).await
+    deploy(targets, options, d, shared, approved, waves, display, identity).await
 }
 
 /// Ask on the terminal; yes only for an explicit "y" or "yes".
@@ -340,9 +350,11 @@ fn confirmed(hosts: usize) -> anyhow::Result<bool> {
 
 /// Runs the deployment of the selected hosts and returns the run's exit
 /// status.
+#[allow(clippy::too_many_arguments)]
 async fn deploy(
     targets: Vec<Target>,
     options: &Options,
+    d: &Deploy,
     shared: Arc<Shared>,
     approved: Option<Arc<BTreeMap<String, Approved>>>,
     waves: &Plan,
@@ -355,21 +367,21 @@ async fn deploy(
     // Both wanted soon by every host, neither before it is connected.
     let origin = pipeline::Origin::new(identity.clone());
     origin.prefetch();
-    prefetch_archive(&targets, options, &shared);
+    prefetch_archive(&targets, options, &d.mode, &shared);
     let ctx = RunContext {
         approved,
         origin,
-        mode: options.mode.clone(),
-        goal: options.goal,
-        reboot: options.reboot,
-        switch_env: options.switch_env,
+        mode: d.mode.clone(),
+        goal: d.goal,
+        reboot: d.reboot,
+        switch_env: d.switch_env,
         interrupt,
         changing: changing.clone(),
         lock_owner: identity.lock_owner(),
         run_id: identity.run_id.clone(),
         flake: options.flake.clone(),
-        force: options.force,
-        skip_preflight: !options.preflight,
+        force: d.force,
+        skip_preflight: !d.preflight,
         keep_keys: false,
         sink,
     };

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::cli::Options;
+use crate::cli::{Deploy, Options};
 use crate::events::Phase;
 use crate::fleet::HostSpec;
 use crate::rollout::Plan;
@@ -16,6 +16,7 @@ use crate::select::Target;
 pub fn render(
     targets: &[Target],
     options: &Options,
+    deploy: &Deploy,
     rollout: &Plan,
     build_hosts: &BTreeMap<String, String>,
 ) -> String {
@@ -31,16 +32,16 @@ pub fn render(
         out,
         "parallel: {}; preflight: {}; force: {}",
         options.max_parallel.map_or("unlimited".to_string(), |m| m.to_string()),
-        if options.preflight { "run" } else { "skip" },
-        if options.force { "yes" } else { "no" },
+        if deploy.preflight { "run" } else { "skip" },
+        if deploy.force { "yes" } else { "no" },
     );
-    let goal = match options.goal {
+    let goal = match deploy.goal {
         crate::pipeline::Goal::Switch => "switch (activate, confirm, then write the boot entry)",
         crate::pipeline::Goal::Test => "test (activate and confirm; the boot entry stays)",
         crate::pipeline::Goal::Boot => "boot (write the boot entry only; it runs after a reboot)",
     };
-    let env = &options.switch_env;
-    let reboot = match options.reboot {
+    let env = &deploy.switch_env;
+    let reboot = match deploy.reboot {
         crate::pipeline::Reboot::Never => "",
         crate::pipeline::Reboot::IfNeeded => {
             "; then reboot where it does not run what it boots, and wait for it (timeouts.reboot)"
@@ -55,7 +56,7 @@ pub fn render(
         if env.no_check { "skipped (--no-check)" } else { "run" },
         if env.install_bootloader { "; the bootloader is installed too" } else { "" },
     );
-    if let crate::pipeline::Mode::Rollback { to_generation } = &options.mode {
+    if let crate::pipeline::Mode::Rollback { to_generation } = &deploy.mode {
         let _ = writeln!(
             out,
             "rollback: each host returns to {} of its system profile (configuration and build below are not used)",

@@ -6,7 +6,7 @@ mod common;
 
 use clap::Parser;
 use common::run_tool;
-use deploy_flake::cli::{Cli, CliError, Goal, Options, OutputFormat, Reboot};
+use deploy_flake::cli::{Cli, CliError, Deploy, Goal, Intent, Mode, Options, OutputFormat, Reboot};
 use deploy_flake::events::Phase;
 use deploy_flake::inventory::HostSpec;
 use deploy_flake::plan::{nix_attr, ssh_destination};
@@ -16,6 +16,14 @@ fn opts(args: &[&str]) -> Result<Options, CliError> {
     let mut argv = vec!["deploy-flake"];
     argv.extend_from_slice(args);
     Cli::try_parse_from(argv).expect("clap accepts it").into_options()
+}
+
+/// The options of a deploy (panics for another intent).
+fn deploy(args: &[&str]) -> Deploy {
+    match opts(args).unwrap().intent {
+        Intent::Deploy(d) => d,
+        other => panic!("{args:?}: not a deploy: {other:?}"),
+    }
 }
 
 fn opts_err(args: &[&str]) -> String {
@@ -28,9 +36,15 @@ fn defaults() {
     assert_eq!(o.flake, ".");
     assert_eq!(o.selection.hosts, ["web1"]);
     assert_eq!(o.max_parallel, Some(16));
-    assert!(o.preflight && !o.dry_run && !o.force);
+    assert_eq!(o.intent, Intent::Deploy(Deploy::default()));
+    let d = deploy(&["web1"]);
+    assert!(d.preflight && !d.dry_run && !d.force);
+    assert_eq!(
+        (d.mode, d.goal, d.reboot, d.ask),
+        (Mode::Deploy, Goal::Switch, Reboot::Never, None)
+    );
     assert_eq!(o.output, OutputFormat::Human);
-    assert_eq!(o.self_check, None);
+    assert_eq!(d.self_check, None);
     assert!(o.timeouts.is_empty());
 }
 
@@ -61,16 +75,17 @@ fn every_flag() {
     assert!(o.selection.all);
     assert_eq!(o.selection.exclude, ["@db", "web-*"]);
     assert_eq!(o.max_parallel, None);
-    assert!(o.dry_run && o.force && !o.preflight);
+    let d = o.intent.deploy().unwrap();
+    assert!(d.dry_run && d.force && !d.preflight);
     assert_eq!(o.output, OutputFormat::Json);
-    assert_eq!(o.self_check.as_deref(), Some("bin/check"));
+    assert_eq!(d.self_check.as_deref(), Some("bin/check"));
     assert_eq!(o.timeouts, [(Phase::Build, 7200), (Phase::SelfCheck, 5)]);
 }
 
 #[test]
 fn original_preflight_flag() {
-    assert!(!opts(&["--all", "--preflight-check=skip"]).unwrap().preflight);
-    assert!(opts(&["--all", "--preflight-check=run"]).unwrap().preflight);
+    assert!(!deploy(&["--all", "--preflight-check=skip"]).preflight);
+    assert!(deploy(&["--all", "--preflight-check=run"]).preflight);
     assert_eq!(
         opts_err(&["--all", "--preflight-check=run", "--skip-preflight"]),
         "--skip-preflight contradicts --preflight-check=run: pass one of them"
@@ -121,16 +136,16 @@ fn bad_flags() {
 
 #[test]
 fn reboot_flag() {
-    assert_eq!(opts(&["--all"]).unwrap().reboot, Reboot::Never);
+    assert_eq!(deploy(&["--all"]).reboot, Reboot::Never);
     for (word, want) in
         [("never", Reboot::Never), ("if-needed", Reboot::IfNeeded), ("always", Reboot::Always)]
     {
-        assert_eq!(opts(&["--all", "--reboot", word]).unwrap().reboot, want, "{word}");
+        assert_eq!(deploy(&["--all", "--reboot", word]).reboot, want, "{word}");
     }
-    let o = opts(&["--all", "--goal", "boot", "--reboot", "always"]).unwrap();
-    assert_eq!((o.goal, o.reboot), (Goal::Boot, Reboot::Always));
-    assert_eq!(opts(&["--all", "--test=skip", "--reboot=if-needed"]).unwrap().goal, Goal::Boot);
-    assert_eq!(opts(&["rollback", "--all", "--reboot", "always"]).unwrap().reboot, Reboot::Always);
+    let d = deploy(&["--all", "--goal", "boot", "--reboot", "always"]);
+    assert_eq!((d.goal, d.reboot), (Goal::Boot, Reboot::Always));
+    assert_eq!(deploy(&["--all", "--test=skip", "--reboot=if-needed"]).goal, Goal::Boot);
+    assert_eq!(deploy(&["rollback", "--all", "--reboot", "always"]).reboot, Reboot::Always);
     // A goal that writes no boot entry has nothing to reboot into.
     for goal in ["test", "dry-activate"] {
         assert_eq!(
@@ -270,6 +285,34 @@ fn each_goal_s_wire_word_is_its_goal_flag() {
     let words: Vec<&str> = Goal::ALL.iter().map(|g| g.as_str()).collect();
     assert_eq!(words, ["switch", "test", "boot"]);
     for goal in Goal::ALL {
-        assert_eq!(opts(&["--all", "--goal", goal.as_str()]).unwrap().goal, goal);
+        assert_eq!(deploy(&["--all", "--goal", goal.as_str()]).goal, goal);
     }
+}
+
+/// Each command line is one intent, with only what that command takes.
+#[test]
+fn each_command_is_one_intent() {
+    let intent = |args: &[&str]| opts(args).unwrap().intent;
+    assert_eq!(intent(&["status", "--all"]), Intent::Status);
+    assert_eq!(intent(&["diff", "--all"]), Intent::Diff { mode: Mode::Deploy });
+    assert_eq!(intent(&["--all", "--goal", "dry-activate"]), Intent::Diff { mode: Mode::Deploy });
+    let back = Mode::Rollback { to_generation: Some(3) };
+    let dry = ["rollback", "--all", "--to-generation", "3", "--goal", "dry-activate"];
+    assert_eq!(intent(&dry), Intent::Diff { mode: back.clone() });
+    assert_eq!(deploy(&["rollback", "--all", "--to-generation", "3"]).mode, back);
+    assert_eq!(intent(&["keys", "--all", "--dry-run"]), Intent::Keys { dry_run: true });
+    assert_eq!(intent(&["keys", "--all"]), Intent::Keys { dry_run: false });
+    let ask = deploy(&["--all", "--ask", "--yes", "--soak", "30", "--no-check"]);
+    assert_eq!((ask.ask, ask.rollout.soak, ask.switch_env.no_check), (Some(true), Some(30), true));
+    // What a subcommand does not take, clap refuses.
+    for args in [
+        &["status", "--all", "--force"][..],
+        &["diff", "--all", "--reboot", "always"],
+        &["keys", "--all", "--goal", "boot"],
+    ] {
+        let mut argv = vec!["deploy-flake"];
+        argv.extend_from_slice(args);
+        assert!(Cli::try_parse_from(argv).is_err(), "{args:?} is accepted");
+    }
+    assert!(intent(&["--all", "--dry-run"]).dry_run() && !intent(&["diff", "--all"]).dry_run());
 }

@@ -32,18 +32,6 @@ fn subcommand_names() -> Vec<&'static str> {
     vec!["rollback", "status", "diff", "keys"]
 }
 
-impl super::Action {
-    /// The subcommand's name, as typed (`None`: a deploy or a rollback).
-    pub fn subcommand(self) -> Option<&'static str> {
-        match self {
-            super::Action::Deploy => None,
-            super::Action::Status => Some("status"),
-            super::Action::Diff => Some("diff"),
-            super::Action::Keys => Some("keys"),
-        }
-    }
-}
-
 impl DocsCommand {
     /// The subcommand's name, as typed.
     pub fn name(&self) -> &'static str {
