@@ -1,7 +1,7 @@
 //! The on-target agent's protocol, whole: where its state lives on a
 //! target, the answer lines it prints, its states and actions, the host
-//! lock, the confirmation and the abort. The script itself is `agent.sh`
-//! (embedded); this module is the only Rust code that knows its file
+//! lock, the confirmation and the abort. The script itself is the files of
+//! `sh/` (embedded, joined into one text); this module is the only Rust code that knows its file
 //! names, its answer prefix and its words.
 //!
 //! A run's state is a root-only directory of its own, so nothing from an
@@ -23,8 +23,22 @@ use crate::events::Reason;
 use crate::nix::StorePath;
 use crate::process::{self, Cmd, Lines, ProcessError, Script, Spawner};
 
-/// The agent script, embedded in the binary.
-pub const SCRIPT: &str = include_str!("agent.sh");
+/// The agent script, embedded in the binary: the files of `sh/` joined in
+/// the order of their names (the settings first, the dispatcher last),
+/// one text on the wire, installed and hashed whole.
+pub const SCRIPT: &str = concat!(
+    include_str!("sh/00-head.sh"),
+    include_str!("sh/10-state.sh"),
+    include_str!("sh/20-wait.sh"),
+    include_str!("sh/30-bounded.sh"),
+    include_str!("sh/40-activate.sh"),
+    include_str!("sh/50-boot.sh"),
+    include_str!("sh/60-watch.sh"),
+    include_str!("sh/70-lock.sh"),
+    include_str!("sh/80-facts.sh"),
+    include_str!("sh/90-keys.sh"),
+    include_str!("sh/99-main.sh"),
+);
 
 /// Root-only state of the deployer on a target.
 const STATE_DIR: &str = "/run/deploy-flake";

@@ -406,3 +406,27 @@ fn every_answer_key_has_its_reader_and_no_two_look_alike() {
     assert_eq!(answer(&text(&["self-check-exit"]), "self-check"), None);
     assert_eq!(answer(&text(&["self-check-exit"]), "self-check-exit").as_deref(), Some("1"));
 }
+
+/// The agent on the wire is every file of `sh/`, in the order of their
+/// names, each whole: a file added there is part of it (or this fails),
+/// and the flake check, which joins them so, checks the same text.
+#[test]
+fn the_agent_is_its_files_joined_in_the_order_of_their_names() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/agent/sh");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".sh"))
+        .collect();
+    names.sort();
+    assert!(names.len() > 5, "{names:?}");
+    assert_eq!(names.first().map(String::as_str), Some("00-head.sh"), "the settings come first");
+    assert_eq!(names.last().map(String::as_str), Some("99-main.sh"), "the dispatcher comes last");
+    let joined: String =
+        names.iter().map(|n| std::fs::read_to_string(dir.join(n)).unwrap()).collect();
+    assert!(joined == SCRIPT, "src/agent/mod.rs's SCRIPT must join exactly {names:?}");
+    for n in &names {
+        let text = std::fs::read_to_string(dir.join(n)).unwrap();
+        assert!(text.ends_with('\n'), "{n} ends its last line");
+    }
+}

@@ -1,0 +1,87 @@
+# shellcheck shell=sh
+# The boot entry of a confirmed system.
+# (A part of the agent: src/agent/mod.rs joins src/agent/sh/*.sh in the
+# order of their names into the one text that runs on a target.)
+
+# The system the newest generation of the system profile points at: what
+# a bootloader that keeps only the newest entries boots.
+newest_generation() {
+    newest='' highest=0
+    for link in "$PROFILE"-*-link; do
+        number=${link#"$PROFILE"-}
+        number=${number%-link}
+        case "$number" in '' | *[!0-9]*) continue ;; esac
+        if [ "$number" -gt "$highest" ]; then highest=$number newest=$link; fi
+    done
+    if [ -n "$newest" ]; then readlink -f "$newest"; fi
+}
+
+# The system the bootloader's default entry boots, where the bootloader
+# says it (systemd-boot's loader.conf and its entry: a `system` line, or
+# the `init=` of its options); nothing where it does not.
+default_entry() {
+    for conf in /boot/loader/loader.conf /boot/efi/loader/loader.conf /efi/loader/loader.conf; do
+        [ -r "$conf" ] || continue
+        entry=$(sed -n 's/^default[[:space:]][[:space:]]*//p' "$conf" | tail -n 1)
+        case "$entry" in '' | */* | *[*?@]*) return 0 ;; esac
+        file=${conf%/loader.conf}/entries/$entry
+        [ -r "$file" ] || return 0
+        sys=$(sed -n 's/^system[[:space:]][[:space:]]*//p' "$file" | tail -n 1)
+        if [ -z "$sys" ]; then
+            sys=$(sed -n 's|^options.*init=\(/nix/store/[^/ ]*\)/init.*|\1|p' "$file" | tail -n 1)
+        fi
+        if [ -n "$sys" ]; then printf '%s\n' "$sys"; fi
+        return 0
+    done
+}
+
+boot() {
+    rundir=$1 toplevel=$2
+    shift 2
+    stc_env "$@"
+    set_status booting
+    before=$(readlink -f "$PROFILE" 2> /dev/null)
+    # The newest generation is what every bootloader boots (systemd-boot
+    # keeps only the newest ones, and its default is the one of the system
+    # only among those). Unless it is the run's system already, the profile
+    # gets a new generation of it, also when an older generation (switched
+    # to, or rolled back to) points at it.
+    sysrc="$rundir/exit-status" moved=''
+    if [ "$(newest_generation)" != "$toplevel" ]; then
+        system nix-env -p "$PROFILE" --set "$toplevel" | cap_lines >> "$rundir/log"
+        moved=1
+    fi
+    if [ "$(readlink -f "$PROFILE")" != "$toplevel" ] || [ "$(newest_generation)" != "$toplevel" ]; then
+        set_status boot-failed boot-entry "the system profile could not be given a newest generation of $toplevel; it points at ${before:-nothing}"
+        return
+    fi
+    logged=$(wc -l < "$rundir/log" 2> /dev/null || echo 0)
+    # shellcheck disable=SC2086 # allow-listed words
+    system env $stc_env "$toplevel/bin/switch-to-configuration" boot | cap_lines >> "$rundir/log"
+    read -r rc < "$sysrc" || rc=1
+    rm -f "$sysrc"
+    # The system profile holds the system now.
+    rm -f "$rundir/toplevel"
+    if [ "$rc" = 0 ]; then
+        entry=$(default_entry)
+        if [ -n "$entry" ] && [ "$entry" != "$toplevel" ]; then
+            set_status boot-failed boot-entry "switch-to-configuration boot succeeded, but the bootloader's default entry boots $entry, not $toplevel"
+            return
+        fi
+        record booted "$toplevel"
+        set_status booted
+        return
+    fi
+    if [ "$rc" = 1 ] && sed -n "$((logged + 1)),\$p" "$rundir/log" | grep -q "Pre-switch checks failed"; then
+        # Refused before the bootloader was touched: the profile points at
+        # exactly what it did before (not at "the generation before").
+        if [ -n "$moved" ] && [ -n "$before" ]; then
+            system nix-env -p "$PROFILE" --set "$before" | cap_lines >> "$rundir/log"
+        fi
+        set_status boot-failed pre-switch-check "the pre-switch checks refused the boot entry; the system profile points at $(readlink -f "$PROFILE") again"
+    elif [ "$rc" = 11 ]; then
+        set_status boot-failed busy "another switch-to-configuration holds its lock; the system profile points at $toplevel, but its boot entry was not written"
+    else
+        set_status boot-failed boot-entry "switch-to-configuration boot exited with $rc: the system profile points at $toplevel, but the bootloader was not updated and may still boot the previous system"
+    fi
+}
