@@ -96,7 +96,8 @@ fn the_agents_state_words_are_the_deployers() {
     }
     for (state, word) in STATE_WORDS {
         // `starting` is a status not written yet, for the agent's watch too.
-        let unwritten = state == AgentState::Starting && SCRIPT.contains("${state:-starting}");
+        let unwritten =
+            state == AgentState::Starting && SCRIPT.contains("${watch_state:-starting}");
         assert!(
             written.contains(word) || unwritten,
             "the deployer reads the state `{word}`, which the agent never writes"

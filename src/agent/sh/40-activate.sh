@@ -10,9 +10,9 @@ failed_units() {
 
 # The units failed now that had not failed before the activation.
 new_failed() {
-    before=" $(cat "$rundir/failed-before" 2> /dev/null) "
-    for unit in $(failed_units); do
-        case "$before" in *" $unit "*) ;; *) printf '%s ' "$unit" ;; esac
+    new_before=" $(cat "$rundir/failed-before" 2> /dev/null) "
+    for new_unit in $(failed_units); do
+        case "$new_before" in *" $new_unit "*) ;; *) printf '%s ' "$new_unit" ;; esac
     done
 }
 
@@ -30,73 +30,79 @@ abort_text() {
 # roll_back CAUSE REASON: return to the previous system (magicRollback),
 # or leave the new one running unconfirmed.
 roll_back() {
-    cause=$1 reason=$2
+    back_cause=$1 back_reason=$2
     # The system built for this run will not be booted: drop its GC root.
     rm -f "$rundir/toplevel"
-    new=$(new_failed)
-    if [ -n "$new" ]; then
-        log "failed units: $new"
+    back_new=$(new_failed)
+    if [ -n "$back_new" ]; then
+        log "failed units: $back_new"
     fi
     if [ "$magic" != 1 ]; then
         # The new system stays, with its keys.
         keys_drop
-        set_status failed "$cause" "$reason"
+        set_status failed "$back_cause" "$back_reason"
         return
     fi
     if [ -z "$previous" ] || [ ! -x "$previous/bin/switch-to-configuration" ]; then
         keys_restore
-        set_status rollback-failed "$cause" "$reason; no previous system to return to"
+        set_status rollback-failed "$back_cause" "$back_reason; no previous system to return to"
         return
     fi
-    set_status rolling-back "$cause" "$reason"
-    log "rolling back to $previous: $reason"
+    set_status rolling-back "$back_cause" "$back_reason"
+    log "rolling back to $previous: $back_reason"
     # The keys the previous system ran with, before it runs again.
     keys_restore
     # What failed under the abandoned system is not the previous system's
     # doing: clear it, so that what fails now is what the rollback left.
-    for unit in $new; do systemctl reset-failed "$unit" 2> /dev/null; done
+    for back_unit in $back_new; do systemctl reset-failed "$back_unit" 2> /dev/null; done
     # Returning to the system that ran a moment ago: its own pre-switch
     # checks must not refuse it, and nothing may stop it halfway (not the
     # deployer's abort, nor an activate timeout meant for the new system).
     run_bounded "$rollback_secs" 0 env NIXOS_NO_CHECK=1 "$previous/bin/switch-to-configuration" test
-    rc=$?
-    now=$(readlink -f "$CURRENT" 2> /dev/null)
-    left=$(new_failed)
-    still=$(failed_units)
-    if [ "$now" = "$previous" ] && [ -z "$left" ] && { [ "$rc" = 0 ] || [ "$rc" = 2 ] || [ "$rc" = 4 ]; }; then
-        if [ -n "$still" ]; then
-            reason="$reason (units that had failed before are still failed: $still)"
+    rolled_back "$?" "$back_cause" "$back_reason"
+}
+
+# rolled_back RC CAUSE REASON: the state a rollback ends in, its
+# switch-to-configuration having exited with RC: rolled back when the host
+# runs the previous system and no unit failed that had not before.
+rolled_back() {
+    rolled_now=$(readlink -f "$CURRENT" 2> /dev/null)
+    rolled_left=$(new_failed)
+    rolled_still=$(failed_units)
+    rolled_reason=$3
+    if [ "$rolled_now" = "$previous" ] && [ -z "$rolled_left" ] && { [ "$1" = 0 ] || [ "$1" = 2 ] || [ "$1" = 4 ]; }; then
+        if [ -n "$rolled_still" ]; then
+            rolled_reason="$rolled_reason (units that had failed before are still failed: $rolled_still)"
         fi
-        set_status rolled-back "$cause" "$reason"
-    elif [ "$now" = "$previous" ] && [ -n "$left" ]; then
-        set_status rollback-failed "$cause" "$reason; back on the previous system, but these units failed: $left"
+        set_status rolled-back "$2" "$rolled_reason"
+    elif [ "$rolled_now" = "$previous" ] && [ -n "$rolled_left" ]; then
+        set_status rollback-failed "$2" "$rolled_reason; back on the previous system, but these units failed: $rolled_left"
     else
-        set_status rollback-failed "$cause" "$reason; re-activating $previous exited with $rc"
+        set_status rollback-failed "$2" "$rolled_reason; re-activating $previous exited with $1"
     fi
 }
 
-# begin RUNDIR: the start of an action (activate, boot): the agent's pid,
+# begin: the start of the run's action (activate, boot): the agent's pid,
 # for whoever asks whether it is still there; then, may the run change the
 # host? Not when it does not hold the host lock (its deployer stalled
 # longer than the lock holder waits, and another run may hold it now),
 # nor while another run activates or writes a boot entry. Refused, it
 # changes nothing.
 begin() {
-    rundir=$1 runid=${1##*/}
     printf '%s\n' "$$" > "$rundir/pid"
-    pid='' holder=''
-    if [ -s "$STATE/lock.pid" ]; then read -r pid holder < "$STATE/lock.pid"; fi
-    if [ "$holder" != "$runid" ] || ! holder_alive "$pid" "$runid"; then
+    begin_pid='' begin_holder=''
+    if [ -s "$STATE/lock.pid" ]; then read -r begin_pid begin_holder < "$STATE/lock.pid"; fi
+    if [ "$begin_holder" != "$runid" ] || ! holder_alive "$begin_pid" "$runid"; then
         rm -rf "$rundir/staged-keys"
         set_status refused lock-lost "this run lost the host lock (its deployer was silent for longer than the lock holder waits); nothing was changed"
         return 1
     fi
-    for unit in $(switches_in_progress); do
-        case "$unit" in
+    for begin_unit in $(switches_in_progress); do
+        case "$begin_unit" in
             deploy-flake-"$runid"-*) ;;
             deploy-flake-*-activate.service | deploy-flake-*-boot.service)
                 rm -rf "$rundir/staged-keys"
-                set_status refused busy "another run is changing the host ($unit); nothing was changed"
+                set_status refused busy "another run is changing the host ($begin_unit); nothing was changed"
                 return 1
                 ;;
         esac
@@ -108,11 +114,11 @@ begin() {
 # upgrade) replaced it, and the run ends `superseded` WHEN: nothing of it is
 # recorded, no boot entry written, nothing rolled back.
 still_running() {
-    now_running=$(readlink -f "$CURRENT" 2> /dev/null)
-    [ "$now_running" = "$toplevel" ] && return 0
+    still_now=$(readlink -f "$CURRENT" 2> /dev/null)
+    [ "$still_now" = "$toplevel" ] && return 0
     rm -f "$rundir/toplevel" && rm -rf "$rundir/staged-keys"
-    log "another switch replaced $toplevel $1: the host runs ${now_running:-nothing}"
-    set_status superseded superseded "another switch replaced the run's system $1: the host runs ${now_running:-nothing}; no boot entry was written"
+    log "another switch replaced $toplevel $1: the host runs ${still_now:-nothing}"
+    set_status superseded superseded "another switch replaced the run's system $1: the host runs ${still_now:-nothing}; no boot entry was written"
     return 1
 }
 
@@ -120,13 +126,13 @@ still_running() {
 # test` means. Returns 0 when the new system runs and awaits its
 # confirmation, 1 when the run ended here (refused, or rolled back).
 activation_ended() {
-    rc=$1
-    case "$rc" in
+    ended_rc=$1
+    case "$ended_rc" in
         0) ;;
         4)
-            new=$(new_failed)
-            if [ -n "$new" ]; then
-                roll_back activation-failed "switch-to-configuration test exited with 4; failed units: $new"
+            ended_new=$(new_failed)
+            if [ -n "$ended_new" ]; then
+                roll_back activation-failed "switch-to-configuration test exited with 4; failed units: $ended_new"
                 return 1
             fi
             log "switch-to-configuration test exited with 4 only for units that had failed before: $(cat "$rundir/failed-before")"
@@ -146,13 +152,13 @@ activation_ended() {
             ;;
         124) roll_back timeout "activation did not finish within ${activate_secs}s"; return 1 ;;
         125) roll_back "$(abort_cause)" "activation aborted by the deployer: $(abort_text)"; return 1 ;;
-        *) roll_back activation-failed "switch-to-configuration test exited with $rc"; return 1 ;;
+        *) roll_back activation-failed "switch-to-configuration test exited with $ended_rc"; return 1 ;;
     esac
     return 0
 }
 
-# await_confirmation: wait for the deployer's confirmation; $cause and
-# $reason say why the wait ended without it (both empty: confirmed).
+# await_confirmation: wait for the deployer's confirmation; $await_cause
+# and $await_reason say why the wait ended without it (both empty: confirmed).
 await_confirmation() {
     # The window measures the deployer's liveness, not its speed: each of
     # its heartbeats (through the lock holder, `alive`) restarts it, so a
@@ -161,31 +167,31 @@ await_confirmation() {
     # (and in any case HARD_SECS after the activation).
     # The deployer's confirmation and abort wake this wait (wake_all).
     uptime_now
-    since=$now
-    hard=$((now + hard_secs))
+    await_since=$now
+    await_hard=$((now + hard_secs))
     nap_init bounded
-    next=0 cause='' reason=''
+    await_next=0 await_cause='' await_reason=''
     while [ ! -e "$rundir/confirmed" ]; do
         if [ -e "$rundir/abort" ]; then
-            cause=$(abort_cause) reason="not confirmed: $(abort_text)"
+            await_cause=$(abort_cause) await_reason="not confirmed: $(abort_text)"
             break
         fi
         # Once a second: the deadlines.
-        if [ "$waited" -ge "$next" ]; then
-            next=$((waited + 10))
+        if [ "$waited" -ge "$await_next" ]; then
+            await_next=$((waited + 10))
             uptime_now
-            beat=''
-            if [ -e "$rundir/alive" ]; then read -r beat < "$rundir/alive"; fi
-            case "$beat" in
+            await_beat=''
+            if [ -e "$rundir/alive" ]; then read -r await_beat < "$rundir/alive"; fi
+            case "$await_beat" in
                 '' | *[!0-9]*) ;;
-                *) if [ "$beat" -gt "$since" ]; then since=$beat; fi ;;
+                *) if [ "$await_beat" -gt "$await_since" ]; then await_since=$await_beat; fi ;;
             esac
-            if [ $((now - since)) -ge "$window_secs" ]; then
-                cause=not-confirmed reason="no confirmation within ${window_secs}s of the deployer's last sign of life"
+            if [ $((now - await_since)) -ge "$window_secs" ]; then
+                await_cause=not-confirmed await_reason="no confirmation within ${window_secs}s of the deployer's last sign of life"
                 break
             fi
-            if [ "$now" -ge "$hard" ]; then
-                cause=not-confirmed reason="no confirmation within ${hard_secs}s"
+            if [ "$now" -ge "$await_hard" ]; then
+                await_cause=not-confirmed await_reason="no confirmation within ${hard_secs}s"
                 break
             fi
         fi
@@ -195,11 +201,32 @@ await_confirmation() {
 }
 
 activate() {
-    rundir=$1 toplevel=$2 activate_secs=$3 window_secs=$4 hard_secs=$5 rollback_secs=$6 grace_secs=$7
-    magic=$8 then_boot=$9
-    shift 9
     stc_env "$@"
-    begin "$rundir" || return 0
+    begin || return 0
+    activation_start || return 0
+    # shellcheck disable=SC2086 # allow-listed words
+    run_bounded "$activate_secs" 1 env $stc_env "$toplevel/bin/switch-to-configuration" test
+    activation_ended "$?" || return 0
+    keys_own
+    set_status awaiting-confirmation
+    await_confirmation
+    if [ -n "$await_cause" ]; then
+        roll_back "$await_cause" "$await_reason"
+        return
+    fi
+    activation_confirmed || return 0
+    # Only a confirmed system becomes the boot entry; the agent writes it
+    # at once, whether or not the deployer is still there to see it.
+    if [ "$then_boot" = 1 ]; then
+        still_running "before its boot entry was written" || return 0
+        boot "$@"
+    fi
+}
+
+# activation_start: what a rollback needs (the previous system, in
+# $previous and the run's `previous`, the units failed before), then the
+# pre-activation keys; 1 when the run ended here (refused).
+activation_start() {
     previous=
     if [ -e "$CURRENT" ]; then
         previous=$(readlink -f "$CURRENT")
@@ -212,34 +239,21 @@ activate() {
         keys_restore
         rm -f "$rundir/toplevel"
         set_status refused keys "a pre-activation key could not be written (see the log); nothing was activated"
-        return
+        return 1
     fi
-    # shellcheck disable=SC2086 # allow-listed words
-    run_bounded "$activate_secs" 1 env $stc_env "$toplevel/bin/switch-to-configuration" test
-    rc=$?
-    activation_ended "$rc" || return 0
-    keys_own
-    set_status awaiting-confirmation
-    await_confirmation
-    if [ -n "$cause" ]; then
-        roll_back "$cause" "$reason"
-        return
-    fi
-    still_running "before the confirmation was recorded" || return 0
-    # Post-activation keys once confirmed; one that cannot be written takes
-    # the host back, with the keys it had.
+}
+
+# activation_confirmed: the confirmation recorded, after the
+# post-activation keys (one that cannot be written takes the host back,
+# with the keys it had); 1 when the run ended here.
+activation_confirmed() {
+    still_running "before the confirmation was recorded" || return 1
     if ! keys_install post; then
         roll_back keys "a post-activation key could not be written (see the log)"
-        return
+        return 1
     fi
     keys_drop
     record confirmed "$toplevel"
     set_status confirmed
     log "confirmed"
-    # Only a confirmed system becomes the boot entry; the agent writes it
-    # at once, whether or not the deployer is still there to see it.
-    if [ "$then_boot" = 1 ]; then
-        still_running "before its boot entry was written" || return 0
-        boot "$rundir" "$toplevel" "$@"
-    fi
 }

@@ -9,54 +9,56 @@
 # agent's pid, then the unit's cgroup; systemd only without either (no
 # cgroup v2, or the agent not yet started).
 agent_alive() {
-    apid=''
-    if [ -s "$rundir/pid" ]; then read -r apid < "$rundir/pid"; fi
-    if [ -n "$apid" ] && [ -r "/proc/$apid/cmdline" ] &&
-        tr '\0' ' ' < "/proc/$apid/cmdline" 2> /dev/null | grep -qF "$rundir "; then
+    alive_pid=''
+    if [ -s "$rundir/pid" ]; then read -r alive_pid < "$rundir/pid"; fi
+    if [ -n "$alive_pid" ] && [ -r "/proc/$alive_pid/cmdline" ] &&
+        tr '\0' ' ' < "/proc/$alive_pid/cmdline" 2> /dev/null | grep -qF "$rundir "; then
         return 0
     fi
-    slice=/sys/fs/cgroup/system.slice
-    if [ -d "$slice/deploy-flake-$runid-activate.service" ] || [ -d "$slice/deploy-flake-$runid-boot.service" ]; then
+    alive_slice=/sys/fs/cgroup/system.slice
+    if [ -d "$alive_slice/deploy-flake-$runid-activate.service" ] || [ -d "$alive_slice/deploy-flake-$runid-boot.service" ]; then
         return 0
     fi
-    if [ -d "$slice" ] && [ -n "$apid" ]; then return 1; fi
+    if [ -d "$alive_slice" ] && [ -n "$alive_pid" ]; then return 1; fi
     systemctl is-active --quiet "deploy-flake-$runid-activate.service" "deploy-flake-$runid-boot.service" 2> /dev/null
 }
 
-# show_log: print the run's log from line $seen + 1 on, complete lines
-# only, and count them in $seen; each call reads on from where the last one
-# stopped (the log stays open on fd 4), without a process of its own.
+# show_log: print the run's log from line $log_seen + 1 on, complete lines
+# only, and count them in $log_seen; each call reads on from where the last
+# one stopped (the log stays open on fd 4), without a process of its own.
 show_log() {
     if [ -z "$log_open" ]; then
         [ -e "$rundir/log" ] || return 0
         exec 4< "$rundir/log"
-        log_open=1 skip=$seen pending=''
-        while [ "$skip" -gt 0 ] && IFS= read -r line <&4; do skip=$((skip - 1)); done
+        log_open=1 log_skip=$log_seen log_pending=''
+        while [ "$log_skip" -gt 0 ] && IFS= read -r log_line <&4; do log_skip=$((log_skip - 1)); done
     fi
-    line=''
-    while IFS= read -r line <&4; do
-        printf '%s\n' "$pending$line"
-        pending='' line=''
-        seen=$((seen + 1))
+    log_line=''
+    while IFS= read -r log_line <&4; do
+        printf '%s\n' "$log_pending$log_line"
+        log_pending='' log_line=''
+        log_seen=$((log_seen + 1))
     done
     # A line still being written: the rest comes with the next read.
-    pending="$pending$line"
+    log_pending="$log_pending$log_line"
 }
 
 # The system that ran before the activation, for the deployer.
 say_previous() {
-    previous=''
-    if [ -e "$rundir/previous" ]; then read -r previous < "$rundir/previous"; fi
-    echo "deploy-flake-previous $runid $previous"
+    said_previous=''
+    if [ -e "$rundir/previous" ]; then read -r said_previous < "$rundir/previous"; fi
+    echo "deploy-flake-previous $runid $said_previous"
 }
 
+# watch SKIP_LINES [STATE [HEALTH_SECS]]: the run's log from line
+# SKIP_LINES + 1 on, as it grows, until the run's state is one to answer
+# (not one that changes on its own, nor STATE); then that state.
 watch() {
-    rundir=$1 seen=$2 patient=${3:-} health_secs=${4:-}
-    runid=${rundir##*/} log_open=
+    log_seen=$1 log_open='' watch_patient=${2:-} watch_health=${3:-}
     # A state change wakes the watch at once (set_status); new log lines
     # are shown at the next tick.
     nap_init
-    checked=0 pace=50 gone=0
+    watch_checked=0 watch_pace=50 watch_gone=0
     while :; do
         if [ ! -d "$rundir" ]; then
             nap_done
@@ -66,100 +68,111 @@ watch() {
         fi
         # Status first: every line logged before a state change is printed
         # before the watch returns.
-        status=''
-        if [ -e "$rundir/status" ]; then read -r status < "$rundir/status"; fi
-        state=${status%% *}
+        watch_status=''
+        if [ -e "$rundir/status" ]; then read -r watch_status < "$rundir/status"; fi
+        watch_state=${watch_status%% *}
         show_log
-        case "${state:-starting}" in
-            starting | activating | awaiting-confirmation | rolling-back | booting) transient=1 ;;
-            *) transient='' ;;
-        esac
-        case " '' activating rolling-back booting $patient " in
-            *" ${state:-''} "*) ;;
+        case " '' activating rolling-back booting $watch_patient " in
+            *" ${watch_state:-''} "*) ;;
             *) break ;;
         esac
-        # Every few seconds: is the agent still there to change the state?
-        # Gone twice in a row, a second or more apart, and the state
-        # unchanged: it was stopped or killed.
-        if [ -n "$transient" ] && [ $((waited - checked)) -ge "$pace" ]; then
-            checked=$waited pace=50
-            if agent_alive; then
-                gone=0
-            else
-                last=
-                if [ -e "$rundir/status" ]; then read -r last _ < "$rundir/status"; fi
-                if [ "$last" != "$state" ]; then
-                    gone=0
-                elif [ "$gone" = 1 ]; then
-                    nap_done
-                    say_previous
-                    echo "deploy-flake-status $runid vanished lost $(gone_why)"
-                    return
-                else
-                    gone=1 pace=10
-                fi
-            fi
+        if watch_agent_gone; then
+            nap_done
+            say_previous
+            echo "deploy-flake-status $runid vanished lost $(gone_why "$watch_state")"
+            return
         fi
         nap
     done
     nap_done
     show_log
     say_previous
-    # The deployer checks the health before it confirms: answered here, it
-    # costs no round trip of its own.
-    if [ -n "$health_secs" ] && [ "$state" = awaiting-confirmation ]; then
-        health "$health_secs" "$rundir" | sed "s/^deploy-flake-/deploy-flake-health $runid /"
-    fi
-    # The state seen, not the file again: the agent may have gone on.
-    echo "deploy-flake-status $runid $status"
+    watch_answer
 }
 
-# Why the run's agent ended without a state that says so: what it said
-# on its way out (its unit's journal), or that it was stopped or killed.
-gone_why() {
-    said=$(journalctl --no-pager --quiet --output=cat -u "deploy-flake-$runid-activate.service" \
-        -u "deploy-flake-$runid-boot.service" 2> /dev/null | sed -n 's/^deploy-flake agent: //p' | tail -n 2)
-    if [ -n "$said" ]; then
-        printf 'the agent stopped while %s: %s\n' "${state:-starting}" "$(printf '%s' "$said" | tr '\n' ' ')"
+# watch_answer: the state the watch saw (not the file again: the agent may
+# have gone on); the health first, when the deployer asked for it with an
+# answer awaiting its confirmation (it checks the health before it
+# confirms: answered here, it costs no round trip of its own).
+watch_answer() {
+    if [ -n "$watch_health" ] && [ "$watch_state" = awaiting-confirmation ]; then
+        health "$watch_health" | sed "s/^deploy-flake-/deploy-flake-health $runid /"
+    fi
+    echo "deploy-flake-status $runid $watch_status"
+}
+
+# watch_agent_gone: every few seconds of a state that changes on its own,
+# is the agent still there to change it? Gone twice in a row, a second or
+# more apart, and the state unchanged: it was stopped or killed.
+watch_agent_gone() {
+    case "${watch_state:-starting}" in
+        starting | activating | awaiting-confirmation | rolling-back | booting) ;;
+        *) return 1 ;;
+    esac
+    [ $((waited - watch_checked)) -ge "$watch_pace" ] || return 1
+    watch_checked=$waited watch_pace=50
+    if agent_alive; then
+        watch_gone=0
+        return 1
+    fi
+    watch_last=''
+    if [ -e "$rundir/status" ]; then read -r watch_last _ < "$rundir/status"; fi
+    if [ "$watch_last" != "$watch_state" ]; then
+        watch_gone=0
+    elif [ "$watch_gone" = 1 ]; then
+        return 0
     else
-        echo "the agent ended while ${state:-starting}: it was stopped or killed"
+        watch_gone=1 watch_pace=10
+    fi
+    return 1
+}
+
+# gone_why STATE: why the run's agent ended in STATE without a state that
+# says so: what it said on its way out (its unit's journal), or that it was
+# stopped or killed.
+gone_why() {
+    gone_said=$(journalctl --no-pager --quiet --output=cat -u "deploy-flake-$runid-activate.service" \
+        -u "deploy-flake-$runid-boot.service" 2> /dev/null | sed -n 's/^deploy-flake agent: //p' | tail -n 2)
+    if [ -n "$gone_said" ]; then
+        printf 'the agent stopped while %s: %s\n' "${1:-starting}" "$(printf '%s' "$gone_said" | tr '\n' ' ')"
+    else
+        echo "the agent ended while ${1:-starting}: it was stopped or killed"
     fi
 }
 
+# launch SKIP_LINES STATE HEALTH_SECS CMD...
 launch() {
-    rundir=$1 seen=$2 patient=$3 health_secs=$4
-    shift 4
+    launch_seen=$1 launch_patient=$2 launch_health=$3
+    shift 3
     "$@" || exit
     echo "deploy-flake-delivered"
-    watch "$rundir" "$seen" "$patient" "$health_secs"
+    watch "$launch_seen" "$launch_patient" "$launch_health"
 }
 
 # For the deployer's confirm and abort: the run must still be there.
 existing_run() {
-    rundir=$1
     [ -d "$rundir" ] || { echo "deploy-flake agent: no run $rundir on this host" >&2; exit 1; }
 }
 
+# confirm [SKIP_LINES]
 confirm() {
-    existing_run "$1"
+    existing_run
     : > "$rundir/confirmed" || exit 1
     wake_all
     # With SKIP_LINES: follow the agent to its answer, as `watch` does.
-    if [ -n "${2:-}" ]; then
+    if [ -n "${1:-}" ]; then
         echo "deploy-flake-delivered"
-        watch "$rundir" "$2" awaiting-confirmation
+        watch "$1" awaiting-confirmation
     fi
 }
 
 abort() {
-    existing_run "$1"
+    existing_run
     cat > "$rundir/abort.tmp" && mv -f "$rundir/abort.tmp" "$rundir/abort" || exit 1
     wake_all
 }
 
 probe() {
-    rundir=$1
-    runid=${rundir##*/}
     if [ -e "$rundir/status" ] || agent_alive; then
         echo "deploy-flake-started yes"
     fi

@@ -16,31 +16,31 @@ holder_alive() {
 # that holds the host lock. (Run ids begin with the time: newest first is
 # the reverse order of their names.)
 prune_runs() {
-    own=$1 kept=1
-    holder=$(sed -n 's/^run \([^ ]*\) .*/\1/p' "$STATE/lock.info" 2> /dev/null)
+    prune_own=$1 prune_kept=1
+    prune_holder=$(sed -n 's/^run \([^ ]*\) .*/\1/p' "$STATE/lock.info" 2> /dev/null)
     set --
-    for dir in "$STATE"/runs/*; do
-        if [ -d "$dir" ]; then set -- "${dir##*/}" "$@"; fi
+    for prune_dir in "$STATE"/runs/*; do
+        if [ -d "$prune_dir" ]; then set -- "${prune_dir##*/}" "$@"; fi
     done
-    for id in "$@"; do
-        dir=$STATE/runs/$id
-        if [ "$dir" = "$own" ] || [ "$id" = "$holder" ] || run_at_work "$id"; then continue; fi
-        if [ "$kept" -ge "$RUNS_KEPT" ]; then
-            rm -rf "$dir"
+    for prune_id in "$@"; do
+        prune_dir=$STATE/runs/$prune_id
+        if [ "$prune_dir" = "$prune_own" ] || [ "$prune_id" = "$prune_holder" ] || run_at_work "$prune_id"; then continue; fi
+        if [ "$prune_kept" -ge "$RUNS_KEPT" ]; then
+            rm -rf "$prune_dir"
             continue
         fi
-        kept=$((kept + 1))
-        read -r state _ < "$dir/status" 2> /dev/null
-        case "${state:-}" in booted | confirmed) rm -f "$dir/log" ;; esac
-        state=''
+        prune_kept=$((prune_kept + 1))
+        read -r prune_state _ < "$prune_dir/status" 2> /dev/null
+        case "${prune_state:-}" in booted | confirmed) rm -f "$prune_dir/log" ;; esac
+        prune_state=''
     done
 }
 
 # Is an action (activate, boot) of the run RUNID at work?
 run_at_work() {
-    slice=$SLICE
-    if [ -d "$slice" ]; then
-        [ -d "$slice/deploy-flake-$1-activate.service" ] || [ -d "$slice/deploy-flake-$1-boot.service" ]
+    work_slice=$SLICE
+    if [ -d "$work_slice" ]; then
+        [ -d "$work_slice/deploy-flake-$1-activate.service" ] || [ -d "$work_slice/deploy-flake-$1-boot.service" ]
     else
         systemctl is-active --quiet "deploy-flake-$1-activate.service" "deploy-flake-$1-boot.service" 2> /dev/null
     fi
@@ -51,11 +51,11 @@ run_at_work() {
 # a service has a cgroup of its own exactly while it has processes: seen
 # without asking systemd.
 switches_in_progress() {
-    slice=$SLICE
-    if [ -d "$slice" ]; then
-        for unit in "$slice"/deploy-flake-*.service "$slice"/nixos-rebuild-switch-to-configuration.service \
-            "$slice"/nixos-upgrade.service; do
-            if [ -d "$unit" ]; then echo "deploy-flake-busy ${unit##*/}"; fi
+    switches_slice=$SLICE
+    if [ -d "$switches_slice" ]; then
+        for switches_unit in "$switches_slice"/deploy-flake-*.service "$switches_slice"/nixos-rebuild-switch-to-configuration.service \
+            "$switches_slice"/nixos-upgrade.service; do
+            if [ -d "$switches_unit" ]; then echo "deploy-flake-busy ${switches_unit##*/}"; fi
         done
         return 0
     fi
@@ -67,9 +67,9 @@ switches_in_progress() {
 # The files of the host lock, and who holds it: "<pid> <run id>" of the
 # holder (flock holds the lock while the holder's shell lives).
 release_lock() {
-    held=''
-    if [ -s "$STATE/lock.pid" ]; then read -r held _ < "$STATE/lock.pid"; fi
-    if [ "$held" = "$1" ]; then rm -f "$STATE/lock.info" "$STATE/lock.pid"; fi
+    release_held=''
+    if [ -s "$STATE/lock.pid" ]; then read -r release_held _ < "$STATE/lock.pid"; fi
+    if [ "$release_held" = "$1" ]; then rm -f "$STATE/lock.info" "$STATE/lock.pid"; fi
 }
 
 # heartbeat: the deployer said it is alive: the time, for the watchdog and
@@ -84,38 +84,31 @@ heartbeat() {
 # the flags the deployer gives them. Asked again only when the binary is
 # another (device, inode, time, size): a lock costs one stat, not a Nix.
 nix_version() {
-    bin=$(command -v nix) || return 0
-    key=$(stat -L -c '%d:%i:%Y:%s' "$bin" 2> /dev/null) || return 0
-    seen='' said=''
-    if [ -r "$STATE/nix-version" ]; then { read -r seen && read -r said; } < "$STATE/nix-version"; fi
-    if [ "$seen" != "$key" ]; then
-        said=$(nix --version 2> /dev/null | head -n 1)
-        printf '%s\n%s\n' "$key" "$said" > "$STATE/nix-version.tmp" &&
+    nv_bin=$(command -v nix) || return 0
+    nv_key=$(stat -L -c '%d:%i:%Y:%s' "$nv_bin" 2> /dev/null) || return 0
+    nv_seen='' nv_said=''
+    if [ -r "$STATE/nix-version" ]; then { read -r nv_seen && read -r nv_said; } < "$STATE/nix-version"; fi
+    if [ "$nv_seen" != "$nv_key" ]; then
+        nv_said=$(nix --version 2> /dev/null | head -n 1)
+        printf '%s\n%s\n' "$nv_key" "$nv_said" > "$STATE/nix-version.tmp" &&
             mv -f "$STATE/nix-version.tmp" "$STATE/nix-version"
     fi
-    echo "deploy-flake-nix $said"
+    echo "deploy-flake-nix $nv_said"
 }
 
 hold() {
-    info=$1 patience=$2 rundir=$3 preflight=${4:-}
-    main=$$
-    printf '%s\n' "$info" > "$STATE/lock.info"
-    printf '%s %s\n' "$main" "${rundir##*/}" > "$STATE/lock.pid"
+    hold_info=$1 hold_patience=$2 hold_preflight=${3:-}
+    hold_main=$$
+    printf '%s\n' "$hold_info" > "$STATE/lock.info"
+    printf '%s %s\n' "$hold_main" "$runid" > "$STATE/lock.pid"
     # Ended by a signal it can catch, it leaves no lock behind that nobody
     # holds (`status` also checks that the holder is alive).
-    trap 'release_lock "$main"; exit 0' HUP INT TERM
-    # Holders are counted: a run that takes its lock back learns whether
-    # another run held it in between.
-    serial=''
-    if [ -s "$STATE/lock.serial" ]; then read -r serial < "$STATE/lock.serial"; fi
-    case "$serial" in '' | *[!0-9]*) serial=0 ;; esac
-    serial=$((serial + 1))
-    printf '%s\n' "$serial" > "$STATE/lock.serial"
-    echo "deploy-flake-serial $serial"
+    trap 'release_lock "$hold_main"; exit 0' HUP INT TERM
+    hold_serial
     switches_in_progress
     nix_version
     # The deployer's preflight, answered with the lock.
-    if [ -n "$preflight" ]; then health "$preflight" "$rundir"; fi
+    if [ -n "$hold_preflight" ]; then health "$hold_preflight"; fi
     # Taking the lock (again, after a reconnect) is a sign of life.
     heartbeat
     echo "deploy-flake-locked"
@@ -124,49 +117,62 @@ hold() {
     # the deployer is taken for lost (a network partition leaves no EOF)
     # and the lock is released: flock -o holds it only while this shell
     # lives. The deployer hears why, should it still be listening.
-    (
-        while sleep 2; do
-            kill -0 "$main" 2> /dev/null || exit 0
-            last=''
-            read -r last < "$STATE/lock.beat" 2> /dev/null
-            uptime_now
-            case "$last" in '' | *[!0-9]*) continue ;; esac
-            if [ $((now - last)) -gt "$patience" ]; then
-                echo "deploy-flake-lost no heartbeat reached the host for ${patience} s"
-                release_lock "$main"
-                kill -KILL "$main"
-                exit 0
-            fi
-        done
-    ) < /dev/null 2> /dev/null &
-    watchdog=$!
+    hold_watchdog "$hold_main" "$hold_patience" < /dev/null 2> /dev/null &
+    hold_dog=$!
     while IFS= read -r _; do
         heartbeat
     done
-    kill "$watchdog" 2> /dev/null
-    release_lock "$main"
+    kill "$hold_dog" 2> /dev/null
+    release_lock "$hold_main"
 }
 
-# displace RUNID CMD...: a holder of the host lock of run RUNID (one whose
+# hold_serial: holders are counted: a run that takes its lock back learns
+# whether another run held it in between.
+hold_serial() {
+    serial_count=''
+    if [ -s "$STATE/lock.serial" ]; then read -r serial_count < "$STATE/lock.serial"; fi
+    case "$serial_count" in '' | *[!0-9]*) serial_count=0 ;; esac
+    serial_count=$((serial_count + 1))
+    printf '%s\n' "$serial_count" > "$STATE/lock.serial"
+    echo "deploy-flake-serial $serial_count"
+}
+
+# hold_watchdog MAIN PATIENCE (in the background): ends the holder MAIN
+# and frees the lock once no heartbeat came for PATIENCE seconds.
+hold_watchdog() {
+    while sleep 2; do
+        kill -0 "$1" 2> /dev/null || exit 0
+        watchdog_last=''
+        read -r watchdog_last < "$STATE/lock.beat" 2> /dev/null
+        uptime_now
+        case "$watchdog_last" in '' | *[!0-9]*) continue ;; esac
+        if [ $((now - watchdog_last)) -gt "$2" ]; then
+            echo "deploy-flake-lost no heartbeat reached the host for ${2} s"
+            release_lock "$1"
+            kill -KILL "$1"
+            exit 0
+        fi
+    done
+}
+
+# displace CMD...: a holder of the host lock of run RUNID (one whose
 # deployer lost its connection to it) is ended, and the lock free, before
 # CMD runs (`exec`): a run takes its own lock back at once, and never
 # waits for its stale holder. Another run's holder is left alone.
 displace() {
-    runid=$1
-    shift
-    pid='' holder=''
-    if [ -s "$STATE/lock.pid" ]; then read -r pid holder < "$STATE/lock.pid"; fi
-    if [ "$holder" = "$runid" ] && holder_alive "$pid" "$runid"; then
+    displace_pid='' displace_holder=''
+    if [ -s "$STATE/lock.pid" ]; then read -r displace_pid displace_holder < "$STATE/lock.pid"; fi
+    if [ "$displace_holder" = "$runid" ] && holder_alive "$displace_pid" "$runid"; then
         # flock (its parent) frees the lock as the holder ends.
-        parent=''
-        while read -r key value; do
-            if [ "$key" = PPid: ]; then parent=$value; fi
-        done < "/proc/$pid/status"
-        kill -KILL "$pid" 2> /dev/null
-        n=0
-        while [ "$n" -lt 50 ] && { kill -0 "$pid" || kill -0 "${parent:-$pid}"; } 2> /dev/null; do
+        displace_parent=''
+        while read -r displace_key displace_value; do
+            if [ "$displace_key" = PPid: ]; then displace_parent=$displace_value; fi
+        done < "/proc/$displace_pid/status"
+        kill -KILL "$displace_pid" 2> /dev/null
+        displace_n=0
+        while [ "$displace_n" -lt 50 ] && { kill -0 "$displace_pid" || kill -0 "${displace_parent:-$displace_pid}"; } 2> /dev/null; do
             sleep 0.1
-            n=$((n + 1))
+            displace_n=$((displace_n + 1))
         done
     fi
     exec "$@"

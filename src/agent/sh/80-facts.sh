@@ -8,67 +8,67 @@
 # switch inhibitors, before anything changes; after SELFCHECK, when given
 # (a failing one ends it, its exit status said).
 check() {
-    toplevel=$1 secs=$2 selfcheck=$3
-    shift 3
+    check_secs=$1 check_self=$2
+    shift 2
     stc_env "$@"
     sysrc="$STATE/.exit-status.$$"
-    if [ -n "$selfcheck" ]; then
-        out=$(system timeout "$secs" "$selfcheck" | cap_lines)
-        read -r rc < "$sysrc" || rc=1
-        if [ -n "$out" ]; then printf '%s\n' "$out"; fi
-        echo "deploy-flake-self-check-exit $rc"
-        [ "$rc" = 0 ] || { rm -f "$sysrc"; return 0; }
+    if [ -n "$check_self" ]; then
+        check_out=$(system timeout "$check_secs" "$check_self" | cap_lines)
+        read -r check_rc < "$sysrc" || check_rc=1
+        if [ -n "$check_out" ]; then printf '%s\n' "$check_out"; fi
+        echo "deploy-flake-self-check-exit $check_rc"
+        [ "$check_rc" = 0 ] || { rm -f "$sysrc"; return 0; }
     fi
     # shellcheck disable=SC2086 # allow-listed words
-    out=$(system timeout "$secs" env $stc_env "$toplevel/bin/switch-to-configuration" check | cap_lines)
-    read -r rc < "$sysrc" || rc=1
+    check_out=$(system timeout "$check_secs" env $stc_env "$toplevel/bin/switch-to-configuration" check | cap_lines)
+    read -r check_rc < "$sysrc" || check_rc=1
     rm -f "$sysrc"
-    printf '%s\n' "$out"
-    case "$rc" in
-        0) verdict=ok ;;
-        11) verdict=busy ;;
-        124) verdict=timeout ;;
+    printf '%s\n' "$check_out"
+    case "$check_rc" in
+        0) check_verdict=ok ;;
+        11) check_verdict=busy ;;
+        124) check_verdict=timeout ;;
         *)
-            case "$out" in
-                *"Pre-switch checks failed"* | *"critical components"*) verdict=refused ;;
-                *[Uu]sage:* | *"invalid action"*) verdict=unsupported ;;
-                *) verdict=refused ;;
+            case "$check_out" in
+                *"Pre-switch checks failed"* | *"critical components"*) check_verdict=refused ;;
+                *[Uu]sage:* | *"invalid action"*) check_verdict=unsupported ;;
+                *) check_verdict=refused ;;
             esac
             ;;
     esac
-    echo "deploy-flake-check $verdict"
+    echo "deploy-flake-check $check_verdict"
 }
 
 health() {
-    secs=$1 rundir=${2:-}
+    health_secs=$1
     # One question to systemd when the system is up: its state and how
     # many units failed; their names only when some did. A systemd that
     # does not answer for a moment (busy, or re-executing itself) is asked
     # again, within SECS (only where systemd runs the host).
     uptime_now
-    until=$((now + secs))
+    health_until=$((now + health_secs))
     while :; do
-        state='' nfailed=''
-        for prop in $(systemctl show --property=SystemState --property=NFailedUnits 2> /dev/null); do
-            case "$prop" in
-                SystemState=*) state=${prop#*=} ;;
-                NFailedUnits=*) nfailed=${prop#*=} ;;
+        health_state='' health_nfailed=''
+        for health_prop in $(systemctl show --property=SystemState --property=NFailedUnits 2> /dev/null); do
+            case "$health_prop" in
+                SystemState=*) health_state=${health_prop#*=} ;;
+                NFailedUnits=*) health_nfailed=${health_prop#*=} ;;
             esac
         done
         uptime_now
-        if [ -n "$state" ] || [ "$now" -ge "$until" ] || [ ! -d /run/systemd/system ]; then break; fi
+        if [ -n "$health_state" ] || [ "$now" -ge "$health_until" ] || [ ! -d /run/systemd/system ]; then break; fi
         sleep 0.5
     done
-    case "$state" in
+    case "$health_state" in
         initializing | starting | '')
-            left=$((until > now ? until - now : 1))
-            state=$(timeout "$left" systemctl is-system-running --wait 2> /dev/null)
-            if [ "$?" = 124 ]; then state="still-starting-after-${secs}s"; fi
-            nfailed=''
+            health_left=$((health_until > now ? health_until - now : 1))
+            health_state=$(timeout "$health_left" systemctl is-system-running --wait 2> /dev/null)
+            if [ "$?" = 124 ]; then health_state="still-starting-after-${health_secs}s"; fi
+            health_nfailed=''
             ;;
     esac
-    echo "deploy-flake-state ${state:-unknown}"
-    if [ "$nfailed" != 0 ]; then
+    echo "deploy-flake-state ${health_state:-unknown}"
+    if [ "$health_nfailed" != 0 ]; then
         systemctl list-units --failed --plain --no-legend --no-pager 2> /dev/null | awk '{print "deploy-flake-failed " $1}'
     fi
     if [ -n "$rundir" ] && [ -e "$rundir/failed-before" ]; then
@@ -80,7 +80,7 @@ health() {
 # stdin, like `status`: nothing needs to be installed (after a reboot by
 # someone else nothing is).
 look() {
-    health "$@"
+    health "$1"
     echo "deploy-flake-current $(readlink -e "$CURRENT")"
 }
 
@@ -88,9 +88,9 @@ look() {
 # that only a reboot brings in (kernel, initrd, kernel modules, init).
 reboot_for() {
     [ -e /run/booted-system ] && [ -n "$2" ] || return 0
-    for part in kernel initrd kernel-modules; do
-        if [ "$(readlink -f "/run/booted-system/$part")" != "$(readlink -f "$2/$part")" ]; then
-            echo "deploy-flake-$1 $part"
+    for reboot_part in kernel initrd kernel-modules; do
+        if [ "$(readlink -f "/run/booted-system/$reboot_part")" != "$(readlink -f "$2/$reboot_part")" ]; then
+            echo "deploy-flake-$1 $reboot_part"
         fi
     done
     if [ "$(cat /run/booted-system/init-interface-version 2> /dev/null)" != "$(cat "$2/init-interface-version" 2> /dev/null)" ]; then
@@ -99,41 +99,41 @@ reboot_for() {
 }
 
 facts() {
-    toplevel=$1 selfcheck=${2:-pre-activate-safety-checks}
-    profile=$(readlink -e "$PROFILE")
+    facts_self=${1:-pre-activate-safety-checks}
+    facts_profile=$(readlink -e "$PROFILE")
     echo "deploy-flake-current $(readlink -e "$CURRENT")"
-    echo "deploy-flake-profile $profile"
+    echo "deploy-flake-profile $facts_profile"
     echo "deploy-flake-booted-system $(readlink -e /run/booted-system)"
     echo "deploy-flake-newest-generation $(newest_generation)"
-    entry=$(default_entry)
-    if [ -n "$entry" ]; then echo "deploy-flake-default-entry $entry"; fi
+    facts_entry=$(default_entry)
+    if [ -n "$facts_entry" ]; then echo "deploy-flake-default-entry $facts_entry"; fi
     if [ -x "$toplevel/bin/switch-to-configuration" ]; then echo "deploy-flake-switchable yes"; fi
-    if [ -x "$toplevel/$selfcheck" ]; then echo "deploy-flake-self-check-script $toplevel/$selfcheck"; fi
+    if [ -x "$toplevel/$facts_self" ]; then echo "deploy-flake-self-check-script $toplevel/$facts_self"; fi
     if [ -d /run/systemd/system ]; then echo "deploy-flake-systemd yes"; fi
     if recorded confirmed "$toplevel"; then echo "deploy-flake-confirmed-here yes"; fi
     if recorded booted "$toplevel"; then echo "deploy-flake-boot-written yes"; fi
     reboot_for reboot-new "$toplevel"
-    reboot_for reboot-profile "$profile"
+    reboot_for reboot-profile "$facts_profile"
     switches_in_progress
 }
 
 status() {
-    profile=$(readlink -e "$PROFILE")
+    status_profile=$(readlink -e "$PROFILE")
     echo "deploy-flake-current $(readlink -e "$CURRENT")"
-    echo "deploy-flake-profile $profile"
+    echo "deploy-flake-profile $status_profile"
     echo "deploy-flake-booted-system $(readlink -e /run/booted-system)"
     echo "deploy-flake-boot-id $(cat /proc/sys/kernel/random/boot_id)"
-    entry=$(default_entry)
-    if [ -n "$entry" ]; then echo "deploy-flake-default-entry $entry"; fi
+    status_entry=$(default_entry)
+    if [ -n "$status_entry" ]; then echo "deploy-flake-default-entry $status_entry"; fi
     echo "deploy-flake-state $(systemctl is-system-running 2> /dev/null)"
     systemctl list-units --failed --plain --no-legend --no-pager 2> /dev/null | awk '{print "deploy-flake-failed " $1}'
-    reboot_for reboot-profile "$profile"
+    reboot_for reboot-profile "$status_profile"
     # The lock as its holder left it, when the holder is alive: one killed
     # by a signal cannot say it let go.
     if [ -s "$STATE/lock.info" ]; then
-        pid='' holder=''
-        if [ -s "$STATE/lock.pid" ]; then read -r pid holder < "$STATE/lock.pid"; fi
-        if [ -z "$pid" ] || holder_alive "$pid" "$holder"; then
+        status_pid='' status_holder=''
+        if [ -s "$STATE/lock.pid" ]; then read -r status_pid status_holder < "$STATE/lock.pid"; fi
+        if [ -z "$status_pid" ] || holder_alive "$status_pid" "$status_holder"; then
             echo "deploy-flake-lock $(cat "$STATE/lock.info")"
         fi
     fi
@@ -144,32 +144,31 @@ status() {
 # What activating TOPLEVEL would change. A part whose command failed is
 # said to be unknown, with why (never "nothing").
 diff() {
-    toplevel=$1
-    current=$(readlink -e "$CURRENT")
-    if [ -z "$current" ]; then
+    diff_current=$(readlink -e "$CURRENT")
+    if [ -z "$diff_current" ]; then
         echo "deploy-flake-packages-unknown the host runs no system to compare with"
     else
         # What Nix says (its warnings, its error) goes on to stderr, which
         # the deployer shows; its last words also say why on a failure.
-        said=$(mktemp) || said=/dev/null
-        out=$(nix --extra-experimental-features nix-command store diff-closures "$current" "$toplevel" 2> "$said")
-        rc=$?
-        cat "$said" >&2
-        if [ "$rc" = 0 ]; then
-            printf '%s\n' "$out" | sed '/^$/d; s/^/deploy-flake-package /'
+        diff_said=$(mktemp) || diff_said=/dev/null
+        diff_out=$(nix --extra-experimental-features nix-command store diff-closures "$diff_current" "$toplevel" 2> "$diff_said")
+        diff_rc=$?
+        cat "$diff_said" >&2
+        if [ "$diff_rc" = 0 ]; then
+            printf '%s\n' "$diff_out" | sed '/^$/d; s/^/deploy-flake-package /'
         else
-            echo "deploy-flake-packages-unknown nix store diff-closures exited with $rc: $(last_words "$(cat "$said")")"
+            echo "deploy-flake-packages-unknown nix store diff-closures exited with $diff_rc: $(last_words "$(cat "$diff_said")")"
         fi
-        [ "$said" = /dev/null ] || rm -f "$said"
-        nix --extra-experimental-features nix-command path-info --closure-size "$current" "$toplevel" |
+        [ "$diff_said" = /dev/null ] || rm -f "$diff_said"
+        nix --extra-experimental-features nix-command path-info --closure-size "$diff_current" "$toplevel" |
             awk '{print "deploy-flake-closure " $1 " " $2}'
     fi
-    out=$("$toplevel/bin/switch-to-configuration" dry-activate 2>&1 < /dev/null)
-    rc=$?
-    if [ "$rc" = 0 ]; then
-        printf '%s\n' "$out" | sed -n 's/^would \(stop\|restart\|start\|reload\) the following units: /deploy-flake-units \1 /p'
+    diff_out=$("$toplevel/bin/switch-to-configuration" dry-activate 2>&1 < /dev/null)
+    diff_rc=$?
+    if [ "$diff_rc" = 0 ]; then
+        printf '%s\n' "$diff_out" | sed -n 's/^would \(stop\|restart\|start\|reload\) the following units: /deploy-flake-units \1 /p'
     else
-        echo "deploy-flake-units-unknown switch-to-configuration dry-activate exited with $rc: $(last_words "$out")"
+        echo "deploy-flake-units-unknown switch-to-configuration dry-activate exited with $diff_rc: $(last_words "$diff_out")"
     fi
     echo "deploy-flake-booted-system $(readlink -e /run/booted-system)"
     reboot_for reboot-new "$toplevel"

@@ -34,10 +34,9 @@ keys_dir() {
 }
 
 keys_stage() {
-    rundir=$1
     staged=$rundir/staged-keys
     rm -rf "$staged" && mkdir -m 0700 "$staged" || exit 1
-    if [ "${2:-}" = keep ]; then : > "$rundir/keys-keep"; fi
+    if [ "${1:-}" = keep ]; then : > "$rundir/keys-keep"; fi
     n=0
     while IFS= read -r at; do
         if ! { IFS= read -r dir && IFS= read -r name && IFS= read -r user && IFS= read -r group &&
@@ -114,7 +113,7 @@ keys_install() {
 # the switch), an owner the new system has yet to create gets the key
 # once it has (keys_own); until then it is root's.
 key_write() {
-    file=$2/$3 owner=$4:$5 runid=${rundir##*/}
+    file=$2/$3 owner=$4:$5
     if ! keys_owner_exists "$4" "$5"; then
         if [ "$7" != 1 ]; then
             log "key $3: user $4 or group $5 does not exist"
@@ -146,7 +145,7 @@ key_write() {
 # key_keep FILE: keep FILE's content as its previous one (a hard link in a
 # root-only directory beside it), and record that this run had it.
 key_keep() {
-    previous_dir=${1%/*}/.deploy-flake-previous runid=${rundir##*/}
+    previous_dir=${1%/*}/.deploy-flake-previous
     if ! { { [ -d "$previous_dir" ] || mkdir -m 0700 "$previous_dir"; } &&
         { [ -d "$previous_dir/$runid" ] || mkdir -m 0700 "$previous_dir/$runid"; } &&
         ln -P "$1" "$previous_dir/$runid/${1##*/}"; }; then
@@ -162,10 +161,10 @@ key_remove() {
     key_keep "$1" && rm -f "$1" && log "key ${1##*/}: removed $1"
 }
 
-# keys_adopt RUNDIR FROM: stage what run FROM's keys were before it (their
+# keys_adopt FROM: stage what run FROM's keys were before it (their
 # kept content, their owner and mode), and the removal of those it created.
 keys_adopt() {
-    rundir=$1 from=$2
+    from=$1
     staged=$rundir/staged-keys
     rm -rf "$staged" && mkdir -m 0700 "$staged" || exit 1
     n=0
@@ -219,7 +218,6 @@ keys_own() {
 
 # keys_restore: the keys as they were before this run (rollback).
 keys_restore() {
-    runid=${rundir##*/}
     keys_forget_adopted
     rm -rf "$rundir/staged-keys" "$rundir/keys-owners"
     [ -e "$rundir/keys-written" ] || return 0
@@ -248,7 +246,7 @@ keys_drop() {
 
 # The deployer's `deploy-flake keys`: stage and write every key now.
 keys_upload() {
-    keys_stage "$1" > /dev/null || exit 1
+    keys_stage > /dev/null || exit 1
     if keys_install all; then
         keys_drop force
         echo "deploy-flake-keys-uploaded yes"
