@@ -700,7 +700,7 @@ fn the_log_reader_prints_whole_lines_only() {
     std::fs::write(Path::new(&rundir).join("pid"), format!("{}\n", alive.id())).unwrap();
     std::fs::write(&log, "skipped\nfirst\nsec").unwrap();
     let mut watch = host
-        .cmd(&["watch", &rundir, "1"])
+        .cmd(&["watch", &rundir, "1", "starting,activating,rolling-back,booting"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -726,4 +726,59 @@ fn the_log_reader_prints_whole_lines_only() {
         rest,
         format!("second\nthird\ndeploy-flake-previous {RUN_ID} \ndeploy-flake-status {RUN_ID} awaiting-confirmation\n")
     );
+}
+
+// ---- the pre-switch check ---------------------------------------------------------
+
+/// `check` says what switch-to-configuration check printed and its exit
+/// status; what that means the deployer decides (`CheckVerdict::decide`).
+#[test]
+fn the_check_says_its_exit_status_and_the_deployer_decides_what_it_means() {
+    use deploy_flake::agent::CheckVerdict;
+    let host = Host::new();
+    for (rc, says, want) in [
+        ("0", "", CheckVerdict::Ok),
+        ("1", "Pre-switch checks failed\n", CheckVerdict::Refused),
+        ("1", "Usage: switch-to-configuration [switch|boot|test]\n", CheckVerdict::Unsupported),
+        ("11", "", CheckVerdict::Busy),
+    ] {
+        host.set("new", "rc-check", &format!("{rc}\n"));
+        host.set("new", "says-check", says);
+        let out = host.run(&["check", &host.sys("new"), "10", ""], "");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        let exit = stdout.lines().find_map(|l| l.strip_prefix("deploy-flake-check-exit "));
+        assert_eq!(exit, Some(rc), "{stdout}");
+        let said: Vec<&str> = stdout.lines().filter(|l| !l.starts_with("deploy-flake-")).collect();
+        assert!(says.lines().all(|l| said.contains(&l)), "what it said is shown: {stdout}");
+        assert_eq!(CheckVerdict::decide(exit, &said), want, "{stdout}");
+    }
+    assert!(host.calls().contains("switch-to-configuration check of new"), "{}", host.calls());
+}
+
+/// The watch waits while the run is in one of the states the deployer
+/// names (its wait policy), and answers the first state that is not.
+#[test]
+fn the_watch_waits_through_the_states_it_is_given_and_no_other() {
+    let host = Host::new();
+    let rundir = host.rundir();
+    let status = Path::new(&rundir).join("status");
+    std::fs::write(&status, "awaiting-confirmation\n").unwrap();
+    let watch = |states: &str| {
+        host.cmd(&["watch", &rundir, "0", states])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let answered = format!("deploy-flake-status {RUN_ID} awaiting-confirmation");
+    let out = wait_bounded(watch("starting,activating"), 10);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&answered), "{out:?}");
+    let mut waiting = watch("activating,awaiting-confirmation");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(waiting.try_wait().unwrap().is_none(), "the watch waits through its states");
+    std::fs::write(&status, "confirmed\n").unwrap();
+    let out = wait_bounded(waiting, 10);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains(&format!("deploy-flake-status {RUN_ID} confirmed")), "{said}");
 }

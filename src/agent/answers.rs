@@ -196,12 +196,22 @@ pub enum CheckVerdict {
 }
 
 impl CheckVerdict {
-    pub fn parse(stdout: &str) -> CheckVerdict {
-        match answer(stdout, "check").as_deref() {
-            Some("ok") => CheckVerdict::Ok,
-            Some("unsupported") => CheckVerdict::Unsupported,
-            Some("busy") => CheckVerdict::Busy,
-            Some("timeout") => CheckVerdict::Timeout,
+    /// What `switch-to-configuration check` meant by its exit status
+    /// (`None`: the agent said none) and what it said (`said`, its lines):
+    /// 11 is its lock, 124 the agent's bound; any other failure refuses,
+    /// unless it did not know the action at all (a system before
+    /// NixOS 24.11).
+    pub fn decide(exit: Option<&str>, said: &[&str]) -> CheckVerdict {
+        let says = |words: &[&str]| said.iter().any(|l| words.iter().any(|w| l.contains(w)));
+        match exit.map(str::parse::<i32>) {
+            None => CheckVerdict::Refused,
+            Some(Ok(0)) => CheckVerdict::Ok,
+            Some(Ok(11)) => CheckVerdict::Busy,
+            Some(Ok(124)) => CheckVerdict::Timeout,
+            _ if says(&["Pre-switch checks failed", "critical components"]) => {
+                CheckVerdict::Refused
+            }
+            _ if says(&["Usage:", "usage:", "invalid action"]) => CheckVerdict::Unsupported,
             _ => CheckVerdict::Refused,
         }
     }

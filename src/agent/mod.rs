@@ -173,6 +173,17 @@ impl AgentState {
             s => STATE_WORDS.iter().find(|(x, _)| x == s).map_or("", |(_, w)| w),
         }
     }
+
+    /// The watch's wait policy, sent with each watch: the states it waits
+    /// through (comma-separated words), those the agent leaves on its own
+    /// (its action under way: nothing for the deployer to do yet) and
+    /// `patient`, where the deployer waits for the agent too.
+    fn waited_through(patient: Option<&AgentState>) -> String {
+        let own = [AgentState::Starting, AgentState::Activating, AgentState::RollingBack];
+        let mut states: Vec<&AgentState> = own.iter().chain([&AgentState::Booting]).collect();
+        states.extend(patient);
+        states.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
+    }
 }
 
 /// The agent's status: its state, and for an end other than success the
@@ -391,7 +402,13 @@ pub async fn check<S: Spawner>(
         out.stdout.lines().filter(|l| !l.trim().is_empty() && !is_answer(l)).collect();
     said.iter().for_each(|l| on_line(&process::shown_line(l)));
     match answer(&out.stdout, "self-check-exit").map(|rc| rc.parse::<i32>()) {
-        Some(Ok(0)) | None => Ok(Ok(CheckVerdict::parse(&out.stdout))),
+        Some(Ok(0)) | None => {
+            // What switch-to-configuration said: after the self-check's.
+            let from = out.stdout.find(&format!("{ANSWER}self-check-exit ")).unwrap_or(0);
+            let own: Vec<&str> = out.stdout[from..].lines().filter(|l| !is_answer(l)).collect();
+            let exit = answer(&out.stdout, "check-exit");
+            Ok(Ok(CheckVerdict::decide(exit.as_deref(), &own)))
+        }
         Some(rc) => Ok(Err((rc.unwrap_or(-1), process::tail_lines(&said.join("\n"), 5)))),
     }
 }

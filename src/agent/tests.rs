@@ -178,16 +178,28 @@ fn actions_become_transient_units_of_the_run() {
 }
 
 #[test]
-fn check_verdicts_are_read() {
-    for (out, want) in [
-        ("deploy-flake-check ok", CheckVerdict::Ok),
-        ("Usage: ...\ndeploy-flake-check unsupported", CheckVerdict::Unsupported),
-        ("Could not acquire lock\ndeploy-flake-check busy", CheckVerdict::Busy),
-        ("Pre-switch checks failed\ndeploy-flake-check refused", CheckVerdict::Refused),
-        ("deploy-flake-check timeout", CheckVerdict::Timeout),
-        ("", CheckVerdict::Refused),
+fn check_verdicts_are_decided_from_the_exit_status_and_what_the_check_said() {
+    for (exit, said, want) in [
+        (Some("0"), "", CheckVerdict::Ok),
+        (Some("0"), "Usage: whatever", CheckVerdict::Ok),
+        (
+            Some("1"),
+            "Usage: switch-to-configuration [switch|boot|test|dry-activate]",
+            CheckVerdict::Unsupported,
+        ),
+        (Some("1"), "error: usage: ...", CheckVerdict::Unsupported),
+        (Some("100"), "invalid action check", CheckVerdict::Unsupported),
+        (Some("11"), "Could not acquire lock", CheckVerdict::Busy),
+        (Some("1"), "Pre-switch checks failed", CheckVerdict::Refused),
+        (Some("1"), "Usage: x\nPre-switch checks failed", CheckVerdict::Refused),
+        (Some("1"), "not switching: critical components changed", CheckVerdict::Refused),
+        (Some("4"), "something else", CheckVerdict::Refused),
+        (Some("124"), "", CheckVerdict::Timeout),
+        (Some("x"), "", CheckVerdict::Refused),
+        (None, "Usage: no exit status said", CheckVerdict::Refused),
     ] {
-        assert_eq!(CheckVerdict::parse(out), want, "{out}");
+        let lines: Vec<&str> = said.lines().collect();
+        assert_eq!(CheckVerdict::decide(exit, &lines), want, "{exit:?} {said}");
     }
 }
 
@@ -430,4 +442,20 @@ fn the_agent_is_its_files_joined_in_the_order_of_their_names() {
         let text = std::fs::read_to_string(dir.join(n)).unwrap();
         assert!(text.ends_with('\n'), "{n} ends its last line");
     }
+}
+
+/// The watch's wait policy is the deployer's: the states the agent leaves
+/// on its own, and the one the deployer waits in; every word one the
+/// agent writes (`starting`: its word for none written yet).
+#[test]
+fn the_watch_waits_through_the_agents_own_states_and_the_patient_one() {
+    let own = "starting,activating,rolling-back,booting";
+    assert_eq!(AgentState::waited_through(None), own);
+    let patient = AgentState::waited_through(Some(&AgentState::AwaitingConfirmation));
+    assert_eq!(patient, format!("{own},awaiting-confirmation"));
+    let written = states_the_agent_writes();
+    for word in patient.split(',') {
+        assert!(written.contains(word) || word == "starting", "{word}");
+    }
+    assert!(SCRIPT.contains("${watch_state:-starting}"), "the agent's word for no state");
 }

@@ -45,19 +45,20 @@
 #   agent.sh boot RUNDIR TOPLEVEL [ENV...]
 #   agent.sh check TOPLEVEL SECS SELFCHECK|"" [ENV...]   (SELFCHECK, then
 #                                 switch-to-configuration check)
-#   agent.sh watch RUNDIR SKIP_LINES [STATE [HEALTH_SECS]]   (also keeps waiting while
-#                                 in STATE, "-" for none; with HEALTH_SECS, a watch
-#                                 that ends in awaiting-confirmation answers `health`
-#                                 too, its lines as "deploy-flake-health RUNID <line>")
-#   agent.sh launch RUNDIR SKIP_LINES STATE HEALTH_SECS CMD...  (CMD starts an action
+#   agent.sh watch RUNDIR SKIP_LINES STATES [HEALTH_SECS]   (keeps waiting while
+#                                 in one of STATES, the deployer's comma-separated
+#                                 words; with HEALTH_SECS, a watch that ends in
+#                                 awaiting-confirmation answers `health` too, its
+#                                 lines as "deploy-flake-health RUNID <line>")
+#   agent.sh launch RUNDIR SKIP_LINES STATES HEALTH_SECS CMD...  (CMD starts an action
 #                                 (its systemd-run); once it did, says
 #                                 "deploy-flake-delivered" and watches as `watch`
 #                                 does, "" for no HEALTH_SECS)
 #   agent.sh probe RUNDIR         (did an action of the run start?)
-#   agent.sh confirm RUNDIR [SKIP_LINES]  (run over a fresh login: confirms the
-#                                 activation; with SKIP_LINES, says
+#   agent.sh confirm RUNDIR [SKIP_LINES STATES]  (run over a fresh login: confirms
+#                                 the activation; with SKIP_LINES, says
 #                                 "deploy-flake-delivered", then watches as `watch
-#                                 RUNDIR SKIP_LINES awaiting-confirmation` does)
+#                                 RUNDIR SKIP_LINES STATES` does)
 #   agent.sh abort RUNDIR         (stdin: "<cause> <reason>"; stop the activation
 #                                  or refuse the confirmation)
 #   agent.sh hold INFO BEAT_SECS RUNDIR [HEALTH_SECS]  (run under flock: holds the

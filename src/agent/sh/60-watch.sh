@@ -50,11 +50,12 @@ say_previous() {
     echo "deploy-flake-previous $runid $said_previous"
 }
 
-# watch SKIP_LINES [STATE [HEALTH_SECS]]: the run's log from line
-# SKIP_LINES + 1 on, as it grows, until the run's state is one to answer
-# (not one that changes on its own, nor STATE); then that state.
+# watch SKIP_LINES STATES [HEALTH_SECS]: the run's log from line
+# SKIP_LINES + 1 on, as it grows, while the run is in one of STATES (the
+# deployer's words, comma-separated; `starting`: no state written yet);
+# then its state.
 watch() {
-    log_seen=$1 log_open='' watch_patient=${2:-} watch_health=${3:-}
+    log_seen=$1 log_open='' watch_through=${2:-} watch_health=${3:-}
     # A state change wakes the watch at once (set_status); new log lines
     # are shown at the next tick.
     nap_init
@@ -72,8 +73,8 @@ watch() {
         if [ -e "$rundir/status" ]; then read -r watch_status < "$rundir/status"; fi
         watch_state=${watch_status%% *}
         show_log
-        case " '' activating rolling-back booting $watch_patient " in
-            *" ${watch_state:-''} "*) ;;
+        case ",$watch_through," in
+            *",${watch_state:-starting},"*) ;;
             *) break ;;
         esac
         if watch_agent_gone; then
@@ -140,13 +141,13 @@ gone_why() {
     fi
 }
 
-# launch SKIP_LINES STATE HEALTH_SECS CMD...
+# launch SKIP_LINES STATES HEALTH_SECS CMD...
 launch() {
-    launch_seen=$1 launch_patient=$2 launch_health=$3
+    launch_seen=$1 launch_through=$2 launch_health=$3
     shift 3
     "$@" || exit
     echo "deploy-flake-delivered"
-    watch "$launch_seen" "$launch_patient" "$launch_health"
+    watch "$launch_seen" "$launch_through" "$launch_health"
 }
 
 # For the deployer's confirm and abort: the run must still be there.
@@ -154,7 +155,7 @@ existing_run() {
     [ -d "$rundir" ] || { echo "deploy-flake agent: no run $rundir on this host" >&2; exit 1; }
 }
 
-# confirm [SKIP_LINES]
+# confirm [SKIP_LINES STATES]
 confirm() {
     existing_run
     : > "$rundir/confirmed" || exit 1
@@ -162,7 +163,7 @@ confirm() {
     # With SKIP_LINES: follow the agent to its answer, as `watch` does.
     if [ -n "${1:-}" ]; then
         echo "deploy-flake-delivered"
-        watch "$1" awaiting-confirmation
+        watch "$1" "${2:-}"
     fi
 }
 

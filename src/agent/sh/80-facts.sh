@@ -24,19 +24,8 @@ check() {
     read -r check_rc < "$sysrc" || check_rc=1
     rm -f "$sysrc"
     printf '%s\n' "$check_out"
-    case "$check_rc" in
-        0) check_verdict=ok ;;
-        11) check_verdict=busy ;;
-        124) check_verdict=timeout ;;
-        *)
-            case "$check_out" in
-                *"Pre-switch checks failed"* | *"critical components"*) check_verdict=refused ;;
-                *[Uu]sage:* | *"invalid action"*) check_verdict=unsupported ;;
-                *) check_verdict=refused ;;
-            esac
-            ;;
-    esac
-    echo "deploy-flake-check $check_verdict"
+    # What it means (refused, busy, unsupported) the deployer decides.
+    echo "deploy-flake-check-exit $check_rc"
 }
 
 health() {

@@ -40,7 +40,7 @@ case "$cmd" in
     watch) shift && watch "$@" ;;
     launch) shift && launch "$@" ;;
     probe) probe ;;
-    confirm) confirm "${2:-}" ;;
+    confirm) confirm "${2:-}" "${3:-}" ;;
     abort) abort ;;
     hold) hold "$1" "$2" "${4:-}" ;;
     displace) shift && displace "$@" ;;
