@@ -17,11 +17,22 @@ fn answers_are_parsed() {
         ..Facts::default()
     };
     assert_eq!(facts, want);
-    let facts = Facts::parse(
-        "deploy-flake-booted-system /nix/store/b-sys\ndeploy-flake-confirmed-here yes\n\
-         deploy-flake-reboot-new kernel\ndeploy-flake-reboot-new init\n\
+    let facts = Facts::parse(&format!(
+        "deploy-flake-booted-system /nix/store/b-sys\ndeploy-flake-confirmed-here yes\n{}{}{}\
          deploy-flake-busy nixos-upgrade.service\n",
-    );
+        parts(
+            "booted",
+            ["/nix/store/k1/bzImage", "/nix/store/i/initrd", "/nix/store/m", "systemd 1 "]
+        ),
+        parts(
+            "new",
+            ["/nix/store/k2/bzImage", "/nix/store/i/initrd", "/nix/store/m", "systemd 2 "]
+        ),
+        parts(
+            "profile",
+            ["/nix/store/k1/bzImage", "/nix/store/i/initrd", "/nix/store/m", "systemd 1 "]
+        ),
+    ));
     assert!(facts.confirmed && !facts.boot_written);
     assert_eq!(facts.booted.as_deref(), Some("/nix/store/b-sys"));
     assert_eq!(facts.reboot_new, Some(vec!["kernel".to_string(), "init".to_string()]));
@@ -325,7 +336,7 @@ fn system_states_are_systemd_s_words_and_a_new_word_is_kept() {
 
 /// The answer keys the agent prints (`deploy-flake-<key> <value>`), read
 /// from its text: a key ending in `-` is a family (`last-run`, ...), and
-/// `reboot_for KEY` prints KEY.
+/// `boot_parts KEY` prints KEY.
 fn keys_the_agent_prints() -> std::collections::BTreeSet<String> {
     let mut keys = std::collections::BTreeSet::new();
     for line in SCRIPT.lines().filter(|l| !l.trim_start().starts_with('#')) {
@@ -340,7 +351,7 @@ fn keys_the_agent_prints() -> std::collections::BTreeSet<String> {
                 keys.insert(key);
             }
         }
-        if let Some(rest) = line.trim_start().strip_prefix("reboot_for ") {
+        if let Some((_, rest)) = line.split_once("boot_parts ") {
             keys.insert(rest.split(' ').next().unwrap().to_string());
         }
     }
@@ -458,4 +469,41 @@ fn the_watch_waits_through_the_agents_own_states_and_the_patient_one() {
         assert!(written.contains(word) || word == "starting", "{word}");
     }
     assert!(SCRIPT.contains("${watch_state:-starting}"), "the agent's word for no state");
+}
+
+/// The agent's `boot_parts KEY` lines: kernel, initrd, modules, init.
+fn parts(key: &str, values: [&str; 4]) -> String {
+    let names = ["kernel", "initrd", "kernel-modules", "init"];
+    names.iter().zip(values).map(|(n, v)| format!("deploy-flake-parts-{key} {n} {v}\n")).collect()
+}
+
+/// What a reboot would bring in is decided here, from the parts the agent
+/// names: each that differs from the booted system's, an empty one (a
+/// system without an initrd) equal only to an empty one.
+#[test]
+fn what_needs_a_reboot_is_what_differs_from_the_booted_system() {
+    let booted = ["/k1", "/i1", "/m1", "systemd 1 "];
+    for (new, want) in [
+        (booted, vec![]),
+        (["/k2", "/i1", "/m1", "systemd 1 "], vec!["kernel"]),
+        (["/k1", "/i2", "/m2", "systemd 1 "], vec!["initrd", "kernel-modules"]),
+        (["/k1", "/i1", "/m1", "systemd 2 "], vec!["init"]),
+        (["/k1", "", "/m1", ""], vec!["initrd", "init"]),
+    ] {
+        let said = format!("{}{}", parts("booted", booted), parts("new", new));
+        assert_eq!(
+            Facts::parse(&said).reboot_new,
+            Some(want.iter().map(|p| p.to_string()).collect())
+        );
+        assert_eq!(Changes::parse(&said, "", "").needs_reboot, Facts::parse(&said).reboot_new);
+    }
+    let empty = ["", "", "", ""];
+    let said = format!("{}{}", parts("booted", empty), parts("profile", empty));
+    assert_eq!(HostState::parse(&said).needs_reboot, Some(vec![]), "nothing differs");
+    assert_eq!(
+        Facts::parse(&parts("booted", booted)).reboot_new,
+        Some(vec![]),
+        "no system: nothing"
+    );
+    assert_eq!(Facts::parse(&parts("new", booted)).reboot_new, None, "no booted system: unknown");
 }

@@ -73,18 +73,21 @@ look() {
     echo "deploy-flake-current $(readlink -e "$CURRENT")"
 }
 
-# reboot_for KEY SYSTEM: what differs between the booted system and SYSTEM
-# that only a reboot brings in (kernel, initrd, kernel modules, init).
-reboot_for() {
-    [ -e /run/booted-system ] && [ -n "$2" ] || return 0
-    for reboot_part in kernel initrd kernel-modules; do
-        if [ "$(readlink -f "/run/booted-system/$reboot_part")" != "$(readlink -f "$2/$reboot_part")" ]; then
-            echo "deploy-flake-$1 $reboot_part"
-        fi
+# boot_parts KEY SYSTEM: what of SYSTEM only a reboot brings in (its
+# kernel, initrd and kernel modules, resolved, and its init interface's
+# version), as "deploy-flake-KEY <part> <value>" lines: the deployer
+# compares them with the booted system's (parts-booted).
+boot_parts() {
+    [ -n "$2" ] || return 0
+    for parts_part in kernel initrd kernel-modules; do
+        echo "deploy-flake-$1 $parts_part $(readlink -f "$2/$parts_part")"
     done
-    if [ "$(cat /run/booted-system/init-interface-version 2> /dev/null)" != "$(cat "$2/init-interface-version" 2> /dev/null)" ]; then
-        echo "deploy-flake-$1 init"
-    fi
+    echo "deploy-flake-$1 init $(tr '\n' ' ' 2> /dev/null < "$2/init-interface-version")"
+}
+
+# The parts of the booted system, where the host says what it booted.
+booted_parts() {
+    if [ -e /run/booted-system ]; then boot_parts parts-booted /run/booted-system; fi
 }
 
 facts() {
@@ -101,8 +104,9 @@ facts() {
     if [ -d /run/systemd/system ]; then echo "deploy-flake-systemd yes"; fi
     if recorded confirmed "$toplevel"; then echo "deploy-flake-confirmed-here yes"; fi
     if recorded booted "$toplevel"; then echo "deploy-flake-boot-written yes"; fi
-    reboot_for reboot-new "$toplevel"
-    reboot_for reboot-profile "$facts_profile"
+    booted_parts
+    boot_parts parts-new "$toplevel"
+    boot_parts parts-profile "$facts_profile"
     switches_in_progress
 }
 
@@ -116,7 +120,8 @@ status() {
     if [ -n "$status_entry" ]; then echo "deploy-flake-default-entry $status_entry"; fi
     echo "deploy-flake-state $(systemctl is-system-running 2> /dev/null)"
     systemctl list-units --failed --plain --no-legend --no-pager 2> /dev/null | awk '{print "deploy-flake-failed " $1}'
-    reboot_for reboot-profile "$status_profile"
+    booted_parts
+    boot_parts parts-profile "$status_profile"
     # The lock as its holder left it, when the holder is alive: one killed
     # by a signal cannot say it let go.
     if [ -s "$STATE/lock.info" ]; then
@@ -160,5 +165,6 @@ diff() {
         echo "deploy-flake-units-unknown switch-to-configuration dry-activate exited with $diff_rc: $(last_words "$diff_out")"
     fi
     echo "deploy-flake-booted-system $(readlink -e /run/booted-system)"
-    reboot_for reboot-new "$toplevel"
+    booted_parts
+    boot_parts parts-new "$toplevel"
 }
