@@ -5,7 +5,7 @@
 # order of their names into the one text that runs on a target.)
 
 set_status() {
-    intended="$*"
+    status_intended="$*"
     if ! { printf '%s\n' "$*" > "$rundir/status.tmp" && mv -f "$rundir/status.tmp" "$rundir/status"; } 2> /dev/null; then
         status_unwritten "$1"
     fi
@@ -29,14 +29,14 @@ uptime_now() {
 # the agent is gone); an activation not yet confirmed is undone first,
 # and a rollback under way goes on to its end.
 status_unwritten() {
-    [ -z "${unwritten:-}" ] || return 0
-    unwritten=$1
+    [ -z "${status_lost:-}" ] || return 0
+    status_lost=$1
     agent_says "could not record the state '$1' in $rundir/status ($(run_space) KiB free in /run); stopping"
     case "$1" in
         rolling-back | rolled-back | rollback-failed) return 0 ;;
         awaiting-confirmation)
             roll_back not-confirmed "the agent could not record its state"
-            agent_says "$intended; it runs $(readlink -f "$CURRENT")"
+            agent_says "$status_intended; it runs $(readlink -f "$CURRENT")"
             ;;
     esac
     exit 3
@@ -62,7 +62,7 @@ remember() {
     {
         printf 'run %s\nwhen %s\noutcome %s\nsystem %s\n' "${rundir##*/}" "${stamp:-$(date +%s)}" "$1" "${toplevel:-}"
         if [ -e "$rundir/origin" ]; then
-            while IFS= read -r line; do printf '%s\n' "$line"; done < "$rundir/origin"
+            while IFS= read -r remember_line; do printf '%s\n' "$remember_line"; done < "$rundir/origin"
         fi
     } > "$RECORDS/last.tmp" && mv -f "$RECORDS/last.tmp" "$RECORDS/last"
     stamp=''
@@ -85,11 +85,11 @@ cap_lines() {
         stdbuf -oL cut -b "1-$((LINE_MAX + 1))"
     else
         cut -b "1-$((LINE_MAX + 1))"
-    fi | while IFS= read -r line || [ -n "$line" ]; do
-        if [ "${#line}" -gt "$LINE_MAX" ]; then
-            printf '%s [truncated at %s bytes]\n' "${line%?}" "$LINE_MAX"
+    fi | while IFS= read -r cap_line || [ -n "$cap_line" ]; do
+        if [ "${#cap_line}" -gt "$LINE_MAX" ]; then
+            printf '%s [truncated at %s bytes]\n' "${cap_line%?}" "$LINE_MAX"
         else
-            printf '%s\n' "$line"
+            printf '%s\n' "$cap_line"
         fi
     done
 }
@@ -107,10 +107,10 @@ system() {
 # allow-list; sets $stc_env (words without spaces, safe unquoted).
 stc_env() {
     stc_env=
-    for word in "$@"; do
-        case "$word" in
-            NIXOS_NO_CHECK=1 | NIXOS_INSTALL_BOOTLOADER=1) stc_env="$stc_env $word" ;;
-            *) echo "deploy-flake agent: refusing environment '$word'" >&2; exit 2 ;;
+    for stc_word in "$@"; do
+        case "$stc_word" in
+            NIXOS_NO_CHECK=1 | NIXOS_INSTALL_BOOTLOADER=1) stc_env="$stc_env $stc_word" ;;
+            *) echo "deploy-flake agent: refusing environment '$stc_word'" >&2; exit 2 ;;
         esac
     done
 }
@@ -121,8 +121,8 @@ stc_env() {
 # Sets $stamp (the time), which the state change that follows records too.
 record() {
     [ -d "$RECORDS/$1" ] || mkdir -p "$RECORDS/$1" || return
-    for old in "$RECORDS/$1"/*; do
-        [ -e "$old" ] && [ ! -e "/nix/store/${old##*/}" ] && rm -f "$old"
+    for record_old in "$RECORDS/$1"/*; do
+        [ -e "$record_old" ] && [ ! -e "/nix/store/${record_old##*/}" ] && rm -f "$record_old"
     done
     stamp=$(date +%s)
     printf '%s %s\n' "${rundir##*/}" "$stamp" > "$RECORDS/$1/${2##*/}"

@@ -28,47 +28,47 @@ pause() {
 # second, so a wait whose deadline matters (the dead-man window) never
 # depends on another process staying alive; a wake still ends it at once.
 nap_init() {
-    waited=0 ticker='' napfifo="$rundir/wake.$$" bounded=${1:-}
+    waited=0 nap_ticker='' nap_fifo="$rundir/wake.$$" nap_bounded=${1:-}
     # (A FIFO of a process that had this pid and was killed may be there.)
-    mkfifo -m 600 "$napfifo" 2> /dev/null ||
-        { rm -f "$napfifo" && mkfifo -m 600 "$napfifo" 2> /dev/null; } || { napfifo=''; return 0; }
-    exec 3<> "$napfifo"
-    [ -z "$bounded" ] || return 0
-    napper=$$
+    mkfifo -m 600 "$nap_fifo" 2> /dev/null ||
+        { rm -f "$nap_fifo" && mkfifo -m 600 "$nap_fifo" 2> /dev/null; } || { nap_fifo=''; return 0; }
+    exec 3<> "$nap_fifo"
+    [ -z "$nap_bounded" ] || return 0
+    nap_owner=$$
     (
         while pause; do
-            kill -0 "$napper" 2> /dev/null || exit 0
+            kill -0 "$nap_owner" 2> /dev/null || exit 0
             echo "$waited" || exit 0
         done
     ) >&3 2> /dev/null < /dev/null &
-    ticker=$!
+    nap_ticker=$!
 }
 
 nap() {
-    if [ -z "$napfifo" ]; then
+    if [ -z "$nap_fifo" ]; then
         pause
         return
     fi
-    if [ -n "$bounded" ]; then
+    if [ -n "$nap_bounded" ]; then
         # Woken early, this counts a whole second: deadlines are checked
         # against the clock, $waited only paces the checks.
         timeout 1 head -n 1 <&3 > /dev/null 2>&1
         waited=$((waited + 10))
         return
     fi
-    read -r line <&3
-    case "$line" in
+    read -r nap_line <&3
+    case "$nap_line" in
         *[!0-9]* | '') ;;
-        *) waited=$line ;;
+        *) waited=$nap_line ;;
     esac
 }
 
 nap_done() {
-    [ -n "$napfifo" ] || return 0
-    if [ -n "$ticker" ]; then kill "$ticker" 2> /dev/null; fi
+    [ -n "$nap_fifo" ] || return 0
+    if [ -n "$nap_ticker" ]; then kill "$nap_ticker" 2> /dev/null; fi
     exec 3<&-
-    rm -f "$napfifo"
-    napfifo=''
+    rm -f "$nap_fifo"
+    nap_fifo=''
 }
 
 # Wake every waiter of the run, never waiting on one: the line is written
@@ -76,9 +76,9 @@ nap_done() {
 # reader) or stopped (its buffer full) is passed over; a waiter with a full
 # buffer has wakes enough to read.
 wake_all() {
-    for fifo in "$rundir"/wake.*; do
-        if [ -p "$fifo" ]; then
-            echo w | dd of="$fifo" oflag=nonblock status=none 2> /dev/null
+    for wake_fifo in "$rundir"/wake.*; do
+        if [ -p "$wake_fifo" ]; then
+            echo w | dd of="$wake_fifo" oflag=nonblock status=none 2> /dev/null
         fi
     done
 }

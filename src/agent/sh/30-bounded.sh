@@ -14,41 +14,41 @@
 # leader) still ends CMD $grace_secs later. CMD ends at most 2 x
 # $grace_secs after SECS.
 run_bounded() {
-    secs=$1 abortable=$2
+    bounded_secs=$1 bounded_abortable=$2
     shift 2
     rm -f "$rundir/ended-by"
-    out="$rundir/output.$$"
-    rm -f "$out"
+    bounded_out="$rundir/output.$$"
+    rm -f "$bounded_out"
     # (printf: a failed redirection of `:` would end the shell.)
     if ! { printf '' >> "$rundir/log"; } 2> /dev/null; then
         # A log that cannot be written: the command runs all the same.
-        out=/dev/null capper=''
-    elif mkfifo -m 600 "$out"; then
-        used=$(wc -c < "$rundir/log" 2> /dev/null || echo 0)
-        cap_lines < "$out" | cap_copy $((LOG_CAP > used ? LOG_CAP - used : 0)) >> "$rundir/log" 2>&1 &
-        capper=$!
+        bounded_out=/dev/null bounded_capper=''
+    elif mkfifo -m 600 "$bounded_out"; then
+        bounded_used=$(wc -c < "$rundir/log" 2> /dev/null || echo 0)
+        cap_lines < "$bounded_out" | cap_copy $((LOG_CAP > bounded_used ? LOG_CAP - bounded_used : 0)) >> "$rundir/log" 2>&1 &
+        bounded_capper=$!
     else
-        out="$rundir/log" capper=''
+        bounded_out="$rundir/log" bounded_capper=''
     fi
-    (umask 022 && exec setsid timeout -k "$grace_secs" $((secs + grace_secs)) "$@") >> "$out" 2>&1 < /dev/null &
-    child=$!
-    guard "$child" "$secs" "$abortable" "$capper" < /dev/null > /dev/null 2>&1 &
-    guard_pid=$!
-    wait "$child"
-    rc=$?
+    (umask 022 && exec setsid timeout -k "$grace_secs" $((bounded_secs + grace_secs)) "$@") >> "$bounded_out" 2>&1 < /dev/null &
+    bounded_child=$!
+    guard "$bounded_child" "$bounded_secs" "$bounded_abortable" "$bounded_capper" < /dev/null > /dev/null 2>&1 &
+    bounded_guard=$!
+    wait "$bounded_child"
+    bounded_rc=$?
     # Every line CMD printed is in the log before its end is told.
-    if [ -n "$capper" ]; then wait "$capper"; fi
+    if [ -n "$bounded_capper" ]; then wait "$bounded_capper"; fi
     rm -f "$rundir/output.$$"
-    kill "$guard_pid" 2> /dev/null
-    wait "$guard_pid" 2> /dev/null
+    kill "$bounded_guard" 2> /dev/null
+    wait "$bounded_guard" 2> /dev/null
     if [ -s "$rundir/ended-by" ]; then
-        read -r rc < "$rundir/ended-by"
-    elif [ "$rc" = 125 ]; then
+        read -r bounded_rc < "$rundir/ended-by"
+    elif [ "$bounded_rc" = 125 ]; then
         # (`timeout` itself failed: not the deployer's abort.)
-        rc=126
+        bounded_rc=126
     fi
     rm -f "$rundir/ended-by"
-    return "$rc"
+    return "$bounded_rc"
 }
 
 # cap_copy ROOM: stdin to stdout, each line as it comes (the log follows
@@ -57,19 +57,19 @@ run_bounded() {
 # says so, and the rest read away (the writer never blocks on it, nor dies
 # of a closed pipe).
 cap_copy() {
-    room=$1 line=''
-    while IFS= read -r line; do
-        if [ "$room" -le 0 ]; then
+    copy_room=$1 copy_line=''
+    while IFS= read -r copy_line; do
+        if [ "$copy_room" -le 0 ]; then
             printf 'deploy-flake: the log is capped at %s bytes; the rest of this output is dropped\n' "$LOG_CAP"
             cat > /dev/null
             return 0
         fi
-        if [ "${#line}" -ge "$room" ]; then line=$(printf "%.$((room - 1))s" "$line"); fi
-        printf '%s\n' "$line"
-        room=$((room - ${#line} - 1))
+        if [ "${#copy_line}" -ge "$copy_room" ]; then copy_line=$(printf "%.$((copy_room - 1))s" "$copy_line"); fi
+        printf '%s\n' "$copy_line"
+        copy_room=$((copy_room - ${#copy_line} - 1))
     done
     # (A last line without its newline.)
-    if [ -n "$line" ]; then printf '%s' "$line"; fi
+    if [ -n "$copy_line" ]; then printf '%s' "$copy_line"; fi
 }
 
 # guard PID SECS ABORTABLE [CAPPER]: end the process group PID after SECS
@@ -78,36 +78,36 @@ cap_copy() {
 # its output on) gets $grace_secs to see the end of it: a process the
 # activation left behind with its output open is not waited for.
 guard() {
-    child=$1 limit=$(($2 * 10)) abortable=$3 capper=${4:-}
+    guard_child=$1 guard_limit=$(($2 * 10)) guard_abortable=$3 guard_capper=${4:-}
     waited=0
-    while kill -0 "$child" 2> /dev/null; do
-        why=
-        if [ "$abortable" = 1 ] && [ -e "$rundir/abort" ]; then
-            why=125
-        elif [ "$waited" -ge "$limit" ]; then
-            why=124
+    while kill -0 "$guard_child" 2> /dev/null; do
+        guard_why=
+        if [ "$guard_abortable" = 1 ] && [ -e "$rundir/abort" ]; then
+            guard_why=125
+        elif [ "$waited" -ge "$guard_limit" ]; then
+            guard_why=124
         fi
-        if [ -n "$why" ]; then
-            echo "$why" > "$rundir/ended-by"
-            kill -TERM -"$child" 2> /dev/null
-            n=0
-            while kill -0 "$child" 2> /dev/null && [ "$n" -lt $((grace_secs * 5)) ]; do
+        if [ -n "$guard_why" ]; then
+            echo "$guard_why" > "$rundir/ended-by"
+            kill -TERM -"$guard_child" 2> /dev/null
+            guard_n=0
+            while kill -0 "$guard_child" 2> /dev/null && [ "$guard_n" -lt $((grace_secs * 5)) ]; do
                 sleep 0.2
-                n=$((n + 1))
+                guard_n=$((guard_n + 1))
             done
-            kill -KILL -"$child" 2> /dev/null
+            kill -KILL -"$guard_child" 2> /dev/null
             break
         fi
         pause
     done
-    [ -n "$capper" ] || return 0
-    n=0
-    while kill -0 "$capper" 2> /dev/null; do
-        if [ "$n" -ge $((grace_secs * 5)) ]; then
-            kill "$capper" 2> /dev/null
+    [ -n "$guard_capper" ] || return 0
+    guard_n=0
+    while kill -0 "$guard_capper" 2> /dev/null; do
+        if [ "$guard_n" -ge $((grace_secs * 5)) ]; then
+            kill "$guard_capper" 2> /dev/null
             return 0
         fi
         sleep 0.2
-        n=$((n + 1))
+        guard_n=$((guard_n + 1))
     done
 }

@@ -18,13 +18,13 @@ new_failed() {
 
 # The deployer's abort file: "<cause> <reason>".
 abort_cause() {
-    read -r cause _ < "$rundir/abort" 2> /dev/null
-    printf '%s\n' "${cause:-aborted}"
+    read -r abort_word _ < "$rundir/abort" 2> /dev/null
+    printf '%s\n' "${abort_word:-aborted}"
 }
 
 abort_text() {
-    read -r _ text < "$rundir/abort" 2> /dev/null
-    printf '%s\n' "$text"
+    read -r _ abort_said < "$rundir/abort" 2> /dev/null
+    printf '%s\n' "$abort_said"
 }
 
 # roll_back CAUSE REASON: return to the previous system (magicRollback),

@@ -6,31 +6,31 @@
 # The system the newest generation of the system profile points at: what
 # a bootloader that keeps only the newest entries boots.
 newest_generation() {
-    newest='' highest=0
-    for link in "$PROFILE"-*-link; do
-        number=${link#"$PROFILE"-}
-        number=${number%-link}
-        case "$number" in '' | *[!0-9]*) continue ;; esac
-        if [ "$number" -gt "$highest" ]; then highest=$number newest=$link; fi
+    newest_link='' newest_number=0
+    for newest_each in "$PROFILE"-*-link; do
+        newest_each_number=${newest_each#"$PROFILE"-}
+        newest_each_number=${newest_each_number%-link}
+        case "$newest_each_number" in '' | *[!0-9]*) continue ;; esac
+        if [ "$newest_each_number" -gt "$newest_number" ]; then newest_number=$newest_each_number newest_link=$newest_each; fi
     done
-    if [ -n "$newest" ]; then readlink -f "$newest"; fi
+    if [ -n "$newest_link" ]; then readlink -f "$newest_link"; fi
 }
 
 # The system the bootloader's default entry boots, where the bootloader
 # says it (systemd-boot's loader.conf and its entry: a `system` line, or
 # the `init=` of its options); nothing where it does not.
 default_entry() {
-    for conf in /boot/loader/loader.conf /boot/efi/loader/loader.conf /efi/loader/loader.conf; do
-        [ -r "$conf" ] || continue
-        entry=$(sed -n 's/^default[[:space:]][[:space:]]*//p' "$conf" | tail -n 1)
-        case "$entry" in '' | */* | *[*?@]*) return 0 ;; esac
-        file=${conf%/loader.conf}/entries/$entry
-        [ -r "$file" ] || return 0
-        sys=$(sed -n 's/^system[[:space:]][[:space:]]*//p' "$file" | tail -n 1)
-        if [ -z "$sys" ]; then
-            sys=$(sed -n 's|^options.*init=\(/nix/store/[^/ ]*\)/init.*|\1|p' "$file" | tail -n 1)
+    for entry_conf in /boot/loader/loader.conf /boot/efi/loader/loader.conf /efi/loader/loader.conf; do
+        [ -r "$entry_conf" ] || continue
+        entry_name=$(sed -n 's/^default[[:space:]][[:space:]]*//p' "$entry_conf" | tail -n 1)
+        case "$entry_name" in '' | */* | *[*?@]*) return 0 ;; esac
+        entry_file=${entry_conf%/loader.conf}/entries/$entry_name
+        [ -r "$entry_file" ] || return 0
+        entry_sys=$(sed -n 's/^system[[:space:]][[:space:]]*//p' "$entry_file" | tail -n 1)
+        if [ -z "$entry_sys" ]; then
+            entry_sys=$(sed -n 's|^options.*init=\(/nix/store/[^/ ]*\)/init.*|\1|p' "$entry_file" | tail -n 1)
         fi
-        if [ -n "$sys" ]; then printf '%s\n' "$sys"; fi
+        if [ -n "$entry_sys" ]; then printf '%s\n' "$entry_sys"; fi
         return 0
     done
 }

@@ -34,40 +34,40 @@ keys_dir() {
 }
 
 keys_stage() {
-    staged=$rundir/staged-keys
-    rm -rf "$staged" && mkdir -m 0700 "$staged" || exit 1
+    stage_dir=$rundir/staged-keys
+    rm -rf "$stage_dir" && mkdir -m 0700 "$stage_dir" || exit 1
     if [ "${1:-}" = keep ]; then : > "$rundir/keys-keep"; fi
-    n=0
-    while IFS= read -r at; do
-        if ! { IFS= read -r dir && IFS= read -r name && IFS= read -r user && IFS= read -r group &&
-            IFS= read -r mode && IFS= read -r len; }; then
+    stage_n=0
+    while IFS= read -r stage_at; do
+        if ! { IFS= read -r stage_keydir && IFS= read -r stage_name && IFS= read -r stage_user && IFS= read -r stage_group &&
+            IFS= read -r stage_mode && IFS= read -r stage_len; }; then
             echo "deploy-flake agent: the keys ended early" >&2
-            rm -rf "$staged"
+            rm -rf "$stage_dir"
             exit 1
         fi
-        n=$((n + 1))
-        head -c "$len" > "$staged/$n"
-        if [ "$(wc -c < "$staged/$n")" != "$len" ]; then
-            echo "deploy-flake agent: key $name: fewer bytes than announced" >&2
-            rm -rf "$staged"
+        stage_n=$((stage_n + 1))
+        head -c "$stage_len" > "$stage_dir/$stage_n"
+        if [ "$(wc -c < "$stage_dir/$stage_n")" != "$stage_len" ]; then
+            echo "deploy-flake agent: key $stage_name: fewer bytes than announced" >&2
+            rm -rf "$stage_dir"
             exit 1
         fi
-        printf '%s\n' "$at" "$dir" "$name" "$user" "$group" "$mode" > "$staged/$n.meta"
-        keys_dir_safe "$dir" || { rm -rf "$staged"; exit 1; }
-        keys_prune "$dir"
-        if [ "$at" = pre-activation ] && ! keys_owner_exists "$user" "$group"; then
-            echo "key $name: $user:$group does not exist yet: written as root:root, given to $user:$group once the new system has created them"
+        printf '%s\n' "$stage_at" "$stage_keydir" "$stage_name" "$stage_user" "$stage_group" "$stage_mode" > "$stage_dir/$stage_n.meta"
+        keys_dir_safe "$stage_keydir" || { rm -rf "$stage_dir"; exit 1; }
+        keys_prune "$stage_keydir"
+        if [ "$stage_at" = pre-activation ] && ! keys_owner_exists "$stage_user" "$stage_group"; then
+            echo "key $stage_name: $stage_user:$stage_group does not exist yet: written as root:root, given to $stage_user:$stage_group once the new system has created them"
         fi
     done
-    echo "deploy-flake-keys-staged $n"
+    echo "deploy-flake-keys-staged $stage_n"
 }
 
 # keys_prune DIR: drop what runs that are gone (the host rebooted, their
 # state was removed) kept there of the keys they replaced.
 keys_prune() {
-    for kept in "$1"/.deploy-flake-previous/*; do
-        [ -d "$kept" ] || continue
-        [ -d "$STATE/runs/${kept##*/}" ] || rm -rf "$kept"
+    for kprune_each in "$1"/.deploy-flake-previous/*; do
+        [ -d "$kprune_each" ] || continue
+        [ -d "$STATE/runs/${kprune_each##*/}" ] || rm -rf "$kprune_each"
     done
     rmdir "$1/.deploy-flake-previous" 2> /dev/null
     return 0
@@ -81,31 +81,31 @@ keys_owner_exists() {
 # Stops at the first that cannot be written (what was written stays
 # recorded for keys_restore).
 keys_install() {
-    staged=$rundir/staged-keys
-    [ -d "$staged" ] || return 0
-    for meta in "$staged"/*.meta; do
-        [ -e "$meta" ] || continue
+    install_staged=$rundir/staged-keys
+    [ -d "$install_staged" ] || return 0
+    for install_meta in "$install_staged"/*.meta; do
+        [ -e "$install_meta" ] || continue
         {
-            IFS= read -r at
-            IFS= read -r dir
-            IFS= read -r name
-            IFS= read -r user
-            IFS= read -r group
-            IFS= read -r mode
-        } < "$meta"
-        case "$1:$at" in
+            IFS= read -r install_at
+            IFS= read -r install_dir
+            IFS= read -r install_name
+            IFS= read -r install_user
+            IFS= read -r install_group
+            IFS= read -r install_mode
+        } < "$install_meta"
+        case "$1:$install_at" in
             pre:pre-activation | post:post-activation | all:*) ;;
             pre:remove)
-                key_remove "$dir/$name" || return 1
-                rm -f "${meta%.meta}" "$meta"
+                key_remove "$install_dir/$install_name" || return 1
+                rm -f "${install_meta%.meta}" "$install_meta"
                 continue
                 ;;
             *) continue ;;
         esac
-        lenient=0
-        if [ "$1" = pre ]; then lenient=1; fi
-        key_write "${meta%.meta}" "$dir" "$name" "$user" "$group" "$mode" "$lenient" || return 1
-        rm -f "${meta%.meta}" "$meta"
+        install_lenient=0
+        if [ "$1" = pre ]; then install_lenient=1; fi
+        key_write "${install_meta%.meta}" "$install_dir" "$install_name" "$install_user" "$install_group" "$install_mode" "$install_lenient" || return 1
+        rm -f "${install_meta%.meta}" "$install_meta"
     done
 }
 
@@ -113,42 +113,42 @@ keys_install() {
 # the switch), an owner the new system has yet to create gets the key
 # once it has (keys_own); until then it is root's.
 key_write() {
-    file=$2/$3 owner=$4:$5
+    write_file=$2/$3 write_owner=$4:$5
     if ! keys_owner_exists "$4" "$5"; then
         if [ "$7" != 1 ]; then
             log "key $3: user $4 or group $5 does not exist"
             return 1
         fi
-        owner=root:root
-        printf '%s %s\n' "$4:$5" "$file" >> "$rundir/keys-owners"
+        write_owner=root:root
+        printf '%s %s\n' "$4:$5" "$write_file" >> "$rundir/keys-owners"
     fi
     if ! { keys_dir_safe "$2" && keys_dir "$2"; }; then
         log "key $3: cannot create or use $2"
         return 1
     fi
-    tmp=$2/.deploy-flake-new.$3
-    rm -f "$tmp"
-    if ! { (umask 077 && : > "$tmp") && chown "$owner" "$tmp" && chmod "$6" "$tmp" && cat "$1" > "$tmp"; }; then
-        rm -f "$tmp"
-        log "key $3: cannot write $tmp"
+    write_tmp=$2/.deploy-flake-new.$3
+    rm -f "$write_tmp"
+    if ! { (umask 077 && : > "$write_tmp") && chown "$write_owner" "$write_tmp" && chmod "$6" "$write_tmp" && cat "$1" > "$write_tmp"; }; then
+        rm -f "$write_tmp"
+        log "key $3: cannot write $write_tmp"
         return 1
     fi
-    if [ -e "$file" ] || [ -L "$file" ]; then
-        key_keep "$file" || { rm -f "$tmp"; return 1; }
+    if [ -e "$write_file" ] || [ -L "$write_file" ]; then
+        key_keep "$write_file" || { rm -f "$write_tmp"; return 1; }
     else
-        echo "new $file" >> "$rundir/keys-written"
+        echo "new $write_file" >> "$rundir/keys-written"
     fi
-    mv -fT "$tmp" "$file" || { log "key $3: cannot replace $file"; return 1; }
-    log "key $3: wrote $file"
+    mv -fT "$write_tmp" "$write_file" || { log "key $3: cannot replace $write_file"; return 1; }
+    log "key $3: wrote $write_file"
 }
 
 # key_keep FILE: keep FILE's content as its previous one (a hard link in a
 # root-only directory beside it), and record that this run had it.
 key_keep() {
-    previous_dir=${1%/*}/.deploy-flake-previous
-    if ! { { [ -d "$previous_dir" ] || mkdir -m 0700 "$previous_dir"; } &&
-        { [ -d "$previous_dir/$runid" ] || mkdir -m 0700 "$previous_dir/$runid"; } &&
-        ln -P "$1" "$previous_dir/$runid/${1##*/}"; }; then
+    keep_dir=${1%/*}/.deploy-flake-previous
+    if ! { { [ -d "$keep_dir" ] || mkdir -m 0700 "$keep_dir"; } &&
+        { [ -d "$keep_dir/$runid" ] || mkdir -m 0700 "$keep_dir/$runid"; } &&
+        ln -P "$1" "$keep_dir/$runid/${1##*/}"; }; then
         log "key ${1##*/}: cannot keep the previous content of $1"
         return 1
     fi
@@ -164,44 +164,44 @@ key_remove() {
 # keys_adopt FROM: stage what run FROM's keys were before it (their
 # kept content, their owner and mode), and the removal of those it created.
 keys_adopt() {
-    from=$1
-    staged=$rundir/staged-keys
-    rm -rf "$staged" && mkdir -m 0700 "$staged" || exit 1
-    n=0
-    if [ -e "$from/keys-written" ]; then
-        printf '%s\n' "$from" > "$rundir/keys-adopted"
-        while read -r what file; do
-            n=$((n + 1))
-            dir=${file%/*} name=${file##*/}
-            if [ "$what" = new ]; then
-                printf '%s\n' remove "$dir" "$name" root root 0600 > "$staged/$n.meta"
-                : > "$staged/$n"
+    adopt_from=$1
+    adopt_staged=$rundir/staged-keys
+    rm -rf "$adopt_staged" && mkdir -m 0700 "$adopt_staged" || exit 1
+    adopt_n=0
+    if [ -e "$adopt_from/keys-written" ]; then
+        printf '%s\n' "$adopt_from" > "$rundir/keys-adopted"
+        while read -r adopt_what adopt_file; do
+            adopt_n=$((adopt_n + 1))
+            adopt_dir=${adopt_file%/*} adopt_name=${adopt_file##*/}
+            if [ "$adopt_what" = new ]; then
+                printf '%s\n' remove "$adopt_dir" "$adopt_name" root root 0600 > "$adopt_staged/$adopt_n.meta"
+                : > "$adopt_staged/$adopt_n"
                 continue
             fi
-            kept=$dir/.deploy-flake-previous/${from##*/}/$name
-            [ -f "$kept" ] || continue
-            cat "$kept" > "$staged/$n" || exit 1
+            adopt_kept=$adopt_dir/.deploy-flake-previous/${adopt_from##*/}/$adopt_name
+            [ -f "$adopt_kept" ] || continue
+            cat "$adopt_kept" > "$adopt_staged/$adopt_n" || exit 1
             # shellcheck disable=SC2046 # three words
-            printf '%s\n' pre-activation "$dir" "$name" $(stat -c '%u %g %a' "$kept") > "$staged/$n.meta"
-        done < "$from/keys-written"
+            printf '%s\n' pre-activation "$adopt_dir" "$adopt_name" $(stat -c '%u %g %a' "$adopt_kept") > "$adopt_staged/$adopt_n.meta"
+        done < "$adopt_from/keys-written"
     fi
-    echo "deploy-flake-keys-staged $n"
+    echo "deploy-flake-keys-staged $adopt_n"
 }
 
 # The run this one put back the keys of: its kept content is not needed.
 keys_forget_adopted() {
     [ -e "$rundir/keys-adopted" ] || return 0
-    read -r from < "$rundir/keys-adopted"
-    keys_drop_previous "$from"
+    read -r forget_from < "$rundir/keys-adopted"
+    keys_drop_previous "$forget_from"
     rm -f "$rundir/keys-adopted"
 }
 
 # keys_drop_previous RUNDIR: what that run kept of the keys it replaced.
 keys_drop_previous() {
     [ -e "$1/keys-written" ] || return 0
-    while read -r _ file; do
-        rm -rf "${file%/*}/.deploy-flake-previous/${1##*/}"
-        rmdir "${file%/*}/.deploy-flake-previous" 2> /dev/null
+    while read -r _ dropped_file; do
+        rm -rf "${dropped_file%/*}/.deploy-flake-previous/${1##*/}"
+        rmdir "${dropped_file%/*}/.deploy-flake-previous" 2> /dev/null
     done < "$1/keys-written"
     rm -f "$1/keys-written" "$1/keys-keep"
 }
@@ -210,8 +210,8 @@ keys_drop_previous() {
 # system has created them.
 keys_own() {
     [ -e "$rundir/keys-owners" ] || return 0
-    while read -r owner file; do
-        if chown "$owner" "$file" 2> /dev/null; then log "key ${file##*/}: given to $owner"; else log "key ${file##*/}: $owner still does not exist: it stays root's"; fi
+    while read -r own_owner own_file; do
+        if chown "$own_owner" "$own_file" 2> /dev/null; then log "key ${own_file##*/}: given to $own_owner"; else log "key ${own_file##*/}: $own_owner still does not exist: it stays root's"; fi
     done < "$rundir/keys-owners"
     rm -f "$rundir/keys-owners"
 }
@@ -222,15 +222,15 @@ keys_restore() {
     rm -rf "$rundir/staged-keys" "$rundir/keys-owners"
     [ -e "$rundir/keys-written" ] || return 0
     # Newest first.
-    sed -n '1!G;h;$p' "$rundir/keys-written" | while read -r what file; do
-        dir=${file%/*}
-        case "$what" in
+    sed -n '1!G;h;$p' "$rundir/keys-written" | while read -r restore_what restore_file; do
+        restore_dir=${restore_file%/*}
+        case "$restore_what" in
             had)
-                mv -fT "$dir/.deploy-flake-previous/$runid/${file##*/}" "$file" && log "key ${file##*/}: restored $file"
+                mv -fT "$restore_dir/.deploy-flake-previous/$runid/${restore_file##*/}" "$restore_file" && log "key ${restore_file##*/}: restored $restore_file"
                 ;;
-            new) rm -f "$file" && log "key ${file##*/}: removed $file" ;;
+            new) rm -f "$restore_file" && log "key ${restore_file##*/}: removed $restore_file" ;;
         esac
-        rmdir "$dir/.deploy-flake-previous/$runid" "$dir/.deploy-flake-previous" 2> /dev/null
+        rmdir "$restore_dir/.deploy-flake-previous/$runid" "$restore_dir/.deploy-flake-previous" 2> /dev/null
     done
     rm -f "$rundir/keys-written"
 }

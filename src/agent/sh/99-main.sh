@@ -14,7 +14,8 @@
 # answer of the function that sets it: $now (uptime_now), $waited (pause,
 # nap), $stc_env (stc_env), $stamp (record, for the state change after
 # it), $previous (activation_start, for the rollback), $await_cause and
-# $await_reason (await_confirmation), $boot_moved (boot_profile).
+# $await_reason (await_confirmation), $boot_moved (boot_profile); and
+# $sysrc, set by a caller of `system` for the exit status it writes there.
 rundir='' runid='' toplevel=''
 cmd=$1
 shift
