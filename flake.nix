@@ -146,14 +146,30 @@
           package = self.packages.${system}.deploy-flake;
           # The on-target agent, as /bin/sh runs it (dash, or bash as sh):
           # shellcheck finds nothing of severity warning or above, and both
-          # shells parse it.
-          agent-shellcheck = pkgs.runCommand "deploy-flake-agent-shellcheck"
-            { nativeBuildInputs = [ pkgs.shellcheck pkgs.dash pkgs.bash ]; } ''
-            shellcheck --severity=warning --shell=sh ${./src/agent/agent.sh} &&
-              dash -n ${./src/agent/agent.sh} &&
-              bash --posix -n ${./src/agent/agent.sh} &&
-              touch $out
-          '';
+          # shells parse it, in each of its files (but for a variable set in
+          # one file and read in another, a function called with arguments
+          # from another) and in the text they make joined
+          # in the order of their names, as src/agent/mod.rs joins them.
+          agent-shellcheck =
+            let
+              parts = ./src/agent/sh;
+              names = builtins.filter (name: builtins.match ".*[.]sh" name != null)
+                (builtins.attrNames (builtins.readDir parts));
+              joined = pkgs.writeText "deploy-flake-agent.sh"
+                (builtins.concatStringsSep "" (map (name: builtins.readFile (parts + "/${name}")) names));
+            in
+            pkgs.runCommand "deploy-flake-agent-shellcheck"
+              { nativeBuildInputs = [ pkgs.shellcheck pkgs.dash pkgs.bash ]; } ''
+              for part in ${parts}/*.sh; do
+                shellcheck --severity=warning --shell=sh --exclude=SC2034,SC2120,SC2154 "$part" &&
+                  dash -n "$part" &&
+                  bash --posix -n "$part" || exit 1
+              done
+              shellcheck --severity=warning --shell=sh ${joined} &&
+                dash -n ${joined} &&
+                bash --posix -n ${joined} &&
+                touch $out
+            '';
         }
         // (if builtins.elem system linuxSystems
         then import ./checks { pkgs = pkgsFor system; inherit nixpkgs self; }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark: what capping the activation's log costs a target. The
-# agent's cap_copy (taken from src/agent/agent.sh: the shell's own read
+# agent's cap_copy (taken from src/agent/sh/: the shell's own read
 # and printf, line by line, so the log follows the output live) against a
 # plain append (cat, what the log was before it had a cap), on an
 # activation's output of LINES lines of 88 bytes through a FIFO, as the
@@ -15,7 +15,7 @@ WORK=$(mktemp -d /tmp/deploy-flake-log-cap.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 command -v dash >/dev/null || { echo "log-cap.sh: needs dash" >&2; exit 1; }
 
-sed -n '/^LOG_CAP=/p; /^cap_copy() {/,/^}/p' "$ROOT/src/agent/agent.sh" >"$WORK/cap.sh"
+sed -n '/^LOG_CAP=/p; /^cap_copy() {/,/^}/p' "$ROOT"/src/agent/sh/*.sh >"$WORK/cap.sh"
 cat >"$WORK/run.sh" <<'SH'
 # run.sh HOW LINES: the output of LINES lines through a FIFO into HOW.
 . "$(dirname "$0")/cap.sh"

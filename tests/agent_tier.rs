@@ -1,6 +1,7 @@
-//! The agent tier: the on-target agent (src/agent/agent.sh) checked and run
-//! in seconds, without root, containers or systemd. shellcheck and the
-//! parsers of dash and bash read it; then a copy of it runs under dash in a
+//! The agent tier: the on-target agent (the files of src/agent/sh/, joined
+//! into one text) checked and run in seconds, without root, containers or
+//! systemd. shellcheck and the parsers of dash and bash read each file and
+//! the joined text; then a copy of that text runs under dash in a
 //! temporary directory, with stand-ins on its PATH (`systemctl`, `nix-env`,
 //! each system's `bin/switch-to-configuration`) and its state, records,
 //! system profile, `/run/current-system` and cgroup slice pointing into
@@ -17,8 +18,24 @@ use std::time::{Duration, Instant};
 
 const RUN_ID: &str = "20261207-120000-tier";
 
-fn agent_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("src/agent/agent.sh")
+/// The agent's files, in the order they are joined.
+fn agent_parts() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/agent/sh");
+    let mut parts: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sh"))
+        .collect();
+    parts.sort();
+    assert!(parts.len() > 5, "the agent's files: {parts:?}");
+    parts
+}
+
+/// The agent as a target runs it (the deployer's own text), in a file.
+fn joined_agent() -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new().suffix(".sh").tempfile().unwrap();
+    file.write_all(deploy_flake::agent::SCRIPT.as_bytes()).unwrap();
+    file
 }
 
 /// `program ARGS…` must exist: a missing tool fails the tier, loudly.
@@ -28,34 +45,73 @@ fn tool(program: &str, args: &[&str]) -> Output {
     })
 }
 
+/// shellcheck at severity warning finds nothing in FILE (`extra`: more
+/// options); a plain `shellcheck`, which learns the dialect from the
+/// file's own directive, agrees.
+fn shellcheck_clean(file: &Path, extra: &[&str]) {
+    let file = file.to_str().unwrap();
+    for dialect in [&["--shell=sh"][..], &[]] {
+        let mut args = vec!["--severity=warning"];
+        args.extend(dialect);
+        args.extend(extra);
+        args.push(file);
+        let out = tool("shellcheck", &args);
+        assert!(
+            out.status.success(),
+            "shellcheck {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 // ---- checked ------------------------------------------------------------------
 
+/// Each file on its own, but for the findings that only the whole text can
+/// judge (a variable set in one file and read in another, a function given
+/// its arguments in another), then
+/// the whole text, as the agent runs (by /bin/sh: POSIX sh, dash or bash
+/// as sh), with nothing left out.
 #[test]
 fn shellcheck_finds_nothing_in_the_agent() {
-    let agent = agent_path();
-    // As the agent is run: by /bin/sh, POSIX sh (dash, or bash as sh).
-    let out = tool("shellcheck", &["--severity=warning", "--shell=sh", agent.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "shellcheck:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // The file says its dialect itself: a plain `shellcheck` agrees.
-    let out = tool("shellcheck", &["--severity=warning", agent.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    for part in agent_parts() {
+        shellcheck_clean(&part, &["--exclude=SC2034,SC2120,SC2154"]);
+    }
+    shellcheck_clean(joined_agent().path(), &[]);
 }
 
 #[test]
 fn dash_and_bash_parse_the_agent() {
-    let agent = agent_path();
-    for (shell, args) in
-        [("dash", &["-n"][..]), ("bash", &["--posix", "-n"][..]), ("bash", &["-n"][..])]
+    let joined = joined_agent();
+    let mut files = agent_parts();
+    files.push(joined.path().to_path_buf());
+    for file in &files {
+        for (shell, args) in
+            [("dash", &["-n"][..]), ("bash", &["--posix", "-n"][..]), ("bash", &["-n"][..])]
+        {
+            let mut argv = args.to_vec();
+            argv.push(file.to_str().unwrap());
+            let out = tool(shell, &argv);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{shell} {args:?} {}: {err}", file.display());
+        }
+    }
+}
+
+/// The checks above can fail: a part with a bashism, or that reads a
+/// variable nobody sets, is found in the joined text.
+#[test]
+fn the_checks_find_a_bashism_and_an_unset_variable() {
+    for (line, code) in
+        [("if [ \"$1\" == x ]; then :; fi", "SC3014"), ("echo \"$no_such_var\"", "SC2154")]
     {
-        let mut argv = args.to_vec();
-        argv.push(agent.to_str().unwrap());
-        let out = tool(shell, &argv);
-        assert!(out.status.success(), "{shell} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = format!("{}{line}\n", deploy_flake::agent::SCRIPT);
+        let mut file = tempfile::Builder::new().suffix(".sh").tempfile().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        let path = file.path().to_str().unwrap();
+        let out = tool("shellcheck", &["--severity=warning", "--shell=sh", path]);
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success() && said.contains(code), "{code} not found:\n{said}");
     }
 }
 
@@ -166,7 +222,7 @@ impl Host {
         }
         std::os::unix::fs::symlink(root.join("old"), root.join("current-system")).unwrap();
 
-        let mut text = std::fs::read_to_string(agent_path()).unwrap();
+        let mut text = deploy_flake::agent::SCRIPT.to_string();
         let path = "PATH=/run/current-system/sw/bin:/nix/var/nix/profiles/default/bin:/run/wrappers/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
         for (line, by) in [
             (path.to_string(), format!("PATH={}:/usr/sbin:/usr/bin:/sbin:/bin", sub("bin"))),
@@ -675,7 +731,7 @@ fn the_log_reader_prints_whole_lines_only() {
     std::fs::write(Path::new(&rundir).join("pid"), format!("{}\n", alive.id())).unwrap();
     std::fs::write(&log, "skipped\nfirst\nsec").unwrap();
     let mut watch = host
-        .cmd(&["watch", &rundir, "1"])
+        .cmd(&["watch", &rundir, "1", "starting,activating,rolling-back,booting"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -701,4 +757,59 @@ fn the_log_reader_prints_whole_lines_only() {
         rest,
         format!("second\nthird\ndeploy-flake-previous {RUN_ID} \ndeploy-flake-status {RUN_ID} awaiting-confirmation\n")
     );
+}
+
+// ---- the pre-switch check ---------------------------------------------------------
+
+/// `check` says what switch-to-configuration check printed and its exit
+/// status; what that means the deployer decides (`CheckVerdict::decide`).
+#[test]
+fn the_check_says_its_exit_status_and_the_deployer_decides_what_it_means() {
+    use deploy_flake::agent::CheckVerdict;
+    let host = Host::new();
+    for (rc, says, want) in [
+        ("0", "", CheckVerdict::Ok),
+        ("1", "Pre-switch checks failed\n", CheckVerdict::Refused),
+        ("1", "Usage: switch-to-configuration [switch|boot|test]\n", CheckVerdict::Unsupported),
+        ("11", "", CheckVerdict::Busy),
+    ] {
+        host.set("new", "rc-check", &format!("{rc}\n"));
+        host.set("new", "says-check", says);
+        let out = host.run(&["check", &host.sys("new"), "10", ""], "");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        let exit = stdout.lines().find_map(|l| l.strip_prefix("deploy-flake-check-exit "));
+        assert_eq!(exit, Some(rc), "{stdout}");
+        let said: Vec<&str> = stdout.lines().filter(|l| !l.starts_with("deploy-flake-")).collect();
+        assert!(says.lines().all(|l| said.contains(&l)), "what it said is shown: {stdout}");
+        assert_eq!(CheckVerdict::decide(exit, &said), want, "{stdout}");
+    }
+    assert!(host.calls().contains("switch-to-configuration check of new"), "{}", host.calls());
+}
+
+/// The watch waits while the run is in one of the states the deployer
+/// names (its wait policy), and answers the first state that is not.
+#[test]
+fn the_watch_waits_through_the_states_it_is_given_and_no_other() {
+    let host = Host::new();
+    let rundir = host.rundir();
+    let status = Path::new(&rundir).join("status");
+    std::fs::write(&status, "awaiting-confirmation\n").unwrap();
+    let watch = |states: &str| {
+        host.cmd(&["watch", &rundir, "0", states])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let answered = format!("deploy-flake-status {RUN_ID} awaiting-confirmation");
+    let out = wait_bounded(watch("starting,activating"), 10);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&answered), "{out:?}");
+    let mut waiting = watch("activating,awaiting-confirmation");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(waiting.try_wait().unwrap().is_none(), "the watch waits through its states");
+    std::fs::write(&status, "confirmed\n").unwrap();
+    let out = wait_bounded(waiting, 10);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains(&format!("deploy-flake-status {RUN_ID} confirmed")), "{said}");
 }

@@ -253,7 +253,7 @@ fn the_agent_check_builds_and_fails_on_what_shellcheck_finds() {
     if let Err(e) = nix_standin(&args) {
         panic!("the agent's check fails on the agent:\n{e}");
     }
-    let agent = project.path().join("src/agent/agent.sh");
+    let agent = project.path().join("src/agent/sh/99-main.sh");
     let text = std::fs::read_to_string(&agent).expect("read agent");
     std::fs::write(&agent, format!("{text}if [ \"$cmd\" == check ]; then exit 0; fi\n"))
         .expect("write agent");

@@ -30,7 +30,9 @@ fn files(dir: &Path, src: &Path, out: &mut BTreeSet<String>) {
 /// A name in the module map: `name.rs`, `name.sh` or `name/`.
 fn is_entry(word: &str) -> bool {
     let stem = word.strip_suffix(".rs").or(word.strip_suffix(".sh")).or(word.strip_suffix('/'));
-    stem.is_some_and(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+    // (The agent's files are numbered: `00-head.sh`.)
+    let name_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-';
+    stem.is_some_and(|s| !s.is_empty() && s.chars().all(name_char))
 }
 
 /// The module map: the paths (relative to `src/`) it names. An entry is a

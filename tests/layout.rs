@@ -97,9 +97,17 @@ fn the_function_finder_finds_functions() {
     assert_eq!(found, want.map(|(line, len, name)| (line, len, name.to_string())));
 }
 
+/// The agent's shell functions are shorter than Rust's: each does one step
+/// of what runs as root on every host, with no types to lean on.
+const MAX_AGENT_FN_LINES: usize = 40;
+/// And each of its files is one topic.
+const MAX_AGENT_FILE_LINES: usize = 400;
+
 /// `(first line, length, name)` of every function of a shell script: from
 /// its `name() {` line to the first `}` alone on a line (the agent's
-/// functions are written so); no length when that `}` is not found.
+/// functions are written so, their bodies indented); no length when that
+/// `}` is not found, or a line between them is not indented (not blank, a
+/// comment or part of the body: the function's end was missed).
 fn shell_functions(text: &str) -> Vec<(usize, Option<usize>, String)> {
     let lines: Vec<&str> = text.lines().collect();
     let mut out = Vec::new();
@@ -108,26 +116,61 @@ fn shell_functions(text: &str) -> Vec<(usize, Option<usize>, String)> {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             continue;
         }
-        let end = lines[i + 1..].iter().position(|l| *l == "}").map(|e| e + 2);
+        let body = |l: &&str| l.is_empty() || l.starts_with([' ', '\t']);
+        let end = lines[i + 1..]
+            .iter()
+            .position(|l| !body(l))
+            .filter(|&e| lines[i + 1 + e] == "}")
+            .map(|e| e + 2);
         out.push((i + 1, end, name.to_string()));
     }
     out
 }
 
+/// The agent's files (`src/agent/sh/*.sh`), in the order they are joined,
+/// with their text.
+fn agent_parts() -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/agent/sh");
+    let mut parts: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sh"))
+        .map(|p| {
+            let name = format!("agent/sh/{}", p.file_name().unwrap().to_str().unwrap());
+            (name, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect();
+    parts.sort();
+    assert!(parts.len() > 5, "found the agent's files: {}", parts.len());
+    parts
+}
+
 #[test]
-fn no_agent_function_is_longer_than_70_lines() {
-    let script = std::fs::read_to_string(agent_path()).unwrap();
-    let found = shell_functions(&script);
-    assert!(found.len() > 50, "found the agent's functions: {}", found.len());
+fn no_agent_function_is_longer_than_40_lines() {
     let mut long = Vec::new();
-    for (line, len, f) in found {
-        match len {
-            Some(len) if len <= MAX_FN_LINES => {}
-            Some(len) => long.push(format!("agent.sh:{line} {f}: {len} lines")),
-            None => long.push(format!("agent.sh:{line} {f}: its end was not found")),
+    let mut count = 0;
+    for (name, text) in agent_parts() {
+        for (line, len, f) in shell_functions(&text) {
+            count += 1;
+            match len {
+                Some(len) if len <= MAX_AGENT_FN_LINES => {}
+                Some(len) => long.push(format!("{name}:{line} {f}: {len} lines")),
+                None => long.push(format!("{name}:{line} {f}: its end was not found")),
+            }
         }
     }
+    assert!(count > 50, "found the agent's functions: {count}");
     assert!(long.is_empty(), "split these functions of the agent: {long:#?}");
+}
+
+#[test]
+fn no_agent_file_is_longer_than_400_lines() {
+    let long: Vec<String> = agent_parts()
+        .into_iter()
+        .filter(|(_, text)| text.lines().count() > MAX_AGENT_FILE_LINES)
+        .map(|(name, text)| format!("{name}: {} lines", text.lines().count()))
+        .collect();
+    assert!(long.is_empty(), "split these files of the agent: {long:?}");
 }
 
 #[test]
@@ -139,24 +182,28 @@ fn the_shell_function_finder_finds_functions() {
 # b() {
 c_d() {
     y
+
     z
 }
 not a() {
 e() {
     }
+f() {
+    g
+h
+}
 ";
     let found = shell_functions(text);
-    let want = [(1, Some(3), "a"), (6, Some(4), "c_d"), (11, None, "e")];
+    let want = [(1, Some(3), "a"), (6, Some(5), "c_d"), (12, None, "e"), (14, None, "f")];
     assert_eq!(found, want.map(|(line, len, name)| (line, len, name.to_string())));
-}
-
-fn agent_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("src/agent/agent.sh")
 }
 
 /// The agent's run-directory files, from the script's own header.
 fn agent_files() -> Vec<String> {
-    let script = std::fs::read_to_string(agent_path()).unwrap();
+    let script = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/agent/sh/00-head.sh"),
+    )
+    .unwrap();
     let header = script.split("# Per-run state lives in").nth(1).unwrap();
     let header = header.split("# A run only ever looks").next().unwrap();
     let files: Vec<String> = header

@@ -151,8 +151,8 @@ impl Facts {
             systemd: answers(stdout, "systemd").next().is_some(),
             confirmed: answers(stdout, "confirmed-here").next().is_some(),
             boot_written: answers(stdout, "boot-written").next().is_some(),
-            reboot_new: reboot(stdout, "reboot-new"),
-            reboot_profile: reboot(stdout, "reboot-profile"),
+            reboot_new: reboot(stdout, "parts-new"),
+            reboot_profile: reboot(stdout, "parts-profile"),
             busy: answers(stdout, "busy").map(String::from).collect(),
         }
     }
@@ -176,10 +176,29 @@ impl Facts {
     }
 }
 
-/// The parts that need a reboot; `None` when the host has no booted system.
+/// What only a reboot brings in, in the order the agent names them:
+/// kernel, initrd, kernel modules (their resolved paths), init (the init
+/// interface's version).
+const BOOT_PARTS: [&str; 4] = ["kernel", "initrd", "kernel-modules", "init"];
+
+/// The parts of the system the agent described under `key` (`parts-new`,
+/// `parts-profile`) that differ from the booted system's (`parts-booted`):
+/// what only a reboot brings in; `None` when the host has no booted system.
 fn reboot(stdout: &str, key: &str) -> Option<Vec<String>> {
-    let booted = answer(stdout, "booted-system").is_some();
-    booted.then(|| answers(stdout, key).map(String::from).collect())
+    let (booted, of) = (parts(answers(stdout, "parts-booted")), parts(answers(stdout, key)));
+    if booted.is_empty() {
+        return None;
+    }
+    if of.is_empty() {
+        return Some(vec![]);
+    }
+    let differs = |p: &&&str| booted.get(**p) != of.get(**p);
+    Some(BOOT_PARTS.iter().filter(differs).map(|p| p.to_string()).collect())
+}
+
+/// `<part> <value>` lines, by part (an empty value: the part is missing).
+fn parts<'a>(lines: impl Iterator<Item = &'a str>) -> std::collections::BTreeMap<&'a str, &'a str> {
+    lines.map(|l| l.split_once(' ').unwrap_or((l, ""))).collect()
 }
 
 /// What `switch-to-configuration check` said.
@@ -196,12 +215,22 @@ pub enum CheckVerdict {
 }
 
 impl CheckVerdict {
-    pub fn parse(stdout: &str) -> CheckVerdict {
-        match answer(stdout, "check").as_deref() {
-            Some("ok") => CheckVerdict::Ok,
-            Some("unsupported") => CheckVerdict::Unsupported,
-            Some("busy") => CheckVerdict::Busy,
-            Some("timeout") => CheckVerdict::Timeout,
+    /// What `switch-to-configuration check` meant by its exit status
+    /// (`None`: the agent said none) and what it said (`said`, its lines):
+    /// 11 is its lock, 124 the agent's bound; any other failure refuses,
+    /// unless it did not know the action at all (a system before
+    /// NixOS 24.11).
+    pub fn decide(exit: Option<&str>, said: &[&str]) -> CheckVerdict {
+        let says = |words: &[&str]| said.iter().any(|l| words.iter().any(|w| l.contains(w)));
+        match exit.map(str::parse::<i32>) {
+            None => CheckVerdict::Refused,
+            Some(Ok(0)) => CheckVerdict::Ok,
+            Some(Ok(11)) => CheckVerdict::Busy,
+            Some(Ok(124)) => CheckVerdict::Timeout,
+            _ if says(&["Pre-switch checks failed", "critical components"]) => {
+                CheckVerdict::Refused
+            }
+            _ if says(&["Usage:", "usage:", "invalid action"]) => CheckVerdict::Unsupported,
             _ => CheckVerdict::Refused,
         }
     }
@@ -324,7 +353,7 @@ impl HostState {
             boot_id: answer(stdout, "boot-id"),
             state: SystemState::parse(&answer(stdout, "state").unwrap_or_default()),
             failed_units: answers(stdout, "failed").map(String::from).collect(),
-            needs_reboot: reboot(stdout, "reboot-profile"),
+            needs_reboot: reboot(stdout, "parts-profile"),
             lock: answer(stdout, "lock"),
             busy: answers(stdout, "busy").map(String::from).collect(),
             last,
@@ -380,7 +409,7 @@ impl Changes {
             packages: answers(stdout, "package").filter_map(PackageChange::parse).collect(),
             closure_bytes: size(current).zip(size(new)),
             units,
-            needs_reboot: reboot(stdout, "reboot-new"),
+            needs_reboot: reboot(stdout, "parts-new"),
             unknown: [
                 ("packages", answer(stdout, "packages-unknown")),
                 ("units", answer(stdout, "units-unknown")),

@@ -20,10 +20,7 @@ pub async fn watch<S: Spawner>(
     secs: u64,
     on_line: Lines<'_>,
 ) -> Result<AgentStatus, ProcessError> {
-    let mut args = vec![run.dir.clone(), seen.to_string()];
-    if patient.is_some() || health_secs.is_some() {
-        args.push(patient.map_or("-", AgentState::as_str).to_string());
-    }
+    let mut args = vec![run.dir.clone(), seen.to_string(), AgentState::waited_through(patient)];
     args.extend(health_secs.map(|s| s.to_string()));
     let cmd = run.cmd("watch", args).secs(secs);
     follow(on, run, &cmd, seen, on_line, &mut false).await
@@ -41,7 +38,8 @@ pub async fn launch<S: Spawner>(
     on_line: Lines<'_>,
 ) -> (bool, Result<AgentStatus, ProcessError>) {
     let health = health_secs.map_or(String::new(), |s| s.to_string());
-    let mut args = vec![run.dir.clone(), seen.to_string(), "-".into(), health];
+    let mut args =
+        vec![run.dir.clone(), seen.to_string(), AgentState::waited_through(None), health];
     args.extend(action.start_cmd(run).argv);
     let cmd = run.cmd("launch", args).secs(secs);
     let mut started = false;
@@ -60,7 +58,8 @@ pub async fn confirm<S: Spawner>(
     secs: u64,
     on_line: Lines<'_>,
 ) -> (bool, Result<AgentStatus, ProcessError>) {
-    let cmd = run.cmd("confirm", [run.dir.clone(), seen.to_string()]).secs(secs);
+    let through = AgentState::waited_through(Some(&AgentState::AwaitingConfirmation));
+    let cmd = run.cmd("confirm", [run.dir.clone(), seen.to_string(), through]).secs(secs);
     let mut delivered = false;
     let status = follow(fresh, run, &cmd, seen, on_line, &mut delivered).await;
     (delivered, status)

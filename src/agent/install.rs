@@ -53,7 +53,7 @@ exec "$@""#,
 /// How INSTALL says the state's file system is too full for a new run.
 pub(super) const NO_SPACE_EXIT: i32 = 28;
 /// What a run needs free in `/run` (KiB): the agent's log is capped at
-/// 1 MiB (`LOG_CAP` in agent.sh), and its state, its rollback and the
+/// 1 MiB (`LOG_CAP` in sh/00-head.sh), and its state, its rollback and the
 /// switch's own files need a little more.
 const RUN_SPACE_KIB: &str = "4096";
 
@@ -126,10 +126,11 @@ mod tests {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        // A script that refuses before it reads its input closes it early.
+        // A refusal ends the script before it reads its stdin: what the
+        // pipe does not hold then finds no reader.
         match child.stdin.take().unwrap().write_all(stdin) {
-            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => panic!("writing stdin: {e}"),
-            _ => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            written => written.unwrap(),
         }
         let out = child.wait_with_output().unwrap();
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();

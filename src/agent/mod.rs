@@ -1,7 +1,7 @@
 //! The on-target agent's protocol, whole: where its state lives on a
 //! target, the answer lines it prints, its states and actions, the host
-//! lock, the confirmation and the abort. The script itself is `agent.sh`
-//! (embedded); this module is the only Rust code that knows its file
+//! lock, the confirmation and the abort. The script itself is the files of
+//! `sh/` (embedded, joined into one text); this module is the only Rust code that knows its file
 //! names, its answer prefix and its words.
 //!
 //! A run's state is a root-only directory of its own, so nothing from an
@@ -23,8 +23,22 @@ use crate::events::Reason;
 use crate::nix::StorePath;
 use crate::process::{self, Cmd, Lines, ProcessError, Script, Spawner};
 
-/// The agent script, embedded in the binary.
-pub const SCRIPT: &str = include_str!("agent.sh");
+/// The agent script, embedded in the binary: the files of `sh/` joined in
+/// the order of their names (the settings first, the dispatcher last),
+/// one text on the wire, installed and hashed whole.
+pub const SCRIPT: &str = concat!(
+    include_str!("sh/00-head.sh"),
+    include_str!("sh/10-state.sh"),
+    include_str!("sh/20-wait.sh"),
+    include_str!("sh/30-bounded.sh"),
+    include_str!("sh/40-activate.sh"),
+    include_str!("sh/50-boot.sh"),
+    include_str!("sh/60-watch.sh"),
+    include_str!("sh/70-lock.sh"),
+    include_str!("sh/80-facts.sh"),
+    include_str!("sh/90-keys.sh"),
+    include_str!("sh/99-main.sh"),
+);
 
 /// Root-only state of the deployer on a target.
 const STATE_DIR: &str = "/run/deploy-flake";
@@ -163,6 +177,17 @@ impl AgentState {
             AgentState::Other(w) => w,
             s => STATE_WORDS.iter().find(|(x, _)| x == s).map_or("", |(_, w)| w),
         }
+    }
+
+    /// The watch's wait policy, sent with each watch: the states it waits
+    /// through (comma-separated words), those the agent leaves on its own
+    /// (its action under way: nothing for the deployer to do yet) and
+    /// `patient`, where the deployer waits for the agent too.
+    fn waited_through(patient: Option<&AgentState>) -> String {
+        let own = [AgentState::Starting, AgentState::Activating, AgentState::RollingBack];
+        let mut states: Vec<&AgentState> = own.iter().chain([&AgentState::Booting]).collect();
+        states.extend(patient);
+        states.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
     }
 }
 
@@ -398,7 +423,13 @@ pub async fn check<S: Spawner>(
         out.stdout.lines().filter(|l| !l.trim().is_empty() && !is_answer(l)).collect();
     said.iter().for_each(|l| on_line(&process::shown_line(l)));
     match answer(&out.stdout, "self-check-exit").map(|rc| rc.parse::<i32>()) {
-        Some(Ok(0)) | None => Ok(Ok(CheckVerdict::parse(&out.stdout))),
+        Some(Ok(0)) | None => {
+            // What switch-to-configuration said: after the self-check's.
+            let from = out.stdout.find(&format!("{ANSWER}self-check-exit ")).unwrap_or(0);
+            let own: Vec<&str> = out.stdout[from..].lines().filter(|l| !is_answer(l)).collect();
+            let exit = answer(&out.stdout, "check-exit");
+            Ok(Ok(CheckVerdict::decide(exit.as_deref(), &own)))
+        }
         Some(rc) => Ok(Err((rc.unwrap_or(-1), process::tail_lines(&said.join("\n"), 5)))),
     }
 }

@@ -17,11 +17,22 @@ fn answers_are_parsed() {
         ..Facts::default()
     };
     assert_eq!(facts, want);
-    let facts = Facts::parse(
-        "deploy-flake-booted-system /nix/store/b-sys\ndeploy-flake-confirmed-here yes\n\
-         deploy-flake-reboot-new kernel\ndeploy-flake-reboot-new init\n\
+    let facts = Facts::parse(&format!(
+        "deploy-flake-booted-system /nix/store/b-sys\ndeploy-flake-confirmed-here yes\n{}{}{}\
          deploy-flake-busy nixos-upgrade.service\n",
-    );
+        parts(
+            "booted",
+            ["/nix/store/k1/bzImage", "/nix/store/i/initrd", "/nix/store/m", "systemd 1 "]
+        ),
+        parts(
+            "new",
+            ["/nix/store/k2/bzImage", "/nix/store/i/initrd", "/nix/store/m", "systemd 2 "]
+        ),
+        parts(
+            "profile",
+            ["/nix/store/k1/bzImage", "/nix/store/i/initrd", "/nix/store/m", "systemd 1 "]
+        ),
+    ));
     assert!(facts.confirmed && !facts.boot_written);
     assert_eq!(facts.booted.as_deref(), Some("/nix/store/b-sys"));
     assert_eq!(facts.reboot_new, Some(vec!["kernel".to_string(), "init".to_string()]));
@@ -96,7 +107,8 @@ fn the_agents_state_words_are_the_deployers() {
     }
     for (state, word) in STATE_WORDS {
         // `starting` is a status not written yet, for the agent's watch too.
-        let unwritten = state == AgentState::Starting && SCRIPT.contains("${state:-starting}");
+        let unwritten =
+            state == AgentState::Starting && SCRIPT.contains("${watch_state:-starting}");
         assert!(
             written.contains(word) || unwritten,
             "the deployer reads the state `{word}`, which the agent never writes"
@@ -177,16 +189,28 @@ fn actions_become_transient_units_of_the_run() {
 }
 
 #[test]
-fn check_verdicts_are_read() {
-    for (out, want) in [
-        ("deploy-flake-check ok", CheckVerdict::Ok),
-        ("Usage: ...\ndeploy-flake-check unsupported", CheckVerdict::Unsupported),
-        ("Could not acquire lock\ndeploy-flake-check busy", CheckVerdict::Busy),
-        ("Pre-switch checks failed\ndeploy-flake-check refused", CheckVerdict::Refused),
-        ("deploy-flake-check timeout", CheckVerdict::Timeout),
-        ("", CheckVerdict::Refused),
+fn check_verdicts_are_decided_from_the_exit_status_and_what_the_check_said() {
+    for (exit, said, want) in [
+        (Some("0"), "", CheckVerdict::Ok),
+        (Some("0"), "Usage: whatever", CheckVerdict::Ok),
+        (
+            Some("1"),
+            "Usage: switch-to-configuration [switch|boot|test|dry-activate]",
+            CheckVerdict::Unsupported,
+        ),
+        (Some("1"), "error: usage: ...", CheckVerdict::Unsupported),
+        (Some("100"), "invalid action check", CheckVerdict::Unsupported),
+        (Some("11"), "Could not acquire lock", CheckVerdict::Busy),
+        (Some("1"), "Pre-switch checks failed", CheckVerdict::Refused),
+        (Some("1"), "Usage: x\nPre-switch checks failed", CheckVerdict::Refused),
+        (Some("1"), "not switching: critical components changed", CheckVerdict::Refused),
+        (Some("4"), "something else", CheckVerdict::Refused),
+        (Some("124"), "", CheckVerdict::Timeout),
+        (Some("x"), "", CheckVerdict::Refused),
+        (None, "Usage: no exit status said", CheckVerdict::Refused),
     ] {
-        assert_eq!(CheckVerdict::parse(out), want, "{out}");
+        let lines: Vec<&str> = said.lines().collect();
+        assert_eq!(CheckVerdict::decide(exit, &lines), want, "{exit:?} {said}");
     }
 }
 
@@ -320,7 +344,7 @@ fn system_states_are_systemd_s_words_and_a_new_word_is_kept() {
 
 /// The answer keys the agent prints (`deploy-flake-<key> <value>`), read
 /// from its text: a key ending in `-` is a family (`last-run`, ...), and
-/// `reboot_for KEY` prints KEY.
+/// `boot_parts KEY` prints KEY.
 fn keys_the_agent_prints() -> std::collections::BTreeSet<String> {
     let mut keys = std::collections::BTreeSet::new();
     for line in SCRIPT.lines().filter(|l| !l.trim_start().starts_with('#')) {
@@ -335,7 +359,7 @@ fn keys_the_agent_prints() -> std::collections::BTreeSet<String> {
                 keys.insert(key);
             }
         }
-        if let Some(rest) = line.trim_start().strip_prefix("reboot_for ") {
+        if let Some((_, rest)) = line.split_once("boot_parts ") {
             keys.insert(rest.split(' ').next().unwrap().to_string());
         }
     }
@@ -454,4 +478,81 @@ fn the_agents_record_words_are_one_enum() {
             outcome.as_str()
         );
     }
+}
+
+/// The agent on the wire is every file of `sh/`, in the order of their
+/// names, each whole: a file added there is part of it (or this fails),
+/// and the flake check, which joins them so, checks the same text.
+#[test]
+fn the_agent_is_its_files_joined_in_the_order_of_their_names() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/agent/sh");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".sh"))
+        .collect();
+    names.sort();
+    assert!(names.len() > 5, "{names:?}");
+    assert_eq!(names.first().map(String::as_str), Some("00-head.sh"), "the settings come first");
+    assert_eq!(names.last().map(String::as_str), Some("99-main.sh"), "the dispatcher comes last");
+    let joined: String =
+        names.iter().map(|n| std::fs::read_to_string(dir.join(n)).unwrap()).collect();
+    assert!(joined == SCRIPT, "src/agent/mod.rs's SCRIPT must join exactly {names:?}");
+    for n in &names {
+        let text = std::fs::read_to_string(dir.join(n)).unwrap();
+        assert!(text.ends_with('\n'), "{n} ends its last line");
+    }
+}
+
+/// The watch's wait policy is the deployer's: the states the agent leaves
+/// on its own, and the one the deployer waits in; every word one the
+/// agent writes (`starting`: its word for none written yet).
+#[test]
+fn the_watch_waits_through_the_agents_own_states_and_the_patient_one() {
+    let own = "starting,activating,rolling-back,booting";
+    assert_eq!(AgentState::waited_through(None), own);
+    let patient = AgentState::waited_through(Some(&AgentState::AwaitingConfirmation));
+    assert_eq!(patient, format!("{own},awaiting-confirmation"));
+    let written = states_the_agent_writes();
+    for word in patient.split(',') {
+        assert!(written.contains(word) || word == "starting", "{word}");
+    }
+    assert!(SCRIPT.contains("${watch_state:-starting}"), "the agent's word for no state");
+}
+
+/// The agent's `boot_parts KEY` lines: kernel, initrd, modules, init.
+fn parts(key: &str, values: [&str; 4]) -> String {
+    let names = ["kernel", "initrd", "kernel-modules", "init"];
+    names.iter().zip(values).map(|(n, v)| format!("deploy-flake-parts-{key} {n} {v}\n")).collect()
+}
+
+/// What a reboot would bring in is decided here, from the parts the agent
+/// names: each that differs from the booted system's, an empty one (a
+/// system without an initrd) equal only to an empty one.
+#[test]
+fn what_needs_a_reboot_is_what_differs_from_the_booted_system() {
+    let booted = ["/k1", "/i1", "/m1", "systemd 1 "];
+    for (new, want) in [
+        (booted, vec![]),
+        (["/k2", "/i1", "/m1", "systemd 1 "], vec!["kernel"]),
+        (["/k1", "/i2", "/m2", "systemd 1 "], vec!["initrd", "kernel-modules"]),
+        (["/k1", "/i1", "/m1", "systemd 2 "], vec!["init"]),
+        (["/k1", "", "/m1", ""], vec!["initrd", "init"]),
+    ] {
+        let said = format!("{}{}", parts("booted", booted), parts("new", new));
+        assert_eq!(
+            Facts::parse(&said).reboot_new,
+            Some(want.iter().map(|p| p.to_string()).collect())
+        );
+        assert_eq!(Changes::parse(&said, "", "").needs_reboot, Facts::parse(&said).reboot_new);
+    }
+    let empty = ["", "", "", ""];
+    let said = format!("{}{}", parts("booted", empty), parts("profile", empty));
+    assert_eq!(HostState::parse(&said).needs_reboot, Some(vec![]), "nothing differs");
+    assert_eq!(
+        Facts::parse(&parts("booted", booted)).reboot_new,
+        Some(vec![]),
+        "no system: nothing"
+    );
+    assert_eq!(Facts::parse(&parts("new", booted)).reboot_new, None, "no booted system: unknown");
 }

@@ -67,10 +67,8 @@ pub fn project_flake() -> tempfile::TempDir {
         dir.path().join("tests/fixtures/scenarios.nix"),
     )
     .expect("copy scenarios.nix");
-    // The agent, which a check of its own reads.
-    fs::create_dir_all(dir.path().join("src/agent")).expect("mkdir");
-    fs::copy(repo_root().join("src/agent/agent.sh"), dir.path().join("src/agent/agent.sh"))
-        .expect("copy agent.sh");
+    // The agent's files, which a check of its own reads.
+    copy_tree(&repo_root().join("src/agent/sh"), &dir.path().join("src/agent/sh"));
     dir
 }
 

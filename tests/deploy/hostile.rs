@@ -152,7 +152,7 @@ fn an_agent_file_cut_short_is_replaced() {
         .collect();
     let run = deploy(&flake(&lab, &entries), &["--all"]);
     assert_eq!(run.code, 0, "{run}");
-    let whole = include_str!("../../src/agent/agent.sh").len().to_string();
+    let whole = deploy_flake::agent::SCRIPT.len().to_string();
     for (i, t) in lab.targets.iter().enumerate() {
         assert_eq!(run.outcome(&format!("h{i}")), "deployed", "{run}");
         assert_on(t, &run.system(&format!("h{i}")));

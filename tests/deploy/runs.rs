@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::common::{Lab, Suite, Target};
 use crate::helpers::*;
 
-/// What the agent keeps (`RUNS_KEPT`, `LOG_CAP` in agent.sh).
+/// What the agent keeps (`RUNS_KEPT`, `LOG_CAP` in src/agent/sh/00-head.sh).
 const RUNS_KEPT: usize = 5;
 const LOG_CAP: u64 = 1 << 20;
 
