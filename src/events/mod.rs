@@ -207,7 +207,7 @@ impl std::fmt::Display for Outcome {
 /// | `build` | building the system failed |
 /// | `build-host` | the build host could not be reached, or the flake not brought to it |
 /// | `not-a-system` | the result is not a NixOS system, or the host lacks what one needs (systemd, flock) |
-/// | `superseded` | another switch replaced the run's system during the confirmation window; no boot entry was written |
+/// | `superseded` | another switch replaced the run's system during the confirmation window; no boot entry was written, and the keys it wrote before the activation are put back |
 /// | `self-check` | the system's self-check refused it |
 /// | `pre-switch-check` | the system's pre-switch checks or switch inhibitors refused a live switch |
 /// | `reboot-required` | the new system's init is incompatible: it takes a reboot (`--goal boot`) |

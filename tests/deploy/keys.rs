@@ -1,14 +1,15 @@
 //! Keys on real targets: written where and as whom the fleet says, before
-//! the switch or once confirmed, put back when the host is rolled back,
-//! written again after a reboot emptied /run/keys; a key that cannot be
-//! read leaves the host unchanged without showing the key.
+//! the switch or once confirmed, put back when the host is rolled back or
+//! its run superseded, written again after a reboot emptied /run/keys; a
+//! key that cannot be read leaves the host unchanged without showing the
+//! key.
 
 use std::path::Path;
 
 use crate::common::{nix_string, Lab, Suite, Target};
 use std::time::Duration;
 
-use crate::helpers::{deploy, eventually, flake, host_entry};
+use crate::helpers::{deploy, eventually, flake, host_entry, phase_started, Background};
 
 /// `stat` of a path on the target: `user:group mode`.
 fn stat(t: &Target, path: &str) -> String {
@@ -351,4 +352,56 @@ fn a_host_sent_back_by_its_soak_gets_its_previous_keys_back() {
     assert_eq!(t.ssh_ok("test -e /run/keys/fresh && echo there || echo gone"), "gone");
     assert_eq!(stat(t, "/run/keys/k"), "root:root 600");
     assert_eq!(leftovers(t, "/run/keys"), "");
+}
+
+/// Someone switches the host back to the old system while the deployer
+/// runs its health check: the run ends `superseded`, and the keys it wrote
+/// before the activation go with its system, as in a rollback: the
+/// changed key has its previous content, owner and mode again, the key the
+/// run created is removed, the post-activation key was never written, and
+/// the lines say what was put back.
+#[test]
+fn a_run_superseded_during_its_confirmation_puts_the_previous_keys_back() {
+    let lab = Lab::boot(1, Suite::Bookworm);
+    let t = &lab.targets[0];
+    let keys = |k: &str, owner: &str, post: &str, extra: &str| {
+        format!(
+            r#"keys = {{ k = {{ text = {}; {owner} }}; p = {{ text = {}; uploadAt = "post-activation"; }}; {extra} }};"#,
+            nix_string(k),
+            nix_string(post)
+        )
+    };
+    let first =
+        keys("one", r#"user = "nobody"; group = "nogroup"; permissions = "0440";"#, "p-one", "");
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "healthy-v1", &first)]);
+    let run = deploy(&f, &["--all"]);
+    assert_eq!(run.code, 0, "{run}");
+    let v1 = run.system("h");
+
+    let fresh = r#"fresh = { text = "fresh"; };"#;
+    let second = keys("two", r#"permissions = "0600";"#, "p-two", fresh);
+    let sleeps = r#"healthChecks = [ { command = [ "sleep" "6" ]; timeout = 20; } ];"#;
+    let f = flake(&lab, &[host_entry(&lab, "h", t, "healthy-v2", &(second + sleeps))]);
+    let mut a = Background::start(&f, &["--all"]);
+    a.wait_for("the confirmation", Duration::from_secs(180), phase_started("h", "confirm"));
+    assert_eq!(t.ssh_ok("cat /run/keys/k /run/keys/fresh"), "twofresh", "written before");
+    let out = t.switch(&v1, "test");
+    assert!(out.status.success(), "the foreign switch: {out:?}");
+    let run = a.finish(Duration::from_secs(120));
+    eprintln!("{} {}: {}", run.outcome("h"), run.reason("h"), run.message("h"));
+    assert_eq!(
+        (run.outcome("h"), run.reason("h"), run.code),
+        ("superseded".into(), "superseded".into(), 1),
+        "{run}"
+    );
+    assert_eq!(t.current_system().as_deref(), Some(v1.as_str()));
+    assert_eq!(t.ssh_ok("cat /run/keys/k"), "one");
+    assert_eq!(stat(t, "/run/keys/k"), "nobody:nogroup 440");
+    assert_eq!(t.ssh_ok("cat /run/keys/p"), "p-one", "never written");
+    assert_eq!(t.ssh_ok("test -e /run/keys/fresh && echo there || echo gone"), "gone");
+    assert_eq!(leftovers(t, "/run/keys"), "");
+    let lines = run.lines("h").join("\n");
+    assert!(lines.contains("key k: restored /run/keys/k"), "{lines}");
+    assert!(lines.contains("key fresh: removed /run/keys/fresh"), "{lines}");
+    assert!(run.message("h").contains("keys"), "the message says so: {run}");
 }

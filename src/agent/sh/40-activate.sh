@@ -109,16 +109,24 @@ begin() {
     done
 }
 
-# still_running WHEN: the host runs the run's system; otherwise another
-# switch (an administrator's switch-to-configuration, an automatic
+# still_running WHEN [restore]: the host runs the run's system; otherwise
+# another switch (an administrator's switch-to-configuration, an automatic
 # upgrade) replaced it, and the run ends `superseded` WHEN: nothing of it is
-# recorded, no boot entry written, nothing rolled back.
+# recorded, no boot entry written, no system rolled back. With restore
+# (not confirmed yet), the keys written before the activation go with the
+# run's system: they are put back as they were before the run, as in a
+# rollback; a confirmed run's keys stay.
 still_running() {
     still_now=$(readlink -f "$CURRENT" 2> /dev/null)
     [ "$still_now" = "$toplevel" ] && return 0
     rm -f "$rundir/toplevel" && rm -rf "$rundir/staged-keys"
     log "another switch replaced $toplevel $1: the host runs ${still_now:-nothing}"
-    set_status superseded superseded "another switch replaced the run's system $1: the host runs ${still_now:-nothing}; no boot entry was written"
+    still_keys=''
+    if [ "${2:-}" = restore ]; then
+        if [ -e "$rundir/keys-written" ]; then still_keys="; the keys it wrote were put back as they were before it"; fi
+        keys_restore
+    fi
+    set_status superseded superseded "another switch replaced the run's system $1: the host runs ${still_now:-nothing}; no boot entry was written$still_keys"
     return 1
 }
 
@@ -247,7 +255,7 @@ activation_start() {
 # post-activation keys (one that cannot be written takes the host back,
 # with the keys it had); 1 when the run ended here.
 activation_confirmed() {
-    still_running "before the confirmation was recorded" || return 1
+    still_running "before the confirmation was recorded" restore || return 1
     if ! keys_install post; then
         roll_back keys "a post-activation key could not be written (see the log)"
         return 1
