@@ -15,7 +15,7 @@ agent_alive() {
         tr '\0' ' ' < "/proc/$alive_pid/cmdline" 2> /dev/null | grep -qF "$rundir "; then
         return 0
     fi
-    alive_slice=/sys/fs/cgroup/system.slice
+    alive_slice=$SLICE
     if [ -d "$alive_slice/deploy-flake-$runid-activate.service" ] || [ -d "$alive_slice/deploy-flake-$runid-boot.service" ]; then
         return 0
     fi
