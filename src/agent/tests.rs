@@ -280,11 +280,22 @@ fn shell_function(name: &str) -> &'static str {
     &SCRIPT[start..start + len]
 }
 
+/// The agent cuts a line where the deployer does: its head sets
+/// `LINE_MAX`, once, among its limits, to [`crate::process::LINE_MAX`].
+#[test]
+fn the_agent_cuts_a_line_where_the_deployer_does() {
+    let head = include_str!("sh/00-head.sh");
+    let set = format!("\nLINE_MAX={}\n", crate::process::LINE_MAX);
+    assert!(head.contains(&set), "00-head.sh sets{set}");
+    assert_eq!(SCRIPT.matches("\nLINE_MAX=").count(), 1, "set once");
+}
+
 /// Runs `script` after the agent's `cap_lines` and `system` with /bin/sh
-/// here, umask 077 as the agent has it; its stdout.
+/// here, umask 077 and LINE_MAX as the agent has them; its stdout.
 fn agent_sh(script: &str) -> String {
     let text = format!(
-        "umask 077\nLINE_MAX=65536\n{}{}{script}",
+        "umask 077\nLINE_MAX={}\n{}{}{script}",
+        crate::process::LINE_MAX,
         shell_function("cap_lines"),
         shell_function("system")
     );

@@ -114,6 +114,8 @@ SLICE=/sys/fs/cgroup/system.slice
 # /run is memory: the directories of the newest RUNS_KEPT runs are kept
 # (older ones go when a run takes the host lock, and so does the log of
 # one that succeeded), and an activation's output is kept up to LOG_CAP
-# bytes of its log.
+# bytes of its log, each line cut at LINE_MAX bytes (the deployer's own
+# cap on a line, process::LINE_MAX).
 RUNS_KEPT=5
 LOG_CAP=1048576
+LINE_MAX=65536

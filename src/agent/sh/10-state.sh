@@ -77,7 +77,6 @@ log() {
 # log, a watch and the deployer no more than that. coreutils' cut holds
 # at most a line's first LINE_MAX + 1 bytes; stdbuf makes it pass each
 # line on at once (without stdbuf, it passes them on in blocks).
-LINE_MAX=65536
 cap_lines() {
     LC_ALL=C
     export LC_ALL
