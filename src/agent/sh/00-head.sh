@@ -2,8 +2,10 @@
 # as sh), with GNU coreutils, util-linux (flock, setsid) and systemd.
 # shellcheck shell=sh
 #
-# Installed by the deployer as /run/deploy-flake/agent-<hash>.sh and run as
-# root. `activate` and `boot` run inside a transient systemd unit, so they
+# Installed by the deployer as /run/deploy-flake/agent-<hash>.sh (<hash>: the
+# first 16 hex digits of this text's SHA-256) and run as root, with the
+# commands below.
+# `activate` and `boot` run inside a transient systemd unit, so they
 # outlive the ssh connection that started them and finish on their own.
 #
 # Per-run state lives in a root-only directory RUNDIR:
@@ -35,56 +37,56 @@
 # (confirmed/<name>), whose boot entry was written (booted/<name>), and the
 # last deploy (last).
 #
-#   agent.sh activate RUNDIR TOPLEVEL ACTIVATE_SECS WINDOW_SECS HARD_SECS ROLLBACK_SECS GRACE_SECS MAGIC_ROLLBACK(1|0) THEN_BOOT(1|0) [ENV...]
-#                                 (WINDOW_SECS: wait that long for the confirmation
-#                                 after the deployer's last sign of life, HARD_SECS
-#                                 after the activation at most; ROLLBACK_SECS: the
-#                                 bound of a rollback; GRACE_SECS: between a bound's
-#                                 TERM and its KILL; THEN_BOOT: once confirmed, go
-#                                 on as `boot`)
-#   agent.sh boot RUNDIR TOPLEVEL [ENV...]
-#   agent.sh check TOPLEVEL SECS SELFCHECK|"" [ENV...]   (SELFCHECK, then
-#                                 switch-to-configuration check)
-#   agent.sh watch RUNDIR SKIP_LINES STATES [HEALTH_SECS]   (keeps waiting while
-#                                 in one of STATES, the deployer's comma-separated
-#                                 words; with HEALTH_SECS, a watch that ends in
-#                                 awaiting-confirmation answers `health` too, its
-#                                 lines as "deploy-flake-health RUNID <line>")
-#   agent.sh launch RUNDIR SKIP_LINES STATES HEALTH_SECS CMD...  (CMD starts an action
-#                                 (its systemd-run); once it did, says
-#                                 "deploy-flake-delivered" and watches as `watch`
-#                                 does, "" for no HEALTH_SECS)
-#   agent.sh probe RUNDIR         (did an action of the run start?)
-#   agent.sh confirm RUNDIR [SKIP_LINES STATES]  (run over a fresh login: confirms
-#                                 the activation; with SKIP_LINES, says
-#                                 "deploy-flake-delivered", then watches as `watch
-#                                 RUNDIR SKIP_LINES STATES` does)
-#   agent.sh abort RUNDIR         (stdin: "<cause> <reason>"; stop the activation
-#                                  or refuse the confirmation)
-#   agent.sh hold INFO BEAT_SECS RUNDIR [HEALTH_SECS]  (run under flock: holds the
-#                                  host lock while a line arrives on stdin at least
-#                                  every BEAT_SECS, each written to RUNDIR/alive; says
-#                                  "deploy-flake-locked" once it holds it, after
-#                                  the switches going on, the host's Nix
-#                                  ("deploy-flake-nix <nix --version>") and
-#                                  what `health HEALTH_SECS` says when asked)
-#   agent.sh displace RUNID CMD...  (ends a holder of the host lock of the same
-#                                  run, whose deployer lost its connection to it,
-#                                  then execs CMD: the run takes its lock back)
-#   agent.sh health SECS [RUNDIR] (system state, failed units, those failed before)
-#   agent.sh look SECS [RUNDIR]   (health, and what the host runs; read-only)
-#   agent.sh facts TOPLEVEL [SELFCHECK]   (what the deployer needs to decide)
-#   agent.sh keys-stage RUNDIR [keep]  (stdin: the keys; staged for `activate`,
-#                                 which writes pre-activation keys before the switch
-#                                 and post-activation keys once confirmed; with keep,
-#                                 the previous keys stay until keys-drop)
-#   agent.sh keys-upload RUNDIR   (stdin: the keys; written now, all of them)
-#   agent.sh keys-discard RUNDIR  (the staged keys are not needed: removed)
-#   agent.sh keys-drop RUNDIR     (the previous keys of a run are not needed)
-#   agent.sh keys-adopt RUNDIR FROM  (a revert: stage the keys as they were
-#                                 before run FROM, to be written by `activate`)
-#   agent.sh status               (what the host runs, boots, lacks; read-only)
-#   agent.sh diff TOPLEVEL        (what activating TOPLEVEL would change; read-only)
+#   agent-<hash>.sh activate RUNDIR TOPLEVEL ACTIVATE_SECS WINDOW_SECS HARD_SECS ROLLBACK_SECS GRACE_SECS MAGIC_ROLLBACK(1|0) THEN_BOOT(1|0) [ENV...]
+#                                        (WINDOW_SECS: wait that long for the confirmation
+#                                        after the deployer's last sign of life, HARD_SECS
+#                                        after the activation at most; ROLLBACK_SECS: the
+#                                        bound of a rollback; GRACE_SECS: between a bound's
+#                                        TERM and its KILL; THEN_BOOT: once confirmed, go
+#                                        on as `boot`)
+#   agent-<hash>.sh boot RUNDIR TOPLEVEL [ENV...]
+#   agent-<hash>.sh check TOPLEVEL SECS SELFCHECK|"" [ENV...]   (SELFCHECK, then
+#                                        switch-to-configuration check)
+#   agent-<hash>.sh watch RUNDIR SKIP_LINES STATES [HEALTH_SECS]   (keeps waiting while
+#                                        in one of STATES, the deployer's comma-separated
+#                                        words; with HEALTH_SECS, a watch that ends in
+#                                        awaiting-confirmation answers `health` too, its
+#                                        lines as "deploy-flake-health RUNID <line>")
+#   agent-<hash>.sh launch RUNDIR SKIP_LINES STATES HEALTH_SECS CMD...  (CMD starts an action
+#                                        (its systemd-run); once it did, says
+#                                        "deploy-flake-delivered" and watches as `watch`
+#                                        does, "" for no HEALTH_SECS)
+#   agent-<hash>.sh probe RUNDIR         (did an action of the run start?)
+#   agent-<hash>.sh confirm RUNDIR [SKIP_LINES STATES]  (run over a fresh login: confirms
+#                                        the activation; with SKIP_LINES, says
+#                                        "deploy-flake-delivered", then watches as `watch
+#                                        RUNDIR SKIP_LINES STATES` does)
+#   agent-<hash>.sh abort RUNDIR         (stdin: "<cause> <reason>"; stop the activation
+#                                         or refuse the confirmation)
+#   agent-<hash>.sh hold INFO BEAT_SECS RUNDIR [HEALTH_SECS]  (run under flock: holds the
+#                                         host lock while a line arrives on stdin at least
+#                                         every BEAT_SECS, each written to RUNDIR/alive; says
+#                                         "deploy-flake-locked" once it holds it, after
+#                                         the switches going on, the host's Nix
+#                                         ("deploy-flake-nix <nix --version>") and
+#                                         what `health HEALTH_SECS` says when asked)
+#   agent-<hash>.sh displace RUNID CMD...  (ends a holder of the host lock of the same
+#                                         run, whose deployer lost its connection to it,
+#                                         then execs CMD: the run takes its lock back)
+#   agent-<hash>.sh health SECS [RUNDIR] (system state, failed units, those failed before)
+#   agent-<hash>.sh look SECS [RUNDIR]   (health, and what the host runs; read-only)
+#   agent-<hash>.sh facts TOPLEVEL [SELFCHECK]   (what the deployer needs to decide)
+#   agent-<hash>.sh keys-stage RUNDIR [keep]  (stdin: the keys; staged for `activate`,
+#                                        which writes pre-activation keys before the switch
+#                                        and post-activation keys once confirmed; with keep,
+#                                        the previous keys stay until keys-drop)
+#   agent-<hash>.sh keys-upload RUNDIR   (stdin: the keys; written now, all of them)
+#   agent-<hash>.sh keys-discard RUNDIR  (the staged keys are not needed: removed)
+#   agent-<hash>.sh keys-drop RUNDIR     (the previous keys of a run are not needed)
+#   agent-<hash>.sh keys-adopt RUNDIR FROM  (a revert: stage the keys as they were
+#                                        before run FROM, to be written by `activate`)
+#   agent-<hash>.sh status               (what the host runs, boots, lacks; read-only)
+#   agent-<hash>.sh diff TOPLEVEL        (what activating TOPLEVEL would change; read-only)
 #
 # ENV: NIXOS_NO_CHECK=1 and NIXOS_INSTALL_BOOTLOADER=1, passed on to
 # switch-to-configuration (a transient unit does not inherit them).
