@@ -595,6 +595,33 @@ fn no_confirmation_within_the_window_rolls_back() {
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
 }
 
+/// Another switch puts the old system back while the run awaits its
+/// confirmation: the confirmation is not recorded, nothing is rolled back,
+/// and the run ends `superseded`, naming what the host runs. (The keys it
+/// puts back need a root-owned directory: the lab proves those.)
+#[test]
+fn a_system_replaced_during_the_confirmation_is_superseded_and_not_recorded() {
+    let mut host = Host::new();
+    let agent = host.activate(ACTIVATE);
+    host.wait_for_status("awaiting-confirmation");
+    let current = host.root.join("current-system");
+    std::fs::remove_file(&current).unwrap();
+    std::os::unix::fs::symlink(host.root.join("old"), &current).unwrap();
+    host.confirm();
+    wait_bounded(agent, 30);
+    let old = host.sys("old");
+    assert_eq!(
+        host.status(),
+        format!(
+            "superseded superseded another switch replaced the run's system before the \
+             confirmation was recorded: the host runs {old}; no boot entry was written"
+        )
+    );
+    assert_eq!(host.current(), old);
+    assert!(!host.root.join("records/confirmed/new").exists(), "no confirmation recorded");
+    assert!(!host.calls().contains("of old"), "nothing rolled back:\n{}", host.calls());
+}
+
 #[test]
 fn without_the_host_lock_nothing_is_activated() {
     let mut host = Host::new();
