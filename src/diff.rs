@@ -17,7 +17,7 @@ use crate::agent::Changes;
 use crate::events::{Event, Phase, Sink};
 use crate::exit::Exit;
 use crate::fanout::Fanout;
-use crate::host::{Host, HostError, HostResult};
+use crate::host::{Host, HostError, HostResult, Progress};
 use crate::nix::StorePath;
 use crate::select::Target;
 
@@ -182,16 +182,12 @@ async fn build<H: Host>(
     host: &mut H,
     out: crate::process::Lines<'_>,
 ) -> HostResult<StorePath> {
-    let s = &t.spec;
-    if let Some(way) = crate::build::way(s)? {
-        let path = host.build_elsewhere(flake, &way, s.timeouts.build, out).await?;
-        host.deliver(&way, &path, s.timeouts.copy, out).await?;
-        return Ok(path);
-    }
-    let archive = host.archive(flake, s.timeouts.copy, out).await?;
-    host.copy_source(&archive, s.timeouts.copy, out).await?;
-    let built = host.build(&archive.source, &s.configuration, None, s.timeouts.build, out);
-    Ok(built.await?.0)
+    let mut progress = |p: Progress<'_>| {
+        if let Progress::Line(line) = p {
+            out(line)
+        }
+    };
+    Ok(host.system(flake, &t.spec, None, &mut progress).await?.path)
 }
 
 /// Per host: running -> new, then packages, closure, units, reboot.
