@@ -11,29 +11,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Serialize;
-
 use crate::agent::Changes;
+pub use crate::events::HostDiff;
 use crate::events::{Event, Phase, Sink};
 use crate::exit::Exit;
 use crate::fanout::Fanout;
-use crate::host::{Host, HostError, HostResult};
+use crate::host::{Host, HostError, HostResult, Progress};
 use crate::nix::StorePath;
 use crate::select::Target;
-
-/// One host's changes, or why there are none to show.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct HostDiff {
-    pub host: String,
-    pub error: Option<String>,
-    /// What it runs now, and what a deploy would activate.
-    pub current: Option<String>,
-    pub new: Option<String>,
-    pub up_to_date: bool,
-    pub changes: Option<Changes>,
-    /// The keys a deploy would write (never their content).
-    pub keys: Vec<crate::upload::Listed>,
-}
 
 /// What a run shares: the flake, who asks, and what it shows.
 pub struct Run {
@@ -103,8 +88,7 @@ pub async fn diff_all<H: Host + 'static>(
 impl HostDiff {
     /// Its `host-diff` event.
     pub fn event(&self) -> Event {
-        let diff = serde_json::to_value(self).expect("a diff serializes");
-        Event::HostDiff { host: self.host.clone(), diff }
+        Event::HostDiff { host: self.host.clone(), diff: self.clone() }
     }
 
     /// What is not known of the host's changes: why its diff failed, or
@@ -182,16 +166,12 @@ async fn build<H: Host>(
     host: &mut H,
     out: crate::process::Lines<'_>,
 ) -> HostResult<StorePath> {
-    let s = &t.spec;
-    if let Some(way) = crate::build::way(s)? {
-        let path = host.build_elsewhere(flake, &way, s.timeouts.build, out).await?;
-        host.deliver(&way, &path, s.timeouts.copy, out).await?;
-        return Ok(path);
-    }
-    let archive = host.archive(flake, s.timeouts.copy, out).await?;
-    host.copy_source(&archive, s.timeouts.copy, out).await?;
-    let built = host.build(&archive.source, &s.configuration, None, s.timeouts.build, out);
-    Ok(built.await?.0)
+    let mut progress = |p: Progress<'_>| {
+        if let Progress::Line(line) = p {
+            out(line)
+        }
+    };
+    Ok(host.system(flake, &t.spec, None, &mut progress).await?.path)
 }
 
 /// Per host: running -> new, then packages, closure, units, reboot.

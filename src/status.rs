@@ -7,25 +7,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Serialize;
-
 use crate::agent::HostState;
+pub use crate::events::Status;
 use crate::events::{Event, Sink};
 use crate::exit::Exit;
 use crate::fanout::Fanout;
 use crate::host::Host;
 use crate::select::Target;
-
-/// One host's answer, or why there is none.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Status {
-    pub host: String,
-    /// `None`: reachable.
-    pub error: Option<String>,
-    pub state: Option<HostState>,
-    /// Where what the host runs, boots and was last given disagree.
-    pub drift: Vec<String>,
-}
 
 impl Status {
     fn failed(host: &str, error: String) -> Status {
@@ -34,8 +22,7 @@ impl Status {
 
     /// Its `host-status` event.
     pub fn event(&self) -> Event {
-        let status = serde_json::to_value(self).expect("a status serializes");
-        Event::HostStatus { host: self.host.clone(), status }
+        Event::HostStatus { host: self.host.clone(), status: self.clone() }
     }
 }
 

@@ -7,23 +7,12 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+pub use crate::events::Listed;
 use crate::fanout::Fanout;
 use crate::fleet::KeySpec;
 use crate::host::{Host, HostError, Shared, SshHost};
 use crate::select::Target;
 use crate::ssh::Destination;
-
-/// A key as listed: everything but its content.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Listed {
-    pub name: String,
-    pub path: String,
-    pub user: String,
-    pub group: String,
-    pub permissions: String,
-    pub upload_at: &'static str,
-}
 
 impl Listed {
     pub fn of(spec: &KeySpec) -> Listed {

@@ -535,7 +535,7 @@ pub enum Event {
     /// changed on it.
     HostStatus {
         host: String,
-        status: serde_json::Value,
+        status: Status,
     },
     /// `deploy-flake diff`: what activating its new system would change on
     /// one host (the object `diff`: `host`, `error`, `current`, `new`,
@@ -543,7 +543,7 @@ pub enum Event {
     /// changed on it.
     HostDiff {
         host: String,
-        diff: serde_json::Value,
+        diff: HostDiff,
     },
     /// The run's end: every host's report (none for `status` and `diff`:
     /// their answers are their `host-status` and `host-diff` events), and
@@ -570,5 +570,11 @@ fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error
 /// Where events go. Renderers and tests are just different sinks.
 pub type Sink = Arc<dyn Fn(Event) + Send + Sync>;
 
+mod answers;
 #[cfg(test)]
 mod tests;
+
+pub use answers::{
+    Changes, HostDiff, HostState, LastDeploy, LastOutcome, Listed, PackageChange, Status,
+    SystemState,
+};

@@ -5,17 +5,19 @@
 
 mod shared;
 mod ssh;
+mod system;
 
 pub use shared::Shared;
 pub use ssh::SshHost;
+pub use system::{OnProgress, Progress, Step, System, SystemError};
 
 use std::future::Future;
 
 use crate::agent::{AgentAction, AgentState, AgentStatus, Changes, CheckVerdict, Facts, Health};
 use crate::agent::{HostState, LockError, SwitchEnv};
-use crate::build::{BuildError, CopiedFrom, Way};
+use crate::build::{BuildError, BuiltOn, CopiedFrom, Way};
 use crate::events::Reason;
-use crate::fleet::{HealthCheck, KeySpec};
+use crate::fleet::{HealthCheck, HostSpec, KeySpec};
 use crate::keys::{KeyError, Loaded};
 use crate::nix::{Archive, NixError, StorePath};
 use crate::process::{Lines, ProcessError};
@@ -105,7 +107,9 @@ pub struct Look {
 }
 
 /// The operations of the per-host pipeline. Every method is bounded by the
-/// `secs` it is given (or the check's own timeout).
+/// `secs` it is given (or the check's own timeout). The required methods
+/// are single operations on the host; a sequence of them that more than
+/// one caller needs is a provided method built on them.
 pub trait Host: Send {
     /// Open the connection.
     fn connect(&mut self) -> impl Future<Output = HostResult<()>> + Send;
@@ -181,6 +185,47 @@ pub trait Host: Send {
         secs: u64,
         out: Lines<'_>,
     ) -> impl Future<Output = HostResult<CopiedFrom>> + Send;
+    /// The system of `spec`'s configuration of `flake`, got as its record
+    /// says: the flake copied to the host and built there (the facts of
+    /// the system, with `self_check`, come with the build), or the system
+    /// got from elsewhere and its closure delivered. Each step is said to
+    /// `progress` as it starts; nothing on the host changes.
+    fn system(
+        &mut self,
+        flake: &str,
+        spec: &HostSpec,
+        self_check: Option<&str>,
+        progress: OnProgress<'_>,
+    ) -> impl Future<Output = Result<System, SystemError>> + Send {
+        async move {
+            let t = spec.timeouts;
+            let fail = |step| move |e| SystemError::Failed(step, e);
+            if let Some(way) = crate::build::way(spec).map_err(SystemError::Way)? {
+                let on = way.built_on();
+                progress(Progress::BuiltOn(on));
+                if on != BuiltOn::Prebuilt {
+                    progress(Progress::Starts(Step::Build));
+                }
+                let built = self.build_elsewhere(flake, &way, t.build, &mut lines(progress)).await;
+                let path = built.map_err(fail(Step::Build))?;
+                progress(Progress::Starts(Step::Copy));
+                let from = self.deliver(&way, &path, t.copy, &mut lines(progress)).await;
+                let copied_from = Some(from.map_err(fail(Step::Copy))?);
+                return Ok(System { path, facts: None, copied_from });
+            }
+            progress(Progress::BuiltOn(BuiltOn::Target));
+            progress(Progress::Starts(Step::Copy));
+            let archive = self.archive(flake, t.copy, &mut lines(progress)).await;
+            let archive = archive.map_err(fail(Step::Copy))?;
+            let copied = self.copy_source(&archive, t.copy, &mut lines(progress)).await;
+            copied.map_err(fail(Step::Copy))?;
+            progress(Progress::Starts(Step::Build));
+            let (source, cfg) = (&archive.source, &spec.configuration);
+            let built = self.build(source, cfg, self_check, t.build, &mut lines(progress)).await;
+            let (path, facts) = built.map_err(fail(Step::Build))?;
+            Ok(System { path, facts: Some(facts), copied_from: None })
+        }
+    }
     /// The host's keys with their content, each read here once per run
     /// (however many hosts use it).
     fn read_keys(
@@ -324,4 +369,9 @@ pub trait Host: Send {
     fn close(self) -> impl Future<Output = ()> + Send;
     /// Where to look on the host when its state is in doubt.
     fn inspect_hint(&self) -> String;
+}
+
+/// The lines of a step, said as progress.
+fn lines<'a>(progress: OnProgress<'a>) -> impl FnMut(&str) + Send + 'a {
+    move |l| progress(Progress::Line(l))
 }

@@ -267,6 +267,12 @@ impl<'a> HostRun<'a> {
         move |l: &str| sink(Event::Output { host: host.clone(), phase, line: l.to_string() })
     }
 
+    /// One line of the current phase.
+    fn output(&self, line: &str) {
+        let phase = self.phase.unwrap_or(Phase::Connect);
+        self.emit(Event::Output { host: self.name().to_string(), phase, line: line.into() });
+    }
+
     /// From here on an agent changes the host.
     fn agent_starts(&mut self) {
         if !self.agent_started {

@@ -5,9 +5,9 @@
 
 use super::{failed, failed_in, next_step, End, Goal, HostRun, Mode, Next, Wanted};
 use crate::agent::{CheckVerdict, Facts, Health, LockError};
-use crate::build::{self, Build, BuiltOn, Way};
+use crate::build::BuiltOn;
 use crate::events::{Outcome, Phase, Reason};
-use crate::host::{Host, HostError};
+use crate::host::{Host, HostError, Progress, SystemError};
 use crate::nix::StorePath;
 
 impl HostRun<'_> {
@@ -201,52 +201,28 @@ impl HostRun<'_> {
     }
 
     /// Copy the flake and build the system on the target (its facts come
-    /// with the build), or get it from elsewhere (`crate::build`). Nothing
-    /// on the host changes.
+    /// with the build), or get it from elsewhere (`crate::build`), each
+    /// step its phase. Nothing on the host changes.
     async fn copy_and_build<H: Host>(
         &mut self,
         host: &mut H,
     ) -> Result<(StorePath, Option<Facts>), End> {
-        let way = build::way(self.spec()).map_err(|e| End::unchanged(e.reason, e.message))?;
-        if let Some(way) = way {
-            return self.build_elsewhere(host, &way).await;
+        let (ctx, spec) = (self.ctx, self.spec());
+        let mut progress = |p: Progress<'_>| match p {
+            Progress::BuiltOn(on) => self.provenance.built_on = Some(on),
+            Progress::Starts(step) => self.start(step.phase()),
+            Progress::Line(line) => self.output(line),
+        };
+        let self_check = spec.self_check.as_deref();
+        let got = host.system(&ctx.flake, spec, self_check, &mut progress).await;
+        let system = got.map_err(|e| match e {
+            SystemError::Way(e) => End::unchanged(e.reason, e.message),
+            SystemError::Failed(step, e) => failed_in(step.name(), step.reason())(e),
+        })?;
+        if let Some(from) = system.copied_from {
+            self.provenance.copied_from = Some(from);
         }
-        let (flake, cfg) = (&self.ctx.flake, &self.target.spec.configuration);
-        let t = self.spec().timeouts;
-        self.provenance.built_on = Some(BuiltOn::Target);
-        self.start(Phase::Copy);
-        let archive = host.archive(flake, t.copy, &mut self.lines()).await;
-        let archive = archive.map_err(failed_in("copy", Reason::Copy))?;
-        let copied = host.copy_source(&archive, t.copy, &mut self.lines()).await;
-        copied.map_err(failed_in("copy", Reason::Copy))?;
-        let source = archive.source;
-        self.start(Phase::Build);
-        let self_check = self.spec().self_check.as_deref();
-        let built = host.build(&source, cfg, self_check, t.build, &mut self.lines()).await;
-        let (path, facts) = built.map_err(failed_in("build", Reason::Build))?;
-        Ok((path, Some(facts)))
-    }
-
-    /// Get the system from elsewhere (built here, on the build host, or
-    /// before), then bring it to the host: only what it lacks.
-    async fn build_elsewhere<H: Host>(
-        &mut self,
-        host: &mut H,
-        way: &Way,
-    ) -> Result<(StorePath, Option<Facts>), End> {
-        let t = self.spec().timeouts;
-        self.provenance.built_on = Some(way.built_on());
-        if !matches!(way.build, Build::Prebuilt(_)) {
-            self.start(Phase::Build);
-        }
-        let flake = &self.ctx.flake;
-        let built = host.build_elsewhere(flake, way, t.build, &mut self.lines()).await;
-        let path = built.map_err(failed_in("build", Reason::Build))?;
-        self.start(Phase::Copy);
-        let delivered = host.deliver(way, &path, t.copy, &mut self.lines()).await;
-        let from = delivered.map_err(failed_in("copy", Reason::Copy))?;
-        self.provenance.copied_from = Some(from);
-        Ok((path, None))
+        Ok((system.path, system.facts))
     }
 
     /// The self-check to run: the configured path (which must exist), or

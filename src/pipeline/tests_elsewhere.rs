@@ -1,11 +1,13 @@
 //! Systems built elsewhere against the fake host: built here, on a build
 //! host or before; brought by this machine, by the build host or through a
-//! cache; what the report says of it, and how a failure there ends a host.
+//! cache; what the report says of it, and how a failure there ends a host;
+//! the one sequence that gets a host its system (`Host::system`), step by step.
 
 use super::fake::{drive, failed, path, run, Fake, NEW};
 use crate::build::{BuildError, BuiltOn, CopiedFrom, Provenance};
 use crate::events::{Outcome, Phase, Reason};
-use crate::fleet::{BuildOn, CopyFrom};
+use crate::fleet::{BuildOn, CopyFrom, HostSpec};
+use crate::host::{Host, Progress, Step, System, SystemError};
 
 const BUILT: &str = "/nix/store/11111111111111111111111111111111-nixos-system-web1";
 
@@ -147,4 +149,69 @@ async fn failures_elsewhere_keep_their_reason_and_change_nothing() {
         assert!(!r.called("start"), "{:?}", r.calls);
         assert!(r.report.system.as_deref() != Some(path(NEW).as_str()));
     }
+}
+
+/// What `Host::system` said on the fake (steps, `line` for each line),
+/// and what it gave.
+async fn system(fake: &mut Fake, spec: &HostSpec) -> (Vec<String>, Result<System, SystemError>) {
+    let mut said = Vec::new();
+    let mut progress = |p: Progress<'_>| {
+        said.push(match p {
+            Progress::BuiltOn(on) => format!("on {}", on.as_str()),
+            Progress::Starts(step) => step.name().to_string(),
+            Progress::Line(l) => format!("line {l}"),
+        })
+    };
+    let got = fake.system(".", spec, Some("bin/check"), &mut progress).await;
+    (said, got)
+}
+
+#[tokio::test]
+async fn each_step_is_said_as_it_starts_and_its_lines_after_it() {
+    let spec = |build_on, system: Option<&str>| HostSpec {
+        build_on,
+        system: system.map(str::to_string),
+        ..HostSpec::with_defaults("web1")
+    };
+    let table: [(HostSpec, &[&str], Option<CopiedFrom>); 3] = [
+        (
+            spec(BuildOn::Target, None),
+            &["on target", "copy", "line archiving", "line copying path", "build", "line building"],
+            None,
+        ),
+        (
+            spec(BuildOn::Local, None),
+            &["on local", "build", "line building elsewhere", "copy"],
+            Some(CopiedFrom::Deployer),
+        ),
+        // Built before: nothing to build, only to copy.
+        (spec(BuildOn::Target, Some(NEW)), &["on prebuilt", "copy"], Some(CopiedFrom::Deployer)),
+    ];
+    for (spec, steps, copied_from) in table {
+        let mut fake = Fake::new();
+        let (said, got) = system(&mut fake, &spec).await;
+        assert_eq!(said, steps, "{:?}", spec.build_on);
+        let got = got.unwrap();
+        assert_eq!((got.path.as_str(), got.copied_from), (NEW, copied_from), "{said:?}");
+        assert_eq!(got.facts.is_some(), copied_from.is_none(), "facts come with a build there");
+    }
+}
+
+#[tokio::test]
+async fn a_failure_is_the_step_s_and_a_bad_record_fails_before_any() {
+    let mut fake = Fake::new();
+    fake.copy = Err(failed("nix copy", "error: no space"));
+    let (said, got) = system(&mut fake, &HostSpec::with_defaults("web1")).await;
+    let Err(SystemError::Failed(Step::Copy, e)) = got else { panic!("{got:?}") };
+    assert!(e.to_string().contains("error: no space") && !said.contains(&"build".into()));
+    let mut fake = Fake::new();
+    fake.build = Err(failed("nix build", "error: attribute missing"));
+    let (_, got) = system(&mut fake, &HostSpec::with_defaults("web1")).await;
+    assert!(matches!(got, Err(SystemError::Failed(Step::Build, _))), "{got:?}");
+    let bad = HostSpec { system: Some("/tmp/x".into()), ..HostSpec::with_defaults("web1") };
+    let mut fake = Fake::new();
+    let (said, got) = system(&mut fake, &bad).await;
+    let Err(SystemError::Way(e)) = got else { panic!("{got:?}") };
+    assert_eq!((said, e.reason), (vec![], Reason::NotASystem));
+    assert!(fake.calls.lock().unwrap().is_empty(), "nothing was asked of the host");
 }
