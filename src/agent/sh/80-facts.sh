@@ -90,15 +90,22 @@ booted_parts() {
     if [ -e /run/booted-system ]; then boot_parts parts-booted /run/booted-system; fi
 }
 
+# say_systems PROFILE: what the host runs, its profile (PROFILE, resolved),
+# what it booted and its bootloader's default entry: what facts and status
+# both answer.
+say_systems() {
+    echo "deploy-flake-current $(readlink -e "$CURRENT")"
+    echo "deploy-flake-profile $1"
+    echo "deploy-flake-booted-system $(readlink -e /run/booted-system)"
+    say_entry=$(default_entry)
+    if [ -n "$say_entry" ]; then echo "deploy-flake-default-entry $say_entry"; fi
+}
+
 facts() {
     facts_self=${1:-pre-activate-safety-checks}
     facts_profile=$(readlink -e "$PROFILE")
-    echo "deploy-flake-current $(readlink -e "$CURRENT")"
-    echo "deploy-flake-profile $facts_profile"
-    echo "deploy-flake-booted-system $(readlink -e /run/booted-system)"
+    say_systems "$facts_profile"
     echo "deploy-flake-newest-generation $(newest_generation)"
-    facts_entry=$(default_entry)
-    if [ -n "$facts_entry" ]; then echo "deploy-flake-default-entry $facts_entry"; fi
     if [ -x "$toplevel/bin/switch-to-configuration" ]; then echo "deploy-flake-switchable yes"; fi
     if [ -x "$toplevel/$facts_self" ]; then echo "deploy-flake-self-check-script $toplevel/$facts_self"; fi
     if [ -d /run/systemd/system ]; then echo "deploy-flake-systemd yes"; fi
@@ -112,12 +119,8 @@ facts() {
 
 status() {
     status_profile=$(readlink -e "$PROFILE")
-    echo "deploy-flake-current $(readlink -e "$CURRENT")"
-    echo "deploy-flake-profile $status_profile"
-    echo "deploy-flake-booted-system $(readlink -e /run/booted-system)"
+    say_systems "$status_profile"
     echo "deploy-flake-boot-id $(cat /proc/sys/kernel/random/boot_id)"
-    status_entry=$(default_entry)
-    if [ -n "$status_entry" ]; then echo "deploy-flake-default-entry $status_entry"; fi
     echo "deploy-flake-state $(systemctl is-system-running 2> /dev/null)"
     systemctl list-units --failed --plain --no-legend --no-pager 2> /dev/null | awk '{print "deploy-flake-failed " $1}'
     booted_parts
