@@ -9,13 +9,12 @@
 //! the exit code.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::agent::Changes;
 pub use crate::events::HostDiff;
 use crate::events::{Event, Phase, Sink};
 use crate::exit::Exit;
-use crate::fanout::Fanout;
+use crate::fanout::{Fanout, Look};
 use crate::host::{Host, HostError, HostResult, Progress};
 use crate::nix::StorePath;
 use crate::select::Target;
@@ -55,42 +54,39 @@ pub async fn diff_all<H: Host + 'static>(
     open: impl Fn(&Target) -> H + Send + Sync + 'static,
     sink: &Sink,
 ) -> Vec<HostDiff> {
-    let started = Instant::now();
-    let hosts = targets.iter().map(|t| t.name.clone()).collect();
-    sink(Event::RunStarted { run_id: run.run_id.clone(), hosts, waves: None });
-    let (each, open) = (sink.clone(), Arc::new(open));
-    let diffs = fanout
-        .each(targets.to_vec(), move |t: Target| {
-            let (run, open, sink) = (run.clone(), open.clone(), each.clone());
-            async move {
-                let diff = diff_one(&t, &run, open(&t), &sink).await;
-                sink(diff.event());
-                diff
-            }
-        })
-        .await;
-    let all: Vec<HostDiff> = diffs
-        .into_iter()
-        .zip(targets)
-        .map(|(d, t)| {
-            d.unwrap_or_else(|p| {
-                let diff = failed(&t.name, p.to_string());
-                sink(diff.event());
-                diff
-            })
-        })
-        .collect();
-    let (exit_code, duration) = (exit(&all).code(), started.elapsed());
-    sink(Event::RunFinished { reports: Vec::new(), exit_code, duration });
-    all
+    let (run_id, open) = (run.run_id.clone(), Arc::new(open));
+    let (each, job_sink) = (run, sink.clone());
+    let job = move |t: Target| {
+        let (run, open, sink) = (each.clone(), open.clone(), job_sink.clone());
+        async move { diff_one(&t, &run, open(&t), &sink).await }
+    };
+    fanout.look(&run_id, targets, sink, job).await
 }
 
-impl HostDiff {
+impl Look for HostDiff {
     /// Its `host-diff` event.
-    pub fn event(&self) -> Event {
+    fn event(&self) -> Event {
         Event::HostDiff { host: self.host.clone(), diff: self.clone() }
     }
 
+    fn failed(host: &str, error: String) -> HostDiff {
+        HostDiff {
+            host: host.into(),
+            error: Some(error),
+            current: None,
+            new: None,
+            up_to_date: false,
+            changes: None,
+            keys: Vec::new(),
+        }
+    }
+
+    fn exit(all: &[HostDiff]) -> Exit {
+        exit(all)
+    }
+}
+
+impl HostDiff {
     /// What is not known of the host's changes: why its diff failed, or
     /// each part that could not be found out.
     pub fn unknowns(&self) -> Vec<String> {
@@ -99,18 +95,6 @@ impl HostDiff {
         }
         let unknown = self.changes.iter().flat_map(|c| &c.unknown);
         unknown.map(|(part, why)| format!("{part}: unknown: {why}")).collect()
-    }
-}
-
-fn failed(host: &str, error: String) -> HostDiff {
-    HostDiff {
-        host: host.into(),
-        error: Some(error),
-        current: None,
-        new: None,
-        up_to_date: false,
-        changes: None,
-        keys: Vec::new(),
     }
 }
 
@@ -125,7 +109,7 @@ pub async fn diff_one<H: Host>(t: &Target, run: &Run, mut host: H, sink: &Sink) 
     let diff = look(t, run, &mut host, &mut out).await;
     let _ = host.drop_root(10).await;
     host.close().await;
-    diff.unwrap_or_else(|e| failed(&t.name, e.to_string()))
+    diff.unwrap_or_else(|e| HostDiff::failed(&t.name, e.to_string()))
 }
 
 async fn look<H: Host>(
@@ -312,8 +296,12 @@ mod tests {
         );
         assert_eq!(unknown.unknowns().len(), 2);
         assert!(d.unknowns().is_empty());
-        assert_eq!(failed("x", "unreachable".into()).unknowns(), ["unreachable"]);
-        let up = HostDiff { host: "db1".into(), up_to_date: true, ..failed("db1", String::new()) };
+        assert_eq!(HostDiff::failed("x", "unreachable".into()).unknowns(), ["unreachable"]);
+        let up = HostDiff {
+            host: "db1".into(),
+            up_to_date: true,
+            ..HostDiff::failed("db1", String::new())
+        };
         let up = HostDiff { error: None, ..up };
         assert_eq!(
             render(&[d, up]),

@@ -12,7 +12,10 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::events::{Event, Sink};
+use crate::exit::Exit;
 use crate::pipeline::Interrupt;
+use crate::select::Target;
 
 /// A target's task panicked: what it said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +25,20 @@ impl std::fmt::Display for Panicked {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "internal error: the host's task panicked ({})", self.0)
     }
+}
+
+/// What a read-only look at one host ends with (`status`'s answer,
+/// `diff`'s changes): its event, what stands for it when its task
+/// panicked, and the run's exit code from all of them.
+pub trait Look: Send + 'static {
+    /// Its event (`host-status`, `host-diff`).
+    fn event(&self) -> Event;
+    /// The host's look failed: why.
+    fn failed(host: &str, why: String) -> Self;
+    /// The run's exit code.
+    fn exit(all: &[Self]) -> Exit
+    where
+        Self: Sized;
 }
 
 /// The run's fan-out: its permits, and the interrupt that stops new starts.
@@ -103,6 +120,49 @@ impl Fanout {
     {
         let plain = Fanout { permits: self.permits.clone(), interrupt: None };
         plain.run(items, job, |_| unreachable!("never interrupted")).await
+    }
+
+    /// A read-only look at every target (`status`, `diff`) as a run of its
+    /// own: `run-started`, each target's event as its look ends (a
+    /// panicked one's as [`Look::failed`]), and `run-finished` with the
+    /// run's exit code. Results in target order.
+    pub async fn look<R, Fut>(
+        &self,
+        run_id: &str,
+        targets: &[Target],
+        sink: &Sink,
+        job: impl Fn(Target) -> Fut + Send + Sync + 'static,
+    ) -> Vec<R>
+    where
+        R: Look,
+        Fut: Future<Output = R> + Send + 'static,
+    {
+        let started = std::time::Instant::now();
+        let hosts = targets.iter().map(|t| t.name.clone()).collect();
+        sink(Event::RunStarted { run_id: run_id.to_string(), hosts, waves: None });
+        let (each, job) = (sink.clone(), Arc::new(job));
+        let looked = self
+            .each(targets.to_vec(), move |t: Target| {
+                let (sink, job) = (each.clone(), job.clone());
+                async move {
+                    let r = job(t).await;
+                    sink(r.event());
+                    r
+                }
+            })
+            .await;
+        let all: Vec<R> = (looked.into_iter().zip(targets))
+            .map(|(r, t)| {
+                r.unwrap_or_else(|p| {
+                    let r = R::failed(&t.name, p.to_string());
+                    sink(r.event());
+                    r
+                })
+            })
+            .collect();
+        let (exit_code, duration) = (R::exit(&all).code(), started.elapsed());
+        sink(Event::RunFinished { reports: Vec::new(), exit_code, duration });
+        all
     }
 }
 

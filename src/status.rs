@@ -5,24 +5,27 @@
 //! one `host-status` per host, `run-finished` with the exit code.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::agent::HostState;
 pub use crate::events::Status;
 use crate::events::{Event, Sink};
 use crate::exit::Exit;
-use crate::fanout::Fanout;
+use crate::fanout::{Fanout, Look};
 use crate::host::Host;
 use crate::select::Target;
 
-impl Status {
+impl Look for Status {
+    /// Its `host-status` event.
+    fn event(&self) -> Event {
+        Event::HostStatus { host: self.host.clone(), status: self.clone() }
+    }
+
     fn failed(host: &str, error: String) -> Status {
         Status { host: host.into(), error: Some(error), state: None, drift: Vec::new() }
     }
 
-    /// Its `host-status` event.
-    pub fn event(&self) -> Event {
-        Event::HostStatus { host: self.host.clone(), status: self.clone() }
+    fn exit(all: &[Status]) -> Exit {
+        exit(all)
     }
 }
 
@@ -43,34 +46,12 @@ pub async fn query_all<H: Host + 'static>(
     open: impl Fn(&Target) -> H + Send + Sync + 'static,
     sink: &Sink,
 ) -> Vec<Status> {
-    let started = Instant::now();
-    let hosts = targets.iter().map(|t| t.name.clone()).collect();
-    sink(Event::RunStarted { run_id: run_id.to_string(), hosts, waves: None });
-    let (each, open) = (sink.clone(), Arc::new(open));
-    let answers = fanout
-        .each(targets.to_vec(), move |t: Target| {
-            let (sink, open) = (each.clone(), open.clone());
-            async move {
-                let status = query(&t, open(&t)).await;
-                sink(status.event());
-                status
-            }
-        })
-        .await;
-    let all: Vec<Status> = answers
-        .into_iter()
-        .zip(targets)
-        .map(|(a, t)| {
-            a.unwrap_or_else(|p| {
-                let status = Status::failed(&t.name, p.to_string());
-                sink(status.event());
-                status
-            })
-        })
-        .collect();
-    let (exit_code, duration) = (exit(&all).code(), started.elapsed());
-    sink(Event::RunFinished { reports: Vec::new(), exit_code, duration });
-    all
+    let open = Arc::new(open);
+    let job = move |t: Target| {
+        let open = open.clone();
+        async move { query(&t, open(&t)).await }
+    };
+    fanout.look(run_id, targets, sink, job).await
 }
 
 /// One host's answer, through `host` (which is closed after).
